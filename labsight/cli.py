@@ -1,0 +1,250 @@
+"""The ``labsight`` command: run the stack, serve one service, and use the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from labsight.catalog import SERVERS
+from labsight.home import home_dir, read_endpoints
+
+
+def _apply_recorded_endpoints() -> None:
+    """Let processes started next to ``labsight up`` find its Redis and services."""
+    endpoints = read_endpoints()
+    if endpoints is None:
+        return
+    for name, value in endpoints.as_environment().items():
+        os.environ.setdefault(name, value)
+
+
+def job_to_dict(job: Any) -> dict[str, Any]:
+    """A Job message as a JSON-ready dict with a lower-case status name."""
+    from labsight.v1 import gateway_pb2 as pb
+
+    data = MessageToDict(job, preserving_proto_field_name=True)
+    data["status"] = pb.JobStatus.Name(job.status).removeprefix("JOB_STATUS_").lower()
+    return data
+
+
+def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"labsight: --param expects key=value, got {pair!r}")
+        params[key] = value
+    return params
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start Redis, all services and workers; optionally run the demo; serve until stopped."""
+    from labsight.client import LabSightClient
+    from labsight.demo import run_demo
+    from labsight.up import Stack, StackLayout, describe, wait_for_stop
+
+    home = home_dir()
+    stack = Stack(home, StackLayout.from_base_port(args.base_port, args.workers))
+    print(f"labsight up: starting in {home} ...", flush=True)
+    try:
+        stack.start(os.environ.get("REDIS_URL"))
+        print(describe(stack), flush=True)
+        print("labsight up: all services SERVING; Ctrl-C stops everything", flush=True)
+        if args.demo:
+            with LabSightClient(stack.endpoints().gateway) as client:
+                print(json.dumps({"demo": run_demo(client)}), flush=True)
+        return 0 if args.demo and args.exit_after_demo else wait_for_stop(stack)
+    except RuntimeError as error:
+        print(f"labsight up: {error}", file=sys.stderr)
+        return 1
+    finally:
+        print("labsight up: stopping ...", flush=True)
+        stack.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run one service in the foreground."""
+    from labsight.runtime.entry import run_service_named
+
+    _apply_recorded_endpoints()
+    run_service_named(args.service)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one worker in the foreground."""
+    from services.gateway.worker import main as worker_main
+
+    _apply_recorded_endpoints()
+    worker_main()
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from labsight.client import LabSightClient
+
+    return LabSightClient(args.gateway, token=args.token)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit one job per image; with --wait print each job's final state and result."""
+    from labsight.client import build_request
+    from labsight.results import result_to_dict
+
+    params = _parse_params(args.param)
+    with _client(args) as client:
+        jobs = [
+            client.submit_request(
+                build_request(args.pipeline, Path(path), params, priority=args.priority)
+            )
+            for path in args.images
+        ]
+        all_done = True
+        for job in jobs:
+            if args.wait:
+                job = client.wait(job.job_id)
+            line = job_to_dict(job)
+            if args.wait and line["status"] == "done":
+                line["result"] = result_to_dict(client.result(job.job_id))
+            all_done = all_done and line["status"] == "done"
+            print(json.dumps(line) if args.json else _job_line(line), flush=True)
+    return 0 if all_done or not args.wait else 1
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    text = f"{job['job_id']}  {job['pipeline']:<14} {job['status']:<9} {job.get('input_name', '')}"
+    if job.get("error"):
+        text += f"  error: {job['error']}"
+    if "result" in job:
+        text += f"  scalars: {json.dumps(job['result']['scalars'])}"
+    return text
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print a job's state (or follow it with --watch)."""
+    with _client(args) as client:
+        jobs = client.watch(args.job_id) if args.watch else [client.get(args.job_id)]
+        for job in jobs:
+            line = job_to_dict(job)
+            print(json.dumps(line) if args.json else _job_line(line), flush=True)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Print or save a finished job's result as JSON or one table as CSV."""
+    from labsight.results import result_to_dict, table_csv
+
+    with _client(args) as client:
+        result = client.result(args.job_id)
+    if args.format == "json":
+        text = json.dumps(result_to_dict(result)) + "\n"
+    else:
+        table = args.table or next(iter(sorted(result.tables)), "")
+        if table not in result.tables:
+            print(f"labsight: result has no table {table!r}; tables: {sorted(result.tables)}",
+                  file=sys.stderr)
+            return 2
+        text = table_csv(result, table)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a job."""
+    with _client(args) as client:
+        print(json.dumps(job_to_dict(client.cancel(args.job_id))))
+    return 0
+
+
+def cmd_pipelines(args: argparse.Namespace) -> int:
+    """List the gateway's pipelines."""
+    with _client(args) as client:
+        for info in client.pipelines():
+            state = "available" if info.available else "planned"
+            print(f"{info.name:<15} {state:<10} {info.description}")
+            for param in info.parameters:
+                print(f"    {param.name}={param.default_value}  {param.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``labsight`` command."""
+    parser = argparse.ArgumentParser(prog="labsight", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start Redis, all services and a worker on this machine")
+    up.add_argument("--demo", action="store_true", help="submit a demo fractal job once up")
+    up.add_argument("--exit-after-demo", action="store_true", help="stop after the demo")
+    up.add_argument("--base-port", type=int, default=None,
+                    help="gRPC ports from here (gateway first); metrics from base+100")
+    up.add_argument("--workers", type=int, default=1, help="number of workers (default 1)")
+    up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="run one service in the foreground")
+    serve.add_argument("service", choices=sorted(SERVERS))
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a worker (finds `up`'s Redis by itself)")
+    worker.set_defaults(func=cmd_worker)
+
+    def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("--gateway", default=None, help="gateway address (default: from up)")
+        command.add_argument("--token", default=None, help="bearer token (default: from up)")
+        command.add_argument("--json", action="store_true", help="one JSON object per line")
+        return command
+
+    submit = client_command("submit", "submit one job per image")
+    submit.add_argument("pipeline")
+    submit.add_argument("images", nargs="+", help="PNG, TIFF, JPEG or .npy files")
+    submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--priority", choices=("normal", "high"), default="normal")
+    submit.add_argument("--wait", action="store_true", help="wait and print results")
+    submit.set_defaults(func=cmd_submit)
+
+    status = client_command("status", "show a job's state")
+    status.add_argument("job_id")
+    status.add_argument("--watch", action="store_true", help="follow until the job ends")
+    status.set_defaults(func=cmd_status)
+
+    results = client_command("results", "print or save a job's result")
+    results.add_argument("job_id")
+    results.add_argument("--format", choices=("json", "csv"), default="json")
+    results.add_argument("--table", default="", help="table to write as CSV")
+    results.add_argument("-o", "--output", default="", help="file to write (default stdout)")
+    results.set_defaults(func=cmd_results)
+
+    cancel = client_command("cancel", "cancel a queued or running job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(func=cmd_cancel)
+
+    pipelines = client_command("pipelines", "list pipelines and their parameters")
+    pipelines.set_defaults(func=cmd_pipelines)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``labsight`` command; gRPC errors print their status and exit 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except grpc.RpcError as error:
+        print(f"labsight: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

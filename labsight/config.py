@@ -1,0 +1,80 @@
+"""Runtime settings of a LabSight process, read from LABSIGHT_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from labsight.catalog import MODEL_SERVICES, ProcessSpec
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+def address_env_var(service_name: str) -> str:
+    """Environment variable that holds a model service's address, e.g. LABSIGHT_FEATURES_ADDR."""
+    return f"LABSIGHT_{service_name.upper()}_ADDR"
+
+
+@dataclass
+class Settings:
+    """Everything a service or worker needs to start; see README "Configuration"."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_port: int | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_workers: int = 16
+    shutdown_grace_s: float = 10.0
+    redis_url: str = DEFAULT_REDIS_URL
+    key_prefix: str = "labsight"
+    service_addresses: dict[str, str] = field(default_factory=dict)
+    max_queue_depth: int = 100_000
+    max_attempts: int = 5
+    claim_idle_ms: int = 30_000
+    result_ttl_s: int = 7 * 24 * 3600
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, spec: ProcessSpec | None = None) -> Settings:
+        """Settings for ``spec`` from the environment, with the catalog's ports as defaults."""
+        default_port = spec.grpc_port or 0 if spec else 0
+        default_metrics = spec.metrics_port if spec else None
+        metrics_port = _env_int("LABSIGHT_METRICS_PORT", default_metrics or -1)
+        addresses = {
+            svc.name: os.environ.get(address_env_var(svc.name), f"127.0.0.1:{svc.grpc_port}")
+            for svc in MODEL_SERVICES
+        }
+        return cls(
+            host=os.environ.get("LABSIGHT_HOST", "127.0.0.1"),
+            port=_env_int("LABSIGHT_PORT", default_port),
+            metrics_port=None if metrics_port < 0 else metrics_port,
+            max_message_bytes=_env_int("LABSIGHT_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES),
+            max_workers=_env_int("LABSIGHT_GRPC_THREADS", 16),
+            shutdown_grace_s=float(os.environ.get("LABSIGHT_SHUTDOWN_GRACE_S", "10")),
+            redis_url=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+            key_prefix=os.environ.get("LABSIGHT_KEY_PREFIX", "labsight"),
+            service_addresses=addresses,
+            max_queue_depth=_env_int("LABSIGHT_MAX_QUEUE_DEPTH", 100_000),
+            max_attempts=_env_int("LABSIGHT_MAX_ATTEMPTS", 5),
+            claim_idle_ms=_env_int("LABSIGHT_CLAIM_IDLE_MS", 30_000),
+            result_ttl_s=_env_int("LABSIGHT_RESULT_TTL_S", 7 * 24 * 3600),
+            log_level=os.environ.get("LABSIGHT_LOG_LEVEL", "INFO"),
+        )
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """Channel/server options that apply the message size limit both ways."""
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+        ]

@@ -1,0 +1,93 @@
+"""Tensor codec: numpy arrays to and from labsight.v1.Tensor, validated at the door."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from labsight.errors import InvalidArgument
+from labsight.v1 import tensor_pb2
+
+DataType = tensor_pb2.DataType
+
+_NUMPY_BY_DATA_TYPE: dict[int, np.dtype] = {
+    tensor_pb2.DATA_TYPE_UINT8: np.dtype("<u1"),
+    tensor_pb2.DATA_TYPE_UINT16: np.dtype("<u2"),
+    tensor_pb2.DATA_TYPE_INT16: np.dtype("<i2"),
+    tensor_pb2.DATA_TYPE_INT32: np.dtype("<i4"),
+    tensor_pb2.DATA_TYPE_UINT32: np.dtype("<u4"),
+    tensor_pb2.DATA_TYPE_INT64: np.dtype("<i8"),
+    tensor_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+    tensor_pb2.DATA_TYPE_FLOAT64: np.dtype("<f8"),
+    tensor_pb2.DATA_TYPE_BOOL: np.dtype("?"),
+}
+_DATA_TYPE_BY_KIND: dict[tuple[str, int], int] = {
+    (dt.kind, dt.itemsize): code for code, dt in _NUMPY_BY_DATA_TYPE.items()
+}
+
+
+def numpy_dtype(data_type: int, field: str = "tensor") -> np.dtype:
+    """The little-endian numpy dtype of a DataType value; InvalidArgument if unknown."""
+    try:
+        return _NUMPY_BY_DATA_TYPE[data_type]
+    except KeyError:
+        name = DataType.Name(data_type) if data_type in DataType.values() else str(data_type)
+        supported = ", ".join(DataType.Name(code) for code in _NUMPY_BY_DATA_TYPE)
+        raise InvalidArgument(
+            f"{field}.dtype: {name} is not supported; expected one of {supported}"
+        ) from None
+
+
+def to_tensor(array: np.ndarray) -> tensor_pb2.Tensor:
+    """Encode an array as a Tensor (little-endian, C order).
+
+    Raises
+    ------
+    InvalidArgument
+        If the array's dtype has no DataType (e.g. complex, object, float16).
+    """
+    array = np.asarray(array)
+    code = _DATA_TYPE_BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
+    if code is None:
+        raise InvalidArgument(f"arrays of dtype {array.dtype} cannot be sent as a Tensor")
+    little = np.ascontiguousarray(array, dtype=_NUMPY_BY_DATA_TYPE[code])
+    return tensor_pb2.Tensor(dtype=code, shape=list(little.shape), data=little.tobytes())
+
+
+def from_tensor(
+    tensor: tensor_pb2.Tensor, field: str = "tensor", max_bytes: int | None = None
+) -> np.ndarray:
+    """Decode a Tensor into a read-only numpy array in native byte order.
+
+    Parameters
+    ----------
+    tensor : Tensor
+        The message to decode.
+    field : str
+        Name of the request field, used in error messages.
+    max_bytes : int, optional
+        Reject tensors whose declared size exceeds this.
+
+    Raises
+    ------
+    InvalidArgument
+        Unknown dtype, a negative dimension, or ``data`` whose length is not
+        ``prod(shape) * itemsize``.
+    """
+    dtype = numpy_dtype(tensor.dtype, field)
+    shape = tuple(int(n) for n in tensor.shape)
+    if any(n < 0 for n in shape):
+        raise InvalidArgument(f"{field}.shape: dimensions must be >= 0, got {list(shape)}")
+    expected = math.prod(shape) * dtype.itemsize
+    if max_bytes is not None and expected > max_bytes:
+        raise InvalidArgument(
+            f"{field}: shape {list(shape)} needs {expected} bytes, over the limit of {max_bytes}"
+        )
+    if len(tensor.data) != expected:
+        raise InvalidArgument(
+            f"{field}.data: {len(tensor.data)} bytes do not match shape {list(shape)} of "
+            f"{DataType.Name(tensor.dtype)} ({expected} bytes expected)"
+        )
+    array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=False)

@@ -1,0 +1,54 @@
+from labsight.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ClassifyCellsRequest(_message.Message):
+    __slots__ = ("image", "cell_labels", "model")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CELL_LABELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    image: _tensor_pb2.Image
+    cell_labels: _tensor_pb2.Tensor
+    model: str
+    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class ClassifyCellsResponse(_message.Message):
+    __slots__ = ("class_names", "cell_ids", "probabilities", "image_probabilities", "model")
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CELL_IDS_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    cell_ids: _containers.RepeatedScalarFieldContainer[int]
+    probabilities: _tensor_pb2.Tensor
+    image_probabilities: _containers.RepeatedScalarFieldContainer[float]
+    model: str
+    def __init__(self, class_names: _Optional[_Iterable[str]] = ..., cell_ids: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., image_probabilities: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class ExplainCellsRequest(_message.Message):
+    __slots__ = ("image", "cell_labels", "model", "class_indices")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CELL_LABELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLASS_INDICES_FIELD_NUMBER: _ClassVar[int]
+    image: _tensor_pb2.Image
+    cell_labels: _tensor_pb2.Tensor
+    model: str
+    class_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model: _Optional[str] = ..., class_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ExplainCellsResponse(_message.Message):
+    __slots__ = ("cell_ids", "class_indices", "saliency")
+    CELL_IDS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_INDICES_FIELD_NUMBER: _ClassVar[int]
+    SALIENCY_FIELD_NUMBER: _ClassVar[int]
+    cell_ids: _containers.RepeatedScalarFieldContainer[int]
+    class_indices: _containers.RepeatedScalarFieldContainer[int]
+    saliency: _tensor_pb2.Tensor
+    def __init__(self, cell_ids: _Optional[_Iterable[int]] = ..., class_indices: _Optional[_Iterable[int]] = ..., saliency: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...

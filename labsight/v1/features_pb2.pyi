@@ -1,0 +1,128 @@
+from labsight.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Pooling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POOLING_UNSPECIFIED: _ClassVar[Pooling]
+    POOLING_AVERAGE: _ClassVar[Pooling]
+    POOLING_MAX: _ClassVar[Pooling]
+    POOLING_NONE: _ClassVar[Pooling]
+POOLING_UNSPECIFIED: Pooling
+POOLING_AVERAGE: Pooling
+POOLING_MAX: Pooling
+POOLING_NONE: Pooling
+
+class ComputeFractalRequest(_message.Message):
+    __slots__ = ("image", "box_sizes", "percolation")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    BOX_SIZES_FIELD_NUMBER: _ClassVar[int]
+    PERCOLATION_FIELD_NUMBER: _ClassVar[int]
+    image: _tensor_pb2.Image
+    box_sizes: _containers.RepeatedScalarFieldContainer[int]
+    percolation: bool
+    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., box_sizes: _Optional[_Iterable[int]] = ..., percolation: _Optional[bool] = ...) -> None: ...
+
+class MassProbability(_message.Message):
+    __slots__ = ("box_size", "probability")
+    BOX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    box_size: int
+    probability: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, box_size: _Optional[int] = ..., probability: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class FractalDimensionFit(_message.Message):
+    __slots__ = ("dimension", "r_min", "r_max")
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    R_MIN_FIELD_NUMBER: _ClassVar[int]
+    R_MAX_FIELD_NUMBER: _ClassVar[int]
+    dimension: float
+    r_min: int
+    r_max: int
+    def __init__(self, dimension: _Optional[float] = ..., r_min: _Optional[int] = ..., r_max: _Optional[int] = ...) -> None: ...
+
+class PercolationFeatures(_message.Message):
+    __slots__ = ("cluster_count", "largest_cluster_ratio", "percolating_ratio")
+    CLUSTER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_CLUSTER_RATIO_FIELD_NUMBER: _ClassVar[int]
+    PERCOLATING_RATIO_FIELD_NUMBER: _ClassVar[int]
+    cluster_count: _containers.RepeatedScalarFieldContainer[float]
+    largest_cluster_ratio: _containers.RepeatedScalarFieldContainer[float]
+    percolating_ratio: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, cluster_count: _Optional[_Iterable[float]] = ..., largest_cluster_ratio: _Optional[_Iterable[float]] = ..., percolating_ratio: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ComputeFractalResponse(_message.Message):
+    __slots__ = ("box_sizes", "probabilities", "lacunarity", "box_count", "fractal_dimension", "percolation", "features")
+    BOX_SIZES_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    LACUNARITY_FIELD_NUMBER: _ClassVar[int]
+    BOX_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FRACTAL_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    PERCOLATION_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    box_sizes: _containers.RepeatedScalarFieldContainer[int]
+    probabilities: _containers.RepeatedCompositeFieldContainer[MassProbability]
+    lacunarity: _containers.RepeatedScalarFieldContainer[float]
+    box_count: _containers.RepeatedScalarFieldContainer[float]
+    fractal_dimension: FractalDimensionFit
+    percolation: PercolationFeatures
+    features: _tensor_pb2.FeatureTable
+    def __init__(self, box_sizes: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Iterable[_Union[MassProbability, _Mapping]]] = ..., lacunarity: _Optional[_Iterable[float]] = ..., box_count: _Optional[_Iterable[float]] = ..., fractal_dimension: _Optional[_Union[FractalDimensionFit, _Mapping]] = ..., percolation: _Optional[_Union[PercolationFeatures, _Mapping]] = ..., features: _Optional[_Union[_tensor_pb2.FeatureTable, _Mapping]] = ...) -> None: ...
+
+class ExtractDeepFeaturesRequest(_message.Message):
+    __slots__ = ("model", "layer", "pooling", "images")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    layer: str
+    pooling: Pooling
+    images: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Image]
+    def __init__(self, model: _Optional[str] = ..., layer: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., images: _Optional[_Iterable[_Union[_tensor_pb2.Image, _Mapping]]] = ...) -> None: ...
+
+class ExtractDeepFeaturesResponse(_message.Message):
+    __slots__ = ("features", "model", "model_version", "layer")
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    features: _tensor_pb2.FeatureTable
+    model: str
+    model_version: str
+    layer: str
+    def __init__(self, features: _Optional[_Union[_tensor_pb2.FeatureTable, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., layer: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "version", "format", "input_size", "layers", "default_layer", "weights_source")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_LAYER_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    format: str
+    input_size: _containers.RepeatedScalarFieldContainer[int]
+    layers: _containers.RepeatedScalarFieldContainer[str]
+    default_layer: str
+    weights_source: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[str] = ..., input_size: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[str]] = ..., default_layer: _Optional[str] = ..., weights_source: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""LabSight's services: segmentation, features, classifier and the gateway."""

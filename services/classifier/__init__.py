@@ -1,0 +1,1 @@
+"""Classifier service: organelle (subcellular localisation) classification and explanations."""

@@ -1,0 +1,1 @@
+"""Features service: fractal (gliding-box) and deep CNN image features."""

@@ -1,0 +1,1 @@
+"""Gateway: public job API, Redis-backed job queue, pipeline workers."""

@@ -1,0 +1,44 @@
+"""The pipelines a job can name, and the ones the contract promises for later issues."""
+
+from __future__ import annotations
+
+from labsight.errors import InvalidArgument, Unimplemented
+from labsight.v1 import gateway_pb2 as pb
+from services.gateway.pipelines.base import Pipeline
+from services.gateway.pipelines.fractal import FractalPipeline
+
+PIPELINES: dict[str, Pipeline] = {p.name: p for p in (FractalPipeline(),)}
+"""Pipelines served now, by name."""
+
+PLANNED_PIPELINES: dict[str, str] = {
+    "hpa-cells": "segment nuclei and cells of a 4-channel HPA image, classify each cell's "
+    "organelle (19 classes); arrives with the cell segmentation and classifier issues",
+    "spot-features": "deep features of patches around spatial-transcriptomics spots or "
+    "segmented cells; arrives with the deep features issue",
+    "vessel-content": "instance and semantic segmentation of a vessel's contents; arrives "
+    "with the vessel-content issue",
+    "deep-features": "CNN layer features of images; arrives with the deep features issue",
+}
+"""Pipelines in the contract whose algorithms are not served yet, with what they will do."""
+
+
+def get_pipeline(name: str) -> Pipeline:
+    """The served pipeline called ``name``.
+
+    Raises Unimplemented for a planned pipeline and InvalidArgument for an unknown one.
+    """
+    if name in PIPELINES:
+        return PIPELINES[name]
+    if name in PLANNED_PIPELINES:
+        raise Unimplemented(f"pipeline {name!r} is not served yet: {PLANNED_PIPELINES[name]}")
+    known = sorted([*PIPELINES, *PLANNED_PIPELINES])
+    raise InvalidArgument(f"pipeline: unknown pipeline {name!r}; known pipelines: {known}")
+
+
+def pipeline_infos() -> list[pb.PipelineInfo]:
+    """Every pipeline of the contract, served or planned."""
+    planned = [
+        pb.PipelineInfo(name=name, description=text, available=False)
+        for name, text in PLANNED_PIPELINES.items()
+    ]
+    return [p.info() for p in PIPELINES.values()] + planned

@@ -1,0 +1,109 @@
+"""What every pipeline is: named parameters, a validation at submit time and a run in a worker."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from labsight.errors import InvalidArgument
+from labsight.images import decode_image
+from labsight.v1 import gateway_pb2 as pb
+from services.gateway.services import ServiceClients
+
+ProgressReporter = Callable[[float, str], None]
+"""Called with (fraction done, step name); raises JobCancelled if the job was cancelled."""
+
+
+class JobCancelled(Exception):
+    """Raised at a step boundary when the job was cancelled meanwhile."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One pipeline parameter: text in the API, parsed and checked by ``parse``."""
+
+    name: str
+    description: str
+    default: str
+    parse: Callable[[str], object]
+
+
+@dataclass
+class RunContext:
+    """Everything a pipeline run needs inside a worker."""
+
+    job_id: str
+    params: dict[str, str]
+    job_input: pb.JobInput
+    services: ServiceClients
+    report_progress: ProgressReporter
+
+
+def parse_bool(text: str) -> bool:
+    """'true'/'false' (also 1/0, yes/no) to bool; ValueError otherwise."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+class Pipeline(ABC):
+    """A named sequence of model-service calls that turns a JobInput into a JobResult."""
+
+    name: str
+    description: str
+    parameters: tuple[Parameter, ...] = ()
+    required_inputs: tuple[str, ...] = ()
+
+    def validate(self, params: Mapping[str, str], job_input: pb.JobInput) -> dict[str, str]:
+        """Check a submission; returns the parameters with defaults filled in.
+
+        Raises InvalidArgument naming the parameter or input that is wrong.
+        """
+        known = {p.name: p for p in self.parameters}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise InvalidArgument(
+                f"params: unknown parameter(s) {unknown} for pipeline {self.name!r}; "
+                f"known: {sorted(known)}"
+            )
+        resolved = {name: params.get(name, p.default) for name, p in known.items()}
+        for name, text in resolved.items():
+            try:
+                known[name].parse(text)
+            except ValueError as error:
+                raise InvalidArgument(f"params.{name}: {error}") from None
+        missing = [role for role in self.required_inputs if role not in job_input.images
+                   and role not in job_input.tensors]
+        if missing:
+            raise InvalidArgument(f"input: pipeline {self.name!r} needs inputs {missing}")
+        self.check_input(resolved, job_input)
+        return resolved
+
+    def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
+        """Pipeline-specific input checks at submit time; default: the main image decodes."""
+        decode_image(job_input.image, "input.image")
+
+    def parsed(self, params: Mapping[str, str]) -> dict[str, object]:
+        """Parameters parsed to Python values (after ``validate``)."""
+        return {p.name: p.parse(params.get(p.name, p.default)) for p in self.parameters}
+
+    def info(self) -> pb.PipelineInfo:
+        """The public description of this pipeline."""
+        return pb.PipelineInfo(
+            name=self.name,
+            description=self.description,
+            parameters=[
+                pb.PipelineParameter(name=p.name, description=p.description, default_value=p.default)
+                for p in self.parameters
+            ],
+            required_inputs=list(self.required_inputs),
+            available=True,
+        )
+
+    @abstractmethod
+    def run(self, context: RunContext) -> pb.JobResult:
+        """Run the job in a worker; raise on failure (the worker classifies the error)."""

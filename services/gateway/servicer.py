@@ -1,0 +1,255 @@
+"""Thin gRPC servicer of the GatewayService: validates, queues and reports jobs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import grpc
+import redis
+
+from labsight.config import Settings
+from labsight.errors import FailedPrecondition, InvalidArgument, NotFound
+from labsight.v1 import gateway_pb2 as pb
+from labsight.v1 import gateway_pb2_grpc as pb_grpc
+from services.gateway.jobs import ACTIVE_STATUSES, CANCELLED, DONE, PROTO_TO_STATUS, now
+from services.gateway.keys import RedisKeys
+from services.gateway.pipelines import get_pipeline, pipeline_infos
+from services.gateway.queue import JobQueue, NewJob
+from services.gateway.watch import watch_batch, watch_job
+
+RESULT_CHUNK_BYTES = 1024 * 1024
+DEFAULT_PAGE_SIZE = 100
+DEFAULT_TENANT = "default"
+
+TenantResolver = Callable[[grpc.ServicerContext], str]
+"""Finds the caller's tenant from call metadata (raises Unauthenticated if it cannot)."""
+
+
+def open_tenant(context: grpc.ServicerContext) -> str:
+    """Tenant resolver of a gateway without tokens: every caller is the default tenant."""
+    return DEFAULT_TENANT
+
+
+def new_job_from_request(request: pb.SubmitJobRequest, batch_id: str = "") -> NewJob:
+    """Validate a submission against its pipeline and turn it into a NewJob."""
+    pipeline = get_pipeline(request.pipeline)
+    params = pipeline.validate(dict(request.params), request.input)
+    return NewJob(
+        pipeline=pipeline.name,
+        params=params,
+        input_bytes=request.input.SerializeToString(),
+        input_name=request.input.image.name,
+        priority="high" if request.priority == pb.PRIORITY_HIGH else "normal",
+        labels=dict(request.labels),
+        idempotency_key=request.idempotency_key,
+        batch_id=batch_id,
+    )
+
+
+class GatewayServicer(pb_grpc.GatewayServiceServicer):
+    """The public job API over one Redis job queue."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        tenant_of: TenantResolver = open_tenant,
+        max_upload_bytes: int = 2 * 1024**3,
+    ) -> None:
+        self.queue = queue
+        self.store = queue.store
+        self.keys = queue.keys
+        self.tenant_of = tenant_of
+        self.max_upload_bytes = max_upload_bytes
+
+    def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        """Validate and queue one job."""
+        tenant = self.tenant_of(context)
+        record, _ = self.queue.submit(tenant, new_job_from_request(request))
+        return record.to_proto()
+
+    def UploadJob(
+        self, request_iterator: Iterator[pb.UploadJobRequest], context: grpc.ServicerContext
+    ) -> pb.Job:
+        """Queue one job whose encoded image arrives in chunks after the header."""
+        tenant = self.tenant_of(context)
+        header: pb.SubmitJobRequest | None = None
+        chunks: list[bytes] = []
+        size = 0
+        for message in request_iterator:
+            if message.WhichOneof("part") == "job":
+                if header is not None:
+                    raise InvalidArgument("job: the header must be sent exactly once, first")
+                header = message.job
+                continue
+            if header is None:
+                raise InvalidArgument("job: the first message must carry the job header")
+            size += len(message.image_chunk)
+            if size > self.max_upload_bytes:
+                raise InvalidArgument(
+                    f"image_chunk: upload exceeds the limit of {self.max_upload_bytes} bytes"
+                )
+            chunks.append(message.image_chunk)
+        if header is None:
+            raise InvalidArgument("job: the stream carried no job header")
+        request = pb.SubmitJobRequest()
+        request.CopyFrom(header)
+        request.input.image.encoded.data = b"".join(chunks)
+        record, _ = self.queue.submit(tenant, new_job_from_request(request))
+        return record.to_proto()
+
+    def SubmitBatch(
+        self, request_iterator: Iterator[pb.SubmitBatchRequest], context: grpc.ServicerContext
+    ) -> pb.SubmitBatchResponse:
+        """Queue a stream of jobs under one batch id."""
+        tenant = self.tenant_of(context)
+        batch_id = ""
+        job_ids: list[str] = []
+        for index, message in enumerate(request_iterator):
+            if message.WhichOneof("part") == "header":
+                if index != 0:
+                    raise InvalidArgument("header: the batch header must be the first message")
+                batch_id = self._claim_batch(tenant, message.header.batch_id)
+                continue
+            batch_id = batch_id or self._claim_batch(tenant, "")
+            try:
+                record, _ = self.queue.submit(tenant, new_job_from_request(message.job, batch_id))
+            except InvalidArgument as error:
+                raise InvalidArgument(
+                    f"jobs[{len(job_ids)}] of batch {batch_id}: {error} "
+                    f"({len(job_ids)} earlier jobs were accepted)"
+                ) from None
+            job_ids.append(record.job_id)
+        return pb.SubmitBatchResponse(batch_id=batch_id, job_ids=job_ids)
+
+    def _claim_batch(self, tenant: str, batch_id: str) -> str:
+        batch_id = batch_id or uuid.uuid4().hex
+        key = self.keys.batch(batch_id)
+        self.queue.client.hsetnx(key, "tenant", tenant)
+        owner = self.queue.client.hget(key, "tenant")
+        if owner is not None and owner.decode() != tenant:
+            raise InvalidArgument(f"header.batch_id: batch id {batch_id!r} is taken")
+        return batch_id
+
+    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        """The job's current state."""
+        return self.store.load(request.job_id, self.tenant_of(context)).to_proto()
+
+    def WatchJob(
+        self, request: pb.WatchJobRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.JobEvent]:
+        """Stream the job's state on every change until it ends."""
+        tenant = self.tenant_of(context)
+        self.store.load(request.job_id, tenant)
+        for job in watch_job(self.store, request.job_id, context.is_active):
+            yield pb.JobEvent(job=job.to_proto())
+
+    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        """Cancel a queued or running job."""
+        job = self.store.load(request.job_id, self.tenant_of(context))
+        if not self.store.transition(job, ACTIVE_STATUSES, CANCELLED, finished_at=now()):
+            job = self.store.load(request.job_id)
+            if job.status != CANCELLED:
+                raise FailedPrecondition(
+                    f"job_id: job {request.job_id!r} already ended ({job.status})"
+                )
+        return self.store.load(request.job_id).to_proto()
+
+    def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.ServicerContext
+    ) -> pb.ListJobsResponse:
+        """The caller's jobs, newest first, filtered and paged."""
+        tenant = self.tenant_of(context)
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        if page_size < 0:
+            raise InvalidArgument(f"page_size: must be >= 0, got {page_size}")
+        try:
+            offset = int(request.page_token or 0)
+        except ValueError:
+            raise InvalidArgument(f"page_token: invalid token {request.page_token!r}") from None
+        wanted_status = PROTO_TO_STATUS.get(request.status)
+        jobs: list[pb.Job] = []
+        scan_step = max(page_size, 100)
+        while len(jobs) < page_size:
+            ids = self.queue.client.zrevrange(
+                self.keys.tenant_jobs(tenant), offset, offset + scan_step - 1
+            )
+            if not ids:
+                offset = -1
+                break
+            for raw_id in ids:
+                offset += 1
+                try:
+                    job = self.store.load(raw_id.decode(), tenant)
+                except NotFound:
+                    continue
+                if request.batch_id and job.batch_id != request.batch_id:
+                    continue
+                if wanted_status and job.status != wanted_status:
+                    continue
+                jobs.append(job.to_proto())
+                if len(jobs) == page_size:
+                    break
+        next_token = "" if offset < 0 else str(offset)
+        return pb.ListJobsResponse(jobs=jobs, next_page_token=next_token)
+
+    def GetJobResult(
+        self, request: pb.GetJobResultRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ResultChunk]:
+        """Stream a finished job's serialized JobResult in chunks."""
+        job = self.store.load(request.job_id, self.tenant_of(context))
+        if job.status != DONE:
+            raise FailedPrecondition(
+                f"job_id: job {request.job_id!r} is {job.status}; results exist once it is done"
+            )
+        data = self.queue.client.get(self.keys.job_result(job.job_id))
+        if data is None:
+            raise NotFound(f"job_id: the result of job {request.job_id!r} has expired")
+        total = len(data)
+        for start in range(0, max(total, 1), RESULT_CHUNK_BYTES):
+            yield pb.ResultChunk(data=data[start : start + RESULT_CHUNK_BYTES], total_bytes=total)
+
+    def GetBatch(self, request: pb.GetBatchRequest, context: grpc.ServicerContext) -> pb.Batch:
+        """A batch's counts per status."""
+        return self._batch(request.batch_id, self.tenant_of(context))
+
+    def WatchBatch(
+        self, request: pb.WatchBatchRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Batch]:
+        """Stream a batch's counts on every change until all its jobs ended."""
+        tenant = self.tenant_of(context)
+        self._batch(request.batch_id, tenant)
+        yield from watch_batch(
+            self.queue.client,
+            self.keys.batch_events(request.batch_id),
+            lambda: self._batch(request.batch_id, tenant),
+            context.is_active,
+        )
+
+    def _batch(self, batch_id: str, tenant: str) -> pb.Batch:
+        raw = self.queue.client.hgetall(self.keys.batch(batch_id)) if batch_id else {}
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        if fields.get("tenant") != tenant:
+            raise NotFound(f"batch_id: no batch {batch_id!r}")
+        counts = {
+            name.removeprefix("count:"): int(value)
+            for name, value in fields.items()
+            if name.startswith("count:") and int(value)
+        }
+        total = int(fields.get("total", 0))
+        active = sum(counts.get(status, 0) for status in ACTIVE_STATUSES)
+        return pb.Batch(batch_id=batch_id, total=total, counts=counts, finished=active == 0)
+
+    def ListPipelines(
+        self, request: pb.ListPipelinesRequest, context: grpc.ServicerContext
+    ) -> pb.ListPipelinesResponse:
+        """Every pipeline of the contract and whether it is served."""
+        return pb.ListPipelinesResponse(pipelines=pipeline_infos())
+
+
+def register(server: grpc.Server, settings: Settings) -> None:
+    """Add the GatewayService, backed by the Redis in ``settings``, to ``server``."""
+    client = redis.Redis.from_url(settings.redis_url)
+    queue = JobQueue(client, RedisKeys(settings.key_prefix), max_depth=settings.max_queue_depth)
+    queue.ensure_groups()
+    pb_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(queue), server)

@@ -1,0 +1,1 @@
+"""Segmentation service: cells (nuclei + cell bodies), vessel contents, patch extraction."""
