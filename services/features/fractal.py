@@ -1,0 +1,711 @@
+"""Gliding-box fractal features of an image: mass probabilities, lacunarity, box count and percolation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+__all__ = [
+    "DEFAULT_BOX_SIZES",
+    "MAX_BOX_SIZE",
+    "PERCOLATION_THRESHOLD",
+    "FractalDimension",
+    "GlidingBoxResult",
+    "PercolationResult",
+    "gliding_box",
+    "percolation",
+]
+
+DEFAULT_BOX_SIZES = range(3, 42, 2)
+"""The seed's 20 box sides, r = 3, 5, ..., 41."""
+
+MAX_BOX_SIZE = 255
+"""Largest box side accepted: masses up to r² are counted in 16 bits."""
+
+PERCOLATION_THRESHOLD = 0.59275
+"""A box percolates when its mass fraction m / r² reaches this value (the seed's constant)."""
+
+Backend = Literal["auto", "numba", "torch"]
+
+# Bytes of working arrays the torch path holds at once (a band of centre rows, a batch of maps to
+# label); bounds its device memory on large images.
+_TORCH_WORKING_BYTES = 1 << 30
+
+# Device bytes per pixel that _label_clusters_torch needs for its int64 labels, edges and gathers.
+_LABEL_BYTES_PER_PIXEL = 64
+
+
+@dataclass(frozen=True)
+class FractalDimension:
+    """Least-squares fit of log N(r) against log r.
+
+    Attributes
+    ----------
+    value : float
+        The fractal dimension D = -slope of the fit (N(r) falls as r grows, so the
+        slope is negative and D positive). NaN when fewer than two box sizes were used.
+    r_min, r_max : int
+        The smallest and largest box side used in the fit.
+    r_squared : float
+        Coefficient of determination of the fit (1.0 when log N is constant, NaN for
+        a single box size).
+    """
+
+    value: float
+    r_min: int
+    r_max: int
+    r_squared: float
+
+
+@dataclass(frozen=True)
+class GlidingBoxResult:
+    """Mass statistics of the gliding box, one entry per box side.
+
+    Attributes
+    ----------
+    box_sizes : ndarray of int64, shape (n,)
+        The box sides r, increasing.
+    probability : dict of int to ndarray of float64
+        ``probability[r][m - 1]`` is P(m, r), the share of boxes of side r with mass m,
+        for m = 1 .. r².
+    lacunarity : ndarray of float64, shape (n,)
+        Λ(r) for each box side.
+    box_count : ndarray of float64, shape (n,)
+        N(r) = Σ P(m, r) / m for each box side (the seed's "fractal dimension" columns).
+    fractal_dimension : FractalDimension
+        The slope fit of log N(r) against log r.
+    """
+
+    box_sizes: np.ndarray
+    probability: dict[int, np.ndarray]
+    lacunarity: np.ndarray
+    box_count: np.ndarray
+    fractal_dimension: FractalDimension
+
+
+@dataclass(frozen=True)
+class PercolationResult:
+    """Percolation statistics of the gliding box, one entry per box side.
+
+    Attributes
+    ----------
+    box_sizes : ndarray of int64, shape (n,)
+        The box sides r, increasing.
+    cluster_count : ndarray of float64, shape (n,)
+        Mean number of 4-connected clusters per box.
+    largest_cluster_ratio : ndarray of float64, shape (n,)
+        Mean over boxes of (size of the largest cluster) / r².
+    percolating_ratio : ndarray of float64, shape (n,)
+        Share of boxes whose mass fraction m / r² is at least ``PERCOLATION_THRESHOLD``.
+    """
+
+    box_sizes: np.ndarray
+    cluster_count: np.ndarray
+    largest_cluster_ratio: np.ndarray
+    percolating_ratio: np.ndarray
+
+
+def gliding_box(
+    image: np.ndarray,
+    box_sizes: Iterable[int] = DEFAULT_BOX_SIZES,
+    *,
+    backend: Backend = "auto",
+) -> GlidingBoxResult:
+    """Mass probabilities, lacunarity and box count of an image by the gliding box.
+
+    Parameters
+    ----------
+    image : ndarray of uint8 or uint16, shape (H, W), (H, W, 1) or (H, W, 3)
+        Grey or RGB image. RGBA is refused: pass ``image[..., :3]`` to ignore alpha.
+    box_sizes : iterable of int, optional
+        Odd, positive, strictly increasing box sides r, at most ``MAX_BOX_SIZE`` (255)
+        and none larger than the image's shorter side. Default: 3, 5, ..., 41.
+    backend : {"auto", "numba", "torch"}, optional
+        ``"numba"`` runs the compiled CPU kernel; ``"torch"`` runs the PyTorch kernel on
+        CUDA when available, else on the CPU; ``"auto"`` picks torch only when CUDA is
+        available. Both give identical numbers.
+
+    Returns
+    -------
+    GlidingBoxResult
+
+    Raises
+    ------
+    ValueError
+        If ``image`` or ``box_sizes`` is not as described above, or ``backend`` is unknown.
+
+    Notes
+    -----
+    Every pixel c whose r×r box lies inside the image is a box centre; there are
+    (H - r + 1)(W - r + 1) of them. The mass m of a box counts the pixels q in it with
+
+    .. math:: \\max_{channels} |q - c| \\le T(r),
+
+    so the centre always counts and 1 ≤ m ≤ r². The threshold is T(r) = r for uint8
+    and T(r) = 257 r for uint16, so a uint8 image scaled to uint16 by 257 (the
+    usual 0-255 to 0-65535 mapping) gives the same result. With P(m, r) the share of
+    boxes with mass m, :math:`M_k = \\sum_m m^k P(m, r)`,
+
+    .. math:: \\Lambda(r) = (M_2 - M_1^2) / M_1^2, \\qquad N(r) = \\sum_m P(m, r) / m.
+
+    The fractal dimension is D = -b where b is the least-squares slope of log N(r)
+    against log r over all box sides.
+
+    The numbers equal those of the seed project (Image-Feature-Extraction-Tools'
+    gliding box with chessboard colour distance).
+
+    Examples
+    --------
+    >>> image = np.zeros((5, 5), dtype=np.uint8)
+    >>> gliding_box(image, box_sizes=[3]).lacunarity
+    array([0.])
+    """
+    planar, sizes = _validate(image, box_sizes)
+    tables = _EntryTables.build(sizes, image.dtype == np.uint16)
+    if _use_torch(backend):
+        counts = _mass_counts_torch(planar, tables)
+    else:
+        counts = _mass_counts_numba(
+            planar, sizes, tables.thresholds, tables.ring_index, get_num_threads() * 4
+        )
+    return _gliding_box_result(sizes, counts, planar.shape[1:])
+
+
+def percolation(
+    image: np.ndarray,
+    box_sizes: Iterable[int] = DEFAULT_BOX_SIZES,
+    *,
+    backend: Backend = "auto",
+) -> PercolationResult:
+    """Cluster statistics of the gliding box's binary maps.
+
+    Parameters
+    ----------
+    image : ndarray of uint8 or uint16, shape (H, W), (H, W, 1) or (H, W, 3)
+        Grey or RGB image, as for :func:`gliding_box`.
+    box_sizes : iterable of int, optional
+        Odd, positive, strictly increasing box sides, as for :func:`gliding_box`.
+    backend : {"auto", "numba", "torch"}, optional
+        Where to compute, as for :func:`gliding_box`; both give identical numbers.
+
+    Returns
+    -------
+    PercolationResult
+
+    Raises
+    ------
+    ValueError
+        If ``image`` or ``box_sizes`` is not as described above, or ``backend`` is unknown.
+
+    Notes
+    -----
+    For each box of :func:`gliding_box`, the pixels passing the same colour test
+    :math:`\\max_{channels} |q - c| \\le T(r)` form a binary r×r map. Its clusters are
+    the 4-connected components of that map. Per box side r this returns the mean
+    cluster count per box, the mean of (largest cluster size / r²), and the share of
+    boxes with m / r² ≥ 0.59275 (a mass-fraction test; no spanning test, as in the
+    seed).
+    """
+    planar, sizes = _validate(image, box_sizes)
+    tables = _EntryTables.build(sizes, image.dtype == np.uint16)
+    min_mass = _percolating_mass(sizes)
+    if _use_torch(backend):
+        clusters, largest, percolating = _cluster_sums_torch(planar, tables, min_mass)
+    else:
+        clusters, largest, percolating = _cluster_sums_numba(
+            planar, sizes, tables.ring_index, tables.colour_index, min_mass, get_num_threads() * 4
+        )
+    boxes = _box_counts(sizes, planar.shape[1:]).astype(np.float64)
+    return PercolationResult(
+        box_sizes=_frozen(sizes),
+        cluster_count=_frozen(clusters / boxes),
+        largest_cluster_ratio=_frozen(largest / (boxes * sizes * sizes)),
+        percolating_ratio=_frozen(percolating / boxes),
+    )
+
+
+def _validate(image: Any, box_sizes: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Check the arguments; return the image as planar (C, H, W) uint16 and the box sides as int64."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"image must have dtype uint8 or uint16, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 4:
+        raise ValueError("image has 4 channels (RGBA?); pass image[..., :3] to drop alpha")
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3))):
+        raise ValueError(f"image must have shape (H, W), (H, W, 1) or (H, W, 3), got {image.shape}")
+    if image.size == 0:
+        raise ValueError(f"image is empty, shape {image.shape}")
+    try:
+        sizes = np.array(list(box_sizes))
+    except TypeError:
+        raise ValueError(
+            f"box_sizes must be an iterable of odd positive integers, got {box_sizes!r}"
+        ) from None
+    if sizes.ndim != 1 or sizes.size == 0 or sizes.dtype.kind not in "iu":
+        raise ValueError(f"box_sizes must be a non-empty sequence of integers, got {box_sizes!r}")
+    sizes = sizes.astype(np.int64)
+    if np.any(sizes < 1) or np.any(sizes % 2 == 0):
+        raise ValueError(f"box_sizes must be odd and positive, got {sizes.tolist()}")
+    if np.any(np.diff(sizes) <= 0):
+        raise ValueError(f"box_sizes must be strictly increasing, got {sizes.tolist()}")
+    if sizes[-1] > MAX_BOX_SIZE:
+        raise ValueError(f"box_sizes must be at most {MAX_BOX_SIZE}, got {int(sizes[-1])}")
+    height, width = image.shape[:2]
+    if sizes[-1] > min(height, width):
+        raise ValueError(
+            f"box_sizes up to {int(sizes[-1])} need an image at least {int(sizes[-1])}x{int(sizes[-1])}, "
+            f"got image of shape {image.shape}"
+        )
+    pixels = image.reshape(height, width, -1)
+    return np.ascontiguousarray(np.moveaxis(pixels, 2, 0), dtype=np.uint16), sizes
+
+
+@dataclass(frozen=True)
+class _EntryTables:
+    """Per-side thresholds and the lookup tables giving the first box side at which a neighbour counts.
+
+    A neighbour q of centre c at chessboard offset k and colour distance d counts in the box of
+    side r_j iff k ≤ (r_j - 1) / 2 and d ≤ T(r_j). Both conditions are monotone in j, so q counts
+    exactly in boxes j ≥ max(ring_index[k], colour_index[min(d, len(colour_index) - 1)]), its
+    entry index; n (the number of sides) means never.
+    """
+
+    sizes: np.ndarray
+    thresholds: np.ndarray
+    ring_index: np.ndarray
+    colour_index: np.ndarray
+
+    @classmethod
+    def build(cls, sizes: np.ndarray, sixteen_bit: bool) -> _EntryTables:
+        """Tables for these box sides and uint8 (T = r) or uint16 (T = 257 r) thresholds."""
+        # A threshold at or above the largest possible distance passes every pixel, so capping it
+        # at 65535 keeps uint16 arithmetic exact.
+        thresholds = np.minimum(sizes * (257 if sixteen_bit else 1), 65535)
+        half_max = (int(sizes[-1]) - 1) // 2
+        ring = np.searchsorted(sizes, 2 * np.arange(half_max + 1) + 1)
+        colour = np.searchsorted(thresholds, np.arange(int(thresholds[-1]) + 2))
+        return cls(sizes, thresholds.astype(np.uint16), ring, colour)
+
+
+def _use_torch(backend: str) -> bool:
+    """Whether ``backend`` asks for the torch path."""
+    if backend == "numba":
+        return False
+    if backend == "torch":
+        return True
+    if backend == "auto":
+        try:
+            import torch
+        except ImportError:
+            return False
+        return bool(torch.cuda.is_available())
+    raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+
+
+def _box_counts(sizes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Number of boxes of each side in an image of this (H, W)."""
+    return (shape[0] - sizes + 1) * (shape[1] - sizes + 1)
+
+
+def _percolating_mass(sizes: np.ndarray) -> np.ndarray:
+    """Per box side, the smallest mass m with m / r² ≥ PERCOLATION_THRESHOLD, divided in float64."""
+    return np.array(
+        [int(np.argmax(np.arange(r * r + 1) / (r * r) >= PERCOLATION_THRESHOLD)) for r in sizes.tolist()],
+        dtype=np.int64,
+    )
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """Mark an array read-only, so a frozen result cannot be changed through it."""
+    array.setflags(write=False)
+    return array
+
+
+def _gliding_box_result(sizes: np.ndarray, counts: np.ndarray, shape: tuple[int, int]) -> GlidingBoxResult:
+    """Turn per-side mass histograms (counts[j, m]) into probabilities, Λ, N and the dimension fit."""
+    boxes = _box_counts(sizes, shape)
+    probability: dict[int, np.ndarray] = {}
+    lacunarity = np.empty(len(sizes))
+    box_count = np.empty(len(sizes))
+    for j, r in enumerate(sizes.tolist()):
+        p = counts[j, 1 : r * r + 1] / boxes[j]
+        mass = np.arange(1, r * r + 1, dtype=np.float64)
+        first = np.sum(mass * p)
+        second = np.sum(mass * mass * p)
+        lacunarity[j] = (second - first * first) / (first * first)
+        box_count[j] = np.sum(p / mass)
+        probability[r] = _frozen(p)
+    return GlidingBoxResult(
+        box_sizes=_frozen(sizes),
+        probability=probability,
+        lacunarity=_frozen(lacunarity),
+        box_count=_frozen(box_count),
+        fractal_dimension=_fit_dimension(sizes, box_count),
+    )
+
+
+def _fit_dimension(sizes: np.ndarray, box_count: np.ndarray) -> FractalDimension:
+    """Least-squares slope of log N(r) against log r, reported as D = -slope."""
+    r_min, r_max = int(sizes[0]), int(sizes[-1])
+    if len(sizes) < 2:
+        return FractalDimension(float("nan"), r_min, r_max, float("nan"))
+    x = np.log(sizes.astype(np.float64))
+    y = np.log(box_count)
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = float(np.sum((y - (slope * x + intercept)) ** 2))
+    total = float(np.sum((y - y.mean()) ** 2))
+    r_squared = 1.0 if total == 0.0 else 1.0 - residual / total
+    return FractalDimension(float(-slope), r_min, r_max, r_squared)
+
+
+# ---------------------------------------------------------------------------------------------------
+# numba kernels. A band of centre rows per task; for each row of centres every offset of the largest
+# box is visited once, in loops over the whole row that LLVM vectorises. From the ring of the offset
+# and the colour distance follows the first box side a pixel counts in (see _EntryTables), so one
+# pass serves every side.
+
+
+@njit(cache=True)
+def _row_distances(img, y, dy, dx, x0, x1, out):  # pragma: no cover - compiled
+    """Colour distances max_c |img[c, y + dy, x + dx] - img[c, y, x]| for x0 ≤ x < x1, into out[: x1 - x0]."""
+    d = out[: x1 - x0]
+    # Loops run from 0 over slices: a possibly negative index would stop LLVM vectorising them.
+    for c in range(img.shape[0]):
+        near = img[c, y + dy, x0 + dx : x1 + dx]
+        centre = img[c, y, x0:x1]
+        for i in range(x1 - x0):
+            step = max(near[i], centre[i]) - min(near[i], centre[i])
+            d[i] = step if c == 0 else max(d[i], step)
+    return d
+
+
+@njit(cache=True)
+def _add_row_masses(img, y, half_y, sides, thresholds, ring_index, mass, distance):  # pragma: no cover
+    """mass[j, x] = mass of the box of side sizes[j] centred on (y, x), for j < sides.
+
+    Walks every offset (dy, dx) of the largest box once, comparing whole rows of centres at a time;
+    an offset at ring k counts for the sides j ≥ ring_index[k] whose threshold the distance meets.
+    Centres too close to the left or right edge for a side get meaningless counts there.
+    """
+    width = img.shape[2]
+    half_max = ring_index.shape[0] - 1
+    mass[:] = 0
+    for dy in range(-half_y, half_y + 1):
+        for dx in range(-half_max, half_max + 1):
+            first = ring_index[max(abs(dy), abs(dx))]
+            if first >= sides:
+                continue
+            x0, x1 = max(0, -dx), min(width, width - dx)
+            d = _row_distances(img, y, dy, dx, x0, x1, distance)
+            for j in range(first, sides):
+                threshold = thresholds[j]
+                row = mass[j, x0:x1]
+                for i in range(x1 - x0):
+                    row[i] += d[i] <= threshold
+
+
+@njit(cache=True, parallel=True)
+def _mass_counts_numba(img, sizes, thresholds, ring_index, chunks):  # pragma: no cover - compiled
+    """counts[j, m]: number of boxes of side sizes[j] with mass m, for a planar (C, H, W) uint16 image."""
+    height, width = img.shape[1], img.shape[2]
+    n = sizes.shape[0]
+    halves = (sizes - 1) // 2
+    half_min, half_max = halves[0], halves[-1]
+    counts = np.zeros((chunks, n, sizes[-1] * sizes[-1] + 1), np.int64)
+    rows = height - 2 * half_min
+    for chunk in prange(chunks):
+        mass = np.empty((n, width), np.uint16)
+        distance = np.empty(width, np.uint16)
+        for y in range(half_min + rows * chunk // chunks, half_min + rows * (chunk + 1) // chunks):
+            half_y = min(y, height - 1 - y, half_max)
+            sides = np.searchsorted(halves, half_y, side="right")
+            _add_row_masses(img, y, half_y, sides, thresholds, ring_index, mass, distance)
+            for x in range(half_min, width - half_min):
+                half = min(x, width - 1 - x, half_y)
+                for j in range(n):
+                    if halves[j] > half:
+                        break
+                    counts[chunk, j, mass[j, x]] += 1
+    return counts.sum(axis=0)
+
+
+@njit(cache=True)
+def _row_entries(img, y, half_y, sides, ring_index, colour_index, entries, distance):  # pragma: no cover
+    """entries[o, x]: entry index of offset o = (dy + half_max) * span + dx + half_max for centre (y, x).
+
+    Only offsets inside the image and within some side's box for this row are written.
+    """
+    width = img.shape[2]
+    half_max = ring_index.shape[0] - 1
+    span = 2 * half_max + 1
+    cap = colour_index.shape[0] - 1
+    for dy in range(-half_y, half_y + 1):
+        for dx in range(-half_max, half_max + 1):
+            first = ring_index[max(abs(dy), abs(dx))]
+            if first >= sides:
+                continue
+            x0, x1 = max(0, -dx), min(width, width - dx)
+            d = _row_distances(img, y, dy, dx, x0, x1, distance)
+            out = entries[(dy + half_max) * span + dx + half_max, x0:x1]
+            for i in range(x1 - x0):
+                out[i] = max(first, colour_index[min(d[i], cap)])
+
+
+@njit(cache=True, inline="always")
+def _find(parent, a):  # pragma: no cover - compiled
+    """Root of a's set, halving the path on the way."""
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
+@njit(cache=True)
+def _add_centre_clusters(
+    entries, x, half, halves, min_mass, scratch, clusters, largest, percolating
+):  # pragma: no cover
+    """Add the cluster count, largest cluster and percolation of each box centred on (y, x) to the totals.
+
+    The pixels of the largest box (half side ``half``, one of ``halves``) join a union-find over a
+    padded grid in order of entry index; once those of index j are in, its sets are exactly the
+    4-connected clusters of the box of side sizes[j], since clusters only merge as pixels are added.
+    """
+    n = halves.shape[0]
+    half_max = halves[-1]
+    span = 2 * half_max + 1
+    stride = 2 * half + 3
+    start, order, parent, size = scratch[0], scratch[1], scratch[2], scratch[3]
+    # Counting sort of the box's cells by entry index: bucket j ends up as order[start[j-1]:start[j]].
+    for j in range(n + 2):
+        start[j] = 0
+    for dy in range(-half, half + 1):
+        for dx in range(-half, half + 1):
+            start[entries[(dy + half_max) * span + dx + half_max, x] + 1] += 1
+    for j in range(n):
+        start[j + 1] += start[j]
+    for dy in range(-half, half + 1):
+        base = (dy + half + 1) * stride + half + 1
+        for dx in range(-half, half + 1):
+            e = entries[(dy + half_max) * span + dx + half_max, x]
+            if e < n:
+                order[start[e]] = base + dx
+                start[e] += 1
+    for p in range(stride * stride):
+        parent[p] = -1
+    components = 0
+    biggest = 0
+    begin = 0
+    for j in range(n):
+        if halves[j] > half:
+            break
+        for t in range(begin, start[j]):
+            p = order[t]
+            # p joins its first present neighbour's set directly, then merges any other sets it touches.
+            root = -1
+            for q in (p - 1, p + 1, p - stride, p + stride):
+                if parent[q] >= 0:
+                    other = _find(parent, q)
+                    if root < 0:
+                        root = other
+                        parent[p] = root
+                        size[root] += 1
+                    elif other != root:
+                        if size[other] > size[root]:
+                            root, other = other, root
+                        parent[other] = root
+                        size[root] += size[other]
+                        components -= 1
+            if root < 0:
+                root = p
+                parent[p] = p
+                size[p] = 1
+                components += 1
+            biggest = max(biggest, size[root])
+        begin = start[j]
+        clusters[j] += components
+        largest[j] += biggest
+        if start[j] >= min_mass[j]:
+            percolating[j] += 1
+
+
+@njit(cache=True, parallel=True)
+def _cluster_sums_numba(img, sizes, ring_index, colour_index, min_mass, chunks):  # pragma: no cover
+    """Per box side: total cluster count, total largest-cluster size and number of percolating boxes."""
+    height, width = img.shape[1], img.shape[2]
+    n = sizes.shape[0]
+    halves = (sizes - 1) // 2
+    half_min, half_max = halves[0], halves[-1]
+    span = 2 * half_max + 1
+    totals = np.zeros((chunks, 3, n), np.int64)
+    rows = height - 2 * half_min
+    for chunk in prange(chunks):
+        # An odd number of cache lines per offset keeps a centre's column of entries from
+        # crowding into a few cache sets, as a power-of-two width would.
+        entries = np.empty((span * span, ((width + 63) // 64 | 1) * 64), np.uint8)
+        distance = np.empty(width, np.uint16)
+        scratch = np.empty((4, (span + 2) * (span + 2)), np.int32)
+        for y in range(half_min + rows * chunk // chunks, half_min + rows * (chunk + 1) // chunks):
+            half_y = min(y, height - 1 - y, half_max)
+            sides = np.searchsorted(halves, half_y, side="right")
+            _row_entries(img, y, half_y, sides, ring_index, colour_index, entries, distance)
+            for x in range(half_min, width - half_min):
+                # The largest box that fits: rings between two sides' boxes have no entries written.
+                fits = np.searchsorted(halves, min(x, width - 1 - x, half_y), side="right")
+                _add_centre_clusters(
+                    entries,
+                    x,
+                    halves[fits - 1],
+                    halves,
+                    min_mass,
+                    scratch,
+                    totals[chunk, 0],
+                    totals[chunk, 1],
+                    totals[chunk, 2],
+                )
+    summed = totals.sum(axis=0)
+    return summed[0], summed[1], summed[2]
+
+
+# ---------------------------------------------------------------------------------------------------
+# torch path: the same entry indices computed one offset at a time for a band of centre rows.
+
+
+def _torch_device() -> Any:
+    """CUDA when available, else the CPU; imports torch only when the torch path is used."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _centre_bands(sizes: np.ndarray, shape: tuple[int, int], bytes_per_centre: int) -> list[tuple[int, int]]:
+    """Bands [y0, y1) of centre rows whose working arrays fit _TORCH_WORKING_BYTES."""
+    half_min = (int(sizes[0]) - 1) // 2
+    height, width = shape
+    rows = max(1, _TORCH_WORKING_BYTES // (width * bytes_per_centre))
+    return [(y, min(y + rows, height - half_min)) for y in range(half_min, height - half_min, rows)]
+
+
+def _entry_offsets_torch(img: Any, tables: _EntryTables, band: tuple[int, int]) -> Any:
+    """Yield (dy, dx, rows, cols, entry) for each offset of the largest box, entry over centres rows×cols.
+
+    Centres whose neighbour at (dy, dx) falls outside the image are left out; their largest box is
+    smaller than that offset's ring, so they never read it.
+    """
+    import torch
+
+    _, height, width = img.shape
+    half_max = (int(tables.sizes[-1]) - 1) // 2
+    ring = tables.ring_index.tolist()
+    colour = torch.from_numpy(tables.colour_index).to(img.device)
+    cap = len(tables.colour_index) - 1
+    for dy in range(-half_max, half_max + 1):
+        rows = slice(max(band[0], -dy), min(band[1], height - dy))
+        if rows.start >= rows.stop:
+            continue
+        for dx in range(-half_max, half_max + 1):
+            cols = slice(max(0, -dx), min(width, width - dx))
+            centre = img[:, rows, cols]
+            neighbour = img[:, rows.start + dy : rows.stop + dy, cols.start + dx : cols.stop + dx]
+            distance = (neighbour - centre).abs_().amax(dim=0).clamp_(max=cap).long()
+            yield dy, dx, rows, cols, colour[distance].clamp_(min=ring[max(abs(dy), abs(dx))])
+
+
+def _mass_counts_torch(planar: np.ndarray, tables: _EntryTables) -> np.ndarray:
+    """Torch version of _mass_counts_numba."""
+    import torch
+
+    sizes = tables.sizes
+    n = len(sizes)
+    img = torch.from_numpy(planar.astype(np.int32)).to(_torch_device())
+    _, height, width = img.shape
+    counts = torch.zeros((n, int(sizes[-1]) ** 2 + 1), dtype=torch.int64, device=img.device)
+    for band in _centre_bands(sizes, (height, width), 4 * (n + 1)):
+        hist = torch.zeros((band[1] - band[0], width, n + 1), dtype=torch.int32, device=img.device)
+        for _, _, rows, cols, entry in _entry_offsets_torch(img, tables, band):
+            target = hist[rows.start - band[0] : rows.stop - band[0], cols]
+            target.scatter_add_(2, entry.unsqueeze(2), torch.ones_like(entry, dtype=hist.dtype).unsqueeze(2))
+        mass = hist.cumsum(dim=2)
+        for j, r in enumerate(sizes.tolist()):
+            half = (r - 1) // 2
+            y0, y1 = max(band[0], half), min(band[1], height - half)
+            if y0 < y1:
+                region = mass[y0 - band[0] : y1 - band[0], half : width - half, j]
+                counts[j] += torch.bincount(region.reshape(-1), minlength=counts.shape[1])
+    return counts.cpu().numpy()
+
+
+def _cluster_sums_torch(
+    planar: np.ndarray, tables: _EntryTables, min_mass: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Torch version of _cluster_sums_numba: per-side maps from the entry indices, labelled in batches."""
+    import torch
+
+    sizes = tables.sizes
+    n = len(sizes)
+    half_max = (int(sizes[-1]) - 1) // 2
+    span = 2 * half_max + 1
+    img = torch.from_numpy(planar.astype(np.int32)).to(_torch_device())
+    _, height, width = img.shape
+    sums = torch.zeros((3, n), dtype=torch.int64, device=img.device)
+    batch_pixels = max(1, _TORCH_WORKING_BYTES // _LABEL_BYTES_PER_PIXEL)
+    for band in _centre_bands(sizes, (height, width), 2 * span * span):
+        entry = torch.full((band[1] - band[0], width, span, span), n, dtype=torch.int16, device=img.device)
+        for dy, dx, rows, cols, values in _entry_offsets_torch(img, tables, band):
+            entry[rows.start - band[0] : rows.stop - band[0], cols, dy + half_max, dx + half_max] = values.to(
+                torch.int16
+            )
+        for j, r in enumerate(sizes.tolist()):
+            half = (r - 1) // 2
+            y0, y1 = max(band[0], half), min(band[1], height - half)
+            if y0 >= y1:
+                continue
+            window = slice(half_max - half, half_max + half + 1)
+            maps = entry[y0 - band[0] : y1 - band[0], half : width - half, window, window] <= j
+            maps = maps.reshape(-1, r, r)
+            sums[2, j] += (maps.reshape(maps.shape[0], -1).sum(dim=1) >= int(min_mass[j])).sum()
+            step = max(1, batch_pixels // (r * r))
+            for first in range(0, maps.shape[0], step):
+                components, biggest = _label_clusters_torch(maps[first : first + step])
+                sums[0, j] += components.sum()
+                sums[1, j] += biggest.sum()
+    clusters, largest, percolating = sums.cpu().numpy()
+    return clusters, largest, percolating
+
+
+def _label_clusters_torch(maps: Any) -> tuple[Any, Any]:
+    """Number of 4-connected clusters and largest cluster size of each map in a (B, r, r) bool batch.
+
+    Labels are pixel indices; each round hooks the larger root of every edge whose ends disagree onto
+    the smaller one, then compresses paths fully, until every edge joins equal labels.
+    """
+    import torch
+
+    batch, r, _ = maps.shape
+    ids = torch.arange(batch * r * r, device=maps.device)
+    grid = ids.view(batch, r, r)
+    across = maps[:, :, :-1] & maps[:, :, 1:]
+    down = maps[:, :-1, :] & maps[:, 1:, :]
+    heads = torch.cat([grid[:, :, :-1][across], grid[:, :-1, :][down]])
+    tails = torch.cat([grid[:, :, 1:][across], grid[:, 1:, :][down]])
+    label = ids.clone()
+    while True:
+        a, b = label[heads], label[tails]
+        differ = a != b
+        if not bool(differ.any()):
+            break
+        a, b = a[differ], b[differ]
+        label.scatter_reduce_(0, torch.maximum(a, b), torch.minimum(a, b), reduce="amin")
+        while True:
+            jumped = label[label]
+            if torch.equal(jumped, label):
+                break
+            label = jumped
+    on = maps.reshape(-1)
+    components = (on & (label == ids)).view(batch, -1).sum(dim=1)
+    sizes = torch.bincount(label[on], minlength=batch * r * r)
+    return components, sizes.view(batch, -1).amax(dim=1)
