@@ -38,14 +38,16 @@ class MassProbability(_message.Message):
     def __init__(self, box_size: _Optional[int] = ..., probability: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class FractalDimensionFit(_message.Message):
-    __slots__ = ("dimension", "r_min", "r_max")
+    __slots__ = ("dimension", "r_min", "r_max", "r_squared")
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     R_MIN_FIELD_NUMBER: _ClassVar[int]
     R_MAX_FIELD_NUMBER: _ClassVar[int]
+    R_SQUARED_FIELD_NUMBER: _ClassVar[int]
     dimension: float
     r_min: int
     r_max: int
-    def __init__(self, dimension: _Optional[float] = ..., r_min: _Optional[int] = ..., r_max: _Optional[int] = ...) -> None: ...
+    r_squared: float
+    def __init__(self, dimension: _Optional[float] = ..., r_min: _Optional[int] = ..., r_max: _Optional[int] = ..., r_squared: _Optional[float] = ...) -> None: ...
 
 class PercolationFeatures(_message.Message):
     __slots__ = ("cluster_count", "largest_cluster_ratio", "percolating_ratio")

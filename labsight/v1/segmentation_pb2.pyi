@@ -81,9 +81,11 @@ class ExtractPatchesRequest(_message.Message):
     def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., spot_centres: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., spot_diameter: _Optional[float] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., blank_other_cells: _Optional[bool] = ..., output_size: _Optional[int] = ..., spot_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExtractPatchesResponse(_message.Message):
-    __slots__ = ("patches", "patch_ids")
+    __slots__ = ("patches", "patch_ids", "patch_centres")
     PATCHES_FIELD_NUMBER: _ClassVar[int]
     PATCH_IDS_FIELD_NUMBER: _ClassVar[int]
+    PATCH_CENTRES_FIELD_NUMBER: _ClassVar[int]
     patches: _tensor_pb2.Tensor
     patch_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, patches: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., patch_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    patch_centres: _tensor_pb2.Tensor
+    def __init__(self, patches: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., patch_ids: _Optional[_Iterable[str]] = ..., patch_centres: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...

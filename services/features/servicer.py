@@ -1,23 +1,36 @@
-"""Thin gRPC servicer of the FeatureService: protobuf in, fractal core, protobuf out."""
+"""Thin gRPC servicer of the FeatureService: protobuf in, fractal or deep-feature core, protobuf out."""
 
 from __future__ import annotations
 
 import grpc
 
 from labsight.config import Settings
-from labsight.errors import Unimplemented
 from labsight.images import decode_image
-from labsight.tables import feature_row
+from labsight.tables import feature_row, feature_table
 from labsight.v1 import features_pb2 as pb
 from labsight.v1 import features_pb2_grpc as pb_grpc
+from services.features.deep import PoolingMode
+from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
 from services.features.fractal import gliding_box, percolation
 from services.features.fractal_columns import fractal_columns, percolation_columns
+from services.features.models import ModelRepository
 
 DEFAULT_BOX_SIZES = tuple(range(3, 42, 2))
 
 
+POOLING_MODES: dict[int, PoolingMode] = {
+    pb.POOLING_UNSPECIFIED: "average",
+    pb.POOLING_AVERAGE: "average",
+    pb.POOLING_MAX: "max",
+    pb.POOLING_NONE: "none",
+}
+
+
 class FeatureServicer(pb_grpc.FeatureServiceServicer):
-    """Serves fractal features; deep features arrive with the deep-features issue."""
+    """Serves fractal features and deep CNN features of the model repository."""
+
+    def __init__(self, extractor: DeepFeatureExtractor) -> None:
+        self.extractor = extractor
 
     def ComputeFractal(
         self, request: pb.ComputeFractalRequest, context: grpc.ServicerContext
@@ -36,9 +49,10 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
             lacunarity=boxes.lacunarity.tolist(),
             box_count=boxes.box_count.tolist(),
             fractal_dimension=pb.FractalDimensionFit(
-                dimension=boxes.fractal_dimension.dimension,
+                dimension=boxes.fractal_dimension.value,
                 r_min=boxes.fractal_dimension.r_min,
                 r_max=boxes.fractal_dimension.r_max,
+                r_squared=boxes.fractal_dimension.r_squared,
             ),
         )
         if request.percolation:
@@ -56,19 +70,44 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
 
     def ExtractDeepFeatures(
         self, request: pb.ExtractDeepFeaturesRequest, context: grpc.ServicerContext
-    ) -> None:
-        raise Unimplemented(
-            "ExtractDeepFeatures: deep CNN features are not served yet (they arrive with the "
-            "deep features issue)"
+    ) -> pb.ExtractDeepFeaturesResponse:
+        """Features of a batch of images from one layer of one model."""
+        images = [decode_image(image, f"images[{i}]") for i, image in enumerate(request.images)]
+        features = self.extractor.extract(
+            images, request.model, request.layer, POOLING_MODES[request.pooling]
+        )
+        row_ids = [image.name or str(i) for i, image in enumerate(request.images)]
+        return pb.ExtractDeepFeaturesResponse(
+            features=feature_table(features.columns, features.values, row_ids),
+            model=features.model.name,
+            model_version=features.model.version,
+            layer=features.layer,
         )
 
-    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> None:
-        raise Unimplemented(
-            "ListModels: the model repository is not served yet (it arrives with the deep "
-            "features issue)"
+    def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
+        """Every model of the repository with its public layers."""
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelInfo(
+                    name=m.name,
+                    version=m.version,
+                    format=m.format,
+                    input_size=list(m.input_size),
+                    layers=list(m.layers),
+                    default_layer=m.default_layer,
+                    weights_source=m.weights_description(),
+                )
+                for m in self.extractor.repository.list()
+            ]
         )
 
 
 def register(server: grpc.Server, settings: Settings) -> None:
-    """Add the FeatureService to ``server``."""
-    pb_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(), server)
+    """Add the FeatureService to ``server``, its models from the built-ins and $LABSIGHT_MODEL_DIR."""
+    config = ExtractorConfig.from_env()
+    repository = ModelRepository(config.model_dirs)
+    pb_grpc.add_FeatureServiceServicer_to_server(
+        FeatureServicer(DeepFeatureExtractor(repository, config)), server
+    )

@@ -1,13 +1,16 @@
-"""Thin gRPC servicer of the SegmentationService (algorithms arrive in later issues)."""
+"""Thin gRPC servicer of the SegmentationService: patch extraction now, segmentation in later issues."""
 
 from __future__ import annotations
 
 import grpc
 
 from labsight.config import Settings
-from labsight.errors import Unimplemented
+from labsight.errors import InvalidArgument, Unimplemented
+from labsight.images import decode_image
+from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import segmentation_pb2 as pb
 from labsight.v1 import segmentation_pb2_grpc as pb_grpc
+from services.segmentation.patches import cell_patches, spot_patches
 
 
 class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
@@ -29,10 +32,30 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     def ExtractPatches(
         self, request: pb.ExtractPatchesRequest, context: grpc.ServicerContext
-    ) -> None:
-        raise Unimplemented(
-            "ExtractPatches: patch extraction is not served yet (it arrives with the deep "
-            "features issue)"
+    ) -> pb.ExtractPatchesResponse:
+        """Patches around spot centres or per labelled cell, resized to ``output_size``."""
+        image = decode_image(request.image, "image")
+        has_spots = request.HasField("spot_centres")
+        if has_spots == request.HasField("cell_labels"):
+            raise InvalidArgument("spot_centres, cell_labels: set exactly one of them")
+        if has_spots:
+            centres = from_tensor(request.spot_centres, "spot_centres")
+            if request.spot_ids and len(request.spot_ids) != len(centres):
+                raise InvalidArgument(
+                    f"spot_ids: {len(request.spot_ids)} ids for {len(centres)} spot centres"
+                )
+            patches = spot_patches(image, centres, request.spot_diameter, request.output_size)
+            ids = list(request.spot_ids) or [str(i) for i in patches.labels]
+        else:
+            labels = from_tensor(request.cell_labels, "cell_labels")
+            patches = cell_patches(
+                image, labels, request.output_size, request.blank_other_cells
+            )
+            ids = [str(label) for label in patches.labels]
+        return pb.ExtractPatchesResponse(
+            patches=to_tensor(patches.pixels),
+            patch_ids=ids,
+            patch_centres=to_tensor(patches.centres),
         )
 
 

@@ -5,19 +5,20 @@ from __future__ import annotations
 from labsight.errors import InvalidArgument, Unimplemented
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Pipeline
+from services.gateway.pipelines.deep_features import DeepFeaturesPipeline
 from services.gateway.pipelines.fractal import FractalPipeline
+from services.gateway.pipelines.spot_features import SpotFeaturesPipeline
 
-PIPELINES: dict[str, Pipeline] = {p.name: p for p in (FractalPipeline(),)}
+PIPELINES: dict[str, Pipeline] = {
+    p.name: p for p in (FractalPipeline(), DeepFeaturesPipeline(), SpotFeaturesPipeline())
+}
 """Pipelines served now, by name."""
 
 PLANNED_PIPELINES: dict[str, str] = {
     "hpa-cells": "segment nuclei and cells of a 4-channel HPA image, classify each cell's "
     "organelle (19 classes); arrives with the cell segmentation and classifier issues",
-    "spot-features": "deep features of patches around spatial-transcriptomics spots or "
-    "segmented cells; arrives with the deep features issue",
     "vessel-content": "instance and semantic segmentation of a vessel's contents; arrives "
     "with the vessel-content issue",
-    "deep-features": "CNN layer features of images; arrives with the deep features issue",
 }
 """Pipelines in the contract whose algorithms are not served yet, with what they will do."""
 

@@ -1,0 +1,110 @@
+"""Feature tables of job results written as CSV, Parquet, .npy or AnnData .h5ad files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from labsight.tables import table_values
+from labsight.tensors import from_tensor
+from labsight.v1 import gateway_pb2 as pb
+
+FORMATS = ("csv", "parquet", "npy", "h5ad")
+"""File formats ``write_table`` writes."""
+
+COORDINATES = "coordinates"
+"""Result tensor with the (N, 2) x, y position of each table row (spot-features)."""
+
+
+def combined_table(
+    results: Sequence[pb.JobResult], table: str
+) -> tuple[list[str], list[str], np.ndarray, np.ndarray | None]:
+    """One table stacked over several results: columns, row ids, values and coordinates.
+
+    Row ids of a result that covers a single input are prefixed with its input
+    name when several results are stacked, so rows stay distinguishable.
+    Coordinates are returned only when every result carries them.
+
+    Raises
+    ------
+    ValueError
+        If a result lacks the table or the results' columns differ.
+    """
+    if not results:
+        raise ValueError("no results to export")
+    columns: list[str] = []
+    ids: list[str] = []
+    blocks: list[np.ndarray] = []
+    coordinates: list[np.ndarray] = []
+    for result in results:
+        if table not in result.tables:
+            raise ValueError(f"result of job {result.job_id} has no table {table!r}; "
+                             f"tables: {sorted(result.tables)}")
+        entry = result.tables[table]
+        if columns and list(entry.columns) != columns:
+            raise ValueError(f"job {result.job_id}: table {table!r} has other columns than the first")
+        columns = list(entry.columns)
+        prefix = f"{result.input_name or result.job_id}/" if len(results) > 1 else ""
+        ids.extend(prefix + row_id for row_id in entry.row_ids)
+        blocks.append(table_values(entry, table))
+        if COORDINATES in result.tensors:
+            coordinates.append(from_tensor(result.tensors[COORDINATES], COORDINATES))
+    values = np.concatenate(blocks)
+    stacked = np.concatenate(coordinates) if len(coordinates) == len(results) else None
+    return columns, ids, values, stacked
+
+
+def write_table(results: Sequence[pb.JobResult], table: str, path: Path, fmt: str) -> None:
+    """Write one table of ``results`` (rows stacked) to ``path`` in format ``fmt``.
+
+    Parameters
+    ----------
+    results : sequence of JobResult
+        Results holding the table; rows are stacked in order (see ``combined_table``).
+    table : str
+        Name of the table, e.g. ``"features"``.
+    path : Path
+        File to write.
+    fmt : {"csv", "parquet", "npy", "h5ad"}
+        File format.
+
+    Notes
+    -----
+    csv
+        ``id`` then the feature columns.
+    parquet
+        The same columns, float64 features (pyarrow).
+    npy
+        The (N, D) float64 values only, in row order.
+    h5ad
+        AnnData with the features in ``obsm["features"]``, row ids as ``obs_names``,
+        ``x``/``y`` in ``obs`` and ``obsm["spatial"]`` (squidpy's key) when the
+        result has coordinates, and the column names in ``uns["feature_columns"]``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format: expected one of {list(FORMATS)}, got {fmt!r}")
+    columns, ids, values, coordinates = combined_table(results, table)
+    if fmt == "npy":
+        np.save(path, values)
+        return
+    import pandas as pd
+
+    if fmt in ("csv", "parquet"):
+        frame = pd.DataFrame(values, columns=columns)
+        frame.insert(0, "id", ids)
+        if fmt == "csv":
+            frame.to_csv(path, index=False, float_format="%.17g")
+        else:
+            frame.to_parquet(path, index=False)
+        return
+    import anndata
+
+    obs = pd.DataFrame(index=pd.Index(ids, name="id"))
+    obsm = {"features": values}
+    if coordinates is not None:
+        obs["x"], obs["y"] = coordinates[:, 0], coordinates[:, 1]
+        obsm["spatial"] = coordinates
+    adata = anndata.AnnData(obs=obs, obsm=obsm, uns={"feature_columns": np.array(columns)})
+    adata.write_h5ad(path)

@@ -1,0 +1,222 @@
+"""Dynamic batching: concurrent requests are gathered, run as one batch and answered separately.
+
+Like Triton's dynamic batcher, a batch is closed when it holds ``max_batch_size``
+items or when its oldest request has waited ``max_queue_delay_ms``, whichever
+comes first. A request may carry several items (the leading axis of its array);
+a request larger than the room left in a batch is split across batches and
+answered once all its parts ran.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client import Counter, Histogram
+
+from labsight.errors import Unavailable
+
+BATCH_SIZE = Histogram(
+    "labsight_batch_size",
+    "Items in each batch a dynamic batcher executed",
+    ["batcher"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+QUEUE_SECONDS = Histogram(
+    "labsight_batch_queue_seconds",
+    "Time from a request's arrival to the start of the batch that ran its first item",
+    ["batcher"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5),
+)
+BATCH_SECONDS = Histogram(
+    "labsight_batch_run_seconds",
+    "Time to run one batch",
+    ["batcher"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+BATCH_FAILURES = Counter(
+    "labsight_batch_failures_total", "Batches whose run raised an exception", ["batcher"]
+)
+
+BatchFunction = Callable[[np.ndarray], np.ndarray]
+"""Runs a batch: (n, ...) in, (n, ...) out, row i of the output belonging to row i of the input."""
+
+
+@dataclass
+class _Request:
+    """One submitted array, the rows of it already taken, and the outputs of its parts."""
+
+    items: np.ndarray
+    arrived: float
+    future: Future[np.ndarray] = field(default_factory=Future)
+    taken: int = 0
+    parts: dict[int, np.ndarray] = field(default_factory=dict)
+    done_rows: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.items) - self.taken
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """Counts of what a batcher executed since it started."""
+
+    batches: int
+    items: int
+
+    @property
+    def mean_batch_size(self) -> float:
+        """Mean number of items per executed batch (0 before the first batch)."""
+        return self.items / self.batches if self.batches else 0.0
+
+
+class DynamicBatcher:
+    """Gathers concurrent requests into batches for one model and runs them on one thread.
+
+    Parameters
+    ----------
+    run_batch : callable
+        Runs an (n, ...) array and returns an array with n rows.
+    max_batch_size : int
+        Most items run together.
+    max_queue_delay_ms : float
+        Longest a request waits for others to join its batch; 0 runs whatever
+        is queued at once.
+    name : str
+        Label of this batcher's Prometheus metrics.
+
+    Examples
+    --------
+    >>> batcher = DynamicBatcher(lambda x: x * 2, max_batch_size=8, max_queue_delay_ms=1)
+    >>> batcher.run(np.ones((3, 2))).tolist()
+    [[2.0, 2.0], [2.0, 2.0], [2.0, 2.0]]
+    >>> batcher.close()
+    """
+
+    def __init__(
+        self,
+        run_batch: BatchFunction,
+        max_batch_size: int = 32,
+        max_queue_delay_ms: float = 5.0,
+        name: str = "default",
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_queue_delay_ms < 0:
+            raise ValueError(f"max_queue_delay_ms must be >= 0, got {max_queue_delay_ms}")
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_ms / 1000.0
+        self.name = name
+        self._queue: deque[_Request] = deque()
+        self._condition = threading.Condition()
+        self._closed = False
+        self._batches = 0
+        self._items = 0
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, items: np.ndarray) -> Future[np.ndarray]:
+        """Queue ``items`` (rows along axis 0); the future resolves to their output rows."""
+        request = _Request(np.asarray(items), time.perf_counter())
+        if request.items.ndim == 0 or len(request.items) == 0:
+            raise ValueError(f"items must have at least one row, got shape {request.items.shape}")
+        with self._condition:
+            if self._closed:
+                raise Unavailable(f"batcher {self.name!r} is closed")
+            self._queue.append(request)
+            self._condition.notify()
+        return request.future
+
+    def run(self, items: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
+        """Submit ``items`` and wait for their output rows."""
+        return self.submit(items).result(timeout_s)
+
+    def stats(self) -> BatchStats:
+        """How many batches and items this batcher has executed."""
+        with self._condition:
+            return BatchStats(self._batches, self._items)
+
+    def close(self) -> None:
+        """Stop taking requests, finish the queued ones, and stop the thread."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            parts = self._next_batch()
+            if parts is None:
+                return
+            self._execute(parts)
+
+    def _next_batch(self) -> list[tuple[_Request, int, int]] | None:
+        """Wait for a full batch or the oldest request's deadline; None once closed and drained."""
+        with self._condition:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._condition.wait()
+            deadline = self._queue[0].arrived + self.max_queue_delay_s
+            while not self._closed and self._queued_items() < self.max_batch_size:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._condition.wait(left)
+            return self._take(self.max_batch_size)
+
+    def _queued_items(self) -> int:
+        return sum(request.remaining for request in self._queue)
+
+    def _take(self, room: int) -> list[tuple[_Request, int, int]]:
+        """Pop up to ``room`` rows off the queue as (request, start, stop) parts."""
+        parts: list[tuple[_Request, int, int]] = []
+        while self._queue and room > 0:
+            request = self._queue[0]
+            count = min(room, request.remaining)
+            parts.append((request, request.taken, request.taken + count))
+            request.taken += count
+            room -= count
+            if request.remaining == 0:
+                self._queue.popleft()
+        return parts
+
+    def _execute(self, parts: list[tuple[_Request, int, int]]) -> None:
+        started = time.perf_counter()
+        for request, start, _ in parts:
+            if start == 0:
+                QUEUE_SECONDS.labels(self.name).observe(started - request.arrived)
+        batch = np.concatenate([request.items[start:stop] for request, start, stop in parts])
+        try:
+            outputs = self.run_batch(batch)
+            if len(outputs) != len(batch):
+                raise RuntimeError(
+                    f"batch function returned {len(outputs)} rows for {len(batch)} inputs"
+                )
+        except Exception as error:  # noqa: BLE001 - the error belongs to every request in the batch
+            BATCH_FAILURES.labels(self.name).inc()
+            for request, _, _ in parts:
+                if not request.future.done():
+                    request.future.set_exception(error)
+            return
+        finally:
+            BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        BATCH_SIZE.labels(self.name).observe(len(batch))
+        with self._condition:
+            self._batches += 1
+            self._items += len(batch)
+        offset = 0
+        for request, start, stop in parts:
+            request.parts[start] = outputs[offset : offset + stop - start]
+            offset += stop - start
+            request.done_rows += stop - start
+            if request.done_rows == len(request.items) and not request.future.done():
+                ordered = [request.parts[key] for key in sorted(request.parts)]
+                request.future.set_result(ordered[0] if len(ordered) == 1 else np.concatenate(ordered))

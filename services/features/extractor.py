@@ -1,0 +1,151 @@
+"""Deep features of image batches from any served model and layer, through dynamic batchers."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from labsight.home import home_dir
+from labsight.runtime.batching import DynamicBatcher
+from services.features.deep import PoolingMode, feature_columns, pool, preprocess
+from services.features.models import (
+    DEFAULT_MODEL,
+    ModelManifest,
+    ModelRepository,
+    build_engine,
+    model_dirs_from_env,
+)
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """How the features service runs its models (environment variables in brackets).
+
+    Attributes
+    ----------
+    model_dirs : list of Path
+        Operator model directories [LABSIGHT_MODEL_DIR, ``os.pathsep``-separated].
+    cache_dir : Path
+        Exported ONNX files [LABSIGHT_MODEL_CACHE, default $LABSIGHT_HOME/models].
+    device : str
+        ``auto`` (CUDA when present), ``cpu`` or ``cuda`` [LABSIGHT_DEVICE].
+    max_batch_size : int
+        Most images run together [LABSIGHT_MAX_BATCH_SIZE, default 32].
+    max_queue_delay_ms : float
+        Longest a request waits for others to join its batch
+        [LABSIGHT_MAX_QUEUE_DELAY_MS, default 5].
+    threads : int
+        ONNX Runtime intra-op threads, 0 for all physical cores [LABSIGHT_ORT_THREADS].
+    default_model : str
+        Model used when a request names none [LABSIGHT_DEFAULT_MODEL].
+    """
+
+    model_dirs: tuple[Path, ...] = ()
+    cache_dir: Path = Path(".labsight/models")
+    device: str = "auto"
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 5.0
+    threads: int = 0
+    default_model: str = DEFAULT_MODEL
+
+    @classmethod
+    def from_env(cls) -> ExtractorConfig:
+        """The configuration from LABSIGHT_* environment variables."""
+        device = os.environ.get("LABSIGHT_DEVICE", "auto")
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"LABSIGHT_DEVICE must be auto, cpu or cuda, got {device!r}")
+        return cls(
+            model_dirs=tuple(model_dirs_from_env()),
+            cache_dir=Path(os.environ.get("LABSIGHT_MODEL_CACHE", "") or home_dir() / "models"),
+            device=device,
+            max_batch_size=int(_env_number("LABSIGHT_MAX_BATCH_SIZE", 32)),
+            max_queue_delay_ms=_env_number("LABSIGHT_MAX_QUEUE_DELAY_MS", 5.0),
+            threads=int(_env_number("LABSIGHT_ORT_THREADS", 0)),
+            default_model=os.environ.get("LABSIGHT_DEFAULT_MODEL", DEFAULT_MODEL),
+        )
+
+
+@dataclass(frozen=True)
+class DeepFeatures:
+    """Features of a batch of images: one row per image."""
+
+    model: ModelManifest
+    layer: str
+    columns: list[str]
+    values: np.ndarray
+
+
+class DeepFeatureExtractor:
+    """Serves every model of a repository, one engine and one dynamic batcher per (model, layer).
+
+    Engines load on first use; concurrent requests for the same layer share
+    its batcher, so single-image requests from many clients run as batches.
+    """
+
+    def __init__(self, repository: ModelRepository, config: ExtractorConfig) -> None:
+        self.repository = repository
+        self.config = config
+        self._batchers: dict[tuple[str, str, str], DynamicBatcher] = {}
+        self._lock = threading.Lock()
+
+    def extract(
+        self,
+        images: Sequence[np.ndarray],
+        model: str = "",
+        layer: str = "",
+        pooling: PoolingMode = "average",
+    ) -> DeepFeatures:
+        """Features of ``images`` from one layer of one model.
+
+        Parameters
+        ----------
+        images : sequence of ndarray
+            (H, W, 3) RGB or (H, W) grey images, uint8 or uint16, any size.
+        model, layer : str
+            Model name and layer (public name or module path); empty for the defaults.
+        pooling : {"average", "max", "none"}
+            Reduction of the layer's activation maps.
+
+        Raises
+        ------
+        NotFound
+            Unknown model or layer.
+        ValueError
+            Bad images or pooling, naming the field.
+        """
+        manifest = self.repository.get(model or self.config.default_model)
+        layer = layer or manifest.default_layer
+        batch = preprocess(images, manifest.input_size, manifest.preprocessing)
+        activations = self.batcher(manifest, layer).run(batch)
+        values = pool(activations, pooling)
+        return DeepFeatures(manifest, layer, feature_columns(layer, values.shape[1]), values)
+
+    def batcher(self, manifest: ModelManifest, layer: str) -> DynamicBatcher:
+        """The dynamic batcher in front of one layer's engine, both built on first use."""
+        key = (manifest.name, manifest.version, manifest.module_path(layer))
+        with self._lock:
+            batcher = self._batchers.get(key)
+            if batcher is None:
+                engine = build_engine(
+                    manifest, layer, self.config.device, self.config.cache_dir, self.config.threads
+                )
+                batcher = self._batchers[key] = DynamicBatcher(
+                    engine.run,
+                    self.config.max_batch_size,
+                    self.config.max_queue_delay_ms,
+                    name=f"{manifest.name}:{layer}",
+                )
+        return batcher

@@ -1,0 +1,29 @@
+"""The model repository of the features service: manifests, built-ins, loading and engines."""
+
+from services.features.models.builtin import DEFAULT_MODEL, SPOT_MODEL, builtin_manifests
+from services.features.models.engines import Engine, OnnxEngine, TorchEngine, build_engine
+from services.features.models.manifest import (
+    MANIFEST_FILE,
+    ManifestError,
+    ModelManifest,
+    Preprocessing,
+    load_manifest,
+)
+from services.features.models.repository import ModelRepository, model_dirs_from_env
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MANIFEST_FILE",
+    "SPOT_MODEL",
+    "Engine",
+    "ManifestError",
+    "ModelManifest",
+    "ModelRepository",
+    "OnnxEngine",
+    "Preprocessing",
+    "TorchEngine",
+    "build_engine",
+    "builtin_manifests",
+    "load_manifest",
+    "model_dirs_from_env",
+]

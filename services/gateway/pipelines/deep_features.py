@@ -1,0 +1,141 @@
+"""The ``deep-features`` pipeline: CNN layer features of an image and of a stack of patches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import grpc
+import numpy as np
+
+from labsight.errors import InvalidArgument
+from labsight.images import decode_image, image_from_array, validate_pixels
+from labsight.tables import feature_table, table_values
+from labsight.tensors import from_tensor
+from labsight.v1 import features_pb2, tensor_pb2
+from labsight.v1 import gateway_pb2 as pb
+from services.gateway.pipelines.base import Parameter, Pipeline, RunContext
+
+CHUNK_IMAGES = 32
+"""Images per ExtractDeepFeatures call; calls overlap so the service's batcher stays busy."""
+
+CALLS_IN_FLIGHT = 2
+
+PATCHES_INPUT = "patches"
+"""Role of the optional (N, H, W, C) stack of images in JobInput.tensors."""
+
+POOLINGS = {
+    "average": features_pb2.POOLING_AVERAGE,
+    "max": features_pb2.POOLING_MAX,
+    "none": features_pb2.POOLING_NONE,
+}
+
+
+def parse_pooling(text: str) -> int:
+    """'average', 'max' or 'none' to the Pooling enum; ValueError otherwise."""
+    if text not in POOLINGS:
+        raise ValueError(f"expected one of {sorted(POOLINGS)}, got {text!r}")
+    return POOLINGS[text]
+
+
+def model_parameters(default_model: str) -> tuple[Parameter, ...]:
+    """The model, layer and pooling parameters shared by the deep-feature pipelines."""
+    return (
+        Parameter("model", "Model name from the features service's ListModels.", default_model, str),
+        Parameter("layer", "Layer name or module path; empty: the model's default layer.", "", str),
+        Parameter("pooling", "Reduction of the layer's maps: average, max or none.", "average",
+                  parse_pooling),
+    )
+
+
+def extract_features(
+    context: RunContext,
+    images: Sequence[tensor_pb2.Image],
+    on_chunk: Callable[[int], None],
+) -> tuple[list[str], np.ndarray]:
+    """Column names and (N, D) features of ``images`` from the features service.
+
+    The images go in chunks with calls overlapping; ``on_chunk`` is called with
+    the number of images finished after every chunk (to report progress, which
+    also stops a cancelled job).
+    """
+    params = context.params
+    pooling = parse_pooling(params["pooling"])
+    pending: list[grpc.Future] = []
+    answers: list[features_pb2.ExtractDeepFeaturesResponse] = []
+    done = 0
+
+    def collect(future: grpc.Future) -> None:
+        nonlocal done
+        answers.append(future.result())
+        done += len(answers[-1].features.row_ids)
+        on_chunk(done)
+
+    for start in range(0, len(images), CHUNK_IMAGES):
+        request = features_pb2.ExtractDeepFeaturesRequest(
+            model=params["model"], layer=params["layer"], pooling=pooling,
+            images=images[start : start + CHUNK_IMAGES],
+        )
+        pending.append(
+            context.services.features.ExtractDeepFeatures.future(
+                request, timeout=context.services.call_timeout_s
+            )
+        )
+        if len(pending) == CALLS_IN_FLIGHT:
+            collect(pending.pop(0))
+    for future in pending:
+        collect(future)
+    values = np.concatenate([table_values(answer.features, "features") for answer in answers])
+    return list(answers[0].features.columns), values
+
+
+class DeepFeaturesPipeline(Pipeline):
+    """Runs FeatureService.ExtractDeepFeatures on the job's image and patch stack."""
+
+    name = "deep-features"
+    description = (
+        "CNN features of any RGB or grey images from a chosen model and layer (average, max or "
+        "no pooling): the main image and/or a stack of patches as tensor 'patches' (N, H, W, 3). "
+        "Default model: EfficientNet-Lite0, 1280-d average pool."
+    )
+    parameters = model_parameters("efficientnet-lite0")
+
+    def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
+        """The main image decodes if given, the patch stack is (N, H, W[, C]) pixels; one is there."""
+        if job_input.image.WhichOneof("source") is not None:
+            decode_image(job_input.image, "input.image")
+        elif PATCHES_INPUT not in job_input.tensors:
+            raise InvalidArgument(
+                f"input: give an image and/or a stack of images as tensors[{PATCHES_INPUT!r}]"
+            )
+        if PATCHES_INPUT in job_input.tensors:
+            patch_stack(job_input)
+
+    def run(self, context: RunContext) -> pb.JobResult:
+        """Features of every input image, one table row each (main image first)."""
+        context.report_progress(0.0, "features")
+        images: list[tensor_pb2.Image] = []
+        row_ids: list[str] = []
+        if context.job_input.image.WhichOneof("source") is not None:
+            images.append(context.job_input.image)
+            row_ids.append(context.job_input.image.name or "image")
+        if PATCHES_INPUT in context.job_input.tensors:
+            stack = patch_stack(context.job_input)
+            images.extend(image_from_array(patch) for patch in stack)
+            row_ids.extend(str(i) for i in range(len(stack)))
+        columns, values = extract_features(
+            context, images, lambda done: context.report_progress(done / len(images), "features")
+        )
+        result = pb.JobResult(pipeline=self.name)
+        result.tables["features"].CopyFrom(feature_table(columns, values, row_ids))
+        context.report_progress(1.0, "features")
+        return result
+
+
+def patch_stack(job_input: pb.JobInput) -> np.ndarray:
+    """The (N, H, W[, C]) uint8/uint16 stack in tensors['patches'], checked."""
+    field = f"input.tensors[{PATCHES_INPUT}]"
+    stack = from_tensor(job_input.tensors[PATCHES_INPUT], field)
+    if stack.ndim not in (3, 4) or len(stack) == 0:
+        raise InvalidArgument(f"{field}: expected (N, H, W) or (N, H, W, C), got {list(stack.shape)}")
+    validate_pixels(stack[0], f"{field}[0]")
+    return stack

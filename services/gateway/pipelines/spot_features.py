@@ -1,0 +1,161 @@
+"""The ``spot-features`` pipeline: patches around spots or cells, then their deep features."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from labsight.errors import InvalidArgument
+from labsight.images import decode_image, image_from_array
+from labsight.tables import feature_table
+from labsight.tensors import from_tensor, to_tensor
+from labsight.v1 import features_pb2, segmentation_pb2
+from labsight.v1 import gateway_pb2 as pb
+from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, parse_bool
+from services.gateway.pipelines.deep_features import extract_features, model_parameters
+
+SPOT_CENTRES = "spot_centres"
+CELL_LABELS = "cell_labels"
+PATCH_BYTES_PER_CALL = 32 * 1024 * 1024
+"""Patches asked of the segmentation service per call, in bytes (well under the message limit)."""
+
+
+def parse_diameter(text: str) -> float:
+    """A spot diameter in pixels, >= 0 (0: not given); ValueError otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of pixels, got {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def parse_spot_ids(text: str) -> list[str]:
+    """Comma-separated spot ids (barcodes); empty for none."""
+    return [part.strip() for part in text.split(",")] if text.strip() else []
+
+
+def _report_features(
+    context: RunContext, slice_index: tuple[int, int], patches: int, done: int
+) -> None:
+    """Progress after ``done`` of ``patches`` features of slice ``slice_index`` = (i, count)."""
+    index, count = slice_index
+    context.report_progress((index + done / patches) / count, "features")
+
+
+class SpotFeaturesPipeline(Pipeline):
+    """ExtractPatches on the segmentation service, then ExtractDeepFeatures on the patches."""
+
+    name = "spot-features"
+    description = (
+        "Deep features of square patches around spatial-transcriptomics spots (tensor "
+        "'spot_centres' (N, 2) as x, y pixels, with params.spot_diameter) or of one patch per "
+        "labelled cell (image or tensor 'cell_labels'); patches are resized to the model input. "
+        "Default model: Inception-v3, 2048-d average pool, as MUSE. Result: table 'features' "
+        "keyed by spot id or cell label, tensor 'coordinates' (N, 2) patch centres."
+    )
+    parameters = (
+        *model_parameters("inception-v3"),
+        Parameter("spot_diameter", "Side of each spot's square patch in pixels (spot mode).", "0",
+                  parse_diameter),
+        Parameter("spot_ids", "Comma-separated spot ids, one per centre; default 0..N-1.", "",
+                  parse_spot_ids),
+        Parameter("blank_other_cells", "Blank other cells' pixels in each cell patch (true/false).",
+                  "false", parse_bool),
+    )
+
+    def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
+        """The image decodes; exactly one of spots (with a diameter) or a cell mask is given."""
+        decode_image(job_input.image, "input.image")
+        has_spots = SPOT_CENTRES in job_input.tensors
+        has_cells = CELL_LABELS in job_input.tensors or CELL_LABELS in job_input.images
+        if has_spots == has_cells:
+            raise InvalidArgument(
+                f"input: give exactly one of tensors[{SPOT_CENTRES!r}] or a {CELL_LABELS!r} mask"
+            )
+        if not has_spots:
+            return
+        centres = from_tensor(job_input.tensors[SPOT_CENTRES], f"input.tensors[{SPOT_CENTRES}]")
+        if centres.ndim != 2 or centres.shape[1] != 2 or len(centres) == 0:
+            raise InvalidArgument(
+                f"input.tensors[{SPOT_CENTRES}]: expected (N, 2) x, y coordinates, "
+                f"got shape {list(centres.shape)}"
+            )
+        if parse_diameter(params["spot_diameter"]) < 1:
+            raise InvalidArgument("params.spot_diameter: give the spot diameter in pixels (>= 1)")
+        ids = parse_spot_ids(params["spot_ids"])
+        if ids and len(ids) != len(centres):
+            raise InvalidArgument(f"params.spot_ids: {len(ids)} ids for {len(centres)} spot centres")
+
+    def run(self, context: RunContext) -> pb.JobResult:
+        """Cut patches in slices that fit a message, extract their features, one row per patch."""
+        side = self._model_input_side(context)
+        requests = list(self._patch_requests(context, side))
+        columns: list[str] = []
+        values: list[np.ndarray] = []
+        ids: list[str] = []
+        centres: list[np.ndarray] = []
+        for index, request in enumerate(requests):
+            context.report_progress(index / len(requests), "patches")
+            answer: segmentation_pb2.ExtractPatchesResponse = (
+                context.services.segmentation.ExtractPatches(
+                    request, timeout=context.services.call_timeout_s
+                )
+            )
+            patches = from_tensor(answer.patches, "patches")
+            columns, chunk_values = extract_features(
+                context,
+                [image_from_array(patch) for patch in patches],
+                partial(_report_features, context, (index, len(requests)), len(patches)),
+            )
+            values.append(chunk_values)
+            ids.extend(answer.patch_ids)
+            centres.append(from_tensor(answer.patch_centres, "patch_centres"))
+        result = pb.JobResult(pipeline=self.name)
+        result.tables["features"].CopyFrom(feature_table(columns, np.concatenate(values), ids))
+        result.tensors["coordinates"].CopyFrom(to_tensor(np.concatenate(centres)))
+        context.report_progress(1.0, "features")
+        return result
+
+    def _model_input_side(self, context: RunContext) -> int:
+        """The model's input side from the features service; InvalidArgument for an unknown model."""
+        listing: features_pb2.ListModelsResponse = context.services.features.ListModels(
+            features_pb2.ListModelsRequest(), timeout=context.services.call_timeout_s
+        )
+        for model in listing.models:
+            if model.name == context.params["model"]:
+                return int(model.input_size[0])
+        known = [model.name for model in listing.models]
+        raise InvalidArgument(f"params.model: unknown model {context.params['model']!r}; models: {known}")
+
+    def _patch_requests(
+        self, context: RunContext, side: int
+    ) -> list[segmentation_pb2.ExtractPatchesRequest]:
+        """One request for a cell mask; spot requests in slices of at most PATCH_BYTES_PER_CALL."""
+        job_input = context.job_input
+        params = self.parsed(context.params)
+        base = segmentation_pb2.ExtractPatchesRequest(image=job_input.image, output_size=side)
+        if SPOT_CENTRES not in job_input.tensors:
+            labels = (
+                job_input.tensors[CELL_LABELS] if CELL_LABELS in job_input.tensors
+                else to_tensor(decode_image(job_input.images[CELL_LABELS], f"input.images[{CELL_LABELS}]"))
+            )
+            base.cell_labels.CopyFrom(labels)
+            base.blank_other_cells = bool(params["blank_other_cells"])
+            return [base]
+        centres = from_tensor(job_input.tensors[SPOT_CENTRES], f"input.tensors[{SPOT_CENTRES}]")
+        ids = list(params["spot_ids"]) or [str(i) for i in range(len(centres))]
+        pixels = decode_image(job_input.image, "input.image")
+        patch_bytes = side * side * pixels.itemsize * (pixels.shape[2] if pixels.ndim == 3 else 1)
+        per_call = max(1, PATCH_BYTES_PER_CALL // patch_bytes)
+        requests = []
+        for start in range(0, len(centres), per_call):
+            request = segmentation_pb2.ExtractPatchesRequest()
+            request.CopyFrom(base)
+            request.spot_centres.CopyFrom(to_tensor(centres[start : start + per_call]))
+            request.spot_diameter = float(params["spot_diameter"])
+            request.spot_ids.extend(ids[start : start + per_call])
+            requests.append(request)
+        return requests

@@ -1,0 +1,193 @@
+"""Square image patches around spatial-transcriptomics spots or around each labelled cell."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from labsight.resize import cast_like, resize_image
+
+DEFAULT_CELL_PATCH_SIZE = 224
+"""Side of cell patches when no output size is asked for."""
+
+
+@dataclass(frozen=True)
+class Patches:
+    """Patches cut from one image.
+
+    Attributes
+    ----------
+    pixels : ndarray, shape (N, S, S, C)
+        The patches in the image's dtype (C = 1 for a grey image).
+    centres : ndarray of float64, shape (N, 2)
+        Centre (x, y) of each patch in the source image's pixel coordinates.
+    labels : ndarray of int64, shape (N,)
+        Cell label of each patch, or the spot's index.
+    """
+
+    pixels: np.ndarray
+    centres: np.ndarray
+    labels: np.ndarray
+
+
+def spot_patches(
+    image: np.ndarray, centres: np.ndarray, diameter: float, output_size: int = 0
+) -> Patches:
+    """Square crops of side ``diameter`` centred on each spot, as MUSE cuts Visium/ST spots.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C)
+        Source image.
+    centres : ndarray, shape (N, 2)
+        Spot centres as (x, y) pixel coordinates (x = column, y = row).
+    diameter : float
+        Side of each crop in pixels, rounded to the nearest integer.
+    output_size : int, optional
+        Side of the returned patches (bilinear resize); 0 keeps the crop side.
+
+    Returns
+    -------
+    Patches
+
+    Raises
+    ------
+    ValueError
+        Naming ``spot_centres[i]`` when a crop reaches outside the image, or
+        the argument that is malformed.
+
+    Notes
+    -----
+    The crop of a spot at (x, y) with side s covers columns
+    ``floor(x - s/2 + 1/2) .. + s - 1`` and the same rows around y, so its
+    centre is the spot centre to within half a pixel.
+
+    Examples
+    --------
+    >>> image = np.arange(100, dtype=np.uint8).reshape(10, 10)
+    >>> spot_patches(image, np.array([[5.0, 5.0]]), 2).pixels[0, :, :, 0]
+    array([[44, 45],
+           [54, 55]], dtype=uint8)
+    """
+    planes = _planes(image)
+    centres = np.asarray(centres, dtype=np.float64)
+    if centres.ndim != 2 or centres.shape[1] != 2 or len(centres) == 0:
+        raise ValueError(f"spot_centres: expected (N, 2) (x, y) coordinates, got shape {list(centres.shape)}")
+    if not np.all(np.isfinite(centres)):
+        raise ValueError("spot_centres: coordinates must be finite")
+    if not np.isfinite(diameter) or diameter < 1:
+        raise ValueError(f"spot_diameter: must be at least 1 pixel, got {diameter}")
+    _check_output_size(output_size)
+    side = int(np.floor(diameter + 0.5))
+    corners = np.floor(centres - side / 2 + 0.5).astype(np.int64)
+    height, width = planes.shape[:2]
+    outside = np.flatnonzero(
+        (corners[:, 0] < 0) | (corners[:, 1] < 0)
+        | (corners[:, 0] + side > width) | (corners[:, 1] + side > height)
+    )
+    if len(outside):
+        i = int(outside[0])
+        raise ValueError(
+            f"spot_centres[{i}]: the {side}x{side} patch around (x={centres[i, 0]}, y={centres[i, 1]}) "
+            f"reaches outside the {height}x{width} image ({len(outside)} spots do)"
+        )
+    size = output_size or side
+    pixels = np.empty((len(centres), size, size, planes.shape[2]), planes.dtype)
+    for index, (x0, y0) in enumerate(corners):
+        pixels[index] = _fit(planes[y0 : y0 + side, x0 : x0 + side], size)
+    return Patches(pixels, centres.copy(), np.arange(len(centres), dtype=np.int64))
+
+
+def cell_patches(
+    image: np.ndarray,
+    labels: np.ndarray,
+    output_size: int = DEFAULT_CELL_PATCH_SIZE,
+    blank_other_cells: bool = False,
+) -> Patches:
+    """One square patch per labelled cell, centred on the cell's bounding box.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C)
+        Source image.
+    labels : ndarray of int, shape (H, W)
+        Cell label mask; 0 is background.
+    output_size : int, optional
+        Side of the returned patches (bilinear resize); 0 means 224.
+    blank_other_cells : bool, optional
+        Set pixels of every other cell inside a patch to 0.
+
+    Returns
+    -------
+    Patches
+        One patch per label, in increasing label order.
+
+    Raises
+    ------
+    ValueError
+        If the mask is not an integer (H, W) array of the image's size or
+        holds no cell.
+
+    Notes
+    -----
+    The square's side is the longer side of the bounding box; where the square
+    extends past the image border it is padded with 0.
+    """
+    planes = _planes(image)
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"cell_labels: expected an integer mask, got dtype {labels.dtype}")
+    if labels.shape != planes.shape[:2]:
+        raise ValueError(
+            f"cell_labels: shape {list(labels.shape)} does not match the image's {list(planes.shape[:2])}"
+        )
+    _check_output_size(output_size)
+    size = output_size or DEFAULT_CELL_PATCH_SIZE
+    boxes = ndimage.find_objects(np.maximum(labels, 0).astype(np.int64))
+    present = [(label, box) for label, box in enumerate(boxes, start=1) if box is not None]
+    if not present:
+        raise ValueError("cell_labels: the mask holds no cell (every label is 0)")
+    pixels = np.empty((len(present), size, size, planes.shape[2]), planes.dtype)
+    centres = np.empty((len(present), 2), np.float64)
+    for index, (label, (rows, cols)) in enumerate(present):
+        side = max(rows.stop - rows.start, cols.stop - cols.start)
+        y0 = (rows.start + rows.stop - side) // 2
+        x0 = (cols.start + cols.stop - side) // 2
+        crop = _padded_crop(planes, y0, x0, side)
+        if blank_other_cells:
+            others = _padded_crop(labels[:, :, None], y0, x0, side)[:, :, 0]
+            crop[(others != 0) & (others != label)] = 0
+        pixels[index] = _fit(crop, size)
+        centres[index] = (x0 + side / 2 - 0.5, y0 + side / 2 - 0.5)
+    return Patches(pixels, centres, np.array([label for label, _ in present], dtype=np.int64))
+
+
+def _planes(image: np.ndarray) -> np.ndarray:
+    """The image as (H, W, C), checked non-empty."""
+    if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image: expected a non-empty (H, W) or (H, W, C) array, got {list(image.shape)}")
+    return image[:, :, None] if image.ndim == 2 else image
+
+
+def _check_output_size(output_size: int) -> None:
+    if output_size < 0:
+        raise ValueError(f"output_size: must be >= 0, got {output_size}")
+
+
+def _padded_crop(planes: np.ndarray, y0: int, x0: int, side: int) -> np.ndarray:
+    """planes[y0:y0+side, x0:x0+side] with zeros where the square leaves the array."""
+    height, width = planes.shape[:2]
+    crop = np.zeros((side, side, planes.shape[2]), planes.dtype)
+    top, left = max(y0, 0), max(x0, 0)
+    bottom, right = min(y0 + side, height), min(x0 + side, width)
+    crop[top - y0 : bottom - y0, left - x0 : right - x0] = planes[top:bottom, left:right]
+    return crop
+
+
+def _fit(crop: np.ndarray, size: int) -> np.ndarray:
+    """The crop resized to size×size in its own dtype (unchanged when it already fits)."""
+    if crop.shape[0] == size and crop.shape[1] == size:
+        return crop
+    return cast_like(resize_image(crop, (size, size)), crop.dtype)

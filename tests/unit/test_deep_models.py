@@ -1,0 +1,141 @@
+"""The built-in CNNs with their real ImageNet weights: ONNX export, layer cuts, pooling, sanity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage import data
+
+from labsight.errors import NotFound
+from services.features.deep import feature_columns, pool, preprocess
+from services.features.models import (
+    DEFAULT_MODEL,
+    SPOT_MODEL,
+    ModelManifest,
+    ModelRepository,
+    OnnxEngine,
+    TorchEngine,
+    build_engine,
+)
+from services.features.models.loading import load_torch_model
+from services.features.models.onnx_graph import node_module_path
+
+IMAGENET_CATS = range(281, 286)
+"""ImageNet classes tabby, tiger cat, Persian, Siamese and Egyptian cat."""
+
+
+@pytest.fixture(scope="module")
+def repository() -> ModelRepository:
+    return ModelRepository()
+
+
+@pytest.fixture(scope="module")
+def lite(repository: ModelRepository) -> ModelManifest:
+    return repository.get(DEFAULT_MODEL)
+
+
+def _batch(manifest: ModelManifest, count: int = 2) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (120, 90, 3), dtype=np.uint8) for _ in range(count)]
+    return preprocess(images, manifest.input_size, manifest.preprocessing)
+
+
+def test_efficientnet_recognises_the_cat_photo(lite: ModelManifest, model_cache: Path) -> None:
+    engine = build_engine(lite, "logits", "cpu", model_cache)
+    logits = engine.run(preprocess([data.chelsea()], lite.input_size, lite.preprocessing))
+    assert logits.shape == (1, 1000)
+    assert int(np.argmax(logits[0])) in IMAGENET_CATS
+
+
+@pytest.mark.parametrize("layer", ["avgpool", "block15", "_blocks.3", "_swish"])
+def test_onnx_layer_cuts_equal_torch_forward_hooks(
+    lite: ModelManifest, model_cache: Path, layer: str
+) -> None:
+    batch = _batch(lite)
+    from_onnx = build_engine(lite, layer, "cpu", model_cache).run(batch)
+    from_torch = TorchEngine(load_torch_model(lite), lite.module_path(layer), "cpu").run(batch)
+    assert from_onnx.shape == from_torch.shape
+    np.testing.assert_allclose(from_onnx, from_torch, atol=1e-4, rtol=1e-4)
+
+
+def test_inception_onnx_equals_the_torchscript_file(
+    repository: ModelRepository, model_cache: Path
+) -> None:
+    inception = repository.get(SPOT_MODEL)
+    batch = _batch(inception, count=1)
+    from_onnx = build_engine(inception, "avgpool", "cpu", model_cache).run(batch)
+    from_torch = TorchEngine(load_torch_model(inception), "", "cpu").run(batch)
+    assert from_onnx.shape == (1, 2048)
+    np.testing.assert_allclose(from_onnx, from_torch, atol=1e-4, rtol=1e-4)
+    mixed = build_engine(inception, "mixed_10", "cpu", model_cache).run(batch)
+    assert mixed.shape == (1, 2048, 8, 8)
+
+
+def test_the_onnx_file_is_exported_once_and_reused(lite: ModelManifest, model_cache: Path) -> None:
+    build_engine(lite, "avgpool", "cpu", model_cache)
+    exported = sorted(model_cache.glob(f"{DEFAULT_MODEL}-*.onnx"))
+    assert len(exported) == 1
+    mtime = exported[0].stat().st_mtime_ns
+    build_engine(lite, "logits", "cpu", model_cache)
+    assert exported[0].stat().st_mtime_ns == mtime
+
+
+def test_an_unknown_layer_is_not_found(lite: ModelManifest, model_cache: Path) -> None:
+    with pytest.raises(NotFound, match="layer: the model has no module or value 'no_such_layer'"):
+        build_engine(lite, "no_such_layer", "cpu", model_cache)
+    with pytest.raises(NotFound, match="layer: the model has no module 'no_such_layer'"):
+        TorchEngine(load_torch_model(lite), "no_such_layer", "cpu")
+
+
+def test_onnx_engine_runs_any_batch_size(lite: ModelManifest, model_cache: Path) -> None:
+    engine = build_engine(lite, "avgpool", "cpu", model_cache)
+    assert isinstance(engine, OnnxEngine)
+    assert engine.run(_batch(lite, count=5)).shape == (5, 1280, 1, 1)
+
+
+def test_pooling_reduces_maps_to_vectors() -> None:
+    maps = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)
+    np.testing.assert_array_equal(pool(maps, "average"), maps.mean(axis=(2, 3)))
+    np.testing.assert_array_equal(pool(maps, "max"), maps.max(axis=(2, 3)))
+    np.testing.assert_array_equal(pool(maps, "none"), maps.reshape(2, 12))
+    np.testing.assert_array_equal(pool(maps[:, :, 0, 0], "max"), maps[:, :, 0, 0])
+    with pytest.raises(ValueError, match="pooling"):
+        pool(maps, "median")  # type: ignore[arg-type]
+
+
+def test_columns_follow_the_seed_naming() -> None:
+    assert feature_columns("avgpool", 3) == ["avgpool1", "avgpool2", "avgpool3"]
+    assert feature_columns("_blocks.15", 2) == ["_blocks.15_1", "_blocks.15_2"]
+
+
+def test_preprocessing_scales_normalises_and_resizes(lite: ModelManifest) -> None:
+    grey = np.full((10, 20), 127, np.uint8)
+    batch = preprocess([grey], (4, 6), lite.preprocessing)
+    assert batch.shape == (1, 3, 4, 6) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch, 0.0, atol=1e-6)  # (127/255 - 127/255) / (128/255)
+    sixteen = np.full((4, 6, 3), 65535, np.uint16)
+    np.testing.assert_allclose(preprocess([sixteen], (4, 6), lite.preprocessing), 128 / 128, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((8, 8, 4), np.uint8), r"images\[1\]: 4 channels; expected 3"),
+        (np.zeros((0, 8, 3), np.uint8), r"images\[1\]: expected a non-empty"),
+        (np.zeros((8, 8, 3), np.float32), r"images\[1\]: dtype float32"),
+    ],
+)
+def test_preprocessing_refuses_bad_images_naming_them(
+    lite: ModelManifest, image: np.ndarray, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        preprocess([np.zeros((8, 8, 3), np.uint8), image], (4, 4), lite.preprocessing)
+
+
+def test_node_scopes_map_to_module_paths() -> None:
+    assert node_module_path("/layer1/layer1.0/conv1/Conv") == "layer1.0.conv1"
+    assert node_module_path("/_blocks.3/_swish_1/Clip") == "_blocks.3._swish_1"
+    assert node_module_path("/net/layers/mixed_10/Concat") == "net.layers.mixed_10"
+    assert node_module_path("Constant_672") == ""

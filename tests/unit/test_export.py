@@ -1,0 +1,66 @@
+"""Result tables exported as CSV, Parquet, .npy and AnnData .h5ad."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+
+from labsight.export import write_table
+from labsight.tables import feature_table
+from labsight.tensors import to_tensor
+from labsight.v1 import gateway_pb2 as pb
+
+VALUES = np.array([[0.1, 0.2, 0.3], [1.0, 2.0, 3.0]])
+
+
+def _result(job_id: str = "job-1", coordinates: bool = True) -> pb.JobResult:
+    result = pb.JobResult(job_id=job_id, pipeline="spot-features", input_name=f"{job_id}.png")
+    result.tables["features"].CopyFrom(
+        feature_table(["avgpool1", "avgpool2", "avgpool3"], VALUES, ["AAAC-1", "AAAG-1"])
+    )
+    if coordinates:
+        result.tensors["coordinates"].CopyFrom(to_tensor(np.array([[10.0, 20.0], [30.0, 40.0]])))
+    return result
+
+
+def test_h5ad_holds_features_in_obsm_and_spots_in_obs(tmp_path: Path) -> None:
+    path = tmp_path / "spots.h5ad"
+    write_table([_result()], "features", path, "h5ad")
+    adata = anndata.read_h5ad(path)
+    assert list(adata.obs_names) == ["AAAC-1", "AAAG-1"]
+    np.testing.assert_array_equal(adata.obsm["features"], VALUES)
+    np.testing.assert_array_equal(adata.obsm["spatial"], [[10.0, 20.0], [30.0, 40.0]])
+    assert adata.obs["x"].tolist() == [10.0, 30.0] and adata.obs["y"].tolist() == [20.0, 40.0]
+    assert list(adata.uns["feature_columns"]) == ["avgpool1", "avgpool2", "avgpool3"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_tables_keep_ids_columns_and_exact_values(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"features.{fmt}"
+    write_table([_result()], "features", path, fmt)
+    frame = pd.read_csv(path, float_precision="round_trip") if fmt == "csv" else pd.read_parquet(path)
+    assert list(frame.columns) == ["id", "avgpool1", "avgpool2", "avgpool3"]
+    assert frame["id"].tolist() == ["AAAC-1", "AAAG-1"]
+    np.testing.assert_array_equal(frame.iloc[:, 1:].to_numpy(), VALUES)
+
+
+def test_npy_holds_the_values_and_several_results_are_stacked(tmp_path: Path) -> None:
+    path = tmp_path / "features.npy"
+    write_table([_result("a"), _result("b")], "features", path, "npy")
+    np.testing.assert_array_equal(np.load(path), np.vstack([VALUES, VALUES]))
+    h5ad = tmp_path / "both.h5ad"
+    write_table([_result("a"), _result("b", coordinates=False)], "features", h5ad, "h5ad")
+    adata = anndata.read_h5ad(h5ad)
+    assert list(adata.obs_names) == ["a.png/AAAC-1", "a.png/AAAG-1", "b.png/AAAC-1", "b.png/AAAG-1"]
+    assert "spatial" not in adata.obsm
+
+
+def test_unknown_formats_and_tables_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="format: expected one of"):
+        write_table([_result()], "features", tmp_path / "x.xlsx", "xlsx")
+    with pytest.raises(ValueError, match="has no table 'cells'"):
+        write_table([_result()], "cells", tmp_path / "x.csv", "csv")
