@@ -1,0 +1,134 @@
+"""docker-compose.yml: valid per the Compose specification and faithful to labsight/catalog.py."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import check_jsonschema
+import jsonschema
+import yaml
+
+from labsight.catalog import ALL_PROCESSES, GATEWAY, MODEL_SERVICES, SERVERS, WORKER
+from labsight.config import address_env_var
+from services.gateway.services import ServiceClients
+from tests.deploy.deploy_support import REPO, tool
+
+CPU_OVERRIDE = REPO / "deploy" / "docker" / "compose.cpu.yml"
+
+
+def test_compose_file_validates_against_the_compose_spec() -> None:
+    command = [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec"]
+    result = subprocess.run([*command, str(REPO / "docker-compose.yml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+class _ComposeTagLoader(yaml.SafeLoader):
+    """Reads Compose's !reset / !override merge tags as the plain values they carry."""
+
+
+def _untagged(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+for _tag in ("!reset", "!override"):
+    _ComposeTagLoader.add_constructor(_tag, _untagged)
+
+
+def test_cpu_override_validates_and_drops_the_gpu_reservations() -> None:
+    # check-jsonschema's YAML parser rejects Compose's merge tags, so this file is
+    # checked with the same vendored schema after reading the tags as plain values.
+    schema_file = Path(check_jsonschema.__file__).parent / "builtin_schemas/vendor/compose-spec.json"
+    override = yaml.load(CPU_OVERRIDE.read_text(), Loader=_ComposeTagLoader)
+    jsonschema.validate(override, json.loads(schema_file.read_text()))
+    text = CPU_OVERRIDE.read_text()
+    assert "deploy: !reset {}" in text and "build: !override" in text
+    for spec in MODEL_SERVICES:
+        service = override["services"][spec.name]
+        assert service["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+        assert "-cuda" not in service["image"]
+
+
+def test_every_process_runs_its_catalog_module_and_health_check(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {*ALL_PROCESSES, "redis"}
+    for spec in ALL_PROCESSES.values():
+        service = services[spec.name]
+        assert service["command"] == ["python", "-m", spec.module]
+        assert service["healthcheck"]["test"] == ["CMD", "labsight-healthcheck", spec.name]
+        assert service["environment"]["LABSIGHT_HOST"] == "0.0.0.0"
+        # Ports come from the catalog inside the process; compose must not move them.
+        assert not {"LABSIGHT_PORT", "LABSIGHT_METRICS_PORT"} & set(service["environment"])
+
+
+def test_workers_reach_each_model_service_on_its_catalog_port(compose: dict[str, Any]) -> None:
+    environment = compose["services"][WORKER.name]["environment"]
+    for spec in MODEL_SERVICES:
+        assert environment[address_env_var(spec.name)] == f"{spec.name}:{spec.grpc_port}"
+    assert environment["REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_only_the_gateway_publishes_a_port(compose: dict[str, Any]) -> None:
+    published = {name: service.get("ports", []) for name, service in compose["services"].items()}
+    assert [name for name, ports in published.items() if ports] == [GATEWAY.name]
+    (mapping,) = published[GATEWAY.name]
+    assert mapping.rsplit(":", 1)[1] == str(GATEWAY.grpc_port)
+
+
+def test_model_services_reserve_a_gpu_and_run_the_cuda_image(compose: dict[str, Any]) -> None:
+    for spec in MODEL_SERVICES:
+        service = compose["services"][spec.name]
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert service["image"].endswith("-cuda")
+        assert service["build"]["dockerfile"] == "deploy/docker/Dockerfile.cuda"
+        assert service["build"]["additional_contexts"]["labsight-cpu"] == "service:gateway"
+    for name in (GATEWAY.name, WORKER.name):
+        assert compose["services"][name]["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+
+
+def test_redis_persists_with_aof_on_a_volume_and_never_evicts(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert redis["image"].startswith("redis:7.")
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "redis-data:/data" in redis["volumes"] and "redis-data" in compose["volumes"]
+
+
+def test_gateway_reads_tokens_from_the_secret(compose: dict[str, Any]) -> None:
+    gateway = compose["services"][GATEWAY.name]
+    assert gateway["secrets"] == ["labsight-tokens"]
+    assert gateway["environment"]["LABSIGHT_TOKENS_FILE"] == "/run/secrets/labsight-tokens"
+    assert "labsight-tokens" in compose["secrets"]
+    assert not any("secrets" in compose["services"][name] for name in ALL_PROCESSES if name != "gateway")
+
+
+def _seconds(duration: str) -> int:
+    assert duration.endswith("s") and duration[:-1].isdigit(), duration
+    return int(duration[:-1])
+
+
+def test_stop_grace_outlasts_the_work_in_hand(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    longest_model_call = inspect.signature(ServiceClients).parameters["call_timeout_s"].default
+    assert _seconds(services[WORKER.name]["stop_grace_period"]) > longest_model_call
+    for name in SERVERS:
+        grace = int(services[name]["environment"]["LABSIGHT_SHUTDOWN_GRACE_S"])
+        assert _seconds(services[name]["stop_grace_period"]) > grace
+
+
+def test_every_service_restarts_and_waits_for_what_it_needs(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert all(service["restart"] == "unless-stopped" for service in services.values())
+    assert services[WORKER.name]["deploy"]["replicas"] not in (0, 1, "0", "1")
+    needs = services[WORKER.name]["depends_on"]
+    assert set(needs) == {"redis", *(spec.name for spec in MODEL_SERVICES)}
+    assert all(need["condition"] == "service_healthy" for need in needs.values())
