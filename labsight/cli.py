@@ -59,7 +59,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(describe(stack), flush=True)
         print("labsight up: all services SERVING; Ctrl-C stops everything", flush=True)
         if args.demo:
-            with LabSightClient(stack.endpoints().gateway) as client:
+            endpoints = stack.endpoints()
+            with LabSightClient(endpoints.gateway, token=endpoints.token) as client:
                 print(json.dumps({"demo": run_demo(client)}), flush=True)
         return 0 if args.demo and args.exit_after_demo else wait_for_stop(stack)
     except RuntimeError as error:
@@ -138,6 +139,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+BINARY_TABLE_FORMATS = ("parquet", "npy", "h5ad")
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     """Print or save a finished job's result as JSON or one table as CSV."""
     from labsight.results import result_to_dict, table_csv
@@ -152,6 +156,14 @@ def cmd_results(args: argparse.Namespace) -> int:
             print(f"labsight: result has no table {table!r}; tables: {sorted(result.tables)}",
                   file=sys.stderr)
             return 2
+        if args.format in BINARY_TABLE_FORMATS:
+            from labsight.export import write_table
+
+            if not args.output:
+                print(f"labsight: --format {args.format} needs -o FILE", file=sys.stderr)
+                return 2
+            write_table([result], table, Path(args.output), args.format)
+            return 0
         text = table_csv(result, table)
     if args.output:
         Path(args.output).write_text(text)
@@ -178,6 +190,47 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_create(args: argparse.Namespace) -> int:
+    """Create a token for a tenant; only its hash is written to the tokens file."""
+    from services.gateway.auth import create_token
+
+    tokens_file = Path(args.file) if args.file else home_dir() / "tokens"
+    print(create_token(tokens_file, args.tenant))
+    print(f"labsight: token for tenant {args.tenant!r} added to {tokens_file} (hash only); "
+          "keep the token above, it is not stored", file=sys.stderr)
+    return 0
+
+
+def cmd_train_features(args: argparse.Namespace) -> int:
+    """Fine-tune a backbone, print held-out accuracy as JSON, register the model."""
+    from services.features.models import ModelRepository, model_dirs_from_env
+    from services.features.training import load_labelled_images, train_features
+
+    dirs = model_dirs_from_env()
+    model_dir = Path(args.model_dir) if args.model_dir else (dirs[0] if dirs else None)
+    if model_dir is None:
+        print("labsight: give --model-dir or set LABSIGHT_MODEL_DIR", file=sys.stderr)
+        return 2
+    model_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data = load_labelled_images(Path(args.data))
+        report = train_features(
+            data, ModelRepository(dirs).get(args.backbone), args.name, model_dir,
+            epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
+            held_out=args.held_out, trainable=args.trainable, seed=args.seed,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except ValueError as error:
+        print(f"labsight: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({
+        "model": report.manifest.name, "manifest": report.manifest.origin,
+        "held_out_accuracy": report.held_out_accuracy, "held_out_images": report.held_out_images,
+        "train_images": report.train_images, "classes": list(report.manifest.classes),
+    }))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``labsight`` command."""
     parser = argparse.ArgumentParser(prog="labsight", description=__doc__)
@@ -197,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a worker (finds `up`'s Redis by itself)")
     worker.set_defaults(func=cmd_worker)
+
+    token = sub.add_parser("token", help="manage gateway bearer tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    token_create = token_sub.add_parser("create", help="create a token for a tenant")
+    token_create.add_argument("tenant")
+    token_create.add_argument("--file", default="",
+                              help="tokens file (default: $LABSIGHT_HOME/tokens)")
+    token_create.set_defaults(func=cmd_token_create)
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text)
@@ -220,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     results = client_command("results", "print or save a job's result")
     results.add_argument("job_id")
-    results.add_argument("--format", choices=("json", "csv"), default="json")
+    results.add_argument("--format", choices=("json", "csv", *BINARY_TABLE_FORMATS), default="json")
     results.add_argument("--table", default="", help="table to write as CSV")
     results.add_argument("-o", "--output", default="", help="file to write (default stdout)")
     results.set_defaults(func=cmd_results)
@@ -231,6 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     pipelines = client_command("pipelines", "list pipelines and their parameters")
     pipelines.set_defaults(func=cmd_pipelines)
+
+    train = sub.add_parser("train-features", help="fine-tune a CNN backbone on labelled images "
+                           "and register it in the model directory")
+    train.add_argument("data", help="folder with one sub-folder per class, or a CSV (path,label)")
+    train.add_argument("--name", required=True, help="name of the new model")
+    train.add_argument("--backbone", default="efficientnet-lite0", help="built-in model to start from")
+    train.add_argument("--model-dir", default="", help="model directory (default: $LABSIGHT_MODEL_DIR)")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--learning-rate", type=float, default=3e-4)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--held-out", type=float, default=0.2, help="share of each class held out")
+    train.add_argument("--trainable", choices=("head", "top", "all"), default="top")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=cmd_train_features)
     return parser
 
 

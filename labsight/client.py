@@ -80,7 +80,12 @@ def build_request(
 
 
 class LabSightClient:
-    """A connection to the gateway. Use as a context manager or call ``close()``."""
+    """A connection to the gateway. Use as a context manager or call ``close()``.
+
+    ``token`` defaults to $LABSIGHT_TOKEN or the token of ``labsight up``;
+    ``tls_ca`` (default $LABSIGHT_TLS_CA) is the PEM certificate that signed
+    the gateway's TLS certificate; without it the channel is plaintext.
+    """
 
     def __init__(
         self,
@@ -88,18 +93,22 @@ class LabSightClient:
         token: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         timeout_s: float = 60.0,
+        tls_ca: str | Path | None = None,
     ) -> None:
         self.address = address or default_gateway_address()
         self.token = default_token() if token is None else token
         self.max_message_bytes = max_message_bytes
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        tls_ca = tls_ca or os.environ.get("LABSIGHT_TLS_CA")
+        if tls_ca:
+            credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
+            self.channel = grpc.secure_channel(self.address, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(self.address, options=options)
         self.stub = pb_grpc.GatewayServiceStub(self.channel)
 
     def __enter__(self) -> LabSightClient:
@@ -200,6 +209,26 @@ class LabSightClient:
         yield from self.stub.WatchBatch(
             pb.WatchBatchRequest(batch_id=batch_id), metadata=self.metadata
         )
+
+    def batch_jobs(self, batch_id: str) -> list[pb.Job]:
+        """Every job of a batch (all pages)."""
+        jobs: list[pb.Job] = []
+        token = ""
+        while True:
+            page = self.stub.ListJobs(
+                pb.ListJobsRequest(batch_id=batch_id, page_size=500, page_token=token),
+                timeout=self.timeout_s,
+                metadata=self.metadata,
+            )
+            jobs.extend(page.jobs)
+            token = page.next_page_token
+            if not token:
+                return jobs
+
+    def batch_results(self, batch_id: str) -> Iterator[tuple[pb.Job, pb.JobResult | None]]:
+        """Each job of a batch with its result (None unless the job is done)."""
+        for job in self.batch_jobs(batch_id):
+            yield job, self.result(job.job_id) if job.status == pb.JOB_STATUS_DONE else None
 
     def pipelines(self) -> list[pb.PipelineInfo]:
         """The pipelines the gateway runs."""

@@ -9,6 +9,7 @@ from labsight.catalog import MODEL_SERVICES, ProcessSpec
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
 def _env_int(name: str, default: int) -> int:
@@ -43,7 +44,14 @@ class Settings:
     max_attempts: int = 5
     claim_idle_ms: int = 30_000
     result_ttl_s: int = 7 * 24 * 3600
+    retry_base_s: float = 1.0
+    retry_max_s: float = 60.0
     log_level: str = "INFO"
+    tokens_file: str = ""
+    tokens_env: str = ""
+    allow_anonymous: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
 
     @classmethod
     def from_env(cls, spec: ProcessSpec | None = None) -> Settings:
@@ -69,7 +77,14 @@ class Settings:
             max_attempts=_env_int("LABSIGHT_MAX_ATTEMPTS", 5),
             claim_idle_ms=_env_int("LABSIGHT_CLAIM_IDLE_MS", 30_000),
             result_ttl_s=_env_int("LABSIGHT_RESULT_TTL_S", 7 * 24 * 3600),
+            retry_base_s=float(os.environ.get("LABSIGHT_RETRY_BASE_S", "1")),
+            retry_max_s=float(os.environ.get("LABSIGHT_RETRY_MAX_S", "60")),
             log_level=os.environ.get("LABSIGHT_LOG_LEVEL", "INFO"),
+            tokens_file=os.environ.get("LABSIGHT_TOKENS_FILE", ""),
+            tokens_env=os.environ.get("LABSIGHT_TOKENS", ""),
+            allow_anonymous=os.environ.get("LABSIGHT_ALLOW_ANONYMOUS", "") in ("1", "true", "yes"),
+            tls_cert=os.environ.get("LABSIGHT_TLS_CERT", ""),
+            tls_key=os.environ.get("LABSIGHT_TLS_KEY", ""),
         )
 
     def grpc_options(self) -> list[tuple[str, int]]:
@@ -78,3 +93,8 @@ class Settings:
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.max_receive_message_length", self.max_message_bytes),
         ]
+
+    def server_options(self) -> list[tuple[str, int]]:
+        """Server options: the size limit, and connections recycled every few minutes so
+        clients re-resolve and spread over new replicas after a scale-out."""
+        return [*self.grpc_options(), ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS)]

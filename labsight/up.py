@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -18,8 +19,39 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from labsight.catalog import SERVERS, WORKER, ProcessSpec
 from labsight.home import Endpoints, remove_endpoints, write_endpoints
 from labsight.redis_server import start_redis, stop_redis
+from services.gateway.auth import create_token, hash_token
 
 log = logging.getLogger(__name__)
+
+
+TOKENS_FILE = "tokens"
+LOCAL_TOKEN_FILE = "local-token"
+LOCAL_TENANT = "local"
+
+
+def ensure_local_token(home: Path) -> str:
+    """The token of the ``local`` tenant, created on first use, so the CLI works without set-up.
+
+    The tokens file holds only hashes; the plain token is kept for the owner
+    in ``local-token`` (mode 0600) and recorded in the endpoints file.
+    """
+    token_path = home / LOCAL_TOKEN_FILE
+    tokens_path = home / TOKENS_FILE
+    if token_path.exists() and tokens_path.exists():
+        token = token_path.read_text().strip()
+        if hash_token(token) in tokens_path.read_text():
+            return token
+    token = create_token(tokens_path, LOCAL_TENANT)
+    token_path.write_text(token + "\n")
+    token_path.chmod(0o600)
+    return token
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: get SIGTERM if `up` dies, even by SIGKILL (Linux only)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 @dataclass
@@ -54,6 +86,7 @@ class Stack:
     redis_url: str = ""
     redis_process: subprocess.Popen[bytes] | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    token: str = ""
 
     def endpoints(self) -> Endpoints:
         """Where this stack can be reached."""
@@ -71,6 +104,7 @@ class Stack:
                 name: f"http://127.0.0.1:{port}/metrics"
                 for name, port in self.layout.metrics_ports.items()
             },
+            token=self.token,
             pid=os.getpid(),
         )
 
@@ -80,8 +114,14 @@ class Stack:
             self.redis_url = redis_url
         else:
             self.redis_process, self.redis_url = start_redis(self.home / "redis")
+        self.token = ensure_local_token(self.home)
         endpoints = self.endpoints()
-        base_env = {**os.environ, **endpoints.as_environment(), "LABSIGHT_HOST": "127.0.0.1"}
+        base_env = {
+            **os.environ,
+            **endpoints.as_environment(),
+            "LABSIGHT_HOST": "127.0.0.1",
+            "LABSIGHT_TOKENS_FILE": str(self.home / TOKENS_FILE),
+        }
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         for name, spec in SERVERS.items():
@@ -106,6 +146,7 @@ class Stack:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log_file.close()
 

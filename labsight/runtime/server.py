@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -48,21 +49,29 @@ def start_server(
 ) -> RunningServer:
     """Start a gRPC server on ``settings.host:settings.port`` (0 picks a free port).
 
-    The server serves ``grpc.health.v1`` (overall and per service, SERVING once
+    TLS is on when ``settings.tls_cert`` and ``settings.tls_key`` name PEM
+    files. The server serves ``grpc.health.v1`` (overall and per service, SERVING once
     started), server reflection, and the status/metrics interceptor, with the
     configured message size limit.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
         interceptors=[StatusInterceptor()],
-        options=settings.grpc_options(),
+        options=settings.server_options(),
     )
     register(server, settings)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert and settings.tls_key:
+        credentials = grpc.ssl_server_credentials(
+            [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())]
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind gRPC port {settings.host}:{settings.port}")
     server.start()

@@ -128,7 +128,8 @@ class JobRecord:
 
 
 # Atomic status change: applies only from an allowed status, keeps the queue
-# depth and the batch counts in step, and announces the change. Returns 1 if
+# depth and the batch counts in step, sets the record's expiry once it ended,
+# and announces the change. Returns 1 if
 # applied, 0 if the job was in another status, -1 if the job does not exist.
 _TRANSITION_LUA = """
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -139,9 +140,12 @@ for s in string.gmatch(ARGV[1], '[^,]+') do
 end
 if not allowed then return 0 end
 local fields = {'status', ARGV[2]}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-if ARGV[3] == '1' then redis.call('DECR', KEYS[2]) end
+if ARGV[3] == '1' then
+  redis.call('DECR', KEYS[2])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+end
 if KEYS[3] and current ~= ARGV[2] then
   redis.call('HINCRBY', KEYS[3], 'count:' .. current, -1)
   redis.call('HINCRBY', KEYS[3], 'count:' .. ARGV[2], 1)
@@ -155,9 +159,10 @@ return 1
 class JobStore:
     """Reads job records and changes their status, atomically, in Redis."""
 
-    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
+    def __init__(self, client: redis.Redis, keys: RedisKeys, ended_ttl_s: int = 7 * 24 * 3600) -> None:
         self.client = client
         self.keys = keys
+        self.ended_ttl_s = ended_ttl_s
         self._transition = client.register_script(_TRANSITION_LUA)
 
     def load(self, job_id: str, tenant: str | None = None) -> JobRecord:
@@ -169,6 +174,14 @@ class JobStore:
         if tenant is not None and record.tenant != tenant:
             raise NotFound(f"job_id: no job {job_id!r}")
         return record
+
+    def load_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """Records of many jobs in one round trip (None where a job no longer exists)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+            raws = pipe.execute()
+        return [JobRecord.from_hash(raw) if raw else None for raw in raws]
 
     def transition(
         self, job: JobRecord, allowed_from: tuple[str, ...], to: str, **fields: Any
@@ -196,6 +209,7 @@ class JobStore:
                 "1" if to in TERMINAL_STATUSES else "0",
                 batch_channel,
                 self.keys.job_events(job.job_id),
+                self.ended_ttl_s,
                 *pairs,
             ],
         )

@@ -41,6 +41,14 @@ class RedisKeys:
         """Stream of jobs that failed every allowed attempt."""
         return f"{self.prefix}:stream:dead"
 
+    def retries(self) -> str:
+        """Sorted set of ``<priority>|<job id>`` waiting for a retry, scored by due time."""
+        return f"{self.prefix}:retries"
+
+    def workers(self) -> str:
+        """Hash of worker consumer name to the time it last looked for work."""
+        return f"{self.prefix}:workers"
+
     def depth(self) -> str:
         """Counter of jobs accepted and not yet ended (the queue depth)."""
         return f"{self.prefix}:depth"

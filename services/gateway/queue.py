@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
 
+from labsight.config import Settings
 from labsight.errors import ResourceExhausted
 from services.gateway.jobs import QUEUED, JobRecord, JobStore, now
 from services.gateway.keys import PRIORITIES, WORKER_GROUP, RedisKeys
@@ -35,21 +38,37 @@ class NewJob:
     batch_id: str = ""
 
 
+# Moves retries whose time has come back onto their priority stream, atomically.
+_RELEASE_RETRIES_LUA = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  local sep = string.find(member, '|', 1, true)
+  local priority = string.sub(member, 1, sep - 1)
+  local stream = KEYS[3]
+  if priority == 'high' then stream = KEYS[2] end
+  redis.call('XADD', stream, '*', 'job_id', string.sub(member, sep + 1))
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+
+
 class JobQueue:
-    """Submits jobs, hands them to workers and acknowledges them."""
+    """Submits jobs, hands them to workers, schedules retries and acknowledges them."""
 
     def __init__(
         self,
         client: redis.Redis,
         keys: RedisKeys,
         max_depth: int = 100_000,
-        idempotency_ttl_s: int = 7 * 24 * 3600,
+        retention_s: int = 7 * 24 * 3600,
     ) -> None:
         self.client = client
         self.keys = keys
-        self.store = JobStore(client, keys)
+        self.store = JobStore(client, keys, ended_ttl_s=retention_s)
         self.max_depth = max_depth
-        self.idempotency_ttl_s = idempotency_ttl_s
+        self.idempotency_ttl_s = retention_s
+        self._release_retries = client.register_script(_RELEASE_RETRIES_LUA)
 
     def ensure_groups(self) -> None:
         """Create the worker consumer group on every priority stream (idempotent)."""
@@ -62,9 +81,21 @@ class JobQueue:
                 if "BUSYGROUP" not in str(error):
                     raise
 
+    def announce_worker(self, consumer: str) -> None:
+        """Record that ``consumer`` is alive and looking for work (for operators and tests)."""
+        self.client.hset(self.keys.workers(), consumer, repr(time.time()))
+
     def depth(self) -> int:
         """Jobs accepted and not yet ended."""
         return int(self.client.get(self.keys.depth()) or 0)
+
+    def _check_room(self, wanted: int) -> None:
+        depth = self.depth()
+        if depth + wanted > self.max_depth:
+            raise ResourceExhausted(
+                f"queue is full: {depth} jobs queued or running (limit {self.max_depth}); "
+                "retry later"
+            )
 
     def submit(self, tenant: str, new: NewJob) -> tuple[JobRecord, bool]:
         """Queue a job for ``tenant``; returns the job and whether it is new.
@@ -82,45 +113,62 @@ class JobQueue:
             if not self.client.set(idem_key, job_id, nx=True, ex=self.idempotency_ttl_s):
                 existing = self.client.get(idem_key)
                 return self.store.load(existing.decode(), tenant), False
-        depth = self.depth()
-        if depth >= self.max_depth:
-            if new.idempotency_key:
-                self.client.delete(self.keys.idempotency(tenant, new.idempotency_key))
-            raise ResourceExhausted(
-                f"queue is full: {depth} jobs queued or running (limit {self.max_depth}); "
-                "retry later"
-            )
-        record = JobRecord(
-            job_id=job_id,
-            tenant=tenant,
-            pipeline=new.pipeline,
-            params=new.params,
-            priority=new.priority,
-            created_at=now(),
-            batch_id=new.batch_id,
-            labels=dict(new.labels or {}),
-            input_name=new.input_name,
-        )
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.job(job_id), mapping=record.to_hash())
-            pipe.set(self.keys.job_input(job_id), new.input_bytes)
-            pipe.zadd(self.keys.tenant_jobs(tenant), {job_id: record.created_at})
-            pipe.incr(self.keys.depth())
-            if new.batch_id:
-                pipe.hincrby(self.keys.batch(new.batch_id), "total", 1)
-                pipe.hincrby(self.keys.batch(new.batch_id), f"count:{QUEUED}", 1)
-                pipe.rpush(self.keys.batch_jobs(new.batch_id), job_id)
-            pipe.xadd(self.keys.stream(new.priority), {"job_id": job_id})
-            pipe.execute()
-        return record, True
+            try:
+                self._check_room(1)
+            except ResourceExhausted:
+                self.client.delete(idem_key)
+                raise
+        else:
+            self._check_room(1)
+        return self._write(tenant, [(job_id, new)])[0], True
 
-    def claim(self, consumer: str, block_ms: int = 1000) -> Delivery | None:
-        """The next new job for ``consumer``, high priority first; None after ``block_ms``."""
-        high = self.client.xreadgroup(
-            WORKER_GROUP, consumer, {self.keys.stream("high"): ">"}, count=1
+    def submit_many(self, tenant: str, jobs: Sequence[NewJob]) -> list[JobRecord]:
+        """Queue many jobs without idempotency keys in one round trip (batch intake)."""
+        if any(new.idempotency_key for new in jobs):
+            raise ValueError("submit_many takes jobs without idempotency keys; use submit")
+        self._check_room(len(jobs))
+        return self._write(tenant, [(uuid.uuid4().hex, new) for new in jobs])
+
+    def _write(self, tenant: str, jobs: Sequence[tuple[str, NewJob]]) -> list[JobRecord]:
+        records = []
+        with self.client.pipeline(transaction=True) as pipe:
+            for job_id, new in jobs:
+                record = JobRecord(
+                    job_id=job_id,
+                    tenant=tenant,
+                    pipeline=new.pipeline,
+                    params=new.params,
+                    priority=new.priority,
+                    created_at=now(),
+                    batch_id=new.batch_id,
+                    labels=dict(new.labels or {}),
+                    input_name=new.input_name,
+                )
+                pipe.hset(self.keys.job(job_id), mapping=record.to_hash())
+                pipe.set(self.keys.job_input(job_id), new.input_bytes)
+                pipe.zadd(self.keys.tenant_jobs(tenant), {job_id: record.created_at})
+                if new.batch_id:
+                    pipe.hincrby(self.keys.batch(new.batch_id), "total", 1)
+                    pipe.hincrby(self.keys.batch(new.batch_id), f"count:{QUEUED}", 1)
+                    pipe.rpush(self.keys.batch_jobs(new.batch_id), job_id)
+                pipe.xadd(self.keys.stream(new.priority), {"job_id": job_id})
+                records.append(record)
+            pipe.incrby(self.keys.depth(), len(jobs))
+            pipe.execute()
+        return records
+
+    def claim(self, consumer: str, block_ms: int = 1000, prefer_normal: bool = False) -> Delivery | None:
+        """The next new job for ``consumer``; None after ``block_ms`` without one.
+
+        High priority is served first unless ``prefer_normal`` is set (the
+        worker sets it now and then so normal jobs are never starved).
+        """
+        order = ("normal", "high") if prefer_normal else ("high", "normal")
+        first = self.client.xreadgroup(
+            WORKER_GROUP, consumer, {self.keys.stream(order[0]): ">"}, count=1
         )
-        if high:
-            return self._delivery("high", high)
+        if first:
+            return self._delivery(order[0], first)
         entries = self.client.xreadgroup(
             WORKER_GROUP,
             consumer,
@@ -143,9 +191,10 @@ class JobQueue:
         """Take over entries another worker claimed ``min_idle_ms`` ago and never acked."""
         taken: list[Delivery] = []
         for priority in PRIORITIES:
-            _, claimed, _ = self.client.xautoclaim(
+            # Redis 7 answers (cursor, entries, deleted ids), Redis 6.2 (cursor, entries).
+            claimed = self.client.xautoclaim(
                 self.keys.stream(priority), WORKER_GROUP, consumer, min_idle_ms, count=10
-            )
+            )[1]
             taken += [
                 Delivery(priority, message_id, fields[b"job_id"].decode())
                 for message_id, fields in claimed
@@ -153,13 +202,40 @@ class JobQueue:
             ]
         return taken
 
+    def touch(self, delivery: Delivery, consumer: str) -> None:
+        """Reset the idle time of an entry still being worked on, so nobody takes it over."""
+        self.client.xclaim(
+            self.keys.stream(delivery.priority), WORKER_GROUP, consumer, 0,
+            [delivery.message_id], justid=True,
+        )
+
     def ack(self, delivery: Delivery) -> None:
         """Acknowledge and delete a finished entry so the stream stays small."""
         stream = self.keys.stream(delivery.priority)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.xack(stream, WORKER_GROUP, delivery.message_id)
             pipe.xdel(stream, delivery.message_id)
+            pipe.delete(self.keys.job_input(delivery.job_id))
             pipe.execute()
+
+    def schedule_retry(self, delivery: Delivery, delay_s: float) -> None:
+        """Acknowledge the entry and queue the job again after ``delay_s`` (atomically)."""
+        stream = self.keys.stream(delivery.priority)
+        member = f"{delivery.priority}|{delivery.job_id}"
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.keys.retries(), {member: time.time() + delay_s})
+            pipe.xack(stream, WORKER_GROUP, delivery.message_id)
+            pipe.xdel(stream, delivery.message_id)
+            pipe.execute()
+
+    def release_due_retries(self, limit: int = 100) -> int:
+        """Put retries whose delay has passed back on their stream; returns how many."""
+        return int(
+            self._release_retries(
+                keys=[self.keys.retries(), self.keys.stream("high"), self.keys.stream("normal")],
+                args=[time.time(), limit],
+            )
+        )
 
     def bury(self, delivery: Delivery, error: str) -> None:
         """Copy a job that used up its attempts to the dead-letter stream, then ack it."""
@@ -167,3 +243,14 @@ class JobQueue:
             self.keys.dead_letters(), {"job_id": delivery.job_id, "error": error[:2000]}
         )
         self.ack(delivery)
+
+
+def build_queue(settings: Settings) -> JobQueue:
+    """The job queue on the Redis, key prefix, depth limit and retention in ``settings``."""
+    client = redis.Redis.from_url(settings.redis_url)
+    return JobQueue(
+        client,
+        RedisKeys(settings.key_prefix),
+        max_depth=settings.max_queue_depth,
+        retention_s=settings.result_ttl_s,
+    )

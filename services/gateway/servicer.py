@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
-import redis
 
 from labsight.config import Settings
 from labsight.errors import FailedPrecondition, InvalidArgument, NotFound
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
+from services.gateway.auth import BearerAuth
 from services.gateway.jobs import ACTIVE_STATUSES, CANCELLED, DONE, PROTO_TO_STATUS, now
-from services.gateway.keys import RedisKeys
 from services.gateway.pipelines import get_pipeline, pipeline_infos
-from services.gateway.queue import JobQueue, NewJob
+from services.gateway.queue import JobQueue, NewJob, build_queue
 from services.gateway.watch import watch_batch, watch_job
+
+log = logging.getLogger(__name__)
 
 RESULT_CHUNK_BYTES = 1024 * 1024
 DEFAULT_PAGE_SIZE = 100
+BATCH_WRITE_SIZE = 256
+"""Jobs of a batch stream written to Redis per round trip."""
 DEFAULT_TENANT = "default"
 
 TenantResolver = Callable[[grpc.ServicerContext], str]
@@ -101,10 +106,18 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def SubmitBatch(
         self, request_iterator: Iterator[pb.SubmitBatchRequest], context: grpc.ServicerContext
     ) -> pb.SubmitBatchResponse:
-        """Queue a stream of jobs under one batch id."""
+        """Queue a stream of jobs under one batch id, writing them to Redis in chunks."""
         tenant = self.tenant_of(context)
         batch_id = ""
         job_ids: list[str] = []
+        pending: list[NewJob] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            job_ids.extend(record.job_id for record in self.queue.submit_many(tenant, pending))
+            pending.clear()
+
         for index, message in enumerate(request_iterator):
             if message.WhichOneof("part") == "header":
                 if index != 0:
@@ -113,14 +126,23 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 continue
             batch_id = batch_id or self._claim_batch(tenant, "")
             try:
-                record, _ = self.queue.submit(tenant, new_job_from_request(message.job, batch_id))
+                new = new_job_from_request(message.job, batch_id)
             except InvalidArgument as error:
+                flush()
                 raise InvalidArgument(
                     f"jobs[{len(job_ids)}] of batch {batch_id}: {error} "
                     f"({len(job_ids)} earlier jobs were accepted)"
                 ) from None
-            job_ids.append(record.job_id)
-        return pb.SubmitBatchResponse(batch_id=batch_id, job_ids=job_ids)
+            if new.idempotency_key:
+                flush()
+                job_ids.append(self.queue.submit(tenant, new)[0].job_id)
+            else:
+                pending.append(new)
+                if len(pending) >= BATCH_WRITE_SIZE:
+                    flush()
+        flush()
+        return pb.SubmitBatchResponse(batch_id=batch_id or self._claim_batch(tenant, ""),
+                                      job_ids=job_ids)
 
     def _claim_batch(self, tenant: str, batch_id: str) -> str:
         batch_id = batch_id or uuid.uuid4().hex
@@ -158,7 +180,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.ServicerContext
     ) -> pb.ListJobsResponse:
-        """The caller's jobs, newest first, filtered and paged."""
+        """The caller's jobs (newest first; a batch's in submission order), filtered and paged."""
         tenant = self.tenant_of(context)
         page_size = request.page_size or DEFAULT_PAGE_SIZE
         if page_size < 0:
@@ -167,31 +189,34 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             offset = int(request.page_token or 0)
         except ValueError:
             raise InvalidArgument(f"page_token: invalid token {request.page_token!r}") from None
+        if request.batch_id:
+            self._batch(request.batch_id, tenant)
+            batch_key = self.keys.batch_jobs(request.batch_id)
+
+            def id_range(start: int, stop: int) -> list[bytes]:
+                return self.queue.client.lrange(batch_key, start, stop)
+        else:
+            tenant_key = self.keys.tenant_jobs(tenant)
+
+            def id_range(start: int, stop: int) -> list[bytes]:
+                return self.queue.client.zrevrange(tenant_key, start, stop)
+
         wanted_status = PROTO_TO_STATUS.get(request.status)
         jobs: list[pb.Job] = []
-        scan_step = max(page_size, 100)
         while len(jobs) < page_size:
-            ids = self.queue.client.zrevrange(
-                self.keys.tenant_jobs(tenant), offset, offset + scan_step - 1
-            )
+            ids = [raw.decode() for raw in id_range(offset, offset + max(page_size, 100) - 1)]
             if not ids:
-                offset = -1
-                break
-            for raw_id in ids:
+                return pb.ListJobsResponse(jobs=jobs)
+            for record in self.store.load_many(ids):
                 offset += 1
-                try:
-                    job = self.store.load(raw_id.decode(), tenant)
-                except NotFound:
+                if record is None or record.tenant != tenant:
                     continue
-                if request.batch_id and job.batch_id != request.batch_id:
+                if wanted_status and record.status != wanted_status:
                     continue
-                if wanted_status and job.status != wanted_status:
-                    continue
-                jobs.append(job.to_proto())
+                jobs.append(record.to_proto())
                 if len(jobs) == page_size:
                     break
-        next_token = "" if offset < 0 else str(offset)
-        return pb.ListJobsResponse(jobs=jobs, next_page_token=next_token)
+        return pb.ListJobsResponse(jobs=jobs, next_page_token=str(offset))
 
     def GetJobResult(
         self, request: pb.GetJobResultRequest, context: grpc.ServicerContext
@@ -244,12 +269,27 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self, request: pb.ListPipelinesRequest, context: grpc.ServicerContext
     ) -> pb.ListPipelinesResponse:
         """Every pipeline of the contract and whether it is served."""
+        self.tenant_of(context)
         return pb.ListPipelinesResponse(pipelines=pipeline_infos())
+
+
+def tenant_resolver(settings: Settings) -> TenantResolver:
+    """Bearer-token auth when tokens are configured; the open resolver only if explicitly allowed."""
+    if settings.tokens_file or settings.tokens_env:
+        tokens_file = Path(settings.tokens_file) if settings.tokens_file else None
+        return BearerAuth(tokens_file, settings.tokens_env)
+    if settings.allow_anonymous:
+        log.warning("authentication is off: every caller is tenant %r", DEFAULT_TENANT)
+        return open_tenant
+    raise ValueError(
+        "no tokens configured: set LABSIGHT_TOKENS_FILE (see `labsight token create`) or "
+        "LABSIGHT_TOKENS, or LABSIGHT_ALLOW_ANONYMOUS=1 to run without authentication"
+    )
 
 
 def register(server: grpc.Server, settings: Settings) -> None:
     """Add the GatewayService, backed by the Redis in ``settings``, to ``server``."""
-    client = redis.Redis.from_url(settings.redis_url)
-    queue = JobQueue(client, RedisKeys(settings.key_prefix), max_depth=settings.max_queue_depth)
+    queue = build_queue(settings)
     queue.ensure_groups()
-    pb_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(queue), server)
+    servicer = GatewayServicer(queue, tenant_resolver(settings))
+    pb_grpc.add_GatewayServiceServicer_to_server(servicer, server)

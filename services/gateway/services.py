@@ -19,8 +19,10 @@ class ServiceClients:
         call_timeout_s: float = 600.0,
     ) -> None:
         self.call_timeout_s = call_timeout_s
+        # round_robin spreads calls over every address a (headless) service name resolves to.
+        channel_options = [*(options or []), ("grpc.lb_policy_name", "round_robin")]
         self._channels = {
-            name: grpc.insecure_channel(address, options=options or [])
+            name: grpc.insecure_channel(address, options=channel_options)
             for name, address in addresses.items()
         }
         self.segmentation = segmentation_pb2_grpc.SegmentationServiceStub(

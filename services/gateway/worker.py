@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import grpc
 import redis
@@ -19,10 +21,9 @@ from labsight.runtime.logs import configure_logging
 from labsight.runtime.server import start_metrics
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.jobs import CANCELLED, DEAD, DONE, FAILED, QUEUED, RUNNING, JobRecord, now
-from services.gateway.keys import RedisKeys
 from services.gateway.pipelines import get_pipeline
 from services.gateway.pipelines.base import JobCancelled, RunContext
-from services.gateway.queue import Delivery, JobQueue
+from services.gateway.queue import Delivery, JobQueue, build_queue
 from services.gateway.services import ServiceClients
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ class Worker:
         max_attempts: int = 5,
         claim_idle_ms: int = 30_000,
         result_ttl_s: int = 7 * 24 * 3600,
+        retry_base_s: float = 1.0,
+        retry_max_s: float = 60.0,
+        high_burst: int = 4,
     ) -> None:
         self.queue = queue
         self.store = queue.store
@@ -83,26 +87,39 @@ class Worker:
         self.max_attempts = max_attempts
         self.claim_idle_ms = claim_idle_ms
         self.result_ttl_s = result_ttl_s
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
+        self.high_burst = high_burst
+        self._high_streak = 0
 
     def run(self, stop: threading.Event, block_ms: int = 1000) -> None:
         """Process jobs until ``stop`` is set; the job in hand is finished first."""
-        self.queue.ensure_groups()
-        next_reclaim = 0.0
+        next_housekeeping = 0.0
         while not stop.is_set():
             try:
-                if time.monotonic() >= next_reclaim:
+                if time.monotonic() >= next_housekeeping:
+                    self.queue.ensure_groups()
+                    self.queue.announce_worker(self.consumer)
+                    self.queue.release_due_retries()
                     for delivery in self.queue.reclaim_stale(self.consumer, self.claim_idle_ms):
                         self.process(delivery)
-                    next_reclaim = time.monotonic() + self.claim_idle_ms / 4000
-                delivery = self.queue.claim(self.consumer, block_ms=block_ms)
+                    next_housekeeping = time.monotonic() + min(1.0, self.claim_idle_ms / 4000)
+                delivery = self.queue.claim(
+                    self.consumer, block_ms=block_ms,
+                    prefer_normal=self._high_streak >= self.high_burst,
+                )
                 if delivery is not None:
+                    self._high_streak = self._high_streak + 1 if delivery.priority == "high" else 0
                     self.process(delivery)
             except redis.ConnectionError as error:
                 log.warning("redis unavailable, retrying", extra={"error": str(error)})
                 stop.wait(1.0)
+            except Exception:  # noqa: BLE001 - a worker outlives any single bad step
+                log.exception("worker loop error; continuing")
+                stop.wait(1.0)
 
     def process(self, delivery: Delivery) -> None:
-        """Run one delivered job to an outcome (or leave it pending for a retry)."""
+        """Run one delivered job to an outcome (or schedule its retry)."""
         try:
             job = self.store.load(delivery.job_id)
         except NotFound:
@@ -121,7 +138,8 @@ class Worker:
         job.status = RUNNING
         started = time.perf_counter()
         try:
-            result = self.run_pipeline(job)
+            with self._heartbeat(delivery):
+                result = self.run_pipeline(job)
         except JobCancelled:
             self.queue.ack(delivery)
             JOBS_FINISHED.labels(job.pipeline, CANCELLED).inc()
@@ -132,6 +150,25 @@ class Worker:
         finally:
             JOB_SECONDS.labels(job.pipeline).observe(time.perf_counter() - started)
         self.handle_job_success(delivery, job, result)
+
+    @contextlib.contextmanager
+    def _heartbeat(self, delivery: Delivery) -> Iterator[None]:
+        """Keep the entry's idle time low while the job runs, so no other worker takes it over."""
+        done = threading.Event()
+        interval_s = self.claim_idle_ms / 3000
+
+        def beat() -> None:
+            while not done.wait(interval_s):
+                with contextlib.suppress(redis.RedisError):
+                    self.queue.touch(delivery, self.consumer)
+
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def run_pipeline(self, job: JobRecord) -> pb.JobResult:
         """Load the job's input and run its pipeline."""
@@ -165,9 +202,11 @@ class Worker:
             nx=True,
             ex=self.result_ttl_s,
         )
-        self.store.transition(
-            job, (RUNNING,), DONE, finished_at=now(), progress=1.0, error=""
-        )
+        if not self.store.transition(job, (RUNNING,), DONE, finished_at=now(), progress=1.0, error=""):
+            log.info("job ended meanwhile; result kept only if it was done",
+                     extra={"job_id": job.job_id})
+            if self.store.status(job.job_id) == CANCELLED:
+                self.queue.client.delete(self.queue.keys.job_result(job.job_id))
         self.queue.ack(delivery)
         JOBS_FINISHED.labels(job.pipeline, DONE).inc()
         log.info("job done", extra={"job_id": job.job_id, "pipeline": job.pipeline})
@@ -175,7 +214,7 @@ class Worker:
     def handle_job_failure(
         self, delivery: Delivery, job: JobRecord, attempts: int, error: Exception
     ) -> None:
-        """Fail at once for bad input; otherwise leave the entry pending to be retried."""
+        """Fail at once for bad input; otherwise retry after an exponential backoff."""
         message = describe_error(error)
         if is_permanent(error):
             self.store.transition(job, (RUNNING,), FAILED, finished_at=now(), error=message)
@@ -186,10 +225,13 @@ class Worker:
         if attempts >= self.max_attempts:
             self.handle_job_dead(delivery, job, message)
             return
+        delay_s = min(self.retry_base_s * 2 ** (attempts - 1), self.retry_max_s)
         self.store.transition(job, (RUNNING,), QUEUED, error=message)
+        self.queue.schedule_retry(delivery, delay_s)
+        JOBS_FINISHED.labels(job.pipeline, "retried").inc()
         log.warning(
-            "job attempt failed; will be retried",
-            extra={"job_id": job.job_id, "attempt": attempts, "error": message},
+            "job attempt failed; retrying",
+            extra={"job_id": job.job_id, "attempt": attempts, "delay_s": delay_s, "error": message},
         )
 
     def handle_job_dead(self, delivery: Delivery, job: JobRecord, message: str) -> None:
@@ -202,16 +244,16 @@ class Worker:
 
 def build_worker(settings: Settings, consumer: str | None = None) -> Worker:
     """A worker wired to the Redis and model services named in ``settings``."""
-    client = redis.Redis.from_url(settings.redis_url)
-    queue = JobQueue(client, RedisKeys(settings.key_prefix), max_depth=settings.max_queue_depth)
     services = ServiceClients(settings.service_addresses, settings.grpc_options())
     return Worker(
-        queue,
+        build_queue(settings),
         services,
         consumer or f"{socket.gethostname()}-{os.getpid()}",
         max_attempts=settings.max_attempts,
         claim_idle_ms=settings.claim_idle_ms,
         result_ttl_s=settings.result_ttl_s,
+        retry_base_s=settings.retry_base_s,
+        retry_max_s=settings.retry_max_s,
     )
 
 

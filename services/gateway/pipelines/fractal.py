@@ -94,5 +94,6 @@ class FractalPipeline(Pipeline):
         result.scalars["fractal_dimension"] = fit.dimension
         result.scalars["fractal_dimension_r_min"] = fit.r_min
         result.scalars["fractal_dimension_r_max"] = fit.r_max
+        result.scalars["fractal_dimension_r_squared"] = fit.r_squared
         context.report_progress(1.0, "fractal")
         return result

@@ -1,0 +1,216 @@
+"""The gateway and worker end to end on real Redis and real loopback gRPC."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+import pytest
+import redis
+
+from labsight.catalog import GATEWAY
+from labsight.client import LabSightClient, build_request
+from labsight.config import Settings
+from labsight.demo import demo_image
+from labsight.images import encode_png
+from labsight.runtime.server import RunningServer
+from labsight.tensors import from_tensor
+from labsight.v1 import gateway_pb2 as pb
+from labsight.v1 import tensor_pb2
+from services.features.fractal import gliding_box, percolation
+from services.gateway.keys import RedisKeys
+from services.gateway.servicer import register as register_gateway
+
+from .conftest import InProcessStack
+
+
+def _rpc_error(call, *args) -> grpc.RpcError:  # noqa: ANN001 - any stub method
+    with pytest.raises(grpc.RpcError) as error:
+        call(*args)
+    return error.value
+
+
+def test_fractal_job_result_equals_a_direct_call(stack: InProcessStack) -> None:
+    stack.start_worker()
+    image = demo_image()
+    job = stack.client.submit("fractal", image, {"percolation": True, "box_sizes": "3-11"})
+    assert job.status == pb.JOB_STATUS_QUEUED
+    final = stack.client.wait(job.job_id, timeout_s=120)
+    assert final.status == pb.JOB_STATUS_DONE, final.error
+    assert final.attempts == 1 and final.progress == 1.0
+    result = stack.client.result(job.job_id)
+    direct = gliding_box(image, box_sizes=range(3, 12, 2))
+    np.testing.assert_array_equal(from_tensor(result.tensors["lacunarity"]), direct.lacunarity)
+    np.testing.assert_array_equal(from_tensor(result.tensors["box_count"]), direct.box_count)
+    np.testing.assert_array_equal(
+        from_tensor(result.tensors["probability_r5"]), direct.probability[5]
+    )
+    perc = percolation(image, box_sizes=range(3, 12, 2))
+    np.testing.assert_array_equal(
+        from_tensor(result.tensors["percolation_cluster_count"]), perc.cluster_count
+    )
+    table = result.tables["fractal"]
+    assert list(table.columns[:5]) == [f"MinkLAC{i}" for i in range(1, 6)]
+    assert from_tensor(table.values)[0, 0] == direct.lacunarity[0]
+
+
+def test_encoded_png_input_gives_the_same_result_as_pixels(stack: InProcessStack) -> None:
+    stack.start_worker()
+    image = demo_image()
+    png = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=encode_png(image)), name="demo.png")
+    job = stack.client.submit("fractal", png, {"box_sizes": "3,5"})
+    assert stack.client.wait(job.job_id, 120).status == pb.JOB_STATUS_DONE
+    result = stack.client.result(job.job_id)
+    assert result.input_name == "demo.png"
+    np.testing.assert_array_equal(
+        from_tensor(result.tensors["lacunarity"]), gliding_box(image, box_sizes=[3, 5]).lacunarity
+    )
+
+
+def test_watch_streams_events_until_the_job_ends(stack: InProcessStack) -> None:
+    job = stack.client.submit("fractal", demo_image(), {"box_sizes": "3"})
+    events = stack.client.watch(job.job_id, timeout_s=120)
+    first = next(events)
+    assert first.status == pb.JOB_STATUS_QUEUED
+    stack.start_worker()
+    statuses = [first.status] + [event.status for event in events]
+    assert statuses[-1] == pb.JOB_STATUS_DONE
+    assert pb.JOB_STATUS_RUNNING in statuses
+
+
+def test_unknown_pipeline_is_invalid_argument(stack: InProcessStack) -> None:
+    error = _rpc_error(stack.client.submit, "no-such-pipeline", demo_image())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "pipeline: unknown pipeline 'no-such-pipeline'" in error.details()
+
+
+def test_planned_pipeline_is_unimplemented_saying_when(stack: InProcessStack) -> None:
+    error = _rpc_error(stack.client.submit, "hpa-cells", demo_image())
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "not served yet" in error.details()
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=b"")), "empty image bytes"),
+        (tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=b"\x89PNG\r\n\x1a\n garbage")),
+         "corrupt PNG"),
+        (tensor_pb2.Image(tensor=tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_UINT8,
+                                                   shape=[64, 64], data=b"\0" * 100)),
+         "100 bytes do not match shape [64, 64]"),
+        (tensor_pb2.Image(), "no image given"),
+    ],
+)
+def test_bad_images_are_invalid_argument_and_nothing_is_queued(
+    stack: InProcessStack, image: tensor_pb2.Image, message: str
+) -> None:
+    error = _rpc_error(stack.client.submit, "fractal", image)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in error.details() and "input.image" in error.details()
+    assert stack.client.list_jobs() == []
+    assert stack.client.pipelines()  # still serving
+
+
+def test_bad_parameters_are_invalid_argument(stack: InProcessStack) -> None:
+    error = _rpc_error(stack.client.submit, "fractal", demo_image(), {"box_sizes": "4,6"})
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "params.box_sizes: box sizes must be odd" in error.details()
+    error = _rpc_error(stack.client.submit, "fractal", demo_image(), {"colour": "red"})
+    assert "unknown parameter(s) ['colour']" in error.details()
+    error = _rpc_error(stack.client.submit, "fractal", demo_image(), {"box_sizes": "3-99"})
+    assert "smaller than the largest box side 99" in error.details()
+
+
+def test_unknown_job_is_not_found_everywhere(stack: InProcessStack) -> None:
+    for call in (stack.client.get, stack.client.cancel, stack.client.result):
+        error = _rpc_error(call, "feedbeef")
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert "no job 'feedbeef'" in error.details()
+    error = _rpc_error(lambda job_id: list(stack.client.watch(job_id)), "feedbeef")
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_result_of_an_unfinished_job_is_failed_precondition(stack: InProcessStack) -> None:
+    job = stack.client.submit("fractal", demo_image(), {"box_sizes": "3"})
+    error = _rpc_error(stack.client.result, job.job_id)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_cancelled_queued_job_is_never_run(stack: InProcessStack) -> None:
+    job = stack.client.submit("fractal", demo_image(), {"box_sizes": "3"})
+    assert stack.client.cancel(job.job_id).status == pb.JOB_STATUS_CANCELLED
+    later = stack.client.submit("fractal", demo_image(), {"box_sizes": "3"})
+    stack.start_worker()
+    assert stack.client.wait(later.job_id, 120).status == pb.JOB_STATUS_DONE
+    cancelled = stack.client.get(job.job_id)
+    assert cancelled.status == pb.JOB_STATUS_CANCELLED and cancelled.attempts == 0
+    assert _rpc_error(stack.client.cancel, later.job_id).code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_batch_stream_queues_every_job_and_counts_them(stack: InProcessStack) -> None:
+    requests = [build_request("fractal", demo_image(), {"box_sizes": "3"}) for _ in range(5)]
+    reply = stack.client.submit_batch(requests, batch_id="plate-7")
+    assert reply.batch_id == "plate-7" and len(reply.job_ids) == 5
+    assert stack.client.batch("plate-7").counts["queued"] == 5
+    stack.start_worker()
+    states = list(stack.client.watch_batch("plate-7"))
+    assert states[-1].finished and states[-1].counts["done"] == 5 and states[-1].total == 5
+    listed = stack.client.list_jobs(batch_id="plate-7")
+    assert sorted(job.job_id for job in listed) == sorted(reply.job_ids)
+
+
+def test_idempotency_key_returns_the_same_job(stack: InProcessStack) -> None:
+    first = stack.client.submit("fractal", demo_image(), {"box_sizes": "3"}, idempotency_key="s-1")
+    second = stack.client.submit("fractal", demo_image(), {"box_sizes": "3"}, idempotency_key="s-1")
+    assert first.job_id == second.job_id
+    assert len(stack.client.list_jobs()) == 1
+
+
+def test_large_input_is_uploaded_in_chunks(stack: InProcessStack) -> None:
+    stack.client.max_message_bytes = 64 * 1024  # force the chunked path for a ~100 kB PNG
+    noise = np.random.default_rng(5).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    png = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=encode_png(noise)), name="n.png")
+    job = stack.client.submit("fractal", png, {"box_sizes": "3"})
+    stack.start_worker()
+    assert stack.client.wait(job.job_id, 120).status == pb.JOB_STATUS_DONE
+    np.testing.assert_array_equal(
+        from_tensor(stack.client.result(job.job_id).tensors["lacunarity"]),
+        gliding_box(noise, box_sizes=[3]).lacunarity,
+    )
+
+
+def test_full_queue_is_resource_exhausted_with_the_depth(
+    stack: InProcessStack, serve: Callable[..., RunningServer]
+) -> None:
+    stack.client.submit("fractal", demo_image(), {"box_sizes": "3"})
+    limited = Settings(**{**vars(stack.settings), "max_queue_depth": 1})
+    small_gateway = serve(register_gateway, GATEWAY.grpc_services, limited)
+    with LabSightClient(small_gateway.address, token="") as client:
+        error = _rpc_error(client.submit, "fractal", demo_image(), {"box_sizes": "3"})
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue is full: 1 jobs queued or running (limit 1)" in error.details()
+
+
+def test_cancelled_running_job_stops_at_the_next_step(
+    stack: InProcessStack, redis_for: redis.Redis
+) -> None:
+    worker = stack.start_worker()
+    big = np.random.default_rng(9).integers(0, 256, (384, 384, 3), dtype=np.uint8)
+    job = stack.client.submit("fractal", big, {"percolation": True})
+    deadline = time.monotonic() + 60
+    while stack.client.get(job.job_id).status != pb.JOB_STATUS_RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert stack.client.cancel(job.job_id).status == pb.JOB_STATUS_CANCELLED
+    keys = RedisKeys(stack.settings.key_prefix)
+    deadline = time.monotonic() + 120
+    while redis_for.xpending(keys.stream("normal"), "workers")["pending"]:
+        assert time.monotonic() < deadline, "the worker never let go of the cancelled job"
+        time.sleep(0.1)
+    final = stack.client.get(job.job_id)
+    assert final.status == pb.JOB_STATUS_CANCELLED and final.progress < 1.0
+    assert not redis_for.exists(keys.job_result(job.job_id))
+    assert worker.queue.depth() == 0

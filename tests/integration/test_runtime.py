@@ -1,0 +1,144 @@
+"""The shared runtime on real loopback servers: health, reflection, metrics, limits, status codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from labsight.catalog import CLASSIFIER, SEGMENTATION
+from labsight.config import Settings
+from labsight.images import image_from_array
+from labsight.redis_server import free_port
+from labsight.runtime.server import RunningServer, start_metrics
+from labsight.v1 import classifier_pb2, classifier_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
+from services.classifier.servicer import ClassifierServicer
+from services.segmentation.servicer import register as register_segmentation
+
+Serve = Callable[..., RunningServer]
+
+
+def _segmentation(serve: Serve, settings: Settings) -> tuple[RunningServer, grpc.Channel]:
+    server = serve(register_segmentation, SEGMENTATION.grpc_services, settings)
+    options = settings.grpc_options()
+    return server, grpc.insecure_channel(server.address, options=options)
+
+
+def test_health_reports_serving_overall_and_per_service(serve: Serve, settings: Settings) -> None:
+    server, channel = _segmentation(serve, settings)
+    stub = health_pb2_grpc.HealthStub(channel)
+    for name in ("", "labsight.v1.SegmentationService"):
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    server.stop(0)
+
+
+def test_reflection_lists_the_service_and_health(serve: Serve, settings: Settings) -> None:
+    _, channel = _segmentation(serve, settings)
+    services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"labsight.v1.SegmentationService", "grpc.health.v1.Health"} <= services
+
+
+def test_unserved_rpc_answers_unimplemented_saying_why(serve: Serve, settings: Settings) -> None:
+    _, channel = _segmentation(serve, settings)
+    stub = segmentation_pb2_grpc.SegmentationServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SegmentCells(segmentation_pb2.SegmentCellsRequest(), timeout=5)
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "HPA cell segmentation is not served yet" in error.value.details()
+
+
+def test_messages_over_4_mb_pass_and_over_the_limit_are_refused(serve: Serve, settings: Settings) -> None:
+    big = image_from_array(np.zeros((3000, 3000), np.uint8))  # 9 MB, over gRPC's 4 MB default
+    request = segmentation_pb2.SegmentCellsRequest(image=big)
+    _, channel = _segmentation(serve, settings)
+    stub = segmentation_pb2_grpc.SegmentationServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as passed:
+        stub.SegmentCells(request, timeout=10)
+    assert passed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    small_limit = Settings(**{**vars(settings), "max_message_bytes": 1024 * 1024})
+    _, small_channel = _segmentation(serve, small_limit)
+    with pytest.raises(grpc.RpcError) as refused:
+        segmentation_pb2_grpc.SegmentationServiceStub(small_channel).SegmentCells(
+            request, timeout=10
+        )
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class _BrokenClassifier(ClassifierServicer):
+    """A servicer with a bug, to show a crash becomes INTERNAL, not UNKNOWN."""
+
+    def ClassifyCells(self, request: object, context: object) -> None:
+        raise ZeroDivisionError("division by zero in a buggy handler")
+
+
+def test_unexpected_exception_is_internal_and_server_keeps_serving(
+    serve: Serve, settings: Settings
+) -> None:
+    def register(server: grpc.Server, _: Settings) -> None:
+        classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(_BrokenClassifier(), server)
+
+    server = serve(register, CLASSIFIER.grpc_services, settings)
+    stub = classifier_pb2_grpc.ClassifierServiceStub(grpc.insecure_channel(server.address))
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError) as error:
+            stub.ClassifyCells(classifier_pb2.ClassifyCellsRequest(), timeout=5)
+        assert error.value.code() == grpc.StatusCode.INTERNAL
+        assert "ZeroDivisionError" in error.value.details()
+    with pytest.raises(grpc.RpcError) as still_serving:
+        stub.ExplainCells(classifier_pb2.ExplainCellsRequest(), timeout=5)
+    assert still_serving.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_metrics_endpoint_counts_rpcs(serve: Serve, settings: Settings) -> None:
+    _, channel = _segmentation(serve, settings)
+    port = start_metrics(Settings(**{**vars(settings), "metrics_port": 0}))
+    stub = segmentation_pb2_grpc.SegmentationServiceStub(channel)
+    with pytest.raises(grpc.RpcError):
+        stub.ExtractPatches(segmentation_pb2.ExtractPatchesRequest(), timeout=5)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert (
+        'labsight_grpc_requests_total{code="INVALID_ARGUMENT",'
+        'method="/labsight.v1.SegmentationService/ExtractPatches"}' in body
+    )
+
+
+def test_service_process_stops_gracefully_on_sigterm(repo_root: object) -> None:
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "LABSIGHT_PORT": str(port), "LABSIGHT_METRICS_PORT": str(metrics_port)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.segmentation"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "service never became SERVING"
+                time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        log = process.stdout.read().decode()
+        assert '"msg": "stopping"' in log and '"level": "info"' in log
+    finally:
+        process.kill()

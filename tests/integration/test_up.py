@@ -1,0 +1,186 @@
+"""`labsight up` as a user runs it: real processes, its own Redis with AOF, the CLI next to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from labsight.catalog import SERVERS
+from labsight.demo import demo_image
+from labsight.home import Endpoints, read_endpoints
+from labsight.images import encode_png
+from services.features.fractal import gliding_box
+from services.gateway.keys import RedisKeys
+
+STARTUP_TIMEOUT_S = 180
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_base_port() -> int:
+    """A base port whose gRPC block (base..base+3) and metrics block (base+100..+104) are free."""
+    for base in range(21000 + os.getpid() % 500 * 10, 40000, 10):
+        if all(_port_is_free(p) for p in [*range(base, base + 4), *range(base + 100, base + 105)]):
+            return base
+    raise RuntimeError("no free port block")
+
+
+@dataclass
+class UpProcess:
+    """A running `labsight up` and where it records its endpoints."""
+
+    process: subprocess.Popen[bytes]
+    home: Path
+    env: dict[str, str]
+    endpoints: Endpoints
+
+
+def _cli(up: UpProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "labsight.cli", *args],
+        env=up.env, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
+    """`labsight up` with its own Redis (no REDIS_URL), in a temporary LABSIGHT_HOME."""
+    home = tmp_path_factory.mktemp("labsight-home")
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["LABSIGHT_HOME"] = str(home)
+    base = _free_base_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labsight.cli", "up", "--base-port", str(base)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while read_endpoints(home) is None:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"labsight up did not come up:\n{process.stdout.read().decode()}")
+        time.sleep(0.2)
+    handle = UpProcess(process, home, env, read_endpoints(home))
+    yield handle
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_every_service_reports_serving_and_lists_itself_by_reflection(up: UpProcess) -> None:
+    addresses = {"gateway": up.endpoints.gateway, **up.endpoints.services}
+    assert set(addresses) == set(SERVERS)
+    for name, address in addresses.items():
+        with grpc.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", *SERVERS[name].grpc_services):
+                reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING, (name, service)
+            listed = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+            assert set(SERVERS[name].grpc_services) <= listed
+
+
+def test_every_process_answers_metrics(up: UpProcess) -> None:
+    assert set(up.endpoints.metrics) == {*SERVERS, "worker"}
+    for name, url in up.endpoints.metrics.items():
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert "process_cpu_seconds_total" in body, name
+
+
+def test_cli_fractal_job_equals_a_direct_call_on_the_same_pixels(
+    up: UpProcess, tmp_path: Path
+) -> None:
+    image = demo_image()
+    path = tmp_path / "demo.png"
+    path.write_bytes(encode_png(image))
+    run = _cli(up, "submit", "fractal", str(path), "--param", "percolation=true", "--wait", "--json")
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(lines) == 1
+    job = lines[0]
+    assert job["status"] == "done" and job["input_name"] == "demo.png"
+    direct = gliding_box(image)
+    assert job["result"]["tensors"]["lacunarity"] == direct.lacunarity.tolist()
+    assert job["result"]["tensors"]["box_count"] == direct.box_count.tolist()
+    row = job["result"]["tables"]["fractal"][0]
+    assert row["MinkLAC1"] == direct.lacunarity[0] and "Minkp1" in row
+
+    status = _cli(up, "status", job["job_id"], "--json")
+    assert json.loads(status.stdout)["status"] == "done"
+    csv_text = _cli(up, "results", job["job_id"], "--format", "csv").stdout
+    header, values = csv_text.splitlines()[:2]
+    assert header.startswith("id,MinkLAC1,MinkLAC2") and values.startswith("demo.png,")
+
+
+def test_cli_reports_bad_input_and_unknown_jobs(up: UpProcess, tmp_path: Path) -> None:
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    run = _cli(up, "submit", "fractal", str(corrupt))
+    assert run.returncode == 2
+    assert "INVALID_ARGUMENT" in run.stderr and "corrupt PNG" in run.stderr
+    unknown = _cli(up, "status", "0123abcd")
+    assert unknown.returncode == 2 and "NOT_FOUND" in unknown.stderr
+    pipeline = _cli(up, "submit", "no-such", str(corrupt))
+    assert pipeline.returncode == 2 and "unknown pipeline 'no-such'" in pipeline.stderr
+
+
+def test_worker_started_by_hand_joins_the_same_queue(up: UpProcess) -> None:
+    env = {**up.env, "LABSIGHT_METRICS_PORT": "0"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "labsight.cli", "worker"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis.from_url(up.endpoints.redis_url)
+        workers_key = RedisKeys(up.endpoints.key_prefix).workers()
+        deadline = time.monotonic() + 60
+        while client.hlen(workers_key) < 2:
+            assert time.monotonic() < deadline, "the hand-started worker never joined the group"
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+
+
+def test_redis_of_up_keeps_an_append_only_file(up: UpProcess) -> None:
+    client = redis.Redis.from_url(up.endpoints.redis_url)
+    assert client.config_get("appendonly")["appendonly"] == "yes"
+    assert any((up.home / "redis").rglob("*.aof"))
+
+
+def test_sigterm_stops_everything_cleanly(up: UpProcess) -> None:
+    up.process.send_signal(signal.SIGTERM)
+    assert up.process.wait(timeout=60) == 0
+    assert read_endpoints(up.home) is None
+    for address in [up.endpoints.gateway, *up.endpoints.services.values()]:
+        port = int(address.rsplit(":", 1)[1])
+        assert _port_is_free(port), f"{address} still bound after stop"
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(up.endpoints.redis_url, socket_connect_timeout=1).ping()

@@ -1,0 +1,90 @@
+"""Image inputs decode from tensors and PNG/TIFF/JPEG bytes; bad ones are named and rejected."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image as PILImage
+
+from labsight.errors import InvalidArgument
+from labsight.images import decode_image, encode_png, image_from_array
+from labsight.v1 import tensor_pb2
+
+
+def _encoded(data: bytes, fmt: str = "") -> tensor_pb2.Image:
+    return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=data, format=fmt))
+
+
+def _rgb() -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+
+
+def test_png_rgb_and_grey_decode_losslessly() -> None:
+    rgb = _rgb()
+    np.testing.assert_array_equal(decode_image(_encoded(encode_png(rgb))), rgb)
+    grey = rgb[..., 0].copy()
+    np.testing.assert_array_equal(decode_image(_encoded(encode_png(grey))), grey)
+
+
+def test_sixteen_bit_png_keeps_uint16() -> None:
+    grey16 = np.random.default_rng(2).integers(0, 65535, (16, 16), dtype=np.uint16)
+    decoded = decode_image(_encoded(encode_png(grey16)))
+    assert decoded.dtype == np.uint16
+    np.testing.assert_array_equal(decoded, grey16)
+
+
+def test_tiff_uint16_multichannel_decodes() -> None:
+    stack = np.random.default_rng(3).integers(0, 65535, (12, 10, 4), dtype=np.uint16)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, stack, photometric="minisblack", planarconfig="contig")
+    np.testing.assert_array_equal(decode_image(_encoded(buffer.getvalue())), stack)
+
+
+def test_jpeg_decodes_to_uint8_rgb() -> None:
+    buffer = io.BytesIO()
+    PILImage.fromarray(_rgb()).save(buffer, format="JPEG")
+    decoded = decode_image(_encoded(buffer.getvalue(), "jpg"))
+    assert decoded.shape == (20, 30, 3) and decoded.dtype == np.uint8
+
+
+def test_tensor_image_passes_through() -> None:
+    rgb = _rgb()
+    np.testing.assert_array_equal(decode_image(image_from_array(rgb)), rgb)
+
+
+def test_missing_image_is_named() -> None:
+    with pytest.raises(InvalidArgument, match=r"input\.image: no image given"):
+        decode_image(tensor_pb2.Image(), "input.image")
+
+
+def test_empty_bytes_are_rejected() -> None:
+    with pytest.raises(InvalidArgument, match=r"image\.encoded\.data: empty image bytes"):
+        decode_image(_encoded(b""))
+
+
+def test_unknown_signature_is_rejected() -> None:
+    with pytest.raises(InvalidArgument, match="not a PNG, TIFF or JPEG"):
+        decode_image(_encoded(b"GIF89a-not-supported"))
+
+
+def test_truncated_png_is_reported_as_corrupt() -> None:
+    data = encode_png(_rgb())
+    with pytest.raises(InvalidArgument, match=r"corrupt PNG image"):
+        decode_image(_encoded(data[: len(data) // 2]))
+
+
+def test_huge_image_is_rejected_before_decoding() -> None:
+    with pytest.raises(InvalidArgument, match=r"20x30 pixels exceeds the limit of 100 pixels"):
+        decode_image(_encoded(encode_png(_rgb())), max_pixels=100)
+
+
+def test_wrong_dtype_and_rank_are_rejected() -> None:
+    with pytest.raises(InvalidArgument, match="dtype float32 not supported"):
+        decode_image(image_from_array(np.zeros((4, 4), np.float32)))
+    with pytest.raises(InvalidArgument, match=r"expected \(H, W\) or \(H, W, C\)"):
+        decode_image(image_from_array(np.zeros((2, 4, 4, 3), np.uint8)))
+    with pytest.raises(InvalidArgument, match="image is empty"):
+        decode_image(image_from_array(np.zeros((0, 4), np.uint8)))

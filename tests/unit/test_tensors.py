@@ -1,0 +1,74 @@
+"""The tensor codec round-trips every dtype and rejects malformed tensors with named fields."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labsight.errors import InvalidArgument
+from labsight.tensors import from_tensor, to_tensor
+from labsight.v1 import tensor_pb2
+
+
+@pytest.mark.parametrize(
+    "dtype", ["uint8", "uint16", "int16", "int32", "uint32", "int64", "float32", "float64", "bool"]
+)
+def test_round_trip_keeps_values_shape_and_dtype(dtype: str) -> None:
+    rng = np.random.default_rng(0)
+    array = (rng.random((3, 4, 2)) * 100).astype(dtype)
+    decoded = from_tensor(to_tensor(array))
+    assert decoded.dtype == array.dtype
+    assert decoded.shape == (3, 4, 2)
+    np.testing.assert_array_equal(decoded, array)
+
+
+def test_big_endian_input_is_sent_little_endian() -> None:
+    array = np.arange(6, dtype=">u2").reshape(2, 3)
+    tensor = to_tensor(array)
+    assert tensor.data == np.arange(6, dtype="<u2").tobytes()
+    np.testing.assert_array_equal(from_tensor(tensor), array)
+
+
+def test_non_contiguous_views_are_encoded_in_c_order() -> None:
+    array = np.arange(12, dtype=np.int32).reshape(3, 4).T
+    np.testing.assert_array_equal(from_tensor(to_tensor(array)), array)
+
+
+def test_scalar_and_empty_tensors() -> None:
+    assert from_tensor(to_tensor(np.float64(2.5))).item() == 2.5
+    assert from_tensor(to_tensor(np.zeros((0, 3), np.uint8))).shape == (0, 3)
+
+
+def test_byte_length_mismatch_names_field_and_sizes() -> None:
+    tensor = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_UINT16, shape=[2, 3], data=b"\0" * 10)
+    with pytest.raises(InvalidArgument, match=r"image\.tensor\.data: 10 bytes .* \(12 bytes expected\)"):
+        from_tensor(tensor, "image.tensor")
+
+
+def test_unspecified_dtype_is_rejected() -> None:
+    tensor = tensor_pb2.Tensor(shape=[1], data=b"\0")
+    with pytest.raises(InvalidArgument, match=r"t\.dtype: DATA_TYPE_UNSPECIFIED is not supported"):
+        from_tensor(tensor, "t")
+
+
+def test_unknown_dtype_number_is_rejected() -> None:
+    tensor = tensor_pb2.Tensor(dtype=77, shape=[1], data=b"\0")
+    with pytest.raises(InvalidArgument, match=r"dtype: 77 is not supported"):
+        from_tensor(tensor)
+
+
+def test_negative_dimension_is_rejected() -> None:
+    tensor = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_UINT8, shape=[-1, 2], data=b"")
+    with pytest.raises(InvalidArgument, match="dimensions must be >= 0"):
+        from_tensor(tensor)
+
+
+def test_declared_size_over_limit_is_rejected_before_reading() -> None:
+    tensor = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT64, shape=[10**6, 10**6])
+    with pytest.raises(InvalidArgument, match="over the limit"):
+        from_tensor(tensor, max_bytes=1024)
+
+
+def test_unsupported_numpy_dtype_cannot_be_sent() -> None:
+    with pytest.raises(InvalidArgument, match="complex128"):
+        to_tensor(np.zeros(2, np.complex128))
