@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from labsight.catalog import SERVERS
+from labsight.export import FORMATS, TEXT_FORMATS, write_table
 from labsight.home import home_dir, read_endpoints
 
 
@@ -96,28 +97,61 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    """Submit one job per image; with --wait print each job's final state and result."""
+    """Submit one job per image (several images go as one batch); --wait shows progress
+    on a terminal and prints each job's final state and result."""
     from labsight.client import build_request
     from labsight.results import result_to_dict
 
     params = _parse_params(args.param)
+    requests = [
+        build_request(args.pipeline, Path(path), params, priority=args.priority)
+        for path in args.images
+    ]
     with _client(args) as client:
-        jobs = [
-            client.submit_request(
-                build_request(args.pipeline, Path(path), params, priority=args.priority)
-            )
-            for path in args.images
-        ]
-        all_done = True
-        for job in jobs:
+        if len(requests) == 1:
+            job_ids = [client.submit_request(requests[0]).job_id]
+        else:
+            batch = client.submit_batch(requests, batch_id=args.batch)
+            print(f"labsight: batch {batch.batch_id}: {len(batch.job_ids)} jobs", file=sys.stderr)
+            job_ids = list(batch.job_ids)
             if args.wait:
-                job = client.wait(job.job_id)
+                _show_batch_progress(client, batch.batch_id)
+        all_done = True
+        for job_id in job_ids:
+            job = _wait_with_progress(client, job_id) if args.wait else client.get(job_id)
             line = job_to_dict(job)
             if args.wait and line["status"] == "done":
-                line["result"] = result_to_dict(client.result(job.job_id))
+                line["result"] = result_to_dict(client.result(job_id))
             all_done = all_done and line["status"] == "done"
             print(json.dumps(line) if args.json else _job_line(line), flush=True)
     return 0 if all_done or not args.wait else 1
+
+
+def _show_batch_progress(client: Any, batch_id: str) -> None:
+    from labsight.progress import ProgressBar
+
+    bar = ProgressBar()
+    for batch in client.watch_batch(batch_id):
+        ended = sum(n for status, n in batch.counts.items() if status not in ("queued", "running"))
+        detail = " ".join(f"{status} {n}" for status, n in sorted(batch.counts.items()))
+        bar.update(ended, batch.total, detail)
+    bar.close()
+
+
+def _wait_with_progress(client: Any, job_id: str) -> Any:
+    from labsight.client import TERMINAL
+    from labsight.progress import ProgressBar
+    from labsight.v1 import gateway_pb2 as pb
+
+    bar = ProgressBar()
+    job = client.get(job_id)
+    for job in client.watch(job_id):
+        status = pb.JobStatus.Name(job.status).removeprefix("JOB_STATUS_").lower()
+        bar.update(round(job.progress * 100), 100, f"% {status} {job.progress_message}")
+        if job.status in TERMINAL:
+            break
+    bar.close()
+    return job
 
 
 def _job_line(job: dict[str, Any]) -> str:
@@ -139,36 +173,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-BINARY_TABLE_FORMATS = ("parquet", "npy", "h5ad")
-
-
 def cmd_results(args: argparse.Namespace) -> int:
-    """Print or save a finished job's result as JSON or one table as CSV."""
-    from labsight.results import result_to_dict, table_csv
+    """Print or save the results of a job or of a whole batch (JSON, or one table as a file)."""
+    from labsight.results import result_to_dict
 
+    if bool(args.job_id) == bool(args.batch):
+        print("labsight: give either a JOB_ID or --batch BATCH_ID", file=sys.stderr)
+        return 2
     with _client(args) as client:
-        result = client.result(args.job_id)
+        if args.batch:
+            results = [result for _, result in client.batch_results(args.batch) if result]
+        else:
+            results = [client.result(args.job_id)]
     if args.format == "json":
-        text = json.dumps(result_to_dict(result)) + "\n"
-    else:
-        table = args.table or next(iter(sorted(result.tables)), "")
-        if table not in result.tables:
-            print(f"labsight: result has no table {table!r}; tables: {sorted(result.tables)}",
-                  file=sys.stderr)
-            return 2
-        if args.format in BINARY_TABLE_FORMATS:
-            from labsight.export import write_table
-
-            if not args.output:
-                print(f"labsight: --format {args.format} needs -o FILE", file=sys.stderr)
-                return 2
-            write_table([result], table, Path(args.output), args.format)
-            return 0
-        text = table_csv(result, table)
+        lines = "".join(json.dumps({"job_id": r.job_id, **result_to_dict(r)}) + "\n"
+                        for r in results)
+        if args.output:
+            Path(args.output).write_text(lines)
+        else:
+            sys.stdout.write(lines)
+        return 0
+    if not results:
+        print("labsight: no finished results to export", file=sys.stderr)
+        return 2
+    table = args.table or next(iter(sorted(results[0].tables)), "")
     if args.output:
-        Path(args.output).write_text(text)
+        write_table(results, table, Path(args.output), args.format)
+    elif args.format in TEXT_FORMATS:
+        write_table(results, table, sys.stdout, args.format)
     else:
-        sys.stdout.write(text)
+        print(f"labsight: --format {args.format} needs -o FILE", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -272,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--priority", choices=("normal", "high"), default="normal")
     submit.add_argument("--wait", action="store_true", help="wait and print results")
+    submit.add_argument("--batch", default="", help="batch id for several images (default: new)")
     submit.set_defaults(func=cmd_submit)
 
     status = client_command("status", "show a job's state")
@@ -280,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     results = client_command("results", "print or save a job's result")
-    results.add_argument("job_id")
-    results.add_argument("--format", choices=("json", "csv", *BINARY_TABLE_FORMATS), default="json")
+    results.add_argument("job_id", nargs="?", default="")
+    results.add_argument("--batch", default="", help="all finished jobs of this batch instead")
+    results.add_argument("--format", choices=("json", *FORMATS), default="json")
     results.add_argument("--table", default="", help="table to write as CSV")
     results.add_argument("-o", "--output", default="", help="file to write (default stdout)")
     results.set_defaults(func=cmd_results)

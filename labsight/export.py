@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
+from labsight.arff import write_arff
 from labsight.tables import table_values
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
 
-FORMATS = ("csv", "parquet", "npy", "h5ad")
+FORMATS = ("csv", "arff", "parquet", "npy", "h5ad")
 """File formats ``write_table`` writes."""
+
+TEXT_FORMATS = ("csv", "arff")
+"""Formats that can also be written to an open text stream."""
 
 COORDINATES = "coordinates"
 """Result tensor with the (N, 2) x, y position of each table row (spot-features)."""
@@ -23,8 +28,9 @@ def combined_table(
 ) -> tuple[list[str], list[str], np.ndarray, np.ndarray | None]:
     """One table stacked over several results: columns, row ids, values and coordinates.
 
-    Row ids of a result that covers a single input are prefixed with its input
-    name when several results are stacked, so rows stay distinguishable.
+    When several results are stacked, row ids are prefixed with their result's
+    input name (unless the row id already is that name, as for per-image
+    tables), so rows stay distinguishable.
     Coordinates are returned only when every result carries them.
 
     Raises
@@ -46,8 +52,11 @@ def combined_table(
         if columns and list(entry.columns) != columns:
             raise ValueError(f"job {result.job_id}: table {table!r} has other columns than the first")
         columns = list(entry.columns)
-        prefix = f"{result.input_name or result.job_id}/" if len(results) > 1 else ""
-        ids.extend(prefix + row_id for row_id in entry.row_ids)
+        source = result.input_name or result.job_id
+        ids.extend(
+            f"{source}/{row_id}" if len(results) > 1 and row_id != source else row_id
+            for row_id in entry.row_ids
+        )
         blocks.append(table_values(entry, table))
         if COORDINATES in result.tensors:
             coordinates.append(from_tensor(result.tensors[COORDINATES], COORDINATES))
@@ -56,7 +65,9 @@ def combined_table(
     return columns, ids, values, stacked
 
 
-def write_table(results: Sequence[pb.JobResult], table: str, path: Path, fmt: str) -> None:
+def write_table(
+    results: Sequence[pb.JobResult], table: str, path: Path | TextIO, fmt: str
+) -> None:
     """Write one table of ``results`` (rows stacked) to ``path`` in format ``fmt``.
 
     Parameters
@@ -65,15 +76,17 @@ def write_table(results: Sequence[pb.JobResult], table: str, path: Path, fmt: st
         Results holding the table; rows are stacked in order (see ``combined_table``).
     table : str
         Name of the table, e.g. ``"features"``.
-    path : Path
-        File to write.
-    fmt : {"csv", "parquet", "npy", "h5ad"}
+    path : Path or text stream
+        File to write (csv and arff may also go to an open text stream).
+    fmt : {"csv", "arff", "parquet", "npy", "h5ad"}
         File format.
 
     Notes
     -----
     csv
         ``id`` then the feature columns.
+    arff
+        Weka ARFF, one numeric attribute per column (relation = table name), no class.
     parquet
         The same columns, float64 features (pyarrow).
     npy
@@ -86,6 +99,9 @@ def write_table(results: Sequence[pb.JobResult], table: str, path: Path, fmt: st
     if fmt not in FORMATS:
         raise ValueError(f"format: expected one of {list(FORMATS)}, got {fmt!r}")
     columns, ids, values, coordinates = combined_table(results, table)
+    if fmt == "arff":
+        write_arff(path, table, [dict(zip(columns, map(float, row), strict=True)) for row in values])
+        return
     if fmt == "npy":
         np.save(path, values)
         return

@@ -1,9 +1,7 @@
-"""JobResult messages as plain Python (JSON) and as CSV / ARFF tables."""
+"""JobResult messages as plain Python values, ready for JSON."""
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
 
 from labsight.tables import table_records
@@ -28,14 +26,3 @@ def result_to_dict(result: pb.JobResult, max_elements: int = MAX_JSON_ELEMENTS) 
         "tensors": tensors,
         "scalars": dict(sorted(result.scalars.items())),
     }
-
-
-def table_csv(result: pb.JobResult, table_name: str) -> str:
-    """One table of a result as CSV text (first column ``id``)."""
-    table = result.tables[table_name]
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["id", *table.columns])
-    for record in table_records(table):
-        writer.writerow([record["id"], *(repr(record[c]) for c in table.columns)])
-    return out.getvalue()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -137,6 +138,32 @@ def test_cli_fractal_job_equals_a_direct_call_on_the_same_pixels(
     csv_text = _cli(up, "results", job["job_id"], "--format", "csv").stdout
     header, values = csv_text.splitlines()[:2]
     assert header.startswith("id,MinkLAC1,MinkLAC2") and values.startswith("demo.png,")
+
+
+def test_cli_batch_of_images_exports_one_table(up: UpProcess, tmp_path: Path) -> None:
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"well-{index}.png"
+        path.write_bytes(encode_png(np.roll(demo_image(), index, axis=0)))
+        paths.append(str(path))
+    run = _cli(up, "submit", "fractal", *paths, "--param", "box_sizes=3-9", "--batch", "plate-1",
+               "--wait", "--json")
+    assert run.returncode == 0, run.stderr
+    assert "batch plate-1: 3 jobs" in run.stderr
+    assert [json.loads(line)["status"] for line in run.stdout.splitlines()] == ["done"] * 3
+    arff = _cli(up, "results", "--batch", "plate-1", "--format", "arff").stdout
+    assert "@ATTRIBUTE MinkLAC1 numeric" in arff
+    assert len(arff.split("@DATA", 1)[1].strip().splitlines()) == 3
+    parquet = tmp_path / "plate.parquet"
+    assert _cli(up, "results", "--batch", "plate-1", "--format", "parquet", "-o",
+                str(parquet)).returncode == 0
+    import pandas as pd
+
+    frame = pd.read_parquet(parquet)
+    assert sorted(frame["id"]) == ["well-0.png", "well-1.png", "well-2.png"]
+    assert frame.loc[frame["id"] == "well-0.png", "MinkLAC1"].item() == gliding_box(
+        demo_image(), box_sizes=[3, 5, 7, 9]
+    ).lacunarity[0]
 
 
 def test_cli_reports_bad_input_and_unknown_jobs(up: UpProcess, tmp_path: Path) -> None:
