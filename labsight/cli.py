@@ -36,14 +36,14 @@ def job_to_dict(job: Any) -> dict[str, Any]:
     return data
 
 
-def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
-    params: dict[str, str] = {}
+def _parse_pairs(pairs: Sequence[str], option: str) -> dict[str, str]:
+    parsed: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"labsight: --param expects key=value, got {pair!r}")
-        params[key] = value
-    return params
+            raise SystemExit(f"labsight: {option} expects key=value, got {pair!r}")
+        parsed[key] = value
+    return parsed
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -102,9 +102,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from labsight.client import build_request
     from labsight.results import result_to_dict
 
-    params = _parse_params(args.param)
+    params = _parse_pairs(args.param, "--param")
+    labels = _parse_pairs(args.label, "--label")
     requests = [
-        build_request(args.pipeline, Path(path), params, priority=args.priority)
+        build_request(args.pipeline, Path(path), params, priority=args.priority, labels=labels)
         for path in args.images
     ]
     with _client(args) as client:
@@ -182,9 +183,18 @@ def cmd_results(args: argparse.Namespace) -> int:
         return 2
     with _client(args) as client:
         if args.batch:
-            results = [result for _, result in client.batch_results(args.batch) if result]
+            finished = [(job, result) for job, result in client.batch_results(args.batch) if result]
         else:
-            results = [client.result(args.job_id)]
+            finished = [(client.get(args.job_id), client.result(args.job_id))]
+    results = [result for _, result in finished]
+    class_labels = None
+    if args.class_label:
+        missing = [job.job_id for job, _ in finished if args.class_label not in job.labels]
+        if missing:
+            print(f"labsight: jobs without label {args.class_label!r}: {missing[:5]}",
+                  file=sys.stderr)
+            return 2
+        class_labels = [job.labels[args.class_label] for job, _ in finished]
     if args.format == "json":
         lines = "".join(json.dumps({"job_id": r.job_id, **result_to_dict(r)}) + "\n"
                         for r in results)
@@ -198,9 +208,9 @@ def cmd_results(args: argparse.Namespace) -> int:
         return 2
     table = args.table or next(iter(sorted(results[0].tables)), "")
     if args.output:
-        write_table(results, table, Path(args.output), args.format)
+        write_table(results, table, Path(args.output), args.format, class_labels)
     elif args.format in TEXT_FORMATS:
-        write_table(results, table, sys.stdout, args.format)
+        write_table(results, table, sys.stdout, args.format, class_labels)
     else:
         print(f"labsight: --format {args.format} needs -o FILE", file=sys.stderr)
         return 2
@@ -305,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("pipeline")
     submit.add_argument("images", nargs="+", help="PNG, TIFF, JPEG or .npy files")
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help="label stored with each job (e.g. class=1, sample=LIMS-42)")
     submit.add_argument("--priority", choices=("normal", "high"), default="normal")
     submit.add_argument("--wait", action="store_true", help="wait and print results")
     submit.add_argument("--batch", default="", help="batch id for several images (default: new)")
@@ -319,7 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("job_id", nargs="?", default="")
     results.add_argument("--batch", default="", help="all finished jobs of this batch instead")
     results.add_argument("--format", choices=("json", *FORMATS), default="json")
-    results.add_argument("--table", default="", help="table to write as CSV")
+    results.add_argument("--table", default="",
+                         help="table to export (default: the first; fractal jobs also have "
+                              "seed_fractal and seed_percolation with exactly the seed's columns)")
+    results.add_argument("--class-label", default="",
+                         help="job label whose value becomes the class (ARFF class attribute)")
     results.add_argument("-o", "--output", default="", help="file to write (default stdout)")
     results.set_defaults(func=cmd_results)
 

@@ -66,7 +66,11 @@ def combined_table(
 
 
 def write_table(
-    results: Sequence[pb.JobResult], table: str, path: Path | TextIO, fmt: str
+    results: Sequence[pb.JobResult],
+    table: str,
+    path: Path | TextIO,
+    fmt: str,
+    class_labels: Sequence[str] | None = None,
 ) -> None:
     """Write one table of ``results`` (rows stacked) to ``path`` in format ``fmt``.
 
@@ -80,6 +84,10 @@ def write_table(
         File to write (csv and arff may also go to an open text stream).
     fmt : {"csv", "arff", "parquet", "npy", "h5ad"}
         File format.
+    class_labels : sequence of str, optional
+        One class per result, repeated over its rows: the last ARFF attribute
+        ``class {...}`` (as the seed's Weka files have), or a ``class`` column
+        in CSV and Parquet.
 
     Notes
     -----
@@ -99,8 +107,18 @@ def write_table(
     if fmt not in FORMATS:
         raise ValueError(f"format: expected one of {list(FORMATS)}, got {fmt!r}")
     columns, ids, values, coordinates = combined_table(results, table)
+    row_classes = None
+    if class_labels is not None:
+        if len(class_labels) != len(results):
+            raise ValueError(f"class_labels: {len(class_labels)} labels for {len(results)} results")
+        row_classes = [
+            label
+            for result, label in zip(results, class_labels, strict=True)
+            for _ in result.tables[table].row_ids
+        ]
     if fmt == "arff":
-        write_arff(path, table, [dict(zip(columns, map(float, row), strict=True)) for row in values])
+        rows = [dict(zip(columns, map(float, row), strict=True)) for row in values]
+        write_arff(path, table, rows, classes=row_classes)
         return
     if fmt == "npy":
         np.save(path, values)
@@ -110,6 +128,8 @@ def write_table(
     if fmt in ("csv", "parquet"):
         frame = pd.DataFrame(values, columns=columns)
         frame.insert(0, "id", ids)
+        if row_classes is not None:
+            frame["class"] = row_classes
         if fmt == "csv":
             frame.to_csv(path, index=False, float_format="%.17g")
         else:

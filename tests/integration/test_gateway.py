@@ -20,6 +20,7 @@ from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
 from services.features.fractal import gliding_box, percolation
+from services.features.fractal_columns import fractal_columns, percolation_columns
 from services.gateway.keys import RedisKeys
 from services.gateway.servicer import register as register_gateway
 
@@ -54,6 +55,12 @@ def test_fractal_job_result_equals_a_direct_call(stack: InProcessStack) -> None:
     table = result.tables["fractal"]
     assert list(table.columns[:5]) == [f"MinkLAC{i}" for i in range(1, 6)]
     assert from_tensor(table.values)[0, 0] == direct.lacunarity[0]
+    seed_fractal = fractal_columns(direct, extras=False)
+    assert list(result.tables["seed_fractal"].columns) == list(seed_fractal)
+    assert from_tensor(result.tables["seed_fractal"].values)[0].tolist() == list(
+        seed_fractal.values()
+    )
+    assert list(result.tables["seed_percolation"].columns) == list(percolation_columns(perc))
 
 
 def test_encoded_png_input_gives_the_same_result_as_pixels(stack: InProcessStack) -> None:

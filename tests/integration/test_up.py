@@ -147,13 +147,22 @@ def test_cli_batch_of_images_exports_one_table(up: UpProcess, tmp_path: Path) ->
         path.write_bytes(encode_png(np.roll(demo_image(), index, axis=0)))
         paths.append(str(path))
     run = _cli(up, "submit", "fractal", *paths, "--param", "box_sizes=3-9", "--batch", "plate-1",
-               "--wait", "--json")
+               "--label", "class=1", "--wait", "--json")
     assert run.returncode == 0, run.stderr
     assert "batch plate-1: 3 jobs" in run.stderr
     assert [json.loads(line)["status"] for line in run.stdout.splitlines()] == ["done"] * 3
     arff = _cli(up, "results", "--batch", "plate-1", "--format", "arff").stdout
     assert "@ATTRIBUTE MinkLAC1 numeric" in arff
     assert len(arff.split("@DATA", 1)[1].strip().splitlines()) == 3
+    weka = _cli(up, "results", "--batch", "plate-1", "--format", "arff", "--table", "seed_fractal",
+                "--class-label", "class").stdout
+    attributes = [line.split()[1] for line in weka.splitlines() if line.startswith("@ATTRIBUTE")]
+    assert attributes == [
+        *(f"MinkLAC{i}" for i in range(1, 5)), *(f"MinkDF{i}" for i in range(1, 5)),
+        "MinkAreaLAC", "MinkSkewnessLAC", "MinkAreaRatioLAC", "MinkMaxLAC", "class",
+    ]
+    assert "@ATTRIBUTE class {1}" in weka
+    assert all(line.endswith(",1") for line in weka.split("@DATA", 1)[1].strip().splitlines())
     parquet = tmp_path / "plate.parquet"
     assert _cli(up, "results", "--batch", "plate-1", "--format", "parquet", "-o",
                 str(parquet)).returncode == 0

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from labsight.errors import InvalidArgument
 from labsight.images import decode_image
+from labsight.tables import feature_table, table_values
 from labsight.tensors import to_tensor
-from labsight.v1 import features_pb2
+from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, parse_bool
 
 DEFAULT_BOX_SIZES = "3-41"
+
+_SEED_FRACTAL_COLUMN = re.compile(r"Mink(LAC|DF)\d+|Mink(Area|Skewness|AreaRatio|Max)LAC")
+_SEED_PERCOLATION_COLUMN = re.compile(
+    r"Mink[pgh]\d+|Mink(Area|Skewness|AreaRation|Max)(Cluster|Perc|MaxCluster)"
+)
+
+
+def seed_tables(features: tensor_pb2.FeatureTable) -> dict[str, tensor_pb2.FeatureTable]:
+    """The seed's two Weka tables, exactly its columns in its order, cut from ``features``.
+
+    ``seed_fractal`` (MinkLAC*, MinkDF*, Λ-curve descriptors) always;
+    ``seed_percolation`` (Minkp/g/h*, cluster/percolation descriptors) when present.
+    """
+    values = table_values(features, "features")
+    tables = {}
+    for name, pattern in (("seed_fractal", _SEED_FRACTAL_COLUMN),
+                          ("seed_percolation", _SEED_PERCOLATION_COLUMN)):
+        picked = [i for i, column in enumerate(features.columns) if pattern.fullmatch(column)]
+        if picked:
+            tables[name] = feature_table(
+                [features.columns[i] for i in picked], values[:, picked], list(features.row_ids)
+            )
+    return tables
 
 
 def parse_box_sizes(text: str) -> list[int]:
@@ -79,6 +105,8 @@ class FractalPipeline(Pipeline):
         )
         result = pb.JobResult(pipeline=self.name)
         result.tables["fractal"].CopyFrom(response.features)
+        for name, table in seed_tables(response.features).items():
+            result.tables[name].CopyFrom(table)
         result.tensors["box_sizes"].CopyFrom(to_tensor(np.array(response.box_sizes, np.int32)))
         result.tensors["lacunarity"].CopyFrom(to_tensor(np.array(response.lacunarity)))
         result.tensors["box_count"].CopyFrom(to_tensor(np.array(response.box_count)))
