@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import redis
 from labsight.config import Settings
 from labsight.redis_server import start_redis, stop_redis
 from labsight.runtime.server import Registrar, RunningServer, start_server
+from services.gateway.worker import Worker, build_worker
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -75,6 +78,39 @@ def serve() -> Iterator[Callable[..., RunningServer]]:
     yield start
     for server in running:
         server.stop(0)
+
+
+@dataclass
+class RunningWorker:
+    """A worker running its loop in a thread of the test process."""
+
+    worker: Worker
+    thread: threading.Thread
+
+
+@pytest.fixture
+def worker_thread(settings: Settings) -> Iterator[Callable[..., RunningWorker]]:
+    """Start workers on the test's settings in threads (attributes override the worker's);
+    all are stopped after the test."""
+    started: list[tuple[threading.Event, RunningWorker]] = []
+
+    def start(consumer: str = "", **attributes: object) -> RunningWorker:
+        worker = build_worker(settings, consumer=consumer or f"test-worker-{len(started)}")
+        for name, value in attributes.items():
+            setattr(worker, name, value)
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"block_ms": 100})
+        thread.start()
+        running = RunningWorker(worker, thread)
+        started.append((stop, running))
+        return running
+
+    yield start
+    for stop, _ in started:
+        stop.set()
+    for _, running in started:
+        running.thread.join(timeout=30)
+        running.worker.services.close()
 
 
 @pytest.fixture

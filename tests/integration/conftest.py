@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -15,8 +14,9 @@ from labsight.config import Settings
 from labsight.runtime.server import RunningServer
 from services.features.servicer import register as register_features
 from services.gateway.servicer import register as register_gateway
-from services.gateway.worker import Worker, build_worker
+from services.gateway.worker import Worker
 from services.segmentation.servicer import register as register_segmentation
+from tests.conftest import RunningWorker
 
 
 @dataclass
@@ -33,7 +33,9 @@ class InProcessStack:
 
 @pytest.fixture
 def stack(
-    serve: Callable[..., RunningServer], settings: Settings
+    serve: Callable[..., RunningServer],
+    settings: Settings,
+    worker_thread: Callable[..., RunningWorker],
 ) -> Iterator[InProcessStack]:
     """Gateway, features and segmentation servers on free ports, workers on demand, a unique key prefix."""
     features = serve(register_features, FEATURES.grpc_services, settings)
@@ -44,25 +46,15 @@ def stack(
         "classifier": "127.0.0.1:1",
     }
     gateway = serve(register_gateway, GATEWAY.grpc_services, settings)
-    stops: list[tuple[threading.Event, threading.Thread, Worker]] = []
 
     def start_worker() -> Worker:
-        worker = build_worker(settings, consumer=f"test-worker-{len(stops)}")
-        stop = threading.Event()
-        thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"block_ms": 100})
-        thread.start()
-        stops.append((stop, thread, worker))
-        return worker
+        return worker_thread().worker
 
     client = LabSightClient(gateway.address, token="")
     try:
         yield InProcessStack(settings, gateway, features, client, start_worker, segmentation)
     finally:
         client.close()
-        for stop, thread, worker in stops:
-            stop.set()
-            thread.join(timeout=30)
-            worker.services.close()
 
 
 @pytest.fixture

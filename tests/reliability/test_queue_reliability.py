@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +21,12 @@ from labsight.v1 import gateway_pb2 as pb
 from services.features.servicer import register as register_features
 from services.gateway.keys import RedisKeys
 from services.gateway.servicer import register as register_gateway
-from services.gateway.worker import build_worker
+from tests.conftest import RunningWorker
 
 from .conftest import WorkerFactory
 
 Serve = Callable[..., RunningServer]
+StartWorker = Callable[..., RunningWorker]
 TINY = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
 
 
@@ -113,7 +113,7 @@ def test_redis_restart_mid_batch_loses_no_accepted_job(
 
 
 def test_model_service_down_retries_then_succeeds_when_it_returns(
-    serve: Serve, settings: Settings
+    serve: Serve, settings: Settings, worker_thread: StartWorker
 ) -> None:
     settings.retry_base_s = 0.2
     settings.max_attempts = 20
@@ -125,28 +125,21 @@ def test_model_service_down_retries_then_succeeds_when_it_returns(
     }
     gateway = serve(register_gateway, GATEWAY.grpc_services, settings)
     client = LabSightClient(gateway.address, token="")
-    worker = build_worker(settings, consumer="retrying")
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"block_ms": 100})
-    thread.start()
-    try:
-        job = client.submit("fractal", TINY, {"box_sizes": "3"})
-        _wait_for(lambda: client.get(job.job_id).attempts >= 2, 30, "failed attempts")
-        failing = client.get(job.job_id)
-        assert failing.status in (pb.JOB_STATUS_QUEUED, pb.JOB_STATUS_RUNNING)
-        assert "UNAVAILABLE" in failing.error
-        serve(register_features, FEATURES.grpc_services,
-              Settings(**{**vars(settings), "port": features_port}))
-        final = client.wait(job.job_id, 60)
-        assert final.status == pb.JOB_STATUS_DONE and final.error == ""
-        assert thread.is_alive()
-    finally:
-        stop.set()
-        thread.join(30)
+    running = worker_thread("retrying")
+    job = client.submit("fractal", TINY, {"box_sizes": "3"})
+    _wait_for(lambda: client.get(job.job_id).attempts >= 2, 30, "failed attempts")
+    failing = client.get(job.job_id)
+    assert failing.status in (pb.JOB_STATUS_QUEUED, pb.JOB_STATUS_RUNNING)
+    assert "UNAVAILABLE" in failing.error
+    serve(register_features, FEATURES.grpc_services,
+          Settings(**{**vars(settings), "port": features_port}))
+    final = client.wait(job.job_id, 60)
+    assert final.status == pb.JOB_STATUS_DONE and final.error == ""
+    assert running.thread.is_alive()
 
 
 def test_model_service_that_never_returns_makes_the_job_dead(
-    serve: Serve, settings: Settings, redis_client: redis.Redis
+    serve: Serve, settings: Settings, redis_client: redis.Redis, worker_thread: StartWorker
 ) -> None:
     settings.retry_base_s = 0.05
     settings.max_attempts = 3
@@ -156,24 +149,17 @@ def test_model_service_that_never_returns_makes_the_job_dead(
     }
     gateway = serve(register_gateway, GATEWAY.grpc_services, settings)
     client = LabSightClient(gateway.address, token="")
-    worker = build_worker(settings, consumer="doomed")
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"block_ms": 100})
-    thread.start()
-    try:
-        job = client.submit("fractal", TINY, {"box_sizes": "3"})
-        final = client.wait(job.job_id, 60)
-        assert final.status == pb.JOB_STATUS_DEAD
-        assert final.attempts == 3 and "UNAVAILABLE" in final.error
-        dead = redis_client.xrange(RedisKeys(settings.key_prefix).dead_letters())
-        assert [fields[b"job_id"].decode() for _, fields in dead] == [job.job_id]
-        assert b"UNAVAILABLE" in dead[0][1][b"error"]
-        assert thread.is_alive()
-        later = client.submit("fractal", TINY, {"box_sizes": "3"})
-        _wait_for(lambda: client.get(later.job_id).attempts >= 1, 10, "the next job's attempt")
-    finally:
-        stop.set()
-        thread.join(30)
+    running = worker_thread("doomed")
+    job = client.submit("fractal", TINY, {"box_sizes": "3"})
+    final = client.wait(job.job_id, 60)
+    assert final.status == pb.JOB_STATUS_DEAD
+    assert final.attempts == 3 and "UNAVAILABLE" in final.error
+    dead = redis_client.xrange(RedisKeys(settings.key_prefix).dead_letters())
+    assert [fields[b"job_id"].decode() for _, fields in dead] == [job.job_id]
+    assert b"UNAVAILABLE" in dead[0][1][b"error"]
+    assert running.thread.is_alive()
+    later = client.submit("fractal", TINY, {"box_sizes": "3"})
+    _wait_for(lambda: client.get(later.job_id).attempts >= 1, 10, "the next job's attempt")
 
 
 def test_full_queue_keeps_redis_memory_bounded(
@@ -198,7 +184,7 @@ def test_full_queue_keeps_redis_memory_bounded(
 
 @pytest.mark.parametrize("burst", [4])
 def test_high_priority_first_but_normal_never_starved(
-    serve: Serve, settings: Settings, burst: int
+    serve: Serve, settings: Settings, worker_thread: StartWorker, burst: int
 ) -> None:
     _, client = _services(serve, settings)
     normal = [client.submit("fractal", TINY, {"box_sizes": "3"}).job_id for _ in range(3)]
@@ -206,17 +192,9 @@ def test_high_priority_first_but_normal_never_starved(
         client.submit("fractal", TINY, {"box_sizes": "3"}, priority="high").job_id
         for _ in range(20)
     ]
-    worker = build_worker(settings, consumer="fair")
-    worker.high_burst = burst
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"block_ms": 100})
-    thread.start()
-    try:
-        for job_id in normal + high:
-            assert client.wait(job_id, 60).status == pb.JOB_STATUS_DONE
-    finally:
-        stop.set()
-        thread.join(30)
+    worker_thread("fair", high_burst=burst)
+    for job_id in normal + high:
+        assert client.wait(job_id, 60).status == pb.JOB_STATUS_DONE
     order = sorted(normal + high, key=lambda job_id: client.get(job_id).started_at.ToNanoseconds())
     assert order[:burst] == high[:burst]  # high first ...
     first_normal = order.index(normal[0])
