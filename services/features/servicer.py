@@ -5,18 +5,16 @@ from __future__ import annotations
 import grpc
 
 from labsight.config import Settings
+from labsight.errors import InvalidArgument
 from labsight.images import decode_image
 from labsight.tables import feature_row, feature_table
 from labsight.v1 import features_pb2 as pb
 from labsight.v1 import features_pb2_grpc as pb_grpc
 from services.features.deep import PoolingMode
 from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
-from services.features.fractal import gliding_box, percolation
+from services.features.fractal import DEFAULT_BOX_SIZES, gliding_box, percolation
 from services.features.fractal_columns import fractal_columns, percolation_columns
 from services.features.models import ModelRepository
-
-DEFAULT_BOX_SIZES = tuple(range(3, 42, 2))
-
 
 POOLING_MODES: dict[int, PoolingMode] = {
     pb.POOLING_UNSPECIFIED: "average",
@@ -72,6 +70,8 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
         self, request: pb.ExtractDeepFeaturesRequest, context: grpc.ServicerContext
     ) -> pb.ExtractDeepFeaturesResponse:
         """Features of a batch of images from one layer of one model."""
+        if request.pooling not in POOLING_MODES:
+            raise InvalidArgument(f"pooling: unknown value {request.pooling}")
         images = [decode_image(image, f"images[{i}]") for i, image in enumerate(request.images)]
         features = self.extractor.extract(
             images, request.model, request.layer, POOLING_MODES[request.pooling]

@@ -101,6 +101,8 @@ def test_list_models_names_the_built_ins_with_their_layers(stack: InProcessStack
          "model: unknown model 'resnet-9000'"),
         ([IMAGES[1]], {"layer": "fc9"}, grpc.StatusCode.NOT_FOUND,
          "layer: the model has no module or value 'fc9'"),
+        ([IMAGES[1]], {"pooling": 42}, grpc.StatusCode.INVALID_ARGUMENT,
+         "pooling: unknown value 42"),
     ],
 )
 def test_bad_requests_name_the_field(
