@@ -7,6 +7,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from labsight.config import address_env_var
+
 ENDPOINTS_FILE = "endpoints.json"
 
 
@@ -29,8 +31,6 @@ class Endpoints:
 
     def as_environment(self) -> dict[str, str]:
         """The LABSIGHT_* / REDIS_URL variables that make a process use these endpoints."""
-        from labsight.config import address_env_var
-
         env = {
             "REDIS_URL": self.redis_url,
             "LABSIGHT_KEY_PREFIX": self.key_prefix,

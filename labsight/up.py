@@ -132,7 +132,7 @@ class Stack:
             }
             self._spawn(name, spec, env, logs)
         for index in range(self.layout.workers):
-            metrics_port = self.layout.metrics_ports[WORKER.name] + (100 * index if index else 0)
+            metrics_port = self.layout.metrics_ports[WORKER.name] + index
             env = {**base_env, "LABSIGHT_METRICS_PORT": str(metrics_port)}
             self._spawn(f"worker-{index + 1}", WORKER, env, logs)
         self._wait_until_serving(timeout_s)
