@@ -221,3 +221,19 @@ def test_cancelled_running_job_stops_at_the_next_step(
     assert final.status == pb.JOB_STATUS_CANCELLED and final.progress < 1.0
     assert not redis_for.exists(keys.job_result(job.job_id))
     assert worker.queue.depth() == 0
+
+
+def test_large_results_stream_in_chunks(
+    stack: InProcessStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("services.gateway.servicer.RESULT_CHUNK_BYTES", 4096)
+    stack.start_worker()
+    job = stack.client.submit("fractal", demo_image())
+    assert stack.client.wait(job.job_id, 120).status == pb.JOB_STATUS_DONE
+    chunks = list(stack.client.stub.GetJobResult(pb.GetJobResultRequest(job_id=job.job_id)))
+    total = chunks[0].total_bytes
+    assert total > 100_000 and len(chunks) == -(-total // 4096)
+    assert all(len(chunk.data) <= 4096 for chunk in chunks)
+    result = stack.client.result(job.job_id)
+    assert result.ByteSize() == total
+    assert len(result.tensors["probability_r41"].data) == 41 * 41 * 8
