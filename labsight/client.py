@@ -20,6 +20,8 @@ from labsight.v1 import tensor_pb2
 ImageLike = np.ndarray | str | Path | tensor_pb2.Image
 TERMINAL = (pb.JOB_STATUS_DONE, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_CANCELLED, pb.JOB_STATUS_DEAD)
 UPLOAD_CHUNK_BYTES = 4 * 1024 * 1024
+BATCH_MESSAGE_JOBS = 128
+"""Most jobs the SDK packs into one SubmitBatch message."""
 
 
 def default_gateway_address() -> str:
@@ -144,12 +146,22 @@ class LabSightClient:
     def submit_batch(
         self, requests: Iterable[pb.SubmitJobRequest], batch_id: str = ""
     ) -> pb.SubmitBatchResponse:
-        """Queue many jobs under one batch id in one client stream."""
+        """Queue many jobs under one batch id in one client stream (many jobs per message)."""
 
         def messages() -> Iterator[pb.SubmitBatchRequest]:
             yield pb.SubmitBatchRequest(header=pb.BatchHeader(batch_id=batch_id))
+            chunk = pb.BatchJobs()
+            size = 0
             for request in requests:
-                yield pb.SubmitBatchRequest(job=request)
+                request_size = request.ByteSize()
+                if chunk.jobs and (len(chunk.jobs) >= BATCH_MESSAGE_JOBS
+                                   or size + request_size > self.max_message_bytes // 2):
+                    yield pb.SubmitBatchRequest(jobs=chunk)
+                    chunk, size = pb.BatchJobs(), 0
+                chunk.jobs.append(request)
+                size += request_size
+            if chunk.jobs:
+                yield pb.SubmitBatchRequest(jobs=chunk)
 
         return self.stub.SubmitBatch(messages(), metadata=self.metadata)
 

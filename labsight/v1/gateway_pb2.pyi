@@ -100,12 +100,20 @@ class UploadJobRequest(_message.Message):
     def __init__(self, job: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., image_chunk: _Optional[bytes] = ...) -> None: ...
 
 class SubmitBatchRequest(_message.Message):
-    __slots__ = ("header", "job")
+    __slots__ = ("header", "job", "jobs")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
     header: BatchHeader
     job: SubmitJobRequest
-    def __init__(self, header: _Optional[_Union[BatchHeader, _Mapping]] = ..., job: _Optional[_Union[SubmitJobRequest, _Mapping]] = ...) -> None: ...
+    jobs: BatchJobs
+    def __init__(self, header: _Optional[_Union[BatchHeader, _Mapping]] = ..., job: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., jobs: _Optional[_Union[BatchJobs, _Mapping]] = ...) -> None: ...
+
+class BatchJobs(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[SubmitJobRequest]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[SubmitJobRequest, _Mapping]]] = ...) -> None: ...
 
 class BatchHeader(_message.Message):
     __slots__ = ("batch_id", "labels")

@@ -130,30 +130,37 @@ class JobQueue:
         return self._write(tenant, [(uuid.uuid4().hex, new) for new in jobs])
 
     def _write(self, tenant: str, jobs: Sequence[tuple[str, NewJob]]) -> list[JobRecord]:
-        records = []
+        created = now()
+        records = [
+            JobRecord(
+                job_id=job_id,
+                tenant=tenant,
+                pipeline=new.pipeline,
+                params=new.params,
+                priority=new.priority,
+                created_at=created,
+                batch_id=new.batch_id,
+                labels=dict(new.labels or {}),
+                input_name=new.input_name,
+            )
+            for job_id, new in jobs
+        ]
+        by_batch: dict[str, list[str]] = {}
+        for record in records:
+            if record.batch_id:
+                by_batch.setdefault(record.batch_id, []).append(record.job_id)
+        # One transaction: the jobs become visible to workers and counted together.
         with self.client.pipeline(transaction=True) as pipe:
-            for job_id, new in jobs:
-                record = JobRecord(
-                    job_id=job_id,
-                    tenant=tenant,
-                    pipeline=new.pipeline,
-                    params=new.params,
-                    priority=new.priority,
-                    created_at=now(),
-                    batch_id=new.batch_id,
-                    labels=dict(new.labels or {}),
-                    input_name=new.input_name,
-                )
-                pipe.hset(self.keys.job(job_id), mapping=record.to_hash())
-                pipe.set(self.keys.job_input(job_id), new.input_bytes)
-                pipe.zadd(self.keys.tenant_jobs(tenant), {job_id: record.created_at})
-                if new.batch_id:
-                    pipe.hincrby(self.keys.batch(new.batch_id), "total", 1)
-                    pipe.hincrby(self.keys.batch(new.batch_id), f"count:{QUEUED}", 1)
-                    pipe.rpush(self.keys.batch_jobs(new.batch_id), job_id)
-                pipe.xadd(self.keys.stream(new.priority), {"job_id": job_id})
-                records.append(record)
-            pipe.incrby(self.keys.depth(), len(jobs))
+            for record, (_, new) in zip(records, jobs, strict=True):
+                pipe.hset(self.keys.job(record.job_id), mapping=record.to_hash())
+                pipe.set(self.keys.job_input(record.job_id), new.input_bytes)
+                pipe.xadd(self.keys.stream(new.priority), {"job_id": record.job_id})
+            pipe.zadd(self.keys.tenant_jobs(tenant), {r.job_id: r.created_at for r in records})
+            for batch_id, job_ids in by_batch.items():
+                pipe.hincrby(self.keys.batch(batch_id), "total", len(job_ids))
+                pipe.hincrby(self.keys.batch(batch_id), f"count:{QUEUED}", len(job_ids))
+                pipe.rpush(self.keys.batch_jobs(batch_id), *job_ids)
+            pipe.incrby(self.keys.depth(), len(records))
             pipe.execute()
         return records
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from labsight.config import Settings
-from labsight.errors import FailedPrecondition, InvalidArgument, NotFound
+from labsight.errors import FailedPrecondition, InvalidArgument, LabSightError, NotFound
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
 from services.gateway.auth import BearerAuth
@@ -119,27 +119,29 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             pending.clear()
 
         for index, message in enumerate(request_iterator):
-            if message.WhichOneof("part") == "header":
+            part = message.WhichOneof("part")
+            if part == "header":
                 if index != 0:
                     raise InvalidArgument("header: the batch header must be the first message")
                 batch_id = self._claim_batch(tenant, message.header.batch_id)
                 continue
             batch_id = batch_id or self._claim_batch(tenant, "")
-            try:
-                new = new_job_from_request(message.job, batch_id)
-            except InvalidArgument as error:
-                flush()
-                raise InvalidArgument(
-                    f"jobs[{len(job_ids)}] of batch {batch_id}: {error} "
-                    f"({len(job_ids)} earlier jobs were accepted)"
-                ) from None
-            if new.idempotency_key:
-                flush()
-                job_ids.append(self.queue.submit(tenant, new)[0].job_id)
-            else:
-                pending.append(new)
-                if len(pending) >= BATCH_WRITE_SIZE:
+            for request in message.jobs.jobs if part == "jobs" else [message.job]:
+                try:
+                    new = new_job_from_request(request, batch_id)
+                except LabSightError as error:
                     flush()
+                    raise type(error)(
+                        f"jobs[{len(job_ids)}] of batch {batch_id}: {error} "
+                        f"({len(job_ids)} earlier jobs were accepted)"
+                    ) from None
+                if new.idempotency_key:
+                    flush()
+                    job_ids.append(self.queue.submit(tenant, new)[0].job_id)
+                else:
+                    pending.append(new)
+                    if len(pending) >= BATCH_WRITE_SIZE:
+                        flush()
         flush()
         return pb.SubmitBatchResponse(batch_id=batch_id or self._claim_batch(tenant, ""),
                                       job_ids=job_ids)

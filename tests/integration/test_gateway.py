@@ -237,3 +237,14 @@ def test_large_results_stream_in_chunks(
     result = stack.client.result(job.job_id)
     assert result.ByteSize() == total
     assert len(result.tensors["probability_r41"].data) == 41 * 41 * 8
+
+
+def test_bad_job_in_a_batch_keeps_the_jobs_before_it(stack: InProcessStack) -> None:
+    good = build_request("fractal", demo_image(), {"box_sizes": "3"})
+    planned = build_request("hpa-cells", demo_image())
+    error = _rpc_error(stack.client.submit_batch, [good, good, planned, good], "mixed")
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "jobs[2] of batch mixed" in error.details()
+    assert "(2 earlier jobs were accepted)" in error.details()
+    assert stack.client.batch("mixed").total == 2
+    assert len(stack.client.batch_jobs("mixed")) == 2
