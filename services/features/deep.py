@@ -44,8 +44,13 @@ def preprocess(
     batch = np.empty((len(images), 3, *input_size), np.float32)
     for index, image in enumerate(images):
         rgb = _as_rgb(image, f"images[{index}]")
-        scaled = resize_image(rgb, input_size) / np.float32(np.iinfo(image.dtype).max)
-        batch[index] = ((scaled - mean) / std).transpose(2, 0, 1)
+        # (x / max - mean) / std as one multiply-add per channel, written in place.
+        scale = 1.0 / (np.float32(np.iinfo(image.dtype).max) * std)
+        resized = resize_image(rgb, input_size)
+        for channel in range(3):
+            plane = batch[index, channel]
+            np.multiply(resized[:, :, channel], scale[channel], out=plane)
+            plane -= mean[channel] / std[channel]
     return batch
 
 
