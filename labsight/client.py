@@ -21,7 +21,10 @@ ImageLike = np.ndarray | str | Path | tensor_pb2.Image
 TERMINAL = (pb.JOB_STATUS_DONE, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_CANCELLED, pb.JOB_STATUS_DEAD)
 UPLOAD_CHUNK_BYTES = 4 * 1024 * 1024
 BATCH_MESSAGE_JOBS = 128
-"""Most jobs the SDK packs into one SubmitBatch message."""
+BATCH_MESSAGE_BYTES = 4 * 1024 * 1024
+"""The SDK packs up to BATCH_MESSAGE_JOBS jobs or BATCH_MESSAGE_BYTES into one SubmitBatch
+message (a larger job travels alone), so the gateway can queue early jobs while later
+ones are still arriving."""
 
 
 def default_gateway_address() -> str:
@@ -148,6 +151,8 @@ class LabSightClient:
     ) -> pb.SubmitBatchResponse:
         """Queue many jobs under one batch id in one client stream (many jobs per message)."""
 
+        batch_message_bytes = min(BATCH_MESSAGE_BYTES, self.max_message_bytes // 2)
+
         def messages() -> Iterator[pb.SubmitBatchRequest]:
             yield pb.SubmitBatchRequest(header=pb.BatchHeader(batch_id=batch_id))
             chunk = pb.BatchJobs()
@@ -155,7 +160,7 @@ class LabSightClient:
             for request in requests:
                 request_size = request.ByteSize()
                 if chunk.jobs and (len(chunk.jobs) >= BATCH_MESSAGE_JOBS
-                                   or size + request_size > self.max_message_bytes // 2):
+                                   or size + request_size > batch_message_bytes):
                     yield pb.SubmitBatchRequest(jobs=chunk)
                     chunk, size = pb.BatchJobs(), 0
                 chunk.jobs.append(request)

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 RESULT_CHUNK_BYTES = 1024 * 1024
 DEFAULT_PAGE_SIZE = 100
 BATCH_WRITE_SIZE = 256
-"""Jobs of a batch stream written to Redis per round trip."""
+BATCH_WRITE_BYTES = 4 * 1024 * 1024
+"""A batch stream's jobs are written to Redis (and become visible to workers) every
+BATCH_WRITE_SIZE jobs or BATCH_WRITE_BYTES of input, whichever comes first."""
 DEFAULT_TENANT = "default"
 
 TenantResolver = Callable[[grpc.ServicerContext], str]
@@ -112,11 +114,15 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         job_ids: list[str] = []
         pending: list[NewJob] = []
 
+        pending_bytes = 0
+
         def flush() -> None:
+            nonlocal pending_bytes
             if not pending:
                 return
             job_ids.extend(record.job_id for record in self.queue.submit_many(tenant, pending))
             pending.clear()
+            pending_bytes = 0
 
         for index, message in enumerate(request_iterator):
             part = message.WhichOneof("part")
@@ -140,7 +146,8 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                     job_ids.append(self.queue.submit(tenant, new)[0].job_id)
                 else:
                     pending.append(new)
-                    if len(pending) >= BATCH_WRITE_SIZE:
+                    pending_bytes += len(new.input_bytes)
+                    if len(pending) >= BATCH_WRITE_SIZE or pending_bytes >= BATCH_WRITE_BYTES:
                         flush()
         flush()
         return pb.SubmitBatchResponse(batch_id=batch_id or self._claim_batch(tenant, ""),
