@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -77,12 +77,14 @@ class BatchStats:
 
 
 class DynamicBatcher:
-    """Gathers concurrent requests into batches for one model and runs them on one thread.
+    """Gathers concurrent requests into batches for one model and runs them.
 
     Parameters
     ----------
-    run_batch : callable
-        Runs an (n, ...) array and returns an array with n rows.
+    run_batch : callable or sequence of callables
+        Runs an (n, ...) array and returns an array with n rows. Several
+        callables are instances of the model (like Triton's instance groups):
+        each runs on its own thread, taking the next batch when it is free.
     max_batch_size : int
         Most items run together.
     max_queue_delay_ms : float
@@ -101,7 +103,7 @@ class DynamicBatcher:
 
     def __init__(
         self,
-        run_batch: BatchFunction,
+        run_batch: BatchFunction | Sequence[BatchFunction],
         max_batch_size: int = 32,
         max_queue_delay_ms: float = 5.0,
         name: str = "default",
@@ -110,7 +112,9 @@ class DynamicBatcher:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_queue_delay_ms < 0:
             raise ValueError(f"max_queue_delay_ms must be >= 0, got {max_queue_delay_ms}")
-        self.run_batch = run_batch
+        self.instances = [run_batch] if callable(run_batch) else list(run_batch)
+        if not self.instances:
+            raise ValueError("run_batch: give at least one batch function")
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
         self.name = name
@@ -119,8 +123,14 @@ class DynamicBatcher:
         self._closed = False
         self._batches = 0
         self._items = 0
-        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(
+                target=self._loop, args=(instance,), name=f"batcher-{name}-{index}", daemon=True
+            )
+            for index, instance in enumerate(self.instances)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, items: np.ndarray) -> Future[np.ndarray]:
         """Queue ``items`` (rows along axis 0); the future resolves to their output rows."""
@@ -144,18 +154,19 @@ class DynamicBatcher:
             return BatchStats(self._batches, self._items)
 
     def close(self) -> None:
-        """Stop taking requests, finish the queued ones, and stop the thread."""
+        """Stop taking requests, finish the queued ones, and stop the threads."""
         with self._condition:
             self._closed = True
-            self._condition.notify()
-        self._thread.join()
+            self._condition.notify_all()
+        for thread in self._threads:
+            thread.join()
 
-    def _loop(self) -> None:
+    def _loop(self, run_batch: BatchFunction) -> None:
         while True:
             parts = self._next_batch()
             if parts is None:
                 return
-            self._execute(parts)
+            self._execute(run_batch, parts)
 
     def _next_batch(self) -> list[tuple[_Request, int, int]] | None:
         """Wait for a full batch or the oldest request's deadline; None once closed and drained."""
@@ -170,7 +181,10 @@ class DynamicBatcher:
                 if left <= 0:
                     break
                 self._condition.wait(left)
-            return self._take(self.max_batch_size)
+            parts = self._take(self.max_batch_size)
+            if self._queue:
+                self._condition.notify()  # a free instance can start on what is left
+            return parts
 
     def _queued_items(self) -> int:
         return sum(request.remaining for request in self._queue)
@@ -188,14 +202,14 @@ class DynamicBatcher:
                 self._queue.popleft()
         return parts
 
-    def _execute(self, parts: list[tuple[_Request, int, int]]) -> None:
+    def _execute(self, run_batch: BatchFunction, parts: list[tuple[_Request, int, int]]) -> None:
         started = time.perf_counter()
         for request, start, _ in parts:
             if start == 0:
                 QUEUE_SECONDS.labels(self.name).observe(started - request.arrived)
         batch = np.concatenate([request.items[start:stop] for request, start, stop in parts])
         try:
-            outputs = self.run_batch(batch)
+            outputs = run_batch(batch)
             if len(outputs) != len(batch):
                 raise RuntimeError(
                     f"batch function returned {len(outputs)} rows for {len(batch)} inputs"
@@ -209,14 +223,17 @@ class DynamicBatcher:
         finally:
             BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
         BATCH_SIZE.labels(self.name).observe(len(batch))
-        with self._condition:
+        finished: list[_Request] = []
+        with self._condition:  # parts of one request may finish on several instances at once
             self._batches += 1
             self._items += len(batch)
-        offset = 0
-        for request, start, stop in parts:
-            request.parts[start] = outputs[offset : offset + stop - start]
-            offset += stop - start
-            request.done_rows += stop - start
-            if request.done_rows == len(request.items) and not request.future.done():
-                ordered = [request.parts[key] for key in sorted(request.parts)]
-                request.future.set_result(ordered[0] if len(ordered) == 1 else np.concatenate(ordered))
+            offset = 0
+            for request, start, stop in parts:
+                request.parts[start] = outputs[offset : offset + stop - start]
+                offset += stop - start
+                request.done_rows += stop - start
+                if request.done_rows == len(request.items) and not request.future.done():
+                    finished.append(request)
+        for request in finished:
+            ordered = [request.parts[key] for key in sorted(request.parts)]
+            request.future.set_result(ordered[0] if len(ordered) == 1 else np.concatenate(ordered))

@@ -48,7 +48,11 @@ class ExtractorConfig:
         Longest a request waits for others to join its batch
         [LABSIGHT_MAX_QUEUE_DELAY_MS, default 5].
     threads : int
-        ONNX Runtime intra-op threads, 0 for all physical cores [LABSIGHT_ORT_THREADS].
+        ONNX Runtime intra-op threads per instance, 0 for all physical cores
+        [LABSIGHT_ORT_THREADS].
+    instances : int
+        Copies of each served layer's engine, each taking the next batch when free,
+        like Triton's instance groups [LABSIGHT_MODEL_INSTANCES, default 1].
     default_model : str
         Model used when a request names none [LABSIGHT_DEFAULT_MODEL].
     """
@@ -59,6 +63,7 @@ class ExtractorConfig:
     max_batch_size: int = 32
     max_queue_delay_ms: float = 5.0
     threads: int = 0
+    instances: int = 1
     default_model: str = DEFAULT_MODEL
 
     @classmethod
@@ -74,6 +79,7 @@ class ExtractorConfig:
             max_batch_size=int(_env_number("LABSIGHT_MAX_BATCH_SIZE", 32)),
             max_queue_delay_ms=_env_number("LABSIGHT_MAX_QUEUE_DELAY_MS", 5.0),
             threads=int(_env_number("LABSIGHT_ORT_THREADS", 0)),
+            instances=max(1, int(_env_number("LABSIGHT_MODEL_INSTANCES", 1))),
             default_model=os.environ.get("LABSIGHT_DEFAULT_MODEL", DEFAULT_MODEL),
         )
 
@@ -139,11 +145,15 @@ class DeepFeatureExtractor:
         with self._lock:
             batcher = self._batchers.get(key)
             if batcher is None:
-                engine = build_engine(
-                    manifest, layer, self.config.device, self.config.cache_dir, self.config.threads
-                )
+                engines = [
+                    build_engine(
+                        manifest, layer, self.config.device, self.config.cache_dir,
+                        self.config.threads,
+                    )
+                    for _ in range(self.config.instances)
+                ]
                 batcher = self._batchers[key] = DynamicBatcher(
-                    engine.run,
+                    [engine.run for engine in engines],
                     self.config.max_batch_size,
                     self.config.max_queue_delay_ms,
                     name=f"{manifest.name}:{layer}",

@@ -132,3 +132,24 @@ def test_bad_settings_and_empty_requests_are_refused() -> None:
     with pytest.raises(ValueError, match="at least one row"):
         batcher.submit(np.ones((0, 2)))
     batcher.close()
+
+
+def test_instances_run_batches_side_by_side_and_answer_in_order() -> None:
+    first, second = RecordingModel(delay_s=0.2), RecordingModel(delay_s=0.2)
+    batcher = DynamicBatcher([first, second], max_batch_size=4, max_queue_delay_ms=1,
+                             name="instances")
+    try:
+        items = np.arange(16, dtype=np.float64).reshape(16, 1)
+        started = time.perf_counter()
+        out = batcher.run(items, timeout_s=10)
+        elapsed = time.perf_counter() - started
+    finally:
+        batcher.close()
+    np.testing.assert_array_equal(out, items * 2)  # parts from both instances, in order
+    assert first.sizes and second.sizes and sum(first.sizes + second.sizes) == 16
+    assert elapsed < 4 * 0.2 * 0.9  # four batches of 0.2 s took less than running one by one
+
+
+def test_instance_list_must_not_be_empty() -> None:
+    with pytest.raises(ValueError, match="at least one batch function"):
+        DynamicBatcher([], name="none")
