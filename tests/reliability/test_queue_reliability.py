@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -162,17 +163,23 @@ def test_model_service_that_never_returns_makes_the_job_dead(
     _wait_for(lambda: client.get(later.job_id).attempts >= 1, 10, "the next job's attempt")
 
 
-def test_full_queue_keeps_redis_memory_bounded(
+def _resident_bytes() -> int:
+    """Resident memory of this process (which hosts the gateway under test)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_full_queue_keeps_redis_and_gateway_memory_bounded(
     serve: Serve, settings: Settings, redis_client: redis.Redis
 ) -> None:
     settings.max_queue_depth = 200
     _, client = _services(serve, settings)
     client.submit_batch([build_request("fractal", TINY, {"box_sizes": "3"}) for _ in range(200)])
     used_at_limit = redis_client.info("memory")["used_memory"]
+    resident_at_limit = _resident_bytes()
     rejected = 0
     for _ in range(200):
         try:
-            client.submit("fractal", np.zeros((64, 64, 3), np.uint8), {"box_sizes": "3"})
+            client.submit("fractal", np.zeros((256, 256, 3), np.uint8), {"box_sizes": "3"})
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "queue is full: 200 jobs" in error.details()
@@ -180,6 +187,9 @@ def test_full_queue_keeps_redis_memory_bounded(
     assert rejected == 200
     grown = redis_client.info("memory")["used_memory"] - used_at_limit
     assert grown < 256 * 1024, f"Redis grew by {grown} bytes while refusing jobs"
+    # 200 refused 196 kB images (39 MB): the gateway keeps none of them
+    gateway_grown = _resident_bytes() - resident_at_limit
+    assert gateway_grown < 8 * 1024 * 1024, f"gateway grew by {gateway_grown} bytes"
 
 
 @pytest.mark.parametrize("burst", [4])
