@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from labsight.catalog import SERVERS, WORKER, ProcessSpec
 from labsight.home import Endpoints, remove_endpoints, write_endpoints
-from labsight.redis_server import start_redis, stop_redis
+from labsight.redis_server import port_is_free, start_redis, stop_redis
 from services.gateway.auth import create_token, hash_token
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class Stack:
     redis_process: subprocess.Popen[bytes] | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     token: str = ""
+    serving: bool = False
 
     def endpoints(self) -> Endpoints:
         """Where this stack can be reached."""
@@ -110,6 +111,16 @@ class Stack:
 
     def start(self, redis_url: str | None, timeout_s: float = 120.0) -> None:
         """Start Redis (if no URL is given), every service and the workers; wait for SERVING."""
+        taken = [
+            port
+            for port in [*self.layout.grpc_ports.values(), *self.layout.metrics_ports.values()]
+            if not port_is_free(port)
+        ]
+        if taken:
+            raise RuntimeError(
+                f"ports {taken} are in use (is another `labsight up` running?); "
+                "pick others with --base-port"
+            )
         if redis_url:
             self.redis_url = redis_url
         else:
@@ -137,6 +148,7 @@ class Stack:
             self._spawn(f"worker-{index + 1}", WORKER, env, logs)
         self._wait_until_serving(timeout_s)
         write_endpoints(endpoints, self.home)
+        self.serving = True
 
     def _spawn(self, name: str, spec: ProcessSpec, env: dict[str, str], logs: Path) -> None:
         log_file = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -185,7 +197,8 @@ class Stack:
 
     def stop(self, grace_s: float = 15.0) -> None:
         """Stop workers first, then services (SIGTERM, then SIGKILL after ``grace_s``), then Redis."""
-        remove_endpoints(self.home)
+        if self.serving:  # never remove the endpoints of another `up` in the same home
+            remove_endpoints(self.home)
         workers = [name for name in self.children if name.startswith("worker")]
         services = [name for name in self.children if name not in workers]
         for group in (workers, services):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,25 +26,17 @@ from labsight.catalog import SERVERS
 from labsight.demo import demo_image
 from labsight.home import Endpoints, read_endpoints
 from labsight.images import encode_png
+from labsight.redis_server import port_is_free
 from services.features.fractal import gliding_box
 from services.gateway.keys import RedisKeys
 
 STARTUP_TIMEOUT_S = 180
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _free_base_port() -> int:
     """A base port whose gRPC block (base..base+3) and metrics block (base+100..+104) are free."""
     for base in range(21000 + os.getpid() % 500 * 10, 40000, 10):
-        if all(_port_is_free(p) for p in [*range(base, base + 4), *range(base + 100, base + 105)]):
+        if all(port_is_free(p) for p in [*range(base, base + 4), *range(base + 100, base + 105)]):
             return base
     raise RuntimeError("no free port block")
 
@@ -211,12 +202,23 @@ def test_redis_of_up_keeps_an_append_only_file(up: UpProcess) -> None:
     assert any((up.home / "redis").rglob("*.aof"))
 
 
+def test_second_up_on_the_same_ports_says_so(up: UpProcess) -> None:
+    base = int(up.endpoints.gateway.rsplit(":", 1)[1])
+    run = subprocess.run(
+        [sys.executable, "-m", "labsight.cli", "up", "--base-port", str(base)],
+        env=up.env, capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode == 1
+    assert f"ports [{base}" in run.stderr and "another `labsight up`" in run.stderr
+    assert read_endpoints(up.home) == up.endpoints  # the running stack's record is kept
+
+
 def test_sigterm_stops_everything_cleanly(up: UpProcess) -> None:
     up.process.send_signal(signal.SIGTERM)
     assert up.process.wait(timeout=60) == 0
     assert read_endpoints(up.home) is None
     for address in [up.endpoints.gateway, *up.endpoints.services.values()]:
         port = int(address.rsplit(":", 1)[1])
-        assert _port_is_free(port), f"{address} still bound after stop"
+        assert port_is_free(port), f"{address} still bound after stop"
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(up.endpoints.redis_url, socket_connect_timeout=1).ping()
