@@ -23,10 +23,12 @@ class ProcessSpec:
     """Default gRPC port (None: serves no gRPC)."""
     metrics_port: int
     """Default Prometheus /metrics HTTP port."""
+    grpc_threads: int = 16
+    """Default size of the gRPC handler thread pool (each open Watch stream holds one)."""
 
 
 GATEWAY = ProcessSpec(
-    "gateway", "services.gateway", ("labsight.v1.GatewayService",), 50051, 9451
+    "gateway", "services.gateway", ("labsight.v1.GatewayService",), 50051, 9451, grpc_threads=128
 )
 SEGMENTATION = ProcessSpec(
     "segmentation", "services.segmentation", ("labsight.v1.SegmentationService",), 50052, 9452

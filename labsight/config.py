@@ -68,7 +68,7 @@ class Settings:
             port=_env_int("LABSIGHT_PORT", default_port),
             metrics_port=None if metrics_port < 0 else metrics_port,
             max_message_bytes=_env_int("LABSIGHT_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES),
-            max_workers=_env_int("LABSIGHT_GRPC_THREADS", 16),
+            max_workers=_env_int("LABSIGHT_GRPC_THREADS", spec.grpc_threads if spec else 16),
             shutdown_grace_s=float(os.environ.get("LABSIGHT_SHUTDOWN_GRACE_S", "10")),
             redis_url=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
             key_prefix=os.environ.get("LABSIGHT_KEY_PREFIX", "labsight"),
