@@ -227,11 +227,8 @@ def describe(stack: Stack) -> str:
     return "\n".join(lines)
 
 
-def wait_for_stop(stack: Stack) -> int:
-    """Block until SIGINT/SIGTERM (exit 0) or a child dies (exit 1)."""
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+def wait_for_stop(stack: Stack, stop: threading.Event) -> int:
+    """Block until ``stop`` is set (exit 0) or a child dies (exit 1)."""
     while not stop.wait(0.5):
         try:
             stack.check_children()

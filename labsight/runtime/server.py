@@ -91,18 +91,19 @@ def start_metrics(settings: Settings) -> int | None:
     return port
 
 
-def wait_for_termination_signal() -> None:
-    """Block until SIGTERM or SIGINT arrives."""
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT; install it before anything reports SERVING."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    return stop
 
 
 def run_forever(register: Registrar, service_names: Sequence[str], settings: Settings) -> None:
     """Run a service process: metrics, server, then a graceful stop on SIGTERM/SIGINT."""
+    stop = stop_on_signals()
     start_metrics(settings)
     running = start_server(register, service_names, settings)
-    wait_for_termination_signal()
+    stop.wait()
     log.info("stopping", extra={"grace_s": settings.shutdown_grace_s})
     running.stop(settings.shutdown_grace_s)

@@ -18,7 +18,7 @@ from labsight.catalog import WORKER
 from labsight.config import Settings
 from labsight.errors import NotFound
 from labsight.runtime.logs import configure_logging
-from labsight.runtime.server import start_metrics
+from labsight.runtime.server import start_metrics, stop_on_signals
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.jobs import CANCELLED, DEAD, DONE, FAILED, QUEUED, RUNNING, JobRecord, now
 from services.gateway.pipelines import get_pipeline
@@ -259,13 +259,9 @@ def build_worker(settings: Settings, consumer: str | None = None) -> Worker:
 
 def main() -> None:
     """Entry point of ``labsight worker`` and ``python -m services.gateway.worker``."""
-    import signal
-
+    stop = stop_on_signals()
     settings = Settings.from_env(WORKER)
     configure_logging(settings.log_level, WORKER.name)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     start_metrics(settings)
     worker = build_worker(settings)
     log.info("worker started", extra={"consumer": worker.consumer, "redis": settings.redis_url})
