@@ -89,7 +89,8 @@ class JobQueue:
         """Jobs accepted and not yet ended."""
         return int(self.client.get(self.keys.depth()) or 0)
 
-    def _check_room(self, wanted: int) -> None:
+    def ensure_room(self, wanted: int) -> None:
+        """Raise ResourceExhausted, with the current depth, if ``wanted`` more jobs do not fit."""
         depth = self.depth()
         if depth + wanted > self.max_depth:
             raise ResourceExhausted(
@@ -114,19 +115,19 @@ class JobQueue:
                 existing = self.client.get(idem_key)
                 return self.store.load(existing.decode(), tenant), False
             try:
-                self._check_room(1)
+                self.ensure_room(1)
             except ResourceExhausted:
                 self.client.delete(idem_key)
                 raise
         else:
-            self._check_room(1)
+            self.ensure_room(1)
         return self._write(tenant, [(job_id, new)])[0], True
 
     def submit_many(self, tenant: str, jobs: Sequence[NewJob]) -> list[JobRecord]:
         """Queue many jobs without idempotency keys in one round trip (batch intake)."""
         if any(new.idempotency_key for new in jobs):
             raise ValueError("submit_many takes jobs without idempotency keys; use submit")
-        self._check_room(len(jobs))
+        self.ensure_room(len(jobs))
         return self._write(tenant, [(uuid.uuid4().hex, new) for new in jobs])
 
     def _write(self, tenant: str, jobs: Sequence[tuple[str, NewJob]]) -> list[JobRecord]:

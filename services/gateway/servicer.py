@@ -10,7 +10,13 @@ from pathlib import Path
 import grpc
 
 from labsight.config import Settings
-from labsight.errors import FailedPrecondition, InvalidArgument, LabSightError, NotFound
+from labsight.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    LabSightError,
+    NotFound,
+    ResourceExhausted,
+)
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
 from services.gateway.auth import BearerAuth
@@ -72,6 +78,8 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> pb.Job:
         """Validate and queue one job."""
         tenant = self.tenant_of(context)
+        if not request.idempotency_key:
+            self.queue.ensure_room(1)  # refuse before spending CPU on decoding the image
         record, _ = self.queue.submit(tenant, new_job_from_request(request))
         return record.to_proto()
 
@@ -132,7 +140,15 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 batch_id = self._claim_batch(tenant, message.header.batch_id)
                 continue
             batch_id = batch_id or self._claim_batch(tenant, "")
-            for request in message.jobs.jobs if part == "jobs" else [message.job]:
+            requests = message.jobs.jobs if part == "jobs" else [message.job]
+            try:
+                self.queue.ensure_room(len(pending) + len(requests))
+            except ResourceExhausted as error:
+                flush()
+                raise ResourceExhausted(
+                    f"{error} ({len(job_ids)} jobs of batch {batch_id} were accepted)"
+                ) from None
+            for request in requests:
                 try:
                     new = new_job_from_request(request, batch_id)
                 except LabSightError as error:

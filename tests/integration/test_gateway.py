@@ -248,3 +248,17 @@ def test_bad_job_in_a_batch_keeps_the_jobs_before_it(stack: InProcessStack) -> N
     assert "(2 earlier jobs were accepted)" in error.details()
     assert stack.client.batch("mixed").total == 2
     assert len(stack.client.batch_jobs("mixed")) == 2
+
+
+def test_batch_over_the_queue_limit_is_refused_saying_what_was_accepted(
+    stack: InProcessStack, serve: Callable[..., RunningServer]
+) -> None:
+    limited = Settings(**{**vars(stack.settings), "max_queue_depth": 3})
+    small_gateway = serve(register_gateway, GATEWAY.grpc_services, limited)
+    requests = [build_request("fractal", demo_image(), {"box_sizes": "3"}) for _ in range(5)]
+    with LabSightClient(small_gateway.address, token="") as client:
+        error = _rpc_error(client.submit_batch, requests, "too-big")
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queue is full: 0 jobs" in error.details()
+        assert "(0 jobs of batch too-big were accepted)" in error.details()
+        assert client.batch("too-big").total == 0
