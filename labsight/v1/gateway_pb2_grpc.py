@@ -130,7 +130,8 @@ class GatewayServiceServicer:
 
     def WatchJob(self, request, context):
         """Stream a job's state on every change until it ends (done, failed,
-        cancelled or dead). The first event is the current state.
+        cancelled or dead). The first event is the current state, the last the
+        final one; changes closer together than a round trip may arrive as one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,7 +168,8 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchBatch(self, request, context):
-        """Stream a batch's counts on every change until all its jobs ended.
+        """Stream a batch's counts on every change until all its jobs ended
+        (changes close together may arrive as one event).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

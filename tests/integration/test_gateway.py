@@ -77,7 +77,9 @@ def test_encoded_png_input_gives_the_same_result_as_pixels(stack: InProcessStack
 
 
 def test_watch_streams_events_until_the_job_ends(stack: InProcessStack) -> None:
-    job = stack.client.submit("fractal", demo_image(), {"box_sizes": "3"})
+    # percolation on 256x256 runs long enough that the running state is seen, not coalesced
+    slow = np.random.default_rng(4).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    job = stack.client.submit("fractal", slow, {"percolation": True})
     events = stack.client.watch(job.job_id, timeout_s=120)
     first = next(events)
     assert first.status == pb.JOB_STATUS_QUEUED
