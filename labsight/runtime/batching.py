@@ -169,22 +169,30 @@ class DynamicBatcher:
             self._execute(run_batch, parts)
 
     def _next_batch(self) -> list[tuple[_Request, int, int]] | None:
-        """Wait for a full batch or the oldest request's deadline; None once closed and drained."""
+        """Wait for a full batch or the oldest request's deadline; None once closed and drained.
+
+        With several instances, another one may take the queued requests while this
+        one waits for their deadline; it then goes back to waiting for new ones.
+        """
         with self._condition:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._condition.wait()
-            deadline = self._queue[0].arrived + self.max_queue_delay_s
-            while not self._closed and self._queued_items() < self.max_batch_size:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                self._condition.wait(left)
-            parts = self._take(self.max_batch_size)
-            if self._queue:
-                self._condition.notify()  # a free instance can start on what is left
-            return parts
+            while True:
+                while not self._queue:
+                    if self._closed:
+                        return None
+                    self._condition.wait()
+                while self._queue and not self._closed:
+                    if self._queued_items() >= self.max_batch_size:
+                        break
+                    left = self._queue[0].arrived + self.max_queue_delay_s - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._condition.wait(left)
+                if not self._queue:
+                    continue
+                parts = self._take(self.max_batch_size)
+                if self._queue:
+                    self._condition.notify()  # a free instance can start on what is left
+                return parts
 
     def _queued_items(self) -> int:
         return sum(request.remaining for request in self._queue)
@@ -207,7 +215,11 @@ class DynamicBatcher:
         for request, start, _ in parts:
             if start == 0:
                 QUEUE_SECONDS.labels(self.name).observe(started - request.arrived)
-        batch = np.concatenate([request.items[start:stop] for request, start, stop in parts])
+        batch = (
+            parts[0][0].items[parts[0][1] : parts[0][2]]
+            if len(parts) == 1
+            else np.concatenate([request.items[start:stop] for request, start, stop in parts])
+        )
         try:
             outputs = run_batch(batch)
             if len(outputs) != len(batch):

@@ -153,3 +153,19 @@ def test_instances_run_batches_side_by_side_and_answer_in_order() -> None:
 def test_instance_list_must_not_be_empty() -> None:
     with pytest.raises(ValueError, match="at least one batch function"):
         DynamicBatcher([], name="none")
+
+
+def test_an_instance_that_finds_its_requests_taken_keeps_serving() -> None:
+    # Several idle instances wait on the same queued requests' deadline; the first takes
+    # them all and the others must go back to waiting, not run (or die on) an empty batch.
+    models = [RecordingModel() for _ in range(4)]
+    batcher = DynamicBatcher(models, max_batch_size=64, max_queue_delay_ms=5, name="taken")
+    try:
+        for round_index in range(30):
+            rows = _concurrently(3, lambda i: batcher.run(np.full((1, 1), float(i)), timeout_s=10))
+            assert sorted(float(row[0, 0]) for row in rows) == [0.0, 2.0, 4.0], round_index
+        alive = [thread.is_alive() for thread in batcher._threads]
+    finally:
+        batcher.close()
+    assert all(alive), "an instance thread died"
+    assert all(size > 0 for model in models for size in model.sizes)
