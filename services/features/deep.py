@@ -44,12 +44,13 @@ def preprocess(
     batch = np.empty((len(images), 3, *input_size), np.float32)
     for index, image in enumerate(images):
         rgb = _as_rgb(image, f"images[{index}]")
-        # (x / max - mean) / std as one multiply-add per channel, written in place.
+        # (x / max - mean) / std as one multiply-add per channel, written in place; pixels
+        # already at the input size are read as integers, without a float copy first.
         scale = 1.0 / (np.float32(np.iinfo(image.dtype).max) * std)
-        resized = resize_image(rgb, input_size)
+        pixels = rgb if rgb.shape[:2] == tuple(input_size) else resize_image(rgb, input_size)
         for channel in range(3):
             plane = batch[index, channel]
-            np.multiply(resized[:, :, channel], scale[channel], out=plane)
+            np.multiply(pixels[:, :, channel], scale[channel], out=plane, dtype=np.float32)
             plane -= mean[channel] / std[channel]
     return batch
 

@@ -19,6 +19,7 @@ from services.features.models import (
     ModelRepository,
     build_engine,
     model_dirs_from_env,
+    uses_cuda,
 )
 
 
@@ -48,11 +49,17 @@ class ExtractorConfig:
         Longest a request waits for others to join its batch
         [LABSIGHT_MAX_QUEUE_DELAY_MS, default 5].
     threads : int
-        ONNX Runtime intra-op threads per instance, 0 for all physical cores
-        [LABSIGHT_ORT_THREADS].
+        ONNX Runtime intra-op threads per instance; 0 shares the usable CPUs
+        between the instances [LABSIGHT_ORT_THREADS].
     instances : int
         Copies of each served layer's engine, each taking the next batch when free,
-        like Triton's instance groups [LABSIGHT_MODEL_INSTANCES, default 1].
+        like Triton's instance groups; 0 for one on CUDA and two on a CPU with two
+        or more cores [LABSIGHT_MODEL_INSTANCES]. Two single-threaded ONNX Runtime
+        instances kept a shared 2-core machine busier than one with two threads,
+        whose threads wait for each other whenever another process takes a core.
+    spin : bool
+        ONNX Runtime's idle threads busy-wait for work; off leaves the cores to the
+        other processes [LABSIGHT_ORT_SPIN, default off].
     default_model : str
         Model used when a request names none [LABSIGHT_DEFAULT_MODEL].
     """
@@ -63,7 +70,8 @@ class ExtractorConfig:
     max_batch_size: int = 32
     max_queue_delay_ms: float = 5.0
     threads: int = 0
-    instances: int = 1
+    instances: int = 0
+    spin: bool = False
     default_model: str = DEFAULT_MODEL
 
     @classmethod
@@ -79,9 +87,21 @@ class ExtractorConfig:
             max_batch_size=int(_env_number("LABSIGHT_MAX_BATCH_SIZE", 32)),
             max_queue_delay_ms=_env_number("LABSIGHT_MAX_QUEUE_DELAY_MS", 5.0),
             threads=int(_env_number("LABSIGHT_ORT_THREADS", 0)),
-            instances=max(1, int(_env_number("LABSIGHT_MODEL_INSTANCES", 1))),
+            instances=max(0, int(_env_number("LABSIGHT_MODEL_INSTANCES", 0))),
+            spin=os.environ.get("LABSIGHT_ORT_SPIN", "0").lower() in ("1", "true", "yes", "on"),
             default_model=os.environ.get("LABSIGHT_DEFAULT_MODEL", DEFAULT_MODEL),
         )
+
+    def engine_layout(self, on_cuda: bool) -> tuple[int, int]:
+        """(instances, ONNX Runtime threads per instance), the automatic values resolved."""
+        cpus = usable_cpus()
+        instances = self.instances or (1 if on_cuda else min(2, cpus))
+        return instances, self.threads or max(1, cpus // instances)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which container CPU sets narrow)."""
+    return len(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True)
@@ -145,12 +165,15 @@ class DeepFeatureExtractor:
         with self._lock:
             batcher = self._batchers.get(key)
             if batcher is None:
+                instances, threads = self.config.engine_layout(
+                    uses_cuda(manifest, layer, self.config.device)
+                )
                 engines = [
                     build_engine(
                         manifest, layer, self.config.device, self.config.cache_dir,
-                        self.config.threads,
+                        threads, self.config.spin,
                     )
-                    for _ in range(self.config.instances)
+                    for _ in range(instances)
                 ]
                 batcher = self._batchers[key] = DynamicBatcher(
                     [engine.run for engine in engines],

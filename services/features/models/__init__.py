@@ -1,7 +1,13 @@
 """The model repository of the features service: manifests, built-ins, loading and engines."""
 
 from services.features.models.builtin import DEFAULT_MODEL, SPOT_MODEL, builtin_manifests
-from services.features.models.engines import Engine, OnnxEngine, TorchEngine, build_engine
+from services.features.models.engines import (
+    Engine,
+    OnnxEngine,
+    TorchEngine,
+    build_engine,
+    uses_cuda,
+)
 from services.features.models.manifest import (
     MANIFEST_FILE,
     ManifestError,
@@ -23,6 +29,7 @@ __all__ = [
     "Preprocessing",
     "TorchEngine",
     "build_engine",
+    "uses_cuda",
     "builtin_manifests",
     "load_manifest",
     "model_dirs_from_env",

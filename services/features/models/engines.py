@@ -41,11 +41,18 @@ class OnnxEngine:
         Layer to output (module path, value name, or "" for the model's output).
     threads : int
         Intra-op threads; 0 lets ONNX Runtime use every physical core.
+    spin : bool
+        Whether idle intra-op threads busy-wait for work (ONNX Runtime's default).
+        Off, they sleep and leave the cores to the other processes of a shared
+        machine (gRPC, workers, Redis).
     """
 
-    def __init__(self, model: onnx.ModelProto, module_path: str, threads: int = 0) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, module_path: str, threads: int = 0, spin: bool = True
+    ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         cut = cut_at_layer(model, module_path)
@@ -122,8 +129,19 @@ def torch_can_serve(manifest: ModelManifest, module_path: str) -> bool:
     return manifest.format == "state_dict" or module_path == ""
 
 
+def uses_cuda(manifest: ModelManifest, layer: str, device: str) -> bool:
+    """Whether :func:`build_engine` runs this layer on torch + CUDA (else ONNX Runtime on the CPU)."""
+    use_cuda = device == "cuda" or (device == "auto" and cuda_available())
+    return use_cuda and torch_can_serve(manifest, manifest.module_path(layer))
+
+
 def build_engine(
-    manifest: ModelManifest, layer: str, device: str, cache_dir: Path, threads: int = 0
+    manifest: ModelManifest,
+    layer: str,
+    device: str,
+    cache_dir: Path,
+    threads: int = 0,
+    spin: bool = True,
 ) -> Engine:
     """The engine for one layer of a model: torch on CUDA where it can serve it, else ONNX Runtime.
 
@@ -139,10 +157,11 @@ def build_engine(
         Where exported ONNX files are kept.
     threads : int
         ONNX Runtime intra-op threads (0: all physical cores).
+    spin : bool
+        Whether ONNX Runtime's idle intra-op threads busy-wait (its default).
     """
     module_path = manifest.module_path(layer)
-    use_cuda = device == "cuda" or (device == "auto" and cuda_available())
-    if use_cuda and torch_can_serve(manifest, module_path):
+    if uses_cuda(manifest, layer, device):
         return TorchEngine(load_torch_model(manifest), module_path, "cuda")
     model = onnx.load(str(onnx_path(manifest, cache_dir)))
-    return OnnxEngine(model, module_path, threads)
+    return OnnxEngine(model, module_path, threads, spin)
