@@ -137,6 +137,20 @@ class GatewayUnderTest:
         self.gateway.stop(0)
 
 
+def warm_up(address: str, patches: np.ndarray, batch: int) -> None:
+    """Load the model in the service and run every engine instance once, on full batches."""
+    stub = features_pb2_grpc.FeatureServiceStub(grpc.insecure_channel(address))
+    futures = [
+        stub.ExtractDeepFeatures.future(features_pb2.ExtractDeepFeaturesRequest(
+            model=DEFAULT_MODEL, layer=LAYER,
+            images=[image_from_array(patch) for patch in patches[offset : offset + batch]],
+        ), timeout=300)
+        for offset in range(0, len(patches), batch)
+    ]
+    for future in futures:
+        future.result()
+
+
 def concurrent_clients(address: str, patches: np.ndarray, clients: int) -> float:
     """Images per second with ``clients`` threads each sending one image per call."""
     stub = features_pb2_grpc.FeatureServiceStub(grpc.insecure_channel(address))
@@ -197,7 +211,7 @@ def main() -> None:
     raw_rates: list[float] = []
     service_rates: list[float] = []
     try:
-        concurrent_clients(address, patches[: args.batch], 1)  # load the model in the service
+        warm_up(address, patches[: 4 * args.batch], args.batch)
         under_test = GatewayUnderTest(settings, args.workers)
         try:
             # This machine's speed drifts: each round runs the baseline and the service back

@@ -65,6 +65,16 @@ def combined_table(
     return columns, ids, values, stacked
 
 
+def combined_provenance(results: Sequence[pb.JobResult]) -> dict[str, str]:
+    """Every provenance key of ``results`` with its value; values that differ are joined by ", "."""
+    values: dict[str, list[str]] = {}
+    for result in results:
+        for key, value in sorted(result.provenance.items()):
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
+    return {key: ", ".join(found) for key, found in values.items()}
+
+
 def write_table(
     results: Sequence[pb.JobResult],
     table: str,
@@ -96,13 +106,15 @@ def write_table(
     arff
         Weka ARFF, one numeric attribute per column (relation = table name), no class.
     parquet
-        The same columns, float64 features (pyarrow).
+        The same columns, float64 features (pyarrow); the results' provenance
+        (model, version, layer) as JSON in the schema metadata key ``labsight``.
     npy
         The (N, D) float64 values only, in row order.
     h5ad
         AnnData with the features in ``obsm["features"]``, row ids as ``obs_names``,
         ``x``/``y`` in ``obs`` and ``obsm["spatial"]`` (squidpy's key) when the
-        result has coordinates, and the column names in ``uns["feature_columns"]``.
+        result has coordinates, the column names in ``uns["feature_columns"]`` and
+        the provenance (model, version, layer) in ``uns["provenance"]``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format: expected one of {list(FORMATS)}, got {fmt!r}")
@@ -133,7 +145,7 @@ def write_table(
         if fmt == "csv":
             frame.to_csv(path, index=False, float_format="%.17g")
         else:
-            frame.to_parquet(path, index=False)
+            _write_parquet(frame, path, combined_provenance(results))
         return
     import anndata
 
@@ -142,5 +154,18 @@ def write_table(
     if coordinates is not None:
         obs["x"], obs["y"] = coordinates[:, 0], coordinates[:, 1]
         obsm["spatial"] = coordinates
-    adata = anndata.AnnData(obs=obs, obsm=obsm, uns={"feature_columns": np.array(columns)})
+    uns = {"feature_columns": np.array(columns), "provenance": combined_provenance(results)}
+    adata = anndata.AnnData(obs=obs, obsm=obsm, uns=uns)
     adata.write_h5ad(path)
+
+
+def _write_parquet(frame: object, path: Path | TextIO, provenance: dict[str, str]) -> None:
+    """A pandas frame as Parquet, ``provenance`` as JSON under the schema metadata key ``labsight``."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    metadata = {**(table.schema.metadata or {}), b"labsight": json.dumps(provenance).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)

@@ -245,7 +245,7 @@ class ResultChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("job_id", "pipeline", "tables", "tensors", "scalars", "input_name")
+    __slots__ = ("job_id", "pipeline", "tables", "tensors", "scalars", "input_name", "provenance")
     class TablesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -267,19 +267,28 @@ class JobResult(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class ProvenanceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     SCALARS_FIELD_NUMBER: _ClassVar[int]
     INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     pipeline: str
     tables: _containers.MessageMap[str, _tensor_pb2.FeatureTable]
     tensors: _containers.MessageMap[str, _tensor_pb2.Tensor]
     scalars: _containers.ScalarMap[str, float]
     input_name: str
-    def __init__(self, job_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., tables: _Optional[_Mapping[str, _tensor_pb2.FeatureTable]] = ..., tensors: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., scalars: _Optional[_Mapping[str, float]] = ..., input_name: _Optional[str] = ...) -> None: ...
+    provenance: _containers.ScalarMap[str, str]
+    def __init__(self, job_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., tables: _Optional[_Mapping[str, _tensor_pb2.FeatureTable]] = ..., tensors: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., scalars: _Optional[_Mapping[str, float]] = ..., input_name: _Optional[str] = ..., provenance: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GetBatchRequest(_message.Message):
     __slots__ = ("batch_id",)

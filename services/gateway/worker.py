@@ -14,6 +14,7 @@ import grpc
 import redis
 from prometheus_client import Counter, Histogram
 
+import labsight
 from labsight.catalog import WORKER
 from labsight.config import Settings
 from labsight.errors import NotFound
@@ -186,6 +187,7 @@ class Worker:
         result = get_pipeline(job.pipeline).run(context)
         result.job_id = job.job_id
         result.input_name = job.input_name
+        result.provenance["labsight_version"] = labsight.__version__
         return result
 
     def report_progress(self, job: JobRecord, fraction: float, step: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,6 +106,7 @@ def cell_patches(
     labels: np.ndarray,
     output_size: int = DEFAULT_CELL_PATCH_SIZE,
     blank_other_cells: bool = False,
+    only_labels: Sequence[int] = (),
 ) -> Patches:
     """One square patch per labelled cell, centred on the cell's bounding box.
 
@@ -118,6 +120,9 @@ def cell_patches(
         Side of the returned patches (bilinear resize); 0 means 224.
     blank_other_cells : bool, optional
         Set pixels of every other cell inside a patch to 0.
+    only_labels : sequence of int, optional
+        Cut only these cells (to split a mask with many cells over several
+        calls); empty: every cell.
 
     Returns
     -------
@@ -127,8 +132,8 @@ def cell_patches(
     Raises
     ------
     ValueError
-        If the mask is not an integer (H, W) array of the image's size or
-        holds no cell.
+        If the mask is not an integer (H, W) array of the image's size, holds
+        no cell, or lacks one of ``only_labels``.
 
     Notes
     -----
@@ -149,6 +154,12 @@ def cell_patches(
     present = [(label, box) for label, box in enumerate(boxes, start=1) if box is not None]
     if not present:
         raise ValueError("cell_labels: the mask holds no cell (every label is 0)")
+    if len(only_labels):
+        wanted = {int(label) for label in only_labels}
+        missing = sorted(wanted - {label for label, _ in present})
+        if missing:
+            raise ValueError(f"cell_label_ids: labels {missing[:10]} are not in the cell mask")
+        present = [(label, box) for label, box in present if label in wanted]
     pixels = np.empty((len(present), size, size, planes.shape[2]), planes.dtype)
     centres = np.empty((len(present), 2), np.float64)
     for index, (label, (rows, cols)) in enumerate(present):

@@ -49,7 +49,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         else:
             labels = from_tensor(request.cell_labels, "cell_labels")
             patches = cell_patches(
-                image, labels, request.output_size, request.blank_other_cells
+                image, labels, request.output_size, request.blank_other_cells,
+                request.cell_label_ids,
             )
             ids = [str(label) for label in patches.labels]
         return pb.ExtractPatchesResponse(

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 from skimage import data
 
+import labsight
 from labsight.catalog import FEATURES
 from labsight.config import Settings
 from labsight.export import write_table
@@ -24,6 +25,7 @@ from labsight.v1 import gateway_pb2 as pb
 from services.features.deep import pool, preprocess
 from services.features.models import DEFAULT_MODEL, SPOT_MODEL, ModelRepository, build_engine
 from services.features.servicer import register as register_features
+from services.gateway.pipelines import spot_features
 from services.segmentation.patches import cell_patches, spot_patches
 
 from .conftest import InProcessStack
@@ -205,24 +207,48 @@ def test_spot_features_job_is_keyed_by_spot_and_exports_to_anndata(
     assert list(adata.obs_names) == ["AAAC-1", "AAAG-1", "AACT-1"]
     assert adata.obsm["features"].shape == (3, 1280)
     np.testing.assert_array_equal(adata.obsm["spatial"], centres)
+    manifest = ModelRepository().get(DEFAULT_MODEL)
+    assert adata.uns["provenance"]["model"] == DEFAULT_MODEL
+    assert adata.uns["provenance"]["model_version"] == manifest.version
+    assert adata.uns["provenance"]["labsight_version"] == labsight.__version__
 
 
-def test_spot_features_of_labelled_cells(stack: InProcessStack, model_cache: Path) -> None:
+def _extract_patches_calls() -> float:
+    return REGISTRY.get_sample_value(
+        "labsight_grpc_requests_total",
+        {"method": "/labsight.v1.SegmentationService/ExtractPatches", "code": "OK"},
+    ) or 0.0
+
+
+@pytest.mark.parametrize("patch_bytes_per_call", [spot_features.PATCH_BYTES_PER_CALL, 1])
+def test_spot_features_of_labelled_cells(
+    stack: InProcessStack, model_cache: Path, monkeypatch: pytest.MonkeyPatch,
+    patch_bytes_per_call: int,
+) -> None:
+    # With a 1-byte budget every cell is cut in its own ExtractPatches call, as a mask
+    # with more cells than fit in one message would be; the table must not change.
+    monkeypatch.setattr(spot_features, "PATCH_BYTES_PER_CALL", patch_bytes_per_call)
     stack.start_worker()
     image = IMAGES[0]
     labels = np.zeros(image.shape[:2], np.int32)
     labels[50:120, 60:110] = 4
     labels[150:260, 200:300] = 9
+    labels[180:250, 20:90] = 12
+    calls_before = _extract_patches_calls()
     job = stack.client.submit(
         "spot-features", image, {"model": DEFAULT_MODEL, "blank_other_cells": True},
         tensors={"cell_labels": labels},
     )
     final = stack.client.wait(job.job_id, timeout_s=180)
     assert final.status == pb.JOB_STATUS_DONE, final.error
-    table = stack.client.result(job.job_id).tables["features"]
-    assert list(table.row_ids) == ["4", "9"]
+    result = stack.client.result(job.job_id)
+    table = result.tables["features"]
+    assert list(table.row_ids) == ["4", "9", "12"]
+    assert _extract_patches_calls() - calls_before == (1 if patch_bytes_per_call > 1 else 3)
     expected = _direct(list(cell_patches(image, labels, 224, blank_other_cells=True).pixels), model_cache)
     np.testing.assert_allclose(table_values(table), expected, atol=1e-4)
+    assert result.provenance["model"] == DEFAULT_MODEL
+    assert result.provenance["layer"] == "avgpool"
 
 
 def test_a_spot_outside_the_image_fails_the_job_naming_the_spot(stack: InProcessStack) -> None:

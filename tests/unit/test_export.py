@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anndata
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from labsight.export import write_table
@@ -18,7 +20,8 @@ VALUES = np.array([[0.1, 0.2, 0.3], [1.0, 2.0, 3.0]])
 
 
 def _result(job_id: str = "job-1", coordinates: bool = True) -> pb.JobResult:
-    result = pb.JobResult(job_id=job_id, pipeline="spot-features", input_name=f"{job_id}.png")
+    result = pb.JobResult(job_id=job_id, pipeline="spot-features", input_name=f"{job_id}.png",
+                          provenance={"model": "inception-v3", "model_version": "1"})
     result.tables["features"].CopyFrom(
         feature_table(["avgpool1", "avgpool2", "avgpool3"], VALUES, ["AAAC-1", "AAAG-1"])
     )
@@ -36,6 +39,17 @@ def test_h5ad_holds_features_in_obsm_and_spots_in_obs(tmp_path: Path) -> None:
     np.testing.assert_array_equal(adata.obsm["spatial"], [[10.0, 20.0], [30.0, 40.0]])
     assert adata.obs["x"].tolist() == [10.0, 30.0] and adata.obs["y"].tolist() == [20.0, 40.0]
     assert list(adata.uns["feature_columns"]) == ["avgpool1", "avgpool2", "avgpool3"]
+    assert dict(adata.uns["provenance"]) == {"model": "inception-v3", "model_version": "1"}
+
+
+def test_parquet_carries_the_provenance_and_differing_values_are_all_kept(tmp_path: Path) -> None:
+    other = _result("b")
+    other.provenance["model_version"] = "2"
+    path = tmp_path / "features.parquet"
+    write_table([_result("a"), other], "features", path, "parquet")
+    metadata = pq.read_schema(path).metadata
+    assert json.loads(metadata[b"labsight"]) == {"model": "inception-v3", "model_version": "1, 2"}
+    assert len(pd.read_parquet(path)) == 4
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])

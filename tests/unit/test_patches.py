@@ -68,6 +68,19 @@ def test_cell_patches_give_one_square_patch_per_label_centred_on_the_cell() -> N
     np.testing.assert_allclose(tight.centres, [[11.5, 9.5], [44.5, 24.5]])
 
 
+def test_cell_patches_of_a_label_subset_match_the_full_cut() -> None:
+    image = _ramp()
+    labels = np.zeros((40, 60), np.int32)
+    labels[5:15, 10:14], labels[20:30, 40:50], labels[30:38, 2:9] = 3, 7, 11
+    whole = cell_patches(image, labels, output_size=16)
+    subset = cell_patches(image, labels, output_size=16, only_labels=[11, 3])
+    assert subset.labels.tolist() == [3, 11]
+    np.testing.assert_array_equal(subset.pixels, whole.pixels[[0, 2]])
+    np.testing.assert_array_equal(subset.centres, whole.centres[[0, 2]])
+    with pytest.raises(ValueError, match=r"cell_label_ids: labels \[5\] are not in the cell mask"):
+        cell_patches(image, labels, output_size=16, only_labels=[3, 5])
+
+
 def test_other_cells_are_blanked_when_asked() -> None:
     image = np.full((20, 20, 3), 9, np.uint8)
     labels = np.zeros((20, 20), np.int32)

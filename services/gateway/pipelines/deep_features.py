@@ -51,8 +51,8 @@ def extract_features(
     context: RunContext,
     images: Sequence[tensor_pb2.Image],
     on_chunk: Callable[[int], None],
-) -> tuple[list[str], np.ndarray]:
-    """Column names and (N, D) features of ``images`` from the features service.
+) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """Column names, (N, D) features of ``images`` and their provenance, from the features service.
 
     The images go in chunks with calls overlapping; ``on_chunk`` is called with
     the number of images finished after every chunk (to report progress, which
@@ -85,7 +85,12 @@ def extract_features(
     for future in pending:
         collect(future)
     values = np.concatenate([table_values(answer.features, "features") for answer in answers])
-    return list(answers[0].features.columns), values
+    return list(answers[0].features.columns), values, model_provenance(answers[0])
+
+
+def model_provenance(answer: features_pb2.ExtractDeepFeaturesResponse) -> dict[str, str]:
+    """The model, version and layer the features service used, for JobResult.provenance."""
+    return {"model": answer.model, "model_version": answer.model_version, "layer": answer.layer}
 
 
 class DeepFeaturesPipeline(Pipeline):
@@ -122,10 +127,10 @@ class DeepFeaturesPipeline(Pipeline):
             stack = patch_stack(context.job_input)
             images.extend(image_from_array(patch) for patch in stack)
             row_ids.extend(str(i) for i in range(len(stack)))
-        columns, values = extract_features(
+        columns, values, provenance = extract_features(
             context, images, lambda done: context.report_progress(done / len(images), "features")
         )
-        result = pb.JobResult(pipeline=self.name)
+        result = pb.JobResult(pipeline=self.name, provenance=provenance)
         result.tables["features"].CopyFrom(feature_table(columns, values, row_ids))
         context.report_progress(1.0, "features")
         return result

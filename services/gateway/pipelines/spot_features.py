@@ -94,6 +94,7 @@ class SpotFeaturesPipeline(Pipeline):
         side = self._model_input_side(context)
         requests = list(self._patch_requests(context, side))
         columns: list[str] = []
+        provenance: dict[str, str] = {}
         values: list[np.ndarray] = []
         ids: list[str] = []
         centres: list[np.ndarray] = []
@@ -105,7 +106,7 @@ class SpotFeaturesPipeline(Pipeline):
                 )
             )
             patches = from_tensor(answer.patches, "patches")
-            columns, chunk_values = extract_features(
+            columns, chunk_values, provenance = extract_features(
                 context,
                 [image_from_array(patch) for patch in patches],
                 partial(_report_features, context, (index, len(requests)), len(patches)),
@@ -113,7 +114,7 @@ class SpotFeaturesPipeline(Pipeline):
             values.append(chunk_values)
             ids.extend(answer.patch_ids)
             centres.append(from_tensor(answer.patch_centres, "patch_centres"))
-        result = pb.JobResult(pipeline=self.name)
+        result = pb.JobResult(pipeline=self.name, provenance=provenance)
         result.tables["features"].CopyFrom(feature_table(columns, np.concatenate(values), ids))
         result.tensors["coordinates"].CopyFrom(to_tensor(np.concatenate(centres)))
         context.report_progress(1.0, "features")
@@ -137,20 +138,27 @@ class SpotFeaturesPipeline(Pipeline):
         job_input = context.job_input
         params = self.parsed(context.params)
         base = segmentation_pb2.ExtractPatchesRequest(image=job_input.image, output_size=side)
-        if SPOT_CENTRES not in job_input.tensors:
-            labels = (
-                job_input.tensors[CELL_LABELS] if CELL_LABELS in job_input.tensors
-                else to_tensor(decode_image(job_input.images[CELL_LABELS], f"input.images[{CELL_LABELS}]"))
-            )
-            base.cell_labels.CopyFrom(labels)
-            base.blank_other_cells = bool(params["blank_other_cells"])
-            return [base]
-        centres = from_tensor(job_input.tensors[SPOT_CENTRES], f"input.tensors[{SPOT_CENTRES}]")
-        ids = list(params["spot_ids"]) or [str(i) for i in range(len(centres))]
         pixels = decode_image(job_input.image, "input.image")
         patch_bytes = side * side * pixels.itemsize * (pixels.shape[2] if pixels.ndim == 3 else 1)
         per_call = max(1, PATCH_BYTES_PER_CALL // patch_bytes)
         requests = []
+        if SPOT_CENTRES not in job_input.tensors:
+            mask = (
+                from_tensor(job_input.tensors[CELL_LABELS], f"input.tensors[{CELL_LABELS}]")
+                if CELL_LABELS in job_input.tensors
+                else decode_image(job_input.images[CELL_LABELS], f"input.images[{CELL_LABELS}]")
+            )
+            base.cell_labels.CopyFrom(to_tensor(mask))
+            base.blank_other_cells = bool(params["blank_other_cells"])
+            cells = cell_label_ids(mask)
+            for start in range(0, len(cells), per_call):
+                request = segmentation_pb2.ExtractPatchesRequest()
+                request.CopyFrom(base)
+                request.cell_label_ids.extend(cells[start : start + per_call])
+                requests.append(request)
+            return requests or [base]  # no cell or not an integer mask: the service says which
+        centres = from_tensor(job_input.tensors[SPOT_CENTRES], f"input.tensors[{SPOT_CENTRES}]")
+        ids = list(params["spot_ids"]) or [str(i) for i in range(len(centres))]
         for start in range(0, len(centres), per_call):
             request = segmentation_pb2.ExtractPatchesRequest()
             request.CopyFrom(base)
@@ -159,3 +167,10 @@ class SpotFeaturesPipeline(Pipeline):
             request.spot_ids.extend(ids[start : start + per_call])
             requests.append(request)
         return requests
+
+
+def cell_label_ids(mask: np.ndarray) -> list[int]:
+    """The cell labels of an integer mask in increasing order (0 and negatives are background)."""
+    if mask.dtype.kind not in "iu":
+        return []
+    return [int(label) for label in np.unique(mask) if label > 0]
