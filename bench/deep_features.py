@@ -214,6 +214,7 @@ def main() -> None:
         warm_up(address, patches[: 4 * args.batch], args.batch)
         under_test = GatewayUnderTest(settings, args.workers)
         try:
+            under_test.rate(requests[:2], 0)  # untimed: connections, buffers, both instances
             # This machine's speed drifts: each round runs the baseline and the service back
             # to back, and the ratio reported is the median of the rounds' ratios.
             for _ in range(args.rounds):

@@ -122,6 +122,22 @@ def validate_pixels(pixels: np.ndarray, field: str, max_pixels: int = DEFAULT_MA
     return pixels
 
 
+def image_stack(tensor: tensor_pb2.Tensor, field: str) -> np.ndarray:
+    """An (N, H, W[, C]) stack of same-size images from a Tensor, checked like one image.
+
+    Raises
+    ------
+    InvalidArgument
+        Naming ``field`` for a malformed tensor, a rank other than 3 or 4, no
+        image, or pixels ``validate_pixels`` refuses.
+    """
+    stack = from_tensor(tensor, field)
+    if stack.ndim not in (3, 4) or len(stack) == 0:
+        raise InvalidArgument(f"{field}: expected (N, H, W) or (N, H, W, C), got {list(stack.shape)}")
+    validate_pixels(stack[0], f"{field}[0]")
+    return stack
+
+
 def image_from_array(pixels: np.ndarray, name: str = "") -> tensor_pb2.Image:
     """An Image message carrying decoded pixels."""
     return tensor_pb2.Image(tensor=to_tensor(pixels), name=name)

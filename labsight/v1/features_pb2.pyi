@@ -78,16 +78,18 @@ class ComputeFractalResponse(_message.Message):
     def __init__(self, box_sizes: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Iterable[_Union[MassProbability, _Mapping]]] = ..., lacunarity: _Optional[_Iterable[float]] = ..., box_count: _Optional[_Iterable[float]] = ..., fractal_dimension: _Optional[_Union[FractalDimensionFit, _Mapping]] = ..., percolation: _Optional[_Union[PercolationFeatures, _Mapping]] = ..., features: _Optional[_Union[_tensor_pb2.FeatureTable, _Mapping]] = ...) -> None: ...
 
 class ExtractDeepFeaturesRequest(_message.Message):
-    __slots__ = ("model", "layer", "pooling", "images")
+    __slots__ = ("model", "layer", "pooling", "images", "image_stack")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_STACK_FIELD_NUMBER: _ClassVar[int]
     model: str
     layer: str
     pooling: Pooling
     images: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Image]
-    def __init__(self, model: _Optional[str] = ..., layer: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., images: _Optional[_Iterable[_Union[_tensor_pb2.Image, _Mapping]]] = ...) -> None: ...
+    image_stack: _tensor_pb2.Tensor
+    def __init__(self, model: _Optional[str] = ..., layer: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., images: _Optional[_Iterable[_Union[_tensor_pb2.Image, _Mapping]]] = ..., image_stack: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class ExtractDeepFeaturesResponse(_message.Message):
     __slots__ = ("features", "model", "model_version", "layer")

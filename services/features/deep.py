@@ -15,7 +15,10 @@ POOLING_MODES: tuple[PoolingMode, ...] = ("average", "max", "none")
 
 
 def preprocess(
-    images: Sequence[np.ndarray], input_size: tuple[int, int], preprocessing: Preprocessing
+    images: Sequence[np.ndarray],
+    input_size: tuple[int, int],
+    preprocessing: Preprocessing,
+    field: str = "images",
 ) -> np.ndarray:
     """Stack images into a model batch: resized, scaled to [0, 1], normalised, channels first.
 
@@ -27,6 +30,8 @@ def preprocess(
         Model input (height, width); images are resized bilinearly to it.
     preprocessing : Preprocessing
         Per-channel mean and std applied after scaling by the dtype's range.
+    field : str
+        Request field the images came from, for error messages.
 
     Returns
     -------
@@ -35,15 +40,15 @@ def preprocess(
     Raises
     ------
     ValueError
-        Naming ``images[i]`` for an empty image, a wrong channel count or dtype.
+        Naming ``<field>[i]`` for an empty image, a wrong channel count or dtype.
     """
     if len(images) == 0:
-        raise ValueError("images: no images given")
+        raise ValueError(f"{field}: no images given")
     mean = np.asarray(preprocessing.mean, np.float32)
     std = np.asarray(preprocessing.std, np.float32)
     batch = np.empty((len(images), 3, *input_size), np.float32)
     for index, image in enumerate(images):
-        rgb = _as_rgb(image, f"images[{index}]")
+        rgb = _as_rgb(image, f"{field}[{index}]")
         # (x / max - mean) / std as one multiply-add per channel, written in place; pixels
         # already at the input size are read as integers, without a float copy first.
         scale = 1.0 / (np.float32(np.iinfo(image.dtype).max) * std)

@@ -133,6 +133,7 @@ class DeepFeatureExtractor:
         model: str = "",
         layer: str = "",
         pooling: PoolingMode = "average",
+        field: str = "images",
     ) -> DeepFeatures:
         """Features of ``images`` from one layer of one model.
 
@@ -144,6 +145,8 @@ class DeepFeatureExtractor:
             Model name and layer (public name or module path); empty for the defaults.
         pooling : {"average", "max", "none"}
             Reduction of the layer's activation maps.
+        field : str
+            Request field the images came from, for error messages.
 
         Raises
         ------
@@ -154,7 +157,7 @@ class DeepFeatureExtractor:
         """
         manifest = self.repository.get(model or self.config.default_model)
         layer = layer or manifest.default_layer
-        batch = preprocess(images, manifest.input_size, manifest.preprocessing)
+        batch = preprocess(images, manifest.input_size, manifest.preprocessing, field)
         activations = self.batcher(manifest, layer).run(batch)
         values = pool(activations, pooling)
         return DeepFeatures(manifest, layer, feature_columns(layer, values.shape[1]), values)

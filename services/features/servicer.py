@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
+import numpy as np
 
 from labsight.config import Settings
 from labsight.errors import InvalidArgument
-from labsight.images import decode_image
+from labsight.images import decode_image, image_stack
 from labsight.tables import feature_row, feature_table
 from labsight.v1 import features_pb2 as pb
 from labsight.v1 import features_pb2_grpc as pb_grpc
@@ -72,11 +75,20 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
         """Features of a batch of images from one layer of one model."""
         if request.pooling not in POOLING_MODES:
             raise InvalidArgument(f"pooling: unknown value {request.pooling}")
-        images = [decode_image(image, f"images[{i}]") for i, image in enumerate(request.images)]
+        if bool(request.images) == request.HasField("image_stack"):
+            raise InvalidArgument("images, image_stack: give exactly one of them")
+        images: Sequence[np.ndarray]
+        if request.HasField("image_stack"):
+            field = "image_stack"
+            images = image_stack(request.image_stack, field)
+            row_ids = [str(i) for i in range(len(images))]
+        else:
+            field = "images"
+            images = [decode_image(image, f"images[{i}]") for i, image in enumerate(request.images)]
+            row_ids = [image.name or str(i) for i, image in enumerate(request.images)]
         features = self.extractor.extract(
-            images, request.model, request.layer, POOLING_MODES[request.pooling]
+            images, request.model, request.layer, POOLING_MODES[request.pooling], field
         )
-        row_ids = [image.name or str(i) for i, image in enumerate(request.images)]
         return pb.ExtractDeepFeaturesResponse(
             features=feature_table(features.columns, features.values, row_ids),
             model=features.model.name,

@@ -67,6 +67,22 @@ def test_service_features_equal_the_direct_model_output(stack: InProcessStack, m
     np.testing.assert_allclose(table_values(answer.features), _direct(IMAGES, model_cache), atol=1e-4)
 
 
+def test_an_image_stack_gives_the_same_features_as_single_images(
+    stack: InProcessStack, model_cache: Path
+) -> None:
+    patches = RNG.integers(0, 256, (5, 96, 96, 3), dtype=np.uint8)
+    stub = _features_stub(stack.features)
+    stacked = stub.ExtractDeepFeatures(
+        features_pb2.ExtractDeepFeaturesRequest(image_stack=to_tensor(patches)), timeout=120
+    )
+    assert list(stacked.features.row_ids) == ["0", "1", "2", "3", "4"]
+    singles = stub.ExtractDeepFeatures(_request(list(patches)), timeout=120)
+    np.testing.assert_array_equal(table_values(stacked.features), table_values(singles.features))
+    np.testing.assert_allclose(
+        table_values(stacked.features), _direct(list(patches), model_cache), atol=1e-4
+    )
+
+
 def test_any_layer_with_max_or_no_pooling(stack: InProcessStack, model_cache: Path) -> None:
     stub = _features_stub(stack.features)
     maxed = stub.ExtractDeepFeatures(
@@ -98,7 +114,15 @@ def test_list_models_names_the_built_ins_with_their_layers(stack: InProcessStack
          "images[0]: 4 channels; expected 3"),
         ([IMAGES[1], np.zeros((0, 32, 3), np.uint8)], {}, grpc.StatusCode.INVALID_ARGUMENT,
          "images[1]: image is empty"),
-        ([], {}, grpc.StatusCode.INVALID_ARGUMENT, "images: no images given"),
+        ([], {}, grpc.StatusCode.INVALID_ARGUMENT, "images, image_stack: give exactly one of them"),
+        ([IMAGES[1]], {"image_stack": to_tensor(np.zeros((1, 8, 8, 3), np.uint8))},
+         grpc.StatusCode.INVALID_ARGUMENT, "images, image_stack: give exactly one of them"),
+        ([], {"image_stack": to_tensor(np.zeros((8, 8), np.uint8))}, grpc.StatusCode.INVALID_ARGUMENT,
+         "image_stack: expected (N, H, W) or (N, H, W, C), got [8, 8]"),
+        ([], {"image_stack": to_tensor(np.zeros((2, 8, 8, 4), np.uint8))},
+         grpc.StatusCode.INVALID_ARGUMENT, "image_stack[0]: 4 channels; expected 3"),
+        ([], {"image_stack": to_tensor(np.zeros((2, 8, 8, 3), np.float32))},
+         grpc.StatusCode.INVALID_ARGUMENT, "image_stack[0]: dtype float32 not supported"),
         ([IMAGES[1]], {"model": "resnet-9000"}, grpc.StatusCode.NOT_FOUND,
          "model: unknown model 'resnet-9000'"),
         ([IMAGES[1]], {"layer": "fc9"}, grpc.StatusCode.NOT_FOUND,

@@ -8,9 +8,9 @@ import grpc
 import numpy as np
 
 from labsight.errors import InvalidArgument
-from labsight.images import decode_image, image_from_array, validate_pixels
+from labsight.images import decode_image, image_stack
 from labsight.tables import feature_table, table_values
-from labsight.tensors import from_tensor
+from labsight.tensors import to_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Parameter, Pipeline, RunContext
@@ -49,14 +49,15 @@ def model_parameters(default_model: str) -> tuple[Parameter, ...]:
 
 def extract_features(
     context: RunContext,
-    images: Sequence[tensor_pb2.Image],
+    images: Sequence[tensor_pb2.Image] | np.ndarray,
     on_chunk: Callable[[int], None],
 ) -> tuple[list[str], np.ndarray, dict[str, str]]:
     """Column names, (N, D) features of ``images`` and their provenance, from the features service.
 
-    The images go in chunks with calls overlapping; ``on_chunk`` is called with
-    the number of images finished after every chunk (to report progress, which
-    also stops a cancelled job).
+    ``images`` are Image messages or an (N, H, W[, C]) array of same-size images,
+    sent as ``image_stack`` tensors. They go in chunks with calls overlapping;
+    ``on_chunk`` is called with the number of images finished after every chunk
+    (to report progress, which also stops a cancelled job).
     """
     params = context.params
     pooling = parse_pooling(params["pooling"])
@@ -72,9 +73,13 @@ def extract_features(
 
     for start in range(0, len(images), CHUNK_IMAGES):
         request = features_pb2.ExtractDeepFeaturesRequest(
-            model=params["model"], layer=params["layer"], pooling=pooling,
-            images=images[start : start + CHUNK_IMAGES],
+            model=params["model"], layer=params["layer"], pooling=pooling
         )
+        chunk = images[start : start + CHUNK_IMAGES]
+        if isinstance(chunk, np.ndarray):
+            request.image_stack.CopyFrom(to_tensor(chunk))
+        else:
+            request.images.extend(chunk)
         pending.append(
             context.services.features.ExtractDeepFeatures.future(
                 request, timeout=context.services.call_timeout_s
@@ -118,29 +123,35 @@ class DeepFeaturesPipeline(Pipeline):
     def run(self, context: RunContext) -> pb.JobResult:
         """Features of every input image, one table row each (main image first)."""
         context.report_progress(0.0, "features")
-        images: list[tensor_pb2.Image] = []
+        job_input = context.job_input
+        has_image = job_input.image.WhichOneof("source") is not None
+        stack = patch_stack(job_input) if PATCHES_INPUT in job_input.tensors else None
+        total = int(has_image) + (len(stack) if stack is not None else 0)
+
+        def report(done: int) -> None:
+            context.report_progress(done / total, "features")
+
+        blocks: list[np.ndarray] = []
         row_ids: list[str] = []
-        if context.job_input.image.WhichOneof("source") is not None:
-            images.append(context.job_input.image)
-            row_ids.append(context.job_input.image.name or "image")
-        if PATCHES_INPUT in context.job_input.tensors:
-            stack = patch_stack(context.job_input)
-            images.extend(image_from_array(patch) for patch in stack)
+        columns: list[str] = []
+        provenance: dict[str, str] = {}
+        if has_image:
+            columns, values, provenance = extract_features(context, [job_input.image], report)
+            blocks.append(values)
+            row_ids.append(job_input.image.name or "image")
+        if stack is not None:
+            offset = len(row_ids)
+            columns, values, provenance = extract_features(
+                context, stack, lambda done: report(offset + done)
+            )
+            blocks.append(values)
             row_ids.extend(str(i) for i in range(len(stack)))
-        columns, values, provenance = extract_features(
-            context, images, lambda done: context.report_progress(done / len(images), "features")
-        )
         result = pb.JobResult(pipeline=self.name, provenance=provenance)
-        result.tables["features"].CopyFrom(feature_table(columns, values, row_ids))
+        result.tables["features"].CopyFrom(feature_table(columns, np.concatenate(blocks), row_ids))
         context.report_progress(1.0, "features")
         return result
 
 
 def patch_stack(job_input: pb.JobInput) -> np.ndarray:
     """The (N, H, W[, C]) uint8/uint16 stack in tensors['patches'], checked."""
-    field = f"input.tensors[{PATCHES_INPUT}]"
-    stack = from_tensor(job_input.tensors[PATCHES_INPUT], field)
-    if stack.ndim not in (3, 4) or len(stack) == 0:
-        raise InvalidArgument(f"{field}: expected (N, H, W) or (N, H, W, C), got {list(stack.shape)}")
-    validate_pixels(stack[0], f"{field}[0]")
-    return stack
+    return image_stack(job_input.tensors[PATCHES_INPUT], f"input.tensors[{PATCHES_INPUT}]")

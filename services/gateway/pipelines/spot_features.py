@@ -7,7 +7,7 @@ from functools import partial
 import numpy as np
 
 from labsight.errors import InvalidArgument
-from labsight.images import decode_image, image_from_array
+from labsight.images import decode_image
 from labsight.tables import feature_table
 from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import features_pb2, segmentation_pb2
@@ -108,7 +108,7 @@ class SpotFeaturesPipeline(Pipeline):
             patches = from_tensor(answer.patches, "patches")
             columns, chunk_values, provenance = extract_features(
                 context,
-                [image_from_array(patch) for patch in patches],
+                patches,
                 partial(_report_features, context, (index, len(requests)), len(patches)),
             )
             values.append(chunk_values)
