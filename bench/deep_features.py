@@ -3,14 +3,17 @@
 Run from the repository root with Redis on 127.0.0.1:6379 (or REDIS_URL; a
 private redis-server is started when none answers):
 
-    python bench/deep_features.py [--patches 1000] [--per-job 100] [--clients 16]
+    python bench/deep_features.py [--patches 1000] [--per-job 100] [--clients 16] [--rounds 5]
 
 1. ``--patches`` 224×224 patches go through the gateway as ``deep-features``
    jobs of ``--per-job`` patches (a tensor stack each), Redis Streams, worker
    threads and the features service (its own process, EfficientNet-Lite0,
    ONNX Runtime, dynamic batching at ``--batch``). The baseline is the same
-   model in this process on ONNX Runtime at the same batch size, fed tensors
-   that are already preprocessed. Printed: both rates and their ratio.
+   model in this process on ONNX Runtime (its default settings) at the same
+   batch size, fed tensors that are already preprocessed. After one untimed
+   pass through the gateway, each of ``--rounds`` rounds runs the baseline and
+   the service back to back; printed: every round's rates and ratio, and the
+   median ratio.
 2. ``--clients`` threads send single images straight to the features service;
    printed: the rate, the mean executed batch size (from the service's
    Prometheus metrics) and raw ONNX Runtime at batch size 1 for comparison.
