@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "and register it in the model directory")
     train.add_argument("data", help="folder with one sub-folder per class, or a CSV (path,label)")
     train.add_argument("--name", required=True, help="name of the new model")
-    train.add_argument("--backbone", default="efficientnet-lite0", help="built-in model to start from")
+    train.add_argument("--backbone", default="efficientnet-lite0",
+                       help="built-in model to start from: efficientnet-lite0 or inception-v3")
     train.add_argument("--model-dir", default="", help="model directory (default: $LABSIGHT_MODEL_DIR)")
     train.add_argument("--epochs", type=int, default=5)
     train.add_argument("--learning-rate", type=float, default=3e-4)

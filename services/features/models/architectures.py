@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 
@@ -28,6 +29,29 @@ TOP_LAYERS: dict[str, tuple[str, ...]] = {
     "efficientnet-lite0": ("_blocks.15", "_conv_head", "_bn1", "_fc"),
 }
 """Module paths of each architecture's last stages, updated by a "top" fine-tuning."""
+
+
+class FeatureClassifier(nn.Module):
+    """A feature extractor (e.g. a TorchScript backbone) with a linear classifier on its output.
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        Maps (N, 3, H, W) to (N, D, ...) features.
+    features : int
+        D times the size of any trailing axes (what ``flatten(1)`` gives).
+    num_classes : int
+        Outputs of the classifier ``head``.
+    """
+
+    def __init__(self, backbone: nn.Module, features: int, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(features, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores (N, num_classes) of the images."""
+        return self.head(self.backbone(images).flatten(1))
 
 
 def build_architecture(name: str, num_classes: int) -> nn.Module:
