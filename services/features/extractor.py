@@ -12,6 +12,7 @@ import numpy as np
 
 from labsight.home import home_dir
 from labsight.runtime.batching import DynamicBatcher
+from labsight.runtime.cpus import usable_cpus
 from services.features.deep import PoolingMode, feature_columns, pool, preprocess
 from services.features.models import (
     DEFAULT_MODEL,
@@ -49,8 +50,9 @@ class ExtractorConfig:
         Longest a request waits for others to join its batch
         [LABSIGHT_MAX_QUEUE_DELAY_MS, default 5].
     threads : int
-        ONNX Runtime intra-op threads per instance; 0 shares the usable CPUs
-        between the instances [LABSIGHT_ORT_THREADS].
+        ONNX Runtime intra-op threads per instance; 0 shares the usable CPUs (the
+        affinity mask, capped by a container's CPU limit) between the instances
+        [LABSIGHT_ORT_THREADS].
     instances : int
         Copies of each served layer's engine, each taking the next batch when free,
         like Triton's instance groups; 0 for one on CUDA and two on a CPU with two
@@ -97,11 +99,6 @@ class ExtractorConfig:
         cpus = usable_cpus()
         instances = self.instances or (1 if on_cuda else min(2, cpus))
         return instances, self.threads or max(1, cpus // instances)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which container CPU sets narrow)."""
-    return len(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,38 @@
+"""CPU counting for thread pools: affinity mask capped by cgroup v1 and v2 quotas (real files)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from labsight.runtime.cpus import cgroup_cpu_quota, usable_cpus
+
+AFFINITY = len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("text", "quota"),
+    [("max 100000\n", None), ("150000 100000\n", 1.5), ("400000 200000", 2.0), ("junk 100000", None)],
+)
+def test_cgroup_v2_cpu_max_is_read(tmp_path: Path, text: str, quota: float | None) -> None:
+    (tmp_path / "cpu.max").write_text(text)
+    assert cgroup_cpu_quota(tmp_path) == quota
+
+
+@pytest.mark.parametrize(("quota", "expected"), [("-1", None), ("50000", 0.5), ("300000", 3.0)])
+def test_cgroup_v1_cfs_quota_is_read(tmp_path: Path, quota: str, expected: float | None) -> None:
+    folder = tmp_path / "cpu,cpuacct"
+    folder.mkdir()
+    (folder / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+    (folder / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(tmp_path) == expected
+
+
+def test_a_quota_caps_the_affinity_count_and_rounds_up(tmp_path: Path) -> None:
+    assert usable_cpus(tmp_path) == AFFINITY  # no cgroup files: the affinity mask
+    (tmp_path / "cpu.max").write_text("50000 100000")
+    assert usable_cpus(tmp_path) == 1  # half a CPU still gets one thread
+    (tmp_path / "cpu.max").write_text(f"{(AFFINITY + 8) * 100000} 100000")
+    assert usable_cpus(tmp_path) == AFFINITY  # a quota above the mask does not add CPUs

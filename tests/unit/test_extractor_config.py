@@ -1,0 +1,37 @@
+"""The features service's engine settings from the environment and their automatic values."""
+
+from __future__ import annotations
+
+import pytest
+
+from labsight.runtime.cpus import usable_cpus
+from services.features.extractor import ExtractorConfig
+
+
+def test_defaults_give_two_single_core_instances_on_cpu_and_one_on_cuda(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("LABSIGHT_MODEL_INSTANCES", "LABSIGHT_ORT_THREADS", "LABSIGHT_ORT_SPIN"):
+        monkeypatch.delenv(name, raising=False)
+    config = ExtractorConfig.from_env()
+    assert config.spin is False
+    cpus = usable_cpus()
+    instances = min(2, cpus)
+    assert config.engine_layout(on_cuda=False) == (instances, max(1, cpus // instances))
+    assert config.engine_layout(on_cuda=True) == (1, cpus)
+
+
+def test_explicit_instances_threads_and_spin_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABSIGHT_MODEL_INSTANCES", "3")
+    monkeypatch.setenv("LABSIGHT_ORT_THREADS", "5")
+    monkeypatch.setenv("LABSIGHT_ORT_SPIN", "1")
+    config = ExtractorConfig.from_env()
+    assert config.spin is True
+    assert config.engine_layout(on_cuda=False) == (3, 5)
+    assert config.engine_layout(on_cuda=True) == (3, 5)
+
+
+def test_a_non_number_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABSIGHT_MODEL_INSTANCES", "two")
+    with pytest.raises(ValueError, match="LABSIGHT_MODEL_INSTANCES must be a number, got 'two'"):
+        ExtractorConfig.from_env()
