@@ -42,3 +42,17 @@ def _ratio(quota: str, period: str) -> float | None:
     except ValueError:
         return None
     return value / length if value > 0 and length > 0 else None
+
+
+THREAD_POOL_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS")
+"""Environment variables that size numba's and OpenMP's (torch's) thread pools when they load."""
+
+
+def limit_thread_pools() -> None:
+    """Default the thread-pool variables to ``usable_cpus()``; call before numba or torch load.
+
+    Values already set are kept, so an operator can still choose.
+    """
+    count = str(usable_cpus())
+    for name in THREAD_POOL_VARIABLES:
+        os.environ.setdefault(name, count)

@@ -6,6 +6,7 @@ import importlib
 
 from labsight.catalog import SERVERS, ProcessSpec
 from labsight.config import Settings
+from labsight.runtime.cpus import limit_thread_pools
 from labsight.runtime.logs import configure_logging
 from labsight.runtime.server import run_forever
 
@@ -14,7 +15,9 @@ def run_service(spec: ProcessSpec) -> None:
     """Configure logging, then serve ``spec``'s servicers until SIGTERM/SIGINT.
 
     Each service package has a ``servicer`` module with ``register(server, settings)``.
+    Thread pools loaded by it (numba, OpenMP) are sized by the CPUs the process may use.
     """
+    limit_thread_pools()
     settings = Settings.from_env(spec)
     configure_logging(settings.log_level, spec.name)
     servicer_module = importlib.import_module(f"{spec.module}.servicer")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labsight.runtime.cpus import cgroup_cpu_quota, usable_cpus
+from labsight.runtime.cpus import cgroup_cpu_quota, limit_thread_pools, usable_cpus
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -36,3 +36,13 @@ def test_a_quota_caps_the_affinity_count_and_rounds_up(tmp_path: Path) -> None:
     assert usable_cpus(tmp_path) == 1  # half a CPU still gets one thread
     (tmp_path / "cpu.max").write_text(f"{(AFFINITY + 8) * 100000} 100000")
     assert usable_cpus(tmp_path) == AFFINITY  # a quota above the mask does not add CPUs
+
+
+def test_thread_pools_default_to_the_usable_cpus_and_keep_an_operator_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    limit_thread_pools()
+    assert os.environ["NUMBA_NUM_THREADS"] == str(usable_cpus())
+    assert os.environ["OMP_NUM_THREADS"] == "7"
