@@ -155,18 +155,18 @@ class LabSightClient:
 
         def messages() -> Iterator[pb.SubmitBatchRequest]:
             yield pb.SubmitBatchRequest(header=pb.BatchHeader(batch_id=batch_id))
-            chunk = pb.BatchJobs()
+            message = pb.SubmitBatchRequest()
             size = 0
             for request in requests:
                 request_size = request.ByteSize()
-                if chunk.jobs and (len(chunk.jobs) >= BATCH_MESSAGE_JOBS
-                                   or size + request_size > batch_message_bytes):
-                    yield pb.SubmitBatchRequest(jobs=chunk)
-                    chunk, size = pb.BatchJobs(), 0
-                chunk.jobs.append(request)
+                if message.jobs.jobs and (len(message.jobs.jobs) >= BATCH_MESSAGE_JOBS
+                                          or size + request_size > batch_message_bytes):
+                    yield message
+                    message, size = pb.SubmitBatchRequest(), 0
+                message.jobs.jobs.append(request)  # the one copy of the job before sending
                 size += request_size
-            if chunk.jobs:
-                yield pb.SubmitBatchRequest(jobs=chunk)
+            if message.jobs.jobs:
+                yield message
 
         return self.stub.SubmitBatch(messages(), metadata=self.metadata)
 
