@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf.json_format import MessageToDict
 
 from labsight.catalog import SERVERS
@@ -44,6 +45,20 @@ def _parse_pairs(pairs: Sequence[str], option: str) -> dict[str, str]:
             raise SystemExit(f"labsight: {option} expects key=value, got {pair!r}")
         parsed[key] = value
     return parsed
+
+
+def _load_array(path: Path) -> np.ndarray:
+    """An array from a .npy file, or from a CSV/TSV of numbers only (one row per line)."""
+    if not path.is_file():
+        raise SystemExit(f"labsight: --tensor: no such file {path}")
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False)
+    if path.suffix.lower() in (".csv", ".tsv"):
+        try:
+            return np.loadtxt(path, delimiter="," if path.suffix.lower() == ".csv" else "\t", ndmin=2)
+        except ValueError as error:
+            raise SystemExit(f"labsight: --tensor {path}: numbers only, no header ({error})") from None
+    raise SystemExit(f"labsight: --tensor {path}: expected a .npy, .csv or .tsv file")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -106,8 +121,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     params = _parse_pairs(args.param, "--param")
     labels = _parse_pairs(args.label, "--label")
+    tensors = {role: _load_array(Path(path))
+               for role, path in _parse_pairs(args.tensor, "--tensor").items()}
+    extra_images = {role: Path(path)
+                    for role, path in _parse_pairs(args.input_image, "--input-image").items()}
     requests = [
-        build_request(args.pipeline, Path(path), params, priority=args.priority, labels=labels)
+        build_request(args.pipeline, Path(path), params, priority=args.priority, labels=labels,
+                      tensors=tensors, images=extra_images)
         for path in args.images
     ]
     with _client(args) as client:
@@ -319,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                         help="label stored with each job (e.g. class=1, sample=LIMS-42)")
+    submit.add_argument("--tensor", action="append", default=[], metavar="ROLE=FILE",
+                        help="array added to every job's input (.npy, or a CSV/TSV of numbers), "
+                             "e.g. spot_centres=spots.csv or patches=stack.npy")
+    submit.add_argument("--input-image", action="append", default=[], metavar="ROLE=FILE",
+                        help="extra image added to every job's input, e.g. cell_labels=mask.tif")
     submit.add_argument("--priority", choices=("normal", "high"), default="normal")
     submit.add_argument("--wait", action="store_true", help="wait and print results")
     submit.add_argument("--batch", default="", help="batch id for several images (default: new)")
@@ -373,6 +398,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as error:
         print(f"labsight: {error.code().name}: {error.details()}", file=sys.stderr)
         return 2
+    except FileNotFoundError as error:
+        print(f"labsight: no such file: {error.filename}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and the like, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -9,11 +10,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from PIL import Image
 from prometheus_client import REGISTRY
 from skimage import data
 
 import labsight
 from labsight.catalog import FEATURES
+from labsight.cli import main
 from labsight.config import Settings
 from labsight.export import write_table
 from labsight.images import image_from_array
@@ -242,6 +245,34 @@ def _extract_patches_calls() -> float:
         "labsight_grpc_requests_total",
         {"method": "/labsight.v1.SegmentationService/ExtractPatches", "code": "OK"},
     ) or 0.0
+
+
+def test_the_cli_submits_spots_from_a_csv_and_exports_anndata(
+    stack: InProcessStack, model_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.start_worker()
+    image_path = tmp_path / "tissue.png"
+    Image.fromarray(IMAGES[0]).save(image_path)
+    centres = np.array([[100.0, 100.0], [250.0, 150.0]])
+    np.savetxt(tmp_path / "spots.csv", centres, delimiter=",")
+    gateway = ["--gateway", stack.gateway.address, "--token", ""]
+    code = main(["submit", "spot-features", str(image_path), *gateway, "--wait", "--json",
+                 "--tensor", f"spot_centres={tmp_path / 'spots.csv'}",
+                 "--param", f"model={DEFAULT_MODEL}", "--param", "spot_diameter=80"])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and line["status"] == "done", line
+    output = tmp_path / "spots.h5ad"
+    assert main(["results", line["job_id"], *gateway, "--format", "h5ad",
+                 "--output", str(output)]) == 0
+    import anndata
+
+    adata = anndata.read_h5ad(output)
+    np.testing.assert_array_equal(adata.obsm["spatial"], centres)
+    expected = _direct(list(spot_patches(IMAGES[0], centres, 80, 224).pixels), model_cache)
+    np.testing.assert_allclose(adata.obsm["features"], expected, atol=1e-4)
+    with pytest.raises(SystemExit, match="expected a .npy, .csv or .tsv file"):
+        main(["submit", "spot-features", str(image_path), *gateway,
+              "--tensor", f"spot_centres={image_path}"])
 
 
 @pytest.mark.parametrize("patch_bytes_per_call", [spot_features.PATCH_BYTES_PER_CALL, 1])
