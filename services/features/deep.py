@@ -60,17 +60,29 @@ def preprocess(
     return batch
 
 
-def _as_rgb(image: np.ndarray, field: str) -> np.ndarray:
+def check_images(images: Sequence[np.ndarray], field: str = "images") -> None:
+    """Raise ValueError naming the first image :func:`preprocess` would refuse, or an empty list."""
+    if len(images) == 0:
+        raise ValueError(f"{field}: no images given")
+    for index, image in enumerate(images):
+        _check_image(image, f"{field}[{index}]")
+
+
+def _check_image(image: np.ndarray, field: str) -> None:
     if image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{field}: dtype {image.dtype} not supported; expected uint8 or uint16")
     if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"{field}: expected a non-empty (H, W, 3) image, got shape {list(image.shape)}")
+    if image.ndim == 3 and image.shape[2] not in (1, 3):
+        raise ValueError(f"{field}: {image.shape[2]} channels; expected 3 (RGB) or 1 (grey)")
+
+
+def _as_rgb(image: np.ndarray, field: str) -> np.ndarray:
+    _check_image(image, field)
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
     if image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
-    if image.shape[2] != 3:
-        raise ValueError(f"{field}: {image.shape[2]} channels; expected 3 (RGB) or 1 (grey)")
     return image
 
 

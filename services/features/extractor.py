@@ -13,7 +13,7 @@ import numpy as np
 from labsight.home import home_dir
 from labsight.runtime.batching import DynamicBatcher
 from labsight.runtime.cpus import usable_cpus
-from services.features.deep import PoolingMode, feature_columns, pool, preprocess
+from services.features.deep import PoolingMode, check_images, feature_columns, pool, preprocess
 from services.features.models import (
     DEFAULT_MODEL,
     ModelManifest,
@@ -64,6 +64,9 @@ class ExtractorConfig:
         other processes [LABSIGHT_ORT_SPIN, default off].
     default_model : str
         Model used when a request names none [LABSIGHT_DEFAULT_MODEL].
+    max_images_per_request : int
+        Most images one ExtractDeepFeatures call may carry
+        [LABSIGHT_MAX_IMAGES_PER_REQUEST, default 4096].
     """
 
     model_dirs: tuple[Path, ...] = ()
@@ -75,6 +78,7 @@ class ExtractorConfig:
     instances: int = 0
     spin: bool = False
     default_model: str = DEFAULT_MODEL
+    max_images_per_request: int = 4096
 
     @classmethod
     def from_env(cls) -> ExtractorConfig:
@@ -92,6 +96,9 @@ class ExtractorConfig:
             instances=max(0, int(_env_number("LABSIGHT_MODEL_INSTANCES", 0))),
             spin=os.environ.get("LABSIGHT_ORT_SPIN", "0").lower() in ("1", "true", "yes", "on"),
             default_model=os.environ.get("LABSIGHT_DEFAULT_MODEL", DEFAULT_MODEL),
+            max_images_per_request=max(
+                1, int(_env_number("LABSIGHT_MAX_IMAGES_PER_REQUEST", 4096))
+            ),
         )
 
     def engine_layout(self, on_cuda: bool) -> tuple[int, int]:
@@ -150,13 +157,28 @@ class DeepFeatureExtractor:
         NotFound
             Unknown model or layer.
         ValueError
-            Bad images or pooling, naming the field.
+            Bad images or pooling, or more images than ``max_images_per_request``,
+            naming the field.
         """
+        check_images(images, field)
+        if len(images) > self.config.max_images_per_request:
+            raise ValueError(
+                f"{field}: {len(images)} images in one request; at most "
+                f"{self.config.max_images_per_request} (send the rest in further requests)"
+            )
         manifest = self.repository.get(model or self.config.default_model)
         layer = layer or manifest.default_layer
-        batch = preprocess(images, manifest.input_size, manifest.preprocessing, field)
-        activations = self.batcher(manifest, layer).run(batch)
-        values = pool(activations, pooling)
+        batcher = self.batcher(manifest, layer)
+        # Slices of a few batches bound the memory of model inputs: small images grow to
+        # the model's input size (a 224x224 float input is 0.6 MB).
+        step = self.config.max_batch_size * len(batcher.instances)
+        blocks = []
+        for start in range(0, len(images), step):
+            batch = preprocess(
+                images[start : start + step], manifest.input_size, manifest.preprocessing, field
+            )
+            blocks.append(pool(batcher.run(batch), pooling))
+        values = np.concatenate(blocks)
         return DeepFeatures(manifest, layer, feature_columns(layer, values.shape[1]), values)
 
     def batcher(self, manifest: ModelManifest, layer: str) -> DynamicBatcher:

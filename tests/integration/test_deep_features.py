@@ -143,6 +143,25 @@ def test_bad_requests_name_the_field(
     assert message in error.details()
 
 
+def test_large_requests_run_in_slices_and_have_a_cap(
+    serve: Callable[..., RunningServer], settings: Settings, monkeypatch: pytest.MonkeyPatch,
+    model_cache: Path,
+) -> None:
+    # Model inputs are made a few batches at a time (here 4 x 2 instances), so many small
+    # images cannot blow up the service's memory; the answer is the same as in one go.
+    monkeypatch.setenv("LABSIGHT_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("LABSIGHT_MODEL_INSTANCES", "2")
+    monkeypatch.setenv("LABSIGHT_MAX_IMAGES_PER_REQUEST", "19")
+    stub = _features_stub(serve(register_features, FEATURES.grpc_services, settings))
+    images = [RNG.integers(0, 256, (16 + i, 20, 3), dtype=np.uint8) for i in range(19)]
+    answer = stub.ExtractDeepFeatures(_request(images), timeout=120)
+    assert list(answer.features.row_ids) == [f"img{i}" for i in range(19)]
+    np.testing.assert_allclose(table_values(answer.features), _direct(images, model_cache), atol=1e-4)
+    error = _rpc_error(stub.ExtractDeepFeatures, _request([*images, images[0]]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "images: 20 images in one request; at most 19" in error.details()
+
+
 def test_concurrent_single_image_clients_are_batched(
     serve: Callable[..., RunningServer], settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
