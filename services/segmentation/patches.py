@@ -34,7 +34,11 @@ class Patches:
 
 
 def spot_patches(
-    image: np.ndarray, centres: np.ndarray, diameter: float, output_size: int = 0
+    image: np.ndarray,
+    centres: np.ndarray,
+    diameter: float,
+    output_size: int = 0,
+    max_bytes: int | None = None,
 ) -> Patches:
     """Square crops of side ``diameter`` centred on each spot, as MUSE cuts Visium/ST spots.
 
@@ -48,6 +52,9 @@ def spot_patches(
         Side of each crop in pixels, rounded to the nearest integer.
     output_size : int, optional
         Side of the returned patches (bilinear resize); 0 keeps the crop side.
+    max_bytes : int, optional
+        Refuse to cut patches that would take more memory than this (the
+        answer's message limit), before allocating them.
 
     Returns
     -------
@@ -56,8 +63,8 @@ def spot_patches(
     Raises
     ------
     ValueError
-        Naming ``spot_centres[i]`` when a crop reaches outside the image, or
-        the argument that is malformed.
+        Naming ``spot_centres[i]`` when a crop reaches outside the image, the
+        argument that is malformed, or the patches being over ``max_bytes``.
 
     Notes
     -----
@@ -95,6 +102,7 @@ def spot_patches(
             f"reaches outside the {height}x{width} image ({len(outside)} spots do)"
         )
     size = output_size or side
+    _check_patch_bytes(len(centres), size, planes, max_bytes, "spot_centres", "spots")
     pixels = np.empty((len(centres), size, size, planes.shape[2]), planes.dtype)
     for index, (x0, y0) in enumerate(corners):
         pixels[index] = _fit(planes[y0 : y0 + side, x0 : x0 + side], size)
@@ -107,6 +115,7 @@ def cell_patches(
     output_size: int = DEFAULT_CELL_PATCH_SIZE,
     blank_other_cells: bool = False,
     only_labels: Sequence[int] = (),
+    max_bytes: int | None = None,
 ) -> Patches:
     """One square patch per labelled cell, centred on the cell's bounding box.
 
@@ -123,6 +132,9 @@ def cell_patches(
     only_labels : sequence of int, optional
         Cut only these cells (to split a mask with many cells over several
         calls); empty: every cell.
+    max_bytes : int, optional
+        Refuse to cut patches that would take more memory than this, before
+        allocating them.
 
     Returns
     -------
@@ -133,7 +145,7 @@ def cell_patches(
     ------
     ValueError
         If the mask is not an integer (H, W) array of the image's size, holds
-        no cell, or lacks one of ``only_labels``.
+        no cell, lacks one of ``only_labels``, or the patches are over ``max_bytes``.
 
     Notes
     -----
@@ -160,6 +172,7 @@ def cell_patches(
         if missing:
             raise ValueError(f"cell_label_ids: labels {missing[:10]} are not in the cell mask")
         present = [(label, box) for label, box in present if label in wanted]
+    _check_patch_bytes(len(present), size, planes, max_bytes, "cell_labels", "cells")
     pixels = np.empty((len(present), size, size, planes.shape[2]), planes.dtype)
     centres = np.empty((len(present), 2), np.float64)
     for index, (label, (rows, cols)) in enumerate(present):
@@ -173,6 +186,19 @@ def cell_patches(
         pixels[index] = _fit(crop, size)
         centres[index] = (x0 + side / 2 - 0.5, y0 + side / 2 - 0.5)
     return Patches(pixels, centres, np.array([label for label, _ in present], dtype=np.int64))
+
+
+def _check_patch_bytes(
+    count: int, size: int, planes: np.ndarray, max_bytes: int | None, field: str, what: str
+) -> None:
+    """ValueError naming ``field`` when ``count`` patches of ``size``² would exceed ``max_bytes``."""
+    needed = count * size * size * planes.shape[2] * planes.itemsize
+    if max_bytes is not None and needed > max_bytes:
+        raise ValueError(
+            f"{field}: {count} patches of {size}x{size}x{planes.shape[2]} {planes.dtype} need "
+            f"{needed / 2**20:.1f} MiB, over the {max_bytes / 2**20:.1f} MiB one answer may "
+            f"carry; ask for fewer {what} per call"
+        )
 
 
 def _planes(image: np.ndarray) -> np.ndarray:

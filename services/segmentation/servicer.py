@@ -14,7 +14,16 @@ from services.segmentation.patches import cell_patches, spot_patches
 
 
 class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
-    """Answers every RPC of the contract; unserved algorithms say which issue brings them."""
+    """Answers every RPC of the contract; unserved algorithms say which issue brings them.
+
+    Parameters
+    ----------
+    max_answer_bytes : int
+        Most bytes of patches one ExtractPatches answer may carry (the message limit).
+    """
+
+    def __init__(self, max_answer_bytes: int) -> None:
+        self.max_answer_bytes = max_answer_bytes
 
     def SegmentCells(self, request: pb.SegmentCellsRequest, context: grpc.ServicerContext) -> None:
         raise Unimplemented(
@@ -44,13 +53,15 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 raise InvalidArgument(
                     f"spot_ids: {len(request.spot_ids)} ids for {len(centres)} spot centres"
                 )
-            patches = spot_patches(image, centres, request.spot_diameter, request.output_size)
+            patches = spot_patches(
+                image, centres, request.spot_diameter, request.output_size, self.max_answer_bytes
+            )
             ids = list(request.spot_ids) or [str(i) for i in patches.labels]
         else:
             labels = from_tensor(request.cell_labels, "cell_labels")
             patches = cell_patches(
                 image, labels, request.output_size, request.blank_other_cells,
-                request.cell_label_ids,
+                request.cell_label_ids, self.max_answer_bytes,
             )
             ids = [str(label) for label in patches.labels]
         return pb.ExtractPatchesResponse(
@@ -62,4 +73,6 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
 def register(server: grpc.Server, settings: Settings) -> None:
     """Add the SegmentationService to ``server``."""
-    pb_grpc.add_SegmentationServiceServicer_to_server(SegmentationServicer(), server)
+    # Room for the ids and centres next to the patches in the answer.
+    answer_room = settings.max_message_bytes - 1024 * 1024
+    pb_grpc.add_SegmentationServiceServicer_to_server(SegmentationServicer(answer_room), server)

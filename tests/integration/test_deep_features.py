@@ -210,6 +210,16 @@ def test_extract_patches_serves_spots_and_refuses_patches_outside(stack: InProce
         stub.ExtractPatches, segmentation_pb2.ExtractPatchesRequest(image=image_from_array(image))
     )
     assert "set exactly one of them" in neither.details()
+    # 2,000 spots resized to 1,024² RGB would be 6 GB: refused before any is cut.
+    huge = segmentation_pb2.ExtractPatchesRequest(
+        image=image_from_array(image), spot_centres=to_tensor(np.tile([[100.0, 100.0]], (2000, 1))),
+        spot_diameter=50, output_size=1024)
+    error = _rpc_error(stub.ExtractPatches, huge)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "spot_centres: 2000 patches of 1024x1024x3 uint8 need 6000.0 MiB" in error.details()
+    assert stub.ExtractPatches(segmentation_pb2.ExtractPatchesRequest(  # still serving
+        image=image_from_array(image), spot_centres=to_tensor(centres), spot_diameter=50),
+        timeout=30).patch_ids == ["0", "1"]
 
 
 def test_deep_features_job_covers_the_image_and_a_patch_stack(

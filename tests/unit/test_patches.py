@@ -111,3 +111,15 @@ def test_a_cell_at_the_border_is_padded_with_zeros() -> None:
 def test_bad_cell_masks_are_refused(labels: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=f"cell_labels: .*{message}"):
         cell_patches(_ramp(), labels)
+
+
+def test_patches_over_the_byte_limit_are_refused_before_they_are_cut() -> None:
+    image = _ramp()
+    with pytest.raises(ValueError, match=r"spot_centres: 3 patches of 10x10x3 uint8 need 0.0 MiB, "
+                                         r"over the 0.0 MiB one answer may carry; ask for fewer spots"):
+        spot_patches(image, np.array([[20.0, 20.0]] * 3), 10, max_bytes=899)
+    assert len(spot_patches(image, np.array([[20.0, 20.0]] * 3), 10, max_bytes=900).pixels) == 3
+    labels = np.zeros((40, 60), np.int32)
+    labels[5:15, 10:14], labels[20:30, 40:50] = 3, 7
+    with pytest.raises(ValueError, match="cell_labels: 2 patches of 16x16x3 uint8 .* fewer cells"):
+        cell_patches(image, labels, output_size=16, max_bytes=2 * 16 * 16 * 3 - 1)
