@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from skimage.segmentation import relabel_sequential
 
 from labsight.resize import cast_like, resize_image
 
@@ -162,8 +163,7 @@ def cell_patches(
         )
     _check_output_size(output_size)
     size = output_size or DEFAULT_CELL_PATCH_SIZE
-    boxes = ndimage.find_objects(np.maximum(labels, 0).astype(np.int64))
-    present = [(label, box) for label, box in enumerate(boxes, start=1) if box is not None]
+    present = _cell_boxes(labels)
     if not present:
         raise ValueError("cell_labels: the mask holds no cell (every label is 0)")
     if len(only_labels):
@@ -186,6 +186,17 @@ def cell_patches(
         pixels[index] = _fit(crop, size)
         centres[index] = (x0 + side / 2 - 0.5, y0 + side / 2 - 0.5)
     return Patches(pixels, centres, np.array([label for label, _ in present], dtype=np.int64))
+
+
+def _cell_boxes(labels: np.ndarray) -> list[tuple[int, tuple[slice, slice]]]:
+    """(label, bounding box) of every positive label, in increasing label order.
+
+    The labels are made consecutive first, so a mask with a few large label
+    values (a uint32 id of 4e9) costs memory for its cells, not for its largest id.
+    """
+    compact, _, original = relabel_sequential(np.maximum(labels, 0).astype(np.int64))
+    boxes = ndimage.find_objects(compact)
+    return [(int(original[index]), box) for index, box in enumerate(boxes, start=1) if box is not None]
 
 
 def _check_patch_bytes(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,16 @@ def test_patches_over_the_byte_limit_are_refused_before_they_are_cut() -> None:
     labels[5:15, 10:14], labels[20:30, 40:50] = 3, 7
     with pytest.raises(ValueError, match="cell_labels: 2 patches of 16x16x3 uint8 .* fewer cells"):
         cell_patches(image, labels, output_size=16, max_bytes=2 * 16 * 16 * 3 - 1)
+
+
+def test_a_mask_with_huge_label_ids_costs_memory_for_its_cells_only() -> None:
+    labels = np.zeros((40, 60), np.uint32)
+    labels[5:15, 10:14], labels[20:30, 40:50] = 3, 4_000_000_000
+    tracemalloc.start()
+    try:
+        patches = cell_patches(_ramp(), labels, output_size=16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert patches.labels.tolist() == [3, 4_000_000_000]
+    assert peak < 16 * 2**20  # a box list indexed by label id would need 32 GB
