@@ -12,7 +12,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
+    """The integer in environment variable ``name`` (``default`` when unset or empty)."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -20,6 +21,22 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+def env_float(name: str, default: float) -> float:
+    """The number in environment variable ``name`` (``default`` when unset or empty)."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
+
+
+def env_flag(name: str) -> bool:
+    """Whether environment variable ``name`` is set to 1, true, yes or on (any case)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def address_env_var(service_name: str) -> str:
@@ -58,31 +75,31 @@ class Settings:
         """Settings for ``spec`` from the environment, with the catalog's ports as defaults."""
         default_port = spec.grpc_port or 0 if spec else 0
         default_metrics = spec.metrics_port if spec else None
-        metrics_port = _env_int("LABSIGHT_METRICS_PORT", default_metrics or -1)
+        metrics_port = env_int("LABSIGHT_METRICS_PORT", default_metrics or -1)
         addresses = {
             svc.name: os.environ.get(address_env_var(svc.name), f"127.0.0.1:{svc.grpc_port}")
             for svc in MODEL_SERVICES
         }
         return cls(
             host=os.environ.get("LABSIGHT_HOST", "127.0.0.1"),
-            port=_env_int("LABSIGHT_PORT", default_port),
+            port=env_int("LABSIGHT_PORT", default_port),
             metrics_port=None if metrics_port < 0 else metrics_port,
-            max_message_bytes=_env_int("LABSIGHT_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES),
-            max_workers=_env_int("LABSIGHT_GRPC_THREADS", spec.grpc_threads if spec else 16),
+            max_message_bytes=env_int("LABSIGHT_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES),
+            max_workers=env_int("LABSIGHT_GRPC_THREADS", spec.grpc_threads if spec else 16),
             shutdown_grace_s=float(os.environ.get("LABSIGHT_SHUTDOWN_GRACE_S", "10")),
             redis_url=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
             key_prefix=os.environ.get("LABSIGHT_KEY_PREFIX", "labsight"),
             service_addresses=addresses,
-            max_queue_depth=_env_int("LABSIGHT_MAX_QUEUE_DEPTH", 100_000),
-            max_attempts=_env_int("LABSIGHT_MAX_ATTEMPTS", 5),
-            claim_idle_ms=_env_int("LABSIGHT_CLAIM_IDLE_MS", 30_000),
-            result_ttl_s=_env_int("LABSIGHT_RESULT_TTL_S", 7 * 24 * 3600),
+            max_queue_depth=env_int("LABSIGHT_MAX_QUEUE_DEPTH", 100_000),
+            max_attempts=env_int("LABSIGHT_MAX_ATTEMPTS", 5),
+            claim_idle_ms=env_int("LABSIGHT_CLAIM_IDLE_MS", 30_000),
+            result_ttl_s=env_int("LABSIGHT_RESULT_TTL_S", 7 * 24 * 3600),
             retry_base_s=float(os.environ.get("LABSIGHT_RETRY_BASE_S", "1")),
             retry_max_s=float(os.environ.get("LABSIGHT_RETRY_MAX_S", "60")),
             log_level=os.environ.get("LABSIGHT_LOG_LEVEL", "INFO"),
             tokens_file=os.environ.get("LABSIGHT_TOKENS_FILE", ""),
             tokens_env=os.environ.get("LABSIGHT_TOKENS", ""),
-            allow_anonymous=os.environ.get("LABSIGHT_ALLOW_ANONYMOUS", "") in ("1", "true", "yes"),
+            allow_anonymous=env_flag("LABSIGHT_ALLOW_ANONYMOUS"),
             tls_cert=os.environ.get("LABSIGHT_TLS_CERT", ""),
             tls_key=os.environ.get("LABSIGHT_TLS_KEY", ""),
         )

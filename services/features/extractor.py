@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labsight.config import env_flag, env_float, env_int
 from labsight.home import home_dir
 from labsight.runtime.batching import DynamicBatcher
 from labsight.runtime.cpus import usable_cpus
@@ -22,14 +23,6 @@ from services.features.models import (
     model_dirs_from_env,
     uses_cuda,
 )
-
-
-def _env_number(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -90,15 +83,13 @@ class ExtractorConfig:
             model_dirs=tuple(model_dirs_from_env()),
             cache_dir=Path(os.environ.get("LABSIGHT_MODEL_CACHE", "") or home_dir() / "models"),
             device=device,
-            max_batch_size=int(_env_number("LABSIGHT_MAX_BATCH_SIZE", 32)),
-            max_queue_delay_ms=_env_number("LABSIGHT_MAX_QUEUE_DELAY_MS", 5.0),
-            threads=int(_env_number("LABSIGHT_ORT_THREADS", 0)),
-            instances=max(0, int(_env_number("LABSIGHT_MODEL_INSTANCES", 0))),
-            spin=os.environ.get("LABSIGHT_ORT_SPIN", "0").lower() in ("1", "true", "yes", "on"),
+            max_batch_size=env_int("LABSIGHT_MAX_BATCH_SIZE", 32),
+            max_queue_delay_ms=env_float("LABSIGHT_MAX_QUEUE_DELAY_MS", 5.0),
+            threads=max(0, env_int("LABSIGHT_ORT_THREADS", 0)),
+            instances=max(0, env_int("LABSIGHT_MODEL_INSTANCES", 0)),
+            spin=env_flag("LABSIGHT_ORT_SPIN"),
             default_model=os.environ.get("LABSIGHT_DEFAULT_MODEL", DEFAULT_MODEL),
-            max_images_per_request=max(
-                1, int(_env_number("LABSIGHT_MAX_IMAGES_PER_REQUEST", 4096))
-            ),
+            max_images_per_request=max(1, env_int("LABSIGHT_MAX_IMAGES_PER_REQUEST", 4096)),
         )
 
     def engine_layout(self, on_cuda: bool) -> tuple[int, int]:

@@ -33,5 +33,5 @@ def test_explicit_instances_threads_and_spin_are_kept(monkeypatch: pytest.Monkey
 
 def test_a_non_number_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LABSIGHT_MODEL_INSTANCES", "two")
-    with pytest.raises(ValueError, match="LABSIGHT_MODEL_INSTANCES must be a number, got 'two'"):
+    with pytest.raises(ValueError, match="LABSIGHT_MODEL_INSTANCES must be an integer, got 'two'"):
         ExtractorConfig.from_env()
