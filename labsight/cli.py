@@ -196,27 +196,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_results(args: argparse.Namespace) -> int:
-    """Print or save the results of a job or of a whole batch (JSON, or one table as a file)."""
-    from labsight.results import result_to_dict
-
+def _finished_results(args: argparse.Namespace) -> tuple[list[Any], list[str] | None]:
+    """Results of ``args.job_id`` or of every finished job of ``args.batch``, and the value of
+    each job's ``args.class_label`` label (None without that option); SystemExit when unusable."""
     if bool(args.job_id) == bool(args.batch):
-        print("labsight: give either a JOB_ID or --batch BATCH_ID", file=sys.stderr)
-        return 2
+        raise SystemExit("labsight: give either a JOB_ID or --batch BATCH_ID")
     with _client(args) as client:
         if args.batch:
             finished = [(job, result) for job, result in client.batch_results(args.batch) if result]
         else:
             finished = [(client.get(args.job_id), client.result(args.job_id))]
-    results = [result for _, result in finished]
-    class_labels = None
-    if args.class_label:
-        missing = [job.job_id for job, _ in finished if args.class_label not in job.labels]
-        if missing:
-            print(f"labsight: jobs without label {args.class_label!r}: {missing[:5]}",
-                  file=sys.stderr)
-            return 2
-        class_labels = [job.labels[args.class_label] for job, _ in finished]
+    if not args.class_label:
+        return [result for _, result in finished], None
+    missing = [job.job_id for job, _ in finished if args.class_label not in job.labels]
+    if missing:
+        raise SystemExit(f"labsight: jobs without label {args.class_label!r}: {missing[:5]}")
+    return [result for _, result in finished], [job.labels[args.class_label] for job, _ in finished]
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draw the results of a job or batch into an image file (fractal curves or a PCA)."""
+    from labsight.plots import plot_results
+
+    results, class_labels = _finished_results(args)
+    if not results:
+        raise SystemExit("labsight: no finished results to plot")
+    try:
+        kind = plot_results(results, Path(args.output), args.table, class_labels)
+    except ValueError as error:
+        raise SystemExit(f"labsight: {error}") from None
+    print(f"labsight: {kind} plot of {len(results)} results written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Print or save the results of a job or of a whole batch (JSON, or one table as a file)."""
+    from labsight.results import result_to_dict
+
+    results, class_labels = _finished_results(args)
     if args.format == "json":
         lines = "".join(json.dumps({"job_id": r.job_id, **result_to_dict(r)}) + "\n"
                         for r in results)
@@ -348,6 +365,16 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="wait and print results")
     submit.add_argument("--batch", default="", help="batch id for several images (default: new)")
     submit.set_defaults(func=cmd_submit)
+
+    plot = client_command("plot", "draw a job's or batch's results into a PNG/PDF/SVG file")
+    plot.add_argument("job_id", nargs="?", default="")
+    plot.add_argument("--batch", default="", help="all finished jobs of this batch instead")
+    plot.add_argument("-o", "--output", required=True, help="image file to write (.png, .pdf, .svg)")
+    plot.add_argument("--table", default="features",
+                      help="feature table to embed (not fractal results; default: features)")
+    plot.add_argument("--class-label", default="",
+                      help="colour each job's rows by this job label (e.g. class)")
+    plot.set_defaults(func=cmd_plot)
 
     status = client_command("status", "show a job's state")
     status.add_argument("job_id")

@@ -299,6 +299,9 @@ def test_the_cli_submits_spots_from_a_csv_and_exports_anndata(
     np.testing.assert_array_equal(adata.obsm["spatial"], centres)
     expected = _direct(list(spot_patches(IMAGES[0], centres, 80, 224).pixels), model_cache)
     np.testing.assert_allclose(adata.obsm["features"], expected, atol=1e-4)
+    figure = tmp_path / "spots.png"
+    assert main(["plot", line["job_id"], *gateway, "-o", str(figure)]) == 0
+    assert Image.open(figure).size[0] > 600
     with pytest.raises(SystemExit, match="expected a .npy, .csv or .tsv file"):
         main(["submit", "spot-features", str(image_path), *gateway,
               "--tensor", f"spot_centres={image_path}"])

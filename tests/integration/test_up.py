@@ -129,6 +129,10 @@ def test_cli_fractal_job_equals_a_direct_call_on_the_same_pixels(
     csv_text = _cli(up, "results", job["job_id"], "--format", "csv").stdout
     header, values = csv_text.splitlines()[:2]
     assert header.startswith("id,MinkLAC1,MinkLAC2") and values.startswith("demo.png,")
+    plot = _cli(up, "plot", job["job_id"], "-o", str(tmp_path / "fractal.png"))
+    assert plot.returncode == 0, plot.stderr
+    assert "fractal plot of 1 results" in plot.stderr
+    assert (tmp_path / "fractal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_batch_of_images_exports_one_table(up: UpProcess, tmp_path: Path) -> None:
