@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from labsight.export import combined_table
 from labsight.tensors import from_tensor
@@ -14,6 +15,9 @@ from labsight.v1 import gateway_pb2 as pb
 
 MAX_LEGEND_ENTRIES = 12
 """Curves or groups beyond this many are drawn without a legend."""
+
+LOG_TICKS = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500)
+"""Box sides labelled on the log-scaled axis, where they fall within the sides drawn."""
 
 
 def plot_results(
@@ -27,7 +31,7 @@ def plot_results(
     Fractal results give their lacunarity and box-count curves with the fitted
     dimension; any other results give a PCA of the rows of ``table``, coloured
     by ``class_labels`` (one per result) or by result, plus a spatial map of the
-    first component when the rows carry coordinates (spot-features).
+    first component when one result's rows carry coordinates (spot-features).
 
     Raises
     ------
@@ -64,6 +68,10 @@ def fractal_figure(results: Sequence[pb.JobResult]) -> Figure:
     lacunarity_axes.set(xlabel="box side r (pixels)", ylabel="lacunarity Λ(r)", title="Lacunarity")
     count_axes.set(xlabel="box side r (pixels)", ylabel="box count N(r)",
                    title="Box counts and fitted fractal dimension")
+    all_sides = np.concatenate([from_tensor(r.tensors["box_sizes"], "box_sizes") for r in results])
+    count_axes.set_xticks([tick for tick in LOG_TICKS if all_sides.min() <= tick <= all_sides.max()])
+    count_axes.xaxis.set_major_formatter(ScalarFormatter())  # r = 3, 10, 20, not 3×10⁰
+    count_axes.xaxis.set_minor_formatter(NullFormatter())
     if len(results) <= MAX_LEGEND_ENTRIES:
         lacunarity_axes.legend(fontsize="small")
         count_axes.legend(fontsize="small")
@@ -73,8 +81,10 @@ def fractal_figure(results: Sequence[pb.JobResult]) -> Figure:
 def features_figure(
     results: Sequence[pb.JobResult], table: str, class_labels: Sequence[str] | None = None
 ) -> Figure:
-    """PCA of the table's rows (and, with coordinates, the first component over the tissue)."""
+    """PCA of the table's rows; for one result with coordinates, also PC1 over its image."""
     _, _, values, coordinates = combined_table(results, table)
+    if len(results) > 1:
+        coordinates = None  # spots of several images do not share one map
     if len(values) < 2:
         raise ValueError(f"table {table!r}: an embedding needs at least 2 rows, got {len(values)}")
     scores, explained = principal_components(values, 2)

@@ -56,7 +56,9 @@ def test_spot_features_give_an_embedding_and_a_spatial_map(tmp_path: Path) -> No
     wide = _drawn(single)
     assert wide.shape[1] > 1.5 * wide.shape[0]  # two panels side by side
     plot_results([_spots("s1"), _spots("s2")], grouped, class_labels=["tumour", "normal"])
-    assert "tumour" in grouped.read_text() and "normal" in grouped.read_text()
+    svg = grouped.read_text()
+    assert "tumour" in svg and "normal" in svg
+    assert "PC1 over the image" not in svg  # spots of two images share no map
 
 
 def test_too_few_rows_or_no_results_are_refused(tmp_path: Path) -> None:
