@@ -225,7 +225,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         kind = plot_results(results, Path(args.output), args.table, class_labels)
     except ValueError as error:
         raise SystemExit(f"labsight: {error}") from None
-    print(f"labsight: {kind} plot of {len(results)} results written to {args.output}", file=sys.stderr)
+    count = f"{len(results)} result" + ("s" if len(results) != 1 else "")
+    print(f"labsight: {kind} plot of {count} written to {args.output}", file=sys.stderr)
     return 0
 
 
