@@ -96,8 +96,8 @@ def write_table(
         File format.
     class_labels : sequence of str, optional
         One class per result, repeated over its rows: the last ARFF attribute
-        ``class {...}`` (as the seed's Weka files have), or a ``class`` column
-        in CSV and Parquet.
+        ``class {...}`` (as the seed's Weka files have), a ``class`` column in
+        CSV and Parquet, or a categorical ``obs["class"]`` in AnnData.
 
     Notes
     -----
@@ -154,6 +154,8 @@ def write_table(
     if coordinates is not None:
         obs["x"], obs["y"] = coordinates[:, 0], coordinates[:, 1]
         obsm["spatial"] = coordinates
+    if row_classes is not None:
+        obs["class"] = pd.Categorical(row_classes)
     uns = {"feature_columns": np.array(columns), "provenance": combined_provenance(results)}
     adata = anndata.AnnData(obs=obs, obsm=obsm, uns=uns)
     adata.write_h5ad(path)

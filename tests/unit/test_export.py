@@ -40,6 +40,15 @@ def test_h5ad_holds_features_in_obsm_and_spots_in_obs(tmp_path: Path) -> None:
     assert adata.obs["x"].tolist() == [10.0, 30.0] and adata.obs["y"].tolist() == [20.0, 40.0]
     assert list(adata.uns["feature_columns"]) == ["avgpool1", "avgpool2", "avgpool3"]
     assert dict(adata.uns["provenance"]) == {"model": "inception-v3", "model_version": "1"}
+    assert "class" not in adata.obs
+
+
+def test_h5ad_keeps_class_labels_as_a_categorical_obs_column(tmp_path: Path) -> None:
+    path = tmp_path / "classes.h5ad"
+    write_table([_result("a"), _result("b")], "features", path, "h5ad", class_labels=["tumour", "normal"])
+    adata = anndata.read_h5ad(path)
+    assert adata.obs["class"].tolist() == ["tumour", "tumour", "normal", "normal"]
+    assert list(adata.obs["class"].cat.categories) == ["normal", "tumour"]
 
 
 def test_parquet_carries_the_provenance_and_differing_values_are_all_kept(tmp_path: Path) -> None:
