@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from labsight.config import env_flag, env_float, env_int
+from labsight.errors import NotFound
 from labsight.home import home_dir
 from labsight.runtime.batching import DynamicBatcher
 from labsight.runtime.cpus import usable_cpus
@@ -60,6 +61,10 @@ class ExtractorConfig:
     max_images_per_request : int
         Most images one ExtractDeepFeatures call may carry
         [LABSIGHT_MAX_IMAGES_PER_REQUEST, default 4096].
+    preload : tuple of str
+        ``model`` or ``model:layer`` entries loaded (and run once) before the
+        service reports SERVING, as Triton loads its repository at start; others
+        load on first use [LABSIGHT_PRELOAD_MODELS, comma-separated, default none].
     """
 
     model_dirs: tuple[Path, ...] = ()
@@ -72,6 +77,7 @@ class ExtractorConfig:
     spin: bool = False
     default_model: str = DEFAULT_MODEL
     max_images_per_request: int = 4096
+    preload: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> ExtractorConfig:
@@ -90,6 +96,11 @@ class ExtractorConfig:
             spin=env_flag("LABSIGHT_ORT_SPIN"),
             default_model=os.environ.get("LABSIGHT_DEFAULT_MODEL", DEFAULT_MODEL),
             max_images_per_request=max(1, env_int("LABSIGHT_MAX_IMAGES_PER_REQUEST", 4096)),
+            preload=tuple(
+                entry.strip()
+                for entry in os.environ.get("LABSIGHT_PRELOAD_MODELS", "").split(",")
+                if entry.strip()
+            ),
         )
 
     def engine_layout(self, on_cuda: bool) -> tuple[int, int]:
@@ -171,6 +182,25 @@ class DeepFeatureExtractor:
             blocks.append(pool(batcher.run(batch), pooling))
         values = np.concatenate(blocks)
         return DeepFeatures(manifest, layer, feature_columns(layer, values.shape[1]), values)
+
+    def preload(self) -> None:
+        """Build and run once the engines of every ``config.preload`` entry.
+
+        Raises
+        ------
+        NotFound
+            An unknown model or layer, naming LABSIGHT_PRELOAD_MODELS.
+        """
+        for entry in self.config.preload:
+            name, _, layer = entry.partition(":")
+            try:
+                manifest = self.repository.get(name)
+                batcher = self.batcher(manifest, layer or manifest.default_layer)
+            except NotFound as error:
+                raise NotFound(f"LABSIGHT_PRELOAD_MODELS entry {entry!r}: {error}") from None
+            warm_up = np.zeros((1, 3, *manifest.input_size), np.float32)
+            for run_batch in batcher.instances:
+                run_batch(warm_up)
 
     def batcher(self, manifest: ModelManifest, layer: str) -> DynamicBatcher:
         """The dynamic batcher in front of one layer's engine, both built on first use."""

@@ -117,9 +117,11 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
 
 
 def register(server: grpc.Server, settings: Settings) -> None:
-    """Add the FeatureService to ``server``, its models from the built-ins and $LABSIGHT_MODEL_DIR."""
+    """Add the FeatureService to ``server``, its models from the built-ins and $LABSIGHT_MODEL_DIR.
+
+    Models named in $LABSIGHT_PRELOAD_MODELS are loaded here, before the server starts.
+    """
     config = ExtractorConfig.from_env()
-    repository = ModelRepository(config.model_dirs)
-    pb_grpc.add_FeatureServiceServicer_to_server(
-        FeatureServicer(DeepFeatureExtractor(repository, config)), server
-    )
+    extractor = DeepFeatureExtractor(ModelRepository(config.model_dirs), config)
+    extractor.preload()
+    pb_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(extractor), server)

@@ -18,6 +18,7 @@ import labsight
 from labsight.catalog import FEATURES
 from labsight.cli import main
 from labsight.config import Settings
+from labsight.errors import NotFound
 from labsight.export import write_table
 from labsight.images import image_from_array
 from labsight.runtime.server import RunningServer
@@ -26,6 +27,7 @@ from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import features_pb2, features_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
 from labsight.v1 import gateway_pb2 as pb
 from services.features.deep import pool, preprocess
+from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
 from services.features.models import DEFAULT_MODEL, SPOT_MODEL, ModelRepository, build_engine
 from services.features.servicer import register as register_features
 from services.gateway.pipelines import spot_features
@@ -160,6 +162,24 @@ def test_large_requests_run_in_slices_and_have_a_cap(
     error = _rpc_error(stub.ExtractDeepFeatures, _request([*images, images[0]]))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "images: 20 images in one request; at most 19" in error.details()
+
+
+def test_preloaded_models_are_ready_before_serving_and_unknown_ones_stop_the_start(
+    serve: Callable[..., RunningServer], settings: Settings, monkeypatch: pytest.MonkeyPatch,
+    model_cache: Path,
+) -> None:
+    monkeypatch.setenv("LABSIGHT_PRELOAD_MODELS", f"{DEFAULT_MODEL}:block15, {DEFAULT_MODEL}")
+    extractor = DeepFeatureExtractor(ModelRepository(), ExtractorConfig.from_env())
+    extractor.preload()
+    loaded = {name for name, _, _ in extractor._batchers}
+    layers = {path for _, _, path in extractor._batchers}
+    assert loaded == {DEFAULT_MODEL} and layers == {"_blocks.15", "_avg_pooling"}
+    stub = _features_stub(serve(register_features, FEATURES.grpc_services, settings))
+    answer = stub.ExtractDeepFeatures(_request(IMAGES[:1], layer="block15"), timeout=120)
+    assert len(answer.features.columns) == 320
+    monkeypatch.setenv("LABSIGHT_PRELOAD_MODELS", "resnet-9000")
+    with pytest.raises(NotFound, match="LABSIGHT_PRELOAD_MODELS entry 'resnet-9000': model: unknown"):
+        serve(register_features, FEATURES.grpc_services, settings)
 
 
 def test_concurrent_single_image_clients_are_batched(
