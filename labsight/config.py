@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from labsight.catalog import MODEL_SERVICES, ProcessSpec
 
@@ -11,27 +13,27 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
+T = TypeVar("T")
+
 
 def env_int(name: str, default: int) -> int:
     """The integer in environment variable ``name`` (``default`` when unset or empty)."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+    return _env_parsed(name, default, int, "an integer")
 
 
 def env_float(name: str, default: float) -> float:
     """The number in environment variable ``name`` (``default`` when unset or empty)."""
+    return _env_parsed(name, default, float, "a number")
+
+
+def _env_parsed(name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        return parse(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
+        raise ValueError(f"environment variable {name} must be {expected}, got {raw!r}") from None
 
 
 def env_flag(name: str) -> bool:
