@@ -132,6 +132,8 @@ class GatewayServiceServicer:
         """Stream a job's state on every change until it ends (done, failed,
         cancelled or dead). The first event is the current state, the last the
         final one; changes closer together than a round trip may arrive as one.
+        RESOURCE_EXHAUSTED when the gateway's watch streams are all open (each
+        holds a handler thread): watch the batch, or poll GetJob.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 
+from labsight.catalog import GATEWAY
 from labsight.config import Settings
 from labsight.errors import (
     FailedPrecondition,
@@ -60,6 +63,15 @@ def new_job_from_request(request: pb.SubmitJobRequest, batch_id: str = "") -> Ne
     )
 
 
+def watch_stream_limit(grpc_threads: int) -> int:
+    """Watch streams a gateway with ``grpc_threads`` handler threads allows at once.
+
+    Each open stream holds a thread; the rest (an eighth, at least 4) stay free for
+    submissions and queries, so watchers can never starve them.
+    """
+    return max(1, grpc_threads - max(4, grpc_threads // 8))
+
+
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
     """The public job API over one Redis job queue."""
 
@@ -68,12 +80,28 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         queue: JobQueue,
         tenant_of: TenantResolver = open_tenant,
         max_upload_bytes: int = 2 * 1024**3,
+        max_watch_streams: int = watch_stream_limit(GATEWAY.grpc_threads),
     ) -> None:
         self.queue = queue
         self.store = queue.store
         self.keys = queue.keys
         self.tenant_of = tenant_of
         self.max_upload_bytes = max_upload_bytes
+        self.max_watch_streams = max_watch_streams
+        self._watch_slots = threading.BoundedSemaphore(max_watch_streams)
+
+    @contextlib.contextmanager
+    def _watch_slot(self) -> Iterator[None]:
+        """Hold one of the watch-stream slots; RESOURCE_EXHAUSTED when all are taken."""
+        if not self._watch_slots.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"watch streams: all {self.max_watch_streams} are open; watch a whole batch "
+                "with WatchBatch, poll GetJob, or retry later"
+            )
+        try:
+            yield
+        finally:
+            self._watch_slots.release()
 
     def SubmitJob(self, request: pb.SubmitJobRequest, context: grpc.ServicerContext) -> pb.Job:
         """Validate and queue one job."""
@@ -188,8 +216,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         """Stream the job's state on every change until it ends."""
         tenant = self.tenant_of(context)
         self.store.load(request.job_id, tenant)
-        for job in watch_job(self.store, request.job_id, context.is_active):
-            yield pb.JobEvent(job=job.to_proto())
+        with self._watch_slot():
+            for job in watch_job(self.store, request.job_id, context.is_active):
+                yield pb.JobEvent(job=job.to_proto())
 
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
         """Cancel a queued or running job."""
@@ -269,12 +298,13 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         """Stream a batch's counts on every change until all its jobs ended."""
         tenant = self.tenant_of(context)
         self._batch(request.batch_id, tenant)
-        yield from watch_batch(
-            self.queue.client,
-            self.keys.batch_events(request.batch_id),
-            lambda: self._batch(request.batch_id, tenant),
-            context.is_active,
-        )
+        with self._watch_slot():
+            yield from watch_batch(
+                self.queue.client,
+                self.keys.batch_events(request.batch_id),
+                lambda: self._batch(request.batch_id, tenant),
+                context.is_active,
+            )
 
     def _batch(self, batch_id: str, tenant: str) -> pb.Batch:
         raw = self.queue.client.hgetall(self.keys.batch(batch_id)) if batch_id else {}
@@ -316,5 +346,7 @@ def register(server: grpc.Server, settings: Settings) -> None:
     """Add the GatewayService, backed by the Redis in ``settings``, to ``server``."""
     queue = build_queue(settings)
     queue.ensure_groups()
-    servicer = GatewayServicer(queue, tenant_resolver(settings))
+    servicer = GatewayServicer(
+        queue, tenant_resolver(settings), max_watch_streams=watch_stream_limit(settings.max_workers)
+    )
     pb_grpc.add_GatewayServiceServicer_to_server(servicer, server)

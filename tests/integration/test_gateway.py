@@ -264,3 +264,29 @@ def test_batch_over_the_queue_limit_is_refused_saying_what_was_accepted(
         assert "queue is full: 0 jobs" in error.details()
         assert "(0 jobs of batch too-big were accepted)" in error.details()
         assert client.batch("too-big").total == 0
+
+
+def test_watch_streams_beyond_the_limit_are_refused_and_leave_threads_for_other_calls(
+    serve: Callable[..., RunningServer], settings: Settings
+) -> None:
+    settings.max_workers = 8  # a limit of 4 open watch streams, 4 threads kept for other calls
+    gateway = serve(register_gateway, GATEWAY.grpc_services, settings)
+    with LabSightClient(gateway.address, token="") as client:
+        jobs = [client.submit("fractal", demo_image()) for _ in range(5)]  # no worker: stay queued
+        streams = [client.watch(job.job_id, timeout_s=60) for job in jobs[:4]]
+        assert all(next(stream).status == pb.JOB_STATUS_QUEUED for stream in streams)
+        error = _rpc_error(lambda: next(client.watch(jobs[4].job_id, timeout_s=60)))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "watch streams: all 4 are open" in error.details()
+        assert client.get(jobs[4].job_id).status == pb.JOB_STATUS_QUEUED  # still answered
+        client.cancel(jobs[0].job_id)  # its stream ends and frees a slot
+        assert [event.status for event in streams[0]][-1] == pb.JOB_STATUS_CANCELLED
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert next(client.watch(jobs[4].job_id, timeout_s=60)).status == pb.JOB_STATUS_QUEUED
+                break
+            except grpc.RpcError as refused:
+                assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert time.monotonic() < deadline, "the slot of the ended stream was not freed"
+                time.sleep(0.1)
