@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -21,6 +22,8 @@ ImageLike = np.ndarray | str | Path | tensor_pb2.Image
 TERMINAL = (pb.JOB_STATUS_DONE, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_CANCELLED, pb.JOB_STATUS_DEAD)
 UPLOAD_CHUNK_BYTES = 4 * 1024 * 1024
 BATCH_MESSAGE_JOBS = 128
+POLL_INTERVAL_S = 0.5
+"""How often ``wait`` asks for a job's state when the gateway refuses another watch stream."""
 BATCH_MESSAGE_BYTES = 4 * 1024 * 1024
 """The SDK packs up to BATCH_MESSAGE_JOBS jobs or BATCH_MESSAGE_BYTES into one SubmitBatch
 message (a larger job travels alone), so the gateway can queue early jobs while later
@@ -185,11 +188,26 @@ class LabSightClient:
             yield event.job
 
     def wait(self, job_id: str, timeout_s: float | None = None) -> pb.Job:
-        """Block until the job ends; returns its final state."""
+        """Block until the job ends; returns its final state.
+
+        Watches the job; when the gateway has no watch stream free
+        (RESOURCE_EXHAUSTED), polls GetJob every POLL_INTERVAL_S instead.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         job = self.get(job_id)
-        for job in self.watch(job_id, timeout_s):
-            if job.status in TERMINAL:
-                break
+        try:
+            for job in self.watch(job_id, timeout_s):
+                if job.status in TERMINAL:
+                    break
+            return job
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+        while job.status not in TERMINAL:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} did not end within {timeout_s} s")
+            time.sleep(POLL_INTERVAL_S)
+            job = self.get(job_id)
         return job
 
     def result(self, job_id: str) -> pb.JobResult:

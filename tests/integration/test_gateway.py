@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -279,6 +280,10 @@ def test_watch_streams_beyond_the_limit_are_refused_and_leave_threads_for_other_
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "watch streams: all 4 are open" in error.details()
         assert client.get(jobs[4].job_id).status == pb.JOB_STATUS_QUEUED  # still answered
+        # With no stream free, wait() polls: it sees the job end all the same.
+        threading.Timer(0.3, client.cancel, args=(jobs[4].job_id,)).start()
+        assert client.wait(jobs[4].job_id, timeout_s=30).status == pb.JOB_STATUS_CANCELLED
+        jobs[4] = client.submit("fractal", demo_image())
         client.cancel(jobs[0].job_id)  # its stream ends and frees a slot
         assert [event.status for event in streams[0]][-1] == pb.JOB_STATUS_CANCELLED
         deadline = time.monotonic() + 10
