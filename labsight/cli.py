@@ -168,12 +168,18 @@ def _wait_with_progress(client: Any, job_id: str) -> Any:
 
     bar = ProgressBar()
     job = client.get(job_id)
-    for job in client.watch(job_id):
-        status = pb.JobStatus.Name(job.status).removeprefix("JOB_STATUS_").lower()
-        bar.update(round(job.progress * 100), 100, f"% {status} {job.progress_message}")
-        if job.status in TERMINAL:
-            break
-    bar.close()
+    try:
+        for job in client.watch(job_id):
+            status = pb.JobStatus.Name(job.status).removeprefix("JOB_STATUS_").lower()
+            bar.update(round(job.progress * 100), 100, f"% {status} {job.progress_message}")
+            if job.status in TERMINAL:
+                break
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise
+        job = client.wait(job_id)  # no watch stream free on the gateway: poll, without a bar
+    finally:
+        bar.close()
     return job
 
 
