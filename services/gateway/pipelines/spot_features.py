@@ -173,4 +173,5 @@ def cell_label_ids(mask: np.ndarray) -> list[int]:
     """The cell labels of an integer mask in increasing order (0 and negatives are background)."""
     if mask.dtype.kind not in "iu":
         return []
-    return [int(label) for label in np.unique(mask) if label > 0]
+    labels = np.unique(mask)
+    return labels[labels > 0].tolist()
