@@ -5,6 +5,9 @@ from __future__ import annotations
 import grpc
 import redis
 
+ECHO_CHARS = 100
+"""Most characters of a client's value an error message quotes (see ``echo``)."""
+
 
 class LabSightError(Exception):
     """Base of errors that map to a specific gRPC status code."""
@@ -69,3 +72,23 @@ def status_code_for(error: BaseException) -> grpc.StatusCode:
     if isinstance(error, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT
     return grpc.StatusCode.INTERNAL
+
+
+def echo(value: str | bytes) -> str:
+    """``value`` quoted for an error message, cut to ``ECHO_CHARS`` characters.
+
+    Messages name the value a client sent, but a status message has to fit in
+    the response headers (16 KiB by default), so a 20 KB id would turn the
+    answer into RESOURCE_EXHAUSTED: a long value is cut and its length said.
+
+    Examples
+    --------
+    >>> echo("plate-1")
+    "'plate-1'"
+    >>> echo("x" * 1000)[-20:]
+    "'… (1000 characters)"
+    """
+    if len(value) <= ECHO_CHARS:
+        return repr(value)
+    unit = "characters" if isinstance(value, str) else "bytes"
+    return f"{value[:ECHO_CHARS]!r}… ({len(value)} {unit})"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import grpc
 
-from labsight.errors import Unauthenticated
+from labsight.errors import InvalidArgument, Unauthenticated
+from services.gateway.ids import check_id
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,15 @@ HASH_PREFIX = "sha256:"
 def hash_token(token: str) -> str:
     """The stored form of a token: ``sha256:<hex digest>``."""
     return HASH_PREFIX + hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_tenant(tenant: str, source: str) -> str:
+    """``tenant`` if it is a valid tenant name (the id syntax: it becomes part of Redis keys);
+    ValueError saying ``source`` otherwise."""
+    try:
+        return check_id("tenant", tenant)
+    except InvalidArgument as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
 def parse_token_lines(text: str, source: str) -> dict[str, str]:
@@ -34,7 +44,7 @@ def parse_token_lines(text: str, source: str) -> dict[str, str]:
         if len(parts) != 2 or not parts[1].startswith(HASH_PREFIX):
             raise ValueError(f"{source}:{number}: expected '<tenant> sha256:<hex>', got {raw!r}")
         tenant, digest = parts
-        table[digest] = tenant
+        table[digest] = check_tenant(tenant, f"{source}:{number}")
     return table
 
 
@@ -45,14 +55,13 @@ def parse_token_env(value: str) -> dict[str, str]:
         tenant, sep, token = item.partition("=")
         if not sep or not tenant or not token:
             raise ValueError("LABSIGHT_TOKENS: expected tenant=token pairs separated by commas")
-        table[hash_token(token)] = tenant
+        table[hash_token(token)] = check_tenant(tenant, "LABSIGHT_TOKENS")
     return table
 
 
 def create_token(tokens_file: Path, tenant: str) -> str:
     """Append a new random token for ``tenant`` to ``tokens_file`` (hash only); return the token."""
-    if not tenant or any(ch.isspace() for ch in tenant):
-        raise ValueError(f"tenant must be a non-empty name without spaces, got {tenant!r}")
+    check_tenant(tenant, "tenant name")
     token = secrets.token_urlsafe(32)
     tokens_file.parent.mkdir(parents=True, exist_ok=True)
     with open(tokens_file, "a", encoding="utf-8") as handle:

@@ -10,7 +10,7 @@ from typing import Any
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from labsight.errors import NotFound
+from labsight.errors import NotFound, echo
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.keys import RedisKeys
 
@@ -168,10 +168,10 @@ class JobStore:
         """The job's record; NotFound if unknown or owned by another tenant."""
         raw = self.client.hgetall(self.keys.job(job_id)) if job_id else {}
         if not raw:
-            raise NotFound(f"job_id: no job {job_id!r}")
+            raise NotFound(f"job_id: no job {echo(job_id)}")
         record = JobRecord.from_hash(raw)
         if tenant is not None and record.tenant != tenant:
-            raise NotFound(f"job_id: no job {job_id!r}")
+            raise NotFound(f"job_id: no job {echo(job_id)}")
         return record
 
     def load_many(self, job_ids: list[str]) -> list[JobRecord | None]:
@@ -198,8 +198,8 @@ class JobStore:
         keys = [self.keys.job(job.job_id), self.keys.depth()]
         batch_channel = ""
         if job.batch_id:
-            keys.append(self.keys.batch(job.batch_id))
-            batch_channel = self.keys.batch_events(job.batch_id)
+            keys.append(self.keys.batch(job.tenant, job.batch_id))
+            batch_channel = self.keys.batch_events(job.tenant, job.batch_id)
         applied = self._transition(
             keys=keys,
             args=[

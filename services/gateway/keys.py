@@ -1,4 +1,9 @@
-"""Every Redis key the gateway and workers use, built in one place."""
+"""Every Redis key the gateway and workers use, built in one place.
+
+Keys named by a client's choice (batch ids, idempotency keys) live under the
+tenant's namespace; job keys are named by the gateway's random job ids and
+are checked against their owner on every read.
+"""
 
 from __future__ import annotations
 
@@ -55,20 +60,26 @@ class RedisKeys:
 
     def tenant_jobs(self, tenant: str) -> str:
         """Sorted set of a tenant's job ids by creation time."""
-        return f"{self.prefix}:tenant:{tenant}:jobs"
+        return f"{self._tenant(tenant)}:jobs"
 
     def idempotency(self, tenant: str, key: str) -> str:
         """Job id already submitted by ``tenant`` under idempotency ``key``."""
-        return f"{self.prefix}:tenant:{tenant}:idempotency:{key}"
+        return f"{self._tenant(tenant)}:idempotency:{key}"
 
-    def batch(self, batch_id: str) -> str:
-        """Hash of a batch: owner tenant, total and per-status counts."""
-        return f"{self.prefix}:batch:{batch_id}"
+    def batch(self, tenant: str, batch_id: str) -> str:
+        """Hash of a tenant's batch: total, per-status counts and the tenant (set even when empty)."""
+        return f"{self._tenant(tenant)}:batch:{batch_id}"
 
-    def batch_jobs(self, batch_id: str) -> str:
-        """List of a batch's job ids in submission order."""
-        return f"{self.prefix}:batch:{batch_id}:jobs"
+    def batch_jobs(self, tenant: str, batch_id: str) -> str:
+        """List of a tenant's batch's job ids in submission order."""
+        return f"{self._tenant(tenant)}:batch:{batch_id}:jobs"
 
-    def batch_events(self, batch_id: str) -> str:
-        """Pub/sub channel announcing changes of a batch's counts."""
-        return f"{self.prefix}:events:batch:{batch_id}"
+    def batch_events(self, tenant: str, batch_id: str) -> str:
+        """Pub/sub channel announcing changes of a tenant's batch's counts."""
+        return f"{self.prefix}:events:tenant:{tenant}:batch:{batch_id}"
+
+    def _tenant(self, tenant: str) -> str:
+        # Batch ids and idempotency keys are the client's names: under the tenant, two
+        # tenants' "plate-1" are two batches. Neither tenants nor ids contain ':' (see
+        # services/gateway/ids.py and auth.py), so no name reaches into another's keys.
+        return f"{self.prefix}:tenant:{tenant}"

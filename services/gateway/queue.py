@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -36,6 +36,40 @@ class NewJob:
     labels: dict[str, str] | None = None
     idempotency_key: str = ""
     batch_id: str = ""
+
+
+STAGING_TTL_S = 24 * 3600
+"""A submission's jobs are written as they arrive and queued together at its end; the
+ones a gateway that died mid-stream left behind expire after this long."""
+
+
+@dataclass
+class Staged:
+    """The jobs of one submission written to Redis and not yet queued (see JobQueue.stage)."""
+
+    tenant: str
+    records: list[JobRecord] = field(default_factory=list)
+    """New jobs written for this submission, in order."""
+    job_ids: list[str] = field(default_factory=list)
+    """Every job of the submission in order, earlier ones under a reused idempotency key too."""
+    idempotency_keys: list[str] = field(default_factory=list)
+    """Redis keys of the idempotency keys this submission reserved."""
+    committed: bool = False
+
+
+def _record(job_id: str, tenant: str, new: NewJob, created: float) -> JobRecord:
+    """The queued record of a new job."""
+    return JobRecord(
+        job_id=job_id,
+        tenant=tenant,
+        pipeline=new.pipeline,
+        params=new.params,
+        priority=new.priority,
+        created_at=created,
+        batch_id=new.batch_id,
+        labels=dict(new.labels or {}),
+        input_name=new.input_name,
+    )
 
 
 # Moves retries whose time has come back onto their priority stream, atomically.
@@ -108,62 +142,104 @@ class JobQueue:
         ResourceExhausted
             If the queue already holds ``max_depth`` jobs.
         """
-        job_id = uuid.uuid4().hex
-        if new.idempotency_key:
-            idem_key = self.keys.idempotency(tenant, new.idempotency_key)
-            if not self.client.set(idem_key, job_id, nx=True, ex=self.idempotency_ttl_s):
-                existing = self.client.get(idem_key)
-                return self.store.load(existing.decode(), tenant), False
-            try:
-                self.ensure_room(1)
-            except ResourceExhausted:
-                self.client.delete(idem_key)
-                raise
-        else:
-            self.ensure_room(1)
-        return self._write(tenant, [(job_id, new)])[0], True
+        staged = Staged(tenant)
+        self.stage(staged, [new])
+        if not staged.records:
+            return self.store.load(staged.job_ids[0], tenant), False
+        self.commit(staged)
+        return staged.records[0], True
 
-    def submit_many(self, tenant: str, jobs: Sequence[NewJob]) -> list[JobRecord]:
-        """Queue many jobs without idempotency keys in one round trip (batch intake)."""
-        if any(new.idempotency_key for new in jobs):
-            raise ValueError("submit_many takes jobs without idempotency keys; use submit")
-        self.ensure_room(len(jobs))
-        return self._write(tenant, [(uuid.uuid4().hex, new) for new in jobs])
+    def stage(self, staged: Staged, jobs: Sequence[NewJob]) -> None:
+        """Write ``jobs`` to Redis as part of ``staged``, invisible to workers until ``commit``.
 
-    def _write(self, tenant: str, jobs: Sequence[tuple[str, NewJob]]) -> list[JobRecord]:
+        A job whose idempotency key was used before is not written: the
+        earlier job's id takes its place in ``staged.job_ids``.
+        """
+        job_ids = self._reserve_idempotency_keys(staged, jobs)
         created = now()
-        records = [
-            JobRecord(
-                job_id=job_id,
-                tenant=tenant,
-                pipeline=new.pipeline,
-                params=new.params,
-                priority=new.priority,
-                created_at=created,
-                batch_id=new.batch_id,
-                labels=dict(new.labels or {}),
-                input_name=new.input_name,
-            )
-            for job_id, new in jobs
-        ]
-        by_batch: dict[str, list[str]] = {}
-        for record in records:
-            if record.batch_id:
-                by_batch.setdefault(record.batch_id, []).append(record.job_id)
+        fresh: list[tuple[JobRecord, bytes]] = []
+        for (job_id, is_new), new in zip(job_ids, jobs, strict=True):
+            staged.job_ids.append(job_id)
+            if is_new:
+                fresh.append((_record(job_id, staged.tenant, new, created), new.input_bytes))
+        with self.client.pipeline(transaction=False) as pipe:
+            for record, input_bytes in fresh:
+                pipe.hset(self.keys.job(record.job_id), mapping=record.to_hash())
+                pipe.expire(self.keys.job(record.job_id), STAGING_TTL_S)
+                pipe.set(self.keys.job_input(record.job_id), input_bytes, ex=STAGING_TTL_S)
+            pipe.execute()
+        staged.records += [record for record, _ in fresh]
+
+    def _reserve_idempotency_keys(
+        self, staged: Staged, jobs: Sequence[NewJob]
+    ) -> list[tuple[str, bool]]:
+        """(job id, whether it is new) per job: a used idempotency key gives its earlier job."""
+        reserved = [(uuid.uuid4().hex, True) for _ in jobs]
+        keyed = [index for index, new in enumerate(jobs) if new.idempotency_key]
+        if not keyed:
+            return reserved
+        idem_keys = {i: self.keys.idempotency(staged.tenant, jobs[i].idempotency_key) for i in keyed}
+        with self.client.pipeline(transaction=False) as pipe:
+            for i in keyed:
+                pipe.set(idem_keys[i], reserved[i][0], nx=True, ex=STAGING_TTL_S)
+            taken = pipe.execute()
+        for i, was_set in zip(keyed, taken, strict=True):
+            if was_set:
+                staged.idempotency_keys.append(idem_keys[i])
+            else:
+                existing = self.client.get(idem_keys[i])
+                if existing is not None:  # else it expired just now: the job stays new
+                    reserved[i] = (existing.decode(), False)
+        return reserved
+
+    def commit(self, staged: Staged, batch_id: str = "") -> None:
+        """Queue every job ``stage`` wrote, in one transaction (all of them or none).
+
+        With ``batch_id`` the jobs join that batch of the tenant (created,
+        even with no job, if new).
+
+        Raises
+        ------
+        ResourceExhausted
+            If the jobs do not fit under ``max_depth``; the staged jobs are discarded.
+        """
+        try:
+            self.ensure_room(len(staged.records))
+        except ResourceExhausted:
+            self.discard(staged)
+            raise
+        records, tenant = staged.records, staged.tenant
+        staged.committed = True
         # One transaction: the jobs become visible to workers and counted together.
         with self.client.pipeline(transaction=True) as pipe:
-            for record, (_, new) in zip(records, jobs, strict=True):
-                pipe.hset(self.keys.job(record.job_id), mapping=record.to_hash())
-                pipe.set(self.keys.job_input(record.job_id), new.input_bytes)
-                pipe.xadd(self.keys.stream(new.priority), {"job_id": record.job_id})
-            pipe.zadd(self.keys.tenant_jobs(tenant), {r.job_id: r.created_at for r in records})
-            for batch_id, job_ids in by_batch.items():
-                pipe.hincrby(self.keys.batch(batch_id), "total", len(job_ids))
-                pipe.hincrby(self.keys.batch(batch_id), f"count:{QUEUED}", len(job_ids))
-                pipe.rpush(self.keys.batch_jobs(batch_id), *job_ids)
+            for record in records:
+                pipe.persist(self.keys.job(record.job_id))
+                pipe.persist(self.keys.job_input(record.job_id))
+                pipe.xadd(self.keys.stream(record.priority), {"job_id": record.job_id})
+            for idem_key in staged.idempotency_keys:
+                pipe.expire(idem_key, self.idempotency_ttl_s)
+            if records:
+                pipe.zadd(self.keys.tenant_jobs(tenant), {r.job_id: r.created_at for r in records})
+            if batch_id:
+                pipe.hsetnx(self.keys.batch(tenant, batch_id), "tenant", tenant)
+            if batch_id and records:
+                pipe.hincrby(self.keys.batch(tenant, batch_id), "total", len(records))
+                pipe.hincrby(self.keys.batch(tenant, batch_id), f"count:{QUEUED}", len(records))
+                pipe.rpush(self.keys.batch_jobs(tenant, batch_id), *(r.job_id for r in records))
             pipe.incrby(self.keys.depth(), len(records))
             pipe.execute()
-        return records
+
+    def discard(self, staged: Staged) -> None:
+        """Delete what ``stage`` wrote for a submission that will not be committed."""
+        if staged.committed:
+            return
+        keys = [*staged.idempotency_keys]
+        for record in staged.records:
+            keys += [self.keys.job(record.job_id), self.keys.job_input(record.job_id)]
+        for start in range(0, len(keys), 1000):
+            self.client.delete(*keys[start : start + 1000])
+        staged.records.clear()
+        staged.idempotency_keys.clear()
 
     def claim(self, consumer: str, block_ms: int = 1000, prefer_normal: bool = False) -> Delivery | None:
         """The next new job for ``consumer``; None after ``block_ms`` without one.

@@ -19,13 +19,15 @@ from labsight.errors import (
     LabSightError,
     NotFound,
     ResourceExhausted,
+    echo,
 )
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
 from services.gateway.auth import BearerAuth
+from services.gateway.ids import check_id, check_optional_id
 from services.gateway.jobs import ACTIVE_STATUSES, CANCELLED, DONE, PROTO_TO_STATUS, now
 from services.gateway.pipelines import get_pipeline, pipeline_infos
-from services.gateway.queue import JobQueue, NewJob, build_queue
+from services.gateway.queue import JobQueue, NewJob, Staged, build_queue
 from services.gateway.watch import watch_batch, watch_job
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,11 @@ RESULT_CHUNK_BYTES = 1024 * 1024
 DEFAULT_PAGE_SIZE = 100
 BATCH_WRITE_SIZE = 256
 BATCH_WRITE_BYTES = 4 * 1024 * 1024
-"""A batch stream's jobs are written to Redis (and become visible to workers) every
-BATCH_WRITE_SIZE jobs or BATCH_WRITE_BYTES of input, whichever comes first."""
+"""A batch stream's jobs are written to Redis every BATCH_WRITE_SIZE jobs or
+BATCH_WRITE_BYTES of input, whichever comes first; they become visible to workers
+together, once the whole stream was accepted."""
+MAX_PAGE_TOKEN = 2**62
+"""Page tokens are offsets into a list; beyond this they cannot be one (Redis takes 64-bit)."""
 DEFAULT_TENANT = "default"
 
 TenantResolver = Callable[[grpc.ServicerContext], str]
@@ -49,6 +54,7 @@ def open_tenant(context: grpc.ServicerContext) -> str:
 
 def new_job_from_request(request: pb.SubmitJobRequest, batch_id: str = "") -> NewJob:
     """Validate a submission against its pipeline and turn it into a NewJob."""
+    check_optional_id("idempotency_key", request.idempotency_key)
     pipeline = get_pipeline(request.pipeline)
     params = pipeline.validate(dict(request.params), request.input)
     return NewJob(
@@ -61,6 +67,23 @@ def new_job_from_request(request: pb.SubmitJobRequest, batch_id: str = "") -> Ne
         idempotency_key=request.idempotency_key,
         batch_id=batch_id,
     )
+
+
+def _batch_job(request: pb.SubmitJobRequest, position: int, batch_id: str) -> NewJob:
+    """``new_job_from_request`` for the job at ``position`` of a batch; a refusal names
+    the job (its position, image name or idempotency key) and says nothing was queued."""
+    try:
+        return new_job_from_request(request, batch_id)
+    except (LabSightError, ValueError) as error:
+        named = [f"jobs[{position}]"]
+        if request.input.image.name:
+            named.append(f"image {echo(request.input.image.name)}")
+        if request.idempotency_key:
+            named.append(f"idempotency_key {echo(request.idempotency_key)}")
+        refusal = type(error) if isinstance(error, LabSightError) else InvalidArgument
+        raise refusal(
+            f"{', '.join(named)} of batch {batch_id}: {error}; nothing of this batch was queued"
+        ) from None
 
 
 def watch_stream_limit(grpc_threads: int) -> int:
@@ -144,90 +167,80 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def SubmitBatch(
         self, request_iterator: Iterator[pb.SubmitBatchRequest], context: grpc.ServicerContext
     ) -> pb.SubmitBatchResponse:
-        """Queue a stream of jobs under one batch id, writing them to Redis in chunks."""
+        """Queue a stream of jobs under one batch id: all of them, or none if one is refused.
+
+        Jobs are validated and written to Redis in chunks as they arrive, and
+        queued together once the stream ended, so a client that retries a
+        refused batch never duplicates the jobs before the bad one.
+        """
         tenant = self.tenant_of(context)
         batch_id = ""
-        job_ids: list[str] = []
+        staged = Staged(tenant)
         pending: list[NewJob] = []
-
         pending_bytes = 0
 
-        def flush() -> None:
+        def write_pending() -> None:
             nonlocal pending_bytes
-            if not pending:
-                return
-            job_ids.extend(record.job_id for record in self.queue.submit_many(tenant, pending))
+            self.queue.stage(staged, pending)
             pending.clear()
             pending_bytes = 0
 
-        for index, message in enumerate(request_iterator):
-            part = message.WhichOneof("part")
-            if part == "header":
-                if index != 0:
-                    raise InvalidArgument("header: the batch header must be the first message")
-                batch_id = self._claim_batch(tenant, message.header.batch_id)
-                continue
-            batch_id = batch_id or self._claim_batch(tenant, "")
-            requests = message.jobs.jobs if part == "jobs" else [message.job]
+        def ensure_room(wanted: int) -> None:
             try:
-                self.queue.ensure_room(len(pending) + len(requests))
+                self.queue.ensure_room(wanted)
             except ResourceExhausted as error:
-                flush()
-                raise ResourceExhausted(
-                    f"{error} ({len(job_ids)} jobs of batch {batch_id} were accepted)"
-                ) from None
-            for request in requests:
-                try:
-                    new = new_job_from_request(request, batch_id)
-                except LabSightError as error:
-                    flush()
-                    raise type(error)(
-                        f"jobs[{len(job_ids)}] of batch {batch_id}: {error} "
-                        f"({len(job_ids)} earlier jobs were accepted)"
-                    ) from None
-                if new.idempotency_key:
-                    flush()
-                    job_ids.append(self.queue.submit(tenant, new)[0].job_id)
-                else:
-                    pending.append(new)
-                    pending_bytes += len(new.input_bytes)
-                    if len(pending) >= BATCH_WRITE_SIZE or pending_bytes >= BATCH_WRITE_BYTES:
-                        flush()
-        flush()
-        return pb.SubmitBatchResponse(batch_id=batch_id or self._claim_batch(tenant, ""),
-                                      job_ids=job_ids)
+                raise ResourceExhausted(f"{error}; nothing of batch {batch_id} was queued") from None
 
-    def _claim_batch(self, tenant: str, batch_id: str) -> str:
-        batch_id = batch_id or uuid.uuid4().hex
-        key = self.keys.batch(batch_id)
-        self.queue.client.hsetnx(key, "tenant", tenant)
-        owner = self.queue.client.hget(key, "tenant")
-        if owner is not None and owner.decode() != tenant:
-            raise InvalidArgument(f"header.batch_id: batch id {batch_id!r} is taken")
-        return batch_id
+        try:
+            for index, message in enumerate(request_iterator):
+                part = message.WhichOneof("part")
+                if part == "header":
+                    if index != 0:
+                        raise InvalidArgument("header: the batch header must be the first message")
+                    batch_id = check_optional_id("header.batch_id", message.header.batch_id)
+                    continue
+                batch_id = batch_id or uuid.uuid4().hex
+                requests = message.jobs.jobs if part == "jobs" else [message.job]
+                seen = len(staged.job_ids) + len(pending)
+                ensure_room(seen + len(requests))  # refuse before spending CPU on the images
+                for position, request in enumerate(requests, start=seen):
+                    pending.append(_batch_job(request, position, batch_id))
+                    pending_bytes += len(pending[-1].input_bytes)
+                    if len(pending) >= BATCH_WRITE_SIZE or pending_bytes >= BATCH_WRITE_BYTES:
+                        write_pending()
+            write_pending()
+            batch_id = batch_id or uuid.uuid4().hex
+            ensure_room(len(staged.records))
+            self.queue.commit(staged, batch_id)
+        except BaseException:
+            self.queue.discard(staged)
+            raise
+        return pb.SubmitBatchResponse(batch_id=batch_id, job_ids=staged.job_ids)
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
         """The job's current state."""
-        return self.store.load(request.job_id, self.tenant_of(context)).to_proto()
+        tenant = self.tenant_of(context)
+        return self.store.load(check_id("job_id", request.job_id), tenant).to_proto()
 
     def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.JobEvent]:
         """Stream the job's state on every change until it ends."""
         tenant = self.tenant_of(context)
-        self.store.load(request.job_id, tenant)
+        self.store.load(check_id("job_id", request.job_id), tenant)
         with self._watch_slot():
             for job in watch_job(self.store, request.job_id, context.is_active):
                 yield pb.JobEvent(job=job.to_proto())
 
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
         """Cancel a queued or running job."""
-        job = self.store.load(request.job_id, self.tenant_of(context))
+        tenant = self.tenant_of(context)
+        job = self.store.load(check_id("job_id", request.job_id), tenant)
         if not self.store.transition(job, ACTIVE_STATUSES, CANCELLED, finished_at=now()):
             job = self.store.load(request.job_id)
             if job.status != CANCELLED:
                 raise FailedPrecondition(
-                    f"job_id: job {request.job_id!r} already ended ({job.status})"
+                    f"job_id: job {echo(request.job_id)} already ended ({job.status})"
                 )
         return self.store.load(request.job_id).to_proto()
 
@@ -239,13 +252,10 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         page_size = request.page_size or DEFAULT_PAGE_SIZE
         if page_size < 0:
             raise InvalidArgument(f"page_size: must be >= 0, got {page_size}")
-        try:
-            offset = int(request.page_token or 0)
-        except ValueError:
-            raise InvalidArgument(f"page_token: invalid token {request.page_token!r}") from None
+        offset = _page_offset(request.page_token)
         if request.batch_id:
             self._batch(request.batch_id, tenant)
-            batch_key = self.keys.batch_jobs(request.batch_id)
+            batch_key = self.keys.batch_jobs(tenant, request.batch_id)
 
             def id_range(start: int, stop: int) -> list[bytes]:
                 return self.queue.client.lrange(batch_key, start, stop)
@@ -276,14 +286,15 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self, request: pb.GetJobResultRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ResultChunk]:
         """Stream a finished job's serialized JobResult in chunks."""
-        job = self.store.load(request.job_id, self.tenant_of(context))
+        tenant = self.tenant_of(context)
+        job = self.store.load(check_id("job_id", request.job_id), tenant)
         if job.status != DONE:
             raise FailedPrecondition(
-                f"job_id: job {request.job_id!r} is {job.status}; results exist once it is done"
+                f"job_id: job {echo(job.job_id)} is {job.status}; results exist once it is done"
             )
         data = self.queue.client.get(self.keys.job_result(job.job_id))
         if data is None:
-            raise NotFound(f"job_id: the result of job {request.job_id!r} has expired")
+            raise NotFound(f"job_id: the result of job {echo(job.job_id)} has expired")
         total = len(data)
         for start in range(0, max(total, 1), RESULT_CHUNK_BYTES):
             yield pb.ResultChunk(data=data[start : start + RESULT_CHUNK_BYTES], total_bytes=total)
@@ -301,16 +312,16 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         with self._watch_slot():
             yield from watch_batch(
                 self.queue.client,
-                self.keys.batch_events(request.batch_id),
+                self.keys.batch_events(tenant, request.batch_id),
                 lambda: self._batch(request.batch_id, tenant),
                 context.is_active,
             )
 
     def _batch(self, batch_id: str, tenant: str) -> pb.Batch:
-        raw = self.queue.client.hgetall(self.keys.batch(batch_id)) if batch_id else {}
+        raw = self.queue.client.hgetall(self.keys.batch(tenant, check_id("batch_id", batch_id)))
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         if fields.get("tenant") != tenant:
-            raise NotFound(f"batch_id: no batch {batch_id!r}")
+            raise NotFound(f"batch_id: no batch {echo(batch_id)}")
         counts = {
             name.removeprefix("count:"): int(value)
             for name, value in fields.items()
@@ -326,6 +337,18 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         """Every pipeline of the contract and whether it is served."""
         self.tenant_of(context)
         return pb.ListPipelinesResponse(pipelines=pipeline_infos())
+
+
+def _page_offset(page_token: str) -> int:
+    """The list offset a ListJobs page token stands for ("" is the first page)."""
+    if not page_token:
+        return 0
+    if not (page_token.isascii() and page_token.isdigit()) or int(page_token) > MAX_PAGE_TOKEN:
+        raise InvalidArgument(
+            f"page_token: {echo(page_token)} is not a token this gateway gave; "
+            "pass a previous answer's next_page_token, or none for the first page"
+        )
+    return int(page_token)
 
 
 def tenant_resolver(settings: Settings) -> TenantResolver:

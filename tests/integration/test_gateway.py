@@ -242,18 +242,29 @@ def test_large_results_stream_in_chunks(
     assert len(result.tensors["probability_r41"].data) == 41 * 41 * 8
 
 
-def test_bad_job_in_a_batch_keeps_the_jobs_before_it(stack: InProcessStack) -> None:
+def test_bad_job_in_a_batch_queues_nothing_and_names_the_job(
+    stack: InProcessStack, redis_for: redis.Redis
+) -> None:
     good = build_request("fractal", demo_image(), {"box_sizes": "3"})
-    planned = build_request("hpa-cells", demo_image())
+    planned = build_request("hpa-cells", demo_image(), idempotency_key="well-C3")
     error = _rpc_error(stack.client.submit_batch, [good, good, planned, good], "mixed")
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "jobs[2] of batch mixed" in error.details()
-    assert "(2 earlier jobs were accepted)" in error.details()
-    assert stack.client.batch("mixed").total == 2
-    assert len(stack.client.batch_jobs("mixed")) == 2
+    assert "jobs[2], idempotency_key 'well-C3' of batch mixed" in error.details()
+    assert "nothing of this batch was queued" in error.details()
+    assert _rpc_error(stack.client.batch, "mixed").code() == grpc.StatusCode.NOT_FOUND
+    assert stack.client.list_jobs() == []
+    keys = RedisKeys(stack.settings.key_prefix)
+    assert redis_for.xlen(keys.stream("normal")) == 0
+    assert int(redis_for.get(keys.depth()) or 0) == 0
+    assert not list(redis_for.scan_iter(match=keys.job("*")))  # the staged jobs are gone
+    # The client fixes the job and retries: exactly the retried jobs exist, once.
+    fixed = build_request("fractal", demo_image(), {"box_sizes": "3"}, idempotency_key="well-C3")
+    reply = stack.client.submit_batch([good, good, fixed, good], "mixed")
+    assert stack.client.batch("mixed").total == 4
+    assert sorted(job.job_id for job in stack.client.list_jobs()) == sorted(reply.job_ids)
 
 
-def test_batch_over_the_queue_limit_is_refused_saying_what_was_accepted(
+def test_batch_over_the_queue_limit_is_refused_and_queues_nothing(
     stack: InProcessStack, serve: Callable[..., RunningServer]
 ) -> None:
     limited = Settings(**{**vars(stack.settings), "max_queue_depth": 3})
@@ -263,8 +274,9 @@ def test_batch_over_the_queue_limit_is_refused_saying_what_was_accepted(
         error = _rpc_error(client.submit_batch, requests, "too-big")
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "queue is full: 0 jobs" in error.details()
-        assert "(0 jobs of batch too-big were accepted)" in error.details()
-        assert client.batch("too-big").total == 0
+        assert "nothing of batch too-big was queued" in error.details()
+        assert _rpc_error(client.batch, "too-big").code() == grpc.StatusCode.NOT_FOUND
+        assert client.list_jobs() == []
 
 
 def test_watch_streams_beyond_the_limit_are_refused_and_leave_threads_for_other_calls(
