@@ -77,8 +77,9 @@ def test_truncated_png_is_reported_as_corrupt() -> None:
 
 
 def test_huge_image_is_rejected_before_decoding() -> None:
-    with pytest.raises(InvalidArgument, match=r"20x30 pixels exceeds the limit of 100 pixels"):
-        decode_image(_encoded(encode_png(_rgb())), max_pixels=100)
+    with pytest.raises(InvalidArgument, match=r"20x30 pixels with 3 channel\(s\) of uint8 takes 1800 "
+                       r"bytes decoded, over the limit of 100 bytes \(raise LABSIGHT_MAX_IMAGE_BYTES"):
+        decode_image(_encoded(encode_png(_rgb())), max_bytes=100)
 
 
 def test_wrong_dtype_and_rank_are_rejected() -> None:
