@@ -41,6 +41,9 @@ CLASSIFIER = ProcessSpec(
 )
 WORKER = ProcessSpec("worker", "services.gateway.worker", (), None, 9455)
 
+UP_METRICS_PORT = 9450
+"""Prometheus /metrics of ``labsight up`` itself (its children's restarts and health)."""
+
 MODEL_SERVICES: tuple[ProcessSpec, ...] = (SEGMENTATION, FEATURES, CLASSIFIER)
 """Stateless model services the workers call."""
 

@@ -66,7 +66,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from labsight.client import LabSightClient
     from labsight.demo import run_demo
     from labsight.runtime.server import stop_on_signals
-    from labsight.up import Stack, StackLayout, describe, wait_for_stop
+    from labsight.up import Stack, StackLayout, describe, serve_until
 
     stop = stop_on_signals()  # before any child starts, so Ctrl-C always stops them all
     home = home_dir()
@@ -80,7 +80,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             endpoints = stack.endpoints()
             with LabSightClient(endpoints.gateway, token=endpoints.token) as client:
                 print(json.dumps({"demo": run_demo(client)}), flush=True)
-        return 0 if args.demo and args.exit_after_demo else wait_for_stop(stack, stop)
+        return 0 if args.demo and args.exit_after_demo else serve_until(stack, stop)
     except RuntimeError as error:
         print(f"labsight up: {error}", file=sys.stderr)
         return 1

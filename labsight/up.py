@@ -1,12 +1,15 @@
-"""``labsight up``: Redis, the four services and the workers as child processes on one machine."""
+"""``labsight up``: Redis, the four services and the workers as supervised children on one machine.
+
+A child that exits on its own is restarted with backoff (``labsight.supervisor``);
+none outlives `up`, even one killed by SIGKILL (parent-death signal); one `up`
+owns a home at a time (``labsight.up_lock``). `up` serves its own /metrics:
+restarts per child and whether each child is up, Redis included.
+"""
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import os
-import signal
-import subprocess
+import secrets
 import sys
 import threading
 import time
@@ -14,19 +17,53 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import Counter, Gauge, start_http_server
 
-from labsight.catalog import SERVERS, WORKER, ProcessSpec
+from labsight.catalog import SERVERS, UP_METRICS_PORT, WORKER
 from labsight.home import Endpoints, remove_endpoints, write_endpoints
-from labsight.redis_server import port_is_free, start_redis, stop_redis
+from labsight.redis_server import (
+    free_port,
+    port_is_free,
+    private_dir,
+    redis_command,
+    redis_url,
+    wait_for_redis,
+    write_redis_config,
+)
+from labsight.supervisor import ChildSpec, EventKind, Supervisor
+from labsight.up_lock import UpLock
 from services.gateway.auth import create_token, hash_token
-
-log = logging.getLogger(__name__)
-
 
 TOKENS_FILE = "tokens"
 LOCAL_TOKEN_FILE = "local-token"
 LOCAL_TENANT = "local"
+REDIS_PASSWORD_FILE = "redis-password"
+REDIS = "redis"
+UP = "up"
+
+CHILD_RESTARTS = Counter(
+    "labsight_up_child_restarts_total", "Restarts of a child of `labsight up`", ["child"]
+)
+CHILD_UP = Gauge(
+    "labsight_up_child_up",
+    "1 while a child of `labsight up` runs and answers (gRPC health SERVING, Redis PING)",
+    ["child"],
+)
+HEALTHY = Gauge("labsight_up_healthy", "1 while every child of `labsight up` is up, else 0")
+
+PROBE_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+"""A restarted service is seen within a second, not after gRPC's default backoff (up to 2 min)."""
+
+
+def _private_file(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o600)
 
 
 def ensure_local_token(home: Path) -> str:
@@ -42,16 +79,27 @@ def ensure_local_token(home: Path) -> str:
         if hash_token(token) in tokens_path.read_text():
             return token
     token = create_token(tokens_path, LOCAL_TENANT)
-    token_path.write_text(token + "\n")
-    token_path.chmod(0o600)
+    _private_file(token_path, token + "\n")
     return token
 
 
-def _die_with_parent() -> None:
-    """In a child before exec: get SIGTERM if `up` dies, even by SIGKILL (Linux only)."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+def ensure_redis_password(home: Path) -> str:
+    """The embedded Redis's ``requirepass``, generated on first use (mode 0600 in the home)."""
+    path = home / REDIS_PASSWORD_FILE
+    if path.exists() and path.read_text().strip():
+        return path.read_text().strip()
+    password = secrets.token_hex(24)
+    _private_file(path, password + "\n")
+    return password
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and terminals."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 @dataclass
@@ -60,34 +108,140 @@ class StackLayout:
 
     grpc_ports: dict[str, int]
     metrics_ports: dict[str, int]
+    """Per server, the first worker's (the others follow it) and `up`'s own."""
     workers: int = 1
 
     @classmethod
     def from_base_port(cls, base_port: int | None, workers: int = 1) -> StackLayout:
-        """Catalog ports, or consecutive ports from ``base_port`` (metrics from base + 100)."""
+        """Catalog ports, or consecutive ports from ``base_port`` (metrics from base + 100,
+        `up`'s own at base + 99)."""
         names = list(SERVERS)
         if base_port is None:
             grpc_ports = {name: SERVERS[name].grpc_port or 0 for name in names}
             metrics = {name: SERVERS[name].metrics_port for name in names}
             metrics[WORKER.name] = WORKER.metrics_port
+            metrics[UP] = UP_METRICS_PORT
         else:
             grpc_ports = {name: base_port + i for i, name in enumerate(names)}
             metrics = {name: base_port + 100 + i for i, name in enumerate(names)}
             metrics[WORKER.name] = base_port + 100 + len(names)
+            metrics[UP] = base_port + 99
         return cls(grpc_ports, metrics, workers)
+
+    def ports(self) -> list[int]:
+        """Every port the stack binds (Redis's is picked free at start)."""
+        extra_workers = range(1, self.workers)
+        worker_ports = [self.metrics_ports[WORKER.name] + index for index in extra_workers]
+        return [*self.grpc_ports.values(), *self.metrics_ports.values(), *worker_ports]
+
+
+class HealthMonitor:
+    """Probes every child once a second (gRPC health, Redis PING, a worker's process) and
+    keeps the ``labsight_up_child_up`` / ``labsight_up_healthy`` gauges and the log current."""
+
+    def __init__(self, stack: Stack, interval_s: float = 1.0) -> None:
+        self.stack = stack
+        self.interval_s = interval_s
+        self.channels = {
+            name: grpc.insecure_channel(f"127.0.0.1:{port}", options=PROBE_CHANNEL_OPTIONS)
+            for name, port in stack.layout.grpc_ports.items()
+        }
+        self.redis = redis.Redis.from_url(
+            stack.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        self.state: dict[str, bool] = {}
+        self.healthy = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+
+    def probe(self, name: str) -> str:
+        """Why ``name`` is not up, or "" if it is."""
+        supervised = name in self.stack.supervisor.children  # an external Redis is not
+        if supervised and not self.stack.supervisor.is_running(name):
+            return "not running"
+        if name == REDIS:
+            try:
+                self.redis.ping()
+            except redis.RedisError as error:
+                return f"no answer to PING: {error}"
+        elif name in self.channels:
+            stub = health_pb2_grpc.HealthStub(self.channels[name])
+            request = health_pb2.HealthCheckRequest(service=SERVERS[name].grpc_services[0])
+            try:
+                status = stub.Check(request, timeout=2.0).status
+            except grpc.RpcError as error:
+                return f"health check failed: {error.code().name}"  # type: ignore[attr-defined]
+            if status != health_pb2.HealthCheckResponse.SERVING:
+                return f"health is {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}"
+        return ""
+
+    def check(self) -> bool:
+        """Probe every child once, update the gauges, log changes; True if all are up."""
+        for name in self.stack.child_names():
+            why = self.probe(name)
+            CHILD_UP.labels(name).set(0 if why else 1)
+            was_up = self.state.get(name, True)
+            if was_up and why:
+                self.stack.report(f"{name} is down ({why}); the stack is degraded")
+            elif not was_up and not why:
+                self.stack.report(f"{name} is up again")
+            self.state[name] = not why
+        healthy = all(self.state.values())
+        if healthy and not self.healthy:
+            self.stack.report("every child is up")
+        self.healthy = healthy
+        HEALTHY.set(1 if healthy else 0)
+        return healthy
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.check()
+
+    def start(self) -> None:
+        """Probe in a background thread until :meth:`stop`."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop probing and close the probes' connections."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for channel in self.channels.values():
+            channel.close()
+        self.redis.close()
 
 
 @dataclass
 class Stack:
-    """A running ``up`` stack: Redis (unless external) and the child processes."""
+    """A running ``up`` stack: Redis (unless external) and the supervised child processes."""
 
     home: Path
     layout: StackLayout
     redis_url: str = ""
-    redis_process: subprocess.Popen[bytes] | None = None
-    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    supervisor: Supervisor = field(default_factory=Supervisor)
     token: str = ""
     serving: bool = False
+    lock: UpLock | None = None
+    monitor: HealthMonitor | None = None
+    metrics_server: object | None = None
+
+    @property
+    def logs(self) -> Path:
+        """Where the children's logs and `up`'s own (``up.log``) are written."""
+        return self.home / "logs"
+
+    def report(self, message: str) -> None:
+        """Say ``message`` on stderr and in ``logs/up.log``."""
+        line = f"labsight up: {message}"
+        print(line, file=sys.stderr, flush=True)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        with open(self.logs / "up.log", "a") as log_file:
+            log_file.write(f"{stamp} {line}\n")
+
+    def child_names(self) -> list[str]:
+        """Every child `up` watches: Redis (its own or the external one), servers, workers."""
+        workers = [f"worker-{index + 1}" for index in range(self.layout.workers)]
+        return [REDIS, *SERVERS, *workers]
 
     def endpoints(self) -> Endpoints:
         """Where this stack can be reached."""
@@ -109,22 +263,27 @@ class Stack:
             pid=os.getpid(),
         )
 
-    def start(self, redis_url: str | None, timeout_s: float = 120.0) -> None:
-        """Start Redis (if no URL is given), every service and the workers; wait for SERVING."""
-        taken = [
-            port
-            for port in [*self.layout.grpc_ports.values(), *self.layout.metrics_ports.values()]
-            if not port_is_free(port)
-        ]
+    def start(self, external_redis_url: str | None, timeout_s: float = 120.0) -> None:
+        """Take the home, start Redis (unless a URL is given), every service and the workers;
+        wait for SERVING. A child that exits before then fails the start."""
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.home.chmod(0o700)  # tokens, the Redis password and every tenant's data live here
+        private_dir(self.logs)
+        self.lock = UpLock(self.home)
+        for message in self.lock.acquire():
+            self.report(message)
+        remove_endpoints(self.home)  # a dead predecessor's, if any
+        taken = [port for port in self.layout.ports() if not port_is_free(port)]
         if taken:
             raise RuntimeError(
                 f"ports {taken} are in use (is another `labsight up` running?); "
                 "pick others with --base-port"
             )
-        if redis_url:
-            self.redis_url = redis_url
+        self.metrics_server, _ = start_http_server(self.layout.metrics_ports[UP], addr="127.0.0.1")
+        if external_redis_url:
+            self.redis_url = external_redis_url
         else:
-            self.redis_process, self.redis_url = start_redis(self.home / "redis")
+            self._start_redis()
         self.token = ensure_local_token(self.home)
         endpoints = self.endpoints()
         base_env = {
@@ -133,107 +292,102 @@ class Stack:
             "LABSIGHT_HOST": "127.0.0.1",
             "LABSIGHT_TOKENS_FILE": str(self.home / TOKENS_FILE),
         }
-        logs = self.home / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
         for name, spec in SERVERS.items():
             env = {
                 **base_env,
                 "LABSIGHT_PORT": str(self.layout.grpc_ports[name]),
                 "LABSIGHT_METRICS_PORT": str(self.layout.metrics_ports[name]),
             }
-            self._spawn(name, spec, env, logs)
+            self._spawn(name, spec.module, env)
         for index in range(self.layout.workers):
             metrics_port = self.layout.metrics_ports[WORKER.name] + index
             env = {**base_env, "LABSIGHT_METRICS_PORT": str(metrics_port)}
-            self._spawn(f"worker-{index + 1}", WORKER, env, logs)
+            self._spawn(f"worker-{index + 1}", WORKER.module, env)
+        self.monitor = HealthMonitor(self)
         self._wait_until_serving(timeout_s)
         write_endpoints(endpoints, self.home)
         self.serving = True
+        self.monitor.start()
 
-    def _spawn(self, name: str, spec: ProcessSpec, env: dict[str, str], logs: Path) -> None:
-        log_file = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.children[name] = subprocess.Popen(
-            [sys.executable, "-m", spec.module],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        log_file.close()
+    def _start_redis(self) -> None:
+        """redis-server with AOF and a password, on a port that stays the same across restarts."""
+        data_dir = self.home / "redis"
+        password = ensure_redis_password(self.home)
+        port = free_port()
+        config = write_redis_config(data_dir, port, password)
+        self.redis_url = redis_url(port, password)
+        child = self.supervisor.spawn(ChildSpec(REDIS, redis_command(config)))
+        self._record()
+        wait_for_redis(self.redis_url, child.process, data_dir / "redis.log")
+
+    def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:
+        argv = [sys.executable, "-m", module]
+        self.supervisor.spawn(ChildSpec(name, argv, env, self.logs / f"{name}.log"))
+        self._record()
+
+    def _record(self) -> None:
+        if self.lock is not None:
+            self.lock.record(self.supervisor.pids())
 
     def _wait_until_serving(self, timeout_s: float) -> None:
+        assert self.monitor is not None
         deadline = time.monotonic() + timeout_s
-        for name, spec in SERVERS.items():
-            address = f"127.0.0.1:{self.layout.grpc_ports[name]}"
-            with grpc.insecure_channel(address) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                while True:
-                    self.check_children()
-                    try:
-                        reply = stub.Check(
-                            health_pb2.HealthCheckRequest(service=spec.grpc_services[0]),
-                            timeout=1.0,
-                        )
-                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                            break
-                    except grpc.RpcError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"{name} did not report SERVING on {address} within {timeout_s:.0f} s; "
-                            f"see {self.home / 'logs' / (name + '.log')}"
-                        )
-                    time.sleep(0.2)
+        for name in self.child_names():
+            while why := self.monitor.probe(name):
+                exited = self.supervisor.exited()
+                if exited:
+                    raise RuntimeError(
+                        f"{exited[0]} exited while starting; see {self.logs / (exited[0] + '.log')}"
+                    )
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{name} is not up after {timeout_s:.0f} s ({why}); "
+                        f"see {self.logs / (name + '.log')}"
+                    )
+                time.sleep(0.2)
+        self.monitor.check()
 
-    def check_children(self) -> None:
-        """Raise if a child process has exited."""
-        for name, process in self.children.items():
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"{name} exited with code {process.returncode}; "
-                    f"see {self.home / 'logs' / (name + '.log')}"
-                )
+    def supervise(self) -> None:
+        """Restart children that exited (call from the main thread, see labsight.supervisor)."""
+        events = self.supervisor.tick()
+        for event in events:
+            self.report(event.message)
+            if event.kind is EventKind.RESTARTED:
+                CHILD_RESTARTS.labels(event.child).inc()
+        if events:
+            self._record()
 
     def stop(self, grace_s: float = 15.0) -> None:
-        """Stop workers first, then services (SIGTERM, then SIGKILL after ``grace_s``), then Redis."""
+        """Stop workers first, then services (SIGTERM, then SIGKILL after ``grace_s``), then
+        Redis (SIGTERM: it flushes its AOF); then let the next `up` take the home."""
         if self.serving:  # never remove the endpoints of another `up` in the same home
             remove_endpoints(self.home)
-        workers = [name for name in self.children if name.startswith("worker")]
-        services = [name for name in self.children if name not in workers]
-        for group in (workers, services):
-            for name in group:
-                if self.children[name].poll() is None:
-                    self.children[name].send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            for name in group:
-                try:
-                    self.children[name].wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    self.children[name].kill()
-                    self.children[name].wait()
-        if self.redis_process is not None:
-            stop_redis(self.redis_process, self.redis_url)
+        if self.monitor is not None:
+            self.monitor.stop()
+        workers = [name for name in self.supervisor.children if name.startswith("worker")]
+        self.supervisor.stop([workers, list(SERVERS), [REDIS]], grace_s)
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()  # type: ignore[attr-defined]
+        if self.lock is not None:
+            self.lock.release()
 
 
 def describe(stack: Stack) -> str:
-    """A human-readable table of the stack's endpoints."""
+    """A human-readable table of the stack's endpoints (the Redis password hidden)."""
     endpoints = stack.endpoints()
     lines = [f"gateway       {endpoints.gateway}   (gRPC, the public API)"]
     lines += [f"{name:<13} {addr}" for name, addr in endpoints.services.items()]
-    lines += [f"redis         {endpoints.redis_url}"]
+    lines += [f"redis         {hide_password(endpoints.redis_url)}"]
     lines += [f"metrics       {url}" for url in endpoints.metrics.values()]
-    lines += [f"logs          {stack.home / 'logs'}", f"endpoints     {stack.home / 'endpoints.json'}"]
+    lines += [f"logs          {stack.logs}", f"endpoints     {stack.home / 'endpoints.json'}"]
     return "\n".join(lines)
 
 
-def wait_for_stop(stack: Stack, stop: threading.Event) -> int:
-    """Block until ``stop`` is set (exit 0) or a child dies (exit 1)."""
-    while not stop.wait(0.5):
-        try:
-            stack.check_children()
-        except RuntimeError as error:
-            print(f"labsight up: {error}; stopping", file=sys.stderr)
-            return 1
-    return 0
+def serve_until(stack: Stack, stop: threading.Event, tick_s: float = 0.2) -> int:
+    """Supervise the children until ``stop`` is set; exit status 0.
 
+    A child that keeps crashing is given up on, but `up` keeps serving the rest.
+    """
+    while not stop.wait(tick_s):
+        stack.supervise()
+    return 0
