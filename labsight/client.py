@@ -23,7 +23,12 @@ TERMINAL = (pb.JOB_STATUS_DONE, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_CANCELLED, p
 UPLOAD_CHUNK_BYTES = 4 * 1024 * 1024
 BATCH_MESSAGE_JOBS = 128
 POLL_INTERVAL_S = 0.5
-"""How often ``wait`` asks for a job's state when the gateway refuses another watch stream."""
+"""How often ``wait`` asks for a job's state when it cannot watch the job."""
+RESTART_PATIENCE_S = 60.0
+"""How long ``wait`` keeps asking a gateway that answers UNAVAILABLE (e.g. while restarting)."""
+MAX_RECONNECT_BACKOFF_MS = 5000
+"""The channel tries a gateway that went away again at least this often, so a restarted
+gateway is found within seconds (gRPC's default backs off to two minutes)."""
 BATCH_MESSAGE_BYTES = 4 * 1024 * 1024
 """The SDK packs up to BATCH_MESSAGE_JOBS jobs or BATCH_MESSAGE_BYTES into one SubmitBatch
 message (a larger job travels alone), so the gateway can queue early jobs while later
@@ -110,6 +115,7 @@ class LabSightClient:
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ]
         tls_ca = tls_ca or os.environ.get("LABSIGHT_TLS_CA")
         if tls_ca:
@@ -190,24 +196,33 @@ class LabSightClient:
     def wait(self, job_id: str, timeout_s: float | None = None) -> pb.Job:
         """Block until the job ends; returns its final state.
 
-        Watches the job; when the gateway has no watch stream free
-        (RESOURCE_EXHAUSTED), polls GetJob every POLL_INTERVAL_S instead.
+        Watches the job; when the watch fails in any way (the gateway has no
+        watch stream free, it restarted, the stream broke or ended early), polls
+        GetJob every POLL_INTERVAL_S instead. TimeoutError after ``timeout_s``.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         job = self.get(job_id)
         try:
             for job in self.watch(job_id, timeout_s):
                 if job.status in TERMINAL:
-                    break
-            return job
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise
+                    return job
+        except grpc.RpcError:
+            pass  # polling below answers the same question without a stream
+        unreachable_since: float | None = None
         while job.status not in TERMINAL:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} did not end within {timeout_s} s")
             time.sleep(POLL_INTERVAL_S)
-            job = self.get(job_id)
+            try:
+                job = self.get(job_id)
+                unreachable_since = None
+            except grpc.RpcError as error:
+                # A gateway (or its Redis) being restarted answers UNAVAILABLE for a while.
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > RESTART_PATIENCE_S:
+                    raise
         return job
 
     def result(self, job_id: str) -> pb.JobResult:

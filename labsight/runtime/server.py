@@ -7,7 +7,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -17,11 +17,13 @@ from prometheus_client import start_http_server
 
 from labsight.config import Settings
 from labsight.runtime.interceptors import StatusInterceptor
+from labsight.runtime.readiness import ReadinessProbe, follow_readiness
 
 log = logging.getLogger(__name__)
 
-Registrar = Callable[[grpc.Server, Settings], None]
-"""Adds a service's servicers to a server (e.g. ``add_FeatureServiceServicer_to_server``)."""
+Registrar = Callable[[grpc.Server, Settings], ReadinessProbe | None]
+"""Adds a service's servicers to a server (e.g. ``add_FeatureServiceServicer_to_server``);
+returns the readiness probe its health follows, if it depends on something (e.g. Redis)."""
 
 
 @dataclass
@@ -32,6 +34,7 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     service_names: tuple[str, ...]
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def address(self) -> str:
@@ -40,6 +43,7 @@ class RunningServer:
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Report NOT_SERVING, let in-flight calls finish for ``grace_s``, then stop."""
+        self.stopping.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
 
@@ -51,7 +55,8 @@ def start_server(
 
     TLS is on when ``settings.tls_cert`` and ``settings.tls_key`` name PEM
     files. The server serves ``grpc.health.v1`` (overall and per service, SERVING once
-    started), server reflection, and the status/metrics interceptor, with the
+    started and, when the registrar returned a readiness probe, only while it
+    passes), server reflection, and the status/metrics interceptor, with the
     configured message size limit.
     """
     server = grpc.server(
@@ -59,7 +64,7 @@ def start_server(
         interceptors=[StatusInterceptor()],
         options=settings.server_options(),
     )
-    register(server, settings)
+    readiness = register(server, settings)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)
@@ -78,7 +83,10 @@ def start_server(
     for name in ("", *service_names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving", extra={"services": list(service_names), "port": port})
-    return RunningServer(server, port, health_servicer, tuple(service_names))
+    running = RunningServer(server, port, health_servicer, tuple(service_names))
+    if readiness is not None:
+        follow_readiness(health_servicer, ("", *service_names), readiness, running.stopping)
+    return running
 
 
 def start_metrics(settings: Settings) -> int | None:

@@ -11,6 +11,7 @@ import redis
 
 from labsight.config import Settings
 from labsight.errors import ResourceExhausted
+from labsight.redis_client import connect_redis
 from services.gateway.jobs import QUEUED, JobRecord, JobStore, now
 from services.gateway.keys import PRIORITIES, WORKER_GROUP, RedisKeys
 
@@ -331,7 +332,7 @@ class JobQueue:
 
 def build_queue(settings: Settings) -> JobQueue:
     """The job queue on the Redis, key prefix, depth limit and retention in ``settings``."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect_redis(settings.redis_url, settings.max_workers)  # a connection per thread
     return JobQueue(
         client,
         RedisKeys(settings.key_prefix),

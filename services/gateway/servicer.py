@@ -21,6 +21,8 @@ from labsight.errors import (
     ResourceExhausted,
     echo,
 )
+from labsight.redis_client import redis_probe
+from labsight.runtime.readiness import ReadinessProbe
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
 from services.gateway.auth import BearerAuth
@@ -28,7 +30,7 @@ from services.gateway.ids import check_id, check_optional_id
 from services.gateway.jobs import ACTIVE_STATUSES, CANCELLED, DONE, PROTO_TO_STATUS, now
 from services.gateway.pipelines import get_pipeline, pipeline_infos
 from services.gateway.queue import JobQueue, NewJob, Staged, build_queue
-from services.gateway.watch import watch_batch, watch_job
+from services.gateway.watch import EventFanout, watch_batch, watch_job
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self.max_upload_bytes = max_upload_bytes
         self.max_watch_streams = max_watch_streams
         self._watch_slots = threading.BoundedSemaphore(max_watch_streams)
+        self.events = EventFanout(queue.client)
 
     @contextlib.contextmanager
     def _watch_slot(self) -> Iterator[None]:
@@ -229,7 +232,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         tenant = self.tenant_of(context)
         self.store.load(check_id("job_id", request.job_id), tenant)
         with self._watch_slot():
-            for job in watch_job(self.store, request.job_id, context.is_active):
+            for job in watch_job(self.events, self.store, request.job_id, context.is_active):
                 yield pb.JobEvent(job=job.to_proto())
 
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
@@ -311,7 +314,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self._batch(request.batch_id, tenant)
         with self._watch_slot():
             yield from watch_batch(
-                self.queue.client,
+                self.events,
                 self.keys.batch_events(tenant, request.batch_id),
                 lambda: self._batch(request.batch_id, tenant),
                 context.is_active,
@@ -365,11 +368,15 @@ def tenant_resolver(settings: Settings) -> TenantResolver:
     )
 
 
-def register(server: grpc.Server, settings: Settings) -> None:
-    """Add the GatewayService, backed by the Redis in ``settings``, to ``server``."""
+def register(server: grpc.Server, settings: Settings) -> ReadinessProbe:
+    """Add the GatewayService, backed by the Redis in ``settings``, to ``server``.
+
+    Returns its readiness: the gateway serves only while Redis answers.
+    """
     queue = build_queue(settings)
     queue.ensure_groups()
     servicer = GatewayServicer(
         queue, tenant_resolver(settings), max_watch_streams=watch_stream_limit(settings.max_workers)
     )
     pb_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+    return redis_probe(settings.redis_url)

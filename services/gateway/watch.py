@@ -1,7 +1,11 @@
-"""Change streams for WatchJob / WatchBatch: Redis pub/sub wake-ups plus a slow poll."""
+"""Change streams for WatchJob / WatchBatch: shared Redis pub/sub wake-ups plus a slow poll."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -10,14 +14,86 @@ import redis
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.jobs import JobRecord, JobStore
 
+log = logging.getLogger(__name__)
+
 State = TypeVar("State")
 
 POLL_INTERVAL_S = 1.0
 """Re-read the state at least this often, in case a pub/sub message was missed."""
+READ_TIMEOUT_S = 1.0
+"""How long the fan-out reader waits for a message before it looks at its subscribers again."""
+RECONNECT_PAUSE_S = 1.0
+"""Pause of the fan-out reader after Redis failed, before it reads (and reconnects) again."""
+
+
+class EventFanout:
+    """One Redis pub/sub connection shared by every watch stream of a process.
+
+    A stream subscribes to its channel here instead of opening a connection of
+    its own, so the number of open streams costs no Redis connections. A reader
+    thread (running while any stream is open) receives every message and wakes
+    the streams of its channel; redis-py subscribes the connection again after
+    a reconnect.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._lock = threading.Lock()
+        self._listeners: dict[str, set[threading.Event]] = {}
+        self._reader: threading.Thread | None = None
+
+    @property
+    def channels(self) -> int:
+        """Channels with at least one open stream."""
+        with self._lock:
+            return len(self._listeners)
+
+    @contextlib.contextmanager
+    def subscribe(self, channel: str) -> Iterator[threading.Event]:
+        """An event that is set on every message on ``channel`` while the context is open."""
+        woken = threading.Event()
+        with self._lock:
+            if channel not in self._listeners:
+                self._pubsub.subscribe(channel)
+                self._listeners[channel] = set()
+            self._listeners[channel].add(woken)
+            if self._reader is None:
+                self._reader = threading.Thread(target=self._read, name="watch-fanout", daemon=True)
+                self._reader.start()
+        try:
+            yield woken
+        finally:
+            with self._lock:
+                listeners = self._listeners[channel]
+                listeners.discard(woken)
+                if not listeners:
+                    del self._listeners[channel]
+                    with contextlib.suppress(redis.RedisError):
+                        self._pubsub.unsubscribe(channel)
+
+    def _read(self) -> None:
+        while True:
+            with self._lock:
+                if not self._listeners:
+                    self._reader = None  # the next subscription starts a new reader
+                    return
+            try:
+                message = self._pubsub.get_message(timeout=READ_TIMEOUT_S)
+            except redis.RedisError as error:
+                # The streams keep polling meanwhile; their fetches report Redis as down.
+                log.warning("watch fan-out lost Redis; reconnecting", extra={"error": str(error)})
+                time.sleep(RECONNECT_PAUSE_S)
+                continue
+            if message is None or message["type"] != "message":
+                continue
+            channel = message["channel"].decode()
+            with self._lock:
+                for woken in self._listeners.get(channel, ()):
+                    woken.set()
 
 
 def watch_state(
-    client: redis.Redis,
+    events: EventFanout,
     channel: str,
     fetch: Callable[[], State],
     is_finished: Callable[[State], bool],
@@ -29,31 +105,26 @@ def watch_state(
     Subscribes before the first read, so no change between read and
     subscription is lost. Stops when the state is finished or the caller left.
     """
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(channel)
-    try:
+    with events.subscribe(channel) as changed:
         state = fetch()
         yield state
         last = fingerprint(state)
         while not is_finished(state) and is_active():
-            if pubsub.get_message(timeout=POLL_INTERVAL_S) is not None:
-                while pubsub.get_message(timeout=0.0) is not None:
-                    pass
+            changed.wait(POLL_INTERVAL_S)
+            changed.clear()  # before the read, so a change during the read wakes us again
             state = fetch()
             current = fingerprint(state)
             if current != last:
                 last = current
                 yield state
-    finally:
-        pubsub.close()
 
 
 def watch_job(
-    store: JobStore, job_id: str, is_active: Callable[[], bool]
+    events: EventFanout, store: JobStore, job_id: str, is_active: Callable[[], bool]
 ) -> Iterator[JobRecord]:
     """Every state of a job from now until it ends."""
     return watch_state(
-        store.client,
+        events,
         store.keys.job_events(job_id),
         lambda: store.load(job_id),
         lambda job: job.is_terminal,
@@ -63,13 +134,13 @@ def watch_job(
 
 
 def watch_batch(
-    client: redis.Redis,
+    events: EventFanout,
     channel: str,
     fetch: Callable[[], pb.Batch],
     is_active: Callable[[], bool],
 ) -> Iterator[pb.Batch]:
     """Every state of a batch's counts from now until all its jobs ended."""
     return watch_state(
-        client, channel, fetch, lambda batch: batch.finished, is_active,
+        events, channel, fetch, lambda batch: batch.finished, is_active,
         lambda batch: batch.SerializeToString(deterministic=True),
     )

@@ -1,0 +1,130 @@
+"""Watch streams share one Redis pub/sub connection, and the SDK's wait() survives a broken one."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import redis
+
+from labsight.catalog import GATEWAY
+from labsight.client import LabSightClient
+from labsight.config import Settings
+from labsight.redis_server import free_port, start_redis, stop_redis
+from labsight.runtime.server import RunningServer
+from labsight.v1 import gateway_pb2 as pb
+from labsight.v1 import gateway_pb2_grpc as pb_grpc
+from services.gateway.keys import RedisKeys
+from services.gateway.servicer import register as register_gateway
+
+Serve = Callable[..., RunningServer]
+TINY = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+STREAMS = 150
+THREADS = 200
+"""Handler threads of the gateway: its watch cap (175) lets all STREAMS in."""
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[str, redis.Redis]]:
+    """A redis-server of this test alone, so its client list counts only this test's gateway."""
+    process, url = start_redis(tmp_path / "redis", port=free_port())
+    client = redis.Redis.from_url(url)
+    yield url, client
+    client.close()
+    stop_redis(process, url)
+
+
+def _subscriber_connections(client: redis.Redis) -> list[int]:
+    """Channel counts of the connections subscribed to pub/sub channels."""
+    return [int(entry["sub"]) for entry in client.client_list() if int(entry["sub"])]
+
+
+def test_many_watch_streams_share_one_redis_connection(
+    serve: Serve, settings: Settings, private_redis: tuple[str, redis.Redis]
+) -> None:
+    settings.redis_url, observer = private_redis
+    settings.max_workers = THREADS
+    gateway = serve(register_gateway, GATEWAY.grpc_services, settings)
+    client = LabSightClient(gateway.address, token="")
+    job_ids = [client.submit("fractal", TINY, {"box_sizes": "3"}).job_id for _ in range(STREAMS)]
+
+    seen: dict[str, list[int]] = {job_id: [] for job_id in job_ids}
+    failures: list[grpc.RpcError] = []
+
+    def watch(job_id: str) -> None:
+        try:
+            for event in client.stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=120):
+                seen[job_id].append(event.job.status)
+        except grpc.RpcError as error:
+            failures.append(error)
+
+    watchers = [threading.Thread(target=watch, args=(job_id,)) for job_id in job_ids]
+    for thread in watchers:
+        thread.start()
+    _wait_for(lambda: all(seen.values()) or bool(failures), 60, "every stream's first event")
+    assert not failures, failures[0]
+
+    # Every stream is open: one connection carries all their channels, and the
+    # gateway's connections stay within its pool (one per handler thread, and a few).
+    assert _subscriber_connections(observer) == [STREAMS]
+    assert len(observer.client_list()) <= THREADS + 16
+
+    # Ordinary calls still get through while the streams are open.
+    for _ in range(20):
+        job = client.submit("fractal", TINY, {"box_sizes": "3"})
+        assert client.get(job.job_id).status == pb.JOB_STATUS_QUEUED
+
+    for job_id in job_ids:
+        client.cancel(job_id)
+    for thread in watchers:
+        thread.join(timeout=60)
+    assert not failures, failures[0]
+    assert all(states[0] == pb.JOB_STATUS_QUEUED for states in seen.values())
+    assert all(states[-1] == pb.JOB_STATUS_CANCELLED for states in seen.values())
+    _wait_for(lambda: not _subscriber_connections(observer), 30, "the channels to be released")
+    client.close()
+
+
+def test_wait_polls_when_the_watch_stream_breaks(
+    serve: Serve, settings: Settings, redis_client: redis.Redis
+) -> None:
+    settings.port = free_port()
+    first = serve(register_gateway, GATEWAY.grpc_services, settings)
+    client = LabSightClient(first.address, token="")
+    job = client.submit("fractal", TINY, {"box_sizes": "3"})
+    outcome: list[pb.Job | BaseException] = []
+
+    def wait() -> None:
+        try:
+            outcome.append(client.wait(job.job_id, timeout_s=120))
+        except BaseException as error:  # noqa: BLE001 - the test reports it
+            outcome.append(error)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    channel = RedisKeys(settings.key_prefix).job_events(job.job_id)
+    _wait_for(lambda: redis_client.pubsub_numsub(channel)[0][1] == 1, 30, "the watch stream")
+
+    first.stop(0)  # the stream breaks mid-way; the gateway is gone for a while
+    _wait_for(lambda: redis_client.pubsub_numsub(channel)[0][1] == 0, 30, "the stream to end")
+    second = serve(register_gateway, GATEWAY.grpc_services, settings)
+    with grpc.insecure_channel(second.address) as channel_to_second:
+        pb_grpc.GatewayServiceStub(channel_to_second).CancelJob(
+            pb.CancelJobRequest(job_id=job.job_id), timeout=10
+        )
+    waiter.join(timeout=60)
+    assert outcome and isinstance(outcome[0], pb.Job), outcome
+    assert outcome[0].status == pb.JOB_STATUS_CANCELLED
+    client.close()
