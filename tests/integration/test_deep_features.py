@@ -358,15 +358,15 @@ def test_spot_features_of_labelled_cells(
     assert result.provenance["layer"] == "avgpool"
 
 
-def test_a_spot_outside_the_image_fails_the_job_naming_the_spot(stack: InProcessStack) -> None:
-    stack.start_worker()
-    job = stack.client.submit(
-        "spot-features", IMAGES[0], {"model": DEFAULT_MODEL, "spot_diameter": 80},
-        tensors={"spot_centres": np.array([[100.0, 100.0], [5.0, 5.0]])},
-    )
-    final = stack.client.wait(job.job_id, timeout_s=120)
-    assert final.status == pb.JOB_STATUS_FAILED
-    assert "INVALID_ARGUMENT" in final.error and "spot_centres[1]" in final.error
+def test_a_spot_outside_the_image_is_refused_at_submit_naming_the_spot(stack: InProcessStack) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        stack.client.submit(
+            "spot-features", IMAGES[0], {"model": DEFAULT_MODEL, "spot_diameter": 80},
+            tensors={"spot_centres": np.array([[100.0, 100.0], [5.0, 5.0]])},
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input.tensors[spot_centres][1]: the 80x80 patch around (x=5.0, y=5.0)" in error.value.details()
+    assert stack.client.list_jobs() == []
 
 
 @pytest.mark.parametrize(

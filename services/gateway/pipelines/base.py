@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from labsight.errors import InvalidArgument
-from labsight.images import decode_image
+from labsight.images import image_info
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.services import ServiceClients
 
@@ -84,8 +84,12 @@ class Pipeline(ABC):
         return resolved
 
     def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
-        """Pipeline-specific input checks at submit time; default: the main image decodes."""
-        decode_image(job_input.image, "input.image")
+        """Pipeline-specific input checks at submit time; default: the main image's header is good.
+
+        Checks read headers, never pixels, so a submission costs the gateway what
+        its message does (the services that need the pixels decode them).
+        """
+        image_info(job_input.image, "input.image")
 
     def parsed(self, params: Mapping[str, str]) -> dict[str, object]:
         """Parameters parsed to Python values (after ``validate``)."""

@@ -8,12 +8,14 @@ import grpc
 import numpy as np
 
 from labsight.errors import InvalidArgument
-from labsight.images import decode_image, image_stack
+from labsight.images import image_info, image_stack
 from labsight.tables import feature_table, table_values
 from labsight.tensors import to_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Parameter, Pipeline, RunContext
+from services.gateway.pipelines.costs import DEEP_FEATURES_COST
+from services.gateway.pipelines.models import MODEL_CATALOG, input_pixels
 
 CHUNK_IMAGES = 32
 """Images per ExtractDeepFeatures call; calls overlap so the service's batcher stays busy."""
@@ -22,6 +24,9 @@ CALLS_IN_FLIGHT = 2
 
 PATCHES_INPUT = "patches"
 """Role of the optional (N, H, W, C) stack of images in JobInput.tensors."""
+
+MODEL_CHANNELS = (1, 3)
+"""Channels the features service takes: grey (repeated to RGB) or RGB."""
 
 POOLINGS = {
     "average": features_pb2.POOLING_AVERAGE,
@@ -44,6 +49,25 @@ def model_parameters(default_model: str) -> tuple[Parameter, ...]:
         Parameter("layer", "Layer name or module path; empty: the model's default layer.", "", str),
         Parameter("pooling", "Reduction of the layer's maps: average, max or none.", "average",
                   parse_pooling),
+    )
+
+
+def check_model_channels(channels: int, field: str) -> None:
+    """Refuse images the CNN cannot take (2, 4 or more channels), naming ``field``."""
+    if channels not in MODEL_CHANNELS:
+        raise InvalidArgument(
+            f"{field}: {channels} channels; deep features take grey (1) or RGB (3) images "
+            "(drop an alpha channel before sending)"
+        )
+
+
+def check_model_work(params: dict[str, str], images: int, what: str) -> None:
+    """Refuse an unknown model (when the features service answers) and ``images`` over the work limit."""
+    info = MODEL_CATALOG.check(params["model"]) if params["model"] else None
+    DEEP_FEATURES_COST.check(
+        float(images) * input_pixels(info),
+        f"{what}: {images} images through model {params['model'] or 'default'!r}",
+        "send fewer images per job (one job per slice of them)",
     )
 
 
@@ -110,15 +134,21 @@ class DeepFeaturesPipeline(Pipeline):
     parameters = model_parameters("efficientnet-lite0")
 
     def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
-        """The main image decodes if given, the patch stack is (N, H, W[, C]) pixels; one is there."""
+        """An image and/or a patch stack of grey or RGB pixels, a known model, within the work limit."""
+        images = 0
         if job_input.image.WhichOneof("source") is not None:
-            decode_image(job_input.image, "input.image")
+            check_model_channels(image_info(job_input.image, "input.image").channels, "input.image")
+            images += 1
         elif PATCHES_INPUT not in job_input.tensors:
             raise InvalidArgument(
                 f"input: give an image and/or a stack of images as tensors[{PATCHES_INPUT!r}]"
             )
         if PATCHES_INPUT in job_input.tensors:
-            patch_stack(job_input)
+            stack = patch_stack(job_input)
+            channels = stack.shape[3] if stack.ndim == 4 else 1
+            check_model_channels(channels, f"input.tensors[{PATCHES_INPUT}]")
+            images += len(stack)
+        check_model_work(params, images, "input")
 
     def run(self, context: RunContext) -> pb.JobResult:
         """Features of every input image, one table row each (main image first)."""

@@ -7,13 +7,20 @@ from functools import partial
 import numpy as np
 
 from labsight.errors import InvalidArgument
-from labsight.images import decode_image
+from labsight.images import ImageInfo, decode_image, image_info
 from labsight.tables import feature_table
 from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import features_pb2, segmentation_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, parse_bool
-from services.gateway.pipelines.deep_features import extract_features, model_parameters
+from services.gateway.pipelines.costs import DEEP_FEATURES_COST
+from services.gateway.pipelines.deep_features import (
+    check_model_channels,
+    check_model_work,
+    extract_features,
+    model_parameters,
+)
+from services.gateway.pipelines.models import MODEL_CATALOG, input_pixels
 
 SPOT_CENTRES = "spot_centres"
 CELL_LABELS = "cell_labels"
@@ -67,27 +74,21 @@ class SpotFeaturesPipeline(Pipeline):
     )
 
     def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
-        """The image decodes; exactly one of spots (with a diameter) or a cell mask is given."""
-        decode_image(job_input.image, "input.image")
+        """A grey or RGB image; spots whose patches lie inside it, or a cell mask of its size;
+        a known model; patches within the work limit."""
+        info = image_info(job_input.image, "input.image")
+        check_model_channels(info.channels, "input.image")
         has_spots = SPOT_CENTRES in job_input.tensors
         has_cells = CELL_LABELS in job_input.tensors or CELL_LABELS in job_input.images
         if has_spots == has_cells:
             raise InvalidArgument(
                 f"input: give exactly one of tensors[{SPOT_CENTRES!r}] or a {CELL_LABELS!r} mask"
             )
-        if not has_spots:
-            return
-        centres = from_tensor(job_input.tensors[SPOT_CENTRES], f"input.tensors[{SPOT_CENTRES}]")
-        if centres.ndim != 2 or centres.shape[1] != 2 or len(centres) == 0:
-            raise InvalidArgument(
-                f"input.tensors[{SPOT_CENTRES}]: expected (N, 2) x, y coordinates, "
-                f"got shape {list(centres.shape)}"
-            )
-        if parse_diameter(params["spot_diameter"]) < 1:
-            raise InvalidArgument("params.spot_diameter: give the spot diameter in pixels (>= 1)")
-        ids = parse_spot_ids(params["spot_ids"])
-        if ids and len(ids) != len(centres):
-            raise InvalidArgument(f"params.spot_ids: {len(ids)} ids for {len(centres)} spot centres")
+        if has_spots:
+            patches = check_spots(params, job_input, info)
+        else:
+            patches = count_cells(params, job_input, info)
+        check_model_work(params, patches, "input")
 
     def run(self, context: RunContext) -> pb.JobResult:
         """Cut patches in slices that fit a message, extract their features, one row per patch."""
@@ -138,8 +139,8 @@ class SpotFeaturesPipeline(Pipeline):
         job_input = context.job_input
         params = self.parsed(context.params)
         base = segmentation_pb2.ExtractPatchesRequest(image=job_input.image, output_size=side)
-        pixels = decode_image(job_input.image, "input.image")
-        patch_bytes = side * side * pixels.itemsize * (pixels.shape[2] if pixels.ndim == 3 else 1)
+        info = image_info(job_input.image, "input.image")
+        patch_bytes = side * side * info.dtype.itemsize * info.channels
         per_call = max(1, PATCH_BYTES_PER_CALL // patch_bytes)
         requests = []
         if SPOT_CENTRES not in job_input.tensors:
@@ -167,6 +168,73 @@ class SpotFeaturesPipeline(Pipeline):
             request.spot_ids.extend(ids[start : start + per_call])
             requests.append(request)
         return requests
+
+
+def check_spots(params: dict[str, str], job_input: pb.JobInput, info: ImageInfo) -> int:
+    """Number of spots, after checking that each one's square patch lies inside the image.
+
+    The patch geometry is the segmentation service's (services/segmentation/patches.py):
+    side = round(diameter), top-left corner = round(centre - side / 2).
+    """
+    field = f"input.tensors[{SPOT_CENTRES}]"
+    centres = from_tensor(job_input.tensors[SPOT_CENTRES], field)
+    if centres.ndim != 2 or centres.shape[1] != 2 or len(centres) == 0:
+        raise InvalidArgument(f"{field}: expected (N, 2) x, y coordinates, got shape {list(centres.shape)}")
+    if centres.dtype.kind not in "iuf" or not np.all(np.isfinite(centres)):
+        raise InvalidArgument(f"{field}: coordinates must be finite numbers")
+    ids = parse_spot_ids(params["spot_ids"])
+    if ids and len(ids) != len(centres):
+        raise InvalidArgument(f"params.spot_ids: {len(ids)} ids for {len(centres)} spot centres")
+    diameter = parse_diameter(params["spot_diameter"])
+    if diameter < 1:
+        raise InvalidArgument("params.spot_diameter: give the spot diameter in pixels (>= 1)")
+    side = int(np.floor(diameter + 0.5))
+    if side > min(info.height, info.width):
+        raise InvalidArgument(
+            f"params.spot_diameter: a {side}x{side} patch does not fit in the "
+            f"{info.height}x{info.width} image"
+        )
+    corners = np.floor(centres.astype(np.float64) - side / 2 + 0.5)
+    outside = np.flatnonzero(
+        (corners[:, 0] < 0) | (corners[:, 1] < 0)
+        | (corners[:, 0] + side > info.width) | (corners[:, 1] + side > info.height)
+    )
+    if len(outside):
+        i = int(outside[0])
+        raise InvalidArgument(
+            f"{field}[{i}]: the {side}x{side} patch around (x={centres[i, 0]}, y={centres[i, 1]}) "
+            f"reaches outside the {info.height}x{info.width} image ({len(outside)} spots do)"
+        )
+    return len(centres)
+
+
+def count_cells(params: dict[str, str], job_input: pb.JobInput, info: ImageInfo) -> int:
+    """Number of cells of the mask (or a bound on it), after checking its type and size.
+
+    Counting reads every label, so it is done only when the cheap bound (the
+    largest label the mask's dtype or values allow) would exceed the work limit.
+    """
+    if CELL_LABELS in job_input.tensors:
+        field = f"input.tensors[{CELL_LABELS}]"
+        mask = from_tensor(job_input.tensors[CELL_LABELS], field)
+        shape, dtype = mask.shape, mask.dtype
+    else:
+        field = f"input.images[{CELL_LABELS}]"
+        header = image_info(job_input.images[CELL_LABELS], field)
+        mask, shape, dtype = None, header.shape, header.dtype
+    if dtype.kind not in "iu":
+        raise InvalidArgument(f"{field}: expected an integer label mask, got dtype {dtype}")
+    if shape != (info.height, info.width):
+        raise InvalidArgument(
+            f"{field}: shape {list(shape)} does not match the image's {[info.height, info.width]}"
+        )
+    bound = min(info.height * info.width, int(mask.max()) if mask is not None else np.iinfo(dtype).max)
+    model = MODEL_CATALOG.check(params["model"]) if params["model"] else None
+    if bound * input_pixels(model) <= DEEP_FEATURES_COST.value():
+        return bound
+    if mask is None:
+        mask = decode_image(job_input.images[CELL_LABELS], field)
+    return len(cell_label_ids(mask))
 
 
 def cell_label_ids(mask: np.ndarray) -> list[int]:
