@@ -46,6 +46,15 @@ def redis_url(port: int, password: str | None = None) -> str:
     return f"redis://{auth}127.0.0.1:{port}/0"
 
 
+def hide_password(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and terminals."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 def private_dir(path: Path) -> Path:
     """Create ``path`` readable by its owner only (0700), its files too (0600)."""
     path.mkdir(parents=True, exist_ok=True)

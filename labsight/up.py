@@ -25,6 +25,7 @@ from labsight.catalog import SERVERS, UP_METRICS_PORT, WORKER
 from labsight.home import Endpoints, remove_endpoints, write_endpoints
 from labsight.redis_server import (
     free_port,
+    hide_password,
     port_is_free,
     private_dir,
     redis_command,
@@ -91,15 +92,6 @@ def ensure_redis_password(home: Path) -> str:
     password = secrets.token_hex(24)
     _private_file(path, password + "\n")
     return password
-
-
-def hide_password(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs and terminals."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 @dataclass

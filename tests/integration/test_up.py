@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,31 +22,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from labsight.catalog import SERVERS
 from labsight.demo import demo_image
-from labsight.home import Endpoints, read_endpoints
+from labsight.home import read_endpoints
 from labsight.images import encode_png
 from labsight.redis_server import port_is_free
 from services.features.fractal import gliding_box
 from services.gateway.keys import RedisKeys
-
-STARTUP_TIMEOUT_S = 180
-
-
-def _free_base_port() -> int:
-    """A base port whose gRPC block (base..base+3) and metrics block (base+100..+104) are free."""
-    for base in range(21000 + os.getpid() % 500 * 10, 40000, 10):
-        if all(port_is_free(p) for p in [*range(base, base + 4), *range(base + 100, base + 105)]):
-            return base
-    raise RuntimeError("no free port block")
-
-
-@dataclass
-class UpProcess:
-    """A running `labsight up` and where it records its endpoints."""
-
-    process: subprocess.Popen[bytes]
-    home: Path
-    env: dict[str, str]
-    endpoints: Endpoints
+from tests.up_support import UpProcess, free_base_port, start_up, stop_up, up_environment
 
 
 def _cli(up: UpProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -62,28 +41,10 @@ def _cli(up: UpProcess, *args: str) -> subprocess.CompletedProcess[str]:
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
     """`labsight up` with its own Redis (no REDIS_URL), in a temporary LABSIGHT_HOME."""
     home = tmp_path_factory.mktemp("labsight-home")
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env["LABSIGHT_HOME"] = str(home)
-    base = _free_base_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "labsight.cli", "up", "--base-port", str(base)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while read_endpoints(home) is None:
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"labsight up did not come up:\n{process.stdout.read().decode()}")
-        time.sleep(0.2)
-    handle = UpProcess(process, home, env, read_endpoints(home))
+    output = tmp_path_factory.mktemp("up-output") / "up.out"
+    handle = start_up(home, free_base_port(), up_environment(home), output)
     yield handle
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_up(handle.process)
 
 
 def test_every_service_reports_serving_and_lists_itself_by_reflection(up: UpProcess) -> None:
@@ -100,10 +61,14 @@ def test_every_service_reports_serving_and_lists_itself_by_reflection(up: UpProc
 
 
 def test_every_process_answers_metrics(up: UpProcess) -> None:
-    assert set(up.endpoints.metrics) == {*SERVERS, "worker"}
+    assert set(up.endpoints.metrics) == {*SERVERS, "worker", "up"}
     for name, url in up.endpoints.metrics.items():
         body = urllib.request.urlopen(url, timeout=5).read().decode()
         assert "process_cpu_seconds_total" in body, name
+    up_metrics = urllib.request.urlopen(up.endpoints.metrics["up"], timeout=5).read().decode()
+    assert "labsight_up_healthy 1.0" in up_metrics
+    for child in ("redis", *SERVERS, "worker-1"):
+        assert f'labsight_up_child_up{{child="{child}"}} 1.0' in up_metrics, child
 
 
 def test_cli_fractal_job_equals_a_direct_call_on_the_same_pixels(
@@ -206,15 +171,41 @@ def test_redis_of_up_keeps_an_append_only_file(up: UpProcess) -> None:
     assert any((up.home / "redis").rglob("*.aof"))
 
 
-def test_second_up_on_the_same_ports_says_so(up: UpProcess) -> None:
-    base = int(up.endpoints.gateway.rsplit(":", 1)[1])
+def test_local_mode_keeps_its_data_and_redis_private(up: UpProcess) -> None:
+    url = up.endpoints.redis_url
+    password = (up.home / "redis-password").read_text().strip()
+    assert url.startswith(f"redis://:{password}@127.0.0.1:") and len(password) >= 32
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(url.replace(f":{password}@", "")).ping()
+    assert up.home.stat().st_mode & 0o777 == 0o700
+    for path in [up.home / "redis", *(up.home / "redis").rglob("*")]:
+        assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+    for name in ("redis-password", "local-token", "endpoints.json"):
+        assert (up.home / name).stat().st_mode & 0o777 == 0o600, name
+    command_lines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "redis-server" in command_lines and password not in command_lines
+    assert password not in up.output_text()
+
+
+def test_second_up_on_the_same_home_is_refused_naming_the_pid(up: UpProcess) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "labsight.cli", "up", "--base-port", str(base)],
+        [sys.executable, "-m", "labsight.cli", "up", "--base-port", str(free_base_port())],
         env=up.env, capture_output=True, text=True, timeout=60,
     )
     assert run.returncode == 1
-    assert f"ports [{base}" in run.stderr and "another `labsight up`" in run.stderr
+    assert f"another `labsight up` (pid {up.process.pid}) is running on {up.home}" in run.stderr
     assert read_endpoints(up.home) == up.endpoints  # the running stack's record is kept
+
+
+def test_second_up_on_the_same_ports_says_so(up: UpProcess, tmp_path: Path) -> None:
+    base = int(up.endpoints.gateway.rsplit(":", 1)[1])
+    run = subprocess.run(
+        [sys.executable, "-m", "labsight.cli", "up", "--base-port", str(base)],
+        env=up_environment(tmp_path / "other-home"), capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode == 1
+    assert f"ports [{base}" in run.stderr and "another `labsight up`" in run.stderr
+    assert read_endpoints(up.home) == up.endpoints
 
 
 def test_sigterm_stops_everything_cleanly(up: UpProcess) -> None:
