@@ -64,8 +64,10 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def write_redis_config(data_dir: Path, port: int, password: str | None = None) -> Path:
-    """Write ``data_dir/redis.conf`` (mode 0600) for redis-server on loopback ``port``.
+def write_redis_config(data_dir: Path, port: int, password: str | None = None,
+                       log_file: Path | None = None) -> Path:
+    """Write ``data_dir/redis.conf`` (mode 0600) for redis-server on loopback ``port``,
+    logging to ``log_file`` (default ``data_dir/redis.log``).
 
     AOF with ``appendfsync everysec``: every write reaches the file before its
     reply, so an accepted job survives a crash of redis-server and at most the
@@ -81,7 +83,7 @@ def write_redis_config(data_dir: Path, port: int, password: str | None = None) -
         "appendfsync everysec",
         'save ""',
         "daemonize no",
-        f'logfile "{data_dir / "redis.log"}"',
+        f'logfile "{log_file or data_dir / "redis.log"}"',
     ]
     if password:
         lines.append(f"requirepass {password}")

@@ -222,6 +222,10 @@ class Stack:
         """Where the children's logs and `up`'s own (``up.log``) are written."""
         return self.home / "logs"
 
+    def log_of(self, child: str) -> Path:
+        """The log file of ``child``."""
+        return self.logs / f"{child}.log"
+
     def report(self, message: str) -> None:
         """Say ``message`` on stderr and in ``logs/up.log``."""
         line = f"labsight up: {message}"
@@ -306,15 +310,15 @@ class Stack:
         data_dir = self.home / "redis"
         password = ensure_redis_password(self.home)
         port = free_port()
-        config = write_redis_config(data_dir, port, password)
+        config = write_redis_config(data_dir, port, password, self.log_of(REDIS))
         self.redis_url = redis_url(port, password)
-        child = self.supervisor.spawn(ChildSpec(REDIS, redis_command(config)))
+        child = self.supervisor.spawn(ChildSpec(REDIS, redis_command(config), log_path=self.log_of(REDIS)))
         self._record()
-        wait_for_redis(self.redis_url, child.process, data_dir / "redis.log")
+        wait_for_redis(self.redis_url, child.process, self.log_of(REDIS))
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> None:
         argv = [sys.executable, "-m", module]
-        self.supervisor.spawn(ChildSpec(name, argv, env, self.logs / f"{name}.log"))
+        self.supervisor.spawn(ChildSpec(name, argv, env, self.log_of(name)))
         self._record()
 
     def _record(self) -> None:
@@ -329,12 +333,12 @@ class Stack:
                 exited = self.supervisor.exited()
                 if exited:
                     raise RuntimeError(
-                        f"{exited[0]} exited while starting; see {self.logs / (exited[0] + '.log')}"
+                        f"{exited[0]} exited while starting; see {self.log_of(exited[0])}"
                     )
                 if time.monotonic() > deadline:
                     raise RuntimeError(
                         f"{name} is not up after {timeout_s:.0f} s ({why}); "
-                        f"see {self.logs / (name + '.log')}"
+                        f"see {self.log_of(name)}"
                     )
                 time.sleep(0.2)
         self.monitor.check()
