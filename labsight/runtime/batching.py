@@ -153,13 +153,21 @@ class DynamicBatcher:
         with self._condition:
             return BatchStats(self._batches, self._items)
 
-    def close(self) -> None:
-        """Stop taking requests, finish the queued ones, and stop the threads."""
+    def close(self, drop_metrics: bool = False) -> None:
+        """Stop taking requests, finish the queued ones, and stop the threads.
+
+        ``drop_metrics`` also removes this batcher's series from /metrics, for
+        batchers made and closed on demand (one per served layer), whose names
+        would otherwise pile up there.
+        """
         with self._condition:
             self._closed = True
             self._condition.notify_all()
         for thread in self._threads:
             thread.join()
+        if drop_metrics:
+            for metric in (BATCH_SIZE, QUEUE_SECONDS, BATCH_SECONDS, BATCH_FAILURES):
+                metric.remove(self.name)
 
     def _loop(self, run_batch: BatchFunction) -> None:
         while True:

@@ -5,24 +5,31 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from labsight.config import env_flag, env_float, env_int
-from labsight.errors import NotFound
+from labsight.errors import InvalidArgument, NotFound
 from labsight.home import home_dir
 from labsight.runtime.batching import DynamicBatcher
 from labsight.runtime.cpus import usable_cpus
 from services.features.deep import PoolingMode, check_images, feature_columns, pool, preprocess
+from services.features.engine_cache import EngineCache
 from services.features.models import (
     DEFAULT_MODEL,
+    Backend,
+    Engine,
+    LayerIndex,
     ModelManifest,
     ModelRepository,
-    build_engine,
+    build_engines,
+    build_layer_index,
+    engine_backend,
     model_dirs_from_env,
-    uses_cuda,
 )
 
 
@@ -65,6 +72,13 @@ class ExtractorConfig:
         ``model`` or ``model:layer`` entries loaded (and run once) before the
         service reports SERVING, as Triton loads its repository at start; others
         load on first use [LABSIGHT_PRELOAD_MODELS, comma-separated, default none].
+        Preloaded layers stay loaded.
+    engine_cache_bytes : int
+        Memory the loaded layers' engines may hold (every instance, estimated from
+        the weights each layer needs); beyond it the least recently used layer that
+        no request is using is unloaded [LABSIGHT_ENGINE_CACHE_BYTES, default 1 GiB:
+        with two instances, 4 Inception-v3 ``avgpool`` or 24 EfficientNet-Lite0
+        ``avgpool`` layers, more of earlier layers].
     """
 
     model_dirs: tuple[Path, ...] = ()
@@ -78,6 +92,7 @@ class ExtractorConfig:
     default_model: str = DEFAULT_MODEL
     max_images_per_request: int = 4096
     preload: tuple[str, ...] = ()
+    engine_cache_bytes: int = 1 << 30
 
     @classmethod
     def from_env(cls) -> ExtractorConfig:
@@ -101,6 +116,7 @@ class ExtractorConfig:
                 for entry in os.environ.get("LABSIGHT_PRELOAD_MODELS", "").split(",")
                 if entry.strip()
             ),
+            engine_cache_bytes=max(0, env_int("LABSIGHT_ENGINE_CACHE_BYTES", 1 << 30)),
         )
 
     def engine_layout(self, on_cuda: bool) -> tuple[int, int]:
@@ -120,17 +136,40 @@ class DeepFeatures:
     values: np.ndarray
 
 
-class DeepFeatureExtractor:
-    """Serves every model of a repository, one engine and one dynamic batcher per (model, layer).
+@dataclass(frozen=True)
+class ServedLayer:
+    """One layer's engines behind the dynamic batcher that feeds them."""
 
-    Engines load on first use; concurrent requests for the same layer share
+    batcher: DynamicBatcher
+    engines: tuple[Engine, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Estimated memory held by every instance's engine."""
+        return sum(engine.nbytes for engine in self.engines)
+
+    def close(self) -> None:
+        """Finish queued batches, stop the batcher's threads, then release the engines."""
+        self.batcher.close(drop_metrics=True)
+        for engine in self.engines:
+            engine.close()
+
+
+class DeepFeatureExtractor:
+    """Serves every model of a repository, one engine set and dynamic batcher per (model, layer).
+
+    Engines load on first use and stay in an :class:`EngineCache` bounded by
+    ``config.engine_cache_bytes``; concurrent requests for the same layer share
     its batcher, so single-image requests from many clients run as batches.
+    Each model's layers are listed once (:class:`LayerIndex`), so an unknown
+    layer is refused by a lookup, without loading anything.
     """
 
     def __init__(self, repository: ModelRepository, config: ExtractorConfig) -> None:
         self.repository = repository
         self.config = config
-        self._batchers: dict[tuple[str, str, str], DynamicBatcher] = {}
+        self.engines: EngineCache[ServedLayer] = EngineCache(config.engine_cache_bytes)
+        self._indexes: dict[tuple[str, str, Backend], Future[LayerIndex]] = {}
         self._lock = threading.Lock()
 
     def extract(
@@ -148,7 +187,8 @@ class DeepFeatureExtractor:
         images : sequence of ndarray
             (H, W, 3) RGB or (H, W) grey images, uint8 or uint16, any size.
         model, layer : str
-            Model name and layer (public name or module path); empty for the defaults.
+            Model name and layer (public name, module path or graph value name);
+            empty for the defaults.
         pooling : {"average", "max", "none"}
             Reduction of the layer's activation maps.
         field : str
@@ -157,10 +197,10 @@ class DeepFeatureExtractor:
         Raises
         ------
         NotFound
-            Unknown model or layer.
+            Unknown model.
         ValueError
-            Bad images or pooling, or more images than ``max_images_per_request``,
-            naming the field.
+            Bad images or pooling, an unknown layer, or more images than
+            ``max_images_per_request``, naming the field.
         """
         check_images(images, field)
         if len(images) > self.config.max_images_per_request:
@@ -170,58 +210,83 @@ class DeepFeatureExtractor:
             )
         manifest = self.repository.get(model or self.config.default_model)
         layer = layer or manifest.default_layer
-        batcher = self.batcher(manifest, layer)
-        # Slices of a few batches bound the memory of model inputs: small images grow to
-        # the model's input size (a 224x224 float input is 0.6 MB).
-        step = self.config.max_batch_size * len(batcher.instances)
-        blocks = []
-        for start in range(0, len(images), step):
-            batch = preprocess(
-                images[start : start + step], manifest.input_size, manifest.preprocessing, field
-            )
-            blocks.append(pool(batcher.run(batch), pooling))
+        with self.served(manifest, layer) as served:
+            # Slices of a few batches bound the memory of model inputs: small images grow to
+            # the model's input size (a 224x224 float input is 0.6 MB).
+            step = self.config.max_batch_size * len(served.engines)
+            blocks = []
+            for start in range(0, len(images), step):
+                batch = preprocess(
+                    images[start : start + step], manifest.input_size, manifest.preprocessing, field
+                )
+                blocks.append(pool(served.batcher.run(batch), pooling))
         values = np.concatenate(blocks)
         return DeepFeatures(manifest, layer, feature_columns(layer, values.shape[1]), values)
 
     def preload(self) -> None:
-        """Build and run once the engines of every ``config.preload`` entry.
+        """Build, run once and pin the engines of every ``config.preload`` entry.
 
         Raises
         ------
-        NotFound
+        NotFound, InvalidArgument
             An unknown model or layer, naming LABSIGHT_PRELOAD_MODELS.
         """
         for entry in self.config.preload:
             name, _, layer = entry.partition(":")
             try:
                 manifest = self.repository.get(name)
-                batcher = self.batcher(manifest, layer or manifest.default_layer)
-            except NotFound as error:
-                raise NotFound(f"LABSIGHT_PRELOAD_MODELS entry {entry!r}: {error}") from None
-            warm_up = np.zeros((1, 3, *manifest.input_size), np.float32)
-            for run_batch in batcher.instances:
-                run_batch(warm_up)
+                served = self.served(manifest, layer or manifest.default_layer, pin=True)
+                with served as loaded:
+                    warm_up = np.zeros((1, 3, *manifest.input_size), np.float32)
+                    for engine in loaded.engines:
+                        engine.run(warm_up)
+            except (NotFound, InvalidArgument) as error:
+                raise type(error)(f"LABSIGHT_PRELOAD_MODELS entry {entry!r}: {error}") from None
 
-    def batcher(self, manifest: ModelManifest, layer: str) -> DynamicBatcher:
-        """The dynamic batcher in front of one layer's engine, both built on first use."""
-        key = (manifest.name, manifest.version, manifest.module_path(layer))
+    def served(
+        self, manifest: ModelManifest, layer: str, pin: bool = False
+    ) -> AbstractContextManager[ServedLayer]:
+        """A lease on the engines and batcher of one layer, built on first use.
+
+        Raises
+        ------
+        InvalidArgument
+            If the model has no such layer (nothing is loaded for it).
+        """
+        backend = engine_backend(manifest, layer, self.config.device)
+        target = self.layer_index(manifest, backend).target(layer)
+        key = (manifest.name, manifest.version, backend, target)
+        return self.engines.lease(key, lambda: self._load(manifest, layer, backend, target), pin)
+
+    def layer_index(self, manifest: ModelManifest, backend: Backend) -> LayerIndex:
+        """The layers of one model on one backend, listed on first use and kept.
+
+        Concurrent first requests wait for one listing; a failed one is not kept.
+        """
+        key = (manifest.name, manifest.version, backend)
         with self._lock:
-            batcher = self._batchers.get(key)
-            if batcher is None:
-                instances, threads = self.config.engine_layout(
-                    uses_cuda(manifest, layer, self.config.device)
-                )
-                engines = [
-                    build_engine(
-                        manifest, layer, self.config.device, self.config.cache_dir,
-                        threads, self.config.spin,
-                    )
-                    for _ in range(instances)
-                ]
-                batcher = self._batchers[key] = DynamicBatcher(
-                    [engine.run for engine in engines],
-                    self.config.max_batch_size,
-                    self.config.max_queue_delay_ms,
-                    name=f"{manifest.name}:{layer}",
-                )
-        return batcher
+            listing = self._indexes.get(key)
+            builder = listing is None
+            if listing is None:
+                listing = self._indexes[key] = Future()
+        if builder:
+            try:
+                listing.set_result(build_layer_index(manifest, backend, self.config.cache_dir))
+            except BaseException as error:
+                with self._lock:
+                    del self._indexes[key]
+                listing.set_exception(error)
+        return listing.result()
+
+    def _load(self, manifest: ModelManifest, layer: str, backend: Backend, target: str) -> ServedLayer:
+        instances, threads = self.config.engine_layout(backend == "torch")
+        engines = build_engines(
+            manifest, target, backend, instances, self.config.cache_dir, threads, self.config.spin
+        )
+        batcher = DynamicBatcher(
+            [engine.run for engine in engines],
+            self.config.max_batch_size,
+            self.config.max_queue_delay_ms,
+            name=f"{manifest.name}:{layer}",
+        )
+        return ServedLayer(batcher, tuple(engines))

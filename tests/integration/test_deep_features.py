@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
@@ -18,7 +20,7 @@ import labsight
 from labsight.catalog import FEATURES
 from labsight.cli import main
 from labsight.config import Settings
-from labsight.errors import NotFound
+from labsight.errors import NotFound, Unavailable
 from labsight.export import write_table
 from labsight.images import image_from_array
 from labsight.runtime.server import RunningServer
@@ -29,6 +31,7 @@ from labsight.v1 import gateway_pb2 as pb
 from services.features.deep import pool, preprocess
 from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
 from services.features.models import DEFAULT_MODEL, SPOT_MODEL, ModelRepository, build_engine
+from services.features.servicer import FeatureServicer
 from services.features.servicer import register as register_features
 from services.gateway.pipelines import spot_features
 from services.segmentation.patches import cell_patches, spot_patches
@@ -130,8 +133,9 @@ def test_list_models_names_the_built_ins_with_their_layers(stack: InProcessStack
          grpc.StatusCode.INVALID_ARGUMENT, "image_stack[0]: dtype float32 not supported"),
         ([IMAGES[1]], {"model": "resnet-9000"}, grpc.StatusCode.NOT_FOUND,
          "model: unknown model 'resnet-9000'"),
-        ([IMAGES[1]], {"layer": "fc9"}, grpc.StatusCode.NOT_FOUND,
-         "layer: the model has no module or value 'fc9'"),
+        ([IMAGES[1]], {"layer": "fc9"}, grpc.StatusCode.INVALID_ARGUMENT,
+         "layer: 'fc9' is not a layer of model 'efficientnet-lite0'; "
+         "layers: ['avgpool', 'block15', 'logits'] or one of its"),
         ([IMAGES[1]], {"pooling": 42}, grpc.StatusCode.INVALID_ARGUMENT,
          "pooling: unknown value 42"),
     ],
@@ -169,17 +173,133 @@ def test_preloaded_models_are_ready_before_serving_and_unknown_ones_stop_the_sta
     model_cache: Path,
 ) -> None:
     monkeypatch.setenv("LABSIGHT_PRELOAD_MODELS", f"{DEFAULT_MODEL}:block15, {DEFAULT_MODEL}")
+    monkeypatch.setenv("LABSIGHT_ENGINE_CACHE_BYTES", "1")
     extractor = DeepFeatureExtractor(ModelRepository(), ExtractorConfig.from_env())
     extractor.preload()
-    loaded = {name for name, _, _ in extractor._batchers}
-    layers = {path for _, _, path in extractor._batchers}
-    assert loaded == {DEFAULT_MODEL} and layers == {"_blocks.15", "_avg_pooling"}
+    index = extractor.layer_index(ModelRepository().get(DEFAULT_MODEL), "onnx")
+    preloaded = [(DEFAULT_MODEL, "1.0", "onnx", index.target(layer)) for layer in ("block15", "avgpool")]
+    assert _loaded_keys(extractor) == preloaded
+    extractor.extract(IMAGES[1:2], layer="_blocks.3")
+    extractor.extract(IMAGES[1:2], layer="_blocks.4")  # over the budget, but preloaded layers stay
+    assert _loaded_keys(extractor) == [*preloaded, (*preloaded[0][:3], index.target("_blocks.4"))]
     stub = _features_stub(serve(register_features, FEATURES.grpc_services, settings))
     answer = stub.ExtractDeepFeatures(_request(IMAGES[:1], layer="block15"), timeout=120)
     assert len(answer.features.columns) == 320
     monkeypatch.setenv("LABSIGHT_PRELOAD_MODELS", "resnet-9000")
     with pytest.raises(NotFound, match="LABSIGHT_PRELOAD_MODELS entry 'resnet-9000': model: unknown"):
         serve(register_features, FEATURES.grpc_services, settings)
+
+
+def _loaded_keys(extractor: DeepFeatureExtractor) -> list[Hashable]:
+    return [key for key, _ in extractor.engines.items()]
+
+
+def _batcher_threads() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name.startswith("batcher-")}
+
+
+def _serve_extractor(
+    serve: Callable[..., RunningServer], settings: Settings
+) -> tuple[features_pb2_grpc.FeatureServiceStub, DeepFeatureExtractor]:
+    """A features server whose extractor (configured from the environment) the test can inspect."""
+    extractor = DeepFeatureExtractor(ModelRepository(), ExtractorConfig.from_env())
+
+    def register(server: grpc.Server, _: Settings) -> None:
+        features_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(extractor), server)
+
+    return _features_stub(serve(register, FEATURES.grpc_services, settings)), extractor
+
+
+def test_distinct_layers_stay_within_the_engine_cache_and_evicted_ones_are_closed(
+    serve: Callable[..., RunningServer], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every distinct layer used to keep its engines and batcher threads for good (30 layers:
+    # +2.5 GB). With room for one layer, each request unloads the one before it.
+    monkeypatch.setenv("LABSIGHT_ENGINE_CACHE_BYTES", "1")
+    monkeypatch.setenv("LABSIGHT_MODEL_INSTANCES", "2")
+    stub, extractor = _serve_extractor(serve, settings)
+    listed = stub.ListModels(features_pb2.ListModelsRequest(), timeout=30).models
+    public = next(model.layers for model in listed if model.name == DEFAULT_MODEL)
+    layers = [*(f"_blocks.{i}" for i in range(10)), *public]
+    others = _batcher_threads()
+    first: dict[str, np.ndarray] = {}
+    served = []
+    for layer in layers:
+        answer = stub.ExtractDeepFeatures(_request(IMAGES[1:2], layer=layer), timeout=120)
+        first[layer] = table_values(answer.features)
+        [(_, layer_engines)] = extractor.engines.items()
+        served.append(layer_engines)
+        threads = _batcher_threads() - others
+        assert len(threads) == 2 and {t.name for t in threads} == {
+            f"batcher-{DEFAULT_MODEL}:{layer}-0", f"batcher-{DEFAULT_MODEL}:{layer}-1"}
+    for evicted in served[:-1]:
+        assert all(engine.closed for engine in evicted.engines)
+        with pytest.raises(Unavailable, match="is closed"):
+            evicted.batcher.submit(np.zeros((1, 3, 224, 224), np.float32))
+    assert not any(engine.closed for engine in served[-1].engines)
+    assert REGISTRY.get_sample_value(  # a closed batcher's series leave /metrics
+        "labsight_batch_size_count", {"batcher": f"{DEFAULT_MODEL}:{layers[0]}"}) is None
+    again = stub.ExtractDeepFeatures(_request(IMAGES[1:2], layer=layers[0]), timeout=120)
+    np.testing.assert_array_equal(table_values(again.features), first[layers[0]])
+
+
+def test_unknown_layers_are_refused_from_one_reading_of_the_model(
+    serve: Callable[..., RunningServer], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each unknown layer used to load the whole ONNX file again (twice: once per instance)
+    # before failing; the model's layers are now listed once and looked up.
+    parsed: list[object] = []
+    real_load = onnx.load
+
+    def counting_load(*args: Any, **kwargs: Any) -> onnx.ModelProto:
+        parsed.append(args[0])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load", counting_load)
+    stub, extractor = _serve_extractor(serve, settings)
+    others = _batcher_threads()
+    for i in range(20):
+        error = _rpc_error(stub.ExtractDeepFeatures, _request(IMAGES[1:2], layer=f"no_such_layer_{i}"))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith(
+            f"layer: 'no_such_layer_{i}' is not a layer of model '{DEFAULT_MODEL}'; "
+            "layers: ['avgpool', 'block15', 'logits'] or one of its 118 module paths"
+        )
+    assert len(parsed) == 1
+    assert len(extractor.engines) == 0 and _batcher_threads() == others
+
+
+def test_layers_evicted_while_requests_use_them_keep_answering(
+    serve: Callable[..., RunningServer], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABSIGHT_ENGINE_CACHE_BYTES", "1")
+    stub, extractor = _serve_extractor(serve, settings)
+    layers = ["_blocks.2", "_blocks.5", "block15"]
+    expected = {
+        layer: table_values(stub.ExtractDeepFeatures(_request(IMAGES[1:2], layer=layer), timeout=120)
+                            .features)
+        for layer in layers
+    }
+    answered: list[str] = []
+    failures: list[BaseException] = []
+
+    def client(offset: int) -> None:
+        try:
+            for step in range(4):
+                layer = layers[(offset + step) % len(layers)]
+                answer = stub.ExtractDeepFeatures(_request(IMAGES[1:2], layer=layer), timeout=120)
+                np.testing.assert_allclose(table_values(answer.features), expected[layer], atol=1e-4)
+                answered.append(layer)
+        except BaseException as error:  # noqa: BLE001 - reported by the test thread below
+            failures.append(error)
+
+    threads = [threading.Thread(target=client, args=(offset,)) for offset in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert failures == [] and len(answered) == 12
+    assert len(extractor.engines) == 1
 
 
 def test_concurrent_single_image_clients_are_batched(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from labsight.errors import NotFound
+from labsight.errors import InvalidArgument
 from services.features.deep import feature_columns, pool, preprocess
 from services.features.models import (
     DEFAULT_MODEL,
@@ -18,6 +18,8 @@ from services.features.models import (
     OnnxEngine,
     TorchEngine,
     build_engine,
+    build_engines,
+    build_layer_index,
 )
 from services.features.models.loading import load_torch_model
 from services.features.models.onnx_graph import node_module_path
@@ -82,11 +84,48 @@ def test_the_onnx_file_is_exported_once_and_reused(lite: ModelManifest, model_ca
     assert exported[0].stat().st_mtime_ns == mtime
 
 
-def test_an_unknown_layer_is_not_found(lite: ModelManifest, model_cache: Path) -> None:
-    with pytest.raises(NotFound, match="layer: the model has no module or value 'no_such_layer'"):
+def test_an_unknown_layer_is_an_invalid_argument(lite: ModelManifest, model_cache: Path) -> None:
+    with pytest.raises(InvalidArgument, match="layer: 'no_such_layer' is not a layer of model"):
         build_engine(lite, "no_such_layer", "cpu", model_cache)
-    with pytest.raises(NotFound, match="layer: the model has no module 'no_such_layer'"):
+    with pytest.raises(InvalidArgument, match="layer: the model has no module 'no_such_layer'"):
         TorchEngine(load_torch_model(lite), "no_such_layer", "cpu")
+
+
+def test_the_layer_index_names_the_valid_layers_and_the_closest_ones(
+    lite: ModelManifest, model_cache: Path
+) -> None:
+    index = build_layer_index(lite, "onnx", model_cache)
+    assert index.target("avgpool") == index.target("_avg_pooling")
+    assert index.target(index.target("block15")) == index.target("block15")  # a graph value
+    assert all(f"_blocks.{i}" in index.modules for i in range(16))
+    with pytest.raises(InvalidArgument) as error:
+        index.target("_blocks.1x" + "y" * 5000)
+    message = str(error.value)
+    assert message.startswith("layer: '_blocks.1xyyyy")
+    assert "is not a layer of model 'efficientnet-lite0'; layers: ['avgpool', 'block15', 'logits']" in message
+    assert f"one of its {len(index.modules)} module paths" in message and len(message) < 400
+    with pytest.raises(InvalidArgument, match="did you mean '_blocks.1'"):
+        index.target("_blocks.1x")
+
+
+def test_torch_and_onnx_indexes_serve_the_public_layers(lite: ModelManifest, model_cache: Path) -> None:
+    torch_index = build_layer_index(lite, "torch", model_cache)
+    targets = [torch_index.target(layer) for layer in sorted(lite.layers)]
+    assert targets == ["_avg_pooling", "_blocks.15", "_fc"]
+    assert "_blocks.3._depthwise_conv" in torch_index.modules
+    with pytest.raises(InvalidArgument, match="layer: 'fc9' is not a layer"):
+        torch_index.target("fc9")
+
+
+def test_a_cut_holds_only_the_weights_its_layer_needs(lite: ModelManifest, model_cache: Path) -> None:
+    early = build_engines(lite, build_layer_index(lite, "onnx", model_cache).target("_blocks.1"),
+                          "onnx", 1, model_cache)[0]
+    late = build_engine(lite, "avgpool", "cpu", model_cache)
+    assert early.nbytes < 4 << 20 < 16 << 20 < late.nbytes
+    late.close()
+    assert late.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        late.run(_batch(lite))
 
 
 def test_onnx_engine_runs_any_batch_size(lite: ModelManifest, model_cache: Path) -> None:

@@ -2,12 +2,17 @@
 
 from services.features.models.builtin import DEFAULT_MODEL, SPOT_MODEL, builtin_manifests
 from services.features.models.engines import (
+    Backend,
     Engine,
     OnnxEngine,
     TorchEngine,
     build_engine,
+    build_engines,
+    build_layer_index,
+    engine_backend,
     uses_cuda,
 )
+from services.features.models.layers import LayerIndex
 from services.features.models.manifest import (
     MANIFEST_FILE,
     ManifestError,
@@ -19,9 +24,11 @@ from services.features.models.repository import ModelRepository, model_dirs_from
 
 __all__ = [
     "DEFAULT_MODEL",
+    "Backend",
     "MANIFEST_FILE",
     "SPOT_MODEL",
     "Engine",
+    "LayerIndex",
     "ManifestError",
     "ModelManifest",
     "ModelRepository",
@@ -29,6 +36,9 @@ __all__ = [
     "Preprocessing",
     "TorchEngine",
     "build_engine",
+    "build_engines",
+    "build_layer_index",
+    "engine_backend",
     "uses_cuda",
     "builtin_manifests",
     "load_manifest",

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import onnx
 
-from labsight.errors import NotFound
 from services.features.models.loading import check_weights, load_torch_model
 from services.features.models.manifest import ModelManifest
 
@@ -68,43 +67,82 @@ def node_module_path(node_name: str) -> str:
     return path
 
 
-def layer_output_name(model: onnx.ModelProto, module_path: str) -> str:
-    """The graph value a module produced: its output that is used outside it (the last one made).
+def load_onnx(manifest: ModelManifest, cache_dir: Path) -> onnx.ModelProto:
+    """The model's ONNX graph with its weights, parsed from :func:`onnx_path` (exported if needed)."""
+    return onnx.load(str(onnx_path(manifest, cache_dir)))
 
-    ``""`` is the model's first output; a value name of the graph is accepted as is.
 
-    Raises
-    ------
-    NotFound
-        If no node belongs to that module and no value has that name.
+def layer_outputs(model: onnx.ModelProto) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Every layer the model can be cut at, mapped to the graph value it outputs, and its module paths.
+
+    The layers are ``""`` (the model's first output), every module path whose
+    nodes make a value used outside the module (that value: the last one made),
+    and every value name of the graph (itself; a value name wins over a module
+    path spelled the same). The module paths are returned sorted as well.
     """
     graph = model.graph
-    if module_path == "":
-        return graph.output[0].name
-    produced = {output for node in graph.node for output in node.output}
-    if module_path in produced:
-        return module_path
-    inside = [
-        node for node in graph.node
-        if (path := node_module_path(node.name)) == module_path or path.startswith(module_path + ".")
-    ]
-    if not inside:
-        raise NotFound(f"layer: the model has no module or value {module_path!r}")
-    made_inside = [output for node in inside for output in node.output]
-    inside_ids = {id(node) for node in inside}
-    used_outside = {name for node in graph.node if id(node) not in inside_ids for name in node.input}
-    used_outside |= {output.name for output in graph.output}
-    escaping = [name for name in made_inside if name in used_outside]
-    if not escaping:
-        raise NotFound(f"layer: module {module_path!r} has no output used by the rest of the model")
-    return escaping[-1]
+    node_paths = [node_module_path(node.name) for node in graph.node]
+    modules = {
+        ".".join(parts[:depth])
+        for parts in (path.split(".") for path in node_paths if path)
+        for depth in range(1, len(parts) + 1)
+    }
+    graph_outputs = {output.name for output in graph.output}
+    consumers: dict[str, list[int]] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            consumers.setdefault(name, []).append(index)
+    outputs = {"": graph.output[0].name}
+    for module in sorted(modules):
+        inside = {
+            index for index, path in enumerate(node_paths)
+            if path == module or path.startswith(module + ".")
+        }
+        escaping = [
+            name
+            for index in sorted(inside)
+            for name in graph.node[index].output
+            if name in graph_outputs or any(user not in inside for user in consumers.get(name, ()))
+        ]
+        if escaping:
+            outputs[module] = escaping[-1]
+    served_modules = tuple(sorted(name for name in outputs if name))
+    outputs.update({name: name for node in graph.node for name in node.output if name})
+    return outputs, served_modules
 
 
-def cut_at_layer(model: onnx.ModelProto, module_path: str) -> onnx.ModelProto:
-    """A copy of ``model`` whose only output is the layer's value; the runtime prunes the rest."""
-    name = layer_output_name(model, module_path)
-    cut = onnx.ModelProto()
-    cut.CopyFrom(model)
-    del cut.graph.output[:]
-    cut.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return cut
+def cut_at_output(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """The part of ``model`` that computes the value ``output``, with it as the only output.
+
+    Nodes and weights the value does not depend on are left out: ONNX Runtime
+    would skip them but still hold their weights.
+    """
+    graph = model.graph
+    needed = _ancestors(graph, output)
+    cut = onnx.helper.make_graph(
+        [node for node in graph.node if any(name in needed for name in node.output)],
+        graph.name,
+        [value for value in graph.input if value.name in needed],
+        [onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)],
+        [tensor for tensor in graph.initializer if tensor.name in needed],
+    )
+    return onnx.helper.make_model(
+        cut, ir_version=model.ir_version, opset_imports=list(model.opset_import),
+        producer_name=model.producer_name, producer_version=model.producer_version,
+    )
+
+
+def _ancestors(graph: onnx.GraphProto, output: str) -> set[str]:
+    """Names of every value (initializers and inputs included) that ``output`` is computed from."""
+    producer = {name: node for node in graph.node for name in node.output}
+    seen: set[str] = set()
+    pending = [output]
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = producer.get(name)
+        if node is not None:
+            pending.extend(node.input)
+    return seen
