@@ -65,6 +65,7 @@ class Settings:
     result_ttl_s: int = 7 * 24 * 3600
     retry_base_s: float = 1.0
     retry_max_s: float = 60.0
+    service_wait_s: float = 180.0
     log_level: str = "INFO"
     tokens_file: str = ""
     tokens_env: str = ""
@@ -98,6 +99,7 @@ class Settings:
             result_ttl_s=env_int("LABSIGHT_RESULT_TTL_S", 7 * 24 * 3600),
             retry_base_s=float(os.environ.get("LABSIGHT_RETRY_BASE_S", "1")),
             retry_max_s=float(os.environ.get("LABSIGHT_RETRY_MAX_S", "60")),
+            service_wait_s=env_float("LABSIGHT_SERVICE_WAIT_S", 180.0),
             log_level=os.environ.get("LABSIGHT_LOG_LEVEL", "INFO"),
             tokens_file=os.environ.get("LABSIGHT_TOKENS_FILE", ""),
             tokens_env=os.environ.get("LABSIGHT_TOKENS", ""),

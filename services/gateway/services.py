@@ -2,11 +2,52 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from labsight.catalog import MODEL_SERVICES
 from labsight.v1 import classifier_pb2_grpc, features_pb2_grpc, segmentation_pb2_grpc
+
+MAX_RECONNECT_BACKOFF_MS = 2000
+"""A channel whose service went away tries it again at least this often (gRPC's default
+backs off to two minutes), so a restarted service is used within seconds."""
+HEALTH_POLL_S = 0.5
+"""How often a worker asks a service that refused a call whether it is SERVING again."""
+HEALTH_TIMEOUT_S = 2.0
+"""A health check not answered this fast counts as not SERVING."""
+
+GRPC_SERVICE_NAMES = {spec.name: spec.grpc_services[0] for spec in MODEL_SERVICES}
+"""The gRPC service whose health tells whether a model service can take calls."""
+
+
+class _RefusalRecorder(grpc.UnaryUnaryClientInterceptor):
+    """Notes the service's name when one of its calls ends UNAVAILABLE.
+
+    A pipeline's error does not say which service refused it; this tells the
+    worker which service to wait for.
+    """
+
+    def __init__(self, service: str, refused: set[str]) -> None:
+        self._service = service
+        self._refused = refused
+
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        call = continuation(client_call_details, request)
+        call.add_done_callback(self._note)
+        return call
+
+    def _note(self, call: grpc.Future) -> None:
+        if call.cancelled():
+            return
+        error = call.exception()
+        if isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNAVAILABLE:
+            self._refused.add(self._service)
 
 
 class ServiceClients:
@@ -19,17 +60,60 @@ class ServiceClients:
         call_timeout_s: float = 600.0,
     ) -> None:
         self.call_timeout_s = call_timeout_s
+        self._refused: set[str] = set()
         # round_robin spreads calls over every address a (headless) service name resolves to.
-        channel_options = [*(options or []), ("grpc.lb_policy_name", "round_robin")]
+        channel_options = [
+            *(options or []),
+            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+        ]
         self._channels = {
             name: grpc.insecure_channel(address, options=channel_options)
             for name, address in addresses.items()
         }
-        self.segmentation = segmentation_pb2_grpc.SegmentationServiceStub(
-            self._channels["segmentation"]
-        )
-        self.features = features_pb2_grpc.FeatureServiceStub(self._channels["features"])
-        self.classifier = classifier_pb2_grpc.ClassifierServiceStub(self._channels["classifier"])
+        calls = {
+            name: grpc.intercept_channel(channel, _RefusalRecorder(name, self._refused))
+            for name, channel in self._channels.items()
+        }
+        self.segmentation = segmentation_pb2_grpc.SegmentationServiceStub(calls["segmentation"])
+        self.features = features_pb2_grpc.FeatureServiceStub(calls["features"])
+        self.classifier = classifier_pb2_grpc.ClassifierServiceStub(calls["classifier"])
+
+    def take_refusals(self) -> set[str]:
+        """Names of the services that answered a call UNAVAILABLE since the last time asked."""
+        refused = set(self._refused)
+        self._refused.difference_update(refused)
+        return refused
+
+    def is_serving(self, name: str) -> bool:
+        """True if service ``name`` reports SERVING through grpc.health.v1 now."""
+        stub = health_pb2_grpc.HealthStub(self._channels[name])
+        request = health_pb2.HealthCheckRequest(service=GRPC_SERVICE_NAMES.get(name, ""))
+        try:
+            reply = stub.Check(request, timeout=HEALTH_TIMEOUT_S)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def wait_for_restart(
+        self, names: Collection[str], deadline: float, give_up: Callable[[], bool]
+    ) -> bool:
+        """Wait until every service in ``names`` reports SERVING again.
+
+        Returns True if one of them was not SERVING (starting, stopping, or not
+        reachable) and all of them are SERVING before the monotonic ``deadline``;
+        False if all were SERVING at once (the refusal was not a restart), at the
+        deadline, or once ``give_up()`` is true.
+        """
+        waiting = {name for name in names if not self.is_serving(name)}
+        if not waiting:
+            return False
+        while waiting:
+            if time.monotonic() >= deadline or give_up():
+                return False
+            time.sleep(HEALTH_POLL_S)
+            waiting = {name for name in waiting if not self.is_serving(name)}
+        return True
 
     def close(self) -> None:
         """Close every channel."""

@@ -80,6 +80,7 @@ class Worker:
         retry_base_s: float = 1.0,
         retry_max_s: float = 60.0,
         high_burst: int = 4,
+        service_wait_s: float = 180.0,
     ) -> None:
         self.queue = queue
         self.store = queue.store
@@ -91,10 +92,14 @@ class Worker:
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
         self.high_burst = high_burst
+        self.service_wait_s = service_wait_s
         self._high_streak = 0
+        self._stop = threading.Event()
 
     def run(self, stop: threading.Event, block_ms: int = 1000) -> None:
-        """Process jobs until ``stop`` is set; the job in hand is finished first."""
+        """Process jobs until ``stop`` is set; the job in hand is finished first
+        (unless it waits for a model service to come back: then it is retried later)."""
+        self._stop = stop
         next_housekeeping = 0.0
         while not stop.is_set():
             try:
@@ -140,7 +145,7 @@ class Worker:
         started = time.perf_counter()
         try:
             with self._heartbeat(delivery):
-                result = self.run_pipeline(job)
+                result = self.run_when_services_ready(job)
         except JobCancelled:
             self.queue.ack(delivery)
             JOBS_FINISHED.labels(job.pipeline, CANCELLED).inc()
@@ -170,6 +175,37 @@ class Worker:
         finally:
             done.set()
             thread.join()
+
+    def run_when_services_ready(self, job: JobRecord) -> pb.JobResult:
+        """Run the job's pipeline within one attempt, however often a model service restarts.
+
+        A call that a service refuses (UNAVAILABLE) while it is starting, stopping
+        or unreachable is no fault of the job: the worker waits, holding the job's
+        claim, until the service reports SERVING again and runs the pipeline
+        again. Only a wait beyond ``service_wait_s`` (or a refusal by a service
+        that reports SERVING) ends the attempt.
+        """
+        deadline = time.monotonic() + self.service_wait_s
+
+        def cancelled() -> bool:
+            return self.store.status(job.job_id) == CANCELLED
+
+        while True:
+            self.services.take_refusals()  # only this run's refusals count
+            try:
+                return self.run_pipeline(job)
+            except grpc.RpcError as error:
+                refused = self.services.take_refusals()
+                if error.code() != grpc.StatusCode.UNAVAILABLE or not refused:
+                    raise
+                log.warning("model service not ready; waiting for it",
+                            extra={"job_id": job.job_id, "services": sorted(refused)})
+                if not self.services.wait_for_restart(
+                    refused, deadline, lambda: self._stop.is_set() or cancelled()
+                ):
+                    if cancelled():
+                        raise JobCancelled(job.job_id) from None
+                    raise
 
     def run_pipeline(self, job: JobRecord) -> pb.JobResult:
         """Load the job's input and run its pipeline."""
@@ -246,7 +282,9 @@ class Worker:
 
 def build_worker(settings: Settings, consumer: str | None = None) -> Worker:
     """A worker wired to the Redis and model services named in ``settings``."""
-    services = ServiceClients(settings.service_addresses, settings.grpc_options())
+    services = ServiceClients(
+        settings.service_addresses, settings.grpc_options()
+    )
     return Worker(
         build_queue(settings),
         services,
@@ -256,6 +294,7 @@ def build_worker(settings: Settings, consumer: str | None = None) -> Worker:
         result_ttl_s=settings.result_ttl_s,
         retry_base_s=settings.retry_base_s,
         retry_max_s=settings.retry_max_s,
+        service_wait_s=settings.service_wait_s,
     )
 
 

@@ -1,0 +1,164 @@
+"""Workers wait for a model service that restarts instead of burning the job's attempts,
+and carry on after their Redis restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from labsight.catalog import FEATURES, GATEWAY
+from labsight.client import LabSightClient, build_request
+from labsight.config import Settings
+from labsight.redis_server import free_port, start_redis, stop_redis
+from labsight.runtime.server import RunningServer
+from services.gateway.servicer import register as register_gateway
+
+from .conftest import WorkerFactory
+
+Serve = Callable[..., RunningServer]
+TINY = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+JOBS = 80
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=FEATURES.grpc_services[0]), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture
+def features_process() -> Iterator[Callable[[int], subprocess.Popen[bytes]]]:
+    """Start real features services (``python -m services.features``) on given ports;
+    returns once each reports SERVING; all are stopped after the test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "LABSIGHT_PORT": str(port), "LABSIGHT_METRICS_PORT": "0",
+               "LABSIGHT_LOG_LEVEL": "WARNING"}
+        process = subprocess.Popen([sys.executable, "-m", "services.features"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(process)
+        _wait_for(lambda: process.poll() is not None or _serving(f"127.0.0.1:{port}"), 120,
+                  "the features service to serve")
+        assert process.poll() is None, "the features service exited"
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _counts(client: LabSightClient, batch_id: str) -> dict[str, int]:
+    return dict(client.batch(batch_id).counts)
+
+
+def _finished(client: LabSightClient, batch_id: str) -> bool:
+    counts = _counts(client, batch_id)
+    return not counts.get("queued") and not counts.get("running")
+
+
+def test_restarted_model_service_costs_no_attempts(
+    serve: Serve, settings: Settings, worker_process: WorkerFactory,
+    features_process: Callable[[int], subprocess.Popen[bytes]],
+) -> None:
+    # Few attempts in quick succession: without waiting for the service, a restart kills jobs.
+    settings.max_attempts = 3
+    settings.retry_base_s = 0.2
+    settings.claim_idle_ms = 2000  # the wait must keep the claim alive well past this
+    port = free_port()
+    settings.service_addresses = {
+        "features": f"127.0.0.1:{port}", "segmentation": "127.0.0.1:1", "classifier": "127.0.0.1:1",
+    }
+    features = features_process(port)
+    gateway = serve(register_gateway, GATEWAY.grpc_services, settings)
+    client = LabSightClient(gateway.address, token="")
+    batch = client.submit_batch(
+        [build_request("fractal", TINY, {"box_sizes": "3"}) for _ in range(JOBS)], batch_id="svc"
+    )
+    worker_process()
+    worker_process()
+    _wait_for(lambda: _counts(client, "svc").get("done", 0) >= 10, 120, "first results")
+
+    features.send_signal(signal.SIGTERM)  # a graceful stop, as `up` or Kubernetes would
+    features.wait(timeout=60)
+    features_process(port)  # the same service comes back on the same port
+    _wait_for(lambda: _finished(client, "svc"), 300, "the batch to finish")
+
+    assert _counts(client, "svc") == {"done": JOBS}
+    attempts = [client.get(job_id).attempts for job_id in batch.job_ids]
+    assert max(attempts) == 1, sorted(attempts)[-5:]  # waiting is not an attempt
+    client.close()
+
+
+def test_worker_carries_on_after_its_redis_restarts(
+    serve: Serve, settings: Settings, worker_process: WorkerFactory,
+    features_process: Callable[[int], subprocess.Popen[bytes]], tmp_path: Path,
+) -> None:
+    port = free_port()
+    process, url = start_redis(tmp_path / "redis", port=port)
+    try:
+        settings.redis_url = url
+        features_port = free_port()
+        features_process(features_port)
+        settings.service_addresses = {
+            "features": f"127.0.0.1:{features_port}", "segmentation": "127.0.0.1:1",
+            "classifier": "127.0.0.1:1",
+        }
+        gateway = serve(register_gateway, GATEWAY.grpc_services, settings)
+        client = LabSightClient(gateway.address, token="")
+        requests = [build_request("fractal", TINY, {"box_sizes": "3"}) for _ in range(JOBS)]
+        client.submit_batch(requests, batch_id="before")
+        worker = worker_process()
+        _wait_for(lambda: _counts(client, "before").get("done", 0) >= 10, 120, "first results")
+
+        stop_redis(process, url)
+        process, url = start_redis(tmp_path / "redis", port=port)
+        # Jobs accepted before and after the restart all end done, by the same worker.
+        _wait_for(lambda: _answers(client, "before") and _finished(client, "before"), 300,
+                  "the batch after the restart")
+        client.submit_batch(requests[:10], batch_id="after")
+        _wait_for(lambda: _finished(client, "after"), 120, "the batch submitted after the restart")
+        assert _counts(client, "before") == {"done": JOBS}
+        assert _counts(client, "after") == {"done": 10}
+        assert worker.poll() is None
+        client.close()
+    finally:
+        stop_redis(process, url)
+
+
+def _answers(client: LabSightClient, batch_id: str) -> bool:
+    """True once the gateway answers again (UNAVAILABLE while it cannot reach Redis)."""
+    try:
+        client.batch(batch_id)
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        return False
+    except redis.RedisError:
+        return False
+    return True
