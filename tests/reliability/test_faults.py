@@ -130,11 +130,11 @@ def test_a_child_killed_under_a_batch_is_restarted_and_every_job_is_done(
     _retrying(up, "submit_batch", requests, batch_id)
     while sum(_retrying(up, "batch", batch_id).counts.values()) < BATCH_JOBS:
         time.sleep(0.05)  # every job accepted
-    while _retrying(up, "batch", batch_id).counts.get("done", 0) < 1:
-        time.sleep(0.02)
     victim_process = recorded_processes(up.home)[victim]
+    while (batch := _retrying(up, "batch", batch_id)).counts.get("done", 0) < 1:
+        time.sleep(0.02)
+    assert not batch.finished, "the batch ended before the kill"
     os.kill(victim_process.pid, signal.SIGKILL)
-    assert not _retrying(up, "batch", batch_id).finished, "the batch ended before the kill"
 
     deadline = time.monotonic() + RECOVERY_TIMEOUT_S
     while not (batch := _retrying(up, "batch", batch_id)).finished:
