@@ -1,9 +1,10 @@
 """Keeps child processes running: restarts with exponential backoff, gives up on a crash loop.
 
-The policy is systemd's ``Restart=on-failure`` with ``RestartSec`` doubling up to
-a cap (Kubernetes' CrashLoopBackOff): a child that ran stably for a while
-starts its backoff from the beginning again, and a child that exits too often
-in a short window is given up on so that the rest keeps serving.
+Every child is a long-running server, so any exit is a failure: it is restarted
+like systemd's ``Restart=always`` with ``RestartSec`` doubling up to a cap
+(Kubernetes' CrashLoopBackOff); a child that ran stably for a while starts its
+backoff from the beginning again, and a child that exits too often in a short
+window is given up on so that the rest keeps serving.
 
 The supervisor never sleeps or runs threads of its own: the owner calls
 :meth:`Supervisor.tick` from its loop and logs or counts the returned events.

@@ -153,6 +153,25 @@ def test_a_child_killed_under_a_batch_is_restarted_and_every_job_is_done(
     assert {job.status for job in jobs} == {pb.JOB_STATUS_DONE}
 
 
+def test_up_does_not_claim_all_is_well_while_redis_does_not_answer(stack: Stack) -> None:
+    """A frozen redis-server still runs, so only a probe notices it: `up` must say so."""
+    up = stack.up
+    redis_process = recorded_processes(up.home)["redis"]
+    os.kill(redis_process.pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        while _metric(metrics := _up_metrics(up), "labsight_up_healthy") != 0.0:
+            assert time.monotonic() < deadline, "up still says all is well"
+            time.sleep(0.2)
+        assert _metric(metrics, 'labsight_up_child_up{child="redis"}') == 0.0
+    finally:
+        os.kill(redis_process.pid, signal.SIGCONT)
+    assert "redis is down (no answer to PING" in up.output_text()
+    _wait_until_every_child_is_up(up)
+    assert recorded_processes(up.home)["redis"] == redis_process  # the same, thawed, not restarted
+    assert "redis is up again" in up.output_text()
+
+
 def test_a_port_whose_server_just_stopped_is_free_but_a_listening_one_is_not() -> None:
     """Like the servers (SO_REUSEADDR), the port check ignores TIME_WAIT connections."""
     server = socket.socket()
