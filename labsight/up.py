@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import redis
@@ -215,7 +216,7 @@ class Stack:
     serving: bool = False
     lock: UpLock | None = None
     monitor: HealthMonitor | None = None
-    metrics_server: object | None = None
+    metrics_server: WSGIServer | None = None
 
     @property
     def logs(self) -> Path:
@@ -363,7 +364,7 @@ class Stack:
         workers = [name for name in self.supervisor.children if name.startswith("worker")]
         self.supervisor.stop([workers, list(SERVERS), [REDIS]], grace_s)
         if self.metrics_server is not None:
-            self.metrics_server.shutdown()  # type: ignore[attr-defined]
+            self.metrics_server.shutdown()
         if self.lock is not None:
             self.lock.release()
 
