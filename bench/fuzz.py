@@ -11,7 +11,8 @@ code, each process's resident memory before and after (and its peak), how the ac
 jobs ended, and a table of failures: INTERNAL or UNKNOWN answers, hangs, wrong answers
 to another tenant's ids or a bad token, crashes, dead jobs, memory growth past the bound.
 Exits 1 when there is any failure. The same seed draws the same cases; a failure's
-``#N`` is its case number in that stream.
+``#N`` is its case number in that stream, and ``--seed S --only N`` makes that one call
+again (ids of the run's own jobs differ from run to run, their kind does not).
 """
 
 from __future__ import annotations
@@ -56,11 +57,15 @@ def main() -> int:
     parser.add_argument("--rss-bound-mib", type=int, default=300,
                         help="largest accepted VmRSS growth of one process (default 300)")
     parser.add_argument("--verbose", action="store_true", help="print every call as it happens")
+    parser.add_argument("--only", type=int, metavar="N",
+                        help="reproduce one failure: make only case #N of the seed's stream")
     args = parser.parse_args()
+    if args.only is not None:
+        args.calls, args.verbose = args.only + 1, True
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"labsight-fuzz-{uuid.uuid4().hex[:8]}"
     config = FuzzConfig(seed=args.seed, calls=args.calls, rss_growth_bound=args.rss_bound_mib * MiB,
-                        verbose=args.verbose)
+                        verbose=args.verbose, only=args.only)
     with tempfile.TemporaryDirectory(prefix="labsight-fuzz-") as workdir:
         private = None
         if not _answers(url):

@@ -76,6 +76,12 @@ RPCS: list[Rpc] = [
 _RPC_WEIGHTS = {"GatewayService": 3.0, "FeatureService": 2.0, "SegmentationService": 1.5,
                 "ClassifierService": 1.0, "Health": 0.3}
 """How often each service's RPCs are drawn: the gateway, the public API, most."""
+PIPELINE_PARAMETERS = {
+    "fractal": ("box_sizes", "percolation"),
+    "deep-features": ("model", "layer", "pooling"),
+    "spot-features": ("spot_diameter", "spot_ids", "model", "layer", "blank_other_cells"),
+}
+PARAMETER_RPCS = ("SubmitJob", "SubmitBatch", "UploadJob", "ListJobs")
 ID_RPCS = ("GetJob", "WatchJob", "CancelJob", "GetJobResult", "GetBatch", "WatchBatch", "ListJobs")
 
 
@@ -358,7 +364,8 @@ class CaseStream:
     weights: dict[str, float] = field(default_factory=lambda: {
         "valid": 0.08, "mutation": 0.34, "hostile-image": 0.12, "hostile-id": 0.07,
         "other-tenant": 0.05, "bad-token": 0.05, "raw-bytes": 0.08, "truncated": 0.06,
-        "invalid-utf8": 0.04, "cut-stream": 0.06, "repeat-mutation": 0.05})
+        "invalid-utf8": 0.04, "cut-stream": 0.06, "repeat-mutation": 0.04,
+        "hostile-param": 0.08})
 
     def next_case(self) -> Case:
         """The next case of the stream."""
@@ -383,6 +390,8 @@ class CaseStream:
         candidates = RPCS
         if kind == "hostile-image":
             candidates = [r for r in RPCS if _image_rpc(r)]
+        elif kind == "hostile-param":
+            candidates = [r for r in RPCS if r.name in PARAMETER_RPCS]
         elif kind in ("hostile-id", "other-tenant"):
             candidates = [r for r in RPCS if r.name in ID_RPCS]
         elif kind == "bad-token":
@@ -425,6 +434,24 @@ class CaseStream:
             page_label, token = self.pools.pick(rng, self.pools.named("page_token", case.tenant, rng))
             message.page_token, label = token, page_label
         case.input_class, case.detail = label, f"{name}={value[:60]!r}"
+
+    def _hostile_param(self, case: Case) -> None:
+        rng = self.rng
+        if case.rpc.name == "ListJobs":
+            label, token = self.pools.pick(rng, self.pools.named("page_token", case.tenant, rng))
+            case.requests[0].page_token = token
+            case.input_class, case.detail = label, f"page_token={token[:60]!r}"
+            return
+        jobs = [job for message in case.requests for job in _jobs_in(message)]
+        if not jobs:
+            case.detail = "no job to give parameters"
+            return
+        job = jobs[int(rng.integers(len(jobs)))]
+        names = PIPELINE_PARAMETERS.get(job.pipeline, ("box_sizes",))
+        name = names[int(rng.integers(len(names)))]
+        label, value = self.pools.pick(rng, self.pools.named(name, case.tenant, rng) or [])
+        job.params[name] = value
+        case.input_class, case.detail = label, f"{job.pipeline} params[{name}]={value[:60]!r}"
 
     def _other_tenant(self, case: Case) -> None:
         message = case.requests[0]
@@ -474,6 +501,16 @@ class CaseStream:
         else:
             case.cut_after = 1
             case.detail = "server stream cancelled after its first message"
+
+
+def _jobs_in(message: Request) -> list[gateway_pb2.SubmitJobRequest]:
+    if isinstance(message, gateway_pb2.SubmitJobRequest):
+        return [message]
+    if isinstance(message, gateway_pb2.UploadJobRequest) and message.HasField("job"):
+        return [message.job]
+    if isinstance(message, gateway_pb2.SubmitBatchRequest):
+        return [message.job] if message.HasField("job") else list(message.jobs.jobs)
+    return []
 
 
 def _lists_no_jobs(response: object) -> str | None:

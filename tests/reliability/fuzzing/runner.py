@@ -31,8 +31,12 @@ MiB = 1024 * 1024
 BAD_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 TERMINAL = {gateway_pb2.JOB_STATUS_DONE, gateway_pb2.JOB_STATUS_FAILED,
             gateway_pb2.JOB_STATUS_CANCELLED, gateway_pb2.JOB_STATUS_DEAD}
+OVERSIZED_STATUS = "metadata size exceeds"
+"""What gRPC says instead of a status whose details (an echoed 20 KB value) are over 16 KiB."""
 STREAM_OPEN = "STREAM_OPEN"
 """A server stream that sent messages and was still open at its deadline (a live watch)."""
+WARM_UP_BATCH = 32
+"""Images of the warm-up call per model: the features service's largest batch by default."""
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 * MiB),
                    ("grpc.max_receive_message_length", 64 * MiB)]
 
@@ -52,6 +56,8 @@ class FuzzConfig:
     """How long accepted jobs may take to end after the last call."""
     verbose: bool = False
     """Print every call's outcome as it happens."""
+    only: int | None = None
+    """Make only this case's call (the stream is drawn up to it the same way)."""
 
 
 @dataclass
@@ -134,9 +140,17 @@ class Report:
             for prefix, (count, reproducer) in sorted(self.late_failures.items()):
                 lines.append(f"  {count:4d} x {prefix} <- {reproducer[:200]}")
         lines += ["", f"FAILURES: {len(self.findings)}"]
+        causes: dict[tuple[str, str, str], list[Finding]] = defaultdict(list)
+        for finding in self.findings:
+            causes[(finding.kind, finding.code, " ".join(finding.message.split())[:70])].append(
+                finding)
+        for (kind, code, message), found in sorted(causes.items(), key=lambda c: -len(c[1])):
+            rpcs = sorted({f.rpc for f in found})
+            lines.append(f"  {len(found):4d} x {kind} {code} '{message}' on {', '.join(rpcs)}; "
+                         f"first: {found[0].reproducer[:160]}")
         if self.findings:
-            lines.append("kind       | RPC                  | input class                              "
-                         "| code              | message | reproducer")
+            lines += ["", "kind       | RPC                  | input class                              "
+                         "| code              | message | reproducer"]
             lines += [finding.row() for finding in self.findings]
         return "\n".join(lines)
 
@@ -234,6 +248,8 @@ class Runner:
             kind = outcome.code.lower()
         elif outcome.code == "DEADLINE_EXCEEDED":
             kind = "hang"
+        elif OVERSIZED_STATUS in outcome.message:
+            kind = "echo"  # the service's answer was lost: its message was over gRPC's limit
         elif case.expect is not None and outcome.code not in {c.name for c in case.expect}:
             kind = "unexpected"
         elif outcome.code == "OK" and case.verify is not None and outcome.responses:
@@ -307,8 +323,10 @@ class Runner:
         submit = next(r for r in RPCS if r.name == "SubmitJob")
         deep = next(r for r in RPCS if r.name == "ExtractDeepFeatures")
         for model in pools.world.models:
-            request = features_pb2.ExtractDeepFeaturesRequest(
-                model=model, images=[media.valid_image(rng)])
+            # a full batch, so the runtime's buffers for the largest batch exist before measuring
+            stack = np.zeros((WARM_UP_BATCH, 8, 8, 3), np.uint8)
+            request = features_pb2.ExtractDeepFeaturesRequest(model=model,
+                                                              image_stack=media.tensor(stack))
             self._expect_ok(Case(-1, deep, "warm-up", model, [request], tenant))
             for pipeline, params in (("deep-features", {"model": model}),
                                      ("spot-features", {"model": model, "spot_diameter": "8"})):
@@ -392,6 +410,8 @@ class Runner:
         started = time.monotonic()
         for _ in range(self.config.calls):
             case = stream.next_case()
+            if self.config.only is not None and case.index != self.config.only:
+                continue
             outcome = self.call(case)
             self.record(case, outcome)
             if self.config.verbose:

@@ -18,6 +18,8 @@ from labsight.catalog import ALL_PROCESSES, MODEL_SERVICES
 from labsight.config import address_env_var
 from labsight.redis_server import free_port
 
+ENGINE_CACHE_BYTES = 256 * 1024 * 1024
+
 
 @dataclass
 class Child:
@@ -67,6 +69,9 @@ class Stack:
             "LABSIGHT_METRICS_PORT": "0",
             "LABSIGHT_LOG_LEVEL": "WARNING",
             "LABSIGHT_TOKENS": ",".join(f"{tenant}={token}" for tenant, token in tokens.items()),
+            # the features service's engine cache gets a budget below the RSS bound, so a cache
+            # that keeps every layer it ever loaded shows as growth
+            "LABSIGHT_ENGINE_CACHE_BYTES": str(ENGINE_CACHE_BYTES),
             "LABSIGHT_MODEL_CACHE": os.environ.get("LABSIGHT_MODEL_CACHE",
                                                    str(workdir / "models")),
             **{address_env_var(spec.name): f"127.0.0.1:{ports[spec.name]}"
