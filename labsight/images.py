@@ -37,16 +37,16 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"II+\x00", "tiff"),
     (b"MM\x00+", "tiff"),
 )
-T = TypeVar("T")
-
-# The decoded-size limit below replaces Pillow's pixel-count guard, which would warn about,
-# or refuse with a misleading message, images an operator has allowed.
-PILImage.MAX_IMAGE_PIXELS = None
-
 _FORMAT_ALIASES = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "tif": "tiff", "tiff": "tiff"}
 
 _CONVERTED_MODES = {"P": "RGB", "PA": "RGBA", "LA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "1": "RGB"}
 """Pillow modes that are converted after decoding, and what they become."""
+
+# The decoded-size limit here replaces Pillow's pixel-count guard, which would warn about,
+# or refuse with a misleading message, images an operator has allowed.
+PILImage.MAX_IMAGE_PIXELS = None
+
+T = TypeVar("T")
 
 
 def max_image_bytes() -> int:
