@@ -235,8 +235,7 @@ class DeepFeatureExtractor:
             name, _, layer = entry.partition(":")
             try:
                 manifest = self.repository.get(name)
-                served = self.served(manifest, layer or manifest.default_layer, pin=True)
-                with served as loaded:
+                with self.served(manifest, layer or manifest.default_layer, pin=True) as loaded:
                     warm_up = np.zeros((1, 3, *manifest.input_size), np.float32)
                     for engine in loaded.engines:
                         engine.run(warm_up)
