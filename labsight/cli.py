@@ -16,7 +16,7 @@ from google.protobuf.json_format import MessageToDict
 
 from labsight.catalog import SERVERS
 from labsight.export import FORMATS, TEXT_FORMATS, write_table
-from labsight.home import home_dir, read_endpoints
+from labsight.home import ENDPOINTS_FILE, GatewayNotFound, home_dir, read_endpoints
 
 
 def _apply_recorded_endpoints() -> None:
@@ -154,11 +154,16 @@ def _show_batch_progress(client: Any, batch_id: str) -> None:
     from labsight.progress import ProgressBar
 
     bar = ProgressBar()
-    for batch in client.watch_batch(batch_id):
-        ended = sum(n for status, n in batch.counts.items() if status not in ("queued", "running"))
-        detail = " ".join(f"{status} {n}" for status, n in sorted(batch.counts.items()))
-        bar.update(ended, batch.total, detail)
-    bar.close()
+    try:
+        for batch in client.watch_batch(batch_id):
+            ended = sum(n for status, n in batch.counts.items()
+                        if status not in ("queued", "running"))
+            detail = " ".join(f"{status} {n}" for status, n in sorted(batch.counts.items()))
+            bar.update(ended, batch.total, detail)
+    except grpc.RpcError:
+        pass  # the bar is a nicety: each job is waited for (polling if need be) afterwards
+    finally:
+        bar.close()
 
 
 def _wait_with_progress(client: Any, job_id: str) -> Any:
@@ -167,20 +172,31 @@ def _wait_with_progress(client: Any, job_id: str) -> Any:
     from labsight.v1 import gateway_pb2 as pb
 
     bar = ProgressBar()
-    job = client.get(job_id)
     try:
         for job in client.watch(job_id):
             status = pb.JobStatus.Name(job.status).removeprefix("JOB_STATUS_").lower()
             bar.update(round(job.progress * 100), 100, f"% {status} {job.progress_message}")
             if job.status in TERMINAL:
-                break
-    except grpc.RpcError as error:
-        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-            raise
-        job = client.wait(job_id)  # no watch stream free on the gateway: poll, without a bar
+                return job
+    except grpc.RpcError:
+        pass  # no watch stream free, or the stream broke: wait() polls, without a bar
     finally:
         bar.close()
-    return job
+    return client.wait(job_id)
+
+
+def _unanswered_gateway(args: argparse.Namespace) -> str:
+    """Which gateway did not answer, and where its address came from."""
+    if args.gateway:
+        return f"the gateway at {args.gateway} (--gateway) does not answer"
+    if os.environ.get("LABSIGHT_GATEWAY_ADDR"):
+        return (f"the gateway at {os.environ['LABSIGHT_GATEWAY_ADDR']} "
+                "($LABSIGHT_GATEWAY_ADDR) does not answer")
+    endpoints = read_endpoints()
+    where = f"{home_dir() / ENDPOINTS_FILE}"
+    address = endpoints.gateway if endpoints else "?"
+    return (f"the gateway of `labsight up` at {address} (recorded in {where}) does not "
+            f"answer; is it still starting, or did it stop? (see {home_dir() / 'logs'})")
 
 
 def _job_line(job: dict[str, Any]) -> str:
@@ -429,8 +445,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except GatewayNotFound as error:
+        print(f"labsight: {error}", file=sys.stderr)
+        return 2
     except grpc.RpcError as error:
         print(f"labsight: {error.code().name}: {error.details()}", file=sys.stderr)
+        if error.code() == grpc.StatusCode.UNAVAILABLE and hasattr(args, "gateway"):
+            print(f"labsight: {_unanswered_gateway(args)}", file=sys.stderr)
         return 2
     except FileNotFoundError as error:
         print(f"labsight: no such file: {error.filename}", file=sys.stderr)

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from labsight.config import DEFAULT_MAX_MESSAGE_BYTES
-from labsight.home import read_endpoints
+from labsight.home import read_endpoints, running_endpoints
 from labsight.images import image_from_array, image_from_file
 from labsight.tensors import to_tensor
 from labsight.v1 import gateway_pb2 as pb
@@ -36,11 +36,12 @@ ones are still arriving."""
 
 
 def default_gateway_address() -> str:
-    """$LABSIGHT_GATEWAY_ADDR, else the address recorded by ``labsight up``, else 127.0.0.1:50051."""
-    if os.environ.get("LABSIGHT_GATEWAY_ADDR"):
-        return os.environ["LABSIGHT_GATEWAY_ADDR"]
-    endpoints = read_endpoints()
-    return endpoints.gateway if endpoints else "127.0.0.1:50051"
+    """$LABSIGHT_GATEWAY_ADDR, else the gateway of the running ``labsight up``.
+
+    Raises GatewayNotFound, saying how to start one, when neither exists:
+    guessing a port would only fail later with a bare UNAVAILABLE.
+    """
+    return os.environ.get("LABSIGHT_GATEWAY_ADDR") or running_endpoints().gateway
 
 
 def default_token() -> str:
@@ -95,6 +96,8 @@ def build_request(
 class LabSightClient:
     """A connection to the gateway. Use as a context manager or call ``close()``.
 
+    ``address`` defaults to $LABSIGHT_GATEWAY_ADDR or the gateway of the
+    running ``labsight up`` (found through its home, see ``labsight.home``);
     ``token`` defaults to $LABSIGHT_TOKEN or the token of ``labsight up``;
     ``tls_ca`` (default $LABSIGHT_TLS_CA) is the PEM certificate that signed
     the gateway's TLS certificate; without it the channel is plaintext.

@@ -1,4 +1,9 @@
-"""The LabSight home directory ($LABSIGHT_HOME, default ./.labsight): data and endpoints of `up`."""
+"""The LabSight home directory: data and endpoints of `up`, found by the CLI and SDK from anywhere.
+
+$LABSIGHT_HOME, else the user's XDG state directory ($XDG_STATE_HOME/labsight,
+default ~/.local/state/labsight), so a CLI in any folder finds the `up` of the
+same user.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,13 @@ ENDPOINTS_FILE = "endpoints.json"
 
 
 def home_dir() -> Path:
-    """$LABSIGHT_HOME, or ``.labsight`` in the current directory."""
-    return Path(os.environ.get("LABSIGHT_HOME", ".labsight")).resolve()
+    """$LABSIGHT_HOME, else $XDG_STATE_HOME/labsight, else ~/.local/state/labsight."""
+    if os.environ.get("LABSIGHT_HOME"):
+        return Path(os.environ["LABSIGHT_HOME"]).resolve()
+    state = os.environ.get("XDG_STATE_HOME", "")
+    # The XDG spec says to ignore a relative path here.
+    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
+    return base / "labsight"
 
 
 @dataclass
@@ -65,3 +75,42 @@ def read_endpoints(home: Path | None = None) -> Endpoints | None:
 def remove_endpoints(home: Path | None = None) -> None:
     """Forget the endpoints (``up`` has stopped)."""
     ((home or home_dir()) / ENDPOINTS_FILE).unlink(missing_ok=True)
+
+
+class GatewayNotFound(ConnectionError):
+    """No gateway address was given and no running ``labsight up`` was found."""
+
+
+def running_endpoints(home: Path | None = None) -> Endpoints:
+    """The endpoints of the ``labsight up`` running on ``home``.
+
+    Raises
+    ------
+    GatewayNotFound
+        Saying how to start one, if ``home`` has no endpoints or their `up` is gone.
+    """
+    home = home or home_dir()
+    endpoints = read_endpoints(home)
+    if endpoints is None:
+        raise GatewayNotFound(
+            f"no `labsight up` is running (no endpoints in {home}); start it with "
+            "`labsight up`, or name a gateway with --gateway or LABSIGHT_GATEWAY_ADDR"
+            + ("" if os.environ.get("LABSIGHT_HOME") else " (or set LABSIGHT_HOME to the "
+               "home of an `up` started with one)")
+        )
+    if endpoints.pid and not _process_exists(endpoints.pid):
+        raise GatewayNotFound(
+            f"no `labsight up` is running: the endpoints in {home} were written by pid "
+            f"{endpoints.pid}, which has exited; start it again with `labsight up`"
+        )
+    return endpoints
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
