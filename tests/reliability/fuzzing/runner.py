@@ -49,7 +49,7 @@ class FuzzConfig:
     calls: int
     deadline_s: float = 60.0
     """A unary call or result stream still unanswered after this long is a hang."""
-    watch_deadline_s: float = 5.0
+    watch_deadline_s: float = 10.0
     """How long a watch stream is read; one without a first message by then is a hang."""
     rss_growth_bound: int = 300 * MiB
     jobs_wait_s: float = 120.0
