@@ -72,6 +72,7 @@ class Settings:
     allow_anonymous: bool = False
     tls_cert: str = ""
     tls_key: str = ""
+    service_token: str = ""
 
     @classmethod
     def from_env(cls, spec: ProcessSpec | None = None) -> Settings:
@@ -106,6 +107,7 @@ class Settings:
             allow_anonymous=env_flag("LABSIGHT_ALLOW_ANONYMOUS"),
             tls_cert=os.environ.get("LABSIGHT_TLS_CERT", ""),
             tls_key=os.environ.get("LABSIGHT_TLS_KEY", ""),
+            service_token=os.environ.get("LABSIGHT_SERVICE_TOKEN", ""),
         )
 
     def grpc_options(self) -> list[tuple[str, int]]:

@@ -1,4 +1,5 @@
-"""Server interceptor: maps exceptions to gRPC status codes and records RPC metrics."""
+"""Server interceptor: maps exceptions to gRPC status codes, refuses undecodable requests
+as INVALID_ARGUMENT, and records RPC metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
-from labsight.errors import status_code_for
+from labsight.errors import InvalidArgument, status_code_for
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,62 @@ RPC_SECONDS = Histogram(
     ["method"],
     buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+
+MAX_STATUS_MESSAGE_CHARS = 1000
+"""Longest status message a call answers with. The message travels in a response header
+and clients refuse headers over 16 KiB (as RESOURCE_EXHAUSTED): 1000 characters stay
+below that even when every one is percent-encoded non-ASCII."""
+
+
+class UndecodableRequest:
+    """Stands in for a request message that did not parse, so the handler can refuse it.
+
+    grpc answers a deserializer's exception with INTERNAL ("Exception
+    deserializing request!"); a request the client sent is the client's
+    fault, so the deserializer returns this instead and the interceptor
+    turns it into INVALID_ARGUMENT.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning an UndecodableRequest instead of raising."""
+    if deserializer is None:
+        return None
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    type_name = getattr(descriptor, "full_name", "the request message")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # noqa: BLE001 - any parse failure is the client's
+            return UndecodableRequest(
+                f"request: cannot parse {type_name} from {len(data)} bytes ({error})"
+            )
+
+    return deserialize
+
+
+def _decoded(request: Any) -> Any:
+    """``request``; InvalidArgument if it did not parse."""
+    if isinstance(request, UndecodableRequest):
+        raise InvalidArgument(request.message)
+    return request
+
+
+def _decoded_stream(requests: Iterator[Any]) -> Iterator[Any]:
+    """The messages of a request stream; InvalidArgument at the first that did not parse."""
+    for request in requests:
+        yield _decoded(request)
+
+
+def _cut(message: str) -> str:
+    """``message`` cut to MAX_STATUS_MESSAGE_CHARS, saying how long it was."""
+    if len(message) <= MAX_STATUS_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_STATUS_MESSAGE_CHARS]}… ({len(message)} characters)"
 
 
 def _abort_for(error: Exception, context: grpc.ServicerContext, method: str) -> None:
@@ -38,14 +95,17 @@ def _abort_for(error: Exception, context: grpc.ServicerContext, method: str) -> 
         log.info("%s answered %s: %s", method, code.name, error)
         message = str(error) or code.name
     RPC_TOTAL.labels(method, code.name).inc()
-    context.abort(code, message)
+    context.abort(code, _cut(message))
 
 
-def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _wrap_unary(
+    behavior: Callable[..., Any], method: str, request_stream: bool
+) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         start = time.perf_counter()
         try:
-            response = behavior(request, context)
+            checked = _decoded_stream(request) if request_stream else _decoded(request)
+            response = behavior(checked, context)
         except Exception as error:  # noqa: BLE001 - every error gets a status
             _abort_for(error, context, method)
             raise
@@ -57,11 +117,14 @@ def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]
     return handle
 
 
-def _wrap_streaming(behavior: Callable[..., Iterator[Any]], method: str) -> Callable[..., Any]:
+def _wrap_streaming(
+    behavior: Callable[..., Iterator[Any]], method: str, request_stream: bool
+) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         start = time.perf_counter()
         try:
-            yield from behavior(request, context)
+            checked = _decoded_stream(request) if request_stream else _decoded(request)
+            yield from behavior(checked, context)
         except Exception as error:  # noqa: BLE001 - every error gets a status
             _abort_for(error, context, method)
             raise
@@ -73,7 +136,8 @@ def _wrap_streaming(behavior: Callable[..., Iterator[Any]], method: str) -> Call
 
 
 class StatusInterceptor(grpc.ServerInterceptor):
-    """Wraps every handler so no exception escapes as UNKNOWN and every call is counted."""
+    """Wraps every handler so no exception escapes as UNKNOWN, a request that does not
+    parse is INVALID_ARGUMENT, and every call is counted."""
 
     def intercept_service(
         self,
@@ -85,21 +149,21 @@ class StatusInterceptor(grpc.ServerInterceptor):
             return None
         method = handler_call_details.method
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method), **kwargs
+                _wrap_unary(handler.unary_unary, method, request_stream=False), **kwargs
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method), **kwargs
+                _wrap_unary(handler.stream_unary, method, request_stream=True), **kwargs
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_streaming(handler.unary_stream, method), **kwargs
+                _wrap_streaming(handler.unary_stream, method, request_stream=False), **kwargs
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_streaming(handler.stream_stream, method), **kwargs
+            _wrap_streaming(handler.stream_stream, method, request_stream=True), **kwargs
         )

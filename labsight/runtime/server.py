@@ -15,9 +15,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from labsight.catalog import MODEL_SERVICES
 from labsight.config import Settings
 from labsight.runtime.interceptors import StatusInterceptor
 from labsight.runtime.readiness import ReadinessProbe, follow_readiness
+from labsight.runtime.service_token import ServiceTokenInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def start_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
-        interceptors=[StatusInterceptor()],
+        interceptors=[StatusInterceptor(), *token_interceptors(service_names, settings)],
         options=settings.server_options(),
     )
     readiness = register(server, settings)
@@ -87,6 +89,18 @@ def start_server(
     if readiness is not None:
         follow_readiness(health_servicer, ("", *service_names), readiness, running.stopping)
     return running
+
+
+def token_interceptors(
+    service_names: Sequence[str], settings: Settings
+) -> list[grpc.ServerInterceptor]:
+    """The shared-token check for the model services among ``service_names``, when
+    ``settings.service_token`` is set (the gateway has its tenants' tokens instead)."""
+    model_services = {name for spec in MODEL_SERVICES for name in spec.grpc_services}
+    protected = [name for name in service_names if name in model_services]
+    if not settings.service_token or not protected:
+        return []
+    return [ServiceTokenInterceptor(settings.service_token, protected)]
 
 
 def start_metrics(settings: Settings) -> int | None:

@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from labsight.catalog import MODEL_SERVICES
+from labsight.runtime.service_token import with_service_token
 from labsight.v1 import classifier_pb2_grpc, features_pb2_grpc, segmentation_pb2_grpc
 
 MAX_RECONNECT_BACKOFF_MS = 2000
@@ -51,13 +52,15 @@ class _RefusalRecorder(grpc.UnaryUnaryClientInterceptor):
 
 
 class ServiceClients:
-    """Stubs to the segmentation, features and classifier services over shared channels."""
+    """Stubs to the segmentation, features and classifier services over shared channels
+    (sending ``service_token``, LABSIGHT_SERVICE_TOKEN, on every call when set)."""
 
     def __init__(
         self,
         addresses: Mapping[str, str],
         options: list[tuple[str, int]] | None = None,
         call_timeout_s: float = 600.0,
+        service_token: str = "",
     ) -> None:
         self.call_timeout_s = call_timeout_s
         self._refused: set[str] = set()
@@ -68,7 +71,9 @@ class ServiceClients:
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ]
         self._channels = {
-            name: grpc.insecure_channel(address, options=channel_options)
+            name: with_service_token(
+                grpc.insecure_channel(address, options=channel_options), service_token
+            )
             for name, address in addresses.items()
         }
         calls = {

@@ -283,7 +283,7 @@ class Worker:
 def build_worker(settings: Settings, consumer: str | None = None) -> Worker:
     """A worker wired to the Redis and model services named in ``settings``."""
     services = ServiceClients(
-        settings.service_addresses, settings.grpc_options()
+        settings.service_addresses, settings.grpc_options(), service_token=settings.service_token
     )
     return Worker(
         build_queue(settings),

@@ -86,12 +86,18 @@ def spot_patches(
         raise ValueError(f"spot_centres: expected (N, 2) (x, y) coordinates, got shape {list(centres.shape)}")
     if not np.all(np.isfinite(centres)):
         raise ValueError("spot_centres: coordinates must be finite")
+    height, width = planes.shape[:2]
     if not np.isfinite(diameter) or diameter < 1:
         raise ValueError(f"spot_diameter: must be at least 1 pixel, got {diameter}")
+    if diameter > min(height, width):
+        raise ValueError(
+            f"spot_diameter: a {diameter:g}-pixel patch does not fit in the {height}x{width} image"
+        )
     _check_output_size(output_size)
     side = int(np.floor(diameter + 0.5))
-    corners = np.floor(centres - side / 2 + 0.5).astype(np.int64)
-    height, width = planes.shape[:2]
+    # Corners stay floats until all are known to lie inside: a far-away centre (1e30)
+    # would overflow an integer.
+    corners = np.floor(centres - side / 2 + 0.5)
     outside = np.flatnonzero(
         (corners[:, 0] < 0) | (corners[:, 1] < 0)
         | (corners[:, 0] + side > width) | (corners[:, 1] + side > height)
@@ -105,7 +111,7 @@ def spot_patches(
     size = output_size or side
     _check_patch_bytes(len(centres), size, planes, max_bytes, "spot_centres", "spots")
     pixels = np.empty((len(centres), size, size, planes.shape[2]), planes.dtype)
-    for index, (x0, y0) in enumerate(corners):
+    for index, (x0, y0) in enumerate(corners.astype(np.int64)):
         pixels[index] = _fit(planes[y0 : y0 + side, x0 : x0 + side], size)
     return Patches(pixels, centres.copy(), np.arange(len(centres), dtype=np.int64))
 
