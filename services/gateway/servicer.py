@@ -29,6 +29,7 @@ from services.gateway.auth import BearerAuth
 from services.gateway.ids import check_id, check_optional_id
 from services.gateway.jobs import ACTIVE_STATUSES, CANCELLED, DONE, PROTO_TO_STATUS, now
 from services.gateway.pipelines import get_pipeline, pipeline_infos
+from services.gateway.pipelines.models import connect_model_catalog
 from services.gateway.queue import JobQueue, NewJob, Staged, build_queue
 from services.gateway.watch import EventFanout, watch_batch, watch_job
 
@@ -375,6 +376,7 @@ def register(server: grpc.Server, settings: Settings) -> ReadinessProbe:
     """
     queue = build_queue(settings)
     queue.ensure_groups()
+    connect_model_catalog(settings)  # jobs naming models are checked against the features service
     servicer = GatewayServicer(
         queue, tenant_resolver(settings), max_watch_streams=watch_stream_limit(settings.max_workers)
     )
