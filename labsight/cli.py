@@ -19,13 +19,27 @@ from labsight.export import FORMATS, TEXT_FORMATS, write_table
 from labsight.home import ENDPOINTS_FILE, GatewayNotFound, home_dir, read_endpoints
 
 
-def _apply_recorded_endpoints() -> None:
-    """Let processes started next to ``labsight up`` find its Redis and services."""
-    endpoints = read_endpoints()
-    if endpoints is None:
-        return
-    for name, value in endpoints.as_environment().items():
-        os.environ.setdefault(name, value)
+class RecordedEndpoints:
+    """The environment a process took from the endpoints of ``labsight up``, kept current.
+
+    Variables already set are left alone; the others come from the endpoints,
+    and ``refresh`` follows them when ``up`` restarts elsewhere (a new Redis port).
+    """
+
+    def __init__(self) -> None:
+        endpoints = read_endpoints()
+        recorded = endpoints.as_environment() if endpoints else {}
+        self.names = {name for name in recorded if name not in os.environ}
+        os.environ.update({name: recorded[name] for name in self.names})
+
+    def refresh(self) -> bool:
+        """Re-read the endpoints; True if a variable taken from them changed (now applied)."""
+        endpoints = read_endpoints()
+        recorded = endpoints.as_environment() if endpoints else {}
+        changed = {name: value for name, value in recorded.items()
+                   if name in self.names and os.environ.get(name) != value}
+        os.environ.update(changed)
+        return bool(changed)
 
 
 def job_to_dict(job: Any) -> dict[str, Any]:
@@ -93,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run one service in the foreground."""
     from labsight.runtime.entry import run_service_named
 
-    _apply_recorded_endpoints()
+    RecordedEndpoints()
     run_service_named(args.service)
     return 0
 
@@ -102,8 +116,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker in the foreground."""
     from services.gateway.worker import main as worker_main
 
-    _apply_recorded_endpoints()
-    worker_main()
+    recorded = RecordedEndpoints()
+    # A worker that found Redis through `up` follows it when `up` restarts on another port.
+    worker_main(recorded.refresh if "REDIS_URL" in recorded.names else None)
     return 0
 
 

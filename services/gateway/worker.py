@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import redis
@@ -18,6 +18,7 @@ import labsight
 from labsight.catalog import WORKER
 from labsight.config import Settings
 from labsight.errors import NotFound
+from labsight.redis_server import hide_password
 from labsight.runtime.logs import configure_logging
 from labsight.runtime.server import start_metrics, stop_on_signals
 from labsight.v1 import gateway_pb2 as pb
@@ -96,9 +97,16 @@ class Worker:
         self._high_streak = 0
         self._stop = threading.Event()
 
-    def run(self, stop: threading.Event, block_ms: int = 1000) -> None:
+    def run(
+        self, stop: threading.Event, block_ms: int = 1000,
+        redis_moved: Callable[[], bool] | None = None,
+    ) -> None:
         """Process jobs until ``stop`` is set; the job in hand is finished first
-        (unless it waits for a model service to come back: then it is retried later)."""
+        (unless it waits for a model service to come back: then it is retried later).
+
+        While Redis does not answer, the worker retries every second; it returns
+        early if ``redis_moved()`` says Redis is now elsewhere (see ``main``).
+        """
         self._stop = stop
         next_housekeeping = 0.0
         while not stop.is_set():
@@ -118,6 +126,9 @@ class Worker:
                     self._high_streak = self._high_streak + 1 if delivery.priority == "high" else 0
                     self.process(delivery)
             except redis.ConnectionError as error:
+                if redis_moved is not None and redis_moved():
+                    log.warning("redis moved; reconnecting", extra={"error": str(error)})
+                    return
                 log.warning("redis unavailable, retrying", extra={"error": str(error)})
                 stop.wait(1.0)
             except Exception:  # noqa: BLE001 - a worker outlives any single bad step
@@ -298,16 +309,26 @@ def build_worker(settings: Settings, consumer: str | None = None) -> Worker:
     )
 
 
-def main() -> None:
-    """Entry point of ``labsight worker`` and ``python -m services.gateway.worker``."""
+def main(redis_moved: Callable[[], bool] | None = None) -> None:
+    """Entry point of ``labsight worker`` and ``python -m services.gateway.worker``.
+
+    ``redis_moved`` (given by ``labsight worker``) re-reads where Redis and the
+    model services are when Redis stops answering and returns True if they
+    moved, with the environment updated: the worker then starts over on the
+    new ones, keeping its consumer name, so it reclaims its own unfinished jobs.
+    """
     stop = stop_on_signals()
     settings = Settings.from_env(WORKER)
     configure_logging(settings.log_level, WORKER.name)
     start_metrics(settings)
-    worker = build_worker(settings)
-    log.info("worker started", extra={"consumer": worker.consumer, "redis": settings.redis_url})
-    worker.run(stop)
-    worker.services.close()
+    consumer = f"{socket.gethostname()}-{os.getpid()}"
+    while not stop.is_set():
+        worker = build_worker(settings, consumer)
+        log.info("worker started", extra={"consumer": consumer,
+                                          "redis": hide_password(settings.redis_url)})
+        worker.run(stop, redis_moved=redis_moved)
+        worker.services.close()
+        settings = Settings.from_env(WORKER)
     log.info("worker stopped")
 
 

@@ -1,5 +1,5 @@
 """Workers wait for a model service that restarts instead of burning the job's attempts,
-and carry on after their Redis restarted."""
+carry on after their Redis restarted, and a hand-started one follows `up` to its new Redis."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from labsight.catalog import FEATURES, GATEWAY
 from labsight.client import LabSightClient, build_request
 from labsight.config import Settings
+from labsight.home import Endpoints, write_endpoints
 from labsight.redis_server import free_port, start_redis, stop_redis
 from labsight.runtime.server import RunningServer
+from services.features.servicer import register as register_features
 from services.gateway.servicer import register as register_gateway
 
 from .conftest import WorkerFactory
@@ -162,3 +164,48 @@ def _answers(client: LabSightClient, batch_id: str) -> bool:
     except redis.RedisError:
         return False
     return True
+
+
+def test_hand_started_worker_follows_up_to_its_new_redis(
+    serve: Serve, settings: Settings, tmp_path: Path
+) -> None:
+    """`up` stopped and started again brings Redis back (same AOF) on another port;
+    a `labsight worker` started by hand against the first one finishes the jobs."""
+    home, data = tmp_path / "home", tmp_path / "home" / "redis"
+    features = serve(register_features, FEATURES.grpc_services, settings)
+    services = {"features": features.address, "segmentation": "127.0.0.1:1",
+                "classifier": "127.0.0.1:1"}
+    settings.service_addresses = services
+
+    def record(url: str) -> None:
+        write_endpoints(Endpoints(redis_url=url, key_prefix=settings.key_prefix,
+                                  gateway="127.0.0.1:1", services=services, pid=os.getpid()), home)
+
+    process, url = start_redis(data)
+    record(url)
+    settings.redis_url = url
+    client = LabSightClient(serve(register_gateway, GATEWAY.grpc_services, settings).address,
+                            token="")
+    client.submit_batch([build_request("fractal", TINY, {"box_sizes": "3"}) for _ in range(JOBS)],
+                        batch_id="moved")
+    env = {**os.environ, "LABSIGHT_HOME": str(home), "LABSIGHT_METRICS_PORT": "0",
+           "LABSIGHT_CLAIM_IDLE_MS": "2000", "LABSIGHT_LOG_LEVEL": "WARNING"}
+    for name in ("REDIS_URL", "LABSIGHT_KEY_PREFIX", "LABSIGHT_FEATURES_ADDR"):
+        env.pop(name, None)
+    worker = subprocess.Popen([sys.executable, "-m", "labsight.cli", "worker"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _counts(client, "moved").get("done", 0) >= 10, 120, "first results")
+        stop_redis(process, url)
+        process, url = start_redis(data)  # a free port: not the one the worker knows
+        record(url)
+        settings.redis_url = url
+        client = LabSightClient(serve(register_gateway, GATEWAY.grpc_services, settings).address,
+                                token="")
+        _wait_for(lambda: _finished(client, "moved"), 300, "the batch on the new Redis")
+        assert _counts(client, "moved") == {"done": JOBS}
+        assert worker.poll() is None
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        stop_redis(process, url)
