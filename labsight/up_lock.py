@@ -27,18 +27,29 @@ class AlreadyRunning(RuntimeError):
     """Another ``labsight up`` holds the home."""
 
 
+def _stat_fields(path: Path) -> list[str] | None:
+    try:
+        stat = path.read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and parens
+
+
 def process_start_ticks(pid: int) -> int | None:
     """When ``pid`` started (clock ticks since boot, from /proc), or None if it is gone.
 
-    Zombies count as gone: they hold no port and no file.
+    A zombie whose threads have all exited counts as gone: it holds no port and
+    no file. While another thread still runs (a main thread that exited first
+    shows as a zombie), its sockets may still be open, so it is not gone.
     """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+    if fields is None:
         return None
-    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and parens
     if fields[0] in ("Z", "X"):
-        return None
+        tasks = Path(f"/proc/{pid}/task")
+        states = [_stat_fields(task / "stat") for task in tasks.glob("*")]
+        if all(state is None or state[0] in ("Z", "X") for state in states):
+            return None
     return int(fields[19])
 
 
