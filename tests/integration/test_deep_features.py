@@ -222,6 +222,7 @@ def test_distinct_layers_stay_within_the_engine_cache_and_evicted_ones_are_close
     public = next(model.layers for model in listed if model.name == DEFAULT_MODEL)
     layers = [*(f"_blocks.{i}" for i in range(10)), *public]
     others = _batcher_threads()
+    evictions = REGISTRY.get_sample_value("labsight_engine_cache_evictions_total") or 0.0
     first: dict[str, np.ndarray] = {}
     served = []
     for layer in layers:
@@ -237,6 +238,7 @@ def test_distinct_layers_stay_within_the_engine_cache_and_evicted_ones_are_close
         with pytest.raises(Unavailable, match="is closed"):
             evicted.batcher.submit(np.zeros((1, 3, 224, 224), np.float32))
     assert not any(engine.closed for engine in served[-1].engines)
+    assert REGISTRY.get_sample_value("labsight_engine_cache_evictions_total") - evictions == len(layers) - 1
     assert REGISTRY.get_sample_value(  # a closed batcher's series leave /metrics
         "labsight_batch_size_count", {"batcher": f"{DEFAULT_MODEL}:{layers[0]}"}) is None
     again = stub.ExtractDeepFeatures(_request(IMAGES[1:2], layer=layers[0]), timeout=120)

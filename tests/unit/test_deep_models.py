@@ -22,7 +22,7 @@ from services.features.models import (
     build_layer_index,
 )
 from services.features.models.loading import load_torch_model
-from services.features.models.onnx_graph import node_module_path
+from services.features.models.onnx_graph import cut_at_output, node_module_path
 
 IMAGENET_CATS = range(281, 286)
 """ImageNet classes tabby, tiger cat, Persian, Siamese and Egyptian cat."""
@@ -178,3 +178,26 @@ def test_node_scopes_map_to_module_paths() -> None:
     assert node_module_path("/_blocks.3/_swish_1/Clip") == "_blocks.3._swish_1"
     assert node_module_path("/net/layers/mixed_10/Concat") == "net.layers.mixed_10"
     assert node_module_path("Constant_672") == ""
+
+
+def test_a_cut_keeps_the_weights_that_subgraphs_read_and_drops_the_rest() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.full(2, 3.0, np.float32), "w")
+    unused = numpy_helper.from_array(np.zeros(1000, np.float32), "unused")
+
+    def branch(op: str, out: str) -> object:
+        return helper.make_graph([helper.make_node(op, ["x", "w"], [out])], op, [],
+                                 [helper.make_tensor_value_info(out, TensorProto.FLOAT, [2])])
+
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.array(True))),
+         helper.make_node("If", ["c"], ["y"], then_branch=branch("Mul", "t"), else_branch=branch("Add", "e")),
+         helper.make_node("Mul", ["y", "unused"], ["z"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [weight, unused],
+    )
+    cut = cut_at_output(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), "y")
+    assert [tensor.name for tensor in cut.graph.initializer] == ["w"]
+    engine = OnnxEngine(cut.SerializeToString(), threads=1)
+    np.testing.assert_array_equal(engine.run(np.ones(2, np.float32)), [3.0, 3.0])

@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -144,5 +145,14 @@ def _ancestors(graph: onnx.GraphProto, output: str) -> set[str]:
         seen.add(name)
         node = producer.get(name)
         if node is not None:
-            pending.extend(node.input)
+            pending.extend(_reads(node))
     return seen
+
+
+def _reads(node: onnx.NodeProto) -> Iterator[str]:
+    """The values a node reads: its inputs and those its subgraphs (If, Loop) take from outside."""
+    yield from node.input
+    for attribute in node.attribute:
+        for subgraph in (attribute.g, *attribute.graphs):  # g is empty unless the attribute is a graph
+            for inner in subgraph.node:
+                yield from _reads(inner)
