@@ -307,8 +307,9 @@ def bound_cost(message: Message) -> None:
 
 # Hostile variants -----------------------------------------------------------------------
 
-AUTH_RPCS = frozenset(rpc.name for rpc in RPCS if rpc.process == "gateway"
-                      and rpc.descriptor.containing_service.name == "GatewayService")
+AUTH_RPCS = frozenset(rpc.path for rpc in RPCS if rpc.descriptor.containing_service.name != "Health")
+"""Every LabSight RPC needs a token: a tenant's on the gateway, the shared service token
+(LABSIGHT_SERVICE_TOKEN) on the model services; health stays open for probes."""
 BAD_TOKENS: list[tuple[str, list[tuple[str, str]]]] = [
     ("token:missing", []),
     ("token:wrong", [("authorization", "Bearer not-a-token")]),
@@ -395,7 +396,7 @@ class CaseStream:
         elif kind in ("hostile-id", "other-tenant"):
             candidates = [r for r in RPCS if r.name in ID_RPCS]
         elif kind == "bad-token":
-            candidates = [r for r in RPCS if r.name in AUTH_RPCS]
+            candidates = [r for r in RPCS if r.path in AUTH_RPCS]
         elif kind == "cut-stream":
             candidates = [r for r in RPCS if r.descriptor.client_streaming
                           or r.descriptor.server_streaming]

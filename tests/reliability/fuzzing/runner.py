@@ -35,6 +35,7 @@ OVERSIZED_STATUS = "metadata size exceeds"
 """What gRPC says instead of a status whose details (an echoed 20 KB value) are over 16 KiB."""
 STREAM_OPEN = "STREAM_OPEN"
 """A server stream that sent messages and was still open at its deadline (a live watch)."""
+STEPS_SHOWN = 10
 WARM_UP_BATCH = 32
 """Images of the warm-up call per model: the features service's largest batch by default."""
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 * MiB),
@@ -115,6 +116,9 @@ class Report:
     memory: dict[str, Memory] = field(default_factory=dict)
     restarts: dict[str, list[int]] = field(default_factory=dict)
     job_statuses: Counter[str] = field(default_factory=Counter)
+    steps: list[tuple[int, str, str]] = field(default_factory=list)
+    """(VmRSS growth, process, reproducer) of the calls after which their process had grown
+    most; work the worker does for earlier jobs may land on any call."""
     late_failures: dict[str, tuple[int, str]] = field(default_factory=dict)
     """Jobs accepted at submit and failed in the worker: error prefix → (count, reproducer)."""
 
@@ -133,6 +137,9 @@ class Report:
             lines.append(f"  {name:<13} {memory.before / MiB:8.1f} {memory.after / MiB:8.1f} "
                          f"{memory.growth / MiB:+8.1f} {(memory.peak - memory.before) / MiB:+8.1f}"
                          f"   {self.restarts.get(name, [])}")
+        lines.append("largest VmRSS steps (MiB) and the call after which they showed:")
+        for grown, name, reproducer in sorted(self.steps, reverse=True)[:STEPS_SHOWN]:
+            lines.append(f"  {grown / MiB:+7.1f} {name:<13} {reproducer[:200]}")
         lines += ["", "accepted jobs: " + ", ".join(
             f"{status} {n}" for status, n in self.job_statuses.most_common())]
         if self.late_failures:
@@ -158,9 +165,11 @@ class Report:
 class Runner:
     """Calls a live stack with fuzz cases and records the outcomes."""
 
-    def __init__(self, stack: Stack, tokens: dict[str, str], config: FuzzConfig) -> None:
+    def __init__(self, stack: Stack, tokens: dict[str, str], service_token: str,
+                 config: FuzzConfig) -> None:
         self.stack = stack
         self.tokens = tokens
+        self.service_token = service_token
         self.config = config
         self.report = Report(config)
         self.channels = {name: grpc.insecure_channel(stack.address(name), options=CHANNEL_OPTIONS)
@@ -173,9 +182,10 @@ class Runner:
         for channel in self.channels.values():
             channel.close()
 
-    def metadata(self, tenant: str) -> list[tuple[str, str]]:
-        """The tenant's bearer token as call metadata."""
-        return [("authorization", f"Bearer {self.tokens[tenant]}")]
+    def metadata(self, tenant: str, process: str = "gateway") -> list[tuple[str, str]]:
+        """Call metadata with the tenant's token (gateway) or the service token (model services)."""
+        token = self.tokens[tenant] if process == "gateway" else self.service_token
+        return [("authorization", f"Bearer {token}")]
 
     # Calls --------------------------------------------------------------------------------
 
@@ -183,7 +193,8 @@ class Runner:
         """Make the case's call (requests sent as bytes, answers kept as bytes)."""
         rpc, channel = case.rpc, self.channels[case.rpc.process]
         wire = case.wire()
-        metadata = case.metadata if case.metadata is not None else self.metadata(case.tenant)
+        metadata = (case.metadata if case.metadata is not None
+                    else self.metadata(case.tenant, case.rpc.process))
         streaming = rpc.descriptor.server_streaming
         timeout = (self.config.watch_deadline_s if streaming and rpc.name != "GetJobResult"
                    else self.config.deadline_s)
@@ -278,6 +289,14 @@ class Runner:
                 "crash", case.rpc.name if case else "-", case.input_class if case else "-",
                 f"exit {code}", f"{name} died; log tail: {self.stack.log_tail(name, 8)}", cause))
 
+    def note_steps(self, case: Case, before: dict[str, int], after: dict[str, int]) -> None:
+        """Keep the largest VmRSS steps of any process over one call."""
+        steps = self.report.steps
+        for name, rss in after.items():
+            if rss - before.get(name, rss) > 0:
+                steps.append((rss - before[name], name, f"#{case.index} {case.reproducer()}"))
+        self.report.steps = sorted(steps, reverse=True)[:STEPS_SHOWN]
+
     # Setup ----------------------------------------------------------------------------------
 
     def build_world(self, rng: np.random.Generator) -> World:
@@ -288,7 +307,7 @@ class Runner:
                       batch_stem=f"plate-{self.config.seed}-{uuid.uuid4().hex[:4]}")
         models = features_pb2.ListModelsResponse.FromString(
             self.channels["features"].unary_unary("/labsight.v1.FeatureService/ListModels")(
-                b"", timeout=self.config.deadline_s))
+                b"", timeout=self.config.deadline_s, metadata=self.metadata(tenants[0], "features")))
         world.models = {m.name: list(m.layers) for m in models.models}
         gateway = self.channels["gateway"]
         for tenant in tenants:
@@ -412,8 +431,10 @@ class Runner:
             case = stream.next_case()
             if self.config.only is not None and case.index != self.config.only:
                 continue
+            before_call = self.stack.resident_now()
             outcome = self.call(case)
             self.record(case, outcome)
+            self.note_steps(case, before_call, self.stack.resident_now())
             if self.config.verbose:
                 print(f"#{case.index} {case.rpc.process}.{case.rpc.name} [{case.input_class}] "
                       f"{outcome.code} {outcome.seconds:.2f}s {' '.join(outcome.message.split())[:160]}"
@@ -444,10 +465,11 @@ class Runner:
 def run_fuzz(config: FuzzConfig, redis_url: str, key_prefix: str, workdir: Path) -> Report:
     """Start the stack, fuzz it, stop it; the report of the run."""
     tokens = {"fuzz-a": uuid.uuid4().hex, "fuzz-b": uuid.uuid4().hex}
-    stack = Stack(redis_url, key_prefix, workdir, tokens)
+    service_token = uuid.uuid4().hex
+    stack = Stack(redis_url, key_prefix, workdir, tokens, service_token)
     try:
         stack.start()
-        runner = Runner(stack, tokens, config)
+        runner = Runner(stack, tokens, service_token, config)
         try:
             return runner.run()
         finally:

@@ -55,10 +55,11 @@ def _memory_field(pid: int, name: str) -> int:
 
 
 class Stack:
-    """Gateway, features, segmentation, classifier and one worker on the given Redis."""
+    """Gateway, features, segmentation, classifier and one worker on the given Redis, with
+    two tenants' tokens and a shared service token, so the model services require one too."""
 
     def __init__(self, redis_url: str, key_prefix: str, workdir: Path,
-                 tokens: dict[str, str]) -> None:
+                 tokens: dict[str, str], service_token: str) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         ports = {name: free_port() for name, spec in ALL_PROCESSES.items() if spec.grpc_port}
         base = {
@@ -69,6 +70,7 @@ class Stack:
             "LABSIGHT_METRICS_PORT": "0",
             "LABSIGHT_LOG_LEVEL": "WARNING",
             "LABSIGHT_TOKENS": ",".join(f"{tenant}={token}" for tenant, token in tokens.items()),
+            "LABSIGHT_SERVICE_TOKEN": service_token,
             # the features service's engine cache gets a budget below the RSS bound, so a cache
             # that keeps every layer it ever loaded shows as growth
             "LABSIGHT_ENGINE_CACHE_BYTES": str(ENGINE_CACHE_BYTES),
@@ -137,6 +139,16 @@ class Stack:
         ``reset_peaks``."""
         return {name: (_memory_field(child.pid, "VmRSS"), _memory_field(child.pid, "VmHWM"))
                 for name, child in self.children.items()}
+
+    def resident_now(self) -> dict[str, int]:
+        """VmRSS bytes of each process (0 for one that is gone)."""
+        now = {}
+        for name, child in self.children.items():
+            try:
+                now[name] = _memory_field(child.pid, "VmRSS")
+            except OSError:
+                now[name] = 0
+        return now
 
     def reset_peaks(self) -> None:
         """Restart each process's peak-RSS counter (Linux clear_refs 5), so VmHWM measures
