@@ -185,6 +185,8 @@ def test_local_mode_keeps_its_data_and_redis_private(up: UpProcess) -> None:
     command_lines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "redis-server" in command_lines and password not in command_lines
     assert password not in up.output_text()
+    for log in (up.home / "logs").iterdir():
+        assert password not in log.read_text(errors="replace"), log
 
 
 def test_second_up_on_the_same_home_is_refused_naming_the_pid(up: UpProcess) -> None:
