@@ -118,6 +118,7 @@ def test_model_service_down_retries_then_succeeds_when_it_returns(
 ) -> None:
     settings.retry_base_s = 0.2
     settings.max_attempts = 20
+    settings.service_wait_s = 0.2  # each attempt waits this long for the service, then counts
     features_port = free_port()
     settings.service_addresses = {
         "features": f"127.0.0.1:{features_port}",
@@ -144,6 +145,7 @@ def test_model_service_that_never_returns_makes_the_job_dead(
 ) -> None:
     settings.retry_base_s = 0.05
     settings.max_attempts = 3
+    settings.service_wait_s = 0.1  # each attempt waits this long for the service, then counts
     settings.service_addresses = {
         "features": f"127.0.0.1:{free_port()}", "segmentation": "127.0.0.1:1",
         "classifier": "127.0.0.1:1",
