@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import check_jsonschema
 import jsonschema
+import pytest
 import yaml
 
 from labsight.catalog import ALL_PROCESSES, GATEWAY, MODEL_SERVICES, SERVERS, WORKER
@@ -72,7 +76,27 @@ def test_workers_reach_each_model_service_on_its_catalog_port(compose: dict[str,
     environment = compose["services"][WORKER.name]["environment"]
     for spec in MODEL_SERVICES:
         assert environment[address_env_var(spec.name)] == f"{spec.name}:{spec.grpc_port}"
-    assert environment["REDIS_URL"] == "redis://redis:6379/0"
+    redis_url = urlsplit(_interpolated(environment["REDIS_URL"], SECRETS))
+    assert (redis_url.hostname, redis_url.port, redis_url.path) == ("redis", 6379, "/0")
+
+
+SECRETS = {"LABSIGHT_REDIS_PASSWORD": "0123abcd", "LABSIGHT_SERVICE_TOKEN": "4567ef"}
+"""What an operator's .env holds (see the top of docker-compose.yml)."""
+
+
+def _interpolated(value: str, environment: dict[str, str]) -> str:
+    """``value`` with Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` resolved
+    from ``environment``; KeyError, as Compose refuses to start, for a missing ``:?`` one."""
+
+    def resolve(match: re.Match[str]) -> str:
+        name, kind, rest = match.group(1), match.group(2), match.group(3)
+        if environment.get(name):
+            return environment[name]
+        if kind == "?":
+            raise KeyError(f"{name}: {rest}")
+        return rest if kind == "-" else ""
+
+    return re.sub(r"\$\{(\w+)(?::([?-])([^}]*))?\}", resolve, value)
 
 
 def test_only_the_gateway_publishes_a_port(compose: dict[str, Any]) -> None:
@@ -94,9 +118,16 @@ def test_model_services_reserve_a_gpu_and_run_the_cuda_image(compose: dict[str, 
         assert compose["services"][name]["build"]["dockerfile"] == "deploy/docker/Dockerfile"
 
 
+def _redis_arguments(redis: dict[str, Any]) -> list[str]:
+    """What the Redis container's start script passes to redis-server."""
+    shell, flag, script = redis["command"]
+    assert (shell, flag) == ("sh", "-c")
+    return shlex.split(script.split("exec redis-server", 1)[1])
+
+
 def test_redis_persists_with_aof_on_a_volume_and_never_evicts(compose: dict[str, Any]) -> None:
     redis = compose["services"]["redis"]
-    command = redis["command"]
+    command = _redis_arguments(redis)
     assert redis["image"].startswith("redis:7.")
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
@@ -132,3 +163,29 @@ def test_every_service_restarts_and_waits_for_what_it_needs(compose: dict[str, A
     needs = services[WORKER.name]["depends_on"]
     assert set(needs) == {"redis", *(spec.name for spec in MODEL_SERVICES)}
     assert all(need["condition"] == "service_healthy" for need in needs.values())
+
+
+def test_redis_requires_a_password_that_its_clients_send(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    for name in ("REDIS_PASSWORD", "REDISCLI_AUTH"):  # REDISCLI_AUTH: for the health check
+        assert _interpolated(redis["environment"][name], SECRETS) == SECRETS["LABSIGHT_REDIS_PASSWORD"]
+        with pytest.raises(KeyError, match="LABSIGHT_REDIS_PASSWORD"):
+            _interpolated(redis["environment"][name], {})
+    script = redis["command"][-1]
+    assert "requirepass" in script and "$$REDIS_PASSWORD" in script  # $$: the shell's, not compose's
+    arguments = _redis_arguments(redis)
+    assert arguments[:2] == ["--include", "/run/redis/auth.conf"] and "/run/redis" in redis["tmpfs"]
+    assert not any("PASSWORD" in argument for argument in arguments)  # never on the command line
+    assert redis["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
+    for name in (GATEWAY.name, WORKER.name):
+        redis_url = _interpolated(compose["services"][name]["environment"]["REDIS_URL"], SECRETS)
+        assert urlsplit(redis_url).password == SECRETS["LABSIGHT_REDIS_PASSWORD"]
+        with pytest.raises(KeyError, match="LABSIGHT_REDIS_PASSWORD"):
+            _interpolated(compose["services"][name]["environment"]["REDIS_URL"], {})
+
+
+def test_workers_gateway_and_model_services_share_the_service_token(compose: dict[str, Any]) -> None:
+    for spec in (GATEWAY, WORKER, *MODEL_SERVICES):
+        token = compose["services"][spec.name]["environment"]["LABSIGHT_SERVICE_TOKEN"]
+        assert _interpolated(token, SECRETS) == SECRETS["LABSIGHT_SERVICE_TOKEN"]
+        assert _interpolated(token, {}) == ""  # optional: unset, no token is checked

@@ -9,6 +9,7 @@ without the NVIDIA runtime run the model services on the CPU image
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -74,6 +75,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "LABSIGHT_GID": str(os.getgid()),
         "LABSIGHT_GATEWAY_PORT": str(port),
         "LABSIGHT_WORKERS": "1",
+        "LABSIGHT_REDIS_PASSWORD": secrets.token_hex(16),
+        "LABSIGHT_SERVICE_TOKEN": secrets.token_hex(16),
     }
     try:
         subprocess.run([*compose, "up", "--detach", "--build", "--wait", "--wait-timeout", "900"],

