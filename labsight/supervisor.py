@@ -180,8 +180,8 @@ class Supervisor:
             child.state = ChildState.GAVE_UP
             log_hint = f"; see {child.spec.log_path}" if child.spec.log_path else ""
             return Event(name, EventKind.GAVE_UP,
-                         f"{name} {how}, its {len(child.exits)}th exit within "
-                         f"{policy.crash_loop_window_s:.0f} s: giving up on it, the rest keeps "
+                         f"{name} {how}: {len(child.exits)} exits within "
+                         f"{policy.crash_loop_window_s:g} s, giving up on it; the rest keeps "
                          f"serving{log_hint}")
         child.streak += 1
         delay = policy.delay(child.streak)

@@ -134,7 +134,7 @@ def test_a_crash_loop_is_given_up_while_the_others_keep_running(
             assert supervisor.tick()[0].kind is EventKind.RESTARTED
     assert delays == [0.5, 1, 2, 4] and child.restarts == 4
     assert event.message == (
-        "crashy exited with code 3, its 5th exit within 60 s: giving up on it, "
+        "crashy exited with code 3: 5 exits within 60 s, giving up on it; "
         "the rest keeps serving"
     )
     clock.now += 3600
