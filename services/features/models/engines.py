@@ -94,7 +94,7 @@ class OnnxEngine:
             model, options, providers=["CPUExecutionProvider"]
         )
         self.input_name = self._session.get_inputs()[0].name
-        # Measured (ONNX Runtime 1.2x, cuts of both built-ins from 0.1 to 83 MB): a session holds
+        # Measured (ONNX Runtime 1.32, cuts of both built-ins from 0.1 to 83 MB): a session holds
         # 1.35-1.7x its serialized model, which is almost all weights, plus about 1.5 MB.
         self.nbytes = len(model) * 3 // 2 + (2 << 20)
 
