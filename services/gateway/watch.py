@@ -42,12 +42,6 @@ class EventFanout:
         self._listeners: dict[str, set[threading.Event]] = {}
         self._reader: threading.Thread | None = None
 
-    @property
-    def channels(self) -> int:
-        """Channels with at least one open stream."""
-        with self._lock:
-            return len(self._listeners)
-
     @contextlib.contextmanager
     def subscribe(self, channel: str) -> Iterator[threading.Event]:
         """An event that is set on every message on ``channel`` while the context is open."""
