@@ -40,17 +40,17 @@ class NewJob:
 
 
 STAGING_TTL_S = 24 * 3600
-"""A submission's jobs are written as they arrive and queued together at its end; the
-ones a gateway that died mid-stream left behind expire after this long."""
+"""A submission's inputs are written as they arrive and its jobs queued together at its
+end; inputs that a gateway which died mid-stream left behind expire after this long."""
 
 
 @dataclass
 class Staged:
-    """The jobs of one submission written to Redis and not yet queued (see JobQueue.stage)."""
+    """The jobs of one submission, their inputs written to Redis, not yet queued (see JobQueue.stage)."""
 
     tenant: str
     records: list[JobRecord] = field(default_factory=list)
-    """New jobs written for this submission, in order."""
+    """New jobs of this submission (inputs written, records not yet), in order."""
     job_ids: list[str] = field(default_factory=list)
     """Every job of the submission in order, earlier ones under a reused idempotency key too."""
     idempotency_keys: list[str] = field(default_factory=list)
@@ -151,7 +151,9 @@ class JobQueue:
         return staged.records[0], True
 
     def stage(self, staged: Staged, jobs: Sequence[NewJob]) -> None:
-        """Write ``jobs`` to Redis as part of ``staged``, invisible to workers until ``commit``.
+        """Write the inputs of ``jobs`` to Redis as part of ``staged``; their records stay
+        in ``staged`` until ``commit`` (the inputs are the bulk, the records a few hundred
+        bytes each), so nothing is visible to workers or clients before then.
 
         A job whose idempotency key was used before is not written: the
         earlier job's id takes its place in ``staged.job_ids``.
@@ -165,8 +167,6 @@ class JobQueue:
                 fresh.append((_record(job_id, staged.tenant, new, created), new.input_bytes))
         with self.client.pipeline(transaction=False) as pipe:
             for record, input_bytes in fresh:
-                pipe.hset(self.keys.job(record.job_id), mapping=record.to_hash())
-                pipe.expire(self.keys.job(record.job_id), STAGING_TTL_S)
                 pipe.set(self.keys.job_input(record.job_id), input_bytes, ex=STAGING_TTL_S)
             pipe.execute()
         staged.records += [record for record, _ in fresh]
@@ -214,7 +214,7 @@ class JobQueue:
         # One transaction: the jobs become visible to workers and counted together.
         with self.client.pipeline(transaction=True) as pipe:
             for record in records:
-                pipe.persist(self.keys.job(record.job_id))
+                pipe.hset(self.keys.job(record.job_id), mapping=record.to_hash())
                 pipe.persist(self.keys.job_input(record.job_id))
                 pipe.xadd(self.keys.stream(record.priority), {"job_id": record.job_id})
             for idem_key in staged.idempotency_keys:
@@ -235,8 +235,7 @@ class JobQueue:
         if staged.committed:
             return
         keys = [*staged.idempotency_keys]
-        for record in staged.records:
-            keys += [self.keys.job(record.job_id), self.keys.job_input(record.job_id)]
+        keys += [self.keys.job_input(record.job_id) for record in staged.records]
         for start in range(0, len(keys), 1000):
             self.client.delete(*keys[start : start + 1000])
         staged.records.clear()

@@ -256,7 +256,7 @@ def test_bad_job_in_a_batch_queues_nothing_and_names_the_job(
     keys = RedisKeys(stack.settings.key_prefix)
     assert redis_for.xlen(keys.stream("normal")) == 0
     assert int(redis_for.get(keys.depth()) or 0) == 0
-    assert not list(redis_for.scan_iter(match=keys.job("*")))  # the staged jobs are gone
+    assert not list(redis_for.scan_iter(match=keys.job("*")))  # the staged inputs are gone
     # The client fixes the job and retries: exactly the retried jobs exist, once.
     fixed = build_request("fractal", demo_image(), {"box_sizes": "3"}, idempotency_key="well-C3")
     reply = stack.client.submit_batch([good, good, fixed, good], "mixed")
