@@ -25,30 +25,29 @@ GRPC_SERVICE_NAMES = {spec.name: spec.grpc_services[0] for spec in MODEL_SERVICE
 """The gRPC service whose health tells whether a model service can take calls."""
 
 
-class _RefusalRecorder(grpc.UnaryUnaryClientInterceptor):
-    """Notes the service's name when one of its calls ends UNAVAILABLE.
+class _CallRecorder(grpc.UnaryUnaryClientInterceptor):
+    """Keeps each call made to ``service``, so a failed pipeline run can tell which
+    service refused it (its error does not say)."""
 
-    A pipeline's error does not say which service refused it; this tells the
-    worker which service to wait for.
-    """
-
-    def __init__(self, service: str, refused: set[str]) -> None:
+    def __init__(self, service: str, calls: list[tuple[str, grpc.Future]]) -> None:
         self._service = service
-        self._refused = refused
+        self._calls = calls
 
     def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
         call = continuation(client_call_details, request)
-        call.add_done_callback(self._note)
+        self._calls.append((self._service, call))
         return call
 
-    def _note(self, call: grpc.Future) -> None:
-        if call.cancelled():
-            return
-        error = call.exception()
-        if isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNAVAILABLE:
-            self._refused.add(self._service)
+
+def _refused(call: grpc.Future) -> bool:
+    """True if ``call`` ended UNAVAILABLE (its outcome is set before a waiter sees it;
+    done-callbacks may run later, so they cannot tell)."""
+    if not call.done() or call.cancelled():
+        return False
+    error = call.exception()
+    return isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNAVAILABLE
 
 
 class ServiceClients:
@@ -63,7 +62,7 @@ class ServiceClients:
         service_token: str = "",
     ) -> None:
         self.call_timeout_s = call_timeout_s
-        self._refused: set[str] = set()
+        self._calls: list[tuple[str, grpc.Future]] = []
         # round_robin spreads calls over every address a (headless) service name resolves to.
         channel_options = [
             *(options or []),
@@ -77,18 +76,20 @@ class ServiceClients:
             for name, address in addresses.items()
         }
         calls = {
-            name: grpc.intercept_channel(channel, _RefusalRecorder(name, self._refused))
+            name: grpc.intercept_channel(channel, _CallRecorder(name, self._calls))
             for name, channel in self._channels.items()
         }
         self.segmentation = segmentation_pb2_grpc.SegmentationServiceStub(calls["segmentation"])
         self.features = features_pb2_grpc.FeatureServiceStub(calls["features"])
         self.classifier = classifier_pb2_grpc.ClassifierServiceStub(calls["classifier"])
 
-    def take_refusals(self) -> set[str]:
-        """Names of the services that answered a call UNAVAILABLE since the last time asked."""
-        refused = set(self._refused)
-        self._refused.difference_update(refused)
-        return refused
+    def refusals(self) -> set[str]:
+        """Names of the services that answered a call UNAVAILABLE since ``forget_calls``."""
+        return {service for service, call in list(self._calls) if _refused(call)}
+
+    def forget_calls(self) -> None:
+        """Let go of the calls made so far (and the answers they hold)."""
+        self._calls.clear()
 
     def is_serving(self, name: str) -> bool:
         """True if service ``name`` reports SERVING through grpc.health.v1 now."""

@@ -202,11 +202,10 @@ class Worker:
             return self.store.status(job.job_id) == CANCELLED
 
         while True:
-            self.services.take_refusals()  # only this run's refusals count
             try:
                 return self.run_pipeline(job)
             except grpc.RpcError as error:
-                refused = self.services.take_refusals()
+                refused = self.services.refusals()
                 if error.code() != grpc.StatusCode.UNAVAILABLE or not refused:
                     raise
                 log.warning("model service not ready; waiting for it",
@@ -217,6 +216,8 @@ class Worker:
                     if cancelled():
                         raise JobCancelled(job.job_id) from None
                     raise
+            finally:
+                self.services.forget_calls()  # only this run's refusals count
 
     def run_pipeline(self, job: JobRecord) -> pb.JobResult:
         """Load the job's input and run its pipeline."""
