@@ -140,6 +140,8 @@ def _job(rng: np.random.Generator, pools: Pools) -> gateway_pb2.SubmitJobRequest
         request.priority = gateway_pb2.PRIORITY_HIGH
     if rng.random() < 0.2:
         request.labels["plate"] = "p1"
+    if rng.random() < 0.15:  # keys both tenants use: each must get its own job back
+        request.idempotency_key = f"fuzz-key-{int(rng.integers(3))}"
     return request
 
 
@@ -499,6 +501,14 @@ class CaseStream:
         if streaming.client_streaming:
             case.cut_after = int(self.rng.integers(0, len(case.requests)))
             case.detail = f"client stream cancelled after {case.cut_after} of {len(case.requests)}"
+            # a name of its own, so the runner can ask afterwards whether the cut left a job
+            first = case.requests[0]
+            tag = f"cut-{self.index}-{self.rng.bytes(3).hex()}"
+            if isinstance(first, gateway_pb2.UploadJobRequest):
+                first.job.idempotency_key = tag
+            elif isinstance(first, gateway_pb2.SubmitBatchRequest):
+                first.header.batch_id = tag
+            case.detail += f" (tag {tag})"
         else:
             case.cut_after = 1
             case.detail = "server stream cancelled after its first message"

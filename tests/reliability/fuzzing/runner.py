@@ -2,7 +2,8 @@
 
 Failures are what no client input may cause: INTERNAL or UNKNOWN, a call that hangs
 past a generous deadline, a known-in-advance answer that differs (another tenant's id
-not NOT_FOUND, a bad token not UNAUTHENTICATED), a process that dies or stops
+not NOT_FOUND, a bad token not UNAUTHENTICATED, one tenant's job answered to the
+other), a process that dies or stops
 answering health, a job accepted and then lost to INTERNAL/UNKNOWN or `dead`, and
 resident memory that grows past a bound.
 """
@@ -35,6 +36,8 @@ OVERSIZED_STATUS = "metadata size exceeds"
 """What gRPC says instead of a status whose details (an echoed 20 KB value) are over 16 KiB."""
 STREAM_OPEN = "STREAM_OPEN"
 """A server stream that sent messages and was still open at its deadline (a live watch)."""
+PROBE_NAME = "fuzz-probe"
+"""Image name of the job that asks whether a cancelled upload left a job under its key."""
 STEPS_SHOWN = 10
 WARM_UP_BATCH = 32
 """Images of the warm-up call per model: the features service's largest batch by default."""
@@ -175,6 +178,8 @@ class Runner:
         self.channels = {name: grpc.insecure_channel(stack.address(name), options=CHANNEL_OPTIONS)
                          for name, child in stack.children.items() if child.address}
         self.accepted: list[tuple[str, str, str]] = []
+        self.owners: dict[str, str] = {}
+        """Job id → the tenant it was first answered to."""
         """(tenant, job id, reproducer) of every job a call got accepted."""
 
     def close(self) -> None:
@@ -272,14 +277,61 @@ class Runner:
                                            outcome.message, f"#{case.index} {case.reproducer()}"))
         if outcome.code == "OK" and case.rpc.name in ("SubmitJob", "UploadJob", "SubmitBatch"):
             self._note_accepted(case, outcome.responses[0])
+        if outcome.code == "CANCELLED" and case.cut_after is not None:
+            left = self._left_by_cut(case)
+            if left:
+                report.findings.append(Finding("cut-stream", case.rpc.name, case.input_class,
+                                               outcome.code, left, f"#{case.index} {case.reproducer()}"))
+
+    def _left_by_cut(self, case: Case) -> str:
+        """What a client stream the fuzzer cancelled left behind ('' when nothing): a batch
+        with jobs, or a job that its idempotency key returns."""
+        first = case.requests[0]
+        gateway = self.channels["gateway"]
+        metadata = self.metadata(case.tenant)
+        if isinstance(first, gateway_pb2.SubmitBatchRequest):
+            try:
+                batch = gateway_pb2.Batch.FromString(gateway.unary_unary(
+                    "/labsight.v1.GatewayService/GetBatch")(
+                        gateway_pb2.GetBatchRequest(batch_id=first.header.batch_id)
+                        .SerializeToString(), timeout=self.config.deadline_s, metadata=metadata))
+            except grpc.RpcError:
+                return ""
+            return f"the cancelled stream left batch {batch.batch_id} with {batch.total} jobs" \
+                if batch.total else ""
+        if isinstance(first, gateway_pb2.UploadJobRequest):
+            probe = gateway_pb2.SubmitJobRequest(
+                pipeline="fractal", params={"box_sizes": "3"},
+                idempotency_key=first.job.idempotency_key,
+                input=gateway_pb2.JobInput(image=media.tensor_image(np.zeros((8, 8), np.uint8),
+                                                                    name=PROBE_NAME)))
+            try:
+                job = gateway_pb2.Job.FromString(gateway.unary_unary(
+                    "/labsight.v1.GatewayService/SubmitJob")(
+                        probe.SerializeToString(), timeout=self.config.deadline_s,
+                        metadata=metadata))
+            except grpc.RpcError:
+                return ""
+            self.accepted.append((case.tenant, job.job_id, f"probe of #{case.index}"))
+            return "" if job.input_name == PROBE_NAME else (
+                f"the cancelled upload was queued as job {job.job_id} (input "
+                f"{job.input_name!r}): its idempotency key returns it")
+        return ""
 
     def _note_accepted(self, case: Case, response: bytes) -> None:
         if case.rpc.name == "SubmitBatch":
             ids = list(gateway_pb2.SubmitBatchResponse.FromString(response).job_ids)
         else:
             ids = [gateway_pb2.Job.FromString(response).job_id]
-        self.accepted += [(case.tenant, job_id, f"#{case.index} {case.reproducer()}")
-                          for job_id in ids]
+        reproducer = f"#{case.index} {case.reproducer()}"
+        for job_id in ids:
+            owner = self.owners.setdefault(job_id, case.tenant)
+            if owner != case.tenant:  # e.g. both tenants sent the same idempotency key
+                self.report.findings.append(Finding(
+                    "tenant", case.rpc.name, case.input_class, "OK",
+                    f"answered job {job_id} of tenant {owner} to tenant {case.tenant}", reproducer))
+            else:
+                self.accepted.append((case.tenant, job_id, reproducer))
 
     def check_processes(self, case: Case | None, context: str) -> None:
         """Note every process that died (restarting it) as a crash of the last case."""
@@ -332,6 +384,7 @@ class Runner:
                 world.job_ids[tenant] += batch_answer.job_ids
                 world.batch_ids[tenant].insert(0, batch_answer.batch_id)
             self.accepted += [(tenant, job_id, "set-up") for job_id in world.job_ids[tenant]]
+            self.owners.update((job_id, tenant) for job_id in world.job_ids[tenant])
             world.batch_ids[tenant] = [batch_answer.batch_id]
         return world
 
