@@ -128,3 +128,54 @@ def test_wait_polls_when_the_watch_stream_breaks(
     assert outcome and isinstance(outcome[0], pb.Job), outcome
     assert outcome[0].status == pb.JOB_STATUS_CANCELLED
     client.close()
+
+
+def test_watch_streams_subscribe_again_after_redis_restarts(
+    serve: Serve, settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    process, url = start_redis(tmp_path / "redis", port=port)
+    try:
+        settings.redis_url = url
+        gateway = serve(register_gateway, GATEWAY.grpc_services, settings)
+        client = LabSightClient(gateway.address, token="")
+        keys = RedisKeys(settings.key_prefix)
+        before = client.submit("fractal", TINY, {"box_sizes": "3"})
+        assert [job.status for job in _watch_until_cancelled(client, before.job_id, url, keys)] \
+            == [pb.JOB_STATUS_QUEUED, pb.JOB_STATUS_CANCELLED]
+
+        stop_redis(process, url)
+        process, url = start_redis(tmp_path / "redis", port=port)
+        _wait_for(lambda: _answers(client), 60, "the gateway to reach Redis again")
+        after = client.submit("fractal", TINY, {"box_sizes": "3"})
+        assert [job.status for job in _watch_until_cancelled(client, after.job_id, url, keys)] \
+            == [pb.JOB_STATUS_QUEUED, pb.JOB_STATUS_CANCELLED]
+        client.close()
+    finally:
+        stop_redis(process, url)
+
+
+def _answers(client: LabSightClient) -> bool:
+    try:
+        client.pipelines()
+        client.list_jobs(page_size=1)
+    except grpc.RpcError:
+        return False
+    return True
+
+
+def _watch_until_cancelled(
+    client: LabSightClient, job_id: str, url: str, keys: RedisKeys
+) -> list[pb.Job]:
+    """The job's states while it is watched: the stream's channel is subscribed, then
+    the job is cancelled."""
+    states: list[pb.Job] = []
+    watcher = threading.Thread(target=lambda: states.extend(client.watch(job_id, 60)))
+    watcher.start()
+    observer = redis.Redis.from_url(url)
+    channel = keys.job_events(job_id)
+    _wait_for(lambda: observer.pubsub_numsub(channel)[0][1] == 1, 30, "the stream's subscription")
+    observer.close()
+    client.cancel(job_id)
+    watcher.join(timeout=60)
+    return states
