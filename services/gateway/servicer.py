@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 RESULT_CHUNK_BYTES = 1024 * 1024
 DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+"""Larger page sizes are served as this many jobs (and a next_page_token), so one answer
+stays far below the message limit whatever a client asks for."""
 BATCH_WRITE_SIZE = 256
 BATCH_WRITE_BYTES = 4 * 1024 * 1024
 """A batch stream's jobs are written to Redis every BATCH_WRITE_SIZE jobs or
@@ -256,6 +259,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         page_size = request.page_size or DEFAULT_PAGE_SIZE
         if page_size < 0:
             raise InvalidArgument(f"page_size: must be >= 0, got {page_size}")
+        page_size = min(page_size, MAX_PAGE_SIZE)
         offset = _page_offset(request.page_token)
         if request.batch_id:
             self._batch(request.batch_id, tenant)

@@ -112,6 +112,17 @@ def test_page_tokens_page_through_every_job(stack: InProcessStack) -> None:
     assert sorted(seen) == sorted(submitted)
 
 
+def test_page_sizes_beyond_the_limit_are_served_a_page_at_a_time(stack: InProcessStack) -> None:
+    requests = [build_request("fractal", demo_image(), {"box_sizes": "3"})] * 1001
+    submitted = stack.client.submit_batch(requests, batch_id="big").job_ids
+    stub = stack.client.stub
+    first = stub.ListJobs(pb.ListJobsRequest(batch_id="big", page_size=2**31 - 1))
+    assert len(first.jobs) == 1000 and first.next_page_token
+    rest = stub.ListJobs(pb.ListJobsRequest(batch_id="big", page_size=2**31 - 1,
+                                            page_token=first.next_page_token))
+    assert [job.job_id for job in [*first.jobs, *rest.jobs]] == list(submitted)
+
+
 def test_tenants_keep_their_own_batch_names(
     serve: Callable[..., RunningServer], settings: Settings, tmp_path: Path
 ) -> None:
