@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from labsight.client import LabSightClient
 from labsight.home import Endpoints, GatewayNotFound, home_dir, running_endpoints, write_endpoints
 
 
@@ -67,3 +68,8 @@ def test_endpoints_of_an_up_that_exited_are_not_used(user_home: Path) -> None:
 def test_endpoints_of_a_running_up_are_found_from_any_folder(user_home: Path) -> None:
     write_endpoints(_endpoints(os.getpid()))
     assert running_endpoints().gateway == "127.0.0.1:1"
+
+
+def test_sdk_without_up_says_how_to_start_it(user_home: Path) -> None:
+    with pytest.raises(GatewayNotFound, match="no `labsight up` is running"):
+        LabSightClient()
