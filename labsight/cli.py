@@ -370,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("service", choices=sorted(SERVERS))
     serve.set_defaults(func=cmd_serve)
 
-    worker = sub.add_parser("worker", help="run a worker (finds `up`'s Redis by itself)")
+    worker = sub.add_parser("worker", help="run a worker (finds `up`'s Redis by itself, "
+                            "and again when `up` restarts)")
     worker.set_defaults(func=cmd_worker)
 
     token = sub.add_parser("token", help="manage gateway bearer tokens")
