@@ -57,9 +57,9 @@ def start_server(
 
     TLS is on when ``settings.tls_cert`` and ``settings.tls_key`` name PEM
     files. The server serves ``grpc.health.v1`` (overall and per service, SERVING once
-    started and, when the registrar returned a readiness probe, only while it
-    passes), server reflection, and the status/metrics interceptor, with the
-    configured message size limit.
+    started; when the registrar returned a readiness probe, each service's status
+    follows it while the overall one stays SERVING), server reflection, and the
+    status/metrics interceptor, with the configured message size limit.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
@@ -87,7 +87,9 @@ def start_server(
     log.info("serving", extra={"services": list(service_names), "port": port})
     running = RunningServer(server, port, health_servicer, tuple(service_names))
     if readiness is not None:
-        follow_readiness(health_servicer, ("", *service_names), readiness, running.stopping)
+        # The overall status ("") stays SERVING: it is the process's liveness, and a
+        # dependency being down is no reason to restart the process.
+        follow_readiness(health_servicer, service_names, readiness, running.stopping)
     return running
 
 
