@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -262,6 +262,34 @@ def test_bad_job_in_a_batch_queues_nothing_and_names_the_job(
     reply = stack.client.submit_batch([good, good, fixed, good], "mixed")
     assert stack.client.batch("mixed").total == 4
     assert sorted(job.job_id for job in stack.client.list_jobs()) == sorted(reply.job_ids)
+
+
+def test_batch_stream_cancelled_midway_queues_nothing(
+    stack: InProcessStack, redis_for: redis.Redis
+) -> None:
+    job = build_request("fractal", demo_image(), {"box_sizes": "3"})
+    hold = threading.Event()
+
+    def messages() -> Iterator[pb.SubmitBatchRequest]:
+        yield pb.SubmitBatchRequest(header=pb.BatchHeader(batch_id="cut"))
+        yield pb.SubmitBatchRequest(jobs=pb.BatchJobs(jobs=[job] * 300))  # 256 are written at once
+        hold.wait(60)  # the stream stays open, as a client that stalls or dies does
+
+    call = stack.client.stub.SubmitBatch.future(messages())
+    keys = RedisKeys(stack.settings.key_prefix)
+    staged = lambda: list(redis_for.scan_iter(match=keys.job_input("*")))  # noqa: E731
+    deadline = time.monotonic() + 60
+    while len(staged()) < 256:
+        assert time.monotonic() < deadline, "the first jobs of the stream were never written"
+        time.sleep(0.05)
+    call.cancel()
+    hold.set()
+    while staged():
+        assert time.monotonic() < deadline, "the cancelled stream's inputs were left in Redis"
+        time.sleep(0.05)
+    assert stack.client.list_jobs() == []
+    assert _rpc_error(stack.client.batch, "cut").code() == grpc.StatusCode.NOT_FOUND
+    assert redis_for.xlen(keys.stream("normal")) == 0
 
 
 def test_batch_over_the_queue_limit_is_refused_and_queues_nothing(
