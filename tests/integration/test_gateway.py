@@ -129,7 +129,7 @@ def test_bad_parameters_are_invalid_argument(stack: InProcessStack) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "params.box_sizes: box sizes must be odd" in error.details()
     error = _rpc_error(stack.client.submit, "fractal", demo_image(), {"colour": "red"})
-    assert "unknown parameter(s) ['colour']" in error.details()
+    assert "unknown parameter(s) 'colour' for pipeline" in error.details()
     error = _rpc_error(stack.client.submit, "fractal", demo_image(), {"box_sizes": "3-99"})
     assert "smaller than the largest box side 99" in error.details()
 

@@ -14,6 +14,7 @@ import pytest
 
 from labsight.catalog import SEGMENTATION
 from labsight.config import Settings
+from labsight.demo import demo_image
 from labsight.errors import InvalidArgument
 from labsight.runtime.interceptors import MAX_STATUS_MESSAGE_CHARS
 from labsight.runtime.server import RunningServer
@@ -143,3 +144,18 @@ def test_long_error_messages_are_cut_so_the_status_arrives(
             assert error.details().startswith("field: ")
             assert error.details().endswith("… (20007 characters)")
             assert len(error.details()) < MAX_STATUS_MESSAGE_CHARS + 30
+
+
+def test_huge_values_are_quoted_cut_in_messages(stack: InProcessStack) -> None:
+    huge = "q" * 20_000
+    for call, start in (
+        (lambda: stack.client.submit(huge, demo_image()), "pipeline: unknown pipeline 'qqq"),
+        (lambda: stack.client.submit("fractal", demo_image(), {huge: "1"}),
+         "params: unknown parameter(s) 'qqq"),
+        (lambda: stack.client.submit("fractal", demo_image(), {"percolation": huge}),
+         "params.percolation: expected true or false, got 'qqq"),
+    ):
+        error = _refusal(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith(start) and "… (20000 characters)" in error.details()
+        assert len(error.details()) < 500

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from labsight.errors import InvalidArgument, Unimplemented
+from labsight.errors import InvalidArgument, Unimplemented, echo
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Pipeline
 from services.gateway.pipelines.deep_features import DeepFeaturesPipeline
@@ -33,7 +33,7 @@ def get_pipeline(name: str) -> Pipeline:
     if name in PLANNED_PIPELINES:
         raise Unimplemented(f"pipeline {name!r} is not served yet: {PLANNED_PIPELINES[name]}")
     known = sorted([*PIPELINES, *PLANNED_PIPELINES])
-    raise InvalidArgument(f"pipeline: unknown pipeline {name!r}; known pipelines: {known}")
+    raise InvalidArgument(f"pipeline: unknown pipeline {echo(name)}; known pipelines: {known}")
 
 
 def pipeline_infos() -> list[pb.PipelineInfo]:

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from labsight.errors import InvalidArgument
+from labsight.errors import InvalidArgument, echo
 from labsight.images import image_info
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.services import ServiceClients
@@ -47,7 +47,7 @@ def parse_bool(text: str) -> bool:
         return True
     if lowered in ("false", "0", "no"):
         return False
-    raise ValueError(f"expected true or false, got {text!r}")
+    raise ValueError(f"expected true or false, got {echo(text)}")
 
 
 class Pipeline(ABC):
@@ -66,8 +66,10 @@ class Pipeline(ABC):
         known = {p.name: p for p in self.parameters}
         unknown = sorted(set(params) - set(known))
         if unknown:
+            listed = ", ".join(echo(name) for name in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise InvalidArgument(
-                f"params: unknown parameter(s) {unknown} for pipeline {self.name!r}; "
+                f"params: unknown parameter(s) {listed}{more} for pipeline {self.name!r}; "
                 f"known: {sorted(known)}"
             )
         resolved = {name: params.get(name, p.default) for name, p in known.items()}
