@@ -16,7 +16,8 @@ from PIL import Image as PILImage
 
 from labsight.v1 import tensor_pb2
 
-Labelled = tuple[str, object]
+from .values import Labelled
+
 VALID_SIDE = 32
 """Largest side of a valid image the fuzzer sends: keeps fractal and model calls cheap."""
 

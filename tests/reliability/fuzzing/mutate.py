@@ -136,12 +136,12 @@ def _mutate_map(message: Message, descriptor: FieldDescriptor, rng: np.random.Ge
         del entries[key]
         return f"{here}[{key[:40]}]=map:deleted"
     if value_field.type == FieldDescriptor.TYPE_MESSAGE:
-        key = INPUT_ROLES[int(rng.integers(len(INPUT_ROLES)))]
+        key_label, key = "role", INPUT_ROLES[int(rng.integers(len(INPUT_ROLES)))]
         if rng.random() < 0.1:
             key_label, key = pools.pick(rng, pools.strings)
         label, value = pools.pick(rng, _media_pool(value_field, pools) or pools.images)
         entries[key].CopyFrom(value)
-        return f"{here}[{key[:40]}]={label}"
+        return f"{here}[{key_label}:{key[:40]}]={label}"
     if rng.random() < 0.15:
         key_label, key = pools.pick(rng, pools.strings)
         entries[key] = "1"
