@@ -1,4 +1,8 @@
-"""No request can hurt a service: a few hundred seeded fuzz calls on every RPC of real processes."""
+"""No request can hurt a service: a few hundred seeded fuzz calls on every RPC of real processes.
+
+The cases and what counts as a failure are in tests/reliability/fuzzing/. A failure's
+``#N`` replays alone with ``python bench/fuzz.py --seed 20261203 --only N``.
+"""
 
 from __future__ import annotations
 
@@ -16,4 +20,5 @@ def test_fuzzed_calls_never_answer_internal_crash_or_grow_memory(
     report = run_fuzz(FuzzConfig(seed=SEED, calls=CALLS), redis_url, key_prefix, tmp_path)
     print(report.render())
     assert report.calls == CALLS
+    assert set(report.memory) == {"gateway", "features", "segmentation", "classifier", "worker"}
     assert not report.findings, report.render()
