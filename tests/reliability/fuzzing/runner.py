@@ -178,9 +178,9 @@ class Runner:
         self.channels = {name: grpc.insecure_channel(stack.address(name), options=CHANNEL_OPTIONS)
                          for name, child in stack.children.items() if child.address}
         self.accepted: list[tuple[str, str, str]] = []
+        """(tenant, job id, reproducer) of every job a call got accepted."""
         self.owners: dict[str, str] = {}
         """Job id → the tenant it was first answered to."""
-        """(tenant, job id, reproducer) of every job a call got accepted."""
 
     def close(self) -> None:
         """Close the channels."""
@@ -352,7 +352,8 @@ class Runner:
     # Setup ----------------------------------------------------------------------------------
 
     def build_world(self, rng: np.random.Generator) -> World:
-        """Real objects to aim at: per tenant a job and a batch (same batch name for both)."""
+        """Real objects to aim at: per tenant a job, a batch of a name both tenants use and
+        one of its own name."""
         tenants = tuple(self.tokens)
         assert len(tenants) == 2
         world = World(tenants=(tenants[0], tenants[1]),
@@ -385,7 +386,6 @@ class Runner:
                 world.batch_ids[tenant].insert(0, batch_answer.batch_id)
             self.accepted += [(tenant, job_id, "set-up") for job_id in world.job_ids[tenant]]
             self.owners.update((job_id, tenant) for job_id in world.job_ids[tenant])
-            world.batch_ids[tenant] = [batch_answer.batch_id]
         return world
 
     def warm_up(self, pools: Pools, rng: np.random.Generator) -> None:
