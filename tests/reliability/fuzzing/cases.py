@@ -26,6 +26,7 @@ from . import media
 from .mutate import Pools, mutate
 
 Request = Message | bytes
+Metadata = list[tuple[str, str | bytes]]
 Verify = Callable[[object], str | None]
 
 
@@ -96,7 +97,7 @@ class Case:
     requests: list[Request]
     """One request, or the messages of a client stream; bytes are sent as they are."""
     tenant: str
-    metadata: list[tuple[str, str]] | None = None
+    metadata: Metadata | None = None
     """Call metadata instead of the tenant's token (bad-token cases)."""
     cut_after: int | None = None
     """Cancel the call after this many stream messages (sent or received)."""
@@ -312,7 +313,12 @@ def bound_cost(message: Message) -> None:
 AUTH_RPCS = frozenset(rpc.path for rpc in RPCS if rpc.descriptor.containing_service.name != "Health")
 """Every LabSight RPC needs a token: a tenant's on the gateway, the shared service token
 (LABSIGHT_SERVICE_TOKEN) on the model services; health stays open for probes."""
-BAD_TOKENS: list[tuple[str, list[tuple[str, str]]]] = [
+SWAPPED: Metadata = []
+"""Stands for the other kind of valid token: the service token on the gateway, a tenant's
+token on a model service (the runner fills it in)."""
+BAD_TOKENS: list[tuple[str, Metadata]] = [
+    ("token:swapped", SWAPPED),
+    ("token:binary-header", [("authorization-bin", b"\xff\x00Bearer")]),
     ("token:missing", []),
     ("token:wrong", [("authorization", "Bearer not-a-token")]),
     ("token:empty-bearer", [("authorization", "Bearer ")]),

@@ -23,7 +23,7 @@ import numpy as np
 from labsight.v1 import features_pb2, gateway_pb2
 
 from . import media
-from .cases import RPCS, Case, CaseStream, Rpc, valid_requests
+from .cases import RPCS, SWAPPED, Case, CaseStream, Metadata, Rpc, valid_requests
 from .mutate import Pools
 from .stack import Stack
 from .values import World
@@ -187,7 +187,7 @@ class Runner:
         for channel in self.channels.values():
             channel.close()
 
-    def metadata(self, tenant: str, process: str = "gateway") -> list[tuple[str, str]]:
+    def metadata(self, tenant: str, process: str = "gateway") -> Metadata:
         """Call metadata with the tenant's token (gateway) or the service token (model services)."""
         token = self.tokens[tenant] if process == "gateway" else self.service_token
         return [("authorization", f"Bearer {token}")]
@@ -198,8 +198,12 @@ class Runner:
         """Make the case's call (requests sent as bytes, answers kept as bytes)."""
         rpc, channel = case.rpc, self.channels[case.rpc.process]
         wire = case.wire()
-        metadata = (case.metadata if case.metadata is not None
-                    else self.metadata(case.tenant, case.rpc.process))
+        metadata = self.metadata(case.tenant, case.rpc.process)
+        if case.metadata is SWAPPED:
+            other = "features" if case.rpc.process == "gateway" else "gateway"
+            metadata = self.metadata(case.tenant, other)
+        elif case.metadata is not None:
+            metadata = case.metadata
         streaming = rpc.descriptor.server_streaming
         timeout = (self.config.watch_deadline_s if streaming and rpc.name != "GetJobResult"
                    else self.config.deadline_s)
@@ -231,7 +235,7 @@ class Runner:
         return Outcome(code, message, time.monotonic() - started, responses)
 
     def _client_stream(self, channel: grpc.Channel, rpc: Rpc, wire: list[bytes],
-                       metadata: list[tuple[str, str]], timeout: float,
+                       metadata: Metadata, timeout: float,
                        cut_after: int | None) -> bytes:
         multi = channel.stream_unary(rpc.path)
         if cut_after is None:
