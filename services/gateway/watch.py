@@ -40,6 +40,7 @@ class EventFanout:
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._lock = threading.Lock()
         self._listeners: dict[str, set[threading.Event]] = {}
+        self._unsubscribe_later: set[str] = set()
         self._reader: threading.Thread | None = None
 
     @contextlib.contextmanager
@@ -62,12 +63,24 @@ class EventFanout:
                 listeners.discard(woken)
                 if not listeners:
                     del self._listeners[channel]
-                    with contextlib.suppress(redis.RedisError):
-                        self._pubsub.unsubscribe(channel)
+                    self._unsubscribe_later.add(channel)
+                    self._unsubscribe_idle()
+
+    def _unsubscribe_idle(self) -> None:
+        """Unsubscribe channels nobody watches any more (under the lock); those Redis
+        could not be told about (it was down) are tried again by the reader."""
+        idle = self._unsubscribe_later - set(self._listeners)
+        self._unsubscribe_later.clear()
+        if idle:
+            try:
+                self._pubsub.unsubscribe(*idle)
+            except redis.RedisError:
+                self._unsubscribe_later.update(idle)
 
     def _read(self) -> None:
         while True:
             with self._lock:
+                self._unsubscribe_idle()
                 if not self._listeners:
                     self._reader = None  # the next subscription starts a new reader
                     return

@@ -146,15 +146,40 @@ def test_watch_streams_subscribe_again_after_redis_restarts(
         assert [job.status for job in _watch_until_cancelled(client, before.job_id, url, keys)] \
             == [pb.JOB_STATUS_QUEUED, pb.JOB_STATUS_CANCELLED]
 
+        # A stream open while Redis goes away ends; its channel must not stay subscribed.
+        during = client.submit("fractal", TINY, {"box_sizes": "3"})
+        broken: list[grpc.RpcError] = []
+        watcher = threading.Thread(target=_watch_expecting_error, args=(client, during, broken))
+        watcher.start()
+        observer = redis.Redis.from_url(url)
+        channel = keys.job_events(during.job_id)
+        _wait_for(lambda: observer.pubsub_numsub(channel)[0][1] == 1, 30, "the stream")
+        observer.close()
         stop_redis(process, url)
+        watcher.join(timeout=120)
+        assert broken and broken[0].code() == grpc.StatusCode.UNAVAILABLE
         process, url = start_redis(tmp_path / "redis", port=port)
         _wait_for(lambda: _answers(client), 60, "the gateway to reach Redis again")
+
         after = client.submit("fractal", TINY, {"box_sizes": "3"})
         assert [job.status for job in _watch_until_cancelled(client, after.job_id, url, keys)] \
             == [pb.JOB_STATUS_QUEUED, pb.JOB_STATUS_CANCELLED]
+        observer = redis.Redis.from_url(url)
+        assert observer.pubsub_numsub(channel)[0][1] == 0
+        observer.close()
         client.close()
     finally:
         stop_redis(process, url)
+
+
+def _watch_expecting_error(
+    client: LabSightClient, job: pb.Job, errors: list[grpc.RpcError]
+) -> None:
+    try:
+        for _ in client.watch(job.job_id, 120):
+            pass
+    except grpc.RpcError as error:
+        errors.append(error)
 
 
 def _answers(client: LabSightClient) -> bool:
@@ -169,14 +194,19 @@ def _answers(client: LabSightClient) -> bool:
 def _watch_until_cancelled(
     client: LabSightClient, job_id: str, url: str, keys: RedisKeys
 ) -> list[pb.Job]:
-    """The job's states while it is watched: the stream's channel is subscribed, then
-    the job is cancelled."""
+    """The job's states while it is watched: once the stream has sent the first state
+    (its channel is subscribed by then), the job is cancelled."""
     states: list[pb.Job] = []
-    watcher = threading.Thread(target=lambda: states.extend(client.watch(job_id, 60)))
+
+    def watch() -> None:
+        for job in client.watch(job_id, 60):
+            states.append(job)
+
+    watcher = threading.Thread(target=watch)
     watcher.start()
+    _wait_for(lambda: bool(states), 30, "the stream's first state")
     observer = redis.Redis.from_url(url)
-    channel = keys.job_events(job_id)
-    _wait_for(lambda: observer.pubsub_numsub(channel)[0][1] == 1, 30, "the stream's subscription")
+    assert observer.pubsub_numsub(keys.job_events(job_id))[0][1] == 1
     observer.close()
     client.cancel(job_id)
     watcher.join(timeout=60)
