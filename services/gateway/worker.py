@@ -292,6 +292,11 @@ class Worker:
         log.error("job dead", extra={"job_id": job.job_id, "error": message})
 
 
+def consumer_name() -> str:
+    """This process's name in the consumer group (host and pid)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def build_worker(settings: Settings, consumer: str | None = None) -> Worker:
     """A worker wired to the Redis and model services named in ``settings``."""
     services = ServiceClients(
@@ -300,7 +305,7 @@ def build_worker(settings: Settings, consumer: str | None = None) -> Worker:
     return Worker(
         build_queue(settings),
         services,
-        consumer or f"{socket.gethostname()}-{os.getpid()}",
+        consumer or consumer_name(),
         max_attempts=settings.max_attempts,
         claim_idle_ms=settings.claim_idle_ms,
         result_ttl_s=settings.result_ttl_s,
@@ -322,7 +327,7 @@ def main(redis_moved: Callable[[], bool] | None = None) -> None:
     settings = Settings.from_env(WORKER)
     configure_logging(settings.log_level, WORKER.name)
     start_metrics(settings)
-    consumer = f"{socket.gethostname()}-{os.getpid()}"
+    consumer = consumer_name()
     while not stop.is_set():
         worker = build_worker(settings, consumer)
         log.info("worker started", extra={"consumer": consumer,
