@@ -51,6 +51,12 @@ class Unauthenticated(LabSightError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class Cancelled(LabSightError):
+    """The client cancelled the call (or its deadline passed) before it was done."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
 class Unimplemented(LabSightError):
     """The RPC is part of the contract but its algorithm is not served yet."""
 

@@ -14,6 +14,7 @@ import grpc
 from labsight.catalog import GATEWAY
 from labsight.config import Settings
 from labsight.errors import (
+    Cancelled,
     FailedPrecondition,
     InvalidArgument,
     LabSightError,
@@ -45,6 +46,9 @@ BATCH_WRITE_BYTES = 4 * 1024 * 1024
 """A batch stream's jobs are written to Redis every BATCH_WRITE_SIZE jobs or
 BATCH_WRITE_BYTES of input, whichever comes first; they become visible to workers
 together, once the whole stream was accepted."""
+CANCEL_GRACE_S = 0.05
+"""How long a finished client stream waits for a cancel that may have cut it (see
+_ensure_client_waits) before its jobs are queued."""
 MAX_PAGE_TOKEN = 2**62
 """Page tokens are offsets into a list; beyond this they cannot be one (Redis takes 64-bit)."""
 DEFAULT_TENANT = "default"
@@ -90,6 +94,27 @@ def _batch_job(request: pb.SubmitJobRequest, position: int, batch_id: str) -> Ne
         raise refusal(
             f"{', '.join(named)} of batch {batch_id}: {error}; nothing of this batch was queued"
         ) from None
+
+
+def _watch_for_cancel(context: grpc.ServicerContext) -> threading.Event:
+    """An event set once the call ends (for a client stream before the answer: a cancel)."""
+    ended = threading.Event()
+    if not context.add_callback(ended.set):
+        ended.set()
+    return ended
+
+
+def _ensure_client_waits(context: grpc.ServicerContext, ended: threading.Event) -> None:
+    """Cancelled if the client went away, checked just before queueing.
+
+    grpc ends a cancelled client stream's iterator as if the client had sent
+    its last message and records the cancel a moment later, so without this
+    a handler would queue a cut upload or the first part of a batch that the
+    client believes refused and sends again. CANCEL_GRACE_S gives the cancel
+    that moment.
+    """
+    if ended.wait(CANCEL_GRACE_S) or not context.is_active():
+        raise Cancelled("the client cancelled the call before its jobs were queued; nothing was queued")
 
 
 def watch_stream_limit(grpc_threads: int) -> int:
@@ -146,6 +171,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     ) -> pb.Job:
         """Queue one job whose encoded image arrives in chunks after the header."""
         tenant = self.tenant_of(context)
+        ended = _watch_for_cancel(context)
         header: pb.SubmitJobRequest | None = None
         chunks: list[bytes] = []
         size = 0
@@ -168,7 +194,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         request = pb.SubmitJobRequest()
         request.CopyFrom(header)
         request.input.image.encoded.data = b"".join(chunks)
-        record, _ = self.queue.submit(tenant, new_job_from_request(request))
+        new = new_job_from_request(request)
+        _ensure_client_waits(context, ended)
+        record, _ = self.queue.submit(tenant, new)
         return record.to_proto()
 
     def SubmitBatch(
@@ -183,6 +211,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         tenant = self.tenant_of(context)
         batch_id = ""
         staged = Staged(tenant)
+        ended = _watch_for_cancel(context)
         pending: list[NewJob] = []
         pending_bytes = 0
 
@@ -218,6 +247,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             write_pending()
             batch_id = batch_id or uuid.uuid4().hex
             ensure_room(len(staged.records))
+            _ensure_client_waits(context, ended)
             self.queue.commit(staged, batch_id)
         except BaseException:
             self.queue.discard(staged)

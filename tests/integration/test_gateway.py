@@ -15,6 +15,7 @@ from labsight.catalog import GATEWAY
 from labsight.client import LabSightClient, build_request
 from labsight.config import Settings
 from labsight.demo import demo_image
+from labsight.errors import Cancelled
 from labsight.images import encode_png
 from labsight.runtime.server import RunningServer
 from labsight.tensors import from_tensor
@@ -23,6 +24,8 @@ from labsight.v1 import tensor_pb2
 from services.features.fractal import gliding_box, percolation
 from services.features.fractal_columns import fractal_columns, percolation_columns
 from services.gateway.keys import RedisKeys
+from services.gateway.queue import build_queue
+from services.gateway.servicer import GatewayServicer
 from services.gateway.servicer import register as register_gateway
 
 from .conftest import InProcessStack
@@ -290,6 +293,42 @@ def test_batch_stream_cancelled_midway_queues_nothing(
     assert stack.client.list_jobs() == []
     assert _rpc_error(stack.client.batch, "cut").code() == grpc.StatusCode.NOT_FOUND
     assert redis_for.xlen(keys.stream("normal")) == 0
+
+
+class _GoneClient:
+    """The servicer context of a call whose client cancelled after its last message arrived.
+
+    grpc's request iterator ends as if the client had finished before
+    is_active() turns False, a race no client can time from outside; this
+    pins the state the handler then sees.
+    """
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False  # the call has ended
+
+
+def test_streams_whose_client_went_away_queue_nothing(
+    settings: Settings, redis_for: redis.Redis
+) -> None:
+    servicer = GatewayServicer(build_queue(settings))
+    header = build_request("fractal", demo_image(), {"box_sizes": "3"}, idempotency_key="gone-1")
+    png = encode_png(demo_image())
+    upload = [pb.UploadJobRequest(job=header), pb.UploadJobRequest(image_chunk=png)]
+    with pytest.raises(Cancelled):
+        servicer.UploadJob(iter(upload), _GoneClient())
+    batch = [pb.SubmitBatchRequest(header=pb.BatchHeader(batch_id="gone")),
+             pb.SubmitBatchRequest(jobs=pb.BatchJobs(jobs=[header, header]))]
+    with pytest.raises(Cancelled):
+        servicer.SubmitBatch(iter(batch), _GoneClient())
+    keys = RedisKeys(settings.key_prefix)
+    assert not list(redis_for.scan_iter(match=f"{settings.key_prefix}:*"))  # no job, input or key
+    assert servicer.queue.depth() == 0 and redis_for.xlen(keys.stream("normal")) == 0
 
 
 def test_batch_over_the_queue_limit_is_refused_and_queues_nothing(
