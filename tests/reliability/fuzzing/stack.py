@@ -34,11 +34,13 @@ class Child:
     """Exit codes (negative: signal) of earlier incarnations that died."""
 
     def start(self) -> None:
-        """Spawn the process, appending its output to its log."""
+        """Spawn the process, appending its output to its log; it dies with this one, even
+        when a run is killed (labsight.orphan_guard arms the parent-death signal)."""
+        command = [sys.executable, "-m", ALL_PROCESSES[self.name].module]
+        guarded = [sys.executable, "-m", "labsight.orphan_guard", str(os.getpid()), *command]
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", ALL_PROCESSES[self.name].module], env=self.env,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(guarded, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
 
     @property
     def pid(self) -> int:
