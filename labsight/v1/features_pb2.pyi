@@ -104,11 +104,13 @@ class ExtractDeepFeaturesResponse(_message.Message):
     def __init__(self, features: _Optional[_Union[_tensor_pb2.FeatureTable, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., layer: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("with_layer_paths",)
+    WITH_LAYER_PATHS_FIELD_NUMBER: _ClassVar[int]
+    with_layer_paths: bool
+    def __init__(self, with_layer_paths: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "format", "input_size", "layers", "default_layer", "weights_source")
+    __slots__ = ("name", "version", "format", "input_size", "layers", "default_layer", "weights_source", "layer_paths")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +118,7 @@ class ModelInfo(_message.Message):
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_LAYER_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LAYER_PATHS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     format: str
@@ -123,10 +126,13 @@ class ModelInfo(_message.Message):
     layers: _containers.RepeatedScalarFieldContainer[str]
     default_layer: str
     weights_source: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[str] = ..., input_size: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[str]] = ..., default_layer: _Optional[str] = ..., weights_source: _Optional[str] = ...) -> None: ...
+    layer_paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[str] = ..., input_size: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[str]] = ..., default_layer: _Optional[str] = ..., weights_source: _Optional[str] = ..., layer_paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models",)
+    __slots__ = ("models", "default_model")
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    default_model: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...

@@ -257,6 +257,19 @@ class DeepFeatureExtractor:
         key = (manifest.name, manifest.version, backend, target)
         return self.engines.lease(key, lambda: self._load(manifest, layer, backend, target), pin)
 
+    def listed_layer_paths(self, manifest: ModelManifest) -> list[str]:
+        """The names besides the public ones that the model accepts as a layer, if already listed.
+
+        Never loads anything: a model is listed by its first request or by
+        preloading, and the answer is empty until then.
+        """
+        backend = engine_backend(manifest, manifest.default_layer, self.config.device)
+        with self._lock:
+            listing = self._indexes.get((manifest.name, manifest.version, backend))
+        if listing is None or not listing.done() or listing.exception() is not None:
+            return []
+        return listing.result().paths()
+
     def layer_index(self, manifest: ModelManifest, backend: Backend) -> LayerIndex:
         """The layers of one model on one backend, listed on first use and kept.
 

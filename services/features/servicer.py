@@ -99,7 +99,7 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
-        """Every model of the repository with its public layers."""
+        """Every model of the repository with its public layers, and all its layer names if asked."""
         return pb.ListModelsResponse(
             models=[
                 pb.ModelInfo(
@@ -110,9 +110,11 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
                     layers=list(m.layers),
                     default_layer=m.default_layer,
                     weights_source=m.weights_description(),
+                    layer_paths=self.extractor.listed_layer_paths(m) if request.with_layer_paths else [],
                 )
                 for m in self.extractor.repository.list()
-            ]
+            ],
+            default_model=self.extractor.config.default_model,
         )
 
 

@@ -18,7 +18,7 @@ from labsight.config import Settings
 from labsight.errors import InvalidArgument
 from labsight.images import image_from_array
 from labsight.runtime.server import RunningServer
-from labsight.v1 import tensor_pb2
+from labsight.v1 import features_pb2, features_pb2_grpc, tensor_pb2
 from services.gateway.pipelines.models import ModelCatalog
 from services.gateway.servicer import register as register_gateway
 from services.gateway.services import ServiceClients
@@ -247,3 +247,36 @@ def test_cells_are_counted_when_their_bound_is_over_the_work_limit(stack: InProc
     assert "16384 images through model 'inception-v3' costs 1.46e+09 model-input pixels" in (
         error.details())
     assert len(stack.client.list_jobs()) == 1
+
+
+def _layer_paths_once_loaded(stack: InProcessStack, model: str) -> list[str]:
+    """The model's layer paths from the features service, after one request has loaded the model."""
+    with grpc.insecure_channel(stack.features.address) as channel:
+        stub = features_pb2_grpc.FeatureServiceStub(channel)
+        listing = features_pb2.ListModelsRequest(with_layer_paths=True)
+        assert {info.name: list(info.layer_paths) for info in stub.ListModels(listing).models}[model] == []
+        stub.ExtractDeepFeatures(features_pb2.ExtractDeepFeaturesRequest(
+            model=model, images=[image_from_array(np.zeros((8, 8, 3), np.uint8))]))
+        return {info.name: list(info.layer_paths) for info in stub.ListModels(listing).models}[model]
+
+
+@pytest.mark.parametrize("pipeline", ["deep-features", "spot-features"])
+def test_unknown_layers_are_refused_at_submit_once_the_service_has_listed_them(
+    stack: InProcessStack, pipeline: str
+) -> None:
+    paths = _layer_paths_once_loaded(stack, "efficientnet-lite0")
+    image = image_from_array(np.zeros((64, 64, 3), np.uint8))
+    spots = pipeline == "spot-features"
+    extra = {"spot_diameter": 9} if spots else {}
+    tensors = {"spot_centres": np.array([[32.0, 32.0]])} if spots else {}
+    for model in ("efficientnet-lite0", ""):  # no model: the service's default, EfficientNet-Lite0
+        error = _refusal(lambda model=model: stack.client.submit(
+            pipeline, image, {"model": model, "layer": "_blocks.99", **extra}, tensors=tensors))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "params.layer: '_blocks.99' is not a layer of model 'efficientnet-lite0'" in error.details()
+        assert f"or one of its {len(paths)} module paths" in error.details()
+    assert stack.client.list_jobs() == []
+    for layer in ("avgpool", paths[len(paths) // 2]):  # a public name and a module path
+        stack.client.submit(pipeline, image, {"model": "efficientnet-lite0", "layer": layer, **extra},
+                            tensors=tensors)
+    assert len(stack.client.list_jobs()) == 2

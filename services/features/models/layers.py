@@ -46,6 +46,10 @@ class LayerIndex:
             raise InvalidArgument(self._unknown(layer))
         return target
 
+    def paths(self) -> list[str]:
+        """Every accepted name besides the public layer names (module paths, value names), sorted."""
+        return sorted(name for name in self.targets if name and name not in self.manifest.layers)
+
     def _unknown(self, layer: str) -> str:
         message = (
             f"layer: {_ECHO.repr(layer)} is not a layer of model {self.manifest.name!r}; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 OPSET = 17
 INPUT_NAME = "input"
 
+_EXPORT_LOCK = threading.Lock()
+"""torch's ONNX exporter keeps global state: two exports at once in one process fail."""
+
 
 def onnx_path(manifest: ModelManifest, cache_dir: Path) -> Path:
     """The model as an ONNX file: its own weights for ``onnx`` manifests, else a cached export.
@@ -31,14 +35,19 @@ def onnx_path(manifest: ModelManifest, cache_dir: Path) -> Path:
     if manifest.format == "onnx":
         return manifest.weights
     path = cache_dir / f"{manifest.name}-{manifest.digest()[:16]}.onnx"
-    if path.is_file():
-        return path
+    with _EXPORT_LOCK:
+        if not path.is_file():
+            _export(manifest, path)
+    return path
+
+
+def _export(manifest: ModelManifest, path: Path) -> None:
     import torch
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     module = load_torch_model(manifest)
     example = torch.zeros((1, 3, *manifest.input_size), dtype=torch.float32)
-    handle, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".onnx.tmp")
+    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(handle)
     log.info("exporting model to ONNX", extra={"model": manifest.name, "path": str(path)})
     with warnings.catch_warnings():
@@ -49,7 +58,6 @@ def onnx_path(manifest: ModelManifest, cache_dir: Path) -> Path:
             opset_version=OPSET, dynamo=False,
         )
     os.replace(tmp, path)
-    return path
 
 
 def node_module_path(node_name: str) -> str:

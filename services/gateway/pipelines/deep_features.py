@@ -62,8 +62,9 @@ def check_model_channels(channels: int, field: str) -> None:
 
 
 def check_model_work(params: dict[str, str], images: int, what: str) -> None:
-    """Refuse an unknown model (when the features service answers) and ``images`` over the work limit."""
-    info = MODEL_CATALOG.check(params["model"]) if params["model"] else None
+    """Refuse an unknown model or layer (when the features service answers) and ``images`` over
+    the work limit."""
+    info = MODEL_CATALOG.check(params["model"], params["layer"])
     DEEP_FEATURES_COST.check(
         float(images) * input_pixels(info),
         f"{what}: {images} images through model {params['model'] or 'default'!r}",

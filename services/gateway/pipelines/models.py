@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 
@@ -30,12 +32,31 @@ FALLBACK_INPUT_SIDE = 299
 """Input side assumed for costs while the model list is unknown: the largest built-in (Inception-v3)."""
 
 
+@dataclass(frozen=True)
+class ServedModels:
+    """One ListModels answer, indexed for the checks of a submission."""
+
+    by_name: dict[str, features_pb2.ModelInfo]
+    layer_paths: dict[str, frozenset[str]]
+    default_model: str
+
+    @classmethod
+    def from_reply(cls, reply: features_pb2.ListModelsResponse) -> ServedModels:
+        """Index ``reply`` by model name."""
+        return cls(
+            {model.name: model for model in reply.models},
+            {model.name: frozenset(model.layer_paths) for model in reply.models},
+            reply.default_model,
+        )
+
+
 class ModelCatalog:
-    """Models by name from FeatureService.ListModels, cached for ``ttl_s`` seconds.
+    """Models and their layers from FeatureService.ListModels, cached for ``ttl_s`` seconds.
 
     When the features service cannot be asked (not connected, starting,
-    restarting), :meth:`models` answers None and model checks are skipped: the
-    job is accepted, and the worker, which waits for the service, finds out.
+    restarting, or still listing a model's layers for the first time),
+    :meth:`models` answers None and model checks are skipped: the job is
+    accepted, and the worker, which waits for the service, finds out.
     Refusing would turn a brief restart of one service into failed submissions.
     """
 
@@ -50,7 +71,7 @@ class ModelCatalog:
         self._clock = clock
         self._lock = threading.Lock()
         self._clients: ServiceClients | None = None
-        self._models: dict[str, features_pb2.ModelInfo] | None = None
+        self._models: ServedModels | None = None
         self._expires = -math.inf
 
     def connect(self, clients: ServiceClients | None) -> None:
@@ -62,8 +83,8 @@ class ModelCatalog:
             self._models = None
             self._expires = -math.inf
 
-    def models(self) -> dict[str, features_pb2.ModelInfo] | None:
-        """The served models by name, or None when the features service does not answer."""
+    def models(self) -> ServedModels | None:
+        """The served models, or None when the features service does not answer."""
         with self._lock:
             if self._clients is None:
                 return None
@@ -71,35 +92,50 @@ class ModelCatalog:
                 return self._models
             try:
                 reply = self._clients.features.ListModels(
-                    features_pb2.ListModelsRequest(), timeout=self.timeout_s
+                    features_pb2.ListModelsRequest(with_layer_paths=True), timeout=self.timeout_s
                 )
             except grpc.RpcError as error:
                 log.warning("features service did not list its models (%s); jobs go unchecked "
                             "for %.0f s", error.code(), RETRY_AFTER_FAILURE_S)
                 self._models, self._expires = None, self._clock() + RETRY_AFTER_FAILURE_S
                 return None
-            self._models = {model.name: model for model in reply.models}
+            self._models = ServedModels.from_reply(reply)
             self._expires = self._clock() + self.ttl_s
             return self._models
 
-    def check(self, model: str) -> features_pb2.ModelInfo | None:
-        """The model's description if the service answers; refuses an unknown model.
+    def check(self, model: str, layer: str = "") -> features_pb2.ModelInfo | None:
+        """The description of ``model`` (empty: the service's default) if the service answers;
+        refuses an unknown model, or a layer the model does not have.
 
-        Layers are not checked here: besides its public names (``info.layers``)
-        a model accepts any of its module paths, which ListModels does not list,
-        so the features service checks the layer when the job runs.
+        A layer may be a public name (``info.layers``) or any name of
+        ``info.layer_paths``; a model whose paths the service could not list
+        leaves its layers to be checked when the job runs.
 
         Raises
         ------
         InvalidArgument
-            Naming ``params.model``.
+            Naming ``params.model`` or ``params.layer``.
         """
-        models = self.models()
-        if models is None:
+        served = self.models()
+        if served is None:
             return None
-        info = models.get(model)
+        name = model or served.default_model
+        info = served.by_name.get(name)
         if info is None:
-            raise InvalidArgument(f"params.model: unknown model {echo(model)}; models: {sorted(models)}")
+            if not model:  # a service that does not name its default model
+                return None
+            raise InvalidArgument(
+                f"params.model: unknown model {echo(model)}; models: {sorted(served.by_name)}"
+            )
+        paths = served.layer_paths[name]
+        if layer and paths and layer not in info.layers and layer not in paths:
+            close = difflib.get_close_matches(layer[:200], [*info.layers, *paths], n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise InvalidArgument(
+                f"params.layer: {echo(layer)} is not a layer of model {name!r}; layers: "
+                f"{list(info.layers)} or one of its {len(paths)} module paths (ListModels with "
+                f"with_layer_paths lists them){hint}"
+            )
         return info
 
 

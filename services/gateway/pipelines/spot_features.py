@@ -231,7 +231,7 @@ def count_cells(params: dict[str, str], job_input: pb.JobInput, info: ImageInfo)
     bound = min(info.height * info.width, int(mask.max()) if mask is not None else np.iinfo(dtype).max)
     if bound < 1:
         raise InvalidArgument(f"{field}: the mask holds no cell (no label is above 0)")
-    model = MODEL_CATALOG.check(params["model"]) if params["model"] else None
+    model = MODEL_CATALOG.check(params["model"], params["layer"])
     if bound * input_pixels(model) <= DEEP_FEATURES_COST.value():
         return bound
     if mask is None:
