@@ -56,6 +56,8 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=10_000)
     parser.add_argument("--rss-bound-mib", type=int, default=300,
                         help="largest accepted VmRSS growth of one process (default 300)")
+    parser.add_argument("--jobs-wait-s", type=float, default=600.0,
+                        help="how long accepted jobs may take to end after the last call")
     parser.add_argument("--verbose", action="store_true", help="print every call as it happens")
     parser.add_argument("--only", type=int, metavar="N",
                         help="reproduce one failure: make only case #N of the seed's stream")
@@ -65,7 +67,7 @@ def main() -> int:
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"labsight-fuzz-{uuid.uuid4().hex[:8]}"
     config = FuzzConfig(seed=args.seed, calls=args.calls, rss_growth_bound=args.rss_bound_mib * MiB,
-                        verbose=args.verbose, only=args.only)
+                        jobs_wait_s=args.jobs_wait_s, verbose=args.verbose, only=args.only)
     with tempfile.TemporaryDirectory(prefix="labsight-fuzz-") as workdir:
         private = None
         if not _answers(url):
