@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent import futures
 
 import grpc
 import pytest
@@ -13,8 +14,9 @@ from labsight.catalog import FEATURES, GATEWAY, SEGMENTATION, ProcessSpec
 from labsight.client import LabSightClient
 from labsight.config import Settings
 from labsight.demo import demo_image
+from labsight.runtime.interceptors import StatusInterceptor
 from labsight.runtime.server import RunningServer
-from labsight.runtime.service_token import with_service_token
+from labsight.runtime.service_token import ServiceTokenInterceptor, with_service_token
 from labsight.v1 import features_pb2, features_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
 from labsight.v1 import gateway_pb2 as pb
 from services.features.servicer import register as register_features
@@ -88,3 +90,41 @@ def test_workers_send_the_token_and_the_gateway_keeps_its_own_tokens(
         final = client.wait(job.job_id, timeout_s=120)
     assert final.status == pb.JOB_STATUS_DONE, final.error
     assert final.attempts == 1
+
+
+def _echo_service() -> grpc.GenericRpcHandler:
+    """A bytes echo service with one method of each kind."""
+
+    def first(requests: Iterator[bytes]) -> bytes:
+        return next(iter(requests))
+
+    return grpc.method_handlers_generic_handler("test.Echo", {
+        "Unary": grpc.unary_unary_rpc_method_handler(lambda request, _: request),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(lambda request, _: iter([request])),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(lambda requests, _: first(requests)),
+        "BothStreams": grpc.stream_stream_rpc_method_handler(lambda requests, _: iter([first(requests)])),
+    })
+
+
+@pytest.mark.parametrize("kind", ["unary_unary", "unary_stream", "stream_unary", "stream_stream"])
+def test_every_kind_of_call_needs_the_token_and_carries_it(kind: str) -> None:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        interceptors=[StatusInterceptor(), ServiceTokenInterceptor(TOKEN, ["test.Echo"])],
+    )
+    server.add_generic_rpc_handlers((_echo_service(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    method = {"unary_unary": "Unary", "unary_stream": "ServerStream",
+              "stream_unary": "ClientStream", "stream_stream": "BothStreams"}[kind]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            def call(on: grpc.Channel) -> bytes:
+                multi = getattr(on, kind)(f"/test.Echo/{method}")
+                answer = multi(iter([b"hi"]) if kind.startswith("stream") else b"hi", timeout=10)
+                return b"".join(answer) if kind.endswith("stream") else answer
+
+            assert _code(lambda: call(channel))[0] == grpc.StatusCode.UNAUTHENTICATED
+            assert call(with_service_token(channel, TOKEN)) == b"hi"
+    finally:
+        server.stop(0)
