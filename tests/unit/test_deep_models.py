@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from skimage import data
 
@@ -22,7 +24,7 @@ from services.features.models import (
     build_layer_index,
 )
 from services.features.models.loading import load_torch_model
-from services.features.models.onnx_graph import cut_at_output, node_module_path
+from services.features.models.onnx_graph import cut_at_output, node_module_path, onnx_path
 
 IMAGENET_CATS = range(281, 286)
 """ImageNet classes tabby, tiger cat, Persian, Siamese and Egyptian cat."""
@@ -82,6 +84,16 @@ def test_the_onnx_file_is_exported_once_and_reused(lite: ModelManifest, model_ca
     mtime = exported[0].stat().st_mtime_ns
     build_engine(lite, "logits", "cpu", model_cache)
     assert exported[0].stat().st_mtime_ns == mtime
+
+
+def test_two_models_export_at_once_in_one_process(
+    repository: ModelRepository, tmp_path: Path
+) -> None:
+    """torch's exporter keeps global state; two first requests for different models must both work."""
+    manifests = [repository.get(DEFAULT_MODEL), repository.get(SPOT_MODEL)]
+    with ThreadPoolExecutor(2) as pool_:
+        paths = list(pool_.map(lambda manifest: onnx_path(manifest, tmp_path), manifests))
+    assert [onnx.load(str(path)).graph.input[0].name for path in paths] == ["input", "input"]
 
 
 def test_an_unknown_layer_is_an_invalid_argument(lite: ModelManifest, model_cache: Path) -> None:
