@@ -56,6 +56,7 @@ class Staged:
     idempotency_keys: list[str] = field(default_factory=list)
     """Redis keys of the idempotency keys this submission reserved."""
     committed: bool = False
+    """True once ``commit`` sent the transaction; ``discard`` then deletes nothing."""
 
 
 def _record(job_id: str, tenant: str, new: NewJob, created: float) -> JobRecord:
