@@ -37,6 +37,7 @@ class Endpoints:
     services: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)
     token: str = ""
+    service_token: str = ""
     pid: int = 0
 
     def as_environment(self) -> dict[str, str]:
@@ -49,6 +50,8 @@ class Endpoints:
         env.update({address_env_var(name): addr for name, addr in self.services.items()})
         if self.token:
             env["LABSIGHT_TOKEN"] = self.token
+        if self.service_token:
+            env["LABSIGHT_SERVICE_TOKEN"] = self.service_token
         return env
 
 

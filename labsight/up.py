@@ -42,6 +42,8 @@ TOKENS_FILE = "tokens"
 LOCAL_TOKEN_FILE = "local-token"
 LOCAL_TENANT = "local"
 REDIS_PASSWORD_FILE = "redis-password"
+SERVICE_TOKEN_FILE = "service-token"
+"""The token model services want from workers, so other local users cannot call them."""
 REDIS = "redis"
 UP = "up"
 
@@ -85,14 +87,14 @@ def ensure_local_token(home: Path) -> str:
     return token
 
 
-def ensure_redis_password(home: Path) -> str:
-    """The embedded Redis's ``requirepass``, generated on first use (mode 0600 in the home)."""
-    path = home / REDIS_PASSWORD_FILE
+def ensure_secret(home: Path, name: str) -> str:
+    """A random secret kept in the home file ``name`` (mode 0600), generated on first use."""
+    path = home / name
     if path.exists() and path.read_text().strip():
         return path.read_text().strip()
-    password = secrets.token_hex(24)
-    _private_file(path, password + "\n")
-    return password
+    secret = secrets.token_hex(24)
+    _private_file(path, secret + "\n")
+    return secret
 
 
 @dataclass
@@ -213,6 +215,7 @@ class Stack:
     redis_url: str = ""
     supervisor: Supervisor = field(default_factory=Supervisor)
     token: str = ""
+    service_token: str = ""
     serving: bool = False
     lock: UpLock | None = None
     monitor: HealthMonitor | None = None
@@ -257,6 +260,7 @@ class Stack:
                 for name, port in self.layout.metrics_ports.items()
             },
             token=self.token,
+            service_token=self.service_token,
             pid=os.getpid(),
         )
 
@@ -282,6 +286,7 @@ class Stack:
         else:
             self._start_redis()
         self.token = ensure_local_token(self.home)
+        self.service_token = ensure_secret(self.home, SERVICE_TOKEN_FILE)
         endpoints = self.endpoints()
         base_env = {
             **os.environ,
@@ -309,7 +314,7 @@ class Stack:
     def _start_redis(self) -> None:
         """redis-server with AOF and a password, on a port that stays the same across restarts."""
         data_dir = self.home / "redis"
-        password = ensure_redis_password(self.home)
+        password = ensure_secret(self.home, REDIS_PASSWORD_FILE)
         port = free_port()
         config = write_redis_config(data_dir, port, password, self.log_of(REDIS))
         self.redis_url = redis_url(port, password)

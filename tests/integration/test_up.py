@@ -25,6 +25,7 @@ from labsight.demo import demo_image
 from labsight.home import read_endpoints
 from labsight.images import encode_png
 from labsight.redis_server import port_is_free
+from labsight.v1 import features_pb2, features_pb2_grpc
 from services.features.fractal import gliding_box
 from services.gateway.keys import RedisKeys
 from tests.up_support import UpProcess, free_base_port, start_up, stop_up, up_environment
@@ -180,13 +181,29 @@ def test_local_mode_keeps_its_data_and_redis_private(up: UpProcess) -> None:
     assert up.home.stat().st_mode & 0o777 == 0o700
     for path in [up.home / "redis", *(up.home / "redis").rglob("*")]:
         assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
-    for name in ("redis-password", "local-token", "endpoints.json"):
+    for name in ("redis-password", "local-token", "service-token", "endpoints.json"):
         assert (up.home / name).stat().st_mode & 0o777 == 0o600, name
     command_lines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "redis-server" in command_lines and password not in command_lines
     assert password not in up.output_text()
     for log in (up.home / "logs").iterdir():
         assert password not in log.read_text(errors="replace"), log
+
+
+def test_model_services_answer_only_callers_with_the_service_token(up: UpProcess) -> None:
+    """Other local users reach the loopback ports too: the model services want up's service token."""
+    token = (up.home / "service-token").read_text().strip()
+    assert up.endpoints.service_token == token and len(token) >= 32
+    assert (up.home / "service-token").stat().st_mode & 0o777 == 0o600
+    assert up.endpoints.as_environment()["LABSIGHT_SERVICE_TOKEN"] == token  # hand-started workers
+    with grpc.insecure_channel(up.endpoints.services["features"]) as channel:
+        stub = features_pb2_grpc.FeatureServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListModels(features_pb2.ListModelsRequest(), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        reply = stub.ListModels(features_pb2.ListModelsRequest(), timeout=30,
+                                metadata=[("authorization", f"Bearer {token}")])
+        assert reply.models
 
 
 def test_second_up_on_the_same_home_is_refused_naming_the_pid(up: UpProcess) -> None:
