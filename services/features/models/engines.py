@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import onnxruntime as ort
 
-from labsight.errors import InvalidArgument
+from labsight.errors import InvalidArgument, echo
 from services.features.models.layers import LayerIndex
 from services.features.models.loading import load_torch_model
 from services.features.models.manifest import ModelManifest
@@ -142,7 +142,7 @@ class TorchEngine:
             try:
                 self.layer = self.module.get_submodule(module_path)  # type: ignore[attr-defined]
             except AttributeError:
-                raise InvalidArgument(f"layer: the model has no module {module_path!r}") from None
+                raise InvalidArgument(f"layer: the model has no module {echo(module_path)}") from None
         tensors = [*module.parameters(), *module.buffers()]  # type: ignore[attr-defined]
         self.nbytes = sum(t.numel() * t.element_size() for t in tensors)
         self._lock = threading.Lock()

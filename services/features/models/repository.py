@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from labsight.errors import NotFound
+from labsight.errors import NotFound, echo
 from services.features.models.builtin import builtin_manifests
 from services.features.models.manifest import (
     MANIFEST_FILE,
@@ -85,5 +85,5 @@ class ModelRepository:
             with self._lock:
                 manifest = self._models.get(name)
         if manifest is None:
-            raise NotFound(f"model: unknown model {name!r}; models: {[m.name for m in self.list()]}")
+            raise NotFound(f"model: unknown model {echo(name)}; models: {[m.name for m in self.list()]}")
         return manifest

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import grpc
 import numpy as np
 
-from labsight.errors import InvalidArgument
+from labsight.errors import InvalidArgument, echo
 from labsight.images import image_info, image_stack
 from labsight.tables import feature_table, table_values
 from labsight.tensors import to_tensor
@@ -38,7 +38,7 @@ POOLINGS = {
 def parse_pooling(text: str) -> int:
     """'average', 'max' or 'none' to the Pooling enum; ValueError otherwise."""
     if text not in POOLINGS:
-        raise ValueError(f"expected one of {sorted(POOLINGS)}, got {text!r}")
+        raise ValueError(f"expected one of {sorted(POOLINGS)}, got {echo(text)}")
     return POOLINGS[text]
 
 

@@ -6,7 +6,7 @@ from functools import partial
 
 import numpy as np
 
-from labsight.errors import InvalidArgument
+from labsight.errors import InvalidArgument, echo
 from labsight.images import ImageInfo, decode_image, image_info
 from labsight.tables import feature_table
 from labsight.tensors import from_tensor, to_tensor
@@ -33,9 +33,9 @@ def parse_diameter(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"expected a number of pixels, got {text!r}") from None
+        raise ValueError(f"expected a number of pixels, got {echo(text)}") from None
     if not np.isfinite(value) or value < 0:
-        raise ValueError(f"must be a finite number >= 0, got {text!r}")
+        raise ValueError(f"must be a finite number >= 0, got {echo(text)}")
     return value
 
 
@@ -130,7 +130,7 @@ class SpotFeaturesPipeline(Pipeline):
             if model.name == context.params["model"]:
                 return int(model.input_size[0])
         known = [model.name for model in listing.models]
-        raise InvalidArgument(f"params.model: unknown model {context.params['model']!r}; models: {known}")
+        raise InvalidArgument(f"params.model: unknown model {echo(context.params['model'])}; models: {known}")
 
     def _patch_requests(
         self, context: RunContext, side: int
