@@ -14,6 +14,9 @@ from labsight.resize import cast_like, resize_image
 DEFAULT_CELL_PATCH_SIZE = 224
 """Side of cell patches when no output size is asked for."""
 
+SPOT_EDGE_MODES = ("pad-constant", "pad-reflect", "pad-edge", "drop")
+"""What ``spot_patches`` does with a spot whose patch reaches past the image border."""
+
 
 @dataclass(frozen=True)
 class Patches:
@@ -27,11 +30,14 @@ class Patches:
         Centre (x, y) of each patch in the source image's pixel coordinates.
     labels : ndarray of int64, shape (N,)
         Cell label of each patch, or the spot's index.
+    at_edge : ndarray of bool, shape (N,)
+        True where the patch reaches past the image border and was padded.
     """
 
     pixels: np.ndarray
     centres: np.ndarray
     labels: np.ndarray
+    at_edge: np.ndarray
 
 
 def spot_patches(
@@ -40,6 +46,7 @@ def spot_patches(
     diameter: float,
     output_size: int = 0,
     max_bytes: int | None = None,
+    edge: str = "pad-constant",
 ) -> Patches:
     """Square crops of side ``diameter`` centred on each spot, as MUSE cuts Visium/ST spots.
 
@@ -56,22 +63,30 @@ def spot_patches(
     max_bytes : int, optional
         Refuse to cut patches that would take more memory than this (the
         answer's message limit), before allocating them.
+    edge : {"pad-constant", "pad-reflect", "pad-edge", "drop"}, optional
+        A crop that reaches past the image border is padded with zeros, with the
+        image mirrored about its border pixel (numpy's ``reflect``), with the
+        border pixel repeated, or the spot is left out. Padded spots are flagged
+        in ``Patches.at_edge``.
 
     Returns
     -------
     Patches
+        ``labels`` holds each kept spot's index in ``centres``.
 
     Raises
     ------
     ValueError
-        Naming ``spot_centres[i]`` when a crop reaches outside the image, the
-        argument that is malformed, or the patches being over ``max_bytes``.
+        Naming ``spot_centres[i]`` when a spot's centre lies outside the image,
+        the argument that is malformed, every spot being dropped, or the
+        patches being over ``max_bytes``.
 
     Notes
     -----
     The crop of a spot at (x, y) with side s covers columns
     ``floor(x - s/2 + 1/2) .. + s - 1`` and the same rows around y, so its
-    centre is the spot centre to within half a pixel.
+    centre is the spot centre to within half a pixel. A centre lies inside the
+    image when its nearest pixel does: -0.5 <= x < W - 0.5, and alike for y.
 
     Examples
     --------
@@ -86,6 +101,8 @@ def spot_patches(
         raise ValueError(f"spot_centres: expected (N, 2) (x, y) coordinates, got shape {list(centres.shape)}")
     if not np.all(np.isfinite(centres)):
         raise ValueError("spot_centres: coordinates must be finite")
+    if edge not in SPOT_EDGE_MODES:
+        raise ValueError(f"spot_edge: expected one of {list(SPOT_EDGE_MODES)}, got {edge[:100]!r}")
     height, width = planes.shape[:2]
     if not np.isfinite(diameter) or diameter < 1:
         raise ValueError(f"spot_diameter: must be at least 1 pixel, got {diameter}")
@@ -95,25 +112,36 @@ def spot_patches(
         )
     _check_output_size(output_size)
     side = int(np.floor(diameter + 0.5))
-    # Corners stay floats until all are known to lie inside: a far-away centre (1e30)
-    # would overflow an integer.
-    corners = np.floor(centres - side / 2 + 0.5)
+    # Corners stay floats until all are known to lie near the image: a far-away centre
+    # (1e30) would overflow an integer.
+    nearest = np.floor(centres + 0.5)
     outside = np.flatnonzero(
-        (corners[:, 0] < 0) | (corners[:, 1] < 0)
-        | (corners[:, 0] + side > width) | (corners[:, 1] + side > height)
+        (nearest[:, 0] < 0) | (nearest[:, 1] < 0) | (nearest[:, 0] >= width) | (nearest[:, 1] >= height)
     )
     if len(outside):
         i = int(outside[0])
         raise ValueError(
-            f"spot_centres[{i}]: the {side}x{side} patch around (x={centres[i, 0]}, y={centres[i, 1]}) "
-            f"reaches outside the {height}x{width} image ({len(outside)} spots do)"
+            f"spot_centres[{i}]: the centre (x={centres[i, 0]}, y={centres[i, 1]}) lies outside "
+            f"the {height}x{width} image ({len(outside)} spots do)"
+        )
+    corners = np.floor(centres - side / 2 + 0.5).astype(np.int64)
+    at_edge = (
+        (corners[:, 0] < 0) | (corners[:, 1] < 0)
+        | (corners[:, 0] + side > width) | (corners[:, 1] + side > height)
+    )
+    kept = np.flatnonzero(~at_edge) if edge == "drop" else np.arange(len(centres))
+    if len(kept) == 0:
+        raise ValueError(
+            f"spot_centres: every spot's {side}x{side} patch reaches past the border of the "
+            f"{height}x{width} image, so spot_edge=drop leaves none"
         )
     size = output_size or side
-    _check_patch_bytes(len(centres), size, planes, max_bytes, "spot_centres", "spots")
-    pixels = np.empty((len(centres), size, size, planes.shape[2]), planes.dtype)
-    for index, (x0, y0) in enumerate(corners.astype(np.int64)):
-        pixels[index] = _fit(planes[y0 : y0 + side, x0 : x0 + side], size)
-    return Patches(pixels, centres.copy(), np.arange(len(centres), dtype=np.int64))
+    _check_patch_bytes(len(kept), size, planes, max_bytes, "spot_centres", "spots")
+    mode = edge.removeprefix("pad-")
+    pixels = np.empty((len(kept), size, size, planes.shape[2]), planes.dtype)
+    for index, (x0, y0) in enumerate(corners[kept]):
+        pixels[index] = _fit(_padded_crop(planes, int(y0), int(x0), side, mode), size)
+    return Patches(pixels, centres[kept], kept.astype(np.int64), at_edge[kept])
 
 
 def cell_patches(
@@ -181,17 +209,22 @@ def cell_patches(
     _check_patch_bytes(len(present), size, planes, max_bytes, "cell_labels", "cells")
     pixels = np.empty((len(present), size, size, planes.shape[2]), planes.dtype)
     centres = np.empty((len(present), 2), np.float64)
+    at_edge = np.zeros(len(present), bool)
+    height, width = planes.shape[:2]
     for index, (label, (rows, cols)) in enumerate(present):
         side = max(rows.stop - rows.start, cols.stop - cols.start)
         y0 = (rows.start + rows.stop - side) // 2
         x0 = (cols.start + cols.stop - side) // 2
+        at_edge[index] = y0 < 0 or x0 < 0 or y0 + side > height or x0 + side > width
         crop = _padded_crop(planes, y0, x0, side)
         if blank_other_cells:
             others = _padded_crop(labels[:, :, None], y0, x0, side)[:, :, 0]
             crop[(others != 0) & (others != label)] = 0
         pixels[index] = _fit(crop, size)
         centres[index] = (x0 + side / 2 - 0.5, y0 + side / 2 - 0.5)
-    return Patches(pixels, centres, np.array([label for label, _ in present], dtype=np.int64))
+    return Patches(
+        pixels, centres, np.array([label for label, _ in present], dtype=np.int64), at_edge
+    )
 
 
 def _cell_boxes(labels: np.ndarray) -> list[tuple[int, tuple[slice, slice]]]:
@@ -230,14 +263,34 @@ def _check_output_size(output_size: int) -> None:
         raise ValueError(f"output_size: must be >= 0, got {output_size}")
 
 
-def _padded_crop(planes: np.ndarray, y0: int, x0: int, side: int) -> np.ndarray:
-    """planes[y0:y0+side, x0:x0+side] with zeros where the square leaves the array."""
+def _padded_crop(
+    planes: np.ndarray, y0: int, x0: int, side: int, mode: str = "constant"
+) -> np.ndarray:
+    """A copy of planes[y0:y0+side, x0:x0+side], padded where the square leaves the array.
+
+    ``mode`` is numpy's padding name: ``constant`` (zeros), ``reflect`` (mirrored
+    about the border pixel) or ``edge`` (the border pixel repeated).
+    """
     height, width = planes.shape[:2]
+    if mode != "constant":
+        rows = _border_indices(np.arange(y0, y0 + side), height, mode)
+        cols = _border_indices(np.arange(x0, x0 + side), width, mode)
+        return planes[np.ix_(rows, cols)]
     crop = np.zeros((side, side, planes.shape[2]), planes.dtype)
     top, left = max(y0, 0), max(x0, 0)
     bottom, right = min(y0 + side, height), min(x0 + side, width)
     crop[top - y0 : bottom - y0, left - x0 : right - x0] = planes[top:bottom, left:right]
     return crop
+
+
+def _border_indices(index: np.ndarray, length: int, mode: str) -> np.ndarray:
+    """Indices into an axis of ``length``, those past either end mapped as numpy's pad ``mode``."""
+    if mode == "edge" or length == 1:
+        return np.clip(index, 0, length - 1)
+    # Mirroring about both ends repeats with period 2(length - 1), so any distance folds back.
+    period = 2 * (length - 1)
+    folded = np.mod(index, period)
+    return np.where(folded < length, folded, period - folded)
 
 
 def _fit(crop: np.ndarray, size: int) -> np.ndarray:

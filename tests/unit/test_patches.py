@@ -37,10 +37,37 @@ def test_a_grey_image_gives_single_channel_patches() -> None:
     assert patches.pixels.shape == (1, 4, 4, 1) and patches.pixels.dtype == np.uint16
 
 
-def test_a_spot_patch_outside_the_image_is_refused_naming_the_spot() -> None:
-    centres = np.array([[30.0, 20.0], [58.0, 20.0]])
-    with pytest.raises(ValueError, match=r"spot_centres\[1\]: the 6x6 patch .* outside the 40x60 image"):
+def test_a_spot_centre_outside_the_image_is_refused_naming_the_spot() -> None:
+    centres = np.array([[30.0, 20.0], [59.4, 20.0], [60.0, 20.0], [5.0, -0.6]])
+    with pytest.raises(ValueError, match=r"spot_centres\[2\]: the centre \(x=60.0, y=20.0\) lies "
+                                         r"outside the 40x60 image \(2 spots do\)"):
         spot_patches(_ramp(), centres, diameter=6)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
+def test_a_spot_patch_past_the_border_is_padded_and_flagged(mode: str) -> None:
+    image = _ramp()
+    # Patches of side 6 around (58, 20) cover columns 55..60 and around (2, 1) rows -2..3.
+    patches = spot_patches(image, np.array([[30.0, 20.0], [58.0, 20.0], [2.0, 1.0]]), diameter=6,
+                           edge=f"pad-{mode}")
+    padded = np.pad(image, ((3, 3), (3, 3), (0, 0)), mode=mode)
+    np.testing.assert_array_equal(patches.pixels[1], padded[20:26, 58:64])
+    np.testing.assert_array_equal(patches.pixels[2], padded[1:7, 2:8])
+    np.testing.assert_array_equal(patches.pixels[0], image[17:23, 27:33])
+    assert patches.at_edge.tolist() == [False, True, True]
+    assert patches.labels.tolist() == [0, 1, 2]
+
+
+def test_spots_at_the_border_can_be_dropped_and_the_others_keep_their_index() -> None:
+    centres = np.array([[58.0, 20.0], [30.0, 20.0], [2.0, 1.0], [10.0, 10.0]])
+    patches = spot_patches(_ramp(), centres, diameter=6, edge="drop")
+    assert patches.labels.tolist() == [1, 3]
+    np.testing.assert_array_equal(patches.centres, centres[[1, 3]])
+    assert not patches.at_edge.any()
+    with pytest.raises(ValueError, match="spot_edge=drop leaves none"):
+        spot_patches(_ramp(), centres[[0, 2]], diameter=6, edge="drop")
+    with pytest.raises(ValueError, match="spot_edge: expected one of"):
+        spot_patches(_ramp(), centres, diameter=6, edge="wrap")
 
 
 @pytest.mark.parametrize(
