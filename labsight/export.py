@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
@@ -12,6 +12,9 @@ from labsight.arff import write_arff
 from labsight.tables import table_values
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
+
+if TYPE_CHECKING:
+    import anndata
 
 FORMATS = ("csv", "arff", "parquet", "npy", "h5ad")
 """File formats ``write_table`` writes."""
@@ -111,23 +114,13 @@ def write_table(
     npy
         The (N, D) float64 values only, in row order.
     h5ad
-        AnnData with the features in ``obsm["features"]``, row ids as ``obs_names``,
-        ``x``/``y`` in ``obs`` and ``obsm["spatial"]`` (squidpy's key) when the
-        result has coordinates, the column names in ``uns["feature_columns"]`` and
-        the provenance (model, version, layer) in ``uns["provenance"]``.
+        AnnData made by ``results_to_anndata`` (features in ``X`` and
+        ``obsm["features"]``, spot coordinates in ``obsm["spatial"]``).
     """
     if fmt not in FORMATS:
         raise ValueError(f"format: expected one of {list(FORMATS)}, got {fmt!r}")
     columns, ids, values, coordinates = combined_table(results, table)
-    row_classes = None
-    if class_labels is not None:
-        if len(class_labels) != len(results):
-            raise ValueError(f"class_labels: {len(class_labels)} labels for {len(results)} results")
-        row_classes = [
-            label
-            for result, label in zip(results, class_labels, strict=True)
-            for _ in result.tables[table].row_ids
-        ]
+    row_classes = None if class_labels is None else _row_classes(results, table, class_labels)
     if fmt == "arff":
         rows = [dict(zip(columns, map(float, row), strict=True)) for row in values]
         write_arff(path, table, rows, classes=row_classes)
@@ -147,18 +140,48 @@ def write_table(
         else:
             _write_parquet(frame, path, combined_provenance(results))
         return
-    import anndata
+    results_to_anndata(results, table, class_labels).write_h5ad(path)
 
+
+def results_to_anndata(
+    results: Sequence[pb.JobResult], table: str, class_labels: Sequence[str] | None = None
+) -> anndata.AnnData:
+    """One table of ``results`` (rows stacked, see ``combined_table``) as an AnnData.
+
+    The features are in ``X`` and ``obsm["features"]``, the column names are
+    ``var_names`` (and ``uns["feature_columns"]``), row ids are ``obs_names``;
+    ``x``/``y`` in ``obs`` and ``obsm["spatial"]`` (squidpy's key) when every
+    result has coordinates; the provenance (model, version, layer) in
+    ``uns["provenance"]``; ``class_labels`` (one per result) as a categorical
+    ``obs["class"]``.
+    """
+    import anndata
+    import pandas as pd
+
+    columns, ids, values, coordinates = combined_table(results, table)
     obs = pd.DataFrame(index=pd.Index(ids, name="id"))
     obsm = {"features": values}
     if coordinates is not None:
         obs["x"], obs["y"] = coordinates[:, 0], coordinates[:, 1]
         obsm["spatial"] = coordinates
-    if row_classes is not None:
-        obs["class"] = pd.Categorical(row_classes)
+    if class_labels is not None:
+        obs["class"] = pd.Categorical(_row_classes(results, table, class_labels))
     uns = {"feature_columns": np.array(columns), "provenance": combined_provenance(results)}
-    adata = anndata.AnnData(obs=obs, obsm=obsm, uns=uns)
-    adata.write_h5ad(path)
+    var = pd.DataFrame(index=pd.Index(columns, name="column"))
+    return anndata.AnnData(X=values, obs=obs, var=var, obsm=obsm, uns=uns)
+
+
+def _row_classes(
+    results: Sequence[pb.JobResult], table: str, class_labels: Sequence[str]
+) -> list[str]:
+    """Each result's class label repeated over its rows of ``table``."""
+    if len(class_labels) != len(results):
+        raise ValueError(f"class_labels: {len(class_labels)} labels for {len(results)} results")
+    return [
+        label
+        for result, label in zip(results, class_labels, strict=True)
+        for _ in result.tables[table].row_ids
+    ]
 
 
 def _write_parquet(frame: object, path: Path | TextIO, provenance: dict[str, str]) -> None:
