@@ -63,7 +63,7 @@ class SegmentVesselContentResponse(_message.Message):
     def __init__(self, instance_masks: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[VesselInstance, _Mapping]]] = ..., semantic_masks: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ExtractPatchesRequest(_message.Message):
-    __slots__ = ("image", "spot_centres", "spot_diameter", "cell_labels", "blank_other_cells", "output_size", "spot_ids", "cell_label_ids")
+    __slots__ = ("image", "spot_centres", "spot_diameter", "cell_labels", "blank_other_cells", "output_size", "spot_ids", "cell_label_ids", "spot_edge")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     SPOT_CENTRES_FIELD_NUMBER: _ClassVar[int]
     SPOT_DIAMETER_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class ExtractPatchesRequest(_message.Message):
     OUTPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
     SPOT_IDS_FIELD_NUMBER: _ClassVar[int]
     CELL_LABEL_IDS_FIELD_NUMBER: _ClassVar[int]
+    SPOT_EDGE_FIELD_NUMBER: _ClassVar[int]
     image: _tensor_pb2.Image
     spot_centres: _tensor_pb2.Tensor
     spot_diameter: float
@@ -80,14 +81,17 @@ class ExtractPatchesRequest(_message.Message):
     output_size: int
     spot_ids: _containers.RepeatedScalarFieldContainer[str]
     cell_label_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., spot_centres: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., spot_diameter: _Optional[float] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., blank_other_cells: _Optional[bool] = ..., output_size: _Optional[int] = ..., spot_ids: _Optional[_Iterable[str]] = ..., cell_label_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    spot_edge: str
+    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., spot_centres: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., spot_diameter: _Optional[float] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., blank_other_cells: _Optional[bool] = ..., output_size: _Optional[int] = ..., spot_ids: _Optional[_Iterable[str]] = ..., cell_label_ids: _Optional[_Iterable[int]] = ..., spot_edge: _Optional[str] = ...) -> None: ...
 
 class ExtractPatchesResponse(_message.Message):
-    __slots__ = ("patches", "patch_ids", "patch_centres")
+    __slots__ = ("patches", "patch_ids", "patch_centres", "patch_at_edge")
     PATCHES_FIELD_NUMBER: _ClassVar[int]
     PATCH_IDS_FIELD_NUMBER: _ClassVar[int]
     PATCH_CENTRES_FIELD_NUMBER: _ClassVar[int]
+    PATCH_AT_EDGE_FIELD_NUMBER: _ClassVar[int]
     patches: _tensor_pb2.Tensor
     patch_ids: _containers.RepeatedScalarFieldContainer[str]
     patch_centres: _tensor_pb2.Tensor
-    def __init__(self, patches: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., patch_ids: _Optional[_Iterable[str]] = ..., patch_centres: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    patch_at_edge: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, patches: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., patch_ids: _Optional[_Iterable[str]] = ..., patch_centres: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., patch_at_edge: _Optional[_Iterable[bool]] = ...) -> None: ...

@@ -54,9 +54,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                     f"spot_ids: {len(request.spot_ids)} ids for {len(centres)} spot centres"
                 )
             patches = spot_patches(
-                image, centres, request.spot_diameter, request.output_size, self.max_answer_bytes
+                image, centres, request.spot_diameter, request.output_size, self.max_answer_bytes,
+                request.spot_edge or "pad-constant",
             )
-            ids = list(request.spot_ids) or [str(i) for i in patches.labels]
+            # labels are the kept spots' indices (spot_edge=drop leaves some out)
+            ids = [request.spot_ids[i] if request.spot_ids else str(i) for i in patches.labels]
         else:
             labels = from_tensor(request.cell_labels, "cell_labels")
             patches = cell_patches(
@@ -68,6 +70,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             patches=to_tensor(patches.pixels),
             patch_ids=ids,
             patch_centres=to_tensor(patches.centres),
+            patch_at_edge=patches.at_edge.tolist(),
         )
 
 

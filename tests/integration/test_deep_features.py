@@ -332,7 +332,9 @@ def test_concurrent_single_image_clients_are_batched(
     assert sample("labsight_batch_size_count") - batches < 8
 
 
-def test_extract_patches_serves_spots_and_refuses_patches_outside(stack: InProcessStack) -> None:
+def test_extract_patches_serves_spots_pads_edges_and_refuses_centres_outside(
+    stack: InProcessStack,
+) -> None:
     stub = segmentation_pb2_grpc.SegmentationServiceStub(grpc.insecure_channel(stack.segmentation.address))
     image = IMAGES[0]
     centres = np.array([[100.0, 100.0], [400.0, 150.0]])
@@ -342,12 +344,24 @@ def test_extract_patches_serves_spots_and_refuses_patches_outside(stack: InProce
     np.testing.assert_array_equal(from_tensor(answer.patches), spot_patches(image, centres, 50, 64).pixels)
     assert list(answer.patch_ids) == ["a", "b"]
     np.testing.assert_array_equal(from_tensor(answer.patch_centres), centres)
+    assert list(answer.patch_at_edge) == [False, False]
+    at_edge = np.array([[100.0, 100.0], [440.0, 10.0], [20.0, 150.0]])  # the image is 451 wide
+    answer = stub.ExtractPatches(segmentation_pb2.ExtractPatchesRequest(
+        image=image_from_array(image), spot_centres=to_tensor(at_edge), spot_diameter=50,
+        spot_ids=["a", "b", "c"], spot_edge="pad-reflect"), timeout=30)
+    np.testing.assert_array_equal(from_tensor(answer.patches),
+                                  spot_patches(image, at_edge, 50, edge="pad-reflect").pixels)
+    assert list(answer.patch_at_edge) == [False, True, True]
+    dropped = stub.ExtractPatches(segmentation_pb2.ExtractPatchesRequest(
+        image=image_from_array(image), spot_centres=to_tensor(at_edge), spot_diameter=50,
+        spot_ids=["a", "b", "c"], spot_edge="drop"), timeout=30)
+    assert list(dropped.patch_ids) == ["a"] and list(dropped.patch_at_edge) == [False]
     outside = segmentation_pb2.ExtractPatchesRequest(
-        image=image_from_array(image), spot_centres=to_tensor(np.array([[100.0, 100.0], [440.0, 10.0]])),
+        image=image_from_array(image), spot_centres=to_tensor(np.array([[100.0, 100.0], [460.0, 10.0]])),
         spot_diameter=50)
     error = _rpc_error(stub.ExtractPatches, outside)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "spot_centres[1]: the 50x50 patch" in error.details()
+    assert "spot_centres[1]: the centre (x=460.0, y=10.0) lies outside the 300x451 image" in error.details()
     neither = _rpc_error(
         stub.ExtractPatches, segmentation_pb2.ExtractPatchesRequest(image=image_from_array(image))
     )

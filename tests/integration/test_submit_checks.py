@@ -198,6 +198,27 @@ def test_spot_and_cell_inputs_are_checked_against_the_image_at_submit(
     assert stack.client.list_jobs() == []
 
 
+def test_spots_near_the_border_are_accepted_unless_drop_would_leave_none(
+    stack: InProcessStack,
+) -> None:
+    image = image_from_array(np.zeros((64, 64, 3), np.uint8))
+    border = {"spot_centres": np.array([[2.0, 32.0], [63.0, 63.0]])}
+    stack.client.submit("spot-features", image, {"spot_diameter": 9}, tensors=border)
+    error = _refusal(lambda: stack.client.submit(
+        "spot-features", image, {"spot_diameter": 9, "spot_edge": "drop"}, tensors=border))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "params.spot_edge: every spot's 9x9 patch reaches past the border" in error.details()
+    error = _refusal(lambda: stack.client.submit(
+        "spot-features", image, {"spot_diameter": 9, "spot_edge": "wrap"}, tensors=border))
+    assert "params.spot_edge: expected one of ['pad-constant'" in error.details()
+    outside = {"spot_centres": np.array([[32.0, 32.0], [64.0, 10.0]])}
+    error = _refusal(lambda: stack.client.submit("spot-features", image, {"spot_diameter": 9},
+                                                 tensors=outside))
+    assert ("input.tensors[spot_centres][1]: the centre (x=64.0, y=10.0) lies outside the 64x64 "
+            "image (1 spots do)") in error.details()
+    assert len(stack.client.list_jobs()) == 1
+
+
 def test_jobs_are_accepted_while_the_features_service_is_down(
     serve: Callable[..., RunningServer], settings: Settings
 ) -> None:

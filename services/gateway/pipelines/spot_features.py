@@ -24,6 +24,10 @@ from services.gateway.pipelines.models import MODEL_CATALOG, input_pixels
 
 SPOT_CENTRES = "spot_centres"
 CELL_LABELS = "cell_labels"
+SPOT_EDGE_MODES = ("pad-constant", "pad-reflect", "pad-edge", "drop")
+"""Values of params.spot_edge (the segmentation service's ExtractPatchesRequest.spot_edge)."""
+EDGE = "edge"
+"""Result tensor: (N,) uint8, 1 where a patch reached past the image border and was padded."""
 PATCH_BYTES_PER_CALL = 32 * 1024 * 1024
 """Patches asked of the segmentation service per call, in bytes (well under the message limit)."""
 
@@ -37,6 +41,13 @@ def parse_diameter(text: str) -> float:
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"must be a finite number >= 0, got {echo(text)}")
     return value
+
+
+def parse_spot_edge(text: str) -> str:
+    """One of SPOT_EDGE_MODES; ValueError otherwise."""
+    if text not in SPOT_EDGE_MODES:
+        raise ValueError(f"expected one of {list(SPOT_EDGE_MODES)}, got {echo(text)}")
+    return text
 
 
 def parse_spot_ids(text: str) -> list[str]:
@@ -61,7 +72,8 @@ class SpotFeaturesPipeline(Pipeline):
         "'spot_centres' (N, 2) as x, y pixels, with params.spot_diameter) or of one patch per "
         "labelled cell (image or tensor 'cell_labels'); patches are resized to the model input. "
         "Default model: Inception-v3, 2048-d average pool, as MUSE. Result: table 'features' "
-        "keyed by spot id or cell label, tensor 'coordinates' (N, 2) patch centres."
+        "keyed by spot id or cell label, tensor 'coordinates' (N, 2) patch centres, tensor "
+        "'edge' (N,) 1 where a patch reached past the image border and was padded."
     )
     parameters = (
         *model_parameters("inception-v3"),
@@ -69,12 +81,16 @@ class SpotFeaturesPipeline(Pipeline):
                   parse_diameter),
         Parameter("spot_ids", "Comma-separated spot ids, one per centre; default 0..N-1.", "",
                   parse_spot_ids),
+        Parameter("spot_edge", "Spots whose patch reaches past the image border: pad-constant "
+                  "(zeros), pad-reflect (mirrored), pad-edge (border pixel repeated), all flagged "
+                  "in tensor 'edge', or drop (left out). A centre outside the image is refused.",
+                  "pad-constant", parse_spot_edge),
         Parameter("blank_other_cells", "Blank other cells' pixels in each cell patch (true/false).",
                   "false", parse_bool),
     )
 
     def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
-        """A grey or RGB image; spots whose patches lie inside it, or a cell mask of its size;
+        """A grey or RGB image; spots whose centres lie inside it, or a cell mask of its size;
         a known model; patches within the work limit."""
         info = image_info(job_input.image, "input.image")
         check_model_channels(info.channels, "input.image")
@@ -99,6 +115,7 @@ class SpotFeaturesPipeline(Pipeline):
         values: list[np.ndarray] = []
         ids: list[str] = []
         centres: list[np.ndarray] = []
+        at_edge: list[bool] = []
         for index, request in enumerate(requests):
             context.report_progress(index / len(requests), "patches")
             answer: segmentation_pb2.ExtractPatchesResponse = (
@@ -115,9 +132,11 @@ class SpotFeaturesPipeline(Pipeline):
             values.append(chunk_values)
             ids.extend(answer.patch_ids)
             centres.append(from_tensor(answer.patch_centres, "patch_centres"))
+            at_edge.extend(answer.patch_at_edge)
         result = pb.JobResult(pipeline=self.name, provenance=provenance)
         result.tables["features"].CopyFrom(feature_table(columns, np.concatenate(values), ids))
         result.tensors["coordinates"].CopyFrom(to_tensor(np.concatenate(centres)))
+        result.tensors[EDGE].CopyFrom(to_tensor(np.array(at_edge, np.uint8)))
         context.report_progress(1.0, "features")
         return result
 
@@ -165,16 +184,19 @@ class SpotFeaturesPipeline(Pipeline):
             request.CopyFrom(base)
             request.spot_centres.CopyFrom(to_tensor(centres[start : start + per_call]))
             request.spot_diameter = float(params["spot_diameter"])
+            request.spot_edge = str(params["spot_edge"])
             request.spot_ids.extend(ids[start : start + per_call])
             requests.append(request)
         return requests
 
 
 def check_spots(params: dict[str, str], job_input: pb.JobInput, info: ImageInfo) -> int:
-    """Number of spots, after checking that each one's square patch lies inside the image.
+    """Number of spots to cut, after checking that each centre lies inside the image.
 
-    The patch geometry is the segmentation service's (services/segmentation/patches.py):
-    side = round(diameter), top-left corner = round(centre - side / 2).
+    A patch that reaches past the border is padded (or its spot dropped, with
+    spot_edge=drop) by the segmentation service, whose geometry this follows
+    (services/segmentation/patches.py): side = round(diameter), top-left corner
+    = round(centre - side / 2), a centre inside when its nearest pixel is.
     """
     field = f"input.tensors[{SPOT_CENTRES}]"
     centres = from_tensor(job_input.tensors[SPOT_CENTRES], field)
@@ -194,18 +216,31 @@ def check_spots(params: dict[str, str], job_input: pb.JobInput, info: ImageInfo)
             f"params.spot_diameter: a {side}x{side} patch does not fit in the "
             f"{info.height}x{info.width} image"
         )
-    corners = np.floor(centres.astype(np.float64) - side / 2 + 0.5)
+    centres = centres.astype(np.float64)
+    nearest = np.floor(centres + 0.5)
     outside = np.flatnonzero(
-        (corners[:, 0] < 0) | (corners[:, 1] < 0)
-        | (corners[:, 0] + side > info.width) | (corners[:, 1] + side > info.height)
+        (nearest[:, 0] < 0) | (nearest[:, 1] < 0)
+        | (nearest[:, 0] >= info.width) | (nearest[:, 1] >= info.height)
     )
     if len(outside):
         i = int(outside[0])
         raise InvalidArgument(
-            f"{field}[{i}]: the {side}x{side} patch around (x={centres[i, 0]}, y={centres[i, 1]}) "
-            f"reaches outside the {info.height}x{info.width} image ({len(outside)} spots do)"
+            f"{field}[{i}]: the centre (x={centres[i, 0]}, y={centres[i, 1]}) lies outside the "
+            f"{info.height}x{info.width} image ({len(outside)} spots do)"
         )
-    return len(centres)
+    if params["spot_edge"] != "drop":
+        return len(centres)
+    corners = np.floor(centres - side / 2 + 0.5)
+    inside = np.count_nonzero(
+        (corners[:, 0] >= 0) & (corners[:, 1] >= 0)
+        & (corners[:, 0] + side <= info.width) & (corners[:, 1] + side <= info.height)
+    )
+    if inside == 0:
+        raise InvalidArgument(
+            f"params.spot_edge: every spot's {side}x{side} patch reaches past the border of the "
+            f"{info.height}x{info.width} image, so drop leaves none; pad them instead"
+        )
+    return int(inside)
 
 
 def count_cells(params: dict[str, str], job_input: pb.JobInput, info: ImageInfo) -> int:
