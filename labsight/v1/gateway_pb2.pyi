@@ -245,7 +245,7 @@ class ResultChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("job_id", "pipeline", "tables", "tensors", "scalars", "input_name", "provenance")
+    __slots__ = ("job_id", "pipeline", "tables", "tensors", "scalars", "input_name", "provenance", "labels")
     class TablesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -274,6 +274,13 @@ class JobResult(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +288,7 @@ class JobResult(_message.Message):
     SCALARS_FIELD_NUMBER: _ClassVar[int]
     INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     pipeline: str
     tables: _containers.MessageMap[str, _tensor_pb2.FeatureTable]
@@ -288,7 +296,8 @@ class JobResult(_message.Message):
     scalars: _containers.ScalarMap[str, float]
     input_name: str
     provenance: _containers.ScalarMap[str, str]
-    def __init__(self, job_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., tables: _Optional[_Mapping[str, _tensor_pb2.FeatureTable]] = ..., tensors: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., scalars: _Optional[_Mapping[str, float]] = ..., input_name: _Optional[str] = ..., provenance: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, job_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., tables: _Optional[_Mapping[str, _tensor_pb2.FeatureTable]] = ..., tensors: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., scalars: _Optional[_Mapping[str, float]] = ..., input_name: _Optional[str] = ..., provenance: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GetBatchRequest(_message.Message):
     __slots__ = ("batch_id",)

@@ -235,6 +235,7 @@ class Worker:
         result = get_pipeline(job.pipeline).run(context)
         result.job_id = job.job_id
         result.input_name = job.input_name
+        result.labels.update(job.labels)
         result.provenance["labsight_version"] = labsight.__version__
         return result
 
