@@ -153,10 +153,13 @@ def results_to_anndata(
     ``x``/``y`` in ``obs`` and ``obsm["spatial"]`` (squidpy's key) when every
     result has coordinates; the provenance (model, version, layer) in
     ``uns["provenance"]``; ``class_labels`` (one per result) as a categorical
-    ``obs["class"]``.
+    ``obs["class"]``; the job labels and edge flags as ``obs`` columns (see
+    ``labsight.spatial.add_result_obs``). ``X`` is float32, as scanpy expects.
     """
     import anndata
     import pandas as pd
+
+    from labsight.spatial import add_result_obs
 
     columns, ids, values, coordinates = combined_table(results, table)
     obs = pd.DataFrame(index=pd.Index(ids, name="id"))
@@ -166,9 +169,10 @@ def results_to_anndata(
         obsm["spatial"] = coordinates
     if class_labels is not None:
         obs["class"] = pd.Categorical(_row_classes(results, table, class_labels))
+    add_result_obs(obs, results, table)
     uns = {"feature_columns": np.array(columns), "provenance": combined_provenance(results)}
     var = pd.DataFrame(index=pd.Index(columns, name="column"))
-    return anndata.AnnData(X=values, obs=obs, var=var, obsm=obsm, uns=uns)
+    return anndata.AnnData(X=values.astype(np.float32), obs=obs, var=var, obsm=obsm, uns=uns)
 
 
 def _row_classes(
