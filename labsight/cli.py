@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,16 @@ import numpy as np
 from google.protobuf.json_format import MessageToDict
 
 from labsight.catalog import SERVERS
-from labsight.export import FORMATS, TEXT_FORMATS, write_table
+from labsight.export import (
+    FORMATS,
+    JSON_LINES,
+    TEXT_FORMATS,
+    output_format,
+    write_atomically,
+    write_table,
+)
 from labsight.home import ENDPOINTS_FILE, GatewayNotFound, home_dir, read_endpoints
+from labsight.inputs import IMAGE_SUFFIXES
 
 
 class RecordedEndpoints:
@@ -128,10 +138,44 @@ def _client(args: argparse.Namespace) -> Any:
     return LabSightClient(args.gateway, token=args.token)
 
 
+def _add_visium_input(
+    args: argparse.Namespace, params: dict[str, str], tensors: dict[str, np.ndarray]
+) -> None:
+    """Make ``args.images``, ``params`` and ``tensors`` the in-tissue spots of the Space Ranger
+    folder ``args.visium`` on its full-resolution image; --param values given win."""
+    from labsight.visium import find_fullres_image, read_spaceranger
+
+    folder = Path(args.visium)
+    if args.pipeline != "spot-features" or args.images:
+        raise SystemExit("labsight: --visium goes with `submit spot-features` and no image "
+                         "arguments (the image is --image or found in the folder)")
+    try:
+        image = Path(args.image) if args.image else find_fullres_image(folder)
+        every = read_spaceranger(folder, image)
+    except ValueError as error:
+        raise SystemExit(f"labsight: {error}") from None
+    if image is None:
+        raise SystemExit(f"labsight: --visium {folder}: Space Ranger keeps no full-resolution "
+                         "image in its output; give the one it was run on with --image FULLRES.tif")
+    spots = every.tissue_spots()
+    if not spots.barcodes:
+        raise SystemExit(f"labsight: --visium {folder}: no spot is in the tissue")
+    args.images = [str(image)]
+    tensors["spot_centres"] = spots.centres
+    params.setdefault("spot_ids", ",".join(spots.barcodes))
+    params.setdefault("spot_diameter", repr(spots.spot_diameter))
+    print(f"labsight: {len(spots.barcodes)} of {len(every.barcodes)} spots of "
+          f"{spots.library_id} are in the tissue; spot diameter {params['spot_diameter']} px "
+          f"on {image}", file=sys.stderr)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    """Submit one job per image (several images go as one batch); --wait shows progress
-    on a terminal and prints each job's final state and result."""
-    from labsight.client import build_request
+    """Submit one job per image (several images, or --batch, go as one batch); --wait shows
+    progress on a terminal and prints each job's final state and result.
+
+    Folders are expanded and every file is checked before anything is sent; each job is
+    named by its file's path relative to the files' common folder and keyed by its content
+    and parameters, so submitting the same files again queues nothing twice."""
     from labsight.results import result_to_dict
 
     params = _parse_pairs(args.param, "--param")
@@ -140,20 +184,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
                for role, path in _parse_pairs(args.tensor, "--tensor").items()}
     extra_images = {role: Path(path)
                     for role, path in _parse_pairs(args.input_image, "--input-image").items()}
-    requests = [
-        build_request(args.pipeline, Path(path), params, priority=args.priority, labels=labels,
-                      tensors=tensors, images=extra_images)
-        for path in args.images
-    ]
+    if args.visium:
+        _add_visium_input(args, params, tensors)
+    elif not args.images:
+        raise SystemExit("labsight: give the images to submit (or --visium SPACERANGER_OUT)")
+    files = _input_files(args)
+    if files is None:
+        return 2
+    requests = [_file_request(args, file, params, labels, tensors, extra_images) for file in files]
     with _client(args) as client:
-        if len(requests) == 1:
-            job_ids = [client.submit_request(requests[0]).job_id]
-        else:
-            batch = client.submit_batch(requests, batch_id=args.batch)
-            print(f"labsight: batch {batch.batch_id}: {len(batch.job_ids)} jobs", file=sys.stderr)
-            job_ids = list(batch.job_ids)
-            if args.wait:
-                _show_batch_progress(client, batch.batch_id)
+        job_ids = _submit_files(client, args, files, requests)
+        if job_ids is None:
+            return 2
         all_done = True
         for job_id in job_ids:
             job = _wait_with_progress(client, job_id) if args.wait else client.get(job_id)
@@ -163,6 +205,64 @@ def cmd_submit(args: argparse.Namespace) -> int:
             all_done = all_done and line["status"] == "done"
             print(json.dumps(line) if args.json else _job_line(line), flush=True)
     return 0 if all_done or not args.wait else 1
+
+
+def _input_files(args: argparse.Namespace) -> list[Any] | None:
+    """The files of ``args.images`` (folders expanded), all checked; None after saying what is
+    wrong with them (nothing is sent then)."""
+    from labsight.inputs import InputError, check_inputs, expand_inputs, input_names
+
+    try:
+        paths = expand_inputs(args.images, args.recursive)
+        check_inputs(paths)
+    except InputError as error:
+        for line in [*str(error).splitlines(), "nothing was submitted"]:
+            print(f"labsight: {line}", file=sys.stderr)
+        return None
+    return input_names(paths)
+
+
+def _file_request(args: argparse.Namespace, file: Any, params: dict[str, str],
+                  labels: dict[str, str], tensors: dict[str, np.ndarray],
+                  extra_images: dict[str, Path]) -> Any:
+    """The SubmitJobRequest of one input file, named and keyed (see cmd_submit)."""
+    from labsight.client import build_request
+    from labsight.inputs import content_key
+
+    request = build_request(args.pipeline, file.path, params, priority=args.priority,
+                            labels=labels, tensors=tensors, images=extra_images)
+    request.input.image.name = file.name
+    if not args.resubmit:
+        request.idempotency_key = content_key(request)
+    return request
+
+
+def _submit_files(client: Any, args: argparse.Namespace, files: list[Any],
+                  requests: list[Any]) -> list[str] | None:
+    """Submit the requests (one job, or one batch: all or none); the job ids, printed on
+    stderr before any waiting. None after naming the file the gateway refused."""
+    try:
+        if len(requests) == 1 and not args.batch:
+            job_id = client.submit_request(requests[0]).job_id
+            print(f"labsight: job {job_id}", file=sys.stderr, flush=True)
+            return [job_id]
+        batch = client.submit_batch(requests, batch_id=args.batch)
+    except grpc.RpcError as error:
+        print(f"labsight: {_refused_file(error, files)}: {error.code().name}: {error.details()}",
+              file=sys.stderr)
+        return None
+    print(f"labsight: batch {batch.batch_id}: {len(batch.job_ids)} jobs", file=sys.stderr, flush=True)
+    if args.wait:
+        _show_batch_progress(client, batch.batch_id)
+    return list(batch.job_ids)
+
+
+def _refused_file(error: grpc.RpcError, files: list[Any]) -> str:
+    """The file a refusal is about: the one at the gateway's ``jobs[i]``, else the only one."""
+    found = re.search(r"\bjobs\[(\d+)\]", error.details() or "")
+    if found and int(found.group(1)) < len(files):
+        return str(files[int(found.group(1))].path)
+    return str(files[0].path) if len(files) == 1 else "batch"
 
 
 def _show_batch_progress(client: Any, batch_id: str) -> None:
@@ -267,16 +367,57 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_spatial_h5ad(
+    args: argparse.Namespace, results: list[Any], table: str, class_labels: list[str] | None
+) -> int:
+    """The results as h5ad with a Space Ranger folder's layout (--visium) and/or filled into an
+    existing h5ad by barcode (--into; written back to it unless -o names another file)."""
+    import anndata
+
+    from labsight.export import results_to_anndata
+    from labsight.spatial import add_visium, fill_anndata
+    from labsight.visium import read_spaceranger
+
+    output = Path(args.output or args.into)
+    if args.format not in ("", "h5ad") or output.suffix.lower() != ".h5ad":
+        raise SystemExit("labsight: --visium and --into write an .h5ad file (-o x.h5ad)")
+    try:
+        adata = results_to_anndata(results, table, class_labels)
+        if args.into:
+            target = anndata.read_h5ad(args.into)
+            filled = fill_anndata(target, adata)
+            print(f"labsight: features for {filled} of the {target.n_obs} spots of {args.into}",
+                  file=sys.stderr)
+            adata = target
+        if args.visium:
+            add_visium(adata, read_spaceranger(Path(args.visium)))
+    except ValueError as error:
+        raise SystemExit(f"labsight: {error}") from None
+    # Written next to the output, then renamed, so a failed write never leaves half a file.
+    partial = output.with_name(f".{output.name}.partial.h5ad")
+    try:
+        adata.write_h5ad(partial)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    return 0
+
+
 def cmd_results(args: argparse.Namespace) -> int:
-    """Print or save the results of a job or of a whole batch (JSON, or one table as a file)."""
+    """Print or save the results of a job or of a whole batch (JSON, or one table as a file);
+    the format follows the -o file's suffix, and a file is replaced whole."""
     from labsight.results import result_to_dict
 
+    try:
+        fmt = output_format(args.output, args.format)
+    except ValueError as error:
+        raise SystemExit(f"labsight: {error}") from None
     results, class_labels = _finished_results(args)
-    if args.format == "json":
+    if fmt == JSON_LINES:
         lines = "".join(json.dumps({"job_id": r.job_id, **result_to_dict(r)}) + "\n"
                         for r in results)
         if args.output:
-            Path(args.output).write_text(lines)
+            write_atomically(Path(args.output), lambda path: path.write_text(lines))
         else:
             sys.stdout.write(lines)
         return 0
@@ -284,12 +425,14 @@ def cmd_results(args: argparse.Namespace) -> int:
         print("labsight: no finished results to export", file=sys.stderr)
         return 2
     table = args.table or next(iter(sorted(results[0].tables)), "")
+    if args.visium or args.into:
+        return _write_spatial_h5ad(args, results, table, class_labels)
     if args.output:
-        write_table(results, table, Path(args.output), args.format, class_labels)
-    elif args.format in TEXT_FORMATS:
-        write_table(results, table, sys.stdout, args.format, class_labels)
+        write_table(results, table, Path(args.output), fmt, class_labels)
+    elif fmt in TEXT_FORMATS:
+        write_table(results, table, sys.stdout, fmt, class_labels)
     else:
-        print(f"labsight: --format {args.format} needs -o FILE", file=sys.stderr)
+        print(f"labsight: --format {fmt} needs -o FILE", file=sys.stderr)
         return 2
     return 0
 
@@ -309,6 +452,80 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
             print(f"{info.name:<15} {state:<10} {info.description}")
             for param in info.parameters:
                 print(f"    {param.name}={param.default_value}  {param.description}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """List the caller's recent jobs, newest first (a batch's in submission order)."""
+    from labsight.v1 import gateway_pb2 as pb
+
+    status = pb.JobStatus.Value(f"JOB_STATUS_{args.status.upper()}") if args.status else 0
+    with _client(args) as client:
+        jobs: list[Any] = []
+        token = ""
+        while len(jobs) < args.limit:
+            page = client.stub.ListJobs(
+                pb.ListJobsRequest(batch_id=args.batch, status=status,
+                                   page_size=args.limit - len(jobs), page_token=token),
+                timeout=client.timeout_s, metadata=client.metadata)
+            jobs += page.jobs
+            token = page.next_page_token
+            if not token:
+                break
+    if args.json:
+        for job in jobs:
+            print(json.dumps(job_to_dict(job)))
+        return 0
+    print(f"{'JOB':<32}  {'PIPELINE':<14} {'STATUS':<9} {'PROGRESS':>8}  {'CREATED':<19}  "
+          f"{'BATCH':<20} INPUT")
+    for job in jobs:
+        line = job_to_dict(job)
+        created = job.created_at.ToDatetime(tzinfo=UTC).astimezone()
+        print(f"{job.job_id:<32}  {job.pipeline:<14} {line['status']:<9} "
+              f"{round(job.progress * 100):>7}%  {created:%Y-%m-%d %H:%M:%S}  "
+              f"{job.batch_id or '-':<20} {job.input_name}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the models the features service runs, with their versions, input sizes and layers."""
+    from labsight.v1 import features_pb2
+
+    with _client(args) as client:
+        reply = client.stub.ListModels(features_pb2.ListModelsRequest(),
+                                       timeout=client.timeout_s, metadata=client.metadata)
+    if args.json:
+        print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True)))
+        return 0
+    for model in reply.models:
+        default = "  (default model)" if model.name == reply.default_model else ""
+        size = "x".join(map(str, model.input_size))
+        print(f"{model.name}  version {model.version}, input {size} pixels{default}")
+        for layer in model.layers:
+            print(f"    {layer}{'  (default layer)' if layer == model.default_layer else ''}")
+    return 0
+
+
+def cmd_columns(args: argparse.Namespace) -> int:
+    """Explain every column of a pipeline's result tables in plain words."""
+    from labsight.columns import pipeline_tables
+
+    try:
+        tables = pipeline_tables(args.pipeline)
+    except KeyError as error:
+        raise SystemExit(f"labsight: {error.args[0]}") from None
+    for table in tables:
+        if args.json:
+            print(json.dumps({"table": table.name, "rows": table.rows,
+                              "columns": dict(table.columns), "notes": list(table.notes)}))
+            continue
+        print(f"table {table.name}: {table.rows}")
+        width = max(len(name) for name, _ in table.columns)
+        for name, meaning in table.columns:
+            print(f"    {name:<{width}}  {meaning}")
+        for note in table.notes:
+            print(f"  {note}")
+        print()
     return 0
 
 
@@ -391,7 +608,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = client_command("submit", "submit one job per image")
     submit.add_argument("pipeline")
-    submit.add_argument("images", nargs="+", help="PNG, TIFF, JPEG or .npy files")
+    submit.add_argument("images", nargs="*",
+                        help="PNG, TIFF, JPEG or .npy files, or folders (their "
+                             f"{' '.join(IMAGE_SUFFIXES)} files)")
+    submit.add_argument("--recursive", action="store_true",
+                        help="also take the images of the folders' subfolders")
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                         help="label stored with each job (e.g. class=1, sample=LIMS-42)")
@@ -401,8 +622,19 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--input-image", action="append", default=[], metavar="ROLE=FILE",
                         help="extra image added to every job's input, e.g. cell_labels=mask.tif")
     submit.add_argument("--priority", choices=("normal", "high"), default="normal")
+    submit.add_argument("--visium", default="", metavar="SPACERANGER_OUT",
+                        help="spot-features of a Space Ranger output folder: its in-tissue spots "
+                             "(barcodes as spot ids) with its spot diameter, on the "
+                             "full-resolution image (--image, or the only .tif/.tiff/.btf/.jpg "
+                             "in the folder)")
+    submit.add_argument("--image", default="", metavar="FULLRES",
+                        help="with --visium: the full-resolution image given to Space Ranger")
     submit.add_argument("--wait", action="store_true", help="wait and print results")
-    submit.add_argument("--batch", default="", help="batch id for several images (default: new)")
+    submit.add_argument("--batch", default="",
+                        help="batch id (default: a new one for several images, none for one)")
+    submit.add_argument("--resubmit", action="store_true",
+                        help="queue new jobs even for files already submitted with the same "
+                             "parameters (by default their earlier jobs are reused)")
     submit.set_defaults(func=cmd_submit)
 
     plot = client_command("plot", "draw a job's or batch's results into a PNG/PDF/SVG file")
@@ -423,13 +655,25 @@ def build_parser() -> argparse.ArgumentParser:
     results = client_command("results", "print or save a job's result")
     results.add_argument("job_id", nargs="?", default="")
     results.add_argument("--batch", default="", help="all finished jobs of this batch instead")
-    results.add_argument("--format", choices=("json", *FORMATS), default="json")
+    results.add_argument("--format", choices=(JSON_LINES, *FORMATS), default="",
+                         help="file format (default: from the -o file's suffix, e.g. x.csv; "
+                              "JSON lines on stdout)")
     results.add_argument("--table", default="",
-                         help="table to export (default: the first; fractal jobs also have "
-                              "seed_fractal and seed_percolation with exactly the seed's columns)")
+                         help="table to export (default: the first; `labsight columns "
+                              "PIPELINE` lists each pipeline's tables and columns)")
     results.add_argument("--class-label", default="",
                          help="job label whose value becomes the class (ARFF class attribute)")
-    results.add_argument("-o", "--output", default="", help="file to write (default stdout)")
+    results.add_argument("-o", "--output", default="",
+                         help="file to write, replaced if it exists (default stdout); its "
+                              "suffix names the format: .csv .tsv .parquet .h5ad .npy .arff "
+                              ".json/.jsonl")
+    results.add_argument("--visium", default="", metavar="SPACERANGER_OUT",
+                         help="h5ad in scanpy's Visium layout: uns['spatial'] (tissue images, "
+                              "scale factors) and obs in_tissue/array_row/array_col from this "
+                              "Space Ranger folder")
+    results.add_argument("--into", default="", metavar="EXISTING.h5ad",
+                         help="fill an existing AnnData (e.g. sc.read_visium's) by barcode: "
+                              "obsm['features'], keeping its X; written back unless -o is given")
     results.set_defaults(func=cmd_results)
 
     cancel = client_command("cancel", "cancel a queued or running job")
@@ -438,6 +682,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     pipelines = client_command("pipelines", "list pipelines and their parameters")
     pipelines.set_defaults(func=cmd_pipelines)
+
+    jobs = client_command("jobs", "list recent jobs, newest first")
+    jobs.add_argument("--status", default="",
+                      choices=("", "queued", "running", "done", "failed", "cancelled", "dead"),
+                      help="only jobs with this status")
+    jobs.add_argument("--batch", default="", help="only the jobs of this batch")
+    jobs.add_argument("--limit", type=int, default=20, help="most jobs listed (default 20)")
+    jobs.set_defaults(func=cmd_jobs)
+
+    models = client_command("models", "list the models deep features can use, and their layers")
+    models.set_defaults(func=cmd_models)
+
+    columns = sub.add_parser("columns", help="explain every column of a pipeline's results")
+    columns.add_argument("pipeline", help="fractal, deep-features or spot-features")
+    columns.add_argument("--json", action="store_true", help="one JSON object per table")
+    columns.set_defaults(func=cmd_columns)
 
     train = sub.add_parser("train-features", help="fine-tune a CNN backbone on labelled images "
                            "and register it in the model directory")

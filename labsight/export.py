@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -16,11 +18,60 @@ from labsight.v1 import gateway_pb2 as pb
 if TYPE_CHECKING:
     import anndata
 
-FORMATS = ("csv", "arff", "parquet", "npy", "h5ad")
+FORMATS = ("csv", "tsv", "arff", "parquet", "npy", "h5ad")
 """File formats ``write_table`` writes."""
 
-TEXT_FORMATS = ("csv", "arff")
+TEXT_FORMATS = ("csv", "tsv", "arff")
 """Formats that can also be written to an open text stream."""
+
+JSON_LINES = "json"
+"""Whole results as one JSON object per line (the CLI's format when none is named)."""
+
+SUFFIX_FORMATS = {
+    ".csv": "csv", ".tsv": "tsv", ".arff": "arff", ".parquet": "parquet", ".npy": "npy",
+    ".h5ad": "h5ad", ".json": JSON_LINES, ".jsonl": JSON_LINES,
+}
+"""The format an output file's suffix stands for."""
+
+
+def output_format(output: str, given: str = "") -> str:
+    """The format to write to ``output`` (a file name, or "" for stdout).
+
+    The file's suffix decides (``x.csv`` is CSV); ``given`` (``--format``) is
+    needed only for a suffix that names no format, or for stdout, where it
+    defaults to JSON lines.
+
+    Raises
+    ------
+    ValueError
+        If ``given`` contradicts the suffix, or neither names a format.
+    """
+    suffix = Path(output).suffix.lower() if output else ""
+    implied = SUFFIX_FORMATS.get(suffix)
+    if given and implied and given != implied:
+        raise ValueError(f"--format {given} contradicts the output file {output!r}, whose "
+                         f"suffix {suffix} means {implied}; drop --format or rename the file")
+    if given or implied:
+        return given or implied or ""
+    if not output:
+        return JSON_LINES
+    known = ", ".join(SUFFIX_FORMATS)
+    raise ValueError(f"cannot tell the format of {output!r} from its suffix: name the file "
+                     f"with one of {known}, or give --format")
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Let ``write`` fill a temporary file next to ``path``, then rename it onto ``path``.
+
+    An existing file is replaced whole (never appended to), and a write that
+    fails half-way leaves the old file as it was instead of a truncated one.
+    """
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial{path.suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 COORDINATES = "coordinates"
 """Result tensor with the (N, 2) x, y position of each table row (spot-features)."""
@@ -94,8 +145,9 @@ def write_table(
     table : str
         Name of the table, e.g. ``"features"``.
     path : Path or text stream
-        File to write (csv and arff may also go to an open text stream).
-    fmt : {"csv", "arff", "parquet", "npy", "h5ad"}
+        File to write, replaced whole and atomically (see ``write_atomically``);
+        csv, tsv and arff may also go to an open text stream.
+    fmt : {"csv", "tsv", "arff", "parquet", "npy", "h5ad"}
         File format.
     class_labels : sequence of str, optional
         One class per result, repeated over its rows: the last ARFF attribute
@@ -104,8 +156,8 @@ def write_table(
 
     Notes
     -----
-    csv
-        ``id`` then the feature columns.
+    csv, tsv
+        ``id`` then the feature columns, comma- or tab-separated.
     arff
         Weka ARFF, one numeric attribute per column (relation = table name), no class.
     parquet
@@ -119,6 +171,21 @@ def write_table(
     """
     if fmt not in FORMATS:
         raise ValueError(f"format: expected one of {list(FORMATS)}, got {fmt!r}")
+    if isinstance(path, Path):
+        write_atomically(path, lambda temporary: _write_table(results, table, temporary, fmt,
+                                                              class_labels))
+    else:
+        _write_table(results, table, path, fmt, class_labels)
+
+
+def _write_table(
+    results: Sequence[pb.JobResult],
+    table: str,
+    path: Path | TextIO,
+    fmt: str,
+    class_labels: Sequence[str] | None,
+) -> None:
+    """``write_table`` straight into ``path``."""
     columns, ids, values, coordinates = combined_table(results, table)
     row_classes = None if class_labels is None else _row_classes(results, table, class_labels)
     if fmt == "arff":
@@ -126,17 +193,21 @@ def write_table(
         write_arff(path, table, rows, classes=row_classes)
         return
     if fmt == "npy":
-        np.save(path, values)
+        if isinstance(path, Path):
+            with path.open("wb") as file:  # np.save would add ".npy" to a name without it
+                np.save(file, values)
+        else:
+            np.save(path, values)
         return
     import pandas as pd
 
-    if fmt in ("csv", "parquet"):
+    if fmt in ("csv", "tsv", "parquet"):
         frame = pd.DataFrame(values, columns=columns)
         frame.insert(0, "id", ids)
         if row_classes is not None:
             frame["class"] = row_classes
-        if fmt == "csv":
-            frame.to_csv(path, index=False, float_format="%.17g")
+        if fmt in ("csv", "tsv"):
+            frame.to_csv(path, index=False, float_format="%.17g", sep="," if fmt == "csv" else "\t")
         else:
             _write_parquet(frame, path, combined_provenance(results))
         return

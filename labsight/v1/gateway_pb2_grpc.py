@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from labsight.v1 import features_pb2 as labsight_dot_v1_dot_features__pb2
 from labsight.v1 import gateway_pb2 as labsight_dot_v1_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -89,6 +90,11 @@ class GatewayServiceStub:
                 '/labsight.v1.GatewayService/ListPipelines',
                 request_serializer=labsight_dot_v1_dot_gateway__pb2.ListPipelinesRequest.SerializeToString,
                 response_deserializer=labsight_dot_v1_dot_gateway__pb2.ListPipelinesResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/labsight.v1.GatewayService/ListModels',
+                request_serializer=labsight_dot_v1_dot_features__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=labsight_dot_v1_dot_features__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
 
 
@@ -184,6 +190,17 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """The models that params.model of the deep-feature pipelines can name, as the
+        features service lists them (name, version, input size, public layers, the
+        default model; with_layer_paths: also every module path of a loaded model).
+        Answered from the gateway's copy, at most 30 s old. UNAVAILABLE while the
+        features service does not answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +258,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListPipelines,
                     request_deserializer=labsight_dot_v1_dot_gateway__pb2.ListPipelinesRequest.FromString,
                     response_serializer=labsight_dot_v1_dot_gateway__pb2.ListPipelinesResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=labsight_dot_v1_dot_features__pb2.ListModelsRequest.FromString,
+                    response_serializer=labsight_dot_v1_dot_features__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -541,6 +563,33 @@ class GatewayService:
             '/labsight.v1.GatewayService/ListPipelines',
             labsight_dot_v1_dot_gateway__pb2.ListPipelinesRequest.SerializeToString,
             labsight_dot_v1_dot_gateway__pb2.ListPipelinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labsight.v1.GatewayService/ListModels',
+            labsight_dot_v1_dot_features__pb2.ListModelsRequest.SerializeToString,
+            labsight_dot_v1_dot_features__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,9 +1,11 @@
-"""Named feature columns of gliding-box results, in the seed's ARFF order and spelling."""
+"""Named feature columns of gliding-box results, in the seed's ARFF order and spelling;
+what each column means is in ``labsight/columns.py`` (``labsight columns fractal``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from labsight.columns import BOX_COUNT, CLUSTER_COUNT, LACUNARITY, LARGEST_CLUSTER, PERCOLATING
 from services.features.curve_descriptors import curve_descriptors
 from services.features.fractal import GlidingBoxResult, PercolationResult
 
@@ -30,7 +32,7 @@ def fractal_columns(result: GlidingBoxResult, *, extras: bool = True) -> dict[st
         descriptors of Λ over r. Column i belongs to ``result.box_sizes[i - 1]``, so with the
         default sides MinkLAC1 is r = 3 and MinkLAC20 is r = 41.
     """
-    columns = _numbered("MinkLAC", result.lacunarity) | _numbered("MinkDF", result.box_count)
+    columns = _numbered(LACUNARITY, result.lacunarity) | _numbered(BOX_COUNT, result.box_count)
     columns |= _descriptors(result.box_sizes, result.lacunarity, "LAC", "Ratio")
     if extras:
         fit = result.fractal_dimension
@@ -61,9 +63,9 @@ def percolation_columns(result: PercolationResult) -> dict[str, float]:
         ratio (``...MaxCluster``). "Ration" is the seed's spelling, kept so its Weka files match.
     """
     columns = (
-        _numbered("Minkp", result.cluster_count)
-        | _numbered("Minkg", result.largest_cluster_ratio)
-        | _numbered("Minkh", result.percolating_ratio)
+        _numbered(CLUSTER_COUNT, result.cluster_count)
+        | _numbered(LARGEST_CLUSTER, result.largest_cluster_ratio)
+        | _numbered(PERCOLATING, result.percolating_ratio)
     )
     for suffix, curve in (
         ("Cluster", result.cluster_count),

@@ -20,17 +20,19 @@ from labsight.errors import (
     LabSightError,
     NotFound,
     ResourceExhausted,
+    Unavailable,
     echo,
 )
 from labsight.redis_client import redis_probe
 from labsight.runtime.readiness import ReadinessProbe
+from labsight.v1 import features_pb2
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
 from services.gateway.auth import BearerAuth
 from services.gateway.ids import check_id, check_optional_id
 from services.gateway.jobs import ACTIVE_STATUSES, CANCELLED, DONE, PROTO_TO_STATUS, now
 from services.gateway.pipelines import get_pipeline, pipeline_infos
-from services.gateway.pipelines.models import connect_model_catalog
+from services.gateway.pipelines.models import MODEL_CATALOG, connect_model_catalog
 from services.gateway.queue import JobQueue, NewJob, Staged, build_queue
 from services.gateway.watch import EventFanout, watch_batch, watch_job
 
@@ -375,6 +377,22 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         """Every pipeline of the contract and whether it is served."""
         self.tenant_of(context)
         return pb.ListPipelinesResponse(pipelines=pipeline_infos())
+
+    def ListModels(
+        self, request: features_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> features_pb2.ListModelsResponse:
+        """The features service's models, from the catalog submissions are checked against."""
+        self.tenant_of(context)
+        served = MODEL_CATALOG.models()
+        if served is None:
+            raise Unavailable("models: the features service does not answer; retry once it is up")
+        reply = features_pb2.ListModelsResponse(
+            models=served.by_name.values(), default_model=served.default_model
+        )
+        if not request.with_layer_paths:
+            for model in reply.models:
+                del model.layer_paths[:]
+        return reply
 
 
 def _page_offset(page_token: str) -> int:

@@ -60,11 +60,11 @@ def test_fractal_job_result_equals_a_direct_call(stack: InProcessStack) -> None:
     assert list(table.columns[:5]) == [f"MinkLAC{i}" for i in range(1, 6)]
     assert from_tensor(table.values)[0, 0] == direct.lacunarity[0]
     seed_fractal = fractal_columns(direct, extras=False)
-    assert list(result.tables["seed_fractal"].columns) == list(seed_fractal)
-    assert from_tensor(result.tables["seed_fractal"].values)[0].tolist() == list(
+    assert list(result.tables["weka_fractal"].columns) == list(seed_fractal)
+    assert from_tensor(result.tables["weka_fractal"].values)[0].tolist() == list(
         seed_fractal.values()
     )
-    assert list(result.tables["seed_percolation"].columns) == list(percolation_columns(perc))
+    assert list(result.tables["weka_percolation"].columns) == list(percolation_columns(perc))
 
 
 def test_encoded_png_input_gives_the_same_result_as_pixels(stack: InProcessStack) -> None:

@@ -115,7 +115,7 @@ def test_cli_batch_of_images_exports_one_table(up: UpProcess, tmp_path: Path) ->
     arff = _cli(up, "results", "--batch", "plate-1", "--format", "arff").stdout
     assert "@ATTRIBUTE MinkLAC1 numeric" in arff
     assert len(arff.split("@DATA", 1)[1].strip().splitlines()) == 3
-    weka = _cli(up, "results", "--batch", "plate-1", "--format", "arff", "--table", "seed_fractal",
+    weka = _cli(up, "results", "--batch", "plate-1", "--format", "arff", "--table", "weka_fractal",
                 "--class-label", "class").stdout
     attributes = [line.split()[1] for line in weka.splitlines() if line.startswith("@ATTRIBUTE")]
     assert attributes == [

@@ -16,7 +16,7 @@ def test_a_missing_image_is_named_and_exits_2(
 ) -> None:
     missing = tmp_path / "plate" / "A1.png"
     assert main(["submit", "fractal", str(missing), *NOWHERE]) == 2
-    assert f"labsight: no such file: {missing}" in capsys.readouterr().err
+    assert f"labsight: {missing}: no such file or folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

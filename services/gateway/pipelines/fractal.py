@@ -31,22 +31,23 @@ PERCOLATION_FACTOR = 200
 """Cost of percolation per pixel and per pixel of the largest box, in box-pixel comparisons:
 each passes through a union-find (measured: ~11 ns against ~0.05 ns per gliding-box comparison)."""
 
-_SEED_FRACTAL_COLUMN = re.compile(r"Mink(LAC|DF)\d+|Mink(Area|Skewness|AreaRatio|Max)LAC")
-_SEED_PERCOLATION_COLUMN = re.compile(
+_WEKA_FRACTAL_COLUMN = re.compile(r"Mink(LAC|DF)\d+|Mink(Area|Skewness|AreaRatio|Max)LAC")
+_WEKA_PERCOLATION_COLUMN = re.compile(
     r"Mink[pgh]\d+|Mink(Area|Skewness|AreaRation|Max)(Cluster|Perc|MaxCluster)"
 )
 
 
-def seed_tables(features: tensor_pb2.FeatureTable) -> dict[str, tensor_pb2.FeatureTable]:
+def weka_tables(features: tensor_pb2.FeatureTable) -> dict[str, tensor_pb2.FeatureTable]:
     """The seed's two Weka tables, exactly its columns in its order, cut from ``features``.
 
-    ``seed_fractal`` (MinkLAC*, MinkDF*, Λ-curve descriptors) always;
-    ``seed_percolation`` (Minkp/g/h*, cluster/percolation descriptors) when present.
+    ``weka_fractal`` (MinkLAC*, MinkDF*, Λ-curve descriptors) always;
+    ``weka_percolation`` (Minkp/g/h*, cluster/percolation descriptors) when present.
+    Their names say what they are for users, who do not know the seed project.
     """
     values = table_values(features, "features")
     tables = {}
-    for name, pattern in (("seed_fractal", _SEED_FRACTAL_COLUMN),
-                          ("seed_percolation", _SEED_PERCOLATION_COLUMN)):
+    for name, pattern in (("weka_fractal", _WEKA_FRACTAL_COLUMN),
+                          ("weka_percolation", _WEKA_PERCOLATION_COLUMN)):
         picked = [i for i, column in enumerate(features.columns) if pattern.fullmatch(column)]
         if picked:
             tables[name] = feature_table(
@@ -108,7 +109,8 @@ class FractalPipeline(Pipeline):
     description = (
         "Gliding-box fractal features of any grey or RGB image: probability matrix P(m, r), "
         "lacunarity, box counts N(r), fitted fractal dimension and optional percolation, "
-        "with the seed's column names (MinkLAC*, MinkDF*, Minkp/g/h*)."
+        "with the column names of Image-Feature-Extraction-Tools' Weka files (MinkLAC*, MinkDF*, "
+        "Minkp/g/h*; `labsight columns fractal` explains each)."
     )
     parameters = (
         Parameter(
@@ -158,7 +160,7 @@ class FractalPipeline(Pipeline):
         )
         result = pb.JobResult(pipeline=self.name)
         result.tables["fractal"].CopyFrom(response.features)
-        for name, table in seed_tables(response.features).items():
+        for name, table in weka_tables(response.features).items():
             result.tables[name].CopyFrom(table)
         result.tensors["box_sizes"].CopyFrom(to_tensor(np.array(response.box_sizes, np.int32)))
         result.tensors["lacunarity"].CopyFrom(to_tensor(np.array(response.lacunarity)))

@@ -1,0 +1,197 @@
+"""What every output column of every pipeline means, in plain words.
+
+The services name their columns from the prefixes here (see
+``services/features/fractal_columns.py``), and ``labsight columns PIPELINE``
+and the README explain them from the same table, so a name and its meaning
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+LACUNARITY = "MinkLAC"
+"""Numbered columns of the lacunarity Λ(r), one per box side."""
+BOX_COUNT = "MinkDF"
+"""Numbered columns of the box count N(r), one per box side."""
+CLUSTER_COUNT = "Minkp"
+"""Numbered columns of the mean cluster count per box, one per box side."""
+LARGEST_CLUSTER = "Minkg"
+"""Numbered columns of the mean largest-cluster share per box, one per box side."""
+PERCOLATING = "Minkh"
+"""Numbered columns of the share of percolating boxes, one per box side."""
+
+DEFAULT_BOX_SIDES = tuple(range(3, 42, 2))
+"""The fractal pipeline's default box sides r = 3, 5, ..., 41 (``box_sizes=3-41``)."""
+
+NUMBERED = {
+    LACUNARITY: "lacunarity Λ(r) at box side r = {r}",
+    BOX_COUNT: "box count N(r) at box side r = {r}",
+    CLUSTER_COUNT: "mean number of clusters per box at box side r = {r}",
+    LARGEST_CLUSTER: "mean share of a box (0-1) covered by its largest cluster at box side r = {r}",
+    PERCOLATING: "share of boxes that percolate at box side r = {r}",
+}
+"""Meaning of each numbered column; column i belongs to the i-th box side given."""
+
+FRACTAL_NOTES = (
+    "Every pixel whose r×r box lies inside the image is a box centre. A box's mass is the number "
+    "of its pixels whose colour is within r grey levels of the centre's (257·r for 16-bit "
+    "images; the largest difference over R, G and B).",
+    "Lacunarity Λ(r) = variance of the box masses / their squared mean: 0 for an even texture, "
+    "larger for a gappy one.",
+    "Box count N(r) = mean over boxes of 1 / mass; how fast it falls with r gives the fractal "
+    "dimension.",
+    "Percolation: in each box the pixels within the colour distance form clusters (4-connected); "
+    "a box percolates when its mass is at least 59.275% of the box.",
+    "Column i belongs to the i-th box side of params.box_sizes; the sides shown are the default "
+    "3-41 (column i is r = 2i + 1).",
+)
+"""How the fractal columns are computed, told once for all of them."""
+
+CURVES = {
+    "LAC": "the lacunarity curve Λ(r)",
+    "Cluster": "the cluster-count curve (Minkp)",
+    "Perc": "the percolating-share curve (Minkh)",
+    "MaxCluster": "the largest-cluster-share curve (Minkg)",
+}
+"""Curves over the box sides summarised by four descriptor columns each, by column suffix."""
+
+DESCRIPTORS = {
+    "Area": "area under {curve} over the box sides (trapezoids of width (r_max - r_min) / n, "
+    "so 0.95 of the exact area for the 20 default sides)",
+    "Skewness": "skewness of the values of {curve} (0 for a flat curve)",
+    "AreaRatio": "area under {curve} over its smaller half of the box sides divided by the "
+    "area over the larger half (empty when that is 0)",
+    "Max": "largest value of {curve}",
+}
+"""What each curve descriptor is, by column prefix after "Mink"."""
+
+FIXED = {
+    "FractalDimension": "fractal dimension D: minus the slope of log N(r) against log r "
+    "(least squares over all box sides); about 2 for a filled plane, lower for sparse texture",
+    "FractalDimensionRMin": "smallest box side used in the dimension fit",
+    "FractalDimensionRMax": "largest box side used in the dimension fit",
+    "FractalDimensionR2": "R² of the dimension fit (1 = log N(r) is a straight line in log r)",
+}
+"""Columns with one fixed name."""
+
+ID = "the image's path relative to the submitted files' common folder (e.g. a/n_0.png)"
+SPOT_ID = ("the spot's id (params.spot_ids, e.g. a Visium barcode; default its index 0..N-1) or "
+           "the cell's label in the mask; exported with other jobs, after the image's path "
+           "relative to the submitted files' common folder and '/' (a/tissue.tif/AAAC-1)")
+PATCH_ID = ("the image's path relative to the submitted files' common folder, or the patch's "
+            "index 0..N-1 in a 'patches' stack; exported with other jobs, patch indices follow "
+            "the image's path and '/'")
+DEEP_FEATURE = ("deep feature i of the model's layer L (columns L1..Ln, e.g. avgpool1..avgpool2048;"
+                " L_1.. when L ends in a digit): the layer's i-th channel averaged over the image "
+                "(params.pooling: average, max, or none for every position)")
+CLASS = "the value of the job label named by --class-label (only with that option)"
+COORDINATES = ("the spot's or cell's centre in pixels of the image (AnnData: obs x, y and "
+               "obsm['spatial']; absent from CSV)")
+
+
+@dataclass(frozen=True)
+class Table:
+    """One result table of a pipeline: what its rows are and what its columns mean."""
+
+    name: str
+    rows: str
+    columns: tuple[tuple[str, str], ...]
+    """(column or pattern, meaning) pairs, in the table's order."""
+    notes: tuple[str, ...] = ()
+    """How the values are computed, for every column at once."""
+
+
+def fractal_column_names(sides: Sequence[int] = DEFAULT_BOX_SIDES, *, percolation: bool = True,
+                         extras: bool = True) -> list[str]:
+    """Every column of a fractal result with ``sides`` box sides, in the table's order."""
+    count = len(sides)
+    names = [f"{prefix}{i}" for prefix in (LACUNARITY, BOX_COUNT) for i in range(1, count + 1)]
+    names += _descriptor_names("LAC", "Ratio")
+    if extras:
+        names += list(FIXED)
+    if percolation:
+        names += [f"{prefix}{i}" for prefix in (CLUSTER_COUNT, LARGEST_CLUSTER, PERCOLATING)
+                  for i in range(1, count + 1)]
+        for suffix in ("Cluster", "Perc", "MaxCluster"):
+            names += _descriptor_names(suffix, "Ration")
+    return names
+
+
+def _descriptor_names(suffix: str, ratio_word: str) -> list[str]:
+    """The four descriptor columns of a curve, in the table's order ("Ration": the Weka files'
+    spelling of the percolation curves' area ratio, kept so they match)."""
+    return [f"Mink{kind}{suffix}" for kind in ("Area", "Skewness", f"Area{ratio_word}", "Max")]
+
+
+def describe_fractal_column(name: str, sides: Sequence[int] = DEFAULT_BOX_SIDES) -> str:
+    """The plain meaning of fractal column ``name`` (``MinkDF7``: N(r) at r = 15 by default).
+
+    Raises
+    ------
+    KeyError
+        If ``name`` is no fractal column, or its number is beyond ``sides``.
+    """
+    if name in FIXED:
+        return FIXED[name]
+    numbered = re.fullmatch(r"(Mink(?:LAC|DF|p|g|h))(\d+)", name)
+    if numbered:
+        prefix, index = numbered.group(1), int(numbered.group(2))
+        if not 1 <= index <= len(sides):
+            raise KeyError(f"{name}: there are {len(sides)} box sides")
+        return NUMBERED[prefix].format(r=sides[index - 1])
+    described = re.fullmatch(r"Mink(Area|Skewness|AreaRation|AreaRatio|Max)(LAC|Cluster|Perc|MaxCluster)",
+                             name)
+    if described:
+        kind = "AreaRatio" if described.group(1) == "AreaRation" else described.group(1)
+        return DESCRIPTORS[kind].format(curve=CURVES[described.group(2)])
+    raise KeyError(f"{name}: not a fractal column")
+
+
+def _fractal_tables(sides: Sequence[int]) -> tuple[Table, ...]:
+    columns = fractal_column_names(sides)
+    described = tuple((name, describe_fractal_column(name, sides)) for name in columns)
+    percolation = {name for name in fractal_column_names(sides)
+                   if name not in fractal_column_names(sides, percolation=False)}
+    weka_fractal = set(fractal_column_names(sides, percolation=False, extras=False))
+    rows = "one row per image"
+    return (
+        Table("fractal", rows + "; percolation columns only with params.percolation=true",
+              (("id", ID), *described), FRACTAL_NOTES),
+        Table("weka_fractal", rows + "; exactly the columns and order of the Weka ARFF files of "
+              "Image-Feature-Extraction-Tools' fractal features (for models trained on them)",
+              (("id", ID), *((n, m) for n, m in described if n in weka_fractal)), FRACTAL_NOTES),
+        Table("weka_percolation", rows + "; only with params.percolation=true; exactly the "
+              "columns and order of that project's Weka percolation files",
+              (("id", ID), *((n, m) for n, m in described if n in percolation)), FRACTAL_NOTES),
+    )
+
+
+def _deep_table(rows: str, row_id: str) -> Table:
+    return Table("features", rows, (("id", row_id), ("L1 .. Ln", DEEP_FEATURE), ("class", CLASS)))
+
+
+def pipeline_tables(pipeline: str, sides: Sequence[int] = DEFAULT_BOX_SIDES) -> tuple[Table, ...]:
+    """The result tables of ``pipeline`` with every column explained (fractal for ``sides``).
+
+    Raises
+    ------
+    KeyError
+        For a pipeline without documented tables, naming those that have them.
+    """
+    if pipeline == "fractal":
+        return _fractal_tables(sides)
+    if pipeline == "deep-features":
+        return (_deep_table("one row per image, or per image of a 'patches' stack", PATCH_ID),)
+    if pipeline == "spot-features":
+        table = _deep_table("one row per spot (tensor spot_centres) or per labelled cell "
+                            "(cell_labels mask)", SPOT_ID)
+        return (Table(table.name, table.rows, (*table.columns, ("x, y", COORDINATES))),)
+    raise KeyError(f"no columns documented for pipeline {pipeline!r}; pipelines: "
+                   f"{', '.join(PIPELINES_WITH_TABLES)}")
+
+
+PIPELINES_WITH_TABLES = ("fractal", "deep-features", "spot-features")
+"""Pipelines whose tables ``pipeline_tables`` explains."""

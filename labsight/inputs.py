@@ -1,0 +1,147 @@
+"""The files a submission names: folders expanded, each file checked, named by its path
+relative to the inputs' common folder, and keyed by content so a re-run queues nothing twice."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from labsight.images import detect_format
+from labsight.v1 import gateway_pb2 as pb
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+"""Files a folder contributes (by suffix, any case); named files may also be .npy arrays."""
+
+SHOWN_PROBLEMS = 20
+"""Most bad files listed by name in one refusal (the count says how many there were)."""
+
+
+class InputError(ValueError):
+    """Inputs that cannot be submitted; the message names every bad path (up to SHOWN_PROBLEMS)."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One image to submit and the name its job and result rows carry."""
+
+    path: Path
+    name: str
+
+
+def expand_inputs(paths: Sequence[str | Path], recursive: bool = False) -> list[Path]:
+    """The image files ``paths`` stand for: files as given, folders as their images.
+
+    A folder gives its files with an image suffix (IMAGE_SUFFIXES), sorted by
+    path; with ``recursive`` also those of its subfolders. A file named twice
+    is submitted once.
+
+    Raises
+    ------
+    InputError
+        Naming every path that does not exist and every folder without images.
+    """
+    found: list[Path] = []
+    problems: list[str] = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            images = _folder_images(given, recursive)
+            if not images:
+                problems.append(_empty_folder(given, recursive))
+            found += images
+        elif given.exists():
+            found.append(given)
+        else:
+            problems.append(f"{given}: no such file or folder")
+    if problems:
+        raise InputError(_listed(problems))
+    return list(dict.fromkeys(found))
+
+
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    """Image files of ``folder`` (and of its subfolders if ``recursive``), sorted."""
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(path for path in candidates
+                  if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+
+
+def _empty_folder(folder: Path, recursive: bool) -> str:
+    """Why ``folder`` gave no images, and what would."""
+    suffixes = " ".join(IMAGE_SUFFIXES)
+    if not recursive and any(child.is_dir() for child in folder.iterdir()):
+        return f"{folder}: no images ({suffixes}) in this folder; --recursive also reads its subfolders"
+    return f"{folder}: no images ({suffixes}) in this folder"
+
+
+def input_names(paths: Sequence[Path]) -> list[InputFile]:
+    """Each file with its name: its path relative to the files' common folder, with '/'.
+
+    ``plate/a/n_0.png`` and ``plate/b/n_0.png`` are ``a/n_0.png`` and
+    ``b/n_0.png``; a single file is named by its file name.
+    """
+    resolved = [path.resolve() for path in paths]
+    if not resolved:
+        return []
+    common = Path(os.path.commonpath([path.parent for path in resolved]))
+    return [InputFile(path, resolved_path.relative_to(common).as_posix())
+            for path, resolved_path in zip(paths, resolved, strict=True)]
+
+
+def check_inputs(paths: Sequence[Path]) -> None:
+    """Every file readable and an image by its first bytes (PNG, JPEG, TIFF) or a .npy array.
+
+    The gateway checks each image whole; this finds the files that cannot be
+    sent at all, all of them at once, before anything is sent.
+
+    Raises
+    ------
+    InputError
+        Naming every bad file and what is wrong with it.
+    """
+    problems = [f"{path}: {problem}" for path in paths if (problem := _file_problem(path))]
+    if problems:
+        raise InputError(_listed(problems))
+
+
+def _file_problem(path: Path) -> str:
+    """What keeps ``path`` from being sent as an image, or ""."""
+    if not path.is_file():
+        return "not a file"
+    try:
+        if path.suffix.lower() == ".npy":
+            np.load(path, mmap_mode="r", allow_pickle=False)
+            return ""
+        with path.open("rb") as file:
+            head = file.read(16)
+    except (OSError, ValueError) as error:
+        return f"cannot be read ({error})"
+    if not head:
+        return "is empty"
+    if detect_format(head) is None:
+        return "is not a PNG, JPEG or TIFF image (by its first bytes)"
+    return ""
+
+
+def _listed(problems: list[str]) -> str:
+    """Problems one per line, at most SHOWN_PROBLEMS of them and how many more."""
+    shown = problems[:SHOWN_PROBLEMS]
+    more = len(problems) - len(shown)
+    return "\n".join(shown + ([f"... and {more} more"] if more else []))
+
+
+def content_key(request: pb.SubmitJobRequest) -> str:
+    """An idempotency key for ``request``: the same pipeline, parameters, labels, priority and
+    input (file name and bytes, extra images and tensors) give the same key.
+
+    "cli-" and 64 hex digits of SHA-256, within the gateway's id syntax
+    (1 to 128 of A-Z a-z 0-9 . _ ~ -).
+    """
+    keyless = pb.SubmitJobRequest()
+    keyless.CopyFrom(request)
+    keyless.idempotency_key = ""
+    digest = hashlib.sha256(keyless.SerializeToString(deterministic=True)).hexdigest()
+    return f"cli-{digest}"
