@@ -78,11 +78,34 @@ def _load_array(path: Path) -> np.ndarray:
     if path.suffix.lower() == ".npy":
         return np.load(path, allow_pickle=False)
     if path.suffix.lower() in (".csv", ".tsv"):
-        try:
-            return np.loadtxt(path, delimiter="," if path.suffix.lower() == ".csv" else "\t", ndmin=2)
-        except ValueError as error:
-            raise SystemExit(f"labsight: --tensor {path}: numbers only, no header ({error})") from None
+        return _load_number_table(path, "," if path.suffix.lower() == ".csv" else "\t")
     raise SystemExit(f"labsight: --tensor {path}: expected a .npy, .csv or .tsv file")
+
+
+def _load_number_table(path: Path, delimiter: str) -> np.ndarray:
+    """The numbers of a CSV/TSV file. A first line with a name in it is a header: then the
+    columns named x and y (any case) are taken when it has both, else every column."""
+    with path.open() as handle:
+        first = handle.readline()
+    names = [name.strip().strip('"').lower() for name in first.split(delimiter)]
+    header = any(name and not _is_number(name) for name in names)
+    if header and names[0] == "barcode":
+        raise SystemExit(f"labsight: --tensor {path} is Space Ranger's spot positions file; "
+                         "give its folder instead: --visium SPACERANGER_OUT")
+    columns = [names.index("x"), names.index("y")] if {"x", "y"} <= set(names) else None
+    try:
+        return np.loadtxt(path, delimiter=delimiter, ndmin=2, skiprows=int(header), usecols=columns)
+    except ValueError as error:
+        raise SystemExit(f"labsight: --tensor {path}: expected numbers below an optional header "
+                         f"line ({error})") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -1,22 +1,40 @@
-"""Python SDK for the gateway: submit images, watch jobs, fetch results."""
+"""Python SDK for the gateway: submit images, watch jobs, fetch results.
+
+Every call that the gateway refuses raises a ``labsight.errors.ServiceError``
+subclass (``NotFoundError``, ``InvalidArgumentError``, ...), never a raw
+``grpc.RpcError`` (though each is one, for code written against grpc).
+"""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 
 from labsight.config import DEFAULT_MAX_MESSAGE_BYTES
+from labsight.errors import (
+    FailedPreconditionError,
+    JobFailedError,
+    ServiceError,
+    UnavailableError,
+    service_error,
+)
+from labsight.export import results_to_anndata
 from labsight.home import read_endpoints, running_endpoints
 from labsight.images import image_from_array, image_from_file
+from labsight.result import Result, main_table
 from labsight.tensors import to_tensor
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
 from labsight.v1 import tensor_pb2
+
+if TYPE_CHECKING:
+    import anndata
 
 ImageLike = np.ndarray | str | Path | tensor_pb2.Image
 TERMINAL = (pb.JOB_STATUS_DONE, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_CANCELLED, pb.JOB_STATUS_DEAD)
@@ -101,6 +119,10 @@ class LabSightClient:
     ``token`` defaults to $LABSIGHT_TOKEN or the token of ``labsight up``;
     ``tls_ca`` (default $LABSIGHT_TLS_CA) is the PEM certificate that signed
     the gateway's TLS certificate; without it the channel is plaintext.
+
+    Methods raise ``labsight.errors.ServiceError`` subclasses for refused calls
+    (see ``labsight.errors``). ``stub`` is the raw generated stub (for
+    ``.future()`` and the like), whose calls raise plain ``grpc.RpcError``.
     """
 
     def __init__(
@@ -127,6 +149,7 @@ class LabSightClient:
         else:
             self.channel = grpc.insecure_channel(self.address, options=options)
         self.stub = pb_grpc.GatewayServiceStub(self.channel)
+        self._gateway = _TypedStub(self.stub, self.address)
 
     def __enter__(self) -> LabSightClient:
         return self
@@ -146,10 +169,10 @@ class LabSightClient:
     def submit_request(self, request: pb.SubmitJobRequest) -> pb.Job:
         """Queue a prepared request; inputs near the message limit are uploaded in chunks."""
         if request.ByteSize() < self.max_message_bytes * 0.9:
-            return self.stub.SubmitJob(request, timeout=self.timeout_s, metadata=self.metadata)
+            return self._gateway.SubmitJob(request, timeout=self.timeout_s, metadata=self.metadata)
         if request.input.image.WhichOneof("source") != "encoded":
             raise ValueError("inputs over the message limit must be encoded images (PNG/TIFF)")
-        return self.stub.UploadJob(
+        return self._gateway.UploadJob(
             _upload_messages(request), timeout=self.timeout_s, metadata=self.metadata
         )
 
@@ -180,17 +203,17 @@ class LabSightClient:
             if message.jobs.jobs:
                 yield message
 
-        return self.stub.SubmitBatch(messages(), metadata=self.metadata)
+        return self._gateway.SubmitBatch(messages(), metadata=self.metadata)
 
     def get(self, job_id: str) -> pb.Job:
         """A job's current state."""
-        return self.stub.GetJob(
+        return self._gateway.GetJob(
             pb.GetJobRequest(job_id=job_id), timeout=self.timeout_s, metadata=self.metadata
         )
 
     def watch(self, job_id: str, timeout_s: float | None = None) -> Iterator[pb.Job]:
         """Every state of a job until it ends."""
-        events = self.stub.WatchJob(
+        events = self._gateway.WatchJob(
             pb.WatchJobRequest(job_id=job_id), timeout=timeout_s, metadata=self.metadata
         )
         for event in events:
@@ -209,7 +232,7 @@ class LabSightClient:
             for job in self.watch(job_id, timeout_s):
                 if job.status in TERMINAL:
                     return job
-        except grpc.RpcError:
+        except ServiceError:
             pass  # polling below answers the same question without a stream
         unreachable_since: float | None = None
         while job.status not in TERMINAL:
@@ -219,32 +242,51 @@ class LabSightClient:
             try:
                 job = self.get(job_id)
                 unreachable_since = None
-            except grpc.RpcError as error:
+            except UnavailableError:
                 # A gateway (or its Redis) being restarted answers UNAVAILABLE for a while.
-                if error.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise
                 unreachable_since = unreachable_since or time.monotonic()
                 if time.monotonic() - unreachable_since > RESTART_PATIENCE_S:
                     raise
         return job
 
-    def result(self, job_id: str) -> pb.JobResult:
-        """A finished job's result (reassembled from its chunks)."""
-        chunks = self.stub.GetJobResult(
-            pb.GetJobResultRequest(job_id=job_id), timeout=self.timeout_s, metadata=self.metadata
-        )
-        return pb.JobResult.FromString(b"".join(chunk.data for chunk in chunks))
+    def result(self, job_id: str) -> Result:
+        """A finished job's result (reassembled from its chunks).
+
+        Raises JobFailedError (with the job's error) when the job ended
+        without a result, FailedPreconditionError while it is still running.
+        """
+        try:
+            chunks = self._gateway.GetJobResult(
+                pb.GetJobResultRequest(job_id=job_id), timeout=self.timeout_s,
+                metadata=self.metadata,
+            )
+            return Result(pb.JobResult.FromString(b"".join(chunk.data for chunk in chunks)))
+        except FailedPreconditionError as error:
+            job = self.get(job_id)
+            if job.status in TERMINAL:
+                raise JobFailedError(job, rpc=error.rpc, address=error.address) from None
+            raise
+
+    def run(self, pipeline: str, image: ImageLike, params: Mapping[str, object] | None = None,
+            timeout_s: float | None = None, **options: object) -> Result:
+        """Submit one job, wait for it and return its result (``options`` as for ``submit``).
+
+        Raises JobFailedError, with the job's error, if it failed.
+        """
+        job = self.submit(pipeline, image, params, **options)
+        self.wait(job.job_id, timeout_s)
+        return self.result(job.job_id)
 
     def cancel(self, job_id: str) -> pb.Job:
         """Cancel a queued or running job."""
-        return self.stub.CancelJob(
+        return self._gateway.CancelJob(
             pb.CancelJobRequest(job_id=job_id), timeout=self.timeout_s, metadata=self.metadata
         )
 
     def list_jobs(self, batch_id: str = "", page_size: int = 100) -> list[pb.Job]:
         """The caller's jobs, newest first (one page)."""
         return list(
-            self.stub.ListJobs(
+            self._gateway.ListJobs(
                 pb.ListJobsRequest(batch_id=batch_id, page_size=page_size),
                 timeout=self.timeout_s,
                 metadata=self.metadata,
@@ -253,13 +295,13 @@ class LabSightClient:
 
     def batch(self, batch_id: str) -> pb.Batch:
         """A batch's counts per status."""
-        return self.stub.GetBatch(
+        return self._gateway.GetBatch(
             pb.GetBatchRequest(batch_id=batch_id), timeout=self.timeout_s, metadata=self.metadata
         )
 
     def watch_batch(self, batch_id: str) -> Iterator[pb.Batch]:
         """Every state of a batch until all its jobs ended."""
-        yield from self.stub.WatchBatch(
+        yield from self._gateway.WatchBatch(
             pb.WatchBatchRequest(batch_id=batch_id), metadata=self.metadata
         )
 
@@ -268,7 +310,7 @@ class LabSightClient:
         jobs: list[pb.Job] = []
         token = ""
         while True:
-            page = self.stub.ListJobs(
+            page = self._gateway.ListJobs(
                 pb.ListJobsRequest(batch_id=batch_id, page_size=500, page_token=token),
                 timeout=self.timeout_s,
                 metadata=self.metadata,
@@ -278,15 +320,75 @@ class LabSightClient:
             if not token:
                 return jobs
 
-    def batch_results(self, batch_id: str) -> Iterator[tuple[pb.Job, pb.JobResult | None]]:
+    def batch_results(self, batch_id: str) -> Iterator[tuple[pb.Job, Result | None]]:
         """Each job of a batch with its result (None unless the job is done)."""
         for job in self.batch_jobs(batch_id):
             yield job, self.result(job.job_id) if job.status == pb.JOB_STATUS_DONE else None
 
+    def batch_to_anndata(
+        self,
+        batch_id: str,
+        table: str | None = None,
+        *,
+        skip_failed: bool = False,
+        timeout_s: float | None = None,
+    ) -> anndata.AnnData:
+        """One AnnData for every job of a batch, once all of them have ended.
+
+        Parameters
+        ----------
+        batch_id : str
+            The batch.
+        table : str, optional
+            The table to stack; default: the main table of the first result
+            (see ``labsight.result.main_table``).
+        skip_failed : bool
+            Leave out jobs that failed (their ids and errors are then in
+            ``uns["failed_jobs"]``) instead of raising JobFailedError.
+        timeout_s : float, optional
+            How long to wait for jobs still queued or running (TimeoutError after).
+
+        Returns
+        -------
+        anndata.AnnData
+            The rows of every job's table in submission order, built by
+            ``labsight.export.results_to_anndata``: features in ``X`` and
+            ``obsm["features"]``, row ids as ``obs_names`` (prefixed with the
+            image name), spot coordinates in ``obsm["spatial"]``, provenance in
+            ``uns["provenance"]``, the jobs' labels as ``obs`` columns; plus
+            each row's ``job_id`` in ``obs``.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        finished: list[tuple[pb.Job, Result]] = []
+        failed: dict[str, str] = {}
+        for job in self.batch_jobs(batch_id):
+            if job.status not in TERMINAL:
+                job = self.wait(job.job_id, None if deadline is None
+                                else max(deadline - time.monotonic(), 0.0))
+            if job.status == pb.JOB_STATUS_DONE:
+                finished.append((job, self.result(job.job_id)))
+            elif skip_failed:
+                failed[job.job_id] = job.error
+            else:
+                raise JobFailedError(job, address=self.address)
+        if not finished:
+            raise ValueError(f"batch {batch_id} has no finished job to export"
+                             + (f"; failed: {failed}" if failed else ""))
+        results = [result.message for _, result in finished]
+        name = table or main_table(results[0])
+        adata = results_to_anndata(results, name)
+        rows = [len(result.tables[name].row_ids) for result in results]
+        adata.obs["job_id"] = np.repeat([job.job_id for job, _ in finished], rows)
+        adata.uns["batch_id"] = batch_id
+        adata.uns["table"] = name
+        if failed:
+            adata.uns["failed_jobs"] = failed
+        return adata
+
     def pipelines(self) -> list[pb.PipelineInfo]:
         """The pipelines the gateway runs."""
         return list(
-            self.stub.ListPipelines(
+            self._gateway.ListPipelines(
                 pb.ListPipelinesRequest(), timeout=self.timeout_s, metadata=self.metadata
             ).pipelines
         )
@@ -300,3 +402,36 @@ def _upload_messages(request: pb.SubmitJobRequest) -> Iterator[pb.UploadJobReque
     yield pb.UploadJobRequest(job=header)
     for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
         yield pb.UploadJobRequest(image_chunk=data[start : start + UPLOAD_CHUNK_BYTES])
+
+
+class _TypedStub:
+    """The gateway stub seen through one door: a refused call raises its
+    ``labsight.errors.ServiceError`` subclass, naming the call and the gateway,
+    instead of a raw ``grpc.RpcError`` (for answers streamed back too)."""
+
+    def __init__(self, stub: pb_grpc.GatewayServiceStub, address: str) -> None:
+        self._stub = stub
+        self._address = address
+
+    def __getattr__(self, rpc: str) -> Callable[..., Any]:
+        method = getattr(self._stub, rpc)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                answer = method(*args, **kwargs)
+            except grpc.RpcError as error:
+                raise service_error(error, rpc=rpc, address=self._address) from None
+            # A unary call returns its response; a streamed answer is a Call to iterate.
+            if isinstance(answer, grpc.Call):
+                return self._typed_stream(answer, rpc)
+            return answer
+
+        return call
+
+    def _typed_stream(self, stream: Any, rpc: str) -> Iterator[Any]:
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            raise service_error(error, rpc=rpc, address=self._address) from None
+        finally:
+            stream.cancel()  # a reader that stopped early frees the gateway's stream at once

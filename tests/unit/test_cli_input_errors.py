@@ -22,7 +22,9 @@ def test_a_missing_image_is_named_and_exits_2(
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("spots.csv", "x,y\n1,2\n", "numbers only, no header"),
+        ("spots.csv", "x,y\n1,two\n", "expected numbers below an optional header line"),
+        ("tissue_positions.csv", "barcode,in_tissue,array_row,array_col,pxl_row_in_fullres,"
+         "pxl_col_in_fullres\nAAAC-1,1,0,0,10,20\n", "give its folder instead: --visium"),
         ("spots.txt", "1,2\n", "expected a .npy, .csv or .tsv file"),
         ("absent.npy", None, "--tensor: no such file"),
     ],

@@ -1,0 +1,153 @@
+"""A job's result as the SDK returns it: the JobResult message with pandas, numpy and AnnData views."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from labsight.export import results_to_anndata
+from labsight.tables import table_values
+from labsight.tensors import from_tensor
+from labsight.v1 import gateway_pb2 as pb
+from labsight.v1 import tensor_pb2
+
+if TYPE_CHECKING:
+    import anndata
+    import pandas as pd
+
+
+def main_table(result: pb.JobResult) -> str:
+    """The table a result is about: the one named after its pipeline (``fractal``),
+    else ``features``, else the first by name.
+
+    Raises
+    ------
+    KeyError
+        If the result has no tables.
+    """
+    for name in (result.pipeline, "features"):
+        if name in result.tables:
+            return name
+    if not result.tables:
+        raise KeyError(f"the result of job {result.job_id} has no tables")
+    return sorted(result.tables)[0]
+
+
+class Result:
+    """A finished job's result.
+
+    The message's fields read as attributes (``job_id``, ``pipeline``,
+    ``tables``, ``tensors``, ``scalars``, ``input_name``, ``provenance``), and
+    any other attribute of the message too (``ByteSize()``,
+    ``SerializeToString()``), so a Result goes wherever a ``JobResult`` is read
+    (``write_table``, plots); ``message`` is the protobuf message itself.
+
+    Examples
+    --------
+    >>> result = lab.run("fractal", skimage.data.camera())   # doctest: +SKIP
+    >>> result.to_pandas()            # the fractal table, one row per image
+    >>> result.to_pandas("seed_fractal")
+    >>> result.scalars["fractal_dimension"]
+    """
+
+    def __init__(self, message: pb.JobResult) -> None:
+        self.message = message
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names the class lacks: the message's other fields and methods.
+        if name == "message":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.message, name)
+
+    @property
+    def job_id(self) -> str:
+        """The job id."""
+        return self.message.job_id
+
+    @property
+    def pipeline(self) -> str:
+        """The pipeline that made the result."""
+        return self.message.pipeline
+
+    @property
+    def tables(self) -> Mapping[str, tensor_pb2.FeatureTable]:
+        """Feature tables by name, as messages (see ``to_pandas`` for frames)."""
+        return self.message.tables
+
+    @property
+    def tensors(self) -> Mapping[str, tensor_pb2.Tensor]:
+        """Arrays by name, as messages (see ``tensor`` for numpy arrays)."""
+        return self.message.tensors
+
+    @property
+    def scalars(self) -> Mapping[str, float]:
+        """Scalars by name (e.g. ``fractal_dimension``)."""
+        return self.message.scalars
+
+    @property
+    def input_name(self) -> str:
+        """Name of the main input image."""
+        return self.message.input_name
+
+    @property
+    def provenance(self) -> Mapping[str, str]:
+        """How the result was made: models, versions, layers, LabSight version."""
+        return self.message.provenance
+
+    @property
+    def main_table(self) -> str:
+        """Name of the table ``to_pandas()`` and ``to_numpy()`` return by default."""
+        return main_table(self.message)
+
+    def to_numpy(self, table: str | None = None) -> np.ndarray:
+        """A table's values as a (rows, columns) float64 array (default: the main table)."""
+        return table_values(self._table(table), table or self.main_table)
+
+    def to_pandas(self, table: str | None = None) -> pd.DataFrame:
+        """A table as a DataFrame: row ids as the index (``id``), one named column per feature.
+
+        ``table`` defaults to the main table (see ``main_table``); the job id,
+        table name and provenance are in the frame's ``attrs``.
+        """
+        import pandas as pd
+
+        name = table or self.main_table
+        entry = self._table(name)
+        frame = pd.DataFrame(
+            table_values(entry, name),
+            index=pd.Index(list(entry.row_ids), name="id"),
+            columns=list(entry.columns),
+        )
+        frame.attrs.update(job_id=self.job_id, table=name, provenance=dict(self.provenance))
+        return frame
+
+    def tables_to_pandas(self) -> dict[str, pd.DataFrame]:
+        """Every table as a DataFrame (see ``to_pandas``), by name."""
+        return {name: self.to_pandas(name) for name in sorted(self.tables)}
+
+    def tensor(self, name: str) -> np.ndarray:
+        """A result tensor (e.g. ``coordinates``) as a numpy array."""
+        if name not in self.tensors:
+            raise KeyError(f"the result of job {self.job_id} has no tensor {name!r}; "
+                           f"tensors: {sorted(self.tensors)}")
+        return from_tensor(self.tensors[name], name)
+
+    def to_anndata(self, table: str | None = None) -> anndata.AnnData:
+        """A table as an AnnData, as ``labsight results --format h5ad`` writes it
+        (see ``labsight.export.results_to_anndata``)."""
+        return results_to_anndata([self.message], table or self.main_table)
+
+    def _table(self, name: str | None) -> tensor_pb2.FeatureTable:
+        name = name or self.main_table
+        if name not in self.tables:
+            raise KeyError(f"the result of job {self.job_id} has no table {name!r}; "
+                           f"tables: {sorted(self.tables)}")
+        return self.tables[name]
+
+    def __repr__(self) -> str:
+        shapes = {name: (len(table.row_ids), len(table.columns))
+                  for name, table in sorted(self.tables.items())}
+        return (f"Result(job_id={self.job_id!r}, pipeline={self.pipeline!r}, tables={shapes}, "
+                f"tensors={sorted(self.tensors)}, scalars={dict(sorted(self.scalars.items()))})")
