@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from labsight.columns import (
     DEFAULT_BOX_SIDES,
+    DESCRIPTORS,
+    NUMBERED,
     describe_fractal_column,
     fractal_column_names,
     pipeline_tables,
@@ -42,3 +45,12 @@ def test_tables_use_no_internal_words(pipeline: str) -> None:
         text = " ".join([table.name, table.rows, *table.notes,
                          *(part for column in table.columns for part in column)]).lower()
         assert re.findall(INTERNAL_WORDS, text) == []
+
+
+def test_the_readme_table_names_every_column_family(repo_root: Path) -> None:
+    readme = (repo_root / "README.md").read_text()
+    section = readme.split("## Columns", 1)[1].split("\n## ", 1)[0]
+    families = [f"`{prefix}<i>`" for prefix in NUMBERED]
+    families += [f"`Mink{kind}<c>`" for kind in DESCRIPTORS] + ["`FractalDimension`", "`id`",
+                                                                "`class`", "`<layer><i>`"]
+    assert [family for family in families if family not in section] == []
