@@ -16,9 +16,8 @@ PIPELINES: dict[str, Pipeline] = {
 
 PLANNED_PIPELINES: dict[str, str] = {
     "hpa-cells": "segment nuclei and cells of a 4-channel HPA image, classify each cell's "
-    "organelle (19 classes); arrives with the cell segmentation and classifier issues",
-    "vessel-content": "instance and semantic segmentation of a vessel's contents; arrives "
-    "with the vessel-content issue",
+    "organelle (19 classes); planned, arrives with cell segmentation and the classifier",
+    "vessel-content": "instance and semantic segmentation of a vessel's contents; planned",
 }
 """Pipelines in the contract whose algorithms are not served yet, with what they will do."""
 

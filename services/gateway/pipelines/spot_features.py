@@ -71,7 +71,7 @@ class SpotFeaturesPipeline(Pipeline):
         "Deep features of square patches around spatial-transcriptomics spots (tensor "
         "'spot_centres' (N, 2) as x, y pixels, with params.spot_diameter) or of one patch per "
         "labelled cell (image or tensor 'cell_labels'); patches are resized to the model input. "
-        "Default model: Inception-v3, 2048-d average pool, as MUSE. Result: table 'features' "
+        "Default model: Inception-v3, 2048-d average pool. Result: table 'features' "
         "keyed by spot id or cell label, tensor 'coordinates' (N, 2) patch centres, tensor "
         "'edge' (N,) 1 where a patch reached past the image border and was padded."
     )
