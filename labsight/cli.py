@@ -269,15 +269,32 @@ def _submit_files(client: Any, args: argparse.Namespace, files: list[Any],
             job_id = client.submit_request(requests[0]).job_id
             print(f"labsight: job {job_id}", file=sys.stderr, flush=True)
             return [job_id]
+        before = _batch_total(client, args.batch)
         batch = client.submit_batch(requests, batch_id=args.batch)
     except grpc.RpcError as error:
         print(f"labsight: {_refused_file(error, files)}: {error.code().name}: {error.details()}",
               file=sys.stderr)
         return None
-    print(f"labsight: batch {batch.batch_id}: {len(batch.job_ids)} jobs", file=sys.stderr, flush=True)
+    reused = len(batch.job_ids) - (_batch_total(client, batch.batch_id) - before)
+    note = (f" ({reused} submitted before with the same file and parameters: their earlier "
+            "jobs are reused; --resubmit queues them anew)") if reused > 0 else ""
+    print(f"labsight: batch {batch.batch_id}: {len(batch.job_ids)} jobs{note}", file=sys.stderr,
+          flush=True)
     if args.wait:
         _show_batch_progress(client, batch.batch_id)
     return list(batch.job_ids)
+
+
+def _batch_total(client: Any, batch_id: str) -> int:
+    """Jobs in the caller's batch ``batch_id`` so far; 0 for none or a batch that does not exist."""
+    if not batch_id:
+        return 0
+    try:
+        return int(client.batch(batch_id).total)
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return 0
 
 
 def _refused_file(error: grpc.RpcError, files: list[Any]) -> str:
@@ -416,13 +433,7 @@ def _write_spatial_h5ad(
             add_visium(adata, read_spaceranger(Path(args.visium)))
     except ValueError as error:
         raise SystemExit(f"labsight: {error}") from None
-    # Written next to the output, then renamed, so a failed write never leaves half a file.
-    partial = output.with_name(f".{output.name}.partial.h5ad")
-    try:
-        adata.write_h5ad(partial)
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(output, adata.write_h5ad)
     return 0
 
 
@@ -432,7 +443,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     from labsight.results import result_to_dict
 
     try:
-        fmt = output_format(args.output, args.format)
+        # --into writes back into its file; --visium makes an h5ad, and says so if -o is not one
+        fmt = output_format(args.output or args.into, args.format or ("h5ad" if args.visium else ""))
     except ValueError as error:
         raise SystemExit(f"labsight: {error}") from None
     results, class_labels = _finished_results(args)

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from labsight.catalog import GATEWAY
 from labsight.cli import build_parser, main
+from labsight.config import Settings
 from labsight.demo import demo_image
 from labsight.images import encode_png
+from labsight.redis_server import free_port
+from labsight.runtime.server import RunningServer
+from services.gateway.servicer import register as register_gateway
 
 from .conftest import InProcessStack
 
@@ -60,6 +66,7 @@ def test_a_rerun_batch_queues_nothing_twice_and_ids_keep_their_folders(
 
     status, out, err = _cli(stack, capsys, *submit, "--recursive")
     assert status == 0, err
+    assert err.splitlines()[0].startswith("labsight: batch plate-1: 3 jobs (3 submitted before")
     assert [json.loads(line)["job_id"] for line in out.splitlines()] == [j["job_id"] for j in first]
     assert len(stack.client.list_jobs()) == 3 and stack.client.batch("plate-1").total == 3
 
@@ -137,6 +144,16 @@ def test_jobs_lists_recent_jobs_filtered_and_limited(
     assert [(job["batch_id"], job["input_name"]) for job in listed] == [
         ("plate-2", "a/n_0.png"), ("plate-2", "b/n_0.png")]
     assert _cli(stack, capsys, "jobs", "--status", "done")[1].splitlines()[1:] == []
+
+
+def test_models_without_a_features_service_is_unavailable(
+    serve: Callable[..., RunningServer], settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings.service_addresses = {name: f"127.0.0.1:{free_port()}"
+                                  for name in ("features", "segmentation", "classifier")}
+    gateway = serve(register_gateway, GATEWAY.grpc_services, settings)
+    assert main(["models", "--gateway", gateway.address, "--token", ""]) == 2
+    assert "UNAVAILABLE: models: the features service does not answer" in capsys.readouterr().err
 
 
 def test_models_lists_models_versions_sizes_and_layers(
