@@ -84,8 +84,7 @@ def read_spaceranger(folder: Path, fullres_image: Path | None = None) -> VisiumS
     folder : Path
         Space Ranger's ``outs`` folder (holding ``spatial/``), or the run folder above it.
     fullres_image : Path, optional
-        The full-resolution image given to Space Ranger; default: the only
-        .tif/.tiff/.btf/.jpg/.jpeg file in ``folder`` (or in ``outs``), if there is one.
+        The full-resolution image given to Space Ranger (see ``find_fullres_image``).
 
     Returns
     -------
@@ -103,7 +102,7 @@ def read_spaceranger(folder: Path, fullres_image: Path | None = None) -> VisiumS
     ``tissue_positions_list.csv`` (1.x) has none. Both have the columns of
     ``POSITION_COLUMNS``; the header, when present, decides their order.
     """
-    outs = folder / "outs" if not (folder / "spatial").is_dir() and (folder / "outs").is_dir() else folder
+    outs = _outs(folder)
     spatial = outs / "spatial"
     if not spatial.is_dir():
         raise ValueError(f"--visium {folder}: no spatial/ folder (expected Space Ranger's outs/)")
@@ -115,11 +114,37 @@ def read_spaceranger(folder: Path, fullres_image: Path | None = None) -> VisiumS
     images = {key: _read_png(spatial / name) for key, name in TISSUE_IMAGES.items()
               if (spatial / name).is_file()}
     library_id = outs.parent.name if outs.name == "outs" else outs.name
-    image = fullres_image if fullres_image is not None else _find_fullres(folder, outs)
     return VisiumSpots(
         library_id, barcodes, in_tissue, grid[:, 0], grid[:, 1], pixels[:, ::-1].copy(),
-        scalefactors, images, image,
+        scalefactors, images, fullres_image,
     )
+
+
+def find_fullres_image(folder: Path) -> Path | None:
+    """The only .tif/.tiff/.btf/.jpg/.jpeg file in ``folder`` or its ``outs``; None for none.
+
+    Space Ranger does not copy the full-resolution image into ``outs``, so this
+    finds it only where the user put it next to the output.
+
+    Raises
+    ------
+    ValueError
+        If there are several, naming them.
+    """
+    found = sorted({path for where in (folder, _outs(folder)) if where.is_dir()
+                    for path in where.iterdir()
+                    if path.is_file() and path.suffix.lower() in FULLRES_SUFFIXES})
+    if len(found) > 1:
+        raise ValueError(f"--visium {folder}: several full-resolution image candidates "
+                         f"{[path.name for path in found[:5]]}; name one with --image")
+    return found[0] if found else None
+
+
+def _outs(folder: Path) -> Path:
+    """Space Ranger's ``outs`` folder: ``folder`` itself, or its ``outs`` sub-folder."""
+    if not (folder / "spatial").is_dir() and (folder / "outs").is_dir():
+        return folder / "outs"
+    return folder
 
 
 def _read_positions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -129,8 +154,8 @@ def _read_positions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.n
     if not rows:
         raise ValueError(f"{path}: no spots")
     order = list(range(len(POSITION_COLUMNS)))
-    if rows[0][0].strip().lower() == "barcode":
-        header = [name.strip() for name in rows.pop(0)]
+    if "barcode" in (name.strip().lower() for name in rows[0]):
+        header = [name.strip().lower() for name in rows.pop(0)]
         missing = [name for name in POSITION_COLUMNS if name not in header]
         if missing:
             raise ValueError(f"{path}: header lacks columns {missing}; has {header}")
@@ -165,16 +190,6 @@ def _read_png(path: Path) -> np.ndarray:
 
     with Image.open(path) as image:
         return np.asarray(image)
-
-
-def _find_fullres(*folders: Path) -> Path | None:
-    """The only full-resolution image candidate in ``folders``, None for none; ValueError for several."""
-    found = sorted({path for folder in folders for path in folder.iterdir()
-                    if path.is_file() and path.suffix.lower() in FULLRES_SUFFIXES})
-    if len(found) > 1:
-        raise ValueError(f"--visium: several full-resolution image candidates "
-                         f"{[str(path) for path in found[:5]]}; name one with --image")
-    return found[0] if found else None
 
 
 def spatial_uns(spots: VisiumSpots) -> dict[str, dict[str, object]]:
