@@ -89,14 +89,21 @@ def build_request(
     idempotency_key: str = "",
     priority: str = "normal",
     labels: Mapping[str, str] | None = None,
+    name: str = "",
 ) -> pb.SubmitJobRequest:
-    """A SubmitJobRequest; parameter values are sent as text (lists comma-joined)."""
+    """A SubmitJobRequest; parameter values are sent as text (lists comma-joined).
+
+    ``name`` names the main input (the row id of per-image tables, the prefix of
+    row ids in batch exports); a file is named after itself unless given one.
+    """
     text_params = {
         key: ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value).lower()
         if isinstance(value, bool) else str(value)
         for key, value in (params or {}).items()
     }
     job_input = pb.JobInput(image=as_image(image))
+    if name:
+        job_input.image.name = name
     for role, extra in (images or {}).items():
         job_input.images[role].CopyFrom(as_image(extra))
     for role, array in (tensors or {}).items():

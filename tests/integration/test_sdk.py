@@ -146,10 +146,8 @@ def test_batch_to_anndata_holds_every_job_with_ids_labels_and_provenance(
     stack.start_worker()
     rng = np.random.default_rng(3)
     images = {f"well-{i}.png": rng.integers(0, 256, (48, 48), dtype=np.uint8) for i in range(3)}
-    requests = [build_request("fractal", image, FAST, labels={"group": "ab"[i % 2]})
-                for i, image in enumerate(images.values())]
-    for request, name in zip(requests, images, strict=True):
-        request.input.image.name = name
+    requests = [build_request("fractal", image, FAST, labels={"group": "ab"[i % 2]}, name=name)
+                for i, (name, image) in enumerate(images.items())]
     batch = stack.client.submit_batch(requests, batch_id="plate-1")
     adata = stack.client.batch_to_anndata(batch.batch_id, timeout_s=120)  # waits for the jobs
     results = [stack.client.result(job.job_id) for job in stack.client.batch_jobs("plate-1")]
