@@ -494,14 +494,17 @@ def test_spot_features_of_labelled_cells(
     assert result.provenance["layer"] == "avgpool"
 
 
-def test_a_spot_outside_the_image_is_refused_at_submit_naming_the_spot(stack: InProcessStack) -> None:
+def test_a_spot_centre_outside_the_image_is_refused_at_submit_naming_the_spot(
+    stack: InProcessStack,
+) -> None:
     with pytest.raises(grpc.RpcError) as error:
         stack.client.submit(
             "spot-features", IMAGES[0], {"model": DEFAULT_MODEL, "spot_diameter": 80},
-            tensors={"spot_centres": np.array([[100.0, 100.0], [5.0, 5.0]])},
+            tensors={"spot_centres": np.array([[5.0, 5.0], [460.0, 5.0]])},  # 451 pixels wide
         )
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "input.tensors[spot_centres][1]: the 80x80 patch around (x=5.0, y=5.0)" in error.value.details()
+    assert ("input.tensors[spot_centres][1]: the centre (x=460.0, y=5.0) lies outside the "
+            "300x451 image") in error.value.details()
     assert stack.client.list_jobs() == []
 
 
