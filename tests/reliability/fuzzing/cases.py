@@ -16,6 +16,7 @@ from types import ModuleType
 
 import grpc
 import numpy as np
+from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
@@ -24,6 +25,7 @@ from labsight.v1 import classifier_pb2, features_pb2, gateway_pb2, segmentation_
 
 from . import media
 from .mutate import Pools, mutate
+from .values import IMAGE_PARAMETERS
 
 Request = Message | bytes
 Metadata = list[tuple[str, str | bytes]]
@@ -36,7 +38,6 @@ class Rpc:
 
     process: str
     descriptor: MethodDescriptor
-    module: ModuleType
 
     @property
     def name(self) -> str:
@@ -51,12 +52,12 @@ class Rpc:
     def message(self, kind: str) -> type[Message]:
         """The request ('input') or response ('output') class."""
         descriptor = self.descriptor.input_type if kind == "input" else self.descriptor.output_type
-        return getattr(self.module, descriptor.name)
+        return message_factory.GetMessageClass(descriptor)
 
 
 def _rpcs(process: str, module: ModuleType, service: str) -> list[Rpc]:
     methods = module.DESCRIPTOR.services_by_name[service].methods
-    return [Rpc(process, method, module) for method in methods]
+    return [Rpc(process, method) for method in methods]
 
 
 SERVED: dict[str, str] = {
@@ -78,9 +79,10 @@ _RPC_WEIGHTS = {"GatewayService": 3.0, "FeatureService": 2.0, "SegmentationServi
                 "ClassifierService": 1.0, "Health": 0.3}
 """How often each service's RPCs are drawn: the gateway, the public API, most."""
 PIPELINE_PARAMETERS = {
-    "fractal": ("box_sizes", "percolation"),
-    "deep-features": ("model", "layer", "pooling"),
-    "spot-features": ("spot_diameter", "spot_ids", "model", "layer", "blank_other_cells"),
+    "fractal": ("box_sizes", "percolation", *IMAGE_PARAMETERS),
+    "deep-features": ("model", "layer", "pooling", *IMAGE_PARAMETERS),
+    "spot-features": ("spot_diameter", "spot_ids", "model", "layer", "blank_other_cells",
+                      *IMAGE_PARAMETERS),
 }
 PARAMETER_RPCS = ("SubmitJob", "SubmitBatch", "UploadJob", "ListJobs")
 ID_RPCS = ("GetJob", "WatchJob", "CancelJob", "GetJobResult", "GetBatch", "WatchBatch", "ListJobs")
@@ -227,12 +229,12 @@ def valid_requests(rpc: Rpc, rng: np.random.Generator, pools: Pools, tenant: str
         "GetBatch": lambda: gateway_pb2.GetBatchRequest(batch_id=_own_id(pools, tenant, "batch")),
         "WatchBatch": lambda: gateway_pb2.WatchBatchRequest(
             batch_id=_own_id(pools, tenant, "batch")),
-        "ListPipelines": gateway_pb2.ListPipelinesRequest,
+        "ListPipelines": rpc.message("input"),
         "ComputeFractal": lambda: features_pb2.ComputeFractalRequest(
             image=image(rng), box_sizes=[3, 5, 7][: int(rng.integers(1, 4))],
             percolation=bool(rng.random() < 0.3)),
         "ExtractDeepFeatures": lambda: _deep(rng, pools),
-        "ListModels": features_pb2.ListModelsRequest,
+        "ListModels": rpc.message("input"),
         "SegmentCells": lambda: segmentation_pb2.SegmentCellsRequest(
             image=image(rng), pixel_size_um=0.5),
         "SegmentVesselContent": lambda: segmentation_pb2.SegmentVesselContentRequest(
@@ -244,7 +246,7 @@ def valid_requests(rpc: Rpc, rng: np.random.Generator, pools: Pools, tenant: str
             image=image(rng, 32), cell_labels=media.tensor(_labels(rng)), class_indices=[0]),
         "Check": lambda: health_pb2.HealthCheckRequest(service=SERVED[rpc.process]),
         "Watch": lambda: health_pb2.HealthCheckRequest(service=SERVED[rpc.process]),
-        "List": health_pb2.HealthListRequest,
+        "List": rpc.message("input"),
     }
     built = builders[name]()
     return built if isinstance(built, list) else [built]

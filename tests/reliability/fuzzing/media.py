@@ -96,29 +96,32 @@ def jpeg_declaring(width: int, height: int) -> bytes:
 
 
 def tiff_declaring(width: int, height: int, samples: int = 1, bits: int = 8,
-                   planar: int = 1, payload: bytes = b"\0" * 64) -> bytes:
-    """A little-endian one-strip TIFF whose tags claim the given size; its strip is ``payload``."""
+                   planar: int = 1, payload: bytes = b"\0" * 64, description: bytes = b"") -> bytes:
+    """A little-endian one-strip TIFF whose tags claim the given size; its strip is ``payload``
+    and its ImageDescription (ImageJ or OME metadata, which may lie too) ``description``."""
     entries = [
         (256, 4, 1, width),  # ImageWidth (LONG)
         (257, 4, 1, height),  # ImageLength
         (258, 3, 1, bits),  # BitsPerSample (one value is valid for every sample)
         (259, 3, 1, 1),  # Compression: none
         (262, 3, 1, 2 if samples >= 3 else 1),  # Photometric
-        (273, 4, 1, 0),  # StripOffsets, patched below
+        *([(270, 2, len(description) + 1, -1)] if description else []),  # ImageDescription
+        (273, 4, 1, -2),  # StripOffsets
         (277, 3, 1, samples),  # SamplesPerPixel
         (278, 4, 1, height),  # RowsPerStrip
         (279, 4, 1, len(payload)),  # StripByteCounts: what is really there
         (284, 3, 1, planar),  # PlanarConfiguration
     ]
-    ifd_size = 2 + 12 * len(entries) + 4
-    strip_offset = 8 + ifd_size
+    text = description + b"\0" if description else b""
+    text_offset = 8 + 2 + 12 * len(entries) + 4
+    offsets = {-1: text_offset, -2: text_offset + len(text)}  # placeholders → where they land
     body = struct.pack("<H", len(entries))
     for tag, kind, count, value in entries:
-        value = strip_offset if tag == 273 else value
+        value = offsets.get(value, value)
         packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
         body += struct.pack("<HHI", tag, kind, count) + packed
     body += struct.pack("<I", 0)
-    return b"II*\x00" + struct.pack("<I", 8) + body + payload
+    return b"II*\x00" + struct.pack("<I", 8) + body + text + payload
 
 
 def hostile_images(rng: np.random.Generator) -> list[Labelled]:
@@ -138,6 +141,14 @@ def hostile_images(rng: np.random.Generator) -> list[Labelled]:
         ("image:huge-header-tiff-12000", encoded(tiff_declaring(12000, 12000), "tiff")),
         ("image:huge-header-tiff-32bit", encoded(tiff_declaring(20000, 20000, 1, 32), "tiff")),
         ("image:tiff-zero-size", encoded(tiff_declaring(0, 0), "tiff")),
+        ("image:tiff-imagej-lies", encoded(tiff_declaring(
+            8, 8, payload=bytes(64), description=b"ImageJ=1.11a\nimages=1000000\nchannels=1000\n"
+            b"slices=1000\nhyperstack=true\n"), "tiff")),
+        ("image:tiff-ome-lies", encoded(tiff_declaring(8, 8, payload=bytes(64), description=(
+            b'<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+            b'<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" '
+            b'SizeX="100000" SizeY="100000" SizeZ="100000" SizeC="1000" SizeT="1000">'
+            b'<TiffData/></Pixels></Image></OME>')), "tiff")),
         ("image:corrupt-png-body", encoded(png[:40] + rng.bytes(200), "png")),
         ("image:truncated-png", encoded(png[: len(png) // 2], "png")),
         ("image:signature-only", encoded(b"\x89PNG\r\n\x1a\n", "png")),

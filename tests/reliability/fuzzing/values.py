@@ -196,6 +196,8 @@ def by_type(descriptor: FieldDescriptor, rng: np.random.Generator) -> list[Label
     return integers(32, True)
 
 
+IMAGE_PARAMETERS = ("channels", "plane", "z_project", "intensity")
+"""Job parameters that say how every pipeline reads its image."""
 NamedPool = Callable[[np.random.Generator], list[Labelled]]
 PARAMETER_POOLS: dict[str, NamedPool] = {
     "box_sizes": lambda rng: box_sizes_text(),
@@ -207,5 +209,25 @@ PARAMETER_POOLS: dict[str, NamedPool] = {
     "pooling": lambda rng: [("pooling:avg", "average"), ("pooling:max", "max"),
                             ("pooling:none", "none"), *hostile_strings(rng)],
     "page_token": lambda rng: [*numbers_as_text(), *hostile_strings(rng)],
+    "channels": lambda rng: [
+        ("channels:valid", "0"), ("channels:pair", "0,2"), ("channels:names", "DAPI,GFP"),
+        ("channels:out-of-range", "99"), ("channels:negative", "-1"),
+        ("channels:repeated", "0,0,0,0"), ("channels:many", ",".join(map(str, range(2000)))),
+        *numbers_as_text(), *hostile_strings(rng)],
+    "plane": lambda rng: [
+        ("plane:valid", "0"), ("plane:axes", "z=3,t=0"), ("plane:huge", "z=99999999999999999999"),
+        ("plane:negative", "t=-5"), ("plane:axis-twice", "z=1,z=2"), ("plane:unknown-axis", "q=1"),
+        *numbers_as_text(), *hostile_strings(rng)],
+    "z_project": lambda rng: [("z_project:max", "max"), ("z_project:upper", "MEAN"),
+                              ("z_project:unknown", "median"), *hostile_strings(rng)],
+    "intensity": lambda rng: [
+        ("intensity:full", "full-range"), ("intensity:minmax", "minmax"),
+        ("intensity:bit-depth", "bit-depth:12"), ("intensity:bit-depth-0", "bit-depth:0"),
+        ("intensity:bit-depth-huge", "bit-depth:99999999999999999999"),
+        ("intensity:percentile", "percentile:0.1-99.9"),
+        ("intensity:percentile-nan", "percentile:nan-inf"),
+        ("intensity:percentile-reversed", "percentile:99-1"),
+        ("intensity:percentile-overflow", "percentile:1e309-1e310"), *hostile_strings(rng)],
 }
-"""Pools for text fields whose name says what they hold (job params and page tokens)."""
+"""Pools for text fields whose name says what they hold: job parameters, page tokens and
+how to read an image (ImageReadOptions, whose fields are also job parameters)."""
