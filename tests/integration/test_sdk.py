@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -15,6 +16,7 @@ from labsight.client import LabSightClient, build_request
 from labsight.config import Settings
 from labsight.demo import demo_image
 from labsight.errors import (
+    SERVICE_ERRORS,
     InvalidArgument,
     InvalidArgumentError,
     JobFailedError,
@@ -23,6 +25,8 @@ from labsight.errors import (
     ServiceError,
     UnauthenticatedError,
     UnavailableError,
+    service_error,
+    status_code_for,
 )
 from labsight.result import Result
 from labsight.runtime.server import RunningServer
@@ -57,6 +61,30 @@ def test_unknown_job_is_not_found_for_unary_and_streamed_calls(stack: InProcessS
         assert error.rpc == rpc and error.address == stack.gateway.address
         assert f"NOT_FOUND from {rpc} at {stack.gateway.address}: " in str(error)
         assert isinstance(error, LookupError)  # as the server-side NotFound is
+
+
+@pytest.mark.parametrize("code", [code for code in grpc.StatusCode if code != grpc.StatusCode.OK])
+def test_every_status_becomes_its_typed_error(code: grpc.StatusCode) -> None:
+    """A real server answering each status: the code's own class, or a plain ServiceError."""
+
+    def refuse(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.abort(code, f"refused with {code.name}")
+
+    server = grpc.server(ThreadPoolExecutor(1))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "test.Refuser", {"Refuse": grpc.unary_unary_rpc_method_handler(refuse)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as raw:
+                channel.unary_unary("/test.Refuser/Refuse")(b"", timeout=10)
+    finally:
+        server.stop(0)
+    error = service_error(raw.value, rpc="Refuse", address=f"127.0.0.1:{port}")
+    assert type(error) is SERVICE_ERRORS.get(code, ServiceError)
+    assert error.code() == code and error.details() == f"refused with {code.name}"
+    assert status_code_for(error) == code  # a handler that re-raises it answers the same status
 
 
 def test_code_written_for_raw_grpc_errors_still_catches_them(stack: InProcessStack) -> None:
