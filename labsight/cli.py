@@ -219,15 +219,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
         job_ids = _submit_files(client, args, files, requests)
         if job_ids is None:
             return 2
-        all_done = True
+        statuses = []
         for job_id in job_ids:
             job = _wait_with_progress(client, job_id) if args.wait else client.get(job_id)
             line = job_to_dict(job)
             if args.wait and line["status"] == "done":
                 line["result"] = result_to_dict(client.result(job_id))
-            all_done = all_done and line["status"] == "done"
+            statuses.append(line["status"])
             print(json.dumps(line) if args.json else _job_line(line), flush=True)
-    return 0 if all_done or not args.wait else 1
+    ended_badly = sum(status in ("failed", "dead", "cancelled") for status in statuses)
+    if ended_badly and not args.resubmit:
+        print(f"labsight: {ended_badly} of {len(job_ids)} jobs did not finish; submitting the same "
+              "files and parameters again returns these jobs, --resubmit runs them anew",
+              file=sys.stderr)
+    return 0 if not args.wait or statuses.count("done") == len(statuses) else 1
 
 
 def _input_files(args: argparse.Namespace) -> list[Any] | None:
@@ -490,6 +495,13 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """An integer >= 1 from the command line."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     """List the caller's recent jobs, newest first (a batch's in submission order)."""
     from labsight.v1 import gateway_pb2 as pb
@@ -723,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
                       choices=("", "queued", "running", "done", "failed", "cancelled", "dead"),
                       help="only jobs with this status")
     jobs.add_argument("--batch", default="", help="only the jobs of this batch")
-    jobs.add_argument("--limit", type=int, default=20, help="most jobs listed (default 20)")
+    jobs.add_argument("--limit", type=_positive, default=20, help="most jobs listed (default 20)")
     jobs.set_defaults(func=cmd_jobs)
 
     models = client_command("models", "list the models deep features can use, and their layers")

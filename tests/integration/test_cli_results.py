@@ -94,6 +94,10 @@ def test_resubmit_queues_the_same_files_again(
     ids = [_cli(stack, capsys, "submit", "fractal", str(image), *extra)[1].split()[0]
            for extra in ((), (), ("--resubmit",))]
     assert ids[0] == ids[1] != ids[2]
+    stack.client.cancel(ids[0])
+    status, out, err = _cli(stack, capsys, "submit", "fractal", str(image))
+    assert status == 0 and out.split()[:3] == [ids[0], "fractal", "cancelled"]
+    assert "1 of 1 jobs did not finish" in err and "--resubmit runs them anew" in err
 
 
 def test_a_bad_file_is_named_and_nothing_is_queued(
