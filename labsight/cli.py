@@ -378,37 +378,61 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finished_results(args: argparse.Namespace) -> tuple[list[Any], list[str] | None]:
-    """Results of ``args.job_id`` or of every finished job of ``args.batch``, and the value of
-    each job's ``args.class_label`` label (None without that option); SystemExit when unusable."""
+def _finished_jobs(args: argparse.Namespace) -> list[tuple[Any, Any]]:
+    """Job and result of ``args.job_id`` or of every finished job of ``args.batch``."""
     if bool(args.job_id) == bool(args.batch):
         raise SystemExit("labsight: give either a JOB_ID or --batch BATCH_ID")
     with _client(args) as client:
         if args.batch:
-            finished = [(job, result) for job, result in client.batch_results(args.batch) if result]
-        else:
-            finished = [(client.get(args.job_id), client.result(args.job_id))]
-    if not args.class_label:
-        return [result for _, result in finished], None
-    missing = [job.job_id for job, _ in finished if args.class_label not in job.labels]
+            return [(job, result) for job, result in client.batch_results(args.batch) if result]
+        return [(client.get(args.job_id), client.result(args.job_id))]
+
+
+def _job_labels(finished: list[tuple[Any, Any]], label: str) -> list[str]:
+    """Each job's value of ``label``; SystemExit naming the jobs without it."""
+    missing = [job.job_id for job, _ in finished if label not in job.labels]
     if missing:
-        raise SystemExit(f"labsight: jobs without label {args.class_label!r}: {missing[:5]}")
-    return [result for _, result in finished], [job.labels[args.class_label] for job, _ in finished]
+        raise SystemExit(f"labsight: jobs without label {label!r}: {missing[:5]}")
+    return [job.labels[label] for job, _ in finished]
+
+
+def _finished_results(args: argparse.Namespace) -> tuple[list[Any], list[str] | None]:
+    """Results of ``args.job_id`` or of every finished job of ``args.batch``, and the value of
+    each job's ``args.class_label`` label (None without that option); SystemExit when unusable."""
+    finished = _finished_jobs(args)
+    labels = _job_labels(finished, args.class_label) if args.class_label else None
+    return [result for _, result in finished], labels
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    """Draw the results of a job or batch into an image file (fractal curves or a PCA)."""
-    from labsight.plots import plot_results
+    """Draw the results of a job or batch into an image file: fractal curves, a PCA, spots or
+    cells over their image, or a plate heatmap."""
+    from labsight.plots import PlotOptions, plot_hints, plot_results, read_groups, read_image
 
-    results, class_labels = _finished_results(args)
-    if not results:
+    if args.class_label and args.groups:
+        raise SystemExit("labsight: give --by LABEL or --groups CSV, not both")
+    finished = _finished_jobs(args)
+    if not finished:
         raise SystemExit("labsight: no finished results to plot")
+    results = [result for _, result in finished]
     try:
-        kind = plot_results(results, Path(args.output), args.table, class_labels)
-    except ValueError as error:
+        # A spot job's diameter places its spots; several jobs share no image.
+        diameter = float(finished[0][0].params.get("spot_diameter") or 0) if len(finished) == 1 else 0.0
+        options = PlotOptions(
+            kind=args.kind, table=args.table, colour_by=args.colour_by, spot_diameter=diameter,
+            groups=_job_labels(finished, args.class_label) if args.class_label else None,
+            group_map=read_groups(Path(args.groups)) if args.groups else None,
+            image=read_image(Path(args.image), "--image") if args.image else None,
+            cell_labels=read_image(Path(args.cell_labels), "--cell-labels", labels=True)
+            if args.cell_labels else None,
+        )
+        kind = plot_results(results, Path(args.output), options)
+    except (ValueError, OSError) as error:
         raise SystemExit(f"labsight: {error}") from None
     count = f"{len(results)} result" + ("s" if len(results) != 1 else "")
     print(f"labsight: {kind} plot of {count} written to {args.output}", file=sys.stderr)
+    for hint in plot_hints(results, options, kind):
+        print(f"labsight: {hint}", file=sys.stderr)
     return 0
 
 
@@ -688,10 +712,25 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("job_id", nargs="?", default="")
     plot.add_argument("--batch", default="", help="all finished jobs of this batch instead")
     plot.add_argument("-o", "--output", required=True, help="image file to write (.png, .pdf, .svg)")
-    plot.add_argument("--table", default="features",
-                      help="feature table to embed (not fractal results; default: features)")
-    plot.add_argument("--class-label", default="",
-                      help="colour each job's rows by this job label (e.g. class)")
+    plot.add_argument("--kind", default="auto",
+                      help="auto (default): curves for fractal jobs, tissue (spots or cells over "
+                           "their image) for one spot-features job, else embedding (a PCA); "
+                           "plate: a heatmap by well (A01-P24 in the image names)")
+    plot.add_argument("--by", "--class-label", dest="class_label", default="", metavar="LABEL",
+                      help="group jobs by this job label (e.g. class): one colour, and for "
+                           "fractal curves one median and interquartile band, per group")
+    plot.add_argument("--groups", default="", metavar="CSV",
+                      help="CSV of id,group lines: job ids or image names to groups, or for one "
+                           "spot-features job spot/cell ids to groups (e.g. clusters)")
+    plot.add_argument("--image", default="", metavar="FILE",
+                      help="the job's input image, drawn under its spots or cells")
+    plot.add_argument("--cell-labels", default="", metavar="FILE",
+                      help="the job's cell label mask: cells are drawn as outlines")
+    plot.add_argument("--colour-by", "--color-by", dest="colour_by", default="", metavar="NAME",
+                      help="PC1 (default), PC2, ..., a column of the table, or a result scalar "
+                           "(plate default for fractal jobs: fractal_dimension)")
+    plot.add_argument("--table", default="",
+                      help="table to draw (default: fractal for fractal jobs, else features)")
     plot.set_defaults(func=cmd_plot)
 
     status = client_command("status", "show a job's state")

@@ -1,0 +1,123 @@
+"""Fractal curves: lacunarity Λ(r) and box counts N(r), one line per image or a median band per group."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import reduce
+
+import numpy as np
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+from labsight.plots.groups import Colour, group_colours, ordered_groups, outside_legend
+from labsight.tensors import from_tensor
+from labsight.v1 import gateway_pb2 as pb
+
+MAX_SINGLE_CURVES = 10
+"""Up to this many ungrouped images get a line each; more are summarised as a median band."""
+
+LOG_TICKS = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500)
+"""Box sides labelled on the log-scaled axis, where they fall within the sides drawn."""
+
+BAND_ALPHA = 0.25
+
+
+class Curves:
+    """The fractal curves of some results on their common box sides (sides every result has)."""
+
+    def __init__(self, results: Sequence[pb.JobResult], group: str) -> None:
+        all_sides = [from_tensor(r.tensors["box_sizes"], "box_sizes").astype(np.int64) for r in results]
+        common = reduce(np.intersect1d, all_sides)
+        if len(common) == 0:
+            raise ValueError(f"{group}: the images share no box size; plot them separately")
+        self.sides = common.astype(np.float64)
+        lacunarity, counts = [], []
+        for result, sides in zip(results, all_sides, strict=True):
+            kept = np.isin(sides, common)
+            lacunarity.append(from_tensor(result.tensors["lacunarity"], "lacunarity")[kept])
+            counts.append(from_tensor(result.tensors["box_count"], "box_count")[kept])
+        self.lacunarity = np.array(lacunarity, dtype=np.float64)
+        self.counts = np.array(counts, dtype=np.float64)
+        self.dimensions = np.array([r.scalars["fractal_dimension"] for r in results])
+        # The fit's range of sides, when the result says which sides it used.
+        self.r_min = float(np.median([r.scalars.get("fractal_dimension_r_min", common.min())
+                                      for r in results]))
+        self.r_max = float(np.median([r.scalars.get("fractal_dimension_r_max", common.max())
+                                      for r in results]))
+
+
+def curves_figure(results: Sequence[pb.JobResult], groups: Sequence[str] | None = None) -> Figure:
+    """Λ(r) and N(r) on log axes with the fitted dimension's line.
+
+    Without ``groups`` and up to MAX_SINGLE_CURVES images, one coloured line
+    per image; otherwise, per group (all images as one group without
+    ``groups``), the median curve and its interquartile band. Every group has
+    its own colour and a legend entry with its image count and median D.
+    """
+    figure = Figure(figsize=(12, 4.8), layout="constrained")
+    lacunarity_axes, count_axes = figure.subplots(1, 2)
+    entries: list[tuple[Artist | tuple[Artist, ...], str]] = []
+    if groups is None and len(results) <= MAX_SINGLE_CURVES:
+        names = [result.input_name or result.job_id for result in results]
+        for result, name, colour in zip(results, names, group_colours(len(results)), strict=True):
+            curves = Curves([result], name)
+            entries.append(_draw(lacunarity_axes, count_axes, curves, colour,
+                                 f"{name}: D = {curves.dimensions[0]:.3f}"))
+        legend_title = None
+    else:
+        members = list(groups) if groups is not None else ["all images"] * len(results)
+        names = ordered_groups(members)
+        for name, colour in zip(names, group_colours(len(names)), strict=True):
+            chosen = [result for result, group in zip(results, members, strict=True) if group == name]
+            curves = Curves(chosen, name)
+            low, median, high = np.percentile(curves.dimensions, [25, 50, 75])
+            spread = f" [{low:.3f}–{high:.3f}]" if len(chosen) > 1 else ""
+            entries.append(_draw(lacunarity_axes, count_axes, curves, colour,
+                                 f"{name} (n={len(chosen)}): D = {median:.3f}{spread}"))
+        legend_title = "median, band: interquartile range"
+    lacunarity_axes.set(xlabel="box side r (pixels)", ylabel="lacunarity Λ(r)", title="Lacunarity",
+                        xscale="log")
+    count_axes.set(xlabel="box side r (pixels)", ylabel="box count N(r)",
+                   title="Box counts and fitted fractal dimension D", xscale="log", yscale="log")
+    sides = np.concatenate([from_tensor(r.tensors["box_sizes"], "box_sizes") for r in results])
+    for axes in (lacunarity_axes, count_axes):
+        axes.set_xticks([tick for tick in LOG_TICKS if sides.min() <= tick <= sides.max()])
+        axes.xaxis.set_major_formatter(ScalarFormatter())  # r = 3, 10, 20, not 3×10⁰
+        axes.xaxis.set_minor_formatter(NullFormatter())
+    outside_legend(count_axes, [handle for handle, _ in entries], [label for _, label in entries],
+                   legend_title)
+    return figure
+
+
+def _draw(
+    lacunarity_axes: Axes, count_axes: Axes, curves: Curves, colour: Colour, label: str
+) -> tuple[Artist | tuple[Artist, ...], str]:
+    """Median curves (the curves themselves for one image), their interquartile bands and the
+    fitted line; returns the legend entry: the line, on its band when there is one."""
+    handle: Artist | tuple[Artist, ...] = Line2D([], [])
+    for axes, values in ((lacunarity_axes, curves.lacunarity), (count_axes, curves.counts)):
+        low, median, high = np.percentile(values, [25, 50, 75], axis=0)
+        (line,) = axes.plot(curves.sides, median, marker="o", markersize=3, color=colour)
+        handle = line
+        if len(values) > 1:
+            band = axes.fill_between(curves.sides, low, high, color=colour, alpha=BAND_ALPHA,
+                                     linewidth=0)
+            handle = (band, line)
+    count_axes.add_line(_fitted_line(curves, colour))
+    return handle, label
+
+
+def _fitted_line(curves: Curves, colour: Colour) -> Line2D:
+    """N = c·r^-D over the fitted range, through the mean log count of the median curve there."""
+    median = np.median(curves.counts, axis=0)
+    fitted = (curves.sides >= curves.r_min) & (curves.sides <= curves.r_max)
+    if fitted.sum() < 2:
+        fitted = np.ones_like(fitted)
+    sides, counts = curves.sides[fitted], median[fitted]
+    dimension = float(np.median(curves.dimensions))
+    log_sides = np.log(sides)
+    line = np.exp(np.log(counts).mean() - dimension * (log_sides - log_sides.mean()))
+    return Line2D(sides, line, color=colour, linestyle="--", linewidth=1, label="_fit")

@@ -1,0 +1,193 @@
+"""Results over their image: spots as circles of their real diameter, cells as coloured outlines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import EllipseCollection
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.patches import Patch
+from scipy.ndimage import binary_dilation
+from skimage.morphology import disk
+from skimage.segmentation import find_boundaries
+
+from labsight.errors import InvalidArgument
+from labsight.export import COORDINATES
+from labsight.images import decode_image, decode_label_mask, image_from_file
+from labsight.plots.embedding import VALUE_MAP, RowColours, draw_embedding
+from labsight.plots.groups import Colour, group_colours, ordered_groups, outside_legend
+from labsight.tables import table_values
+from labsight.tensors import from_tensor
+from labsight.v1 import gateway_pb2 as pb
+
+MAX_DISPLAY_SIDE = 4000
+"""Images are shown with at most this many pixels a side (every k-th pixel), far above print."""
+
+LOCAL_IMAGE_BYTES = 16 * 1024**3
+"""Decoded size up to which a local file is read for a figure (the service limits do not apply)."""
+
+OUTLINE_PIXELS_PER_SIDE = 1500
+"""Outlines are one image pixel wide per this many pixels of the image's longer side, so that
+they stay visible once the image is shrunk to the figure."""
+
+NO_VALUE: Colour = (0.75, 0.75, 0.75, 1.0)
+"""Outline colour of a cell that has no row in the result."""
+
+
+def read_image(path: Path, what: str, *, labels: bool = False) -> np.ndarray:
+    """The pixels of a local image file (PNG, TIFF, JPEG or .npy) as every pipeline reads it,
+    or with ``labels`` a label mask's integers; ValueError naming ``what``."""
+    decode = decode_label_mask if labels else decode_image
+    try:
+        return decode(image_from_file(path), f"{what} {path}", LOCAL_IMAGE_BYTES)
+    except (InvalidArgument, OSError) as error:
+        raise ValueError(str(error)) from None
+
+
+def spots_figure(
+    result: pb.JobResult, table: str, diameter: float, colours: RowColours,
+    image: np.ndarray | None = None,
+) -> Figure:
+    """The PCA of the spots' rows and, beside it, each spot as a filled circle of ``diameter``
+    pixels at its coordinates over ``image`` (white without one), coloured as ``colours`` says."""
+    if diameter <= 0:
+        raise ValueError("spots need their diameter in pixels (the job's spot_diameter)")
+    values = table_values(result.tables[table], table)
+    centres = _coordinates(result, len(values))
+    figure, (embedding, tissue) = _two_panels()
+    draw_embedding(embedding, values, table, colours)
+    spots = EllipseCollection(
+        widths=diameter, heights=diameter, angles=0.0, units="xy", offsets=centres,
+        offset_transform=tissue.transData, edgecolors="none", alpha=0.85,
+    )
+    if colours.groups is not None:
+        lookup = dict(zip(ordered_groups(colours.groups), group_colours(len(set(colours.groups))),
+                          strict=True))
+        spots.set_facecolors([lookup[group] for group in colours.groups])
+    elif colours.values is not None:
+        spots.set_array(colours.values)
+        spots.set_cmap(VALUE_MAP)
+        figure.colorbar(spots, ax=tissue, label=colours.label, shrink=0.8)
+    tissue.add_collection(spots, autolim=False)
+    if image is not None:
+        draw_image(tissue, image)
+    else:
+        low, high = centres.min(axis=0) - diameter, centres.max(axis=0) + diameter
+        tissue.set(xlim=(low[0], high[0]), ylim=(high[1], low[1]))  # image rows grow downwards
+    tissue.set(aspect="equal", xlabel="x (pixels)", ylabel="y (pixels)",
+               title=f"{len(centres)} spots, {diameter:g} px across" + (
+                   "" if image is not None else " (no image given)"))
+    return figure
+
+
+def cells_figure(
+    result: pb.JobResult, table: str, cell_labels: np.ndarray, colours: RowColours,
+    image: np.ndarray | None = None,
+) -> Figure:
+    """The PCA of the cells' rows and, beside it, each cell's outline from the ``cell_labels``
+    mask over ``image``, coloured as ``colours`` says (rows are keyed by cell label)."""
+    values = table_values(result.tables[table], table)
+    if image is not None and image.shape[:2] != cell_labels.shape:
+        raise ValueError(f"the cell mask's shape {list(cell_labels.shape)} is not the image's "
+                         f"{list(image.shape[:2])}")
+    figure, (embedding, tissue) = _two_panels()
+    draw_embedding(embedding, values, table, colours)
+    labels = [_cell_label(row_id) for row_id in result.tables[table].row_ids]
+    outlines = cell_outlines(cell_labels)
+    largest = max(int(cell_labels.max(initial=0)), *labels, 0)
+    rgba = np.zeros((*cell_labels.shape, 4))
+    rgba[outlines] = _label_colours(labels, colours, largest, tissue)[cell_labels[outlines]]
+    if image is not None:
+        draw_image(tissue, image)
+    draw_image(tissue, rgba)
+    tissue.set(aspect="equal", xlabel="x (pixels)", ylabel="y (pixels)",
+               title=f"{len(labels)} cells")
+    return figure
+
+
+def cell_outlines(cell_labels: np.ndarray) -> np.ndarray:
+    """Where cells' outlines are drawn: the pixels of each cell next to another label (inner
+    boundaries), thickened inwards for large images; each outline pixel belongs to its own cell."""
+    if cell_labels.ndim != 2 or cell_labels.dtype.kind not in "iu":
+        raise ValueError(f"the cell mask must be a 2-D integer label image, got "
+                         f"{list(cell_labels.shape)} {cell_labels.dtype}")
+    outlines = find_boundaries(cell_labels, mode="inner")
+    width = max(cell_labels.shape) // OUTLINE_PIXELS_PER_SIDE
+    if width > 0:
+        outlines = binary_dilation(outlines, structure=disk(width))
+    return outlines & (cell_labels > 0)
+
+
+def _label_colours(labels: list[int], colours: RowColours, largest: int, axes: Axes) -> np.ndarray:
+    """The RGBA of every cell label up to ``largest`` (NO_VALUE for cells without a row), and on
+    ``axes`` the colour bar or legend that explains them."""
+    table = np.tile(np.array(NO_VALUE), (largest + 1, 1))
+    if colours.groups is not None:
+        names = ordered_groups(colours.groups)
+        lookup = dict(zip(names, group_colours(len(names)), strict=True))
+        for label, group in zip(labels, colours.groups, strict=True):
+            table[label] = lookup[group]
+        outside_legend(axes, [Patch(color=lookup[name]) for name in names], names)
+    elif colours.values is not None:
+        mappable = ScalarMappable(Normalize(colours.values.min(), colours.values.max()), VALUE_MAP)
+        table[labels] = mappable.to_rgba(colours.values)
+        axes.figure.colorbar(mappable, ax=axes, label=colours.label, shrink=0.8)
+    else:
+        table[labels] = colormaps["tab10"](0)
+    return table
+
+
+def draw_image(axes: Axes, image: np.ndarray) -> AxesImage:
+    """``image`` on ``axes`` in its own pixel coordinates (x right, y down, pixel centres on
+    integers), shrunk by an integer step to at most MAX_DISPLAY_SIDE a side; grey shown grey."""
+    height, width = image.shape[:2]
+    step = -(-max(height, width) // MAX_DISPLAY_SIDE)
+    shown = display_pixels(image[::step, ::step])
+    return axes.imshow(shown, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+                       cmap="gray" if shown.ndim == 2 else None, interpolation="antialiased")
+
+
+def display_pixels(image: np.ndarray) -> np.ndarray:
+    """Pixels matplotlib shows as they are: RGBA floats stay; 8-bit grey/RGB stays; anything
+    else is stretched per channel between its 0.5th and 99.5th percentile (12-bit in 16-bit,
+    float); 2 or more than 4 channels show the first."""
+    if image.ndim == 3 and image.shape[2] == 4 and image.dtype.kind == "f":
+        return image
+    if image.ndim == 3 and image.shape[2] not in (3, 4):
+        image = image[..., 0]
+    elif image.ndim == 3:
+        image = image[..., :3]
+    if image.dtype == np.uint8:
+        return image
+    pixels = image.astype(np.float64)
+    low = np.percentile(pixels, 0.5, axis=(0, 1))
+    high = np.percentile(pixels, 99.5, axis=(0, 1))
+    return np.clip((pixels - low) / np.maximum(high - low, 1e-12), 0.0, 1.0)
+
+
+def _two_panels() -> tuple[Figure, tuple[Axes, Axes]]:
+    figure = Figure(figsize=(14, 6), layout="constrained")
+    embedding, tissue = figure.subplots(1, 2, width_ratios=(1, 1.5))
+    return figure, (embedding, tissue)
+
+
+def _coordinates(result: pb.JobResult, rows: int) -> np.ndarray:
+    if COORDINATES not in result.tensors:
+        raise ValueError(f"result of job {result.job_id} has no spot coordinates")
+    centres = from_tensor(result.tensors[COORDINATES], COORDINATES).astype(np.float64)
+    if centres.shape != (rows, 2):
+        raise ValueError(f"result of job {result.job_id}: {len(centres)} coordinates for {rows} rows")
+    return centres
+
+
+def _cell_label(row_id: str) -> int:
+    try:
+        return int(row_id)
+    except ValueError:
+        raise ValueError(f"row {row_id!r} is not a cell label; is this a spot job?") from None
