@@ -83,12 +83,13 @@ def input_names(paths: Sequence[Path]) -> list[InputFile]:
     ``plate/a/n_0.png`` and ``plate/b/n_0.png`` are ``a/n_0.png`` and
     ``b/n_0.png``; a single file is named by its file name.
     """
-    resolved = [path.resolve() for path in paths]
-    if not resolved:
+    # abspath, not resolve: a linked file is named where the user put the link
+    absolute = [Path(os.path.abspath(path)) for path in paths]
+    if not absolute:
         return []
-    common = Path(os.path.commonpath([path.parent for path in resolved]))
-    return [InputFile(path, resolved_path.relative_to(common).as_posix())
-            for path, resolved_path in zip(paths, resolved, strict=True)]
+    common = Path(os.path.commonpath([path.parent for path in absolute]))
+    return [InputFile(path, absolute_path.relative_to(common).as_posix())
+            for path, absolute_path in zip(paths, absolute, strict=True)]
 
 
 def check_inputs(paths: Sequence[Path]) -> None:

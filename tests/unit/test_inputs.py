@@ -47,6 +47,15 @@ def test_names_keep_the_path_below_the_common_folder(tmp_path: Path) -> None:
     assert [f.name for f in input_names([a])] == ["n_0.png"]
 
 
+def test_a_linked_file_is_named_where_the_link_is(tmp_path: Path) -> None:
+    stored = _png(tmp_path / "store" / "blob-1234.png")
+    link = tmp_path / "plate" / "a" / "A01.png"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(stored)
+    other = _png(tmp_path / "plate" / "b" / "A01.png")
+    assert [f.name for f in input_names([link, other])] == ["a/A01.png", "b/A01.png"]
+
+
 def test_check_names_every_file_that_is_no_image(tmp_path: Path) -> None:
     good = _png(tmp_path / "good.png")
     text = tmp_path / "notes.png"
