@@ -97,7 +97,7 @@ def test_cli_fractal_job_equals_a_direct_call_on_the_same_pixels(
     assert header.startswith("id,MinkLAC1,MinkLAC2") and values.startswith("demo.png,")
     plot = _cli(up, "plot", job["job_id"], "-o", str(tmp_path / "fractal.png"))
     assert plot.returncode == 0, plot.stderr
-    assert "fractal plot of 1 result written to" in plot.stderr
+    assert "curves plot of 1 result written to" in plot.stderr
     assert (tmp_path / "fractal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
