@@ -7,6 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import anndata
 import grpc
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from labsight.errors import (
     service_error,
     status_code_for,
 )
+from labsight.export import write_table
 from labsight.result import Result
 from labsight.runtime.server import RunningServer
 from labsight.tables import table_values
@@ -147,7 +149,9 @@ def test_result_of_a_job_that_ended_without_one_is_job_failed(stack: InProcessSt
     assert f"job {job.job_id} is cancelled" in str(error)
 
 
-def test_result_is_a_frame_with_ids_as_index_and_named_columns(stack: InProcessStack) -> None:
+def test_result_is_a_frame_with_ids_as_index_and_named_columns(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
     stack.start_worker()
     result = stack.client.run("fractal", demo_image(), FAST, timeout_s=120)
     assert isinstance(result, Result) and result.main_table == "fractal"
@@ -164,6 +168,9 @@ def test_result_is_a_frame_with_ids_as_index_and_named_columns(stack: InProcessS
     np.testing.assert_array_equal(result.tensor("lacunarity"),
                                   from_tensor(result.tensors["lacunarity"]))
     assert result.ByteSize() == result.message.ByteSize()  # other message attributes read through
+    write_table([result], "fractal", tmp_path / "fractal.h5ad", "h5ad")  # where a JobResult goes
+    np.testing.assert_array_equal(anndata.read_h5ad(tmp_path / "fractal.h5ad").obsm["features"],
+                                  result.to_anndata().obsm["features"])
     with pytest.raises(KeyError, match="no table 'nope'"):
         result.to_pandas("nope")
 
