@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 EDGE = "edge"
 """Result tensor (spot-features): (N,) 1 where a spot's patch reached past the image and was padded."""
 
+SPOT_EDGE_MODES = ("pad-constant", "pad-reflect", "pad-edge", "drop")
+"""What becomes of a spot whose patch reaches past the image border (spot-features' ``spot_edge``)."""
+
 FEATURES = "features"
 """The ``obsm`` key of LabSight's features."""
 

@@ -10,12 +10,10 @@ from scipy import ndimage
 from skimage.segmentation import relabel_sequential
 
 from labsight.resize import cast_like, resize_image
+from labsight.spatial import SPOT_EDGE_MODES
 
 DEFAULT_CELL_PATCH_SIZE = 224
 """Side of cell patches when no output size is asked for."""
-
-SPOT_EDGE_MODES = ("pad-constant", "pad-reflect", "pad-edge", "drop")
-"""What ``spot_patches`` does with a spot whose patch reaches past the image border."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import numpy as np
 
 from labsight.errors import InvalidArgument, echo
 from labsight.images import ImageInfo, decode_image, image_info
+from labsight.spatial import EDGE, SPOT_EDGE_MODES
 from labsight.tables import feature_table
 from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import features_pb2, segmentation_pb2
@@ -24,10 +25,6 @@ from services.gateway.pipelines.models import MODEL_CATALOG, input_pixels
 
 SPOT_CENTRES = "spot_centres"
 CELL_LABELS = "cell_labels"
-SPOT_EDGE_MODES = ("pad-constant", "pad-reflect", "pad-edge", "drop")
-"""Values of params.spot_edge (the segmentation service's ExtractPatchesRequest.spot_edge)."""
-EDGE = "edge"
-"""Result tensor: (N,) uint8, 1 where a patch reached past the image border and was padded."""
 PATCH_BYTES_PER_CALL = 32 * 1024 * 1024
 """Patches asked of the segmentation service per call, in bytes (well under the message limit)."""
 
