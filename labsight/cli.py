@@ -20,6 +20,7 @@ from labsight.catalog import SERVERS
 from labsight.export import (
     FORMATS,
     JSON_LINES,
+    SUFFIX_FORMATS,
     TEXT_FORMATS,
     output_format,
     write_atomically,
@@ -751,8 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="job label whose value becomes the class (ARFF class attribute)")
     results.add_argument("-o", "--output", default="",
                          help="file to write, replaced if it exists (default stdout); its "
-                              "suffix names the format: .csv .tsv .parquet .h5ad .npy .arff "
-                              ".json/.jsonl")
+                              f"suffix names the format: {' '.join(SUFFIX_FORMATS)}")
     results.add_argument("--visium", default="", metavar="SPACERANGER_OUT",
                          help="h5ad in scanpy's Visium layout: uns['spatial'] (tissue images, "
                               "scale factors) and obs in_tissue/array_row/array_col from this "
