@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.collections import EllipseCollection
@@ -98,14 +97,17 @@ def cells_figure(
                          f"{list(image.shape[:2])}")
     figure, (embedding, tissue) = _two_panels()
     draw_embedding(embedding, values, table, colours)
-    labels = [_cell_label(row_id) for row_id in result.tables[table].row_ids]
-    outlines = cell_outlines(cell_labels)
-    largest = max(int(cell_labels.max(initial=0)), *labels, 0)
-    rgba = np.zeros((*cell_labels.shape, 4))
-    rgba[outlines] = _label_colours(labels, colours, largest, tissue)[cell_labels[outlines]]
+    labels = np.array([_cell_label(row_id) for row_id in result.tables[table].row_ids], np.int64)
+    # Outlines of the mask as shown: at display size they look the same as at full size, for
+    # a fraction of the memory of a whole slide's mask.
+    step = display_step(cell_labels.shape)
+    shown = cell_labels[::step, ::step]
+    outlines = cell_outlines(shown)
+    rgba = np.zeros((*shown.shape, 4), np.float32)
+    rgba[outlines] = _colours_of(shown[outlines], labels, _row_colours(colours, tissue))
     if image is not None:
         draw_image(tissue, image)
-    draw_image(tissue, rgba)
+    _show(tissue, rgba, cell_labels.shape)
     tissue.set(aspect="equal", xlabel="x (pixels)", ylabel="y (pixels)",
                title=f"{len(labels)} cells")
     return figure
@@ -124,31 +126,47 @@ def cell_outlines(cell_labels: np.ndarray) -> np.ndarray:
     return outlines & (cell_labels > 0)
 
 
-def _label_colours(labels: list[int], colours: RowColours, largest: int, axes: Axes) -> np.ndarray:
-    """The RGBA of every cell label up to ``largest`` (NO_VALUE for cells without a row), and on
-    ``axes`` the colour bar or legend that explains them."""
-    table = np.tile(np.array(NO_VALUE), (largest + 1, 1))
+def _row_colours(colours: RowColours, axes: Axes) -> np.ndarray:
+    """The RGBA of each row, and on ``axes`` the colour bar or legend that explains them."""
     if colours.groups is not None:
         names = ordered_groups(colours.groups)
         lookup = dict(zip(names, group_colours(len(names)), strict=True))
-        for label, group in zip(labels, colours.groups, strict=True):
-            table[label] = lookup[group]
         outside_legend(axes, [Patch(color=lookup[name]) for name in names], names)
-    elif colours.values is not None:
+        return np.array([lookup[group] for group in colours.groups])
+    if colours.values is not None:
         mappable = ScalarMappable(Normalize(colours.values.min(), colours.values.max()), VALUE_MAP)
-        table[labels] = mappable.to_rgba(colours.values)
         axes.figure.colorbar(mappable, ax=axes, label=colours.label, shrink=0.8)
-    else:
-        table[labels] = colormaps["tab10"](0)
-    return table
+        return mappable.to_rgba(colours.values)
+    raise ValueError("cells are coloured by a value or by group")
+
+
+def _colours_of(pixel_labels: np.ndarray, labels: np.ndarray, row_colours: np.ndarray) -> np.ndarray:
+    """The colour of each pixel's cell (row ``i`` has label ``labels[i]``); NO_VALUE for a cell
+    without a row. Labels are looked up, not indexed, so any label values cost no memory."""
+    order = np.argsort(labels)
+    sorted_labels = labels[order]
+    at = np.minimum(np.searchsorted(sorted_labels, pixel_labels), len(labels) - 1)
+    found = sorted_labels[at] == pixel_labels if len(labels) else np.zeros(len(pixel_labels), bool)
+    result = np.tile(np.array(NO_VALUE, np.float32), (len(pixel_labels), 1))
+    result[found] = row_colours[order[at[found]]]
+    return result
+
+
+def display_step(shape: tuple[int, ...]) -> int:
+    """The step between shown pixels that keeps an image of ``shape`` within MAX_DISPLAY_SIDE."""
+    return -(-max(shape[:2]) // MAX_DISPLAY_SIDE)
 
 
 def draw_image(axes: Axes, image: np.ndarray) -> AxesImage:
     """``image`` on ``axes`` in its own pixel coordinates (x right, y down, pixel centres on
     integers), shrunk by an integer step to at most MAX_DISPLAY_SIDE a side; grey shown grey."""
-    height, width = image.shape[:2]
-    step = -(-max(height, width) // MAX_DISPLAY_SIDE)
-    shown = display_pixels(image[::step, ::step])
+    step = display_step(image.shape)
+    return _show(axes, display_pixels(image[::step, ::step]), image.shape[:2])
+
+
+def _show(axes: Axes, shown: np.ndarray, full_shape: tuple[int, ...]) -> AxesImage:
+    """``shown`` pixels (maybe every k-th) stretched over an image of ``full_shape``."""
+    height, width = full_shape[:2]
     return axes.imshow(shown, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
                        cmap="gray" if shown.ndim == 2 else None, interpolation="antialiased")
 

@@ -13,7 +13,7 @@ from matplotlib.colors import Normalize, to_rgba
 from matplotlib.figure import Figure
 from PIL import Image
 
-from labsight.plots import PlotOptions, build_figure, plot_results, principal_components, read_groups
+from labsight.plots import PlotOptions, build_figure, plot_results, principal_components, read_groups, tissue
 from labsight.plots.groups import group_colours
 from labsight.plots.plate import well_of
 from labsight.plots.tissue import cell_outlines, display_pixels
@@ -140,6 +140,22 @@ def test_cells_are_outlined_in_their_value_colour_over_the_image() -> None:
     np.testing.assert_allclose(rgba[20, 110], [0.75, 0.75, 0.75, 1.0])  # cell 11: no value
     assert rgba[30, 30, 3] == 0 and rgba[5, 5, 3] == 0  # inside a cell and background: see-through
     assert shown.get_array().max() == pytest.approx(1.0)  # 12-bit shown stretched, not black
+
+
+def test_large_images_and_masks_are_shown_shrunk_over_their_full_extent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tissue, "MAX_DISPLAY_SIDE", 50)
+    mask = np.zeros((120, 160), np.uint32)
+    mask[20:100, 20:100] = 4_000_000_000  # label values far beyond any lookup table
+    result = _spots("c", np.array([[60.0, 60.0], [0.0, 0.0]]), np.array([[1.0], [2.0]]))
+    result.tables["features"].row_ids[:] = ["4000000000", "7"]
+    image = RNG.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    figure, _ = build_figure([result], PlotOptions(image=image, cell_labels=mask, colour_by="f0"))
+    shown, overlay = figure.axes[1].images
+    assert shown.get_array().shape == (30, 40, 3) and overlay.get_array().shape == (30, 40, 4)
+    assert shown.get_extent() == overlay.get_extent() == [-0.5, 159.5, 119.5, -0.5]
+    np.testing.assert_allclose(overlay.get_array()[5, 10], colormaps["viridis"](0.0), atol=1e-6)
 
 
 def test_cell_outlines_are_inner_boundaries_thickened_for_large_masks() -> None:
