@@ -74,11 +74,13 @@ def spots_figure(
         spots.set_cmap(VALUE_MAP)
         figure.colorbar(spots, ax=tissue, label=colours.label, shrink=0.8)
     tissue.add_collection(spots, autolim=False)
+    # The spots' region (a Visium capture area is a part of the slide image) with a margin.
+    low, high = centres.min(axis=0) - diameter, centres.max(axis=0) + diameter
     if image is not None:
         draw_image(tissue, image)
-    else:
-        low, high = centres.min(axis=0) - diameter, centres.max(axis=0) + diameter
-        tissue.set(xlim=(low[0], high[0]), ylim=(high[1], low[1]))  # image rows grow downwards
+        low = np.maximum(low, -0.5)
+        high = np.minimum(high, np.array(image.shape[1::-1]) - 0.5)
+    tissue.set(xlim=(low[0], high[0]), ylim=(high[1], low[1]))  # image rows grow downwards
     tissue.set(aspect="equal", xlabel="x (pixels)", ylabel="y (pixels)",
                title=f"{len(centres)} spots, {diameter:g} px across" + (
                    "" if image is not None else " (no image given)"))

@@ -78,6 +78,8 @@ def test_spots_are_circles_of_their_real_diameter_over_the_tissue(tmp_path: Path
     np.testing.assert_allclose(spots.get_array(), [0.0, 5.0, 10.0])
     (image,) = tissue.images
     assert image.get_extent() == [-0.5, 399.5, 299.5, -0.5]
+    # Shown: the spots' region with a diameter's margin, within the image.
+    np.testing.assert_allclose([*tissue.get_xlim(), *tissue.get_ylim()], [20, 370, 270, 10])
     # Rendered: a spot's colour at its centre and just inside its rim, the grey tissue just outside.
     pixels = _rendered(figure)
     grey = np.full(3, 128 / 255)
