@@ -270,6 +270,8 @@ class LabSightClient:
             return Result(pb.JobResult.FromString(b"".join(chunk.data for chunk in chunks)))
         except FailedPreconditionError as error:
             job = self.get(job_id)
+            if job.status == pb.JOB_STATUS_DONE:  # it finished between the two calls
+                return self.result(job_id)
             if job.status in TERMINAL:
                 raise JobFailedError(job, rpc=error.rpc, address=error.address) from None
             raise
