@@ -366,6 +366,8 @@ def _job_line(job: dict[str, Any]) -> str:
         text += f"  error: {job['error']}"
     if "result" in job:
         text += f"  scalars: {json.dumps(job['result']['scalars'])}"
+    for warning in job.get("warnings", []):
+        text += f"\n  warning: {warning}"
     return text
 
 

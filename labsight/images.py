@@ -1,13 +1,15 @@
-"""Image inputs: decoding labsight.v1.Image (tensor or PNG/TIFF/JPEG bytes) with checks."""
+"""Image inputs: reading labsight.v1.Image (tensor or PNG/TIFF/JPEG bytes) as every pipeline does."""
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from xml.etree import ElementTree
 
 import numpy as np
 import tifffile
@@ -16,6 +18,15 @@ from PIL import ImageMode
 
 from labsight.config import env_int
 from labsight.errors import InvalidArgument
+from labsight.image_reader import (
+    Layout,
+    PageReader,
+    ReadChoices,
+    ReadPlan,
+    plan_reading,
+    read_planned,
+)
+from labsight.intensity import low_range_warning, scale_intensity
 from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import tensor_pb2
 
@@ -29,6 +40,9 @@ MAX_CHANNELS = 8
 
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
+MASK_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.int32, np.uint32, np.int64))
+"""Label mask dtypes (those a Tensor carries): int32 is what scikit-image and StarDist write."""
+
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "png"),
     (b"\xff\xd8\xff", "jpeg"),
@@ -39,8 +53,11 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 )
 _FORMAT_ALIASES = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "tif": "tiff", "tiff": "tiff"}
 
-_CONVERTED_MODES = {"P": "RGB", "PA": "RGBA", "LA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "1": "RGB"}
+_CONVERTED_MODES = {"P": "RGB", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "1": "RGB"}
 """Pillow modes that are converted after decoding, and what they become."""
+
+_ALPHA_MODES = ("RGBA", "LA")
+"""Pillow modes whose last band is alpha (dropped when opaque)."""
 
 # The decoded-size limit here replaces Pillow's pixel-count guard, which would warn about,
 # or refuse with a misleading message, images an operator has allowed.
@@ -98,30 +115,31 @@ def detect_format(data: bytes) -> str | None:
 
 
 def image_info(
-    image: tensor_pb2.Image, field: str = "image", max_bytes: int | None = None
+    image: tensor_pb2.Image, field: str = "image", max_bytes: int | None = None,
+    choices_field: str = "",
 ) -> ImageInfo:
-    """Shape and dtype of an Image message, read from its header without decoding pixels.
+    """Shape and dtype of an Image message as read with its ``read`` options, from its header.
 
-    The checks of :func:`decode_image` all happen here, so a request can be
-    validated at the cost of its header.
+    No pixel is decoded: the axes come from the file's metadata, and the
+    channel, plane and projection choices of ``image.read`` are checked
+    against them (:mod:`labsight.image_reader`). The checks of
+    :func:`decode_image` all happen here, so a request can be validated at the
+    cost of its header.
 
     Raises
     ------
     InvalidArgument
         Missing or empty image, unknown format, a header that does not parse,
-        or pixels :func:`decode_image` would refuse: over ``max_bytes`` decoded
-        (default :func:`max_image_bytes`), another rank or dtype, more than 8 channels.
+        a stack without a chosen plane or projection, choices the image does not
+        have, or pixels :func:`decode_image` would refuse: over ``max_bytes``
+        decoded (default :func:`max_image_bytes`), another dtype, more than 8 channels.
+        Messages name the read options as ``choices_field``.channels etc.
+        (default ``field``.read; the gateway says params).
     """
     limit = max_image_bytes() if max_bytes is None else max_bytes
-    source = image.WhichOneof("source")
-    if source is None:
-        raise InvalidArgument(f"{field}: no image given (set tensor or encoded)")
-    if source == "tensor":
-        pixels = from_tensor(image.tensor, f"{field}.tensor", max_bytes=limit)
-        return check_info(ImageInfo(pixels.shape, pixels.dtype, pixels.nbytes), field, limit)
-    data, fmt = _encoded_bytes(image.encoded, f"{field}.encoded")
-    info = _guarded(fmt, f"{field}.encoded", lambda: _read_header(data, fmt))
-    return check_info(info, field, limit)
+    with _opened(image, field, limit) as source:
+        plan = _plan(source, image, field, choices_field)
+        return check_info(ImageInfo(plan.shape, plan.dtype, plan.decode_bytes), field, limit)
 
 
 def check_info(info: ImageInfo, field: str, max_bytes: int) -> ImageInfo:
@@ -131,7 +149,10 @@ def check_info(info: ImageInfo, field: str, max_bytes: int) -> ImageInfo:
     if info.height == 0 or info.width == 0:
         raise InvalidArgument(f"{field}: image is empty ({info.height}x{info.width} pixels)")
     if not 1 <= info.channels <= MAX_CHANNELS:
-        raise InvalidArgument(f"{field}: {info.channels} channels; expected 1 to {MAX_CHANNELS}")
+        raise InvalidArgument(
+            f"{field}: {info.channels} channels; expected 1 to {MAX_CHANNELS} (choose some with "
+            "the channels parameter, e.g. channels=0,2)"
+        )
     if info.dtype not in IMAGE_DTYPES:
         raise InvalidArgument(f"{field}: dtype {info.dtype} not supported; expected uint8 or uint16")
     if info.decode_bytes > max_bytes:
@@ -146,28 +167,195 @@ def check_info(info: ImageInfo, field: str, max_bytes: int) -> ImageInfo:
 def decode_image(
     image: tensor_pb2.Image, field: str = "image", max_bytes: int | None = None
 ) -> np.ndarray:
-    """Pixels of an Image message as (H, W) or (H, W, C) uint8 or uint16.
+    """Pixels of an Image message, (H, W) or (H, W, C) uint8 or uint16, read with its ``read`` options.
 
     The header is checked first (:func:`image_info`), so an image over the
-    limit is refused before any of its pixels is decoded.
+    limit is refused before any of its pixels is decoded. The pixels are the
+    chosen channels of the chosen plane (or projection), an opaque alpha
+    channel dropped, intensities scaled (:func:`labsight.intensity.scale_intensity`).
 
     Raises
     ------
     InvalidArgument
-        As :func:`image_info`, or bytes that do not decode.
+        As :func:`image_info`, bytes that do not decode, or an alpha channel
+        that is not opaque.
     """
-    info = image_info(image, field, max_bytes)
-    if image.WhichOneof("source") == "tensor":
-        return from_tensor(image.tensor, f"{field}.tensor")
-    data, fmt = _encoded_bytes(image.encoded, f"{field}.encoded")
-    pixels = _guarded(fmt, f"{field}.encoded", lambda: _decode(data, fmt))
-    if pixels.shape != info.shape or pixels.dtype != info.dtype:
+    return read_image(image, field, max_bytes).pixels
+
+
+@dataclass(frozen=True)
+class ImageReading:
+    """Pixels as every pipeline reads them, and what the reading did.
+
+    Attributes
+    ----------
+    pixels : ndarray
+        (H, W) or (H, W, C) uint8 or uint16.
+    warnings : list of str
+        What a result computed on them should carry (data using a small part of
+        its range, clipped values).
+    provenance : dict of str to str
+        The reading's choices and the intensity range used, for JobResult.provenance.
+    """
+
+    pixels: np.ndarray
+    warnings: list[str]
+    provenance: dict[str, str]
+
+
+def read_image(
+    image: tensor_pb2.Image, field: str = "image", max_bytes: int | None = None,
+    choices_field: str = "",
+) -> ImageReading:
+    """:func:`decode_image` with the warnings and provenance of the reading (messages name the
+    read options as ``choices_field``, as :func:`image_info`)."""
+    limit = max_image_bytes() if max_bytes is None else max_bytes
+    choices = read_choices(image, field)
+    with _opened(image, field, limit) as source:
+        plan = _plan(source, image, field, choices_field)
+        check_info(ImageInfo(plan.shape, plan.dtype, plan.decode_bytes), field, limit)
+        pixels = _guarded(source.fmt, source.data_field, lambda: read_planned(
+            source.layout, plan, source.read_pages, field))
+    if pixels.shape != plan.shape or pixels.dtype != plan.dtype:
         # The header promised something else: never hand on what was not checked.
         raise InvalidArgument(
-            f"{field}.encoded.data: corrupt {fmt.upper()} image (header says {list(info.shape)} "
-            f"{info.dtype}, decoded {list(pixels.shape)} {pixels.dtype})"
+            f"{source.data_field}.data: corrupt {source.fmt.upper()} image (header says "
+            f"{list(plan.shape)} {plan.dtype}, decoded {list(pixels.shape)} {pixels.dtype})"
         )
-    return pixels
+    bits = source.layout.significant_bits
+    informative_bits = bits if bits is not None and bits < pixels.dtype.itemsize * 8 else None
+    try:
+        scaled = scale_intensity(pixels, choices.intensity, informative_bits)
+    except ValueError as error:
+        raise InvalidArgument(f"{choices_field or field + '.read'}.intensity: {error}") from None
+    warnings = [w for w in (low_range_warning(scaled.pixels, field),) if w]
+    if scaled.clipped and choices.intensity.kind == "bit-depth":
+        warnings.append(
+            f"{field}: {scaled.clipped} values above {scaled.white:g} were clipped by "
+            f"intensity={choices.intensity.text} (is the bit depth right?)"
+        )
+    provenance = {
+        "intensity": choices.intensity.text,
+        "intensity_range": f"{scaled.black:g}-{scaled.white:g}",
+        "image_axes": source.layout.describe(),
+    }
+    provenance.update({name: text for name, text in _read_texts(image).items()
+                       if text and name != "intensity"})
+    return ImageReading(scaled.pixels, warnings, provenance)
+
+
+def read_choices(image: tensor_pb2.Image, field: str = "image") -> ReadChoices:
+    """The parsed ``read`` options of an Image message; InvalidArgument naming a bad one."""
+    texts = _read_texts(image)
+    for name, text in texts.items():
+        try:
+            ReadChoices.parse(**{name: text})
+        except ValueError as error:
+            raise InvalidArgument(f"{field}.read.{name}: {error}") from None
+    return ReadChoices.parse(**texts)
+
+
+def _read_texts(image: tensor_pb2.Image) -> dict[str, str]:
+    read = image.read
+    return {"channels": read.channels, "plane": read.plane, "z_project": read.z_project,
+            "intensity": read.intensity}
+
+
+def label_mask_info(image: tensor_pb2.Image, field: str, max_bytes: int | None = None) -> ImageInfo:
+    """Shape and dtype of a label mask image from its header: one 2-D plane of integers.
+
+    Masks are read as they are (no channels, planes or intensity scaling) and
+    may be any integer type (int32 is what scikit-image and StarDist write).
+    """
+    limit = max_image_bytes() if max_bytes is None else max_bytes
+    with _opened(image, field, limit) as source:
+        return _mask_info(source.layout, field, limit)
+
+
+def decode_label_mask(image: tensor_pb2.Image, field: str, max_bytes: int | None = None) -> np.ndarray:
+    """The (H, W) integer labels of a mask image (see :func:`label_mask_info`)."""
+    limit = max_image_bytes() if max_bytes is None else max_bytes
+    with _opened(image, field, limit) as source:
+        info = _mask_info(source.layout, field, limit)
+        plan = ReadPlan(info.shape, info.dtype, info.decode_bytes, {}, "", "", None, False)
+        labels = _guarded(source.fmt, source.data_field, lambda: read_planned(
+            source.layout, plan, source.read_pages, field))
+    if labels.shape != info.shape or labels.dtype != info.dtype:
+        raise InvalidArgument(f"{source.data_field}.data: corrupt {source.fmt.upper()} image "
+                              f"(decoded {list(labels.shape)} {labels.dtype})")
+    return labels
+
+
+def _mask_info(layout: Layout, field: str, limit: int) -> ImageInfo:
+    if layout.axes != "YX" or layout.page_axes != "YX":
+        raise InvalidArgument(
+            f"{field}: a label mask is one 2-D plane of integers, got axes {layout.describe()}"
+        )
+    if layout.dtype not in MASK_DTYPES:
+        raise InvalidArgument(
+            f"{field}: expected an integer label mask ({', '.join(map(str, MASK_DTYPES))}), "
+            f"got dtype {layout.dtype}"
+        )
+    shape = layout.shape
+    decode_bytes = max(math.prod(shape) * layout.dtype.itemsize, layout.chunk_bytes)
+    if decode_bytes > limit:
+        raise InvalidArgument(
+            f"{field}: mask of {shape[0]}x{shape[1]} {layout.dtype} takes {decode_bytes} bytes "
+            f"decoded, over the limit of {limit} bytes (raise {MAX_IMAGE_BYTES_ENV} to accept it)"
+        )
+    return ImageInfo(shape, layout.dtype, decode_bytes)
+
+
+@dataclass
+class _Source:
+    """An opened image: its layout and a reader of its pages."""
+
+    layout: Layout
+    read_pages: PageReader
+    fmt: str
+    data_field: str
+
+
+@contextmanager
+def _opened(image: tensor_pb2.Image, field: str, limit: int) -> Iterator[_Source]:
+    """The image's layout from its header (or tensor), and a page reader valid inside the block."""
+    source = image.WhichOneof("source")
+    if source is None:
+        raise InvalidArgument(f"{field}: no image given (set tensor or encoded)")
+    if source == "tensor":
+        pixels = from_tensor(image.tensor, f"{field}.tensor", max_bytes=limit)
+        if pixels.ndim not in (2, 3):
+            raise InvalidArgument(
+                f"{field}: expected (H, W) or (H, W, C) pixels, got shape {list(pixels.shape)}"
+            )
+        axes = "YX" if pixels.ndim == 2 else "YXS"
+        layout = Layout(axes, pixels.shape, pixels.dtype, axes)
+        yield _Source(layout, lambda keys: pixels[np.newaxis], "tensor", f"{field}.tensor")
+        return
+    data_field = f"{field}.encoded"
+    data, fmt = _encoded_bytes(image.encoded, data_field)
+    if fmt == "tiff":
+        with _guarded(fmt, data_field, lambda: tifffile.TiffFile(io.BytesIO(data))) as tif:
+            layout = _guarded(fmt, data_field, lambda: tiff_layout(tif))
+            page_shape = layout.shape[len(layout.axes) - len(layout.page_axes):]
+
+            def read_tiff(keys: Sequence[int]) -> np.ndarray:
+                pages = tif.asarray(series=0, key=list(keys))
+                return np.asarray(pages).reshape((len(keys), *page_shape))
+
+            yield _Source(layout, read_tiff, fmt, data_field)
+        return
+    with _guarded(fmt, data_field, lambda: PILImage.open(io.BytesIO(data))) as img:
+        layout = _guarded(fmt, data_field, lambda: _pillow_layout(img))
+        yield _Source(layout, lambda keys: _decode_pillow(img)[np.newaxis], fmt, data_field)
+
+
+def _plan(source: _Source, image: tensor_pb2.Image, field: str, choices_field: str = "") -> ReadPlan:
+    if source.layout.dtype not in IMAGE_DTYPES:
+        raise InvalidArgument(
+            f"{field}: dtype {source.layout.dtype} not supported; expected uint8 or uint16"
+        )
+    return plan_reading(source.layout, read_choices(image, field), field, choices_field)
 
 
 def _encoded_bytes(encoded: tensor_pb2.EncodedImage, field: str) -> tuple[bytes, str]:
@@ -194,53 +382,64 @@ def _guarded(fmt: str, field: str, read: Callable[[], T]) -> T:
         raise InvalidArgument(f"{field}.data: corrupt {fmt.upper()} image ({exc})") from exc
 
 
-def _read_header(data: bytes, fmt: str) -> ImageInfo:
-    if fmt == "tiff":
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            return _tiff_info(tif.pages.first)
-    with PILImage.open(io.BytesIO(data)) as img:
-        return _pillow_info(img)
+def tiff_layout(tif: tifffile.TiffFile) -> Layout:
+    """The axes of a TIFF's first series from its metadata (ImageJ, OME, or pages and samples).
 
-
-def _tiff_info(page: tifffile.TiffPage) -> ImageInfo:
-    """Decoded shape of a TIFF's first page (samples last), counting its largest strip or tile."""
+    Names of OME channels and OME SignificantBits (else BitsPerSample) are
+    kept; a last sample marked as alpha by ExtraSamples counts as alpha.
+    """
+    series = tif.series[0]
+    page = series.keyframe
     if page.dtype is None:
         raise ValueError(f"unsupported sample format ({page.bitspersample} bits per sample)")
-    axes = dict(zip(page.axes, page.shape, strict=True))
-    if set(axes) - set("YXS"):
-        raise InvalidArgument(f"TIFF page with axes {page.axes} {list(page.shape)}; expected a 2-D image")
-    shape = (axes.get("Y", 1), axes.get("X", 1)) + ((axes["S"],) if "S" in axes else ())
-    dtype = np.dtype(page.dtype)
-    return ImageInfo(shape, dtype, max(math.prod(shape), math.prod(page.chunks)) * dtype.itemsize)
+    axes, shape = series.axes, tuple(int(n) for n in series.shape)
+    page_axes = page.axes
+    if not axes.endswith(page_axes):
+        raise InvalidArgument(f"TIFF series with axes {axes} whose pages have axes {page_axes}; "
+                              "expected pages to hold the last axes")
+    names: tuple[str, ...] = ()
+    bits: int | None = int(page.bitspersample)
+    if tif.is_ome and tif.ome_metadata:
+        names, ome_bits = _ome_channels(tif.ome_metadata)
+        bits = ome_bits or bits
+    alpha = "S" in page_axes and any(int(extra) in (1, 2) for extra in page.extrasamples)
+    chunk_bytes = math.prod(page.chunks) * np.dtype(page.dtype).itemsize
+    return Layout(axes, shape, np.dtype(page.dtype), page_axes, chunk_bytes, names, alpha, bits)
 
 
-def _pillow_info(img: PILImage.Image) -> ImageInfo:
-    """Decoded shape of a PNG or JPEG from Pillow's header, after the mode conversion of _decode."""
+def _ome_channels(xml: str) -> tuple[tuple[str, ...], int | None]:
+    """Channel names and SignificantBits of the first OME image."""
+    root = ElementTree.fromstring(xml)
+    pixels = root.find("{*}Image/{*}Pixels")
+    if pixels is None:
+        return (), None
+    names = tuple(channel.get("Name", "") for channel in pixels.findall("{*}Channel"))
+    bits = pixels.get("SignificantBits")
+    return (names if any(names) else ()), (int(bits) if bits and bits.isdigit() else None)
+
+
+def _pillow_layout(img: PILImage.Image) -> Layout:
+    """Axes of a PNG or JPEG from Pillow's header, after the mode conversion of _decode_pillow."""
     width, height = img.size
     raw = ImageMode.getmode(img.mode)
-    final = ImageMode.getmode(_CONVERTED_MODES.get(img.mode, img.mode))
+    final_mode = _CONVERTED_MODES.get(img.mode, img.mode)
+    final = ImageMode.getmode(final_mode)
     dtype = np.dtype(final.typestr).newbyteorder("=")
     channels = len(final.bands)
+    axes = "YX" if channels == 1 else "YXS"
     shape = (height, width) if channels == 1 else (height, width, channels)
     per_pixel = max(len(raw.bands) * np.dtype(raw.typestr).itemsize, channels * dtype.itemsize)
-    return ImageInfo(shape, dtype, height * width * per_pixel)
+    return Layout(axes, shape, dtype, axes, height * width * per_pixel,
+                  alpha=final_mode in _ALPHA_MODES, significant_bits=dtype.itemsize * 8)
 
 
-def _decode(data: bytes, fmt: str) -> np.ndarray:
-    if fmt == "tiff":
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            page = tif.pages.first
-            pixels = page.asarray()
-            if page.axes.startswith("S"):  # separate planes: samples last, as every other image
-                pixels = np.moveaxis(pixels, 0, -1)
-            return pixels
-    with PILImage.open(io.BytesIO(data)) as img:
-        img.load()
-        if img.mode in _CONVERTED_MODES:
-            img = img.convert(_CONVERTED_MODES[img.mode])
-        if img.mode.startswith("I;16"):
-            return np.asarray(img, dtype=np.uint16)
-        return np.asarray(img)
+def _decode_pillow(img: PILImage.Image) -> np.ndarray:
+    img.load()
+    if img.mode in _CONVERTED_MODES:
+        img = img.convert(_CONVERTED_MODES[img.mode])
+    if img.mode.startswith("I;16"):
+        return np.asarray(img, dtype=np.uint16)
+    return np.asarray(img)
 
 
 def image_stack(tensor: tensor_pb2.Tensor, field: str) -> np.ndarray:

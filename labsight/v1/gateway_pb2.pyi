@@ -140,7 +140,7 @@ class SubmitBatchResponse(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "batch_id", "pipeline", "params", "status", "progress", "progress_message", "attempts", "error", "created_at", "started_at", "finished_at", "priority", "labels", "input_name")
+    __slots__ = ("job_id", "batch_id", "pipeline", "params", "status", "progress", "progress_message", "attempts", "error", "created_at", "started_at", "finished_at", "priority", "labels", "input_name", "warnings")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class Job(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     batch_id: str
     pipeline: str
@@ -185,7 +186,8 @@ class Job(_message.Message):
     priority: Priority
     labels: _containers.ScalarMap[str, str]
     input_name: str
-    def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[JobStatus, str]] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., input_name: _Optional[str] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[JobStatus, str]] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., input_name: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -246,7 +248,7 @@ class ResultChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("job_id", "pipeline", "tables", "tensors", "scalars", "input_name", "provenance", "labels")
+    __slots__ = ("job_id", "pipeline", "tables", "tensors", "scalars", "input_name", "provenance", "labels", "warnings")
     class TablesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +292,7 @@ class JobResult(_message.Message):
     INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     pipeline: str
     tables: _containers.MessageMap[str, _tensor_pb2.FeatureTable]
@@ -298,7 +301,8 @@ class JobResult(_message.Message):
     input_name: str
     provenance: _containers.ScalarMap[str, str]
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, job_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., tables: _Optional[_Mapping[str, _tensor_pb2.FeatureTable]] = ..., tensors: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., scalars: _Optional[_Mapping[str, float]] = ..., input_name: _Optional[str] = ..., provenance: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., tables: _Optional[_Mapping[str, _tensor_pb2.FeatureTable]] = ..., tensors: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., scalars: _Optional[_Mapping[str, float]] = ..., input_name: _Optional[str] = ..., provenance: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetBatchRequest(_message.Message):
     __slots__ = ("batch_id",)

@@ -49,14 +49,28 @@ class EncodedImage(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., format: _Optional[str] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("tensor", "encoded", "name")
+    __slots__ = ("tensor", "encoded", "name", "read")
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     ENCODED_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    READ_FIELD_NUMBER: _ClassVar[int]
     tensor: Tensor
     encoded: EncodedImage
     name: str
-    def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., encoded: _Optional[_Union[EncodedImage, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...
+    read: ImageReadOptions
+    def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., encoded: _Optional[_Union[EncodedImage, _Mapping]] = ..., name: _Optional[str] = ..., read: _Optional[_Union[ImageReadOptions, _Mapping]] = ...) -> None: ...
+
+class ImageReadOptions(_message.Message):
+    __slots__ = ("channels", "plane", "z_project", "intensity")
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    PLANE_FIELD_NUMBER: _ClassVar[int]
+    Z_PROJECT_FIELD_NUMBER: _ClassVar[int]
+    INTENSITY_FIELD_NUMBER: _ClassVar[int]
+    channels: str
+    plane: str
+    z_project: str
+    intensity: str
+    def __init__(self, channels: _Optional[str] = ..., plane: _Optional[str] = ..., z_project: _Optional[str] = ..., intensity: _Optional[str] = ...) -> None: ...
 
 class FeatureTable(_message.Message):
     __slots__ = ("columns", "row_ids", "values")

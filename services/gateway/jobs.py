@@ -51,6 +51,7 @@ class JobRecord:
     batch_id: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     input_name: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def is_terminal(self) -> bool:
@@ -76,6 +77,7 @@ class JobRecord:
             "batch_id": self.batch_id,
             "labels": json.dumps(self.labels, sort_keys=True),
             "input_name": self.input_name,
+            "warnings": json.dumps(self.warnings),
         }
 
     @classmethod
@@ -99,6 +101,7 @@ class JobRecord:
             batch_id=text.get("batch_id", ""),
             labels=json.loads(text.get("labels", "{}")),
             input_name=text.get("input_name", ""),
+            warnings=json.loads(text.get("warnings", "[]")),
         )
 
     def to_proto(self) -> pb.Job:
@@ -116,6 +119,7 @@ class JobRecord:
             priority=pb.PRIORITY_HIGH if self.priority == "high" else pb.PRIORITY_NORMAL,
             labels=self.labels,
             input_name=self.input_name,
+            warnings=self.warnings,
         )
         for name in ("created_at", "started_at", "finished_at"):
             seconds = getattr(self, name)

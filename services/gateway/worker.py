@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -232,11 +233,15 @@ class Worker:
             services=self.services,
             report_progress=lambda fraction, step: self.report_progress(job, fraction, step),
         )
-        result = get_pipeline(job.pipeline).run(context)
+        pipeline = get_pipeline(job.pipeline)
+        warnings, reading = pipeline.read_input(job_input)
+        result = pipeline.run(context)
         result.job_id = job.job_id
         result.input_name = job.input_name
         result.labels.update(job.labels)
+        result.provenance.update(reading)
         result.provenance["labsight_version"] = labsight.__version__
+        result.warnings.extend(warnings)
         return result
 
     def report_progress(self, job: JobRecord, fraction: float, step: str) -> None:
@@ -253,7 +258,8 @@ class Worker:
             nx=True,
             ex=self.result_ttl_s,
         )
-        if not self.store.transition(job, (RUNNING,), DONE, finished_at=now(), progress=1.0, error=""):
+        if not self.store.transition(job, (RUNNING,), DONE, finished_at=now(), progress=1.0, error="",
+                                     warnings=json.dumps(list(result.warnings))):
             log.info("job ended meanwhile; result kept only if it was done",
                      extra={"job_id": job.job_id})
             if self.store.status(job.job_id) == CANCELLED:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image as PILImage
 from prometheus_client import REGISTRY
 
@@ -30,6 +31,12 @@ LIMIT_MB = 50
 
 def _encoded(data: bytes) -> tensor_pb2.Image:
     return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=data))
+
+
+def _tiff(pixels: np.ndarray, **options: object) -> tensor_pb2.Image:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels, **options)
+    return _encoded(buffer.getvalue())
 
 
 def _png(pixels: np.ndarray, mode: str | None = None) -> tensor_pb2.Image:
@@ -82,8 +89,9 @@ def test_lab_images_are_accepted(stack: InProcessStack) -> None:
 @pytest.mark.parametrize(
     ("image", "channels"),
     [
-        (_png(np.zeros((64, 64, 4), np.uint8), "RGBA"), 4),
-        (_png(np.zeros((64, 64, 2), np.uint8), "LA"), 4),
+        # Channels from the file's axes metadata (an opaque alpha would be dropped instead).
+        (_tiff(np.zeros((4, 64, 64), np.uint8), imagej=True, metadata={"axes": "CYX"}), 4),
+        (_tiff(np.zeros((2, 64, 64), np.uint16), ome=True, metadata={"axes": "CYX"}), 2),
         (image_from_array(np.zeros((64, 64, 2), np.uint8)), 2),
         (image_from_array(np.zeros((64, 64, 4), np.uint8)), 4),
         (image_from_array(np.zeros((64, 64, 5), np.uint16)), 5),

@@ -103,13 +103,16 @@ def test_images_the_core_refuses_are_refused_at_submit(channels: int) -> None:
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
-def test_pngs_with_alpha_are_refused_at_submit(mode: str) -> None:
+def test_pngs_with_alpha_pass_as_rgb_or_grey_unless_the_alpha_is_chosen_as_a_channel(mode: str) -> None:
+    # The alpha is checked to be opaque when the pixels are read (in the worker), not at submit.
     pixels = np.zeros((64, 64, len(mode)), np.uint8)
     buffer = io.BytesIO()
     PILImage.fromarray(pixels, mode=mode).save(buffer, format="PNG")
     image = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=buffer.getvalue()))
+    PIPELINE.validate({}, _job(image))
+    every = ",".join(str(i) for i in range(len(mode)))
     with pytest.raises(InvalidArgument, match=r"channels; fractal features take grey \(1\) or RGB \(3\)"):
-        PIPELINE.validate({}, _job(image))
+        PIPELINE.validate({"channels": every}, _job(image))
 
 
 def test_grey_and_rgb_images_pass() -> None:

@@ -97,11 +97,15 @@ def test_multi_dimensional_tiff_page_is_refused_from_its_header() -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "channels"), [("LA", 4), ("P", 3), ("RGBA", 4), ("L", 1), ("I;16", 1)]
+    ("mode", "colour", "channels"),
+    # Opaque alpha is dropped: grey + alpha reads as grey, RGBA as RGB.
+    [("LA", (0, 255), 1), ("P", 0, 3), ("RGBA", (0, 0, 0, 255), 3), ("L", 0, 1), ("I;16", 0, 1)],
 )
-def test_header_tells_the_decoded_shape_of_each_pillow_mode(mode: str, channels: int) -> None:
+def test_header_tells_the_decoded_shape_of_each_pillow_mode(
+    mode: str, colour: int | tuple[int, ...], channels: int
+) -> None:
     buffer = io.BytesIO()
-    PILImage.new(mode, (6, 4)).save(buffer, format="PNG")
+    PILImage.new(mode, (6, 4), colour).save(buffer, format="PNG")
     info = image_info(_encoded(buffer.getvalue()))
     pixels = decode_image(_encoded(buffer.getvalue()))
     assert (info.shape, info.dtype) == (pixels.shape, pixels.dtype)

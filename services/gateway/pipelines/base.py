@@ -7,8 +7,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from labsight.errors import InvalidArgument, echo
-from labsight.images import image_info
+from labsight.image_reader import parse_channels, parse_plane, parse_z_project
+from labsight.images import image_info, read_image
+from labsight.intensity import DEFAULT_INTENSITY, check_bit_depth, parse_intensity
 from labsight.v1 import gateway_pb2 as pb
+from labsight.v1 import tensor_pb2
 from services.gateway.services import ServiceClients
 
 ProgressReporter = Callable[[float, str], None]
@@ -50,6 +53,22 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected true or false, got {echo(text)}")
 
 
+IMAGE_PARAMETERS = (
+    Parameter("channels", "Channels of the image to use, in order: indices (0,2) or channel names "
+              "from OME metadata; empty: all (an opaque alpha channel is dropped).", "",
+              parse_channels),
+    Parameter("plane", "Plane of a stack (z, t or pages): an index (3) when it has one stack axis, "
+              "else z=3,t=0; empty: none.", "", parse_plane),
+    Parameter("z_project", "Project the z axis of a stack: max, mean or sum; empty: none.", "",
+              parse_z_project),
+    Parameter("intensity", "Intensity range read as black to white: full-range (the dtype's), "
+              "bit-depth:12 (0-4095), bit-depth (from the file), percentile:0.1-99.9 or minmax.",
+              DEFAULT_INTENSITY, parse_intensity),
+)
+"""How every pipeline reads its main image (labsight.image_reader, labsight.intensity): they
+travel as the image's ``read`` options, so every service reads the same pixels."""
+
+
 class Pipeline(ABC):
     """A named sequence of model-service calls that turns a JobInput into a JobResult."""
 
@@ -63,7 +82,7 @@ class Pipeline(ABC):
 
         Raises InvalidArgument naming the parameter or input that is wrong.
         """
-        known = {p.name: p for p in self.parameters}
+        known = {p.name: p for p in self.all_parameters()}
         unknown = sorted(set(params) - set(known))
         if unknown:
             listed = ", ".join(echo(name) for name in unknown[:5])
@@ -82,8 +101,31 @@ class Pipeline(ABC):
                    and role not in job_input.tensors]
         if missing:
             raise InvalidArgument(f"input: pipeline {self.name!r} needs inputs {missing}")
+        if job_input.image.WhichOneof("source") is not None:
+            # The choices travel with the image, and are checked against its axes here.
+            job_input.image.read.CopyFrom(read_options(resolved))
+            info = image_info(job_input.image, "input.image", choices_field="params")
+            try:
+                check_bit_depth(parse_intensity(resolved["intensity"]).bits, info.dtype)
+            except ValueError as error:
+                raise InvalidArgument(f"params.intensity: {error}") from None
         self.check_input(resolved, job_input)
         return resolved
+
+    def all_parameters(self) -> tuple[Parameter, ...]:
+        """The pipeline's own parameters, then the image-reading ones every pipeline shares."""
+        return self.parameters + IMAGE_PARAMETERS
+
+    def read_input(self, job_input: pb.JobInput) -> tuple[list[str], dict[str, str]]:
+        """Warnings and provenance of reading the main image as the services will (in a worker).
+
+        Raises InvalidArgument for an image the services would refuse (e.g. a
+        transparent alpha channel), so such a job fails before any service call.
+        """
+        if job_input.image.WhichOneof("source") is None:
+            return [], {}
+        reading = read_image(job_input.image, "input.image", choices_field="params")
+        return reading.warnings, reading.provenance
 
     def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
         """Pipeline-specific input checks at submit time; default: the main image's header is good.
@@ -95,7 +137,7 @@ class Pipeline(ABC):
 
     def parsed(self, params: Mapping[str, str]) -> dict[str, object]:
         """Parameters parsed to Python values (after ``validate``)."""
-        return {p.name: p.parse(params.get(p.name, p.default)) for p in self.parameters}
+        return {p.name: p.parse(params.get(p.name, p.default)) for p in self.all_parameters()}
 
     def info(self) -> pb.PipelineInfo:
         """The public description of this pipeline."""
@@ -104,7 +146,7 @@ class Pipeline(ABC):
             description=self.description,
             parameters=[
                 pb.PipelineParameter(name=p.name, description=p.description, default_value=p.default)
-                for p in self.parameters
+                for p in self.all_parameters()
             ],
             required_inputs=list(self.required_inputs),
             available=True,
@@ -113,3 +155,10 @@ class Pipeline(ABC):
     @abstractmethod
     def run(self, context: RunContext) -> pb.JobResult:
         """Run the job in a worker; raise on failure (the worker classifies the error)."""
+
+
+def read_options(params: Mapping[str, str]) -> tensor_pb2.ImageReadOptions:
+    """The image-reading parameters of a job as an Image's ``read`` options."""
+    return tensor_pb2.ImageReadOptions(
+        **{p.name: params.get(p.name, p.default) for p in IMAGE_PARAMETERS}
+    )

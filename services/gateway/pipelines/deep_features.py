@@ -57,7 +57,7 @@ def check_model_channels(channels: int, field: str) -> None:
     if channels not in MODEL_CHANNELS:
         raise InvalidArgument(
             f"{field}: {channels} channels; deep features take grey (1) or RGB (3) images "
-            "(drop an alpha channel before sending)"
+            "(choose them with params.channels, e.g. channels=0 or channels=0,1,2)"
         )
 
 

@@ -129,7 +129,7 @@ class FractalPipeline(Pipeline):
         if info.channels not in FRACTAL_CHANNELS:
             raise InvalidArgument(
                 f"input.image: {info.channels} channels; fractal features take grey (1) or RGB (3) "
-                "images (drop an alpha channel before sending)"
+                "images: choose them with params.channels (e.g. channels=0 or channels=0,1,2)"
             )
         sizes = parse_box_sizes(params["box_sizes"])
         if min(info.height, info.width) < sizes[-1]:

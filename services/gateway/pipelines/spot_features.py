@@ -7,7 +7,7 @@ from functools import partial
 import numpy as np
 
 from labsight.errors import InvalidArgument, echo
-from labsight.images import ImageInfo, decode_image, image_info
+from labsight.images import ImageInfo, decode_label_mask, image_info, label_mask_info
 from labsight.spatial import EDGE, SPOT_EDGE_MODES
 from labsight.tables import feature_table
 from labsight.tensors import from_tensor, to_tensor
@@ -163,7 +163,7 @@ class SpotFeaturesPipeline(Pipeline):
             mask = (
                 from_tensor(job_input.tensors[CELL_LABELS], f"input.tensors[{CELL_LABELS}]")
                 if CELL_LABELS in job_input.tensors
-                else decode_image(job_input.images[CELL_LABELS], f"input.images[{CELL_LABELS}]")
+                else decode_label_mask(job_input.images[CELL_LABELS], f"input.images[{CELL_LABELS}]")
             )
             base.cell_labels.CopyFrom(to_tensor(mask))
             base.blank_other_cells = bool(params["blank_other_cells"])
@@ -252,7 +252,7 @@ def count_cells(params: dict[str, str], job_input: pb.JobInput, info: ImageInfo)
         shape, dtype = mask.shape, mask.dtype
     else:
         field = f"input.images[{CELL_LABELS}]"
-        header = image_info(job_input.images[CELL_LABELS], field)
+        header = label_mask_info(job_input.images[CELL_LABELS], field)
         mask, shape, dtype = None, header.shape, header.dtype
     if dtype.kind not in "iu":
         raise InvalidArgument(f"{field}: expected an integer label mask, got dtype {dtype}")
@@ -267,7 +267,7 @@ def count_cells(params: dict[str, str], job_input: pb.JobInput, info: ImageInfo)
     if bound * input_pixels(model) <= DEEP_FEATURES_COST.value():
         return bound
     if mask is None:
-        mask = decode_image(job_input.images[CELL_LABELS], field)
+        mask = decode_label_mask(job_input.images[CELL_LABELS], field)
     return len(cell_label_ids(mask))
 
 

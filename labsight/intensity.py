@@ -1,0 +1,205 @@
+"""Intensity scaling of image pixels: the one mapping every pipeline applies before its algorithm.
+
+Every algorithm of LabSight reads intensities relative to the range of the
+image's dtype: the fractal threshold is r/255 of it (r for uint8, 257·r for
+uint16), CNN inputs are pixels / dtype maximum. Most scientific cameras write
+12- or 14-bit data into 16-bit files, which then occupy a sixteenth or a
+quarter of that range; the ``intensity`` choice says which values are the
+image's black and white, and :func:`scale_intensity` stretches them linearly
+onto the dtype's whole range (same dtype in and out):
+
+==========================  ==========================================================
+``full-range`` (default)    0 .. dtype maximum: pixels unchanged
+``bit-depth:B``             0 .. 2^B - 1 (B from 1 to the dtype's bits)
+``bit-depth``               as ``bit-depth:B`` with B from the file's metadata
+                            (TIFF BitsPerSample, OME SignificantBits), else the data
+``percentile:LO-HI``        the LO-th .. HI-th percentile of the image's values
+``minmax``                  the image's smallest .. largest value
+==========================  ==========================================================
+
+Values outside the range are clipped. ``bit-depth:B`` maps x to
+round(x · M / (2^B - 1)) with M the dtype maximum, in integer arithmetic, so
+a 12-bit image holding 16 · v for an 8-bit image v gives, in uint16 with
+threshold 257·r, exactly the fractal numbers of v (tests/unit/test_intensity.py
+checks every pair of values and box sides up to 255).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_INTENSITY",
+    "IntensityScaling",
+    "LOW_RANGE_FRACTION",
+    "ScaledPixels",
+    "check_bit_depth",
+    "low_range_warning",
+    "parse_intensity",
+    "scale_intensity",
+]
+
+DEFAULT_INTENSITY = "full-range"
+
+LOW_RANGE_FRACTION = 16
+"""Data whose values span less than 1/16 of its dtype's range gets a warning."""
+
+_BIT_DEPTH = re.compile(r"bit-depth(?::(\d{1,2}))?")
+_PERCENTILE = re.compile(r"percentile:(\d+(?:\.\d*)?)-(\d+(?:\.\d*)?)")
+
+
+@dataclass(frozen=True)
+class IntensityScaling:
+    """A parsed ``intensity`` choice.
+
+    Attributes
+    ----------
+    kind : {"full-range", "bit-depth", "percentile"}
+        ``minmax`` is ``percentile`` 0-100.
+    bits : int or None
+        For ``bit-depth``: the bit depth, or None to take it from the metadata or the data.
+    low, high : float
+        For ``percentile``: the percentiles that become black and white.
+    text : str
+        The choice as written (normalised), for provenance.
+    """
+
+    kind: str
+    bits: int | None = None
+    low: float = 0.0
+    high: float = 100.0
+    text: str = DEFAULT_INTENSITY
+
+
+@dataclass(frozen=True)
+class ScaledPixels:
+    """Pixels after :func:`scale_intensity` and what was done to them.
+
+    Attributes
+    ----------
+    pixels : ndarray
+        Same shape and dtype as the input.
+    black, white : float
+        The input values mapped to 0 and to the dtype maximum.
+    clipped : int
+        Number of values outside [black, white] that were clipped.
+    """
+
+    pixels: np.ndarray
+    black: float
+    white: float
+    clipped: int
+
+
+def parse_intensity(text: str) -> IntensityScaling:
+    """``full-range``, ``bit-depth[:B]``, ``percentile:LO-HI`` or ``minmax``; ValueError otherwise.
+
+    Examples
+    --------
+    >>> parse_intensity("bit-depth:12").bits
+    12
+    """
+    cleaned = text.strip().lower() or DEFAULT_INTENSITY
+    if cleaned == "full-range":
+        return IntensityScaling("full-range")
+    if cleaned == "minmax":
+        return IntensityScaling("percentile", low=0.0, high=100.0, text="minmax")
+    match = _BIT_DEPTH.fullmatch(cleaned)
+    if match:
+        bits = int(match.group(1)) if match.group(1) else None
+        if bits is not None and not 1 <= bits <= 16:
+            raise ValueError(f"bit depth must be 1 to 16, got {bits}")
+        return IntensityScaling("bit-depth", bits=bits, text=cleaned)
+    match = _PERCENTILE.fullmatch(cleaned)
+    if match:
+        low, high = float(match.group(1)), float(match.group(2))
+        if not 0 <= low < high <= 100:
+            raise ValueError(f"percentiles must satisfy 0 <= LO < HI <= 100, got {low}-{high}")
+        return IntensityScaling("percentile", low=low, high=high, text=cleaned)
+    shown = text if len(text) <= 100 else f"{text[:100]!r}… ({len(text)} characters)"
+    raise ValueError(
+        f"expected full-range, bit-depth:B (e.g. bit-depth:12), bit-depth (from the file), "
+        f"percentile:LO-HI (e.g. percentile:0.1-99.9) or minmax, got {shown!r}"
+    )
+
+
+def scale_intensity(
+    pixels: np.ndarray, scaling: IntensityScaling, metadata_bits: int | None = None
+) -> ScaledPixels:
+    """Stretch the intensity range chosen by ``scaling`` onto the whole range of the dtype.
+
+    Parameters
+    ----------
+    pixels : ndarray of uint8 or uint16
+        Any shape; all channels share one range.
+    scaling : IntensityScaling
+        From :func:`parse_intensity`.
+    metadata_bits : int, optional
+        Significant bits the file declares, used by ``bit-depth`` without a number.
+
+    Returns
+    -------
+    ScaledPixels
+
+    Raises
+    ------
+    ValueError
+        A bit depth above the dtype's bits.
+    """
+    top = int(np.iinfo(pixels.dtype).max)
+    if scaling.kind == "full-range" or pixels.size == 0:
+        return ScaledPixels(pixels, 0.0, float(top), 0)
+    if scaling.kind == "bit-depth":
+        bits = scaling.bits or metadata_bits or data_bit_depth(pixels)
+        check_bit_depth(bits, pixels.dtype)
+        white = (1 << bits) - 1
+        values = pixels.astype(np.uint64)
+        clipped = int(np.count_nonzero(values > white))
+        np.minimum(values, white, out=values)
+        # round(x * top / white), half up, exact in integers (x * 2 * top < 2^34).
+        scaled = (values * (2 * top) + white) // (2 * white)
+        return ScaledPixels(scaled.astype(pixels.dtype), 0.0, float(white), clipped)
+    black, white = (float(v) for v in np.percentile(pixels, [scaling.low, scaling.high]))
+    clipped = int(np.count_nonzero((pixels < black) | (pixels > white)))
+    if white <= black:  # one value only: nothing to stretch
+        return ScaledPixels(np.zeros_like(pixels), black, white, clipped)
+    unit = (pixels.astype(np.float64) - black) / (white - black)
+    scaled = np.rint(np.clip(unit, 0.0, 1.0) * top)
+    return ScaledPixels(scaled.astype(pixels.dtype), black, white, clipped)
+
+
+def check_bit_depth(bits: int | None, dtype: np.dtype) -> None:
+    """ValueError when ``bits`` (a ``bit-depth:B`` choice) exceed what ``dtype`` holds."""
+    if bits is not None and bits > np.dtype(dtype).itemsize * 8:
+        raise ValueError(f"bit-depth:{bits} exceeds the image's {np.dtype(dtype)} samples")
+
+
+def data_bit_depth(pixels: np.ndarray) -> int:
+    """Fewest bits that hold the largest value of ``pixels`` (at least 1)."""
+    return max(1, int(pixels.max()).bit_length()) if pixels.size else 1
+
+
+def low_range_warning(pixels: np.ndarray, field: str) -> str | None:
+    """A warning when ``pixels`` span less than 1/LOW_RANGE_FRACTION of their dtype's range.
+
+    Algorithms read intensities relative to the dtype's range, so such data
+    (12-bit camera values in a 16-bit file, a dim 8-bit image) gives numbers
+    that are not comparable to full-range data. The warning names the values,
+    the dtype and the ``intensity`` choices that fix it.
+    """
+    if pixels.size == 0:
+        return None
+    top = int(np.iinfo(pixels.dtype).max)
+    low, high = int(pixels.min()), int(pixels.max())
+    if high - low >= (top + 1) // LOW_RANGE_FRACTION:
+        return None
+    bits = data_bit_depth(pixels)
+    return (
+        f"{field}: pixel values span {low}-{high}, under 1/{LOW_RANGE_FRACTION} of the "
+        f"{pixels.dtype} range 0-{top}; results assume intensities relative to that range "
+        f"(fractal thresholds, CNN inputs). If this is {bits}-bit data set "
+        f"params.intensity=bit-depth:{bits}, else percentile:0.1-99.9 or minmax"
+    )

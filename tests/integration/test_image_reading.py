@@ -1,0 +1,198 @@
+"""Microscope files through the gateway: stacks, channel-first TIFFs, 12-bit data, alpha, int32 masks.
+
+Every file is written by tifffile with real ImageJ/OME metadata, submitted to
+the in-process stack and, where the job runs, compared with what the same
+pixels give as a plain image.
+"""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image as PILImage
+
+from labsight.images import image_from_array
+from labsight.tables import table_values
+from labsight.v1 import gateway_pb2 as pb
+from labsight.v1 import tensor_pb2
+from tests.integration.conftest import InProcessStack
+
+BOXES = {"box_sizes": "3-15"}
+
+
+def _tiff(pixels: np.ndarray, **options: object) -> tensor_pb2.Image:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels, **options)
+    return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=buffer.getvalue()), name="t.tif")
+
+
+def _png(pixels: np.ndarray) -> tensor_pb2.Image:
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels).save(buffer, format="PNG")
+    return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=buffer.getvalue()), name="p.png")
+
+
+def _original_8bit(seed: int = 0) -> np.ndarray:
+    """A textured 8-bit image: blobs plus noise, so every box side sees several masses."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:64]
+    blobs = 120 + 100 * np.sin(xx / 5.0) * np.cos(yy / 7.0)
+    return np.clip(blobs + rng.normal(0, 20, (64, 64)), 0, 255).astype(np.uint8)
+
+
+def _run(stack: InProcessStack, image: tensor_pb2.Image, params: dict[str, str]) -> tuple[pb.Job, object]:
+    job = stack.client.submit("fractal", image, {**BOXES, **params})
+    done = stack.client.wait(job.job_id, timeout_s=120)
+    assert done.status == pb.JOB_STATUS_DONE, done.error
+    return done, stack.client.result(job.job_id)
+
+
+def _fractal_numbers(result: object) -> np.ndarray:
+    return table_values(result.tables["fractal"], "fractal")  # type: ignore[attr-defined]
+
+
+def _refused(stack: InProcessStack, image: tensor_pb2.Image, params: dict[str, str],
+             pipeline: str = "fractal") -> str:
+    queued = len(stack.client.list_jobs())
+    with pytest.raises(grpc.RpcError) as error:
+        stack.client.submit(pipeline, image, {**BOXES, **params} if pipeline == "fractal" else params)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(stack.client.list_jobs()) == queued
+    return error.value.details()
+
+
+def test_twelve_bit_data_with_bit_depth_12_gives_the_8_bit_originals_numbers(
+    stack: InProcessStack,
+) -> None:
+    stack.start_worker()
+    original = _original_8bit()
+    twelve_bit = original.astype(np.uint16) * 16  # 0..4080 in a 16-bit file, as cameras write
+    plain, plain_result = _run(stack, _png(original), {})
+    scaled, scaled_result = _run(stack, _tiff(twelve_bit), {"intensity": "bit-depth:12"})
+    np.testing.assert_array_equal(_fractal_numbers(scaled_result), _fractal_numbers(plain_result))
+    assert scaled_result.scalars["fractal_dimension"] == plain_result.scalars["fractal_dimension"]
+    assert list(scaled.warnings) == [] and list(plain.warnings) == []
+    assert scaled_result.provenance["intensity"] == "bit-depth:12"
+    assert scaled_result.provenance["intensity_range"] == "0-4095"
+    assert plain_result.provenance["intensity"] == "full-range"
+
+
+def test_twelve_bit_data_at_full_range_is_done_with_a_warning_naming_the_fix(
+    stack: InProcessStack,
+) -> None:
+    stack.start_worker()
+    twelve_bit = _original_8bit().astype(np.uint16) * 16
+    job, result = _run(stack, _tiff(twelve_bit), {})
+    assert len(job.warnings) == 1
+    assert "under 1/16 of the uint16 range" in job.warnings[0]
+    assert "params.intensity=bit-depth:12" in job.warnings[0]
+    assert list(result.warnings) == list(job.warnings)  # type: ignore[attr-defined]
+    # The warning is kept in the job record, so a later GetJob still has it.
+    assert list(stack.client.get(job.job_id).warnings) == list(job.warnings)
+
+
+def test_imagej_z_stack_is_refused_naming_its_axes_until_a_plane_or_projection_is_chosen(
+    stack: InProcessStack,
+) -> None:
+    stack.start_worker()
+    rng = np.random.default_rng(1)
+    zcyx = rng.integers(0, 256, (5, 2, 64, 64), dtype=np.uint8)
+    image = _tiff(zcyx, imagej=True, metadata={"axes": "ZCYX"})
+    message = _refused(stack, image, {})
+    assert "a stack with axes ZCYX [Z=5, C=2, Y=64, X=64]" in message
+    assert "params.plane" in message and "params.z_project" in message
+    assert "params.channels" in message
+    _, chosen = _run(stack, image, {"plane": "z=3", "channels": "1"})
+    _, expected = _run(stack, _png(zcyx[3, 1]), {})
+    np.testing.assert_array_equal(_fractal_numbers(chosen), _fractal_numbers(expected))
+    _, projected = _run(stack, image, {"z_project": "max", "channels": "0"})
+    _, expected_max = _run(stack, _png(zcyx[:, 0].max(axis=0)), {})
+    np.testing.assert_array_equal(_fractal_numbers(projected), _fractal_numbers(expected_max))
+    assert projected.provenance["z_project"] == "max"  # type: ignore[attr-defined]
+    assert projected.provenance["image_axes"] == "ZCYX [Z=5, C=2, Y=64, X=64]"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"plane": "z=9"}, "params.plane: Z=9 is beyond input.image's 5 depth planes (0-4)"),
+        ({"plane": "t=0"}, "params.plane: input.image has no stack axis T"),
+        ({"z_project": "max", "channels": "7"}, "params.channels: channel 7 is beyond"),
+        ({"z_project": "median"}, "params.z_project: expected one of max, mean, sum"),
+        ({"z_project": "max", "intensity": "gamma"}, "params.intensity: expected full-range"),
+    ],
+)
+def test_choices_the_stack_does_not_have_are_refused_at_submit(
+    stack: InProcessStack, params: dict[str, str], expected: str
+) -> None:
+    image = _tiff(np.zeros((5, 2, 64, 64), np.uint8), imagej=True, metadata={"axes": "ZCYX"})
+    assert expected in _refused(stack, image, params)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"imagej": True, "metadata": {"axes": "CYX"}},
+        {"ome": True, "metadata": {"axes": "CYX"}},
+        {"photometric": "minisblack", "planarconfig": "separate"},
+    ],
+    ids=["imagej", "ome", "planar"],
+)
+def test_channel_first_four_channel_tiff_is_read_as_four_channels(
+    stack: InProcessStack, options: dict[str, object]
+) -> None:
+    stack.start_worker()
+    cyx = np.random.default_rng(2).integers(0, 256, (4, 64, 64), dtype=np.uint8)
+    image = _tiff(cyx, **options)
+    assert "input.image: 4 channels; fractal features take grey (1) or RGB (3)" in _refused(
+        stack, image, {}
+    )
+    _, chosen = _run(stack, image, {"channels": "2"})
+    _, expected = _run(stack, _png(cyx[2]), {})
+    np.testing.assert_array_equal(_fractal_numbers(chosen), _fractal_numbers(expected))
+
+
+def test_ome_channels_are_chosen_by_name(stack: InProcessStack) -> None:
+    stack.start_worker()
+    cyx = np.random.default_rng(3).integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    image = _tiff(cyx, ome=True, metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "GFP", "ER"]}})
+    _, by_name = _run(stack, image, {"channels": "GFP"})
+    _, expected = _run(stack, _png(cyx[1]), {})
+    np.testing.assert_array_equal(_fractal_numbers(by_name), _fractal_numbers(expected))
+    assert "names: ['DAPI', 'GFP', 'ER']" in _refused(stack, image, {"channels": "YFP"})
+
+
+def test_rgba_with_opaque_alpha_runs_as_rgb_and_transparent_alpha_fails_saying_why(
+    stack: InProcessStack,
+) -> None:
+    stack.start_worker()
+    rgb = np.random.default_rng(4).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    opaque = np.dstack([rgb, np.full((64, 64), 255, np.uint8)])
+    _, with_alpha = _run(stack, _png(opaque), {})
+    _, expected = _run(stack, _png(rgb), {})
+    np.testing.assert_array_equal(_fractal_numbers(with_alpha), _fractal_numbers(expected))
+    # Whether alpha is opaque shows only in the pixels, which the gateway does not decode:
+    # the job fails at once (no retries) naming the alpha and the parameter that keeps RGB.
+    holes = opaque.copy()
+    holes[:8, :8, 3] = 0
+    job = stack.client.submit("fractal", _png(holes), BOXES)
+    failed = stack.client.wait(job.job_id, timeout_s=60)
+    assert failed.status == pb.JOB_STATUS_FAILED and failed.attempts == 1
+    assert "alpha channel is not opaque (64 of 4096 pixels" in failed.error
+    assert "params.channels" in failed.error
+    _, kept = _run(stack, _png(holes), {"channels": "0,1,2"})
+    np.testing.assert_array_equal(_fractal_numbers(kept), _fractal_numbers(expected))
+
+
+def test_int32_label_mask_tiff_is_accepted_for_cells(stack: InProcessStack) -> None:
+    labels = np.zeros((64, 64), np.int32)
+    labels[8:24, 8:24], labels[40:60, 30:50] = 1, 70000  # a label beyond uint16
+    request = pb.SubmitJobRequest(pipeline="spot-features", params={"model": "efficientnet-lite0"})
+    request.input.image.CopyFrom(image_from_array(np.zeros((64, 64, 3), np.uint8)))
+    request.input.images["cell_labels"].CopyFrom(_tiff(labels))
+    job = stack.client.submit_request(request)
+    assert job.status == pb.JOB_STATUS_QUEUED
