@@ -37,6 +37,7 @@ from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.auth import create_token
 from services.gateway.servicer import register as register_gateway
+from tests.conftest import RunningWorker
 from tests.integration.conftest import InProcessStack
 
 FAST = {"box_sizes": "3-11"}
@@ -147,6 +148,24 @@ def test_result_of_a_job_that_ended_without_one_is_job_failed(stack: InProcessSt
     assert error.job_id == job.job_id and error.job.status == pb.JOB_STATUS_CANCELLED
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert f"job {job.job_id} is cancelled" in str(error)
+
+
+def test_run_of_a_job_that_died_raises_job_failed_with_its_error(
+    serve: Callable[..., RunningServer], settings: Settings,
+    worker_thread: Callable[..., RunningWorker],
+) -> None:
+    settings.max_attempts = 1
+    settings.service_wait_s = 0.1  # the features service never answers: the one attempt fails
+    settings.service_addresses = {"features": f"127.0.0.1:{_free_port()}",
+                                  "segmentation": "127.0.0.1:1", "classifier": "127.0.0.1:1"}
+    gateway = serve(register_gateway, GATEWAY.grpc_services, settings)
+    worker_thread()
+    with LabSightClient(gateway.address, token="") as client:
+        with pytest.raises(JobFailedError) as caught:
+            client.run("fractal", demo_image(), FAST, timeout_s=60)
+    error = caught.value
+    assert error.job.status == pb.JOB_STATUS_DEAD and "UNAVAILABLE" in error.error
+    assert error.error in str(error) and f"job {error.job_id} is dead: " in str(error)
 
 
 def test_result_is_a_frame_with_ids_as_index_and_named_columns(
