@@ -12,7 +12,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from labsight.plots.groups import Colour, group_colours, ordered_groups, outside_legend
+from labsight.plots.groups import (
+    Colour,
+    group_colours,
+    legend_columns,
+    ordered_groups,
+    outside_legend,
+)
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
 
@@ -57,7 +63,7 @@ def curves_figure(results: Sequence[pb.JobResult], groups: Sequence[str] | None 
     ``groups``), the median curve and its interquartile band. Every group has
     its own colour and a legend entry with its image count and median D.
     """
-    figure = Figure(figsize=(12, 4.8), layout="constrained")
+    figure = Figure(layout="constrained")
     lacunarity_axes, count_axes = figure.subplots(1, 2)
     entries: list[tuple[Artist | tuple[Artist, ...], str]] = []
     if groups is None and len(results) <= MAX_SINGLE_CURVES:
@@ -89,6 +95,8 @@ def curves_figure(results: Sequence[pb.JobResult], groups: Sequence[str] | None 
         axes.xaxis.set_minor_formatter(NullFormatter())
     outside_legend(count_axes, [handle for handle, _ in entries], [label for _, label in entries],
                    legend_title)
+    # Each legend column takes room of its own, never the curves'.
+    figure.set_size_inches(8.2 + 3.8 * legend_columns(len(entries)), 4.8)
     return figure
 
 

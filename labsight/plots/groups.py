@@ -86,6 +86,11 @@ def group_colours(count: int) -> list[Colour]:
     return [colormaps["turbo"](float(x)) for x in np.linspace(0.0, 1.0, count)]
 
 
+def legend_columns(entries: int) -> int:
+    """Columns of a legend of ``entries`` entries: LEGEND_ROWS entries a column."""
+    return max(1, math.ceil(entries / LEGEND_ROWS))
+
+
 def outside_legend(
     axes: Axes,
     handles: Sequence[Artist | tuple[Artist, ...]] | None = None,
@@ -97,5 +102,5 @@ def outside_legend(
         handles, labels = axes.get_legend_handles_labels()
     return axes.legend(
         handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-        borderaxespad=0.0, fontsize="small", ncols=max(1, math.ceil(len(labels) / LEGEND_ROWS)),
+        borderaxespad=0.0, fontsize="small", ncols=legend_columns(len(labels)),
     )

@@ -223,8 +223,14 @@ def test_groups_never_share_a_colour(count: int) -> None:
     colours = [tuple(np.round(colour, 4)) for colour in group_colours(count)]
     assert len(set(colours)) == count
     results = [_fractal(f"img{i}", 1.6) for i in range(count)]
-    figure, _ = build_figure(results, PlotOptions(groups=[f"g{i}" for i in range(count)]))
-    assert len(_legend_texts(figure.axes[1])) == count  # a legend for every group, even 48
+    figure, _ = build_figure(results, PlotOptions(groups=[f"group {i}" for i in range(count)]))
+    counts = figure.axes[1]
+    assert len(_legend_texts(counts)) == count  # a legend for every group, even 48
+    _rendered(figure)
+    legend = counts.get_legend().get_window_extent()
+    assert legend.x0 >= counts.get_window_extent().x1  # beside the curves, not over them
+    assert legend.x1 <= figure.bbox.x1 and legend.y0 >= 0  # and all of it within the figure
+    assert counts.get_window_extent().width >= 3.5 * figure.dpi  # the curves keep their room
 
 
 def test_fractal_groups_from_a_csv_file(tmp_path: Path) -> None:
