@@ -376,7 +376,7 @@ class CaseStream:
         "valid": 0.08, "mutation": 0.34, "hostile-image": 0.12, "hostile-id": 0.07,
         "other-tenant": 0.05, "bad-token": 0.05, "raw-bytes": 0.08, "truncated": 0.06,
         "invalid-utf8": 0.04, "cut-stream": 0.06, "repeat-mutation": 0.04,
-        "hostile-param": 0.08})
+        "hostile-param": 0.08, "new-layer": 0.01})
 
     def next_case(self) -> Case:
         """The next case of the stream."""
@@ -401,6 +401,8 @@ class CaseStream:
         candidates = RPCS
         if kind == "hostile-image":
             candidates = [r for r in RPCS if _image_rpc(r)]
+        elif kind == "new-layer":
+            candidates = [r for r in RPCS if r.name == "ExtractDeepFeatures"]
         elif kind == "hostile-param":
             candidates = [r for r in RPCS if r.name in PARAMETER_RPCS]
         elif kind in ("hostile-id", "other-tenant"):
@@ -445,6 +447,15 @@ class CaseStream:
             page_label, token = self.pools.pick(rng, self.pools.named("page_token", case.tenant, rng))
             message.page_token, label = token, page_label
         case.input_class, case.detail = label, f"{name}={value[:60]!r}"
+
+    def _new_layer(self, case: Case) -> None:
+        """A valid request for a module path of the model: each distinct one builds an engine,
+        which the features service must keep within its cache budget."""
+        request = case.requests[0]
+        paths = self.pools.world.layer_paths.get(request.model, [])
+        if paths:
+            request.layer = paths[int(self.rng.integers(len(paths)))]
+        case.detail = f"model {request.model!r} layer {request.layer!r}"
 
     def _hostile_param(self, case: Case) -> None:
         rng = self.rng

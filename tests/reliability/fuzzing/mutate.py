@@ -51,9 +51,8 @@ class Pools:
     def layers(self, rng: np.random.Generator) -> list[Labelled]:
         """Public layers, module paths (each distinct one may load an engine), unknown names."""
         public = [("layer:public", layer) for layers in self.world.models.values() for layer in layers]
-        module_paths = [("layer:module-path", f"_blocks.{int(rng.integers(16))}"),
-                        ("layer:module-path", f"net.layers.mixed_{int(rng.integers(11))}"),
-                        ("layer:module-path", "_conv_stem")]
+        module_paths = [("layer:module-path", paths[int(rng.integers(len(paths)))])
+                        for paths in self.world.layer_paths.values() if paths]
         unknown = [("layer:unknown-distinct", f"no-such-layer-{rng.bytes(3).hex()}")]
         return [*public, *module_paths, *unknown, *self.strings]
 

@@ -362,10 +362,7 @@ class Runner:
         assert len(tenants) == 2
         world = World(tenants=(tenants[0], tenants[1]),
                       batch_stem=f"plate-{self.config.seed}-{uuid.uuid4().hex[:4]}")
-        models = features_pb2.ListModelsResponse.FromString(
-            self.channels["features"].unary_unary("/labsight.v1.FeatureService/ListModels")(
-                b"", timeout=self.config.deadline_s, metadata=self.metadata(tenants[0], "features")))
-        world.models = {m.name: list(m.layers) for m in models.models}
+        world.models = {m.name: list(m.layers) for m in self.list_models(tenants[0])}
         gateway = self.channels["gateway"]
         for tenant in tenants:
             image = media.tensor_image(media.pixels(rng, 16))
@@ -392,6 +389,14 @@ class Runner:
             self.owners.update((job_id, tenant) for job_id in world.job_ids[tenant])
         return world
 
+    def list_models(self, tenant: str, with_layer_paths: bool = False) -> list[features_pb2.ModelInfo]:
+        """The features service's models (with every module path of the loaded ones)."""
+        request = features_pb2.ListModelsRequest(with_layer_paths=with_layer_paths)
+        return list(features_pb2.ListModelsResponse.FromString(
+            self.channels["features"].unary_unary("/labsight.v1.FeatureService/ListModels")(
+                request.SerializeToString(), timeout=self.config.deadline_s,
+                metadata=self.metadata(tenant, "features"))).models)
+
     def warm_up(self, pools: Pools, rng: np.random.Generator) -> None:
         """One valid call per model service RPC, per model and per pipeline, so loading
         models and engines is not counted as growth."""
@@ -417,6 +422,8 @@ class Runner:
                 self.call(Case(-1, rpc, "warm-up", "", valid_requests(rpc, rng, pools, tenant),
                                tenant))
         self.wait_for_jobs(self.config.jobs_wait_s)
+        pools.world.layer_paths = {m.name: list(m.layer_paths)
+                                   for m in self.list_models(tenant, with_layer_paths=True)}
 
     def _expect_ok(self, case: Case) -> None:
         outcome = self.call(case)

@@ -27,7 +27,10 @@ class World:
     batch_ids: dict[str, list[str]] = field(default_factory=dict)
     batch_stem: str = "plate"
     models: dict[str, list[str]] = field(default_factory=dict)
-    """Model name → its layer names (as ListModels answered)."""
+    """Model name → its public layer names (as ListModels answered)."""
+    layer_paths: dict[str, list[str]] = field(default_factory=dict)
+    """Model name → every module path a layer may name (ListModels with_layer_paths, once
+    the model is loaded); each distinct one costs the features service an engine."""
 
     def own_and_foreign(self, tenant: str, kind: str) -> tuple[list[str], list[str]]:
         """This tenant's ids of ``kind`` ('job' or 'batch') and the other tenant's (only those
