@@ -425,7 +425,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
             kind=args.kind, table=args.table, colour_by=args.colour_by, spot_diameter=diameter,
             groups=_job_labels(finished, args.class_label) if args.class_label else None,
             group_map=read_groups(Path(args.groups)) if args.groups else None,
-            image=read_image(Path(args.image), "--image") if args.image else None,
+            # Read as the job read its input (its channels, plane, z_project, intensity).
+            image=read_image(Path(args.image), "--image", read=finished[0][0].params)
+            if args.image else None,
             cell_labels=read_image(Path(args.cell_labels), "--cell-labels", labels=True)
             if args.cell_labels else None,
         )

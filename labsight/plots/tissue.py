@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from labsight.plots.groups import Colour, group_colours, ordered_groups, outside
 from labsight.tables import table_values
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
+from labsight.v1 import tensor_pb2
 
 MAX_DISPLAY_SIDE = 4000
 """Images are shown with at most this many pixels a side (every k-th pixel), far above print."""
@@ -39,12 +41,21 @@ NO_VALUE: Colour = (0.75, 0.75, 0.75, 1.0)
 """Outline colour of a cell that has no row in the result."""
 
 
-def read_image(path: Path, what: str, *, labels: bool = False) -> np.ndarray:
-    """The pixels of a local image file (PNG, TIFF, JPEG or .npy) as every pipeline reads it,
-    or with ``labels`` a label mask's integers; ValueError naming ``what``."""
-    decode = decode_label_mask if labels else decode_image
+def read_image(
+    path: Path, what: str, *, labels: bool = False, read: Mapping[str, str] | None = None
+) -> np.ndarray:
+    """The pixels of a local image file (PNG, TIFF, JPEG or .npy) as the pipelines read it,
+    with a job's reading parameters ``read`` (channels, plane, z_project, intensity: the job's
+    params), or with ``labels`` a label mask's integers; ValueError naming ``what``."""
     try:
-        return decode(image_from_file(path), f"{what} {path}", LOCAL_IMAGE_BYTES)
+        image = image_from_file(path)
+        if labels:
+            return decode_label_mask(image, f"{what} {path}", LOCAL_IMAGE_BYTES)
+        choices = read or {}
+        for field in tensor_pb2.ImageReadOptions.DESCRIPTOR.fields:
+            if choices.get(field.name):
+                setattr(image.read, field.name, choices[field.name])
+        return decode_image(image, f"{what} {path}", LOCAL_IMAGE_BYTES)
     except (InvalidArgument, OSError) as error:
         raise ValueError(str(error)) from None
 

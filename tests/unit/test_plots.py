@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import EllipseCollection, PolyCollection
@@ -13,7 +14,15 @@ from matplotlib.colors import Normalize, to_rgba
 from matplotlib.figure import Figure
 from PIL import Image
 
-from labsight.plots import PlotOptions, build_figure, plot_results, principal_components, read_groups, tissue
+from labsight.plots import (
+    PlotOptions,
+    build_figure,
+    plot_results,
+    principal_components,
+    read_groups,
+    read_image,
+    tissue,
+)
 from labsight.plots.groups import group_colours
 from labsight.plots.plate import well_of
 from labsight.plots.tissue import cell_outlines, display_pixels
@@ -172,6 +181,21 @@ def test_cell_outlines_are_inner_boundaries_thickened_for_large_masks() -> None:
     assert thick[1500, 1000:1003].all() and not thick[1500, 1004]  # 2 px more, inwards
     with pytest.raises(ValueError, match="2-D integer label image"):
         cell_outlines(mask.astype(np.float32))
+
+
+def test_images_are_read_as_their_job_read_them(tmp_path: Path) -> None:
+    stack = RNG.integers(0, 4096, (3, 40, 50), dtype=np.uint16)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "ZYX"})
+    np.testing.assert_array_equal(read_image(path, "--image", read={"plane": "1"}), stack[1])
+    np.testing.assert_array_equal(read_image(path, "--image", read={"z_project": "max",
+                                                                    "model": "x"}), stack.max(0))
+    with pytest.raises(ValueError, match="--image .*stack.tif"):
+        read_image(path, "--image")  # a stack without a choice, as at submit
+    mask = np.zeros((40, 50), np.int32)
+    mask[5:9, 5:9] = 70000
+    tifffile.imwrite(tmp_path / "mask.tif", mask)
+    np.testing.assert_array_equal(read_image(tmp_path / "mask.tif", "--cell-labels", labels=True), mask)
 
 
 def test_display_stretches_high_bit_depth_and_keeps_8_bit() -> None:
