@@ -330,7 +330,8 @@ def _fixed_axes(
         if not axis:
             if len(stack_axes) != 1:
                 raise InvalidArgument(
-                    f"{where}.plane: {field} has {len(stack_axes)} stack axes ({layout.describe()}); "
+                    f"{where}.plane: {field} has {len(stack_axes) or 'no'} stack axes "
+                    f"({layout.describe()}); "
                     + (f"name them, e.g. {_plane_example(stack_axes)!r}" if stack_axes else
                        "there is no plane to choose")
                 )

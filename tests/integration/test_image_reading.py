@@ -8,6 +8,7 @@ pixels give as a plain image.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 import tifffile
 from PIL import Image as PILImage
 
+from labsight.cli import main
 from labsight.images import image_from_array
 from labsight.tables import table_values
 from labsight.v1 import gateway_pb2 as pb
@@ -196,3 +198,21 @@ def test_int32_label_mask_tiff_is_accepted_for_cells(stack: InProcessStack) -> N
     request.input.images["cell_labels"].CopyFrom(_tiff(labels))
     job = stack.client.submit_request(request)
     assert job.status == pb.JOB_STATUS_QUEUED
+
+
+def test_cli_submit_wait_and_status_print_the_jobs_warnings(
+    stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.start_worker()
+    path = tmp_path / "camera.tif"
+    tifffile.imwrite(path, _original_8bit().astype(np.uint16) * 16)
+    gateway = ["--gateway", stack.gateway.address, "--token", ""]
+    assert main(["submit", "fractal", str(path), "--param", "box_sizes=3-15", "--wait", *gateway]) == 0
+    submitted = capsys.readouterr().out
+    assert "\n  warning: input.image: pixel values span 0-4080, under 1/16 of the uint16 range" in submitted
+    job_id = submitted.split()[0]
+    assert main(["status", job_id, *gateway]) == 0
+    assert "params.intensity=bit-depth:12" in capsys.readouterr().out
+    assert main(["submit", "fractal", str(path), "--param", "box_sizes=3-15",
+                 "--param", "intensity=bit-depth:12", "--wait", *gateway]) == 0
+    assert "warning:" not in capsys.readouterr().out

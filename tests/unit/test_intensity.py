@@ -1,0 +1,120 @@
+"""Intensity scaling: what each choice maps to black and white, exactness, and the low-range warning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labsight.intensity import low_range_warning, parse_intensity, scale_intensity
+from services.features.fractal import gliding_box
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "bits", "low", "high"),
+    [
+        ("", "full-range", None, 0.0, 100.0),
+        ("full-range", "full-range", None, 0.0, 100.0),
+        ("bit-depth:12", "bit-depth", 12, 0.0, 100.0),
+        ("BIT-DEPTH", "bit-depth", None, 0.0, 100.0),
+        ("percentile:0.1-99.9", "percentile", None, 0.1, 99.9),
+        ("minmax", "percentile", None, 0.0, 100.0),
+    ],
+)
+def test_intensity_choices_parse(text: str, kind: str, bits: int | None, low: float, high: float) -> None:
+    scaling = parse_intensity(text)
+    assert (scaling.kind, scaling.bits, scaling.low, scaling.high) == (kind, bits, low, high)
+
+
+@pytest.mark.parametrize(
+    "text", ["gamma", "bit-depth:0", "bit-depth:17", "percentile:99-1", "percentile:0-101", "bit-depth:x"]
+)
+def test_bad_intensity_choices_say_what_is_expected(text: str) -> None:
+    with pytest.raises(ValueError, match=r"expected|must"):
+        parse_intensity(text)
+
+
+def test_full_range_leaves_pixels_unchanged() -> None:
+    pixels = np.arange(0, 4096, 16, dtype=np.uint16)
+    scaled = scale_intensity(pixels, parse_intensity("full-range"))
+    assert scaled.pixels is pixels and (scaled.black, scaled.white) == (0.0, 65535.0)
+
+
+def test_bit_depth_maps_its_range_onto_the_dtype_range_rounding_half_up() -> None:
+    pixels = np.array([0, 1, 2048, 4095, 5000], np.uint16)
+    scaled = scale_intensity(pixels, parse_intensity("bit-depth:12"))
+    expected = np.floor(np.minimum(pixels.astype(np.int64), 4095) * 65535 / 4095 + 0.5).astype(np.uint16)
+    np.testing.assert_array_equal(scaled.pixels, expected)
+    assert scaled.pixels[-2] == 65535 and scaled.clipped == 1 and scaled.white == 4095
+
+
+def test_bit_depth_without_a_number_takes_the_metadata_else_the_data() -> None:
+    pixels = np.array([0, 1000], np.uint16)
+    from_metadata = scale_intensity(pixels, parse_intensity("bit-depth"), metadata_bits=12)
+    from_data = scale_intensity(pixels, parse_intensity("bit-depth"))
+    assert from_metadata.white == 4095 and from_data.white == 1023
+
+
+def test_bit_depth_beyond_the_dtype_is_refused() -> None:
+    with pytest.raises(ValueError, match="bit-depth:12 exceeds the image's uint8 samples"):
+        scale_intensity(np.zeros(4, np.uint8), parse_intensity("bit-depth:12"))
+
+
+def test_percentiles_become_black_and_white() -> None:
+    pixels = np.arange(1001, dtype=np.uint16) + 100  # 100 .. 1100
+    scaled = scale_intensity(pixels, parse_intensity("percentile:10-90"))
+    assert (scaled.black, scaled.white) == (200.0, 1000.0)
+    assert scaled.pixels[100] == 0 and scaled.pixels[900] == 65535 and scaled.pixels[500] == 32768
+    assert scaled.clipped == 200
+    minmax = scale_intensity(pixels, parse_intensity("minmax"))
+    assert minmax.pixels.min() == 0 and minmax.pixels.max() == 65535
+
+
+def test_a_constant_image_stretched_by_percentiles_is_black() -> None:
+    scaled = scale_intensity(np.full((4, 4), 7, np.uint8), parse_intensity("minmax"))
+    assert not scaled.pixels.any()
+
+
+def test_bit_depth_12_keeps_every_fractal_threshold_decision_of_the_8_bit_values() -> None:
+    """For 12-bit data holding 16·v, |a' - b'| <= 257·r after bit-depth:12 exactly when
+    |a - b| <= r for the 8-bit values a, b: every pair of values, every box side up to 255."""
+    values = np.arange(256)
+    mapped = scale_intensity((values * 16).astype(np.uint16), parse_intensity("bit-depth:12"))
+    wide = mapped.pixels.astype(np.int64)
+    differences_8 = np.abs(values[:, None] - values[None, :])
+    differences_16 = np.abs(wide[:, None] - wide[None, :])
+    for r in range(1, 256):
+        np.testing.assert_array_equal(differences_16 <= 257 * r, differences_8 <= r, err_msg=f"r={r}")
+
+
+def test_bit_depth_12_gives_the_fractal_numbers_of_the_8_bit_original() -> None:
+    original = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
+    twelve_bit = original.astype(np.uint16) * 16
+    scaled = scale_intensity(twelve_bit, parse_intensity("bit-depth:12")).pixels
+    expected, got = gliding_box(original), gliding_box(scaled)
+    np.testing.assert_array_equal(got.lacunarity, expected.lacunarity)
+    np.testing.assert_array_equal(got.box_count, expected.box_count)
+    assert got.fractal_dimension == expected.fractal_dimension
+    # Read at full range the same data is nearly uniform to the 257·r threshold.
+    assert gliding_box(twelve_bit).fractal_dimension.value != expected.fractal_dimension.value
+
+
+@pytest.mark.parametrize(
+    ("pixels", "warned"),
+    [
+        (np.array([0, 4095], np.uint16), True),    # 12-bit data: 4096 of 65536 values
+        (np.array([0, 4096], np.uint16), False),
+        (np.array([100, 115], np.uint8), True),
+        (np.array([0, 255], np.uint8), False),
+    ],
+)
+def test_data_under_a_sixteenth_of_its_range_is_warned_about(pixels: np.ndarray, warned: bool) -> None:
+    warning = low_range_warning(pixels, "input.image")
+    assert (warning is not None) == warned
+    if warning:
+        assert warning.startswith(f"input.image: pixel values span {pixels.min()}-{pixels.max()}")
+        assert "params.intensity=" in warning
+
+
+def test_warning_proposes_the_bit_depth_the_data_fits() -> None:
+    warning = low_range_warning(np.array([3, 4000], np.uint16), "input.image")
+    assert warning is not None and "params.intensity=bit-depth:12" in warning
