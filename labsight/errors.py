@@ -153,6 +153,17 @@ class ServiceError(LabSightError, grpc.RpcError):
         """The status message the service answered, without the call and address."""
         return self._details
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Exceptions unpickle as cls(*args), which keyword-built errors (and JobFailedError's
+        # job) do not survive; this rebuilds without __init__ so they cross processes intact.
+        return _restore, (type(self), self.args), self.__dict__
+
+
+def _restore(kind: type[ServiceError], args: tuple[object, ...]) -> ServiceError:
+    error = kind.__new__(kind)
+    error.args = args
+    return error
+
 
 class InvalidArgumentError(ServiceError, InvalidArgument):
     """The service refused a field of the request; ``details()`` names it and what was wrong."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -166,6 +167,9 @@ def test_run_of_a_job_that_died_raises_job_failed_with_its_error(
     error = caught.value
     assert error.job.status == pb.JOB_STATUS_DEAD and "UNAVAILABLE" in error.error
     assert error.error in str(error) and f"job {error.job_id} is dead: " in str(error)
+    copy = pickle.loads(pickle.dumps(error))  # e.g. raised in a joblib or dask worker
+    assert (type(copy), str(copy), copy.details(), copy.job) == (
+        JobFailedError, str(error), error.details(), error.job)
 
 
 def test_result_is_a_frame_with_ids_as_index_and_named_columns(
