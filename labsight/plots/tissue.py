@@ -22,6 +22,7 @@ from labsight.export import COORDINATES
 from labsight.images import decode_image, decode_label_mask, image_from_file
 from labsight.plots.embedding import VALUE_MAP, RowColours, draw_embedding
 from labsight.plots.groups import Colour, group_colours, ordered_groups, outside_legend
+from labsight.spatial import EDGE
 from labsight.tables import table_values
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
@@ -85,6 +86,7 @@ def spots_figure(
         spots.set_cmap(VALUE_MAP)
         figure.colorbar(spots, ax=tissue, label=colours.label, shrink=0.8)
     tissue.add_collection(spots, autolim=False)
+    _mark_edge_spots(tissue, result, centres, diameter)
     # The spots' region (a Visium capture area is a part of the slide image) with a margin.
     low, high = centres.min(axis=0) - diameter, centres.max(axis=0) + diameter
     if image is not None:
@@ -96,6 +98,25 @@ def spots_figure(
                title=f"{len(centres)} spots, {diameter:g} px across" + (
                    "" if image is not None else " (no image given)"))
     return figure
+
+
+def _mark_edge_spots(axes: Axes, result: pb.JobResult, centres: np.ndarray, diameter: float) -> None:
+    """Ring in dashes the spots whose patch reached past the image and was padded (the result's
+    ``edge`` flags), and say how many below the axes."""
+    if EDGE not in result.tensors:
+        return
+    flags = from_tensor(result.tensors[EDGE], EDGE).astype(bool)
+    if len(flags) != len(centres) or not flags.any():
+        return
+    rings = EllipseCollection(
+        widths=diameter, heights=diameter, angles=0.0, units="xy", offsets=centres[flags],
+        offset_transform=axes.transData, facecolors="none", edgecolors="black",
+        linestyles="--", linewidths=1.2,
+    )
+    axes.add_collection(rings, autolim=False)
+    proxy = Patch(facecolor="none", edgecolor="black", linestyle="--")
+    axes.legend([proxy], [f"{int(flags.sum())} spots padded at the image edge"], loc="upper center",
+                bbox_to_anchor=(0.5, -0.1), fontsize="small", frameon=False)
 
 
 def cells_figure(

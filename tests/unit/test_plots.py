@@ -113,6 +113,20 @@ def test_spots_without_an_image_still_have_their_diameter_and_say_so() -> None:
     assert tissue.get_ylim()[0] > tissue.get_ylim()[1]  # image rows grow downwards
 
 
+def test_spots_padded_at_the_image_edge_are_ringed_and_counted() -> None:
+    centres = np.array([[10.0, 50.0], [100.0, 100.0], [190.0, 150.0]])
+    result = _spots("s", centres)
+    result.tensors["edge"].CopyFrom(to_tensor(np.array([1, 0, 1], np.uint8)))
+    figure, _ = build_figure([result], PlotOptions(image=np.zeros((160, 200), np.uint8),
+                                                   spot_diameter=30))
+    tissue = figure.axes[1]
+    spots, rings = [c for c in tissue.collections if isinstance(c, EllipseCollection)]
+    np.testing.assert_allclose(rings.get_offsets(), centres[[0, 2]])
+    np.testing.assert_allclose(rings.get_widths(), 30.0)
+    assert len(rings.get_facecolors()) == 0 and rings.get_linestyle()[0][1] is not None  # dashed
+    assert _legend_texts(tissue) == ["2 spots padded at the image edge"]
+
+
 def test_spots_coloured_by_groups_get_one_distinct_colour_and_legend_entry_each() -> None:
     centres = RNG.uniform(50, 250, (12, 2))
     clusters = {str(i): f"cluster {i % 3}" for i in range(12)}
