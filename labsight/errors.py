@@ -4,9 +4,10 @@ Two families share the base ``LabSightError``: cores and servicers raise the
 short names (``InvalidArgument``, ``NotFound``, ...), which handlers turn into
 that status; the SDK raises the ``...Error`` names (``InvalidArgumentError``,
 ``NotFoundError``, ...), made from the status a service answered. Each SDK
-error is also the server-side exception of its code and a ``grpc.RpcError``
-with ``code()`` and ``details()``, so ``except ValueError``, ``except
-NotFound`` and code written against raw grpc errors all keep working.
+error is also the server-side exception of its code (where there is one) and
+a ``grpc.RpcError`` with ``code()`` and ``details()``, so ``except
+ValueError``, ``except NotFound`` and code written against raw grpc errors all
+keep working.
 """
 
 from __future__ import annotations
