@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from labsight.export import combined_table
-from labsight.plots.groups import group_colours, ordered_groups, outside_legend
+from labsight.plots.groups import group_colours, legend_columns, ordered_groups, outside_legend
 from labsight.plots.values import principal_components
 from labsight.v1 import gateway_pb2 as pb
 
@@ -43,6 +43,8 @@ def embedding_figure(
     ]
     figure = Figure(figsize=(7.5, 5), layout="constrained")
     draw_embedding(figure.subplots(), values, table, RowColours(groups=row_groups))
+    if row_groups is not None:  # each legend column takes room of its own, never the points'
+        figure.set_size_inches(5.0 + 2.8 * legend_columns(len(set(row_groups))), 5)
     return figure
 
 

@@ -331,6 +331,13 @@ def test_embeddings_colour_by_result_or_group(tmp_path: Path) -> None:
     assert "tumour (n=30)" in svg and "normal (n=30)" in svg
     figure, kind = build_figure([_spots("s1", centres)], PlotOptions())
     assert kind == "embedding"  # no diameter, no mask: nothing to place on an image
+    many, _ = build_figure([_spots(f"image_{i:02d}", centres[:3]) for i in range(48)], PlotOptions())
+    (axes,) = many.axes
+    assert _legend_texts(axes)[:2] == ["image_00.tif (n=3)", "image_01.tif (n=3)"]
+    _rendered(many)
+    legend = axes.get_legend().get_window_extent()
+    assert axes.get_window_extent().x1 <= legend.x0 and legend.x1 <= many.bbox.x1
+    assert axes.get_window_extent().width >= 3.5 * many.dpi
 
 
 def test_too_few_rows_or_no_results_or_a_wrong_kind_are_refused(tmp_path: Path) -> None:
