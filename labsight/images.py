@@ -36,6 +36,12 @@ an 8-bit RGB image of 6688 x 6688 pixels, or a 16-bit grey one of 8192 x 8192.""
 
 MAX_IMAGE_BYTES_ENV = "LABSIGHT_MAX_IMAGE_BYTES"
 
+DEFAULT_MAX_TIFF_PAGES = 10_000
+"""Most pages a TIFF may have by default (e.g. 100 time points x 30 planes x 3 channels); finding
+a file's series takes about 25 µs and 0.5 KB per page."""
+
+MAX_TIFF_PAGES_ENV = "LABSIGHT_MAX_TIFF_PAGES"
+
 MAX_CHANNELS = 8
 
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
@@ -64,6 +70,11 @@ _ALPHA_MODES = ("RGBA", "LA")
 PILImage.MAX_IMAGE_PIXELS = None
 
 T = TypeVar("T")
+
+
+def max_tiff_pages() -> int:
+    """Most pages (IFDs) a TIFF may have: $LABSIGHT_MAX_TIFF_PAGES or the default."""
+    return env_int(MAX_TIFF_PAGES_ENV, DEFAULT_MAX_TIFF_PAGES)
 
 
 def max_image_bytes() -> int:
@@ -336,7 +347,7 @@ def _opened(image: tensor_pb2.Image, field: str, limit: int) -> Iterator[_Source
     data, fmt = _encoded_bytes(image.encoded, data_field)
     if fmt == "tiff":
         with _guarded(fmt, data_field, lambda: tifffile.TiffFile(io.BytesIO(data))) as tif:
-            layout = _guarded(fmt, data_field, lambda: tiff_layout(tif))
+            layout = _guarded(fmt, data_field, lambda: tiff_layout(tif, field))
             page_shape = layout.shape[len(layout.axes) - len(layout.page_axes):]
 
             def read_tiff(keys: Sequence[int]) -> np.ndarray:
@@ -382,12 +393,19 @@ def _guarded(fmt: str, field: str, read: Callable[[], T]) -> T:
         raise InvalidArgument(f"{field}.data: corrupt {fmt.upper()} image ({exc})") from exc
 
 
-def tiff_layout(tif: tifffile.TiffFile) -> Layout:
+def tiff_layout(tif: tifffile.TiffFile, field: str = "image") -> Layout:
     """The axes of a TIFF's first series from its metadata (ImageJ, OME, or pages and samples).
 
     Names of OME channels and OME SignificantBits (else BitsPerSample) are
     kept; a last sample marked as alpha by ExtraSamples counts as alpha.
     """
+    pages, limit = len(tif.pages), max_tiff_pages()
+    if pages > limit:
+        # tifffile builds an object per page to find the series: bound that work.
+        raise InvalidArgument(
+            f"{field}: TIFF with {pages} pages, over the limit of {limit} (raise {MAX_TIFF_PAGES_ENV} to "
+            "accept it)"
+        )
     series = tif.series[0]
     page = series.keyframe
     if page.dtype is None:
@@ -395,7 +413,7 @@ def tiff_layout(tif: tifffile.TiffFile) -> Layout:
     axes, shape = series.axes, tuple(int(n) for n in series.shape)
     page_axes = page.axes
     if not axes.endswith(page_axes):
-        raise InvalidArgument(f"TIFF series with axes {axes} whose pages have axes {page_axes}; "
+        raise InvalidArgument(f"{field}: TIFF series with axes {axes} whose pages have axes {page_axes}; "
                               "expected pages to hold the last axes")
     names: tuple[str, ...] = ()
     bits: int | None = int(page.bitspersample)

@@ -193,3 +193,19 @@ def test_masks_that_are_not_one_plane_of_integers_are_refused() -> None:
         label_mask_info(_tiff(np.zeros((8, 8), np.float32)), "mask")
     with pytest.raises(InvalidArgument, match=r"one 2-D plane of integers, got axes ZYX"):
         label_mask_info(_imagej(np.zeros((3, 8, 8), np.uint16), "ZYX"), "mask")
+
+
+def test_a_tiff_with_more_pages_than_the_limit_is_refused_before_its_series_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as writer:
+        for _ in range(30):
+            writer.write(np.zeros((1, 1), np.uint8), photometric="minisblack", metadata=None)
+    image = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=buffer.getvalue()))
+    image.read.plane = "3"
+    assert image_info(image).shape == (1, 1)
+    monkeypatch.setenv("LABSIGHT_MAX_TIFF_PAGES", "29")
+    with pytest.raises(InvalidArgument, match=r"input\.image: TIFF with 30 pages, over the limit of 29 "
+                       r"\(raise LABSIGHT_MAX_TIFF_PAGES"):
+        image_info(image, "input.image")
