@@ -80,9 +80,13 @@ def build_figure(results: Sequence[pb.JobResult], options: PlotOptions) -> tuple
     if kind == "curves":
         if not fractal:
             raise ValueError("curves are drawn for fractal results only")
+        if options.colour_by:
+            raise ValueError("curves are coloured by group (a job label or a groups file), "
+                             "not by a value")
         figure = curves_figure(results, _result_groups(results, options))
     elif kind == "embedding":
-        figure = embedding_figure(results, table, _result_groups(results, options))
+        figure = embedding_figure(results, table, _result_groups(results, options),
+                                  options.colour_by)
     elif kind == "tissue":
         figure = _tissue_figure(results, table, options)
     elif kind == "plate":

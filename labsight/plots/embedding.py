@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from labsight.export import combined_table
 from labsight.plots.groups import group_colours, legend_columns, ordered_groups, outside_legend
-from labsight.plots.values import principal_components
+from labsight.plots.values import principal_components, row_values
 from labsight.v1 import gateway_pb2 as pb
 
 VALUE_MAP = "viridis"
@@ -28,13 +28,20 @@ class RowColours:
 
 
 def embedding_figure(
-    results: Sequence[pb.JobResult], table: str, groups: Sequence[str] | None = None
+    results: Sequence[pb.JobResult], table: str, groups: Sequence[str] | None = None,
+    colour_by: str = "",
 ) -> Figure:
     """PCA of the rows of ``table`` over all results, coloured by each result's group
-    (``groups``, one per result) or, for several results, by result."""
-    _, _, values, _ = combined_table(results, table)
+    (``groups``, one per result), by a value of each row (``colour_by``: a column or PC<k>)
+    or, for several results, by result."""
+    columns, _, values, _ = combined_table(results, table)
     if len(values) < 2:
         raise ValueError(f"table {table!r}: an embedding needs at least 2 rows, got {len(values)}")
+    if colour_by and groups is None:
+        figure = Figure(figsize=(7.5, 5), layout="constrained")
+        shade, label = row_values(values, columns, colour_by)
+        draw_embedding(figure.subplots(), values, table, RowColours(values=shade, label=label))
+        return figure
     if groups is None and len(results) > 1:
         groups = [result.input_name or result.job_id for result in results]
     row_groups = None if groups is None else [

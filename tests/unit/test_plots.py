@@ -331,6 +331,11 @@ def test_embeddings_colour_by_result_or_group(tmp_path: Path) -> None:
     assert "tumour (n=30)" in svg and "normal (n=30)" in svg
     figure, kind = build_figure([_spots("s1", centres)], PlotOptions())
     assert kind == "embedding"  # no diameter, no mask: nothing to place on an image
+    values = RNG.normal(size=(30, 8))
+    shaded, _ = build_figure([_spots("s1", centres, values)], PlotOptions(colour_by="f3"))
+    (points,) = shaded.axes[0].collections
+    np.testing.assert_allclose(points.get_array(), values[:, 3])
+    assert shaded.axes[1].get_ylabel() == "f3"  # the colour bar says what the colours are
     many, _ = build_figure([_spots(f"image_{i:02d}", centres[:3]) for i in range(48)], PlotOptions())
     (axes,) = many.axes
     assert _legend_texts(axes)[:2] == ["image_00.tif (n=3)", "image_01.tif (n=3)"]
@@ -347,6 +352,8 @@ def test_too_few_rows_or_no_results_or_a_wrong_kind_are_refused(tmp_path: Path) 
         plot_results([], tmp_path / "x.png")
     with pytest.raises(ValueError, match="curves are drawn for fractal results only"):
         plot_results([_spots("s", np.zeros((3, 2)))], tmp_path / "x.png", PlotOptions(kind="curves"))
+    with pytest.raises(ValueError, match="curves are coloured by group"):
+        build_figure([_fractal("a", 1.5)], PlotOptions(colour_by="PC1"))
     with pytest.raises(ValueError, match="not PC1, PC2, ... nor a column"):
         build_figure([_spots("s", np.zeros((3, 2)))], PlotOptions(spot_diameter=3, colour_by="nope"))
 
