@@ -410,7 +410,7 @@ def _finished_results(args: argparse.Namespace) -> tuple[list[Any], list[str] | 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Draw the results of a job or batch into an image file: fractal curves, a PCA, spots or
     cells over their image, or a plate heatmap."""
-    from labsight.plots import PlotOptions, plot_hints, plot_results, read_groups, read_image
+    from labsight.plots import PlotOptions, load_image, plot_hints, plot_results, read_groups
 
     if args.class_label and args.groups:
         raise SystemExit("labsight: give --by LABEL or --groups CSV, not both")
@@ -426,9 +426,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
             groups=_job_labels(finished, args.class_label) if args.class_label else None,
             group_map=read_groups(Path(args.groups)) if args.groups else None,
             # Read as the job read its input (its channels, plane, z_project, intensity).
-            image=read_image(Path(args.image), "--image", read=finished[0][0].params)
+            image=load_image(Path(args.image), "--image", read=finished[0][0].params)
             if args.image else None,
-            cell_labels=read_image(Path(args.cell_labels), "--cell-labels", labels=True)
+            cell_labels=load_image(Path(args.cell_labels), "--cell-labels", labels=True)
             if args.cell_labels else None,
         )
         kind = plot_results(results, Path(args.output), options)

@@ -18,13 +18,13 @@ from labsight.plots.curves import curves_figure
 from labsight.plots.embedding import RowColours, embedding_figure
 from labsight.plots.groups import groups_of, read_groups
 from labsight.plots.plate import plate_figure, well_of
-from labsight.plots.tissue import cells_figure, read_image, spots_figure
+from labsight.plots.tissue import cells_figure, load_image, spots_figure
 from labsight.plots.values import principal_components, result_values, row_values
 from labsight.tables import table_values
 from labsight.v1 import gateway_pb2 as pb
 
-__all__ = ["KINDS", "PlotOptions", "build_figure", "plot_hints", "plot_results",
-           "principal_components", "read_groups", "read_image", "well_of"]
+__all__ = ["KINDS", "PlotOptions", "build_figure", "load_image", "plot_hints", "plot_results",
+           "principal_components", "read_groups", "well_of"]
 
 KINDS = ("auto", "curves", "embedding", "tissue", "plate")
 """Figures ``plot_results`` draws; ``auto`` picks one from the results."""

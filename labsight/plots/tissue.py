@@ -42,7 +42,7 @@ NO_VALUE: Colour = (0.75, 0.75, 0.75, 1.0)
 """Outline colour of a cell that has no row in the result."""
 
 
-def read_image(
+def load_image(
     path: Path, what: str, *, labels: bool = False, read: Mapping[str, str] | None = None
 ) -> np.ndarray:
     """The pixels of a local image file (PNG, TIFF, JPEG or .npy) as the pipelines read it,

@@ -17,10 +17,10 @@ from PIL import Image
 from labsight.plots import (
     PlotOptions,
     build_figure,
+    load_image,
     plot_results,
     principal_components,
     read_groups,
-    read_image,
     tissue,
 )
 from labsight.plots.groups import group_colours
@@ -201,15 +201,15 @@ def test_images_are_read_as_their_job_read_them(tmp_path: Path) -> None:
     stack = RNG.integers(0, 4096, (3, 40, 50), dtype=np.uint16)
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "ZYX"})
-    np.testing.assert_array_equal(read_image(path, "--image", read={"plane": "1"}), stack[1])
-    np.testing.assert_array_equal(read_image(path, "--image", read={"z_project": "max",
+    np.testing.assert_array_equal(load_image(path, "--image", read={"plane": "1"}), stack[1])
+    np.testing.assert_array_equal(load_image(path, "--image", read={"z_project": "max",
                                                                     "model": "x"}), stack.max(0))
     with pytest.raises(ValueError, match="--image .*stack.tif"):
-        read_image(path, "--image")  # a stack without a choice, as at submit
+        load_image(path, "--image")  # a stack without a choice, as at submit
     mask = np.zeros((40, 50), np.int32)
     mask[5:9, 5:9] = 70000
     tifffile.imwrite(tmp_path / "mask.tif", mask)
-    np.testing.assert_array_equal(read_image(tmp_path / "mask.tif", "--cell-labels", labels=True), mask)
+    np.testing.assert_array_equal(load_image(tmp_path / "mask.tif", "--cell-labels", labels=True), mask)
 
 
 def test_display_stretches_high_bit_depth_and_keeps_8_bit() -> None:
