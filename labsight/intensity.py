@@ -152,23 +152,36 @@ def scale_intensity(
     top = int(np.iinfo(pixels.dtype).max)
     if scaling.kind == "full-range" or pixels.size == 0:
         return ScaledPixels(pixels, 0.0, float(top), 0)
+    # Every mapping goes through a table of all top + 1 values and a histogram, so memory
+    # stays one output image whatever the image size (no float copy of the pixels).
+    counts = np.bincount(pixels.ravel(), minlength=top + 1)
+    values = np.arange(top + 1, dtype=np.int64)
     if scaling.kind == "bit-depth":
         bits = scaling.bits or metadata_bits or data_bit_depth(pixels)
         check_bit_depth(bits, pixels.dtype)
-        white = (1 << bits) - 1
-        values = pixels.astype(np.uint64)
-        clipped = int(np.count_nonzero(values > white))
-        np.minimum(values, white, out=values)
-        # round(x * top / white), half up, exact in integers (x * 2 * top < 2^34).
-        scaled = (values * (2 * top) + white) // (2 * white)
-        return ScaledPixels(scaled.astype(pixels.dtype), 0.0, float(white), clipped)
-    black, white = (float(v) for v in np.percentile(pixels, [scaling.low, scaling.high]))
-    clipped = int(np.count_nonzero((pixels < black) | (pixels > white)))
-    if white <= black:  # one value only: nothing to stretch
-        return ScaledPixels(np.zeros_like(pixels), black, white, clipped)
-    unit = (pixels.astype(np.float64) - black) / (white - black)
-    scaled = np.rint(np.clip(unit, 0.0, 1.0) * top)
-    return ScaledPixels(scaled.astype(pixels.dtype), black, white, clipped)
+        black, white = 0.0, float((1 << bits) - 1)
+        # round(x * top / white), half up, exact in integers.
+        limit = int(white)
+        table = (np.minimum(values, limit) * (2 * top) + limit) // (2 * limit)
+    else:
+        black, white = (_percentile(counts, q) for q in (scaling.low, scaling.high))
+        if white <= black:  # one value only: nothing to stretch
+            table = np.zeros_like(values)
+        else:
+            table = np.rint(np.clip((values - black) / (white - black), 0.0, 1.0) * top)
+    clipped = int(counts[(values < black) | (values > white)].sum())
+    return ScaledPixels(table.astype(pixels.dtype)[pixels], black, white, clipped)
+
+
+def _percentile(counts: np.ndarray, q: float) -> float:
+    """The q-th percentile of the values whose histogram is ``counts``, as numpy.percentile
+    (linear interpolation between the two nearest values in sorted order)."""
+    cumulative = np.cumsum(counts)
+    position = q / 100 * (int(cumulative[-1]) - 1)
+    below = int(np.floor(position))
+    low, high = (int(np.searchsorted(cumulative, k, side="right"))
+                 for k in (below, min(below + 1, int(cumulative[-1]) - 1)))
+    return low + (high - low) * (position - below)
 
 
 def check_bit_depth(bits: int | None, dtype: np.dtype) -> None:
@@ -197,9 +210,12 @@ def low_range_warning(pixels: np.ndarray, field: str) -> str | None:
     if high - low >= (top + 1) // LOW_RANGE_FRACTION:
         return None
     bits = data_bit_depth(pixels)
+    fixes = "params.intensity=percentile:0.1-99.9 or minmax"
+    if low < high and bits < pixels.dtype.itemsize * 8:
+        fixes = (f"params.intensity=bit-depth:{bits} if this is {bits}-bit data, else "
+                 "percentile:0.1-99.9 or minmax")
     return (
         f"{field}: pixel values span {low}-{high}, under 1/{LOW_RANGE_FRACTION} of the "
         f"{pixels.dtype} range 0-{top}; results assume intensities relative to that range "
-        f"(fractal thresholds, CNN inputs). If this is {bits}-bit data set "
-        f"params.intensity=bit-depth:{bits}, else percentile:0.1-99.9 or minmax"
+        f"(fractal thresholds, CNN inputs): set {fixes}"
     )

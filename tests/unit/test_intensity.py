@@ -118,3 +118,12 @@ def test_data_under_a_sixteenth_of_its_range_is_warned_about(pixels: np.ndarray,
 def test_warning_proposes_the_bit_depth_the_data_fits() -> None:
     warning = low_range_warning(np.array([3, 4000], np.uint16), "input.image")
     assert warning is not None and "params.intensity=bit-depth:12" in warning
+
+
+@pytest.mark.parametrize("q", [0.0, 0.1, 2.5, 50.0, 99.9, 100.0])
+def test_percentiles_from_the_histogram_equal_numpys(q: float) -> None:
+    pixels = np.random.default_rng(5).gamma(2.0, 300.0, (37, 41)).astype(np.uint16)
+    low = scale_intensity(pixels, parse_intensity(f"percentile:{min(q, 99.0)}-100"))
+    high = scale_intensity(pixels, parse_intensity(f"percentile:0-{max(q, 1.0)}"))
+    assert low.black == pytest.approx(np.percentile(pixels, min(q, 99.0)), abs=1e-9)
+    assert high.white == pytest.approx(np.percentile(pixels, max(q, 1.0)), abs=1e-9)
