@@ -104,26 +104,38 @@ def _draw(
     lacunarity_axes: Axes, count_axes: Axes, curves: Curves, colour: Colour, label: str
 ) -> tuple[Artist | tuple[Artist, ...], str]:
     """Median curves (the curves themselves for one image), their interquartile bands and the
-    fitted line; returns the legend entry: the line, on its band when there is one."""
-    handle: Artist | tuple[Artist, ...] = Line2D([], [])
-    for axes, values in ((lacunarity_axes, curves.lacunarity), (count_axes, curves.counts)):
-        low, median, high = np.percentile(values, [25, 50, 75], axis=0)
-        (line,) = axes.plot(curves.sides, median, marker="o", markersize=3, color=colour)
-        handle = line
-        if len(values) > 1:
-            band = axes.fill_between(curves.sides, low, high, color=colour, alpha=BAND_ALPHA,
-                                     linewidth=0)
-            handle = (band, line)
-    count_axes.add_line(_fitted_line(curves, colour))
+    fitted line; returns the legend entry."""
+    _median_and_band(lacunarity_axes, curves.sides, curves.lacunarity, colour)
+    handle = _median_and_band(count_axes, curves.sides, curves.counts, colour)
+    line = _fitted_line(curves, colour)
+    if line is not None:
+        count_axes.add_line(line)
     return handle, label
 
 
-def _fitted_line(curves: Curves, colour: Colour) -> Line2D:
-    """N = c·r^-D over the fitted range, through the mean log count of the median curve there."""
+def _median_and_band(
+    axes: Axes, sides: np.ndarray, values: np.ndarray, colour: Colour
+) -> Artist | tuple[Artist, ...]:
+    """The median of ``values`` (a row per image) over ``sides`` and, for several images, its
+    interquartile band; returns the legend handle: the line, on its band when there is one."""
+    low, median, high = np.percentile(values, [25, 50, 75], axis=0)
+    (line,) = axes.plot(sides, median, marker="o", markersize=3, color=colour)
+    if len(values) == 1:
+        return line
+    band = axes.fill_between(sides, low, high, color=colour, alpha=BAND_ALPHA, linewidth=0)
+    return band, line
+
+
+def _fitted_line(curves: Curves, colour: Colour) -> Line2D | None:
+    """N = c·r^-D over the fitted range, through the mean log count of the median curve there;
+    None when fewer than two sides counted any box."""
     median = np.median(curves.counts, axis=0)
-    fitted = (curves.sides >= curves.r_min) & (curves.sides <= curves.r_max)
+    usable = median > 0  # an empty image counts no box: no point on a log axis
+    fitted = usable & (curves.sides >= curves.r_min) & (curves.sides <= curves.r_max)
     if fitted.sum() < 2:
-        fitted = np.ones_like(fitted)
+        fitted = usable
+    if fitted.sum() < 2:
+        return None
     sides, counts = curves.sides[fitted], median[fitted]
     dimension = float(np.median(curves.dimensions))
     log_sides = np.log(sides)

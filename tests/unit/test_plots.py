@@ -246,6 +246,20 @@ def test_many_fractal_images_are_a_median_band_per_group_with_a_legend(tmp_path:
     plot_results(results, tmp_path / "curves.png", PlotOptions(groups=groups))
 
 
+def test_the_fitted_line_follows_the_fitted_range_and_skips_empty_counts() -> None:
+    result = _fractal("img.png", 1.8)
+    result.scalars["fractal_dimension_r_min"], result.scalars["fractal_dimension_r_max"] = 5, 21
+    figure, _ = build_figure([result], PlotOptions())
+    curve, fit = figure.axes[1].get_lines()
+    np.testing.assert_array_equal(fit.get_xdata(), np.arange(5, 22, 2))
+    np.testing.assert_allclose(fit.get_ydata(), 1e6 * np.arange(5, 22, 2.0) ** -1.8)
+    blank = _fractal("blank.png", 0.0)
+    blank.tensors["box_count"].CopyFrom(to_tensor(np.zeros(20)))
+    with np.errstate(all="raise"), pytest.warns(UserWarning, match="cannot be log-scaled"):
+        lines = build_figure([blank], PlotOptions())[0].axes[1].get_lines()
+    assert len(lines) == 1  # the counts, and no fitted line through nothing
+
+
 def test_a_few_fractal_images_get_a_line_and_a_legend_entry_each() -> None:
     results = [_fractal(f"img{i}.png", 1.5 + 0.05 * i) for i in range(5)]
     figure, _ = build_figure(results, PlotOptions())
