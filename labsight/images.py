@@ -399,13 +399,7 @@ def tiff_layout(tif: tifffile.TiffFile, field: str = "image") -> Layout:
     Names of OME channels and OME SignificantBits (else BitsPerSample) are
     kept; a last sample marked as alpha by ExtraSamples counts as alpha.
     """
-    pages, limit = len(tif.pages), max_tiff_pages()
-    if pages > limit:
-        # tifffile builds an object per page to find the series: bound that work.
-        raise InvalidArgument(
-            f"{field}: TIFF with {pages} pages, over the limit of {limit} (raise {MAX_TIFF_PAGES_ENV} to "
-            "accept it)"
-        )
+    _check_pages(len(tif.pages), field)  # tifffile builds an object per page to find the series
     series = tif.series[0]
     page = series.keyframe
     if page.dtype is None:
@@ -415,6 +409,8 @@ def tiff_layout(tif: tifffile.TiffFile, field: str = "image") -> Layout:
     if not axes.endswith(page_axes):
         raise InvalidArgument(f"{field}: TIFF series with axes {axes} whose pages have axes {page_axes}; "
                               "expected pages to hold the last axes")
+    # Series from metadata (ImageJ, OME) may index more planes than IFDs; a projection reads each.
+    _check_pages(math.prod(shape[: len(axes) - len(page_axes)]), field)
     names: tuple[str, ...] = ()
     bits: int | None = int(page.bitspersample)
     if tif.is_ome and tif.ome_metadata:
@@ -423,6 +419,15 @@ def tiff_layout(tif: tifffile.TiffFile, field: str = "image") -> Layout:
     alpha = "S" in page_axes and any(int(extra) in (1, 2) for extra in page.extrasamples)
     chunk_bytes = math.prod(page.chunks) * np.dtype(page.dtype).itemsize
     return Layout(axes, shape, np.dtype(page.dtype), page_axes, chunk_bytes, names, alpha, bits)
+
+
+def _check_pages(pages: int, field: str) -> None:
+    limit = max_tiff_pages()
+    if pages > limit:
+        raise InvalidArgument(
+            f"{field}: TIFF with {pages} pages, over the limit of {limit} (raise "
+            f"{MAX_TIFF_PAGES_ENV} to accept it)"
+        )
 
 
 def _ome_channels(xml: str) -> tuple[tuple[str, ...], int | None]:
