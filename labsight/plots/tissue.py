@@ -28,8 +28,10 @@ from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
 
-MAX_DISPLAY_SIDE = 4000
-"""Images are shown with at most this many pixels a side (every k-th pixel), far above print."""
+MAX_DISPLAY_SIDE = 2500
+"""Images are shown with at most this many pixels a side (every k-th pixel): twice what the
+figure's image panel holds at 150 dpi, and a bounded cost (an 8000² slide with 5,000 spots draws
+in 1.4 s, where 4000 a side took 4.5 s and 0.9 GB more)."""
 
 LOCAL_IMAGE_BYTES = 16 * 1024**3
 """Decoded size up to which a local file is read for a figure (the service limits do not apply)."""
