@@ -234,7 +234,7 @@ class Worker:
             report_progress=lambda fraction, step: self.report_progress(job, fraction, step),
         )
         pipeline = get_pipeline(job.pipeline)
-        warnings, reading = pipeline.read_input(job_input)
+        warnings, reading = pipeline.read_input(job_input, job.params)
         result = pipeline.run(context)
         result.job_id = job.job_id
         result.input_name = job.input_name

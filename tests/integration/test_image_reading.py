@@ -18,6 +18,7 @@ from PIL import Image as PILImage
 
 from labsight.cli import main
 from labsight.images import image_from_array
+from labsight.intensity import parse_intensity, scale_intensity
 from labsight.tables import table_values
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
@@ -190,16 +191,6 @@ def test_rgba_with_opaque_alpha_runs_as_rgb_and_transparent_alpha_fails_saying_w
     np.testing.assert_array_equal(_fractal_numbers(kept), _fractal_numbers(expected))
 
 
-def test_int32_label_mask_tiff_is_accepted_for_cells(stack: InProcessStack) -> None:
-    labels = np.zeros((64, 64), np.int32)
-    labels[8:24, 8:24], labels[40:60, 30:50] = 1, 70000  # a label beyond uint16
-    request = pb.SubmitJobRequest(pipeline="spot-features", params={"model": "efficientnet-lite0"})
-    request.input.image.CopyFrom(image_from_array(np.zeros((64, 64, 3), np.uint8)))
-    request.input.images["cell_labels"].CopyFrom(_tiff(labels))
-    job = stack.client.submit_request(request)
-    assert job.status == pb.JOB_STATUS_QUEUED
-
-
 def test_cli_submit_wait_and_status_print_the_jobs_warnings(
     stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -216,3 +207,41 @@ def test_cli_submit_wait_and_status_print_the_jobs_warnings(
     assert main(["submit", "fractal", str(path), "--param", "box_sizes=3-15",
                  "--param", "intensity=bit-depth:12", "--wait", *gateway]) == 0
     assert "warning:" not in capsys.readouterr().out
+
+
+def test_a_patch_stack_gets_the_jobs_intensity_scaling_and_its_warning(
+    stack: InProcessStack, model_cache: Path
+) -> None:
+    stack.start_worker()
+    patches = np.random.default_rng(7).integers(0, 256, (2, 64, 64, 3)).astype(np.uint16) * 16
+    by_hand = scale_intensity(patches, parse_intensity("bit-depth:12")).pixels
+
+    def features(stack_of_patches: np.ndarray, params: dict[str, str]) -> tuple[pb.Job, np.ndarray]:
+        job = stack.client.submit("deep-features", image_from_array(np.zeros((8, 8), np.uint16)),
+                                  params, tensors={"patches": stack_of_patches})
+        done = stack.client.wait(job.job_id, timeout_s=180)
+        assert done.status == pb.JOB_STATUS_DONE, done.error
+        return done, table_values(stack.client.result(job.job_id).tables["features"])[1:]
+
+    scaled_job, scaled = features(patches, {"intensity": "bit-depth:12"})
+    _, expected = features(by_hand, {})
+    np.testing.assert_array_equal(scaled, expected)
+    assert not any("input.tensors[patches]" in w for w in scaled_job.warnings)
+    plain_job, _ = features(patches, {})
+    assert any(w.startswith("input.tensors[patches]: pixel values span") for w in plain_job.warnings)
+
+
+def test_a_spot_features_job_runs_on_an_int32_label_mask_tiff(
+    stack: InProcessStack, model_cache: Path
+) -> None:
+    stack.start_worker()
+    labels = np.zeros((96, 96), np.int32)
+    labels[8:40, 8:40], labels[50:90, 40:80] = 5, 70000  # a label beyond uint16, as StarDist writes
+    request = pb.SubmitJobRequest(pipeline="spot-features", params={"model": "efficientnet-lite0"})
+    rgb = np.random.default_rng(8).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    request.input.image.CopyFrom(image_from_array(rgb))
+    request.input.images["cell_labels"].CopyFrom(_tiff(labels))
+    job = stack.client.submit_request(request)
+    done = stack.client.wait(job.job_id, timeout_s=180)
+    assert done.status == pb.JOB_STATUS_DONE, done.error
+    assert list(stack.client.result(job.job_id).tables["features"].row_ids) == ["5", "70000"]

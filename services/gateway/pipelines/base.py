@@ -116,11 +116,14 @@ class Pipeline(ABC):
         """The pipeline's own parameters, then the image-reading ones every pipeline shares."""
         return self.parameters + IMAGE_PARAMETERS
 
-    def read_input(self, job_input: pb.JobInput) -> tuple[list[str], dict[str, str]]:
+    def read_input(
+        self, job_input: pb.JobInput, params: Mapping[str, str]
+    ) -> tuple[list[str], dict[str, str]]:
         """Warnings and provenance of reading the main image as the services will (in a worker).
 
         Raises InvalidArgument for an image the services would refuse (e.g. a
         transparent alpha channel), so such a job fails before any service call.
+        Pipelines with other image inputs add theirs.
         """
         if job_input.image.WhichOneof("source") is None:
             return [], {}

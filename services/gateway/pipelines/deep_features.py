@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 import numpy as np
 
 from labsight.errors import InvalidArgument, echo
 from labsight.images import image_info, image_stack
+from labsight.intensity import (
+    ScaledPixels,
+    check_bit_depth,
+    low_range_warning,
+    parse_intensity,
+    scale_intensity,
+)
 from labsight.tables import feature_table, table_values
 from labsight.tensors import to_tensor
 from labsight.v1 import features_pb2, tensor_pb2
@@ -148,15 +155,37 @@ class DeepFeaturesPipeline(Pipeline):
             stack = patch_stack(job_input)
             channels = stack.shape[3] if stack.ndim == 4 else 1
             check_model_channels(channels, f"input.tensors[{PATCHES_INPUT}]")
+            try:
+                check_bit_depth(parse_intensity(params["intensity"]).bits, stack.dtype)
+            except ValueError as error:
+                raise InvalidArgument(
+                    f"params.intensity: {error} (input.tensors[{PATCHES_INPUT}])"
+                ) from None
             images += len(stack)
         check_model_work(params, images, "input")
+
+    def read_input(
+        self, job_input: pb.JobInput, params: Mapping[str, str]
+    ) -> tuple[list[str], dict[str, str]]:
+        """The main image's reading, and a warning when the patch stack spans little of its range."""
+        warnings, provenance = super().read_input(job_input, params)
+        if PATCHES_INPUT in job_input.tensors:
+            scaled = scaled_patches(job_input, params)
+            warning = low_range_warning(scaled.pixels, f"input.tensors[{PATCHES_INPUT}]")
+            warnings += [warning] if warning else []
+            provenance.setdefault("intensity", parse_intensity(params["intensity"]).text)
+            provenance["patches_intensity_range"] = f"{scaled.black:g}-{scaled.white:g}"
+        return warnings, provenance
 
     def run(self, context: RunContext) -> pb.JobResult:
         """Features of every input image, one table row each (main image first)."""
         context.report_progress(0.0, "features")
         job_input = context.job_input
         has_image = job_input.image.WhichOneof("source") is not None
-        stack = patch_stack(job_input) if PATCHES_INPUT in job_input.tensors else None
+        stack = (
+            scaled_patches(job_input, context.params).pixels
+            if PATCHES_INPUT in job_input.tensors else None
+        )
         total = int(has_image) + (len(stack) if stack is not None else 0)
 
         def report(done: int) -> None:
@@ -181,6 +210,12 @@ class DeepFeaturesPipeline(Pipeline):
         result.tables["features"].CopyFrom(feature_table(columns, np.concatenate(blocks), row_ids))
         context.report_progress(1.0, "features")
         return result
+
+
+def scaled_patches(job_input: pb.JobInput, params: Mapping[str, str]) -> ScaledPixels:
+    """The patch stack with the job's intensity scaling, as the main image gets it in the
+    services (one range for the whole stack, so patches stay comparable)."""
+    return scale_intensity(patch_stack(job_input), parse_intensity(params["intensity"]))
 
 
 def patch_stack(job_input: pb.JobInput) -> np.ndarray:
