@@ -230,7 +230,7 @@ def plan_reading(
     shape = (height, width) if out_channels == 1 else (height, width, out_channels)
     dtype = np.dtype(np.uint16) if choices.z_project == "sum" else layout.dtype
     page_bytes = math.prod(layout.shape[len(layout.axes) - len(layout.page_axes):]) * layout.dtype.itemsize
-    pages_at_once = len(_needed_c(layout, channels)) if "C" not in layout.page_axes else 1
+    pages_at_once = len(_needed_c(layout, channels))  # one page per channel of a plane
     accumulator = height * width * out_channels * 8 if project_axis else 0
     return ReadPlan(
         shape=shape,
