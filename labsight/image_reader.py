@@ -130,6 +130,9 @@ class Layout:
         The last sample is alpha (TIFF ExtraSamples, a PNG with alpha).
     significant_bits : int or None
         Bits per sample the file declares (OME SignificantBits, TIFF BitsPerSample).
+    other_images : int
+        Further images in the file (OME positions, separately written TIFF series)
+        that are not read: only the first is.
     """
 
     axes: str
@@ -140,6 +143,7 @@ class Layout:
     channel_names: tuple[str, ...] = ()
     alpha: bool = False
     significant_bits: int | None = None
+    other_images: int = 0
 
     def describe(self) -> str:
         """'ZCYX [Z=5, C=2, Y=64, X=64]' for messages."""

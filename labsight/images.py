@@ -62,6 +62,10 @@ _FORMAT_ALIASES = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "tif": "tiff", "
 _CONVERTED_MODES = {"P": "RGB", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "1": "RGB"}
 """Pillow modes that are converted after decoding, and what they become."""
 
+_MULTI_IMAGE_KINDS = ("ome", "imagej", "shaped", "uniform", "generic")
+"""tifffile series kinds whose further series are further images (positions), not auxiliary
+pictures of one slide."""
+
 _ALPHA_MODES = ("RGBA", "LA")
 """Pillow modes whose last band is alpha (dropped when opaque)."""
 
@@ -240,6 +244,11 @@ def read_image(
     except ValueError as error:
         raise InvalidArgument(f"{choices_field or field + '.read'}.intensity: {error}") from None
     warnings = [w for w in (low_range_warning(scaled.pixels, field),) if w]
+    if source.layout.other_images:
+        warnings.append(
+            f"{field}: the file holds {source.layout.other_images + 1} images (TIFF series); only "
+            f"the first ({source.layout.describe()}) was read: submit one file per image"
+        )
     if scaled.clipped and choices.intensity.kind == "bit-depth":
         warnings.append(
             f"{field}: {scaled.clipped} values above {scaled.white:g} were clipped by "
@@ -418,7 +427,10 @@ def tiff_layout(tif: tifffile.TiffFile, field: str = "image") -> Layout:
         bits = ome_bits or bits
     alpha = "S" in page_axes and any(int(extra) in (1, 2) for extra in page.extrasamples)
     chunk_bytes = math.prod(page.chunks) * np.dtype(page.dtype).itemsize
-    return Layout(axes, shape, np.dtype(page.dtype), page_axes, chunk_bytes, names, alpha, bits)
+    # Whole-slide formats keep thumbnails and labels as further series; elsewhere they are images.
+    others = len(tif.series) - 1 if series.kind in _MULTI_IMAGE_KINDS else 0
+    return Layout(axes, shape, np.dtype(page.dtype), page_axes, chunk_bytes, names, alpha, bits,
+                  others)
 
 
 def _check_pages(pages: int, field: str) -> None:

@@ -209,3 +209,17 @@ def test_a_tiff_with_more_pages_than_the_limit_is_refused_before_its_series_is_b
     with pytest.raises(InvalidArgument, match=r"input\.image: TIFF with 30 pages, over the limit of 29 "
                        r"\(raise LABSIGHT_MAX_TIFF_PAGES"):
         image_info(image, "input.image")
+
+
+def test_only_the_first_image_of_a_multi_image_ome_file_is_read_and_that_is_warned() -> None:
+    buffer = io.BytesIO()
+    first, second = _stack((2, 8, 8)), _stack((2, 8, 9))
+    with tifffile.TiffWriter(buffer, ome=True) as writer:
+        writer.write(first, metadata={"axes": "CYX"})
+        writer.write(second, metadata={"axes": "CYX"})
+    image = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=buffer.getvalue()))
+    reading = read_image(image, "input.image")
+    np.testing.assert_array_equal(reading.pixels, np.moveaxis(first, 0, -1))
+    assert any(w.startswith("input.image: the file holds 2 images (TIFF series); only the first "
+                            "(CYX [C=2, Y=8, X=8]) was read") for w in reading.warnings)
+    assert not any("images (TIFF series)" in w for w in read_image(_tiff(first[0])).warnings)
