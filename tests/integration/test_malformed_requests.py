@@ -92,8 +92,8 @@ IMAGE = np.zeros((64, 48), np.uint8)
         (float("inf"), [[24.0, 32.0]], "spot_diameter: must be at least 1 pixel"),
         (-5.0, [[24.0, 32.0]], "spot_diameter: must be at least 1 pixel"),
         (49.0, [[24.0, 32.0]], "spot_diameter: a 49-pixel patch does not fit"),
-        (8.0, [[1e30, 32.0]], "spot_centres[0]: the 8x8 patch around (x=1e+30"),
-        (8.0, [[-1e30, -1e30]], "spot_centres[0]: the 8x8 patch around"),
+        (8.0, [[1e30, 32.0]], "spot_centres[0]: the centre (x=1e+30, y=32.0) lies outside"),
+        (8.0, [[-1e30, -1e30]], "spot_centres[0]: the centre (x=-1e+30"),
     ],
 )
 def test_absurd_spot_patches_are_invalid_argument(
