@@ -96,6 +96,15 @@ def test_two_models_export_at_once_in_one_process(
     assert [onnx.load(str(path)).graph.input[0].name for path in paths] == ["input", "input"]
 
 
+def test_constants_and_shape_arithmetic_are_no_layers(lite: ModelManifest, model_cache: Path) -> None:
+    """A cut at a value that does not depend on the images has no input: refused, not an IndexError."""
+    index = build_layer_index(lite, "onnx", model_cache)
+    for value in ("/_blocks.0/_swish/Constant_output_0", "/Shape_output_0"):
+        with pytest.raises(InvalidArgument, match="is not a layer of model"):
+            index.target(value)
+    assert index.target("/_conv_stem/Conv_output_0") == "/_conv_stem/Conv_output_0"
+
+
 def test_an_unknown_layer_is_an_invalid_argument(lite: ModelManifest, model_cache: Path) -> None:
     with pytest.raises(InvalidArgument, match="layer: 'no_such_layer' is not a layer of model"):
         build_engine(lite, "no_such_layer", "cpu", model_cache)

@@ -88,8 +88,11 @@ def layer_outputs(model: onnx.ModelProto) -> tuple[dict[str, str], tuple[str, ..
     nodes make a value used outside the module (that value: the last one made),
     and every value name of the graph (itself; a value name wins over a module
     path spelled the same). The module paths are returned sorted as well.
+    Only values with a batch axis count (see :func:`batched_values`): a
+    constant or a shape computation is no layer.
     """
     graph = model.graph
+    batched = batched_values(model)
     node_paths = [node_module_path(node.name) for node in graph.node]
     modules = {
         ".".join(parts[:depth])
@@ -111,13 +114,35 @@ def layer_outputs(model: onnx.ModelProto) -> tuple[dict[str, str], tuple[str, ..
             name
             for index in sorted(inside)
             for name in graph.node[index].output
-            if name in graph_outputs or any(user not in inside for user in consumers.get(name, ()))
+            if name in batched
+            and (name in graph_outputs or any(user not in inside for user in consumers.get(name, ())))
         ]
         if escaping:
             outputs[module] = escaping[-1]
     served_modules = tuple(sorted(name for name in outputs if name))
-    outputs.update({name: name for node in graph.node for name in node.output if name})
+    outputs.update({name: name for node in graph.node for name in node.output if name in batched})
     return outputs, served_modules
+
+
+def batched_values(model: onnx.ModelProto) -> set[str]:
+    """Names of the node outputs that hold one row per input image (rank >= 2, first axis not fixed).
+
+    Shapes come from ONNX shape inference; the input's batch axis is dynamic,
+    so a value computed per image keeps an unknown first axis, while constants
+    and shape arithmetic get fixed shapes. When inference cannot tell (no
+    shape found), the value is kept and the engine says what is wrong.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {value.name: value.type.tensor_type.shape for value in [*inferred.value_info, *inferred.output]}
+    return {
+        name
+        for node in model.graph.node
+        for name in node.output
+        if name and (
+            name not in shapes
+            or (len(shapes[name].dim) >= 2 and not shapes[name].dim[0].HasField("dim_value"))
+        )
+    }
 
 
 def cut_at_output(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
