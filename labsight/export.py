@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 
 from labsight.arff import write_arff
-from labsight.tables import table_values
+from labsight.tables import table_values, tables_of
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
 
@@ -94,18 +94,11 @@ def combined_table(
     """
     if not results:
         raise ValueError("no results to export")
-    columns: list[str] = []
+    entries = tables_of(results, table)
     ids: list[str] = []
     blocks: list[np.ndarray] = []
     coordinates: list[np.ndarray] = []
-    for result in results:
-        if table not in result.tables:
-            raise ValueError(f"result of job {result.job_id} has no table {table!r}; "
-                             f"tables: {sorted(result.tables)}")
-        entry = result.tables[table]
-        if columns and list(entry.columns) != columns:
-            raise ValueError(f"job {result.job_id}: table {table!r} has other columns than the first")
-        columns = list(entry.columns)
+    for result, entry in zip(results, entries, strict=True):
         source = result.input_name or result.job_id
         ids.extend(
             f"{source}/{row_id}" if len(results) > 1 and row_id != source else row_id
@@ -116,7 +109,7 @@ def combined_table(
             coordinates.append(from_tensor(result.tensors[COORDINATES], COORDINATES))
     values = np.concatenate(blocks)
     stacked = np.concatenate(coordinates) if len(coordinates) == len(results) else None
-    return columns, ids, values, stacked
+    return list(entries[0].columns), ids, values, stacked
 
 
 def combined_provenance(results: Sequence[pb.JobResult]) -> dict[str, str]:

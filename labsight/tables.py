@@ -8,7 +8,7 @@ import numpy as np
 
 from labsight.errors import InvalidArgument
 from labsight.tensors import from_tensor, to_tensor
-from labsight.v1 import tensor_pb2
+from labsight.v1 import gateway_pb2, tensor_pb2
 
 
 def feature_table(
@@ -47,3 +47,23 @@ def table_records(table: tensor_pb2.FeatureTable) -> list[dict[str, float | str]
         {"id": row_id, **dict(zip(table.columns, map(float, row), strict=True))}
         for row_id, row in zip(table.row_ids, values, strict=True)
     ]
+
+
+def tables_of(results: Sequence[gateway_pb2.JobResult], table: str) -> list[tensor_pb2.FeatureTable]:
+    """The table ``table`` of every result, all with the same columns.
+
+    Raises
+    ------
+    ValueError
+        Naming the job whose result lacks the table or has other columns than the first.
+    """
+    tables = []
+    for result in results:
+        if table not in result.tables:
+            raise ValueError(f"result of job {result.job_id} has no table {table!r}; "
+                             f"tables: {sorted(result.tables)}")
+        entry = result.tables[table]
+        if tables and list(entry.columns) != list(tables[0].columns):
+            raise ValueError(f"job {result.job_id}: table {table!r} has other columns than the first")
+        tables.append(entry)
+    return tables

@@ -20,7 +20,7 @@ from labsight.plots.groups import groups_of, read_groups
 from labsight.plots.plate import plate_figure, well_of
 from labsight.plots.tissue import cells_figure, load_image, spots_figure
 from labsight.plots.values import principal_components, result_values, row_values
-from labsight.tables import table_values
+from labsight.tables import table_values, tables_of
 from labsight.v1 import gateway_pb2 as pb
 
 __all__ = ["KINDS", "PlotOptions", "build_figure", "load_image", "plot_hints", "plot_results",
@@ -128,10 +128,7 @@ def _tissue_figure(results: Sequence[pb.JobResult], table: str, options: PlotOpt
     if len(results) != 1:
         raise ValueError(f"tissue figures show one job's result, got {len(results)}")
     (result,) = results
-    if table not in result.tables:
-        raise ValueError(f"result of job {result.job_id} has no table {table!r}; "
-                         f"tables: {sorted(result.tables)}")
-    entry = result.tables[table]
+    (entry,) = tables_of(results, table)
     if options.group_map is not None:
         colours = RowColours(groups=groups_of([[row] for row in entry.row_ids], options.group_map,
                                               "rows"))

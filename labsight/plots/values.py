@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from labsight.tables import table_values
+from labsight.tables import table_values, tables_of
 from labsight.v1 import gateway_pb2 as pb
 
 COMPONENT = re.compile(r"PC([1-9][0-9]*)", re.IGNORECASE)
@@ -64,18 +64,9 @@ def result_values(
     """
     if all(name in result.scalars for result in results):
         return np.array([result.scalars[name] for result in results]), name
-    columns: list[str] = []
-    means = []
-    for result in results:
-        if table not in result.tables:
-            raise ValueError(f"result of job {result.job_id} has neither a scalar {name!r} nor a "
-                             f"table {table!r}; tables: {sorted(result.tables)}")
-        entry = result.tables[table]
-        if columns and list(entry.columns) != columns:
-            raise ValueError(f"job {result.job_id}: table {table!r} has other columns than the first")
-        columns = list(entry.columns)
-        means.append(table_values(entry, table).mean(axis=0))
-    values, label = row_values(np.array(means), columns, name)
-    if any(len(result.tables[table].row_ids) > 1 for result in results):
+    entries = tables_of(results, table)
+    means = [table_values(entry, table).mean(axis=0) for entry in entries]
+    values, label = row_values(np.array(means), list(entries[0].columns), name)
+    if any(len(entry.row_ids) > 1 for entry in entries):
         label += " of each image's mean row"
     return values, label
