@@ -812,7 +812,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except GatewayNotFound as error:
-        print(f"labsight: {error}", file=sys.stderr)
+        print(f"labsight: {error.details()}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
         print(f"labsight: {error.code().name}: {error.details()}", file=sys.stderr)

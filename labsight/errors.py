@@ -186,6 +186,11 @@ class UnavailableError(ServiceError, Unavailable):
     """The gateway (or a service behind it) does not answer; the message says which address."""
 
 
+class GatewayNotFoundError(UnavailableError, ConnectionError):
+    """No gateway address was given and no running ``labsight up`` was found; the message
+    says how to start one (an UnavailableError that no call was made for)."""
+
+
 class UnauthenticatedError(ServiceError, Unauthenticated):
     """No token, or a token the gateway does not know."""
 

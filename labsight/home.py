@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from labsight.config import address_env_var
+from labsight.errors import GatewayNotFoundError
 
 ENDPOINTS_FILE = "endpoints.json"
 
@@ -80,8 +81,9 @@ def remove_endpoints(home: Path | None = None) -> None:
     ((home or home_dir()) / ENDPOINTS_FILE).unlink(missing_ok=True)
 
 
-class GatewayNotFound(ConnectionError):
-    """No gateway address was given and no running ``labsight up`` was found."""
+GatewayNotFound = GatewayNotFoundError
+"""The name this module has always raised (a ConnectionError, and the SDK's typed
+``labsight.errors.GatewayNotFoundError``, an UnavailableError)."""
 
 
 def running_endpoints(home: Path | None = None) -> Endpoints:

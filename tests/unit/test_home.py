@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
 from labsight.client import LabSightClient
+from labsight.errors import GatewayNotFoundError, UnavailableError
 from labsight.home import Endpoints, GatewayNotFound, home_dir, running_endpoints, write_endpoints
 
 
@@ -73,3 +75,12 @@ def test_endpoints_of_a_running_up_are_found_from_any_folder(user_home: Path) ->
 def test_sdk_without_up_says_how_to_start_it(user_home: Path) -> None:
     with pytest.raises(GatewayNotFound, match="no `labsight up` is running"):
         LabSightClient()
+
+
+def test_sdk_without_up_raises_a_typed_unavailable_error(user_home: Path) -> None:
+    with pytest.raises(UnavailableError) as error:
+        LabSightClient()
+    assert isinstance(error.value, GatewayNotFoundError)
+    assert isinstance(error.value, ConnectionError)  # what callers caught before
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "start it with `labsight up`" in error.value.details()
