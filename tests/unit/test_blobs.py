@@ -1,0 +1,119 @@
+"""The blob store: a directory of 0600 files, and S3 against a real S3 API server (moto)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from labsight.blobs import (
+    BlobStore,
+    DirectoryBlobStore,
+    S3BlobStore,
+    blob_store,
+    blob_store_from_url,
+)
+from labsight.errors import ResourceExhausted
+
+CONTENT = bytes(range(256)) * 9000  # 2.3 MB: more than one S3 read buffer
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on a free loopback port, as MinIO or AWS would answer."""
+    server_module = pytest.importorskip("moto.server")
+    port = _free_port()
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_store(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3BlobStore:
+    boto3 = pytest.importorskip("boto3")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="labsight")
+    monkeypatch.setenv("LABSIGHT_S3_ENDPOINT", s3_endpoint)
+    store = blob_store_from_url("s3://labsight/jobs/inputs")
+    assert isinstance(store, S3BlobStore)
+    return store
+
+
+@pytest.fixture(params=["directory", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    if request.param == "directory":
+        return DirectoryBlobStore(tmp_path / "blobs")
+    return request.getfixturevalue("s3_store")
+
+
+def test_put_then_read_whole_and_ranges(store: BlobStore) -> None:
+    info = store.put(CONTENT[i : i + 100_000] for i in range(0, len(CONTENT), 100_000))
+    assert info.size == len(CONTENT)
+    assert info.sha256 == hashlib.sha256(CONTENT).hexdigest()
+    assert store.size(info.reference) == len(CONTENT)
+    assert store.read_range(info.reference, 1_500_000, 10) == CONTENT[1_500_000:1_500_010]
+    assert store.read_range(info.reference, len(CONTENT) - 3, 10) == CONTENT[-3:]
+    with store.open(info.reference) as stream:
+        stream.seek(-5, os.SEEK_END)
+        assert stream.read() == CONTENT[-5:]
+        stream.seek(0)
+        assert stream.read() == CONTENT
+
+
+def test_same_content_twice_is_two_blobs_so_deleting_one_keeps_the_other(store: BlobStore) -> None:
+    first, second = store.put([b"slide"]), store.put([b"slide"])
+    assert first.reference != second.reference and first.sha256 == second.sha256
+    store.delete(first.reference)
+    with pytest.raises(FileNotFoundError):
+        store.size(first.reference)
+    assert store.read_range(second.reference, 0, 5) == b"slide"
+    store.delete(first.reference)  # already gone: no error
+
+
+def test_upload_over_the_limit_stores_nothing(store: BlobStore, tmp_path: Path) -> None:
+    with pytest.raises(ResourceExhausted, match="limit of 10 bytes"):
+        store.put([b"12345", b"678901"], max_bytes=10)
+    if isinstance(store, DirectoryBlobStore):
+        assert list(store.directory.iterdir()) == []
+
+
+def test_directory_blobs_are_owner_only_files(tmp_path: Path) -> None:
+    store = DirectoryBlobStore(tmp_path / "blobs")
+    info = store.put([b"private"])
+    path = store.local_path(info.reference)
+    assert path is not None and path.read_bytes() == b"private"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in store.directory.iterdir()] == [info.reference]
+
+
+def test_references_that_a_store_did_not_give_are_refused(tmp_path: Path) -> None:
+    store = DirectoryBlobStore(tmp_path / "blobs")
+    with pytest.raises(ValueError, match="not a blob reference"):
+        store.open("../../etc/passwd")
+
+
+def test_store_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LABSIGHT_BLOB_URL", raising=False)
+    monkeypatch.setenv("LABSIGHT_HOME", str(tmp_path))
+    default = blob_store()
+    assert isinstance(default, DirectoryBlobStore) and default.directory == tmp_path / "blobs"
+    monkeypatch.setenv("LABSIGHT_BLOB_URL", f"file://{tmp_path}/elsewhere")
+    chosen = blob_store()
+    assert isinstance(chosen, DirectoryBlobStore) and chosen.directory == tmp_path / "elsewhere"
+    monkeypatch.setenv("LABSIGHT_BLOB_URL", "ftp://host/x")
+    with pytest.raises(ValueError, match="LABSIGHT_BLOB_URL"):
+        blob_store()
