@@ -76,6 +76,9 @@ class Stack:
             # the features service's engine cache gets a budget below the RSS bound, so a cache
             # that keeps every layer it ever loaded shows as growth
             "LABSIGHT_ENGINE_CACHE_BYTES": str(ENGINE_CACHE_BYTES),
+            # a home of its own: nothing read from or written to a real `labsight up`'s home
+            "LABSIGHT_HOME": str(workdir / "home"),
+            "LABSIGHT_BLOB_URL": (workdir.resolve() / "blobs").as_uri(),
             "LABSIGHT_MODEL_CACHE": os.environ.get("LABSIGHT_MODEL_CACHE",
                                                    str(workdir / "models")),
             **{address_env_var(spec.name): f"127.0.0.1:{ports[spec.name]}"
