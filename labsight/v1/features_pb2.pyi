@@ -77,6 +77,26 @@ class ComputeFractalResponse(_message.Message):
     features: _tensor_pb2.FeatureTable
     def __init__(self, box_sizes: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Iterable[_Union[MassProbability, _Mapping]]] = ..., lacunarity: _Optional[_Iterable[float]] = ..., box_count: _Optional[_Iterable[float]] = ..., fractal_dimension: _Optional[_Union[FractalDimensionFit, _Mapping]] = ..., percolation: _Optional[_Union[PercolationFeatures, _Mapping]] = ..., features: _Optional[_Union[_tensor_pb2.FeatureTable, _Mapping]] = ...) -> None: ...
 
+class WorkProgress(_message.Message):
+    __slots__ = ("step", "done", "total", "unit")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    done: int
+    total: int
+    unit: str
+    def __init__(self, step: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., unit: _Optional[str] = ...) -> None: ...
+
+class ComputeFractalUpdate(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: WorkProgress
+    result: ComputeFractalResponse
+    def __init__(self, progress: _Optional[_Union[WorkProgress, _Mapping]] = ..., result: _Optional[_Union[ComputeFractalResponse, _Mapping]] = ...) -> None: ...
+
 class ExtractDeepFeaturesRequest(_message.Message):
     __slots__ = ("model", "layer", "pooling", "images", "image_stack")
     MODEL_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ class FeatureServiceStub:
                 request_serializer=labsight_dot_v1_dot_features__pb2.ComputeFractalRequest.SerializeToString,
                 response_deserializer=labsight_dot_v1_dot_features__pb2.ComputeFractalResponse.FromString,
                 _registered_method=True)
+        self.ComputeFractalStream = channel.unary_stream(
+                '/labsight.v1.FeatureService/ComputeFractalStream',
+                request_serializer=labsight_dot_v1_dot_features__pb2.ComputeFractalRequest.SerializeToString,
+                response_deserializer=labsight_dot_v1_dot_features__pb2.ComputeFractalUpdate.FromString,
+                _registered_method=True)
         self.ExtractDeepFeatures = channel.unary_unary(
                 '/labsight.v1.FeatureService/ExtractDeepFeatures',
                 request_serializer=labsight_dot_v1_dot_features__pb2.ExtractDeepFeaturesRequest.SerializeToString,
@@ -59,6 +64,15 @@ class FeatureServiceServicer:
     def ComputeFractal(self, request, context):
         """Gliding-box probability matrix, lacunarity, box counts N(r), fitted
         fractal dimension and (optionally) percolation features of one image.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ComputeFractalStream(self, request, context):
+        """ComputeFractal with progress: a WorkProgress after each band of box centres
+        (up to 32 per step), then the result. Cancelling the call stops the work
+        at its next band.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,6 +99,11 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.ComputeFractal,
                     request_deserializer=labsight_dot_v1_dot_features__pb2.ComputeFractalRequest.FromString,
                     response_serializer=labsight_dot_v1_dot_features__pb2.ComputeFractalResponse.SerializeToString,
+            ),
+            'ComputeFractalStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ComputeFractalStream,
+                    request_deserializer=labsight_dot_v1_dot_features__pb2.ComputeFractalRequest.FromString,
+                    response_serializer=labsight_dot_v1_dot_features__pb2.ComputeFractalUpdate.SerializeToString,
             ),
             'ExtractDeepFeatures': grpc.unary_unary_rpc_method_handler(
                     servicer.ExtractDeepFeatures,
@@ -125,6 +144,33 @@ class FeatureService:
             '/labsight.v1.FeatureService/ComputeFractal',
             labsight_dot_v1_dot_features__pb2.ComputeFractalRequest.SerializeToString,
             labsight_dot_v1_dot_features__pb2.ComputeFractalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComputeFractalStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/labsight.v1.FeatureService/ComputeFractalStream',
+            labsight_dot_v1_dot_features__pb2.ComputeFractalRequest.SerializeToString,
+            labsight_dot_v1_dot_features__pb2.ComputeFractalUpdate.FromString,
             options,
             channel_credentials,
             insecure,

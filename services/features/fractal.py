@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,6 +16,7 @@ __all__ = [
     "FractalDimension",
     "GlidingBoxResult",
     "PercolationResult",
+    "ProgressCallback",
     "gliding_box",
     "percolation",
 ]
@@ -30,6 +31,14 @@ PERCOLATION_THRESHOLD = 0.59275
 """A box percolates when its mass fraction m / r² reaches this value (the seed's constant)."""
 
 Backend = Literal["auto", "numba", "torch"]
+
+ProgressCallback = Callable[[int, int], None]
+"""Called with (box-centre rows done, rows in all) after each band of rows; an exception it
+raises stops the computation there (how a cancelled caller stops it)."""
+
+PROGRESS_BANDS = 32
+"""Bands of box-centre rows a computation runs in, reporting progress after each; their
+counts add up exactly, so the result does not depend on the banding."""
 
 # Bytes of working arrays the torch path holds at once (a band of centre rows, a batch of maps to
 # label); bounds its device memory on large images.
@@ -114,6 +123,7 @@ def gliding_box(
     box_sizes: Iterable[int] = DEFAULT_BOX_SIZES,
     *,
     backend: Backend = "auto",
+    progress: ProgressCallback | None = None,
 ) -> GlidingBoxResult:
     """Mass probabilities, lacunarity and box count of an image by the gliding box.
 
@@ -128,6 +138,9 @@ def gliding_box(
         ``"numba"`` runs the compiled CPU kernel; ``"torch"`` runs the PyTorch kernel on
         CUDA when available, else on the CPU; ``"auto"`` picks torch only when CUDA is
         available. Both give identical numbers.
+    progress : callable, optional
+        Called as ``progress(rows_done, rows)`` after each of up to ``PROGRESS_BANDS``
+        bands of box-centre rows; what it raises stops the computation.
 
     Returns
     -------
@@ -167,11 +180,12 @@ def gliding_box(
     planar, sizes = _validate(image, box_sizes)
     tables = _EntryTables.build(sizes, image.dtype == np.uint16)
     if _use_torch(backend):
-        counts = _mass_counts_torch(planar, tables)
+        counts = _in_bands(sizes, planar.shape[1], progress,
+                           lambda rows: _mass_counts_torch(planar, tables, rows))
     else:
-        counts = _mass_counts_numba(
-            planar, sizes, tables.thresholds, tables.ring_index, get_num_threads() * 4
-        )
+        counts = _in_bands(sizes, planar.shape[1], progress, lambda rows: _mass_counts_numba(
+            planar, sizes, tables.thresholds, tables.ring_index, _chunks(rows), *rows
+        ))
     return _gliding_box_result(sizes, counts, planar.shape[1:])
 
 
@@ -180,6 +194,7 @@ def percolation(
     box_sizes: Iterable[int] = DEFAULT_BOX_SIZES,
     *,
     backend: Backend = "auto",
+    progress: ProgressCallback | None = None,
 ) -> PercolationResult:
     """Cluster statistics of the gliding box's binary maps.
 
@@ -191,6 +206,8 @@ def percolation(
         Odd, positive, strictly increasing box sides, as for :func:`gliding_box`.
     backend : {"auto", "numba", "torch"}, optional
         Where to compute, as for :func:`gliding_box`; both give identical numbers.
+    progress : callable, optional
+        Progress after each band of box-centre rows, as for :func:`gliding_box`.
 
     Returns
     -------
@@ -214,11 +231,13 @@ def percolation(
     tables = _EntryTables.build(sizes, image.dtype == np.uint16)
     min_mass = _percolating_mass(sizes)
     if _use_torch(backend):
-        clusters, largest, percolating = _cluster_sums_torch(planar, tables, min_mass)
+        sums = _in_bands(sizes, planar.shape[1], progress,
+                         lambda rows: np.stack(_cluster_sums_torch(planar, tables, min_mass, rows)))
     else:
-        clusters, largest, percolating = _cluster_sums_numba(
-            planar, sizes, tables.ring_index, tables.colour_index, min_mass, get_num_threads() * 4
-        )
+        sums = _in_bands(sizes, planar.shape[1], progress, lambda rows: np.stack(_cluster_sums_numba(
+            planar, sizes, tables.ring_index, tables.colour_index, min_mass, _chunks(rows), *rows
+        )))
+    clusters, largest, percolating = sums
     boxes = _box_counts(sizes, planar.shape[1:]).astype(np.float64)
     return PercolationResult(
         box_sizes=_frozen(sizes),
@@ -305,6 +324,32 @@ def _use_torch(backend: str) -> bool:
             return False
         return bool(torch.cuda.is_available())
     raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+
+
+def _in_bands(
+    sizes: np.ndarray,
+    height: int,
+    progress: ProgressCallback | None,
+    count: Callable[[tuple[int, int]], np.ndarray],
+) -> np.ndarray:
+    """Sum of ``count((y0, y1))`` over up to PROGRESS_BANDS bands [y0, y1) of box-centre rows,
+    calling ``progress`` after each (counts of disjoint rows add up to those of all rows)."""
+    half_min = (int(sizes[0]) - 1) // 2
+    first, stop = half_min, height - half_min  # at least one row: no box is larger than the image
+    step = -(-(stop - first) // PROGRESS_BANDS)
+    total = np.zeros(0)
+    for y0 in range(first, stop, step):
+        y1 = min(y0 + step, stop)
+        part = count((y0, y1))
+        total = part if y0 == first else total + part
+        if progress is not None:
+            progress(y1 - first, stop - first)
+    return total
+
+
+def _chunks(rows: tuple[int, int]) -> int:
+    """Parallel tasks of a numba kernel over centre rows [y0, y1): a few per thread, at most a row each."""
+    return max(1, min(get_num_threads() * 4, rows[1] - rows[0]))
 
 
 def _box_counts(sizes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -410,18 +455,19 @@ def _add_row_masses(img, y, half_y, sides, thresholds, ring_index, mass, distanc
 
 
 @njit(cache=True, parallel=True)
-def _mass_counts_numba(img, sizes, thresholds, ring_index, chunks):  # pragma: no cover - compiled
-    """counts[j, m]: number of boxes of side sizes[j] with mass m, for a planar (C, H, W) uint16 image."""
+def _mass_counts_numba(img, sizes, thresholds, ring_index, chunks, y_start, y_stop):  # pragma: no cover
+    """counts[j, m]: number of boxes of side sizes[j] with mass m centred on rows y_start ≤ y < y_stop,
+    for a planar (C, H, W) uint16 image."""
     height, width = img.shape[1], img.shape[2]
     n = sizes.shape[0]
     halves = (sizes - 1) // 2
     half_min, half_max = halves[0], halves[-1]
     counts = np.zeros((chunks, n, sizes[-1] * sizes[-1] + 1), np.int64)
-    rows = height - 2 * half_min
+    rows = y_stop - y_start
     for chunk in prange(chunks):
         mass = np.empty((n, width), np.uint16)
         distance = np.empty(width, np.uint16)
-        for y in range(half_min + rows * chunk // chunks, half_min + rows * (chunk + 1) // chunks):
+        for y in range(y_start + rows * chunk // chunks, y_start + rows * (chunk + 1) // chunks):
             half_y = min(y, height - 1 - y, half_max)
             sides = np.searchsorted(halves, half_y, side="right")
             _add_row_masses(img, y, half_y, sides, thresholds, ring_index, mass, distance)
@@ -534,22 +580,25 @@ def _add_centre_clusters(
 
 
 @njit(cache=True, parallel=True)
-def _cluster_sums_numba(img, sizes, ring_index, colour_index, min_mass, chunks):  # pragma: no cover
-    """Per box side: total cluster count, total largest-cluster size and number of percolating boxes."""
+def _cluster_sums_numba(
+    img, sizes, ring_index, colour_index, min_mass, chunks, y_start, y_stop
+):  # pragma: no cover - compiled
+    """Per box side: total cluster count, total largest-cluster size and number of percolating boxes,
+    of the boxes centred on rows y_start ≤ y < y_stop."""
     height, width = img.shape[1], img.shape[2]
     n = sizes.shape[0]
     halves = (sizes - 1) // 2
     half_min, half_max = halves[0], halves[-1]
     span = 2 * half_max + 1
     totals = np.zeros((chunks, 3, n), np.int64)
-    rows = height - 2 * half_min
+    rows = y_stop - y_start
     for chunk in prange(chunks):
         # An odd number of cache lines per offset keeps a centre's column of entries from
         # crowding into a few cache sets, as a power-of-two width would.
         entries = np.empty((span * span, ((width + 63) // 64 | 1) * 64), np.uint8)
         distance = np.empty(width, np.uint16)
         scratch = np.empty((4, (span + 2) * (span + 2)), np.int32)
-        for y in range(half_min + rows * chunk // chunks, half_min + rows * (chunk + 1) // chunks):
+        for y in range(y_start + rows * chunk // chunks, y_start + rows * (chunk + 1) // chunks):
             half_y = min(y, height - 1 - y, half_max)
             sides = np.searchsorted(halves, half_y, side="right")
             _row_entries(img, y, half_y, sides, ring_index, colour_index, entries, distance)
@@ -582,12 +631,10 @@ def _torch_device() -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _centre_bands(sizes: np.ndarray, shape: tuple[int, int], bytes_per_centre: int) -> list[tuple[int, int]]:
-    """Bands [y0, y1) of centre rows whose working arrays fit _TORCH_WORKING_BYTES."""
-    half_min = (int(sizes[0]) - 1) // 2
-    height, width = shape
-    rows = max(1, _TORCH_WORKING_BYTES // (width * bytes_per_centre))
-    return [(y, min(y + rows, height - half_min)) for y in range(half_min, height - half_min, rows)]
+def _centre_bands(rows: tuple[int, int], width: int, bytes_per_centre: int) -> list[tuple[int, int]]:
+    """Bands [y0, y1) of the centre rows ``rows`` whose working arrays fit _TORCH_WORKING_BYTES."""
+    step = max(1, _TORCH_WORKING_BYTES // (width * bytes_per_centre))
+    return [(y, min(y + step, rows[1])) for y in range(rows[0], rows[1], step)]
 
 
 def _entry_offsets_torch(img: Any, tables: _EntryTables, band: tuple[int, int]) -> Any:
@@ -615,8 +662,8 @@ def _entry_offsets_torch(img: Any, tables: _EntryTables, band: tuple[int, int]) 
             yield dy, dx, rows, cols, colour[distance].clamp_(min=ring[max(abs(dy), abs(dx))])
 
 
-def _mass_counts_torch(planar: np.ndarray, tables: _EntryTables) -> np.ndarray:
-    """Torch version of _mass_counts_numba."""
+def _mass_counts_torch(planar: np.ndarray, tables: _EntryTables, rows: tuple[int, int]) -> np.ndarray:
+    """Torch version of _mass_counts_numba, for the boxes centred on ``rows`` [y0, y1)."""
     import torch
 
     sizes = tables.sizes
@@ -624,7 +671,7 @@ def _mass_counts_torch(planar: np.ndarray, tables: _EntryTables) -> np.ndarray:
     img = torch.from_numpy(planar.astype(np.int32)).to(_torch_device())
     _, height, width = img.shape
     counts = torch.zeros((n, int(sizes[-1]) ** 2 + 1), dtype=torch.int64, device=img.device)
-    for band in _centre_bands(sizes, (height, width), 4 * (n + 1)):
+    for band in _centre_bands(rows, width, 4 * (n + 1)):
         hist = torch.zeros((band[1] - band[0], width, n + 1), dtype=torch.int32, device=img.device)
         for _, _, rows, cols, entry in _entry_offsets_torch(img, tables, band):
             target = hist[rows.start - band[0] : rows.stop - band[0], cols]
@@ -640,9 +687,10 @@ def _mass_counts_torch(planar: np.ndarray, tables: _EntryTables) -> np.ndarray:
 
 
 def _cluster_sums_torch(
-    planar: np.ndarray, tables: _EntryTables, min_mass: np.ndarray
+    planar: np.ndarray, tables: _EntryTables, min_mass: np.ndarray, rows: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Torch version of _cluster_sums_numba: per-side maps from the entry indices, labelled in batches."""
+    """Torch version of _cluster_sums_numba, for the boxes centred on ``rows`` [y0, y1): per-side
+    maps from the entry indices, labelled in batches."""
     import torch
 
     sizes = tables.sizes
@@ -653,7 +701,7 @@ def _cluster_sums_torch(
     _, height, width = img.shape
     sums = torch.zeros((3, n), dtype=torch.int64, device=img.device)
     batch_pixels = max(1, _TORCH_WORKING_BYTES // _LABEL_BYTES_PER_PIXEL)
-    for band in _centre_bands(sizes, (height, width), 2 * span * span):
+    for band in _centre_bands(rows, width, 2 * span * span):
         entry = torch.full((band[1] - band[0], width, span, span), n, dtype=torch.int16, device=img.device)
         for dy, dx, rows, cols, values in _entry_offsets_torch(img, tables, band):
             entry[rows.start - band[0] : rows.stop - band[0], cols, dy + half_max, dx + half_max] = values.to(

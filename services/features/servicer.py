@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 
 import grpc
 import numpy as np
@@ -10,12 +11,13 @@ import numpy as np
 from labsight.config import Settings
 from labsight.errors import InvalidArgument
 from labsight.images import decode_image, image_stack
+from labsight.runtime.progress_stream import Progress, Report, stream_progress
 from labsight.tables import feature_row, feature_table
 from labsight.v1 import features_pb2 as pb
 from labsight.v1 import features_pb2_grpc as pb_grpc
 from services.features.deep import PoolingMode
 from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
-from services.features.fractal import DEFAULT_BOX_SIZES, gliding_box, percolation
+from services.features.fractal import DEFAULT_BOX_SIZES, ProgressCallback, gliding_box, percolation
 from services.features.fractal_columns import fractal_columns, percolation_columns
 from services.features.models import ModelRepository
 
@@ -37,37 +39,19 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
         self, request: pb.ComputeFractalRequest, context: grpc.ServicerContext
     ) -> pb.ComputeFractalResponse:
         """Gliding-box features (and percolation when asked) of one image."""
-        image = decode_image(request.image, "image")
-        box_sizes = tuple(request.box_sizes) or DEFAULT_BOX_SIZES
-        boxes = gliding_box(image, box_sizes=box_sizes)
-        columns = fractal_columns(boxes)
-        response = pb.ComputeFractalResponse(
-            box_sizes=[int(r) for r in boxes.box_sizes],
-            probabilities=[
-                pb.MassProbability(box_size=int(r), probability=boxes.probability[int(r)].tolist())
-                for r in boxes.box_sizes
-            ],
-            lacunarity=boxes.lacunarity.tolist(),
-            box_count=boxes.box_count.tolist(),
-            fractal_dimension=pb.FractalDimensionFit(
-                dimension=boxes.fractal_dimension.value,
-                r_min=boxes.fractal_dimension.r_min,
-                r_max=boxes.fractal_dimension.r_max,
-                r_squared=boxes.fractal_dimension.r_squared,
-            ),
-        )
-        if request.percolation:
-            perc = percolation(image, box_sizes=box_sizes)
-            response.percolation.CopyFrom(
-                pb.PercolationFeatures(
-                    cluster_count=perc.cluster_count.tolist(),
-                    largest_cluster_ratio=perc.largest_cluster_ratio.tolist(),
-                    percolating_ratio=perc.percolating_ratio.tolist(),
-                )
-            )
-            columns.update(percolation_columns(perc))
-        response.features.CopyFrom(feature_row(columns, request.image.name or "image"))
-        return response
+        return fractal_response(request)
+
+    def ComputeFractalStream(
+        self, request: pb.ComputeFractalRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ComputeFractalUpdate]:
+        """ComputeFractal's answer after its progress; stops when the caller cancels."""
+        for event in stream_progress(partial(fractal_response, request), context, "fractal"):
+            if isinstance(event, Progress):
+                yield pb.ComputeFractalUpdate(progress=pb.WorkProgress(
+                    step=event.step, done=event.done, total=event.total, unit=event.unit
+                ))
+            else:
+                yield pb.ComputeFractalUpdate(result=event)
 
     def ExtractDeepFeatures(
         self, request: pb.ExtractDeepFeaturesRequest, context: grpc.ServicerContext
@@ -116,6 +100,51 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
             ],
             default_model=self.extractor.config.default_model,
         )
+
+
+def fractal_response(
+    request: pb.ComputeFractalRequest, report: Report | None = None
+) -> pb.ComputeFractalResponse:
+    """Gliding-box features (and percolation when asked) of the request's image, telling
+    ``report`` of the progress of each step."""
+    image = decode_image(request.image, "image")
+    box_sizes = tuple(request.box_sizes) or DEFAULT_BOX_SIZES
+    boxes = gliding_box(image, box_sizes=box_sizes, progress=_in_step(report, "gliding box"))
+    columns = fractal_columns(boxes)
+    response = pb.ComputeFractalResponse(
+        box_sizes=[int(r) for r in boxes.box_sizes],
+        probabilities=[
+            pb.MassProbability(box_size=int(r), probability=boxes.probability[int(r)].tolist())
+            for r in boxes.box_sizes
+        ],
+        lacunarity=boxes.lacunarity.tolist(),
+        box_count=boxes.box_count.tolist(),
+        fractal_dimension=pb.FractalDimensionFit(
+            dimension=boxes.fractal_dimension.value,
+            r_min=boxes.fractal_dimension.r_min,
+            r_max=boxes.fractal_dimension.r_max,
+            r_squared=boxes.fractal_dimension.r_squared,
+        ),
+    )
+    if request.percolation:
+        perc = percolation(image, box_sizes=box_sizes, progress=_in_step(report, "percolation"))
+        response.percolation.CopyFrom(
+            pb.PercolationFeatures(
+                cluster_count=perc.cluster_count.tolist(),
+                largest_cluster_ratio=perc.largest_cluster_ratio.tolist(),
+                percolating_ratio=perc.percolating_ratio.tolist(),
+            )
+        )
+        columns.update(percolation_columns(perc))
+    response.features.CopyFrom(feature_row(columns, request.image.name or "image"))
+    return response
+
+
+def _in_step(report: Report | None, step: str) -> ProgressCallback | None:
+    """The fractal core's progress callback that reports rows done in ``step``."""
+    if report is None:
+        return None
+    return lambda done, total: report(Progress(step, done, total, "rows"))
 
 
 def register(server: grpc.Server, settings: Settings) -> None:

@@ -25,15 +25,22 @@ GRPC_SERVICE_NAMES = {spec.name: spec.grpc_services[0] for spec in MODEL_SERVICE
 """The gRPC service whose health tells whether a model service can take calls."""
 
 
-class _CallRecorder(grpc.UnaryUnaryClientInterceptor):
+class _CallRecorder(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     """Keeps each call made to ``service``, so a failed pipeline run can tell which
-    service refused it (its error does not say)."""
+    service refused it (its error does not say), and a cancelled job's calls can be cancelled."""
 
     def __init__(self, service: str, calls: list[tuple[str, grpc.Future]]) -> None:
         self._service = service
         self._calls = calls
 
     def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        call = continuation(client_call_details, request)
+        self._calls.append((self._service, call))
+        return call
+
+    def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
         call = continuation(client_call_details, request)
@@ -86,6 +93,12 @@ class ServiceClients:
     def refusals(self) -> set[str]:
         """Names of the services that answered a call UNAVAILABLE since ``forget_calls``."""
         return {service for service, call in list(self._calls) if _refused(call)}
+
+    def cancel_calls(self) -> None:
+        """Cancel every call still in flight (futures and streams; a blocking call is recorded
+        only once it has ended): their waiters get FutureCancelledError or CANCELLED."""
+        for _, call in list(self._calls):
+            call.cancel()
 
     def forget_calls(self) -> None:
         """Let go of the calls made so far (and the answers they hold)."""

@@ -147,17 +147,13 @@ class FractalPipeline(Pipeline):
         )
 
     def run(self, context: RunContext) -> pb.JobResult:
-        """Call the features service and package its answer as tables and tensors."""
+        """Call the features service, reporting its progress, and package its answer as tables
+        and tensors."""
         params = self.parsed(context.params)
-        context.report_progress(0.0, "fractal")
-        response: features_pb2.ComputeFractalResponse = context.services.features.ComputeFractal(
-            features_pb2.ComputeFractalRequest(
-                image=context.job_input.image,
-                box_sizes=params["box_sizes"],
-                percolation=params["percolation"],
-            ),
-            timeout=context.services.call_timeout_s,
-        )
+        sizes: list[int] = params["box_sizes"]  # type: ignore[assignment]
+        response = self._compute(context, features_pb2.ComputeFractalRequest(
+            image=context.job_input.image, box_sizes=sizes, percolation=params["percolation"]
+        ))
         result = pb.JobResult(pipeline=self.name)
         result.tables["fractal"].CopyFrom(response.features)
         for name, table in weka_tables(response.features).items():
@@ -180,3 +176,29 @@ class FractalPipeline(Pipeline):
         result.scalars["fractal_dimension_r_squared"] = fit.r_squared
         context.report_progress(1.0, "fractal")
         return result
+
+    @staticmethod
+    def _compute(
+        context: RunContext, request: features_pb2.ComputeFractalRequest
+    ) -> features_pb2.ComputeFractalResponse:
+        """The features service's answer, reporting the progress it streams: each step's
+        share of the job is its share of the work (see fractal_cost)."""
+        sizes = list(request.box_sizes)
+        gliding = fractal_cost(1, sizes, False)
+        whole = fractal_cost(1, sizes, request.percolation)
+        start = {"gliding box": 0.0, "percolation": gliding}
+        share = {"gliding box": gliding, "percolation": whole - gliding}
+        context.report_progress(0.0, "gliding box")
+        updates = context.services.features.ComputeFractalStream(
+            request, timeout=context.services.call_timeout_s
+        )
+        try:
+            for update in updates:
+                if update.HasField("result"):
+                    return update.result
+                step = update.progress
+                fraction = (start[step.step] + share[step.step] * step.done / step.total) / whole
+                context.report_progress(fraction, f"{step.step}: {step.done}/{step.total} {step.unit}")
+        finally:
+            updates.cancel()  # stops the service's work when the job was cancelled meanwhile
+        raise ValueError("the features service ended its stream without a result")

@@ -233,6 +233,9 @@ def valid_requests(rpc: Rpc, rng: np.random.Generator, pools: Pools, tenant: str
         "ComputeFractal": lambda: features_pb2.ComputeFractalRequest(
             image=image(rng), box_sizes=[3, 5, 7][: int(rng.integers(1, 4))],
             percolation=bool(rng.random() < 0.3)),
+        "ComputeFractalStream": lambda: features_pb2.ComputeFractalRequest(
+            image=image(rng), box_sizes=[3, 5, 7][: int(rng.integers(1, 4))],
+            percolation=bool(rng.random() < 0.3)),
         "ExtractDeepFeatures": lambda: _deep(rng, pools),
         "ListModels": rpc.message("input"),
         "SegmentCells": lambda: segmentation_pb2.SegmentCellsRequest(

@@ -1,0 +1,100 @@
+"""Progress inside long jobs and cancellation that stops a service's work, on a real stack."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+import pytest
+import redis
+
+from labsight.client import build_request
+from labsight.runtime.progress_stream import WORK_STOPPED
+from labsight.v1 import features_pb2
+from labsight.v1 import features_pb2_grpc as features_grpc
+from labsight.v1 import gateway_pb2 as pb
+from services.gateway.jobs import JobStore
+from services.gateway.keys import RedisKeys
+from services.gateway.pipelines.base import RunContext
+from services.gateway.pipelines.fractal import FractalPipeline
+from services.gateway.services import ServiceClients
+
+from .conftest import InProcessStack
+
+
+def _image(side: int, seed: int = 5) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+
+
+def test_fractal_job_publishes_progress_band_by_band(
+    stack: InProcessStack, redis_for: redis.Redis
+) -> None:
+    job = stack.client.submit("fractal", _image(512), {"box_sizes": "3-41"})
+    keys = RedisKeys(stack.settings.key_prefix)
+    events = redis_for.pubsub()
+    events.subscribe(keys.job_events(job.job_id))
+    assert events.get_message(timeout=5.0)["type"] == "subscribe"  # subscribed before it runs
+    stack.start_worker()
+    assert stack.client.wait(job.job_id, 120).status == pb.JOB_STATUS_DONE
+    progress = []
+    while (message := events.get_message(timeout=1.0)) is not None:
+        if message["data"] == b"progress":
+            progress.append(message)
+    events.close()
+    # 0 at the start, one per band of box-centre rows (32), 1 at the end
+    assert len(progress) >= 30
+
+
+def test_fractal_pipeline_reports_rising_progress_and_streams_the_one_call_result(
+    stack: InProcessStack, redis_for: redis.Redis
+) -> None:
+    request = build_request("fractal", _image(160), {"box_sizes": "3-21", "percolation": "true"})
+    pipeline = FractalPipeline()
+    params = pipeline.validate(dict(request.params), request.input)
+    reports: list[tuple[float, str]] = []
+    services = ServiceClients({"features": stack.features.address, "segmentation": "127.0.0.1:1",
+                               "classifier": "127.0.0.1:1"})
+    try:
+        result = pipeline.run(RunContext("job", params, request.input, services,
+                                         lambda fraction, step: reports.append((fraction, step))))
+    finally:
+        services.close()
+    fractions = [fraction for fraction, _ in reports]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert fractions == sorted(fractions) and len(set(fractions)) > 40  # 2 steps x up to 32 bands
+    assert any(step.startswith("gliding box: ") and step.endswith(" rows") for _, step in reports)
+    assert any(step.startswith("percolation: ") for _, step in reports)
+    with grpc.insecure_channel(stack.features.address) as channel:
+        whole = features_grpc.FeatureServiceStub(channel).ComputeFractal(
+            features_pb2.ComputeFractalRequest(image=request.input.image,
+                                               box_sizes=list(range(3, 22, 2)), percolation=True)
+        )
+    assert result.tables["fractal"] == whole.features
+    assert result.scalars["fractal_dimension"] == whole.fractal_dimension.dimension
+
+
+def test_cancelled_long_job_stops_the_features_services_work(
+    stack: InProcessStack, redis_for: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # percolation on 1024x1024 RGB: tens of seconds of work, allowed by a raised cost limit
+    monkeypatch.setenv("LABSIGHT_MAX_FRACTAL_COST", "1e13")
+    job = stack.client.submit("fractal", _image(1024), {"percolation": "true"})
+    stopped = WORK_STOPPED.labels("fractal")._value.get()
+    worker = stack.start_worker()
+    store = JobStore(redis_for, RedisKeys(stack.settings.key_prefix))
+    deadline = time.monotonic() + 120
+    while store.load(job.job_id).progress == 0.0:  # the service is streaming its progress
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert stack.client.cancel(job.job_id).status == pb.JOB_STATUS_CANCELLED
+    keys = RedisKeys(stack.settings.key_prefix)
+    deadline = time.monotonic() + 60  # generous: the whole job takes far longer on this machine
+    while (WORK_STOPPED.labels("fractal")._value.get() == stopped
+           or redis_for.xpending(keys.stream("normal"), "workers")["pending"]):
+        assert time.monotonic() < deadline, "the service's work or the worker did not stop"
+        time.sleep(0.05)
+    final = stack.client.get(job.job_id)
+    assert final.status == pb.JOB_STATUS_CANCELLED and final.progress < 1.0
+    assert not redis_for.exists(keys.job_result(job.job_id))
+    assert worker.queue.depth() == 0
