@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 from xml.etree import ElementTree
 
 import numpy as np
@@ -16,6 +16,7 @@ import tifffile
 from PIL import Image as PILImage
 from PIL import ImageMode
 
+from labsight.blobs import blob_store, check_reference, opened_blob
 from labsight.config import env_int
 from labsight.errors import InvalidArgument
 from labsight.image_reader import (
@@ -35,6 +36,9 @@ DEFAULT_MAX_IMAGE_BYTES = 128 * 1024 * 1024
 an 8-bit RGB image of 6688 x 6688 pixels, or a 16-bit grey one of 8192 x 8192."""
 
 MAX_IMAGE_BYTES_ENV = "LABSIGHT_MAX_IMAGE_BYTES"
+DEFAULT_MAX_BLOB_IMAGE_BYTES = 4 * 1024**3
+"""Decoded-size limit of an image in the blob store: read by regions, never decoded whole."""
+MAX_BLOB_IMAGE_BYTES_ENV = "LABSIGHT_MAX_BLOB_IMAGE_BYTES"
 
 DEFAULT_MAX_TIFF_PAGES = 10_000
 """Most pages a TIFF may have by default (e.g. 100 time points x 30 planes x 3 channels); finding
@@ -84,6 +88,16 @@ def max_tiff_pages() -> int:
 def max_image_bytes() -> int:
     """The decoded-size limit of one image: $LABSIGHT_MAX_IMAGE_BYTES or the default."""
     return env_int(MAX_IMAGE_BYTES_ENV, DEFAULT_MAX_IMAGE_BYTES)
+
+
+def max_blob_image_bytes() -> int:
+    """The decoded-size limit of an image in the blob store: $LABSIGHT_MAX_BLOB_IMAGE_BYTES or 4 GiB."""
+    return env_int(MAX_BLOB_IMAGE_BYTES_ENV, DEFAULT_MAX_BLOB_IMAGE_BYTES)
+
+
+def _default_limit(image: tensor_pb2.Image) -> int:
+    """The decoded-size limit of ``image`` when the caller names none (larger for a blob)."""
+    return max_blob_image_bytes() if image.WhichOneof("source") == "blob" else max_image_bytes()
 
 
 @dataclass(frozen=True)
@@ -151,14 +165,26 @@ def image_info(
         Messages name the read options as ``choices_field``.channels etc.
         (default ``field``.read; the gateway says params).
     """
-    limit = max_image_bytes() if max_bytes is None else max_bytes
+    limit = _default_limit(image) if max_bytes is None else max_bytes
     with _opened(image, field, limit) as source:
         plan = _plan(source, image, field, choices_field)
-        return check_info(ImageInfo(plan.shape, plan.dtype, plan.decode_bytes), field, limit)
+        return check_info(ImageInfo(plan.shape, plan.dtype, plan.decode_bytes), field, limit,
+                          _limit_env(image, max_bytes))
 
 
-def check_info(info: ImageInfo, field: str, max_bytes: int) -> ImageInfo:
-    """Refuse an image whose rank, channels, dtype or decoded size is not accepted; returns ``info``."""
+def _limit_env(image: tensor_pb2.Image, max_bytes: int | None) -> str:
+    """The environment variable that raises the limit an image is checked against."""
+    blob = max_bytes is None and image.WhichOneof("source") == "blob"
+    return MAX_BLOB_IMAGE_BYTES_ENV if blob else MAX_IMAGE_BYTES_ENV
+
+
+def check_info(
+    info: ImageInfo, field: str, max_bytes: int, limit_env: str = MAX_IMAGE_BYTES_ENV
+) -> ImageInfo:
+    """Refuse an image whose rank, channels, dtype or decoded size is not accepted; returns ``info``.
+
+    An image over ``max_bytes`` decoded is refused naming ``limit_env``, the variable that raises it.
+    """
     if len(info.shape) not in (2, 3):
         raise InvalidArgument(f"{field}: expected (H, W) or (H, W, C) pixels, got shape {list(info.shape)}")
     if info.height == 0 or info.width == 0:
@@ -174,7 +200,7 @@ def check_info(info: ImageInfo, field: str, max_bytes: int) -> ImageInfo:
         raise InvalidArgument(
             f"{field}: image of {info.height}x{info.width} pixels with {info.channels} channel(s) of "
             f"{info.dtype} takes {info.decode_bytes} bytes decoded, over the limit of {max_bytes} "
-            f"bytes (raise {MAX_IMAGE_BYTES_ENV} to accept it)"
+            f"bytes (raise {limit_env} to accept it)"
         )
     return info
 
@@ -352,10 +378,37 @@ def _opened(image: tensor_pb2.Image, field: str, limit: int) -> Iterator[_Source
         layout = Layout(axes, pixels.shape, pixels.dtype, axes)
         yield _Source(layout, lambda keys: pixels[np.newaxis], "tensor", f"{field}.tensor")
         return
+    if source == "blob":
+        with _opened_blob(image.blob, f"{field}.blob") as (stream, fmt):
+            with _opened_stream(stream, fmt, field, f"{field}.blob") as opened:
+                yield opened
+        return
     data_field = f"{field}.encoded"
     data, fmt = _encoded_bytes(image.encoded, data_field)
+    with _opened_stream(io.BytesIO(data), fmt, field, data_field) as opened:
+        yield opened
+
+
+@contextmanager
+def _opened_blob(reference: str, field: str) -> Iterator[tuple[BinaryIO, str]]:
+    """The blob-store file of an image and its format (from its signature)."""
+    try:
+        check_reference(reference)
+    except ValueError as error:
+        raise InvalidArgument(f"{field}: {error}") from None
+    with opened_blob(blob_store(), reference, field) as stream:
+        fmt = detect_format(stream.read(16))
+        stream.seek(0)
+        if fmt is None:
+            raise InvalidArgument(f"{field}: not a PNG, TIFF or JPEG file (unknown signature)")
+        yield stream, fmt
+
+
+@contextmanager
+def _opened_stream(stream: BinaryIO, fmt: str, field: str, data_field: str) -> Iterator[_Source]:
+    """The layout and page reader of an encoded image in a seekable file."""
     if fmt == "tiff":
-        with _guarded(fmt, data_field, lambda: tifffile.TiffFile(io.BytesIO(data))) as tif:
+        with _guarded(fmt, data_field, lambda: tifffile.TiffFile(stream)) as tif:
             layout = _guarded(fmt, data_field, lambda: tiff_layout(tif, field))
             page_shape = layout.shape[len(layout.axes) - len(layout.page_axes):]
 
@@ -365,7 +418,7 @@ def _opened(image: tensor_pb2.Image, field: str, limit: int) -> Iterator[_Source
 
             yield _Source(layout, read_tiff, fmt, data_field)
         return
-    with _guarded(fmt, data_field, lambda: PILImage.open(io.BytesIO(data))) as img:
+    with _guarded(fmt, data_field, lambda: PILImage.open(stream)) as img:
         layout = _guarded(fmt, data_field, lambda: _pillow_layout(img))
         yield _Source(layout, lambda keys: _decode_pillow(img)[np.newaxis], fmt, data_field)
 

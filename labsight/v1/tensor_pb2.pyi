@@ -49,16 +49,18 @@ class EncodedImage(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., format: _Optional[str] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("tensor", "encoded", "name", "read")
+    __slots__ = ("tensor", "encoded", "blob", "name", "read")
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     ENCODED_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     READ_FIELD_NUMBER: _ClassVar[int]
     tensor: Tensor
     encoded: EncodedImage
+    blob: str
     name: str
     read: ImageReadOptions
-    def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., encoded: _Optional[_Union[EncodedImage, _Mapping]] = ..., name: _Optional[str] = ..., read: _Optional[_Union[ImageReadOptions, _Mapping]] = ...) -> None: ...
+    def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., encoded: _Optional[_Union[EncodedImage, _Mapping]] = ..., blob: _Optional[str] = ..., name: _Optional[str] = ..., read: _Optional[_Union[ImageReadOptions, _Mapping]] = ...) -> None: ...
 
 class ImageReadOptions(_message.Message):
     __slots__ = ("channels", "plane", "z_project", "intensity")

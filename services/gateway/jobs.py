@@ -52,6 +52,8 @@ class JobRecord:
     labels: dict[str, str] = field(default_factory=dict)
     input_name: str = ""
     warnings: list[str] = field(default_factory=list)
+    input_blob: str = ""
+    """Blob-store reference of the job's main image when it was too large for Redis."""
 
     @property
     def is_terminal(self) -> bool:
@@ -78,6 +80,7 @@ class JobRecord:
             "labels": json.dumps(self.labels, sort_keys=True),
             "input_name": self.input_name,
             "warnings": json.dumps(self.warnings),
+            "input_blob": self.input_blob,
         }
 
     @classmethod
@@ -102,6 +105,7 @@ class JobRecord:
             labels=json.loads(text.get("labels", "{}")),
             input_name=text.get("input_name", ""),
             warnings=json.loads(text.get("warnings", "[]")),
+            input_blob=text.get("input_blob", ""),
         )
 
     def to_proto(self) -> pb.Job:

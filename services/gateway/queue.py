@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from labsight.blobs import BlobStore, blob_store
 from labsight.config import Settings
 from labsight.errors import ResourceExhausted
 from labsight.redis_client import connect_redis
@@ -37,6 +38,8 @@ class NewJob:
     labels: dict[str, str] | None = None
     idempotency_key: str = ""
     batch_id: str = ""
+    input_blob: str = ""
+    """Blob-store reference of the main image when it went to the blob store instead of Redis."""
 
 
 STAGING_TTL_S = 24 * 3600
@@ -71,6 +74,7 @@ def _record(job_id: str, tenant: str, new: NewJob, created: float) -> JobRecord:
         batch_id=new.batch_id,
         labels=dict(new.labels or {}),
         input_name=new.input_name,
+        input_blob=new.input_blob,
     )
 
 
@@ -98,8 +102,10 @@ class JobQueue:
         keys: RedisKeys,
         max_depth: int = 100_000,
         retention_s: int = 7 * 24 * 3600,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.client = client
+        self.blobs = blobs
         self.keys = keys
         self.store = JobStore(client, keys, ended_ttl_s=retention_s)
         self.max_depth = max_depth
@@ -166,6 +172,8 @@ class JobQueue:
             staged.job_ids.append(job_id)
             if is_new:
                 fresh.append((_record(job_id, staged.tenant, new, created), new.input_bytes))
+            elif new.input_blob:
+                self.delete_blob(new.input_blob)  # the earlier job keeps its own input
         with self.client.pipeline(transaction=False) as pipe:
             for record, input_bytes in fresh:
                 pipe.set(self.keys.job_input(record.job_id), input_bytes, ex=STAGING_TTL_S)
@@ -239,6 +247,8 @@ class JobQueue:
         keys += [self.keys.job_input(record.job_id) for record in staged.records]
         for start in range(0, len(keys), 1000):
             self.client.delete(*keys[start : start + 1000])
+        for record in staged.records:
+            self.delete_blob(record.input_blob)
         staged.records.clear()
         staged.idempotency_keys.clear()
 
@@ -295,13 +305,21 @@ class JobQueue:
         )
 
     def ack(self, delivery: Delivery) -> None:
-        """Acknowledge and delete a finished entry so the stream stays small."""
+        """Acknowledge and delete a finished entry so the stream stays small; the job's
+        input (in Redis and the blob store) goes with it, as the job has ended."""
         stream = self.keys.stream(delivery.priority)
+        blob = self.client.hget(self.keys.job(delivery.job_id), "input_blob")
         with self.client.pipeline(transaction=True) as pipe:
             pipe.xack(stream, WORKER_GROUP, delivery.message_id)
             pipe.xdel(stream, delivery.message_id)
             pipe.delete(self.keys.job_input(delivery.job_id))
             pipe.execute()
+        self.delete_blob(blob.decode() if blob else "")
+
+    def delete_blob(self, reference: str) -> None:
+        """Remove a job input from the blob store ("" : none)."""
+        if reference and self.blobs is not None:
+            self.blobs.delete(reference)
 
     def schedule_retry(self, delivery: Delivery, delay_s: float) -> None:
         """Acknowledge the entry and queue the job again after ``delay_s`` (atomically)."""
@@ -338,4 +356,5 @@ def build_queue(settings: Settings) -> JobQueue:
         RedisKeys(settings.key_prefix),
         max_depth=settings.max_queue_depth,
         retention_s=settings.result_ttl_s,
+        blobs=blob_store(),
     )

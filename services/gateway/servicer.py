@@ -11,8 +11,9 @@ from pathlib import Path
 
 import grpc
 
+from labsight.blobs import BlobStore
 from labsight.catalog import GATEWAY
-from labsight.config import Settings
+from labsight.config import DEFAULT_MAX_MESSAGE_BYTES, Settings, env_int
 from labsight.errors import (
     Cancelled,
     FailedPrecondition,
@@ -54,6 +55,10 @@ _ensure_client_waits) before its jobs are queued."""
 MAX_PAGE_TOKEN = 2**62
 """Page tokens are offsets into a list; beyond this they cannot be one (Redis takes 64-bit)."""
 DEFAULT_TENANT = "default"
+BLOB_THRESHOLD_ENV = "LABSIGHT_BLOB_THRESHOLD_BYTES"
+DEFAULT_BLOB_THRESHOLD_BYTES = 16 * 1024 * 1024
+"""Main images larger than this go to the blob store and jobs carry a reference (Redis keeps
+only what is small)."""
 
 TenantResolver = Callable[[grpc.ServicerContext], str]
 """Finds the caller's tenant from call metadata (raises Unauthenticated if it cannot)."""
@@ -65,11 +70,16 @@ def open_tenant(context: grpc.ServicerContext) -> str:
 
 
 def new_job_from_request(request: pb.SubmitJobRequest, batch_id: str = "") -> NewJob:
-    """Validate a submission against its pipeline and turn it into a NewJob."""
+    """Validate a submission against its pipeline and turn it into a NewJob.
+
+    A main image the gateway put in the blob store (``input.image.blob``) is
+    checked there by its header and travels as the job's ``input_blob``.
+    """
     check_optional_id("idempotency_key", request.idempotency_key)
     pipeline = get_pipeline(request.pipeline)
     params = pipeline.validate(dict(request.params), request.input)
     return NewJob(
+        input_blob=request.input.image.blob,
         pipeline=pipeline.name,
         params=params,
         input_bytes=request.input.SerializeToString(),
@@ -137,8 +147,13 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         tenant_of: TenantResolver = open_tenant,
         max_upload_bytes: int = 2 * 1024**3,
         max_watch_streams: int = watch_stream_limit(GATEWAY.grpc_threads),
+        blob_threshold_bytes: int = DEFAULT_BLOB_THRESHOLD_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.queue = queue
+        self.blobs: BlobStore | None = queue.blobs
+        self.blob_threshold_bytes = blob_threshold_bytes
+        self.max_message_bytes = max_message_bytes
         self.store = queue.store
         self.keys = queue.keys
         self.tenant_of = tenant_of
@@ -165,8 +180,48 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         tenant = self.tenant_of(context)
         if not request.idempotency_key:
             self.queue.ensure_room(1)  # refuse before spending CPU on decoding the image
+        _refuse_client_blobs(request.input)
+        data = request.input.image.encoded.data
+        if self.blobs is not None and len(data) > self.blob_threshold_bytes:
+            return self._submit_blob(tenant, request, [data], None)
         record, _ = self.queue.submit(tenant, new_job_from_request(request))
         return record.to_proto()
+
+    def _submit_blob(
+        self, tenant: str, header: pb.SubmitJobRequest, chunks: list[bytes] | Iterator[bytes],
+        ended: threading.Event | None, context: grpc.ServicerContext | None = None,
+    ) -> pb.Job:
+        """Queue a job whose main image (``chunks``) goes to the blob store, not to Redis;
+        the blob is removed again if the job is refused, cut or a duplicate."""
+        assert self.blobs is not None
+        with self.blobs.writer(self.max_upload_bytes) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+        reference = writer.info().reference
+        try:
+            request = pb.SubmitJobRequest()
+            request.CopyFrom(header)
+            request.input.image.blob = reference
+            new = new_job_from_request(request)
+            self._check_blob_fits(request.input, new, writer.size)
+            if ended is not None and context is not None:
+                _ensure_client_waits(context, ended)
+            record, _ = self.queue.submit(tenant, new)
+        except BaseException:
+            self.blobs.delete(reference)
+            raise
+        return record.to_proto()
+
+    def _check_blob_fits(self, job_input: pb.JobInput, new: NewJob, size: int) -> None:
+        """Refuse a blob a pipeline would have to send whole to a service beyond the message limit."""
+        if get_pipeline(new.pipeline).reads_regions(job_input, new.params):
+            return
+        if size > self.max_message_bytes * 0.9:
+            raise ResourceExhausted(
+                f"input.image: {size} bytes; pipeline {new.pipeline!r} sends the image whole to a "
+                f"service, and that is over 90% of the message limit of {self.max_message_bytes} "
+                "bytes (raise LABSIGHT_MAX_MESSAGE_BYTES on the gateway, workers and services)"
+            )
 
     def UploadJob(
         self, request_iterator: Iterator[pb.UploadJobRequest], context: grpc.ServicerContext
@@ -177,11 +232,13 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         header: pb.SubmitJobRequest | None = None
         chunks: list[bytes] = []
         size = 0
-        for message in request_iterator:
+        messages = iter(request_iterator)
+        for message in messages:
             if message.WhichOneof("part") == "job":
                 if header is not None:
                     raise InvalidArgument("job: the header must be sent exactly once, first")
                 header = message.job
+                _refuse_client_blobs(header.input)
                 continue
             if header is None:
                 raise InvalidArgument("job: the first message must carry the job header")
@@ -191,6 +248,11 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                     f"image_chunk: upload exceeds the limit of {self.max_upload_bytes} bytes"
                 )
             chunks.append(message.image_chunk)
+            if self.blobs is not None and size > self.blob_threshold_bytes:
+                # The rest streams to the blob store: the gateway never holds a whole slide.
+                return self._submit_blob(
+                    tenant, header, _blob_chunks(chunks, messages), ended, context
+                )
         if header is None:
             raise InvalidArgument("job: the stream carried no job header")
         request = pb.SubmitJobRequest()
@@ -395,6 +457,28 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         return reply
 
 
+def _refuse_client_blobs(job_input: pb.JobInput) -> None:
+    """Blob references are the gateway's to set: a client sends the bytes."""
+    named = [("input.image", job_input.image)]
+    named += [(f"input.images[{echo(role)}]", image) for role, image in job_input.images.items()]
+    for field, image in named:
+        if image.WhichOneof("source") == "blob":
+            raise InvalidArgument(
+                f"{field}.blob: only the gateway sets blob references; send the file's bytes "
+                "in encoded (UploadJob streams a large file in chunks)"
+            )
+
+
+def _blob_chunks(received: list[bytes], rest: Iterator[pb.UploadJobRequest]) -> Iterator[bytes]:
+    """The chunks received so far, then those of the rest of an UploadJob stream."""
+    yield from received
+    received.clear()
+    for message in rest:
+        if message.WhichOneof("part") == "job":
+            raise InvalidArgument("job: the header must be sent exactly once, first")
+        yield message.image_chunk
+
+
 def _page_offset(page_token: str) -> int:
     """The list offset a ListJobs page token stands for ("" is the first page)."""
     if not page_token:
@@ -430,7 +514,9 @@ def register(server: grpc.Server, settings: Settings) -> ReadinessProbe:
     queue.ensure_groups()
     connect_model_catalog(settings)  # jobs naming models are checked against the features service
     servicer = GatewayServicer(
-        queue, tenant_resolver(settings), max_watch_streams=watch_stream_limit(settings.max_workers)
+        queue, tenant_resolver(settings), max_watch_streams=watch_stream_limit(settings.max_workers),
+        blob_threshold_bytes=env_int(BLOB_THRESHOLD_ENV, DEFAULT_BLOB_THRESHOLD_BYTES),
+        max_message_bytes=settings.max_message_bytes,
     )
     pb_grpc.add_GatewayServiceServicer_to_server(servicer, server)
     return redis_probe(settings.redis_url)

@@ -7,10 +7,10 @@ import grpc
 from labsight.config import Settings
 from labsight.errors import InvalidArgument, Unimplemented
 from labsight.images import decode_image
+from labsight.patches import cell_patches, spot_patches
 from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import segmentation_pb2 as pb
 from labsight.v1 import segmentation_pb2_grpc as pb_grpc
-from services.segmentation.patches import cell_patches, spot_patches
 
 
 class SegmentationServicer(pb_grpc.SegmentationServiceServicer):

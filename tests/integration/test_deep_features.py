@@ -23,6 +23,7 @@ from labsight.config import Settings
 from labsight.errors import NotFound, Unavailable
 from labsight.export import write_table
 from labsight.images import image_from_array
+from labsight.patches import cell_patches, spot_patches
 from labsight.runtime.server import RunningServer
 from labsight.tables import table_values
 from labsight.tensors import from_tensor, to_tensor
@@ -34,7 +35,6 @@ from services.features.models import DEFAULT_MODEL, SPOT_MODEL, ModelRepository,
 from services.features.servicer import FeatureServicer
 from services.features.servicer import register as register_features
 from services.gateway.pipelines import spot_features
-from services.segmentation.patches import cell_patches, spot_patches
 
 from .conftest import InProcessStack
 

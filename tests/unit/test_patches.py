@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from services.segmentation.patches import cell_patches, spot_patches
+from labsight.patches import cell_patches, spot_patches
 
 
 def _ramp(height: int = 40, width: int = 60) -> np.ndarray:

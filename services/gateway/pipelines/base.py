@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from labsight.errors import InvalidArgument, echo
 from labsight.image_reader import parse_channels, parse_plane, parse_z_project
-from labsight.images import image_info, read_image
+from labsight.images import image_info, max_image_bytes, read_image
 from labsight.intensity import DEFAULT_INTENSITY, check_bit_depth, parse_intensity
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
@@ -76,7 +76,6 @@ class Pipeline(ABC):
     description: str
     parameters: tuple[Parameter, ...] = ()
     required_inputs: tuple[str, ...] = ()
-
     def validate(self, params: Mapping[str, str], job_input: pb.JobInput) -> dict[str, str]:
         """Check a submission; returns the parameters with defaults filled in.
 
@@ -104,13 +103,23 @@ class Pipeline(ABC):
         if job_input.image.WhichOneof("source") is not None:
             # The choices travel with the image, and are checked against its axes here.
             job_input.image.read.CopyFrom(read_options(resolved))
-            info = image_info(job_input.image, "input.image", choices_field="params")
+            # A blob image is allowed the larger blob limit only where it is read by regions.
+            limit = None if self.reads_regions(job_input, resolved) else max_image_bytes()
+            info = image_info(job_input.image, "input.image", limit, choices_field="params")
             try:
                 check_bit_depth(parse_intensity(resolved["intensity"]).bits, info.dtype)
             except ValueError as error:
                 raise InvalidArgument(f"params.intensity: {error}") from None
         self.check_input(resolved, job_input)
         return resolved
+
+    def reads_regions(self, job_input: pb.JobInput, params: Mapping[str, str]) -> bool:
+        """True where the job reads its blob-store image by regions in the worker (default: never).
+
+        Other jobs send the image whole to a service, so it must fit the
+        decoded-size limit (LABSIGHT_MAX_IMAGE_BYTES) and a message.
+        """
+        return False
 
     def all_parameters(self) -> tuple[Parameter, ...]:
         """The pipeline's own parameters, then the image-reading ones every pipeline shares."""

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from functools import partial
 
 import numpy as np
 
+from labsight.blobs import blob_store, opened_blob
 from labsight.errors import InvalidArgument, echo
-from labsight.images import ImageInfo, decode_label_mask, image_info, label_mask_info
+from labsight.images import ImageInfo, decode_label_mask, detect_format, image_info, label_mask_info
+from labsight.intensity import DEFAULT_INTENSITY
+from labsight.patches import spot_patches
+from labsight.regions import tiff_regions
 from labsight.spatial import EDGE, SPOT_EDGE_MODES
 from labsight.tables import feature_table
 from labsight.tensors import from_tensor, to_tensor
@@ -103,28 +108,48 @@ class SpotFeaturesPipeline(Pipeline):
             patches = count_cells(params, job_input, info)
         check_model_work(params, patches, "input")
 
+    def reads_regions(self, job_input: pb.JobInput, params: Mapping[str, str]) -> bool:
+        """Spots on a blob-store TIFF read as it is (all channels, one plane, full range) are cut
+        by the worker from the tiles under each spot; anything else goes whole to the
+        segmentation service."""
+        image = job_input.image
+        if image.WhichOneof("source") != "blob" or SPOT_CENTRES not in job_input.tensors:
+            return False
+        as_is = {"channels": "", "plane": "", "z_project": "", "intensity": DEFAULT_INTENSITY}
+        if any(params.get(name, default) != default for name, default in as_is.items()):
+            return False
+        with opened_blob(blob_store(), image.blob, "input.image.blob") as stream:
+            return detect_format(stream.read(16)) == "tiff"
+
+    def read_input(
+        self, job_input: pb.JobInput, params: Mapping[str, str]
+    ) -> tuple[list[str], dict[str, str]]:
+        """As every pipeline, but a slide read by regions is never decoded whole, so only its
+        header is read (no low-range warning: that needs every pixel)."""
+        if not self.reads_regions(job_input, params):
+            return super().read_input(job_input, params)
+        image_info(job_input.image, "input.image")
+        return [], {"intensity": DEFAULT_INTENSITY, "image_read": "by regions from the blob store"}
+
     def run(self, context: RunContext) -> pb.JobResult:
         """Cut patches in slices that fit a message, extract their features, one row per patch."""
         side = self._model_input_side(context)
-        requests = list(self._patch_requests(context, side))
         columns: list[str] = []
         provenance: dict[str, str] = {}
         values: list[np.ndarray] = []
         ids: list[str] = []
         centres: list[np.ndarray] = []
         at_edge: list[bool] = []
-        for index, request in enumerate(requests):
-            context.report_progress(index / len(requests), "patches")
-            answer: segmentation_pb2.ExtractPatchesResponse = (
-                context.services.segmentation.ExtractPatches(
-                    request, timeout=context.services.call_timeout_s
-                )
-            )
+        if self.reads_regions(context.job_input, context.params):
+            slices = self._region_patches(context, side)
+        else:
+            slices = self._service_patches(context, side)
+        for index, count, answer in slices:
             patches = from_tensor(answer.patches, "patches")
             columns, chunk_values, provenance = extract_features(
                 context,
                 patches,
-                partial(_report_features, context, (index, len(requests)), len(patches)),
+                partial(_report_features, context, (index, count), len(patches)),
             )
             values.append(chunk_values)
             ids.extend(answer.patch_ids)
@@ -136,6 +161,43 @@ class SpotFeaturesPipeline(Pipeline):
         result.tensors[EDGE].CopyFrom(to_tensor(np.array(at_edge, np.uint8)))
         context.report_progress(1.0, "features")
         return result
+
+    def _service_patches(
+        self, context: RunContext, side: int
+    ) -> Iterator[tuple[int, int, segmentation_pb2.ExtractPatchesResponse]]:
+        """(slice index, slices, patches) cut by the segmentation service, a message each."""
+        requests = self._patch_requests(context, side)
+        for index, request in enumerate(requests):
+            context.report_progress(index / len(requests), "patches")
+            answer: segmentation_pb2.ExtractPatchesResponse = (
+                context.services.segmentation.ExtractPatches(
+                    request, timeout=context.services.call_timeout_s
+                )
+            )
+            yield index, len(requests), answer
+
+    def _region_patches(
+        self, context: RunContext, side: int
+    ) -> Iterator[tuple[int, int, segmentation_pb2.ExtractPatchesResponse]]:
+        """The same slices cut here from the tiles under each spot of a blob-store TIFF, with
+        the segmentation service's geometry (labsight.patches), so the slide is never whole."""
+        with opened_blob(blob_store(), context.job_input.image.blob, "input.image.blob") as stream, \
+                tiff_regions(stream) as image:
+            requests = self._patch_requests(context, side)
+            for index, request in enumerate(requests):
+                context.report_progress(index / len(requests), "patches")
+                centres = from_tensor(request.spot_centres, "spot_centres")
+                try:
+                    patches = spot_patches(image, centres, request.spot_diameter, side,
+                                           edge=request.spot_edge)
+                except ValueError as error:
+                    raise InvalidArgument(f"input: {error}") from None
+                yield index, len(requests), segmentation_pb2.ExtractPatchesResponse(
+                    patches=to_tensor(patches.pixels),
+                    patch_ids=[request.spot_ids[i] for i in patches.labels],
+                    patch_centres=to_tensor(patches.centres),
+                    patch_at_edge=patches.at_edge.tolist(),
+                )
 
     def _model_input_side(self, context: RunContext) -> int:
         """The model's input side from the features service; InvalidArgument for an unknown model."""
@@ -192,7 +254,7 @@ def check_spots(params: dict[str, str], job_input: pb.JobInput, info: ImageInfo)
 
     A patch that reaches past the border is padded (or its spot dropped, with
     spot_edge=drop) by the segmentation service, whose geometry this follows
-    (services/segmentation/patches.py): side = round(diameter), top-left corner
+    (labsight/patches.py): side = round(diameter), top-left corner
     = round(centre - side / 2), a centre inside when its nearest pixel is.
     """
     field = f"input.tensors[{SPOT_CENTRES}]"

@@ -1,0 +1,74 @@
+"""An image read region by region from a (tiled) TIFF, for slides too large to decode whole.
+
+:class:`RegionImage` looks like the (H, W, C) array the patch geometry of
+:mod:`labsight.patches` cuts from, but reads only the tiles a crop touches
+(tifffile's zarr view of the file), so a worker holds a few tiles of a
+20,000² slide at a time, never the slide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import numpy as np
+import tifffile
+
+REGION_AXES = ("YX", "YXS")
+"""Series axes a TIFF must have to be read by regions: one plane, grey or interleaved samples."""
+
+
+class RegionImage:
+    """A read-only (H, W, C) view of a TIFF series whose slices read only their region.
+
+    Supports what cutting patches needs: ``shape``, ``ndim``, ``dtype``,
+    ``itemsize``, basic slices ``[y0:y1, x0:x1]`` and open index grids
+    (``image[np.ix_(rows, cols)]``), each returning an ndarray.
+    """
+
+    def __init__(self, array: Any) -> None:
+        self._array = array
+        height, width = array.shape[:2]
+        channels = array.shape[2] if len(array.shape) == 3 else 1
+        self.shape = (int(height), int(width), int(channels))
+        self.ndim = 3
+        self.dtype = np.dtype(array.dtype)
+        self.itemsize = self.dtype.itemsize
+
+    def _read(self, rows: slice, cols: slice) -> np.ndarray:
+        pixels = np.asarray(self._array[rows, cols])
+        return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rows, cols = key[0], key[1]
+        if isinstance(rows, slice) and isinstance(cols, slice):
+            return self._read(rows, cols)
+        # An open grid (np.ix_): read the box that holds it, then index inside it.
+        row_index = np.asarray(rows).reshape(-1)
+        col_index = np.asarray(cols).reshape(-1)
+        top, left = int(row_index.min()), int(col_index.min())
+        box = self._read(slice(top, int(row_index.max()) + 1), slice(left, int(col_index.max()) + 1))
+        return box[np.ix_(row_index - top, col_index - left)]
+
+
+@contextmanager
+def tiff_regions(stream: IO[bytes]) -> Iterator[RegionImage]:
+    """The first series of the TIFF in ``stream`` as a :class:`RegionImage` (valid inside the block).
+
+    Raises
+    ------
+    ValueError
+        If the series is not one plane of grey or interleaved samples (REGION_AXES).
+    """
+    import zarr
+
+    with tifffile.TiffFile(stream) as tif:
+        series = tif.series[0]
+        if series.axes not in REGION_AXES:
+            raise ValueError(
+                f"a TIFF with axes {series.axes} cannot be read by regions; expected one of "
+                f"{list(REGION_AXES)}"
+            )
+        with series.aszarr() as store:
+            yield RegionImage(zarr.open(store, mode="r"))

@@ -1,0 +1,183 @@
+"""Large inputs go to the blob store, jobs carry a reference, and the blob goes when the job ends."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import redis
+import tifffile
+from prometheus_client import REGISTRY
+
+from labsight.client import build_request
+from labsight.tables import table_values
+from labsight.tensors import from_tensor
+from labsight.v1 import gateway_pb2 as pb
+from labsight.v1 import tensor_pb2
+from services.gateway.keys import RedisKeys
+from tests.integration.conftest import InProcessStack
+
+THRESHOLD = 20_000
+
+
+@pytest.fixture
+def blob_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A blob store directory and a low threshold for the stack this test starts (ask for it first)."""
+    directory = tmp_path / "blobs"
+    monkeypatch.setenv("LABSIGHT_BLOB_URL", f"file://{directory}")
+    monkeypatch.setenv("LABSIGHT_BLOB_THRESHOLD_BYTES", str(THRESHOLD))
+    return directory
+
+
+def _noise_tiff(side: int, seed: int = 0) -> tensor_pb2.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side), dtype=np.uint8)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels)
+    return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=buffer.getvalue()))
+
+
+def _upload(request: pb.SubmitJobRequest, chunk: int = 4096) -> Iterator[pb.UploadJobRequest]:
+    header = pb.SubmitJobRequest()
+    header.CopyFrom(request)
+    data = request.input.image.encoded.data
+    header.input.image.encoded.data = b""
+    yield pb.UploadJobRequest(job=header)
+    for start in range(0, len(data), chunk):
+        yield pb.UploadJobRequest(image_chunk=data[start : start + chunk])
+
+
+def _blobs(directory: Path) -> list[Path]:
+    return [path for path in directory.iterdir() if not path.name.startswith(".")] \
+        if directory.exists() else []
+
+
+def _blobs_after_ack(directory: Path) -> list[Path]:
+    """The blobs left once the worker acknowledged its job (it does so just after marking it done)."""
+    deadline = time.monotonic() + 30
+    while _blobs(directory) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _blobs(directory)
+
+
+@pytest.mark.parametrize("call", ["UploadJob", "SubmitJob"])
+def test_an_input_over_the_threshold_waits_in_the_blob_store_and_leaves_with_the_job(
+    blob_dir: Path, stack: InProcessStack, redis_for: redis.Redis, call: str
+) -> None:
+    image = _noise_tiff(200)  # 40 kB: over the threshold
+    request = build_request("fractal", image, {"box_sizes": "3,5,7"}, name="big.tif")
+    if call == "UploadJob":
+        job = stack.client.stub.UploadJob(_upload(request))
+    else:
+        job = stack.client.stub.SubmitJob(request)
+
+    keys = RedisKeys(stack.settings.key_prefix)
+    stored_input = redis_for.get(keys.job_input(job.job_id))
+    assert stored_input is not None and len(stored_input) < 1000  # a reference, not the image
+    reference = redis_for.hget(keys.job(job.job_id), "input_blob").decode()
+    [blob] = _blobs(blob_dir)
+    assert blob.name == reference and blob.read_bytes() == image.encoded.data
+
+    stack.start_worker()
+    done = stack.client.wait(job.job_id, timeout_s=120)
+    assert done.status == pb.JOB_STATUS_DONE, done.error
+    assert _blobs_after_ack(blob_dir) == []
+    assert stack.client.result(job.job_id).tables["fractal"].row_ids == ["big.tif"]
+
+
+def test_a_blob_job_gives_the_numbers_of_the_same_image_kept_in_redis(
+    blob_dir: Path, stack: InProcessStack
+) -> None:
+    image = _noise_tiff(200, seed=3)
+    stack.start_worker()
+    big = stack.client.stub.SubmitJob(build_request("fractal", image, {"box_sizes": "3,5"}))
+    pixels = tifffile.imread(io.BytesIO(image.encoded.data))  # a tensor stays in Redis
+    small = stack.client.stub.SubmitJob(build_request("fractal", pixels, {"box_sizes": "3,5"}))
+    results = []
+    for job in (big, small):
+        assert stack.client.wait(job.job_id, timeout_s=120).status == pb.JOB_STATUS_DONE
+        table = stack.client.result(job.job_id).tables["fractal"]
+        results.append(table_values(table))
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_a_refused_or_duplicate_blob_submission_leaves_no_blob(
+    blob_dir: Path, stack: InProcessStack
+) -> None:
+    image = _noise_tiff(200)
+    bad = build_request("fractal", image, {"box_sizes": "2"})
+    with pytest.raises(grpc.RpcError) as error:
+        stack.client.stub.UploadJob(_upload(bad))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _blobs(blob_dir) == []
+
+    keyed = build_request("fractal", image, {"box_sizes": "3"}, idempotency_key="slide-1")
+    first = stack.client.stub.UploadJob(_upload(keyed))
+    again = stack.client.stub.UploadJob(_upload(keyed))
+    assert again.job_id == first.job_id
+    assert len(_blobs(blob_dir)) == 1
+
+
+def test_clients_cannot_name_a_blob(blob_dir: Path, stack: InProcessStack) -> None:
+    request = build_request("fractal", _noise_tiff(20), {})
+    request.input.image.blob = "0" * 64 + "." + "0" * 32
+    with pytest.raises(grpc.RpcError) as error:
+        stack.client.stub.SubmitJob(request)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "only the gateway sets blob references" in error.value.details()
+
+
+def test_a_blob_a_pipeline_would_send_whole_must_fit_the_decoded_limit(
+    blob_dir: Path, stack: InProcessStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABSIGHT_MAX_IMAGE_BYTES", str(30_000))
+    with pytest.raises(grpc.RpcError) as error:
+        stack.client.stub.UploadJob(_upload(build_request("fractal", _noise_tiff(200), {})))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "LABSIGHT_MAX_IMAGE_BYTES" in error.value.details()
+    assert _blobs(blob_dir) == []
+
+
+def _extract_patches_calls() -> float:
+    return REGISTRY.get_sample_value(
+        "labsight_grpc_requests_total",
+        {"method": "/labsight.v1.SegmentationService/ExtractPatches", "code": "OK"},
+    ) or 0.0
+
+
+@pytest.mark.parametrize("edge", ["pad-reflect", "pad-constant"])
+def test_spots_on_a_blob_tiff_are_cut_from_its_tiles_as_the_service_cuts_them(
+    blob_dir: Path, stack: InProcessStack, edge: str
+) -> None:
+    rng = np.random.default_rng(11)
+    pixels = rng.integers(0, 256, (600, 500, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels, tile=(128, 128), compression="zlib")
+    slide = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=buffer.getvalue()))
+    centres = np.array([[10.0, 12.0], [250.5, 300.2], [490.0, 590.0], [130.0, 127.6]])
+    params = {"model": "efficientnet-lite0", "spot_diameter": 60, "spot_edge": edge}
+    stack.start_worker()
+    before = _extract_patches_calls()
+    by_regions = stack.client.stub.SubmitJob(
+        build_request("spot-features", slide, params, tensors={"spot_centres": centres})
+    )
+    assert stack.client.wait(by_regions.job_id, timeout_s=180).status == pb.JOB_STATUS_DONE
+    assert _extract_patches_calls() == before  # the worker cut them: the slide never travelled
+    whole = stack.client.stub.SubmitJob(
+        build_request("spot-features", pixels, params, tensors={"spot_centres": centres})
+    )
+    assert stack.client.wait(whole.job_id, timeout_s=180).status == pb.JOB_STATUS_DONE
+    got, expected = (stack.client.result(job.job_id) for job in (by_regions, whole))
+    assert got.provenance["image_read"] == "by regions from the blob store"
+    np.testing.assert_allclose(
+        table_values(got.tables["features"]), table_values(expected.tables["features"]),
+        atol=1e-5,
+    )
+    for name in ("coordinates", "edge"):
+        np.testing.assert_array_equal(from_tensor(got.tensors[name]), from_tensor(expected.tensors[name]))
+    assert from_tensor(got.tensors["edge"]).tolist() == [1, 0, 1, 0]
+    assert _blobs_after_ack(blob_dir) == []
