@@ -16,6 +16,7 @@ import redis
 from prometheus_client import Counter, Histogram
 
 import labsight
+from labsight.blobs import opened_blob
 from labsight.catalog import WORKER
 from labsight.config import Settings
 from labsight.errors import NotFound
@@ -23,6 +24,7 @@ from labsight.redis_server import hide_password
 from labsight.runtime.logs import configure_logging
 from labsight.runtime.server import start_metrics, stop_on_signals
 from labsight.v1 import gateway_pb2 as pb
+from labsight.v1 import tensor_pb2
 from services.gateway.jobs import CANCELLED, DEAD, DONE, FAILED, QUEUED, RUNNING, JobRecord, now
 from services.gateway.pipelines import get_pipeline
 from services.gateway.pipelines.base import JobCancelled, RunContext
@@ -255,6 +257,9 @@ class Worker:
         if raw_input is None:
             raise ValueError("the job's input is missing from the queue store")
         job_input = pb.JobInput.FromString(raw_input)
+        pipeline = get_pipeline(job.pipeline)
+        if job_input.image.blob and not pipeline.reads_regions(job_input, job.params):
+            self.inline_blob(job_input.image)
         context = RunContext(
             job_id=job.job_id,
             params=job.params,
@@ -262,7 +267,6 @@ class Worker:
             services=self.services,
             report_progress=lambda fraction, step: self.report_progress(job, fraction, step),
         )
-        pipeline = get_pipeline(job.pipeline)
         warnings, reading = pipeline.read_input(job_input, job.params)
         result = pipeline.run(context)
         result.job_id = job.job_id
@@ -272,6 +276,14 @@ class Worker:
         result.provenance["labsight_version"] = labsight.__version__
         result.warnings.extend(warnings)
         return result
+
+    def inline_blob(self, image: tensor_pb2.Image) -> None:
+        """Replace the blob reference of an image a pipeline sends whole by the file's bytes
+        (the gateway checked at submit that they fit a message)."""
+        if self.queue.blobs is None:
+            raise RuntimeError("the job's input is in the blob store, and this worker has none")
+        with opened_blob(self.queue.blobs, image.blob, "input.image.blob") as stream:
+            image.encoded.data = stream.read()
 
     def report_progress(self, job: JobRecord, fraction: float, step: str) -> None:
         """Record progress; raise JobCancelled if the job was cancelled meanwhile."""
