@@ -329,14 +329,16 @@ def _show_batch_progress(client: Any, batch_id: str) -> None:
 
 def _wait_with_progress(client: Any, job_id: str) -> Any:
     from labsight.client import TERMINAL
-    from labsight.progress import ProgressBar
+    from labsight.progress import ProgressBar, rate_and_time_left
     from labsight.v1 import gateway_pb2 as pb
 
     bar = ProgressBar()
     try:
         for job in client.watch(job_id):
             status = pb.JobStatus.Name(job.status).removeprefix("JOB_STATUS_").lower()
-            bar.update(round(job.progress * 100), 100, f"% {status} {job.progress_message}")
+            speed = rate_and_time_left(job.progress_rate, job.progress_unit, job.eta_seconds)
+            bar.update(round(job.progress * 100), 100,
+                       f"% {status} {job.progress_message}" + (f" ({speed})" if speed else ""))
             if job.status in TERMINAL:
                 return job
     except grpc.RpcError:

@@ -15,6 +15,20 @@ def render_bar(done: int, total: int, detail: str = "") -> str:
     return f"[{bar}] {done}/{total} {detail}".rstrip()
 
 
+def rate_and_time_left(rate: float, unit: str, seconds_left: float) -> str:
+    """``850 rows/s, 1:05 left``: the parts that are known (a rate > 0 with its unit, a time
+    left > 0), or ``""``."""
+    parts = []
+    if rate > 0 and unit:
+        parts.append(f"{rate:.0f} {unit}/s" if rate >= 10 else f"{rate:.2g} {unit}/s")
+    if seconds_left > 0:
+        minutes, seconds = divmod(round(seconds_left), 60)
+        hours, minutes = divmod(minutes, 60)
+        clock = f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+        parts.append(f"{clock} left")
+    return ", ".join(parts)
+
+
 class ProgressBar:
     """Redraws one line in place on a terminal; prints nothing when the stream is not one."""
 

@@ -140,7 +140,7 @@ class SubmitBatchResponse(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "batch_id", "pipeline", "params", "status", "progress", "progress_message", "attempts", "error", "created_at", "started_at", "finished_at", "priority", "labels", "input_name", "warnings")
+    __slots__ = ("job_id", "batch_id", "pipeline", "params", "status", "progress", "progress_message", "attempts", "error", "created_at", "started_at", "finished_at", "priority", "labels", "input_name", "warnings", "progress_rate", "progress_unit", "eta_seconds")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,9 @@ class Job(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_UNIT_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     batch_id: str
     pipeline: str
@@ -187,7 +190,10 @@ class Job(_message.Message):
     labels: _containers.ScalarMap[str, str]
     input_name: str
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[JobStatus, str]] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., input_name: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    progress_rate: float
+    progress_unit: str
+    eta_seconds: float
+    def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[JobStatus, str]] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[_Union[Priority, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., input_name: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., progress_rate: _Optional[float] = ..., progress_unit: _Optional[str] = ..., eta_seconds: _Optional[float] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -43,6 +43,9 @@ class JobRecord:
     priority: str = "normal"
     progress: float = 0.0
     progress_message: str = ""
+    progress_rate: float = 0.0
+    progress_unit: str = ""
+    eta_seconds: float = 0.0
     attempts: int = 0
     error: str = ""
     created_at: float = 0.0
@@ -71,6 +74,9 @@ class JobRecord:
             "priority": self.priority,
             "progress": repr(self.progress),
             "progress_message": self.progress_message,
+            "progress_rate": repr(self.progress_rate),
+            "progress_unit": self.progress_unit,
+            "eta_seconds": repr(self.eta_seconds),
             "attempts": str(self.attempts),
             "error": self.error,
             "created_at": repr(self.created_at),
@@ -96,6 +102,9 @@ class JobRecord:
             priority=text.get("priority", "normal"),
             progress=float(text.get("progress", 0)),
             progress_message=text.get("progress_message", ""),
+            progress_rate=float(text.get("progress_rate", 0)),
+            progress_unit=text.get("progress_unit", ""),
+            eta_seconds=float(text.get("eta_seconds", 0)),
             attempts=int(text.get("attempts", 0)),
             error=text.get("error", ""),
             created_at=float(text.get("created_at", 0)),
@@ -118,6 +127,10 @@ class JobRecord:
             status=_STATUS_TO_PROTO[self.status],
             progress=self.progress,
             progress_message=self.progress_message,
+            progress_rate=self.progress_rate,
+            progress_unit=self.progress_unit,
+            # An estimate only means something while the job runs.
+            eta_seconds=self.eta_seconds if self.status == RUNNING else 0.0,
             attempts=self.attempts,
             error=self.error,
             priority=pb.PRIORITY_HIGH if self.priority == "high" else pb.PRIORITY_NORMAL,
@@ -231,12 +244,18 @@ class JobStore:
         raw = self.client.hget(self.keys.job(job_id), "status")
         return raw.decode() if raw else ""
 
-    def set_progress(self, job_id: str, progress: float, message: str) -> None:
-        """Record progress of a running job and announce it."""
+    def set_progress(
+        self, job_id: str, progress: float, message: str,
+        rate: float = 0.0, unit: str = "", eta_seconds: float = 0.0,
+    ) -> None:
+        """Record progress of a running job (and the rate of its step in ``unit`` per second,
+        and its estimated seconds left, where known) and announce it."""
         with self.client.pipeline() as pipe:
             pipe.hset(
                 self.keys.job(job_id),
-                mapping={"progress": repr(progress), "progress_message": message},
+                mapping={"progress": repr(progress), "progress_message": message,
+                         "progress_rate": repr(rate), "progress_unit": unit,
+                         "eta_seconds": repr(eta_seconds)},
             )
             pipe.publish(self.keys.job_events(job_id), "progress")
             pipe.execute()

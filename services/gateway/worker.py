@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import grpc
 import redis
@@ -28,6 +29,7 @@ from labsight.v1 import tensor_pb2
 from services.gateway.jobs import CANCELLED, DEAD, DONE, FAILED, QUEUED, RUNNING, JobRecord, now
 from services.gateway.pipelines import get_pipeline
 from services.gateway.pipelines.base import JobCancelled, RunContext
+from services.gateway.progress import ProgressClock
 from services.gateway.queue import Delivery, JobQueue, build_queue
 from services.gateway.services import ServiceClients
 
@@ -265,7 +267,7 @@ class Worker:
             params=job.params,
             job_input=job_input,
             services=self.services,
-            report_progress=lambda fraction, step: self.report_progress(job, fraction, step),
+            report_progress=partial(self.report_progress, job, ProgressClock()),
         )
         warnings, reading = pipeline.read_input(job_input, job.params)
         result = pipeline.run(context)
@@ -285,11 +287,17 @@ class Worker:
         with opened_blob(self.queue.blobs, image.blob, "input.image.blob") as stream:
             image.encoded.data = stream.read()
 
-    def report_progress(self, job: JobRecord, fraction: float, step: str) -> None:
-        """Record progress; raise JobCancelled if the job was cancelled meanwhile."""
+    def report_progress(
+        self, job: JobRecord, clock: ProgressClock, fraction: float, step: str,
+        done: int = 0, total: int = 0, unit: str = "",
+    ) -> None:
+        """Record progress with its rate and time left (see ProgressReporter); raise
+        JobCancelled if the job was cancelled meanwhile."""
         if self.store.status(job.job_id) == CANCELLED:
             raise JobCancelled(job.job_id)
-        self.store.set_progress(job.job_id, fraction, step)
+        rate, eta_seconds = clock.update(fraction, step, done)
+        message = f"{step}: {done}/{total} {unit}" if total else step
+        self.store.set_progress(job.job_id, fraction, message, rate, unit, eta_seconds)
 
     def handle_job_success(self, delivery: Delivery, job: JobRecord, result: pb.JobResult) -> None:
         """Write the result once (a second run keeps the first), mark done, ack."""

@@ -36,7 +36,12 @@ def test_fractal_job_publishes_progress_band_by_band(
     events.subscribe(keys.job_events(job.job_id))
     assert events.get_message(timeout=5.0)["type"] == "subscribe"  # subscribed before it runs
     stack.start_worker()
-    assert stack.client.wait(job.job_id, 120).status == pb.JOB_STATUS_DONE
+    done = stack.client.wait(job.job_id, 120)
+    assert done.status == pb.JOB_STATUS_DONE
+    rows = 512 - 2
+    assert done.progress_message == f"gliding box: {rows}/{rows} rows"
+    assert done.progress_unit == "rows" and done.progress_rate > 0
+    assert done.eta_seconds == 0.0  # only a running job has an estimate
     progress = []
     while (message := events.get_message(timeout=1.0)) is not None:
         if message["data"] == b"progress":
@@ -52,19 +57,20 @@ def test_fractal_pipeline_reports_rising_progress_and_streams_the_one_call_resul
     request = build_request("fractal", _image(160), {"box_sizes": "3-21", "percolation": "true"})
     pipeline = FractalPipeline()
     params = pipeline.validate(dict(request.params), request.input)
-    reports: list[tuple[float, str]] = []
+    reports: list[tuple[float, str, int, int, str]] = []
     services = ServiceClients({"features": stack.features.address, "segmentation": "127.0.0.1:1",
                                "classifier": "127.0.0.1:1"})
     try:
         result = pipeline.run(RunContext("job", params, request.input, services,
-                                         lambda fraction, step: reports.append((fraction, step))))
+                                         lambda *report: reports.append(report)))
     finally:
         services.close()
-    fractions = [fraction for fraction, _ in reports]
+    fractions = [report[0] for report in reports]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0
     assert fractions == sorted(fractions) and len(set(fractions)) > 40  # 2 steps x up to 32 bands
-    assert any(step.startswith("gliding box: ") and step.endswith(" rows") for _, step in reports)
-    assert any(step.startswith("percolation: ") for _, step in reports)
+    rows = 160 - 2  # centres of the smallest box, 3
+    assert ("gliding box", rows, rows, "rows") in [report[1:] for report in reports]
+    assert reports[-1][1:] == ("percolation", rows, rows, "rows")
     with grpc.insecure_channel(stack.features.address) as channel:
         whole = features_grpc.FeatureServiceStub(channel).ComputeFractal(
             features_pb2.ComputeFractalRequest(image=request.input.image,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from labsight.progress import ProgressBar, render_bar
+from labsight.progress import ProgressBar, rate_and_time_left, render_bar
 
 
 class _Terminal(io.StringIO):
@@ -35,3 +35,10 @@ def test_bar_is_silent_when_not_a_terminal() -> None:
     bar.update(3, 4)
     bar.close()
     assert pipe.getvalue() == ""
+
+
+def test_rate_and_time_left_show_what_is_known() -> None:
+    assert rate_and_time_left(850.4, "rows", 65) == "850 rows/s, 1:05 left"
+    assert rate_and_time_left(2.345, "images", 3725) == "2.3 images/s, 1:02:05 left"
+    assert rate_and_time_left(0.0, "rows", 9.6) == "0:10 left"
+    assert rate_and_time_left(12.0, "", 0.0) == ""  # a rate without a unit says nothing

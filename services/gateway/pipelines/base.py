@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from labsight.errors import InvalidArgument, echo
 from labsight.image_reader import parse_channels, parse_plane, parse_z_project
@@ -14,8 +15,15 @@ from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
 from services.gateway.services import ServiceClients
 
-ProgressReporter = Callable[[float, str], None]
-"""Called with (fraction done, step name); raises JobCancelled if the job was cancelled."""
+
+class ProgressReporter(Protocol):
+    """Called with the fraction of the job done and the step's name, and where a step counts
+    its work, ``done`` of ``total`` ``unit`` (e.g. rows, images) for its rate; raises
+    JobCancelled if the job was cancelled."""
+
+    def __call__(
+        self, fraction: float, step: str, done: int = 0, total: int = 0, unit: str = ""
+    ) -> None: ...
 
 
 class JobCancelled(Exception):

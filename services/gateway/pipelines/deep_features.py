@@ -189,7 +189,7 @@ class DeepFeaturesPipeline(Pipeline):
         total = int(has_image) + (len(stack) if stack is not None else 0)
 
         def report(done: int) -> None:
-            context.report_progress(done / total, "features")
+            context.report_progress(done / total, "features", done, total, "images")
 
         blocks: list[np.ndarray] = []
         row_ids: list[str] = []

@@ -174,7 +174,6 @@ class FractalPipeline(Pipeline):
         result.scalars["fractal_dimension_r_min"] = fit.r_min
         result.scalars["fractal_dimension_r_max"] = fit.r_max
         result.scalars["fractal_dimension_r_squared"] = fit.r_squared
-        context.report_progress(1.0, "fractal")
         return result
 
     @staticmethod
@@ -198,7 +197,7 @@ class FractalPipeline(Pipeline):
                     return update.result
                 step = update.progress
                 fraction = (start[step.step] + share[step.step] * step.done / step.total) / whole
-                context.report_progress(fraction, f"{step.step}: {step.done}/{step.total} {step.unit}")
+                context.report_progress(fraction, step.step, step.done, step.total, step.unit)
         finally:
             updates.cancel()  # stops the service's work when the job was cancelled meanwhile
         raise ValueError("the features service ended its stream without a result")
