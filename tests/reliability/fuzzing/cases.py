@@ -192,6 +192,12 @@ def _deep(rng: np.random.Generator, pools: Pools) -> features_pb2.ExtractDeepFea
     return request
 
 
+def _fractal(rng: np.random.Generator) -> features_pb2.ComputeFractalRequest:
+    return features_pb2.ComputeFractalRequest(
+        image=media.valid_image(rng), box_sizes=[3, 5, 7][: int(rng.integers(1, 4))],
+        percolation=bool(rng.random() < 0.3))
+
+
 def _labels(rng: np.random.Generator) -> np.ndarray:
     labels = np.zeros((32, 32), np.int32)
     labels[4:12, 4:12], labels[16:28, 10:30] = 1, int(rng.integers(2, 1000))
@@ -230,12 +236,8 @@ def valid_requests(rpc: Rpc, rng: np.random.Generator, pools: Pools, tenant: str
         "WatchBatch": lambda: gateway_pb2.WatchBatchRequest(
             batch_id=_own_id(pools, tenant, "batch")),
         "ListPipelines": rpc.message("input"),
-        "ComputeFractal": lambda: features_pb2.ComputeFractalRequest(
-            image=image(rng), box_sizes=[3, 5, 7][: int(rng.integers(1, 4))],
-            percolation=bool(rng.random() < 0.3)),
-        "ComputeFractalStream": lambda: features_pb2.ComputeFractalRequest(
-            image=image(rng), box_sizes=[3, 5, 7][: int(rng.integers(1, 4))],
-            percolation=bool(rng.random() < 0.3)),
+        "ComputeFractal": lambda: _fractal(rng),
+        "ComputeFractalStream": lambda: _fractal(rng),
         "ExtractDeepFeatures": lambda: _deep(rng, pools),
         "ListModels": rpc.message("input"),
         "SegmentCells": lambda: segmentation_pb2.SegmentCellsRequest(

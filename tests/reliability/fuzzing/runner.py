@@ -205,8 +205,8 @@ class Runner:
         elif case.metadata is not None:
             metadata = case.metadata
         streaming = rpc.descriptor.server_streaming
-        timeout = (self.config.watch_deadline_s if streaming and rpc.name != "GetJobResult"
-                   else self.config.deadline_s)
+        watch = streaming and rpc.name.startswith("Watch")  # open until something ends
+        timeout = self.config.watch_deadline_s if watch else self.config.deadline_s
         started = time.monotonic()
         responses: list[bytes] = []
         try:
@@ -228,7 +228,7 @@ class Runner:
             code, message = grpc.StatusCode.CANCELLED.name, "cancelled by the fuzzer"
         except grpc.RpcError as error:
             code, message = error.code().name, error.details() or ""
-            if code == "DEADLINE_EXCEEDED" and streaming and responses:
+            if code == "DEADLINE_EXCEEDED" and watch and responses:
                 code = STREAM_OPEN
             if code == "CANCELLED" and case.cut_after is not None:
                 message = "cancelled by the fuzzer"

@@ -221,6 +221,8 @@ PARAMETER_POOLS: dict[str, NamedPool] = {
         ("plane:valid", "0"), ("plane:axes", "z=3,t=0"), ("plane:huge", "z=99999999999999999999"),
         ("plane:negative", "t=-5"), ("plane:axis-twice", "z=1,z=2"), ("plane:unknown-axis", "q=1"),
         *numbers_as_text(), *hostile_strings(rng)],
+    "blob": lambda rng: [("blob:unknown-reference", "0" * 64 + "." + "0" * 32),
+                         ("blob:traversal", "../" * 8 + "etc/passwd"), *hostile_strings(rng)],
     "z_project": lambda rng: [("z_project:max", "max"), ("z_project:upper", "MEAN"),
                               ("z_project:unknown", "median"), *hostile_strings(rng)],
     "intensity": lambda rng: [
