@@ -15,6 +15,7 @@ import tifffile
 from prometheus_client import REGISTRY
 
 from labsight.client import build_request
+from labsight.config import Settings
 from labsight.tables import table_values
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
@@ -181,3 +182,21 @@ def test_spots_on_a_blob_tiff_are_cut_from_its_tiles_as_the_service_cuts_them(
         np.testing.assert_array_equal(from_tensor(got.tensors[name]), from_tensor(expected.tensors[name]))
     assert from_tensor(got.tensors["edge"]).tolist() == [1, 0, 1, 0]
     assert _blobs_after_ack(blob_dir) == []
+
+
+@pytest.fixture
+def small_messages(settings: Settings) -> int:
+    """A 200 kB message limit for the stack this test starts (ask for it before the stack)."""
+    settings.max_message_bytes = 200_000
+    return settings.max_message_bytes
+
+
+def test_a_blob_a_pipeline_would_send_whole_must_fit_a_message(
+    blob_dir: Path, small_messages: int, stack: InProcessStack
+) -> None:
+    slide = _noise_tiff(460)  # 212 kB: over 90% of the message limit, sent in chunks
+    with pytest.raises(grpc.RpcError) as error:
+        stack.client.stub.UploadJob(_upload(build_request("fractal", slide, {})))
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "LABSIGHT_MAX_MESSAGE_BYTES" in error.value.details()
+    assert _blobs(blob_dir) == []
