@@ -1,9 +1,11 @@
-"""An image read region by region from a (tiled) TIFF, for slides too large to decode whole.
+"""An image read region by region from a TIFF, for slides too large to decode whole.
 
 :class:`RegionImage` looks like the (H, W, C) array the patch geometry of
 :mod:`labsight.patches` cuts from, but reads only the tiles a crop touches
 (tifffile's zarr view of the file), so a worker holds a few tiles of a
-20,000² slide at a time, never the slide.
+20,000² slide at a time, never the slide. An uncompressed TIFF stored as one
+block (tifffile writes one strip) is read by the rows a crop spans instead:
+its zarr view has a single chunk, the whole image.
 """
 
 from __future__ import annotations
@@ -52,6 +54,22 @@ class RegionImage:
         return box[np.ix_(row_index - top, col_index - left)]
 
 
+class ContiguousPixels:
+    """An (H, W[, C]) image stored uncompressed in one block of a file; slices read the rows
+    they span (one read each), never the block."""
+
+    def __init__(self, stream: IO[bytes], offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self._stream, self._offset, self.shape, self.dtype = stream, offset, shape, dtype
+        self._row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        top, bottom, _ = key[0].indices(self.shape[0])
+        rows = max(0, bottom - top)
+        self._stream.seek(self._offset + top * self._row_bytes)
+        data = self._stream.read(rows * self._row_bytes)
+        return np.frombuffer(data, self.dtype).reshape((rows, *self.shape[1:]))[:, key[1]]
+
+
 @contextmanager
 def tiff_regions(stream: IO[bytes]) -> Iterator[RegionImage]:
     """The first series of the TIFF in ``stream`` as a :class:`RegionImage` (valid inside the block).
@@ -70,5 +88,10 @@ def tiff_regions(stream: IO[bytes]) -> Iterator[RegionImage]:
                 f"a TIFF with axes {series.axes} cannot be read by regions; expected one of "
                 f"{list(REGION_AXES)}"
             )
-        with series.aszarr() as store:
+        page = series.keyframe
+        if page.is_contiguous and len(series.pages) == 1:
+            dtype = np.dtype(page.dtype).newbyteorder(tif.byteorder)
+            yield RegionImage(ContiguousPixels(stream, int(page.dataoffsets[0]), series.shape, dtype))
+            return
+        with series.aszarr(read_only=True) as store:  # uncompressed files default to writable
             yield RegionImage(zarr.open(store, mode="r"))

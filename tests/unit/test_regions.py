@@ -1,0 +1,59 @@
+"""A TIFF read by regions gives the patches the decoded image gives, whatever its storage."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import tifffile
+
+from labsight.patches import spot_patches
+from labsight.regions import ContiguousPixels, tiff_regions
+
+PIXELS = np.random.default_rng(0).integers(0, 256, (300, 257, 3), dtype=np.uint8)
+CENTRES = np.array([[5.0, 5.0], [250.0, 290.0], [100.4, 100.6], [256.0, 0.0]])
+LAYOUTS = {
+    "one uncompressed strip": {},
+    "uncompressed strips": {"rowsperstrip": 7},
+    "uncompressed tiles": {"tile": (64, 64)},
+    "zlib strips": {"compression": "zlib"},
+    "zlib tiles": {"tile": (64, 64), "compression": "zlib"},
+}
+
+
+def _tiff(pixels: np.ndarray, **options: object) -> io.BytesIO:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels, **options)
+    buffer.seek(0)
+    return buffer
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("edge", ["pad-constant", "pad-reflect", "pad-edge", "drop"])
+def test_patches_cut_by_regions_equal_those_of_the_decoded_image(layout: str, edge: str) -> None:
+    with tiff_regions(_tiff(PIXELS, **LAYOUTS[layout])) as image:
+        assert image.shape == PIXELS.shape
+        got = spot_patches(image, CENTRES, 40, edge=edge)
+    expected = spot_patches(PIXELS, CENTRES, 40, edge=edge)
+    np.testing.assert_array_equal(got.pixels, expected.pixels)
+    np.testing.assert_array_equal(got.at_edge, expected.at_edge)
+
+
+def test_a_single_block_is_read_by_the_rows_a_crop_spans() -> None:
+    with tiff_regions(_tiff(PIXELS)) as image:
+        assert isinstance(image._array, ContiguousPixels)
+        np.testing.assert_array_equal(image[10:50, 200:300], PIXELS[10:50, 200:257])
+
+
+def test_big_endian_grey_reads_as_its_values() -> None:
+    grey = PIXELS[:, :, 0].astype(np.uint16) * 257
+    with tiff_regions(_tiff(grey, byteorder=">")) as image:
+        assert image.shape == (300, 257, 1)
+        np.testing.assert_array_equal(image[3:9, 100:120][:, :, 0], grey[3:9, 100:120])
+
+
+def test_a_stack_cannot_be_read_by_regions() -> None:
+    with pytest.raises(ValueError, match="cannot be read by regions"), \
+            tiff_regions(_tiff(np.zeros((3, 20, 20), np.uint8))):
+        pass
