@@ -55,5 +55,5 @@ def test_big_endian_grey_reads_as_its_values() -> None:
 
 def test_a_stack_cannot_be_read_by_regions() -> None:
     with pytest.raises(ValueError, match="cannot be read by regions"), \
-            tiff_regions(_tiff(np.zeros((3, 20, 20), np.uint8))):
+            tiff_regions(_tiff(np.zeros((3, 20, 20), np.uint8), photometric="minisblack")):
         pass
