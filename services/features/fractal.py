@@ -234,8 +234,11 @@ def percolation(
         sums = _in_bands(sizes, planar.shape[1], progress,
                          lambda rows: np.stack(_cluster_sums_torch(planar, tables, min_mass, rows)))
     else:
+        # One workspace for every band: fresh pages per band would cost their zeroing each time.
+        workspace = _entries_workspace(sizes, planar.shape[2])
         sums = _in_bands(sizes, planar.shape[1], progress, lambda rows: np.stack(_cluster_sums_numba(
-            planar, sizes, tables.ring_index, tables.colour_index, min_mass, _chunks(rows), *rows
+            planar, sizes, tables.ring_index, tables.colour_index, min_mass,
+            workspace[: _chunks(rows)], *rows
         )))
     clusters, largest, percolating = sums
     boxes = _box_counts(sizes, planar.shape[1:]).astype(np.float64)
@@ -350,6 +353,16 @@ def _in_bands(
 def _chunks(rows: tuple[int, int]) -> int:
     """Parallel tasks of a numba kernel over centre rows [y0, y1): a few per thread, at most a row each."""
     return max(1, min(get_num_threads() * 4, rows[1] - rows[0]))
+
+
+def _entries_workspace(sizes: np.ndarray, width: int) -> np.ndarray:
+    """Entry indices of one row of centres for each parallel task of _cluster_sums_numba.
+
+    An odd number of cache lines per offset keeps a centre's column of entries from
+    crowding into a few cache sets, as a power-of-two width would.
+    """
+    span = int(sizes[-1])
+    return np.empty((get_num_threads() * 4, span * span, ((width + 63) // 64 | 1) * 64), np.uint8)
 
 
 def _box_counts(sizes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -581,21 +594,21 @@ def _add_centre_clusters(
 
 @njit(cache=True, parallel=True)
 def _cluster_sums_numba(
-    img, sizes, ring_index, colour_index, min_mass, chunks, y_start, y_stop
+    img, sizes, ring_index, colour_index, min_mass, workspace, y_start, y_stop
 ):  # pragma: no cover - compiled
     """Per box side: total cluster count, total largest-cluster size and number of percolating boxes,
-    of the boxes centred on rows y_start ≤ y < y_stop."""
+    of the boxes centred on rows y_start ≤ y < y_stop; one task per ``workspace[i]`` (see
+    _entries_workspace)."""
     height, width = img.shape[1], img.shape[2]
     n = sizes.shape[0]
     halves = (sizes - 1) // 2
     half_min, half_max = halves[0], halves[-1]
     span = 2 * half_max + 1
+    chunks = workspace.shape[0]
     totals = np.zeros((chunks, 3, n), np.int64)
     rows = y_stop - y_start
     for chunk in prange(chunks):
-        # An odd number of cache lines per offset keeps a centre's column of entries from
-        # crowding into a few cache sets, as a power-of-two width would.
-        entries = np.empty((span * span, ((width + 63) // 64 | 1) * 64), np.uint8)
+        entries = workspace[chunk]
         distance = np.empty(width, np.uint16)
         scratch = np.empty((4, (span + 2) * (span + 2)), np.int32)
         for y in range(y_start + rows * chunk // chunks, y_start + rows * (chunk + 1) // chunks):
