@@ -6,10 +6,11 @@ reader check what it got, and the suffix makes every ``put`` its own blob, so
 deleting one job's input never removes another's (two jobs may send the same
 file).
 
-The store is chosen by ``LABSIGHT_BLOB_URL``: ``file:///path`` (a directory,
-the default being ``$LABSIGHT_HOME/blobs`` for ``labsight up``) or
-``s3://bucket/prefix`` (any S3-compatible store; the endpoint from
-``LABSIGHT_S3_ENDPOINT``, credentials as boto3 finds them, e.g. ``AWS_*``).
+The store is chosen by ``LABSIGHT_BLOB_URL``: ``file:///path`` (a directory;
+``labsight up`` uses ``$LABSIGHT_HOME/blobs``) or ``s3://bucket/prefix`` (any
+S3-compatible store; the endpoint from ``LABSIGHT_S3_ENDPOINT``, credentials as
+boto3 finds them, e.g. ``AWS_*``). Unset, there is none: the gateway and its
+workers may run on different machines, and only a store they share will do.
 """
 
 from __future__ import annotations
@@ -286,19 +287,20 @@ def blob_store_from_url(url: str) -> BlobStore:
     )
 
 
-def blob_store() -> BlobStore:
-    """The store of ``$LABSIGHT_BLOB_URL``, else the directory ``blobs`` under LabSight's home."""
+def blob_store() -> BlobStore | None:
+    """The store of ``$LABSIGHT_BLOB_URL``; None when it is unset (large inputs then stay in Redis)."""
     url = os.environ.get(BLOB_URL_ENV, "")
-    if url:
-        return blob_store_from_url(url)
-    from labsight.home import home_dir
-
-    return DirectoryBlobStore(home_dir() / "blobs")
+    return blob_store_from_url(url) if url else None
 
 
 @contextlib.contextmanager
-def opened_blob(store: BlobStore, reference: str, field: str) -> Iterator[IO[bytes]]:
-    """The blob opened for reading; a missing blob is the job's fault, named by ``field``."""
+def opened_blob(store: BlobStore | None, reference: str, field: str) -> Iterator[IO[bytes]]:
+    """The blob opened for reading; a missing blob (or store) is the job's fault, named by ``field``."""
+    if store is None:
+        raise InvalidArgument(
+            f"{field}: the input is in a blob store, and this process has none (set {BLOB_URL_ENV} "
+            "as on the gateway)"
+        )
     try:
         stream = store.open(reference)
     except FileNotFoundError:

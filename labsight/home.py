@@ -40,6 +40,8 @@ class Endpoints:
     token: str = ""
     service_token: str = ""
     pid: int = 0
+    blob_url: str = ""
+    """The blob store of large inputs (LABSIGHT_BLOB_URL) that every process must share."""
 
     def as_environment(self) -> dict[str, str]:
         """The LABSIGHT_* / REDIS_URL variables that make a process use these endpoints."""
@@ -53,6 +55,8 @@ class Endpoints:
             env["LABSIGHT_TOKEN"] = self.token
         if self.service_token:
             env["LABSIGHT_SERVICE_TOKEN"] = self.service_token
+        if self.blob_url:
+            env["LABSIGHT_BLOB_URL"] = self.blob_url
         return env
 
 

@@ -260,6 +260,8 @@ class Stack:
                 for name, port in self.layout.metrics_ports.items()
             },
             token=self.token,
+            # Large inputs wait in a directory every process of this machine shares.
+            blob_url=os.environ.get("LABSIGHT_BLOB_URL") or (self.home / "blobs").as_uri(),
             service_token=self.service_token,
             pid=os.getpid(),
         )

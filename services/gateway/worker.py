@@ -282,8 +282,6 @@ class Worker:
     def inline_blob(self, image: tensor_pb2.Image) -> None:
         """Replace the blob reference of an image a pipeline sends whole by the file's bytes
         (the gateway checked at submit that they fit a message)."""
-        if self.queue.blobs is None:
-            raise RuntimeError("the job's input is in the blob store, and this worker has none")
         with opened_blob(self.queue.blobs, image.blob, "input.image.blob") as stream:
             image.encoded.data = stream.read()
 

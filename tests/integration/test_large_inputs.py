@@ -200,3 +200,22 @@ def test_a_blob_a_pipeline_would_send_whole_must_fit_a_message(
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "LABSIGHT_MAX_MESSAGE_BYTES" in error.value.details()
     assert _blobs(blob_dir) == []
+
+
+@pytest.fixture
+def no_blob_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No LABSIGHT_BLOB_URL (a deployment that configured none), with the low threshold."""
+    monkeypatch.delenv("LABSIGHT_BLOB_URL", raising=False)
+    monkeypatch.setenv("LABSIGHT_BLOB_THRESHOLD_BYTES", str(THRESHOLD))
+
+
+def test_without_a_blob_store_large_inputs_stay_in_redis(
+    no_blob_store: None, stack: InProcessStack, redis_for: redis.Redis
+) -> None:
+    image = _noise_tiff(200)
+    job = stack.client.stub.UploadJob(_upload(build_request("fractal", image, {"box_sizes": "3"})))
+    keys = RedisKeys(stack.settings.key_prefix)
+    assert len(redis_for.get(keys.job_input(job.job_id))) > len(image.encoded.data)
+    assert redis_for.hget(keys.job(job.job_id), "input_blob") == b""
+    stack.start_worker()
+    assert stack.client.wait(job.job_id, timeout_s=120).status == pb.JOB_STATUS_DONE

@@ -19,6 +19,7 @@ from labsight.blobs import (
     blob_store_from_url,
 )
 from labsight.errors import ResourceExhausted
+from labsight.home import Endpoints, read_endpoints, write_endpoints
 
 CONTENT = bytes(range(256)) * 9000  # 2.3 MB: more than one S3 read buffer
 
@@ -108,12 +109,19 @@ def test_references_that_a_store_did_not_give_are_refused(tmp_path: Path) -> Non
 
 def test_store_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LABSIGHT_BLOB_URL", raising=False)
-    monkeypatch.setenv("LABSIGHT_HOME", str(tmp_path))
-    default = blob_store()
-    assert isinstance(default, DirectoryBlobStore) and default.directory == tmp_path / "blobs"
+    assert blob_store() is None  # gateway and workers may not share a disk: only a named store
     monkeypatch.setenv("LABSIGHT_BLOB_URL", f"file://{tmp_path}/elsewhere")
     chosen = blob_store()
     assert isinstance(chosen, DirectoryBlobStore) and chosen.directory == tmp_path / "elsewhere"
     monkeypatch.setenv("LABSIGHT_BLOB_URL", "ftp://host/x")
     with pytest.raises(ValueError, match="LABSIGHT_BLOB_URL"):
         blob_store()
+
+
+def test_up_endpoints_hand_the_blob_store_to_every_process_started_from_them(tmp_path: Path) -> None:
+    endpoints = Endpoints(redis_url="redis://x", key_prefix="p", gateway="g",
+                          blob_url=(tmp_path / "blobs").as_uri())
+    write_endpoints(endpoints, tmp_path)
+    environment = read_endpoints(tmp_path).as_environment()  # what `labsight worker` adds
+    assert environment["LABSIGHT_BLOB_URL"] == f"file://{tmp_path}/blobs"
+    assert "LABSIGHT_BLOB_URL" not in Endpoints(redis_url="r", key_prefix="p", gateway="g").as_environment()
