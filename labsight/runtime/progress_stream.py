@@ -47,6 +47,14 @@ class _Failed:
     error: BaseException
 
 
+def raise_if_gone(context: grpc.ServicerContext, name: str) -> None:
+    """Raise Cancelled, counting ``name`` in labsight_work_stopped_total, once the call is no
+    longer active (cancelled, or past its deadline): long work calls this between its steps."""
+    if not context.is_active():
+        WORK_STOPPED.labels(name).inc()
+        raise Cancelled(f"{name}: the caller cancelled the call")
+
+
 def stream_progress(
     work: Callable[[Report], Result], context: grpc.ServicerContext, name: str
 ) -> Iterator[Progress | Result]:
@@ -61,9 +69,7 @@ def stream_progress(
     events: queue.Queue[Progress | _Finished[Result] | _Failed] = queue.Queue()
 
     def report(progress: Progress) -> None:
-        if not context.is_active():
-            WORK_STOPPED.labels(name).inc()
-            raise Cancelled(f"{name}: the caller cancelled the call")
+        raise_if_gone(context, name)
         events.put(progress)
 
     def run() -> None:

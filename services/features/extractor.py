@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -179,6 +179,7 @@ class DeepFeatureExtractor:
         layer: str = "",
         pooling: PoolingMode = "average",
         field: str = "images",
+        before_batch: Callable[[], None] | None = None,
     ) -> DeepFeatures:
         """Features of ``images`` from one layer of one model.
 
@@ -193,6 +194,9 @@ class DeepFeatureExtractor:
             Reduction of the layer's activation maps.
         field : str
             Request field the images came from, for error messages.
+        before_batch : callable, optional
+            Called before each slice of batches is run; what it raises stops the work
+            there (how a servicer stops for a caller that has gone).
 
         Raises
         ------
@@ -216,6 +220,8 @@ class DeepFeatureExtractor:
             step = self.config.max_batch_size * len(served.engines)
             blocks = []
             for start in range(0, len(images), step):
+                if before_batch is not None:
+                    before_batch()
                 batch = preprocess(
                     images[start : start + step], manifest.input_size, manifest.preprocessing, field
                 )

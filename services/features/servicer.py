@@ -11,7 +11,7 @@ import numpy as np
 from labsight.config import Settings
 from labsight.errors import InvalidArgument
 from labsight.images import decode_image, image_stack
-from labsight.runtime.progress_stream import Progress, Report, stream_progress
+from labsight.runtime.progress_stream import Progress, Report, raise_if_gone, stream_progress
 from labsight.tables import feature_row, feature_table
 from labsight.v1 import features_pb2 as pb
 from labsight.v1 import features_pb2_grpc as pb_grpc
@@ -38,8 +38,9 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
     def ComputeFractal(
         self, request: pb.ComputeFractalRequest, context: grpc.ServicerContext
     ) -> pb.ComputeFractalResponse:
-        """Gliding-box features (and percolation when asked) of one image."""
-        return fractal_response(request)
+        """Gliding-box features (and percolation when asked) of one image; stops when the
+        caller cancels."""
+        return fractal_response(request, lambda _: raise_if_gone(context, "fractal"))
 
     def ComputeFractalStream(
         self, request: pb.ComputeFractalRequest, context: grpc.ServicerContext
@@ -71,7 +72,8 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
             images = [decode_image(image, f"images[{i}]") for i, image in enumerate(request.images)]
             row_ids = [image.name or str(i) for i, image in enumerate(request.images)]
         features = self.extractor.extract(
-            images, request.model, request.layer, POOLING_MODES[request.pooling], field
+            images, request.model, request.layer, POOLING_MODES[request.pooling], field,
+            before_batch=partial(raise_if_gone, context, "deep features"),
         )
         return pb.ExtractDeepFeaturesResponse(
             features=feature_table(features.columns, features.values, row_ids),

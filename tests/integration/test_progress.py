@@ -14,6 +14,8 @@ from labsight.runtime.progress_stream import WORK_STOPPED
 from labsight.v1 import features_pb2
 from labsight.v1 import features_pb2_grpc as features_grpc
 from labsight.v1 import gateway_pb2 as pb
+from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
+from services.features.models import ModelRepository
 from services.gateway.jobs import JobStore
 from services.gateway.keys import RedisKeys
 from services.gateway.pipelines.base import RunContext
@@ -104,3 +106,26 @@ def test_cancelled_long_job_stops_the_features_services_work(
     assert final.status == pb.JOB_STATUS_CANCELLED and final.progress < 1.0
     assert not redis_for.exists(keys.job_result(job.job_id))
     assert worker.queue.depth() == 0
+
+
+class Stop(Exception):
+    """Raised by a callback to stop the work."""
+
+
+def test_deep_features_stop_before_the_next_batch_when_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    # what ExtractDeepFeatures passes: raise_if_gone, raising once its caller has cancelled
+    monkeypatch.setenv("LABSIGHT_MAX_BATCH_SIZE", "1")
+    monkeypatch.setenv("LABSIGHT_MODEL_INSTANCES", "1")
+    extractor = DeepFeatureExtractor(ModelRepository(), ExtractorConfig.from_env())
+    calls: list[int] = []
+
+    def stop_at_the_second() -> None:
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise Stop
+
+    images = [_image(64, seed) for seed in range(4)]
+    assert len(extractor.extract(images, before_batch=lambda: None).values) == 4
+    with pytest.raises(Stop):
+        extractor.extract(images, before_batch=stop_at_the_second)
+    assert len(calls) == 2  # one batch of one image ran; the other three never did
