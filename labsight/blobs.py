@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
-from labsight.errors import InvalidArgument, ResourceExhausted
+from labsight.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 BLOB_URL_ENV = "LABSIGHT_BLOB_URL"
 S3_ENDPOINT_ENV = "LABSIGHT_S3_ENDPOINT"
@@ -106,8 +106,12 @@ class BlobWriter:
     """Streams a blob into a local file while hashing it; ``commit`` hands the file to its store."""
 
     def __init__(self, directory: Path, max_bytes: int | None) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=directory, prefix=".upload-")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=directory, prefix=".upload-")
+        except OSError as error:
+            raise Unavailable(f"blob store: cannot write to {directory} ({error}); check "
+                              f"{BLOB_URL_ENV}") from None
         os.fchmod(fd, 0o600)
         self.path = Path(name)
         self._file = os.fdopen(fd, "wb")
@@ -215,7 +219,8 @@ class S3BlobStore(BlobStore):
 
         class _Writer(BlobWriter):
             def commit(self, reference: str) -> None:
-                store.client.upload_file(str(self.path), store.bucket, store.key(reference))
+                with store.answers("upload"):
+                    store.client.upload_file(str(self.path), store.bucket, store.key(reference))
 
         return _Writer(Path(tempfile.gettempdir()) / "labsight-blobs", max_bytes)
 
@@ -228,17 +233,32 @@ class S3BlobStore(BlobStore):
         """The object's ContentLength."""
         from botocore.exceptions import ClientError
 
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self.key(reference))
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                raise FileNotFoundError(f"no blob {reference}") from None
-            raise
+        with self.answers("HEAD"):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=self.key(reference))
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    raise FileNotFoundError(f"no blob {reference}") from None
+                raise
         return int(head["ContentLength"])
 
     def delete(self, reference: str) -> None:
         """Delete the object (S3 answers success for a missing key too)."""
-        self.client.delete_object(Bucket=self.bucket, Key=self.key(reference))
+        with self.answers("delete"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(reference))
+
+    @contextlib.contextmanager
+    def answers(self, what: str) -> Iterator[None]:
+        """S3 failures (unreachable, refused credentials, no bucket) as Unavailable naming the store."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (BotoCoreError, ClientError) as error:
+            raise Unavailable(
+                f"blob store s3://{self.bucket}/{self.prefix}: {what} failed ({error}); check "
+                f"{BLOB_URL_ENV}, {S3_ENDPOINT_ENV} and the credentials"
+            ) from None
 
 
 class _S3RangeReader(io.RawIOBase):
@@ -266,10 +286,11 @@ class _S3RangeReader(io.RawIOBase):
         if wanted <= 0:
             return 0
         end = self._position + wanted - 1
-        answer = self._store.client.get_object(
-            Bucket=self._store.bucket, Key=self._key, Range=f"bytes={self._position}-{end}"
-        )
-        data = answer["Body"].read()
+        with self._store.answers("read"):
+            answer = self._store.client.get_object(
+                Bucket=self._store.bucket, Key=self._key, Range=f"bytes={self._position}-{end}"
+            )
+            data = answer["Body"].read()
         buffer[: len(data)] = data
         self._position += len(data)
         return len(data)

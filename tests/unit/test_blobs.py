@@ -18,7 +18,7 @@ from labsight.blobs import (
     blob_store,
     blob_store_from_url,
 )
-from labsight.errors import ResourceExhausted
+from labsight.errors import ResourceExhausted, Unavailable
 from labsight.home import Endpoints, read_endpoints, write_endpoints
 
 CONTENT = bytes(range(256)) * 9000  # 2.3 MB: more than one S3 read buffer
@@ -125,3 +125,22 @@ def test_up_endpoints_hand_the_blob_store_to_every_process_started_from_them(tmp
     environment = read_endpoints(tmp_path).as_environment()  # what `labsight worker` adds
     assert environment["LABSIGHT_BLOB_URL"] == f"file://{tmp_path}/blobs"
     assert "LABSIGHT_BLOB_URL" not in Endpoints(redis_url="r", key_prefix="p", gateway="g").as_environment()
+
+
+def test_an_unreachable_s3_store_is_unavailable_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("boto3")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    store = S3BlobStore("labsight", "inputs", f"http://127.0.0.1:{_free_port()}")
+    with pytest.raises(Unavailable, match="blob store s3://labsight/inputs: upload failed"):
+        store.put([b"slide"])
+    with pytest.raises(Unavailable, match="HEAD failed"):
+        store.size("0" * 64 + "." + "0" * 32)
+
+
+def test_a_directory_that_cannot_be_written_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(Unavailable, match="cannot write to"):
+        DirectoryBlobStore(tmp_path / "file" / "blobs").put([b"slide"])
