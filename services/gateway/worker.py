@@ -251,7 +251,10 @@ class Worker:
                         raise JobCancelled(job.job_id) from None
                     raise
             finally:
-                self.services.forget_calls()  # only this run's refusals count
+                # A run that ended (a job cancelled at a step, a failed call) leaves no call
+                # working for nobody; only this run's refusals count.
+                self.services.cancel_calls()
+                self.services.forget_calls()
 
     def run_pipeline(self, job: JobRecord) -> pb.JobResult:
         """Load the job's input and run its pipeline."""

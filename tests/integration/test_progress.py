@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import grpc
 import numpy as np
 import pytest
 import redis
 
+from labsight.catalog import FEATURES
 from labsight.client import build_request
+from labsight.config import Settings
 from labsight.runtime.progress_stream import WORK_STOPPED
+from labsight.runtime.server import RunningServer
 from labsight.v1 import features_pb2
 from labsight.v1 import features_pb2_grpc as features_grpc
 from labsight.v1 import gateway_pb2 as pb
 from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
 from services.features.models import ModelRepository
+from services.features.servicer import register as register_features
 from services.gateway.jobs import JobStore
 from services.gateway.keys import RedisKeys
 from services.gateway.pipelines.base import RunContext
@@ -129,3 +134,29 @@ def test_deep_features_stop_before_the_next_batch_when_told(monkeypatch: pytest.
     with pytest.raises(Stop):
         extractor.extract(images, before_batch=stop_at_the_second)
     assert len(calls) == 2  # one batch of one image ran; the other three never did
+
+
+def test_cancelled_deep_features_job_stops_the_call_in_flight(
+    stack: InProcessStack, serve: Callable[..., RunningServer], settings: Settings,
+    redis_for: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A features server running one image per batch, so a call of 32 images has 32 steps.
+    monkeypatch.setenv("LABSIGHT_MAX_BATCH_SIZE", "1")
+    monkeypatch.setenv("LABSIGHT_MODEL_INSTANCES", "1")
+    settings.service_addresses["features"] = serve(
+        register_features, FEATURES.grpc_services, settings).address
+    patches = np.random.default_rng(3).integers(0, 256, (320, 64, 64, 3), dtype=np.uint8)
+    job = stack.client.submit("deep-features", _image(64), {}, tensors={"patches": patches})
+    stopped = WORK_STOPPED.labels("deep features")._value.get()
+    stack.start_worker()
+    store = JobStore(redis_for, RedisKeys(stack.settings.key_prefix))
+    deadline = time.monotonic() + 180
+    while store.load(job.job_id).progress == 0.0:  # a call is done, the next ones in flight
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert stack.client.cancel(job.job_id).status == pb.JOB_STATUS_CANCELLED
+    deadline = time.monotonic() + 60  # generous: the job's other 9 calls take far longer
+    while WORK_STOPPED.labels("deep features")._value.get() == stopped:
+        assert time.monotonic() < deadline, "the features service finished a cancelled job's call"
+        time.sleep(0.05)
+    assert stack.client.get(job.job_id).status == pb.JOB_STATUS_CANCELLED
