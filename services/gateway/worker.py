@@ -203,11 +203,12 @@ class Worker:
         done = threading.Event()
 
         def watch() -> None:
+            cancelled = False
             while not done.wait(CANCEL_POLL_S):
                 with contextlib.suppress(redis.RedisError):
-                    if self.store.status(job.job_id) == CANCELLED:
-                        self.services.cancel_calls()
-                        return
+                    cancelled = cancelled or self.store.status(job.job_id) == CANCELLED
+                if cancelled:  # again each time: the pipeline may start calls until its next step
+                    self.services.cancel_calls()
 
         thread = threading.Thread(target=watch, name="cancel-watch", daemon=True)
         thread.start()
