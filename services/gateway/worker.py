@@ -20,7 +20,7 @@ import labsight
 from labsight.blobs import opened_blob
 from labsight.catalog import WORKER
 from labsight.config import Settings
-from labsight.errors import NotFound
+from labsight.errors import NotFound, status_code_for
 from labsight.redis_server import hide_password
 from labsight.runtime.logs import configure_logging
 from labsight.runtime.server import start_metrics, stop_on_signals
@@ -70,10 +70,14 @@ def is_permanent(error: Exception) -> bool:
 
 
 def describe_error(error: Exception) -> str:
-    """A one-line description of a failed attempt for the job record."""
+    """A one-line description of a failed attempt for the job record, led by its status code
+    whether a service answered it or the worker found it (a bug keeps its class name)."""
     if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
         return f"{error.code().name}: {error.details()}"
-    return f"{type(error).__name__}: {error}"
+    code = status_code_for(error)
+    if code == grpc.StatusCode.INTERNAL:
+        return f"INTERNAL: {type(error).__name__}: {error}"
+    return f"{code.name}: {error}"
 
 
 class Worker:

@@ -393,15 +393,16 @@ def test_deep_features_job_covers_the_image_and_a_patch_stack(
     np.testing.assert_allclose(table_values(table), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("model", [DEFAULT_MODEL, ""])  # "": the features service's default model
 def test_spot_features_job_is_keyed_by_spot_and_exports_to_anndata(
-    stack: InProcessStack, model_cache: Path, tmp_path: Path
+    stack: InProcessStack, model_cache: Path, tmp_path: Path, model: str
 ) -> None:
     stack.start_worker()
     image = IMAGES[0]
     centres = np.array([[100.0, 100.0], [250.0, 150.0], [350.0, 200.0]])
     job = stack.client.submit(
         "spot-features", image,
-        {"model": DEFAULT_MODEL, "spot_diameter": 80, "spot_ids": "AAAC-1,AAAG-1,AACT-1"},
+        {"model": model, "spot_diameter": 80, "spot_ids": "AAAC-1,AAAG-1,AACT-1"},
         tensors={"spot_centres": centres},
     )
     final = stack.client.wait(job.job_id, timeout_s=180)

@@ -200,12 +200,13 @@ class SpotFeaturesPipeline(Pipeline):
                 )
 
     def _model_input_side(self, context: RunContext) -> int:
-        """The model's input side from the features service; InvalidArgument for an unknown model."""
+        """The input side of the model (empty: the service's default); InvalidArgument for an unknown one."""
         listing: features_pb2.ListModelsResponse = context.services.features.ListModels(
             features_pb2.ListModelsRequest(), timeout=context.services.call_timeout_s
         )
+        name = context.params["model"] or listing.default_model
         for model in listing.models:
-            if model.name == context.params["model"]:
+            if model.name == name:
                 return int(model.input_size[0])
         known = [model.name for model in listing.models]
         raise InvalidArgument(f"params.model: unknown model {echo(context.params['model'])}; models: {known}")
