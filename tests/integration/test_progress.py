@@ -23,6 +23,7 @@ from services.features.models import ModelRepository
 from services.features.servicer import register as register_features
 from services.gateway.jobs import JobStore
 from services.gateway.keys import RedisKeys
+from services.gateway.pipelines import deep_features
 from services.gateway.pipelines.base import RunContext
 from services.gateway.pipelines.fractal import FractalPipeline
 from services.gateway.services import ServiceClients
@@ -140,12 +141,14 @@ def test_cancelled_deep_features_job_stops_the_call_in_flight(
     stack: InProcessStack, serve: Callable[..., RunningServer], settings: Settings,
     redis_for: redis.Redis, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A features server running one image per batch, so a call of 32 images has 32 steps.
+    # A features server running one image per batch, and calls of 256 images, so each call has
+    # 256 steps and lasts seconds: the cancel (noticed within 0.5 s) lands inside a call.
     monkeypatch.setenv("LABSIGHT_MAX_BATCH_SIZE", "1")
     monkeypatch.setenv("LABSIGHT_MODEL_INSTANCES", "1")
+    monkeypatch.setattr(deep_features, "CHUNK_IMAGES", 256)
     settings.service_addresses["features"] = serve(
         register_features, FEATURES.grpc_services, settings).address
-    patches = np.random.default_rng(3).integers(0, 256, (320, 64, 64, 3), dtype=np.uint8)
+    patches = np.random.default_rng(3).integers(0, 256, (1024, 64, 64, 3), dtype=np.uint8)
     job = stack.client.submit("deep-features", _image(64), {}, tensors={"patches": patches})
     stopped = WORK_STOPPED.labels("deep features")._value.get()
     stack.start_worker()
@@ -155,7 +158,7 @@ def test_cancelled_deep_features_job_stops_the_call_in_flight(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert stack.client.cancel(job.job_id).status == pb.JOB_STATUS_CANCELLED
-    deadline = time.monotonic() + 60  # generous: the job's other 9 calls take far longer
+    deadline = time.monotonic() + 120  # generous: the calls in flight hold hundreds of steps
     while WORK_STOPPED.labels("deep features")._value.get() == stopped:
         assert time.monotonic() < deadline, "the features service finished a cancelled job's call"
         time.sleep(0.05)
