@@ -407,6 +407,7 @@ def test_spot_features_job_is_keyed_by_spot_and_exports_to_anndata(
     )
     final = stack.client.wait(job.job_id, timeout_s=180)
     assert final.status == pb.JOB_STATUS_DONE, final.error
+    assert final.progress_message == "features: 3/3 patches" and final.progress_unit == "patches"
     result = stack.client.result(job.job_id)
     table = result.tables["features"]
     assert list(table.row_ids) == ["AAAC-1", "AAAG-1", "AACT-1"]

@@ -58,11 +58,21 @@ def parse_spot_ids(text: str) -> list[str]:
 
 
 def _report_features(
-    context: RunContext, slice_index: tuple[int, int], patches: int, done: int
+    context: RunContext, slice_index: tuple[int, int], patches: int, counts: tuple[int, int], done: int
 ) -> None:
-    """Progress after ``done`` of ``patches`` features of slice ``slice_index`` = (i, count)."""
+    """Progress after ``done`` of ``patches`` features of slice ``slice_index`` = (i, count);
+    ``counts`` = (patches of the slices before, patches of the job), for the rate."""
     index, count = slice_index
-    context.report_progress((index + done / patches) / count, "features")
+    before, total = counts
+    context.report_progress((index + done / patches) / count, "features", before + done, total, "patches")
+
+
+def _patches_asked(requests: list[segmentation_pb2.ExtractPatchesRequest]) -> int:
+    """How many patches ``requests`` ask for (spots or cells; 0 when a request names none)."""
+    return sum(
+        len(request.cell_label_ids) or (request.spot_centres.shape[0] if request.spot_centres.shape else 0)
+        for request in requests
+    )
 
 
 class SpotFeaturesPipeline(Pipeline):
@@ -140,17 +150,20 @@ class SpotFeaturesPipeline(Pipeline):
         ids: list[str] = []
         centres: list[np.ndarray] = []
         at_edge: list[bool] = []
+        requests = self._patch_requests(context, side)
         if self.reads_regions(context.job_input, context.params):
-            slices = self._region_patches(context, side)
+            slices = self._region_patches(context, requests)
         else:
-            slices = self._service_patches(context, side)
+            slices = self._service_patches(context, requests)
+        total, finished = _patches_asked(requests), 0
         for index, count, answer in slices:
             patches = from_tensor(answer.patches, "patches")
             columns, chunk_values, provenance = extract_features(
                 context,
                 patches,
-                partial(_report_features, context, (index, count), len(patches)),
+                partial(_report_features, context, (index, count), len(patches), (finished, total)),
             )
+            finished += len(patches)
             values.append(chunk_values)
             ids.extend(answer.patch_ids)
             centres.append(from_tensor(answer.patch_centres, "patch_centres"))
@@ -159,14 +172,13 @@ class SpotFeaturesPipeline(Pipeline):
         result.tables["features"].CopyFrom(feature_table(columns, np.concatenate(values), ids))
         result.tensors["coordinates"].CopyFrom(to_tensor(np.concatenate(centres)))
         result.tensors[EDGE].CopyFrom(to_tensor(np.array(at_edge, np.uint8)))
-        context.report_progress(1.0, "features")
+        context.report_progress(1.0, "features", finished, total, "patches")
         return result
 
     def _service_patches(
-        self, context: RunContext, side: int
+        self, context: RunContext, requests: list[segmentation_pb2.ExtractPatchesRequest]
     ) -> Iterator[tuple[int, int, segmentation_pb2.ExtractPatchesResponse]]:
         """(slice index, slices, patches) cut by the segmentation service, a message each."""
-        requests = self._patch_requests(context, side)
         for index, request in enumerate(requests):
             context.report_progress(index / len(requests), "patches")
             answer: segmentation_pb2.ExtractPatchesResponse = (
@@ -177,18 +189,17 @@ class SpotFeaturesPipeline(Pipeline):
             yield index, len(requests), answer
 
     def _region_patches(
-        self, context: RunContext, side: int
+        self, context: RunContext, requests: list[segmentation_pb2.ExtractPatchesRequest]
     ) -> Iterator[tuple[int, int, segmentation_pb2.ExtractPatchesResponse]]:
         """The same slices cut here from the tiles under each spot of a blob-store TIFF, with
         the segmentation service's geometry (labsight.patches), so the slide is never whole."""
         with opened_blob(blob_store(), context.job_input.image.blob, "input.image.blob") as stream, \
                 tiff_regions(stream) as image:
-            requests = self._patch_requests(context, side)
             for index, request in enumerate(requests):
                 context.report_progress(index / len(requests), "patches")
                 centres = from_tensor(request.spot_centres, "spot_centres")
                 try:
-                    patches = spot_patches(image, centres, request.spot_diameter, side,
+                    patches = spot_patches(image, centres, request.spot_diameter, request.output_size,
                                            edge=request.spot_edge)
                 except ValueError as error:
                     raise InvalidArgument(f"input: {error}") from None
