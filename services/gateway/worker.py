@@ -80,6 +80,24 @@ def describe_error(error: Exception) -> str:
     return f"{code.name}: {error}"
 
 
+@contextlib.contextmanager
+def _every(interval_s: float, task: Callable[[], None], name: str) -> Iterator[None]:
+    """Run ``task`` every ``interval_s`` seconds in a thread while the block runs."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(interval_s):
+            task()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 class Worker:
     """Runs jobs from the queue until stopped; safe to run many side by side."""
 
@@ -181,46 +199,28 @@ class Worker:
             JOB_SECONDS.labels(job.pipeline).observe(time.perf_counter() - started)
         self.handle_job_success(delivery, job, result)
 
-    @contextlib.contextmanager
-    def _heartbeat(self, delivery: Delivery) -> Iterator[None]:
+    def _heartbeat(self, delivery: Delivery) -> contextlib.AbstractContextManager[None]:
         """Keep the entry's idle time low while the job runs, so no other worker takes it over."""
-        done = threading.Event()
-        interval_s = self.claim_idle_ms / 3000
 
         def beat() -> None:
-            while not done.wait(interval_s):
-                with contextlib.suppress(redis.RedisError):
-                    self.queue.touch(delivery, self.consumer)
+            with contextlib.suppress(redis.RedisError):
+                self.queue.touch(delivery, self.consumer)
 
-        thread = threading.Thread(target=beat, daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
+        return _every(self.claim_idle_ms / 3000, beat, "heartbeat")
 
-    @contextlib.contextmanager
-    def _cancel_watch(self, job: JobRecord) -> Iterator[None]:
+    def _cancel_watch(self, job: JobRecord) -> contextlib.AbstractContextManager[None]:
         """Cancel the job's service calls in flight once the job is cancelled, so the services
         stop its work (they notice between steps) and the worker is free within a second or two."""
-        done = threading.Event()
+        cancelled = False
 
         def watch() -> None:
-            cancelled = False
-            while not done.wait(CANCEL_POLL_S):
-                with contextlib.suppress(redis.RedisError):
-                    cancelled = cancelled or self.store.status(job.job_id) == CANCELLED
-                if cancelled:  # again each time: the pipeline may start calls until its next step
-                    self.services.cancel_calls()
+            nonlocal cancelled
+            with contextlib.suppress(redis.RedisError):
+                cancelled = cancelled or self.store.status(job.job_id) == CANCELLED
+            if cancelled:  # again each time: the pipeline may start calls until its next step
+                self.services.cancel_calls()
 
-        thread = threading.Thread(target=watch, name="cancel-watch", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
+        return _every(CANCEL_POLL_S, watch, "cancel-watch")
 
     def run_when_services_ready(self, job: JobRecord) -> pb.JobResult:
         """Run the job's pipeline within one attempt, however often a model service restarts.
@@ -228,10 +228,13 @@ class Worker:
         A call that a service refuses (UNAVAILABLE) while it is starting, stopping
         or unreachable is no fault of the job: the worker waits, holding the job's
         claim, until the service reports SERVING again and runs the pipeline
-        again. Only a wait beyond ``service_wait_s`` (or a refusal by a service
-        that reports SERVING) ends the attempt.
+        again. Only a wait beyond ``service_wait_s`` (or a second refusal by a
+        service that reports SERVING) ends the attempt: the first such refusal is
+        retried at once, since a restart breaks the connection a call was made on
+        while the new process may already answer health checks.
         """
         deadline = time.monotonic() + self.service_wait_s
+        retried_while_serving = False
 
         def cancelled() -> bool:
             return self.store.status(job.job_id) == CANCELLED
@@ -247,6 +250,9 @@ class Worker:
                 refused = self.services.refusals()
                 if error.code() != grpc.StatusCode.UNAVAILABLE or not refused:
                     raise
+                if not retried_while_serving and all(self.services.is_serving(n) for n in refused):
+                    retried_while_serving = True
+                    continue
                 log.warning("model service not ready; waiting for it",
                             extra={"job_id": job.job_id, "services": sorted(refused)})
                 if not self.services.wait_for_restart(
