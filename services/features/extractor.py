@@ -63,6 +63,11 @@ class ExtractorConfig:
     spin : bool
         ONNX Runtime's idle threads busy-wait for work; off leaves the cores to the
         other processes [LABSIGHT_ORT_SPIN, default off].
+    shrink_arena : bool
+        Each ONNX Runtime run hands the arena memory its batch took beyond the
+        first region back; off, the process keeps what its largest concurrent
+        batches needed, as ONNX Runtime and Triton do by default
+        [LABSIGHT_ORT_ARENA_SHRINK, default off].
     default_model : str
         Model used when a request names none [LABSIGHT_DEFAULT_MODEL].
     max_images_per_request : int
@@ -89,6 +94,7 @@ class ExtractorConfig:
     threads: int = 0
     instances: int = 0
     spin: bool = False
+    shrink_arena: bool = False
     default_model: str = DEFAULT_MODEL
     max_images_per_request: int = 4096
     preload: tuple[str, ...] = ()
@@ -109,6 +115,7 @@ class ExtractorConfig:
             threads=max(0, env_int("LABSIGHT_ORT_THREADS", 0)),
             instances=max(0, env_int("LABSIGHT_MODEL_INSTANCES", 0)),
             spin=env_flag("LABSIGHT_ORT_SPIN"),
+            shrink_arena=env_flag("LABSIGHT_ORT_ARENA_SHRINK"),
             default_model=os.environ.get("LABSIGHT_DEFAULT_MODEL", DEFAULT_MODEL),
             max_images_per_request=max(1, env_int("LABSIGHT_MAX_IMAGES_PER_REQUEST", 4096)),
             preload=tuple(
@@ -299,7 +306,8 @@ class DeepFeatureExtractor:
     def _load(self, manifest: ModelManifest, layer: str, backend: Backend, target: str) -> ServedLayer:
         instances, threads = self.config.engine_layout(backend == "torch")
         engines = build_engines(
-            manifest, target, backend, instances, self.config.cache_dir, threads, self.config.spin
+            manifest, target, backend, instances, self.config.cache_dir, threads, self.config.spin,
+            self.config.shrink_arena,
         )
         batcher = DynamicBatcher(
             [engine.run for engine in engines],

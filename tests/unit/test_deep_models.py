@@ -222,3 +222,47 @@ def test_a_cut_keeps_the_weights_that_subgraphs_read_and_drops_the_rest() -> Non
     assert [tensor.name for tensor in cut.graph.initializer] == ["w"]
     engine = OnnxEngine(cut.SerializeToString(), threads=1)
     np.testing.assert_array_equal(engine.run(np.ones(2, np.float32)), [3.0, 3.0])
+
+
+_ARENA_PROBE = """
+import sys
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+from services.features.models import OnnxEngine
+
+weight = numpy_helper.from_array(np.ones((64, 3, 3, 3), np.float32), "w")
+graph = helper.make_graph(
+    [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+     helper.make_node("Relu", ["conv"], ["relu"]),
+     helper.make_node("GlobalAveragePool", ["relu"], ["y"])],
+    "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, None, None])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight],
+)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+engine = OnnxEngine(model, threads=1, shrink_arena=sys.argv[1] == "1")
+
+def resident() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+engine.run(np.ones((1, 3, 8, 8), np.float32))
+before = resident()
+engine.run(np.ones((4, 3, 256, 256), np.float32))  # two activations of 64 MiB each
+print(resident() - before)
+"""
+
+
+@pytest.mark.parametrize("shrink", [False, True])
+def test_a_shrinking_arena_hands_back_what_a_large_batch_took(shrink: bool) -> None:
+    import subprocess
+    import sys
+
+    growth = int(subprocess.run(
+        [sys.executable, "-c", _ARENA_PROBE, "1" if shrink else "0"],
+        check=True, capture_output=True, text=True,
+    ).stdout)
+    mib = 1 << 20
+    if shrink:
+        assert growth < 32 * mib, f"the arena kept {growth / mib:.0f} MiB"
+    else:
+        assert growth > 64 * mib, f"ONNX Runtime's default arena kept only {growth / mib:.0f} MiB"

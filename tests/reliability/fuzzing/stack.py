@@ -76,6 +76,9 @@ class Stack:
             # the features service's engine cache gets a budget below the RSS bound, so a cache
             # that keeps every layer it ever loaded shows as growth
             "LABSIGHT_ENGINE_CACHE_BYTES": str(ENGINE_CACHE_BYTES),
+            # ONNX Runtime's arena hands back what a batch took, so growth is what stays: a
+            # leak, not the peak of the batches the worker's jobs and the fuzz calls ran at once
+            "LABSIGHT_ORT_ARENA_SHRINK": "1",
             # a home of its own: nothing read from or written to a real `labsight up`'s home
             "LABSIGHT_HOME": str(workdir / "home"),
             "LABSIGHT_BLOB_URL": (workdir.resolve() / "blobs").as_uri(),
