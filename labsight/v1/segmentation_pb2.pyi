@@ -8,22 +8,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SegmentCellsRequest(_message.Message):
-    __slots__ = ("image", "pixel_size_um")
+    __slots__ = ("image", "pixel_size_um", "method", "channel_images")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     PIXEL_SIZE_UM_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_IMAGES_FIELD_NUMBER: _ClassVar[int]
     image: _tensor_pb2.Image
     pixel_size_um: float
-    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., pixel_size_um: _Optional[float] = ...) -> None: ...
+    method: str
+    channel_images: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Image]
+    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., pixel_size_um: _Optional[float] = ..., method: _Optional[str] = ..., channel_images: _Optional[_Iterable[_Union[_tensor_pb2.Image, _Mapping]]] = ...) -> None: ...
 
 class SegmentCellsResponse(_message.Message):
-    __slots__ = ("nucleus_labels", "cell_labels", "model")
+    __slots__ = ("nucleus_labels", "cell_labels", "model", "cells", "method", "pixel_size_um")
     NUCLEUS_LABELS_FIELD_NUMBER: _ClassVar[int]
     CELL_LABELS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_SIZE_UM_FIELD_NUMBER: _ClassVar[int]
     nucleus_labels: _tensor_pb2.Tensor
     cell_labels: _tensor_pb2.Tensor
     model: str
-    def __init__(self, nucleus_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+    cells: _tensor_pb2.FeatureTable
+    method: str
+    pixel_size_um: float
+    def __init__(self, nucleus_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model: _Optional[str] = ..., cells: _Optional[_Union[_tensor_pb2.FeatureTable, _Mapping]] = ..., method: _Optional[str] = ..., pixel_size_um: _Optional[float] = ...) -> None: ...
 
 class SegmentVesselContentRequest(_message.Message):
     __slots__ = ("image", "vessel_mask")
