@@ -214,7 +214,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     def _check_blob_fits(self, job_input: pb.JobInput, new: NewJob, size: int) -> None:
         """Refuse a blob a pipeline would have to send whole to a service beyond the message limit."""
-        if get_pipeline(new.pipeline).reads_regions(job_input, new.params):
+        if get_pipeline(new.pipeline).keeps_blob_reference(job_input, new.params):
             return
         if size > self.max_message_bytes * 0.9:
             raise ResourceExhausted(

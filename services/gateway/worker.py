@@ -274,7 +274,7 @@ class Worker:
             raise ValueError("the job's input is missing from the queue store")
         job_input = pb.JobInput.FromString(raw_input)
         pipeline = get_pipeline(job.pipeline)
-        if job_input.image.blob and not pipeline.reads_regions(job_input, job.params):
+        if job_input.image.blob and not pipeline.keeps_blob_reference(job_input, job.params):
             self.inline_blob(job_input.image)
         context = RunContext(
             job_id=job.job_id,

@@ -20,6 +20,7 @@ from labsight.tables import table_values
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
+from services.features.fractal import gliding_box
 from services.gateway.keys import RedisKeys
 from tests.integration.conftest import InProcessStack
 
@@ -137,7 +138,7 @@ def test_a_blob_a_pipeline_would_send_whole_must_fit_the_decoded_limit(
 ) -> None:
     monkeypatch.setenv("LABSIGHT_MAX_IMAGE_BYTES", str(30_000))
     with pytest.raises(grpc.RpcError) as error:
-        stack.client.stub.UploadJob(_upload(build_request("fractal", _noise_tiff(200), {})))
+        stack.client.stub.UploadJob(_upload(build_request("deep-features", _noise_tiff(200), {})))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "LABSIGHT_MAX_IMAGE_BYTES" in error.value.details()
     assert _blobs(blob_dir) == []
@@ -196,9 +197,37 @@ def test_a_blob_a_pipeline_would_send_whole_must_fit_a_message(
 ) -> None:
     slide = _noise_tiff(460)  # 212 kB: over 90% of the message limit, sent in chunks
     with pytest.raises(grpc.RpcError) as error:
-        stack.client.stub.UploadJob(_upload(build_request("fractal", slide, {})))
+        stack.client.stub.UploadJob(_upload(build_request("deep-features", slide, {})))
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "LABSIGHT_MAX_MESSAGE_BYTES" in error.value.details()
+    assert _blobs(blob_dir) == []
+
+
+def test_a_fractal_image_over_the_message_limit_is_read_by_the_service_from_the_blob_store(
+    blob_dir: Path, small_messages: int, stack: InProcessStack
+) -> None:
+    slide = _noise_tiff(460, seed=3)  # 212 kB: no message of this stack could carry it
+    params = {"box_sizes": "3,5,9"}
+    job = stack.client.stub.UploadJob(_upload(build_request("fractal", slide, params)))
+    stack.start_worker()
+    assert stack.client.wait(job.job_id, timeout_s=120).status == pb.JOB_STATUS_DONE
+    got = stack.client.result(job.job_id)
+    pixels = tifffile.imread(io.BytesIO(slide.encoded.data))
+    expected = gliding_box(pixels, box_sizes=[3, 5, 9])
+    np.testing.assert_allclose(from_tensor(got.tensors["lacunarity"]), expected.lacunarity, rtol=1e-12)
+    np.testing.assert_allclose(from_tensor(got.tensors["box_count"]), expected.box_count, rtol=1e-12)
+    assert _blobs_after_ack(blob_dir) == []
+
+
+def test_a_fractal_image_over_the_pixel_limit_is_refused_at_submit(
+    blob_dir: Path, stack: InProcessStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABSIGHT_MAX_FRACTAL_PIXELS", str(200 * 200 - 1))
+    with pytest.raises(grpc.RpcError) as error:
+        stack.client.stub.UploadJob(_upload(build_request("fractal", _noise_tiff(200), {})))
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "fractal job on 200x200 pixels costs 4e+04 pixels" in error.value.details()
+    assert "LABSIGHT_MAX_FRACTAL_PIXELS" in error.value.details()
     assert _blobs(blob_dir) == []
 
 

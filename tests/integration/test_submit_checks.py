@@ -131,10 +131,10 @@ def test_costly_fractal_jobs_need_the_operator_to_raise_the_limit(
     stack: InProcessStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     jpeg = _encoded(hostile_images.jpeg_declaring(4000, 4000))
-    error = _refusal(lambda: stack.client.submit("fractal", jpeg))
+    error = _refusal(lambda: stack.client.submit("fractal", jpeg, {"box_sizes": "3-81"}))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "fractal job on 4000x4000 pixels" in error.details()
-    assert "over the limit of 1e+11 (LABSIGHT_MAX_FRACTAL_COST)" in error.details()
+    assert "over the limit of 1e+12 (LABSIGHT_MAX_FRACTAL_COST)" in error.details()
     png = _encoded(hostile_images.png_zeros(2048, 2048))
     error = _refusal(lambda: stack.client.submit("fractal", png, {"percolation": True}))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -111,8 +111,8 @@ class Pipeline(ABC):
         if job_input.image.WhichOneof("source") is not None:
             # The choices travel with the image, and are checked against its axes here.
             job_input.image.read.CopyFrom(read_options(resolved))
-            # A blob image is allowed the larger blob limit only where it is read by regions.
-            limit = None if self.reads_regions(job_input, resolved) else max_image_bytes()
+            # A blob image is allowed the larger blob limit only where no message carries it whole.
+            limit = None if self.keeps_blob_reference(job_input, resolved) else max_image_bytes()
             info = image_info(job_input.image, "input.image", limit, choices_field="params")
             try:
                 check_bit_depth(parse_intensity(resolved["intensity"]).bits, info.dtype)
@@ -122,12 +122,24 @@ class Pipeline(ABC):
         return resolved
 
     def reads_regions(self, job_input: pb.JobInput, params: Mapping[str, str]) -> bool:
-        """True where the job reads its blob-store image by regions in the worker (default: never).
+        """True where the job reads its blob-store image by regions in the worker (default: never)."""
+        return False
+
+    def service_reads_blob(self, job_input: pb.JobInput, params: Mapping[str, str]) -> bool:
+        """True where the job's service reads the blob-store image itself from the reference it
+        is sent (it shares the blob store; default: never)."""
+        return False
+
+    def keeps_blob_reference(self, job_input: pb.JobInput, params: Mapping[str, str]) -> bool:
+        """True where the job's blob-store image never travels whole in a message: the worker
+        reads it by regions or the service reads the blob.
 
         Other jobs send the image whole to a service, so it must fit the
         decoded-size limit (LABSIGHT_MAX_IMAGE_BYTES) and a message.
         """
-        return False
+        return job_input.image.WhichOneof("source") == "blob" and (
+            self.reads_regions(job_input, params) or self.service_reads_blob(job_input, params)
+        )
 
     def all_parameters(self) -> tuple[Parameter, ...]:
         """The pipeline's own parameters, then the image-reading ones every pipeline shares."""

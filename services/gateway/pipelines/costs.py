@@ -36,9 +36,14 @@ class CostLimit:
             )
 
 
-FRACTAL_COST = CostLimit("LABSIGHT_MAX_FRACTAL_COST", 1e11, "box-pixel comparisons")
+FRACTAL_COST = CostLimit("LABSIGHT_MAX_FRACTAL_COST", 1e12, "box-pixel comparisons")
 """Gliding box: pixels x sum of box side² (5.2e10 for 2048² with the default sides 3-41, about
-4 s of one CPU core); percolation adds pixels x largest side² x PERCOLATION_FACTOR."""
+4 s of one CPU core; 7.9e11 for 8000², about a minute); percolation adds pixels x largest
+side² x PERCOLATION_FACTOR."""
+
+FRACTAL_PIXELS = CostLimit("LABSIGHT_MAX_FRACTAL_PIXELS", 1e8, "pixels")
+"""Pixels of one fractal image (10,000²): the service holds the whole image, 2 bytes per pixel
+and channel, whatever the box sides."""
 
 DEEP_FEATURES_COST = CostLimit("LABSIGHT_MAX_DEEP_FEATURES_COST", 1e9, "model-input pixels")
 """Images (or patches) x the model's input height x width: 1e9 is about 11,000 patches for

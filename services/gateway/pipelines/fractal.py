@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from labsight.tensors import to_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, parse_bool
-from services.gateway.pipelines.costs import FRACTAL_COST
+from services.gateway.pipelines.costs import FRACTAL_COST, FRACTAL_PIXELS
 
 DEFAULT_BOX_SIZES = "3-41"
 
@@ -138,6 +139,11 @@ class FractalPipeline(Pipeline):
                 f"largest box side {sizes[-1]} (params.box_sizes)"
             )
         percolation = parse_bool(params["percolation"])
+        FRACTAL_PIXELS.check(
+            float(info.height * info.width),
+            f"input.image: a fractal job on {info.height}x{info.width} pixels",
+            "send a smaller image or a crop",
+        )
         FRACTAL_COST.check(
             fractal_cost(info.height * info.width, sizes, percolation),
             f"input.image, params: a fractal job on {info.height}x{info.width} pixels with box "
@@ -145,6 +151,11 @@ class FractalPipeline(Pipeline):
             + (" and percolation" if percolation else ""),
             "send a smaller image, fewer or smaller boxes" + (", or no percolation" if percolation else ""),
         )
+
+    def service_reads_blob(self, job_input: pb.JobInput, params: Mapping[str, str]) -> bool:
+        """Always: the gliding box needs every pixel, so the features service reads a blob-store
+        image itself rather than receive it in a message (an 8000² RGB image is 192 MB)."""
+        return True
 
     def run(self, context: RunContext) -> pb.JobResult:
         """Call the features service, reporting its progress, and package its answer as tables
