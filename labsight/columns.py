@@ -91,6 +91,64 @@ CLASS = "the value of the job label named by --class-label (only with that optio
 COORDINATES = ("the spot's or cell's centre in pixels of the image (AnnData: obs x, y and "
                "obsm['spatial']; absent from CSV)")
 
+CELL_CHANNELS = ("red", "green", "blue", "yellow")
+"""The four channels of a cells image, in order (HPA): microtubules, protein, nuclei, ER."""
+
+CELL_CHANNEL_MEANINGS = {
+    "red": "red (microtubules)",
+    "green": "green (the protein of interest)",
+    "blue": "blue (nuclei)",
+    "yellow": "yellow (endoplasmic reticulum)",
+}
+"""What each channel shows, for the column meanings."""
+
+CELL_FIXED_COLUMNS = {
+    "label": "the cell's label: its value in tensor cell_labels, and its nucleus's in nucleus_labels",
+    "area_px": "the cell's area in pixels (nucleus included)",
+    "area_um2": "the cell's area in µm² (area_px × pixel_size_um²)",
+    "nucleus_area_px": "its nucleus's area in pixels (0 for a cell without a nucleus)",
+    "nucleus_area_um2": "its nucleus's area in µm²",
+    "nucleus_cell_area_ratio": "nucleus_area_px / area_px (0-1)",
+    "centroid_x": "x of the cell's centroid in pixels (column; pixel centres at integers)",
+    "centroid_y": "y of the cell's centroid in pixels (row)",
+    "bbox_min_x": "first column of the cell's bounding box",
+    "bbox_min_y": "first row of the cell's bounding box",
+    "bbox_max_x": "column after the box's last one (width = bbox_max_x - bbox_min_x)",
+    "bbox_max_y": "row after the box's last one (height = bbox_max_y - bbox_min_y)",
+}
+"""Columns of the cells table before the intensities, in order."""
+
+CELL_INTENSITY_COLUMNS = {
+    "mean_{c}": "mean intensity of the {m} channel over the cell's pixels, in the image's units",
+    "integrated_{c}": "summed intensity of the {m} channel over the cell's pixels",
+    "nucleus_mean_{c}": "mean intensity of the {m} channel over its nucleus's pixels (empty "
+    "without a nucleus)",
+}
+"""Intensity columns, one of each per channel, channel-major within each kind."""
+
+CELLS_ID = ("the cell's label; exported with other jobs, after the image's name and '/' "
+            "(ID/17)")
+CELLS_NOTES = (
+    "Intensities are the pixels as read (params.intensity), uint8 0-255 or uint16 0-65535.",
+    "Cells and nuclei share their label: cell k contains nucleus k. Areas in µm² use "
+    "params.pixel_size_um (default 0.08, the HPA images').",
+)
+
+
+def cell_column_names() -> list[str]:
+    """Every column of the cells table, in order."""
+    return [*CELL_FIXED_COLUMNS, *(pattern.format(c=channel) for pattern in CELL_INTENSITY_COLUMNS
+                                   for channel in CELL_CHANNELS)]
+
+
+def _cells_table() -> Table:
+    intensities = tuple((pattern.format(c=channel),
+                         meaning.format(m=CELL_CHANNEL_MEANINGS[channel]))
+                        for pattern, meaning in CELL_INTENSITY_COLUMNS.items()
+                        for channel in CELL_CHANNELS)
+    return Table("cells", "one row per cell, by increasing label",
+                 (("id", CELLS_ID), *CELL_FIXED_COLUMNS.items(), *intensities), CELLS_NOTES)
+
 
 @dataclass(frozen=True)
 class Table:
@@ -189,9 +247,11 @@ def pipeline_tables(pipeline: str, sides: Sequence[int] = DEFAULT_BOX_SIDES) -> 
         table = _deep_table("one row per spot (tensor spot_centres) or per labelled cell "
                             "(cell_labels mask)", SPOT_ID)
         return (Table(table.name, table.rows, (*table.columns, ("x, y", COORDINATES))),)
+    if pipeline == "cells":
+        return (_cells_table(),)
     raise KeyError(f"no columns documented for pipeline {pipeline!r}; pipelines: "
                    f"{', '.join(PIPELINES_WITH_TABLES)}")
 
 
-PIPELINES_WITH_TABLES = ("fractal", "deep-features", "spot-features")
+PIPELINES_WITH_TABLES = ("fractal", "deep-features", "spot-features", "cells")
 """Pipelines whose tables ``pipeline_tables`` explains."""

@@ -1,0 +1,92 @@
+"""The cells table of services/segmentation/measure.py against answers worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labsight.columns import cell_column_names, pipeline_tables
+from services.segmentation.measure import measure_cells
+
+
+def _two_cells() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cell 3: rows 0-3 x cols 0-4 (20 px) with a 2x2 nucleus; cell 9: rows 5-6 x cols 6-9
+    (8 px) without a nucleus. Channel c holds c + 1 everywhere except red = 10 in cell 3's
+    nucleus."""
+    cells = np.zeros((8, 10), np.int32)
+    cells[0:4, 0:5] = 3
+    cells[5:7, 6:10] = 9
+    nuclei = np.zeros_like(cells)
+    nuclei[1:3, 1:3] = 3
+    channels = np.ones((8, 10, 4), np.uint16) * np.array([1, 2, 3, 4], np.uint16)
+    channels[1:3, 1:3, 0] = 10
+    return nuclei, cells, channels
+
+
+def _column(table, name: str) -> list[float]:
+    return table.values[:, table.columns.index(name)].tolist()
+
+
+def test_areas_centroids_and_boxes_are_the_hand_counted_ones() -> None:
+    nuclei, cells, channels = _two_cells()
+    table = measure_cells(nuclei, cells, channels, pixel_size_um=0.5)
+    assert table.labels.tolist() == [3, 9]
+    assert _column(table, "label") == [3, 9]
+    assert _column(table, "area_px") == [20, 8]
+    assert _column(table, "area_um2") == [5.0, 2.0]
+    assert _column(table, "nucleus_area_px") == [4, 0]
+    assert _column(table, "nucleus_area_um2") == [1.0, 0.0]
+    assert _column(table, "nucleus_cell_area_ratio") == [0.2, 0.0]
+    assert _column(table, "centroid_x") == [2.0, 7.5]
+    assert _column(table, "centroid_y") == [1.5, 5.5]
+    assert [_column(table, f"bbox_{e}") for e in ("min_x", "min_y", "max_x", "max_y")] == [
+        [0, 6], [0, 5], [5, 10], [4, 7]]
+
+
+def test_intensities_are_means_and_sums_over_each_cell_and_its_nucleus() -> None:
+    nuclei, cells, channels = _two_cells()
+    table = measure_cells(nuclei, cells, channels, pixel_size_um=1.0)
+    # cell 3: 16 pixels of red 1 and 4 of red 10
+    assert _column(table, "integrated_red") == [16 + 40, 8]
+    assert _column(table, "mean_red") == [56 / 20, 1.0]
+    assert _column(table, "mean_yellow") == [4.0, 4.0]
+    assert _column(table, "integrated_green") == [40.0, 16.0]
+    assert _column(table, "nucleus_mean_red")[0] == 10.0
+    assert _column(table, "nucleus_mean_blue")[0] == 3.0
+    assert np.isnan(_column(table, "nucleus_mean_red")[1])  # cell 9 has no nucleus
+
+
+def test_labels_of_any_size_and_foreign_nuclei() -> None:
+    nuclei, cells, channels = _two_cells()
+    big = np.where(cells > 0, cells.astype(np.int64) * 10**9, 0)
+    nuclei_big = np.where(nuclei > 0, nuclei.astype(np.int64) * 10**9, 0)
+    nuclei_big[7, 0] = 123  # a nucleus pixel of no cell is ignored
+    table = measure_cells(nuclei_big, big, channels, pixel_size_um=1.0)
+    assert table.labels.tolist() == [3 * 10**9, 9 * 10**9]
+    assert _column(table, "nucleus_area_px") == [4, 0]
+    assert _column(table, "area_px") == [20, 8]
+
+
+def test_no_cell_gives_an_empty_table_with_every_column() -> None:
+    empty = np.zeros((5, 6), np.int32)
+    table = measure_cells(empty, empty, np.zeros((5, 6, 4), np.uint8), pixel_size_um=0.08)
+    assert table.values.shape == (0, len(cell_column_names()))
+    assert table.columns == cell_column_names()
+
+
+def test_the_columns_are_the_documented_ones() -> None:
+    documented = [name for name, _ in pipeline_tables("cells")[0].columns if name != "id"]
+    nuclei, cells, channels = _two_cells()
+    assert measure_cells(nuclei, cells, channels, pixel_size_um=1.0).columns == documented
+
+
+@pytest.mark.parametrize(("nuclei_shape", "channels_shape", "size", "field"), [
+    ((8, 10), (8, 10, 3), 1.0, "channels"),
+    ((8, 9), (8, 10, 4), 1.0, "nucleus_labels"),
+    ((8, 10), (8, 10, 4), 0.0, "pixel_size_um"),
+])
+def test_bad_inputs_name_the_argument(nuclei_shape: tuple[int, ...], channels_shape: tuple[int, ...],
+                                      size: float, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        measure_cells(np.zeros(nuclei_shape, np.int32), np.zeros((8, 10), np.int32),
+                      np.zeros(channels_shape, np.uint8), pixel_size_um=size)
