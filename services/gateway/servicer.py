@@ -304,7 +304,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 seen = len(staged.job_ids) + len(pending)
                 ensure_room(seen + len(requests))  # refuse before spending CPU on the images
                 for position, request in enumerate(requests, start=seen):
-                    pending.append(_batch_job(request, position, batch_id))
+                    pending.append(self._batch_job_input(request, position, batch_id))
                     pending_bytes += len(pending[-1].input_bytes)
                     if len(pending) >= BATCH_WRITE_SIZE or pending_bytes >= BATCH_WRITE_BYTES:
                         write_pending()
@@ -314,9 +314,38 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             _ensure_client_waits(context, ended)
             self.queue.commit(staged, batch_id)
         except BaseException:
+            for new in pending:
+                self.queue.delete_blob(new.input_blob)
             self.queue.discard(staged)
             raise
         return pb.SubmitBatchResponse(batch_id=batch_id, job_ids=staged.job_ids)
+
+    def _batch_job_input(self, request: pb.SubmitJobRequest, position: int, batch_id: str) -> NewJob:
+        """The job at ``position`` of a batch, its main image in the blob store when over the
+        threshold (as SubmitJob does); the blob is removed again if the job is refused."""
+        try:
+            _refuse_client_blobs(request.input)
+        except InvalidArgument as error:
+            raise InvalidArgument(
+                f"jobs[{position}] of batch {batch_id}: {error}; nothing of this batch was queued"
+            ) from None
+        data = request.input.image.encoded.data
+        if self.blobs is None or len(data) <= self.blob_threshold_bytes:
+            return _batch_job(request, position, batch_id)
+        reference = self.blobs.put([data], self.max_upload_bytes).reference
+        try:
+            request.input.image.blob = reference
+            new = _batch_job(request, position, batch_id)
+            try:
+                self._check_blob_fits(request.input, new, len(data))
+            except ResourceExhausted as error:
+                raise ResourceExhausted(
+                    f"jobs[{position}] of batch {batch_id}: {error}; nothing of this batch was queued"
+                ) from None
+        except BaseException:
+            self.blobs.delete(reference)
+            raise
+        return new
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
         """The job's current state."""

@@ -248,3 +248,44 @@ def test_without_a_blob_store_large_inputs_stay_in_redis(
     assert redis_for.hget(keys.job(job.job_id), "input_blob") == b""
     stack.start_worker()
     assert stack.client.wait(job.job_id, timeout_s=120).status == pb.JOB_STATUS_DONE
+
+
+def test_batch_images_over_the_threshold_wait_in_the_blob_store_too(
+    blob_dir: Path, stack: InProcessStack, redis_for: redis.Redis
+) -> None:
+    big, small = _noise_tiff(200, seed=5), _noise_tiff(40, seed=6)  # 40 kB and 2 kB
+    params = {"box_sizes": "3,5"}
+    reply = stack.client.submit_batch([build_request("fractal", image, params, name=name)
+                                       for name, image in (("big.tif", big), ("small.tif", small))])
+    keys = RedisKeys(stack.settings.key_prefix)
+    stored = [redis_for.get(keys.job_input(job_id)) for job_id in reply.job_ids]
+    assert len(stored[0]) < 1000 < len(big.encoded.data)  # a reference, not the image
+    assert len(stored[1]) > len(small.encoded.data)
+    assert len(_blobs(blob_dir)) == 1
+    stack.start_worker()
+    for job_id, image in zip(reply.job_ids, (big, small), strict=True):
+        assert stack.client.wait(job_id, timeout_s=120).status == pb.JOB_STATUS_DONE
+        expected = gliding_box(tifffile.imread(io.BytesIO(image.encoded.data)), box_sizes=[3, 5])
+        np.testing.assert_allclose(
+            from_tensor(stack.client.result(job_id).tensors["lacunarity"]), expected.lacunarity)
+    assert _blobs_after_ack(blob_dir) == []
+
+
+def test_a_refused_batch_leaves_no_blob_and_clients_cannot_name_one_in_a_batch(
+    blob_dir: Path, stack: InProcessStack
+) -> None:
+    good = build_request("fractal", _noise_tiff(200), {"box_sizes": "3"}, name="good.tif")
+    bad = build_request("fractal", _noise_tiff(200, seed=1), {"box_sizes": "4"}, name="bad.tif")
+    with pytest.raises(grpc.RpcError) as error:
+        stack.client.submit_batch([good, bad])
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "image 'bad.tif'" in error.value.details()
+    assert _blobs(blob_dir) == []
+    named = build_request("fractal", _noise_tiff(20), {}, name="named.tif")
+    named.input.image.blob = "0" * 64
+    with pytest.raises(grpc.RpcError) as error:
+        stack.client.submit_batch([named])
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "jobs[0] of batch" in error.value.details()
+    assert "only the gateway sets blob references" in error.value.details()
+    assert stack.client.list_jobs() == []
