@@ -62,7 +62,7 @@ def test_cpu_override_validates_and_drops_the_gpu_reservations() -> None:
 
 def test_every_process_runs_its_catalog_module_and_health_check(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {*ALL_PROCESSES, "redis"}
+    assert set(services) == {*ALL_PROCESSES, "redis", "minio", "minio-init"}
     for spec in ALL_PROCESSES.values():
         service = services[spec.name]
         assert service["command"] == ["python", "-m", spec.module]
@@ -158,11 +158,17 @@ def test_stop_grace_outlasts_the_work_in_hand(compose: dict[str, Any]) -> None:
 
 def test_every_service_restarts_and_waits_for_what_it_needs(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert all(service["restart"] == "unless-stopped" for service in services.values())
+    # A one-shot service must not restart: "unless-stopped" reruns it after it exits 0.
+    assert services["minio-init"]["restart"] == "no"
+    assert all(s["restart"] == "unless-stopped" for name, s in services.items() if name != "minio-init")
     assert services[WORKER.name]["deploy"]["replicas"] not in (0, 1, "0", "1")
-    needs = services[WORKER.name]["depends_on"]
-    assert set(needs) == {"redis", *(spec.name for spec in MODEL_SERVICES)}
-    assert all(need["condition"] == "service_healthy" for need in needs.values())
+    needs = {name: need["condition"] for name, need in services[WORKER.name]["depends_on"].items()}
+    assert needs == {
+        "redis": "service_healthy",
+        "minio-init": "service_completed_successfully",
+        **{spec.name: "service_healthy" for spec in MODEL_SERVICES},
+    }
+    assert services["minio-init"]["depends_on"] == {"minio": {"condition": "service_healthy"}}
 
 
 def test_redis_requires_a_password_that_its_clients_send(compose: dict[str, Any]) -> None:
@@ -189,3 +195,90 @@ def test_workers_gateway_and_model_services_share_the_service_token(compose: dic
         token = compose["services"][spec.name]["environment"]["LABSIGHT_SERVICE_TOKEN"]
         assert _interpolated(token, SECRETS) == SECRETS["LABSIGHT_SERVICE_TOKEN"]
         assert _interpolated(token, {}) == ""  # optional: unset, no token is checked
+
+
+BUCKET_POLICY = REPO / "deploy" / "s3" / "labsight-blobs-policy.json"
+S3_SECRETS = {"LABSIGHT_MINIO_ROOT_PASSWORD": "root-secret-0123", "LABSIGHT_S3_SECRET_KEY": "app-secret-4567"}
+"""What an operator's .env adds for MinIO (see the top of docker-compose.yml)."""
+BLOB_SETTINGS = ("LABSIGHT_BLOB_URL", "LABSIGHT_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def _blob_url(compose: dict[str, Any]) -> tuple[str, str]:
+    """(bucket, prefix) of the gateway's LABSIGHT_BLOB_URL."""
+    url = urlsplit(compose["services"][GATEWAY.name]["environment"]["LABSIGHT_BLOB_URL"])
+    assert url.scheme == "s3"
+    return url.netloc, url.path.strip("/")
+
+
+def test_every_labsight_process_shares_the_blob_store_once_its_bucket_exists(
+    compose: dict[str, Any],
+) -> None:
+    # The model services read references too (the features service decodes fractal
+    # images from the store), so every process needs the same store and credentials.
+    services = compose["services"]
+    minio = services["minio"]
+    settings = {
+        name: _interpolated(services[GATEWAY.name]["environment"][name], S3_SECRETS) for name in BLOB_SETTINGS
+    }
+    endpoint = urlsplit(settings["LABSIGHT_S3_ENDPOINT"])
+    assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "minio", 9000)
+    assert minio["command"] == ["server", "/data"]
+    assert settings["AWS_SECRET_ACCESS_KEY"] == S3_SECRETS["LABSIGHT_S3_SECRET_KEY"]
+    for spec in ALL_PROCESSES.values():
+        environment = services[spec.name]["environment"]
+        assert {name: _interpolated(environment[name], S3_SECRETS) for name in settings} == settings
+        assert services[spec.name]["depends_on"]["minio-init"] == {
+            "condition": "service_completed_successfully"
+        }
+    assert "minio" not in services["redis"].get("depends_on", {})
+
+
+def test_minio_keeps_blobs_on_a_volume_is_healthchecked_and_pinned(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    minio = services["minio"]
+    assert "minio-data:/data" in minio["volumes"] and "minio-data" in compose["volumes"]
+    assert minio["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    for name in ("minio", "minio-init"):
+        image, tag = services[name]["image"].split(":", 1)
+        assert image in ("minio/minio", "minio/mc") and tag.startswith("RELEASE.")  # never :latest
+        assert "ports" not in services[name]
+    root = {name: _interpolated(minio["environment"][name], S3_SECRETS)
+            for name in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")}
+    assert root["MINIO_ROOT_PASSWORD"] == S3_SECRETS["LABSIGHT_MINIO_ROOT_PASSWORD"]
+    app = _interpolated(services[GATEWAY.name]["environment"]["AWS_ACCESS_KEY_ID"], {})
+    defaults = {name: _interpolated(minio["environment"][name], {}) for name in root}
+    # The dev defaults start (MinIO: keys of 3-20, secrets of 8-40 characters); the
+    # LabSight key is not the root user.
+    assert 3 <= len(defaults["MINIO_ROOT_USER"]) <= 20 and 8 <= len(defaults["MINIO_ROOT_PASSWORD"]) <= 40
+    assert 3 <= len(app) <= 20 and app != defaults["MINIO_ROOT_USER"]
+    secret = _interpolated(services[GATEWAY.name]["environment"]["AWS_SECRET_ACCESS_KEY"], {})
+    assert 8 <= len(secret) <= 40 and "dev-only" in secret
+
+
+def test_bucket_init_creates_the_blob_urls_bucket_and_a_key_scoped_to_its_prefix(
+    compose: dict[str, Any],
+) -> None:
+    init = compose["services"]["minio-init"]
+    bucket, prefix = _blob_url(compose)
+    (script,) = init["command"]
+    assert init["entrypoint"] == ["/bin/sh", "-c"] and script.startswith("set -e;")
+    assert f"mc mb --ignore-existing store/{bucket};" in script
+    assert "$$S3_ACCESS_KEY" in script and "$$MINIO_ROOT_PASSWORD" in script  # the shell's
+    (mount,) = init["volumes"]
+    source, target, mode = mount.split(":")
+    assert (REPO / source).resolve() == BUCKET_POLICY and mode == "ro"
+    assert f"mc admin policy create store labsight-blobs {target};" in script
+    gateway = compose["services"][GATEWAY.name]["environment"]
+    for ours, theirs in (("S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"), ("S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY")):
+        assert init["environment"][ours] == gateway[theirs]
+    for name in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        assert init["environment"][name] == compose["services"]["minio"]["environment"][name]
+    statements = json.loads(BUCKET_POLICY.read_text())["Statement"]
+    resources = {resource for statement in statements for resource in statement["Resource"]}
+    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/{prefix}/*"}
+    actions = {action for statement in statements for action in statement["Action"]}
+    # What labsight/blobs.py calls: put (multipart too), ranged get, head (404 needs
+    # ListBucket), delete; nothing that touches the bucket itself.
+    assert {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket"} <= actions
+    assert not any(action.endswith("*") or action.startswith(("s3:CreateBucket", "s3:DeleteBucket",
+                                                              "s3:PutBucket")) for action in actions)

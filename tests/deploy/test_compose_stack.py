@@ -1,4 +1,5 @@
-"""The compose stack for real: build the images, start it, run jobs through the gateway.
+"""The compose stack for real: build the images, start it, run jobs through the gateway
+with their inputs in the MinIO blob store.
 
 Runs only where a Docker engine answers (through the ``docker`` SDK) and the
 ``docker compose`` plugin exists; elsewhere it is skipped with the reason. Hosts
@@ -77,6 +78,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "LABSIGHT_WORKERS": "1",
         "LABSIGHT_REDIS_PASSWORD": secrets.token_hex(16),
         "LABSIGHT_SERVICE_TOKEN": secrets.token_hex(16),
+        "LABSIGHT_MINIO_ROOT_PASSWORD": secrets.token_hex(20),  # MinIO: 8 to 40 characters
+        "LABSIGHT_S3_SECRET_KEY": secrets.token_hex(20),
+        # Every image goes through MinIO, so the jobs below read their input by reference
+        # (fractal in the features service, deep-features through the worker).
+        "LABSIGHT_BLOB_THRESHOLD_BYTES": "1024",
     }
     try:
         subprocess.run([*compose, "up", "--detach", "--build", "--wait", "--wait-timeout", "900"],
