@@ -5,12 +5,14 @@ from __future__ import annotations
 from labsight.errors import InvalidArgument, Unimplemented, echo
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Pipeline
+from services.gateway.pipelines.cells import CellsPipeline
 from services.gateway.pipelines.deep_features import DeepFeaturesPipeline
 from services.gateway.pipelines.fractal import FractalPipeline
 from services.gateway.pipelines.spot_features import SpotFeaturesPipeline
 
 PIPELINES: dict[str, Pipeline] = {
-    p.name: p for p in (FractalPipeline(), DeepFeaturesPipeline(), SpotFeaturesPipeline())
+    p.name: p for p in (FractalPipeline(), DeepFeaturesPipeline(), SpotFeaturesPipeline(),
+                        CellsPipeline())
 }
 """Pipelines served now, by name."""
 

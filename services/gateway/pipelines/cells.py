@@ -1,0 +1,170 @@
+"""The ``cells`` pipeline: nucleus and cell label masks of a 4-channel image and a table of its cells."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from labsight.cell_images import (
+    CELL_METHODS,
+    ChannelParts,
+    cell_image_info,
+    check_answer_size,
+)
+from labsight.columns import CELL_CHANNELS
+from labsight.config import DEFAULT_MAX_MESSAGE_BYTES, env_int
+from labsight.errors import InvalidArgument, echo
+from labsight.images import read_image
+from labsight.intensity import check_bit_depth, parse_intensity
+from labsight.tables import table_values
+from labsight.tensors import to_tensor
+from labsight.v1 import gateway_pb2 as pb
+from labsight.v1 import segmentation_pb2
+from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, read_options
+
+HPA_PIXEL_SIZE_UM = "0.08"
+"""Pixel size of the Human Protein Atlas images (µm), the default."""
+
+
+def parse_method(text: str) -> str:
+    """A segmentation method name, or empty for the service's default; ValueError otherwise."""
+    if text and text not in CELL_METHODS:
+        raise ValueError(f"expected one of {list(CELL_METHODS)} (or empty for the default), "
+                         f"got {echo(text)}")
+    return text
+
+
+def parse_pixel_size(text: str) -> float:
+    """A pixel size in micrometres, > 0 and finite; ValueError otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of micrometres, got {echo(text)}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a finite number > 0, got {echo(text)}")
+    return value
+
+
+def channel_parts(job_input: pb.JobInput) -> ChannelParts:
+    """The job's channels as (field, image) pairs: its main 4-channel image, or its images
+    red, green, blue and yellow.
+
+    Raises
+    ------
+    InvalidArgument
+        For both forms or neither, a missing channel or an unknown role.
+    """
+    roles = set(job_input.images)
+    has_image = job_input.image.WhichOneof("source") is not None
+    if has_image == bool(roles):
+        raise InvalidArgument(
+            "input: give either one 4-channel image (input.image) or one image per channel "
+            f"(input.images {', '.join(CELL_CHANNELS)}), not both"
+            if has_image else
+            "input: give one 4-channel image (input.image) or one image per channel "
+            f"(input.images {', '.join(CELL_CHANNELS)})"
+        )
+    if has_image:
+        return [("input.image", job_input.image)]
+    unknown = sorted(roles - set(CELL_CHANNELS))
+    if unknown:
+        raise InvalidArgument(f"input.images: unknown role(s) {[echo(r) for r in unknown]}; the "
+                              f"roles are {', '.join(CELL_CHANNELS)}")
+    missing = [channel for channel in CELL_CHANNELS if channel not in roles]
+    if missing:
+        raise InvalidArgument(f"input.images: no image for channel(s) {', '.join(missing)}; give "
+                              f"one image per channel ({', '.join(CELL_CHANNELS)})")
+    return [(f"input.images[{channel}]", job_input.images[channel]) for channel in CELL_CHANNELS]
+
+
+class CellsPipeline(Pipeline):
+    """Runs SegmentationService.SegmentCells on the job's 4-channel image."""
+
+    name = "cells"
+    description = (
+        "Nuclei and whole cells of a fluorescence image with the Human Protein Atlas channels "
+        "red (microtubules), green (protein), blue (nuclei), yellow (ER): one 4-channel image "
+        "(params.channels picks 4 of a larger file), or one grey image per channel as inputs "
+        "red, green, blue, yellow. Result: tensors 'nucleus_labels' and 'cell_labels' (H, W) "
+        "int32, cell k containing nucleus k; table 'cells' (areas, centroid, bounding box, "
+        "intensities per channel; `labsight columns cells` explains each); tensor "
+        "'coordinates' (N, 2) cell centroids x, y."
+    )
+    parameters = (
+        Parameter("method", f"Segmentation method: {' or '.join(CELL_METHODS)}; empty: the "
+                  "segmentation service's default.", "", parse_method),
+        Parameter("pixel_size_um", "Pixel size in micrometres: object sizes and the µm² areas "
+                  "follow it (HPA images: 0.08).", HPA_PIXEL_SIZE_UM, parse_pixel_size),
+    )
+
+    def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
+        """Four channels of one size and bit depth, within the image limit, whose label masks
+        fit an answer; read by the job's channels, plane, z_project and intensity."""
+        parts = channel_parts(job_input)
+        if len(parts) > 1:
+            if params["channels"]:
+                raise InvalidArgument("params.channels: picks channels of one multi-channel image; "
+                                      "with one image per channel leave it empty")
+            for _, image in parts:
+                image.read.CopyFrom(read_options(params))
+        info = cell_image_info(parts, choices_field="params")
+        try:
+            check_bit_depth(parse_intensity(params["intensity"]).bits, info.dtype)
+        except ValueError as error:
+            raise InvalidArgument(f"params.intensity: {error}") from None
+        field = parts[0][0] if len(parts) == 1 else "input.images"
+        check_answer_size(info, field, _answer_room())
+
+    def read_input(
+        self, job_input: pb.JobInput, params: Mapping[str, str]
+    ) -> tuple[list[str], dict[str, str]]:
+        """As every pipeline; with one image per channel, each is read and its warnings are
+        named after its channel."""
+        parts = channel_parts(job_input)
+        if len(parts) == 1:
+            return super().read_input(job_input, params)
+        warnings: list[str] = []
+        provenance: dict[str, str] = {}
+        for field, image in parts:
+            reading = read_image(image, field, choices_field="params")
+            warnings += [f"{field}: {warning}" for warning in reading.warnings]
+            provenance.update(reading.provenance)
+        return warnings, provenance
+
+    def run(self, context: RunContext) -> pb.JobResult:
+        """One SegmentCells call; its masks, table and centroids become the result."""
+        params = self.parsed(context.params)
+        request = segmentation_pb2.SegmentCellsRequest(
+            method=str(params["method"]), pixel_size_um=float(params["pixel_size_um"])  # type: ignore[arg-type]
+        )
+        parts = channel_parts(context.job_input)
+        if len(parts) == 1:
+            request.image.CopyFrom(parts[0][1])
+        else:
+            request.channel_images.extend(image for _, image in parts)
+        context.report_progress(0.0, "segmentation")
+        answer: segmentation_pb2.SegmentCellsResponse = context.services.segmentation.SegmentCells(
+            request, timeout=context.services.call_timeout_s
+        )
+        result = pb.JobResult(pipeline=self.name, provenance={
+            "segmentation_method": answer.method, "segmentation_model": answer.model,
+            "pixel_size_um": f"{answer.pixel_size_um:.7g}",
+        })
+        result.tensors["nucleus_labels"].CopyFrom(answer.nucleus_labels)
+        result.tensors["cell_labels"].CopyFrom(answer.cell_labels)
+        result.tables["cells"].CopyFrom(answer.cells)
+        values = table_values(answer.cells, "cells")
+        columns = list(answer.cells.columns)
+        centroids = values[:, [columns.index("centroid_x"), columns.index("centroid_y")]]
+        result.tensors["coordinates"].CopyFrom(to_tensor(np.ascontiguousarray(centroids)))
+        result.scalars["cell_count"] = float(len(answer.cells.row_ids))
+        context.report_progress(1.0, "segmentation")
+        return result
+
+
+def _answer_room() -> int:
+    """Bytes of label masks a SegmentCells answer may carry: the message limit less the room
+    the segmentation service keeps for the cells table (its register())."""
+    return env_int("LABSIGHT_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES) - 1024 * 1024
