@@ -249,8 +249,9 @@ def read_image(
     choices_field: str = "",
 ) -> ImageReading:
     """:func:`decode_image` with the warnings and provenance of the reading (messages name the
-    read options as ``choices_field``, as :func:`image_info`)."""
-    limit = max_image_bytes() if max_bytes is None else max_bytes
+    read options as ``choices_field``, as :func:`image_info`). Without ``max_bytes`` the limit
+    is larger for a blob-store image (LABSIGHT_MAX_BLOB_IMAGE_BYTES)."""
+    limit = _default_limit(image) if max_bytes is None else max_bytes
     choices = read_choices(image, field)
     with _opened(image, field, limit) as source:
         plan = _plan(source, image, field, choices_field)

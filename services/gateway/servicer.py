@@ -24,9 +24,10 @@ from labsight.errors import (
     Unavailable,
     echo,
 )
+from labsight.images import image_info, max_blob_image_bytes, max_image_bytes
 from labsight.redis_client import redis_probe
 from labsight.runtime.readiness import ReadinessProbe
-from labsight.v1 import features_pb2
+from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
 from services.gateway.auth import BearerAuth
@@ -182,10 +183,24 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             self.queue.ensure_room(1)  # refuse before spending CPU on decoding the image
         _refuse_client_blobs(request.input)
         data = request.input.image.encoded.data
-        if self.blobs is not None and len(data) > self.blob_threshold_bytes:
+        if self.goes_to_blob_store(request.input.image):
             return self._submit_blob(tenant, request, [data], None)
         record, _ = self.queue.submit(tenant, new_job_from_request(request))
         return record.to_proto()
+
+    def goes_to_blob_store(self, image: tensor_pb2.Image) -> bool:
+        """Whether an encoded main image is kept in the blob store rather than in Redis: its file
+        is over the blob threshold, or its header declares more decoded bytes than an image sent
+        whole may have (a well-compressed slide; pipelines that read blobs can still run it)."""
+        if self.blobs is None or image.WhichOneof("source") != "encoded":
+            return False
+        if len(image.encoded.data) > self.blob_threshold_bytes:
+            return True
+        try:
+            declared = image_info(image, "input.image", max_blob_image_bytes()).decode_bytes
+        except InvalidArgument:
+            return False  # the job's validation says what is wrong with it
+        return declared > max_image_bytes()
 
     def _submit_blob(
         self, tenant: str, header: pb.SubmitJobRequest, chunks: list[bytes] | Iterator[bytes],
@@ -258,6 +273,8 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         request = pb.SubmitJobRequest()
         request.CopyFrom(header)
         request.input.image.encoded.data = b"".join(chunks)
+        if self.goes_to_blob_store(request.input.image):
+            return self._submit_blob(tenant, header, chunks, ended, context)
         new = new_job_from_request(request)
         _ensure_client_waits(context, ended)
         record, _ = self.queue.submit(tenant, new)
@@ -330,7 +347,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 f"jobs[{position}] of batch {batch_id}: {error}; nothing of this batch was queued"
             ) from None
         data = request.input.image.encoded.data
-        if self.blobs is None or len(data) <= self.blob_threshold_bytes:
+        if self.blobs is None or not self.goes_to_blob_store(request.input.image):
             return _batch_job(request, position, batch_id)
         reference = self.blobs.put([data], self.max_upload_bytes).reference
         try:

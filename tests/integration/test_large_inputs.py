@@ -289,3 +289,26 @@ def test_a_refused_batch_leaves_no_blob_and_clients_cannot_name_one_in_a_batch(
     assert "jobs[0] of batch" in error.value.details()
     assert "only the gateway sets blob references" in error.value.details()
     assert stack.client.list_jobs() == []
+
+
+def test_a_small_file_that_decodes_over_the_image_limit_runs_fractal_from_the_blob_store(
+    blob_dir: Path, stack: InProcessStack, monkeypatch: pytest.MonkeyPatch, redis_for: redis.Redis
+) -> None:
+    monkeypatch.setenv("LABSIGHT_MAX_IMAGE_BYTES", str(30_000))
+    pixels = np.tile(np.arange(200, dtype=np.uint8), (200, 1))  # 40 kB decoded, 1 kB as zlib TIFF
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels, compression="zlib")
+    assert len(buffer.getvalue()) < THRESHOLD
+    image = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=buffer.getvalue()))
+    job = stack.client.stub.SubmitJob(build_request("fractal", image, {"box_sizes": "3,5"}))
+    keys = RedisKeys(stack.settings.key_prefix)
+    assert redis_for.hget(keys.job(job.job_id), "input_blob") != b""
+    with pytest.raises(grpc.RpcError) as error:  # a pipeline that sends the image whole cannot
+        stack.client.stub.SubmitJob(build_request("deep-features", image, {}))
+    assert "LABSIGHT_MAX_IMAGE_BYTES" in error.value.details()
+    stack.start_worker()
+    assert stack.client.wait(job.job_id, timeout_s=120).status == pb.JOB_STATUS_DONE
+    expected = gliding_box(pixels, box_sizes=[3, 5])
+    np.testing.assert_allclose(
+        from_tensor(stack.client.result(job.job_id).tensors["box_count"]), expected.box_count)
+    assert _blobs_after_ack(blob_dir) == []
