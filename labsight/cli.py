@@ -17,6 +17,7 @@ import numpy as np
 from google.protobuf.json_format import MessageToDict
 
 from labsight.catalog import SERVERS
+from labsight.columns import CELL_CHANNELS
 from labsight.export import (
     FORMATS,
     JSON_LINES,
@@ -210,9 +211,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     for role, path in _parse_pairs(args.input_image, "--input-image").items()}
     if args.visium:
         _add_visium_input(args, params, tensors)
-    elif not args.images:
+    elif not args.images and not any(getattr(args, channel) for channel in CELL_CHANNELS):
         raise SystemExit("labsight: give the images to submit (or --visium SPACERANGER_OUT)")
-    files = _input_files(args)
+    files = _submitted_inputs(args)
     if files is None:
         return 2
     requests = [_file_request(args, file, params, labels, tensors, extra_images) for file in files]
@@ -251,15 +252,53 @@ def _input_files(args: argparse.Namespace) -> list[Any] | None:
     return input_names(paths)
 
 
+def _submitted_inputs(args: argparse.Namespace) -> list[Any] | None:
+    """The files of ``args.images`` (see _input_files) or of --red/--green/--blue/--yellow;
+    for a 4-channel pipeline, HPA-named files (ID_red.png ...) grouped into one input per ID.
+    None after saying what is wrong (nothing is sent then)."""
+    from labsight.inputs import (
+        FOUR_CHANNEL_PIPELINES,
+        InputError,
+        channel_files,
+        check_inputs,
+        group_channel_files,
+    )
+
+    flags = [getattr(args, channel) for channel in CELL_CHANNELS]
+    four = args.pipeline in FOUR_CHANNEL_PIPELINES
+    if any(flags) and (not four or not all(flags) or args.images):
+        raise SystemExit("labsight: --red, --green, --blue and --yellow go together, without other "
+                         f"images, with a 4-channel pipeline ({', '.join(FOUR_CHANNEL_PIPELINES)})")
+    try:
+        if any(flags):
+            paths = [Path(flag) for flag in flags]
+            check_inputs(paths)
+            return [channel_files(*paths)]
+        files = _input_files(args)
+        if files is None or not four:
+            return files
+        sets, others = group_channel_files(files)
+        return [*sets, *others]
+    except InputError as error:
+        for line in [*str(error).splitlines(), "nothing was submitted"]:
+            print(f"labsight: {line}", file=sys.stderr)
+        return None
+
+
 def _file_request(args: argparse.Namespace, file: Any, params: dict[str, str],
                   labels: dict[str, str], tensors: dict[str, np.ndarray],
                   extra_images: dict[str, Path]) -> Any:
-    """The SubmitJobRequest of one input file, named and keyed (see cmd_submit)."""
+    """The SubmitJobRequest of one input file (or set of channel files), named and keyed
+    (see cmd_submit)."""
     from labsight.client import build_request
-    from labsight.inputs import content_key
+    from labsight.inputs import ChannelFiles, content_key
+    from labsight.v1 import tensor_pb2
 
-    request = build_request(args.pipeline, file.path, params, priority=args.priority,
-                            labels=labels, tensors=tensors, images=extra_images)
+    # A set of channel files sends them as input images by channel, and only a name as image.
+    image, images = ((tensor_pb2.Image(name=file.name), {**extra_images, **file.channels})
+                     if isinstance(file, ChannelFiles) else (file.path, extra_images))
+    request = build_request(args.pipeline, image, params, priority=args.priority,
+                            labels=labels, tensors=tensors, images=images)
     request.input.image.name = file.name
     if not args.resubmit:
         request.idempotency_key = content_key(request)
@@ -620,7 +659,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 def cmd_train_features(args: argparse.Namespace) -> int:
     """Fine-tune a backbone, print held-out accuracy as JSON, register the model."""
-    from services.features.models import ModelRepository, model_dirs_from_env
+    from labsight.models import model_dirs_from_env
+    from services.features.models import feature_repository
     from services.features.training import load_labelled_images, train_features
 
     dirs = model_dirs_from_env()
@@ -632,7 +672,7 @@ def cmd_train_features(args: argparse.Namespace) -> int:
     try:
         data = load_labelled_images(Path(args.data))
         report = train_features(
-            data, ModelRepository(dirs).get(args.backbone), args.name, model_dir,
+            data, feature_repository(dirs).get(args.backbone), args.name, model_dir,
             epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size,
             held_out=args.held_out, trainable=args.trainable, seed=args.seed,
             log=lambda line: print(line, file=sys.stderr, flush=True),
@@ -707,6 +747,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "in the folder)")
     submit.add_argument("--image", default="", metavar="FULLRES",
                         help="with --visium: the full-resolution image given to Space Ranger")
+    for channel, shows in (("red", "microtubules"), ("green", "protein"), ("blue", "nuclei"),
+                           ("yellow", "ER")):
+        submit.add_argument(f"--{channel}", default="", metavar="FILE",
+                            help=f"4-channel pipelines (cells): the {channel} ({shows}) channel's "
+                                 "file, with the other three flags; a folder of HPA files "
+                                 "(ID_red.png ...) is grouped by ID by itself")
     submit.add_argument("--wait", action="store_true", help="wait and print results")
     submit.add_argument("--batch", default="",
                         help="batch id (default: a new one for several images, none for one)")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from labsight.columns import CELL_CHANNELS
 from labsight.images import detect_format
 from labsight.v1 import gateway_pb2 as pb
 
@@ -146,3 +148,75 @@ def content_key(request: pb.SubmitJobRequest) -> str:
     keyless.idempotency_key = ""
     digest = hashlib.sha256(keyless.SerializeToString(deterministic=True)).hexdigest()
     return f"cli-{digest}"
+
+
+FOUR_CHANNEL_PIPELINES = ("cells", "hpa-cells")
+"""Pipelines whose image has the four HPA channels, which may come as one file per channel."""
+
+_CHANNEL_FILE = re.compile(r"(?P<id>.+)_(?P<channel>red|green|blue|yellow)", re.IGNORECASE)
+"""An HPA channel file's name without its suffix: ID_red, ID_green, ID_blue, ID_yellow."""
+
+
+@dataclass(frozen=True)
+class ChannelFiles:
+    """The four one-channel files of one image (red, green, blue, yellow) and its job's name."""
+
+    name: str
+    channels: dict[str, Path]
+
+    @property
+    def path(self) -> Path:
+        """The red channel's file, standing for the set in messages."""
+        return self.channels["red"]
+
+
+def channel_files(red: Path, green: Path, blue: Path, yellow: Path) -> ChannelFiles:
+    """Four files given one per channel, named after their HPA id if they share one
+    (``ID_red.png`` ...: ``ID``), else after the red file."""
+    paths = dict(zip(CELL_CHANNELS, (red, green, blue, yellow), strict=True))
+    found = [_channel_id(path.name) for path in paths.values()]
+    ids = {stem for stem, _ in found}
+    named = len(ids) == 1 and all(channel for _, channel in found)
+    return ChannelFiles(ids.pop() if named else red.name, paths)
+
+
+def group_channel_files(files: Sequence[InputFile]) -> tuple[list[ChannelFiles], list[InputFile]]:
+    """HPA-named files (``ID_red.png``, ``ID_green.png``, ``ID_blue.png``, ``ID_yellow.png``)
+    grouped into one set per ID, named by the ID's path (``plate/ID``); the other files as given.
+
+    Raises
+    ------
+    InputError
+        Naming every ID that lacks a channel or has one twice (e.g. ID_red.png and ID_red.tif).
+    """
+    groups: dict[str, dict[str, list[Path]]] = {}
+    others: list[InputFile] = []
+    for file in files:
+        stem, channel = _channel_id(file.name)
+        if not channel:
+            others.append(file)
+            continue
+        groups.setdefault(stem, {}).setdefault(channel, []).append(file.path)
+    problems = []
+    for stem, found in groups.items():
+        missing = [channel for channel in CELL_CHANNELS if channel not in found]
+        doubled = [path.name for paths in found.values() if len(paths) > 1 for path in paths]
+        if missing:
+            problems.append(f"{stem}: no {', '.join(f'{stem}_{c}' for c in missing)} file "
+                            "(an image needs red, green, blue and yellow)")
+        if doubled:
+            problems.append(f"{stem}: several files for one channel ({', '.join(doubled)})")
+    if problems:
+        raise InputError(_listed(problems))
+    sets = [ChannelFiles(stem, {channel: found[channel][0] for channel in CELL_CHANNELS})
+            for stem, found in groups.items()]
+    return sets, others
+
+
+def _channel_id(name: str) -> tuple[str, str]:
+    """(ID, channel) of an HPA channel file name (path kept in the ID), or (name, "")."""
+    stem = name.rsplit(".", 1)[0] if "." in name.rsplit("/", 1)[-1] else name
+    match = _CHANNEL_FILE.fullmatch(stem)
+    if match is None:
+        return name, ""
+    return match.group("id"), match.group("channel").lower()
