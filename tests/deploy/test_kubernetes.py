@@ -14,6 +14,7 @@ import pytest
 from labsight.catalog import ALL_PROCESSES, GATEWAY, MODEL_SERVICES, SERVERS, WORKER, ProcessSpec
 from labsight.config import address_env_var
 from services.gateway.keys import PRIORITIES, WORKER_GROUP, RedisKeys
+from services.gateway.servicer import GatewayServicer
 from services.gateway.services import ServiceClients
 from tests.deploy.deploy_support import K8S, OVERLAYS, Manifest, find, of_kind, render
 
@@ -446,3 +447,57 @@ def test_model_services_and_redis_admit_only_their_clients(
     assert set(peer) == {"podSelector"} and _components(peer) == {GATEWAY.name, WORKER.name}
     worker = deployment(manifests, WORKER)["spec"]["template"]["metadata"]["labels"]
     assert all("namespaceSelector" in peer for peer in _admitted(policies, worker, WORKER.metrics_port))
+
+
+BLOB_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": ("labsight-blob-credentials", "access-key-id"),
+    "AWS_SECRET_ACCESS_KEY": ("labsight-blob-credentials", "secret-access-key"),
+}
+"""The Secret and keys of the blob store's key, for every LabSight process."""
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_workload_reads_the_blob_store_from_the_config_and_its_key_from_the_secret(
+    rendered: dict[str, list[Manifest]], overlay: str
+) -> None:
+    # The gateway writes large inputs there; the workers and the model services read them
+    # by reference (the features service decodes fractal images itself), so all must share it.
+    manifests = rendered[overlay]
+    settings = config(manifests)
+    url = urlsplit(settings["LABSIGHT_BLOB_URL"])
+    assert url.scheme == "s3" and url.netloc and url.path.strip("/")
+    assert "LABSIGHT_S3_ENDPOINT" in settings
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(settings)  # never in a ConfigMap
+    workloads = of_kind(manifests, "Deployment") + of_kind(manifests, "StatefulSet")
+    labsight = [w for w in workloads if w["metadata"]["name"] != "labsight-redis"]
+    assert {w["metadata"]["name"] for w in labsight} == {f"labsight-{name}" for name in ALL_PROCESSES}
+    for workload in labsight:
+        (main,) = workload["spec"]["template"]["spec"]["containers"]
+        assert {"configMapRef": {"name": "labsight-config"}} in main["envFrom"]
+        env = environment(main)
+        assert not {"LABSIGHT_BLOB_URL", "LABSIGHT_S3_ENDPOINT"} & set(env)  # the ConfigMap's
+        for name, source in BLOB_CREDENTIALS.items():
+            assert secret_key(manifests, env[name]) == source, f"{workload['metadata']['name']}: {name}"
+            assert not env[name]["valueFrom"]["secretKeyRef"].get("optional")
+    secret = find(manifests, "Secret", "labsight-blob-credentials")
+    assert set(secret["stringData"].values()) == {""}  # no key is committed
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes binary quantity (``256Mi``, ``8Gi``) in bytes."""
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_has_room_to_stage_an_upload_for_the_blob_store(
+    rendered: dict[str, list[Manifest]], overlay: str
+) -> None:
+    # An upload over the blob threshold streams into a file under /tmp before it goes to
+    # S3; an emptyDir past its sizeLimit gets the pod evicted mid-upload.
+    max_upload = inspect.signature(GatewayServicer).parameters["max_upload_bytes"].default
+    pod = deployment(rendered[overlay], GATEWAY)["spec"]["template"]["spec"]
+    (mount,) = [m for m in container(rendered[overlay], GATEWAY)["volumeMounts"] if m["mountPath"] == "/tmp"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert "medium" not in volume["emptyDir"]  # disk, not the pod's memory
+    assert _bytes(volume["emptyDir"]["sizeLimit"]) >= 2 * max_upload
