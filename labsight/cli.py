@@ -512,6 +512,18 @@ def _write_spatial_h5ad(
     return 0
 
 
+def _write_masks(results: list[Any], folder: Path) -> None:
+    """Write the label masks of every result as int32 TIFFs into ``folder``, naming each file."""
+    from labsight.result import write_label_masks
+
+    try:
+        written = write_label_masks(results, folder)
+    except KeyError as error:
+        raise SystemExit(f"labsight: --masks: {error.args[0]}") from None
+    for path in written:
+        print(f"labsight: wrote {path}", file=sys.stderr)
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     """Print or save the results of a job or of a whole batch (JSON, or one table as a file);
     the format follows the -o file's suffix, and a file is replaced whole."""
@@ -523,6 +535,10 @@ def cmd_results(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise SystemExit(f"labsight: {error}") from None
     results, class_labels = _finished_results(args)
+    if args.masks:
+        _write_masks(results, Path(args.masks))
+        if not (args.output or args.format):
+            return 0
     if fmt == JSON_LINES:
         lines = "".join(json.dumps({"job_id": r.job_id, **result_to_dict(r)}) + "\n"
                         for r in results)
@@ -805,6 +821,10 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("-o", "--output", default="",
                          help="file to write, replaced if it exists (default stdout); its "
                               f"suffix names the format: {' '.join(SUFFIX_FORMATS)}")
+    results.add_argument("--masks", default="", metavar="DIR",
+                         help="write each job's label masks (cells, ...) as int32 TIFFs "
+                              "DIR/<image>_nuclei.tif and DIR/<image>_cells.tif; tables only "
+                              "with -o or --format")
     results.add_argument("--visium", default="", metavar="SPACERANGER_OUT",
                          help="h5ad in scanpy's Visium layout: uns['spatial'] (tissue images, "
                               "scale factors) and obs in_tissue/array_row/array_col from this "
@@ -833,7 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     columns = sub.add_parser("columns", help="explain every column of a pipeline's results")
-    columns.add_argument("pipeline", help="fractal, deep-features or spot-features")
+    columns.add_argument("pipeline", help="fractal, deep-features, spot-features or cells")
     columns.add_argument("--json", action="store_true", help="one JSON object per table")
     columns.set_defaults(func=cmd_columns)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import tifffile
 
 from labsight.export import results_to_anndata
 from labsight.tables import table_values
@@ -16,6 +18,12 @@ from labsight.v1 import tensor_pb2
 if TYPE_CHECKING:
     import anndata
     import pandas as pd
+
+
+LABEL_MASKS = {"nucleus_labels": "nuclei", "cell_labels": "cells"}
+"""Label-mask tensors of a result and the file suffix each is written with."""
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
 
 
 def main_table(result: pb.JobResult) -> str:
@@ -134,6 +142,29 @@ class Result:
                            f"tensors: {sorted(self.tensors)}")
         return from_tensor(self.tensors[name], name)
 
+    def label_masks(self) -> dict[str, np.ndarray]:
+        """The result's label masks by kind (``nuclei``, ``cells``), (H, W) int32, 0 = background.
+
+        Raises
+        ------
+        KeyError
+            If the result has none (only segmentation pipelines such as ``cells`` make them).
+        """
+        masks = {kind: self.tensor(name) for name, kind in LABEL_MASKS.items() if name in self.tensors}
+        if not masks:
+            raise KeyError(f"the result of job {self.job_id} ({self.pipeline}) has no label masks")
+        return masks
+
+    def write_masks(self, folder: str | Path, stem: str = "") -> list[Path]:
+        """Write each label mask as an int32 TIFF ``<stem>_nuclei.tif``, ``<stem>_cells.tif``
+        into ``folder`` (made if missing); the paths written.
+
+        ``stem`` defaults to the input's name without its suffix, sub-folders kept
+        (``plate/ID``), else the job id. Pixels are the labels as they are, zlib-compressed,
+        readable by ``tifffile.imread``, Fiji and CellProfiler.
+        """
+        return write_label_masks([self], folder, [stem] if stem else None)
+
     def to_anndata(self, table: str | None = None) -> anndata.AnnData:
         """A table as an AnnData, as ``labsight results --format h5ad`` writes it
         (see ``labsight.export.results_to_anndata``)."""
@@ -151,3 +182,33 @@ class Result:
                   for name, table in sorted(self.tables.items())}
         return (f"Result(job_id={self.job_id!r}, pipeline={self.pipeline!r}, tables={shapes}, "
                 f"tensors={sorted(self.tensors)}, scalars={dict(sorted(self.scalars.items()))})")
+
+
+def write_label_masks(results: Sequence[Result | pb.JobResult], folder: str | Path,
+                      stems: Sequence[str] | None = None) -> list[Path]:
+    """Write the label masks of each result into ``folder`` (see :meth:`Result.write_masks`);
+    results whose stems coincide get their job id appended, so no file overwrites another."""
+    wrapped = [r if isinstance(r, Result) else Result(r) for r in results]
+    names = list(stems) if stems is not None else [mask_stem(r.message) for r in wrapped]
+    repeated = {name for name in names if names.count(name) > 1}
+    written = []
+    for result, name in zip(wrapped, names, strict=True):
+        if name in repeated:
+            name = f"{name}_{result.job_id}"
+        for kind, mask in result.label_masks().items():
+            path = Path(folder) / f"{name}_{kind}.tif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(path, mask.astype(np.int32, copy=False), compression="zlib")
+            written.append(path)
+    return written
+
+
+def mask_stem(result: pb.JobResult) -> str:
+    """A safe relative file stem for a result's masks: its input name without an image suffix
+    (folders kept, no '..' or absolute parts), else its job id."""
+    parts = [part for part in PurePosixPath(result.input_name.replace("\\", "/")).parts
+             if part not in ("", ".", "..", "/")]
+    if parts and parts[-1].lower().endswith(_IMAGE_SUFFIXES):
+        parts[-1] = parts[-1].rsplit(".", 1)[0]
+    parts = [part for part in parts if part]
+    return "/".join(parts) if parts else result.job_id
