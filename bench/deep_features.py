@@ -44,14 +44,14 @@ from labsight.catalog import GATEWAY  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.config import Settings  # noqa: E402
 from labsight.images import image_from_array  # noqa: E402
+from labsight.models import Engine, build_engine  # noqa: E402
 from labsight.redis_server import free_port, start_redis, stop_redis  # noqa: E402
 from labsight.runtime.server import start_server  # noqa: E402
 from labsight.v1 import features_pb2, features_pb2_grpc  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 from services.features.deep import preprocess  # noqa: E402
 from services.features.extractor import ExtractorConfig  # noqa: E402
-from services.features.models import DEFAULT_MODEL, ModelRepository, build_engine  # noqa: E402
-from services.features.models.engines import Engine  # noqa: E402
+from services.features.models import DEFAULT_MODEL, feature_repository  # noqa: E402
 from services.gateway.servicer import register as register_gateway  # noqa: E402
 from services.gateway.worker import build_worker  # noqa: E402
 
@@ -60,7 +60,7 @@ LAYER = "avgpool"
 
 def raw_engine(patches: np.ndarray, batch: int) -> tuple[Engine, np.ndarray]:
     """The benchmarked layer on ONNX Runtime in this process, and the patches preprocessed."""
-    manifest = ModelRepository().get(DEFAULT_MODEL)
+    manifest = feature_repository().get(DEFAULT_MODEL)
     engine = build_engine(manifest, LAYER, "cpu", ExtractorConfig.from_env().cache_dir)
     tensors = preprocess(list(patches), manifest.input_size, manifest.preprocessing)
     engine.run(tensors[:batch])

@@ -7,8 +7,8 @@ from typing import Literal
 
 import numpy as np
 
+from labsight.models import Preprocessing
 from labsight.resize import resize_image
-from services.features.models.manifest import Preprocessing
 
 PoolingMode = Literal["average", "max", "none"]
 POOLING_MODES: tuple[PoolingMode, ...] = ("average", "max", "none")

@@ -19,7 +19,7 @@ from services.features.deep import PoolingMode
 from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
 from services.features.fractal import DEFAULT_BOX_SIZES, ProgressCallback, gliding_box, percolation
 from services.features.fractal_columns import fractal_columns, percolation_columns
-from services.features.models import ModelRepository
+from services.features.models import feature_repository
 
 POOLING_MODES: dict[int, PoolingMode] = {
     pb.POOLING_UNSPECIFIED: "average",
@@ -155,6 +155,6 @@ def register(server: grpc.Server, settings: Settings) -> None:
     Models named in $LABSIGHT_PRELOAD_MODELS are loaded here, before the server starts.
     """
     config = ExtractorConfig.from_env()
-    extractor = DeepFeatureExtractor(ModelRepository(config.model_dirs), config)
+    extractor = DeepFeatureExtractor(feature_repository(config.model_dirs), config)
     extractor.preload()
     pb_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(extractor), server)

@@ -7,21 +7,22 @@ import json
 import tomllib
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
 
-from services.features.deep import preprocess
-from services.features.models import MANIFEST_FILE, SPOT_MODEL, ModelManifest, load_manifest
-from services.features.models.architectures import (
-    CLASSIFIER_LAYERS,
-    TOP_LAYERS,
-    FeatureClassifier,
+from labsight.models import (
+    MANIFEST_FILE,
+    ModelManifest,
     build_architecture,
+    load_manifest,
+    load_torch_model,
 )
-from services.features.models.loading import load_torch_model
+from services.features.deep import preprocess
+from services.features.models import SPOT_MODEL
+from services.features.models.architectures import CLASSIFIER_LAYERS, TOP_LAYERS, FeatureClassifier
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TRAINABLE = ("head", "top", "all")
@@ -304,7 +305,7 @@ def _with_new_classifier(backbone: ModelManifest, classes: int) -> object:
             example = torch.zeros((1, 3, *backbone.input_size), dtype=torch.float32)
             features = int(pretrained(example).flatten(1).shape[1])
         return FeatureClassifier(pretrained, features, classes)
-    model = build_architecture(backbone.architecture, classes)
+    model = build_architecture(replace(backbone, num_classes=classes))
     head = CLASSIFIER_LAYERS[backbone.architecture]
     state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith(head + ".")}
     missing = [k for k in model.load_state_dict(state, strict=False).missing_keys

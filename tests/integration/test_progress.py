@@ -19,7 +19,7 @@ from labsight.v1 import features_pb2
 from labsight.v1 import features_pb2_grpc as features_grpc
 from labsight.v1 import gateway_pb2 as pb
 from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
-from services.features.models import ModelRepository
+from services.features.models import feature_repository
 from services.features.servicer import register as register_features
 from services.gateway.jobs import JobStore
 from services.gateway.keys import RedisKeys
@@ -122,7 +122,7 @@ def test_deep_features_stop_before_the_next_batch_when_told(monkeypatch: pytest.
     # what ExtractDeepFeatures passes: raise_if_gone, raising once its caller has cancelled
     monkeypatch.setenv("LABSIGHT_MAX_BATCH_SIZE", "1")
     monkeypatch.setenv("LABSIGHT_MODEL_INSTANCES", "1")
-    extractor = DeepFeatureExtractor(ModelRepository(), ExtractorConfig.from_env())
+    extractor = DeepFeatureExtractor(feature_repository(), ExtractorConfig.from_env())
     calls: list[int] = []
 
     def stop_at_the_second() -> None:

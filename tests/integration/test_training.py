@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from labsight.cli import main
+from labsight.models import ModelManifest, Preprocessing, build_engine, load_torch_model
 from services.features.deep import preprocess
-from services.features.models import ModelManifest, ModelRepository, Preprocessing, build_engine
-from services.features.models.loading import load_torch_model
+from services.features.models import feature_repository
 from services.features.training import held_out_split, load_labelled_images, train_features
 
 
@@ -41,7 +41,7 @@ def test_train_features_reports_accuracy_and_registers_a_servable_model(
     assert report["held_out_images"] == 4 and report["train_images"] == 12
     assert report["held_out_accuracy"] >= 0.75
 
-    manifest = ModelRepository([models]).get("colours")
+    manifest = feature_repository([models]).get("colours")
     assert manifest.num_classes == 2 and manifest.default_layer == "avgpool"
     red = np.zeros((64, 64, 3), np.uint8)
     red[:, :, 0] = 230
@@ -65,7 +65,7 @@ def test_inception_v3_is_fine_tuned_into_a_torchscript_model_that_serves_its_lay
     report = json.loads(capsys.readouterr().out)
     assert report["held_out_images"] == 4 and report["held_out_accuracy"] >= 0.75
 
-    manifest = ModelRepository([models]).get("colours-v3")
+    manifest = feature_repository([models]).get("colours-v3")
     assert manifest.format == "torchscript" and manifest.classes == ("blue", "red")
     assert manifest.layers["mixed_10"] == "backbone.net.layers.mixed_10"
     red = np.zeros((64, 64, 3), np.uint8)

@@ -11,10 +11,7 @@ import pytest
 from skimage import data
 
 from labsight.errors import InvalidArgument
-from services.features.deep import feature_columns, pool, preprocess
-from services.features.models import (
-    DEFAULT_MODEL,
-    SPOT_MODEL,
+from labsight.models import (
     ModelManifest,
     ModelRepository,
     OnnxEngine,
@@ -22,9 +19,11 @@ from services.features.models import (
     build_engine,
     build_engines,
     build_layer_index,
+    load_torch_model,
 )
-from services.features.models.loading import load_torch_model
-from services.features.models.onnx_graph import cut_at_output, node_module_path, onnx_path
+from labsight.models.onnx_graph import cut_at_outputs, node_module_path, onnx_path
+from services.features.deep import feature_columns, pool, preprocess
+from services.features.models import DEFAULT_MODEL, SPOT_MODEL, feature_repository
 
 IMAGENET_CATS = range(281, 286)
 """ImageNet classes tabby, tiger cat, Persian, Siamese and Egyptian cat."""
@@ -32,7 +31,7 @@ IMAGENET_CATS = range(281, 286)
 
 @pytest.fixture(scope="module")
 def repository() -> ModelRepository:
-    return ModelRepository()
+    return feature_repository()
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +217,7 @@ def test_a_cut_keeps_the_weights_that_subgraphs_read_and_drops_the_rest() -> Non
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [weight, unused],
     )
-    cut = cut_at_output(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), "y")
+    cut = cut_at_outputs(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), ["y"])
     assert [tensor.name for tensor in cut.graph.initializer] == ["w"]
     engine = OnnxEngine(cut.SerializeToString(), threads=1)
     np.testing.assert_array_equal(engine.run(np.ones(2, np.float32)), [3.0, 3.0])
@@ -228,7 +227,7 @@ _ARENA_PROBE = """
 import sys
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
-from services.features.models import OnnxEngine
+from labsight.models import OnnxEngine
 
 weight = numpy_helper.from_array(np.ones((64, 3, 3, 3), np.float32), "w")
 graph = helper.make_graph(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from labsight.models import Preprocessing
 from services.features.deep import preprocess
-from services.features.models.manifest import Preprocessing
 
 NORMALISE = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 

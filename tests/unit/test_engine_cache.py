@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from services.features.engine_cache import EngineCache
+from labsight.models.engine_cache import EngineCache
 
 
 class FakeEngine:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from labsight.intensity import low_range_warning, parse_intensity, scale_intensity
+from labsight.models import Preprocessing
 from services.features.deep import preprocess
 from services.features.fractal import gliding_box
-from services.features.models.manifest import Preprocessing
 
 
 @pytest.mark.parametrize(

