@@ -451,7 +451,15 @@ def _finished_results(args: argparse.Namespace) -> tuple[list[Any], list[str] | 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Draw the results of a job or batch into an image file: fractal curves, a PCA, spots or
     cells over their image, or a plate heatmap."""
-    from labsight.plots import PlotOptions, load_image, plot_hints, plot_results, read_groups
+    from labsight.inputs import FOUR_CHANNEL_PIPELINES
+    from labsight.plots import (
+        PlotOptions,
+        load_cells_image,
+        load_image,
+        plot_hints,
+        plot_results,
+        read_groups,
+    )
 
     if args.class_label and args.groups:
         raise SystemExit("labsight: give --by LABEL or --groups CSV, not both")
@@ -462,12 +470,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
     try:
         # A spot job's diameter places its spots; several jobs share no image.
         diameter = float(finished[0][0].params.get("spot_diameter") or 0) if len(finished) == 1 else 0.0
+        # A 4-channel job's image may be one of its channel files (ID_red.png: all four are read).
+        four = finished[0][0].pipeline in FOUR_CHANNEL_PIPELINES
         options = PlotOptions(
             kind=args.kind, table=args.table, colour_by=args.colour_by, spot_diameter=diameter,
+            ids=args.ids,
             groups=_job_labels(finished, args.class_label) if args.class_label else None,
             group_map=read_groups(Path(args.groups)) if args.groups else None,
             # Read as the job read its input (its channels, plane, z_project, intensity).
-            image=load_image(Path(args.image), "--image", read=finished[0][0].params)
+            image=(load_cells_image(Path(args.image), finished[0][0].params) if four else
+                   load_image(Path(args.image), "--image", read=finished[0][0].params))
             if args.image else None,
             cell_labels=load_image(Path(args.cell_labels), "--cell-labels", labels=True)
             if args.cell_labels else None,
@@ -782,9 +794,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--batch", default="", help="all finished jobs of this batch instead")
     plot.add_argument("-o", "--output", required=True, help="image file to write (.png, .pdf, .svg)")
     plot.add_argument("--kind", default="auto",
-                      help="auto (default): curves for fractal jobs, tissue (spots or cells over "
-                           "their image) for one spot-features job, else embedding (a PCA); "
-                           "plate: a heatmap by well (A01-P24 in the image names)")
+                      help="auto (default): curves for fractal jobs, masks (nuclei and cells, "
+                           "and their outlines over --image) for one cells job, tissue (spots or "
+                           "cells over their image) for one spot-features job, else embedding "
+                           "(a PCA); plate: a heatmap by well (A01-P24 in the image names)")
     plot.add_argument("--by", "--class-label", dest="class_label", default="", metavar="LABEL",
                       help="group jobs by this job label (e.g. class): one colour, and for "
                            "fractal curves one median and interquartile band, per group")
@@ -792,14 +805,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="CSV of id,group lines: job ids or image names to groups, or for one "
                            "spot-features job spot/cell ids to groups (e.g. clusters)")
     plot.add_argument("--image", default="", metavar="FILE",
-                      help="the job's input image, drawn under its spots or cells")
+                      help="the job's input image, drawn under its spots or cells (a cells "
+                           "job: its 4-channel file, or one of its channel files ID_red.png)")
+    plot.add_argument("--ids", action="store_true",
+                      help="masks: write each cell's label at its centre")
     plot.add_argument("--cell-labels", default="", metavar="FILE",
                       help="the job's cell label mask: cells are drawn as outlines")
     plot.add_argument("--colour-by", "--color-by", dest="colour_by", default="", metavar="NAME",
                       help="PC1 (default), PC2, ..., a column of the table, or a result scalar "
                            "(plate default for fractal jobs: fractal_dimension)")
     plot.add_argument("--table", default="",
-                      help="table to draw (default: fractal for fractal jobs, else features)")
+                      help="table to draw (default: the one named after the pipeline, else "
+                           "features)")
     plot.set_defaults(func=cmd_plot)
 
     status = client_command("status", "show a job's state")

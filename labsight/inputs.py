@@ -220,3 +220,27 @@ def _channel_id(name: str) -> tuple[str, str]:
     if match is None:
         return name, ""
     return match.group("id"), match.group("channel").lower()
+
+
+def channel_siblings(path: Path) -> dict[str, Path] | None:
+    """For one of HPA's channel files (``ID_red.png``), the four files of its image by channel,
+    found beside it; None for a file not named so.
+
+    Raises
+    ------
+    InputError
+        Naming the channels that have no file, or more than one.
+    """
+    stem, channel = _channel_id(path.name)
+    if not channel:
+        return None
+    found: dict[str, list[Path]] = {c: [] for c in CELL_CHANNELS}
+    for candidate in sorted(path.parent.iterdir()):
+        other_stem, other = _channel_id(candidate.name)
+        if other and other_stem == stem and candidate.suffix.lower() in IMAGE_SUFFIXES:
+            found[other].append(candidate)
+    bad = [c for c, paths in found.items() if len(paths) != 1]
+    if bad:
+        raise InputError(f"{path}: the image {stem} needs one file per channel beside it; "
+                         + ", ".join(f"{c}: {len(found[c])} files" for c in bad))
+    return {c: paths[0] for c, paths in found.items()}

@@ -17,16 +17,18 @@ from labsight.export import COORDINATES
 from labsight.plots.curves import curves_figure
 from labsight.plots.embedding import RowColours, embedding_figure
 from labsight.plots.groups import groups_of, read_groups
+from labsight.plots.masks import has_masks, load_cells_image, masks_figure
 from labsight.plots.plate import plate_figure, well_of
 from labsight.plots.tissue import cells_figure, load_image, spots_figure
 from labsight.plots.values import principal_components, result_values, row_values
+from labsight.result import main_table
 from labsight.tables import table_values, tables_of
 from labsight.v1 import gateway_pb2 as pb
 
-__all__ = ["KINDS", "PlotOptions", "build_figure", "load_image", "plot_hints", "plot_results",
-           "principal_components", "read_groups", "well_of"]
+__all__ = ["KINDS", "PlotOptions", "build_figure", "load_cells_image", "load_image", "plot_hints",
+           "plot_results", "principal_components", "read_groups", "well_of"]
 
-KINDS = ("auto", "curves", "embedding", "tissue", "plate")
+KINDS = ("auto", "curves", "embedding", "tissue", "plate", "masks")
 """Figures ``plot_results`` draws; ``auto`` picks one from the results."""
 
 
@@ -38,7 +40,8 @@ class PlotOptions:
     maps ids to groups instead (job ids or input names, or for ``tissue`` the
     rows' spot/cell ids). ``colour_by`` is ``PC1``, ``PC2``, ... a table
     column or a result scalar; ``image``, ``cell_labels`` and
-    ``spot_diameter`` (pixels) place one result's rows over its image.
+    ``spot_diameter`` (pixels) place one result's rows over its image;
+    ``ids`` writes the cells' labels on a ``masks`` figure.
     """
 
     kind: str = "auto"
@@ -49,6 +52,7 @@ class PlotOptions:
     image: np.ndarray | None = None
     cell_labels: np.ndarray | None = None
     spot_diameter: float = 0.0
+    ids: bool = False
 
 
 def plot_results(
@@ -56,9 +60,10 @@ def plot_results(
 ) -> str:
     """Draw ``results`` into an image file (PNG, PDF or SVG by its suffix); returns the kind drawn.
 
-    ``auto`` draws fractal results as ``curves``, one result with coordinates
-    and a spot diameter or a cell mask as ``tissue``, and anything else as an
-    ``embedding`` (PCA of the table rows).
+    ``auto`` draws fractal results as ``curves``, one segmentation result (label
+    masks) as ``masks``, one result with coordinates and a spot diameter or a
+    cell mask as ``tissue``, and anything else as an ``embedding`` (PCA of the
+    table rows).
 
     Raises
     ------
@@ -76,7 +81,7 @@ def build_figure(results: Sequence[pb.JobResult], options: PlotOptions) -> tuple
         raise ValueError("no results to plot")
     kind = choose_kind(results, options)
     fractal = all(result.pipeline == "fractal" for result in results)
-    table = options.table or ("fractal" if fractal else "features")
+    table = options.table or (main_table(results[0]) if results[0].tables else "features")
     if kind == "curves":
         if not fractal:
             raise ValueError("curves are drawn for fractal results only")
@@ -89,6 +94,10 @@ def build_figure(results: Sequence[pb.JobResult], options: PlotOptions) -> tuple
                                   options.colour_by)
     elif kind == "tissue":
         figure = _tissue_figure(results, table, options)
+    elif kind == "masks":
+        if len(results) != 1:
+            raise ValueError(f"masks figures show one job's result, got {len(results)}")
+        figure = masks_figure(results[0], options.image, options.ids)
     elif kind == "plate":
         default = "fractal_dimension" if fractal else "PC1"
         values, label = result_values(results, table, options.colour_by or default)
@@ -104,6 +113,8 @@ def choose_kind(results: Sequence[pb.JobResult], options: PlotOptions) -> str:
         return options.kind
     if all(result.pipeline == "fractal" for result in results):
         return "curves"
+    if len(results) == 1 and has_masks(results[0]) and options.cell_labels is None:
+        return "masks"
     placeable = options.spot_diameter > 0 or options.cell_labels is not None
     if len(results) == 1 and COORDINATES in results[0].tensors and placeable:
         return "tissue"
@@ -115,6 +126,11 @@ def plot_hints(results: Sequence[pb.JobResult], options: PlotOptions, kind: str)
     hints = []
     if kind == "tissue" and options.image is None:
         hints.append("give the job's input image with --image FILE to draw it underneath")
+    if kind == "masks" and options.image is None:
+        hints.append("give the job's input image with --image FILE (or one of its channel files, "
+                     "ID_red.png) to draw the outlines over the channels")
+    if kind == "masks" and not options.ids:
+        hints.append("--ids writes each cell's label on it")
     single = len(results) == 1 and COORDINATES in results[0].tensors
     if kind == "embedding" and single and options.spot_diameter <= 0 and options.cell_labels is None:
         hints.append("--cell-labels MASK (and --image FILE) draw the cells over their image")
