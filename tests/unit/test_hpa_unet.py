@@ -1,0 +1,206 @@
+"""The HPA DPN-92 U-Net: its layout, and released-style pickled modules converted without their code."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from services.segmentation.models import hpa_unet
+from services.segmentation.models.convert_hpa import (
+    MEAN,
+    STD,
+    WEIGHTS_FILE,
+    WeightFileError,
+    main,
+    read_state_dict,
+)
+from services.segmentation.models.hpa_unet import HpaDpnUnet
+
+FAKE_PACKAGE = "pytorch_zoo"
+"""The authors' package, which this machine does not have: the test makes one up to pickle with."""
+
+FAKE_CLASSES = {
+    hpa_unet.HpaDpnUnet: ("pytorch_zoo.unet", "DPNUnet"),
+    hpa_unet.UnetDecoderBlock: ("pytorch_zoo.unet", "UnetDecoderBlock"),
+    hpa_unet.ConvBottleneck: ("pytorch_zoo.unet", "ConvBottleneck"),
+    hpa_unet.DualPathBlock: ("pytorch_zoo.dpn", "DualPathBlock"),
+    hpa_unet.BnActConv2d: ("pytorch_zoo.dpn", "BnActConv2d"),
+    hpa_unet.CatBnAct: ("pytorch_zoo.dpn", "CatBnAct"),
+}
+"""Each class of ours and the authors' class that holds the same parameters."""
+
+
+@pytest.fixture(scope="module")
+def network() -> HpaDpnUnet:
+    """The network with random weights and random batch-norm statistics, in evaluation mode."""
+    torch.set_num_threads(1)
+    torch.manual_seed(12)
+    model = HpaDpnUnet()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.num_batches_tracked.fill_(1000)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def released_file(network: HpaDpnUnet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A whole pickled module as the authors saved theirs: their classes, wrapped in DataParallel.
+
+    Their package exists only while pickling; it is gone from ``sys.modules`` afterwards.
+    """
+    path = tmp_path_factory.mktemp("released") / "dpn_unet_nuclei_v1.pth"
+    with _fake_package() as classes:
+        torch.save(nn.DataParallel(_authors_tree(network, classes)), path)
+    assert FAKE_PACKAGE not in sys.modules
+    return path
+
+
+def test_network_has_the_released_layout(network: HpaDpnUnet) -> None:
+    state = network.state_dict()
+    assert sum(p.numel() for p in network.parameters()) == pytest.approx(139e6, rel=0.01)
+    assert state["encoder_stages.0.0.weight"].shape == (64, 3, 7, 7)
+    assert state["encoder_stages.1.1.c1x1_w_s1.conv.weight"].shape == (256 + 2 * 16, 64, 1, 1)
+    assert state["encoder_stages.2.0.c1x1_w_s2.conv.weight"].shape == (512 + 2 * 32, 336, 1, 1)
+    assert state["encoder_stages.3.19.c3x3_b.conv.weight"].shape == (384, 384 // 32, 3, 3)
+    assert state["encoder_stages.4.2.c3x3_b.conv.weight"].shape == (768, 768 // 32, 3, 3)
+    assert state["encoder_stages.4.3.bn.running_var"].shape == (2688,)
+    assert state["decoder_stages.3.layer.1.weight"].shape == (1552, 2688, 3, 3)
+    assert state["bottlenecks.0.seq.0.weight"].shape == (1552, 1552 + 1552, 3, 3)
+    assert state["bottlenecks.3.seq.0.weight"].shape == (64, 64 + 64, 3, 3)
+    assert state["final.0.weight"].shape == (3, 64, 1, 1)
+    widths = []
+    x = torch.zeros(1, 3, 64, 64)
+    with torch.no_grad():
+        for stage in network.encoder_stages:
+            x = stage(x)
+            widths.append((x.shape[1], x.shape[2]))
+    assert widths == [(64, 32), (336, 16), (704, 8), (1552, 4), (2688, 2)]
+
+
+def test_released_file_needs_the_authors_package(released_file: Path) -> None:
+    with pytest.raises(ModuleNotFoundError, match=FAKE_PACKAGE):
+        torch.load(released_file, weights_only=False)
+
+
+def test_converted_weights_load_strictly_and_compute_the_same(
+    network: HpaDpnUnet, released_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    destination = tmp_path / "hpa-nuclei"
+    assert main([str(released_file), str(destination)]) == 0
+    assert capsys.readouterr().out.strip() == str(destination / "manifest.toml")
+
+    converted = HpaDpnUnet().eval()
+    converted.load_state_dict(torch.load(destination / WEIGHTS_FILE), strict=True)
+    images = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = network(images)
+        got = converted(images)
+    assert expected.std() > 0
+    assert torch.equal(got, expected)
+
+    manifest = tomllib.loads((destination / "manifest.toml").read_text())
+    assert manifest["architecture"] == "hpa-dpn92-unet-nuclei"
+    assert manifest["name"] == "hpa-nuclei"
+    assert manifest["format"] == "state_dict"
+    assert manifest["weights"] == WEIGHTS_FILE
+    assert manifest["classes"] == ["background", "border", "interior"]
+    assert manifest["licence"] == "CC-BY-4.0"
+    assert manifest["preprocessing"]["mean"] == pytest.approx(MEAN, abs=1e-6)
+    assert manifest["preprocessing"]["std"] == pytest.approx(STD, abs=1e-6)
+    assert manifest["preprocessing"]["std"][0] == pytest.approx(0.2348, abs=1e-4)
+    assert released_file.name in manifest["source"]
+
+
+def test_file_naming_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "dpn_unet_cell_3ch_v1.pth"
+    torch.save({"encoder_stages.0.0.weight": torch.zeros(1), "hook": _RunsCommand(f"touch {marker}")}, path)
+    with pytest.raises(WeightFileError, match=r"refusing (posix|os)\.system"):
+        read_state_dict(path)
+    assert not marker.exists()
+
+
+def test_file_of_another_network_is_refused_naming_keys(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "dpn_unet_cell_3ch_v1.pth"
+    with _fake_package() as classes:
+        other = classes[hpa_unet.HpaDpnUnet]()
+        other.add_module("head", nn.Conv2d(3, 3, 1))
+        torch.save(other, path)
+    assert main([str(path), str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert "not the HPA DPN-92 U-Net" in error
+    assert "head.weight" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_kind_must_be_known(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "weights.pth"), str(tmp_path / "out")]) == 1
+    assert "--kind" in capsys.readouterr().err
+
+
+class _RunsCommand:
+    """Pickles as a call to os.system, what a hostile weight file would hold."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (self.command,)
+
+
+@contextmanager
+def _fake_package() -> Iterator[dict[type, type[nn.Module]]]:
+    """Registers ``pytorch_zoo.unet`` and ``pytorch_zoo.dpn`` with module classes; removes them after.
+
+    Yields our classes' counterparts among them.
+    """
+    names = [FAKE_PACKAGE, *sorted({module for module, _ in FAKE_CLASSES.values()})]
+    modules = {name: types.ModuleType(name) for name in names}
+    classes: dict[type, type[nn.Module]] = {}
+    for ours, (module, name) in FAKE_CLASSES.items():
+        cls = type(name, (nn.Module,), {"__module__": module, "__qualname__": name})
+        setattr(modules[module], name, cls)
+        classes[ours] = cls
+    sys.modules.update(modules)
+    try:
+        yield classes
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+
+
+def _authors_tree(module: nn.Module, classes: dict[type, type[nn.Module]]) -> nn.Module:
+    """The same parameters in a tree of the authors' classes (a plain Sequential for a stage)."""
+    if isinstance(module, hpa_unet.EncoderStage):
+        copy: nn.Module = nn.Sequential()
+    elif type(module) in classes:
+        copy = classes[type(module)]()
+        # Plain attributes the authors' modules carry beside their parameters.
+        copy.key_stride = getattr(module, "stride", 1)
+        copy.b = False
+    elif isinstance(module, nn.ModuleList | nn.Sequential):
+        copy = type(module)()
+    else:
+        return module
+    for name, parameter in module._parameters.items():
+        copy.register_parameter(name, parameter)
+    for name, buffer in module._buffers.items():
+        copy.register_buffer(name, buffer)
+    for name, child in module.named_children():
+        copy.add_module(name, _authors_tree(child, classes))
+    return copy
