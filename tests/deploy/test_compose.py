@@ -282,3 +282,48 @@ def test_bucket_init_creates_the_blob_urls_bucket_and_a_key_scoped_to_its_prefix
     assert {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket"} <= actions
     assert not any(action.endswith("*") or action.startswith(("s3:CreateBucket", "s3:DeleteBucket",
                                                               "s3:PutBucket")) for action in actions)
+
+
+def _run_bucket_init(
+    compose: dict[str, Any], tmp_path: Path, attach_rc: int, attached: str
+) -> tuple[int, list[str]]:
+    """Run minio-init's script under sh with a stub ``mc`` that logs its calls; ``attach_rc``:
+    what ``mc admin policy attach`` returns, ``attached``: the policy ``mc admin user info`` shows."""
+    init = compose["services"]["minio-init"]
+    (script,) = init["command"]
+    stub = tmp_path / "mc"
+    stub.write_text(
+        '#!/bin/sh\necho "$*" >> "$MC_LOG"\n'
+        'case "$*" in\n'
+        '  "admin policy attach"*) exit "$ATTACH_RC" ;;\n'
+        '  "admin user info"*) echo "PolicyName: $ATTACHED" ;;\n'
+        "esac\n"
+    )
+    stub.chmod(0o755)
+    log = tmp_path / "calls"
+    environment = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin", "MC_LOG": str(log), "ATTACH_RC": str(attach_rc),
+        "ATTACHED": attached,
+        **{name: _interpolated(value, S3_SECRETS) for name, value in init["environment"].items()},
+    }
+    # Compose turns $$ into $ before the shell sees the script.
+    result = subprocess.run(["/bin/sh", "-c", script.replace("$$", "$")], env=environment)
+    return result.returncode, log.read_text().splitlines()
+
+
+def test_bucket_init_runs_its_steps_with_the_env_credentials_and_may_run_again(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    code, calls = _run_bucket_init(compose, tmp_path, attach_rc=0, attached="")
+    assert code == 0
+    root_password = S3_SECRETS["LABSIGHT_MINIO_ROOT_PASSWORD"]
+    assert calls[0] == f"alias set store http://minio:9000 labsight-admin {root_password}"
+    assert calls[1] == "mb --ignore-existing store/labsight-blobs"
+    assert f"admin user add store labsight-app {S3_SECRETS['LABSIGHT_S3_SECRET_KEY']}" in calls
+    assert calls[-1] == "admin policy attach store labsight-blobs --user labsight-app"
+    # A second `up`: MinIO refuses to attach the policy again, and the key already has it.
+    (tmp_path / "calls").unlink()
+    assert _run_bucket_init(compose, tmp_path, attach_rc=1, attached="labsight-blobs")[0] == 0
+    # A real failure (the key lacks the policy) stops the stack from starting.
+    (tmp_path / "calls").unlink()
+    assert _run_bucket_init(compose, tmp_path, attach_rc=1, attached="")[0] != 0
