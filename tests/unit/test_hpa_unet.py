@@ -16,14 +16,12 @@ from torch import nn
 
 from services.segmentation.models import hpa_unet
 from services.segmentation.models.convert_hpa import (
-    MEAN,
-    STD,
     WEIGHTS_FILE,
     WeightFileError,
     main,
     read_state_dict,
 )
-from services.segmentation.models.hpa_unet import HpaDpnUnet
+from services.segmentation.models.hpa_unet import MEAN, STD, HpaDpnUnet
 
 FAKE_PACKAGE = "pytorch_zoo"
 """The authors' package, which this machine does not have: the test makes one up to pickle with."""

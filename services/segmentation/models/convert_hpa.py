@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 import torch
 import torch._utils
 
-from services.segmentation.models.hpa_unet import CLASSES, HpaDpnUnet
+from services.segmentation.models.hpa_unet import CLASSES, MEAN, STD, HpaDpnUnet
 
 KINDS = ("nuclei", "cell")
 """The two released models: nuclei on [blue, blue, blue], cells on [red, yellow, blue]."""
@@ -39,12 +39,6 @@ ARCHITECTURE_PREFIX = "hpa-dpn92-unet"
 """Architecture names are ``hpa-dpn92-unet-nuclei`` and ``hpa-dpn92-unet-cell``."""
 
 WEIGHTS_FILE = "weights.pt"
-
-MEAN = (124 / 255, 117 / 255, 104 / 255)
-"""Per-channel mean of the pixels scaled to [0, 1] (HPA-Cell-Segmentation's normalisation)."""
-
-STD = (1 / (0.0167 * 255),) * 3
-"""Per-channel standard deviation (0.2348) of the scaled pixels."""
 
 MODULE_PACKAGES = ("pytorch_zoo", "hpacellseg", "torch.nn.modules", "torch.nn.parallel")
 """Packages whose pickled classes become :class:`PickledModule` containers."""

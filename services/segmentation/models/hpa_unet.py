@@ -39,6 +39,12 @@ LAST_UPSAMPLE_WIDTH = 64
 CLASSES = ("background", "border", "interior")
 """The network's output channels, in order."""
 
+MEAN = (124 / 255, 117 / 255, 104 / 255)
+"""Per-channel mean of the input pixels scaled to [0, 1], subtracted before the network."""
+
+STD = (1 / (0.0167 * 255),) * 3
+"""Per-channel standard deviation (0.2348) the centred pixels are divided by."""
+
 BN_EPS = 1e-3
 """Batch-norm epsilon of the DPN layers (the decoder has no batch norm)."""
 
