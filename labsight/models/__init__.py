@@ -53,7 +53,7 @@ from labsight.models.repository import (
     model_dirs_from_env,
     package_file,
 )
-from labsight.models.serving import ModelServer, ServedModel, ServingConfig, serving_env
+from labsight.models.serving import ModelServer, ServedModel, ServingConfig
 
 __all__ = [
     "DEFAULT_TASK",
@@ -98,7 +98,6 @@ __all__ = [
     "parse_device",
     "register_architecture",
     "resolve_device",
-    "serving_env",
     "torch_can_serve",
     "uses_cuda",
 ]

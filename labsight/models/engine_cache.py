@@ -20,10 +20,13 @@ from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge
 
+# Every cache of the process adds to these (a test process may hold several model servers).
 CACHED_BYTES = Gauge(
     "labsight_engine_cache_bytes", "Estimated memory of the engines a model service holds loaded"
 )
-CACHED_ENGINES = Gauge("labsight_engine_cache_engines", "Engines a model service holds loaded")
+CACHED_ENGINES = Gauge(
+    "labsight_engine_cache_engines", "Engines a model service holds loaded or is building"
+)
 EVICTIONS = Counter(
     "labsight_engine_cache_evictions_total", "Engines closed to keep the engine cache in its budget"
 )
@@ -83,6 +86,7 @@ class EngineCache(Generic[V]):
             builder = entry is None
             if entry is None:
                 entry = self._entries[key] = _Entry()
+                CACHED_ENGINES.inc()
             self._entries.move_to_end(key)
             entry.leases += 1
             entry.pinned = entry.pinned or pin
@@ -123,11 +127,13 @@ class EngineCache(Generic[V]):
             with self._lock:
                 if self._entries.get(key) is entry:
                     del self._entries[key]
+                    CACHED_ENGINES.dec()
             entry.value.set_exception(error)
             return
         with self._lock:
             entry.nbytes = value.nbytes
             self._nbytes += entry.nbytes
+            CACHED_BYTES.inc(entry.nbytes)
             entry.value.set_result(value)
             victims = self._evict()
         self._close(victims)
@@ -144,9 +150,9 @@ class EngineCache(Generic[V]):
                 continue
             del self._entries[key]
             self._nbytes -= entry.nbytes
+            CACHED_BYTES.dec(entry.nbytes)
+            CACHED_ENGINES.dec()
             victims.append(entry.value.result())
-        CACHED_BYTES.set(self._nbytes)
-        CACHED_ENGINES.set(len(self._entries))
         return victims
 
     @staticmethod

@@ -102,40 +102,35 @@ class ServingConfig:
 
     @classmethod
     def from_env(cls, preload_env: str = PRELOAD_ENV) -> ServingConfig:
-        """The configuration from LABSIGHT_* environment variables, preloads from ``preload_env``."""
-        return cls(**serving_env(preload_env))
+        """The configuration from LABSIGHT_* environment variables, preloads from ``preload_env``.
+
+        Raises
+        ------
+        ValueError
+            Naming the variable that holds a malformed value.
+        """
+        return cls(
+            model_dirs=tuple(model_dirs_from_env()),
+            cache_dir=Path(os.environ.get("LABSIGHT_MODEL_CACHE", "") or home_dir() / "models"),
+            device=device_from_env(),
+            max_batch_size=env_int("LABSIGHT_MAX_BATCH_SIZE", 32),
+            max_queue_delay_ms=env_float("LABSIGHT_MAX_QUEUE_DELAY_MS", 5.0),
+            threads=max(0, env_int("LABSIGHT_ORT_THREADS", 0)),
+            instances=max(0, env_int("LABSIGHT_MODEL_INSTANCES", 0)),
+            spin=env_flag("LABSIGHT_ORT_SPIN"),
+            shrink_arena=env_flag("LABSIGHT_ORT_ARENA_SHRINK"),
+            preload=tuple(
+                entry.strip() for entry in os.environ.get(preload_env, "").split(",") if entry.strip()
+            ),
+            preload_env=preload_env,
+            engine_cache_bytes=max(0, env_int("LABSIGHT_ENGINE_CACHE_BYTES", 1 << 30)),
+        )
 
     def engine_layout(self, on_cuda: bool) -> tuple[int, int]:
         """(instances, ONNX Runtime threads per instance), the automatic values resolved."""
         cpus = usable_cpus()
         instances = self.instances or (1 if on_cuda else min(2, cpus))
         return instances, self.threads or max(1, cpus // instances)
-
-
-def serving_env(preload_env: str = PRELOAD_ENV) -> dict[str, object]:
-    """The :class:`ServingConfig` fields read from the environment, for configs that extend it.
-
-    Raises
-    ------
-    ValueError
-        Naming the variable that holds a malformed value.
-    """
-    return {
-        "model_dirs": tuple(model_dirs_from_env()),
-        "cache_dir": Path(os.environ.get("LABSIGHT_MODEL_CACHE", "") or home_dir() / "models"),
-        "device": device_from_env(),
-        "max_batch_size": env_int("LABSIGHT_MAX_BATCH_SIZE", 32),
-        "max_queue_delay_ms": env_float("LABSIGHT_MAX_QUEUE_DELAY_MS", 5.0),
-        "threads": max(0, env_int("LABSIGHT_ORT_THREADS", 0)),
-        "instances": max(0, env_int("LABSIGHT_MODEL_INSTANCES", 0)),
-        "spin": env_flag("LABSIGHT_ORT_SPIN"),
-        "shrink_arena": env_flag("LABSIGHT_ORT_ARENA_SHRINK"),
-        "preload": tuple(
-            entry.strip() for entry in os.environ.get(preload_env, "").split(",") if entry.strip()
-        ),
-        "preload_env": preload_env,
-        "engine_cache_bytes": max(0, env_int("LABSIGHT_ENGINE_CACHE_BYTES", 1 << 30)),
-    }
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from labsight.config import env_int
-from labsight.models import ModelManifest, ModelServer, ServingConfig, serving_env
+from labsight.models import ModelManifest, ModelServer, ServingConfig
 from labsight.models.serving import PRELOAD_ENV
 from services.features.deep import PoolingMode, check_images, feature_columns, pool, preprocess
 from services.features.models import DEFAULT_MODEL
@@ -35,7 +35,7 @@ class ExtractorConfig(ServingConfig):
     def from_env(cls, preload_env: str = PRELOAD_ENV) -> ExtractorConfig:
         """The configuration from LABSIGHT_* environment variables (preloads from ``preload_env``)."""
         return cls(
-            **serving_env(preload_env),  # type: ignore[arg-type]
+            **vars(ServingConfig.from_env(preload_env)),
             default_model=os.environ.get("LABSIGHT_DEFAULT_MODEL", DEFAULT_MODEL),
             max_images_per_request=max(1, env_int("LABSIGHT_MAX_IMAGES_PER_REQUEST", 4096)),
         )

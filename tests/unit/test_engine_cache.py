@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from prometheus_client import REGISTRY
 
 from labsight.models.engine_cache import EngineCache
 
@@ -122,3 +123,18 @@ def test_a_failed_build_is_not_cached() -> None:
     builds = Builds(nbytes=1)
     _use(cache, builds, "a")
     assert _loaded(cache) == ["a"]
+
+
+def test_the_gauges_add_up_every_cache_of_the_process() -> None:
+    def gauges() -> tuple[float, float]:
+        return (REGISTRY.get_sample_value("labsight_engine_cache_bytes") or 0.0,
+                REGISTRY.get_sample_value("labsight_engine_cache_engines") or 0.0)
+
+    bytes_before, engines_before = gauges()
+    first: EngineCache[FakeEngine] = EngineCache(budget_bytes=100)
+    second: EngineCache[FakeEngine] = EngineCache(budget_bytes=100)
+    _use(first, Builds(nbytes=30), "a")
+    _use(second, Builds(nbytes=30), "b", "c")
+    assert gauges() == (bytes_before + 90, engines_before + 3)
+    _use(second, Builds(nbytes=80), "d")  # b and c make room for d
+    assert gauges() == (bytes_before + 110, engines_before + 2)
