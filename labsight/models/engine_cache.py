@@ -120,6 +120,21 @@ class EngineCache(Generic[V]):
                 if entry.value.done() and entry.value.exception() is None
             ]
 
+    def clear(self) -> None:
+        """Take out and close every loaded engine that no request holds, pinned ones included."""
+        released: list[V] = []
+        with self._lock:
+            for key, entry in list(self._entries.items()):
+                if entry.leases or not entry.value.done():
+                    continue
+                del self._entries[key]
+                self._nbytes -= entry.nbytes
+                CACHED_BYTES.dec(entry.nbytes)
+                CACHED_ENGINES.dec()
+                released.append(entry.value.result())
+        for value in released:
+            value.close()
+
     def _build(self, key: Hashable, entry: _Entry[V], build: Callable[[], V]) -> None:
         try:
             value = build()

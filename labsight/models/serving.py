@@ -287,6 +287,10 @@ class ModelServer:
             except (NotFound, InvalidArgument) as error:
                 raise type(error)(f"{self.config.preload_env} entry {entry!r}: {error}") from None
 
+    def close(self) -> None:
+        """Unload every model no request is using (batcher threads stopped, engines closed)."""
+        self.engines.clear()
+
     def backend(self, manifest: ModelManifest, layer: str = "") -> Backend:
         """The backend that serves this layer of this model under the device policy."""
         return engine_backend(manifest, layer, self.config.device)

@@ -138,3 +138,15 @@ def test_the_gauges_add_up_every_cache_of_the_process() -> None:
     assert gauges() == (bytes_before + 90, engines_before + 3)
     _use(second, Builds(nbytes=80), "d")  # b and c make room for d
     assert gauges() == (bytes_before + 110, engines_before + 2)
+
+
+def test_clearing_closes_idle_and_pinned_engines_but_not_one_in_use() -> None:
+    cache: EngineCache[FakeEngine] = EngineCache(budget_bytes=1000)
+    builds = Builds(nbytes=10)
+    with cache.lease("pinned", builds("pinned"), pin=True):
+        pass
+    _use(cache, builds, "idle")
+    with cache.lease("busy", builds("busy")) as busy:
+        cache.clear()
+        assert _loaded(cache) == ["busy"] and cache.nbytes == 10 and busy.closes == 0
+    assert builds.built["pinned"][0].closes == builds.built["idle"][0].closes == 1

@@ -135,6 +135,8 @@ def test_concurrent_requests_share_one_batch_and_each_gets_its_own_rows_of_every
         flows, prob = _torch_outputs(manifest, batch)
         np.testing.assert_allclose(answers[index]["flows"], flows, atol=1e-5)
         np.testing.assert_allclose(answers[index]["prob"], prob, atol=1e-5)
+    server.close()
+    assert len(server.engines) == 0 and all(engine.closed for engine in served.engines)
 
 
 def test_the_torch_engine_names_every_output_and_a_layer_by_its_path(tmp_path: Path) -> None:
