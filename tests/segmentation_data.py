@@ -1,0 +1,80 @@
+"""mnfinder's annotated DAPI images as (image, nucleus labels) pairs, by split.
+
+mnfinder (installed with --no-deps, so it is never imported: its ``__init__``
+needs TensorFlow) ships grey nucleus images (``images/NAME.tif``, the raw 8- or
+16-bit pixels) with instance masks (``nucleus_masks/NAME.png``: RGBA, one colour
+per nucleus, alpha 0 = background) under ``training-data``, ``validation-data``
+and ``test-data``. Tune on ``training`` only; ``test`` is held out.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+from scipy import ndimage as ndi
+
+SPLITS = {"training": "training-data", "validation": "validation-data", "test": "test-data"}
+
+
+@dataclass(frozen=True)
+class AnnotatedImage:
+    """One annotated image: ``name`` is ``dataset/stem``."""
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+
+
+def data_root() -> Path | None:
+    """mnfinder's package folder, or None when it is not installed."""
+    spec = importlib.util.find_spec("mnfinder")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def colour_mask_labels(rgba: np.ndarray) -> np.ndarray:
+    """int32 labels 1..N of an RGBA mask with one colour per object (alpha 0 = background).
+
+    Each 8-connected part of a colour is one object: the annotators reused colours for
+    nuclei far apart (19 of the 39 in ``training/2022-04-14_RPE1/5``).
+    """
+    rgb = rgba[..., :3].astype(np.uint32)
+    code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    code = np.where(rgba[..., 3] > 0, code + 1, 0)
+    _, colours = np.unique(code, return_inverse=True)
+    colours = colours.reshape(code.shape)
+    labels = np.zeros(code.shape, np.int32)
+    count = 0
+    for colour, box in enumerate(ndi.find_objects(colours), start=1):
+        if box is None:
+            continue
+        parts, n = ndi.label(colours[box] == colour, structure=np.ones((3, 3)))
+        labels[box][parts > 0] = parts[parts > 0] + count
+        count += n
+    return labels
+
+
+def mask_paths(split: str) -> list[Path]:
+    """The nucleus mask files of a split, sorted; empty when mnfinder is missing."""
+    root = data_root()
+    if root is None:
+        return []
+    return sorted((root / SPLITS[split]).glob("*/nucleus_masks/*.png"))
+
+
+def load_split(split: str, limit: int | None = None) -> Iterator[AnnotatedImage]:
+    """The split's annotated images, in name order (the first ``limit`` when given)."""
+    for mask_path in mask_paths(split)[:limit]:
+        folder = mask_path.parent.parent
+        image = tifffile.imread(folder / "images" / f"{mask_path.stem}.tif")
+        if image.ndim == 3:
+            image = image[..., 0] if image.shape[-1] <= 4 else image[0]
+        labels = colour_mask_labels(np.asarray(Image.open(mask_path).convert("RGBA")))
+        yield AnnotatedImage(f"{folder.name}/{mask_path.stem}", image, labels)
