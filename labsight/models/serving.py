@@ -180,7 +180,8 @@ class ServedModel:
         result = self.batcher.run(batch)
         if len(self.output_names) == 1:
             return {self.output_names[0]: result}
-        return {name: result[name] for name in self.output_names}
+        # A packed field is a strided view of every output's rows; each output gets its own array.
+        return {name: np.ascontiguousarray(result[name]) for name in self.output_names}
 
     def close(self) -> None:
         """Finish queued batches, stop the batcher's threads, then release the engines."""
