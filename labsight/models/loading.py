@@ -28,9 +28,10 @@ def load_torch_model(manifest: ModelManifest) -> nn.Module:
     Raises
     ------
     FailedPrecondition
-        If the weight file is missing or does not fit the architecture.
+        If the weight file is missing, the architecture is not registered (or refuses
+        the manifest) or the weights do not fit it.
     ValueError
-        For an ``onnx`` manifest, which has no torch module, or an unregistered architecture.
+        For an ``onnx`` manifest, which has no torch module.
     """
     import torch
 
@@ -40,7 +41,12 @@ def load_torch_model(manifest: ModelManifest) -> nn.Module:
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript files still load fine
             module: nn.Module = torch.jit.load(str(manifest.weights), map_location="cpu")
     elif manifest.format == "state_dict":
-        module = build_architecture(manifest)
+        try:
+            module = build_architecture(manifest)
+        except ValueError as error:
+            raise FailedPrecondition(
+                f"model {manifest.name!r} (manifest {manifest.origin}): {error}"
+            ) from None
         state = torch.load(manifest.weights, map_location="cpu", weights_only=True)
         try:
             module.load_state_dict(state)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from labsight.errors import InvalidArgument, NotFound
+from labsight.errors import FailedPrecondition, InvalidArgument, NotFound
 from labsight.models import (
     ModelManifest,
     ModelRepository,
@@ -167,5 +167,5 @@ def test_architectures_register_once_by_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'test-two-heads' is registered already"):
         register_architecture("test-two-heads", lambda manifest: TwoHeads(1))
     unknown = ModelManifest(**{**_manifest(tmp_path, 1, False).__dict__, "architecture": "no-such-net"})
-    with pytest.raises(ValueError, match="architecture: unknown 'no-such-net'; known: .*'test-two-heads'"):
+    with pytest.raises(FailedPrecondition, match="architecture: unknown 'no-such-net'; known: .*'test-two-"):
         load_torch_model(unknown)
