@@ -1,16 +1,29 @@
-"""Thin gRPC servicer of the SegmentationService: patch extraction now, segmentation in later issues."""
+"""Thin gRPC servicer of the SegmentationService: cells (nuclei + cell bodies) and patch extraction."""
 
 from __future__ import annotations
 
 import grpc
+import numpy as np
 
+from labsight.cell_images import ChannelParts, cell_image_info, check_answer_size, read_cell_image
 from labsight.config import Settings
-from labsight.errors import InvalidArgument, Unimplemented
+from labsight.errors import InvalidArgument, Unimplemented, echo
 from labsight.images import decode_image
 from labsight.patches import cell_patches, spot_patches
+from labsight.tables import feature_table
 from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import segmentation_pb2 as pb
 from labsight.v1 import segmentation_pb2_grpc as pb_grpc
+from services.segmentation.cells import (
+    CELL_METHODS,
+    DEFAULT_METHOD,
+    DEFAULT_PIXEL_SIZE_UM,
+    segment_cells,
+)
+from services.segmentation.measure import measure_cells
+
+RED, BLUE, YELLOW = 0, 2, 3
+"""Channel positions of a cells image (HPA order red, green, blue, yellow; green is only measured)."""
 
 
 class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
@@ -19,16 +32,38 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     Parameters
     ----------
     max_answer_bytes : int
-        Most bytes of patches one ExtractPatches answer may carry (the message limit).
+        Most bytes of patches one ExtractPatches answer, or of label masks one SegmentCells
+        answer, may carry (the message limit).
     """
 
     def __init__(self, max_answer_bytes: int) -> None:
         self.max_answer_bytes = max_answer_bytes
 
-    def SegmentCells(self, request: pb.SegmentCellsRequest, context: grpc.ServicerContext) -> None:
-        raise Unimplemented(
-            "SegmentCells: HPA cell segmentation is not served yet (it arrives with the "
-            "cell segmentation issue)"
+    def SegmentCells(
+        self, request: pb.SegmentCellsRequest, context: grpc.ServicerContext
+    ) -> pb.SegmentCellsResponse:
+        """Nucleus and cell labels of one 4-channel image, and the table of its cells."""
+        method = request.method or DEFAULT_METHOD
+        if method not in CELL_METHODS:  # before the image is decoded
+            raise InvalidArgument(f"method: unknown method {echo(request.method)}; methods: "
+                                  f"{sorted(CELL_METHODS)}")
+        # float32 on the wire: 0.1 arrives as 0.10000000149; its 7 digits are what was meant
+        pixel_size = float(f"{request.pixel_size_um:.7g}") or DEFAULT_PIXEL_SIZE_UM
+        parts = _channel_parts(request)
+        check_answer_size(cell_image_info(parts), parts[0][0], self.max_answer_bytes)
+        channels, _ = read_cell_image(parts)
+        nuclei, cells = segment_cells(
+            channels[..., RED], channels[..., YELLOW], channels[..., BLUE],
+            pixel_size_um=pixel_size, method=method,
+        )
+        table = measure_cells(nuclei, cells, channels, pixel_size_um=pixel_size)
+        return pb.SegmentCellsResponse(
+            nucleus_labels=to_tensor(nuclei.astype(np.int32, copy=False)),
+            cell_labels=to_tensor(cells.astype(np.int32, copy=False)),
+            model=method,
+            cells=feature_table(table.columns, table.values, [str(label) for label in table.labels]),
+            method=method,
+            pixel_size_um=pixel_size,
         )
 
     def SegmentVesselContent(
@@ -74,8 +109,18 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         )
 
 
+def _channel_parts(request: pb.SegmentCellsRequest) -> ChannelParts:
+    """The request's channels as (field, image) pairs: its image, or its four channel images."""
+    if request.HasField("image") == bool(request.channel_images):
+        raise InvalidArgument("image, channel_images: give exactly one of them (a 4-channel image, "
+                              "or four one-channel images red, green, blue, yellow)")
+    if request.HasField("image"):
+        return [("image", request.image)]
+    return [(f"channel_images[{i}]", image) for i, image in enumerate(request.channel_images)]
+
+
 def register(server: grpc.Server, settings: Settings) -> None:
     """Add the SegmentationService to ``server``."""
-    # Room for the ids and centres next to the patches in the answer.
+    # Room for the ids and centres next to the patches (the cells table next to the masks).
     answer_room = settings.max_message_bytes - 1024 * 1024
     pb_grpc.add_SegmentationServiceServicer_to_server(SegmentationServicer(answer_room), server)
