@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
@@ -35,8 +35,12 @@ from skimage.segmentation import find_boundaries, relabel_sequential, watershed
 from labsight.errors import InvalidArgument
 from services.segmentation.models.hpa_unet import CLASSES, MEAN, STD
 
+if TYPE_CHECKING:
+    from labsight.models import ModelServer
+
 __all__ = [
     "ClassMapEngine",
+    "ServedNetwork",
     "class_probabilities",
     "label_cells",
     "label_nuclei",
@@ -84,6 +88,9 @@ MIN_CELL_AREA_UM2 = 5500 * _HPA_PIXEL_AREA_UM2
 CLOSING_RADIUS_UM = 6 * HPA_PIXEL_SIZE_UM
 """Radius of the disk that closes the cell masks (6 pixels of 0.08 µm)."""
 
+PROBABILITIES_OUTPUT = "probabilities"
+"""Output name of a network that ends with its softmax (a TorchScript export may); others give logits."""
+
 
 class ClassMapEngine(Protocol):
     """A loaded HPA network: (N, 3, H, W) normalised float32 images to (N, 3, H, W) logits."""
@@ -91,6 +98,35 @@ class ClassMapEngine(Protocol):
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits of background, border and interior for each image of the batch."""
         ...
+
+
+class ServedNetwork:
+    """An HPA network of a :class:`~labsight.models.ModelServer` as a :class:`ClassMapEngine`.
+
+    Parameters
+    ----------
+    server : ModelServer
+        Serves the segmentation repository, where converted weights
+        (``convert-hpa-weights``) or a TorchScript export appear by name.
+    model : str
+        The model's name, e.g. ``hpa-nuclei``.
+
+    Notes
+    -----
+    The model's first output is taken; if the manifest names it
+    ``probabilities``, its logarithm serves as logits (whose softmax it is).
+    """
+
+    def __init__(self, server: ModelServer, model: str) -> None:
+        self.server = server
+        self.model = model
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits (N, 3, H, W) of the normalised batch."""
+        name, values = next(iter(self.server.run(self.model, batch).items()))
+        if name == PROBABILITIES_OUTPUT:
+            return np.log(np.maximum(values, np.finfo(np.float32).tiny))
+        return values
 
 
 def segment_nuclei_hpa(nuclei: np.ndarray, *, pixel_size_um: float = HPA_PIXEL_SIZE_UM,

@@ -10,6 +10,7 @@ import pytest
 
 from labsight.errors import InvalidArgument
 from services.segmentation.hpa import (
+    ServedNetwork,
     label_cells,
     label_nuclei,
     segment_cells_hpa,
@@ -183,6 +184,35 @@ def test_cell_network_gets_red_yellow_blue() -> None:
     for row, col in ((120, 130), (180, 330)):
         assert nuclei[row, col] == cells[row, col] > 0
     assert ((nuclei == 0) | (nuclei == cells)).all()
+
+
+class _StubServer:
+    """Answers ``run`` as a ModelServer would, with fixed outputs."""
+
+    def __init__(self, outputs: dict[str, np.ndarray]) -> None:
+        self.outputs = outputs
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def run(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.calls.append((model, batch.shape))
+        return self.outputs
+
+
+def test_served_network_gives_logits_for_logits_or_probabilities() -> None:
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(1, 3, 4, 5)).astype(np.float32)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    # A probability of exactly 0 (a softmax in float32 can give one) must not become -inf.
+    probabilities[0, 2, 0, 0] += probabilities[0, 0, 0, 0]
+    probabilities[0, 0, 0, 0] = 0.0
+    batch = np.zeros((1, 3, 4, 5), np.float32)
+    server = _StubServer({"logits": logits})
+    assert ServedNetwork(server, "hpa-cell").run(batch) is logits  # type: ignore[arg-type]
+    assert server.calls == [("hpa-cell", (1, 3, 4, 5))]
+    got = ServedNetwork(_StubServer({"probabilities": probabilities}), "hpa-cell").run(batch)  # type: ignore[arg-type]
+    assert np.isfinite(got).all()
+    softmax = np.exp(got) / np.exp(got).sum(axis=1, keepdims=True)
+    assert softmax == pytest.approx(probabilities, abs=1e-6)
 
 
 def test_empty_image_gives_empty_labels() -> None:

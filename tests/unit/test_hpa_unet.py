@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tomllib
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from labsight.models import ModelRepository, load_manifest, load_torch_model
 from services.segmentation.models import hpa_unet
 from services.segmentation.models.convert_hpa import (
     WEIGHTS_FILE,
@@ -101,8 +101,18 @@ def test_converted_weights_load_strictly_and_compute_the_same(
     assert main([str(released_file), str(destination)]) == 0
     assert capsys.readouterr().out.strip() == str(destination / "manifest.toml")
 
-    converted = HpaDpnUnet().eval()
-    converted.load_state_dict(torch.load(destination / WEIGHTS_FILE), strict=True)
+    manifest = ModelRepository([tmp_path], task="segmentation").get("hpa-nuclei")
+    assert manifest == load_manifest(destination / "manifest.toml")
+    assert manifest.architecture == "hpa-dpn92-unet-nuclei"
+    assert manifest.weights == destination / WEIGHTS_FILE
+    assert (manifest.input_channels, manifest.dynamic_size, manifest.outputs) == (3, True, ("logits",))
+    assert manifest.classes == ("background", "border", "interior")
+    assert manifest.licence == "CC-BY-4.0"
+    assert manifest.preprocessing.mean == pytest.approx(MEAN, abs=1e-6)
+    assert manifest.preprocessing.std == pytest.approx(STD, abs=1e-6)
+    assert manifest.preprocessing.std[0] == pytest.approx(0.2348, abs=1e-4)
+    assert released_file.name in manifest.source
+    converted = load_torch_model(manifest)  # strict
     images = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
         expected = network(images)
@@ -110,17 +120,25 @@ def test_converted_weights_load_strictly_and_compute_the_same(
     assert expected.std() > 0
     assert torch.equal(got, expected)
 
-    manifest = tomllib.loads((destination / "manifest.toml").read_text())
-    assert manifest["architecture"] == "hpa-dpn92-unet-nuclei"
-    assert manifest["name"] == "hpa-nuclei"
-    assert manifest["format"] == "state_dict"
-    assert manifest["weights"] == WEIGHTS_FILE
-    assert manifest["classes"] == ["background", "border", "interior"]
-    assert manifest["licence"] == "CC-BY-4.0"
-    assert manifest["preprocessing"]["mean"] == pytest.approx(MEAN, abs=1e-6)
-    assert manifest["preprocessing"]["std"] == pytest.approx(STD, abs=1e-6)
-    assert manifest["preprocessing"]["std"][0] == pytest.approx(0.2348, abs=1e-4)
-    assert released_file.name in manifest["source"]
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace")
+def test_torchscript_export_loads_directly_through_the_repository(network: HpaDpnUnet,
+                                                                   tmp_path: Path) -> None:
+    # A bioimage.io-style export: the traced network, here ending with its softmax.
+    model_dir = tmp_path / "hpa-cell"
+    model_dir.mkdir()
+    exported = nn.Sequential(network, nn.Softmax(dim=1)).eval()
+    with torch.no_grad():
+        torch.jit.trace(exported, torch.rand(1, 3, 64, 64)).save(str(model_dir / "model.pt"))
+    (model_dir / "manifest.toml").write_text(
+        'name = "hpa-cell"\nversion = "1"\nformat = "torchscript"\nweights = "model.pt"\n'
+        'task = "segmentation"\ninput_size = [512, 512]\ndynamic_size = true\n'
+        'outputs = ["probabilities"]\nlicence = "CC-BY-4.0"\nsource = "bioimage.io 10.5281/zenodo.6200635"\n'
+    )
+    module = load_torch_model(ModelRepository([tmp_path], task="segmentation").get("hpa-cell"))
+    images = torch.rand(1, 3, 96, 64)
+    with torch.no_grad():
+        assert torch.allclose(module(images), exported(images), atol=1e-6)
 
 
 def test_file_naming_code_is_refused_without_running_it(tmp_path: Path) -> None:

@@ -30,13 +30,17 @@ from typing import Any, BinaryIO
 import torch
 import torch._utils
 
-from services.segmentation.models.hpa_unet import CLASSES, MEAN, STD, HpaDpnUnet
+from services.segmentation.models.hpa_unet import (
+    ARCHITECTURES,
+    CLASSES,
+    MEAN,
+    MODEL_NAMES,
+    STD,
+    HpaDpnUnet,
+)
 
-KINDS = ("nuclei", "cell")
+KINDS = tuple(ARCHITECTURES)
 """The two released models: nuclei on [blue, blue, blue], cells on [red, yellow, blue]."""
-
-ARCHITECTURE_PREFIX = "hpa-dpn92-unet"
-"""Architecture names are ``hpa-dpn92-unet-nuclei`` and ``hpa-dpn92-unet-cell``."""
 
 WEIGHTS_FILE = "weights.pt"
 
@@ -208,7 +212,7 @@ def manifest_text(*, name: str, kind: str, source: str) -> str:
         'version = "1"\n'
         'format = "state_dict"\n'
         f'weights = "{WEIGHTS_FILE}"\n'
-        f'architecture = "{ARCHITECTURE_PREFIX}-{kind}"\n'
+        f'architecture = "{ARCHITECTURES[kind]}"\n'
         'task = "segmentation"\n'
         "input_channels = 3\n"
         "input_size = [512, 512]\n"
@@ -253,7 +257,7 @@ def convert(source: Path, destination: Path, *, kind: str | None = None,
     kind : {"nuclei", "cell"}, optional
         Which model it is; guessed from the file name when omitted.
     name : str, optional
-        The model's name in the repository; ``hpa-<kind>`` when omitted.
+        The model's name in the repository; ``hpa-nuclei`` or ``hpa-cell`` when omitted.
 
     Returns
     -------
@@ -277,7 +281,7 @@ def convert(source: Path, destination: Path, *, kind: str | None = None,
     torch.save(network.state_dict(), destination / WEIGHTS_FILE)
     manifest = destination / "manifest.toml"
     manifest.write_text(manifest_text(
-        name=name or f"hpa-{kind}",
+        name=name or MODEL_NAMES[kind],
         kind=kind,
         source=f"HPA-Cell-Segmentation {source.name} (sha256 {digest}; Zenodo record 4665863), "
                "converted by labsight convert-hpa-weights",
@@ -291,7 +295,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("destination", type=Path,
                         help="model directory to write (weights.pt, manifest.toml)")
     parser.add_argument("--kind", choices=KINDS, help="nuclei or cell (default: from the file name)")
-    parser.add_argument("--name", help="model name in the repository (default: hpa-<kind>)")
+    parser.add_argument("--name", help="model name in the repository (default: hpa-nuclei or hpa-cell)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,13 +19,19 @@ resolution. Their parameter names follow from that module tree::
     final.0                             1×1 conv 64 → 3 classes
 
 which :class:`HpaDpnUnet` reproduces (its ``state_dict`` has exactly those keys,
-about 139 M parameters). Outputs are logits of background, border and interior.
+139.1 M parameters). Outputs are logits of background, border and interior.
+
+Importing this module registers the architectures ``hpa-dpn92-unet-nuclei`` and
+``hpa-dpn92-unet-cell`` with :mod:`labsight.models`. No weights are built in:
+the models exist when an operator supplies them (see ``MODEL_CARD_HPA.md``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from labsight.models import ModelManifest, register_architecture
 
 ENCODER_WIDTHS = (64, 336, 704, 1552, 2688)
 """Channels of the five encoder stages (strides 2, 4, 8, 16, 32)."""
@@ -35,6 +41,12 @@ DECODER_WIDTHS = (64, 336, 704, 1552)
 
 LAST_UPSAMPLE_WIDTH = 64
 """Channels of the full-resolution block before the classifier."""
+
+ARCHITECTURES = {"nuclei": "hpa-dpn92-unet-nuclei", "cell": "hpa-dpn92-unet-cell"}
+"""Architectures of the two released models: nuclei on [blue, blue, blue], cells on [red, yellow, blue]."""
+
+MODEL_NAMES = {"nuclei": "hpa-nuclei", "cell": "hpa-cell"}
+"""Names the converter gives the two models in the segmentation repository."""
 
 CLASSES = ("background", "border", "interior")
 """The network's output channels, in order."""
@@ -244,3 +256,28 @@ def _dpn92_stages() -> list[nn.Module]:
             modules.append(CatBnAct(in_chs))
         stages.append(EncoderStage(*modules))
     return stages
+
+
+def build_for_manifest(manifest: ModelManifest) -> HpaDpnUnet:
+    """The untrained network of an HPA manifest (both architectures are the same network).
+
+    Raises
+    ------
+    ValueError
+        If the manifest gives the network other than 3 input channels.
+    """
+    if manifest.input_channels != 3:
+        raise ValueError(
+            f"input_channels: the HPA networks take 3 channels, manifest {manifest.origin or manifest.name} "
+            f"says {manifest.input_channels}"
+        )
+    return HpaDpnUnet()
+
+
+def register() -> None:
+    """Register the HPA architectures with the shared model stack (idempotent)."""
+    for name in ARCHITECTURES.values():
+        register_architecture(name, build_for_manifest)
+
+
+register()
