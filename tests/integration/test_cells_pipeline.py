@@ -184,6 +184,12 @@ def test_hpa_files_are_one_job_per_id_and_flags_name_one(
     assert again["input_name"] == "10_A1_1"
     assert again["job_id"] in [line["job_id"] for line in lines]  # the same files: the same job
 
+    sdk = stack.client.run("cells", tensor_pb2.Image(name="sdk"), {"pixel_size_um": PIXEL_SIZE},
+                           images={c: folder / f"10_B2_3_{c}.png" for c in CHANNELS})
+    assert sdk.input_name == "sdk"
+    assert np.array_equal(sdk.label_masks()["cells"], sdk.tensor("cell_labels"))
+    _check_cells(sdk, truths["10_B2_3"])
+
     (folder / "10_B2_3_yellow.png").unlink()
     assert main(["submit", "cells", str(folder), *gateway]) == 2
     assert "10_B2_3: no 10_B2_3_yellow file" in capsys.readouterr().err
