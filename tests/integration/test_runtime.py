@@ -58,9 +58,9 @@ def test_unserved_rpc_answers_unimplemented_saying_why(serve: Serve, settings: S
     _, channel = _segmentation(serve, settings)
     stub = segmentation_pb2_grpc.SegmentationServiceStub(channel)
     with pytest.raises(grpc.RpcError) as error:
-        stub.SegmentCells(segmentation_pb2.SegmentCellsRequest(), timeout=5)
+        stub.SegmentVesselContent(segmentation_pb2.SegmentVesselContentRequest(), timeout=5)
     assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "HPA cell segmentation is not served yet" in error.value.details()
+    assert "vessel-content segmentation is not served yet" in error.value.details()
 
 
 def test_messages_over_4_mb_pass_and_over_the_limit_are_refused(serve: Serve, settings: Settings) -> None:
@@ -68,9 +68,9 @@ def test_messages_over_4_mb_pass_and_over_the_limit_are_refused(serve: Serve, se
     request = segmentation_pb2.SegmentCellsRequest(image=big)
     _, channel = _segmentation(serve, settings)
     stub = segmentation_pb2_grpc.SegmentationServiceStub(channel)
-    with pytest.raises(grpc.RpcError) as passed:
+    with pytest.raises(grpc.RpcError) as passed:  # it arrives, and one channel is too few
         stub.SegmentCells(request, timeout=10)
-    assert passed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert passed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     small_limit = Settings(**{**vars(settings), "max_message_bytes": 1024 * 1024})
     _, small_channel = _segmentation(serve, small_limit)
