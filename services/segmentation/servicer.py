@@ -10,6 +10,7 @@ from labsight.config import Settings
 from labsight.errors import InvalidArgument, Unimplemented, echo
 from labsight.images import decode_image
 from labsight.patches import cell_patches, spot_patches
+from labsight.runtime.progress_stream import raise_if_gone
 from labsight.tables import feature_table
 from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import segmentation_pb2 as pb
@@ -42,7 +43,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     def SegmentCells(
         self, request: pb.SegmentCellsRequest, context: grpc.ServicerContext
     ) -> pb.SegmentCellsResponse:
-        """Nucleus and cell labels of one 4-channel image, and the table of its cells."""
+        """Nucleus and cell labels of one 4-channel image, and the table of its cells; stops
+        before segmenting when the caller cancelled meanwhile."""
         method = request.method or DEFAULT_METHOD
         if method not in CELL_METHODS:  # before the image is decoded
             raise InvalidArgument(f"method: unknown method {echo(request.method)}; methods: "
@@ -52,6 +54,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         parts = _channel_parts(request)
         check_answer_size(cell_image_info(parts), parts[0][0], self.max_answer_bytes)
         channels, _ = read_cell_image(parts)
+        raise_if_gone(context, "cells")  # a cancelled job's call stops before segmenting
         nuclei, cells = segment_cells(
             channels[..., RED], channels[..., YELLOW], channels[..., BLUE],
             pixel_size_um=pixel_size, method=method,
