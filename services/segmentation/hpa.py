@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters, morphology, transform
-from skimage.segmentation import find_boundaries, relabel_sequential, watershed
+from skimage.segmentation import find_boundaries, watershed
 
 from labsight.errors import InvalidArgument
 from services.segmentation.models.hpa_unet import CLASSES, MEAN, STD
@@ -316,8 +316,7 @@ def label_cells(nuclei_probabilities: np.ndarray, cell_probabilities: np.ndarray
     elevation = -np.maximum(interior, threshold)
     cells = watershed(elevation, nuclei, mask=(interior > threshold) & ~border)
     cells = _drop_small(cells, MIN_CELL_AREA_UM2 / pixel_area)
-    radius = max(1, round(CLOSING_RADIUS_UM / pixel_size_um))
-    cells = _fill_holes(morphology.closing(cells, morphology.disk(radius)))
+    cells = _fill_holes(_closing(cells, max(1, round(CLOSING_RADIUS_UM / pixel_size_um))))
     # Grow over the border pixels the first mask left out.
     cells = _fill_holes(watershed(elevation, cells, mask=(cells > 0) | border))
     cells = _drop_small(cells, MIN_CELL_AREA_UM2 / pixel_area)
@@ -341,12 +340,22 @@ def _nuclei(interior: np.ndarray, border: np.ndarray, pixel_size_um: float) -> n
 
 
 def _drop_small(labels: np.ndarray, min_px: float) -> np.ndarray:
-    """Labels with fewer than ``min_px`` pixels removed, the rest renumbered 1..n (int32)."""
-    counts = np.bincount(labels.ravel())
-    keep = counts >= min_px
+    """Labels with fewer than ``min_px`` pixels removed, the rest renumbered 1..n in order (int32)."""
+    keep = np.bincount(labels.ravel()) >= min_px
     keep[0] = False
-    kept = np.where(keep[labels], labels, 0)
-    return relabel_sequential(kept)[0].astype(np.int32)
+    new_ids = np.where(keep, np.cumsum(keep), 0).astype(np.int32)
+    return new_ids[labels]
+
+
+def _closing(labels: np.ndarray, radius: int) -> np.ndarray:
+    """Grey closing of a label image with a disk (as ``skimage.morphology.closing``, reflected edges).
+
+    OpenCV's min/max filters are ten times faster than SciPy's; float64 holds every id exactly.
+    """
+    disk = morphology.disk(radius).astype(np.uint8)
+    closed = cv2.morphologyEx(labels.astype(np.float64), cv2.MORPH_CLOSE, disk,
+                              borderType=cv2.BORDER_REFLECT)
+    return closed.astype(np.int32)
 
 
 def _fill_holes(labels: np.ndarray) -> np.ndarray:
