@@ -164,6 +164,13 @@ def test_file_of_another_network_is_refused_naming_keys(tmp_path: Path,
     assert not (tmp_path / "out").exists()
 
 
+def test_damaged_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dpn_unet_nuclei_v1.pth"
+    path.write_bytes(b"PK\x03\x04 not really a zip file")
+    with pytest.raises(WeightFileError, match="dpn_unet_nuclei_v1.pth: not a readable torch weight file"):
+        read_state_dict(path)
+
+
 def test_kind_must_be_known(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path / "weights.pth"), str(tmp_path / "out")]) == 1
     assert "--kind" in capsys.readouterr().err
