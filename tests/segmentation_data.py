@@ -78,3 +78,17 @@ def load_split(split: str, limit: int | None = None) -> Iterator[AnnotatedImage]
             image = image[..., 0] if image.shape[-1] <= 4 else image[0]
         labels = colour_mask_labels(np.asarray(Image.open(mask_path).convert("RGBA")))
         yield AnnotatedImage(f"{folder.name}/{mask_path.stem}", image, labels)
+
+
+def training_pixel_size_um(diameter_um: float) -> float:
+    """The one pixel size that makes the training nuclei's median diameter ``diameter_um``.
+
+    mnfinder's images come from 20× and 40× objectives on several cameras and carry no
+    calibration; the segmentation methods take sizes in µm, so the images are given this
+    pixel size, found on the training split only (equivalent diameters 2·sqrt(area/π)).
+    """
+    areas = np.concatenate([np.bincount(item.labels.ravel())[1:] for item in load_split("training")])
+    areas = areas[areas > 0]
+    if areas.size == 0:
+        raise LookupError("mnfinder's training images are not installed")
+    return diameter_um / float(np.median(2.0 * np.sqrt(areas / np.pi)))
