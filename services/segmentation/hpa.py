@@ -14,6 +14,7 @@ its faults fixed:
 - size limits in µm² (the original's full-resolution pixel counts at
   0.08 µm/px), so an image of another pixel size is not emptied;
 - int32 labels (the original cast cells to uint8, wrapping ids above 255);
+- every cell holds its nucleus, which carries the cell's id;
 - plain functions of their arguments, so concurrent calls share nothing (the
   original kept each image's shapes on the segmentator object).
 
@@ -285,7 +286,8 @@ def label_cells(nuclei_probabilities: np.ndarray, cell_probabilities: np.ndarray
     Returns
     -------
     nuclei_labels, cell_labels : ndarray
-        (H, W) int32 labels; each nucleus carries its cell's id.
+        (H, W) int32 labels; cell k contains nucleus k (the nuclei of one cell
+        share its id).
 
     Notes
     -----
@@ -296,7 +298,9 @@ def label_cells(nuclei_probabilities: np.ndarray, cell_probabilities: np.ndarray
     are dropped, the rest closed with a disk of 0.48 µm and their holes
     filled; a second watershed lets them grow over the border pixels, holes
     are filled again and small cells dropped. Nuclei outside cells or under
-    16 µm² are dropped and the rest take their cell's id.
+    16 µm² are dropped and the rest take their cell's id; a cell left without
+    a nucleus (a piece the closing cut off) is dropped, where the original
+    kept it.
     """
     _check_pixel_size(pixel_size_um)
     _check_probabilities(nuclei_probabilities, "nuclei_probabilities")
@@ -322,7 +326,9 @@ def label_cells(nuclei_probabilities: np.ndarray, cell_probabilities: np.ndarray
     cells = _drop_small(cells, MIN_CELL_AREA_UM2 / pixel_area)
 
     nuclei = _drop_small(np.where(cells > 0, nuclei, 0), MIN_NUCLEUS_AREA_UM2 / pixel_area)
-    return np.where(nuclei > 0, cells, 0).astype(np.int32), cells
+    nucleated = np.where(nuclei > 0, cells, 0)
+    renumber = _renumbering(np.bincount(nucleated.ravel(), minlength=cells.max() + 1) > 0)
+    return renumber[nucleated], renumber[cells]
 
 
 def _nuclei(interior: np.ndarray, border: np.ndarray, pixel_size_um: float) -> np.ndarray:
@@ -341,10 +347,14 @@ def _nuclei(interior: np.ndarray, border: np.ndarray, pixel_size_um: float) -> n
 
 def _drop_small(labels: np.ndarray, min_px: float) -> np.ndarray:
     """Labels with fewer than ``min_px`` pixels removed, the rest renumbered 1..n in order (int32)."""
-    keep = np.bincount(labels.ravel()) >= min_px
-    keep[0] = False
-    new_ids = np.where(keep, np.cumsum(keep), 0).astype(np.int32)
-    return new_ids[labels]
+    return _renumbering(np.bincount(labels.ravel()) >= min_px)[labels]
+
+
+def _renumbering(keep: np.ndarray) -> np.ndarray:
+    """Lookup table from ids to 1..n for the ids where ``keep`` is true, 0 for the others and for 0."""
+    kept = keep.copy()
+    kept[0] = False
+    return np.where(kept, np.cumsum(kept), 0).astype(np.int32)
 
 
 def _closing(labels: np.ndarray, radius: int) -> np.ndarray:

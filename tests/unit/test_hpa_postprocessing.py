@@ -110,6 +110,7 @@ def test_cells_grow_from_their_nuclei_and_share_their_ids() -> None:
         assert _iou(cells == cell_id, true_cell) > 0.9
         assert _iou(nuclei == cell_id, true_nucleus) > 0.9
     assert ((nuclei == 0) | (nuclei == cells)).all()
+    assert set(np.unique(nuclei)) == set(np.unique(cells))
 
 
 class _ThresholdNet:
@@ -184,6 +185,7 @@ def test_cell_network_gets_red_yellow_blue() -> None:
     for row, col in ((120, 130), (180, 330)):
         assert nuclei[row, col] == cells[row, col] > 0
     assert ((nuclei == 0) | (nuclei == cells)).all()
+    assert set(np.unique(nuclei)) == set(np.unique(cells))
 
 
 class _StubServer:
