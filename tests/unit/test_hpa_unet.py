@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from labsight.models import ModelRepository, load_manifest, load_torch_model
+from services.segmentation.hpa import segment_cells_hpa
 from services.segmentation.models import hpa_unet
 from services.segmentation.models.convert_hpa import (
     WEIGHTS_FILE,
@@ -87,6 +89,25 @@ def test_network_has_the_released_layout(network: HpaDpnUnet) -> None:
             x = stage(x)
             widths.append((x.shape[1], x.shape[2]))
     assert widths == [(64, 32), (336, 16), (704, 8), (1552, 4), (2688, 2)]
+
+
+class _TorchEngine:
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.network(torch.from_numpy(batch)).numpy()
+
+
+def test_segmentation_runs_the_network_on_an_odd_image(network: HpaDpnUnet) -> None:
+    rng = np.random.default_rng(5)
+    red, yellow, blue = (rng.integers(0, 65536, (203, 141), dtype=np.uint16) for _ in range(3))
+    engine = _TorchEngine(network)
+    nuclei, cells = segment_cells_hpa(red, yellow, blue, pixel_size_um=0.08,
+                                      nuclei_engine=engine, cell_engine=engine)
+    assert nuclei.shape == cells.shape == (203, 141)
+    assert nuclei.dtype == cells.dtype == np.int32
 
 
 def test_released_file_needs_the_authors_package(released_file: Path) -> None:
