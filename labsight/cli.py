@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
+from labsight import evaluate_cli
 from labsight.catalog import SERVERS
 from labsight.columns import CELL_CHANNELS
 from labsight.export import (
@@ -888,6 +889,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--trainable", choices=("head", "top", "all"), default="top")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=cmd_train_features)
+
+    evaluate_cli.add_parser(sub)
     return parser
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from PIL import Image
-from scipy import ndimage as ndi
+
+from labsight.evaluate_cli import colour_labels
 
 SPLITS = {"training": "training-data", "validation": "validation-data", "test": "test-data"}
 
@@ -39,28 +40,6 @@ def data_root() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def colour_mask_labels(rgba: np.ndarray) -> np.ndarray:
-    """int32 labels 1..N of an RGBA mask with one colour per object (alpha 0 = background).
-
-    Each 8-connected part of a colour is one object: the annotators reused colours for
-    nuclei far apart (19 of the 39 in ``training/2022-04-14_RPE1/5``).
-    """
-    rgb = rgba[..., :3].astype(np.uint32)
-    code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    code = np.where(rgba[..., 3] > 0, code + 1, 0)
-    _, colours = np.unique(code, return_inverse=True)
-    colours = colours.reshape(code.shape)
-    labels = np.zeros(code.shape, np.int32)
-    count = 0
-    for colour, box in enumerate(ndi.find_objects(colours), start=1):
-        if box is None:
-            continue
-        parts, n = ndi.label(colours[box] == colour, structure=np.ones((3, 3)))
-        labels[box][parts > 0] = parts[parts > 0] + count
-        count += n
-    return labels
-
-
 def mask_paths(split: str) -> list[Path]:
     """The nucleus mask files of a split, sorted; empty when mnfinder is missing."""
     root = data_root()
@@ -76,7 +55,7 @@ def load_split(split: str, limit: int | None = None) -> Iterator[AnnotatedImage]
         image = tifffile.imread(folder / "images" / f"{mask_path.stem}.tif")
         if image.ndim == 3:
             image = image[..., 0] if image.shape[-1] <= 4 else image[0]
-        labels = colour_mask_labels(np.asarray(Image.open(mask_path).convert("RGBA")))
+        labels = colour_labels(np.asarray(Image.open(mask_path).convert("RGBA")))
         yield AnnotatedImage(f"{folder.name}/{mask_path.stem}", image, labels)
 
 
