@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn.backends import thnn
 
 from labsight.models import ModelRepository, load_manifest, load_torch_model
 from services.segmentation.hpa import segment_cells_hpa
@@ -197,6 +198,13 @@ def test_kind_must_be_known(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "--kind" in capsys.readouterr().err
 
 
+class _LegacyBackend:
+    """Pickles as torch < 1.4 pickled a module's ``_backend``."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return thnn._get_thnn_function_backend, ()
+
+
 class _RunsCommand:
     """Pickles as a call to os.system, what a hostile weight file would hold."""
 
@@ -234,9 +242,11 @@ def _authors_tree(module: nn.Module, classes: dict[type, type[nn.Module]]) -> nn
         copy: nn.Module = nn.Sequential()
     elif type(module) in classes:
         copy = classes[type(module)]()
-        # Plain attributes the authors' modules carry beside their parameters.
+        # Plain attributes the authors' modules carry beside their parameters, and the
+        # backend object every module of torch < 1.4 pickled.
         copy.key_stride = getattr(module, "stride", 1)
         copy.b = False
+        copy._backend = _LegacyBackend()
     elif isinstance(module, nn.ModuleList | nn.Sequential):
         copy = type(module)()
     else:

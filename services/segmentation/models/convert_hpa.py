@@ -60,6 +60,8 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
+    # Modules pickled by torch < 1.4 hold a ``_backend`` rebuilt by this call; it stands for nothing.
+    ("torch.nn.backends.thnn", "_get_thnn_function_backend"): lambda: None,
 }
 """The only callables a weight file may name: containers and torch's tensor rebuilders."""
 
