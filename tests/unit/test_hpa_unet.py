@@ -186,6 +186,21 @@ def test_file_of_another_network_is_refused_naming_keys(tmp_path: Path,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")
+def test_file_in_the_format_before_torch_1_6_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "dpn_unet_nuclei_v1.pth"
+    norm = nn.BatchNorm2d(4)
+    norm.running_mean.uniform_()
+    with _fake_package() as classes:
+        block = classes[hpa_unet.CatBnAct]()
+        block._backend = _LegacyBackend()
+        block.add_module("bn", norm)
+        torch.save(nn.DataParallel(block), path, _use_new_zipfile_serialization=False)
+    state = read_state_dict(path)
+    assert list(state) == [f"bn.{key}" for key in norm.state_dict()]
+    assert torch.equal(state["bn.running_mean"], norm.running_mean)
+
+
 def test_damaged_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "dpn_unet_nuclei_v1.pth"
     path.write_bytes(b"PK\x03\x04 not really a zip file")
