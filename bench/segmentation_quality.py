@@ -13,8 +13,14 @@ size: all are given the one that makes the training nuclei's median diameter
 the classical method's typical diameter (found on the training split only;
 the test split is never tuned on). Printed per method and split: pooled AP at
 IoU 0.5/0.7/0.9 (every nucleus counts the same), the mean over images of
-AP@0.5 (the DSB-2018 way), F1, mean matched IoU, splits and merges, seconds;
-then one JSON line.
+AP@0.5 (the DSB-2018 way), F1, mean matched IoU, splits and merges, seconds.
+
+Then whole cells (``--cells``, on by default): ``segment_cells`` by each method
+of ``CELL_METHODS`` on scellseg's annotated images that have a nucleus channel
+(green cytoplasm as the microtubules, no ER, red nuclei), per folder. Those
+images carry no pixel size either and have no training split: each folder is
+given the one that makes its median cell 30 µm across, the only thing fitted
+to them (nothing was tuned on them). Then one JSON line.
 """
 
 from __future__ import annotations
@@ -35,11 +41,26 @@ from skimage.segmentation import watershed
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from labsight.segmentation_metrics import pool_scores, score_segmentation  # noqa: E402
-from services.segmentation.cells import NUCLEUS_METHODS, segment_nuclei  # noqa: E402
+from services.segmentation.cells import (  # noqa: E402
+    CELL_METHODS,
+    NUCLEUS_METHODS,
+    segment_cells,
+    segment_nuclei,
+)
 from services.segmentation.classical import NucleusSettings  # noqa: E402
-from tests.segmentation_data import SPLITS, load_split, training_pixel_size_um  # noqa: E402
+from tests.segmentation_data import (  # noqa: E402
+    CELL_FOLDERS,
+    SPLITS,
+    load_cell_folder,
+    load_split,
+    training_pixel_size_um,
+)
 
 BASELINE = "otsu+watershed"
+CELL_DIAMETER_UM = 30.0
+HEADER = (f"{'method':16s} {'split':14s} {'images':>6s} {'objects':>7s} {'AP50':>6s} {'AP70':>6s} "
+          f"{'AP90':>6s} {'img AP50':>8s} {'F1':>6s} {'mIoU':>6s} {'split':>5s} {'merge':>5s} "
+          f"{'s':>6s}")
 BASELINE_SIGMA_PX = 2.0
 
 
@@ -70,35 +91,70 @@ def methods(pixel_size_um: float) -> dict[str, Callable[[np.ndarray], np.ndarray
     return found
 
 
+def score_rows(name: str, split: str, pairs: list[tuple[np.ndarray, np.ndarray]],
+               seconds: float) -> dict:
+    """Print one table row of (prediction, truth) pairs and return it as a dict."""
+    scores = [score_segmentation(pred, truth) for pred, truth in pairs]
+    pooled = pool_scores(scores)
+    per_image = float(np.mean([s.average_precision(0.5) for s in scores]))
+    row = {"method": name, "split": split, "images": len(pairs), **pooled.as_dict(),
+           "image_ap50": per_image, "seconds": seconds}
+    print(f"{name:16s} {split:14s} {len(pairs):6d} {pooled.n_true:7d} {row['ap50']:6.3f} "
+          f"{row['ap70']:6.3f} {row['ap90']:6.3f} {per_image:8.3f} {row['f1']:6.3f} "
+          f"{row['mean_iou']:6.3f} {row['splits']:5d} {row['merges']:5d} {seconds:6.1f}", flush=True)
+    return row
+
+
+def nucleus_rows(splits: list[str], limit: int | None) -> tuple[float, list[dict]]:
+    pixel_size_um = training_pixel_size_um(NucleusSettings().diameter_um)
+    print(f"nuclei (mnfinder): pixel size {pixel_size_um:.4f} µm (median training nucleus "
+          f"{NucleusSettings().diameter_um:g} µm across)")
+    print(HEADER)
+    rows = []
+    for split in splits:
+        data = list(load_split(split, limit))
+        for name, segment in methods(pixel_size_um).items():
+            started = time.perf_counter()
+            predicted = [segment(item.image) for item in data]
+            seconds = time.perf_counter() - started
+            rows.append(score_rows(name, split, [(p, item.labels) for p, item in
+                                                 zip(predicted, data, strict=True)], seconds))
+    return pixel_size_um, rows
+
+
+def cell_rows() -> list[dict]:
+    print("cells (scellseg contrast_data, green cytoplasm + red nuclei):")
+    print(HEADER)
+    rows = []
+    for folder in CELL_FOLDERS:
+        data = load_cell_folder(folder)
+        if not data:
+            continue
+        areas = np.concatenate([np.bincount(item.labels.ravel())[1:] for item in data])
+        diameter_px = float(np.median(2 * np.sqrt(areas[areas > 0] / np.pi)))
+        pixel_size_um = CELL_DIAMETER_UM / diameter_px
+        for name in CELL_METHODS:
+            started = time.perf_counter()
+            predicted = [segment_cells(item.cytoplasm, np.zeros_like(item.cytoplasm), item.nuclei,
+                                       pixel_size_um=pixel_size_um, method=name)[1]
+                         for item in data]
+            seconds = time.perf_counter() - started
+            row = score_rows(name, folder, [(p, item.labels) for p, item in
+                                            zip(predicted, data, strict=True)], seconds)
+            rows.append({**row, "pixel_size_um": pixel_size_um})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", nargs="+", choices=list(SPLITS), default=list(SPLITS))
     parser.add_argument("--limit", type=int, default=None, help="first N images of each split")
+    parser.add_argument("--no-cells", dest="cells", action="store_false",
+                        help="skip the whole-cell images")
     args = parser.parse_args()
-
-    pixel_size_um = training_pixel_size_um(NucleusSettings().diameter_um)
-    print(f"pixel size {pixel_size_um:.4f} µm (median training nucleus "
-          f"{NucleusSettings().diameter_um:g} µm across)")
-    print(f"{'method':16s} {'split':10s} {'images':>6s} {'nuclei':>6s} {'AP50':>6s} {'AP70':>6s} "
-          f"{'AP90':>6s} {'img AP50':>8s} {'F1':>6s} {'mIoU':>6s} {'split':>5s} {'merge':>5s} "
-          f"{'s':>6s}")
-    summary = []
-    for split in args.split:
-        data = list(load_split(split, args.limit))
-        for name, segment in methods(pixel_size_um).items():
-            started = time.perf_counter()
-            scores = [score_segmentation(segment(item.image), item.labels) for item in data]
-            seconds = time.perf_counter() - started
-            pooled = pool_scores(scores)
-            per_image = float(np.mean([s.average_precision(0.5) for s in scores]))
-            row = {"method": name, "split": split, "images": len(data), **pooled.as_dict(),
-                   "image_ap50": per_image, "seconds": seconds}
-            summary.append(row)
-            print(f"{name:16s} {split:10s} {len(data):6d} {pooled.n_true:6d} {row['ap50']:6.3f} "
-                  f"{row['ap70']:6.3f} {row['ap90']:6.3f} {per_image:8.3f} {row['f1']:6.3f} "
-                  f"{row['mean_iou']:6.3f} {row['splits']:5d} {row['merges']:5d} {seconds:6.1f}",
-                  flush=True)
-    print(json.dumps({"pixel_size_um": pixel_size_um, "results": summary}))
+    pixel_size_um, nuclei = nucleus_rows(args.split, args.limit)
+    cells = cell_rows() if args.cells else []
+    print(json.dumps({"pixel_size_um": pixel_size_um, "nuclei": nuclei, "cells": cells}))
 
 
 if __name__ == "__main__":

@@ -71,3 +71,36 @@ def training_pixel_size_um(diameter_um: float) -> float:
     if areas.size == 0:
         raise LookupError("mnfinder's training images are not installed")
     return diameter_um / float(np.median(2.0 * np.sqrt(areas / np.pi)))
+
+
+CELL_FOLDERS = ("Kc167", "macrophagocyte", "neurocyte", "style2")
+"""scellseg's ``assets/contrast_data`` folders whose images have a nucleus channel."""
+
+
+@dataclass(frozen=True)
+class AnnotatedCells:
+    """One image with cell instance masks: cytoplasm and nucleus channels, cell labels."""
+
+    name: str
+    cytoplasm: np.ndarray
+    nuclei: np.ndarray
+    labels: np.ndarray
+
+
+def load_cell_folder(folder: str) -> list[AnnotatedCells]:
+    """scellseg's annotated cell images of one folder (Cellpose's convention: green cytoplasm,
+    red nuclei; ``NNN_img.png`` with ``NNN_masks.png`` 16-bit labels); empty when absent.
+
+    scellseg is never imported (its ``__init__`` needs TensorFlow and PyQt5).
+    """
+    spec = importlib.util.find_spec("scellseg")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    root = Path(next(iter(spec.submodule_search_locations))) / "assets" / "contrast_data" / folder
+    found = []
+    for mask_path in sorted(root.glob("*_masks.png")):
+        image = np.asarray(Image.open(mask_path.with_name(mask_path.name.replace("_masks", "_img"))))
+        labels = np.asarray(Image.open(mask_path)).astype(np.int32)
+        found.append(AnnotatedCells(f"{folder}/{mask_path.stem[:-6]}", image[..., 1], image[..., 0],
+                                    labels))
+    return found
