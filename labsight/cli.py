@@ -686,6 +686,13 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_hpa_weights(args: argparse.Namespace) -> int:
+    """Run the HPA weight converter (services.segmentation.models.convert_hpa) on the arguments."""
+    from services.segmentation.models import convert_hpa
+
+    return convert_hpa.main(args.arguments)
+
+
 def cmd_train_features(args: argparse.Namespace) -> int:
     """Fine-tune a backbone, print held-out accuracy as JSON, register the model."""
     from labsight.models import model_dirs_from_env
@@ -889,6 +896,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--trainable", choices=("head", "top", "all"), default="top")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=cmd_train_features)
+
+    convert = sub.add_parser(
+        "convert-hpa-weights",
+        help="convert a released HPA-Cell-Segmentation weight file (dpn_unet_nuclei_v1.pth, "
+             "dpn_unet_cell_3ch_v1.pth) into a model directory for LABSIGHT_MODEL_DIR",
+    )
+    convert.add_argument("arguments", nargs=argparse.REMAINDER,
+                         help="SRC.pth DST_DIR [--kind nuclei|cell (default: from the file name)] "
+                              "[--name NAME (default: hpa-nuclei or hpa-cell)]")
+    convert.set_defaults(func=cmd_convert_hpa_weights)
 
     evaluate_cli.add_parser(sub)
     return parser
