@@ -11,7 +11,7 @@ input, pick a method by name and return int32 labels (0 = background, ids
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -32,23 +32,36 @@ DEFAULT_PIXEL_SIZE_UM = 0.08
 """Human Protein Atlas images: 0.08 µm per pixel (63× objective); the proto's 0 means this."""
 
 DEFAULT_METHOD = "classical"
+"""The method used when none is named (see bench/segmentation_quality.py for the measurements)."""
 
-NucleusMethod = Callable[[np.ndarray, float], np.ndarray]
-"""(nuclear stain as float32, pixel size in µm) → int32 nucleus labels."""
+Method = TypeVar("Method")
 
-CellMethod = Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
-"""(cytoplasm as float32, nuclear stain as float32, pixel size in µm) → (nuclei, cells)."""
+
+class NucleusMethod(Protocol):
+    """A nucleus method: checked float32 nuclear stain → int32 labels 1..N."""
+
+    def __call__(self, nuclei: np.ndarray, *, pixel_size_um: float) -> np.ndarray: ...
+
+
+class CellMethod(Protocol):
+    """A cell method: checked float32 channels → (nucleus labels, cell labels), cell k ⊇ nucleus k."""
+
+    def __call__(self, microtubules: np.ndarray, er: np.ndarray, nuclei: np.ndarray, *,
+                 pixel_size_um: float) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def _classical_nuclei_and_cells(
-    cytoplasm: np.ndarray, nuclei: np.ndarray, pixel_size_um: float
+    microtubules: np.ndarray, er: np.ndarray, nuclei: np.ndarray, *, pixel_size_um: float
 ) -> tuple[np.ndarray, np.ndarray]:
     nucleus_labels = classical_nuclei(nuclei, pixel_size_um)
-    return nucleus_labels, classical_cells(cytoplasm, nucleus_labels, pixel_size_um)
+    return nucleus_labels, classical_cells(microtubules + er, nucleus_labels, pixel_size_um)
 
 
 NUCLEUS_METHODS: dict[str, NucleusMethod] = {"classical": classical_nuclei}
+"""Nucleus methods by name; a method is called as ``f(nuclei, pixel_size_um=...)``."""
+
 CELL_METHODS: dict[str, CellMethod] = {"classical": _classical_nuclei_and_cells}
+"""Cell methods by name; called as ``f(microtubules, er, nuclei, pixel_size_um=...)``."""
 
 _DTYPES = "uint8, uint16 or float"
 
@@ -90,7 +103,7 @@ def segment_nuclei(
     """
     find = _method(NUCLEUS_METHODS, method)
     pixels = _channel("nuclei", nuclei)
-    return find(pixels, _pixel_size(pixel_size_um))
+    return find(pixels, pixel_size_um=_pixel_size(pixel_size_um))
 
 
 def segment_cells(
@@ -107,8 +120,8 @@ def segment_cells(
     ----------
     microtubules, er, nuclei : array_like, shape (H, W)
         The red (microtubules), yellow (ER) and blue (nuclei) channels; uint8, uint16 or
-        float, one shape. The cytoplasm signal is red + yellow, each scaled to [0, 1] by its
-        dtype's range (floats as they are).
+        float, one shape; integers are scaled to [0, 1] by their dtype's range (floats are
+        taken as they are). The classical method's cytoplasm signal is red + yellow.
     pixel_size_um : float, optional
         Side of a pixel in micrometres (HPA: 0.08).
     method : str, optional
@@ -134,10 +147,10 @@ def segment_cells(
         if channel.shape != red.shape:
             raise InvalidArgument(f"{name}: shape {channel.shape} differs from microtubules' "
                                   f"{red.shape}; the channels must have one shape")
-    return find(red + yellow, blue, _pixel_size(pixel_size_um))
+    return find(red, yellow, blue, pixel_size_um=_pixel_size(pixel_size_um))
 
 
-def _method(methods: dict[str, Callable], name: str) -> Callable:
+def _method(methods: dict[str, Method], name: str) -> Method:
     try:
         return methods[name]
     except (KeyError, TypeError):
