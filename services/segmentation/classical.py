@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters
@@ -110,7 +111,7 @@ def classical_nuclei(
     Returns
     -------
     ndarray of int32, shape (H, W)
-        0 = background, nuclei 1..N in raster order of their first pixel.
+        0 = background, nuclei 1..N.
 
     Notes
     -----
@@ -218,8 +219,6 @@ def classical_cells(
 
 def _shrink(image: np.ndarray, scale: float) -> np.ndarray:
     """Area-average the image down by ``scale`` (anti-aliased, like a binned camera)."""
-    import cv2
-
     height = max(1, round(image.shape[0] * scale))
     width = max(1, round(image.shape[1] * scale))
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)

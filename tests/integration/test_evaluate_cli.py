@@ -116,3 +116,17 @@ def test_unpaired_files_in_folders_exit_2(tmp_path: Path, capsys):
     assert main(["evaluate-segmentation", str(tmp_path / "pred"), str(tmp_path / "gt")]) == 2
     err = capsys.readouterr().err
     assert "without a partner" in err and "c.tif" in err and "a.tif" not in err
+
+
+def test_colour_masks_split_a_reused_colour_and_rgb_black_is_background(tmp_path: Path, capsys):
+    truth = np.zeros((20, 30), np.int32)
+    truth[1:5, 1:5] = 1
+    truth[10:15, 20:28] = 2
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[truth > 0] = (200, 10, 10)  # one colour for two nuclei far apart
+    Image.fromarray(rgb, "RGB").save(tmp_path / "gt.png")
+    tifffile.imwrite(tmp_path / "pred.tif", truth)
+    assert main(["evaluate-segmentation", "--json", str(tmp_path / "pred.tif"),
+                 str(tmp_path / "gt.png")]) == 0
+    overall = _json_line(capsys.readouterr().out)["overall"]
+    assert overall["n_true"] == 2 and overall["mean_ap"] == 1.0

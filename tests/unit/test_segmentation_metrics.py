@@ -113,3 +113,29 @@ def test_object_without_background_and_float_whole_labels():
 def test_bad_input_names_pred_or_gt(pred, truth, message):
     with pytest.raises(ValueError, match=message):
         score_segmentation(pred, truth)
+
+
+def _brute_force_ious(pred: np.ndarray, truth: np.ndarray) -> dict[tuple[int, int], float]:
+    ious = {}
+    for t in np.unique(truth[truth > 0]):
+        for p in np.unique(pred[pred > 0]):
+            inter = np.sum((truth == t) & (pred == p))
+            if inter:
+                ious[int(t), int(p)] = inter / np.sum((truth == t) | (pred == p))
+    return ious
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_counts_equal_a_brute_force_matching_on_random_blobs(seed):
+    rng = np.random.default_rng(seed)
+    truth = _squares((60, 60), [(r, r + int(rng.integers(4, 12)), c, c + int(rng.integers(4, 12)))
+                                for r, c in rng.integers(0, 50, (12, 2))])
+    shift = np.roll(truth, (int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), axis=(0, 1))
+    pred = np.where(rng.random(truth.shape) < 0.05, 0, shift * 3)
+    ious = _brute_force_ious(pred, truth)
+    scores = score_segmentation(pred, truth)
+    for level, tp in zip(scores.thresholds, scores.true_positives, strict=True):
+        assert tp == sum(iou > level for iou in ious.values())  # IoU > 0.5: unique matches
+    matched = [iou for iou in ious.values() if iou > 0.5]
+    assert scores.mean_matched_iou == pytest.approx(np.mean(matched) if matched else np.nan,
+                                                    nan_ok=True)
