@@ -38,7 +38,9 @@ def cell_image_info(parts: ChannelParts, max_bytes: int | None = None,
     ----------
     parts : sequence of (str, Image)
         One image whose ``read`` options leave 4 channels, or four one-channel
-        images of the same size and dtype (red, green, blue, yellow).
+        images of the same size and dtype (red, green, blue, yellow). A 4-sample
+        image whose 4th sample is marked alpha, read with no channels chosen, keeps
+        all 4 (its ``read.channels`` becomes 0,1,2,3).
     max_bytes : int, optional
         Limit on the decoded size of the four channels together (default
         :func:`labsight.images.max_image_bytes`).
