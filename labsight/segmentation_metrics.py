@@ -186,10 +186,14 @@ def score_segmentation(
 
     Examples
     --------
+    Prediction 3 covers half of true object 2: IoU 0.5, not above 0.5, so no match.
+
     >>> truth = np.array([[1, 1, 0, 2, 2]])
     >>> scores = score_segmentation(np.array([[1, 1, 0, 0, 3]]), truth, thresholds=[0.5])
-    >>> scores.true_positives, scores.false_negatives, scores.average_precision(0.5)
-    ((1,), (1,), 0.5)
+    >>> scores.true_positives, scores.false_positives, scores.false_negatives
+    ((1,), (1,), (1,))
+    >>> round(scores.average_precision(0.5), 3)
+    0.333
     """
     pred = as_labels(predicted, "PRED")
     true = as_labels(truth, "GT")

@@ -98,7 +98,7 @@ def segment_nuclei(
     --------
     >>> image = np.zeros((64, 80), np.uint8)
     >>> image[20:36, 20:36] = 200
-    >>> segment_nuclei(image, pixel_size_um=0.5).max()
+    >>> int(segment_nuclei(image, pixel_size_um=0.5).max())
     1
     """
     find = _method(NUCLEUS_METHODS, method)
