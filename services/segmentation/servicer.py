@@ -7,7 +7,7 @@ import numpy as np
 
 from labsight.cell_images import ChannelParts, cell_image_info, check_answer_size, read_cell_image
 from labsight.config import Settings
-from labsight.errors import InvalidArgument, Unimplemented, echo
+from labsight.errors import InvalidArgument, echo
 from labsight.images import decode_image
 from labsight.patches import cell_patches, spot_patches
 from labsight.runtime.progress_stream import raise_if_gone
@@ -22,6 +22,8 @@ from services.segmentation.cells import (
     segment_cells,
 )
 from services.segmentation.measure import measure_cells
+from services.segmentation.models.flow_models import default_server
+from services.segmentation.vessel_service import segment_vessel_request
 
 RED, BLUE, YELLOW = 0, 2, 3
 """Channel positions of a cells image (HPA order red, green, blue, yellow; green is only measured)."""
@@ -71,11 +73,10 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     def SegmentVesselContent(
         self, request: pb.SegmentVesselContentRequest, context: grpc.ServicerContext
-    ) -> None:
-        raise Unimplemented(
-            "SegmentVesselContent: vessel-content segmentation is not served yet (it arrives "
-            "with the vessel-content issue)"
-        )
+    ) -> pb.SegmentVesselContentResponse:
+        """Instances, classes and semantic masks of what one vessel of a photo holds (the LabPics
+        network when the model repository has one, else the classical default)."""
+        return segment_vessel_request(request, context, self.max_answer_bytes, default_server())
 
     def ExtractPatches(
         self, request: pb.ExtractPatchesRequest, context: grpc.ServicerContext

@@ -101,7 +101,8 @@ class VesselContent:
     class_probabilities : tuple of tuple of float
         Probability of each of its classes, same order.
     semantic_masks : dict of str to numpy.ndarray
-        (H, W) uint8 mask per class of :data:`SEMANTIC_CLASSES` (empty classes included).
+        (H, W) uint8 mask per class the method tells (the classical method: every class of
+        :data:`SEMANTIC_CLASSES`, empty ones included).
     fill_levels : numpy.ndarray
         (K,) share of the vessel's height each instance fills.
     filled : float

@@ -48,6 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from labsight.models import ModelManifest, register_architecture
+from labsight.vessel_fill import fill_levels
+from services.segmentation.vessels import VesselContent, check_vessel_inputs
 
 ARCHITECTURE = "labpics-vessel-content"
 """Name of the architecture in the shared model stack."""
@@ -338,6 +340,54 @@ def predict(run: object, photo: np.ndarray, vessel_mask: np.ndarray) -> tuple[np
                          for plane in maps])
     maps = maps.astype(np.float32, copy=False)
     return maps[:len(CLASSES)], maps[len(CLASSES):]
+
+
+MIN_INSTANCE_PIXELS = 250
+"""The seed keeps instances larger than this (pixels at its working size)."""
+
+CLASS_COVER = 0.3
+"""An instance has the classes whose semantic map covers more than this share of it."""
+
+
+def network_content(photo: np.ndarray, vessel_mask: np.ndarray, run: object, model: str) -> VesselContent:
+    """What a vessel holds according to the network: the seed's post-processing of :func:`predict`.
+
+    Each vessel pixel goes to the instance head of highest probability if it
+    is above 0.5; instances of more than :data:`MIN_INSTANCE_PIXELS` (at the
+    working size) are kept, bottom first; an instance's classes are the class
+    maps (probability > 0.5) covering more than :data:`CLASS_COVER` of it, with
+    their mean probability over it. Semantic masks of the classes present.
+
+    Raises
+    ------
+    ValueError
+        For inputs :func:`services.segmentation.vessels.check_vessel_inputs` refuses.
+    """
+    inside = check_vessel_inputs(photo, vessel_mask)
+    semantic, instances = predict(run, photo, inside.astype(np.uint8))
+    height, width = inside.shape
+    work_h, work_w = working_size(height, width)
+    min_pixels = MIN_INSTANCE_PIXELS * (height * width) / (work_h * work_w)
+    best = instances.argmax(axis=0)
+    assigned = (instances.max(axis=0) > 0.5) & inside
+    masks = [(best == k) & assigned for k in range(len(instances))]
+    masks = [m for m in masks if m.sum() > min_pixels]
+    masks.sort(key=lambda m: -np.nonzero(m)[0].mean())  # bottom first
+    present = semantic > 0.5
+    classes, probabilities = [], []
+    for mask in masks:
+        area = mask.sum()
+        cover = (present & mask).reshape(len(CLASSES), -1).sum(axis=1) / area
+        picked = [c for c in range(len(CLASSES)) if cover[c] > CLASS_COVER]
+        classes.append(tuple(CLASSES[c] for c in picked))
+        probabilities.append(tuple(round(float(semantic[c][mask].mean()), 4) for c in picked))
+    stack = (np.stack(masks) if masks else np.zeros((0, height, width), bool)).astype(np.uint8)
+    semantic_masks = {name: (present[c] & inside).astype(np.uint8)
+                      for c, name in enumerate(CLASSES) if (present[c] & inside).any()}
+    levels, filled = fill_levels(stack, inside)
+    return VesselContent(instance_masks=stack, classes=tuple(classes),
+                         class_probabilities=tuple(probabilities), semantic_masks=semantic_masks,
+                         fill_levels=levels, filled=filled, method=model)
 
 
 def torch_runner(net: VesselContentNet) -> object:
