@@ -25,6 +25,7 @@ from labsight.redis_server import free_port
 from labsight.runtime.server import RunningServer, start_metrics
 from labsight.v1 import classifier_pb2, classifier_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
 from services.classifier.servicer import ClassifierServicer
+from services.classifier.servicer import register as register_classifier
 from services.segmentation.servicer import register as register_segmentation
 
 Serve = Callable[..., RunningServer]
@@ -55,12 +56,12 @@ def test_reflection_lists_the_service_and_health(serve: Serve, settings: Setting
 
 
 def test_unserved_rpc_answers_unimplemented_saying_why(serve: Serve, settings: Settings) -> None:
-    _, channel = _segmentation(serve, settings)
-    stub = segmentation_pb2_grpc.SegmentationServiceStub(channel)
+    server = serve(register_classifier, CLASSIFIER.grpc_services, settings)
+    stub = classifier_pb2_grpc.ClassifierServiceStub(grpc.insecure_channel(server.address))
     with pytest.raises(grpc.RpcError) as error:
-        stub.SegmentVesselContent(segmentation_pb2.SegmentVesselContentRequest(), timeout=5)
+        stub.ExplainCells(classifier_pb2.ExplainCellsRequest(), timeout=5)
     assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "vessel-content segmentation is not served yet" in error.value.details()
+    assert "classifier explanations are not served yet" in error.value.details()
 
 
 def test_messages_over_4_mb_pass_and_over_the_limit_are_refused(serve: Serve, settings: Settings) -> None:
