@@ -145,7 +145,7 @@ def generate_cell_field(
     size: int = 512,
     cells: int = 10,
     style: GeneratorStyle = STANDARD,
-    radius: tuple[float, float] = (34.0, 52.0),
+    radius: tuple[float, float] = (24.0, 36.0),
     classes: np.ndarray | None = None,
 ) -> CellField:
     """Draw one field of cells.
@@ -292,7 +292,7 @@ def _geometry(
         n_aspect = float(rng.uniform(6.0, 9.0))
         n_angle = float(rng.uniform(0, np.pi))
     else:
-        nucleus_radius = radius * float(rng.uniform(0.36, 0.48))
+        nucleus_radius = radius * float(rng.uniform(0.4, 0.5))
         n_aspect = min(aspect, float(rng.uniform(1.0, 1.4)))
         n_angle = angle + float(rng.normal(0, 0.3))
     n_amplitudes, n_phases = _outline_harmonics(rng, style, 0.5)
@@ -320,13 +320,13 @@ def _nucleoli(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Soft nucleoli masks and their centres, well inside the nucleus."""
     field = np.zeros(nucleus.shape, np.float32)
-    deep = np.argwhere(depth > radius * 0.35)
+    deep = np.argwhere(depth > radius * 0.4)
     if mitotic or len(deep) == 0:
         return field, np.zeros((0, 2))
-    centres = deep[rng.integers(len(deep), size=int(rng.integers(1, 5)))].astype(np.float32)
+    centres = deep[rng.integers(len(deep), size=int(rng.integers(1, 4)))].astype(np.float32)
     yy, xx = np.indices(nucleus.shape, dtype=np.float32)
     for cy, cx in centres:
-        r = radius * float(rng.uniform(0.12, 0.2))
+        r = radius * float(rng.uniform(0.22, 0.32))
         field = np.maximum(field, np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / r**2) ** 2))
     return field * nucleus, centres
 
@@ -465,14 +465,14 @@ def _pattern(
     if index == 2:  # nucleoli
         return ndimage.gaussian_filter(cell.nucleoli, 0.6)
     if index == 3:  # fibrillar centres: tiny dots inside the nucleoli
-        spread = cell.nucleus_radius * 0.07
-        points = [c + rng.normal(0, spread, (int(rng.integers(2, 6)), 2)) for c in cell.nucleoli_centres]
-        return np.clip(_dots(shape, np.concatenate(points) if points else np.zeros((0, 2)), 0.8), 0, 1)
+        spread = cell.nucleus_radius * 0.1
+        points = [c + rng.normal(0, spread, (int(rng.integers(3, 7)), 2)) for c in cell.nucleoli_centres]
+        return np.clip(_dots(shape, np.concatenate(points) if points else np.zeros((0, 2)), 0.7), 0, 1)
     if index == 4:  # nuclear speckles: many irregular spots over a faint nucleoplasm
         spots = _dots(shape, _in(nucleoplasm, rng, int(rng.integers(14, 26))), 1.9)
         return np.clip(spots * (0.6 + 0.4 * _smooth_noise(rng, shape, 1.0)) + 0.12 * nucleoplasm, 0, 1)
-    if index == 5:  # nuclear bodies: a few small bright dots in the nucleus
-        return np.clip(_dots(shape, _in(nucleoplasm, rng, int(rng.integers(2, 6))), 1.0), 0, 1)
+    if index == 5:  # nuclear bodies: a few small bright dots in the nucleoplasm
+        return np.clip(_dots(shape, _in(nucleoplasm, rng, int(rng.integers(3, 8))), 1.0), 0, 1)
     if index == 6:  # endoplasmic reticulum: the yellow reference's network
         return er
     if index == 7:  # Golgi: a ribbon of small blobs on one side of the nucleus
@@ -505,10 +505,10 @@ def _pattern(
         return red * ~cell.nucleus + 0.3 * red * cell.nucleus
     if index == 11:  # mitotic spindle
         return _spindle(rng, cell) if cell.mitotic else np.zeros(shape, np.float32)
-    if index == 12:  # centrosome: one or two dots beside the nucleus
-        count = int(rng.integers(1, 3))
-        points = cell.centrosome + rng.normal(0, 1.2, (count, 2))
-        return np.clip(_dots(shape, points, 1.3), 0, 1)
+    if index == 12:  # centrosome: a pair of dots at the microtubules' focus beside the nucleus
+        direction = float(rng.uniform(0, np.pi))
+        apart = float(rng.uniform(1.0, 1.8)) * np.array([np.sin(direction), np.cos(direction)])
+        return np.clip(_dots(shape, np.stack([cell.centrosome - apart, cell.centrosome + apart]), 1.0), 0, 1)
     if index == 13:  # plasma membrane: the cell's rim
         if shifted:
             beads = 0.35 + 0.65 * (_smooth_noise(rng, shape, 1.2) > 0.5)
@@ -520,14 +520,14 @@ def _pattern(
             band = ndimage.gaussian_filter(noise, 1.2) - ndimage.gaussian_filter(noise, 4.0)
             tubes = np.exp(-((band / (band.std() * 0.25 + 1e-6)) ** 2)) * (band > -band.std())
             return ndimage.gaussian_filter(tubes * cell.cytoplasm, 0.5) * 1.2
-        count = int(rng.integers(50, 90))
+        count = int(rng.integers(70, 120))
         weights = np.exp(np.minimum(cell.nucleus_depth, 0) / (cell.radius * 0.5)) * cell.cytoplasm
         starts = _in(weights > rng.uniform(0, 1, shape), rng, count)
-        points = _paths(rng, starts, rng.uniform(0, 2 * np.pi, len(starts)), int(rng.integers(5, 10)), 0.25)
+        points = _paths(rng, starts, rng.uniform(0, 2 * np.pi, len(starts)), int(rng.integers(6, 12)), 0.25)
         return _lines(shape, points, cell.cytoplasm, 0.7)
     if index == 15:  # aggresome: one large bright body beside the nucleus
         direction = float(rng.uniform(0, 2 * np.pi))
-        body_radius = cell.nucleus_radius * float(rng.uniform(0.25, 0.35))
+        body_radius = cell.nucleus_radius * float(rng.uniform(0.5, 0.7))
         heading = np.array([np.sin(direction), np.cos(direction)])
         point = cell.nucleus_centre + (cell.nucleus_radius + body_radius) * heading
         yy, xx = np.indices(shape, dtype=np.float32)
