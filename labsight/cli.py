@@ -693,6 +693,13 @@ def cmd_convert_hpa_weights(args: argparse.Namespace) -> int:
     return convert_hpa.main(args.arguments)
 
 
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    """Train the organelle classifier (services.classifier.training) as the arguments say."""
+    from services.classifier import training
+
+    return training.main(args.arguments)
+
+
 def cmd_train_features(args: argparse.Namespace) -> int:
     """Fine-tune a backbone, print held-out accuracy as JSON, register the model."""
     from labsight.models import model_dirs_from_env
@@ -906,6 +913,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="SRC.pth DST_DIR [--kind nuclei|cell (default: from the file name)] "
                               "[--name NAME (default: hpa-nuclei or hpa-cell)]")
     convert.set_defaults(func=cmd_convert_hpa_weights)
+
+    train_classifier = sub.add_parser(
+        "train-classifier",
+        help="train the organelle classifier on generated cells and write a model directory "
+             "(manifest, weights, per-class thresholds, held-out scores, model card)",
+    )
+    train_classifier.add_argument(
+        "arguments", nargs=argparse.REMAINDER,
+        help="DEST_DIR [--name NAME] [--seed N] [--train-cells N] [--epochs N] "
+             "[--max-seconds S] [--threads N]",
+    )
+    train_classifier.set_defaults(func=cmd_train_classifier)
 
     evaluate_cli.add_parser(sub)
     return parser

@@ -1,4 +1,4 @@
-"""`labsight convert-hpa-weights` hands its arguments to the HPA weight converter."""
+"""`labsight convert-hpa-weights` and `train-classifier` hand their arguments to the services' commands."""
 
 from __future__ import annotations
 
@@ -26,3 +26,11 @@ def test_a_file_that_is_no_weight_file_fails_saying_so(
     assert main(["convert-hpa-weights", str(source), str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.startswith("error: ")
     assert not (tmp_path / "out" / "manifest.toml").exists()
+
+
+def test_train_classifier_refuses_bad_numbers_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train-classifier", str(tmp_path / "model"), "--threads", "0"]) == 1
+    assert "--threads" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
