@@ -210,6 +210,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                for role, path in _parse_pairs(args.tensor, "--tensor").items()}
     extra_images = {role: Path(path)
                     for role, path in _parse_pairs(args.input_image, "--input-image").items()}
+    if args.mask:
+        extra_images["vessel_mask"] = Path(args.mask)
     if args.visium:
         _add_visium_input(args, params, tensors)
     elif not args.images and not any(getattr(args, channel) for channel in CELL_CHANNELS):
@@ -782,6 +784,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "e.g. spot_centres=spots.csv or patches=stack.npy")
     submit.add_argument("--input-image", action="append", default=[], metavar="ROLE=FILE",
                         help="extra image added to every job's input, e.g. cell_labels=mask.tif")
+    submit.add_argument("--mask", default="", metavar="VESSEL_MASK",
+                        help="vessel-content: the vessel's mask (one channel, the photo's size), "
+                             "as --input-image vessel_mask=FILE")
     submit.add_argument("--priority", choices=("normal", "high"), default="normal")
     submit.add_argument("--visium", default="", metavar="SPACERANGER_OUT",
                         help="spot-features of a Space Ranger output folder: its in-tissue spots "

@@ -9,17 +9,17 @@ from services.gateway.pipelines.cells import CellsPipeline
 from services.gateway.pipelines.deep_features import DeepFeaturesPipeline
 from services.gateway.pipelines.fractal import FractalPipeline
 from services.gateway.pipelines.spot_features import SpotFeaturesPipeline
+from services.gateway.pipelines.vessel_content import VesselContentPipeline
 
 PIPELINES: dict[str, Pipeline] = {
     p.name: p for p in (FractalPipeline(), DeepFeaturesPipeline(), SpotFeaturesPipeline(),
-                        CellsPipeline())
+                        CellsPipeline(), VesselContentPipeline())
 }
 """Pipelines served now, by name."""
 
 PLANNED_PIPELINES: dict[str, str] = {
     "hpa-cells": "segment nuclei and cells of a 4-channel HPA image, classify each cell's "
     "organelle (19 classes); planned, arrives with cell segmentation and the classifier",
-    "vessel-content": "instance and semantic segmentation of a vessel's contents; planned",
 }
 """Pipelines in the contract whose algorithms are not served yet, with what they will do."""
 
