@@ -231,7 +231,7 @@ def _reliable_rows(inside: np.ndarray) -> tuple[int, int]:
     if not widths.any():  # a vessel narrower than its walls: read every row of it
         rows = np.flatnonzero(inside.any(axis=1))
         return int(rows[0]), int(rows[-1]) + 1
-    wide = np.flatnonzero(widths >= max(3, RELIABLE_WIDTH * widths.max()))
+    wide = np.flatnonzero(widths >= min(max(3, RELIABLE_WIDTH * widths.max()), widths.max()))
     return int(wide[0]), int(wide[-1]) + 1
 
 
@@ -254,6 +254,11 @@ def _row_features(photo: np.ndarray, lab: np.ndarray, inside: np.ndarray, top: i
     texture, variation, likeness = (np.zeros(n, np.float32) for _ in range(3))
     for i, y in enumerate(range(top, bottom)):
         xs = np.flatnonzero(core[y]) if core[y].any() else np.flatnonzero(inside[y])
+        if not xs.size:  # a gap in a mask of several pieces: the row above's values
+            colours[i], texture[i], variation[i], likeness[i] = (
+                (colours[i - 1], texture[i - 1], variation[i - 1], likeness[i - 1]) if i
+                else (0.0, 0.0, 0.0, np.inf))
+            continue
         dull = xs[coarse[y, xs] <= np.median(coarse[y, xs]) + GLARE_LIGHTNESS]
         xs = dull if dull.size * 2 >= xs.size else xs
         colours[i] = np.median(lab[y, xs], axis=0)

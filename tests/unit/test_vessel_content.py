@@ -131,3 +131,19 @@ def test_metrics_match_pq_and_class_iou() -> None:
     class_iou = ClassIoU()
     class_iou.add({"Liquid": predicted[0]}, {"Liquid": truth[1], "Foam": truth[0]}, ["Liquid", "Foam"])
     assert class_iou.scores() == {"Liquid": 1.0, "Foam": 0.0}
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (5, 1), (7, 3), (33, 9), (40, 12)])
+def test_tiny_thin_and_broken_masks_give_an_answer(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    photo = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    for mask in (np.ones(shape, np.uint8), (rng.random(shape) < 0.3).astype(np.uint8) | _corner(shape)):
+        content = segment_vessel_content(photo, mask)
+        assert content.instance_masks.shape[1:] == shape
+        assert not (content.instance_masks.astype(bool) & ~mask.astype(bool)).any()
+
+
+def _corner(shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    mask[0, 0] = 1
+    return mask
