@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from labsight import evaluate_cli
+from labsight import evaluate_cli, vessel_cli
 from labsight.catalog import SERVERS
 from labsight.columns import CELL_CHANNELS
 from labsight.export import (
@@ -932,6 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_classifier.set_defaults(func=cmd_train_classifier)
 
     evaluate_cli.add_parser(sub)
+    vessel_cli.add_parsers(sub)
     return parser
 
 

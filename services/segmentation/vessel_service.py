@@ -18,7 +18,7 @@ from labsight.runtime.progress_stream import raise_if_gone
 from labsight.tensors import to_tensor
 from labsight.v1 import segmentation_pb2 as pb
 from labsight.vessel_inputs import check_vessel_headers
-from services.segmentation.models.vessel_net import ARCHITECTURE, network_content
+from services.segmentation.models.vessel_net import ARCHITECTURES, network_content
 from services.segmentation.vessels import VesselContent, segment_vessel_content
 
 _FIELDS = {"photo": "image", "vessel_mask": "vessel_mask"}
@@ -27,7 +27,7 @@ _FIELDS = {"photo": "image", "vessel_mask": "vessel_mask"}
 
 def vessel_network(server: ModelServer) -> ModelManifest | None:
     """The first (by name) LabPics vessel-content model of the server's repository, if any."""
-    found = sorted((m for m in server.repository.list() if m.architecture == ARCHITECTURE),
+    found = sorted((m for m in server.repository.list() if m.architecture in ARCHITECTURES.values()),
                    key=lambda m: m.name)
     return found[0] if found else None
 

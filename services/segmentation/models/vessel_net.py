@@ -47,12 +47,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labsight.models import ModelManifest, register_architecture
+from labsight.models import ArchitectureBuilder, ModelManifest, register_architecture
 from labsight.vessel_fill import fill_levels
 from services.segmentation.vessels import VesselContent, check_vessel_inputs
 
 ARCHITECTURE = "labpics-vessel-content"
-"""Name of the architecture in the shared model stack."""
+"""Name of the architecture in the shared model stack (the seed's network)."""
+
+ARCHITECTURES = {1.0: ARCHITECTURE, 0.5: f"{ARCHITECTURE}-w050", 0.25: f"{ARCHITECTURE}-w025"}
+"""Registered architectures by width factor: the seed's, and narrower ones ``train-vessel`` can
+train quickly (their state dicts have the seed's key names with fewer channels)."""
 
 CLASSES = (
     "Thermometer", "Solid", "PipeTubeStraw", "VesselInsideVessel", "Valve", "SemiTrans",
@@ -402,27 +406,37 @@ def torch_runner(net: VesselContentNet) -> object:
     return run
 
 
-def build_for_manifest(manifest: ModelManifest) -> VesselContentNet:
-    """The untrained network of a vessel-content manifest.
+def _builder(width_factor: float) -> ArchitectureBuilder:
+    def build(manifest: ModelManifest) -> VesselContentNet:
+        """The untrained network of a vessel-content manifest.
 
-    Raises
-    ------
-    ValueError
-        If the manifest gives other than 4 input channels or other outputs.
-    """
-    if manifest.input_channels != INPUT_CHANNELS:
-        raise ValueError(f"input_channels: the vessel-content network takes {INPUT_CHANNELS} "
-                         f"(BGR + vessel mask), manifest {manifest.origin or manifest.name} says "
-                         f"{manifest.input_channels}")
-    if tuple(manifest.outputs) != OUTPUTS:
-        raise ValueError(f"outputs: the vessel-content network returns {list(OUTPUTS)}, manifest "
-                         f"{manifest.origin or manifest.name} says {list(manifest.outputs)}")
-    return VesselContentNet()
+        Raises
+        ------
+        ValueError
+            If the manifest gives other than 4 input channels or other outputs.
+        """
+        if manifest.input_channels != INPUT_CHANNELS:
+            raise ValueError(f"input_channels: the vessel-content network takes {INPUT_CHANNELS} "
+                             f"(BGR + vessel mask), manifest {manifest.origin or manifest.name} says "
+                             f"{manifest.input_channels}")
+        if tuple(manifest.outputs) != OUTPUTS:
+            raise ValueError(f"outputs: the vessel-content network returns {list(OUTPUTS)}, manifest "
+                             f"{manifest.origin or manifest.name} says {list(manifest.outputs)}")
+        return VesselContentNet(width_factor)
+
+    return build
+
+
+_BUILDERS = {name: _builder(factor) for factor, name in ARCHITECTURES.items()}
+
+build_for_manifest = _BUILDERS[ARCHITECTURE]
+"""The seed's network for a manifest (ValueError for other channels or outputs)."""
 
 
 def register() -> None:
-    """Register the vessel-content architecture with the shared model stack (idempotent)."""
-    register_architecture(ARCHITECTURE, build_for_manifest)
+    """Register the vessel-content architectures with the shared model stack (idempotent)."""
+    for name, builder in _BUILDERS.items():
+        register_architecture(name, builder)
 
 
 register()
