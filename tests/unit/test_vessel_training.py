@@ -11,9 +11,18 @@ import pytest
 import torch
 
 from labsight.cli import main
-from labsight.models import load_manifest, load_torch_model
+from labsight.images import image_from_array
+from labsight.models import ModelRepository, ModelServer, ServingConfig, load_manifest, load_torch_model
+from labsight.tensors import from_tensor
+from labsight.v1 import segmentation_pb2
 from services.segmentation.generated_vessels import generate_vessels
-from services.segmentation.models.vessel_net import ARCHITECTURES, VesselContentNet
+from services.segmentation.models.vessel_net import (
+    ARCHITECTURES,
+    VesselContentNet,
+    network_content,
+    torch_runner,
+)
+from services.segmentation.vessel_service import segment_vessel_request, vessel_network
 from services.segmentation.vessel_training import match_heads, read_labpics, write_labpics
 
 
@@ -103,3 +112,38 @@ def test_bad_data_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["evaluate-vessel", str(tmp_path)]) == 2
     assert "no LabPics photo folders" in capsys.readouterr().err
     assert main(["train-vessel", str(tmp_path), "--model-dir", str(tmp_path / "m")]) == 2
+
+
+def test_a_trained_model_in_the_repository_answers_segment_vessel_content(
+    data: Path, tmp_path: Path, model_cache: Path
+) -> None:
+    model_dir = tmp_path / "models" / "labpics-vessel"
+    assert main(["train-vessel", str(data), "--model-dir", str(model_dir), "--steps", "1",
+                 "--width", "0.25", "--max-side", "64"]) == 0
+    repository = ModelRepository([tmp_path / "models"], task="segmentation")
+    server = ModelServer(repository, ServingConfig(cache_dir=model_cache, device="cpu", threads=1,
+                                                   instances=1))
+    try:
+        assert vessel_network(server).name == "labpics-vessel"  # type: ignore[union-attr]
+        vessel = generate_vessels(1, seed=3)[0]
+        request = segmentation_pb2.SegmentVesselContentRequest(
+            image=image_from_array(vessel.photo), vessel_mask=image_from_array(vessel.vessel_mask))
+        answer = segment_vessel_request(request, _Live(), 64 << 20, server)
+        assert answer.model == "labpics-vessel:1"
+        masks = from_tensor(answer.instance_masks, "instance_masks")
+        assert masks.shape[1:] == vessel.vessel_mask.shape and len(answer.instances) == len(masks)
+        assert not (masks.astype(bool) & ~vessel.vessel_mask.astype(bool)).any()
+        # the served network gives what the torch network gives
+        net = load_torch_model(load_manifest(model_dir / "manifest.toml"))
+        direct = network_content(vessel.photo, vessel.vessel_mask, torch_runner(net), "x")
+        assert direct.instance_masks.shape == masks.shape
+        assert (direct.instance_masks != masks).mean() < 0.001
+    finally:
+        server.close()
+
+
+class _Live:
+    """A call that is still active."""
+
+    def is_active(self) -> bool:
+        return True
