@@ -101,8 +101,8 @@ class VesselContent:
     class_probabilities : tuple of tuple of float
         Probability of each of its classes, same order.
     semantic_masks : dict of str to numpy.ndarray
-        (H, W) uint8 mask per class the method tells (the classical method: every class of
-        :data:`SEMANTIC_CLASSES`, empty ones included).
+        (H, W) uint8 mask of each class present (for the classical method, classes of
+        :data:`SEMANTIC_CLASSES` only).
     fill_levels : numpy.ndarray
         (K,) share of the vessel's height each instance fills.
     filled : float
@@ -427,13 +427,13 @@ def _content(instances: list[_Layer], masks: np.ndarray, inside: np.ndarray) -> 
     instances = [instances[k] for k in keep]
     masks = masks[keep]
     classes, probabilities = [], []
-    semantic = {name: np.zeros(inside.shape, np.uint8) for name in SEMANTIC_CLASSES}
+    semantic: dict[str, np.ndarray] = {}
     for layer, mask in zip(instances, masks, strict=True):
         names = (*KIND_CLASSES[layer.kind], "Filled")
         classes.append(names)
         probabilities.append((*(round(layer.confidence, 4) for _ in KIND_CLASSES[layer.kind]), 1.0))
         for name in names:
-            semantic[name] |= mask
+            semantic[name] = semantic.get(name, np.zeros(inside.shape, np.uint8)) | mask
     levels, filled = fill_levels(masks, inside)
     return VesselContent(
         instance_masks=masks,

@@ -65,7 +65,7 @@ def test_cli_submits_a_photo_and_its_mask_and_gets_layers_and_fill_levels(
     assert result.scalars["filled"] == pytest.approx(vessel.filled, abs=0.03)
     assert result.scalars["instance_count"] == 2
     np.testing.assert_array_equal(result.tensor("semantic_Filled"), masks.max(axis=0))
-    assert not result.tensor("semantic_Powder").any()
+    assert "semantic_Powder" not in result.message.tensors  # only the classes present
 
 
 def _request(photo: np.ndarray, mask: np.ndarray) -> pb.SubmitJobRequest:
@@ -135,5 +135,6 @@ def test_segment_vessel_content_names_the_bad_field(
     masks = from_tensor(answer.instance_masks, "instance_masks")
     assert masks.shape[0] == len(answer.instances) == 2
     assert [list(i.classes)[-1] for i in answer.instances] == ["Filled", "Filled"]
-    assert set(answer.semantic_masks) == {"Filled", "Liquid", "Foam", "Powder", "Solid"}
+    assert set(answer.semantic_masks) >= {"Filled", "Liquid"}
+    assert set(answer.semantic_masks) <= {"Filled", "Liquid", "Foam", "Powder", "Solid"}
     assert answer.model == "classical-layers"

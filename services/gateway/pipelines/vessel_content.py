@@ -31,7 +31,7 @@ class VesselContentPipeline(Pipeline):
         f"input.images[{VESSEL_MASK}] a one-channel mask of the same size, non-zero inside the "
         "vessel (`labsight submit vessel-content PHOTO --mask MASK.png`). Result: tensor "
         "'instance_masks' (K, H, W) uint8, bottom instance first; tensors 'semantic_<Class>' "
-        "(H, W) uint8 per class the method tells; table 'instances' (one row per instance: "
+        "(H, W) uint8 per class present; table 'instances' (one row per instance: "
         "fill_level, the share of the vessel's height it fills, its area, and the probability "
         "of each class, 0 where it does not have the class); scalars 'filled' (share of the "
         "height filled altogether) and 'instance_count'. Without supplied LabPics weights a "
