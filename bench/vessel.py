@@ -13,8 +13,8 @@ fill-level errors per phase and of the total (shares of the vessel's height),
 panoptic quality at IoU 0.5, seconds per photo. Targets: IoU ≥ 0.8, fill
 level within 0.03 of the height.
 
-``throughput``: ``--photos`` generated photos enlarged ``--scale`` times (PNG
-photo + PNG mask) go through the gateway as ``vessel-content`` jobs: Redis
+``throughput``: ``--photos`` generated photos enlarged ``--scale`` times (JPEG
+photo, PNG mask) go through the gateway as ``vessel-content`` jobs: Redis
 Streams, ``--workers`` worker threads, the segmentation service in its own
 process (``python -m services.segmentation``), and back (the worker computes
 the fill levels). The baseline is ``segment_vessel_content`` in this process on
@@ -156,6 +156,13 @@ def _png(pixels: np.ndarray) -> tensor_pb2.Image:
     return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=encode_png(pixels), format="png"))
 
 
+def _jpeg(pixels: np.ndarray) -> tensor_pb2.Image:
+    """A photo as cameras write them: JPEG, quality 95."""
+    ok, data = cv2.imencode(".jpg", pixels[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=data.tobytes(), format="jpeg"))
+
+
 def throughput(count: int, scale: float, workers: int, rounds: int) -> dict[str, object]:
     """Rates of the pipeline and of the core, paired by round."""
     pairs = photos(count, scale)
@@ -175,7 +182,7 @@ def throughput(count: int, scale: float, workers: int, rounds: int) -> dict[str,
                                   "classifier": "127.0.0.1:1"}
 
     def requests(run: str) -> list[pb.SubmitJobRequest]:
-        return [build_request("vessel-content", _png(photo), images={"vessel_mask": _png(mask)},
+        return [build_request("vessel-content", _jpeg(photo), images={"vessel_mask": _png(mask)},
                               name=f"{run}-{index}", idempotency_key=f"{prefix}-{run}-{index}")
                 for index, (photo, mask) in enumerate(pairs)]
 
