@@ -34,6 +34,9 @@ NUCLEAR_CLASSES = frozenset(range(6))
 
 MITOTIC_SPINDLE = 11
 
+DEFAULT_RADIUS = (24.0, 36.0)
+"""Range of the cells' mean radius in pixels."""
+
 _LABEL_COUNT_WEIGHTS = np.array([0.5, 0.35, 0.15])
 """Probability of a cell having 1, 2 or 3 classes."""
 
@@ -145,7 +148,7 @@ def generate_cell_field(
     size: int = 512,
     cells: int = 10,
     style: GeneratorStyle = STANDARD,
-    radius: tuple[float, float] = (24.0, 36.0),
+    radius: tuple[float, float] = DEFAULT_RADIUS,
     classes: np.ndarray | None = None,
 ) -> CellField:
     """Draw one field of cells.
@@ -508,7 +511,7 @@ def _pattern(
     if index == 12:  # centrosome: a pair of dots at the microtubules' focus beside the nucleus
         direction = float(rng.uniform(0, np.pi))
         apart = float(rng.uniform(1.0, 1.8)) * np.array([np.sin(direction), np.cos(direction)])
-        return np.clip(_dots(shape, np.stack([cell.centrosome - apart, cell.centrosome + apart]), 1.0), 0, 1)
+        return np.clip(_dots(shape, np.stack([cell.centrosome - apart, cell.centrosome + apart]), 1.2), 0, 1)
     if index == 13:  # plasma membrane: the cell's rim
         if shifted:
             beads = 0.35 + 0.65 * (_smooth_noise(rng, shape, 1.2) > 0.5)
@@ -524,7 +527,7 @@ def _pattern(
         weights = np.exp(np.minimum(cell.nucleus_depth, 0) / (cell.radius * 0.5)) * cell.cytoplasm
         starts = _in(weights > rng.uniform(0, 1, shape), rng, count)
         points = _paths(rng, starts, rng.uniform(0, 2 * np.pi, len(starts)), int(rng.integers(6, 12)), 0.25)
-        return _lines(shape, points, cell.cytoplasm, 0.7)
+        return _lines(shape, points, cell.cytoplasm, 0.8)
     if index == 15:  # aggresome: one large bright body beside the nucleus
         direction = float(rng.uniform(0, 2 * np.pi))
         body_radius = cell.nucleus_radius * float(rng.uniform(0.5, 0.7))

@@ -25,6 +25,7 @@ from labsight.cell_crops import cell_crops
 from labsight.models import MANIFEST_FILE, ModelManifest, load_manifest
 from services.classifier.classes import CLASS_NAMES, NUM_CLASSES
 from services.classifier.generated_cells import (
+    DEFAULT_RADIUS,
     GENERATOR_VERSION,
     SHIFTED,
     STANDARD,
@@ -37,6 +38,10 @@ from services.classifier.repository import CLASSIFIER_TASK, THRESHOLDS_FILE
 
 INPUT_SIZE = 64
 """Side of the crops the classifier takes."""
+
+FIELD_SIZE = 512
+CELLS_PER_FIELD = 20
+"""Fields drawn for training and evaluation: side, and cells asked for (about 20 fit)."""
 
 TRAIN, VALIDATION, TEST, SHIFTED_TEST = range(4)
 """Stream of each split under one seed: the splits never share a field."""
@@ -67,8 +72,8 @@ def generated_cells(
     *,
     style: GeneratorStyle = STANDARD,
     size: int = INPUT_SIZE,
-    field_size: int = 512,
-    cells_per_field: int = 20,
+    field_size: int = FIELD_SIZE,
+    cells_per_field: int = CELLS_PER_FIELD,
 ) -> GeneratedCells:
     """Crops of at least ``count`` generated cells (whole fields, so a few more).
 
@@ -111,9 +116,11 @@ def generated_cells(
 class TrainingConfig:
     """Settings of one training run (all recorded in the model card).
 
-    ``max_seconds`` bounds the optimisation: the learning-rate schedule runs
-    on time as well as on steps, so a run on a busy machine does fewer epochs
-    but still ends in time, with its schedule complete.
+    ``time_budget`` bounds the whole run (data, training, evaluation): the
+    optimisation gets what the data generation leaves, less an estimate of
+    the evaluation's share, and its learning-rate schedule runs on time as
+    well as on steps, so a run on a busy machine does fewer epochs but still
+    ends in time, with its schedule complete.
     """
 
     seed: int = 2026
@@ -121,11 +128,11 @@ class TrainingConfig:
     validation_cells: int = 1200
     test_cells: int = 1500
     shifted_cells: int = 1200
-    epochs: int = 10
+    epochs: int = 14
     batch_size: int = 128
     learning_rate: float = 4e-3
     weight_decay: float = 1e-4
-    max_seconds: float = 420.0
+    time_budget: float = 540.0
     threads: int = 1
 
 
@@ -244,8 +251,13 @@ def train_generated_classifier(
     log(f"generated {len(train.classes)} training and {len(validation.classes)} validation cells "
         f"in {time.perf_counter() - started:.0f} s")
     data_seconds = time.perf_counter() - started
+    # Evaluation draws test and shifted cells at the same rate, then predicts (a few seconds).
+    evaluation = data_seconds * (config.test_cells + config.shifted_cells) / (
+        config.train_cells + config.validation_cells
+    ) + 20.0
+    seconds = max(config.time_budget - data_seconds - evaluation, _MIN_TRAIN_SECONDS)
     model = CellClassifier(4, NUM_CLASSES)
-    history, epochs_run, train_seconds = _fit(model, train, config, log)
+    history, epochs_run, train_seconds = _fit(model, train, config, seconds, log)
     validation_probabilities = predict_crops(model, validation.crops)
     thresholds = best_thresholds(validation_probabilities, validation.classes)
     started = time.perf_counter()
@@ -273,20 +285,25 @@ def train_generated_classifier(
     return report
 
 
+_MIN_TRAIN_SECONDS = 60.0
+"""Training time given however slow the data generation was."""
+
+
 def _fit(
-    model: object, train: GeneratedCells, config: TrainingConfig, log: Callable[[str], None]
-) -> tuple[list[float], int, float]:
+    model: object, train: GeneratedCells, config: TrainingConfig, seconds: float,
+    log: Callable[[str], None],
+) -> tuple[list[float], float, float]:
     """AdamW on binary cross-entropy; returns the mean loss of each epoch, the epochs and seconds.
 
     The learning rate warms up linearly over the first 15 % of the run, then
     falls along a cosine to 0. The run's progress is the larger of the steps
-    done over ``epochs`` epochs' steps and the time spent over ``max_seconds``,
+    done over ``epochs`` epochs' steps and the time spent over ``seconds``,
     so that on a slow machine the schedule still ends (fewer epochs) in time.
     """
     import torch
 
     rng = np.random.default_rng((config.seed, 99))
-    batches = len(train.classes) // config.batch_size
+    batches = max(len(train.classes) // config.batch_size, 1)
     total_steps = config.epochs * batches
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=0.0, weight_decay=config.weight_decay  # type: ignore[attr-defined]
@@ -303,7 +320,7 @@ def _fit(
         total = 0.0
         done = 0
         for batch_index in range(batches):
-            progress = max(step / total_steps, (time.perf_counter() - started) / config.max_seconds)
+            progress = max(step / total_steps, (time.perf_counter() - started) / seconds)
             if progress >= 1.0:
                 break
             for group in optimiser.param_groups:
@@ -408,22 +425,26 @@ LabSight's generator draws them; they say nothing about real microscopy images.
 
 ## Training data
 - `services.classifier.generated_cells`, generator version {report.generator_version}, style
-  `standard` (roundish cells, smooth textures), fields of 512×512 px with up to 14 cells,
-  cell radius 34–52 px; each cell has 1–3 classes (50/35/15 %), "Negative" always alone.
+  `standard` (roundish cells, aspect {STANDARD.aspect[0]:g}–{STANDARD.aspect[1]:g}, smooth
+  textures), fields of {FIELD_SIZE}×{FIELD_SIZE} px with up to {CELLS_PER_FIELD} cells, cell
+  radius {DEFAULT_RADIUS[0]:g}–{DEFAULT_RADIUS[1]:g} px; each cell has 1–3 classes
+  (50/35/15 %), "Negative" always alone. Crops: the square around each cell's bounding box,
+  other cells blanked, resized to {INPUT_SIZE}×{INPUT_SIZE} (`labsight.cell_crops`).
 - Data seed {config['seed']}: split streams train 0, validation 1, test 2, shifted test 3
   (disjoint fields). Cells: {config['train_cells']} training (asked), {config['validation_cells']}
   validation, {report.test['cells']} held-out test, {report.shifted['cells']} shifted test.
 - Optimisation: AdamW, peak learning rate {config['learning_rate']} (linear warm-up, cosine decay), batch
   {config['batch_size']}, {report.epochs_run:.1f} epochs with random rotations and flips,
-  {report.train_seconds:.0f} s on {config['threads']} CPU threads (data generation
-  {report.data_seconds:.0f} s).
+  {report.train_seconds:.0f} s on {config['threads']} CPU thread(s); data generation
+  {report.data_seconds:.0f} s.
 
 ## Held-out scores (generated test split, standard style)
 mAP **{report.test['mean_average_precision']:.3f}**, macro-F1 **{report.test['macro_f1']:.3f}**
 over {report.test['cells']} cells.
 
 ## Out-of-distribution report (generator style `shifted`)
-Elongated, irregular cells (aspect 1.7–2.8), off-centre nuclei, and other textures for
+Elongated, irregular cells (aspect {SHIFTED.aspect[0]:g}–{SHIFTED.aspect[1]:g}, boundary
+harmonics up to {SHIFTED.harmonics}), off-centre nuclei, and other textures for
 nucleoplasm (grainy), plasma membrane (thick, beaded), mitochondria (a connected network),
 cytosol (graded) and vesicles (fewer, larger). All 19 classes: mAP
 {report.shifted['mean_average_precision']:.3f}, macro-F1 {report.shifted['macro_f1']:.3f} over
@@ -459,19 +480,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="data and initialisation seed")
     parser.add_argument("--train-cells", type=int, default=defaults.train_cells)
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="most epochs")
-    parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds,
-                        help="time bound of the optimisation (the schedule ends in it)")
+    parser.add_argument("--time-budget", type=float, default=defaults.time_budget,
+                        help="seconds for the whole run; training gets what data and evaluation leave")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
 
 
 def run(args: argparse.Namespace) -> int:
     """Train as the parsed arguments say and print the held-out scores; exit 1 on bad arguments."""
-    if args.train_cells < args.epochs or args.max_seconds <= 0 or args.threads < 1:
-        print("error: --train-cells, --max-seconds and --threads must be positive", file=sys.stderr)
+    if args.train_cells < 1 or args.epochs < 1 or args.time_budget <= 0 or args.threads < 1:
+        print("error: --train-cells, --epochs, --time-budget and --threads must be positive",
+              file=sys.stderr)
         return 1
     config = replace(
         TrainingConfig(), seed=args.seed, train_cells=args.train_cells, epochs=args.epochs,
-        max_seconds=args.max_seconds, threads=args.threads,
+        time_budget=args.time_budget, threads=args.threads,
     )
     report = train_generated_classifier(args.destination, config, name=args.name)
     print(f"{args.destination / MANIFEST_FILE}: held-out macro-F1 {report.test['macro_f1']:.3f}, "
