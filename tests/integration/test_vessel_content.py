@@ -13,6 +13,7 @@ from PIL import Image
 from labsight.cli import main
 from labsight.client import build_request
 from labsight.images import encode_png, image_from_array
+from labsight.plots.vessels import vessel_figure
 from labsight.result import Result
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
@@ -66,6 +67,14 @@ def test_cli_submits_a_photo_and_its_mask_and_gets_layers_and_fill_levels(
     assert result.scalars["instance_count"] == 2
     np.testing.assert_array_equal(result.tensor("semantic_Filled"), masks.max(axis=0))
     assert "semantic_Powder" not in result.message.tensors  # only the classes present
+
+    figure = vessel_figure(result.message, vessel.photo)
+    figure.savefig(tmp_path / "tube.svg")
+    svg = (tmp_path / "tube.svg").read_text()
+    assert "2 instances" in svg and "outlines over the photo" in svg
+    assert f"{round(100 * levels[0])}% of the height" in svg.replace("\u2009", "")
+    with pytest.raises(ValueError, match="not the masks'"):
+        vessel_figure(result.message, vessel.photo[:-1])
 
 
 def _request(photo: np.ndarray, mask: np.ndarray) -> pb.SubmitJobRequest:
