@@ -39,6 +39,7 @@ with :mod:`labsight.models`. No weights are built in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -90,6 +91,9 @@ MAX_SIDE = 1000
 
 MIN_SIDE = 200
 """... and enlarges photos whose shortest side is smaller than this."""
+
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""A loaded network: (1, 4, h, w) float32 input → (semantic, instances) probabilities."""
 
 ASPP_DILATIONS = (1, 4, 12, 24)
 PSP_SCALES = 4
@@ -305,7 +309,7 @@ def working_size(height: int, width: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def predict(run: object, photo: np.ndarray, vessel_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def predict(run: Runner, photo: np.ndarray, vessel_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class and instance probabilities of one photo at its own size, as the seed infers.
 
     The photo is resized (nearest) to :func:`working_size`, padded by reflection
@@ -313,7 +317,7 @@ def predict(run: object, photo: np.ndarray, vessel_mask: np.ndarray) -> tuple[np
 
     Parameters
     ----------
-    run : callable
+    run : Runner
         (1, 4, h, w) float32 batch → (semantic, instances) arrays (1, 29, h, w) and
         (1, 10, h, w); e.g. a :class:`VesselContentNet` through :func:`torch_runner`
         or a model of a :class:`~labsight.models.ModelServer`.
@@ -337,7 +341,7 @@ def predict(run: object, photo: np.ndarray, vessel_mask: np.ndarray) -> tuple[np
     pad_h, pad_w = (-size[0]) % STRIDE, (-size[1]) % STRIDE
     if pad_h or pad_w:
         batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
-    semantic, instances = run(batch)  # type: ignore[operator]
+    semantic, instances = run(batch)
     maps = np.concatenate([semantic[0], instances[0]], axis=0)[:, :size[0], :size[1]]
     if size != (height, width):
         maps = np.stack([cv2.resize(plane, (width, height), interpolation=cv2.INTER_NEAREST)
@@ -353,7 +357,7 @@ CLASS_COVER = 0.3
 """An instance has the classes whose semantic map covers more than this share of it."""
 
 
-def network_content(photo: np.ndarray, vessel_mask: np.ndarray, run: object, model: str) -> VesselContent:
+def network_content(photo: np.ndarray, vessel_mask: np.ndarray, run: Runner, model: str) -> VesselContent:
     """What a vessel holds according to the network: the seed's post-processing of :func:`predict`.
 
     Each vessel pixel goes to the instance head of highest probability if it
@@ -394,7 +398,7 @@ def network_content(photo: np.ndarray, vessel_mask: np.ndarray, run: object, mod
                          fill_levels=levels, filled=filled, method=model)
 
 
-def torch_runner(net: VesselContentNet) -> object:
+def torch_runner(net: VesselContentNet) -> Runner:
     """A ``run`` for :func:`predict` calling ``net`` in evaluation mode without gradients."""
 
     def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
