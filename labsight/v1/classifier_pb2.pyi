@@ -18,37 +18,45 @@ class ClassifyCellsRequest(_message.Message):
     def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ClassifyCellsResponse(_message.Message):
-    __slots__ = ("class_names", "cell_ids", "probabilities", "image_probabilities", "model")
+    __slots__ = ("class_names", "cell_ids", "probabilities", "image_probabilities", "model", "thresholds")
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     CELL_IDS_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     class_names: _containers.RepeatedScalarFieldContainer[str]
     cell_ids: _containers.RepeatedScalarFieldContainer[int]
     probabilities: _tensor_pb2.Tensor
     image_probabilities: _containers.RepeatedScalarFieldContainer[float]
     model: str
-    def __init__(self, class_names: _Optional[_Iterable[str]] = ..., cell_ids: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., image_probabilities: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ...) -> None: ...
+    thresholds: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, class_names: _Optional[_Iterable[str]] = ..., cell_ids: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., image_probabilities: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., thresholds: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ExplainCellsRequest(_message.Message):
-    __slots__ = ("image", "cell_labels", "model", "class_indices")
+    __slots__ = ("image", "cell_labels", "model", "class_indices", "method")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CELL_LABELS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CLASS_INDICES_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     image: _tensor_pb2.Image
     cell_labels: _tensor_pb2.Tensor
     model: str
     class_indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model: _Optional[str] = ..., class_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    method: str
+    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model: _Optional[str] = ..., class_indices: _Optional[_Iterable[int]] = ..., method: _Optional[str] = ...) -> None: ...
 
 class ExplainCellsResponse(_message.Message):
-    __slots__ = ("cell_ids", "class_indices", "saliency")
+    __slots__ = ("cell_ids", "class_indices", "saliency", "model", "method")
     CELL_IDS_FIELD_NUMBER: _ClassVar[int]
     CLASS_INDICES_FIELD_NUMBER: _ClassVar[int]
     SALIENCY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     cell_ids: _containers.RepeatedScalarFieldContainer[int]
     class_indices: _containers.RepeatedScalarFieldContainer[int]
     saliency: _tensor_pb2.Tensor
-    def __init__(self, cell_ids: _Optional[_Iterable[int]] = ..., class_indices: _Optional[_Iterable[int]] = ..., saliency: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    model: str
+    method: str
+    def __init__(self, cell_ids: _Optional[_Iterable[int]] = ..., class_indices: _Optional[_Iterable[int]] = ..., saliency: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...

@@ -1,31 +1,182 @@
-"""Thin gRPC servicer of the ClassifierService (the classifier arrives in a later issue)."""
+"""Thin gRPC servicer of the ClassifierService: protobuf in, per-cell classes or explanations out."""
 
 from __future__ import annotations
 
-import grpc
+import threading
+from collections.abc import Callable
 
+import grpc
+import numpy as np
+
+from labsight.cell_crops import CellCrops, cell_crops
+from labsight.cell_images import read_cell_image
 from labsight.config import Settings
-from labsight.errors import Unimplemented
+from labsight.errors import InvalidArgument, echo
+from labsight.models import ModelManifest, ModelServer, ServingConfig, load_torch_model
+from labsight.runtime.progress_stream import raise_if_gone
+from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import classifier_pb2 as pb
 from labsight.v1 import classifier_pb2_grpc as pb_grpc
+from services.classifier.cells import CellClassification, classify_cells
+from services.classifier.explain import cam_layer, grad_cam, lime_explanation
+from services.classifier.repository import DEFAULT_MODEL, classifier_repository, load_thresholds
+
+PRELOAD_ENV = "LABSIGHT_CLASSIFIER_PRELOAD_MODELS"
+"""Classifier models loaded before the service reports SERVING (comma-separated)."""
+
+METHODS = ("grad-cam", "lime")
+"""ExplainCells methods; the first is the default."""
+
+CAM_LAYER = "features"
+"""The manifest layer whose output Grad-CAM reads (else the model's last convolution)."""
+
+Predict = Callable[[np.ndarray], np.ndarray]
 
 
 class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
-    """Answers every RPC of the contract; unserved algorithms say which issue brings them."""
+    """Classifies and explains the cells of RGBY images with the models of a :class:`ModelServer`.
 
-    def ClassifyCells(self, request: pb.ClassifyCellsRequest, context: grpc.ServicerContext) -> None:
-        raise Unimplemented(
-            "ClassifyCells: the organelle classifier is not served yet (it arrives with the "
-            "organelle classifier issue)"
+    Parameters
+    ----------
+    server : ModelServer
+        Serves the classifier repository (ONNX Runtime on CPU, dynamic batching).
+    max_answer_bytes : int
+        Most bytes of saliency maps one ExplainCells answer may carry.
+    """
+
+    def __init__(self, server: ModelServer, max_answer_bytes: int) -> None:
+        self.server = server
+        self.max_answer_bytes = max_answer_bytes
+        self._networks: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+
+    def ClassifyCells(
+        self, request: pb.ClassifyCellsRequest, context: grpc.ServicerContext
+    ) -> pb.ClassifyCellsResponse:
+        """The 19 class probabilities of every cell, its label set at the model's thresholds and
+        the image-level summary; an image without cells gets an empty answer."""
+        manifest = self._manifest(request.model)
+        image, labels = _inputs(request)
+        raise_if_gone(context, "classify cells")
+        found = self._classify(manifest, image, labels)
+        return pb.ClassifyCellsResponse(
+            class_names=list(found.class_names),
+            cell_ids=found.cell_ids.astype(np.int32).tolist(),
+            probabilities=to_tensor(found.probabilities),
+            image_probabilities=found.image_probabilities.tolist(),
+            model=f"{manifest.name} {manifest.version}",
+            thresholds=found.thresholds.tolist(),
         )
 
-    def ExplainCells(self, request: pb.ExplainCellsRequest, context: grpc.ServicerContext) -> None:
-        raise Unimplemented(
-            "ExplainCells: classifier explanations are not served yet (they arrive with the "
-            "organelle classifier issue)"
+    def ExplainCells(
+        self, request: pb.ExplainCellsRequest, context: grpc.ServicerContext
+    ) -> pb.ExplainCellsResponse:
+        """Saliency over each cell's crop (Grad-CAM or LIME) for the asked classes, or each
+        cell's top class."""
+        method = request.method or METHODS[0]
+        if method not in METHODS:
+            raise InvalidArgument(f"method: unknown method {echo(request.method)}; methods: "
+                                  f"{list(METHODS)}")
+        manifest = self._manifest(request.model)
+        wanted = list(request.class_indices)
+        outside = [c for c in wanted if not 0 <= c < manifest.num_classes]
+        if outside:
+            raise InvalidArgument(f"class_indices: {outside} outside 0..{manifest.num_classes - 1} "
+                                  f"(the model's {manifest.num_classes} classes)")
+        image, labels = _inputs(request)
+        raise_if_gone(context, "explain cells")
+        predict = self._predict(manifest)
+        crops = self._crops(manifest, image, labels)
+        if wanted:
+            rows = [(i, c) for i in range(len(crops.cell_ids)) for c in wanted]
+        else:
+            top = np.argmax(predict(crops.pixels), axis=1) if len(crops.cell_ids) else []
+            rows = [(i, int(c)) for i, c in enumerate(top)]
+        side = manifest.input_size
+        size = len(rows) * side[0] * side[1] * 4
+        if size > self.max_answer_bytes:
+            raise InvalidArgument(
+                f"class_indices: {len(rows)} maps of {side[0]}x{side[1]} take {size} bytes, over "
+                f"the {self.max_answer_bytes} bytes an answer may carry; ask for fewer classes"
+            )
+        cells = np.array([i for i, _ in rows], np.int64)
+        classes = np.array([c for _, c in rows], np.int64)
+        if method == "grad-cam":
+            network = self._network(manifest)
+            layer = cam_layer(network, manifest.module_path(CAM_LAYER) if CAM_LAYER in manifest.layers
+                              else "")
+            saliency = grad_cam(network, crops.pixels[cells], classes, layer=layer)
+        else:
+            saliency = np.zeros((len(rows), *side), np.float32)
+            for row, (cell, target) in enumerate(rows):
+                raise_if_gone(context, "explain cells")
+                saliency[row] = lime_explanation(crops.pixels[cell], predict, target).saliency
+        return pb.ExplainCellsResponse(
+            cell_ids=crops.cell_ids[cells].astype(np.int32).tolist(),
+            class_indices=classes.astype(np.int32).tolist(),
+            saliency=to_tensor(saliency),
+            model=f"{manifest.name} {manifest.version}",
+            method=method,
         )
+
+    def _manifest(self, name: str) -> ModelManifest:
+        return self.server.repository.get(name or DEFAULT_MODEL)
+
+    def _predict(self, manifest: ModelManifest) -> Predict:
+        output = manifest.outputs[0]
+        return lambda batch: self.server.run(manifest.name, batch)[output]
+
+    def _classify(self, manifest: ModelManifest, image: np.ndarray, labels: np.ndarray) -> CellClassification:
+        try:
+            return classify_cells(
+                image, labels, self._predict(manifest), thresholds=load_thresholds(manifest),
+                input_size=manifest.input_size[0], batch_size=self.server.config.max_batch_size,
+                mean=manifest.preprocessing.mean, std=manifest.preprocessing.std,
+                max_bytes=self.max_answer_bytes,
+            )
+        except ValueError as error:
+            raise InvalidArgument(str(error)) from None
+
+    def _crops(self, manifest: ModelManifest, image: np.ndarray, labels: np.ndarray) -> CellCrops:
+        try:
+            return cell_crops(
+                image, labels, manifest.input_size[0], channels=manifest.input_channels,
+                mean=manifest.preprocessing.mean, std=manifest.preprocessing.std,
+                max_bytes=self.max_answer_bytes,
+            )
+        except ValueError as error:
+            raise InvalidArgument(str(error)) from None
+
+    def _network(self, manifest: ModelManifest) -> object:
+        """The model in torch (Grad-CAM needs its gradients), loaded once per version."""
+        key = (manifest.name, manifest.version)
+        with self._lock:
+            if key not in self._networks:
+                self._networks[key] = load_torch_model(manifest)
+            return self._networks[key]
+
+
+def _inputs(request: pb.ClassifyCellsRequest | pb.ExplainCellsRequest) -> tuple[np.ndarray, np.ndarray]:
+    """The request's (H, W, 4) image and its (H, W) cell labels, each checked and named."""
+    if not request.HasField("image"):
+        raise InvalidArgument("image: missing; send the (H, W, 4) red, green, blue, yellow image")
+    if not request.HasField("cell_labels"):
+        raise InvalidArgument("cell_labels: missing; send the (H, W) cell mask of SegmentCells")
+    image, _ = read_cell_image([("image", request.image)])
+    labels = from_tensor(request.cell_labels, "cell_labels")
+    if labels.dtype.kind not in "iu":
+        raise InvalidArgument(f"cell_labels: expected an integer mask, got dtype {labels.dtype}")
+    if labels.shape != image.shape[:2]:
+        raise InvalidArgument(f"cell_labels: shape {list(labels.shape)} does not match the image's "
+                              f"{list(image.shape[:2])}")
+    return image, labels
 
 
 def register(server: grpc.Server, settings: Settings) -> None:
-    """Add the ClassifierService to ``server``."""
-    pb_grpc.add_ClassifierServiceServicer_to_server(ClassifierServicer(), server)
+    """Add the ClassifierService to ``server``, its models from the shipped ones and
+    $LABSIGHT_MODEL_DIR; models named in $LABSIGHT_CLASSIFIER_PRELOAD_MODELS load here."""
+    config = ServingConfig.from_env(preload_env=PRELOAD_ENV)
+    models = ModelServer(classifier_repository(config.model_dirs), config)
+    models.preload()
+    answer_room = settings.max_message_bytes - 1024 * 1024
+    pb_grpc.add_ClassifierServiceServicer_to_server(ClassifierServicer(models, answer_room), server)

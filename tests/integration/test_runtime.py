@@ -21,9 +21,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from labsight.catalog import CLASSIFIER, SEGMENTATION
 from labsight.config import Settings
 from labsight.images import image_from_array
+from labsight.models import ModelServer, ServingConfig
 from labsight.redis_server import free_port
 from labsight.runtime.server import RunningServer, start_metrics
 from labsight.v1 import classifier_pb2, classifier_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
+from services.classifier.repository import classifier_repository
 from services.classifier.servicer import ClassifierServicer
 from services.classifier.servicer import register as register_classifier
 from services.segmentation.servicer import register as register_segmentation
@@ -55,13 +57,16 @@ def test_reflection_lists_the_service_and_health(serve: Serve, settings: Setting
     assert {"labsight.v1.SegmentationService", "grpc.health.v1.Health"} <= services
 
 
-def test_unserved_rpc_answers_unimplemented_saying_why(serve: Serve, settings: Settings) -> None:
+def test_a_method_the_service_lacks_answers_unimplemented(serve: Serve, settings: Settings) -> None:
     server = serve(register_classifier, CLASSIFIER.grpc_services, settings)
-    stub = classifier_pb2_grpc.ClassifierServiceStub(grpc.insecure_channel(server.address))
+    call = grpc.insecure_channel(server.address).unary_unary(
+        "/labsight.v1.ClassifierService/NoSuchMethod",
+        request_serializer=classifier_pb2.ExplainCellsRequest.SerializeToString,
+        response_deserializer=classifier_pb2.ExplainCellsResponse.FromString,
+    )
     with pytest.raises(grpc.RpcError) as error:
-        stub.ExplainCells(classifier_pb2.ExplainCellsRequest(), timeout=5)
+        call(classifier_pb2.ExplainCellsRequest(), timeout=5)
     assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "classifier explanations are not served yet" in error.value.details()
 
 
 def test_messages_over_4_mb_pass_and_over_the_limit_are_refused(serve: Serve, settings: Settings) -> None:
@@ -93,7 +98,9 @@ def test_unexpected_exception_is_internal_and_server_keeps_serving(
     serve: Serve, settings: Settings
 ) -> None:
     def register(server: grpc.Server, _: Settings) -> None:
-        classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(_BrokenClassifier(), server)
+        models = ModelServer(classifier_repository(), ServingConfig())
+        classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(
+            _BrokenClassifier(models, 1 << 20), server)
 
     server = serve(register, CLASSIFIER.grpc_services, settings)
     stub = classifier_pb2_grpc.ClassifierServiceStub(grpc.insecure_channel(server.address))
@@ -104,7 +111,8 @@ def test_unexpected_exception_is_internal_and_server_keeps_serving(
         assert "ZeroDivisionError" in error.value.details()
     with pytest.raises(grpc.RpcError) as still_serving:
         stub.ExplainCells(classifier_pb2.ExplainCellsRequest(), timeout=5)
-    assert still_serving.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert still_serving.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert still_serving.value.details().startswith("image: missing")
 
 
 def test_metrics_endpoint_counts_rpcs(serve: Serve, settings: Settings) -> None:
