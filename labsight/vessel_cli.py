@@ -45,6 +45,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--learning-rate", type=float, default=1e-5, help="Adam (default 1e-5)")
     train.add_argument("--init", default="", help="state dict to start from (the seed's weights)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="", help="auto, cpu or cuda (default: $LABSIGHT_DEVICE, "
+                       "else auto: the GPU when torch sees one)")
     train.set_defaults(func=cmd_train_vessel)
 
     evaluate = sub.add_parser("evaluate-vessel", help="score vessel-content segmentation on "
@@ -73,6 +75,7 @@ def cmd_train_vessel(args: argparse.Namespace) -> int:
     """Train, write the model directory, print a JSON summary."""
     import torch
 
+    from labsight.models import device_from_env, parse_device, resolve_device
     from services.segmentation.vessel_training import read_labpics, train_vessel_net
 
     torch.set_num_threads(max(1, int(os.environ.get("LABSIGHT_TRAIN_THREADS", "1"))))
@@ -84,17 +87,20 @@ def cmd_train_vessel(args: argparse.Namespace) -> int:
             return 2
         model_dir = Path(base) / args.name
     try:
+        device = resolve_device(parse_device(args.device, "--device") if args.device else device_from_env())
         examples = list(read_labpics(Path(args.data)))
         report = train_vessel_net(
             examples, model_dir, steps=args.steps, width_factor=args.width,
             max_side=args.max_side, learning_rate=args.learning_rate,
-            initial=Path(args.init) if args.init else None, name=args.name, seed=args.seed)
+            initial=Path(args.init) if args.init else None, name=args.name, seed=args.seed,
+            device=device)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"labsight: {error}", file=sys.stderr)
         return 2
     print(json.dumps({"model_dir": str(report.model_dir), "vessels": len(examples),
                       "steps": report.steps, "first_loss": report.first_loss,
-                      "last_loss": report.last_loss, "seconds": round(report.seconds, 2)}))
+                      "last_loss": report.last_loss, "seconds": round(report.seconds, 2),
+                      "device": device}))
     return 0
 
 

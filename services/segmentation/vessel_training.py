@@ -217,8 +217,8 @@ class TrainingReport:
 
 def train_vessel_net(examples: Sequence[VesselExample], model_dir: Path, *, steps: int,
                      width_factor: float = 1.0, max_side: int = 512, learning_rate: float = LEARNING_RATE,
-                     initial: Path | None = None, name: str = "labpics-vessel", seed: int = 0
-                     ) -> TrainingReport:
+                     initial: Path | None = None, name: str = "labpics-vessel", seed: int = 0,
+                     device: str = "cpu") -> TrainingReport:
     """Train the vessel-content network and write ``weights.pt`` + ``manifest.toml`` to ``model_dir``.
 
     Parameters
@@ -241,6 +241,8 @@ def train_vessel_net(examples: Sequence[VesselExample], model_dir: Path, *, step
         The model's name in its manifest.
     seed : int
         Seeds the order and the initial weights.
+    device : {"cpu", "cuda"}
+        Where torch trains (the seed's full-size network wants a GPU).
 
     Raises
     ------
@@ -258,18 +260,19 @@ def train_vessel_net(examples: Sequence[VesselExample], model_dir: Path, *, step
     net = VesselContentNet(width_factor)
     if initial is not None:
         net.load_state_dict(torch.load(initial, weights_only=True, map_location="cpu"))
+    net.to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=learning_rate)
     losses = []
     started = time.monotonic()
     net.train()
     for _ in range(steps):
         example = examples[int(rng.integers(len(examples)))]
-        loss = _loss(net, *_training_arrays(example, max_side))
+        loss = _loss(net, *(array.to(device) for array in _training_arrays(example, max_side)))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         losses.append(float(loss.detach()))
-    net.eval()
+    net.eval().to("cpu")
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), model_dir / WEIGHTS_FILE)
@@ -316,9 +319,10 @@ def _loss(net: VesselContentNet, inputs: torch.Tensor, weights: torch.Tensor, in
         return (per_pixel * weights).sum() / total / len(logits)
 
     semantic_loss = cross_entropy(semantic_logits[0], classes)
-    targets = torch.zeros((INSTANCE_HEADS, *weights.shape), dtype=torch.bool)
+    targets = torch.zeros((INSTANCE_HEADS, *weights.shape), dtype=torch.bool, device=weights.device)
     heads, truths = match_heads(instance_logits[0].detach(), instances, weights > 0)
-    targets[heads] = instances[truths]
+    heads_at, truths_at = (torch.as_tensor(index, device=weights.device) for index in (heads, truths))
+    targets[heads_at] = instances[truths_at]
     return semantic_loss + cross_entropy(instance_logits[0], targets)
 
 
@@ -346,7 +350,7 @@ def match_heads(logits: torch.Tensor, instances: torch.Tensor, inside: torch.Ten
     truth = (instances & inside).reshape(len(instances), -1).float()
     inter = hard @ truth.T
     union = hard.sum(1)[:, None] + truth.sum(1)[None, :] - inter
-    iou = (inter / union.clamp(min=1)).numpy()
+    iou = (inter / union.clamp(min=1)).cpu().numpy()
     heads, truths = linear_sum_assignment(-iou)
     return heads, truths
 

@@ -85,9 +85,10 @@ def test_train_then_evaluate_end_to_end(data: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     model_dir = tmp_path / "model"
     assert main(["train-vessel", str(data), "--model-dir", str(model_dir), "--steps", "6",
-                 "--width", "0.25", "--max-side", "128", "--learning-rate", "1e-3"]) == 0
+                 "--width", "0.25", "--max-side", "128", "--learning-rate", "1e-3",
+                 "--device", "cpu"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["vessels"] == 4 and summary["steps"] == 6
+    assert summary["vessels"] == 4 and summary["steps"] == 6 and summary["device"] == "cpu"
     assert np.isfinite(summary["first_loss"]) and summary["last_loss"] < summary["first_loss"]
     manifest = load_manifest(model_dir / "manifest.toml")
     assert manifest.architecture == ARCHITECTURES[0.25] and manifest.task == "segmentation"
@@ -112,6 +113,9 @@ def test_bad_data_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["evaluate-vessel", str(tmp_path)]) == 2
     assert "no LabPics photo folders" in capsys.readouterr().err
     assert main(["train-vessel", str(tmp_path), "--model-dir", str(tmp_path / "m")]) == 2
+    assert main(["train-vessel", str(tmp_path), "--model-dir", str(tmp_path / "m"),
+                 "--device", "tpu"]) == 2
+    assert "--device must be auto, cpu or cuda" in capsys.readouterr().err
 
 
 def test_a_trained_model_in_the_repository_answers_segment_vessel_content(
