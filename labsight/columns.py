@@ -150,6 +150,78 @@ def _cells_table() -> Table:
                  (("id", CELLS_ID), *CELL_FIXED_COLUMNS.items(), *intensities), CELLS_NOTES)
 
 
+CELL_CLASS_BOX = ("label", "bbox_min_x", "bbox_min_y", "bbox_max_x", "bbox_max_y")
+"""Columns of the hpa-cells ``classes`` table taken from the cells table, in order."""
+
+CELL_CLASS_FIXED = {
+    "top_class": "index (0-18, HPA order) of the cell's most probable class",
+    "top_probability": "the probability of that class (0-1)",
+    "label_count": "how many classes the cell is predicted to carry (its label set's size)",
+}
+"""Columns of the ``classes`` table after the box, before the per-class ones."""
+
+CELL_CLASS_PATTERNS = {
+    "p_{c}": "probability (0-1, sigmoid, independent of the other classes) that the cell shows "
+             "the class; {c} is the class name in lower case, words joined by _ "
+             "(p_nucleoplasm, p_nuclear_membrane, ..., p_negative)",
+    "is_{c}": "1 if the class is in the cell's predicted label set (p_{c} at least the model's "
+              "threshold for it), else 0",
+}
+"""Per-class columns of the ``classes`` table, 19 of each, pattern-major, classes in HPA order."""
+
+IMAGE_CLASS_PATTERNS = {
+    "p_{c}": "the image's probability of the class: the highest p_{c} of any of its cells "
+             "(0 without cells)",
+    "cells_{c}": "how many of its cells carry the class in their predicted label set",
+}
+"""Columns of the hpa-cells ``image_classes`` table (one row), 19 of each."""
+
+HPA_CELLS_NOTES = (
+    "Classes (HPA order 0-18): Nucleoplasm, Nuclear membrane, Nucleoli, Nucleoli fibrillar "
+    "center, Nuclear speckles, Nuclear bodies, Endoplasmic reticulum, Golgi apparatus, "
+    "Intermediate filaments, Actin filaments, Microtubules, Mitotic spindle, Centrosome, "
+    "Plasma membrane, Mitochondria, Aggresome, Cytosol, Vesicles and punctate cytosolic "
+    "patterns, Negative; the result's provenance 'classifier_classes' lists the model's own.",
+    "Per-class thresholds are the model's (provenance 'classifier_thresholds'), chosen on its "
+    "validation data; the shipped model was trained on generated cells only.",
+)
+
+
+def class_column_name(class_name: str) -> str:
+    """A class name as it appears in column names: lower case, words joined by ``_``.
+
+    >>> class_column_name("Vesicles and punctate cytosolic patterns")
+    'vesicles_and_punctate_cytosolic_patterns'
+    """
+    return "_".join(re.findall(r"[a-z0-9]+", class_name.lower()))
+
+
+def cell_class_column_names(class_names: Sequence[str]) -> list[str]:
+    """Every column of the hpa-cells ``classes`` table for these classes, in order."""
+    slugs = [class_column_name(name) for name in class_names]
+    return [*CELL_CLASS_BOX, *CELL_CLASS_FIXED,
+            *(pattern.format(c=slug) for pattern in CELL_CLASS_PATTERNS for slug in slugs)]
+
+
+def image_class_column_names(class_names: Sequence[str]) -> list[str]:
+    """Every column of the hpa-cells ``image_classes`` table for these classes, in order."""
+    slugs = [class_column_name(name) for name in class_names]
+    return [pattern.format(c=slug) for pattern in IMAGE_CLASS_PATTERNS for slug in slugs]
+
+
+def _hpa_cells_tables() -> tuple[Table, ...]:
+    box = tuple((name, CELL_FIXED_COLUMNS[name]) for name in CELL_CLASS_BOX)
+    return (
+        _cells_table(),
+        Table("classes", "one row per cell, by increasing label (the cells table's rows)",
+              (("id", CELLS_ID), *box, *CELL_CLASS_FIXED.items(), *CELL_CLASS_PATTERNS.items()),
+              HPA_CELLS_NOTES),
+        Table("image_classes", "one row for the image",
+              (("id", "'image'; exported with other jobs, after the image's name and '/'"),
+               *IMAGE_CLASS_PATTERNS.items()), HPA_CELLS_NOTES),
+    )
+
+
 @dataclass(frozen=True)
 class Table:
     """One result table of a pipeline: what its rows are and what its columns mean."""
@@ -249,9 +321,11 @@ def pipeline_tables(pipeline: str, sides: Sequence[int] = DEFAULT_BOX_SIDES) -> 
         return (Table(table.name, table.rows, (*table.columns, ("x, y", COORDINATES))),)
     if pipeline == "cells":
         return (_cells_table(),)
+    if pipeline == "hpa-cells":
+        return _hpa_cells_tables()
     raise KeyError(f"no columns documented for pipeline {pipeline!r}; pipelines: "
                    f"{', '.join(PIPELINES_WITH_TABLES)}")
 
 
-PIPELINES_WITH_TABLES = ("fractal", "deep-features", "spot-features", "cells")
+PIPELINES_WITH_TABLES = ("fractal", "deep-features", "spot-features", "cells", "hpa-cells")
 """Pipelines whose tables ``pipeline_tables`` explains."""

@@ -8,14 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClassifyCellsRequest(_message.Message):
-    __slots__ = ("image", "cell_labels", "model")
+    __slots__ = ("image", "cell_labels", "model", "channel_images")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CELL_LABELS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_IMAGES_FIELD_NUMBER: _ClassVar[int]
     image: _tensor_pb2.Image
     cell_labels: _tensor_pb2.Tensor
     model: str
-    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+    channel_images: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Image]
+    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model: _Optional[str] = ..., channel_images: _Optional[_Iterable[_Union[_tensor_pb2.Image, _Mapping]]] = ...) -> None: ...
 
 class ClassifyCellsResponse(_message.Message):
     __slots__ = ("class_names", "cell_ids", "probabilities", "image_probabilities", "model", "thresholds")
@@ -34,18 +36,20 @@ class ClassifyCellsResponse(_message.Message):
     def __init__(self, class_names: _Optional[_Iterable[str]] = ..., cell_ids: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., image_probabilities: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., thresholds: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ExplainCellsRequest(_message.Message):
-    __slots__ = ("image", "cell_labels", "model", "class_indices", "method")
+    __slots__ = ("image", "cell_labels", "model", "class_indices", "method", "channel_images")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CELL_LABELS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CLASS_INDICES_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_IMAGES_FIELD_NUMBER: _ClassVar[int]
     image: _tensor_pb2.Image
     cell_labels: _tensor_pb2.Tensor
     model: str
     class_indices: _containers.RepeatedScalarFieldContainer[int]
     method: str
-    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model: _Optional[str] = ..., class_indices: _Optional[_Iterable[int]] = ..., method: _Optional[str] = ...) -> None: ...
+    channel_images: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Image]
+    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., cell_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model: _Optional[str] = ..., class_indices: _Optional[_Iterable[int]] = ..., method: _Optional[str] = ..., channel_images: _Optional[_Iterable[_Union[_tensor_pb2.Image, _Mapping]]] = ...) -> None: ...
 
 class ExplainCellsResponse(_message.Message):
     __slots__ = ("cell_ids", "class_indices", "saliency", "model", "method")

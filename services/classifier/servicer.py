@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 
 from labsight.cell_crops import CellCrops, cell_crops
-from labsight.cell_images import read_cell_image
+from labsight.cell_images import ChannelParts, read_cell_image
 from labsight.config import Settings
 from labsight.errors import InvalidArgument, echo
 from labsight.models import ModelManifest, ModelServer, ServingConfig, load_torch_model
@@ -157,12 +157,18 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
 
 
 def _inputs(request: pb.ClassifyCellsRequest | pb.ExplainCellsRequest) -> tuple[np.ndarray, np.ndarray]:
-    """The request's (H, W, 4) image and its (H, W) cell labels, each checked and named."""
-    if not request.HasField("image"):
-        raise InvalidArgument("image: missing; send the (H, W, 4) red, green, blue, yellow image")
+    """The request's (H, W, 4) image (one image or four channel images) and its (H, W) cell
+    labels, each checked and named."""
+    if request.HasField("image") == bool(request.channel_images):
+        raise InvalidArgument("image, channel_images: give exactly one of them (a 4-channel image, "
+                              "or four one-channel images red, green, blue, yellow)")
     if not request.HasField("cell_labels"):
         raise InvalidArgument("cell_labels: missing; send the (H, W) cell mask of SegmentCells")
-    image, _ = read_cell_image([("image", request.image)])
+    parts: ChannelParts = (
+        [("image", request.image)] if request.HasField("image") else
+        [(f"channel_images[{i}]", image) for i, image in enumerate(request.channel_images)]
+    )
+    image, _ = read_cell_image(parts)
     labels = from_tensor(request.cell_labels, "cell_labels")
     if labels.dtype.kind not in "iu":
         raise InvalidArgument(f"cell_labels: expected an integer mask, got dtype {labels.dtype}")

@@ -99,10 +99,11 @@ def test_unknown_pipeline_is_invalid_argument(stack: InProcessStack) -> None:
     assert "pipeline: unknown pipeline 'no-such-pipeline'" in error.details()
 
 
-def test_planned_pipeline_is_unimplemented_saying_when(stack: InProcessStack) -> None:
-    error = _rpc_error(stack.client.submit, "hpa-cells", demo_image())
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not served yet" in error.details()
+def test_unknown_pipeline_lists_the_known_ones(stack: InProcessStack) -> None:
+    error = _rpc_error(stack.client.submit, "hpa-cell", demo_image())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    known = ["cells", "deep-features", "fractal", "hpa-cells", "spot-features", "vessel-content"]
+    assert f"known pipelines: {known}" in error.details()
 
 
 @pytest.mark.parametrize(
@@ -249,10 +250,11 @@ def test_bad_job_in_a_batch_queues_nothing_and_names_the_job(
     stack: InProcessStack, redis_for: redis.Redis
 ) -> None:
     good = build_request("fractal", demo_image(), {"box_sizes": "3"})
-    planned = build_request("hpa-cells", demo_image(), idempotency_key="well-C3")
-    error = _rpc_error(stack.client.submit_batch, [good, good, planned, good], "mixed")
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    one_channel = build_request("hpa-cells", demo_image(), idempotency_key="well-C3")
+    error = _rpc_error(stack.client.submit_batch, [good, good, one_channel, good], "mixed")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "jobs[2], idempotency_key 'well-C3' of batch mixed" in error.details()
+    assert "cells need 4" in error.details()
     assert "nothing of this batch was queued" in error.details()
     assert _rpc_error(stack.client.batch, "mixed").code() == grpc.StatusCode.NOT_FOUND
     assert stack.client.list_jobs() == []

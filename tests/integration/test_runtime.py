@@ -112,7 +112,7 @@ def test_unexpected_exception_is_internal_and_server_keeps_serving(
     with pytest.raises(grpc.RpcError) as still_serving:
         stub.ExplainCells(classifier_pb2.ExplainCellsRequest(), timeout=5)
     assert still_serving.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert still_serving.value.details().startswith("image: missing")
+    assert still_serving.value.details().startswith("image, channel_images:")
 
 
 def test_metrics_endpoint_counts_rpcs(serve: Serve, settings: Settings) -> None:

@@ -120,12 +120,14 @@ class Case:
 
 
 def _job(rng: np.random.Generator, pools: Pools) -> gateway_pb2.SubmitJobRequest:
-    """A valid, cheap job of a random pipeline (the planned ones answer UNIMPLEMENTED)."""
+    """A valid, cheap job of a random pipeline."""
     pipeline = str(rng.choice(["fractal", "deep-features", "spot-features", "hpa-cells",
                                "vessel-content"], p=[0.4, 0.22, 0.22, 0.08, 0.08]))
     request = gateway_pb2.SubmitJobRequest(pipeline=pipeline)
     request.input.image.CopyFrom(media.valid_image(rng, 32 if pipeline == "spot-features" else 0))
     models = list(pools.world.models) or ["efficientnet-lite0"]
+    if pipeline == "hpa-cells":  # red, green, blue and yellow
+        request.input.image.CopyFrom(media.tensor_image(media.pixels(rng, 0, 4), name="valid"))
     if pipeline == "fractal":
         request.params["box_sizes"] = str(rng.choice(["3-9", "3,5,7", "3"]))
         request.params["percolation"] = str(rng.choice(["true", "false"]))

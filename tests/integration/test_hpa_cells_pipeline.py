@@ -1,0 +1,104 @@
+"""The ``hpa-cells`` pipeline through real gRPC servers (segmentation, classifier, gateway), a worker
+and Redis: generated HPA-style fields → per-cell classes, one image or four channel images, no cells."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from labsight.catalog import CLASSIFIER, GATEWAY, SEGMENTATION
+from labsight.client import LabSightClient, build_request
+from labsight.columns import cell_class_column_names, image_class_column_names
+from labsight.config import Settings
+from labsight.images import image_from_array
+from labsight.result import Result
+from labsight.runtime.server import RunningServer
+from labsight.tables import table_values
+from labsight.tensors import from_tensor
+from labsight.v1 import gateway_pb2 as pb
+from services.classifier.classes import CLASS_NAMES
+from services.classifier.generated_cells import CellField, generate_cell_field
+from services.classifier.servicer import register as register_classifier
+from services.gateway.servicer import register as register_gateway
+from services.segmentation.servicer import register as register_segmentation
+from tests.conftest import RunningWorker
+
+PIXEL_SIZE = "0.3"
+"""µm per pixel that makes the generated cells (radius 24-36 px) HPA-sized for the segmentation."""
+
+
+@pytest.fixture(scope="module")
+def field() -> CellField:
+    return generate_cell_field(5, size=256, cells=4)
+
+
+@pytest.fixture
+def client(
+    serve: Callable[..., RunningServer], settings: Settings, worker_thread: Callable[..., RunningWorker]
+) -> Iterator[LabSightClient]:
+    segmentation = serve(register_segmentation, SEGMENTATION.grpc_services, settings)
+    classifier = serve(register_classifier, CLASSIFIER.grpc_services, settings)
+    settings.service_addresses = {"features": "127.0.0.1:1", "segmentation": segmentation.address,
+                                  "classifier": classifier.address}
+    gateway = serve(register_gateway, GATEWAY.grpc_services, settings)
+    worker_thread()
+    with LabSightClient(gateway.address, token="") as connected:
+        yield connected
+
+
+def _run(client: LabSightClient, request: pb.SubmitJobRequest) -> Result:
+    job = client.submit_request(request)
+    finished = client.wait(job.job_id, timeout_s=120)
+    assert finished.status == pb.JOB_STATUS_DONE, finished.error
+    return client.result(job.job_id)
+
+
+def test_each_cell_gets_19_probabilities_and_a_label_set(client: LabSightClient, field: CellField) -> None:
+    request = build_request("hpa-cells", image_from_array(field.image), {"pixel_size_um": PIXEL_SIZE})
+    result = _run(client, request)
+    assert result.pipeline == "hpa-cells"
+    labels = from_tensor(result.tensors["cell_labels"])
+    classes = result.tables["classes"]
+    assert list(classes.columns) == cell_class_column_names(CLASS_NAMES)
+    assert list(classes.row_ids) == list(result.tables["cells"].row_ids) and len(classes.row_ids) >= 3
+    values = table_values(classes)
+    columns = list(classes.columns)
+    probabilities = values[:, columns.index("p_nucleoplasm"):columns.index("p_negative") + 1]
+    assert np.allclose(probabilities, from_tensor(result.tensors["probabilities"]), atol=1e-6)
+    thresholds = np.array([float(t) for t in result.provenance["classifier_thresholds"].split(",")])
+    predicted = values[:, columns.index("is_nucleoplasm"):columns.index("is_negative") + 1]
+    assert np.array_equal(predicted, probabilities >= thresholds.astype(np.float32) - 1e-6)
+    assert np.array_equal(values[:, columns.index("label_count")], predicted.sum(axis=1))
+    # each found cell's top class is a class of the generated cell it mostly covers
+    for row, label in enumerate(values[:, columns.index("label")].astype(int)):
+        truth = np.bincount(field.cell_labels[labels == label]).argmax()
+        top = int(values[row, columns.index("top_class")])
+        assert truth > 0 and field.classes[truth - 1, top], (label, truth, top)
+    # the image summary: the best cell per class and the cells carrying it
+    summary = result.tables["image_classes"]
+    assert list(summary.columns) == image_class_column_names(CLASS_NAMES)
+    row = table_values(summary)[0]
+    assert np.allclose(row[:19], probabilities.max(axis=0)) and np.array_equal(row[19:], predicted.sum(0))
+    assert result.provenance["classifier_model"].startswith("hpa-generated ")
+
+
+def test_four_channel_images_give_the_same_classes(client: LabSightClient, field: CellField) -> None:
+    whole = build_request("hpa-cells", image_from_array(field.image), {"pixel_size_um": PIXEL_SIZE})
+    split = pb.SubmitJobRequest(pipeline="hpa-cells", params={"pixel_size_um": PIXEL_SIZE})
+    for index, channel in enumerate(("red", "green", "blue", "yellow")):
+        split.input.images[channel].CopyFrom(image_from_array(field.image[..., index]))
+    first, second = (_run(client, request) for request in (whole, split))
+    assert np.array_equal(from_tensor(first.tensors["probabilities"]),
+                          from_tensor(second.tensors["probabilities"]))
+
+
+def test_an_image_without_cells_gives_an_empty_table(client: LabSightClient) -> None:
+    dark = np.zeros((128, 128, 4), np.uint8)
+    result = _run(client, build_request("hpa-cells", image_from_array(dark)))
+    assert list(result.tables["classes"].row_ids) == []
+    assert list(result.tables["classes"].columns) == cell_class_column_names(CLASS_NAMES)
+    assert from_tensor(result.tensors["probabilities"]).shape == (0, 19)
+    assert table_values(result.tables["image_classes"]).tolist() == [[0.0] * 38]
+    assert result.scalars["classes_found"] == 0
