@@ -4,11 +4,16 @@ and Redis: generated HPA-style fields → per-cell classes, one image or four ch
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
+from PIL import Image
 
 from labsight.catalog import CLASSIFIER, GATEWAY, SEGMENTATION
+from labsight.cli import main
 from labsight.client import LabSightClient, build_request
 from labsight.columns import cell_class_column_names, image_class_column_names
 from labsight.config import Settings
@@ -34,10 +39,18 @@ def field() -> CellField:
     return generate_cell_field(5, size=256, cells=4)
 
 
+@dataclass
+class Stack:
+    """The gateway's address and a client of it."""
+
+    address: str
+    client: LabSightClient
+
+
 @pytest.fixture
-def client(
+def stack(
     serve: Callable[..., RunningServer], settings: Settings, worker_thread: Callable[..., RunningWorker]
-) -> Iterator[LabSightClient]:
+) -> Iterator[Stack]:
     segmentation = serve(register_segmentation, SEGMENTATION.grpc_services, settings)
     classifier = serve(register_classifier, CLASSIFIER.grpc_services, settings)
     settings.service_addresses = {"features": "127.0.0.1:1", "segmentation": segmentation.address,
@@ -45,7 +58,7 @@ def client(
     gateway = serve(register_gateway, GATEWAY.grpc_services, settings)
     worker_thread()
     with LabSightClient(gateway.address, token="") as connected:
-        yield connected
+        yield Stack(gateway.address, connected)
 
 
 def _run(client: LabSightClient, request: pb.SubmitJobRequest) -> Result:
@@ -55,9 +68,9 @@ def _run(client: LabSightClient, request: pb.SubmitJobRequest) -> Result:
     return client.result(job.job_id)
 
 
-def test_each_cell_gets_19_probabilities_and_a_label_set(client: LabSightClient, field: CellField) -> None:
+def test_each_cell_gets_19_probabilities_and_a_label_set(stack: Stack, field: CellField) -> None:
     request = build_request("hpa-cells", image_from_array(field.image), {"pixel_size_um": PIXEL_SIZE})
-    result = _run(client, request)
+    result = _run(stack.client, request)
     assert result.pipeline == "hpa-cells"
     labels = from_tensor(result.tensors["cell_labels"])
     classes = result.tables["classes"]
@@ -84,21 +97,48 @@ def test_each_cell_gets_19_probabilities_and_a_label_set(client: LabSightClient,
     assert result.provenance["classifier_model"].startswith("hpa-generated ")
 
 
-def test_four_channel_images_give_the_same_classes(client: LabSightClient, field: CellField) -> None:
+def test_four_channel_images_give_the_same_classes(stack: Stack, field: CellField) -> None:
     whole = build_request("hpa-cells", image_from_array(field.image), {"pixel_size_um": PIXEL_SIZE})
     split = pb.SubmitJobRequest(pipeline="hpa-cells", params={"pixel_size_um": PIXEL_SIZE})
     for index, channel in enumerate(("red", "green", "blue", "yellow")):
         split.input.images[channel].CopyFrom(image_from_array(field.image[..., index]))
-    first, second = (_run(client, request) for request in (whole, split))
+    first, second = (_run(stack.client, request) for request in (whole, split))
     assert np.array_equal(from_tensor(first.tensors["probabilities"]),
                           from_tensor(second.tensors["probabilities"]))
 
 
-def test_an_image_without_cells_gives_an_empty_table(client: LabSightClient) -> None:
+def test_an_image_without_cells_gives_an_empty_table(stack: Stack) -> None:
     dark = np.zeros((128, 128, 4), np.uint8)
-    result = _run(client, build_request("hpa-cells", image_from_array(dark)))
+    result = _run(stack.client, build_request("hpa-cells", image_from_array(dark)))
     assert list(result.tables["classes"].row_ids) == []
     assert list(result.tables["classes"].columns) == cell_class_column_names(CLASS_NAMES)
     assert from_tensor(result.tensors["probabilities"]).shape == (0, 19)
     assert table_values(result.tables["image_classes"]).tolist() == [[0.0] * 38]
     assert result.scalars["classes_found"] == 0
+
+
+def test_explain_and_plot_draw_the_job(stack: Stack, field: CellField, tmp_path: Path) -> None:
+    path = tmp_path / "field.tif"
+    tifffile.imwrite(path, field.image, photometric="minisblack", planarconfig="contig")
+    request = build_request("hpa-cells", image_from_array(field.image), {"pixel_size_um": PIXEL_SIZE})
+    job = stack.client.submit_request(request)
+    assert stack.client.wait(job.job_id, timeout_s=120).status == pb.JOB_STATUS_DONE
+    gateway = ["--gateway", stack.address, "--token", ""]
+    out = tmp_path / "why"
+    assert main(["explain", job.job_id, "-o", str(out), "--image", str(path), "--cells", "1",
+                 *gateway]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    kinds = ["crop", "gradcam_colour", "gradcam_grey", "gradcam_multiply", "gradcam_overlay", "lime"]
+    stem = written[0].rsplit("_", 1)[0] if written[0].endswith("_crop.png") else ""
+    assert stem.startswith("cell1_") and written[:-1] == sorted(f"{stem}_{k}.png" for k in kinds)
+    assert written[-1] == "explanations.csv"
+    assert np.asarray(Image.open(out / f"{stem}_gradcam_grey.png")).shape == (256, 256)
+    assert main(["explain", job.job_id, "-o", str(out), "--image", str(path), "--class",
+                 "Mitochondria", "--no-lime", "--cells", "2", *gateway]) == 0
+    assert (out / "cell2_mitochondria_gradcam_overlay.png").is_file()
+    with pytest.raises(SystemExit, match="--class: unknown class"):
+        main(["explain", job.job_id, "-o", str(out), "--image", str(path), "--class", "Nucleus",
+              *gateway])
+    figure = tmp_path / "classes.png"
+    assert main(["plot", job.job_id, "-o", str(figure), "--image", str(path), *gateway]) == 0
+    assert Image.open(figure).size[0] > 1000
