@@ -73,7 +73,8 @@ def cam_layer(model: object, path: str = "") -> object:
 
 
 def grad_cam(
-    model: object, crops: np.ndarray, classes: np.ndarray, *, layer: object | None = None
+    model: object, crops: np.ndarray, classes: np.ndarray, *, layer: object | None = None,
+    batch_size: int = 64,
 ) -> np.ndarray:
     """Grad-CAM maps of one class per crop, upsampled to the crop and scaled to [0, 1].
 
@@ -89,6 +90,8 @@ def grad_cam(
         The class explained for each crop.
     layer : torch.nn.Module, optional
         Where the maps are read (default :func:`cam_layer`: the last convolution).
+    batch_size : int
+        Crops per backward pass (bounds the memory the gradients take).
 
     Returns
     -------
@@ -123,15 +126,18 @@ def grad_cam(
     if len(crops) == 0:
         return np.zeros((0, *crops.shape[2:]), np.float32)
     forward = getattr(model, "logits", model)
+    result = np.zeros((len(crops), *crops.shape[2:]), np.float32)
     with torch.inference_mode(False), torch.enable_grad():
-        inputs = torch.from_numpy(crops.copy())
-        outputs = int(forward(inputs[:1]).shape[1])
+        outputs = int(forward(torch.from_numpy(crops[:1].copy())).shape[1])
         if targets.min() < 0 or targets.max() >= outputs:
             raise ValueError(f"classes: indices must lie in 0..{outputs - 1}, got {targets.tolist()}")
         cam = LayerGradCam(forward, layer if layer is not None else cam_layer(model))
-        maps = cam.attribute(inputs, target=targets.tolist(), relu_attributions=True)
-        maps = LayerAttribution.interpolate(maps.detach(), tuple(crops.shape[2:]), "bilinear")
-    result = maps[:, 0].numpy().astype(np.float32)
+        for start in range(0, len(crops), max(1, batch_size)):
+            inputs = torch.from_numpy(crops[start : start + batch_size].copy())
+            chosen = targets[start : start + batch_size].tolist()
+            maps = cam.attribute(inputs, target=chosen, relu_attributions=True)
+            maps = LayerAttribution.interpolate(maps.detach(), tuple(crops.shape[2:]), "bilinear")
+            result[start : start + len(inputs)] = maps[:, 0].numpy()
     np.clip(result, 0, None, out=result)
     peaks = result.reshape(len(result), -1).max(axis=1)
     scale = np.divide(1.0, peaks, out=np.zeros_like(peaks), where=peaks > 0)

@@ -60,6 +60,7 @@ def test_grad_cam_maps_lie_in_0_1_and_light_where_the_class_rests(model: _Spotte
     assert maps.min() >= 0 and np.allclose(maps.max(axis=(1, 2)), 1)
     assert maps[0, 6:12, 4:10].mean() > 5 * maps[0, 20:26, 22:28].mean()  # the green spot
     assert maps[1, 20:26, 22:28].mean() > 5 * maps[1, 6:12, 4:10].mean()  # the red spot
+    assert np.allclose(grad_cam(model, crops, [0, 1], batch_size=1), maps, atol=1e-6)
 
 
 def test_grad_cam_refuses_a_class_outside_the_model(model: _Spotter) -> None:
