@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from labsight.v1 import tensor_pb2 as labsight_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clabsight/v1/classifier.proto\x12\x0blabsight.v1\x1a\x18labsight/v1/tensor.proto\"\x9e\x01\n\x14\x43lassifyCellsRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.labsight.v1.Image\x12(\n\x0b\x63\x65ll_labels\x18\x02 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\r\n\x05model\x18\x03 \x01(\t\x12*\n\x0e\x63hannel_images\x18\x04 \x03(\x0b\x32\x12.labsight.v1.Image\"\xaa\x01\n\x15\x43lassifyCellsResponse\x12\x13\n\x0b\x63lass_names\x18\x01 \x03(\t\x12\x10\n\x08\x63\x65ll_ids\x18\x02 \x03(\x05\x12*\n\rprobabilities\x18\x03 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\x1b\n\x13image_probabilities\x18\x04 \x03(\x02\x12\r\n\x05model\x18\x05 \x01(\t\x12\x12\n\nthresholds\x18\x06 \x03(\x02\"\xc4\x01\n\x13\x45xplainCellsRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.labsight.v1.Image\x12(\n\x0b\x63\x65ll_labels\x18\x02 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rclass_indices\x18\x04 \x03(\x05\x12\x0e\n\x06method\x18\x05 \x01(\t\x12*\n\x0e\x63hannel_images\x18\x06 \x03(\x0b\x32\x12.labsight.v1.Image\"\x85\x01\n\x14\x45xplainCellsResponse\x12\x10\n\x08\x63\x65ll_ids\x18\x01 \x03(\x05\x12\x15\n\rclass_indices\x18\x02 \x03(\x05\x12%\n\x08saliency\x18\x03 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t2\xc0\x01\n\x11\x43lassifierService\x12V\n\rClassifyCells\x12!.labsight.v1.ClassifyCellsRequest\x1a\".labsight.v1.ClassifyCellsResponse\x12S\n\x0c\x45xplainCells\x12 .labsight.v1.ExplainCellsRequest\x1a!.labsight.v1.ExplainCellsResponseBO\n\x0forg.labsight.v1P\x01Z:github.com/labsight/labsight/gen/go/labsight/v1;labsightv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clabsight/v1/classifier.proto\x12\x0blabsight.v1\x1a\x18labsight/v1/tensor.proto\"\xb4\x01\n\x14\x43lassifyCellsRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.labsight.v1.Image\x12(\n\x0b\x63\x65ll_labels\x18\x02 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\r\n\x05model\x18\x03 \x01(\t\x12*\n\x0e\x63hannel_images\x18\x04 \x03(\x0b\x32\x12.labsight.v1.Image\x12\x14\n\x0creturn_crops\x18\x05 \x01(\x08\"\xce\x01\n\x15\x43lassifyCellsResponse\x12\x13\n\x0b\x63lass_names\x18\x01 \x03(\t\x12\x10\n\x08\x63\x65ll_ids\x18\x02 \x03(\x05\x12*\n\rprobabilities\x18\x03 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\x1b\n\x13image_probabilities\x18\x04 \x03(\x02\x12\r\n\x05model\x18\x05 \x01(\t\x12\x12\n\nthresholds\x18\x06 \x03(\x02\x12\"\n\x05\x63rops\x18\x07 \x01(\x0b\x32\x13.labsight.v1.Tensor\"\xc4\x01\n\x13\x45xplainCellsRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.labsight.v1.Image\x12(\n\x0b\x63\x65ll_labels\x18\x02 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rclass_indices\x18\x04 \x03(\x05\x12\x0e\n\x06method\x18\x05 \x01(\t\x12*\n\x0e\x63hannel_images\x18\x06 \x03(\x0b\x32\x12.labsight.v1.Image\"\x85\x01\n\x14\x45xplainCellsResponse\x12\x10\n\x08\x63\x65ll_ids\x18\x01 \x03(\x05\x12\x15\n\rclass_indices\x18\x02 \x03(\x05\x12%\n\x08saliency\x18\x03 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t2\xc0\x01\n\x11\x43lassifierService\x12V\n\rClassifyCells\x12!.labsight.v1.ClassifyCellsRequest\x1a\".labsight.v1.ClassifyCellsResponse\x12S\n\x0c\x45xplainCells\x12 .labsight.v1.ExplainCellsRequest\x1a!.labsight.v1.ExplainCellsResponseBO\n\x0forg.labsight.v1P\x01Z:github.com/labsight/labsight/gen/go/labsight/v1;labsightv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017org.labsight.v1P\001Z:github.com/labsight/labsight/gen/go/labsight/v1;labsightv1'
   _globals['_CLASSIFYCELLSREQUEST']._serialized_start=72
-  _globals['_CLASSIFYCELLSREQUEST']._serialized_end=230
-  _globals['_CLASSIFYCELLSRESPONSE']._serialized_start=233
-  _globals['_CLASSIFYCELLSRESPONSE']._serialized_end=403
-  _globals['_EXPLAINCELLSREQUEST']._serialized_start=406
-  _globals['_EXPLAINCELLSREQUEST']._serialized_end=602
-  _globals['_EXPLAINCELLSRESPONSE']._serialized_start=605
-  _globals['_EXPLAINCELLSRESPONSE']._serialized_end=738
-  _globals['_CLASSIFIERSERVICE']._serialized_start=741
-  _globals['_CLASSIFIERSERVICE']._serialized_end=933
+  _globals['_CLASSIFYCELLSREQUEST']._serialized_end=252
+  _globals['_CLASSIFYCELLSRESPONSE']._serialized_start=255
+  _globals['_CLASSIFYCELLSRESPONSE']._serialized_end=461
+  _globals['_EXPLAINCELLSREQUEST']._serialized_start=464
+  _globals['_EXPLAINCELLSREQUEST']._serialized_end=660
+  _globals['_EXPLAINCELLSRESPONSE']._serialized_start=663
+  _globals['_EXPLAINCELLSRESPONSE']._serialized_end=796
+  _globals['_CLASSIFIERSERVICE']._serialized_start=799
+  _globals['_CLASSIFIERSERVICE']._serialized_end=991
 # @@protoc_insertion_point(module_scope)

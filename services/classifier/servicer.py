@@ -58,8 +58,9 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         manifest = self._manifest(request.model)
         image, labels = _inputs(request)
         raise_if_gone(context, "classify cells")
-        found = self._classify(manifest, image, labels)
-        return pb.ClassifyCellsResponse(
+        seen: list[np.ndarray] = []
+        found = self._classify(manifest, image, labels, seen if request.return_crops else None)
+        answer = pb.ClassifyCellsResponse(
             class_names=list(found.class_names),
             cell_ids=found.cell_ids.astype(np.int32).tolist(),
             probabilities=to_tensor(found.probabilities),
@@ -67,6 +68,13 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
             model=f"{manifest.name} {manifest.version}",
             thresholds=found.thresholds.tolist(),
         )
+        if request.return_crops:
+            side = manifest.input_size
+            crops = (np.concatenate(seen) if seen else
+                     np.zeros((0, manifest.input_channels, *side), np.float32))
+            answer.crops.CopyFrom(to_tensor(np.ascontiguousarray(
+                np.rint(np.clip(crops, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1))))
+        return answer
 
     def ExplainCells(
         self, request: pb.ExplainCellsRequest, context: grpc.ServicerContext
@@ -126,12 +134,30 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         output = manifest.outputs[0]
         return lambda batch: self.server.run(manifest.name, batch)[output]
 
-    def _classify(self, manifest: ModelManifest, image: np.ndarray, labels: np.ndarray) -> CellClassification:
+    def _classify(self, manifest: ModelManifest, image: np.ndarray, labels: np.ndarray,
+                  seen: list[np.ndarray] | None = None) -> CellClassification:
+        """classify_cells with the served model; with ``seen``, the crops (in [0, 1], before
+        the model's normalisation) are appended to it batch by batch, in cell order."""
+        served = self._predict(manifest)
+        predict: Predict = served
+        mean: tuple[float, ...] | None = manifest.preprocessing.mean
+        std: tuple[float, ...] | None = manifest.preprocessing.std
+        if seen is not None:
+            kept = seen
+            shift = np.asarray(mean, np.float32)[None, :, None, None]
+            spread = np.asarray(std, np.float32)[None, :, None, None]
+
+            def keeping(batch: np.ndarray) -> np.ndarray:
+                kept.append(batch)
+                return served((batch - shift) / spread)
+
+            predict = keeping
+            mean = std = None  # classify_cells hands over [0, 1] crops; they are normalised here
         try:
             return classify_cells(
-                image, labels, self._predict(manifest), thresholds=load_thresholds(manifest),
+                image, labels, predict, thresholds=load_thresholds(manifest),
                 input_size=manifest.input_size[0], batch_size=self.server.config.max_batch_size,
-                mean=manifest.preprocessing.mean, std=manifest.preprocessing.std,
+                mean=mean, std=std,
                 max_bytes=self.max_answer_bytes,
             )
         except ValueError as error:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from labsight.catalog import CLASSIFIER
+from labsight.cell_crops import cell_crops
 from labsight.config import Settings
 from labsight.images import image_from_array
 from labsight.runtime.server import RunningServer
@@ -59,6 +60,21 @@ def test_classify_cells_gives_every_cell_19_probabilities_and_finds_its_classes(
     # the shipped model's most probable class of each cell is one of its true classes
     top = probabilities.argmax(axis=1)
     assert all(field.classes[i, top[i]] for i in range(cells)), (top, np.argwhere(field.classes))
+
+
+def test_classify_cells_answers_the_crops_it_classified(
+    stub: pb_grpc.ClassifierServiceStub, field: CellField
+) -> None:
+    answer = stub.ClassifyCells(_request(pb.ClassifyCellsRequest, field.image, field.cell_labels,
+                                         return_crops=True), timeout=60)
+    expected = cell_crops(field.image, field.cell_labels, 64)
+    crops = from_tensor(answer.crops)
+    assert crops.dtype == np.uint8 and crops.shape == (len(expected.cell_ids), 64, 64, 4)
+    assert np.abs(crops.astype(int) - np.rint(expected.pixels.transpose(0, 2, 3, 1) * 255)).max() <= 1
+    plain = stub.ClassifyCells(_request(pb.ClassifyCellsRequest, field.image, field.cell_labels),
+                               timeout=60)
+    assert not plain.HasField("crops")
+    assert np.allclose(from_tensor(plain.probabilities), from_tensor(answer.probabilities), atol=1e-5)
 
 
 def test_no_cells_is_an_empty_valid_answer(stub: pb_grpc.ClassifierServiceStub, field: CellField) -> None:

@@ -80,6 +80,8 @@ def test_each_cell_gets_19_probabilities_and_a_label_set(stack: Stack, field: Ce
     columns = list(classes.columns)
     probabilities = values[:, columns.index("p_nucleoplasm"):columns.index("p_negative") + 1]
     assert np.allclose(probabilities, from_tensor(result.tensors["probabilities"]), atol=1e-6)
+    crops = from_tensor(result.tensors["crops"])
+    assert crops.shape == (len(classes.row_ids), 64, 64, 4) and crops.dtype == np.uint8
     thresholds = np.array([float(t) for t in result.provenance["classifier_thresholds"].split(",")])
     predicted = values[:, columns.index("is_nucleoplasm"):columns.index("is_negative") + 1]
     assert np.array_equal(predicted, probabilities >= thresholds.astype(np.float32) - 1e-6)
@@ -125,8 +127,7 @@ def test_explain_and_plot_draw_the_job(stack: Stack, field: CellField, tmp_path:
     assert stack.client.wait(job.job_id, timeout_s=120).status == pb.JOB_STATUS_DONE
     gateway = ["--gateway", stack.address, "--token", ""]
     out = tmp_path / "why"
-    assert main(["explain", job.job_id, "-o", str(out), "--image", str(path), "--cells", "1",
-                 *gateway]) == 0
+    assert main(["explain", job.job_id, "-o", str(out), "--cells", "1", *gateway]) == 0
     written = sorted(p.name for p in out.iterdir())
     kinds = ["crop", "gradcam_colour", "gradcam_grey", "gradcam_multiply", "gradcam_overlay", "lime"]
     stem = written[0].rsplit("_", 1)[0] if written[0].endswith("_crop.png") else ""
@@ -136,6 +137,14 @@ def test_explain_and_plot_draw_the_job(stack: Stack, field: CellField, tmp_path:
     assert main(["explain", job.job_id, "-o", str(out), "--image", str(path), "--class",
                  "Mitochondria", "--no-lime", "--cells", "2", *gateway]) == 0
     assert (out / "cell2_mitochondria_gradcam_overlay.png").is_file()
+    # from the result's 8-bit crops and cut again from the image: the same pictures, give or take
+    # the crops' rounding
+    again = tmp_path / "again"
+    assert main(["explain", job.job_id, "-o", str(again), "--class", "Mitochondria", "--no-lime",
+                 "--cells", "2", *gateway]) == 0
+    for picture in again.glob("*.png"):
+        difference = np.asarray(Image.open(picture)).astype(int) - np.asarray(Image.open(out / picture.name))
+        assert np.abs(difference).max() <= 1, picture.name
     with pytest.raises(SystemExit, match="--class: unknown class"):
         main(["explain", job.job_id, "-o", str(out), "--image", str(path), "--class", "Nucleus",
               *gateway])

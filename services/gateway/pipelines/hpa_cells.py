@@ -39,8 +39,9 @@ class HpaCellsPipeline(CellsPipeline):
         "pipeline's tensors and 'cells' table; table 'classes' (per cell: bounding box, top "
         "class, 19 probabilities p_<class>, the predicted label set is_<class> at the model's "
         "per-class thresholds); table 'image_classes' (per class: the highest cell probability "
-        "and the cells carrying it); tensor 'probabilities' (cells, 19) float32; `labsight "
-        "columns hpa-cells` explains each column. `labsight explain JOB_ID` draws why."
+        "and the cells carrying it); tensor 'probabilities' (cells, 19) float32; tensor "
+        "'crops' (cells, 64, 64, 4) uint8, each cell as the classifier saw it; `labsight "
+        "columns hpa-cells` explains each column. `labsight explain JOB_ID -o DIR` draws why."
     )
     parameters = (
         *CellsPipeline.parameters,
@@ -55,7 +56,8 @@ class HpaCellsPipeline(CellsPipeline):
         result = super().run(segment)
         result.pipeline = self.name
         request = classifier_pb2.ClassifyCellsRequest(
-            cell_labels=result.tensors["cell_labels"], model=context.params.get("model", "")
+            cell_labels=result.tensors["cell_labels"], model=context.params.get("model", ""),
+            return_crops=True,
         )
         parts = channel_parts(context.job_input)
         if len(parts) == 1:
@@ -88,6 +90,7 @@ class HpaCellsPipeline(CellsPipeline):
         result.tables["image_classes"].CopyFrom(feature_table(
             image_class_column_names(names), summary[None], ["image"]))
         result.tensors["probabilities"].CopyFrom(answer.probabilities)
+        result.tensors["crops"].CopyFrom(answer.crops)
         result.scalars["classes_found"] = float(predicted.any(axis=0).sum())
         result.provenance["classifier_model"] = answer.model
         result.provenance["classifier_classes"] = "; ".join(names)
