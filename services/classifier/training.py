@@ -124,11 +124,11 @@ class TrainingConfig:
     """
 
     seed: int = 2026
-    train_cells: int = 6000
+    train_cells: int = 8000
     validation_cells: int = 1200
     test_cells: int = 1500
     shifted_cells: int = 1200
-    epochs: int = 14
+    epochs: int = 16
     batch_size: int = 128
     learning_rate: float = 4e-3
     weight_decay: float = 1e-4
@@ -151,6 +151,7 @@ class TrainingReport:
     data_seconds: float
     parameters: int
     history: list[float] = field(default_factory=list)
+    split_cells: dict[str, int] = field(default_factory=dict)
 
 
 def _finite(value: float) -> float | None:
@@ -278,6 +279,7 @@ def train_generated_classifier(
         data_seconds=data_seconds,
         parameters=sum(p.numel() for p in model.parameters()),
         history=history,
+        split_cells={"train": len(train.classes), "validation": len(validation.classes)},
     )
     log(f"held-out macro-F1 {report.test['macro_f1']:.3f}, mAP {report.test['mean_average_precision']:.3f}; "
         f"shifted macro-F1 {report.shifted['macro_f1']:.3f}")
@@ -303,6 +305,9 @@ def _fit(
     import torch
 
     rng = np.random.default_rng((config.seed, 99))
+    # Channels-last convolutions train about 1.4 times faster on CPU; the weights are
+    # handed back in the default layout.
+    model.to(memory_format=torch.channels_last)  # type: ignore[attr-defined]
     batches = max(len(train.classes) // config.batch_size, 1)
     total_steps = config.epochs * batches
     optimiser = torch.optim.AdamW(
@@ -327,6 +332,7 @@ def _fit(
                 group["lr"] = config.learning_rate * _schedule(progress)
             rows = np.sort(order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size])
             batch = _augment(torch.from_numpy(train.crops[rows].astype(np.float32) / 255), rng)
+            batch = batch.contiguous(memory_format=torch.channels_last)
             optimiser.zero_grad()
             loss = loss_function(model.logits(batch), targets[rows])  # type: ignore[attr-defined]
             loss.backward()
@@ -337,6 +343,7 @@ def _fit(
         if done:
             history.append(total / done)
             log(f"epoch {len(history)}: loss {history[-1]:.4f} ({time.perf_counter() - started:.0f} s)")
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[attr-defined]
     return history, step / batches, time.perf_counter() - started
 
 
@@ -408,52 +415,57 @@ def model_card(report: TrainingReport, name: str) -> str:
         f"| {three['classes'][k]} | " + " | ".join(str(v) for v in confusion[k]) + " |"  # type: ignore[index]
         for k in range(3)
     )
+    drawn = report.split_cells or {"train": config["train_cells"], "validation": config["validation_cells"]}
+    recalls = ", ".join(
+        f"{c} {_cell(r)}" for c, r in zip(three["classes"], three["recall_at_threshold"], strict=True)  # type: ignore[call-overload]
+    )
     return f"""# Model card: {name}
 
 **Trained on generated cells only. Real use needs training on real HPA data** (`labsight
 train-classifier` on a CSV of image ids and label sets with the four channel images).
-The scores below say that the network can tell the 19 HPA localisation patterns apart as
+The scores below say that the network tells the 19 HPA localisation patterns apart as
 LabSight's generator draws them; they say nothing about real microscopy images.
 
 ## What it is
-- Architecture `{ARCHITECTURE}` (`services/classifier/model.py`): {report.parameters:,} parameters,
-  input (N, 4, {INPUT_SIZE}, {INPUT_SIZE}) RGBY crops scaled to [0, 1] (red microtubules, green
-  protein, blue nuclei, yellow ER; other cells blanked), output 19 independent sigmoid
-  probabilities in HPA order. Trained from scratch (no ImageNet backbone).
-- Per-class thresholds (`thresholds.json`) chosen on the validation split to maximise each
-  class's F1.
+- Architecture `{ARCHITECTURE}` (`services/classifier/model.py`), {report.parameters:,} parameters,
+  trained from scratch. Input: (N, 4, {INPUT_SIZE}, {INPUT_SIZE}) RGBY cell crops scaled to [0, 1]
+  (red microtubules, green protein, blue nuclei, yellow ER; other cells blanked). Output: 19
+  independent sigmoid probabilities in HPA order.
+- No ImageNet backbone: the offline EfficientNet-Lite0 would make the weights about 13 MB and
+  train several times slower on CPU; the small network meets the target on generated cells.
+- Per-class thresholds (`thresholds.json`), each chosen on the validation split to maximise
+  that class's F1.
 
 ## Training data
-- `services.classifier.generated_cells`, generator version {report.generator_version}, style
-  `standard` (roundish cells, aspect {STANDARD.aspect[0]:g}–{STANDARD.aspect[1]:g}, smooth
-  textures), fields of {FIELD_SIZE}×{FIELD_SIZE} px with up to {CELLS_PER_FIELD} cells, cell
-  radius {DEFAULT_RADIUS[0]:g}–{DEFAULT_RADIUS[1]:g} px; each cell has 1–3 classes
-  (50/35/15 %), "Negative" always alone. Crops: the square around each cell's bounding box,
-  other cells blanked, resized to {INPUT_SIZE}×{INPUT_SIZE} (`labsight.cell_crops`).
-- Data seed {config['seed']}: split streams train 0, validation 1, test 2, shifted test 3
-  (disjoint fields). Cells: {config['train_cells']} training (asked), {config['validation_cells']}
-  validation, {report.test['cells']} held-out test, {report.shifted['cells']} shifted test.
-- Optimisation: AdamW, peak learning rate {config['learning_rate']} (linear warm-up, cosine decay), batch
-  {config['batch_size']}, {report.epochs_run:.1f} epochs with random rotations and flips,
-  {report.train_seconds:.0f} s on {config['threads']} CPU thread(s); data generation
+- Generator `services.classifier.generated_cells`, version {report.generator_version}, style
+  `standard`: roundish cells (aspect {STANDARD.aspect[0]:g}–{STANDARD.aspect[1]:g}, radius
+  {DEFAULT_RADIUS[0]:g}–{DEFAULT_RADIUS[1]:g} px), smooth textures, fields of {FIELD_SIZE}×{FIELD_SIZE} px
+  with up to {CELLS_PER_FIELD} cells; each cell has 1–3 classes (50/35/15 %), "Negative" alone.
+- Crops: the square around each cell's bounding box, other cells blanked, resized to
+  {INPUT_SIZE}×{INPUT_SIZE} (`labsight.cell_crops`).
+- Data seed {config['seed']}; split streams train 0, validation 1, test 2, shifted test 3 (disjoint
+  fields). Cells: {drawn['train']} training, {drawn['validation']} validation,
+  {report.test['cells']} held-out test, {report.shifted['cells']} shifted test.
+- Optimisation: AdamW, peak learning rate {config['learning_rate']} (linear warm-up, cosine
+  decay), batch {config['batch_size']}, {report.epochs_run:.1f} epochs with random rotations and
+  flips, {report.train_seconds:.0f} s on {config['threads']} CPU thread(s); data generation
   {report.data_seconds:.0f} s.
 
 ## Held-out scores (generated test split, standard style)
-mAP **{report.test['mean_average_precision']:.3f}**, macro-F1 **{report.test['macro_f1']:.3f}**
-over {report.test['cells']} cells.
+mAP **{report.test['mean_average_precision']:.3f}**, macro-F1 **{report.test['macro_f1']:.3f}** over
+{report.test['cells']} cells; per class below.
 
 ## Out-of-distribution report (generator style `shifted`)
-Elongated, irregular cells (aspect {SHIFTED.aspect[0]:g}–{SHIFTED.aspect[1]:g}, boundary
-harmonics up to {SHIFTED.harmonics}), off-centre nuclei, and other textures for
-nucleoplasm (grainy), plasma membrane (thick, beaded), mitochondria (a connected network),
-cytosol (graded) and vesicles (fewer, larger). All 19 classes: mAP
-{report.shifted['mean_average_precision']:.3f}, macro-F1 {report.shifted['macro_f1']:.3f} over
-{report.shifted['cells']} cells (thresholds from the standard validation split).
+Elongated, irregular cells (aspect {SHIFTED.aspect[0]:g}–{SHIFTED.aspect[1]:g}, outline harmonics up
+to {SHIFTED.harmonics}), off-centre nuclei, and other textures for nucleoplasm (grainy), plasma
+membrane (thick, beaded), mitochondria (a connected network), cytosol (graded) and vesicles
+(fewer, larger). All 19 classes: mAP {report.shifted['mean_average_precision']:.3f}, macro-F1
+{report.shifted['macro_f1']:.3f} over {report.shifted['cells']} cells (thresholds from the
+standard validation split).
 
-Cells carrying exactly one of nucleoplasm, plasma membrane and mitochondria
-({three['cells']} cells): arg-max accuracy among the three
-**{_cell(three['argmax_accuracy'])}**; recall at threshold
-{", ".join(f"{c} {_cell(r)}" for c, r in zip(three['classes'], three['recall_at_threshold'], strict=True))}.
+The clearly different patterns: of the {three['cells']} shifted cells carrying exactly one of
+nucleoplasm, plasma membrane and mitochondria, the arg-max of those three probabilities is
+right for **{_cell(three['argmax_accuracy'])}**; recall at the thresholds: {recalls}.
 
 | truth \\ arg-max | {" | ".join(three['classes'])} |
 |---|---|---|---|

@@ -33,7 +33,7 @@ def shipped() -> ModelManifest:
 
 @pytest.fixture(scope="module")
 def fresh_cells() -> GeneratedCells:
-    return generated_cells(FRESH_SEED, 0, 400)
+    return generated_cells(FRESH_SEED, 0, 600)
 
 
 @pytest.fixture(scope="module")
