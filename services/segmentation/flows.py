@@ -49,6 +49,9 @@ CELL_DIAMETER_UM = 30.0
 REFINE_TOLERANCE = 0.25
 """Relative difference between measured and expected diameter that triggers a second pass."""
 
+FULL_SIZE_DYNAMICS_MIN_SCALE = 0.5
+"""Smallest zoom at which the flow dynamics run at the input's size (see :func:`segment_planes`)."""
+
 FLOW_SCALE = 5.0
 """The networks predict 5× the unit flow vectors."""
 
@@ -428,8 +431,12 @@ def segment_planes(planes: np.ndarray, predict: Predict, *, scale: float, min_ar
     predict : callable
         The network (see :data:`Predict`).
     scale : float
-        Zoom applied before the network (:func:`rescale_factor`); its output is resized back
-        to (H, W) (bilinear) and the dynamics run there.
+        Zoom applied before the network (:func:`rescale_factor`). From
+        :data:`FULL_SIZE_DYNAMICS_MIN_SCALE` up, the output is resized back to (H, W)
+        (bilinear) and the dynamics run there; below it (large objects, whose dynamics at
+        full size would take 1/scale times more steps on 1/scale² times more pixels) they
+        run at the network's scale and the labels are enlarged by nearest neighbour, cut to
+        the enlarged cell probability.
     min_area_px : float
         Masks smaller than this many pixels of the input are removed.
     cellprob_threshold, flow_threshold : float, optional
@@ -445,11 +452,19 @@ def segment_planes(planes: np.ndarray, predict: Predict, *, scale: float, min_ar
     height, width = planes.shape[1:]
     scaled_shape = (max(1, round(height * scale)), max(1, round(width * scale)))
     output = predict_tiled(resize_planes(planes, scaled_shape), predict, tile=tile, overlap=overlap)
-    # the dynamics run on the output brought back to the input's size (smoother outlines than
-    # resizing the labels), with as many more steps as the objects grew
-    return flows_to_labels(resize_planes(output, (height, width)), cellprob_threshold=cellprob_threshold,
-                           flow_threshold=flow_threshold, steps=round(200 / min(scale, 1.0)),
-                           min_area_px=min_area_px)
+    if scale >= FULL_SIZE_DYNAMICS_MIN_SCALE:
+        # the dynamics run on the output brought back to the input's size (smoother outlines
+        # than resizing labels), with as many more steps as the objects grew
+        return flows_to_labels(resize_planes(output, (height, width)), cellprob_threshold=cellprob_threshold,
+                               flow_threshold=flow_threshold, steps=round(200 / min(scale, 1.0)),
+                               min_area_px=min_area_px)
+    # objects much larger than the network's: dynamics at its scale, labels enlarged, and
+    # the outline taken from the enlarged cell probability
+    small = flows_to_labels(output, cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold,
+                            min_area_px=min_area_px * scale**2)
+    labels = resize_planes(small[None], (height, width), order=0)[0]
+    labels[resize_planes(output[2:], (height, width))[0] <= cellprob_threshold] = 0
+    return fill_and_filter(labels, min_area_px)
 
 
 def median_diameter_px(labels: np.ndarray) -> float:
@@ -574,7 +589,7 @@ def match_cells_to_nuclei(nucleus_labels: np.ndarray, cell_labels: np.ndarray,
 
     A nucleus belongs to the cell that holds most of its pixels, if that is at least
     ``min_overlap`` of the nucleus. A cell holding one nucleus takes the nucleus's id (and
-    the nucleus's pixels outside it that no other cell holds); a cell holding several is
+    the nucleus's pixels, also where they reach outside it); a cell holding several is
     split between them, each pixel going to the nucleus it is nearest to along the cell
     (a watershed of the distance to the nuclei, as when cells are grown from seeds).
     A nucleus without a cell gets a cell equal to the nucleus. A cell without a nucleus is
@@ -624,9 +639,8 @@ def match_cells_to_nuclei(nucleus_labels: np.ndarray, cell_labels: np.ndarray,
         distance = ndimage.distance_transform_edt(seeds == 0)
         split = watershed(distance, seeds, mask=region)
         out[box][region] = split[region]
-    # nuclei outside their cell, and nuclei without one, claim their own free pixels
-    free = (out == 0) & (nuclei > 0)
-    out[free] = nuclei[free]
+    # every nucleus lies in its own cell, also where it reaches into a neighbour (or has no cell)
+    out[nuclei > 0] = nuclei[nuclei > 0]
     return nuclei, out
 
 
