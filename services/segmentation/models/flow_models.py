@@ -39,8 +39,9 @@ CELLS_MODEL = "cellpose-flow"
 TILE_SIZE = (224, 224)
 """Tile the flow models are exported and batched at (any size runs, as ``dynamic_size`` models)."""
 
-_LICENCE = ("BSD-3-Clause (scellseg, Copyright (c) 2021 cellimnet; network and weights derived from "
-            "Cellpose, BSD-3-Clause, Copyright (c) 2020 Howard Hughes Medical Institute)")
+_LICENCE = ("BSD-3-Clause (scellseg: Copyright (c) 2021 Zhejiang University, authors Dejin Xun and "
+            "Deheng Chen; network and weights derived from Cellpose, BSD-3-Clause, Copyright (c) 2020 "
+            "Howard Hughes Medical Institute)")
 
 _ARCHITECTURES = {"cellpose-flow": "cellpose", "scellseg-flow": "scellseg"}
 _WEIGHT_FILES = {"cellpose-flow": "assets/pretrained_models/cellpose",
@@ -48,7 +49,7 @@ _WEIGHT_FILES = {"cellpose-flow": "assets/pretrained_models/cellpose",
 _SOURCES = {
     "cellpose-flow": "Cellpose-style network (Stringer et al. 2021) as shipped by the PyPI package "
                      "scellseg==0.1.8 (assets/pretrained_models/cellpose), trained on the Cellpose data set",
-    "scellseg-flow": "Scellseg network (Shen et al. 2022; Cellpose with attention gates, dense fusion and "
+    "scellseg-flow": "Scellseg network (Xun et al. 2022; Cellpose with attention gates, dense fusion and "
                      "hierarchical styles) from the PyPI package scellseg==0.1.8 "
                      "(assets/pretrained_models/scellseg), pre-trained on the Cellpose data set",
 }

@@ -221,9 +221,9 @@ class FlowNet(nn.Module):
     Notes
     -----
     Stringer, Wang, Michaelos & Pachitariu, "Cellpose: a generalist algorithm for cellular
-    segmentation", Nature Methods 18 (2021); Scellseg: Shen et al., "Scellseg: a style-aware
+    segmentation", Nature Methods 18 (2021); Scellseg: Xun et al., "Scellseg: a style-aware
     deep learning tool for adaptive cell instance segmentation by contrastive fine-tuning",
-    iScience 25 (2022).
+    iScience (2022).
     """
 
     def __init__(self, variant: str = "cellpose") -> None:
