@@ -18,7 +18,7 @@ from google.protobuf.json_format import MessageToDict
 
 from labsight import evaluate_cli, explain_cli, vessel_cli
 from labsight.catalog import SERVERS
-from labsight.columns import CELL_CHANNELS
+from labsight.columns import CELL_CHANNELS, PIPELINES_WITH_TABLES
 from labsight.export import (
     FORMATS,
     JSON_LINES,
@@ -463,7 +463,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
         plot_results,
         read_groups,
     )
-    from labsight.plots.cell_classes import is_cell_classes_result, write_cell_classes_figure
 
     if args.class_label and args.groups:
         raise SystemExit("labsight: give --by LABEL or --groups CSV, not both")
@@ -488,10 +487,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
             cell_labels=load_image(Path(args.cell_labels), "--cell-labels", labels=True)
             if args.cell_labels else None,
         )
-        if is_cell_classes_result(results[0]) and args.kind in ("auto", "classes") and len(results) == 1:
-            kind = write_cell_classes_figure(results[0], Path(args.output), options.image)
-        else:
-            kind = plot_results(results, Path(args.output), options)
+        kind = plot_results(results, Path(args.output), options)
     except (ValueError, OSError) as error:
         raise SystemExit(f"labsight: {error}") from None
     count = f"{len(results)} result" + ("s" if len(results) != 1 else "")
@@ -820,7 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--kind", default="auto",
                       help="auto (default): curves for fractal jobs, masks (nuclei and cells, "
                            "and their outlines over --image) for one cells job, classes (cells "
-                           "coloured by top class) for one hpa-cells job, tissue (spots or "
+                           "coloured by top class) for one hpa-cells job, vessel (instances and "
+                           "fill levels, outlines over --image) for one vessel-content job, tissue (spots or "
                            "cells over their image) for one spot-features job, else embedding "
                            "(a PCA); plate: a heatmap by well (A01-P24 in the image names)")
     plot.add_argument("--by", "--class-label", dest="class_label", default="", metavar="LABEL",
@@ -895,7 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     columns = sub.add_parser("columns", help="explain every column of a pipeline's results")
-    columns.add_argument("pipeline", help="fractal, deep-features, spot-features or cells")
+    columns.add_argument("pipeline", help=", ".join(PIPELINES_WITH_TABLES))
     columns.add_argument("--json", action="store_true", help="one JSON object per table")
     columns.set_defaults(func=cmd_columns)
 

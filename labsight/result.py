@@ -26,16 +26,21 @@ LABEL_MASKS = {"nucleus_labels": "nuclei", "cell_labels": "cells"}
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
 
 
+MAIN_TABLES = {"hpa-cells": "classes"}
+"""The table a pipeline's result is about, where it is not named after the pipeline."""
+
+
 def main_table(result: pb.JobResult) -> str:
-    """The table a result is about: the one named after its pipeline (``fractal``),
-    else ``features``, else the first by name.
+    """The table a result is about: the one named after its pipeline (``fractal``,
+    ``cells``) or given in MAIN_TABLES (hpa-cells: ``classes``), else ``features``, else
+    the first by name.
 
     Raises
     ------
     KeyError
         If the result has no tables.
     """
-    for name in (result.pipeline, "features"):
+    for name in (result.pipeline, MAIN_TABLES.get(result.pipeline, ""), "features"):
         if name in result.tables:
             return name
     if not result.tables:

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from labsight.export import COORDINATES
+from labsight.plots.cell_classes import cell_classes_figure, is_cell_classes_result
 from labsight.plots.curves import curves_figure
 from labsight.plots.embedding import RowColours, embedding_figure
 from labsight.plots.groups import groups_of, read_groups
@@ -21,6 +22,7 @@ from labsight.plots.masks import has_masks, load_cells_image, masks_figure
 from labsight.plots.plate import plate_figure, well_of
 from labsight.plots.tissue import cells_figure, load_image, spots_figure
 from labsight.plots.values import principal_components, result_values, row_values
+from labsight.plots.vessels import is_vessel_result, vessel_figure
 from labsight.result import main_table
 from labsight.tables import table_values, tables_of
 from labsight.v1 import gateway_pb2 as pb
@@ -28,7 +30,7 @@ from labsight.v1 import gateway_pb2 as pb
 __all__ = ["KINDS", "PlotOptions", "build_figure", "load_cells_image", "load_image", "plot_hints",
            "plot_results", "principal_components", "read_groups", "well_of"]
 
-KINDS = ("auto", "curves", "embedding", "tissue", "plate", "masks")
+KINDS = ("auto", "curves", "embedding", "tissue", "plate", "masks", "classes", "vessel")
 """Figures ``plot_results`` draws; ``auto`` picks one from the results."""
 
 
@@ -60,10 +62,11 @@ def plot_results(
 ) -> str:
     """Draw ``results`` into an image file (PNG, PDF or SVG by its suffix); returns the kind drawn.
 
-    ``auto`` draws fractal results as ``curves``, one segmentation result (label
-    masks) as ``masks``, one result with coordinates and a spot diameter or a
-    cell mask as ``tissue``, and anything else as an ``embedding`` (PCA of the
-    table rows).
+    ``auto`` draws fractal results as ``curves``; one vessel-content result as
+    ``vessel``, one hpa-cells result as ``classes`` (cells by top class), one other
+    segmentation result (label masks) as ``masks``; one result with coordinates
+    and a spot diameter or a cell mask as ``tissue``, and anything else as an
+    ``embedding`` (PCA of the table rows).
 
     Raises
     ------
@@ -94,10 +97,10 @@ def build_figure(results: Sequence[pb.JobResult], options: PlotOptions) -> tuple
                                   options.colour_by)
     elif kind == "tissue":
         figure = _tissue_figure(results, table, options)
-    elif kind == "masks":
+    elif kind in SINGLE_RESULT_FIGURES:
         if len(results) != 1:
-            raise ValueError(f"masks figures show one job's result, got {len(results)}")
-        figure = masks_figure(results[0], options.image, options.ids)
+            raise ValueError(f"{kind} figures show one job's result, got {len(results)}")
+        figure = _single_result_figure(kind, results[0], options)
     elif kind == "plate":
         default = "fractal_dimension" if fractal else "PC1"
         values, label = result_values(results, table, options.colour_by or default)
@@ -107,14 +110,33 @@ def build_figure(results: Sequence[pb.JobResult], options: PlotOptions) -> tuple
     return figure, kind
 
 
+SINGLE_RESULT_FIGURES = {
+    "vessel": is_vessel_result,
+    "classes": is_cell_classes_result,
+    "masks": has_masks,
+}
+"""Figures of one result, by kind, and the test of a result that ``auto`` draws so (in order:
+an hpa-cells result also has masks, and is drawn by its classes)."""
+
+
+def _single_result_figure(kind: str, result: pb.JobResult, options: PlotOptions) -> Figure:
+    if kind == "vessel":
+        return vessel_figure(result, options.image)
+    if kind == "classes":
+        return cell_classes_figure(result, options.image)
+    return masks_figure(result, options.image, options.ids)
+
+
 def choose_kind(results: Sequence[pb.JobResult], options: PlotOptions) -> str:
     """The kind ``auto`` stands for with these results and options (or the kind asked for)."""
     if options.kind != "auto":
         return options.kind
     if all(result.pipeline == "fractal" for result in results):
         return "curves"
-    if len(results) == 1 and has_masks(results[0]) and options.cell_labels is None:
-        return "masks"
+    if len(results) == 1 and options.cell_labels is None:
+        for kind, draws in SINGLE_RESULT_FIGURES.items():
+            if draws(results[0]):
+                return kind
     placeable = options.spot_diameter > 0 or options.cell_labels is not None
     if len(results) == 1 and COORDINATES in results[0].tensors and placeable:
         return "tissue"

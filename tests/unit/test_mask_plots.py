@@ -9,7 +9,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from labsight.plots import PlotOptions, build_figure, load_cells_image, plot_hints
+from labsight.plots import PlotOptions, build_figure, choose_kind, load_cells_image, plot_hints
 from labsight.plots.masks import composite, label_colours
 from labsight.tensors import to_tensor
 from labsight.v1 import gateway_pb2 as pb
@@ -81,3 +81,16 @@ def test_a_channel_file_brings_its_three_siblings(tmp_path: Path) -> None:
     (tmp_path / "A1_yellow.png").unlink()
     with pytest.raises(ValueError, match="yellow: 0 files"):
         load_cells_image(tmp_path / "A1_red.png")
+
+
+def test_auto_picks_the_figure_of_each_segmentation_result() -> None:
+    cells = _cells_result()
+    hpa = pb.JobResult()
+    hpa.CopyFrom(cells)
+    hpa.pipeline = "hpa-cells"
+    hpa.tables["classes"].columns.append("label")
+    vessel = pb.JobResult(pipeline="vessel-content")
+    vessel.tensors["instance_masks"].CopyFrom(to_tensor(np.zeros((1, 4, 4), np.uint8)))
+    kinds = [choose_kind([result], PlotOptions()) for result in (cells, hpa, vessel)]
+    assert kinds == ["masks", "classes", "vessel"]
+    assert choose_kind([cells, cells], PlotOptions()) == "embedding"
