@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import grpc
 import numpy as np
 
@@ -24,6 +26,9 @@ from services.segmentation.cells import (
 from services.segmentation.measure import measure_cells
 from services.segmentation.models.flow_models import default_server
 from services.segmentation.vessel_service import segment_vessel_request
+
+SEGMENTATION_PRELOAD_ENV = "LABSIGHT_SEGMENTATION_PRELOAD"
+"""Models the service loads before it serves (the flow models' server reads the same variable)."""
 
 RED, BLUE, YELLOW = 0, 2, 3
 """Channel positions of a cells image (HPA order red, green, blue, yellow; green is only measured)."""
@@ -124,7 +129,13 @@ def _channel_parts(request: pb.SegmentCellsRequest) -> ChannelParts:
 
 
 def register(server: grpc.Server, settings: Settings) -> None:
-    """Add the SegmentationService to ``server``."""
+    """Add the SegmentationService to ``server``.
+
+    Models named in $LABSIGHT_SEGMENTATION_PRELOAD (e.g. scellseg-flow,cellpose-flow) are
+    loaded here, before the server starts, so a first request does not wait for them.
+    """
+    if os.environ.get(SEGMENTATION_PRELOAD_ENV):
+        default_server().preload()
     # Room for the ids and centres next to the patches (the cells table next to the masks).
     answer_room = settings.max_message_bytes - 1024 * 1024
     pb_grpc.add_SegmentationServiceServicer_to_server(SegmentationServicer(answer_room), server)
