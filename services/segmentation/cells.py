@@ -18,6 +18,7 @@ from numpy.typing import ArrayLike
 
 from labsight.errors import InvalidArgument
 from services.segmentation.classical import classical_cells, classical_nuclei
+from services.segmentation.flows import segment_cells_flows, segment_nuclei_flows
 
 __all__ = [
     "CELL_METHODS",
@@ -57,10 +58,14 @@ def _classical_nuclei_and_cells(
     return nucleus_labels, classical_cells(microtubules + er, nucleus_labels, pixel_size_um)
 
 
-NUCLEUS_METHODS: dict[str, NucleusMethod] = {"classical": classical_nuclei}
+NUCLEUS_METHODS: dict[str, NucleusMethod] = {
+    "classical": classical_nuclei, "flows": segment_nuclei_flows,
+}
 """Nucleus methods by name; a method is called as ``f(nuclei, pixel_size_um=...)``."""
 
-CELL_METHODS: dict[str, CellMethod] = {"classical": _classical_nuclei_and_cells}
+CELL_METHODS: dict[str, CellMethod] = {
+    "classical": _classical_nuclei_and_cells, "flows": segment_cells_flows,
+}
 """Cell methods by name; called as ``f(microtubules, er, nuclei, pixel_size_um=...)``."""
 
 _DTYPES = "uint8, uint16 or float"
