@@ -40,16 +40,16 @@ from pathlib import Path
 import grpc
 import numpy as np
 import redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.service_process import start_service  # noqa: E402
 from labsight.catalog import GATEWAY  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.config import Settings  # noqa: E402
 from labsight.images import image_from_array  # noqa: E402
 from labsight.models import ServingConfig, build_engine, load_torch_model  # noqa: E402
-from labsight.redis_server import free_port, start_redis, stop_redis  # noqa: E402
+from labsight.redis_server import start_redis, stop_redis  # noqa: E402
 from labsight.runtime.server import start_server  # noqa: E402
 from labsight.tensors import to_tensor  # noqa: E402
 from labsight.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
@@ -68,24 +68,8 @@ PIXEL_SIZE_UM = 0.3
 
 SEED = 4711
 
-
-def start_service(module: str) -> tuple[subprocess.Popen[bytes], str]:
-    """A model service in its own process; returns (process, address) once it is SERVING."""
-    port = free_port()
-    env = {**os.environ, "LABSIGHT_PORT": str(port), "LABSIGHT_METRICS_PORT": str(free_port()),
-           "LABSIGHT_LOG_LEVEL": "WARNING"}
-    process = subprocess.Popen([sys.executable, "-m", module], env=env)
-    address = f"127.0.0.1:{port}"
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                return process, address
-        except grpc.RpcError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"{module} did not start")
+QUIET_ENV = {**os.environ, "LABSIGHT_LOG_LEVEL": "WARNING"}
+"""Environment of the services this bench starts."""
 
 
 def timed(work: Callable[[], int]) -> float:
@@ -176,8 +160,8 @@ def main() -> None:
         redis_url = private[1]
     prefix = f"labsight-bench-{uuid.uuid4().hex[:8]}"
     settings = Settings(redis_url=redis_url, key_prefix=prefix, allow_anonymous=True)
-    classifier, classifier_address = start_service("services.classifier")
-    segmentation, segmentation_address = start_service("services.segmentation")
+    classifier, classifier_address = start_service("services.classifier", QUIET_ENV)
+    segmentation, segmentation_address = start_service("services.segmentation", QUIET_ENV)
     settings.service_addresses = {"features": "127.0.0.1:1", "segmentation": segmentation_address,
                                   "classifier": classifier_address}
     gateway = start_server(register_gateway, GATEWAY.grpc_services, settings)

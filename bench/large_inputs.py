@@ -36,10 +36,10 @@ import grpc
 import numpy as np
 import redis
 import tifffile
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.service_process import start_service  # noqa: E402
 from labsight.catalog import GATEWAY  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.config import Settings  # noqa: E402
@@ -79,26 +79,6 @@ def write_slide(path: Path, side: int, uncompressed: bool) -> None:
     tifffile.imwrite(path, pixels, photometric="rgb")
     del pixels
     path.with_suffix(".raw").unlink()
-
-
-def start_service(module: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """A model service in its own process, once it reports SERVING; returns (process, address)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", module],
-        env={**env, "LABSIGHT_PORT": str(port), "LABSIGHT_METRICS_PORT": str(free_port())},
-    )
-    address = f"127.0.0.1:{port}"
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                return process, address
-        except grpc.RpcError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"{module} did not start")
 
 
 def peak_rss_bytes(pid: int) -> int:

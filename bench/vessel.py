@@ -44,18 +44,17 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
-import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.service_process import start_service  # noqa: E402
 from labsight.catalog import GATEWAY  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.config import Settings  # noqa: E402
 from labsight.images import encode_png  # noqa: E402
-from labsight.redis_server import free_port, start_redis, stop_redis  # noqa: E402
+from labsight.redis_server import start_redis, stop_redis  # noqa: E402
 from labsight.runtime.server import start_server  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 from labsight.v1 import tensor_pb2  # noqa: E402
@@ -80,25 +79,6 @@ def quality(count: int, seed: int) -> dict[str, float]:
         panoptic.add(content.instance_masks, vessel.instance_masks)
     return {**scores.summary(), "panoptic_quality": panoptic.quality,
             "seconds_per_photo": (time.perf_counter() - start) / count, "seed": float(seed)}
-
-
-def start_segmentation_service() -> tuple[subprocess.Popen[bytes], str]:
-    """The segmentation service in its own process; (process, address)."""
-    port, metrics_port = free_port(), free_port()
-    env = {**os.environ, "LABSIGHT_PORT": str(port), "LABSIGHT_METRICS_PORT": str(metrics_port),
-           "LABSIGHT_LOG_LEVEL": "WARNING"}
-    process = subprocess.Popen([sys.executable, "-m", "services.segmentation"], env=env)
-    address = f"127.0.0.1:{port}"
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                return process, address
-        except grpc.RpcError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the segmentation service did not start")
 
 
 def photos(count: int, scale: float, seed: int = 11) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -177,7 +157,7 @@ def throughput(count: int, scale: float, workers: int, rounds: int) -> dict[str,
         redis_url = private[1]
     prefix = f"labsight-bench-{uuid.uuid4().hex[:8]}"
     settings = Settings(redis_url=redis_url, key_prefix=prefix, allow_anonymous=True)
-    process, address = start_segmentation_service()
+    process, address = start_service("services.segmentation", {**os.environ, "LABSIGHT_LOG_LEVEL": "WARNING"})
     settings.service_addresses = {"segmentation": address, "features": "127.0.0.1:1",
                                   "classifier": "127.0.0.1:1"}
 
