@@ -22,7 +22,7 @@ ChannelParts = Sequence[tuple[str, tensor_pb2.Image]]
 """(field name, image) pairs: one image with the four channels, or four one-channel images in
 the order of CELL_CHANNELS."""
 
-CELL_METHODS = ("classical", "flows")
+CELL_METHODS = ("classical", "flows", "hpa")
 """The segmentation methods of SegmentCells, checked at submit (a test pins them to the
 segmentation service's services.segmentation.cells.CELL_METHODS)."""
 

@@ -277,3 +277,12 @@ def test_the_gateway_checks_the_methods_and_default_of_the_service() -> None:
 
     assert CELL_METHODS == tuple(cells.CELL_METHODS)
     assert float(HPA_PIXEL_SIZE_UM) == cells.DEFAULT_PIXEL_SIZE_UM
+
+
+def test_the_hpa_method_without_its_weights_is_a_failed_precondition(stack: InProcessStack) -> None:
+    stub = segmentation_pb2_grpc.SegmentationServiceStub(grpc.insecure_channel(stack.segmentation.address))
+    request = segmentation_pb2.SegmentCellsRequest(
+        image=image_from_array(np.zeros((16, 16, 4), np.uint8)), method="hpa")
+    error = _refusal(stub.SegmentCells, request, timeout=30)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "hpa-nuclei, hpa-cell" in error.details() and "convert-hpa-weights" in error.details()

@@ -28,7 +28,8 @@ def test_classical_nuclei_reach_the_measured_ap_on_held_out_images():
     pixel_size_um = training_pixel_size_um(NucleusSettings().diameter_um)
     data = list(load_split("test", IMAGES))
     assert len(data) == IMAGES
-    scores = [score_segmentation(segment_nuclei(item.image, pixel_size_um=pixel_size_um),
+    scores = [score_segmentation(segment_nuclei(item.image, pixel_size_um=pixel_size_um,
+                                                method="classical"),
                                  item.labels, [0.5, 0.7, 0.9]) for item in data]
     pooled = pool_scores(scores)
     assert pooled.n_true > 300

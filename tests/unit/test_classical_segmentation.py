@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -10,7 +11,10 @@ from scipy import ndimage as ndi
 
 from labsight.errors import InvalidArgument
 from labsight.segmentation_metrics import average_precision
-from services.segmentation.cells import segment_cells, segment_nuclei
+from services.segmentation import cells
+
+segment_nuclei = functools.partial(cells.segment_nuclei, method="classical")
+segment_cells = functools.partial(cells.segment_cells, method="classical")
 
 PIXEL_UM = 0.5
 """Generated nuclei are 10-13 µm across: 20-26 pixels."""
