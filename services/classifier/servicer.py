@@ -13,6 +13,7 @@ from labsight.cell_images import ChannelParts, read_cell_image
 from labsight.config import Settings
 from labsight.errors import InvalidArgument, echo
 from labsight.models import ModelManifest, ModelServer, ServingConfig, load_torch_model
+from labsight.oip.servicer import add_open_inference
 from labsight.runtime.progress_stream import raise_if_gone
 from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import classifier_pb2 as pb
@@ -212,3 +213,4 @@ def register(server: grpc.Server, settings: Settings) -> None:
     models.preload()
     answer_room = settings.max_message_bytes - 1024 * 1024
     pb_grpc.add_ClassifierServiceServicer_to_server(ClassifierServicer(models, answer_room), server)
+    add_open_inference(server, models, settings)

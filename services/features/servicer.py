@@ -11,6 +11,7 @@ import numpy as np
 from labsight.config import Settings
 from labsight.errors import InvalidArgument
 from labsight.images import decode_image, image_stack
+from labsight.oip.servicer import add_open_inference
 from labsight.runtime.progress_stream import Progress, Report, raise_if_gone, stream_progress
 from labsight.tables import feature_row, feature_table
 from labsight.v1 import features_pb2 as pb
@@ -158,3 +159,4 @@ def register(server: grpc.Server, settings: Settings) -> None:
     extractor = DeepFeatureExtractor(feature_repository(config.model_dirs), config)
     extractor.preload()
     pb_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(extractor), server)
+    add_open_inference(server, extractor, settings)

@@ -11,6 +11,7 @@ from labsight.cell_images import ChannelParts, cell_image_info, check_answer_siz
 from labsight.config import Settings
 from labsight.errors import InvalidArgument, echo
 from labsight.images import decode_image
+from labsight.oip.servicer import add_open_inference
 from labsight.patches import cell_patches, spot_patches
 from labsight.runtime.progress_stream import raise_if_gone
 from labsight.tables import feature_table
@@ -139,3 +140,4 @@ def register(server: grpc.Server, settings: Settings) -> None:
     # Room for the ids and centres next to the patches (the cells table next to the masks).
     answer_room = settings.max_message_bytes - 1024 * 1024
     pb_grpc.add_SegmentationServiceServicer_to_server(SegmentationServicer(answer_room), server)
+    add_open_inference(server, default_server(), settings)

@@ -1,0 +1,46 @@
+"""Regenerates the Open Inference Protocol stubs in labsight/oip (run: python -m labsight.oip.protogen).
+
+The protocol's package is ``inference``, not ``labsight.v1``, so its proto is
+kept apart from the LabSight API's (``labsight.protogen``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from labsight.protogen import PROTO_ROOT, REPO_ROOT
+
+PROTO = Path("labsight/oip/grpc_predict_v2.proto")
+"""The protocol's proto, relative to the proto root."""
+
+
+def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> None:
+    """Write grpc_predict_v2_pb2.py, .pyi and _pb2_grpc.py under ``out_dir``/labsight/oip.
+
+    Requires grpcio-tools (the ``test`` extra); its pinned version makes the
+    output reproducible.
+    """
+    import grpc_tools
+    from grpc_tools import protoc
+
+    include = Path(grpc_tools.__file__).parent / "_proto"
+    args = [
+        "protoc", f"-I{proto_root}", f"-I{include}", f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", str(PROTO),
+    ]
+    if protoc.main(args) != 0:
+        raise RuntimeError(f"protoc failed for {PROTO}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: regenerate into the repository (default) or --out."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT)
+    generate(parser.parse_args(argv).out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""What a served model takes and returns, as the Open Inference Protocol describes it.
+
+Names and shapes come from the model's ONNX graph (the one ONNX Runtime
+runs: the operator's file, or the export the model server caches): its
+input, the outputs the manifest names, and each public layer of the
+manifest, which a request may ask for as an output of its own. Axes the
+graph leaves free (the batch, the sides of a ``dynamic_size`` model) are -1.
+Every input and output is FP32: the engines take and give float32.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import onnx
+
+from labsight.errors import FailedPrecondition
+from labsight.models import ModelManifest, ModelServer, load_onnx
+
+DATATYPE = "FP32"
+"""The datatype of every model input and output."""
+
+PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch"}
+"""Triton's platform names of the two backends a model server runs a model on."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, datatype and shape (-1 for a free axis) of one input or output."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """A model's input, its outputs and the layers a request may ask for besides them.
+
+    Attributes
+    ----------
+    input : TensorSpec
+        The model's one input, (batch, channels, height, width).
+    outputs : tuple of TensorSpec
+        The model's outputs, named as its manifest names them.
+    layers : tuple of TensorSpec
+        The manifest's public layers that are not the model's outputs, named by
+        their public names.
+    """
+
+    input: TensorSpec
+    outputs: tuple[TensorSpec, ...]
+    layers: tuple[TensorSpec, ...]
+
+    def output(self, name: str) -> TensorSpec | None:
+        """The output or layer called ``name``, if there is one."""
+        return next((spec for spec in (*self.outputs, *self.layers) if spec.name == name), None)
+
+
+class Signatures:
+    """Each model's signature, read from its ONNX graph on first use and kept per manifest digest.
+
+    Parameters
+    ----------
+    server : ModelServer
+        The model server whose models are described (its ONNX cache and layer index).
+    """
+
+    def __init__(self, server: ModelServer) -> None:
+        self.server = server
+        self._lock = threading.Lock()
+        self._signatures: dict[tuple[str, str, str], ModelSignature] = {}
+
+    def of(self, manifest: ModelManifest) -> ModelSignature:
+        """The signature of ``manifest``'s model (its ONNX graph is exported first if needed).
+
+        Raises
+        ------
+        FailedPrecondition
+            If the weights are missing or the graph has fewer outputs than the manifest names.
+        """
+        key = (manifest.name, manifest.version, manifest.digest())
+        with self._lock:
+            known = self._signatures.get(key)
+        if known is not None:
+            return known
+        signature = self._read(manifest)
+        with self._lock:
+            self._signatures[key] = signature
+        return signature
+
+    def platform(self, manifest: ModelManifest) -> str:
+        """Triton's name of the backend this server runs the model on."""
+        return PLATFORMS[self.server.backend(manifest)]
+
+    def _read(self, manifest: ModelManifest) -> ModelSignature:
+        model = load_onnx(manifest, self.server.config.cache_dir)
+        graph = model.graph
+        weights = {tensor.name for tensor in graph.initializer}
+        inputs = [value for value in graph.input if value.name not in weights]
+        if len(graph.output) < len(manifest.outputs) or not inputs:
+            raise FailedPrecondition(
+                f"model {manifest.name!r}: its ONNX graph has {len(inputs)} inputs and "
+                f"{len(graph.output)} outputs; the manifest names one input and {len(manifest.outputs)} "
+                f"outputs {list(manifest.outputs)}"
+            )
+        outputs = tuple(
+            TensorSpec(name, DATATYPE, _shape(value))
+            for name, value in zip(manifest.outputs, graph.output, strict=False)
+        )
+        return ModelSignature(
+            TensorSpec(inputs[0].name, DATATYPE, _shape(inputs[0])), outputs, self._layers(manifest, model)
+        )
+
+    def _layers(self, manifest: ModelManifest, model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
+        """The public layers that are not the model's outputs, shaped by ONNX shape inference."""
+        wanted = [name for name, path in manifest.layers.items() if path and name not in manifest.outputs]
+        if not wanted:
+            return ()
+        index = self.server.layer_index(manifest, "onnx")
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+        values = {value.name: value for value in [*inferred.value_info, *inferred.output]}
+        layers = []
+        for name in wanted:
+            value = values.get(index.target(name))
+            layers.append(TensorSpec(name, DATATYPE, _shape(value) if value is not None else (-1,)))
+        return tuple(layers)
+
+
+def _shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
+    """A graph value's shape, -1 for each axis without a fixed length."""
+    dims = value.type.tensor_type.shape.dim
+    return tuple(dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else -1 for dim in dims)
