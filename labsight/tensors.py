@@ -40,19 +40,57 @@ def numpy_dtype(data_type: int, field: str = "tensor") -> np.dtype:
 
 
 def to_tensor(array: np.ndarray) -> tensor_pb2.Tensor:
-    """Encode an array as a Tensor (little-endian, C order).
+    """Encode an array as a new Tensor (little-endian, C order); see :func:`write_tensor`.
 
     Raises
     ------
     InvalidArgument
         If the array's dtype has no DataType (e.g. complex, object, float16).
     """
+    return write_tensor(tensor_pb2.Tensor(), array)
+
+
+def write_tensor(tensor: tensor_pb2.Tensor, array: np.ndarray) -> tensor_pb2.Tensor:
+    """Encode an array into ``tensor`` in place (little-endian, C order) and return it.
+
+    Write into the field of the message being built (``write_tensor(request.image.tensor,
+    pixels)``) rather than passing ``to_tensor(pixels)`` to a constructor or ``CopyFrom``:
+    protobuf copies a sub-message handed to it, data and all, while a field written in
+    place holds the only copy.
+
+    Parameters
+    ----------
+    tensor : Tensor
+        The message to fill; what it held before is cleared.
+    array : array_like
+        Any shape and memory layout of a dtype :func:`numpy_dtype` names.
+
+    Returns
+    -------
+    Tensor
+        ``tensor``.
+
+    Raises
+    ------
+    InvalidArgument
+        If the array's dtype has no DataType (e.g. complex, object, float16).
+
+    Notes
+    -----
+    The bytes are copied once (``tobytes`` writes C order from any layout) and once
+    more by protobuf into the message; a big-endian array is swapped first, the only
+    case with a further copy.
+    """
     array = np.asarray(array)
     code = _DATA_TYPE_BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
     if code is None:
         raise InvalidArgument(f"arrays of dtype {array.dtype} cannot be sent as a Tensor")
-    little = np.ascontiguousarray(array, dtype=_NUMPY_BY_DATA_TYPE[code])
-    return tensor_pb2.Tensor(dtype=code, shape=list(little.shape), data=little.tobytes())
+    little = array.astype(_NUMPY_BY_DATA_TYPE[code], copy=False)
+    tensor.Clear()
+    tensor.dtype = code
+    tensor.shape.extend(little.shape)
+    tensor.data = little.tobytes()
+    return tensor
 
 
 def from_tensor(
@@ -69,6 +107,14 @@ def from_tensor(
     max_bytes : int, optional
         Reject tensors whose declared size exceeds this.
 
+    Returns
+    -------
+    ndarray
+        Read-only. On a little-endian host (every platform LabSight ships on)
+        it is a view of the one ``bytes`` object read from ``data``: the only
+        copy between the message and numpy. A consumer that writes into its
+        input must copy it (``np.array(decoded)``), where that write is.
+
     Raises
     ------
     InvalidArgument
@@ -84,10 +130,11 @@ def from_tensor(
         raise InvalidArgument(
             f"{field}: shape {list(shape)} needs {expected} bytes, over the limit of {max_bytes}"
         )
-    if len(tensor.data) != expected:
+    data = tensor.data  # every read of a bytes field copies it out of the message: read once
+    if len(data) != expected:
         raise InvalidArgument(
-            f"{field}.data: {len(tensor.data)} bytes do not match shape {list(shape)} of "
+            f"{field}.data: {len(data)} bytes do not match shape {list(shape)} of "
             f"{DataType.Name(tensor.dtype)} ({expected} bytes expected)"
         )
-    array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
-    return array.astype(dtype.newbyteorder("="), copy=False)
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return array if dtype.isnative else array.astype(dtype.newbyteorder("="))

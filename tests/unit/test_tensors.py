@@ -1,4 +1,5 @@
-"""The tensor codec round-trips every dtype and rejects malformed tensors with named fields."""
+"""The tensor codec round-trips every dtype, decodes without copying past the one read of
+``data``, encodes in place, and rejects malformed tensors with named fields."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import numpy as np
 import pytest
 
 from labsight.errors import InvalidArgument
-from labsight.tensors import from_tensor, to_tensor
-from labsight.v1 import tensor_pb2
+from labsight.images import decode_image
+from labsight.tensors import from_tensor, to_tensor, write_tensor
+from labsight.v1 import segmentation_pb2, tensor_pb2
 
 
 @pytest.mark.parametrize(
@@ -72,3 +74,69 @@ def test_declared_size_over_limit_is_rejected_before_reading() -> None:
 def test_unsupported_numpy_dtype_cannot_be_sent() -> None:
     with pytest.raises(InvalidArgument, match="complex128"):
         to_tensor(np.zeros(2, np.complex128))
+
+
+def _owner(array: np.ndarray) -> object:
+    """The object at the end of an array's chain of bases (what holds its memory)."""
+    owner: object = array
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    return owner
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32", "float32", "float64", "bool"])
+def test_decoded_array_is_a_read_only_view_of_the_data_read_once(dtype: str) -> None:
+    array = np.arange(24).reshape(2, 3, 4).astype(dtype)
+    tensor = to_tensor(array)
+    decoded = from_tensor(tensor)
+    owner = _owner(decoded)
+    # One bytes object read from the message holds the pixels; the array is a view of it.
+    assert isinstance(owner, bytes) and owner == tensor.data
+    assert np.shares_memory(decoded, np.frombuffer(owner, np.uint8))
+    assert not decoded.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        decoded[0, 0, 0] = 1
+
+
+def test_write_tensor_fills_a_nested_field_in_place() -> None:
+    pixels = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    request = segmentation_pb2.ExtractPatchesRequest(spot_diameter=2)
+    write_tensor(request.image.tensor, pixels)
+    assert request.HasField("image") and request.image.WhichOneof("source") == "tensor"
+    assert request.image.tensor.data == pixels.tobytes()
+    np.testing.assert_array_equal(from_tensor(request.image.tensor), pixels)
+
+
+def test_write_tensor_replaces_what_the_tensor_held() -> None:
+    tensor = to_tensor(np.zeros((2, 3), np.int32))
+    assert write_tensor(tensor, np.arange(4, dtype=np.uint8)) is tensor
+    assert (tensor.dtype, list(tensor.shape), tensor.data) == (
+        tensor_pb2.DATA_TYPE_UINT8, [4], bytes(range(4))
+    )
+
+
+def test_tensor_image_is_read_without_copying_its_pixels() -> None:
+    pixels = np.arange(64 * 48 * 3, dtype=np.uint16).reshape(64, 48, 3)
+    image = tensor_pb2.Image()
+    write_tensor(image.tensor, pixels)
+    read = decode_image(image)  # what ExtractPatches and every other servicer reads
+    np.testing.assert_array_equal(read, pixels)
+    assert isinstance(_owner(read), bytes)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        (tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_UINT16, shape=[4, 4], data=b"\0" * 31),
+         r"image\.tensor\.data: 31 bytes do not match shape \[4, 4\]"),
+        (tensor_pb2.Tensor(dtype=99, shape=[4, 4], data=b"\0" * 16),
+         r"image\.tensor\.dtype: 99 is not supported"),
+        (tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_UINT8, shape=[4, -4], data=b""),
+         r"image\.tensor\.shape: dimensions must be >= 0"),
+    ],
+)
+def test_malformed_image_tensor_is_refused_naming_the_field(
+    tensor: tensor_pb2.Tensor, message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        decode_image(tensor_pb2.Image(tensor=tensor), "image")
