@@ -1,28 +1,45 @@
-"""Time LabSight's gliding box against a plain vectorised numpy re-statement, and its memory on a large image.
+"""Time LabSight's gliding box against the strongest fair numpy gliding box, paired round by round.
 
-Run from the repository root: ``python bench/fractal.py`` (``--help`` for options).
+Run from the repository root: ``python bench/fractal.py`` (a few minutes; ``--help`` for options,
+``--big`` adds 2048² percolation samples, about 30 s to minutes each).
+
+The baseline is plain vectorised numpy that computes each offset's colour distance once and
+reuses it for every box side (1,681 distance passes for r = 3..41, then one comparison per
+side the offset lies in); its counts must equal LabSight's exactly, or the bench stops. It runs
+on one thread (numpy's element-wise operations do not use more). LabSight's numba kernels are
+timed twice, labelled: on one thread (the baseline's) and on every core. All sides run the
+same number of rounds, in an order that rotates each round; figures are min / median / max.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import multiprocessing
 import sys
 import time
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import numba
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._paired import load_text, paired_rounds, round_ratios, spread, timed  # noqa: E402
+from services.classifier.generated_cells import generate_cell_field  # noqa: E402
 from services.features.fractal import gliding_box, percolation  # noqa: E402
 
 SIDES = tuple(range(3, 42, 2))
 
 
-def test_image(size: int, seed: int = 7) -> np.ndarray:
+def random_rgb(size: int, seed: int = 7) -> np.ndarray:
+    """Uniform random RGB pixels: few pixels count in a box, the cheapest case for percolation."""
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def checkerboard(size: int, seed: int = 7) -> np.ndarray:
     """An RGB checkerboard of 8-pixel squares plus noise, like the seed's reference image."""
     rs = np.random.RandomState(seed)
     yy, xx = np.mgrid[0:size, 0:size]
@@ -32,31 +49,111 @@ def test_image(size: int, seed: int = 7) -> np.ndarray:
     )
 
 
+def cell_field(size: int, seed: int = 7) -> np.ndarray:
+    """The red, green and blue planes of a generated fluorescence field of cells (LabSight's
+    classifier training generator): smooth cells on a dark background, like a micrograph."""
+    field = generate_cell_field(seed, size=size, cells=max(4, (size // 48) ** 2), radius=(12.0, 20.0))
+    return np.ascontiguousarray(field.image[..., :3])
+
+
+IMAGES = {"random RGB": random_rgb, "checkerboard": checkerboard, "cell field": cell_field}
+
+
 def numpy_mass_counts(image: np.ndarray, sides: tuple[int, ...]) -> list[np.ndarray]:
-    """The definition in plain vectorised numpy: per side, one shifted comparison per offset."""
+    """Box counts per mass, per side, in vectorised numpy sharing each offset's colour distance.
+
+    Every offset (dy, dx) of the largest box is visited once: its chessboard colour distance
+    max_c |q - c| is computed over the centres of the smallest side whose box holds the
+    offset, then each side that holds it compares a slice of that same distance map with its
+    threshold T(r) (r for uint8, 257 r for uint16) and adds the result to its mass map.
+
+    Returns
+    -------
+    list of ndarray
+        For each side r, the number of boxes with mass m = 1..r².
+    """
     height, width = image.shape[:2]
-    pixels = np.moveaxis(image.reshape(height, width, -1).astype(np.int16), 2, 0)
-    counts = []
-    for r in sides:
-        h = (r - 1) // 2
-        centre = pixels[:, h : height - h, h : width - h]
-        mass = np.zeros(centre.shape[1:], np.int32)
-        for dy in range(-h, h + 1):
-            for dx in range(-h, h + 1):
-                shifted = pixels[:, h + dy : height - h + dy, h + dx : width - h + dx]
-                mass += np.abs(shifted - centre).max(axis=0) <= r
-        counts.append(np.bincount(mass.ravel(), minlength=r * r + 1)[1:])
-    return counts
+    planes = np.moveaxis(image.reshape(height, width, -1), 2, 0).astype(np.int32)
+    scale = 257 if image.dtype == np.uint16 else 1
+    halves = [(r - 1) // 2 for r in sides]
+    masses = [np.zeros((height - 2 * h, width - 2 * h), np.int16) for h in halves]
+    distance = np.empty((height, width), np.int32)
+    channel = np.empty((height, width), np.int32)
+    hit = np.empty((height, width), bool)
+    reach = halves[-1]
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            first = bisect.bisect_left(halves, max(abs(dy), abs(dx)))
+            h0 = halves[first]
+            rows, cols = height - 2 * h0, width - 2 * h0
+            d, step = distance[:rows, :cols], channel[:rows, :cols]
+            for index, plane in enumerate(planes):
+                centre = plane[h0 : height - h0, h0 : width - h0]
+                near = plane[h0 + dy : height - h0 + dy, h0 + dx : width - h0 + dx]
+                np.subtract(near, centre, out=d if index == 0 else step)
+                if index == 0:
+                    np.abs(d, out=d)
+                else:
+                    np.abs(step, out=step)
+                    np.maximum(d, step, out=d)
+            for j in range(first, len(sides)):
+                inset = halves[j] - h0
+                region = d[inset : rows - inset, inset : cols - inset]
+                counted = hit[: region.shape[0], : region.shape[1]]
+                np.less_equal(region, sides[j] * scale, out=counted)
+                np.add(masses[j], counted, out=masses[j])
+    return [np.bincount(mass.ravel(), minlength=r * r + 1)[1:] for mass, r in zip(masses, sides, strict=True)]
 
 
-def best_of(repeats: int, run: Callable[[], object]) -> float:
-    """Fastest wall time of ``repeats`` calls, in seconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def check_equal(image: np.ndarray) -> None:
+    """Stop the bench unless LabSight's P(m, r) equals the numpy baseline's counts exactly."""
+    reference = numpy_mass_counts(image, SIDES)
+    boxes = gliding_box(image, SIDES, backend="numba")
+    size_y, size_x = image.shape[:2]
+    for r, counts in zip(SIDES, reference, strict=True):
+        total = (size_y - r + 1) * (size_x - r + 1)
+        if counts.sum() != total or not np.array_equal(boxes.probability[r], counts / total):
+            raise SystemExit(f"gliding_box disagrees with the numpy baseline at r = {r}")
+
+
+T = TypeVar("T")
+
+
+def with_threads(threads: int, run: Callable[[], T]) -> Callable[[], T]:
+    """``run`` with numba's parallel kernels on ``threads`` threads for the duration of the call."""
+
+    def call() -> T:
+        numba.set_num_threads(threads)
+        try:
+            return run()
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+    return call
+
+
+def bench_image(name: str, image: np.ndarray, rounds: int, cores: int) -> None:
+    """Paired rounds of the numpy baseline and LabSight on 1 and ``cores`` threads; print them."""
+    check_equal(image)
+    sides = {
+        "numpy": timed(lambda: numpy_mass_counts(image, SIDES)),
+        "labsight-1": timed(with_threads(1, lambda: gliding_box(image, SIDES, backend="numba"))),
+        "labsight-all": timed(with_threads(cores, lambda: gliding_box(image, SIDES, backend="numba"))),
+        "percolation-1": timed(with_threads(1, lambda: percolation(image, SIDES, backend="numba"))),
+        "percolation-all": timed(with_threads(cores, lambda: percolation(image, SIDES, backend="numba"))),
+    }
+    before = load_text()
+    seconds = paired_rounds(sides, rounds)
+    print(f"{name} {image.shape[0]}x{image.shape[1]} RGB uint8, r = 3..41: counts equal; "
+          f"{rounds} rounds, seconds min / median / max")
+    print(f"  numpy shared-distance (1 thread):   {spread(seconds['numpy'])} s")
+    for threads, key in ((1, "labsight-1"), (cores, "labsight-all")):
+        ratios = round_ratios(seconds["numpy"], seconds[key])
+        print(f"  LabSight P+Λ+N, numba {threads} thread(s): {spread(seconds[key], '.4f')} s   "
+              f"speed-up over numpy {spread(ratios, '.1f')}x")
+    for threads, key in ((1, "percolation-1"), (cores, "percolation-all")):
+        print(f"  LabSight percolation, {threads} thread(s): {spread(seconds[key], '.3f')} s (no baseline)")
+    print(f"  before: {before}; after: {load_text()}")
 
 
 def resident_mib(field: str) -> float:
@@ -67,69 +164,67 @@ def resident_mib(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def large_image_run(size: int, queue: multiprocessing.Queue) -> None:
-    """In a fresh process: time both features on a size×size image and measure their peak memory.
+def big_run(size: int, samples: int, queue: multiprocessing.Queue) -> None:
+    """In a fresh process, on every core: P+Λ+N and percolation of ``samples`` random RGB
+    size×size images (one seed each), and the resident-memory growth of the first."""
+    warm = random_rgb(48)
+    gliding_box(warm, backend="numba")
+    percolation(warm, backend="numba")
+    for sample in range(samples):
+        image = random_rgb(size, seed=sample)
+        Path("/proc/self/clear_refs").write_text("5")
+        rss_before = resident_mib("VmRSS")
+        start = time.perf_counter()
+        gliding_box(image, SIDES, backend="numba")
+        boxes_s = time.perf_counter() - start
+        start = time.perf_counter()
+        percolation(image, SIDES, backend="numba")
+        percolation_s = time.perf_counter() - start
+        queue.put((boxes_s, percolation_s, resident_mib("VmHWM") - rss_before, load_text()))
 
-    Peak memory is the resident high-water mark, reset after the image is made (Linux's
-    /proc/self/clear_refs), less the resident size then; numba's allocations are not traced by
-    tracemalloc, so its figure covers numpy's arrays only.
-    """
-    warm = test_image(48)
-    gliding_box(warm)
-    percolation(warm)
-    image = test_image(size)
-    Path("/proc/self/clear_refs").write_text("5")
-    rss_before = resident_mib("VmRSS")
-    tracemalloc.start()
-    start = time.perf_counter()
-    gliding_box(image)
-    boxes_s = time.perf_counter() - start
-    start = time.perf_counter()
-    percolation(image)
-    percolation_s = time.perf_counter() - start
-    _, traced_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    growth = resident_mib("VmHWM") - rss_before
-    queue.put((boxes_s, percolation_s, growth, traced_peak / 2**20, image.nbytes / 2**20))
+
+def bench_big(size: int, samples: int, cores: int) -> None:
+    """Print the big-image figures measured by :func:`big_run` in a spawned process."""
+    context = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue = context.Queue()
+    child = context.Process(target=big_run, args=(size, samples, queue))
+    child.start()
+    boxes, perc = [], []
+    print(f"{size}x{size} random RGB, r = 3..41, numba on {cores} threads, fresh process, "
+          f"{samples} samples (no baseline: numpy would take hours):")
+    for sample in range(samples):
+        boxes_s, percolation_s, growth, load = queue.get()
+        boxes.append(boxes_s)
+        perc.append(percolation_s)
+        print(f"  sample {sample + 1}: P+Λ+N {boxes_s:6.1f} s, percolation {percolation_s:6.1f} s, "
+              f"peak memory +{growth:.0f} MiB; {load}")
+    child.join()
+    print(f"  P+Λ+N       min / median / max: {spread(boxes, '.1f')} s")
+    print(f"  percolation min / median / max: {spread(perc, '.1f')} s")
 
 
 def main() -> None:
-    """Print the timings and the speed-up."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", type=int, default=128, help="side of the timed RGB image (default 128)")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per timing; the best counts (default 5)")
-    parser.add_argument("--large", type=int, default=2048, help="side of the memory-check image; 0 skips it")
+    """Print the paired timings of every image, then the big-image samples if asked."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--size", type=int, default=128, help="side of the timed images (default 128)")
+    parser.add_argument("--rounds", type=int, default=6, help="paired rounds per image (default 6)")
+    parser.add_argument("--big", action="store_true", help="also time 2048² random RGB in a fresh process")
+    parser.add_argument("--big-size", type=int, default=2048)
+    parser.add_argument("--big-samples", type=int, default=3)
     args = parser.parse_args()
-
-    image = test_image(args.size)
-    gliding_box(image)
-    percolation(image)
-    reference = numpy_mass_counts(image, SIDES)
-    boxes = gliding_box(image)
-    boxes_count = [(args.size - r + 1) ** 2 for r in SIDES]
-    for r, n, counts in zip(SIDES, boxes_count, reference, strict=True):
-        if not np.array_equal(boxes.probability[r], counts / n):
-            raise SystemExit(f"gliding_box disagrees with the numpy re-statement at r = {r}")
-
-    numpy_s = best_of(max(1, args.repeats // 2), lambda: numpy_mass_counts(image, SIDES))
-    labsight_s = best_of(args.repeats, lambda: gliding_box(image))
-    percolation_s = best_of(args.repeats, lambda: percolation(image))
-    print(f"{args.size}x{args.size} RGB, r = 3..41 ({len(SIDES)} sides)")
-    print(f"  P + Λ + N, numpy re-statement: {numpy_s:8.3f} s")
-    print(f"  P + Λ + N, LabSight:           {labsight_s:8.3f} s   speed-up {numpy_s / labsight_s:6.1f}x")
-    print(f"  percolation, LabSight:         {percolation_s:8.3f} s")
-
-    if args.large:
-        queue: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
-        child = multiprocessing.get_context("spawn").Process(target=large_image_run, args=(args.large, queue))
-        child.start()
-        boxes_s, perc_s, rss_mib, traced_mib, image_mib = queue.get()
-        child.join()
-        print(f"{args.large}x{args.large} RGB ({image_mib:.0f} MiB), r = 3..41, in a fresh process")
-        print(f"  P + Λ + N:   {boxes_s:8.2f} s")
-        print(f"  percolation: {perc_s:8.2f} s")
-        print(f"  peak memory: +{rss_mib:.0f} MiB resident over the warmed-up process")
-        print(f"               {traced_mib:.0f} MiB of numpy arrays traced")
+    cores = numba.config.NUMBA_NUM_THREADS
+    print(f"numba threads available: {cores}; numpy baseline: 1 thread; {load_text()}")
+    print("seed's Go gliding box: no timings recorded in /work/shared (SEED_FACTS.md, seeds/); "
+          "no anchor quoted")
+    warm = random_rgb(48)
+    for threads in (1, cores):  # compile (or load the cache) and start the thread pool, untimed
+        with_threads(threads, lambda: gliding_box(warm, backend="numba"))()
+        with_threads(threads, lambda: percolation(warm, backend="numba"))()
+    for name, make in IMAGES.items():
+        bench_image(name, make(args.size), args.rounds, cores)
+    if args.big:
+        bench_big(args.big_size, args.big_samples, cores)
+    print(f"end: {load_text()}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,21 @@
-"""Intake benchmark: jobs accepted per second through SubmitBatch vs pipelined XADD.
+"""Intake benchmark: jobs accepted per second through SubmitBatch against pipelined XADD, paired.
 
 Run from the repository root with Redis on 127.0.0.1:6379 (or REDIS_URL):
 
-    python bench/intake.py [--jobs 5000]
+    python bench/intake.py [--rounds 5] [--jobs-small 2000] [--jobs-medium 200] [--jobs-large 12]
 
-Both sides run in this process on the same payloads (an 8x8 uint8 image, the
-`fractal` pipeline), so the printed ratio is stable on a noisy machine. The
-baseline is the floor of what any Redis-backed intake can do: one XADD per
-job, pipelined 256 at a time, with no validation and no job record.
+Three realistic inputs, each a ``fractal`` job with default parameters: a 64x64 RGB array (as
+a tensor), a 512x512 RGB PNG file and a 2048x2048 RGB PNG file, both of a generated
+fluorescence field of cells (LabSight's classifier generator), so they compress like
+micrographs. The gateway runs as its own process (``python -m services.gateway``, as
+``labsight up`` runs it); this process is the client, calling SubmitBatch once per round.
+
+The baseline is the floor of any Redis-backed intake: the same jobs, already serialized, one
+XADD each into a stream, pipelined 256 jobs (or 64 MiB) at a time from this process, with no
+gRPC, no validation, no image header read and no job record. A ratio of 1 would mean the
+gateway accepts jobs as fast as Redis takes their bytes. Each round runs both sides in
+rotating order, and the keys they wrote are deleted between runs (untimed); figures are
+min / median / max over rounds.
 """
 
 from __future__ import annotations
@@ -15,8 +23,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,63 +34,126 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labsight.catalog import GATEWAY  # noqa: E402
+from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
+from bench.service_process import start_service, stop_process  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
-from labsight.config import Settings  # noqa: E402
-from labsight.runtime.server import start_server  # noqa: E402
-from services.gateway.servicer import register  # noqa: E402
+from labsight.images import encode_png  # noqa: E402
+from labsight.v1 import gateway_pb2 as pb  # noqa: E402
+from services.classifier.generated_cells import generate_cell_field  # noqa: E402
+
+PIPELINE_CHUNK_JOBS = 256
+PIPELINE_CHUNK_BYTES = 64 << 20
+
+
+def cell_picture(size: int, seed: int) -> np.ndarray:
+    """RGB planes of a generated field of cells, size x size uint8."""
+    field = generate_cell_field(seed, size=size, cells=max(4, (size // 90) ** 2))
+    return np.ascontiguousarray(field.image[..., :3])
 
 
 def baseline_xadd(client: redis.Redis, stream: str, payloads: list[bytes]) -> float:
-    """Seconds to XADD every payload, pipelined in chunks of 256."""
+    """Seconds to XADD every payload, pipelined in chunks of 256 jobs or 64 MiB."""
     start = time.perf_counter()
-    for offset in range(0, len(payloads), 256):
-        with client.pipeline(transaction=False) as pipe:
-            for payload in payloads[offset : offset + 256]:
-                pipe.xadd(stream, {"job": payload})
+    pipe = client.pipeline(transaction=False)
+    queued = size = 0
+    for payload in payloads:
+        pipe.xadd(stream, {"job": payload})
+        queued, size = queued + 1, size + len(payload)
+        if queued >= PIPELINE_CHUNK_JOBS or size >= PIPELINE_CHUNK_BYTES:
             pipe.execute()
+            queued = size = 0
+    if queued:
+        pipe.execute()
     return time.perf_counter() - start
 
 
-def gateway_batch(lab: LabSightClient, requests: list) -> float:
+def gateway_batch(lab: LabSightClient, requests: list[pb.SubmitJobRequest]) -> float:
     """Seconds to submit every request through one SubmitBatch stream."""
     start = time.perf_counter()
     reply = lab.submit_batch(requests)
     elapsed = time.perf_counter() - start
-    assert len(reply.job_ids) == len(requests)
+    if len(reply.job_ids) != len(requests):
+        raise RuntimeError(f"SubmitBatch queued {len(reply.job_ids)} of {len(requests)} jobs")
     return elapsed
 
 
+def delete_keys(client: redis.Redis, prefix: str) -> None:
+    """Remove every key under ``prefix``."""
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
+    for offset in range(0, len(keys), 1000):
+        client.delete(*keys[offset : offset + 1000])
+
+
+def then_clean(run: Callable[[], float], client: redis.Redis, prefix: str) -> Callable[[], float]:
+    """``run``, then (untimed) the deletion of what it wrote, so every run starts from empty."""
+
+    def call() -> float:
+        seconds = run()
+        delete_keys(client, prefix)
+        return seconds
+
+    return call
+
+
+def inputs(folder: Path, jobs: dict[str, int]) -> dict[str, list[pb.SubmitJobRequest]]:
+    """The requests of each input kind; PNGs are written to ``folder`` and sent as files."""
+    small = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    requests = {"64x64 RGB array": [build_request("fractal", small) for _ in range(jobs["small"])]}
+    for label, size, count in (("512x512 RGB PNG", 512, jobs["medium"]),
+                               ("2048x2048 RGB PNG", 2048, jobs["large"])):
+        path = folder / f"cells-{size}.png"
+        path.write_bytes(encode_png(cell_picture(size, seed=size)))
+        requests[label] = [build_request("fractal", path) for _ in range(count)]
+    return requests
+
+
+def bench_input(label: str, batch: list[pb.SubmitJobRequest], lab: LabSightClient, client: redis.Redis,
+                prefix: str, rounds: int) -> None:
+    """Paired rounds of one input kind through the gateway and the XADD baseline; print them."""
+    payloads = [request.SerializeToString() for request in batch]
+    gateway_batch(lab, batch[: max(1, len(batch) // 10)])  # untimed warm-up
+    delete_keys(client, prefix)
+    before = load_text()
+    seconds = paired_rounds({
+        "baseline": then_clean(lambda: baseline_xadd(client, f"{prefix}:baseline", payloads), client, prefix),
+        "gateway": then_clean(lambda: gateway_batch(lab, batch), client, prefix),
+    }, rounds)
+    gateway_rates = [len(batch) / s for s in seconds["gateway"]]
+    baseline_rates = [len(batch) / s for s in seconds["baseline"]]
+    mib = sum(len(p) for p in payloads) / len(payloads) / 2**20
+    print(f"{label}: {len(batch)} jobs of {mib:.3f} MiB each, jobs/s min / median / max")
+    print(f"  gateway SubmitBatch: {spread(gateway_rates, '.0f')}")
+    print(f"  pipelined XADD     : {spread(baseline_rates, '.0f')}")
+    print(f"  ratio gateway/XADD : {spread(round_ratios(gateway_rates, baseline_rates))}")
+    print(f"  before: {before}; after: {load_text()}")
+
+
 def main() -> None:
-    """Run both sides, print rates and their ratio, clean up the keys."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, default=5000)
+    """Run the paired rounds of every input kind; print rates, ratios and the load."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--jobs-small", type=int, default=2000, help="64x64 jobs per run (default 2000)")
+    parser.add_argument("--jobs-medium", type=int, default=200, help="512x512 PNG jobs per run (default 200)")
+    parser.add_argument("--jobs-large", type=int, default=12, help="2048x2048 PNG jobs per run (default 12)")
     args = parser.parse_args()
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"labsight-bench-{uuid.uuid4().hex[:8]}"
-    settings = Settings(redis_url=redis_url, key_prefix=prefix, allow_anonymous=True,
-                        max_queue_depth=10 * args.jobs)
-    server = start_server(register, GATEWAY.grpc_services, settings)
     client = redis.Redis.from_url(redis_url)
-    image = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
-    requests = [build_request("fractal", image, {"box_sizes": "3"}) for _ in range(args.jobs)]
-    payloads = [request.SerializeToString() for request in requests]
-    try:
-        with LabSightClient(server.address, token="") as lab:
-            gateway_batch(lab, requests[:200])  # warm up channel and caches
-            gateway_s = min(gateway_batch(lab, requests) for _ in range(3))
-        baseline_s = min(baseline_xadd(client, f"{prefix}:baseline", payloads) for _ in range(3))
-    finally:
-        server.stop(0)
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
-        for offset in range(0, len(keys), 1000):
-            client.delete(*keys[offset : offset + 1000])
-    gateway_rate, baseline_rate = args.jobs / gateway_s, args.jobs / baseline_s
-    print(f"jobs: {args.jobs}")
-    print(f"gateway SubmitBatch: {gateway_rate:8.0f} jobs/s")
-    print(f"pipelined XADD     : {baseline_rate:8.0f} jobs/s")
-    print(f"ratio gateway/XADD : {gateway_rate / baseline_rate:.3f}")
-    print(f"target >= 2000 jobs/s: {'met' if gateway_rate >= 2000 else 'NOT met'}")
+    env = {**os.environ, "REDIS_URL": redis_url, "LABSIGHT_KEY_PREFIX": prefix,
+           "LABSIGHT_ALLOW_ANONYMOUS": "1", "LABSIGHT_LOG_LEVEL": "WARNING"}
+    jobs = {"small": args.jobs_small, "medium": args.jobs_medium, "large": args.jobs_large}
+    print(f"{load_text()}; gateway: its own process (default gRPC threads); client and XADD "
+          f"baseline: this process, 1 thread; {args.rounds} paired rounds per input")
+    with tempfile.TemporaryDirectory(prefix="labsight-bench-intake-") as folder:
+        requests = inputs(Path(folder), jobs)
+        gateway, address = start_service("services.gateway", env)
+        try:
+            with LabSightClient(address, token="", timeout_s=600) as lab:
+                for label, batch in requests.items():
+                    bench_input(label, batch, lab, client, prefix, args.rounds)
+        finally:
+            stop_process(gateway)
+            delete_keys(client, prefix)
 
 
 if __name__ == "__main__":
