@@ -15,7 +15,7 @@ from labsight.oip.servicer import add_open_inference
 from labsight.patches import cell_patches, spot_patches
 from labsight.runtime.progress_stream import raise_if_gone
 from labsight.tables import feature_table
-from labsight.tensors import from_tensor, to_tensor
+from labsight.tensors import from_tensor, to_tensor, write_tensor
 from labsight.v1 import segmentation_pb2 as pb
 from labsight.v1 import segmentation_pb2_grpc as pb_grpc
 from services.segmentation.cells import (
@@ -111,12 +111,11 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 request.cell_label_ids, self.max_answer_bytes,
             )
             ids = [str(label) for label in patches.labels]
-        return pb.ExtractPatchesResponse(
-            patches=to_tensor(patches.pixels),
-            patch_ids=ids,
-            patch_centres=to_tensor(patches.centres),
-            patch_at_edge=patches.at_edge.tolist(),
-        )
+        response = pb.ExtractPatchesResponse(patch_ids=ids, patch_at_edge=patches.at_edge.tolist())
+        # Written in place: a tensor handed to the constructor would be copied once more.
+        write_tensor(response.patches, patches.pixels)
+        write_tensor(response.patch_centres, patches.centres)
+        return response
 
 
 def _channel_parts(request: pb.SegmentCellsRequest) -> ChannelParts:
