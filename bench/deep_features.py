@@ -1,29 +1,36 @@
-"""Deep-features benchmark: gateway + queue + features service vs raw ONNX Runtime, and batching.
+"""Deep-features benchmark: gateway + queue + features service against raw ONNX Runtime, paired.
 
-Run from the repository root with Redis on 127.0.0.1:6379 (or REDIS_URL; a
-private redis-server is started when none answers):
+Run from the repository root with Redis on 127.0.0.1:6379 (or REDIS_URL; a private
+redis-server is started when none answers):
 
-    python bench/deep_features.py [--patches 1000] [--per-job 100] [--clients 16] [--rounds 5]
+    python bench/deep_features.py [--patches 384] [--per-job 64] [--rounds 5] [--workers 1]
 
-1. ``--patches`` 224×224 patches go through the gateway as ``deep-features``
-   jobs of ``--per-job`` patches (a tensor stack each), Redis Streams, worker
-   threads and the features service (its own process, EfficientNet-Lite0,
-   ONNX Runtime, dynamic batching at ``--batch``). The baseline is the same
-   model in this process on ONNX Runtime (its default settings) at the same
-   batch size, fed tensors that are already preprocessed. After one untimed
-   pass through the gateway, each of ``--rounds`` rounds runs the baseline and
-   the service back to back; printed: every round's rates and ratio, and the
-   median ratio.
-2. ``--clients`` threads send single images straight to the features service;
-   printed: the rate, the mean executed batch size (from the service's
-   Prometheus metrics) and raw ONNX Runtime at batch size 1 for comparison.
+Every part of LabSight runs as its own process, as ``labsight up`` runs it: the gateway
+(``python -m services.gateway``), ``--workers`` workers and the features service
+(EfficientNet-Lite0 ``avgpool``, preloaded, dynamic batching at ``--batch``). The baseline is
+raw ONNX Runtime in a separate process, in the service's own session layout: as many
+sessions as the service runs instances, each with the service's intra-op thread count
+(both resolved from LABSIGHT_MODEL_INSTANCES and LABSIGHT_ORT_THREADS exactly as the service
+resolves them), on the same cut of the same ONNX graph, one Python thread per session taking
+the next batch, fed tensors that are already preprocessed (the service preprocesses; the
+baseline does not). ONNX Runtime's other settings are its defaults.
+
+1. ``--patches`` 224x224 RGB patches go through the gateway as ``deep-features`` jobs of
+   ``--per-job`` patches (a tensor stack each); the service side's time runs from SubmitBatch
+   to the last job's features fetched (GetJobResult) and decoded into numpy. The baseline runs
+   the same patches at batch ``--batch``.
+2. ``--clients`` threads send single images straight to the features service, against the
+   baseline at batch 1 (what a caller without a batcher gets from the same sessions).
+
+Each part runs both sides once per round, in rotating order; figures are min / median / max.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
-import statistics
+import queue
 import subprocess
 import sys
 import tempfile
@@ -31,68 +38,113 @@ import threading
 import time
 import urllib.request
 import uuid
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import grpc
 import numpy as np
 import redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from labsight.catalog import GATEWAY  # noqa: E402
+from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
+from bench.service_process import start_process, start_service, stop_process  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
-from labsight.config import Settings  # noqa: E402
 from labsight.images import image_from_array  # noqa: E402
-from labsight.models import Engine, build_engine  # noqa: E402
 from labsight.redis_server import free_port, start_redis, stop_redis  # noqa: E402
-from labsight.runtime.server import start_server  # noqa: E402
 from labsight.v1 import features_pb2, features_pb2_grpc  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
-from services.features.deep import preprocess  # noqa: E402
-from services.features.extractor import ExtractorConfig  # noqa: E402
-from services.features.models import DEFAULT_MODEL, feature_repository  # noqa: E402
-from services.gateway.servicer import register as register_gateway  # noqa: E402
-from services.gateway.worker import build_worker  # noqa: E402
+from services.features.models import DEFAULT_MODEL  # noqa: E402
 
 LAYER = "avgpool"
 
 
-def raw_engine(patches: np.ndarray, batch: int) -> tuple[Engine, np.ndarray]:
-    """The benchmarked layer on ONNX Runtime in this process, and the patches preprocessed."""
+def make_patches(count: int) -> np.ndarray:
+    """``count`` random 224x224 RGB uint8 patches, the same for every process (seed 0)."""
+    return np.random.default_rng(0).integers(0, 256, (count, 224, 224, 3), dtype=np.uint8)
+
+
+def raw_sessions() -> tuple[list[object], str, tuple[int, int]]:
+    """Raw ONNX Runtime sessions in the features service's layout: (sessions, input name,
+    (instances, threads per instance)), on the graph the service cuts at ``LAYER``."""
+    import onnxruntime as ort
+
+    from labsight.models.engines import build_layer_index
+    from labsight.models.onnx_graph import cut_at_outputs, load_onnx
+    from services.features.extractor import ExtractorConfig
+    from services.features.models import feature_repository
+
+    config = ExtractorConfig.from_env()
     manifest = feature_repository().get(DEFAULT_MODEL)
-    engine = build_engine(manifest, LAYER, "cpu", ExtractorConfig.from_env().cache_dir)
-    tensors = preprocess(list(patches), manifest.input_size, manifest.preprocessing)
-    engine.run(tensors[:batch])
-    return engine, tensors
+    target = build_layer_index(manifest, "onnx", config.cache_dir).target(LAYER)
+    model = cut_at_outputs(load_onnx(manifest, config.cache_dir), [target]).SerializeToString()
+    instances, threads = config.engine_layout(on_cuda=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    sessions = [ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+                for _ in range(instances)]
+    return sessions, sessions[0].get_inputs()[0].name, (instances, threads)
 
 
-def raw_rate(engine: Engine, tensors: np.ndarray, batch: int) -> float:
-    """Images per second of one pass of ONNX Runtime alone over preprocessed tensors."""
-    start = time.perf_counter()
+def run_sessions(sessions: list, input_name: str, tensors: np.ndarray, batch: int) -> float:
+    """Seconds to run every tensor at ``batch``, one thread per session taking the next batch."""
+    work: queue.SimpleQueue[int] = queue.SimpleQueue()
     for offset in range(0, len(tensors), batch):
-        engine.run(tensors[offset : offset + batch])
-    return len(tensors) / (time.perf_counter() - start)
+        work.put(offset)
+
+    def drain(session: object) -> None:
+        while True:
+            try:
+                offset = work.get_nowait()
+            except queue.Empty:
+                return
+            session.run(None, {input_name: tensors[offset : offset + batch]})  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=drain, args=(session,)) for session in sessions]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start
 
 
-def start_features_service(batch: int, delay_ms: float) -> tuple[subprocess.Popen[bytes], str, int]:
-    """The features service in its own process; returns (process, address, metrics port)."""
-    port, metrics_port = free_port(), free_port()
-    env = {**os.environ, "LABSIGHT_PORT": str(port), "LABSIGHT_METRICS_PORT": str(metrics_port),
-           "LABSIGHT_MAX_BATCH_SIZE": str(batch), "LABSIGHT_MAX_QUEUE_DELAY_MS": str(delay_ms),
-           "LABSIGHT_LOG_LEVEL": "WARNING"}
-    process = subprocess.Popen([sys.executable, "-m", "services.features"], env=env)
-    address = f"127.0.0.1:{port}"
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                return process, address, metrics_port
-        except grpc.RpcError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the features service did not start")
+def baseline_process(connection: Connection, patches: int, batch: int) -> None:
+    """The raw baseline's process: build the sessions, then answer ("run", batch) with seconds."""
+    from services.features.deep import preprocess
+    from services.features.models import feature_repository
+
+    sessions, input_name, layout = raw_sessions()
+    manifest = feature_repository().get(DEFAULT_MODEL)
+    tensors = preprocess(list(make_patches(patches)), manifest.input_size, manifest.preprocessing)
+    run_sessions(sessions, input_name, tensors[: batch * len(sessions)], batch)  # warm-up
+    connection.send(layout)
+    while True:
+        command, size, count = connection.recv()
+        if command == "stop":
+            return
+        connection.send(run_sessions(sessions, input_name, tensors[:count], size))
+
+
+class Baseline:
+    """The raw ONNX Runtime baseline in its own spawned process."""
+
+    def __init__(self, patches: int, batch: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child_end = context.Pipe()
+        self.process = context.Process(target=baseline_process, args=(child_end, patches, batch))
+        self.process.start()
+        self.layout: tuple[int, int] = self.connection.recv()
+
+    def seconds(self, batch: int, count: int) -> float:
+        """Seconds of one pass over the first ``count`` patches at ``batch``."""
+        self.connection.send(("run", batch, count))
+        return self.connection.recv()
+
+    def close(self) -> None:
+        """Stop the process."""
+        self.connection.send(("stop", 0, 0))
+        self.process.join(timeout=60)
 
 
 def batch_metrics(metrics_port: int) -> tuple[float, float]:
@@ -107,62 +159,29 @@ def batch_metrics(metrics_port: int) -> tuple[float, float]:
     return values["count"], values["sum"]
 
 
-class GatewayUnderTest:
-    """The gateway (gRPC, in this process) and ``workers`` worker threads, started once."""
-
-    def __init__(self, settings: Settings, workers: int) -> None:
-        self.gateway = start_server(register_gateway, GATEWAY.grpc_services, settings)
-        self.stop = threading.Event()
-        self.threads = []
-        for index in range(workers):
-            worker = build_worker(settings, consumer=f"bench-{index}")
-            thread = threading.Thread(target=worker.run, args=(self.stop,), kwargs={"block_ms": 50})
-            thread.start()
-            self.threads.append(thread)
-
-    def rate(self, requests: list[pb.SubmitJobRequest], patches: int) -> float:
-        """Patches per second from submitting the jobs to the last job done."""
-        with LabSightClient(self.gateway.address, token="", timeout_s=600) as lab:
-            start = time.perf_counter()
-            job_ids = lab.submit_batch(requests).job_ids
-            finals = [lab.wait(job_id, timeout_s=600) for job_id in job_ids]
-            elapsed = time.perf_counter() - start
-        failed = [job.error for job in finals if job.status != pb.JOB_STATUS_DONE]
-        if failed:
-            raise RuntimeError(f"{len(failed)} jobs failed, e.g. {failed[0]}")
-        return patches / elapsed
-
-    def close(self) -> None:
-        """Stop the workers and the gateway."""
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
-        self.gateway.stop(0)
-
-
-def warm_up(address: str, patches: np.ndarray, batch: int) -> None:
-    """Load the model in the service and run every engine instance once, on full batches."""
-    stub = features_pb2_grpc.FeatureServiceStub(grpc.insecure_channel(address))
-    futures = [
-        stub.ExtractDeepFeatures.future(features_pb2.ExtractDeepFeaturesRequest(
-            model=DEFAULT_MODEL, layer=LAYER,
-            images=[image_from_array(patch) for patch in patches[offset : offset + batch]],
-        ), timeout=300)
-        for offset in range(0, len(patches), batch)
-    ]
-    for future in futures:
-        future.result()
+def through_gateway(lab: LabSightClient, requests: list[pb.SubmitJobRequest], per_job: int) -> float:
+    """Seconds from SubmitBatch to every job's features fetched and decoded into numpy."""
+    start = time.perf_counter()
+    job_ids = lab.submit_batch(requests).job_ids
+    for job_id in job_ids:
+        job = lab.wait(job_id, timeout_s=600)
+        if job.status != pb.JOB_STATUS_DONE:
+            raise RuntimeError(f"job {job_id} ended {pb.JobStatus.Name(job.status)}: {job.error}")
+        features = lab.result(job_id).to_numpy()
+        if features.shape[0] != per_job:
+            raise RuntimeError(f"job {job_id}: {features.shape[0]} feature rows for {per_job} patches")
+    return time.perf_counter() - start
 
 
 def concurrent_clients(address: str, patches: np.ndarray, clients: int) -> float:
-    """Images per second with ``clients`` threads each sending one image per call."""
+    """Seconds for ``clients`` threads, each sending one image per call, to get every image's features."""
     stub = features_pb2_grpc.FeatureServiceStub(grpc.insecure_channel(address))
     requests = [
         features_pb2.ExtractDeepFeaturesRequest(model=DEFAULT_MODEL, layer=LAYER,
                                                 images=[image_from_array(patch)])
         for patch in patches
     ]
-    barrier = threading.Barrier(clients)
+    barrier = threading.Barrier(clients + 1)
 
     def client(index: int) -> None:
         barrier.wait()
@@ -170,89 +189,111 @@ def concurrent_clients(address: str, patches: np.ndarray, clients: int) -> float
             stub.ExtractDeepFeatures(request, timeout=120)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    start = time.perf_counter()
     for thread in threads:
         thread.start()
+    barrier.wait()
+    start = time.perf_counter()
     for thread in threads:
         thread.join()
-    return len(requests) / (time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+def redis_for_bench() -> tuple[str, tuple[subprocess.Popen[bytes], str] | None]:
+    """REDIS_URL (or the local Redis) when it answers, else a private redis-server; (url, private)."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url).ping()
+        return url, None
+    except redis.ConnectionError:
+        private = start_redis(Path(tempfile.mkdtemp(prefix="labsight-bench-redis-")))
+        return private[1], private
 
 
 def main() -> None:
-    """Run both parts and print rates, ratios and the mean executed batch size."""
+    """Run both parts and print rates, ratios, the mean executed batch size and the load."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--patches", type=int, default=1000)
-    parser.add_argument("--per-job", type=int, default=100)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--patches", type=int, default=384)
+    parser.add_argument("--per-job", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (labsight up's default: 1)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--single", type=int, default=192, help="images of part 2 per round")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    patches = np.random.default_rng(0).integers(0, 256, (args.patches, 224, 224, 3), dtype=np.uint8)
-
-    local = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    private: tuple[subprocess.Popen[bytes], str] | None = None
-    try:
-        local.ping()
-        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    except redis.ConnectionError:
-        private = start_redis(Path(tempfile.mkdtemp(prefix="labsight-bench-redis-")))
-        redis_url = private[1]
+    patches = make_patches(args.patches)
+    redis_url, private = redis_for_bench()
     prefix = f"labsight-bench-{uuid.uuid4().hex[:8]}"
-    settings = Settings(redis_url=redis_url, key_prefix=prefix, allow_anonymous=True)
-
-    engine, tensors = raw_engine(patches, args.batch)
-    process, address, metrics_port = start_features_service(args.batch, args.delay_ms)
-    settings.service_addresses = {"features": address, "segmentation": "127.0.0.1:1",
-                                  "classifier": "127.0.0.1:1"}
-    requests = [
-        build_request("deep-features", pb.JobInput().image, {"model": DEFAULT_MODEL, "layer": LAYER},
-                      tensors={"patches": patches[offset : offset + args.per_job]})
-        for offset in range(0, len(patches), args.per_job)
-    ]
-    raw_rates: list[float] = []
-    service_rates: list[float] = []
+    quiet = {**os.environ, "LABSIGHT_LOG_LEVEL": "WARNING"}
+    metrics_port = free_port()
+    processes: list[subprocess.Popen[bytes]] = []
+    baseline = Baseline(args.patches, args.batch)
     try:
-        warm_up(address, patches[: 4 * args.batch], args.batch)
-        under_test = GatewayUnderTest(settings, args.workers)
-        try:
-            under_test.rate(requests[:2], 0)  # untimed: connections, buffers, both instances
-            # This machine's speed drifts: each round runs the baseline and the service back
-            # to back, and the ratio reported is the median of the rounds' ratios.
-            for _ in range(args.rounds):
-                raw_rates.append(raw_rate(engine, tensors, args.batch))
-                service_rates.append(under_test.rate(requests, len(patches)))
-        finally:
-            under_test.close()
+        features, features_address = start_service("services.features", {
+            **quiet, "LABSIGHT_MAX_BATCH_SIZE": str(args.batch),
+            "LABSIGHT_MAX_QUEUE_DELAY_MS": str(args.delay_ms),
+            "LABSIGHT_PRELOAD_MODELS": f"{DEFAULT_MODEL}:{LAYER}"}, metrics_port=metrics_port)
+        processes.append(features)
+        stack_env = {**quiet, "REDIS_URL": redis_url, "LABSIGHT_KEY_PREFIX": prefix,
+                     "LABSIGHT_ALLOW_ANONYMOUS": "1", "LABSIGHT_FEATURES_ADDR": features_address}
+        gateway, gateway_address = start_service("services.gateway", stack_env)
+        processes.append(gateway)
+        processes += [start_process("services.gateway.worker", stack_env) for _ in range(args.workers)]
+        requests = [
+            build_request("deep-features", pb.JobInput().image, {"model": DEFAULT_MODEL, "layer": LAYER},
+                          tensors={"patches": patches[offset : offset + args.per_job]})
+            for offset in range(0, len(patches), args.per_job)
+        ]
+        instances, threads = baseline.layout
+        print(f"{load_text()}")
+        print(f"model {DEFAULT_MODEL} layer {LAYER}, 224x224 patches, max batch {args.batch}, "
+              f"max queue delay {args.delay_ms} ms; service and baseline: {instances} ONNX Runtime "
+              f"session(s) of {threads} intra-op thread(s); {args.workers} worker process(es)")
+        with LabSightClient(gateway_address, token="", timeout_s=600) as lab:
+            through_gateway(lab, requests[:2], args.per_job)  # untimed: connections, buffers
+            before = load_text()
+            seconds = paired_rounds({
+                "raw": lambda: baseline.seconds(args.batch, len(patches)),
+                "service": lambda: through_gateway(lab, requests, args.per_job),
+            }, args.rounds)
+        raw_rates = [len(patches) / s for s in seconds["raw"]]
+        service_rates = [len(patches) / s for s in seconds["service"]]
+        print(f"1) {len(patches)} patches as {len(requests)} jobs of {args.per_job}, gateway + queue + "
+              f"features + results fetched, against raw ONNX Runtime at batch {args.batch}; "
+              f"{args.rounds} rounds, patches/s min / median / max:")
+        print(f"   service: {spread(service_rates, '.1f')}")
+        print(f"   raw ORT: {spread(raw_rates, '.1f')}")
+        print(f"   ratio service/raw: {spread(round_ratios(service_rates, raw_rates))} (target >= 0.9)")
+        print(f"   before: {before}; after: {load_text()}")
+
+        single = patches[: args.single]
+        concurrent_clients(features_address, single[: args.clients], args.clients)  # untimed
         batches, items = batch_metrics(metrics_port)
-        single = concurrent_clients(address, patches, args.clients)
+        before = load_text()
+        seconds = paired_rounds({
+            "raw": lambda: baseline.seconds(1, len(single)),
+            "service": lambda: concurrent_clients(features_address, single, args.clients),
+        }, args.rounds)
         batches_after, items_after = batch_metrics(metrics_port)
+        raw_rates = [len(single) / s for s in seconds["raw"]]
+        service_rates = [len(single) / s for s in seconds["service"]]
+        print(f"2) {len(single)} single images from {args.clients} concurrent clients straight to the "
+              f"features service, against raw ONNX Runtime at batch 1; images/s min / median / max:")
+        print(f"   service: {spread(service_rates, '.1f')} "
+              f"(mean executed batch {(items_after - items) / max(batches_after - batches, 1):.2f})")
+        print(f"   raw ORT, batch 1: {spread(raw_rates, '.1f')}")
+        print(f"   ratio service/raw: {spread(round_ratios(service_rates, raw_rates))}")
+        print(f"   before: {before}; after: {load_text()}")
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        for process in reversed(processes):
+            stop_process(process)
+        baseline.close()
         client = redis.Redis.from_url(redis_url)
         keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
         for offset in range(0, len(keys), 1000):
             client.delete(*keys[offset : offset + 1000])
         if private is not None:
             stop_redis(*private)
-    raw_single = raw_rate(engine, tensors[: max(200, args.batch)], 1)
-    ratios = [service / raw for service, raw in zip(service_rates, raw_rates, strict=True)]
-    mean_batch = (items_after - items) / max(batches_after - batches, 1)
-    print(f"model: {DEFAULT_MODEL} layer {LAYER}, {args.patches} patches of 224x224, "
-          f"max batch {args.batch}, max queue delay {args.delay_ms} ms, {os.cpu_count()} CPUs")
-    print(f"1) gateway+queue+features ({args.per_job} patches/job, {args.workers} workers) against "
-          f"raw ONNX Runtime in-process at batch {args.batch}, {args.rounds} rounds:")
-    for index, (service, raw) in enumerate(zip(service_rates, raw_rates, strict=True)):
-        print(f"   round {index + 1}: service {service:7.1f} patches/s, raw {raw:7.1f} patches/s, "
-              f"ratio {service / raw:.3f}")
-    print(f"   median ratio service/raw: {statistics.median(ratios):.3f} (target >= 0.8)")
-    raw = statistics.median(raw_rates)
-    print(f"2) {args.clients} concurrent single-image clients -> features service: {single:8.1f} images/s")
-    print(f"   mean executed batch size: {mean_batch:.2f}")
-    print(f"   raw ONNX Runtime in-process, batch 1: {raw_single:8.1f} images/s "
-          f"(ratio {single / raw_single:.3f}); batch {args.batch}: {raw:8.1f} (ratio {single / raw:.3f})")
 
 
 if __name__ == "__main__":
