@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from labsight import evaluate_cli, explain_cli, vessel_cli
+from labsight import classifier_cli, evaluate_cli, explain_cli, vessel_cli
 from labsight.catalog import SERVERS
 from labsight.columns import CELL_CHANNELS, PIPELINES_WITH_TABLES
 from labsight.export import (
@@ -695,13 +695,6 @@ def cmd_convert_hpa_weights(args: argparse.Namespace) -> int:
     return convert_hpa.main(args.arguments)
 
 
-def cmd_train_classifier(args: argparse.Namespace) -> int:
-    """Train the organelle classifier (services.classifier.training) as the arguments say."""
-    from services.classifier import training
-
-    return training.main(args.arguments)
-
-
 def cmd_train_features(args: argparse.Namespace) -> int:
     """Fine-tune a backbone, print held-out accuracy as JSON, register the model."""
     from labsight.models import model_dirs_from_env
@@ -921,18 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "[--name NAME (default: hpa-nuclei or hpa-cell)]")
     convert.set_defaults(func=cmd_convert_hpa_weights)
 
-    train_classifier = sub.add_parser(
-        "train-classifier",
-        help="train the organelle classifier on generated cells and write a model directory "
-             "(manifest, weights, per-class thresholds, held-out scores, model card)",
-    )
-    train_classifier.add_argument(
-        "arguments", nargs=argparse.REMAINDER,
-        help="DEST_DIR [--name NAME] [--seed N] [--train-cells N] [--epochs N] "
-             "[--max-seconds S] [--threads N]",
-    )
-    train_classifier.set_defaults(func=cmd_train_classifier)
-
+    classifier_cli.add_parsers(sub)
     evaluate_cli.add_parser(sub)
     explain_cli.add_parser(sub)
     vessel_cli.add_parsers(sub)

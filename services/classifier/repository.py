@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from labsight.models import MANIFEST_FILE, ModelManifest, ModelRepository, load_manifest
+from services.classifier import backbones as _lite  # noqa: F401 - registers hpa-cell-efficientnet-lite0
 from services.classifier import model as _architecture  # noqa: F401 - registers hpa-cell-cnn
 from services.classifier.classes import NUM_CLASSES
 

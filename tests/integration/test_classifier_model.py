@@ -20,7 +20,7 @@ from services.classifier.repository import (
     classifier_repository,
     load_thresholds,
 )
-from services.classifier.training import INPUT_SIZE, GeneratedCells, generated_cells, predict_crops
+from services.classifier.training import INPUT_SIZE, LabelledCrops, generated_cells, predict_crops
 
 FRESH_SEED = 90417
 """A data seed the shipped model never saw (its metrics.json records the training seed)."""
@@ -32,7 +32,7 @@ def shipped() -> ModelManifest:
 
 
 @pytest.fixture(scope="module")
-def fresh_cells() -> GeneratedCells:
+def fresh_cells() -> LabelledCrops:
     return generated_cells(FRESH_SEED, 0, 600)
 
 
@@ -56,7 +56,7 @@ def test_the_shipped_model_is_a_classifier_model_with_its_card(shipped: ModelMan
 
 
 def test_the_shipped_model_tells_fresh_generated_cells_apart(
-    shipped: ModelManifest, fresh_cells: GeneratedCells
+    shipped: ModelManifest, fresh_cells: LabelledCrops
 ) -> None:
     import torch
 
@@ -67,7 +67,7 @@ def test_the_shipped_model_tells_fresh_generated_cells_apart(
 
 
 def test_onnx_runtime_and_torch_agree(
-    shipped: ModelManifest, fresh_cells: GeneratedCells, onnx_engine: Engine
+    shipped: ModelManifest, fresh_cells: LabelledCrops, onnx_engine: Engine
 ) -> None:
     import torch
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from labsight.cli import main
 from labsight.models import load_torch_model
 from services.classifier.classes import CLASS_NAMES
 from services.classifier.metrics import average_precision, best_thresholds, f1_scores
 from services.classifier.repository import CLASSIFIER_TASK, classifier_repository, load_thresholds
-from services.classifier.training import TrainingConfig, generated_cells, main, train_generated_classifier
+from services.classifier.training import TrainingConfig, generated_cells, train_generated_classifier
 
 
 def test_a_short_run_writes_a_servable_model_directory_with_its_card(tmp_path: Path) -> None:
@@ -56,6 +57,26 @@ def test_average_precision_and_thresholds_on_a_known_ranking() -> None:
 
 
 def test_bad_command_line_values_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([str(tmp_path / "m"), "--time-budget", "0"]) == 1
+    assert main(["train-classifier", str(tmp_path / "m"), "--time-budget", "0"]) == 1
     assert "--time-budget" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_the_imagenet_backbone_takes_rgby_and_its_trained_model_is_served(tmp_path: Path) -> None:
+    from labsight.models import build_engine, package_file
+    from services.classifier.backbones import IMAGENET_WEIGHTS
+    from services.classifier.training import new_network
+
+    network = new_network("efficientnet-lite0")
+    stem = network.backbone._conv_stem.weight.detach()  # type: ignore[attr-defined]
+    imagenet = torch.load(package_file(*IMAGENET_WEIGHTS), weights_only=True)["_conv_stem.weight"]
+    assert stem.shape[1] == 4 and torch.equal(stem[:, :3], imagenet)
+    assert torch.allclose(stem[:, 3], imagenet.mean(dim=1))
+    config = TrainingConfig(seed=5, train_cells=40, validation_cells=20, test_cells=20, shifted_cells=20,
+                            epochs=1, batch_size=16, time_budget=30.0, backbone="efficientnet-lite0")
+    train_generated_classifier(tmp_path / "lite", config, name="lite", log=lambda _: None)
+    manifest = classifier_repository([tmp_path], include_builtin=False).get("lite")
+    crops = torch.rand(2, 4, 64, 64)
+    expected = load_torch_model(manifest)(crops).detach().numpy()
+    engine = build_engine(manifest, "", "cpu", tmp_path / "cache")
+    assert np.allclose(engine.outputs(crops.numpy())["probabilities"], expected, atol=1e-4)
