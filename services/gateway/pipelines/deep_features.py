@@ -17,7 +17,7 @@ from labsight.intensity import (
     scale_intensity,
 )
 from labsight.tables import feature_table, table_values
-from labsight.tensors import to_tensor
+from labsight.tensors import write_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Parameter, Pipeline, RunContext
@@ -109,7 +109,7 @@ def extract_features(
         )
         chunk = images[start : start + CHUNK_IMAGES]
         if isinstance(chunk, np.ndarray):
-            request.image_stack.CopyFrom(to_tensor(chunk))
+            write_tensor(request.image_stack, chunk)  # in place: CopyFrom would copy it again
         else:
             request.images.extend(chunk)
         pending.append(

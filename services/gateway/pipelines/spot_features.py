@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from labsight.patches import spot_patches
 from labsight.regions import tiff_regions
 from labsight.spatial import EDGE, SPOT_EDGE_MODES
 from labsight.tables import feature_table
-from labsight.tensors import from_tensor, to_tensor
+from labsight.tensors import from_tensor, to_tensor, write_tensor
 from labsight.v1 import features_pb2, segmentation_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, parse_bool
@@ -65,6 +66,17 @@ def _report_features(
     index, count = slice_index
     before, total = counts
     context.report_progress((index + done / patches) / count, "features", before + done, total, "patches")
+
+
+class PatchSlice(NamedTuple):
+    """The patches of one slice of the requests, as arrays (cut by the service or here)."""
+
+    index: int
+    count: int
+    pixels: np.ndarray
+    ids: list[str]
+    centres: np.ndarray
+    at_edge: list[bool]
 
 
 def _patches_asked(requests: list[segmentation_pb2.ExtractPatchesRequest]) -> int:
@@ -156,18 +168,19 @@ class SpotFeaturesPipeline(Pipeline):
         else:
             slices = self._service_patches(context, requests)
         total, finished = _patches_asked(requests), 0
-        for index, count, answer in slices:
-            patches = from_tensor(answer.patches, "patches")
+        for piece in slices:
+            patches = piece.pixels
             columns, chunk_values, provenance = extract_features(
                 context,
                 patches,
-                partial(_report_features, context, (index, count), len(patches), (finished, total)),
+                partial(_report_features, context, (piece.index, piece.count), len(patches),
+                        (finished, total)),
             )
             finished += len(patches)
             values.append(chunk_values)
-            ids.extend(answer.patch_ids)
-            centres.append(from_tensor(answer.patch_centres, "patch_centres"))
-            at_edge.extend(answer.patch_at_edge)
+            ids.extend(piece.ids)
+            centres.append(piece.centres)
+            at_edge.extend(piece.at_edge)
         result = pb.JobResult(pipeline=self.name, provenance=provenance)
         result.tables["features"].CopyFrom(feature_table(columns, np.concatenate(values), ids))
         result.tensors["coordinates"].CopyFrom(to_tensor(np.concatenate(centres)))
@@ -177,8 +190,8 @@ class SpotFeaturesPipeline(Pipeline):
 
     def _service_patches(
         self, context: RunContext, requests: list[segmentation_pb2.ExtractPatchesRequest]
-    ) -> Iterator[tuple[int, int, segmentation_pb2.ExtractPatchesResponse]]:
-        """(slice index, slices, patches) cut by the segmentation service, a message each."""
+    ) -> Iterator[PatchSlice]:
+        """The slices cut by the segmentation service, a message each."""
         for index, request in enumerate(requests):
             context.report_progress(index / len(requests), "patches")
             answer: segmentation_pb2.ExtractPatchesResponse = (
@@ -186,13 +199,17 @@ class SpotFeaturesPipeline(Pipeline):
                     request, timeout=context.services.call_timeout_s
                 )
             )
-            yield index, len(requests), answer
+            yield PatchSlice(
+                index, len(requests), from_tensor(answer.patches, "patches"), list(answer.patch_ids),
+                from_tensor(answer.patch_centres, "patch_centres"), list(answer.patch_at_edge),
+            )
 
     def _region_patches(
         self, context: RunContext, requests: list[segmentation_pb2.ExtractPatchesRequest]
-    ) -> Iterator[tuple[int, int, segmentation_pb2.ExtractPatchesResponse]]:
+    ) -> Iterator[PatchSlice]:
         """The same slices cut here from the tiles under each spot of a blob-store TIFF, with
-        the segmentation service's geometry (labsight.patches), so the slide is never whole."""
+        the segmentation service's geometry (labsight.patches), so the slide is never whole;
+        the patches stay arrays (no message to encode and decode again)."""
         with opened_blob(blob_store(), context.job_input.image.blob, "input.image.blob") as stream, \
                 tiff_regions(stream) as image:
             for index, request in enumerate(requests):
@@ -203,11 +220,10 @@ class SpotFeaturesPipeline(Pipeline):
                                            edge=request.spot_edge)
                 except ValueError as error:
                     raise InvalidArgument(f"input: {error}") from None
-                yield index, len(requests), segmentation_pb2.ExtractPatchesResponse(
-                    patches=to_tensor(patches.pixels),
-                    patch_ids=[request.spot_ids[i] for i in patches.labels],
-                    patch_centres=to_tensor(patches.centres),
-                    patch_at_edge=patches.at_edge.tolist(),
+                yield PatchSlice(
+                    index, len(requests), patches.pixels,
+                    [request.spot_ids[i] for i in patches.labels], patches.centres,
+                    patches.at_edge.tolist(),
                 )
 
     def _model_input_side(self, context: RunContext) -> int:
@@ -239,7 +255,10 @@ class SpotFeaturesPipeline(Pipeline):
                 if CELL_LABELS in job_input.tensors
                 else decode_label_mask(job_input.images[CELL_LABELS], f"input.images[{CELL_LABELS}]")
             )
-            base.cell_labels.CopyFrom(to_tensor(mask))
+            if CELL_LABELS in job_input.tensors:  # as sent: decoding and encoding it gives the same
+                base.cell_labels.CopyFrom(job_input.tensors[CELL_LABELS])
+            else:
+                write_tensor(base.cell_labels, mask)
             base.blank_other_cells = bool(params["blank_other_cells"])
             cells = cell_label_ids(mask)
             for start in range(0, len(cells), per_call):
@@ -253,7 +272,7 @@ class SpotFeaturesPipeline(Pipeline):
         for start in range(0, len(centres), per_call):
             request = segmentation_pb2.ExtractPatchesRequest()
             request.CopyFrom(base)
-            request.spot_centres.CopyFrom(to_tensor(centres[start : start + per_call]))
+            write_tensor(request.spot_centres, centres[start : start + per_call])
             request.spot_diameter = float(params["spot_diameter"])
             request.spot_edge = str(params["spot_edge"])
             request.spot_ids.extend(ids[start : start + per_call])
