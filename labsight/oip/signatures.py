@@ -3,8 +3,9 @@
 Names and shapes come from the model's ONNX graph (the one ONNX Runtime
 runs: the operator's file, or the export the model server caches): its
 input, the outputs the manifest names, and each public layer of the
-manifest, which a request may ask for as an output of its own. Axes the
-graph leaves free (the batch, the sides of a ``dynamic_size`` model) are -1.
+manifest, which a request may ask for as an output of its own. Output and
+layer shapes are measured by running the model once on a zero input. Axes
+of any length (the batch, the sides of a ``dynamic_size`` model) are -1.
 Every input and output is FP32: the engines take and give float32.
 """
 
@@ -13,10 +14,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 
 from labsight.errors import FailedPrecondition
-from labsight.models import ModelManifest, ModelServer, load_onnx
+from labsight.models import ModelManifest, ModelServer, cut_at_outputs, load_onnx
 
 DATATYPE = "FP32"
 """The datatype of every model input and output."""
@@ -105,30 +108,42 @@ class Signatures:
                 f"{len(graph.output)} outputs; the manifest names one input and {len(manifest.outputs)} "
                 f"outputs {list(manifest.outputs)}"
             )
-        outputs = tuple(
-            TensorSpec(name, DATATYPE, _shape(value))
-            for name, value in zip(manifest.outputs, graph.output, strict=False)
-        )
+        layers = [name for name, path in manifest.layers.items() if path and name not in manifest.outputs]
+        index = self.server.layer_index(manifest, "onnx") if layers else None
+        values = [value.name for value in graph.output[: len(manifest.outputs)]]
+        values += [index.target(name) for name in layers] if index else []
+        shapes = _measured_shapes(model, values, manifest)
+        specs = [TensorSpec(name, DATATYPE, shape)
+                 for name, shape in zip([*manifest.outputs, *layers], shapes, strict=True)]
         return ModelSignature(
-            TensorSpec(inputs[0].name, DATATYPE, _shape(inputs[0])), outputs, self._layers(manifest, model)
+            TensorSpec(inputs[0].name, DATATYPE, _shape(inputs[0])),
+            tuple(specs[: len(manifest.outputs)]),
+            tuple(specs[len(manifest.outputs) :]),
         )
 
-    def _layers(self, manifest: ModelManifest, model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
-        """The public layers that are not the model's outputs, shaped by ONNX shape inference."""
-        wanted = [name for name, path in manifest.layers.items() if path and name not in manifest.outputs]
-        if not wanted:
-            return ()
-        index = self.server.layer_index(manifest, "onnx")
-        inferred = onnx.shape_inference.infer_shapes(model).graph
-        values = {value.name: value for value in [*inferred.value_info, *inferred.output]}
-        layers = []
-        for name in wanted:
-            value = values.get(index.target(name))
-            layers.append(TensorSpec(name, DATATYPE, _shape(value) if value is not None else (-1,)))
-        return tuple(layers)
+
+def _measured_shapes(
+    model: onnx.ModelProto, values: list[str], manifest: ModelManifest
+) -> list[tuple[int, ...]]:
+    """The shapes of graph values, measured by one run on a zero input of the manifest's shape.
+
+    ONNX shape inference loses sides behind computed paddings and exports may
+    leave output axes free; a run knows them. The batch axis is -1, and so are
+    the sides (axes from 2 on) of a ``dynamic_size`` model, which follow its input's.
+    """
+    session = ort.InferenceSession(
+        cut_at_outputs(model, values).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    zeros = np.zeros((1, *manifest.input_shape), np.float32)
+    results = session.run(None, {session.get_inputs()[0].name: zeros})
+    return [
+        (-1, *(-1 if manifest.dynamic_size and axis >= 2 else side
+               for axis, side in enumerate(result.shape[1:], 1)))
+        for result in results
+    ]
 
 
 def _shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
-    """A graph value's shape, -1 for each axis without a fixed length."""
+    """A graph value's declared shape, -1 for each axis without a fixed length."""
     dims = value.type.tensor_type.shape.dim
     return tuple(dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else -1 for dim in dims)
