@@ -3,7 +3,7 @@
 Run from the repository root:
 
     python bench/vessel.py quality [--count 200] [--seed 2026]
-    python bench/vessel.py throughput [--photos 40] [--scale 2] [--workers 1] [--rounds 3]
+    python bench/vessel.py throughput [--photos 20] [--scale 2] [--workers 1] [--rounds 6]
 
 ``quality``: generated vessels (``services/segmentation/generated_vessels.py``;
 the default seed was not used to choose the method's settings) segmented by
@@ -13,58 +13,61 @@ fill-level errors per phase and of the total (shares of the vessel's height),
 panoptic quality at IoU 0.5, seconds per photo. Targets: IoU ≥ 0.8, fill
 level within 0.03 of the height.
 
-``throughput``: ``--photos`` generated photos enlarged ``--scale`` times (JPEG
-photo, PNG mask) go through the gateway as ``vessel-content`` jobs: Redis
-Streams, ``--workers`` worker threads, the segmentation service in its own
-process (``python -m services.segmentation``), and back (the worker computes
-the fill levels). The baseline is ``segment_vessel_content`` in this process on
-the decoded arrays with the same concurrency (``--workers`` threads). After one
-untimed pass, each round runs the baseline and the pipeline back to back;
-printed: each round's photos/s and ratio, the median ratio (target ≥ 0.8), and
-one JSON line. Redis on 127.0.0.1:6379 (or REDIS_URL), else a private one.
+``throughput``: ``--photos`` generated photos enlarged ``--scale`` times, each a
+JPEG photo (quality 95, as cameras write them) and a PNG mask, go as
+``vessel-content`` jobs through a real ``labsight up`` (its own home, Redis,
+gateway, segmentation service and ``--workers`` worker processes, all as `up`
+starts them); a round's time runs from the submission to the last result
+fetched (GetJobResult, not only DONE). The baseline is what a lab system would
+write without LabSight: the same JPEG and PNG bytes decoded with OpenCV and
+``segment_vessel_content`` called in this process by ``--workers`` threads.
+Thread pools are alike on both sides: this process sizes OpenMP and numba as
+the services do (``limit_thread_pools``), OpenCV keeps its default, and `up`'s
+children inherit this environment. After one untimed pass of each, ``--rounds``
+rounds run the two back to back, the order alternating (odd rounds the
+pipeline first); each round checks that the pipeline found the same instances
+as the core. Printed: per round the photos/s of each, their ratio and the
+1-minute load average before and after; min/median/max of the ratios (target
+≥ 0.8); one JSON line.
 """
 
 from __future__ import annotations
 
-import os
+from labsight.runtime.cpus import limit_thread_pools
 
-for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
+limit_thread_pools()  # before numpy and OpenCV load, as the services do
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
-import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-import redis  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.service_process import start_service  # noqa: E402
-from labsight.catalog import GATEWAY  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
-from labsight.config import Settings  # noqa: E402
+from labsight.home import Endpoints, read_endpoints  # noqa: E402
 from labsight.images import encode_png  # noqa: E402
-from labsight.redis_server import start_redis, stop_redis  # noqa: E402
-from labsight.runtime.server import start_server  # noqa: E402
+from labsight.redis_server import port_is_free  # noqa: E402
+from labsight.result import Result  # noqa: E402
+from labsight.runtime.cpus import THREAD_POOL_VARIABLES, usable_cpus  # noqa: E402
+from labsight.up import StackLayout  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 from labsight.v1 import tensor_pb2  # noqa: E402
-from services.gateway.servicer import register as register_gateway  # noqa: E402
-from services.gateway.worker import build_worker  # noqa: E402
 from services.segmentation.generated_vessels import generate_vessels  # noqa: E402
 from services.segmentation.vessel_metrics import LayerScores, PanopticCounts  # noqa: E402
-from services.segmentation.vessels import segment_vessel_content  # noqa: E402
-
-cv2.setNumThreads(1)
+from services.segmentation.vessels import VesselContent, segment_vessel_content  # noqa: E402
 
 
 def quality(count: int, seed: int) -> dict[str, float]:
@@ -81,115 +84,134 @@ def quality(count: int, seed: int) -> dict[str, float]:
             "seconds_per_photo": (time.perf_counter() - start) / count, "seed": float(seed)}
 
 
-def photos(count: int, scale: float, seed: int = 11) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Generated (photo, mask) pairs enlarged ``scale`` times."""
+def encoded_photos(count: int, scale: float, seed: int = 11) -> list[tuple[bytes, bytes]]:
+    """Generated vessels enlarged ``scale`` times: (JPEG photo, PNG mask) bytes."""
     pairs = []
     for vessel in generate_vessels(count, seed):
         size = (round(vessel.photo.shape[1] * scale), round(vessel.photo.shape[0] * scale))
-        pairs.append((cv2.resize(vessel.photo, size, interpolation=cv2.INTER_LINEAR),
-                      cv2.resize(vessel.vessel_mask, size, interpolation=cv2.INTER_NEAREST) * 255))
+        photo = cv2.resize(vessel.photo, size, interpolation=cv2.INTER_LINEAR)
+        mask = cv2.resize(vessel.vessel_mask, size, interpolation=cv2.INTER_NEAREST) * 255
+        ok, jpeg = cv2.imencode(".jpg", photo[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+        assert ok
+        pairs.append((jpeg.tobytes(), encode_png(mask)))
     return pairs
 
 
-def direct_rate(pairs: list[tuple[np.ndarray, np.ndarray]], threads: int) -> float:
-    """Photos per second of the core called directly by ``threads`` threads."""
-    start = time.perf_counter()
+def segment_encoded(photo: bytes, mask: bytes) -> VesselContent:
+    """The baseline's work for one vessel: decode both files, call the core."""
+    bgr = cv2.imdecode(np.frombuffer(photo, np.uint8), cv2.IMREAD_COLOR)
+    vessel = cv2.imdecode(np.frombuffer(mask, np.uint8), cv2.IMREAD_GRAYSCALE)
+    return segment_vessel_content(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), vessel)
+
+
+def direct(pairs: list[tuple[bytes, bytes]], threads: int) -> tuple[float, list[VesselContent]]:
+    """Photos per second of the core called by ``threads`` threads, and its answers."""
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda pair: segment_vessel_content(*pair), pairs))
-    return len(pairs) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        contents = list(pool.map(lambda pair: segment_encoded(*pair), pairs))
+        return len(pairs) / (time.perf_counter() - start), contents
 
 
-class PipelineUnderTest:
-    """The gateway (in this process) and ``workers`` worker threads."""
-
-    def __init__(self, settings: Settings, workers: int) -> None:
-        self.gateway = start_server(register_gateway, GATEWAY.grpc_services, settings)
-        self.stop = threading.Event()
-        self.threads = []
-        for index in range(workers):
-            worker = build_worker(settings, consumer=f"bench-{index}")
-            thread = threading.Thread(target=worker.run, args=(self.stop,), kwargs={"block_ms": 50})
-            thread.start()
-            self.threads.append(thread)
-
-    def rate(self, requests: list[pb.SubmitJobRequest]) -> float:
-        """Photos per second from submitting the jobs to the last one done."""
-        with LabSightClient(self.gateway.address, token="", timeout_s=600) as lab:
-            start = time.perf_counter()
-            job_ids = lab.submit_batch(requests).job_ids
-            finals = [lab.wait(job_id, timeout_s=600) for job_id in job_ids]
-            elapsed = time.perf_counter() - start
-        failed = [job.error for job in finals if job.status != pb.JOB_STATUS_DONE]
-        if failed:
-            raise RuntimeError(f"{len(failed)} jobs failed, e.g. {failed[0]}")
-        return len(requests) / elapsed
-
-    def close(self) -> None:
-        """Stop the workers and the gateway."""
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
-        self.gateway.stop(0)
+def served(lab: LabSightClient, pairs: list[tuple[bytes, bytes]], run: str
+           ) -> tuple[float, list[Result]]:
+    """Photos per second of ``vessel-content`` jobs from submission to the last result fetched."""
+    requests = [build_request("vessel-content", _encoded(photo, "jpeg"),
+                              images={"vessel_mask": _encoded(mask, "png")}, name=f"{run}-{index}")
+                for index, (photo, mask) in enumerate(pairs)]
+    start = time.perf_counter()
+    job_ids = lab.submit_batch(requests).job_ids
+    results = []
+    for job_id in job_ids:
+        job = lab.wait(job_id, timeout_s=600)
+        if job.status != pb.JOB_STATUS_DONE:
+            raise RuntimeError(f"job {job_id} ended {pb.JobStatus.Name(job.status)}: {job.error}")
+        results.append(lab.result(job_id))
+    return len(pairs) / (time.perf_counter() - start), results
 
 
-def _png(pixels: np.ndarray) -> tensor_pb2.Image:
-    return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=encode_png(pixels), format="png"))
+def _encoded(data: bytes, fmt: str) -> tensor_pb2.Image:
+    return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=data, format=fmt))
 
 
-def _jpeg(pixels: np.ndarray) -> tensor_pb2.Image:
-    """A photo as cameras write them: JPEG, quality 95."""
-    ok, data = cv2.imencode(".jpg", pixels[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
-    assert ok
-    return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=data.tobytes(), format="jpeg"))
+def agreement(contents: list[VesselContent], results: list[Result]) -> float:
+    """Share of vessels where the pipeline found as many instances as the core, with the same
+    masks to within 1 % of the vessel's pixels (the two decode the JPEG with different libraries)."""
+    same = 0
+    for content, result in zip(contents, results, strict=True):
+        masks = result.tensor("instance_masks")
+        if masks.shape == content.instance_masks.shape:
+            vessel = max(int(content.instance_masks.any(axis=0).sum()), 1)
+            same += int((masks != content.instance_masks).sum() <= 0.01 * vessel * len(masks))
+    return same / len(contents)
+
+
+@contextmanager
+def labsight_up(workers: int) -> Iterator[Endpoints]:
+    """A ``labsight up`` with ``workers`` workers in a fresh home (its own Redis) until the block ends."""
+    home = Path(tempfile.mkdtemp(prefix="labsight-bench-vessel-"))
+    base = _free_base_port(workers)
+    env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+    env.update(LABSIGHT_HOME=str(home), LABSIGHT_LOG_LEVEL="WARNING")
+    log = open(home / "up.out", "wb")  # noqa: SIM115 - closed below
+    up = subprocess.Popen([sys.executable, "-m", "labsight.cli", "up", "--base-port", str(base),
+                           "--workers", str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while (endpoints := read_endpoints(home)) is None:
+            if up.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"labsight up did not serve; see {home / 'up.out'}")
+            time.sleep(0.5)
+        yield endpoints
+    finally:
+        up.terminate()
+        try:
+            up.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait()
+        log.close()
+
+
+def _free_base_port(workers: int) -> int:
+    """A base port whose whole `up` layout is free."""
+    for _ in range(50):
+        base = random.randrange(30000, 50000, 200)
+        if all(port_is_free(port) for port in StackLayout.from_base_port(base, workers).ports()):
+            return base
+    raise RuntimeError("no free port range for labsight up")
+
+
+def thread_settings() -> dict[str, str]:
+    """The thread pools both sides run with."""
+    return {"usable_cpus": str(usable_cpus()), "opencv_threads": str(cv2.getNumThreads()),
+            **{name: os.environ.get(name, "") for name in THREAD_POOL_VARIABLES}}
 
 
 def throughput(count: int, scale: float, workers: int, rounds: int) -> dict[str, object]:
-    """Rates of the pipeline and of the core, paired by round."""
-    pairs = photos(count, scale)
-    # each round submits new jobs (a run id param is not a pipeline parameter: vary the name)
-    local = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    private: tuple[subprocess.Popen[bytes], str] | None = None
-    try:
-        local.ping()
-        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    except redis.ConnectionError:
-        private = start_redis(Path(tempfile.mkdtemp(prefix="labsight-bench-redis-")))
-        redis_url = private[1]
-    prefix = f"labsight-bench-{uuid.uuid4().hex[:8]}"
-    settings = Settings(redis_url=redis_url, key_prefix=prefix, allow_anonymous=True)
-    process, address = start_service("services.segmentation", {**os.environ, "LABSIGHT_LOG_LEVEL": "WARNING"})
-    settings.service_addresses = {"segmentation": address, "features": "127.0.0.1:1",
-                                  "classifier": "127.0.0.1:1"}
-
-    def requests(run: str) -> list[pb.SubmitJobRequest]:
-        return [build_request("vessel-content", _jpeg(photo), images={"vessel_mask": _png(mask)},
-                              name=f"{run}-{index}", idempotency_key=f"{prefix}-{run}-{index}")
-                for index, (photo, mask) in enumerate(pairs)]
-
-    direct, served = [], []
-    try:
-        under_test = PipelineUnderTest(settings, workers)
-        try:
-            under_test.rate(requests("warm")[:4])
-            direct_rate(pairs[:4], workers)
-            for round_index in range(rounds):
-                direct.append(direct_rate(pairs, workers))
-                served.append(under_test.rate(requests(f"round{round_index}")))
-        finally:
-            under_test.close()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
-        for offset in range(0, len(keys), 1000):
-            client.delete(*keys[offset : offset + 1000])
-        if private is not None:
-            stop_redis(*private)
-    ratios = [s / d for s, d in zip(served, direct, strict=True)]
-    return {"photos": count, "photo_shape": list(pairs[0][0].shape), "workers": workers,
-            "direct_photos_per_s": direct, "pipeline_photos_per_s": served, "ratios": ratios,
-            "median_ratio": statistics.median(ratios)}
+    """Rates of the pipeline through `labsight up` and of the core, paired by round."""
+    pairs = encoded_photos(count, scale)
+    rows: list[dict[str, float]] = []
+    with labsight_up(workers) as endpoints, \
+            LabSightClient(endpoints.gateway, token=endpoints.token, timeout_s=600) as lab:
+        served(lab, pairs[: 2 * workers], "warm")
+        direct(pairs[: 2 * workers], workers)
+        for index in range(rounds):
+            load_before = os.getloadavg()[0]
+            if index % 2:
+                served_rate, results = served(lab, pairs, f"round{index}")
+                direct_rate, contents = direct(pairs, workers)
+            else:
+                direct_rate, contents = direct(pairs, workers)
+                served_rate, results = served(lab, pairs, f"round{index}")
+            rows.append({"pipeline_photos_per_s": served_rate, "core_photos_per_s": direct_rate,
+                         "ratio": served_rate / direct_rate, "pipeline_first": float(index % 2),
+                         "agreement": agreement(contents, results),
+                         "load_before": load_before, "load_after": os.getloadavg()[0]})
+    ratios = [row["ratio"] for row in rows]
+    height, width = cv2.imdecode(np.frombuffer(pairs[0][0], np.uint8), cv2.IMREAD_COLOR).shape[:2]
+    return {"photos": count, "first_photo": [height, width], "workers": workers,
+            "threads": thread_settings(), "rounds": rows, "ratio_min": min(ratios),
+            "ratio_median": statistics.median(ratios), "ratio_max": max(ratios)}
 
 
 def main() -> None:
@@ -200,23 +222,26 @@ def main() -> None:
     quality_parser.add_argument("--count", type=int, default=200)
     quality_parser.add_argument("--seed", type=int, default=2026)
     speed = sub.add_parser("throughput")
-    speed.add_argument("--photos", type=int, default=40)
+    speed.add_argument("--photos", type=int, default=20)
     speed.add_argument("--scale", type=float, default=2.0)
     speed.add_argument("--workers", type=int, default=1)
-    speed.add_argument("--rounds", type=int, default=3)
+    speed.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
     if args.bench == "quality":
         print(json.dumps(quality(args.count, args.seed)))
         return
     report = throughput(args.photos, args.scale, args.workers, args.rounds)
-    shape = report["photo_shape"]
-    print(f"{args.photos} photos of {shape[0]}x{shape[1]}, {args.workers} worker(s) / thread(s), "
-          f"{os.cpu_count()} CPUs")
-    for index, (served, direct) in enumerate(zip(report["pipeline_photos_per_s"],  # type: ignore[call-overload]
-                                                 report["direct_photos_per_s"], strict=True)):
-        print(f"   round {index + 1}: pipeline {served:6.2f} photos/s, core {direct:6.2f} photos/s, "
-              f"ratio {served / direct:.3f}")
-    print(f"   median ratio pipeline/core: {report['median_ratio']:.3f} (target >= 0.8)")
+    height, width = report["first_photo"]  # type: ignore[misc]
+    print(f"{args.photos} vessels (first {height}x{width}), labsight up with {args.workers} "
+          f"worker(s) against the core on {args.workers} thread(s); threads {report['threads']}")
+    for index, row in enumerate(report["rounds"]):  # type: ignore[arg-type]
+        order = "pipeline first" if row["pipeline_first"] else "core first"
+        print(f"   round {index + 1} ({order}): pipeline {row['pipeline_photos_per_s']:6.2f} photos/s, "
+              f"core {row['core_photos_per_s']:6.2f} photos/s, ratio {row['ratio']:.3f}, "
+              f"same instances {row['agreement']:.0%}, load {row['load_before']:.1f} -> "
+              f"{row['load_after']:.1f}")
+    print(f"   ratio pipeline/core: min {report['ratio_min']:.3f}, median "
+          f"{report['ratio_median']:.3f}, max {report['ratio_max']:.3f} (target >= 0.8)")
     print(json.dumps(report))
 
 
