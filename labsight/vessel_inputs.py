@@ -23,6 +23,9 @@ def check_vessel_headers(photo: ImageInfo, mask: ImageInfo, photo_field: str, ma
                          max_answer_bytes: int | None = None) -> None:
     """Refuse a photo that is not 8-bit RGB, a mask with several channels or of another size.
 
+    The shapes are those decoding gives: a PNG's or TIFF's opaque alpha is not
+    counted (it is dropped), a 4-channel tensor is not a photo.
+
     Parameters
     ----------
     photo, mask : ImageInfo
@@ -38,7 +41,7 @@ def check_vessel_headers(photo: ImageInfo, mask: ImageInfo, photo_field: str, ma
     InvalidArgument
         Naming the field and the reason.
     """
-    if len(photo.shape) != 3 or photo.shape[2] not in (3, 4):
+    if len(photo.shape) != 3 or photo.shape[2] != 3:  # an opaque alpha is already left out
         channels = 1 if len(photo.shape) == 2 else photo.shape[-1]
         raise InvalidArgument(f"{photo_field}: {channels} channel(s) of shape {list(photo.shape)}; "
                               "the photo must be RGB (H, W, 3)")
