@@ -13,7 +13,9 @@ pixel processed). Beside it, in the same process, the plain scikit-image
 baseline of ``bench/segmentation_quality.py`` (Gaussian, Otsu, distance
 watershed, nuclei only, full resolution). Each round runs every contender
 once, back to back; printed: min/median/max seconds and megapixels per
-second, and one JSON line. Target: classical ≤ 10 s for 2048² on one core.
+second, the load average, and one JSON line. The flow networks run in ONNX Runtime with
+one thread and one instance; the ``hpa`` method only where its networks are installed.
+Target: classical ≤ 10 s for 2048² on one core.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import os
 
 for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
+os.environ.setdefault("LABSIGHT_ORT_THREADS", "1")  # the flow networks on one core too
+os.environ.setdefault("LABSIGHT_MODEL_INSTANCES", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -40,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from segmentation_quality import otsu_watershed  # noqa: E402
 
 from services.segmentation.cells import CELL_METHODS, segment_cells  # noqa: E402
+from services.segmentation.hpa_method import hpa_available  # noqa: E402
 
 cv2.setNumThreads(1)
 
@@ -81,7 +86,7 @@ def contenders(image: np.ndarray, pixel_size_um: float) -> dict[str, Callable[[]
         return lambda: int(segment_cells(red, yellow, blue, pixel_size_um=pixel_size_um,
                                          method=method)[1].max())
 
-    found = {name: cells(name) for name in CELL_METHODS}
+    found = {name: cells(name) for name in CELL_METHODS if name != "hpa" or hpa_available()}
     radius_px = NUCLEUS_UM / pixel_size_um / 2
     found["otsu+watershed (nuclei)"] = lambda: int(otsu_watershed(blue, radius_px).max())
     return found
@@ -113,7 +118,9 @@ def main() -> None:
             print(f"{pixel_size_um:5.2f} µm  {name:26s} {counts[name]:5d} objects  "
                   f"min {min(seconds):6.2f}  median {median:6.2f}  max {max(seconds):6.2f} s  "
                   f"{row['megapixels_per_s']:6.2f} Mpx/s", flush=True)
-    print(json.dumps({"rounds": args.rounds, "results": results}))
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
+    print(json.dumps({"rounds": args.rounds, "load_average": load, "results": results}))
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from services.segmentation.cells import (  # noqa: E402
     segment_nuclei,
 )
 from services.segmentation.classical import NucleusSettings  # noqa: E402
+from services.segmentation.hpa_method import hpa_available  # noqa: E402
 from tests.segmentation_data import (  # noqa: E402
     CELL_FOLDERS,
     SPLITS,
@@ -88,7 +89,7 @@ def methods(pixel_size_um: float) -> dict[str, Callable[[np.ndarray], np.ndarray
     found: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         name: (lambda image, name=name: segment_nuclei(image, pixel_size_um=pixel_size_um,
                                                         method=name))
-        for name in NUCLEUS_METHODS
+        for name in NUCLEUS_METHODS if name != "hpa" or hpa_available()
     }
     radius_px = NucleusSettings().diameter_um / pixel_size_um / 2
     found[BASELINE] = lambda image: otsu_watershed(image, radius_px)
@@ -138,6 +139,8 @@ def cell_rows() -> list[dict]:
         diameter_px = float(np.median(2 * np.sqrt(areas[areas > 0] / np.pi)))
         pixel_size_um = CELL_DIAMETER_UM / diameter_px
         for name in CELL_METHODS:
+            if name == "hpa" and not hpa_available():
+                continue
             started = time.perf_counter()
             predicted = [segment_cells(item.cytoplasm, np.zeros_like(item.cytoplasm), item.nuclei,
                                        pixel_size_um=pixel_size_um, method=name)[1]

@@ -18,7 +18,7 @@ from services.segmentation.hpa import ServedNetwork, segment_cells_hpa, segment_
 from services.segmentation.models import hpa_unet
 from services.segmentation.models.flow_models import default_server
 
-__all__ = ["hpa_cells", "hpa_nuclei", "hpa_networks"]
+__all__ = ["hpa_available", "hpa_cells", "hpa_networks", "hpa_nuclei"]
 
 NUCLEI_MODEL = hpa_unet.MODEL_NAMES["nuclei"]
 """Repository name of the HPA nuclei network (input [blue, blue, blue])."""
@@ -52,6 +52,15 @@ def hpa_networks(server: ModelServer | None = None) -> tuple[ServedNetwork, Serv
             "(and dpn_unet_cell_3ch_v1.pth to hpa-cell), or use method 'flows' or 'classical'"
         )
     return ServedNetwork(server, NUCLEI_MODEL), ServedNetwork(server, CELL_MODEL)
+
+
+def hpa_available(server: ModelServer | None = None) -> bool:
+    """Whether both HPA networks are in the repository of ``server`` (the service's by default)."""
+    try:
+        hpa_networks(server)
+    except FailedPrecondition:
+        return False
+    return True
 
 
 def hpa_nuclei(nuclei: np.ndarray, *, pixel_size_um: float) -> np.ndarray:
