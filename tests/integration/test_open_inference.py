@@ -48,6 +48,8 @@ from services.features.models import feature_repository
 from services.features.servicer import register as register_features
 from services.segmentation.models.flow_models import SEGMENTATION_TASK, builtin_flow_manifests
 
+pytestmark = pytest.mark.timeout(600)  # the first test may create the client's environment (pip)
+
 TRITONCLIENT = "tritonclient[grpc]==2.73.0"
 """The official client, pinned; a changed pin makes a new environment."""
 
