@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 
+from labsight.batch_submit import SubmittedBatch, journal_path, submission_id, submit_in_parts
 from labsight.config import DEFAULT_MAX_MESSAGE_BYTES
 from labsight.errors import (
     FailedPreconditionError,
@@ -26,7 +27,8 @@ from labsight.errors import (
 )
 from labsight.export import results_to_anndata
 from labsight.home import read_endpoints, running_endpoints
-from labsight.images import image_from_array, image_from_file
+from labsight.image_messages import image_from_array, image_from_file
+from labsight.progress import ProgressBar
 from labsight.result import Result, main_table
 from labsight.tensors import to_tensor
 from labsight.v1 import gateway_pb2 as pb
@@ -35,6 +37,7 @@ from labsight.v1 import tensor_pb2
 
 if TYPE_CHECKING:
     import anndata
+    import pandas as pd
 
 ImageLike = np.ndarray | str | Path | tensor_pb2.Image
 TERMINAL = (pb.JOB_STATUS_DONE, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_CANCELLED, pb.JOB_STATUS_DEAD)
@@ -118,6 +121,48 @@ def build_request(
     )
 
 
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """gRPC channel options of a client: message limits both ways, and reconnects that find a
+    restarted gateway within seconds."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+    ]
+
+
+def channel_credentials(tls_ca: str | Path | None) -> grpc.ChannelCredentials | None:
+    """TLS credentials trusting the PEM file ``tls_ca`` (default $LABSIGHT_TLS_CA); None for a
+    plaintext channel when neither is given."""
+    tls_ca = tls_ca or os.environ.get("LABSIGHT_TLS_CA")
+    return grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes()) if tls_ca else None
+
+
+def bearer_metadata(token: str) -> list[tuple[str, str]]:
+    """Call metadata carrying ``token`` as a bearer token (none for an empty token)."""
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
+def batch_messages(requests: Iterable[pb.SubmitJobRequest], batch_id: str,
+                   max_message_bytes: int) -> Iterator[pb.SubmitBatchRequest]:
+    """The client stream of a SubmitBatch: the header, then the jobs packed BATCH_MESSAGE_JOBS
+    or BATCH_MESSAGE_BYTES (at most half the message limit) to a message."""
+    batch_message_bytes = min(BATCH_MESSAGE_BYTES, max_message_bytes // 2)
+    yield pb.SubmitBatchRequest(header=pb.BatchHeader(batch_id=batch_id))
+    message = pb.SubmitBatchRequest()
+    size = 0
+    for request in requests:
+        request_size = request.ByteSize()
+        if message.jobs.jobs and (len(message.jobs.jobs) >= BATCH_MESSAGE_JOBS
+                                  or size + request_size > batch_message_bytes):
+            yield message
+            message, size = pb.SubmitBatchRequest(), 0
+        message.jobs.jobs.append(request)  # the one copy of the job before sending
+        size += request_size
+    if message.jobs.jobs:
+        yield message
+
+
 class LabSightClient:
     """A connection to the gateway. Use as a context manager or call ``close()``.
 
@@ -144,17 +189,10 @@ class LabSightClient:
         self.token = default_token() if token is None else token
         self.max_message_bytes = max_message_bytes
         self.timeout_s = timeout_s
-        options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
-        ]
-        tls_ca = tls_ca or os.environ.get("LABSIGHT_TLS_CA")
-        if tls_ca:
-            credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
-            self.channel = grpc.secure_channel(self.address, credentials, options=options)
-        else:
-            self.channel = grpc.insecure_channel(self.address, options=options)
+        options = channel_options(max_message_bytes)
+        credentials = channel_credentials(tls_ca)
+        self.channel = (grpc.secure_channel(self.address, credentials, options=options) if credentials
+                        else grpc.insecure_channel(self.address, options=options))
         self.stub = pb_grpc.GatewayServiceStub(self.channel)
         self._gateway = _TypedStub(self.stub, self.address)
 
@@ -171,7 +209,7 @@ class LabSightClient:
     @property
     def metadata(self) -> list[tuple[str, str]]:
         """Call metadata carrying the bearer token, if any."""
-        return [("authorization", f"Bearer {self.token}")] if self.token else []
+        return bearer_metadata(self.token)
 
     def submit_request(self, request: pb.SubmitJobRequest) -> pb.Job:
         """Queue a prepared request; inputs near the message limit are uploaded in chunks."""
@@ -180,7 +218,7 @@ class LabSightClient:
         if request.input.image.WhichOneof("source") != "encoded":
             raise ValueError("inputs over the message limit must be encoded images (PNG/TIFF)")
         return self._gateway.UploadJob(
-            _upload_messages(request), timeout=self.timeout_s, metadata=self.metadata
+            upload_messages(request), timeout=self.timeout_s, metadata=self.metadata
         )
 
     def submit(self, pipeline: str, image: ImageLike, params: Mapping[str, object] | None = None,
@@ -192,25 +230,9 @@ class LabSightClient:
         self, requests: Iterable[pb.SubmitJobRequest], batch_id: str = ""
     ) -> pb.SubmitBatchResponse:
         """Queue many jobs under one batch id in one client stream (many jobs per message)."""
-
-        batch_message_bytes = min(BATCH_MESSAGE_BYTES, self.max_message_bytes // 2)
-
-        def messages() -> Iterator[pb.SubmitBatchRequest]:
-            yield pb.SubmitBatchRequest(header=pb.BatchHeader(batch_id=batch_id))
-            message = pb.SubmitBatchRequest()
-            size = 0
-            for request in requests:
-                request_size = request.ByteSize()
-                if message.jobs.jobs and (len(message.jobs.jobs) >= BATCH_MESSAGE_JOBS
-                                          or size + request_size > batch_message_bytes):
-                    yield message
-                    message, size = pb.SubmitBatchRequest(), 0
-                message.jobs.jobs.append(request)  # the one copy of the job before sending
-                size += request_size
-            if message.jobs.jobs:
-                yield message
-
-        return self._gateway.SubmitBatch(messages(), metadata=self.metadata)
+        return self._gateway.SubmitBatch(
+            batch_messages(requests, batch_id, self.max_message_bytes), metadata=self.metadata
+        )
 
     def get(self, job_id: str) -> pb.Job:
         """A job's current state."""
@@ -367,6 +389,31 @@ class LabSightClient:
             ``uns["provenance"]``, the jobs' labels as ``obs`` columns; plus
             each row's ``job_id`` in ``obs``.
         """
+        return batch_anndata(batch_id, *self.ended_results(batch_id, skip_failed, timeout_s), table)
+
+    def batch_to_pandas(
+        self,
+        batch_id: str,
+        table: str | None = None,
+        *,
+        skip_failed: bool = False,
+        timeout_s: float | None = None,
+    ) -> pd.DataFrame:
+        """One DataFrame of every job's table in a batch, once all of them have ended.
+
+        Parameters and waiting as for ``batch_to_anndata``. The frame has the rows
+        of each result's ``to_pandas(table)`` in submission order, indexed by
+        (``job_id``, ``id``), with the job's ``input_name`` as a column; the batch,
+        table and failed jobs are in ``attrs``. ``.to_numpy()`` gives the values.
+        """
+        return batch_frame(batch_id, *self.ended_results(batch_id, skip_failed, timeout_s), table)
+
+    def ended_results(
+        self, batch_id: str, skip_failed: bool = False, timeout_s: float | None = None
+    ) -> tuple[list[tuple[pb.Job, Result]], dict[str, str]]:
+        """Wait for every job of a batch to end: the finished ones with their results, in
+        submission order, and the error of each job that did not finish (with ``skip_failed``;
+        else JobFailedError for the first one). TimeoutError after ``timeout_s``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         finished: list[tuple[pb.Job, Result]] = []
         failed: dict[str, str] = {}
@@ -380,19 +427,88 @@ class LabSightClient:
                 failed[job.job_id] = job.error
             else:
                 raise JobFailedError(job, address=self.address)
-        if not finished:
-            raise ValueError(f"batch {batch_id} has no finished job to export"
-                             + (f"; failed: {failed}" if failed else ""))
-        results = [result.message for _, result in finished]
-        name = table or main_table(results[0])
-        adata = results_to_anndata(results, name)
-        rows = [len(result.tables[name].row_ids) for result in results]
-        adata.obs["job_id"] = np.repeat([job.job_id for job, _ in finished], rows)
-        adata.uns["batch_id"] = batch_id
-        adata.uns["table"] = name
-        if failed:
-            adata.uns["failed_jobs"] = failed
-        return adata
+        return finished, failed
+
+    def submit_folder(
+        self,
+        pipeline: str,
+        paths: Sequence[str | Path],
+        params: Mapping[str, object] | None = None,
+        *,
+        recursive: bool = False,
+        batch_id: str = "",
+        resume: bool = False,
+        labels: Mapping[str, str] | None = None,
+        priority: str = "normal",
+        progress: bool = True,
+    ) -> SubmittedBatch:
+        """Submit every image of folders (and files) as one batch, resumable after an interruption.
+
+        Each job is named by its file's path relative to the files' common folder and
+        keyed by its content and parameters (``labsight.inputs.content_key``); jobs go
+        in parts, each recorded in a journal in the LabSight home once queued (see
+        ``labsight.batch_submit``). ``resume`` sends only what the journal of the same
+        submission (gateway, pipeline, parameters, files) lacks, into its batch; a part
+        queued but not recorded is deduplicated by the gateway through its keys.
+
+        Parameters
+        ----------
+        pipeline : str
+            The pipeline of every job.
+        paths : sequence of str or Path
+            Image files and folders (their PNG, TIFF and JPEG files; ``recursive``: also
+            those of their subfolders).
+        params : mapping, optional
+            The pipeline's parameters.
+        recursive : bool
+            Also take the images of subfolders.
+        batch_id : str
+            The batch (default: a new id; with ``resume`` the journal's).
+        resume : bool
+            Continue an interrupted submission of the same files and parameters.
+        labels : mapping, optional
+            Labels stored with every job.
+        priority : {"normal", "high"}
+            The jobs' priority.
+        progress : bool
+            Draw a progress bar on stderr (on a terminal; a line per part elsewhere).
+
+        Returns
+        -------
+        SubmittedBatch
+            The batch id, each file's job id in order, how many jobs were sent now.
+
+        Raises
+        ------
+        labsight.inputs.InputError
+            Naming every path that is missing or not an image; nothing is sent then.
+        labsight.errors.ServiceError
+            The gateway refused a part (the parts before it stay queued: ``resume``).
+        """
+        from labsight.inputs import check_inputs, content_key, expand_inputs, input_names
+
+        expanded = expand_inputs(paths, recursive)
+        check_inputs(expanded)
+        files = input_names(expanded)
+
+        def requests() -> Iterator[pb.SubmitJobRequest]:
+            for file in files:
+                request = build_request(pipeline, file.path, params, labels=labels,
+                                        priority=priority, name=file.name)
+                request.idempotency_key = content_key(request)
+                yield request
+
+        submission = submission_id(self.address, pipeline, dict(params or {}), dict(labels or {}),
+                                   priority, batch_id, [str(file.path.resolve()) for file in files])
+        bar = ProgressBar(lines=True) if progress else None
+        try:
+            return submit_in_parts(
+                self, requests(), len(files), journal_path(submission), batch_id=batch_id,
+                resume=resume, on_part=bar.update if bar else None,
+            )
+        finally:
+            if bar:
+                bar.close()
 
     def pipelines(self) -> list[pb.PipelineInfo]:
         """The pipelines the gateway runs."""
@@ -403,7 +519,47 @@ class LabSightClient:
         )
 
 
-def _upload_messages(request: pb.SubmitJobRequest) -> Iterator[pb.UploadJobRequest]:
+def batch_anndata(batch_id: str, finished: Sequence[tuple[pb.Job, Result]],
+                  failed: Mapping[str, str], table: str | None = None) -> anndata.AnnData:
+    """The AnnData of ``LabSightClient.batch_to_anndata`` from a batch's ended jobs."""
+    _require_finished(batch_id, finished, failed)
+    results = [result.message for _, result in finished]
+    name = table or main_table(results[0])
+    adata = results_to_anndata(results, name)
+    rows = [len(result.tables[name].row_ids) for result in results]
+    adata.obs["job_id"] = np.repeat([job.job_id for job, _ in finished], rows)
+    adata.uns["batch_id"] = batch_id
+    adata.uns["table"] = name
+    if failed:
+        adata.uns["failed_jobs"] = dict(failed)
+    return adata
+
+
+def batch_frame(batch_id: str, finished: Sequence[tuple[pb.Job, Result]],
+                failed: Mapping[str, str], table: str | None = None) -> pd.DataFrame:
+    """The DataFrame of ``LabSightClient.batch_to_pandas`` from a batch's ended jobs."""
+    import pandas as pd
+
+    _require_finished(batch_id, finished, failed)
+    name = table or finished[0][1].main_table
+    frames = [result.to_pandas(name) for _, result in finished]
+    frame = pd.concat(frames, keys=[job.job_id for job, _ in finished], names=["job_id", "id"])
+    frame.insert(0, "input_name", np.repeat([job.input_name for job, _ in finished],
+                                            [len(part) for part in frames]))
+    frame.attrs = {"batch_id": batch_id, "table": name, "failed_jobs": dict(failed)}
+    return frame
+
+
+def _require_finished(batch_id: str, finished: Sequence[object], failed: Mapping[str, str]) -> None:
+    """ValueError, naming the failed jobs, when a batch has no finished job to export."""
+    if not finished:
+        raise ValueError(f"batch {batch_id} has no finished job to export"
+                         + (f"; failed: {dict(failed)}" if failed else ""))
+
+
+def upload_messages(request: pb.SubmitJobRequest) -> Iterator[pb.UploadJobRequest]:
+    """The client stream of an UploadJob: the request without its image bytes, then the bytes
+    in UPLOAD_CHUNK_BYTES chunks."""
     header = pb.SubmitJobRequest()
     header.CopyFrom(request)
     data = request.input.image.encoded.data

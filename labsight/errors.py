@@ -12,10 +12,10 @@ keep working.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import grpc
-import redis
 
 if TYPE_CHECKING:
     from labsight.v1 import gateway_pb2 as pb
@@ -96,7 +96,10 @@ def status_code_for(error: BaseException) -> grpc.StatusCode:
     """
     if isinstance(error, LabSightError):
         return error.code()
-    if isinstance(error, redis.ConnectionError | redis.TimeoutError):
+    # Looked up, not imported: the light client ships without redis, and a redis error
+    # can only exist where redis was imported.
+    redis = sys.modules.get("redis")
+    if redis is not None and isinstance(error, redis.ConnectionError | redis.TimeoutError):
         return grpc.StatusCode.UNAVAILABLE
     if isinstance(error, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT

@@ -7,7 +7,6 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, TypeVar
 from xml.etree import ElementTree
 
@@ -19,6 +18,11 @@ from PIL import ImageMode
 from labsight.blobs import blob_store, check_reference, opened_blob
 from labsight.config import env_int
 from labsight.errors import InvalidArgument
+
+# Re-exported: callers build image messages from here as before the light client split.
+from labsight.image_messages import FORMAT_ALIASES, detect_format
+from labsight.image_messages import image_from_array as image_from_array
+from labsight.image_messages import image_from_file as image_from_file
 from labsight.image_reader import (
     Layout,
     PageReader,
@@ -28,7 +32,7 @@ from labsight.image_reader import (
     read_planned,
 )
 from labsight.intensity import low_range_warning, scale_intensity
-from labsight.tensors import from_tensor, to_tensor
+from labsight.tensors import from_tensor
 from labsight.v1 import tensor_pb2
 
 DEFAULT_MAX_IMAGE_BYTES = 128 * 1024 * 1024
@@ -52,16 +56,6 @@ IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
 MASK_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.int32, np.uint32, np.int64))
 """Label mask dtypes (those a Tensor carries): int32 is what scikit-image and StarDist write."""
-
-_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-    (b"II+\x00", "tiff"),
-    (b"MM\x00+", "tiff"),
-)
-_FORMAT_ALIASES = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "tif": "tiff", "tiff": "tiff"}
 
 _CONVERTED_MODES = {"P": "RGB", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "1": "RGB"}
 """Pillow modes that are converted after decoding, and what they become."""
@@ -133,14 +127,6 @@ class ImageInfo:
     def channels(self) -> int:
         """Samples per pixel (1 for an (H, W) image)."""
         return self.shape[2] if len(self.shape) == 3 else 1
-
-
-def detect_format(data: bytes) -> str | None:
-    """The image format named by the bytes' signature, or None."""
-    for signature, name in _SIGNATURES:
-        if data.startswith(signature):
-            return name
-    return None
 
 
 def image_info(
@@ -438,9 +424,9 @@ def _encoded_bytes(encoded: tensor_pb2.EncodedImage, field: str) -> tuple[bytes,
     if not data:
         raise InvalidArgument(f"{field}.data: empty image bytes")
     hint = encoded.format.lower().strip()
-    if hint and hint not in _FORMAT_ALIASES:
+    if hint and hint not in FORMAT_ALIASES:
         raise InvalidArgument(f"{field}.format: unknown format {encoded.format!r}")
-    fmt = detect_format(data) or _FORMAT_ALIASES.get(hint)
+    fmt = detect_format(data) or FORMAT_ALIASES.get(hint)
     if fmt is None:
         raise InvalidArgument(f"{field}.data: not a PNG, TIFF or JPEG file (unknown signature)")
     return data, fmt
@@ -545,21 +531,6 @@ def image_stack(tensor: tensor_pb2.Tensor, field: str) -> np.ndarray:
         raise InvalidArgument(f"{field}: expected (N, H, W) or (N, H, W, C), got {list(stack.shape)}")
     check_info(ImageInfo(stack.shape[1:], stack.dtype, stack[0].nbytes), f"{field}[0]", max_image_bytes())
     return stack
-
-
-def image_from_array(pixels: np.ndarray, name: str = "") -> tensor_pb2.Image:
-    """An Image message carrying decoded pixels."""
-    return tensor_pb2.Image(tensor=to_tensor(pixels), name=name)
-
-
-def image_from_file(path: str | Path) -> tensor_pb2.Image:
-    """An Image message for a file: .npy as a tensor, anything else as encoded bytes."""
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
-        return image_from_array(np.load(path, allow_pickle=False), name=path.name)
-    data = path.read_bytes()
-    fmt = _FORMAT_ALIASES.get(path.suffix.lower().lstrip("."), "")
-    return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=data, format=fmt), name=path.name)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

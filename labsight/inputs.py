@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from labsight.columns import CELL_CHANNELS
-from labsight.images import detect_format
+from labsight.image_messages import detect_format
 from labsight.v1 import gateway_pb2 as pb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")

@@ -30,23 +30,25 @@ def rate_and_time_left(rate: float, unit: str, seconds_left: float) -> str:
 
 
 class ProgressBar:
-    """Redraws one line in place on a terminal; prints nothing when the stream is not one."""
+    """Redraws one line in place on a terminal; when the stream is not one, prints nothing,
+    or with ``lines`` each new state as a line of its own (for logs of long runs)."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, lines: bool = False) -> None:
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
+        self.terminal = self.stream.isatty()
+        self.enabled = self.terminal or lines
         self._last = ""
 
     def update(self, done: int, total: int, detail: str = "") -> None:
         """Show ``done`` of ``total`` with a short ``detail``."""
         line = render_bar(done, total, detail)
         if self.enabled and line != self._last:
-            self.stream.write("\r" + line.ljust(len(self._last)))
+            self.stream.write("\r" + line.ljust(len(self._last)) if self.terminal else line + "\n")
             self.stream.flush()
             self._last = line
 
     def close(self) -> None:
         """End the line."""
-        if self.enabled and self._last:
+        if self.terminal and self._last:
             self.stream.write("\n")
             self.stream.flush()

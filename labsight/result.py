@@ -7,7 +7,6 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tifffile
 
 from labsight.export import results_to_anndata
 from labsight.tables import table_values
@@ -193,6 +192,8 @@ def write_label_masks(results: Sequence[Result | pb.JobResult], folder: str | Pa
                       stems: Sequence[str] | None = None) -> list[Path]:
     """Write the label masks of each result into ``folder`` (see :meth:`Result.write_masks`);
     results whose stems coincide get their job id appended, so no file overwrites another."""
+    import tifffile  # only here: the light client installs it with the extra [tiff]
+
     wrapped = [r if isinstance(r, Result) else Result(r) for r in results]
     names = list(stems) if stems is not None else [mask_stem(r.message) for r in wrapped]
     repeated = {name for name in names if names.count(name) > 1}

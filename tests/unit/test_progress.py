@@ -42,3 +42,14 @@ def test_rate_and_time_left_show_what_is_known() -> None:
     assert rate_and_time_left(2.345, "images", 3725) == "2.3 images/s, 1:02:05 left"
     assert rate_and_time_left(0.0, "rows", 9.6) == "0:10 left"
     assert rate_and_time_left(12.0, "", 0.0) == ""  # a rate without a unit says nothing
+
+
+def test_bar_with_lines_prints_each_new_state_on_its_own_line_when_piped() -> None:
+    pipe = io.StringIO()
+    bar = ProgressBar(pipe, lines=True)
+    bar.update(0, 4, "files submitted")
+    bar.update(0, 4, "files submitted")  # unchanged: not repeated
+    bar.update(4, 4, "files submitted")
+    bar.close()
+    assert pipe.getvalue().splitlines() == [render_bar(0, 4, "files submitted"),
+                                            render_bar(4, 4, "files submitted")]

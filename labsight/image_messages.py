@@ -1,0 +1,50 @@
+"""Image messages a client sends: arrays as tensors, files as their encoded bytes, never decoded.
+
+The light client (``labsight-client``) builds its requests with this module alone;
+decoding and checking images is the servers' part (``labsight.images``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from labsight.tensors import to_tensor
+from labsight.v1 import tensor_pb2
+
+SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),
+    (b"MM\x00+", "tiff"),
+)
+"""The first bytes of each image format a service decodes."""
+
+FORMAT_ALIASES = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "tif": "tiff", "tiff": "tiff"}
+"""Format names by file suffix (and by the format names themselves)."""
+
+
+def detect_format(data: bytes) -> str | None:
+    """The image format named by the bytes' signature, or None."""
+    for signature, name in SIGNATURES:
+        if data.startswith(signature):
+            return name
+    return None
+
+
+def image_from_array(pixels: np.ndarray, name: str = "") -> tensor_pb2.Image:
+    """An Image message carrying decoded pixels."""
+    return tensor_pb2.Image(tensor=to_tensor(pixels), name=name)
+
+
+def image_from_file(path: str | Path) -> tensor_pb2.Image:
+    """An Image message for a file: .npy as a tensor, anything else as encoded bytes."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        return image_from_array(np.load(path, allow_pickle=False), name=path.name)
+    data = path.read_bytes()
+    fmt = FORMAT_ALIASES.get(path.suffix.lower().lstrip("."), "")
+    return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=data, format=fmt), name=path.name)
