@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from labsight.errors import FailedPrecondition
-from labsight.models import ModelManifest, ModelServer, cut_at_outputs, load_onnx
+from labsight.models import ModelManifest, ModelServer, check_weights, cut_at_outputs, load_onnx
 
 DATATYPE = "FP32"
 """The datatype of every model input and output."""
@@ -83,6 +83,7 @@ class Signatures:
         FailedPrecondition
             If the weights are missing or the graph has fewer outputs than the manifest names.
         """
+        check_weights(manifest)  # before the digest, which reads the weight file's size
         key = (manifest.name, manifest.version, manifest.digest())
         with self._lock:
             known = self._signatures.get(key)
