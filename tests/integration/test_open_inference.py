@@ -347,6 +347,30 @@ def test_model_infer_refuses_wrong_names_datatypes_and_lengths_naming_them(
     assert still_serving == {"live": True, "ready": True}
 
 
+def test_a_model_without_its_weights_is_unavailable_and_the_server_not_ready(
+    serve: Callable[..., RunningServer],
+    settings: Settings,
+    tritonclient: Callable[..., list[dict[str, Any]]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "models" / "lost").mkdir(parents=True)
+    (tmp_path / "models" / "lost" / "manifest.toml").write_text(
+        'name = "lost"\nversion = "2"\nformat = "onnx"\nweights = "gone.onnx"\ntask = "classifier"\n'
+        'input_channels = 4\ninput_size = [64, 64]\nlicence = "CC0-1.0"\nsource = "the test"\n'
+    )
+    monkeypatch.setenv("LABSIGHT_MODEL_DIR", str(tmp_path / "models"))
+    classifier = serve(register_classifier, CLASSIFIER.grpc_services, settings)
+    live, index, lost = tritonclient(classifier.address, [
+        {"op": "live"}, {"op": "index"}, {"op": "model", "name": "lost"},
+    ])
+    assert live == {"live": True, "ready": False}
+    states = {m["name"]: (m["state"], m.get("reason", "")) for m in index["models"]}
+    assert states["hpa-generated"] == ("READY", "")
+    assert states["lost"][0] == "UNAVAILABLE" and "gone.onnx" in states["lost"][1]
+    assert lost["error"]["code"] == "FAILED_PRECONDITION" and "gone.onnx" in lost["error"]["message"]
+
+
 def test_the_shared_service_token_guards_all_but_liveness_and_readiness(
     serve: Callable[..., RunningServer],
     settings: Settings,
