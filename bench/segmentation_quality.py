@@ -20,10 +20,11 @@ of ``CELL_METHODS`` on scellseg's annotated images that have a nucleus channel
 (green cytoplasm as the microtubules, no ER, red nuclei), per folder. Those
 images carry no pixel size either and have no training split: each folder is
 given the one that makes its median cell 30 µm across, the only thing fitted
-to them (nothing was tuned on them). Then one JSON line.
+to them (nothing was tuned on them). Then generated nuclei with known truth
+(``GENERATED_SCENES``: touching twins, uneven light, noise, 8- and 16-bit). Then one JSON line.
 
 ``--figure PATH`` also draws, for the README, crops of three test images with
-the true outlines (green) and the classical method's (magenta): a dense
+the true outlines (green) and the default method's (magenta): a dense
 U2OS field, HFF nuclei, and MCC13 where it fails (its haze is taken in).
 """
 
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from labsight.segmentation_metrics import pool_scores, score_segmentation  # noqa: E402
 from services.segmentation.cells import (  # noqa: E402
     CELL_METHODS,
+    DEFAULT_METHOD,
     NUCLEUS_METHODS,
     segment_cells,
     segment_nuclei,
@@ -161,6 +163,32 @@ FIGURE_CROPS = (
 successes and the failure, not to flatter."""
 
 
+GENERATED_SCENES = (
+    (1, {}, np.uint8), (2, {}, np.uint16), (3, {"uneven": 0.7, "noise": 0.06}, np.uint16),
+    (7, {}, np.uint8), (8, {"uneven": 0.5}, np.uint16), (9, {"noise": 0.08}, np.uint8),
+)
+"""(seed, scene options, dtype) of the generated 300x300 nucleus images with known truth: touching
+twins, uneven brightness, noise, 8- and 16-bit (the generator of the classical method's tests)."""
+
+
+def generated_rows() -> list[dict]:
+    """Every nucleus method on the generated scenes of ``GENERATED_SCENES``, pooled."""
+    from tests.unit.test_classical_segmentation import PIXEL_UM, _as, _scene
+
+    scenes = []
+    for seed, options, dtype in GENERATED_SCENES:
+        stain, truth, _ = _scene((300, 300), seed, **options)
+        scenes.append((_as(dtype, stain), truth))
+    rows = []
+    for name, segment in methods(PIXEL_UM).items():
+        started = time.perf_counter()
+        predicted = [segment(image) for image, _ in scenes]
+        seconds = time.perf_counter() - started
+        rows.append(score_rows(name, "generated", [(p, truth) for p, (_, truth) in
+                                                   zip(predicted, scenes, strict=True)], seconds))
+    return rows
+
+
 def draw_figure(path: Path, pixel_size_um: float) -> None:
     """Write the panels of ``FIGURE_CROPS`` side by side as one PNG."""
     from PIL import Image, ImageDraw
@@ -181,7 +209,7 @@ def draw_figure(path: Path, pixel_size_um: float) -> None:
         rgb[find_boundaries(item.labels[r0:r1, c0:c1], mode="inner")] = (0, 230, 0)
         rgb[find_boundaries(predicted[r0:r1, c0:c1], mode="inner")] = (255, 0, 255)
         panel = Image.fromarray(rgb)
-        ImageDraw.Draw(panel).text((4, 4), f"{title}: AP50 {ap50:.2f} (whole image)",
+        ImageDraw.Draw(panel).text((4, 4), f"{title}: {DEFAULT_METHOD} AP50 {ap50:.2f} (whole image)",
                                    fill=(255, 255, 0))
         panels.append(panel)
     canvas = Image.new("RGB", (sum(p.width for p in panels) + 4 * (len(panels) - 1),
@@ -208,7 +236,9 @@ def main() -> None:
     if args.figure is not None:
         draw_figure(args.figure, pixel_size_um)
     cells = cell_rows() if args.cells else []
-    print(json.dumps({"pixel_size_um": pixel_size_um, "nuclei": nuclei, "cells": cells}))
+    generated = generated_rows()
+    print(json.dumps({"pixel_size_um": pixel_size_um, "nuclei": nuclei, "cells": cells,
+                      "generated": generated}))
 
 
 if __name__ == "__main__":
