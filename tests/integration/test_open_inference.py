@@ -34,8 +34,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from labsight import __version__
 from labsight.catalog import CLASSIFIER, FEATURES
 from labsight.config import Settings
-from labsight.models import ModelManifest, ModelRepository, ModelServer, ServingConfig
+from labsight.models import (
+    ModelManifest,
+    ModelRepository,
+    ModelServer,
+    ServingConfig,
+    device_from_env,
+    engine_backend,
+)
 from labsight.oip import grpc_predict_v2_pb2 as oip_pb
+from labsight.oip.signatures import PLATFORMS
 from labsight.redis_server import free_port
 from labsight.runtime.server import RunningServer
 from labsight.tables import table_values
@@ -177,7 +185,7 @@ def _check_service(answers: list[dict[str, Any]], repository: ModelRepository) -
         assert by_name["ready"] is True
         metadata = by_name["metadata"]
         assert metadata["name"] == manifest.name and metadata["versions"] == [manifest.version]
-        assert metadata["platform"] == "onnxruntime_onnx"
+        assert metadata["platform"] == PLATFORMS[engine_backend(manifest, "", device_from_env())]
         (model_input,) = metadata["inputs"]
         sides = [-1, -1] if manifest.dynamic_size else list(manifest.input_size)
         assert model_input["datatype"] == "FP32"
