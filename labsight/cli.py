@@ -7,7 +7,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -201,9 +201,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     Folders are expanded and every file is checked before anything is sent; each job is
     named by its file's path relative to the files' common folder and keyed by its content
-    and parameters, so submitting the same files again queues nothing twice."""
+    and parameters, so submitting the same files again queues nothing twice. A batch goes in
+    parts, each recorded once queued: --resume after an interruption sends only the rest."""
     from labsight.results import result_to_dict
 
+    if args.resume and args.resubmit:
+        raise SystemExit("labsight: --resume continues a submission by its jobs' keys, which "
+                         "--resubmit leaves out; give one of them")
     params = _parse_pairs(args.param, "--param")
     labels = _parse_pairs(args.label, "--label")
     tensors = {role: _load_array(Path(path))
@@ -219,7 +223,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     files = _submitted_inputs(args)
     if files is None:
         return 2
-    requests = [_file_request(args, file, params, labels, tensors, extra_images) for file in files]
+    requests = (_file_request(args, file, params, labels, tensors, extra_images) for file in files)
     with _client(args) as client:
         job_ids = _submit_files(client, args, files, requests)
         if job_ids is None:
@@ -309,28 +313,65 @@ def _file_request(args: argparse.Namespace, file: Any, params: dict[str, str],
 
 
 def _submit_files(client: Any, args: argparse.Namespace, files: list[Any],
-                  requests: list[Any]) -> list[str] | None:
-    """Submit the requests (one job, or one batch: all or none); the job ids, printed on
-    stderr before any waiting. None after naming the file the gateway refused."""
+                  requests: Iterator[Any]) -> list[str] | None:
+    """Submit the requests (one job, or one batch); the job ids, printed on stderr before any
+    waiting. None after naming the file the gateway refused.
+
+    A batch of keyed jobs goes in parts, each recorded in a journal once queued, so that
+    --resume after an interruption sends only the rest (see labsight.batch_submit); with
+    --resubmit (no keys) it goes in one stream, all or none."""
+    from labsight.batch_submit import PART_JOBS, journal_path, submission_id, submit_in_parts
+    from labsight.progress import ProgressBar
+
+    if len(files) == 1 and not args.batch:
+        try:
+            job_id = client.submit_request(next(requests)).job_id
+        except grpc.RpcError as error:
+            print(f"labsight: {_refused_file(error, files)}: {error.code().name}: {error.details()}",
+                  file=sys.stderr)
+            return None
+        print(f"labsight: job {job_id}", file=sys.stderr, flush=True)
+        return [job_id]
+    before = _batch_total(client, args.batch) if not args.resume else 0
+    submission = submission_id(client.address, args.pipeline, args.param, args.label, args.priority,
+                               args.tensor, args.input_image, args.mask,
+                               [str(Path(file.path).resolve()) for file in files])
+    bar = ProgressBar(lines=len(files) > PART_JOBS)  # on a pipe, a line per part if several
+    done = 0
+
+    def on_part(submitted: int, total: int) -> None:
+        nonlocal done
+        done = submitted
+        bar.update(submitted, total, "files submitted")
+
     try:
-        if len(requests) == 1 and not args.batch:
-            job_id = client.submit_request(requests[0]).job_id
-            print(f"labsight: job {job_id}", file=sys.stderr, flush=True)
-            return [job_id]
-        before = _batch_total(client, args.batch)
-        batch = client.submit_batch(requests, batch_id=args.batch)
+        if args.resubmit:
+            batch = client.submit_batch(requests, batch_id=args.batch)
+            batch_id, job_ids, sent = batch.batch_id, list(batch.job_ids), len(batch.job_ids)
+        else:
+            submitted = submit_in_parts(client, requests, len(files), journal_path(submission),
+                                        batch_id=args.batch, resume=args.resume, on_part=on_part)
+            batch_id, job_ids, sent = submitted.batch_id, submitted.job_ids, submitted.sent
     except grpc.RpcError as error:
-        print(f"labsight: {_refused_file(error, files)}: {error.code().name}: {error.details()}",
-              file=sys.stderr)
+        bar.close()
+        print(f"labsight: {_refused_file(error, files, done)}: {error.code().name}: "
+              f"{error.details()}", file=sys.stderr)
+        if done:
+            print(f"labsight: the first {done} of {len(files)} files are queued; submit them "
+                  "again with --resume to send the rest", file=sys.stderr)
         return None
-    reused = len(batch.job_ids) - (_batch_total(client, batch.batch_id) - before)
+    except ValueError as error:  # --batch other than the resumed submission's
+        raise SystemExit(f"labsight: {error}") from None
+    bar.close()
+    reused = len(set(job_ids)) - (_batch_total(client, batch_id) - before)
     note = (f" ({reused} submitted before with the same file and parameters: their earlier "
             "jobs are reused; --resubmit queues them anew)") if reused > 0 else ""
-    print(f"labsight: batch {batch.batch_id}: {len(batch.job_ids)} jobs{note}", file=sys.stderr,
+    resumed = f", {len(job_ids) - sent} queued before this resumed run" if args.resume else ""
+    print(f"labsight: batch {batch_id}: {len(job_ids)} jobs{resumed}{note}", file=sys.stderr,
           flush=True)
     if args.wait:
-        _show_batch_progress(client, batch.batch_id)
-    return list(batch.job_ids)
+        _show_batch_progress(client, batch_id)
+    return job_ids
 
 
 def _batch_total(client: Any, batch_id: str) -> int:
@@ -345,11 +386,12 @@ def _batch_total(client: Any, batch_id: str) -> int:
         return 0
 
 
-def _refused_file(error: grpc.RpcError, files: list[Any]) -> str:
-    """The file a refusal is about: the one at the gateway's ``jobs[i]``, else the only one."""
+def _refused_file(error: grpc.RpcError, files: list[Any], offset: int = 0) -> str:
+    """The file a refusal is about: the one at the gateway's ``jobs[i]`` (of a part that began
+    with file ``offset``), else the only one."""
     found = re.search(r"\bjobs\[(\d+)\]", error.details() or "")
-    if found and int(found.group(1)) < len(files):
-        return str(files[int(found.group(1))].path)
+    if found and offset + int(found.group(1)) < len(files):
+        return str(files[offset + int(found.group(1))].path)
     return str(files[0].path) if len(files) == 1 else "batch"
 
 
@@ -797,6 +839,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="wait and print results")
     submit.add_argument("--batch", default="",
                         help="batch id (default: a new one for several images, none for one)")
+    submit.add_argument("--resume", action="store_true",
+                        help="continue an interrupted submission of the same files and "
+                             "parameters: send only what its batch lacks (the journal of "
+                             "each submission is kept in the LabSight home)")
     submit.add_argument("--resubmit", action="store_true",
                         help="queue new jobs even for files already submitted with the same "
                              "parameters (by default their earlier jobs are reused)")

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
-from labsight.batch_submit import SubmittedBatch, journal_path, submission_id, submit_in_parts
+from labsight.batch_submit import (
+    PART_JOBS,
+    SubmittedBatch,
+    journal_path,
+    submission_id,
+    submit_in_parts,
+)
 from labsight.config import DEFAULT_MAX_MESSAGE_BYTES
 from labsight.errors import (
     FailedPreconditionError,
@@ -471,7 +477,7 @@ class LabSightClient:
         priority : {"normal", "high"}
             The jobs' priority.
         progress : bool
-            Draw a progress bar on stderr (on a terminal; a line per part elsewhere).
+            Draw a progress bar on stderr (on a terminal; elsewhere a line per part, if several).
 
         Returns
         -------
@@ -499,8 +505,8 @@ class LabSightClient:
                 yield request
 
         submission = submission_id(self.address, pipeline, dict(params or {}), dict(labels or {}),
-                                   priority, batch_id, [str(file.path.resolve()) for file in files])
-        bar = ProgressBar(lines=True) if progress else None
+                                   priority, [str(file.path.resolve()) for file in files])
+        bar = ProgressBar(lines=len(files) > PART_JOBS) if progress else None
         try:
             return submit_in_parts(
                 self, requests(), len(files), journal_path(submission), batch_id=batch_id,

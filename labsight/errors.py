@@ -249,7 +249,9 @@ def service_error(error: grpc.RpcError, *, rpc: str = "", address: str = "") -> 
     """The typed SDK error for a ``grpc.RpcError`` answered to ``rpc`` by the service at ``address``."""
     if isinstance(error, ServiceError):
         return error
-    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (error.details() if isinstance(error, grpc.Call) else "") or str(error)
+    # An answered call has code() and details(): a grpc.Call, or grpc.aio's AioRpcError (no Call).
+    answered = callable(getattr(error, "code", None)) and callable(getattr(error, "details", None))
+    code = error.code() if answered else grpc.StatusCode.UNKNOWN
+    details = (error.details() if answered else "") or str(error)
     kind = SERVICE_ERRORS.get(code, ServiceError)
     return kind(details, code=code, rpc=rpc, address=address)
