@@ -1,0 +1,176 @@
+"""Tensor transport benchmark: a 32 MiB tensor through ExtractPatches against a raw gRPC bytes sink.
+
+Run from the repository root:
+
+    python bench/tensor_transport.py [--side 4096] [--calls 3] [--rounds 7]
+
+The segmentation service and a raw bytes sink (``bench/bytes_sink.py``: generic
+unary handlers, no protobuf, the same message limits and handler threads) each
+run in their own process on loopback; this process is the only client and
+keeps one call in flight. The image is ``side`` x ``side`` uint16 (4096: 32 MiB).
+
+Three paired comparisons, each timed until the answer is in the client:
+
+``array in``
+    From a numpy array: ExtractPatches with the image as a Tensor (encoded by
+    ``write_tensor`` into the request) and one 64 x 64 spot patch back; the
+    service parses the request, decodes the tensor, reads it as an image
+    (checks, intensity, the low-range scan) and cuts the patch, all small next
+    to moving 32 MiB. Baseline: the array's bytes (``tobytes()``) to ``Put``,
+    which answers two bytes.
+``wire in``
+    The same request serialized once beforehand, sent as bytes to the service's
+    ExtractPatches method and to ``Put``: the service's side alone (parse,
+    decode, read, cut) against receiving the bytes.
+``array in+out``
+    ExtractPatches with one spot the size of the image: the whole image comes
+    back as the patches tensor and the client decodes it (``from_tensor``); the
+    service's extra work is one crop (a 32 MiB copy). Baseline: the array's
+    bytes to ``Echo``, which answers them, read with ``np.frombuffer``.
+
+Each of ``--rounds`` rounds times ``--calls`` calls of every case, the order
+rotating from round to round; printed: each round's MiB/s with the 1-minute
+load average, then min/median/max of the round-by-round ratios (service over
+baseline). glibc's MALLOC_* and GLIBC_TUNABLES variables, when set, reach every process
+alike and are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bytes_sink import ECHO, PUT  # noqa: E402
+from bench.service_process import start_service  # noqa: E402
+from labsight.config import Settings  # noqa: E402
+from labsight.runtime.cpus import usable_cpus  # noqa: E402
+from labsight.tensors import from_tensor, write_tensor  # noqa: E402
+from labsight.v1 import segmentation_pb2 as pb  # noqa: E402
+from labsight.v1 import segmentation_pb2_grpc as pb_grpc  # noqa: E402
+
+SMALL_PATCH = 64
+"""Side of the one patch the ``array in`` and ``wire in`` cases ask for."""
+
+Call = Callable[[np.ndarray], object]
+
+
+def patches_request(image: np.ndarray, diameter: int) -> pb.ExtractPatchesRequest:
+    """ExtractPatches of one spot of side ``diameter`` at the image's centre, the image as a Tensor
+    written into the request in place (no nested message copied)."""
+    height, width = image.shape[:2]
+    request = pb.ExtractPatchesRequest(spot_diameter=diameter)
+    write_tensor(request.image.tensor, image)
+    write_tensor(request.spot_centres, np.array([[width / 2, height / 2]]))
+    return request
+
+
+def cases(
+    service: grpc.Channel, sink: grpc.Channel, image: np.ndarray
+) -> dict[str, tuple[Call, Call]]:
+    """Each comparison's two timed calls (service, baseline), from the image to the answer."""
+    stub = pb_grpc.SegmentationServiceStub(service)
+    put = sink.unary_unary(PUT)
+    echo = sink.unary_unary(ECHO)
+    patches_bytes = service.unary_unary(
+        "/labsight.v1.SegmentationService/ExtractPatches",
+        response_deserializer=pb.ExtractPatchesResponse.FromString,
+    )
+    wire = patches_request(image, SMALL_PATCH).SerializeToString()
+    side = image.shape[0]
+
+    def service_in(pixels: np.ndarray) -> object:
+        return list(stub.ExtractPatches(patches_request(pixels, SMALL_PATCH)).patches.shape)
+
+    def service_wire(pixels: np.ndarray) -> object:
+        return list(patches_bytes(wire).patches.shape)
+
+    def service_in_out(pixels: np.ndarray) -> object:
+        return from_tensor(stub.ExtractPatches(patches_request(pixels, side)).patches, "patches")
+
+    def sink_echo(pixels: np.ndarray) -> object:
+        return np.frombuffer(echo(pixels.tobytes()), pixels.dtype).reshape(pixels.shape)
+
+    return {
+        "array in": (service_in, lambda pixels: put(pixels.tobytes())),
+        "wire in": (service_wire, lambda pixels: put(wire)),
+        "array in+out": (service_in_out, sink_echo),
+    }
+
+
+def check_answers(pairs: dict[str, tuple[Call, Call]], image: np.ndarray) -> None:
+    """Every call does its work: the whole-image patch and the echo are the image itself."""
+    whole = np.asarray(pairs["array in+out"][0](image))
+    assert np.array_equal(whole[0, ..., 0], image)
+    assert np.array_equal(np.asarray(pairs["array in+out"][1](image)), image)
+    for name in ("array in", "wire in"):
+        assert pairs[name][0](image) == [1, SMALL_PATCH, SMALL_PATCH, 1]
+        assert pairs[name][1](image) == b"ok"
+
+
+def rate(call: Call, image: np.ndarray, count: int) -> float:
+    """MiB of the image moved per second over ``count`` calls."""
+    start = time.perf_counter()
+    for _ in range(count):
+        call(image)
+    return count * image.nbytes / 2**20 / (time.perf_counter() - start)
+
+
+def main() -> None:
+    """Start the service and the sink, time the paired rounds, print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", type=int, default=4096, help="image side (uint16 pixels)")
+    parser.add_argument("--calls", type=int, default=3, help="calls per case and round")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    image = np.random.default_rng(0).integers(0, 65536, (args.side, args.side), dtype=np.uint16)
+    env = {**os.environ, "LABSIGHT_LOG_LEVEL": "WARNING"}
+    options = Settings().grpc_options()
+    processes = []
+    try:
+        service_process, service_address = start_service("services.segmentation", env)
+        processes.append(service_process)
+        sink_process, sink_address = start_service("bench.bytes_sink", env)
+        processes.append(sink_process)
+        pairs = cases(grpc.insecure_channel(service_address, options),
+                      grpc.insecure_channel(sink_address, options), image)
+        check_answers(pairs, image)
+        malloc = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                          if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")
+        print(f"{image.nbytes / 2**20:.0f} MiB uint16 image, {args.calls} calls per case and round, "
+              f"one in flight, loopback; {usable_cpus()} CPUs, each server 16 handler threads; "
+              f"glibc malloc {malloc or 'defaults'}; load at start {os.getloadavg()[0]:.2f}")
+        timed = {f"{name}: {side}": call for name, pair in pairs.items()
+                 for side, call in zip(("service", "baseline"), pair, strict=True)}
+        names = list(timed)
+        rates: dict[str, list[float]] = {name: [] for name in names}
+        for round_index in range(args.rounds):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                rates[name].append(rate(timed[name], image, args.calls))
+            figures = ", ".join(f"{name} {rates[name][-1]:.0f}" for name in names)
+            print(f"round {round_index + 1} MiB/s: {figures}; load {os.getloadavg()[0]:.2f}")
+        for name in pairs:
+            ours, theirs = rates[f"{name}: service"], rates[f"{name}: baseline"]
+            ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+            print(f"{name}: ExtractPatches / bytes {'echo' if 'out' in name else 'sink'} ratio "
+                  f"min {min(ratios):.2f} median {statistics.median(ratios):.2f} max {max(ratios):.2f}"
+                  f" (MiB/s median {statistics.median(ours):.0f} vs {statistics.median(theirs):.0f})")
+        print(f"load at end {os.getloadavg()[0]:.2f}")
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(30)
+
+
+if __name__ == "__main__":
+    main()
