@@ -34,6 +34,7 @@ from labsight.redis_server import (
     wait_for_redis,
     write_redis_config,
 )
+from labsight.runtime.cpus import StackSizing, size_stack
 from labsight.supervisor import ChildSpec, EventKind, Supervisor
 from labsight.up_lock import UpLock
 from services.gateway.auth import create_token, hash_token
@@ -107,9 +108,10 @@ class StackLayout:
     workers: int = 1
 
     @classmethod
-    def from_base_port(cls, base_port: int | None, workers: int = 1) -> StackLayout:
+    def from_base_port(cls, base_port: int | None, workers: int | None = None) -> StackLayout:
         """Catalog ports, or consecutive ports from ``base_port`` (metrics from base + 100,
-        `up`'s own at base + 99)."""
+        `up`'s own at base + 99); ``workers`` worker processes (default: ``size_stack``'s)."""
+        workers = size_stack().workers if workers is None else workers
         names = list(SERVERS)
         if base_port is None:
             grpc_ports = {name: SERVERS[name].grpc_port or 0 for name in names}
@@ -220,6 +222,11 @@ class Stack:
     lock: UpLock | None = None
     monitor: HealthMonitor | None = None
     metrics_server: WSGIServer | None = None
+    sizing: StackSizing = field(init=False)
+    """Worker processes, jobs in flight and thread pools for the CPUs (see ``size_stack``)."""
+
+    def __post_init__(self) -> None:
+        self.sizing = size_stack(workers=self.layout.workers)
 
     @property
     def logs(self) -> Path:
@@ -296,16 +303,19 @@ class Stack:
             "LABSIGHT_HOST": "127.0.0.1",
             "LABSIGHT_TOKENS_FILE": str(self.home / TOKENS_FILE),
         }
+        # Thread pools sized to the CPUs (see size_stack) unless the operator set them.
+        service_env = {**self.sizing.service_environment(), **base_env}
         for name, spec in SERVERS.items():
             env = {
-                **base_env,
+                **(base_env if name == "gateway" else service_env),
                 "LABSIGHT_PORT": str(self.layout.grpc_ports[name]),
                 "LABSIGHT_METRICS_PORT": str(self.layout.metrics_ports[name]),
             }
             self._spawn(name, spec.module, env)
         for index in range(self.layout.workers):
             metrics_port = self.layout.metrics_ports[WORKER.name] + index
-            env = {**base_env, "LABSIGHT_METRICS_PORT": str(metrics_port)}
+            env = {**self.sizing.worker_environment(), **base_env,
+                   "LABSIGHT_METRICS_PORT": str(metrics_port)}
             self._spawn(f"worker-{index + 1}", WORKER.module, env)
         self.monitor = HealthMonitor(self)
         self._wait_until_serving(timeout_s)
@@ -384,6 +394,7 @@ def describe(stack: Stack) -> str:
     lines += [f"redis         {hide_password(endpoints.redis_url)}"]
     lines += [f"metrics       {url}" for url in endpoints.metrics.values()]
     lines += [f"logs          {stack.logs}", f"endpoints     {stack.home / 'endpoints.json'}"]
+    lines += [f"sizing        {stack.sizing.describe()}"]
     return "\n".join(lines)
 
 

@@ -1,9 +1,11 @@
-"""How many CPUs this process may use: its affinity mask, capped by a container's CPU limit."""
+"""How many CPUs this process may use (its affinity mask, capped by a container's CPU limit), and
+how `labsight up` shares them among its processes."""
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -56,3 +58,57 @@ def limit_thread_pools() -> None:
     count = str(usable_cpus())
     for name in THREAD_POOL_VARIABLES:
         os.environ.setdefault(name, count)
+
+
+WORKER_CONCURRENCY_VARIABLE = "LABSIGHT_WORKER_CONCURRENCY"
+"""Jobs each worker runs at once (read by services/gateway/worker.py)."""
+
+
+@dataclass(frozen=True)
+class StackSizing:
+    """How one machine's CPUs are shared by a `labsight up` stack.
+
+    Attributes
+    ----------
+    cpus : int
+        CPUs the stack may use (``usable_cpus``).
+    workers : int
+        Worker processes: one per 8 CPUs. A worker with several jobs in flight
+        keeps the services busy while spending a fraction of a core itself.
+    worker_concurrency : int
+        Jobs each worker runs at once: two per CPU its share of the machine
+        has, at least 4, at most 16, so that while the services compute some
+        jobs the worker reads, writes and sends the others.
+    compute_threads : int
+        numba and OpenMP threads of each model service: every CPU, since one
+        service computes at a time in the common case (one pipeline's calls).
+    """
+
+    cpus: int
+    workers: int
+    worker_concurrency: int
+    compute_threads: int
+
+    def service_environment(self) -> dict[str, str]:
+        """Thread-pool variables of a model service. Idle OpenMP threads sleep (PASSIVE)
+        instead of spinning on the cores the gateway, workers and Redis need meanwhile."""
+        threads = str(self.compute_threads)
+        return {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
+
+    def worker_environment(self) -> dict[str, str]:
+        """Variables of a worker process."""
+        return {WORKER_CONCURRENCY_VARIABLE: str(self.worker_concurrency)}
+
+    def describe(self) -> str:
+        """One line for people: what each process gets."""
+        return (f"{self.cpus} CPUs: {self.workers} worker(s) x {self.worker_concurrency} jobs in "
+                f"flight, {self.compute_threads} numba/OpenMP threads per model service")
+
+
+def size_stack(cpus: int | None = None, workers: int | None = None) -> StackSizing:
+    """The sizing of a stack on ``cpus`` CPUs (default ``usable_cpus()``), with ``workers``
+    worker processes if given."""
+    cpus = usable_cpus() if cpus is None else max(1, cpus)
+    workers = max(1, cpus // 8) if workers is None else max(1, workers)
+    concurrency = min(16, max(4, 2 * cpus // workers))
+    return StackSizing(cpus, workers, concurrency, cpus)

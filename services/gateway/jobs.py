@@ -195,6 +195,18 @@ class JobStore:
             raise NotFound(f"job_id: no job {echo(job_id)}")
         return record
 
+    def load_with_inputs(self, job_ids: list[str]) -> list[tuple[JobRecord | None, bytes | None]]:
+        """Records and serialized inputs of many jobs in one round trip (None where gone)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+                pipe.get(self.keys.job_input(job_id))
+            replies = pipe.execute()
+        return [
+            (JobRecord.from_hash(raw) if raw else None, raw_input)
+            for raw, raw_input in zip(replies[::2], replies[1::2], strict=True)
+        ]
+
     def load_many(self, job_ids: list[str]) -> list[JobRecord | None]:
         """Records of many jobs in one round trip (None where a job no longer exists)."""
         with self.client.pipeline(transaction=False) as pipe:
@@ -204,12 +216,14 @@ class JobStore:
         return [JobRecord.from_hash(raw) if raw else None for raw in raws]
 
     def transition(
-        self, job: JobRecord, allowed_from: tuple[str, ...], to: str, **fields: Any
+        self, job: JobRecord, allowed_from: tuple[str, ...], to: str,
+        pipe: redis.client.Pipeline | None = None, **fields: Any,
     ) -> bool:
         """Set status ``to`` (and ``fields``) if the job is in ``allowed_from``; True if applied.
 
         The check and the change are one Lua script, so two workers finishing
-        the same job make exactly one ``done`` transition.
+        the same job make exactly one ``done`` transition. With ``pipe`` the
+        script is queued there (returns False; the pipeline's reply is 1 if applied).
         """
         if any(status in TERMINAL_STATUSES for status in allowed_from):
             raise ValueError("a terminal status never changes")
@@ -221,28 +235,40 @@ class JobStore:
         if job.batch_id:
             keys.append(self.keys.batch(job.tenant, job.batch_id))
             batch_channel = self.keys.batch_events(job.tenant, job.batch_id)
-        applied = self._transition(
-            keys=keys,
-            args=[
-                ",".join(allowed_from),
-                to,
-                "1" if to in TERMINAL_STATUSES else "0",
-                batch_channel,
-                self.keys.job_events(job.job_id),
-                self.ended_ttl_s,
-                *pairs,
-            ],
-        )
-        return applied == 1
+        args = [
+            ",".join(allowed_from),
+            to,
+            "1" if to in TERMINAL_STATUSES else "0",
+            batch_channel,
+            self.keys.job_events(job.job_id),
+            self.ended_ttl_s,
+            *pairs,
+        ]
+        if pipe is not None:
+            # EVAL, not the registered script: a pipeline with scripts checks them first (one
+            # more round trip each time), and EVAL survives a restarted Redis's empty cache.
+            pipe.eval(_TRANSITION_LUA, len(keys), *keys, *args)
+            return False
+        return self._transition(keys=keys, args=args) == 1
 
-    def count_attempt(self, job_id: str) -> int:
-        """Add one to the job's attempts and return the new count."""
+    def count_attempt(self, job_id: str, pipe: redis.client.Pipeline | None = None) -> int:
+        """Add one to the job's attempts and return the new count (0 when queued in ``pipe``)."""
+        if pipe is not None:
+            pipe.hincrby(self.keys.job(job_id), "attempts", 1)
+            return 0
         return int(self.client.hincrby(self.keys.job(job_id), "attempts", 1))
 
     def status(self, job_id: str) -> str:
         """The job's current status ("" if the job does not exist)."""
         raw = self.client.hget(self.keys.job(job_id), "status")
         return raw.decode() if raw else ""
+
+    def statuses(self, job_ids: list[str]) -> list[str]:
+        """Current statuses of many jobs in one round trip ("" where a job does not exist)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), "status")
+            return [raw.decode() if raw else "" for raw in pipe.execute()]
 
     def set_progress(
         self, job_id: str, progress: float, message: str,

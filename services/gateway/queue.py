@@ -252,18 +252,16 @@ class JobQueue:
         staged.records.clear()
         staged.idempotency_keys.clear()
 
-    def claim(self, consumer: str, block_ms: int = 1000, prefer_normal: bool = False) -> Delivery | None:
-        """The next new job for ``consumer``; None after ``block_ms`` without one.
-
-        High priority is served first unless ``prefer_normal`` is set (the
-        worker sets it now and then so normal jobs are never starved).
-        """
-        order = ("normal", "high") if prefer_normal else ("high", "normal")
-        first = self.client.xreadgroup(
-            WORKER_GROUP, consumer, {self.keys.stream(order[0]): ">"}, count=1
+    def claim(self, consumer: str, priority: str, count: int) -> list[Delivery]:
+        """Up to ``count`` new jobs of ``priority`` for ``consumer``, without waiting."""
+        entries = self.client.xreadgroup(
+            WORKER_GROUP, consumer, {self.keys.stream(priority): ">"}, count=count
         )
-        if first:
-            return self._delivery(order[0], first)
+        return self._deliveries(entries)
+
+    def wait_for_job(self, consumer: str, block_ms: int = 1000) -> list[Delivery]:
+        """The next new job of either priority (high first) for ``consumer``, waiting up to
+        ``block_ms`` for one; empty if none came."""
         entries = self.client.xreadgroup(
             WORKER_GROUP,
             consumer,
@@ -271,16 +269,16 @@ class JobQueue:
             count=1,
             block=block_ms,
         )
-        if not entries:
-            return None
-        stream_name = entries[0][0].decode()
-        priority = "high" if stream_name == self.keys.stream("high") else "normal"
-        return self._delivery(priority, entries)
+        return self._deliveries(entries)[:1]
 
-    @staticmethod
-    def _delivery(priority: str, entries: list) -> Delivery:
-        message_id, fields = entries[0][1][0]
-        return Delivery(priority, message_id, fields[b"job_id"].decode())
+    def _deliveries(self, entries: list | None) -> list[Delivery]:
+        """Deliveries of XREADGROUP's answer, stream by stream."""
+        priority_of = {self.keys.stream(priority): priority for priority in PRIORITIES}
+        return [
+            Delivery(priority_of[stream.decode()], message_id, fields[b"job_id"].decode())
+            for stream, messages in entries or []
+            for message_id, fields in messages
+        ]
 
     def reclaim_stale(self, consumer: str, min_idle_ms: int) -> list[Delivery]:
         """Take over entries another worker claimed ``min_idle_ms`` ago and never acked."""
@@ -297,24 +295,41 @@ class JobQueue:
             ]
         return taken
 
-    def touch(self, delivery: Delivery, consumer: str) -> None:
-        """Reset the idle time of an entry still being worked on, so nobody takes it over."""
-        self.client.xclaim(
-            self.keys.stream(delivery.priority), WORKER_GROUP, consumer, 0,
-            [delivery.message_id], justid=True,
-        )
+    def touch(self, deliveries: Sequence[Delivery], consumer: str) -> None:
+        """Reset the idle time of entries still being worked on, so nobody takes them over
+        (one round trip for all)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for priority in PRIORITIES:
+                ids = [d.message_id for d in deliveries if d.priority == priority]
+                if ids:
+                    pipe.xclaim(self.keys.stream(priority), WORKER_GROUP, consumer, 0, ids,
+                                justid=True)
+            pipe.execute()
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(
+        self, delivery: Delivery, input_blob: str | None = None,
+        pipe: redis.client.Pipeline | None = None,
+    ) -> None:
         """Acknowledge and delete a finished entry so the stream stays small; the job's
-        input (in Redis and the blob store) goes with it, as the job has ended."""
+        input (in Redis and the blob store) goes with it, as the job has ended.
+
+        ``input_blob`` is the job's blob reference when the caller has its record
+        (None: read it here). With ``pipe`` the commands are queued there and the
+        caller deletes the blob once they ran.
+        """
+        if input_blob is None:
+            blob = self.client.hget(self.keys.job(delivery.job_id), "input_blob")
+            input_blob = blob.decode() if blob else ""
         stream = self.keys.stream(delivery.priority)
-        blob = self.client.hget(self.keys.job(delivery.job_id), "input_blob")
-        with self.client.pipeline(transaction=True) as pipe:
+        if pipe is not None:
             pipe.xack(stream, WORKER_GROUP, delivery.message_id)
             pipe.xdel(stream, delivery.message_id)
             pipe.delete(self.keys.job_input(delivery.job_id))
-            pipe.execute()
-        self.delete_blob(blob.decode() if blob else "")
+            return
+        with self.client.pipeline(transaction=True) as own:
+            self.ack(delivery, input_blob, own)
+            own.execute()
+        self.delete_blob(input_blob)
 
     def delete_blob(self, reference: str) -> None:
         """Remove a job input from the blob store ("" : none)."""
@@ -340,17 +355,18 @@ class JobQueue:
             )
         )
 
-    def bury(self, delivery: Delivery, error: str) -> None:
+    def bury(self, delivery: Delivery, error: str, input_blob: str | None = None) -> None:
         """Copy a job that used up its attempts to the dead-letter stream, then ack it."""
         self.client.xadd(
             self.keys.dead_letters(), {"job_id": delivery.job_id, "error": error[:2000]}
         )
-        self.ack(delivery)
+        self.ack(delivery, input_blob)
 
 
-def build_queue(settings: Settings) -> JobQueue:
-    """The job queue on the Redis, key prefix, depth limit and retention in ``settings``."""
-    client = connect_redis(settings.redis_url, settings.max_workers)  # a connection per thread
+def build_queue(settings: Settings, threads: int = 0) -> JobQueue:
+    """The job queue on the Redis, key prefix, depth limit and retention in ``settings``,
+    with a connection for each of ``threads`` callers (at least ``settings.max_workers``)."""
+    client = connect_redis(settings.redis_url, max(threads, settings.max_workers))
     return JobQueue(
         client,
         RedisKeys(settings.key_prefix),

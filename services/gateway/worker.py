@@ -1,4 +1,4 @@
-"""The worker loop: claim a job, run its pipeline against the model services, store, ack."""
+"""The worker loop: claim jobs, run their pipelines against the model services, store, ack."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 
 import grpc
@@ -19,9 +21,10 @@ from prometheus_client import Counter, Histogram
 import labsight
 from labsight.blobs import opened_blob
 from labsight.catalog import WORKER
-from labsight.config import Settings
-from labsight.errors import NotFound, status_code_for
+from labsight.config import Settings, env_int
+from labsight.errors import status_code_for
 from labsight.redis_server import hide_password
+from labsight.runtime.cpus import WORKER_CONCURRENCY_VARIABLE
 from labsight.runtime.logs import configure_logging
 from labsight.runtime.server import start_metrics, stop_on_signals
 from labsight.v1 import gateway_pb2 as pb
@@ -61,6 +64,11 @@ PERMANENT_CODES = frozenset(
 )
 """Service answers that retrying cannot change: the job fails at once."""
 
+DEFAULT_CONCURRENCY = 4
+"""Jobs a worker runs at once by default: while one job's service call computes, the others'
+inputs are read, their results written and their next calls sent (a 64² fractal job spends
+about a third of its time outside the features service)."""
+
 
 def is_permanent(error: Exception) -> bool:
     """True if running the job again would fail the same way."""
@@ -80,26 +88,55 @@ def describe_error(error: Exception) -> str:
     return f"{code.name}: {error}"
 
 
-@contextlib.contextmanager
-def _every(interval_s: float, task: Callable[[], None], name: str) -> Iterator[None]:
-    """Run ``task`` every ``interval_s`` seconds in a thread while the block runs."""
-    done = threading.Event()
+@dataclass
+class Started:
+    """A claimed job that is now RUNNING in this worker, with what its run needs."""
 
-    def loop() -> None:
-        while not done.wait(interval_s):
-            task()
+    delivery: Delivery
+    job: JobRecord
+    raw_input: bytes | None
+    attempts: int
 
-    thread = threading.Thread(target=loop, name=name, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
+
+class Slots:
+    """The jobs a worker runs at once: one set of service clients per job in flight, so a
+    cancelled job's calls are cancelled (and a refused call is traced) without touching the others'."""
+
+    def __init__(self, clients: list[ServiceClients]) -> None:
+        self._free = list(clients)
+        self._changed = threading.Condition()
+
+    def wait_free(self, stop: threading.Event, poll_s: float = 0.1) -> int:
+        """How many are free, once one is (0 once ``stop`` is set)."""
+        with self._changed:
+            while not self._free and not stop.is_set():
+                self._changed.wait(poll_s)
+            return 0 if stop.is_set() else len(self._free)
+
+    def take(self) -> ServiceClients:
+        """A free slot's clients, waiting for one if need be."""
+        with self._changed:
+            while not self._free:
+                self._changed.wait()
+            return self._free.pop()
+
+    def give_back(self, clients: ServiceClients) -> None:
+        """Free the slot of a job that ended."""
+        with self._changed:
+            self._free.append(clients)
+            self._changed.notify_all()
 
 
 class Worker:
-    """Runs jobs from the queue until stopped; safe to run many side by side."""
+    """Runs jobs from the queue until stopped, up to ``concurrency`` at once; safe to run many
+    side by side.
+
+    One dispatcher thread claims jobs in batches (as many as slots are free) and
+    starts them in two pipelined round trips; each job then runs its pipeline in
+    a slot of a thread pool and writes its result, status and acknowledgement in
+    one transaction. One watcher thread keeps every running job's claim alive
+    and cancels the service calls of jobs cancelled meanwhile.
+    """
 
     def __init__(
         self,
@@ -113,6 +150,8 @@ class Worker:
         retry_max_s: float = 60.0,
         high_burst: int = 4,
         service_wait_s: float = 180.0,
+        concurrency: int = 1,
+        new_services: Callable[[], ServiceClients] | None = None,
     ) -> None:
         self.queue = queue
         self.store = queue.store
@@ -125,37 +164,61 @@ class Worker:
         self.retry_max_s = retry_max_s
         self.high_burst = high_burst
         self.service_wait_s = service_wait_s
+        self.concurrency = concurrency if new_services is not None else 1
+        self.new_services = new_services
         self._high_streak = 0
         self._stop = threading.Event()
+        self._running: dict[str, tuple[Delivery, ServiceClients]] = {}
+        self._running_lock = threading.Lock()
 
     def run(
         self, stop: threading.Event, block_ms: int = 1000,
         redis_moved: Callable[[], bool] | None = None,
     ) -> None:
-        """Process jobs until ``stop`` is set; the job in hand is finished first
-        (unless it waits for a model service to come back: then it is retried later).
+        """Process jobs until ``stop`` is set; the jobs in hand are finished first
+        (unless one waits for a model service to come back: then it is retried later).
 
         While Redis does not answer, the worker retries every second; it returns
         early if ``redis_moved()`` says Redis is now elsewhere (see ``main``).
         """
         self._stop = stop
+        extra = [self.new_services() for _ in range(self.concurrency - 1)] if self.new_services else []
+        slots = Slots([self.services, *extra])
+        done = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(done,), name="watcher", daemon=True)
+        watcher.start()
+        try:
+            with ThreadPoolExecutor(1 + len(extra), thread_name_prefix="job") as pool:
+                self._dispatch(stop, block_ms, redis_moved, slots, pool)
+        finally:
+            done.set()
+            watcher.join()
+            for clients in extra:
+                clients.close()
+
+    def _dispatch(
+        self, stop: threading.Event, block_ms: int, redis_moved: Callable[[], bool] | None,
+        slots: Slots, pool: ThreadPoolExecutor,
+    ) -> None:
+        """Claim and start jobs into free slots until ``stop`` (or Redis moved)."""
         next_housekeeping = 0.0
         while not stop.is_set():
             try:
+                deliveries: list[Delivery] = []
                 if time.monotonic() >= next_housekeeping:
                     self.queue.ensure_groups()
                     self.queue.announce_worker(self.consumer)
                     self.queue.release_due_retries()
-                    for delivery in self.queue.reclaim_stale(self.consumer, self.claim_idle_ms):
-                        self.process(delivery)
+                    deliveries = self.queue.reclaim_stale(self.consumer, self.claim_idle_ms)
                     next_housekeeping = time.monotonic() + min(1.0, self.claim_idle_ms / 4000)
-                delivery = self.queue.claim(
-                    self.consumer, block_ms=block_ms,
-                    prefer_normal=self._high_streak >= self.high_burst,
-                )
-                if delivery is not None:
-                    self._high_streak = self._high_streak + 1 if delivery.priority == "high" else 0
-                    self.process(delivery)
+                free = slots.wait_free(stop)
+                if free and not deliveries:
+                    deliveries = self.claim(free, block_ms)
+                for started in self.start(deliveries):
+                    clients = slots.take()
+                    with self._running_lock:
+                        self._running[started.job.job_id] = (started.delivery, clients)
+                    pool.submit(self._run_in_slot, started, clients, slots)
             except redis.ConnectionError as error:
                 if redis_moved is not None and redis_moved():
                     log.warning("redis moved; reconnecting", extra={"error": str(error)})
@@ -166,63 +229,122 @@ class Worker:
                 log.exception("worker loop error; continuing")
                 stop.wait(1.0)
 
-    def process(self, delivery: Delivery) -> None:
-        """Run one delivered job to an outcome (or schedule its retry)."""
+    def claim(self, free: int, block_ms: int) -> list[Delivery]:
+        """Up to ``free`` new jobs, high priority first but never more than ``high_burst`` high
+        ones in a row while normal ones wait; waits up to ``block_ms`` when there is none."""
+        taken: list[Delivery] = []
+        while len(taken) < free:
+            wanted = free - len(taken)
+            if self._high_streak >= self.high_burst:
+                order = (("normal", 1), ("high", wanted))
+            else:
+                order = (("high", min(wanted, self.high_burst - self._high_streak)),
+                         ("normal", wanted))
+            got: list[Delivery] = []
+            for priority, count in order:
+                got = self.queue.claim(self.consumer, priority, count)
+                if got:
+                    break
+            if not got:
+                break
+            for delivery in got:
+                self._high_streak = self._high_streak + 1 if delivery.priority == "high" else 0
+            taken += got
+            if len(got) < count:
+                break  # that stream is drained for now
+        if not taken:
+            taken = self.queue.wait_for_job(self.consumer, block_ms)
+            for delivery in taken:
+                self._high_streak = self._high_streak + 1 if delivery.priority == "high" else 0
+        return taken
+
+    def start(self, deliveries: list[Delivery]) -> list[Started]:
+        """Count an attempt of each delivered job and mark it RUNNING, in two round trips for
+        them all; jobs gone, ended, taken by another worker or out of attempts are settled here."""
+        if not deliveries:
+            return []
+        loaded = self.store.load_with_inputs([d.job_id for d in deliveries])
+        live: list[tuple[Delivery, JobRecord, bytes | None]] = []
+        for delivery, (job, raw_input) in zip(deliveries, loaded, strict=True):
+            if job is None or job.is_terminal:
+                self.queue.ack(delivery, job.input_blob if job else "")
+            else:
+                live.append((delivery, job, raw_input))
+        with self.queue.client.pipeline(transaction=False) as pipe:
+            for _, job, _ in live:
+                self.store.count_attempt(job.job_id, pipe)
+                if job.attempts < self.max_attempts:  # this attempt is allowed
+                    self.store.transition(job, (QUEUED, RUNNING), RUNNING, pipe, started_at=now())
+            replies = iter(pipe.execute())
+        started: list[Started] = []
+        for delivery, job, raw_input in live:
+            attempts = int(next(replies))
+            applied = next(replies) == 1 if job.attempts < self.max_attempts else False
+            if attempts > self.max_attempts:
+                self.handle_job_dead(delivery, job, job.error or "no attempts left")
+            elif applied:
+                job.status, job.attempts = RUNNING, attempts
+                started.append(Started(delivery, job, raw_input, attempts))
+            else:
+                self.queue.ack(delivery, job.input_blob)
+        return started
+
+    def _run_in_slot(self, started: Started, clients: ServiceClients, slots: Slots) -> None:
+        """Run one started job in a slot of the pool, then free the slot."""
         try:
-            job = self.store.load(delivery.job_id)
-        except NotFound:
-            self.queue.ack(delivery)
-            return
-        if job.is_terminal:
-            self.queue.ack(delivery)
-            return
-        attempts = self.store.count_attempt(job.job_id)
-        if attempts > self.max_attempts:
-            self.handle_job_dead(delivery, job, job.error or "no attempts left")
-            return
-        if not self.store.transition(job, (QUEUED, RUNNING), RUNNING, started_at=now()):
-            self.queue.ack(delivery)
-            return
-        job.status = RUNNING
-        started = time.perf_counter()
+            self.process(started, clients)
+        except redis.ConnectionError as error:  # its claim stays pending: it is reclaimed later
+            log.warning("redis unavailable while running a job",
+                        extra={"job_id": started.job.job_id, "error": str(error)})
+        except Exception:  # noqa: BLE001 - a slot outlives any single bad job
+            log.exception("job run error", extra={"job_id": started.job.job_id})
+        finally:
+            with self._running_lock:
+                self._running.pop(started.job.job_id, None)
+            slots.give_back(clients)
+
+    def process(self, started: Started, services: ServiceClients) -> None:
+        """Run one started job to an outcome (or schedule its retry)."""
+        delivery, job = started.delivery, started.job
+        begun = time.perf_counter()
         try:
-            with self._heartbeat(delivery), self._cancel_watch(job):
-                result = self.run_when_services_ready(job)
+            result = self.run_when_services_ready(job, started.raw_input, services)
         except JobCancelled:
-            self.queue.ack(delivery)
+            self.queue.ack(delivery, job.input_blob)
             JOBS_FINISHED.labels(job.pipeline, CANCELLED).inc()
             return
         except Exception as error:  # noqa: BLE001 - every failure is recorded on the job
-            self.handle_job_failure(delivery, job, attempts, error)
+            self.handle_job_failure(delivery, job, started.attempts, error)
             return
         finally:
-            JOB_SECONDS.labels(job.pipeline).observe(time.perf_counter() - started)
+            JOB_SECONDS.labels(job.pipeline).observe(time.perf_counter() - begun)
         self.handle_job_success(delivery, job, result)
 
-    def _heartbeat(self, delivery: Delivery) -> contextlib.AbstractContextManager[None]:
-        """Keep the entry's idle time low while the job runs, so no other worker takes it over."""
-
-        def beat() -> None:
+    def _watch(self, done: threading.Event) -> None:
+        """Until ``done``: every CANCEL_POLL_S cancel the service calls of running jobs that were
+        cancelled meanwhile (the services stop their work, the slot is free within a second or
+        two); every third of ``claim_idle_ms`` reset the idle time of every running job's entry,
+        so no other worker takes it over. One pipelined round trip each, for all running jobs."""
+        beat_s = self.claim_idle_ms / 3000
+        next_beat = time.monotonic() + beat_s
+        while not done.wait(min(CANCEL_POLL_S, beat_s)):
+            with self._running_lock:
+                running = list(self._running.items())
+            if not running:
+                next_beat = time.monotonic() + beat_s
+                continue
             with contextlib.suppress(redis.RedisError):
-                self.queue.touch(delivery, self.consumer)
+                statuses = self.store.statuses([job_id for job_id, _ in running])
+                for (_, (_, clients)), status in zip(running, statuses, strict=True):
+                    if status == CANCELLED:  # again each time: a run may start calls until its next step
+                        clients.cancel_calls()
+                if time.monotonic() >= next_beat:
+                    self.queue.touch([delivery for _, (delivery, _) in running], self.consumer)
+                    next_beat = time.monotonic() + beat_s
 
-        return _every(self.claim_idle_ms / 3000, beat, "heartbeat")
-
-    def _cancel_watch(self, job: JobRecord) -> contextlib.AbstractContextManager[None]:
-        """Cancel the job's service calls in flight once the job is cancelled, so the services
-        stop its work (they notice between steps) and the worker is free within a second or two."""
-        cancelled = False
-
-        def watch() -> None:
-            nonlocal cancelled
-            with contextlib.suppress(redis.RedisError):
-                cancelled = cancelled or self.store.status(job.job_id) == CANCELLED
-            if cancelled:  # again each time: the pipeline may start calls until its next step
-                self.services.cancel_calls()
-
-        return _every(CANCEL_POLL_S, watch, "cancel-watch")
-
-    def run_when_services_ready(self, job: JobRecord) -> pb.JobResult:
+    def run_when_services_ready(
+        self, job: JobRecord, raw_input: bytes | None, services: ServiceClients
+    ) -> pb.JobResult:
         """Run the job's pipeline within one attempt, however often a model service restarts.
 
         A call that a service refuses (UNAVAILABLE) while it is starting, stopping
@@ -241,21 +363,21 @@ class Worker:
 
         while True:
             try:
-                return self.run_pipeline(job)
+                return self.run_pipeline(job, raw_input, services)
             except grpc.FutureCancelledError:
-                raise JobCancelled(job.job_id) from None  # only _cancel_watch cancels calls
+                raise JobCancelled(job.job_id) from None  # only the watcher cancels calls
             except grpc.RpcError as error:
                 if error.code() == grpc.StatusCode.CANCELLED and cancelled():
                     raise JobCancelled(job.job_id) from None
-                refused = self.services.refusals()
+                refused = services.refusals()
                 if error.code() != grpc.StatusCode.UNAVAILABLE or not refused:
                     raise
-                if not retried_while_serving and all(self.services.is_serving(n) for n in refused):
+                if not retried_while_serving and all(services.is_serving(n) for n in refused):
                     retried_while_serving = True
                     continue
                 log.warning("model service not ready; waiting for it",
                             extra={"job_id": job.job_id, "services": sorted(refused)})
-                if not self.services.wait_for_restart(
+                if not services.wait_for_restart(
                     refused, deadline, lambda: self._stop.is_set() or cancelled()
                 ):
                     if cancelled():
@@ -264,12 +386,13 @@ class Worker:
             finally:
                 # A run that ended (a job cancelled at a step, a failed call) leaves no call
                 # working for nobody; only this run's refusals count.
-                self.services.cancel_calls()
-                self.services.forget_calls()
+                services.cancel_calls()
+                services.forget_calls()
 
-    def run_pipeline(self, job: JobRecord) -> pb.JobResult:
-        """Load the job's input and run its pipeline."""
-        raw_input = self.queue.client.get(self.queue.keys.job_input(job.job_id))
+    def run_pipeline(
+        self, job: JobRecord, raw_input: bytes | None, services: ServiceClients
+    ) -> pb.JobResult:
+        """Run the job's pipeline on its input (as loaded when the job started)."""
         if raw_input is None:
             raise ValueError("the job's input is missing from the queue store")
         job_input = pb.JobInput.FromString(raw_input)
@@ -280,7 +403,7 @@ class Worker:
             job_id=job.job_id,
             params=job.params,
             job_input=job_input,
-            services=self.services,
+            services=services,
             report_progress=partial(self.report_progress, job, ProgressClock()),
         )
         warnings, reading = pipeline.read_input(job_input, job.params)
@@ -312,22 +435,23 @@ class Worker:
         self.store.set_progress(job.job_id, fraction, message, rate, unit, eta_seconds)
 
     def handle_job_success(self, delivery: Delivery, job: JobRecord, result: pb.JobResult) -> None:
-        """Write the result once (a second run keeps the first), mark done, ack."""
-        self.queue.client.set(
-            self.queue.keys.job_result(job.job_id),
-            result.SerializeToString(),
-            nx=True,
-            ex=self.result_ttl_s,
-        )
-        if not self.store.transition(job, (RUNNING,), DONE, finished_at=now(), progress=1.0, error="",
-                                     warnings=json.dumps(list(result.warnings))):
+        """Write the result once (a second run keeps the first), mark done and ack, in one
+        transaction."""
+        result_key = self.queue.keys.job_result(job.job_id)
+        with self.queue.client.pipeline(transaction=True) as pipe:
+            pipe.set(result_key, result.SerializeToString(), nx=True, ex=self.result_ttl_s)
+            self.store.transition(job, (RUNNING,), DONE, pipe, finished_at=now(), progress=1.0,
+                                  error="", warnings=json.dumps(list(result.warnings)))
+            self.queue.ack(delivery, job.input_blob, pipe)
+            applied = pipe.execute()[1] == 1
+        self.queue.delete_blob(job.input_blob)
+        if not applied:
             log.info("job ended meanwhile; result kept only if it was done",
                      extra={"job_id": job.job_id})
             if self.store.status(job.job_id) == CANCELLED:
-                self.queue.client.delete(self.queue.keys.job_result(job.job_id))
-        self.queue.ack(delivery)
+                self.queue.client.delete(result_key)
         JOBS_FINISHED.labels(job.pipeline, DONE).inc()
-        log.info("job done", extra={"job_id": job.job_id, "pipeline": job.pipeline})
+        log.debug("job done", extra={"job_id": job.job_id, "pipeline": job.pipeline})
 
     def handle_job_failure(
         self, delivery: Delivery, job: JobRecord, attempts: int, error: Exception
@@ -336,7 +460,7 @@ class Worker:
         message = describe_error(error)
         if is_permanent(error):
             self.store.transition(job, (RUNNING,), FAILED, finished_at=now(), error=message)
-            self.queue.ack(delivery)
+            self.queue.ack(delivery, job.input_blob)
             JOBS_FINISHED.labels(job.pipeline, FAILED).inc()
             log.info("job failed", extra={"job_id": job.job_id, "error": message})
             return
@@ -355,7 +479,7 @@ class Worker:
     def handle_job_dead(self, delivery: Delivery, job: JobRecord, message: str) -> None:
         """Mark the job dead with its last error and move it to the dead-letter stream."""
         self.store.transition(job, (QUEUED, RUNNING), DEAD, finished_at=now(), error=message)
-        self.queue.bury(delivery, message)
+        self.queue.bury(delivery, message, job.input_blob)
         JOBS_FINISHED.labels(job.pipeline, DEAD).inc()
         log.error("job dead", extra={"job_id": job.job_id, "error": message})
 
@@ -367,12 +491,20 @@ def consumer_name() -> str:
 
 def build_worker(settings: Settings, consumer: str | None = None) -> Worker:
     """A worker wired to the Redis and model services named in ``settings``."""
-    services = ServiceClients(
-        settings.service_addresses, settings.grpc_options(), service_token=settings.service_token
-    )
+    concurrency = env_int(WORKER_CONCURRENCY_VARIABLE, DEFAULT_CONCURRENCY)
+    if concurrency < 1:
+        raise ValueError(
+            f"environment variable {WORKER_CONCURRENCY_VARIABLE} must be at least 1, got {concurrency}"
+        )
+
+    def new_services() -> ServiceClients:
+        return ServiceClients(
+            settings.service_addresses, settings.grpc_options(), service_token=settings.service_token
+        )
+
     return Worker(
-        build_queue(settings),
-        services,
+        build_queue(settings, threads=concurrency + 2),
+        new_services(),
         consumer or consumer_name(),
         max_attempts=settings.max_attempts,
         claim_idle_ms=settings.claim_idle_ms,
@@ -380,6 +512,8 @@ def build_worker(settings: Settings, consumer: str | None = None) -> Worker:
         retry_base_s=settings.retry_base_s,
         retry_max_s=settings.retry_max_s,
         service_wait_s=settings.service_wait_s,
+        concurrency=concurrency,
+        new_services=new_services,
     )
 
 

@@ -1,4 +1,5 @@
-"""CPU counting for thread pools: affinity mask capped by cgroup v1 and v2 quotas (real files)."""
+"""CPU counting for thread pools: affinity mask capped by cgroup v1 and v2 quotas (real files);
+how `labsight up` shares the CPUs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labsight.runtime.cpus import cgroup_cpu_quota, limit_thread_pools, usable_cpus
+from labsight.runtime.cpus import cgroup_cpu_quota, limit_thread_pools, size_stack, usable_cpus
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -46,3 +47,24 @@ def test_thread_pools_default_to_the_usable_cpus_and_keep_an_operator_choice(
     limit_thread_pools()
     assert os.environ["NUMBA_NUM_THREADS"] == str(usable_cpus())
     assert os.environ["OMP_NUM_THREADS"] == "7"
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers", "expected"),
+    [(1, None, (1, 4, 1)), (2, None, (1, 4, 2)), (16, None, (2, 16, 16)), (64, None, (8, 16, 64)),
+     (2, 3, (3, 4, 2)), (8, 1, (1, 16, 8))],
+)
+def test_a_stack_is_sized_to_its_cpus(
+    cpus: int, workers: int | None, expected: tuple[int, int, int]
+) -> None:
+    sizing = size_stack(cpus, workers)
+    assert (sizing.workers, sizing.worker_concurrency, sizing.compute_threads) == expected
+    assert sizing.service_environment() == {
+        "NUMBA_NUM_THREADS": str(expected[2]), "OMP_NUM_THREADS": str(expected[2]),
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+    assert sizing.worker_environment() == {"LABSIGHT_WORKER_CONCURRENCY": str(expected[1])}
+
+
+def test_the_stack_sizing_defaults_to_the_usable_cpus() -> None:
+    assert size_stack().cpus == usable_cpus()

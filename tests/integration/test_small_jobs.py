@@ -1,0 +1,158 @@
+"""Small jobs on a real stack: several in flight per worker, claimed in batches by priority,
+started and finished in few Redis round trips, and small fractal jobs in one unary call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import grpc
+import numpy as np
+import pytest
+import redis
+from redis.connection import Connection
+
+from labsight.client import build_request
+from labsight.v1 import features_pb2
+from labsight.v1 import features_pb2_grpc as features_grpc
+from labsight.v1 import gateway_pb2 as pb
+from services.gateway.jobs import RUNNING
+from services.gateway.keys import RedisKeys
+from services.gateway.pipelines.base import RunContext
+from services.gateway.pipelines.fractal import FractalPipeline
+from services.gateway.services import ServiceClients
+from services.gateway.worker import Worker, build_worker
+from tests.conftest import RunningWorker
+
+from .conftest import InProcessStack
+
+TINY = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+
+
+def _image(side: int, seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+
+
+@contextmanager
+def round_trips() -> Iterator[list[int]]:
+    """Counts the requests this process sends to Redis (a pipeline is one) while the block runs."""
+    sent = [0]
+    original = Connection.send_packed_command
+
+    def counted(self: Connection, command: object, check_health: bool = True) -> None:
+        sent[0] += 1
+        original(self, command, check_health)
+
+    Connection.send_packed_command = counted  # type: ignore[method-assign]
+    try:
+        yield sent
+    finally:
+        Connection.send_packed_command = original  # type: ignore[method-assign]
+
+
+def test_a_worker_runs_many_jobs_at_once_each_to_one_outcome(
+    stack: InProcessStack, worker_thread: Callable[..., RunningWorker], redis_for: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LABSIGHT_WORKER_CONCURRENCY", "6")
+    requests = [build_request("fractal", _image(48, seed), {"box_sizes": "3-21"}) for seed in range(60)]
+    batch = stack.client.submit_batch(requests, batch_id="many")
+    running = worker_thread("many")
+    assert running.worker.concurrency == 6
+    for job_id in batch.job_ids:
+        assert stack.client.wait(job_id, 120).status == pb.JOB_STATUS_DONE
+    assert dict(stack.client.batch("many").counts) == {"done": 60}
+    jobs = [stack.client.get(job_id) for job_id in batch.job_ids]
+    assert {job.attempts for job in jobs} == {1}
+    keys = RedisKeys(stack.settings.key_prefix)
+    assert redis_for.xpending(keys.stream("normal"), "workers")["pending"] == 0
+    assert int(redis_for.get(keys.depth())) == 0
+    first, last = stack.client.result(batch.job_ids[0]), stack.client.result(batch.job_ids[-1])
+    with grpc.insecure_channel(stack.features.address) as channel:
+        direct = features_grpc.FeatureServiceStub(channel).ComputeFractal(
+            features_pb2.ComputeFractalRequest(image=requests[-1].input.image,
+                                               box_sizes=list(range(3, 22, 2)))
+        )
+    assert last.scalars["fractal_dimension"] == direct.fractal_dimension.dimension
+    assert first.scalars["fractal_dimension"] != last.scalars["fractal_dimension"]
+
+
+def _queued_worker(stack: InProcessStack, consumer: str) -> Worker:
+    worker = build_worker(stack.settings, consumer)
+    worker.queue.ensure_groups()
+    return worker
+
+
+def test_batched_claims_keep_high_priority_first_and_normal_never_starved(
+    stack: InProcessStack,
+) -> None:
+    worker = _queued_worker(stack, "claims")
+    try:
+        for _ in range(3):
+            stack.client.submit("fractal", TINY, {"box_sizes": "3"})
+        for _ in range(10):
+            stack.client.submit("fractal", TINY, {"box_sizes": "3"}, priority="high")
+        claimed = worker.claim(8, block_ms=100)
+        assert [d.priority for d in claimed] == ["high"] * 4 + ["normal"] + ["high"] * 3
+        # the streak goes on; a drained stream ends the batch, the next claim takes the rest
+        assert [d.priority for d in worker.claim(8, block_ms=100)] == ["high", "normal", "high", "high"]
+        assert [d.priority for d in worker.claim(8, block_ms=100)] == ["normal"]
+        assert worker.claim(8, block_ms=100) == []  # nothing left: waited and came back empty
+    finally:
+        worker.services.close()
+
+
+def test_a_batch_of_jobs_starts_in_two_round_trips_and_each_finishes_in_one(
+    stack: InProcessStack, redis_for: redis.Redis,
+) -> None:
+    worker = _queued_worker(stack, "trips")
+    try:
+        batch = stack.client.submit_batch(
+            [build_request("fractal", TINY, {"box_sizes": "3"}) for _ in range(5)]
+        )
+        claimed = worker.claim(5, block_ms=100)
+        assert len(claimed) == 5
+        with round_trips() as sent:
+            started = worker.start(claimed)
+        assert sent[0] == 2
+        assert [s.job.job_id for s in started] == list(batch.job_ids)
+        assert {stack.client.get(job_id).status for job_id in batch.job_ids} == {
+            pb.JOB_STATUS_RUNNING
+        }
+        assert all(s.job.status == RUNNING and s.attempts == 1 for s in started)
+        result = pb.JobResult(pipeline="fractal")
+        with round_trips() as sent:
+            worker.handle_job_success(started[0].delivery, started[0].job, result)
+        assert sent[0] == 1
+        assert stack.client.get(batch.job_ids[0]).status == pb.JOB_STATUS_DONE
+        keys = RedisKeys(stack.settings.key_prefix)
+        assert redis_for.exists(keys.job_result(batch.job_ids[0]))
+        assert not redis_for.exists(keys.job_input(batch.job_ids[0]))
+        assert redis_for.xpending(keys.stream("normal"), "workers")["pending"] == 4
+    finally:
+        worker.services.close()
+
+
+def test_a_small_fractal_job_is_one_call_without_progress_and_equals_the_service(
+    stack: InProcessStack,
+) -> None:
+    request = build_request("fractal", _image(64), {})
+    pipeline = FractalPipeline()
+    params = pipeline.validate(dict(request.params), request.input)
+    reports: list[tuple[object, ...]] = []
+    services = ServiceClients({"features": stack.features.address, "segmentation": "127.0.0.1:1",
+                               "classifier": "127.0.0.1:1"})
+    try:
+        result = pipeline.run(RunContext("job", params, request.input, services,
+                                         lambda *report: reports.append(report)))
+    finally:
+        services.close()
+    assert reports == []
+    with grpc.insecure_channel(stack.features.address) as channel:
+        whole = features_grpc.FeatureServiceStub(channel).ComputeFractal(
+            features_pb2.ComputeFractalRequest(image=request.input.image,
+                                               box_sizes=list(range(3, 42, 2)))
+        )
+    assert result.tables["fractal"] == whole.features
+    assert result.scalars["fractal_dimension"] == whole.fractal_dimension.dimension
+    assert set(result.tables) == {"fractal", "weka_fractal"}
