@@ -28,7 +28,14 @@ rounds run the two back to back, the order alternating (odd rounds the
 pipeline first); each round checks that the pipeline found the same instances
 as the core. Printed: per round the photos/s of each, their ratio and the
 1-minute load average before and after; min/median/max of the ratios (target
-≥ 0.8); one JSON line.
+≥ 0.8); where the CPU time goes (median over the rounds of CPU seconds per
+photo of the core in this process, and of each process of the stack and this
+client while the pipeline runs) and their ratio, core CPU over the pipeline's
+total: a measure the machine's load barely moves, and the throughput ratio
+where CPU is what runs out. On an oversubscribed machine the photos/s ratio
+flatters the pipeline (its job path runs in processes of its own, on time
+slices the single-process baseline does not get): read it with the load.
+One JSON line.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -147,7 +155,8 @@ def agreement(contents: list[VesselContent], results: list[Result]) -> float:
 
 @contextmanager
 def labsight_up(workers: int) -> Iterator[Endpoints]:
-    """A ``labsight up`` with ``workers`` workers in a fresh home (its own Redis) until the block ends."""
+    """A ``labsight up`` with ``workers`` workers in a fresh home (its own Redis) until the block
+    ends; the home is removed after."""
     home = Path(tempfile.mkdtemp(prefix="labsight-bench-vessel-"))
     base = _free_base_port(workers)
     env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
@@ -159,7 +168,9 @@ def labsight_up(workers: int) -> Iterator[Endpoints]:
         deadline = time.monotonic() + 300
         while (endpoints := read_endpoints(home)) is None:
             if up.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"labsight up did not serve; see {home / 'up.out'}")
+                log.flush()
+                tail = (home / "up.out").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"labsight up did not serve:\n{tail}")
             time.sleep(0.5)
         yield endpoints
     finally:
@@ -170,6 +181,7 @@ def labsight_up(workers: int) -> Iterator[Endpoints]:
             up.kill()
             up.wait()
         log.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _free_base_port(workers: int) -> int:
@@ -179,6 +191,30 @@ def _free_base_port(workers: int) -> int:
         if all(port_is_free(port) for port in StackLayout.from_base_port(base, workers).ports()):
             return base
     raise RuntimeError("no free port range for labsight up")
+
+
+def stack_processes(up_pid: int) -> dict[str, int]:
+    """The processes of a ``labsight up`` by name (``up``, ``redis``, ``gateway``, ``worker-1``, ...)."""
+    processes, workers = {"up": up_pid}, 0
+    for task in Path(f"/proc/{up_pid}/task").iterdir():
+        for pid in map(int, (task / "children").read_text().split()):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            module = argv[argv.index(b"-m") + 1].decode() if b"-m" in argv else "redis"
+            if module.endswith(".worker"):
+                workers += 1
+                module = f"worker-{workers}"
+            processes[module.removeprefix("services.")] = pid
+    return processes
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds each process has used; ``client`` is this process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {"client": time.process_time()}
+    for name, pid in pids.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used[name] = (int(fields[11]) + int(fields[12])) / tick
+    return used
 
 
 def thread_settings() -> dict[str, str]:
@@ -191,27 +227,36 @@ def throughput(count: int, scale: float, workers: int, rounds: int) -> dict[str,
     """Rates of the pipeline through `labsight up` and of the core, paired by round."""
     pairs = encoded_photos(count, scale)
     rows: list[dict[str, float]] = []
+    cpu: list[dict[str, float]] = []
     with labsight_up(workers) as endpoints, \
             LabSightClient(endpoints.gateway, token=endpoints.token, timeout_s=600) as lab:
+        pids = stack_processes(endpoints.pid)
         served(lab, pairs[: 2 * workers], "warm")
         direct(pairs[: 2 * workers], workers)
         for index in range(rounds):
             load_before = os.getloadavg()[0]
-            if index % 2:
-                served_rate, results = served(lab, pairs, f"round{index}")
-                direct_rate, contents = direct(pairs, workers)
-            else:
-                direct_rate, contents = direct(pairs, workers)
-                served_rate, results = served(lab, pairs, f"round{index}")
+            steps = [("core", lambda: direct(pairs, workers)),
+                     ("pipeline", lambda run=f"round{index}": served(lab, pairs, run))]
+            answers, used = {}, {}
+            for name, step in steps[::-1] if index % 2 else steps:
+                before = cpu_seconds(pids)
+                answers[name] = step()
+                after = cpu_seconds(pids)
+                used[name] = {key: (after[key] - before[key]) / count for key in after}
+            (served_rate, results), (direct_rate, contents) = answers["pipeline"], answers["core"]
             rows.append({"pipeline_photos_per_s": served_rate, "core_photos_per_s": direct_rate,
                          "ratio": served_rate / direct_rate, "pipeline_first": float(index % 2),
-                         "agreement": agreement(contents, results),
+                         "agreement": agreement(contents, results),  # type: ignore[arg-type]
                          "load_before": load_before, "load_after": os.getloadavg()[0]})
+            cpu.append({"core": used["core"]["client"], **used["pipeline"]})
     ratios = [row["ratio"] for row in rows]
     height, width = cv2.imdecode(np.frombuffer(pairs[0][0], np.uint8), cv2.IMREAD_COLOR).shape[:2]
     return {"photos": count, "first_photo": [height, width], "workers": workers,
             "threads": thread_settings(), "rounds": rows, "ratio_min": min(ratios),
-            "ratio_median": statistics.median(ratios), "ratio_max": max(ratios)}
+            "ratio_median": statistics.median(ratios), "ratio_max": max(ratios),
+            "cpu_s_per_photo": {key: statistics.median(row[key] for row in cpu) for key in cpu[0]},
+            "cpu_ratio": statistics.median(row["core"] / (sum(row.values()) - row["core"])
+                                           for row in cpu)}
 
 
 def main() -> None:
@@ -242,6 +287,11 @@ def main() -> None:
               f"{row['load_after']:.1f}")
     print(f"   ratio pipeline/core: min {report['ratio_min']:.3f}, median "
           f"{report['ratio_median']:.3f}, max {report['ratio_max']:.3f} (target >= 0.8)")
+    cpu = report["cpu_s_per_photo"]
+    print(f"   CPU ms per photo (median of rounds): core in-process {1000 * cpu['core']:.1f}; "  # type: ignore[index]
+          "pipeline " + ", ".join(f"{name} {1000 * seconds:.1f}" for name, seconds in cpu.items()  # type: ignore[attr-defined]
+                                  if name != "core"))
+    print(f"   CPU ratio core/pipeline (median of rounds): {report['cpu_ratio']:.3f}")
     print(json.dumps(report))
 
 

@@ -74,8 +74,7 @@ class VesselContentPipeline(Pipeline):
         result.tables["instances"].CopyFrom(instances_table(answer, levels, masks))
         result.scalars["filled"] = filled
         result.scalars["instance_count"] = float(len(answer.instances))
-        context.report_progress(1.0, "vessel-content")
-        return result
+        return result  # the worker records progress 1.0 with the result
 
 
 def instances_table(answer: segmentation_pb2.SegmentVesselContentResponse, levels: np.ndarray,
