@@ -77,6 +77,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help=f"seconds for the run (default: {defaults.time_budget:g} generated, "
                             "1800 with --csv); training stops with its schedule complete")
     train.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
+    train.add_argument("--device", default="", help="auto, cpu or cuda (default: $LABSIGHT_DEVICE, "
+                       "else auto: a GPU when there is one); the weights are saved from the CPU")
     train.add_argument("--held-out", type=float, default=0.2,
                        help="share of the images held out for the test scores (--csv)")
     train.add_argument("--validation", type=float, default=0.1,
@@ -130,6 +132,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
         return 1
     log: Log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
+        args.device = _device(args.device)
         hpa = _hpa_mode(args)
         name = args.name or (HPA_MODEL if hpa else GENERATED_MODEL)
         destination = args.destination or _model_home(args.model_dir, name)
@@ -155,6 +158,12 @@ def _bad_numbers(args: argparse.Namespace) -> str:
     if args.learning_rate < 0:
         return "--learning-rate must not be negative"
     return ""
+
+
+def _device(value: str) -> str:
+    from labsight.models import device_from_env, parse_device, resolve_device
+
+    return resolve_device(parse_device(value, "--device") if value else device_from_env())
 
 
 def _hpa_mode(args: argparse.Namespace) -> bool:
@@ -184,7 +193,7 @@ def _train_generated(args: argparse.Namespace, destination: Path, name: str,
     config = replace(
         defaults, seed=defaults.seed if args.seed is None else args.seed, train_cells=args.train_cells,
         epochs=args.epochs or defaults.epochs, time_budget=args.time_budget or defaults.time_budget,
-        threads=args.threads, backbone=args.backbone,
+        threads=args.threads, backbone=args.backbone, device=args.device,
         learning_rate=args.learning_rate or DEFAULT_LEARNING_RATES[args.backbone],
     )
     report = train_generated_classifier(destination, config, name=name, log=log)
@@ -200,6 +209,7 @@ def _train_hpa(args: argparse.Namespace, destination: Path, name: str,
         seed=args.seed or 0, epochs=args.epochs or HpaTrainingConfig.epochs,
         learning_rate=args.learning_rate, time_budget=args.time_budget or HpaTrainingConfig.time_budget,
         threads=args.threads, backbone=args.backbone, held_out=args.held_out, validation=args.validation,
+        device=args.device,
     )
     images, data = read_hpa_cells(args, log)
     report = train_hpa_classifier(images, destination, config, name=name, data=data, log=log)

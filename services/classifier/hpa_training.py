@@ -78,6 +78,7 @@ class HpaTrainingConfig:
     backbone: str = "hpa-cell-cnn"
     held_out: float = 0.2
     validation: float = 0.1
+    device: str = "cpu"
 
     def resolved(self) -> HpaTrainingConfig:
         """The config with the learning rate filled in."""
