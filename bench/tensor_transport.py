@@ -29,10 +29,10 @@ Three paired comparisons, each timed until the answer is in the client:
     bytes to ``Echo``, which answers them, read with ``np.frombuffer``.
 
 Each of ``--rounds`` rounds times ``--calls`` calls of every case, the order
-rotating from round to round; printed: each round's MiB/s with the 1-minute
-load average, then min/median/max of the round-by-round ratios (service over
-baseline). glibc's MALLOC_* and GLIBC_TUNABLES variables, when set, reach every process
-alike and are printed.
+rotating from round to round (``bench/_paired.py``); printed: each round's
+MiB/s with the range of the 1-minute load average over it, then min/median/max
+of the round-by-round ratios (service over baseline). glibc's MALLOC_* and
+GLIBC_TUNABLES variables, when set, reach every process alike and are printed.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
 from bench.bytes_sink import ECHO, PUT  # noqa: E402
 from bench.service_process import start_service  # noqa: E402
+from labsight.catalog import SEGMENTATION  # noqa: E402
 from labsight.config import Settings  # noqa: E402
 from labsight.runtime.cpus import usable_cpus  # noqa: E402
 from labsight.tensors import from_tensor, write_tensor  # noqa: E402
@@ -146,26 +148,32 @@ def main() -> None:
         check_answers(pairs, image)
         malloc = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
                           if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")
+        threads = Settings.from_env(SEGMENTATION).max_workers
         print(f"{image.nbytes / 2**20:.0f} MiB uint16 image, {args.calls} calls per case and round, "
-              f"one in flight, loopback; {usable_cpus()} CPUs, each server 16 handler threads; "
-              f"glibc malloc {malloc or 'defaults'}; load at start {os.getloadavg()[0]:.2f}")
-        timed = {f"{name}: {side}": call for name, pair in pairs.items()
-                 for side, call in zip(("service", "baseline"), pair, strict=True)}
-        names = list(timed)
-        rates: dict[str, list[float]] = {name: [] for name in names}
-        for round_index in range(args.rounds):
-            shift = round_index % len(names)
-            for name in names[shift:] + names[:shift]:
-                rates[name].append(rate(timed[name], image, args.calls))
-            figures = ", ".join(f"{name} {rates[name][-1]:.0f}" for name in names)
-            print(f"round {round_index + 1} MiB/s: {figures}; load {os.getloadavg()[0]:.2f}")
+              f"one in flight, loopback; {usable_cpus()} CPUs, {threads} handler threads in each "
+              f"server; glibc malloc {malloc or 'defaults'}; at start {load_text()}")
+        loads: list[float] = []
+
+        def side(call: Call) -> Callable[[], float]:
+            def run() -> float:
+                figure = rate(call, image, args.calls)
+                loads.append(os.getloadavg()[0])
+                return figure
+            return run
+
+        sides = {f"{name}: {who}": side(call) for name, pair in pairs.items()
+                 for who, call in zip(("service", "baseline"), pair, strict=True)}
+        rates = paired_rounds(sides, args.rounds)
+        for index in range(args.rounds):
+            figures = ", ".join(f"{name} {rates[name][index]:.0f}" for name in sides)
+            round_loads = loads[index * len(sides):(index + 1) * len(sides)]
+            print(f"round {index + 1} MiB/s: {figures}; load {min(round_loads):.2f}-{max(round_loads):.2f}")
         for name in pairs:
             ours, theirs = rates[f"{name}: service"], rates[f"{name}: baseline"]
-            ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
             print(f"{name}: ExtractPatches / bytes {'echo' if 'out' in name else 'sink'} ratio "
-                  f"min {min(ratios):.2f} median {statistics.median(ratios):.2f} max {max(ratios):.2f}"
-                  f" (MiB/s median {statistics.median(ours):.0f} vs {statistics.median(theirs):.0f})")
-        print(f"load at end {os.getloadavg()[0]:.2f}")
+                  f"min / median / max {spread(round_ratios(ours, theirs), '.2f')} (MiB/s median "
+                  f"{statistics.median(ours):.0f} vs {statistics.median(theirs):.0f})")
+        print(f"at end {load_text()}")
     finally:
         for process in processes:
             process.terminate()
