@@ -43,6 +43,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnxruntime as ort
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,10 +52,14 @@ from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa
 from bench.service_process import start_process, start_service, stop_process  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.images import image_from_array  # noqa: E402
+from labsight.models.engines import build_layer_index  # noqa: E402
+from labsight.models.onnx_graph import cut_at_outputs, load_onnx  # noqa: E402
 from labsight.redis_server import free_port, start_redis, stop_redis  # noqa: E402
 from labsight.v1 import features_pb2, features_pb2_grpc  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
-from services.features.models import DEFAULT_MODEL  # noqa: E402
+from services.features.deep import preprocess  # noqa: E402
+from services.features.extractor import ExtractorConfig  # noqa: E402
+from services.features.models import DEFAULT_MODEL, feature_repository  # noqa: E402
 
 LAYER = "avgpool"
 
@@ -64,16 +69,9 @@ def make_patches(count: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (count, 224, 224, 3), dtype=np.uint8)
 
 
-def raw_sessions() -> tuple[list[object], str, tuple[int, int]]:
+def raw_sessions() -> tuple[list[ort.InferenceSession], str, tuple[int, int]]:
     """Raw ONNX Runtime sessions in the features service's layout: (sessions, input name,
     (instances, threads per instance)), on the graph the service cuts at ``LAYER``."""
-    import onnxruntime as ort
-
-    from labsight.models.engines import build_layer_index
-    from labsight.models.onnx_graph import cut_at_outputs, load_onnx
-    from services.features.extractor import ExtractorConfig
-    from services.features.models import feature_repository
-
     config = ExtractorConfig.from_env()
     manifest = feature_repository().get(DEFAULT_MODEL)
     target = build_layer_index(manifest, "onnx", config.cache_dir).target(LAYER)
@@ -86,19 +84,21 @@ def raw_sessions() -> tuple[list[object], str, tuple[int, int]]:
     return sessions, sessions[0].get_inputs()[0].name, (instances, threads)
 
 
-def run_sessions(sessions: list, input_name: str, tensors: np.ndarray, batch: int) -> float:
+def run_sessions(
+    sessions: list[ort.InferenceSession], input_name: str, tensors: np.ndarray, batch: int
+) -> float:
     """Seconds to run every tensor at ``batch``, one thread per session taking the next batch."""
     work: queue.SimpleQueue[int] = queue.SimpleQueue()
     for offset in range(0, len(tensors), batch):
         work.put(offset)
 
-    def drain(session: object) -> None:
+    def drain(session: ort.InferenceSession) -> None:
         while True:
             try:
                 offset = work.get_nowait()
             except queue.Empty:
                 return
-            session.run(None, {input_name: tensors[offset : offset + batch]})  # type: ignore[attr-defined]
+            session.run(None, {input_name: tensors[offset : offset + batch]})
 
     threads = [threading.Thread(target=drain, args=(session,)) for session in sessions]
     start = time.perf_counter()
@@ -110,10 +110,8 @@ def run_sessions(sessions: list, input_name: str, tensors: np.ndarray, batch: in
 
 
 def baseline_process(connection: Connection, patches: int, batch: int) -> None:
-    """The raw baseline's process: build the sessions, then answer ("run", batch) with seconds."""
-    from services.features.deep import preprocess
-    from services.features.models import feature_repository
-
+    """The raw baseline's process: build the sessions, then answer ("run", batch, count) with
+    the seconds of one pass, until ("stop", ...)."""
     sessions, input_name, layout = raw_sessions()
     manifest = feature_repository().get(DEFAULT_MODEL)
     tensors = preprocess(list(make_patches(patches)), manifest.input_size, manifest.preprocessing)
