@@ -1,7 +1,7 @@
 """Time LabSight's gliding box against the strongest fair numpy gliding box, paired round by round.
 
 Run from the repository root: ``python bench/fractal.py`` (a few minutes; ``--help`` for options,
-``--big`` adds 2048² percolation samples, about 30 s to minutes each).
+``--big`` adds 2048² random RGB samples of P+Λ+N and percolation, about 30 s to minutes each).
 
 The baseline is plain vectorised numpy that computes each offset's colour distance once and
 reuses it for every box side (1,681 distance passes for r = 3..41, then one comparison per
