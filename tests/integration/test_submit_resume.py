@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from labsight.batch_submit import PART_JOBS, Journal
+from labsight.cli import main
 from labsight.errors import InvalidArgumentError
 from labsight.images import encode_png
 from labsight.v1 import gateway_pb2 as pb
@@ -62,17 +63,28 @@ def _assert_one_finished_job_per_file(stack: InProcessStack, files: list[Path]) 
     assert stack.client.batch("plate-7").total == IMAGES
 
 
+def _submit_here(stack: InProcessStack, folder: Path, capsys: pytest.CaptureFixture[str],
+                 *extra: str) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of `labsight submit` of the folder as batch 'plate-7', run
+    in this process."""
+    status = main(["submit", "fractal", str(folder), *FAST, "--batch", "plate-7",
+                   "--gateway", stack.gateway.address, "--token", "", *extra])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 def test_a_submission_refused_at_half_resumes_into_one_job_per_file(
-    stack: InProcessStack, tmp_path: Path
+    stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("LABSIGHT_HOME", str(tmp_path / "home"))
     files = _folder(tmp_path / "plate")
     good = files[100].read_bytes()
     files[100].write_bytes(good[:8] + b"not the rest of a PNG")  # passes the CLI's check by its head
     stack.start_worker()
-    first = _submit(stack, tmp_path / "home", tmp_path / "plate")
-    _, err = first.communicate(timeout=300)
+    status, _, err = _submit_here(stack, tmp_path / "plate", capsys)
     queued = 100 // PART_JOBS * PART_JOBS  # the parts before the one holding the bad file
-    assert first.returncode == 2, err
+    assert status == 2, err
     assert "well_100.png: INVALID_ARGUMENT" in err
     assert f"the first {queued} of {IMAGES} files are queued" in err and "--resume" in err
     assert stack.client.batch("plate-7").total == queued
@@ -83,9 +95,8 @@ def test_a_submission_refused_at_half_resumes_into_one_job_per_file(
     journal.write_text("\n".join(lines[: 1 + queued - PART_JOBS]) + "\n")
 
     files[100].write_bytes(good)
-    resumed = _submit(stack, tmp_path / "home", tmp_path / "plate", "--resume")
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    status, out, err = _submit_here(stack, tmp_path / "plate", capsys, "--resume")
+    assert status == 0, err
     assert f"batch plate-7: {IMAGES} jobs, {queued - PART_JOBS} queued before this resumed run" in err
     assert len(out.splitlines()) == IMAGES
     assert len(Journal.load(journal).job_ids) == IMAGES
@@ -113,11 +124,11 @@ def test_a_killed_submission_resumes_into_one_job_per_file(stack: InProcessStack
     _assert_one_finished_job_per_file(stack, files)
 
 
-def test_resume_and_resubmit_together_are_refused(stack: InProcessStack, tmp_path: Path) -> None:
-    _folder(tmp_path / "plate")
-    both = _submit(stack, tmp_path / "home", tmp_path / "plate", "--resume", "--resubmit")
-    _, err = both.communicate(timeout=120)
-    assert both.returncode != 0 and "--resume" in err and "--resubmit" in err
+def test_resume_and_resubmit_together_are_refused(
+    stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit, match="--resume .* --resubmit"):
+        _submit_here(stack, tmp_path, capsys, "--resume", "--resubmit")
     assert stack.client.list_jobs() == []
 
 
