@@ -362,6 +362,11 @@ def _submit_files(client: Any, args: argparse.Namespace, files: list[Any],
         return None
     except ValueError as error:  # --batch other than the resumed submission's
         raise SystemExit(f"labsight: {error}") from None
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"labsight: interrupted; the first {done} of {len(files)} files are queued, run the "
+              "same command with --resume to send the rest", file=sys.stderr)
+        raise
     bar.close()
     reused = len(set(job_ids)) - (_batch_total(client, batch_id) - before)
     note = (f" ({reused} submitted before with the same file and parameters: their earlier "
