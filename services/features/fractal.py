@@ -9,6 +9,8 @@ from typing import Any, Literal
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from services.features.percolation_numba import CellTables, cluster_sums, workspace
+
 __all__ = [
     "DEFAULT_BOX_SIZES",
     "MAX_BOX_SIZE",
@@ -43,9 +45,6 @@ counts add up exactly, so the result does not depend on the banding."""
 # Bytes of working arrays the torch path holds at once (a band of centre rows, a batch of maps to
 # label); bounds its device memory on large images.
 _TORCH_WORKING_BYTES = 1 << 30
-
-# Device bytes per pixel that _label_clusters_torch needs for its int64 labels, edges and gathers.
-_LABEL_BYTES_PER_PIXEL = 64
 
 
 @dataclass(frozen=True)
@@ -234,11 +233,18 @@ def percolation(
         sums = _in_bands(sizes, planar.shape[1], progress,
                          lambda rows: np.stack(_cluster_sums_torch(planar, tables, min_mass, rows)))
     else:
+        half_max = (int(sizes[-1]) - 1) // 2
+        cells = CellTables(half_max, tables.ring_index, planar.shape[2], planar.shape[0])
+        # The image's own type: 8-bit distances fill twice the vector lanes of 16-bit ones.
+        planes = planar.astype(image.dtype)
+        pixels = np.ascontiguousarray(np.moveaxis(planes, 0, 2)).reshape(-1)
+        thresholds = tables.thresholds.astype(image.dtype)
         # One workspace for every band: fresh pages per band would cost their zeroing each time.
-        workspace = _entries_workspace(sizes, planar.shape[2])
-        sums = _in_bands(sizes, planar.shape[1], progress, lambda rows: np.stack(_cluster_sums_numba(
-            planar, sizes, tables.ring_index, tables.colour_index, min_mass,
-            workspace[: _chunks(rows)], *rows
+        bits, summaries = workspace(get_num_threads() * 4, half_max, planar.shape[2])
+        sums = _in_bands(sizes, planar.shape[1], progress, lambda rows: np.stack(cluster_sums(
+            planes, pixels, (sizes - 1) // 2, thresholds, tables.colour_index, min_mass, cells.dy,
+            cells.dx, cells.flat, cells.entry, cells.grid, bits[: _chunks(rows)], summaries[: _chunks(rows)],
+            image.dtype.type, *rows
         )))
     clusters, largest, percolating = sums
     boxes = _box_counts(sizes, planar.shape[1:]).astype(np.float64)
@@ -353,16 +359,6 @@ def _in_bands(
 def _chunks(rows: tuple[int, int]) -> int:
     """Parallel tasks of a numba kernel over centre rows [y0, y1): a few per thread, at most a row each."""
     return max(1, min(get_num_threads() * 4, rows[1] - rows[0]))
-
-
-def _entries_workspace(sizes: np.ndarray, width: int) -> np.ndarray:
-    """Entry indices of one row of centres for each parallel task of _cluster_sums_numba.
-
-    An odd number of cache lines per offset keeps a centre's column of entries from
-    crowding into a few cache sets, as a power-of-two width would.
-    """
-    span = int(sizes[-1])
-    return np.empty((get_num_threads() * 4, span * span, ((width + 63) // 64 | 1) * 64), np.uint8)
 
 
 def _box_counts(sizes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -493,146 +489,6 @@ def _mass_counts_numba(img, sizes, thresholds, ring_index, chunks, y_start, y_st
     return counts.sum(axis=0)
 
 
-@njit(cache=True)
-def _row_entries(img, y, half_y, sides, ring_index, colour_index, entries, distance):  # pragma: no cover
-    """entries[o, x]: entry index of offset o = (dy + half_max) * span + dx + half_max for centre (y, x).
-
-    Only offsets inside the image and within some side's box for this row are written.
-    """
-    width = img.shape[2]
-    half_max = ring_index.shape[0] - 1
-    span = 2 * half_max + 1
-    cap = colour_index.shape[0] - 1
-    for dy in range(-half_y, half_y + 1):
-        for dx in range(-half_max, half_max + 1):
-            first = ring_index[max(abs(dy), abs(dx))]
-            if first >= sides:
-                continue
-            x0, x1 = max(0, -dx), min(width, width - dx)
-            d = _row_distances(img, y, dy, dx, x0, x1, distance)
-            out = entries[(dy + half_max) * span + dx + half_max, x0:x1]
-            for i in range(x1 - x0):
-                out[i] = max(first, colour_index[min(d[i], cap)])
-
-
-@njit(cache=True, inline="always")
-def _find(parent, a):  # pragma: no cover - compiled
-    """Root of a's set, halving the path on the way."""
-    while parent[a] != a:
-        parent[a] = parent[parent[a]]
-        a = parent[a]
-    return a
-
-
-@njit(cache=True)
-def _add_centre_clusters(
-    entries, x, half, halves, min_mass, scratch, clusters, largest, percolating
-):  # pragma: no cover
-    """Add the cluster count, largest cluster and percolation of each box centred on (y, x) to the totals.
-
-    The pixels of the largest box (half side ``half``, one of ``halves``) join a union-find over a
-    padded grid in order of entry index; once those of index j are in, its sets are exactly the
-    4-connected clusters of the box of side sizes[j], since clusters only merge as pixels are added.
-    """
-    n = halves.shape[0]
-    half_max = halves[-1]
-    span = 2 * half_max + 1
-    stride = 2 * half + 3
-    start, order, parent, size = scratch[0], scratch[1], scratch[2], scratch[3]
-    # Counting sort of the box's cells by entry index: bucket j ends up as order[start[j-1]:start[j]].
-    for j in range(n + 2):
-        start[j] = 0
-    for dy in range(-half, half + 1):
-        for dx in range(-half, half + 1):
-            start[entries[(dy + half_max) * span + dx + half_max, x] + 1] += 1
-    for j in range(n):
-        start[j + 1] += start[j]
-    for dy in range(-half, half + 1):
-        base = (dy + half + 1) * stride + half + 1
-        for dx in range(-half, half + 1):
-            e = entries[(dy + half_max) * span + dx + half_max, x]
-            if e < n:
-                order[start[e]] = base + dx
-                start[e] += 1
-    for p in range(stride * stride):
-        parent[p] = -1
-    components = 0
-    biggest = 0
-    begin = 0
-    for j in range(n):
-        if halves[j] > half:
-            break
-        for t in range(begin, start[j]):
-            p = order[t]
-            # p joins its first present neighbour's set directly, then merges any other sets it touches.
-            root = -1
-            for q in (p - 1, p + 1, p - stride, p + stride):
-                if parent[q] >= 0:
-                    other = _find(parent, q)
-                    if root < 0:
-                        root = other
-                        parent[p] = root
-                        size[root] += 1
-                    elif other != root:
-                        if size[other] > size[root]:
-                            root, other = other, root
-                        parent[other] = root
-                        size[root] += size[other]
-                        components -= 1
-            if root < 0:
-                root = p
-                parent[p] = p
-                size[p] = 1
-                components += 1
-            biggest = max(biggest, size[root])
-        begin = start[j]
-        clusters[j] += components
-        largest[j] += biggest
-        if start[j] >= min_mass[j]:
-            percolating[j] += 1
-
-
-@njit(cache=True, parallel=True)
-def _cluster_sums_numba(
-    img, sizes, ring_index, colour_index, min_mass, workspace, y_start, y_stop
-):  # pragma: no cover - compiled
-    """Per box side: total cluster count, total largest-cluster size and number of percolating boxes,
-    of the boxes centred on rows y_start ≤ y < y_stop; one task per ``workspace[i]`` (see
-    _entries_workspace)."""
-    height, width = img.shape[1], img.shape[2]
-    n = sizes.shape[0]
-    halves = (sizes - 1) // 2
-    half_min, half_max = halves[0], halves[-1]
-    span = 2 * half_max + 1
-    chunks = workspace.shape[0]
-    totals = np.zeros((chunks, 3, n), np.int64)
-    rows = y_stop - y_start
-    for chunk in prange(chunks):
-        entries = workspace[chunk]
-        distance = np.empty(width, np.uint16)
-        scratch = np.empty((4, (span + 2) * (span + 2)), np.int32)
-        for y in range(y_start + rows * chunk // chunks, y_start + rows * (chunk + 1) // chunks):
-            half_y = min(y, height - 1 - y, half_max)
-            sides = np.searchsorted(halves, half_y, side="right")
-            _row_entries(img, y, half_y, sides, ring_index, colour_index, entries, distance)
-            for x in range(half_min, width - half_min):
-                # The largest box that fits: rings between two sides' boxes have no entries written.
-                fits = np.searchsorted(halves, min(x, width - 1 - x, half_y), side="right")
-                _add_centre_clusters(
-                    entries,
-                    x,
-                    halves[fits - 1],
-                    halves,
-                    min_mass,
-                    scratch,
-                    totals[chunk, 0],
-                    totals[chunk, 1],
-                    totals[chunk, 2],
-                )
-    summed = totals.sum(axis=0)
-    return summed[0], summed[1], summed[2]
-
-
 # ---------------------------------------------------------------------------------------------------
 # torch path: the same entry indices computed one offset at a time for a band of centre rows.
 
@@ -644,9 +500,12 @@ def _torch_device() -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _centre_bands(rows: tuple[int, int], width: int, bytes_per_centre: int) -> list[tuple[int, int]]:
-    """Bands [y0, y1) of the centre rows ``rows`` whose working arrays fit _TORCH_WORKING_BYTES."""
-    step = max(1, _TORCH_WORKING_BYTES // (width * bytes_per_centre))
+def _centre_bands(
+    rows: tuple[int, int], width: int, bytes_per_centre: int, budget: int | None = None
+) -> list[tuple[int, int]]:
+    """Bands [y0, y1) of the centre rows ``rows`` whose working arrays fit ``budget`` bytes
+    (default _TORCH_WORKING_BYTES)."""
+    step = max(1, (budget or _TORCH_WORKING_BYTES) // (width * bytes_per_centre))
     return [(y, min(y + step, rows[1])) for y in range(rows[0], rows[1], step)]
 
 
@@ -673,6 +532,35 @@ def _entry_offsets_torch(img: Any, tables: _EntryTables, band: tuple[int, int]) 
             neighbour = img[:, rows.start + dy : rows.stop + dy, cols.start + dx : cols.stop + dx]
             distance = (neighbour - centre).abs_().amax(dim=0).clamp_(max=cap).long()
             yield dy, dx, rows, cols, colour[distance].clamp_(min=ring[max(abs(dy), abs(dx))])
+
+
+def _entry_rows_torch(img: Any, tables: _EntryTables, band: tuple[int, int]) -> Any:
+    """Yield (dy, rows, entry) for each row offset dy of the largest box: entry[i, x, dx + half_max]
+    (int16) is the entry index of offset (dy, dx) for centre (rows.start + i, x), ``n`` (never) where
+    the neighbour falls outside the image; centres whose row neighbour falls outside are left out.
+    One tensor operation covers a whole row of offsets."""
+    import torch
+
+    _, height, width = img.shape
+    n = len(tables.sizes)
+    half_max = (int(tables.sizes[-1]) - 1) // 2
+    span = 2 * half_max + 1
+    colour = torch.from_numpy(tables.colour_index).to(img.device)
+    cap = len(tables.colour_index) - 1
+    padded = torch.nn.functional.pad(img, (half_max, half_max))
+    offsets = torch.arange(-half_max, half_max + 1, device=img.device)
+    columns = torch.arange(width, device=img.device).view(-1, 1) + offsets
+    outside = (columns < 0) | (columns >= width)
+    ring_index = torch.from_numpy(tables.ring_index).to(img.device)
+    for dy in range(-half_max, half_max + 1):
+        rows = slice(max(band[0], -dy), min(band[1], height - dy))
+        if rows.start >= rows.stop:
+            continue
+        window = padded[:, rows.start + dy : rows.stop + dy].unfold(2, span, 1)
+        distance = (window - img[:, rows].unsqueeze(3)).abs_().amax(dim=0).clamp_(max=cap)
+        ring = ring_index[torch.clamp(offsets.abs(), min=abs(dy))]
+        entry = torch.maximum(colour[distance], ring).masked_fill_(outside, n)
+        yield dy, rows, entry.to(torch.int16)
 
 
 def _mass_counts_torch(planar: np.ndarray, tables: _EntryTables, rows: tuple[int, int]) -> np.ndarray:
@@ -702,71 +590,53 @@ def _mass_counts_torch(planar: np.ndarray, tables: _EntryTables, rows: tuple[int
 def _cluster_sums_torch(
     planar: np.ndarray, tables: _EntryTables, min_mass: np.ndarray, rows: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Torch version of _cluster_sums_numba, for the boxes centred on ``rows`` [y0, y1): per-side
-    maps from the entry indices, labelled in batches."""
+    """Torch version of the numba percolation kernel, for the boxes centred on ``rows`` [y0, y1):
+    each band's entry maps, then their cluster statistics in batches of centres (see level_sums)."""
     import torch
+
+    from services.features.percolation_torch import NODE_BYTES, level_sums
 
     sizes = tables.sizes
     n = len(sizes)
-    half_max = (int(sizes[-1]) - 1) // 2
+    halves = torch.from_numpy((sizes - 1) // 2)
+    half_max = int(halves[-1])
     span = 2 * half_max + 1
     img = torch.from_numpy(planar.astype(np.int32)).to(_torch_device())
     _, height, width = img.shape
+    budget = _torch_working_bytes(img.device)
     sums = torch.zeros((3, n), dtype=torch.int64, device=img.device)
-    batch_pixels = max(1, _TORCH_WORKING_BYTES // _LABEL_BYTES_PER_PIXEL)
-    for band in _centre_bands(rows, width, 2 * span * span):
+    columns = torch.arange(width)
+    for band in _centre_bands(rows, width, 3 * span * span, budget):
         entry = torch.full((band[1] - band[0], width, span, span), n, dtype=torch.int16, device=img.device)
-        for dy, dx, rows, cols, values in _entry_offsets_torch(img, tables, band):
-            entry[rows.start - band[0] : rows.stop - band[0], cols, dy + half_max, dx + half_max] = values.to(
-                torch.int16
-            )
-        for j, r in enumerate(sizes.tolist()):
-            half = (r - 1) // 2
-            y0, y1 = max(band[0], half), min(band[1], height - half)
-            if y0 >= y1:
-                continue
-            window = slice(half_max - half, half_max + half + 1)
-            maps = entry[y0 - band[0] : y1 - band[0], half : width - half, window, window] <= j
-            maps = maps.reshape(-1, r, r)
-            sums[2, j] += (maps.reshape(maps.shape[0], -1).sum(dim=1) >= int(min_mass[j])).sum()
-            step = max(1, batch_pixels // (r * r))
-            for first in range(0, maps.shape[0], step):
-                components, biggest = _label_clusters_torch(maps[first : first + step])
-                sums[0, j] += components.sum()
-                sums[1, j] += biggest.sum()
+        for dy, rows, values in _entry_rows_torch(img, tables, band):
+            entry[rows.start - band[0] : rows.stop - band[0], :, dy + half_max] = values
+        entry = entry.view(-1, span, span)
+        # Sides whose box fits around each centre; 0 for the columns too close to an edge for any.
+        centre_rows = torch.arange(*band)
+        reach = torch.minimum(
+            torch.minimum(centre_rows, height - 1 - centre_rows).clamp(max=half_max).view(-1, 1),
+            torch.minimum(columns, width - 1 - columns).view(1, -1),
+        )
+        fits = torch.searchsorted(halves, reach.reshape(-1), right=True).to(img.device)
+        # Batches of centres whose nodes and dense maps fit the working bytes.
+        nodes = (entry < fits.view(-1, 1, 1)).view(len(fits), -1).sum(dim=1)
+        running = np.cumsum(nodes.cpu().numpy() * NODE_BYTES + 16 * span * span)
+        first = 0
+        while first < len(running):
+            spent = running[first - 1] if first else 0
+            last = max(first + 1, int(np.searchsorted(running, spent + budget, side="right")))
+            sums += level_sums(entry[first:last], fits[first:last], min_mass)
+            first = last
     clusters, largest, percolating = sums.cpu().numpy()
     return clusters, largest, percolating
 
 
-def _label_clusters_torch(maps: Any) -> tuple[Any, Any]:
-    """Number of 4-connected clusters and largest cluster size of each map in a (B, r, r) bool batch.
-
-    Labels are pixel indices; each round hooks the larger root of every edge whose ends disagree onto
-    the smaller one, then compresses paths fully, until every edge joins equal labels.
-    """
+def _torch_working_bytes(device: Any) -> int:
+    """Bytes of working arrays the torch path may hold: _TORCH_WORKING_BYTES, or on a GPU up to a
+    quarter of its free memory."""
     import torch
 
-    batch, r, _ = maps.shape
-    ids = torch.arange(batch * r * r, device=maps.device)
-    grid = ids.view(batch, r, r)
-    across = maps[:, :, :-1] & maps[:, :, 1:]
-    down = maps[:, :-1, :] & maps[:, 1:, :]
-    heads = torch.cat([grid[:, :, :-1][across], grid[:, :-1, :][down]])
-    tails = torch.cat([grid[:, :, 1:][across], grid[:, 1:, :][down]])
-    label = ids.clone()
-    while True:
-        a, b = label[heads], label[tails]
-        differ = a != b
-        if not bool(differ.any()):
-            break
-        a, b = a[differ], b[differ]
-        label.scatter_reduce_(0, torch.maximum(a, b), torch.minimum(a, b), reduce="amin")
-        while True:
-            jumped = label[label]
-            if torch.equal(jumped, label):
-                break
-            label = jumped
-    on = maps.reshape(-1)
-    components = (on & (label == ids)).view(batch, -1).sum(dim=1)
-    sizes = torch.bincount(label[on], minlength=batch * r * r)
-    return components, sizes.view(batch, -1).amax(dim=1)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(_TORCH_WORKING_BYTES, free // 4)
+    return _TORCH_WORKING_BYTES
