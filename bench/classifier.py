@@ -1,32 +1,44 @@
-"""Organelle classifier benchmark: cells per second served against in-process, and explanation costs.
+"""Organelle classifier benchmark: cells per second served against in-process at the same thread
+counts, CPU per cell on both sides, and explanation costs.
 
-Run from the repository root with Redis on 127.0.0.1:6379 (or REDIS_URL; a
-private redis-server is started when none answers):
+Run from the repository root with Redis on 127.0.0.1:6379 (or REDIS_URL; a private
+redis-server is started when none answers):
 
-    python bench/classifier.py [--fields 12] [--clients 8] [--workers 2] [--rounds 3] [--lime-cells 5]
+    python bench/classifier.py [--fields 24] [--clients 8] [--workers 2] [--rounds 5] [--lime-cells 5]
 
-Data: ``--fields`` generated 512×512 RGBY fields (services.classifier.generated_cells,
-a seed the shipped model never saw) with their true cell masks, about 14 cells each.
+Data: ``--fields`` generated 512×512 RGBY fields (services.classifier.generated_cells, a seed
+the shipped model never saw) with their true cell masks, about 14 cells each.
 
-1. ``ClassifyCells`` under concurrent load: ``--clients`` threads send one field each
-   per call to the classifier service (its own process: the shipped model on ONNX
-   Runtime behind the dynamic batcher). Baseline: ``classify_cells`` in this process
-   with the same model on ONNX Runtime called directly (crops + model, no transport,
-   no batcher), over the same fields. Each of ``--rounds`` rounds runs the two back to
-   back; printed: each round's cells/s and ratio, and min/median/max of the ratios.
-2. ``hpa-cells`` through the gateway: jobs of the 4-channel fields through Redis,
-   ``--workers`` worker threads, the segmentation service and the classifier service (own processes).
-   Baseline: the same work in this process (classical ``segment_cells`` on the three
-   reference channels, ``measure_cells`` for the cells table, then ``classify_cells``).
-   Paired rounds as in 1.
+Both sides use the machine alike: the classifier service runs the shipped model on
+``instances`` ONNX Runtime sessions of ``threads`` intra-op threads each (its defaults,
+ServingConfig.engine_layout: two single-threaded sessions on a 2-CPU machine, no spinning),
+and the in-process side runs the same work on a pool of ``instances`` threads, each with its
+own session of ``threads`` threads, spinning off. So a ratio below 1 is the cost of
+transport, batching and process hops, not of a different use of the cores.
+
+1. ``ClassifyCells`` under concurrent load: ``--clients`` threads send one field each per call
+   to the classifier service (its own process). In-process: ``classify_cells`` (crops + model)
+   on the same fields.
+2. ``hpa-cells`` through the gateway: jobs of the 4-channel fields (``method=classical``)
+   through Redis, ``--workers`` worker threads of this process, the segmentation and the
+   classifier service (own processes). In-process: classical ``segment_cells``,
+   ``measure_cells`` (the cells table) and ``classify_cells`` per field on the pool.
+   Started after part 1, so its gateway and workers cost part 1 nothing.
 3. Explanations per cell on one thread: Grad-CAM (captum, torch) and LIME (1000
    perturbations through ONNX Runtime, as ExplainCells runs it); target ≤ 5 s per cell.
+
+Parts 1 and 2 run both sides once per round in rotating order (bench/_paired.py) and print
+each round's cells/s and ratio, min/median/max of the ratios, and CPU milliseconds per cell
+of each process (this process is the client, and in part 2 also the gateway and the workers;
+Redis is not counted) with the ratio in-process CPU / served CPU, which a busy shared machine
+moves less than the rates. The load average is printed beside each round.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import queue
 import statistics
 import subprocess
 import sys
@@ -35,6 +47,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -43,12 +56,13 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.service_process import start_service  # noqa: E402
+from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
+from bench.service_process import start_service, stop_process  # noqa: E402
 from labsight.catalog import GATEWAY  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.config import Settings  # noqa: E402
 from labsight.images import image_from_array  # noqa: E402
-from labsight.models import ServingConfig, build_engine, load_torch_model  # noqa: E402
+from labsight.models import Engine, ServingConfig, build_engine, load_torch_model  # noqa: E402
 from labsight.redis_server import start_redis, stop_redis  # noqa: E402
 from labsight.runtime.server import start_server  # noqa: E402
 from labsight.tensors import to_tensor  # noqa: E402
@@ -72,11 +86,56 @@ QUIET_ENV = {**os.environ, "LABSIGHT_LOG_LEVEL": "WARNING"}
 """Environment of the services this bench starts."""
 
 
-def timed(work: Callable[[], int]) -> float:
-    """Cells per second of ``work`` (which returns the cells it handled)."""
-    start = time.perf_counter()
-    cells = work()
-    return cells / (time.perf_counter() - start)
+class EnginePool:
+    """Runs work on ``len(engines)`` threads, each thread with an ONNX Runtime session of its own."""
+
+    def __init__(self, engines: list[Engine]) -> None:
+        free: queue.SimpleQueue[Engine] = queue.SimpleQueue()
+        for engine in engines:
+            free.put(engine)
+        self._local = threading.local()
+        self.pool = ThreadPoolExecutor(len(engines), initializer=lambda: setattr(
+            self._local, "engine", free.get()))
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """The model's probabilities on the calling pool thread's session."""
+        return self._local.engine.outputs(batch)["probabilities"]
+
+    def total(self, work: Callable[[CellField], int], fields: list[CellField]) -> int:
+        """``work`` over the fields on the pool; the sum of what it returns."""
+        return sum(self.pool.map(work, fields))
+
+
+class CpuClock:
+    """User + system CPU seconds of this process (``client``) and of named child processes."""
+
+    def __init__(self, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+        self.processes = processes
+
+    def read(self) -> dict[str, float]:
+        """CPU seconds used so far by each process."""
+        tick = os.sysconf("SC_CLK_TCK")
+        used = {"client": time.process_time()}
+        for name, process in self.processes.items():
+            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            used[name] = (int(fields[11]) + int(fields[12])) / tick
+        return used
+
+
+def measured(work: Callable[[], int], clock: CpuClock, rates: list[float],
+             cpu: list[dict[str, float]], loads: list[float]) -> Callable[[], float]:
+    """A round's run of ``work`` (returning cells): records cells/s, CPU s per cell and the load."""
+
+    def run() -> float:
+        before, start = clock.read(), time.perf_counter()
+        cells = work()
+        seconds, after = time.perf_counter() - start, clock.read()
+        rates.append(cells / seconds)
+        cpu.append({name: (after[name] - before[name]) / cells for name in after})
+        loads.append(os.getloadavg()[0])
+        return rates[-1]
+
+    return run
 
 
 def concurrent_classify(address: str, fields: list[CellField], clients: int) -> int:
@@ -101,26 +160,39 @@ def concurrent_classify(address: str, fields: list[CellField], clients: int) -> 
     return sum(counts)
 
 
-def paired(name: str, raw: Callable[[], int], served: Callable[[], int], rounds: int) -> None:
-    """Run the two back to back ``rounds`` times and print rates and ratios."""
-    ratios = []
-    print(name)
-    for index in range(rounds):
-        raw_rate, served_rate = timed(raw), timed(served)
-        ratios.append(served_rate / raw_rate)
-        print(f"   round {index + 1}: served {served_rate:8.1f} cells/s, in-process {raw_rate:8.1f} "
-              f"cells/s, ratio {ratios[-1]:.3f}")
-    print(f"   ratio served/in-process: min {min(ratios):.3f}, median {statistics.median(ratios):.3f}, "
-          f"max {max(ratios):.3f} (target >= 0.8)")
+def compare(title: str, sides: dict[str, Callable[[], int]], clocks: dict[str, CpuClock],
+            rounds: int) -> None:
+    """Paired rounds of the in-process and served sides; print rates, ratios and CPU per cell."""
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    cpu: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
+    loads: dict[str, list[float]] = {name: [] for name in sides}
+    paired_rounds({name: measured(work, clocks[name], rates[name], cpu[name], loads[name])
+                   for name, work in sides.items()}, rounds)
+    print(title)
+    ratios = round_ratios(rates["served"], rates["in-process"])
+    for index, ratio in enumerate(ratios):
+        print(f"   round {index + 1}: served {rates['served'][index]:7.1f} cells/s, in-process "
+              f"{rates['in-process'][index]:7.1f} cells/s, ratio {ratio:.3f} (load "
+              f"{loads['served'][index]:.1f} / {loads['in-process'][index]:.1f})")
+    print(f"   ratio served/in-process (min / median / max): {spread(ratios)} (target >= 0.8)")
+    served_ms = {name: 1000 * statistics.median(row[name] for row in cpu["served"])
+                 for name in cpu["served"][0]}
+    local_ms = 1000 * statistics.median(row["client"] for row in cpu["in-process"])
+    cpu_ratios = [row_local["client"] / sum(row.values())
+                  for row_local, row in zip(cpu["in-process"], cpu["served"], strict=True)]
+    print(f"   CPU ms per cell (median): in-process {local_ms:.2f}; served "
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in served_ms.items())
+          + f" (total {sum(served_ms.values()):.2f})")
+    print(f"   CPU ratio in-process/served (min / median / max): {spread(cpu_ratios)}")
 
 
 def main() -> None:
     """Run the three parts and print their numbers."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--fields", type=int, default=12)
+    parser.add_argument("--fields", type=int, default=24)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--lime-cells", type=int, default=5)
     args = parser.parse_args()
     import torch
@@ -130,30 +202,28 @@ def main() -> None:
               for i in range(args.fields)]
     cells = sum(int(f.cell_labels.max()) for f in fields)
     manifest = classifier_repository().get(DEFAULT_MODEL)
-    engine = build_engine(manifest, "", "cpu", ServingConfig.from_env().cache_dir)
+    serving = ServingConfig.from_env()
+    instances, threads = serving.engine_layout(on_cuda=False)
+    engines = [build_engine(manifest, "", "cpu", serving.cache_dir, threads=threads, spin=False)
+               for _ in range(instances)]
+    local = EnginePool(engines)
     thresholds = load_thresholds(manifest)
 
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return engine.outputs(batch)["probabilities"]
+    def classify(field: CellField, labels: np.ndarray | None = None) -> int:
+        return len(classify_cells(field.image, field.cell_labels if labels is None else labels,
+                                  local.predict, thresholds=thresholds,
+                                  batch_size=serving.max_batch_size).cell_ids)
 
-    def in_process_classify() -> int:
-        return sum(len(classify_cells(f.image, f.cell_labels, predict, thresholds=thresholds,
-                                      batch_size=32).cell_ids) for f in fields)
+    def hpa_cells(field: CellField) -> int:
+        nuclei, labels = segment_cells(field.image[..., 0], field.image[..., 3], field.image[..., 2],
+                                       pixel_size_um=PIXEL_SIZE_UM, method="classical")
+        measure_cells(nuclei, labels, field.image, pixel_size_um=PIXEL_SIZE_UM)
+        return classify(field, labels)
 
-    def in_process_hpa_cells() -> int:
-        found = 0
-        for f in fields:
-            nuclei, labels = segment_cells(f.image[..., 0], f.image[..., 3], f.image[..., 2],
-                                           pixel_size_um=PIXEL_SIZE_UM)
-            measure_cells(nuclei, labels, f.image, pixel_size_um=PIXEL_SIZE_UM)
-            found += len(classify_cells(f.image, labels, predict, thresholds=thresholds,
-                                        batch_size=32).cell_ids)
-        return found
-
-    local = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    store = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     private: tuple[subprocess.Popen[bytes], str] | None = None
     try:
-        local.ping()
+        store.ping()
         redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     except redis.ConnectionError:
         private = start_redis(Path(tempfile.mkdtemp(prefix="labsight-bench-redis-")))
@@ -164,17 +234,14 @@ def main() -> None:
     segmentation, segmentation_address = start_service("services.segmentation", QUIET_ENV)
     settings.service_addresses = {"features": "127.0.0.1:1", "segmentation": segmentation_address,
                                   "classifier": classifier_address}
-    gateway = start_server(register_gateway, GATEWAY.grpc_services, settings)
-    stop = threading.Event()
-    workers = [threading.Thread(target=build_worker(settings, consumer=f"bench-{i}").run, args=(stop,),
-                                kwargs={"block_ms": 50}) for i in range(args.workers)]
-    for worker in workers:
-        worker.start()
     requests = [build_request("hpa-cells", image_from_array(f.image),
-                              {"pixel_size_um": str(PIXEL_SIZE_UM)}) for f in fields]
+                              {"pixel_size_um": str(PIXEL_SIZE_UM), "method": "classical"}) for f in fields]
+    stop = threading.Event()
+    gateway = None
+    workers: list[threading.Thread] = []
 
     def through_gateway() -> int:
-        with LabSightClient(gateway.address, token="", timeout_s=600) as lab:
+        with LabSightClient(gateway.address, token="", timeout_s=600) as lab:  # type: ignore[union-attr]
             job_ids = lab.submit_batch(requests).job_ids
             finals = [lab.wait(job_id, timeout_s=600) for job_id in job_ids]
             failed = [job.error for job in finals if job.status != pb.JOB_STATUS_DONE]
@@ -183,39 +250,60 @@ def main() -> None:
             return sum(len(lab.result(job_id).tables["classes"].row_ids) for job_id in job_ids)
 
     try:
-        print(f"model {manifest.name} {manifest.version}; {args.fields} generated 512x512 fields, "
-              f"{cells} cells; {os.cpu_count()} CPUs")
+        print(f"model {manifest.name} {manifest.version}; {args.fields} generated 512x512 fields, {cells} "
+              f"cells; ONNX Runtime: {instances} sessions x {threads} thread(s) on both sides, max batch "
+              f"{serving.max_batch_size}, queue delay {serving.max_queue_delay_ms:g} ms; {load_text()}")
+        local.total(classify, fields[:2])  # untimed: sessions warm
         concurrent_classify(classifier_address, fields[:2], 2)  # untimed: load, export, connect
+        in_process = CpuClock({})
+        compare(f"1) ClassifyCells, {args.clients} concurrent clients, against classify_cells in-process "
+                f"on a pool of {instances} threads:",
+                {"in-process": lambda: local.total(classify, fields),
+                 "served": lambda: concurrent_classify(classifier_address, fields, args.clients)},
+                {"in-process": in_process, "served": CpuClock({"classifier": classifier})}, args.rounds)
+        gateway = start_server(register_gateway, GATEWAY.grpc_services, settings)
+        workers = [threading.Thread(target=build_worker(settings, consumer=f"bench-{i}").run, args=(stop,),
+                                    kwargs={"block_ms": 50}) for i in range(args.workers)]
+        for worker in workers:
+            worker.start()
         through_gateway()  # untimed
-        paired(f"1) ClassifyCells, {args.clients} concurrent clients, against classify_cells "
-               "in-process on ONNX Runtime:", in_process_classify,
-               lambda: concurrent_classify(classifier_address, fields, args.clients), args.rounds)
-        paired(f"2) hpa-cells jobs through the gateway, {args.workers} workers, segmentation and "
-               "classifier services, against segment_cells + measure_cells + classify_cells "
-               "in-process:",
-               in_process_hpa_cells, through_gateway, args.rounds)
+        compare(f"2) hpa-cells jobs through the gateway, {args.workers} workers, segmentation and "
+                "classifier services, against segment_cells + measure_cells + classify_cells "
+                f"in-process on a pool of {instances} threads:",
+                {"in-process": lambda: local.total(hpa_cells, fields), "served": through_gateway},
+                {"in-process": in_process,
+                 "served": CpuClock({"segmentation": segmentation, "classifier": classifier})}, args.rounds)
+        print(f"after: {load_text()}")
     finally:
         stop.set()
         for worker in workers:
             worker.join(timeout=60)
-        gateway.stop(0)
+        if gateway is not None:
+            gateway.stop(0)
         for process in (classifier, segmentation):
-            process.terminate()
-            process.wait(timeout=30)
+            stop_process(process)
         client = redis.Redis.from_url(redis_url)
         keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
         for offset in range(0, len(keys), 1000):
             client.delete(*keys[offset : offset + 1000])
         if private is not None:
             stop_redis(*private)
+        local.pool.shutdown()
+    explanations(fields[0], manifest, engines[0], args.lime_cells)
 
+
+def explanations(field: CellField, manifest: object, engine: Engine, count: int) -> None:
+    """Grad-CAM and LIME seconds per cell on one thread (part 3)."""
     from labsight.cell_crops import cell_crops
 
-    crops = cell_crops(fields[0].image, fields[0].cell_labels, manifest.input_size[0]).pixels
-    crops = crops[: args.lime_cells]
+    crops = cell_crops(field.image, field.cell_labels, manifest.input_size[0]).pixels[:count]  # type: ignore[attr-defined]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return engine.outputs(batch)["probabilities"]
+
     top = predict(crops).argmax(axis=1)
-    network = load_torch_model(manifest)
-    layer = cam_layer(network, manifest.module_path("features"))
+    network = load_torch_model(manifest)  # type: ignore[arg-type]
+    layer = cam_layer(network, manifest.module_path("features"))  # type: ignore[attr-defined]
     start = time.perf_counter()
     grad_cam(network, crops, top, layer=layer)
     cam_seconds = (time.perf_counter() - start) / len(crops)
@@ -225,8 +313,8 @@ def main() -> None:
         lime_explanation(crop, predict, int(target))
         lime_seconds.append(time.perf_counter() - start)
     print(f"3) explanations per cell, one thread: Grad-CAM {cam_seconds * 1000:.1f} ms; LIME "
-          f"(1000 samples) min {min(lime_seconds):.2f} s, median {statistics.median(lime_seconds):.2f} "
-          f"s, max {max(lime_seconds):.2f} s over {len(lime_seconds)} cells (target <= 5 s)")
+          f"(1000 samples) min / median / max {spread(lime_seconds, '.2f', 's')} over "
+          f"{len(lime_seconds)} cells (target <= 5 s); {load_text()}")
 
 
 if __name__ == "__main__":
