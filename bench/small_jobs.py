@@ -8,9 +8,12 @@ One side submits ``--jobs`` fractal jobs (random RGB 64², default sides 3-41)
 in one SubmitBatch to a stack started by ``labsight.up`` (its own Redis, the
 four services and its workers, sized by ``labsight up``'s rules), follows the
 batch until every job ended and fetches every result. The other side calls
-``gliding_box`` on the same images in a separate process on the same cores,
-once with one numba thread and once with all of them; the faster of the two
-in each round is the baseline. Rounds are paired, their order rotating; each
+``gliding_box`` on the same images in separate processes on the same cores:
+one numba thread; every CPU's thread with OMP_WAIT_POLICY=PASSIVE (as the
+stack's services get them); every CPU's thread with OpenMP's default wait,
+which spins (``--no-spinning-baseline`` leaves it out: a loaded machine slows
+it tenfold). The fastest of them in each round is the baseline. Rounds are
+paired, their order rotating; each
 round prints the load average (os.getloadavg) beside its figures, the CPU
 seconds each stack process spent per job, and the Redis commands per job
 (INFO commandstats). The fractal dimensions of the fetched results are
@@ -22,12 +25,14 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -56,19 +61,19 @@ def images(jobs: int, seed: int = 0) -> list[np.ndarray]:
 
 def direct_process(conn: Connection, jobs: int) -> None:
     """Serve timing requests for direct ``gliding_box`` calls: receives a thread count,
-    answers (seconds, fractal dimensions) for all images."""
+    answers (seconds, CPU seconds, fractal dimensions) for all images."""
     import numba
 
     from services.features.fractal import gliding_box
 
     pictures = images(jobs)
     gliding_box(pictures[0])  # compile (or load the cache) before any round
-    conn.send(numba.get_num_threads())
+    conn.send("ready")
     while (threads := conn.recv()) is not None:
         numba.set_num_threads(threads)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         dimensions = [gliding_box(picture).fractal_dimension.value for picture in pictures]
-        conn.send((time.perf_counter() - start, dimensions))
+        conn.send((time.perf_counter() - start, time.process_time() - cpu, dimensions))
 
 
 def free_base_port() -> int:
@@ -119,29 +124,71 @@ def spread(values: list[float]) -> str:
     return f"{min(values):.3f} / {statistics.median(values):.3f} / {max(values):.3f}"
 
 
+@dataclass
+class Direct:
+    """A process calling ``gliding_box`` directly with ``threads`` numba threads, its OpenMP
+    threads waiting as ``wait_policy`` says ("" : OpenMP's default, spinning a while)."""
+
+    name: str
+    threads: int
+    wait_policy: str
+    conn: Connection
+    process: mp.process.BaseProcess
+
+    @classmethod
+    def start(cls, name: str, threads: int, wait_policy: str, jobs: int) -> Direct:
+        """Spawn the process (it inherits the environment at this moment) and wait until warm."""
+        context = mp.get_context("spawn")
+        parent, child = context.Pipe()
+        saved = os.environ.pop("OMP_WAIT_POLICY", None)
+        if wait_policy:
+            os.environ["OMP_WAIT_POLICY"] = wait_policy
+        try:
+            process = context.Process(target=direct_process, args=(child, jobs))
+            process.start()
+        finally:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+            if saved is not None:
+                os.environ["OMP_WAIT_POLICY"] = saved
+        parent.recv()
+        return cls(name, threads, wait_policy, parent, process)
+
+    def run(self) -> tuple[float, float, list[float]]:
+        """(seconds, CPU seconds, fractal dimensions) of one pass over every image."""
+        self.conn.send(self.threads)
+        return self.conn.recv()
+
+    def stop(self) -> None:
+        """End the process."""
+        self.conn.send(None)
+        self.process.join(timeout=30)
+
+
 def run_rounds(
-    rounds: int, jobs: int, stack_side: Callable[[int], float], direct: Connection, cpus: int,
-) -> list[tuple[float, float, float]]:
-    """Paired rounds in rotating order; (stack jobs/s, 1-thread jobs/s, all-threads jobs/s)."""
+    rounds: int, jobs: int, stack_side: Callable[[int], float], directs: list[Direct],
+) -> list[dict[str, float]]:
+    """Paired rounds in rotating order; jobs/s of the stack and of each direct variant."""
     rates = []
+    sides = ["stack", *(direct.name for direct in directs)]
+    by_name = {direct.name: direct for direct in directs}
     for index in range(rounds):
         figures: dict[str, float] = {}
+        cpu_ms: dict[str, float] = {}
         load = os.getloadavg()[0]
-        sides = ["stack", "direct-1", f"direct-{cpus}"]
-        order = sides[index % 3:] + sides[: index % 3]
+        order = sides[index % len(sides):] + sides[: index % len(sides)]
         for side in order:
             if side == "stack":
                 figures[side] = jobs / stack_side(index)
             else:
-                direct.send(int(side.split("-")[1]))
-                seconds, _ = direct.recv()
+                seconds, cpu, _ = by_name[side].run()
                 figures[side] = jobs / seconds
-        baseline = max(figures["direct-1"], figures[f"direct-{cpus}"])
+                cpu_ms[side] = cpu / jobs * 1e3
+        baseline = max(figures[direct.name] for direct in directs)
         print(f"round {index + 1} ({' -> '.join(order)}), load {load:.2f} -> "
-              f"{os.getloadavg()[0]:.2f}: stack {figures['stack']:.1f} jobs/s, direct 1 thread "
-              f"{figures['direct-1']:.1f}, {cpus} threads {figures[f'direct-{cpus}']:.1f}; "
-              f"ratio {figures['stack'] / baseline:.3f}", flush=True)
-        rates.append((figures["stack"], figures["direct-1"], figures[f"direct-{cpus}"]))
+              f"{os.getloadavg()[0]:.2f}: stack {figures['stack']:.1f} jobs/s; " + "; ".join(
+                  f"{name} {figures[name]:.1f} ({cpu_ms[name]:.2f} CPU ms/job)" for name in cpu_ms
+              ) + f"; ratio to the best direct {figures['stack'] / baseline:.3f}", flush=True)
+        rates.append(figures)
     return rates
 
 
@@ -152,24 +199,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: `labsight up`'s for these CPUs)")
+    parser.add_argument("--no-spinning-baseline", action="store_true",
+                        help="leave out the direct variant with OpenMP's default (spinning) wait, "
+                             "which a loaded machine slows tenfold")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the stack on the way out
     cpus = usable_cpus()
     requests = [build_request("fractal", picture, {}) for picture in images(args.jobs)]
-    parent, child = mp.get_context("spawn").Pipe()
-    direct = mp.get_context("spawn").Process(target=direct_process, args=(child, args.jobs))
-    direct.start()
+    variants = [("direct 1 thread", 1, "PASSIVE"), (f"direct {cpus} threads passive", cpus, "PASSIVE")]
+    if not args.no_spinning_baseline:
+        variants.append((f"direct {cpus} threads spinning", cpus, ""))
+    directs = [Direct.start(name, threads, policy, args.jobs) for name, threads, policy in variants]
     with tempfile.TemporaryDirectory(prefix="labsight-small-jobs-") as home:
         stack = Stack(Path(home), StackLayout.from_base_port(free_base_port(), args.workers))
         try:
             stack.start(None, timeout_s=300)
-            print(f"direct process: numba {parent.recv()} threads by default; "
-                  f"stack: {stack.layout.workers} worker(s), {stack.sizing.describe()}", flush=True)
+            print(f"stack: {stack.sizing.describe()}; baselines: "
+                  + ", ".join(direct.name for direct in directs), flush=True)
             endpoints = stack.endpoints()
             store = redis.Redis.from_url(stack.redis_url)
             with LabSightClient(endpoints.gateway, token=stack.token) as lab:
-                parent.send(1)
-                _, dimensions = parent.recv()
-                expected = dict(enumerate(dimensions))
+                expected = dict(enumerate(directs[0].run()[2]))
                 through_stack(lab, requests[:100], "warm-up")  # compile the kernels, warm the channels
 
                 def stack_side(index: int) -> float:
@@ -190,17 +240,16 @@ def main() -> None:
                     ) + f"; total {sum(calls.values()):.2f}", flush=True)
                     return seconds
 
-                rates = run_rounds(args.rounds, args.jobs, stack_side, parent, cpus)
+                rates = run_rounds(args.rounds, args.jobs, stack_side, directs)
         finally:
-            parent.send(None)
-            direct.join(timeout=30)
+            for direct in directs:
+                direct.stop()
             stack.stop()
-    ratios = [stack_rate / max(one, many) for stack_rate, one, many in rates]
-    print(f"jobs per round: {args.jobs} ({SIDE}² RGB, sides 3-41); CPUs: {cpus}")
-    print(f"stack jobs/s          min/median/max: {spread([r[0] for r in rates])}")
-    print(f"direct 1 thread       min/median/max: {spread([r[1] for r in rates])}")
-    print(f"direct {cpus} threads      min/median/max: {spread([r[2] for r in rates])}")
-    print(f"ratio stack / best direct min/median/max: {spread(ratios)} (target >= 0.8)")
+    print(f"jobs per round: {args.jobs} ({SIDE}² RGB, sides 3-41); CPUs: {cpus}; jobs/s min/median/max:")
+    for name in rates[0]:
+        print(f"  {name:<32} {spread([figures[name] for figures in rates])}")
+    ratios = [figures["stack"] / max(figures[d.name] for d in directs) for figures in rates]
+    print(f"ratio stack / best direct of its round: {spread(ratios)} (target >= 0.8)")
 
 
 if __name__ == "__main__":

@@ -335,9 +335,12 @@ class Worker:
                 continue
             with contextlib.suppress(redis.RedisError):
                 statuses = self.store.statuses([job_id for job_id, _ in running])
-                for (_, (_, clients)), status in zip(running, statuses, strict=True):
-                    if status == CANCELLED:  # again each time: a run may start calls until its next step
-                        clients.cancel_calls()
+                cancelled = [job_id for (job_id, _), status in zip(running, statuses, strict=True)
+                             if status == CANCELLED]
+                with self._running_lock:  # a slot that ended meanwhile may run another job now
+                    for job_id in cancelled:  # again each time: a run may start calls until its next step
+                        if job_id in self._running:
+                            self._running[job_id][1].cancel_calls()
                 if time.monotonic() >= next_beat:
                     self.queue.touch([delivery for _, (delivery, _) in running], self.consumer)
                     next_beat = time.monotonic() + beat_s
