@@ -23,6 +23,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -239,6 +240,7 @@ def read_hpa_cells(args: argparse.Namespace, log: Log) -> tuple[Any, dict[str, o
     from labsight.cell_images import read_cell_image
     from labsight.errors import InvalidArgument
     from labsight.images import image_from_file
+    from labsight.runtime.cpus import usable_cpus
     from labsight.tensors import from_tensor
     from labsight.v1 import segmentation_pb2
     from services.classifier.hpa_data import channel_paths, read_label_csv
@@ -247,33 +249,39 @@ def read_hpa_cells(args: argparse.Namespace, log: Log) -> tuple[Any, dict[str, o
 
     labelled = read_label_csv(args.csv)
     files = [channel_paths(args.images, image_id) for image_id in labelled.ids]  # all checked first
-    crops = []
-    method = ""
-    with segmentation_stub(args.segmentation_address) as stub:
-        for index, (image_id, paths) in enumerate(zip(labelled.ids, files, strict=True)):
-            parts = [(str(path), image_from_file(path)) for path in paths]
-            try:
-                image, _ = read_cell_image(parts)
-            except InvalidArgument as error:
-                raise ValueError(f"image {image_id}: {error.details()}") from None
-            request = segmentation_pb2.SegmentCellsRequest(
-                channel_images=[part for _, part in parts], pixel_size_um=args.pixel_size_um,
-                method=args.segmentation_method,
-            )
-            try:
-                answer = stub.SegmentCells(request, timeout=600)
-            except grpc.RpcError as error:
-                raise ValueError(f"image {image_id} ({paths[0].parent}): segmentation refused it: "
-                                 f"{error.code().name}: {error.details()}") from None
-            method = answer.method
-            labels = from_tensor(answer.cell_labels, "cell_labels")
-            cut = cell_crops(image, labels, INPUT_SIZE, channels=4)
-            crops.append(np.rint(cut.pixels * 255).astype(np.uint8))
+    def cut(image_id: str, paths: list[Path], stub: Any) -> tuple[np.ndarray, str]:
+        parts = [(str(path), image_from_file(path)) for path in paths]
+        try:
+            image, _ = read_cell_image(parts)
+        except InvalidArgument as error:
+            raise ValueError(f"image {image_id}: {error.details()}") from None
+        request = segmentation_pb2.SegmentCellsRequest(
+            channel_images=[part for _, part in parts], pixel_size_um=args.pixel_size_um,
+            method=args.segmentation_method,
+        )
+        try:
+            answer = stub.SegmentCells(request, timeout=600)
+        except grpc.RpcError as error:
+            raise ValueError(f"image {image_id} ({paths[0].parent}): segmentation refused it: "
+                             f"{error.code().name}: {error.details()}") from None
+        cells = cell_crops(image, from_tensor(answer.cell_labels, "cell_labels"), INPUT_SIZE, channels=4)
+        return np.rint(cells.pixels * 255).astype(np.uint8), answer.method
+
+    crops: list[np.ndarray] = []
+    methods: set[str] = set()
+    # A few images in flight keep the segmentation service's cores busy while this process
+    # decodes and crops the previous ones; results come back in the CSV's order.
+    with segmentation_stub(args.segmentation_address) as stub, ThreadPoolExecutor(usable_cpus()) as pool:
+        for index, (image_crops, method) in enumerate(
+            pool.map(lambda pair: cut(*pair, stub), zip(labelled.ids, files, strict=True))
+        ):
+            crops.append(image_crops)
+            methods.add(method)
             if (index + 1) % 25 == 0 or index + 1 == len(labelled.ids):
                 log(f"segmented {index + 1}/{len(labelled.ids)} images, "
                     f"{sum(len(c) for c in crops)} cells")
     data = {"labels": str(args.csv), "images": str(args.images),
-            "segmentation": f"SegmentCells method {method}, pixel size "
+            "segmentation": f"SegmentCells method {', '.join(sorted(methods))}, pixel size "
                             f"{args.pixel_size_um or 0.08:g} um"}
     return ImageCells(labelled.ids, labelled.classes, tuple(crops)), data
 

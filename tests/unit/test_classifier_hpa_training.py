@@ -129,3 +129,25 @@ def test_a_missing_channel_file_is_refused_naming_it(
 def test_csv_without_images_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate-classifier", "--csv", str(tmp_path / "x.csv")]) == 2
     assert "--csv and --images go together" in capsys.readouterr().err
+
+
+def test_a_running_segmentation_service_is_used_when_its_address_is_given(
+    hpa_set: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from labsight.catalog import SEGMENTATION
+    from labsight.config import Settings
+    from labsight.runtime.server import start_server
+    from services.segmentation.servicer import register
+
+    running = start_server(register, SEGMENTATION.grpc_services, Settings(port=0))
+    try:
+        assert main(["evaluate-classifier", "--csv", str(hpa_set), "--images", str(hpa_set.parent),
+                     "--pixel-size-um", str(PIXEL_SIZE_UM), "--segmentation-address", running.address,
+                     "--json"]) == 0
+        assert _json_line(capsys.readouterr().out)["cells"] >= 30  # type: ignore[operator]
+        running.stop(0)
+        assert main(["evaluate-classifier", "--csv", str(hpa_set), "--images", str(hpa_set.parent),
+                     "--segmentation-address", running.address]) == 2
+        assert "segmentation refused it: UNAVAILABLE" in capsys.readouterr().err
+    finally:
+        running.stop(0)
