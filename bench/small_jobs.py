@@ -165,9 +165,10 @@ class Direct:
 
 
 def run_rounds(
-    rounds: int, jobs: int, stack_side: Callable[[int], float], directs: list[Direct],
+    rounds: int, jobs: int, stack_side: Callable[[int], tuple[float, float]], directs: list[Direct],
 ) -> list[dict[str, float]]:
-    """Paired rounds in rotating order; jobs/s of the stack and of each direct variant."""
+    """Paired rounds in rotating order; jobs/s of the stack and of each direct variant, and
+    "cpu": the least CPU per job of a direct variant over the stack's (all its processes)."""
     rates = []
     sides = ["stack", *(direct.name for direct in directs)]
     by_name = {direct.name: direct for direct in directs}
@@ -178,7 +179,8 @@ def run_rounds(
         order = sides[index % len(sides):] + sides[: index % len(sides)]
         for side in order:
             if side == "stack":
-                figures[side] = jobs / stack_side(index)
+                seconds, cpu_ms[side] = stack_side(index)
+                figures[side] = jobs / seconds
             else:
                 seconds, cpu, _ = by_name[side].run()
                 figures[side] = jobs / seconds
@@ -186,8 +188,10 @@ def run_rounds(
         baseline = max(figures[direct.name] for direct in directs)
         print(f"round {index + 1} ({' -> '.join(order)}), load {load:.2f} -> "
               f"{os.getloadavg()[0]:.2f}: stack {figures['stack']:.1f} jobs/s; " + "; ".join(
-                  f"{name} {figures[name]:.1f} ({cpu_ms[name]:.2f} CPU ms/job)" for name in cpu_ms
+                  f"{name} {figures[name]:.1f} ({cpu_ms[name]:.2f} CPU ms/job)"
+                  for name in cpu_ms if name != "stack"
               ) + f"; ratio to the best direct {figures['stack'] / baseline:.3f}", flush=True)
+        figures["cpu"] = min(cpu_ms[d.name] for d in directs) / cpu_ms["stack"]
         rates.append(figures)
     return rates
 
@@ -222,7 +226,7 @@ def main() -> None:
                 expected = dict(enumerate(directs[0].run()[2]))
                 through_stack(lab, requests[:100], "warm-up")  # compile the kernels, warm the channels
 
-                def stack_side(index: int) -> float:
+                def stack_side(index: int) -> tuple[float, float]:
                     cpu, commands = stack_cpu(stack), redis_commands(store)
                     seconds, got = through_stack(lab, requests, f"round-{index}")
                     wrong = [i for i, value in enumerate(got)
@@ -238,7 +242,7 @@ def main() -> None:
                     print("  Redis commands per job: " + ", ".join(
                         f"{name} {value:.2f}" for name, value in sorted(calls.items()) if value >= 0.01
                     ) + f"; total {sum(calls.values()):.2f}", flush=True)
-                    return seconds
+                    return seconds, sum(used.values())
 
                 rates = run_rounds(args.rounds, args.jobs, stack_side, directs)
         finally:
@@ -247,7 +251,10 @@ def main() -> None:
             stack.stop()
     print(f"jobs per round: {args.jobs} ({SIDE}² RGB, sides 3-41); CPUs: {cpus}; jobs/s min/median/max:")
     for name in rates[0]:
-        print(f"  {name:<32} {spread([figures[name] for figures in rates])}")
+        if name != "cpu":
+            print(f"  {name:<32} {spread([figures[name] for figures in rates])}")
+    print("CPU per job, least direct / stack (what a quiet machine's ratio tends to): "
+          f"{spread([figures['cpu'] for figures in rates])}")
     ratios = [figures["stack"] / max(figures[d.name] for d in directs) for figures in rates]
     print(f"ratio stack / best direct of its round: {spread(ratios)} (target >= 0.8)")
 

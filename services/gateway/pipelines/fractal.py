@@ -222,13 +222,14 @@ class FractalPipeline(Pipeline):
     ) -> features_pb2.ComputeFractalResponse:
         """The features service's answer, reporting the progress it streams: each step's
         share of the job is its share of the work (see fractal_cost). A job under
-        STREAM_MIN_COST is one unary call (a future, so a cancelled job's call is cancelled)."""
+        STREAM_MIN_COST is one blocking unary call: a future or a stream would start a
+        thread to follow it (a millisecond of CPU per job), and a cancelled job's call
+        ends within a fraction of a second anyway."""
         sizes = list(request.box_sizes)
         if _is_small(request.image, sizes, request.percolation):
-            call = context.services.features.ComputeFractal.future(
+            return context.services.features.ComputeFractal(
                 request, timeout=context.services.call_timeout_s
             )
-            return call.result()
         gliding = fractal_cost(1, sizes, False)
         whole = fractal_cost(1, sizes, request.percolation)
         start = {"gliding box": 0.0, "percolation": gliding}
