@@ -18,7 +18,7 @@ from labsight.v1 import features_pb2 as pb
 from labsight.v1 import features_pb2_grpc as pb_grpc
 from services.features.deep import PoolingMode
 from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
-from services.features.fractal import DEFAULT_BOX_SIZES, ProgressCallback, gliding_box, percolation
+from services.features.fractal import DEFAULT_BOX_SIZES, ProgressCallback, gliding_box, percolation, warm_up
 from services.features.fractal_columns import fractal_columns, percolation_columns
 from services.features.models import feature_repository
 
@@ -153,8 +153,10 @@ def _in_step(report: Report | None, step: str) -> ProgressCallback | None:
 def register(server: grpc.Server, settings: Settings) -> None:
     """Add the FeatureService to ``server``, its models from the built-ins and $LABSIGHT_MODEL_DIR.
 
-    Models named in $LABSIGHT_PRELOAD_MODELS are loaded here, before the server starts.
+    Models named in $LABSIGHT_PRELOAD_MODELS are loaded here, before the server starts, and the
+    fractal kernels compiled (or loaded from numba's cache).
     """
+    warm_up()
     config = ExtractorConfig.from_env()
     extractor = DeepFeatureExtractor(feature_repository(config.model_dirs), config)
     extractor.preload()

@@ -347,3 +347,41 @@ def test_torch_path_in_bands_and_batches_equals_numba_path(monkeypatch: pytest.M
     sizes = (3, 7, 11)
     _assert_same(gliding_box(image, sizes, backend="torch"), gliding_box(image, sizes, backend="numba"))
     _assert_same(percolation(image, sizes, backend="torch"), percolation(image, sizes, backend="numba"))
+
+
+# --- parallel tasks, the serial path and the compile cache ------------------------------------------
+
+
+def _ties(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """An image whose colour distances often equal a threshold exactly (values 3, 5, 7 apart)."""
+    return np.random.default_rng(seed).choice(np.array([50, 53, 55, 57, 60], np.uint8), shape)
+
+
+def test_parallel_tasks_equal_one_thread_and_the_slow_restatement_on_ties() -> None:
+    numba = pytest.importorskip("numba")
+    image = _ties((41, 37, 3), 12)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        serial = percolation(image, SMALL_SIZES)
+    finally:
+        numba.set_num_threads(threads)
+    parallel = percolation(image, SMALL_SIZES)
+    _assert_same(parallel, serial)
+    for name, values in _slow_percolation(image, SMALL_SIZES).items():
+        np.testing.assert_allclose(getattr(parallel, name), values, rtol=0, atol=1e-12, err_msg=name)
+
+
+def test_torch_path_equals_numba_path_on_ties() -> None:
+    pytest.importorskip("torch")
+    image = _ties((23, 26, 3), 13)
+    sizes = (3, 5, 9, 11)
+    _assert_same(percolation(image, sizes, backend="torch"), percolation(image, sizes, backend="numba"))
+
+
+def test_warm_up_compiles_the_kernels_for_both_pixel_types() -> None:
+    from services.features.percolation_numba import cluster_sums
+
+    fractal.warm_up()
+    compiled = {str(signature[0].dtype) for signature in cluster_sums.signatures}
+    assert {"uint8", "uint16"} <= compiled
