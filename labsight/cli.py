@@ -783,7 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--exit-after-demo", action="store_true", help="stop after the demo")
     up.add_argument("--base-port", type=int, default=None,
                     help="gRPC ports from here (gateway first); metrics from base+100")
-    up.add_argument("--workers", type=int, default=1, help="number of workers (default 1)")
+    up.add_argument("--workers", type=int, default=None,
+                    help="number of workers (default: one per 8 CPUs, at least 1)")
     up.set_defaults(func=cmd_up)
 
     serve = sub.add_parser("serve", help="run one service in the foreground")
