@@ -212,7 +212,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--patches", type=int, default=384)
     parser.add_argument("--per-job", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (labsight up's default: 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes (default 1, as labsight up sizes it on up to 8 CPUs)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=16)
