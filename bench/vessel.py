@@ -3,7 +3,7 @@
 Run from the repository root:
 
     python bench/vessel.py quality [--count 200] [--seed 2026]
-    python bench/vessel.py throughput [--photos 20] [--scale 2] [--workers 1] [--rounds 6]
+    python bench/vessel.py throughput [--photos 20] [--scale 2] [--workers 1] [--concurrency 4] [--rounds 6]
 
 ``quality``: generated vessels (``services/segmentation/generated_vessels.py``;
 the default seed was not used to choose the method's settings) segmented by
@@ -16,11 +16,13 @@ level within 0.03 of the height.
 ``throughput``: ``--photos`` generated photos enlarged ``--scale`` times, each a
 JPEG photo (quality 95, as cameras write them) and a PNG mask, go as
 ``vessel-content`` jobs through a real ``labsight up`` (its own home, Redis,
-gateway, segmentation service and ``--workers`` worker processes, all as `up`
-starts them); a round's time runs from the submission to the last result
+gateway, segmentation service and ``--workers`` worker processes running
+``--concurrency`` jobs each at once, LABSIGHT_WORKER_CONCURRENCY, default the
+worker's own; all as `up` starts them); a round's time runs from the submission to the last result
 fetched (GetJobResult, not only DONE). The baseline is what a lab system would
 write without LabSight: the same JPEG and PNG bytes decoded with OpenCV and
-``segment_vessel_content`` called in one process by ``--workers`` threads. That
+``segment_vessel_content`` called in one process by as many threads as the
+stack has jobs in flight (workers × concurrency). That
 process is a child in a session of its own, as every child of `labsight up`
 is: where the kernel groups processes by session for scheduling (autogroup),
 a service in its own session gets a whole session's share of a busy machine,
@@ -73,10 +75,11 @@ from labsight.home import Endpoints, read_endpoints  # noqa: E402
 from labsight.images import encode_png  # noqa: E402
 from labsight.redis_server import port_is_free  # noqa: E402
 from labsight.result import Result  # noqa: E402
-from labsight.runtime.cpus import THREAD_POOL_VARIABLES, usable_cpus  # noqa: E402
+from labsight.runtime.cpus import THREAD_POOL_VARIABLES, WORKER_CONCURRENCY_VARIABLE, usable_cpus  # noqa: E402
 from labsight.up import StackLayout  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 from labsight.v1 import tensor_pb2  # noqa: E402
+from services.gateway.worker import DEFAULT_CONCURRENCY  # noqa: E402
 from services.segmentation.generated_vessels import generate_vessels  # noqa: E402
 from services.segmentation.vessel_metrics import LayerScores, PanopticCounts  # noqa: E402
 from services.segmentation.vessels import VesselContent, segment_vessel_content  # noqa: E402
@@ -169,13 +172,14 @@ def agreement(core_masks: list[np.ndarray], results: list[Result]) -> float:
 
 
 @contextmanager
-def labsight_up(workers: int) -> Iterator[Endpoints]:
-    """A ``labsight up`` with ``workers`` workers in a fresh home (its own Redis) until the block
-    ends; the home is removed after."""
+def labsight_up(workers: int, concurrency: int) -> Iterator[Endpoints]:
+    """A ``labsight up`` with ``workers`` workers of ``concurrency`` jobs each in a fresh home (its
+    own Redis) until the block ends; the home is removed after."""
     home = Path(tempfile.mkdtemp(prefix="labsight-bench-vessel-"))
     base = _free_base_port(workers)
     env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
-    env.update(LABSIGHT_HOME=str(home), LABSIGHT_LOG_LEVEL="WARNING")
+    env.update(LABSIGHT_HOME=str(home), LABSIGHT_LOG_LEVEL="WARNING",
+               **{WORKER_CONCURRENCY_VARIABLE: str(concurrency)})
     log = open(home / "up.out", "wb")  # noqa: SIM115 - closed below
     up = subprocess.Popen([sys.executable, "-m", "labsight.cli", "up", "--base-port", str(base),
                            "--workers", str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -247,23 +251,26 @@ def thread_settings() -> dict[str, str]:
             **{name: os.environ.get(name, "") for name in THREAD_POOL_VARIABLES}}
 
 
-def throughput(count: int, scale: float, workers: int, rounds: int) -> dict[str, object]:
-    """Rates of the pipeline through `labsight up` and of the core, paired by round."""
+def throughput(count: int, scale: float, workers: int, concurrency: int, rounds: int
+               ) -> dict[str, object]:
+    """Rates of the pipeline through `labsight up` and of the core on as many threads as jobs in
+    flight, paired by round."""
     pairs = encoded_photos(count, scale)
+    threads = workers * concurrency
     rows: list[dict[str, float]] = []
     cpu: list[dict[str, float]] = []
-    with labsight_up(workers) as endpoints, baseline_process() as baseline, \
+    with labsight_up(workers, concurrency) as endpoints, baseline_process() as baseline, \
             LabSightClient(endpoints.gateway, token=endpoints.token, timeout_s=600) as lab:
         pids = stack_processes(endpoints.pid)
-        served(lab, pairs[: 2 * workers], "warm")
-        baseline.submit(direct, pairs[: 2 * workers], workers).result()
+        served(lab, pairs[: 2 * threads], "warm")
+        baseline.submit(direct, pairs[: 2 * threads], threads).result()
         for index in range(rounds):
             load_before = os.getloadavg()[0]
             if index % 2:
                 served_rate, results, used = _served_with_cpu(lab, pairs, f"round{index}", pids)
-                direct_rate, core_cpu, core_masks = baseline.submit(direct, pairs, workers).result()
+                direct_rate, core_cpu, core_masks = baseline.submit(direct, pairs, threads).result()
             else:
-                direct_rate, core_cpu, core_masks = baseline.submit(direct, pairs, workers).result()
+                direct_rate, core_cpu, core_masks = baseline.submit(direct, pairs, threads).result()
                 served_rate, results, used = _served_with_cpu(lab, pairs, f"round{index}", pids)
             rows.append({"pipeline_photos_per_s": served_rate, "core_photos_per_s": direct_rate,
                          "ratio": served_rate / direct_rate, "pipeline_first": float(index % 2),
@@ -273,6 +280,7 @@ def throughput(count: int, scale: float, workers: int, rounds: int) -> dict[str,
     ratios = [row["ratio"] for row in rows]
     height, width = cv2.imdecode(np.frombuffer(pairs[0][0], np.uint8), cv2.IMREAD_COLOR).shape[:2]
     return {"photos": count, "first_photo": [height, width], "workers": workers,
+            "concurrency": concurrency, "baseline_threads": threads,
             "threads": thread_settings(), "rounds": rows, "ratio_min": min(ratios),
             "ratio_median": statistics.median(ratios), "ratio_max": max(ratios),
             "cpu_s_per_photo": {key: statistics.median(row[key] for row in cpu) for key in cpu[0]},
@@ -291,15 +299,18 @@ def main() -> None:
     speed.add_argument("--photos", type=int, default=20)
     speed.add_argument("--scale", type=float, default=2.0)
     speed.add_argument("--workers", type=int, default=1)
+    speed.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                       help="jobs each worker runs at once (default: the worker's)")
     speed.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
     if args.bench == "quality":
         print(json.dumps(quality(args.count, args.seed)))
         return
-    report = throughput(args.photos, args.scale, args.workers, args.rounds)
+    report = throughput(args.photos, args.scale, args.workers, args.concurrency, args.rounds)
     height, width = report["first_photo"]  # type: ignore[misc]
     print(f"{args.photos} vessels (first {height}x{width}), labsight up with {args.workers} "
-          f"worker(s) against the core on {args.workers} thread(s); threads {report['threads']}")
+          f"worker(s) of {args.concurrency} job(s) at once against the core on "
+          f"{report['baseline_threads']} thread(s); thread pools {report['threads']}")
     for index, row in enumerate(report["rounds"]):  # type: ignore[arg-type]
         order = "pipeline first" if row["pipeline_first"] else "core first"
         print(f"   round {index + 1} ({order}): pipeline {row['pipeline_photos_per_s']:6.2f} photos/s, "
