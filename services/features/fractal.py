@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, njit, parallel_chunksize, prange
 
 from services.features.percolation_numba import CellTables, cluster_sums, workspace
 
@@ -242,11 +242,14 @@ def percolation(
         thresholds = tables.thresholds.astype(image.dtype)
         # One workspace for every band: fresh pages per band would cost their zeroing each time.
         bits, summaries = workspace(get_num_threads() * 4, half_max, planar.shape[2])
-        sums = _in_bands(sizes, planar.shape[1], progress, lambda rows: np.stack(cluster_sums(
-            planes, pixels, (sizes - 1) // 2, thresholds, tables.colour_index, min_mass, cells.dy,
-            cells.dx, cells.flat, cells.entry, cells.grid, bits[: _chunks(rows)], summaries[: _chunks(rows)],
-            image.dtype.type, *rows
-        )))
+        # Tasks go to whichever thread is free: on a busy machine a thread held up does not hold
+        # up every band.
+        with parallel_chunksize(1):
+            sums = _in_bands(sizes, planar.shape[1], progress, lambda rows: np.stack(cluster_sums(
+                planes, pixels, (sizes - 1) // 2, thresholds, tables.colour_index, min_mass, cells.dy,
+                cells.dx, cells.flat, cells.entry, cells.grid, bits[: _chunks(rows)],
+                summaries[: _chunks(rows)], image.dtype.type, *rows
+            )))
     clusters, largest, percolating = sums
     boxes = _box_counts(sizes, planar.shape[1:]).astype(np.float64)
     return PercolationResult(
