@@ -1,0 +1,18 @@
+"""The web page the gateway serves: a JSON/HTTP API over the gateway's gRPC API and its static files.
+
+Light to import (``labsight up`` reads the port from here); the server is in
+``labsight.web.server``, its handlers in ``labsight.web.api``.
+"""
+
+from __future__ import annotations
+
+WEB_PORT_ENV = "LABSIGHT_WEB_PORT"
+"""Environment variable of the web page's port (-1: no web page)."""
+DEFAULT_WEB_PORT = 9449
+"""Default port of the web page, beside ``labsight up``'s own metrics (9450)."""
+
+
+def web_port_beside(up_metrics_port: int) -> int:
+    """The web port of a ``labsight up`` stack whose own metrics are on ``up_metrics_port``:
+    the port below it (9449 by default, base + 98 with ``--base-port``)."""
+    return up_metrics_port - 1

@@ -1,0 +1,142 @@
+"""What the web page shows of a job, computed server-side: PNG images, table rows, CSV and TIFF."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import tifffile
+from matplotlib.figure import Figure
+from PIL import Image as PilImage
+
+from labsight.cell_images import read_cell_image
+from labsight.columns import CELL_CHANNELS
+from labsight.images import read_image
+from labsight.plots.cell_classes import cell_classes_figure, is_cell_classes_result
+from labsight.plots.masks import composite, has_masks, masks_figure
+from labsight.result import Result
+from labsight.v1 import tensor_pb2
+
+TABLE_ROWS = 20
+"""Rows of a feature table the page shows (the CSV has them all)."""
+TOP_CLASSES = 3
+"""Classes per cell the page lists, most probable first."""
+DISPLAY_PIXELS = 16 * 1024 * 1024
+"""Inputs decoding to more bytes than this are not kept for display (the masks are drawn alone)."""
+
+
+def input_pixels(main: tensor_pb2.Image | None,
+                 channels: Mapping[str, tensor_pb2.Image]) -> np.ndarray | None:
+    """The decoded pixels of a job's input for display: the four channel images stacked
+    (H, W, 4) or the main image as it reads; None when they do not decode or are too large
+    (the gateway's answer to the submission says what is wrong with them)."""
+    try:
+        if channels:
+            parts = [(f"input.images[{c}]", channels[c]) for c in CELL_CHANNELS if c in channels]
+            pixels, _ = read_cell_image(parts, DISPLAY_PIXELS)
+            return pixels
+        if main is None:
+            return None
+        return read_image(main, "input.image", DISPLAY_PIXELS).pixels
+    except Exception:  # noqa: BLE001 - any unreadable input just has no picture
+        return None
+
+
+def composite_png(pixels: np.ndarray) -> bytes:
+    """The RGB composite of an input as PNG: four channels as HPA's red, green, blue and
+    yellow (yellow adding to red and green), grey as grey, each stretched to its range."""
+    rgb = composite(pixels if pixels.ndim == 2 or pixels.shape[2] in (1, 3, 4) else pixels[..., :1])
+    buffer = io.BytesIO()
+    PilImage.fromarray(np.round(rgb * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def has_mask_picture(result: Result) -> bool:
+    """Whether the result has label masks the page can draw."""
+    return has_masks(result.message) or is_cell_classes_result(result.message)
+
+
+def masks_png(result: Result, pixels: np.ndarray | None) -> bytes:
+    """The masks of a segmentation result drawn by ``labsight.plots`` as PNG: cells by their
+    top class for hpa-cells, else cells and nuclei with their ids; with the input's
+    ``pixels`` (of the masks' size) the outlines are drawn over its channels too."""
+    cells = result.tensor("cell_labels")
+    if pixels is not None and (pixels.shape[:2] != cells.shape or pixels.ndim != 3
+                               or pixels.shape[2] != len(CELL_CHANNELS)):
+        pixels = None
+    if is_cell_classes_result(result.message):
+        figure = cell_classes_figure(result.message, pixels)
+    else:
+        figure = masks_figure(result.message, pixels, ids=True)
+    return figure_png(figure)
+
+
+def figure_png(figure: Figure) -> bytes:
+    """A matplotlib figure as PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    return buffer.getvalue()
+
+
+def table_preview(result: Result, rows: int = TABLE_ROWS) -> dict[str, object]:
+    """The first ``rows`` rows of the result's main table: its name, columns, row ids and
+    values (NaN and infinities as None, which JSON has no numbers for)."""
+    if not result.tables:
+        return {"name": "", "columns": [], "rows": [], "total_rows": 0}
+    name = result.main_table
+    table = result.tables[name]
+    values = result.to_numpy(name)[:rows]
+    return {
+        "name": name,
+        "columns": list(table.columns),
+        "rows": [[row_id, *map(_json_number, line)]
+                 for row_id, line in zip(table.row_ids, values.tolist(), strict=False)],
+        "total_rows": len(table.row_ids),
+    }
+
+
+def cell_classes(result: Result, top: int = TOP_CLASSES) -> list[dict[str, object]]:
+    """Each cell's ``top`` most probable classes with their probabilities (hpa-cells results;
+    an empty list for others)."""
+    if not is_cell_classes_result(result.message):
+        return []
+    frame = result.to_pandas("classes")
+    columns = [c for c in frame.columns if c.startswith("p_")]
+    names = [c.removeprefix("p_") for c in columns]
+    probabilities = frame[columns].to_numpy(np.float64)
+    labels = frame["label"].to_numpy(np.int64)
+    order = np.argsort(-probabilities, axis=1)[:, :top]
+    return [
+        {"cell": int(label),
+         "classes": [{"name": names[k], "p": _json_number(row[k])} for k in ranks]}
+        for label, row, ranks in zip(labels, probabilities, order, strict=True)
+    ]
+
+
+def table_csv(result: Result) -> bytes:
+    """The result's main table as CSV (row ids in column ``id``)."""
+    return result.to_pandas().to_csv().encode()
+
+
+def masks_tiff(result: Result) -> bytes:
+    """The result's label masks as one int32 TIFF, a page per mask (nuclei, then cells)."""
+    masks = result.label_masks()
+    kinds = mask_kinds(result)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.stack([masks[kind].astype(np.int32) for kind in kinds]),
+                     compression="zlib", metadata={"axes": "QYX", "masks": ",".join(kinds)})
+    return buffer.getvalue()
+
+
+def mask_kinds(result: Result) -> Sequence[str]:
+    """The kinds of label masks in the result (``nuclei``, ``cells``), none for most pipelines."""
+    try:
+        return sorted(result.label_masks(), reverse=True)
+    except KeyError:
+        return []
+
+
+def _json_number(value: float) -> float | None:
+    return value if math.isfinite(value) else None

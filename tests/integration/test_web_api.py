@@ -1,0 +1,104 @@
+"""The web page's HTTP API against a real stack, without a browser: refusals are text with
+the gRPC status's message, and a fractal job goes from upload to table, CSV and picture."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+
+from tests.integration.web_support import WebStack, png_bytes, web_stack
+
+__all__ = ["web_stack"]
+
+
+def call(stack: WebStack, path: str, token: str | None = None, body: object = None) -> tuple[int, bytes]:
+    """One HTTP request to the page's server: (status, body)."""
+    request = urllib.request.Request(
+        stack.web.url.rstrip("/") + path, data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {stack.token if token is None else token}",
+                 "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def image_json(data: bytes, name: str = "blobs.png") -> dict[str, str]:
+    return {"name": name, "data": base64.b64encode(data).decode()}
+
+
+def test_bad_token_is_401_with_the_gateways_message(web_stack: WebStack) -> None:
+    status, body = call(web_stack, "/api/pipelines", token="not-a-token")
+    answer = json.loads(body)
+    assert status == 401
+    assert answer["code"] == "UNAUTHENTICATED"
+    assert "token" in answer["error"].lower() and "Traceback" not in answer["error"]
+
+
+def test_unknown_pipeline_is_400_naming_it(web_stack: WebStack) -> None:
+    status, body = call(web_stack, "/api/jobs", body={"pipeline": "no-such-pipeline",
+                                                      "image": image_json(png_bytes())})
+    answer = json.loads(body)
+    assert status == 400 and answer["code"] == "INVALID_ARGUMENT"
+    assert "no-such-pipeline" in answer["error"] and "fractal" in answer["error"]
+
+
+def test_corrupt_image_is_400_naming_the_input(web_stack: WebStack) -> None:
+    status, body = call(web_stack, "/api/jobs", body={"pipeline": "fractal",
+                                                      "image": image_json(b"\x89PNG\r\n\x1a\nbroken")})
+    answer = json.loads(body)
+    assert status == 400 and answer["code"] == "INVALID_ARGUMENT"
+    assert "input.image" in answer["error"]
+
+
+def test_unreadable_requests_are_400_with_what_to_fix(web_stack: WebStack) -> None:
+    status, body = call(web_stack, "/api/jobs", body={"pipeline": "fractal", "image": {"data": "%%%"}})
+    assert status == 400 and "image: data is not base64" in json.loads(body)["error"]
+    status, body = call(web_stack, "/api/jobs", body={"pipeline": "fractal"})
+    assert status == 400 and "image:" in json.loads(body)["error"]
+    status, body = call(web_stack, "/api/jobs/nope%20id")
+    assert status in (400, 404) and json.loads(body)["error"]
+
+
+def test_fractal_job_from_upload_to_table_csv_and_picture(web_stack: WebStack) -> None:
+    status, body = call(web_stack, "/api/jobs", body={"pipeline": "fractal", "params": {"box_sizes": "3,5,7"},
+                                                      "image": image_json(png_bytes())})
+    assert status == 200, body
+    job_id = json.loads(body)["job_id"]
+    while json.loads(call(web_stack, f"/api/jobs/{job_id}")[1])["status"] not in ("done", "failed", "dead"):
+        time.sleep(0.2)
+    status, body = call(web_stack, f"/api/jobs/{job_id}/result")
+    result = json.loads(body)
+    assert status == 200 and result["table"]["rows"] and result["composite"]
+    assert not result["masks"]
+    status, csv = call(web_stack, f"/api/jobs/{job_id}/table.csv")
+    assert status == 200 and csv.decode().splitlines()[0].startswith("id,")
+    status, png = call(web_stack, f"/api/jobs/{job_id}/composite.png")
+    assert status == 200 and png.startswith(b"\x89PNG")
+    status, body = call(web_stack, f"/api/jobs/{job_id}/masks.tiff")
+    assert status == 404 and "no label masks" in json.loads(body)["error"]
+    status, body = call(web_stack, f"/api/jobs/{job_id}/result", token="wrong")
+    assert status == 401
+
+
+def test_batch_view_counts_its_jobs(web_stack: WebStack) -> None:
+    files = [image_json(png_bytes(seed), f"b{seed}.png") for seed in range(3)]
+    status, body = call(web_stack, "/api/batches", body={"pipeline": "fractal", "files": files})
+    assert status == 200, body
+    batch_id = json.loads(body)["batch_id"]
+    view = json.loads(call(web_stack, f"/api/batches/{batch_id}")[1])
+    while not view["finished"]:
+        time.sleep(0.2)
+        view = json.loads(call(web_stack, f"/api/batches/{batch_id}")[1])
+    assert view["total"] == 3 and view["counts"] == {"done": 3}
+    assert sorted(job["input_name"] for job in view["jobs"]) == ["b0.png", "b1.png", "b2.png"]
+
+
+def test_the_page_and_its_files_are_served(web_stack: WebStack) -> None:
+    for path, marker in (("/", b"login-form"), ("/static/app.js", b"signIn"), ("/static/style.css", b"body")):
+        status, body = call(web_stack, path)
+        assert status == 200 and marker in body
