@@ -37,6 +37,7 @@ from labsight.redis_server import (
 from labsight.runtime.cpus import StackSizing, size_stack
 from labsight.supervisor import ChildSpec, EventKind, Supervisor
 from labsight.up_lock import UpLock
+from labsight.web import WEB_PORT_ENV, stack_web_port
 from services.gateway.auth import create_token, hash_token
 
 TOKENS_FILE = "tokens"
@@ -311,6 +312,8 @@ class Stack:
                 "LABSIGHT_PORT": str(self.layout.grpc_ports[name]),
                 "LABSIGHT_METRICS_PORT": str(self.layout.metrics_ports[name]),
             }
+            if name == "gateway":
+                env[WEB_PORT_ENV] = str(stack_web_port(self.layout.metrics_ports[UP]))
             self._spawn(name, spec.module, env)
         for index in range(self.layout.workers):
             metrics_port = self.layout.metrics_ports[WORKER.name] + index
@@ -390,6 +393,9 @@ def describe(stack: Stack) -> str:
     """A human-readable table of the stack's endpoints (the Redis password hidden)."""
     endpoints = stack.endpoints()
     lines = [f"gateway       {endpoints.gateway}   (gRPC, the public API)"]
+    web_port = stack_web_port(stack.layout.metrics_ports[UP])
+    if web_port >= 0:
+        lines += [f"web page      http://127.0.0.1:{web_port}/   (sign in with the token)"]
     lines += [f"{name:<13} {addr}" for name, addr in endpoints.services.items()]
     lines += [f"redis         {hide_password(endpoints.redis_url)}"]
     lines += [f"metrics       {url}" for url in endpoints.metrics.values()]

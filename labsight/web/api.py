@@ -1,6 +1,9 @@
 """The web page's JSON/HTTP API: each request becomes calls to the gateway's gRPC API, made on
 loopback with the caller's bearer token, so the page has exactly the rights of its token.
 
+Pictures are drawn by ``labsight.web.render`` (matplotlib), imported at the first request
+that needs it so the gateway starts as fast without it.
+
 Handlers take the request (method, path, headers, body) and return a :class:`Reply`; a
 refused call is answered with the gRPC status's message as text (``{"error", "code"}``)
 and the HTTP status of its kind, never a stack trace.
@@ -30,7 +33,6 @@ from labsight.image_messages import detect_format
 from labsight.result import Result
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
-from labsight.web import render
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,8 @@ class WebApi:
         """Queue one job: ``{"pipeline", "params", "image": {"name", "data"}}`` or, for the four
         channel images of one HPA image, ``"channels": {"red": {...}, "green", "blue", "yellow"}``
         (``data`` is base64)."""
+        from labsight.web import render
+
         request = self._request_json(body)
         pipeline, params = _pipeline_and_params(request)
         channels = {role: decode_file(f"channels.{role}", value)
@@ -210,6 +214,8 @@ class WebApi:
     def job_view(self, client: LabSightClient, job_id: str, part: str) -> Reply:
         """A job's state, or a view of its result: ``result`` (JSON), ``composite.png``,
         ``masks.png``, ``table.csv`` or ``masks.tiff``."""
+        from labsight.web import render
+
         if part == "":
             return json_reply(job_json(client.get(job_id)))
         if part == "composite.png":
@@ -290,6 +296,8 @@ def job_json(job: pb.Job) -> dict[str, object]:
 def result_json(result: Result, has_input: bool) -> dict[str, object]:
     """What the page shows of a result: the first rows of its main table, each cell's top
     classes (hpa-cells), its scalars and which pictures and downloads it has."""
+    from labsight.web import render
+
     return {"job_id": result.job_id, "pipeline": result.pipeline, "input_name": result.input_name,
             "table": render.table_preview(result), "classes": render.cell_classes(result),
             "scalars": {k: v for k, v in result.scalars.items() if np.isfinite(v)},

@@ -30,6 +30,7 @@ from labsight.runtime.readiness import ReadinessProbe
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
+from labsight.web.server import serve_web_page
 from services.gateway.auth import BearerAuth
 from services.gateway.ids import check_id, check_optional_id
 from services.gateway.jobs import ACTIVE_STATUSES, CANCELLED, DONE, PROTO_TO_STATUS, now
@@ -565,4 +566,5 @@ def register(server: grpc.Server, settings: Settings) -> ReadinessProbe:
         max_message_bytes=settings.max_message_bytes,
     )
     pb_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+    serve_web_page(settings)  # the web page, in a thread of this process ($LABSIGHT_WEB_PORT)
     return redis_probe(settings.redis_url)
