@@ -136,6 +136,9 @@ class Worker:
     a slot of a thread pool and writes its result, status and acknowledgement in
     one transaction. One watcher thread keeps every running job's claim alive
     and cancels the service calls of jobs cancelled meanwhile.
+
+    ``services`` are the first slot's service clients; ``new_services`` makes
+    those of each further slot (without it the worker runs one job at a time).
     """
 
     def __init__(
