@@ -4,11 +4,18 @@ the gRPC status's message, and a fractal job goes from upload to table, CSV and 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 import urllib.error
 import urllib.request
 
+import numpy as np
+import tifffile
+from PIL import Image
+
+from labsight.images import encode_png
+from tests.integration.test_cells_pipeline import PIXEL_SIZE, cells_image
 from tests.integration.web_support import WebStack, png_bytes, web_stack
 
 __all__ = ["web_stack"]
@@ -102,3 +109,26 @@ def test_the_page_and_its_files_are_served(web_stack: WebStack) -> None:
     for path, marker in (("/", b"login-form"), ("/static/app.js", b"signIn"), ("/static/style.css", b"body")):
         status, body = call(web_stack, path)
         assert status == 200 and marker in body
+
+
+def test_cells_from_four_channel_files_give_masks_pictures_and_tiff(web_stack: WebStack) -> None:
+    image, _ = cells_image(np.uint8)
+    channels = {channel: image_json(encode_png(np.ascontiguousarray(image[..., index])), f"c_{channel}.png")
+                for index, channel in enumerate(("red", "green", "blue", "yellow"))}
+    status, body = call(web_stack, "/api/jobs", body={"pipeline": "cells", "channels": channels,
+                                                      "params": {"pixel_size_um": PIXEL_SIZE}})
+    assert status == 200, body
+    job_id = json.loads(body)["job_id"]
+    while json.loads(call(web_stack, f"/api/jobs/{job_id}")[1])["status"] not in ("done", "failed", "dead"):
+        time.sleep(0.2)
+    result = json.loads(call(web_stack, f"/api/jobs/{job_id}/result")[1])
+    assert result["masks"] and result["composite"] and result["mask_kinds"] == ["nuclei", "cells"]
+    for picture in ("composite.png", "masks.png"):
+        status, png = call(web_stack, f"/api/jobs/{job_id}/{picture}")
+        assert status == 200 and png.startswith(b"\x89PNG")
+    composite = np.asarray(Image.open(io.BytesIO(call(web_stack, f"/api/jobs/{job_id}/composite.png")[1])))
+    assert composite.shape == (*image.shape[:2], 3)
+    status, tiff = call(web_stack, f"/api/jobs/{job_id}/masks.tiff")
+    masks = tifffile.imread(io.BytesIO(tiff))
+    assert status == 200 and masks.shape == (2, *image.shape[:2]) and masks.dtype == np.int32
+    assert len(np.unique(masks[1][masks[1] > 0])) == 9  # the nine generated cells
