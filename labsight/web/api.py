@@ -60,7 +60,9 @@ KEPT_INPUTS = 8
 """Decoded inputs of the last jobs submitted through the page, kept to draw their channels."""
 BATCH_JOBS_SHOWN = 500
 """Jobs of a batch the batch view lists (its counts cover them all)."""
-JOB_PATH = re.compile(r"^/api/jobs/([^/]+)(?:/(result|composite\.png|masks\.png|table\.csv|masks\.tiff))?$")
+JOB_PARTS = ("result", "composite.png", "masks.png", "classes.png", "table.csv", "masks.tiff")
+"""What of a job ``/api/jobs/<id>/<part>`` answers (no part: its state)."""
+JOB_PATH = re.compile(r"^/api/jobs/([^/]+)(?:/(" + "|".join(map(re.escape, JOB_PARTS)) + "))?$")
 BATCH_PATH = re.compile(r"^/api/batches/([^/]+)$")
 
 
@@ -213,7 +215,7 @@ class WebApi:
 
     def job_view(self, client: LabSightClient, job_id: str, part: str) -> Reply:
         """A job's state, or a view of its result: ``result`` (JSON), ``composite.png``,
-        ``masks.png``, ``table.csv`` or ``masks.tiff``."""
+        ``masks.png``, ``classes.png``, ``table.csv`` or ``masks.tiff``."""
         from labsight.web import render
 
         if part == "":
@@ -232,6 +234,10 @@ class WebApi:
             if not render.has_mask_picture(result):
                 return error_reply(404, f"pipeline {result.pipeline} makes no label masks", "NOT_FOUND")
             return Reply(200, "image/png", render.masks_png(result, self.inputs.get(job_id)))
+        if part == "classes.png":
+            if not render.has_classes_picture(result):
+                return error_reply(404, f"pipeline {result.pipeline} classifies no cells", "NOT_FOUND")
+            return Reply(200, "image/png", render.classes_png(result, self.inputs.get(job_id)))
         if part == "table.csv":
             if not result.tables:
                 return error_reply(404, f"the result of job {job_id} has no table", "NOT_FOUND")
@@ -302,7 +308,8 @@ def result_json(result: Result, has_input: bool) -> dict[str, object]:
             "table": render.table_preview(result), "classes": render.cell_classes(result),
             "scalars": {k: v for k, v in result.scalars.items() if np.isfinite(v)},
             "warnings": list(result.warnings), "composite": has_input,
-            "masks": render.has_mask_picture(result), "mask_kinds": list(render.mask_kinds(result)),
+            "masks": render.has_mask_picture(result), "classes_picture": render.has_classes_picture(result),
+            "mask_kinds": list(render.mask_kinds(result)),
             "tables": sorted(result.tables)}
 
 

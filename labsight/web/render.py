@@ -54,29 +54,40 @@ def composite_png(pixels: np.ndarray) -> bytes:
 
 
 def has_mask_picture(result: Result) -> bool:
-    """Whether the result has label masks the page can draw."""
-    return has_masks(result.message) or is_cell_classes_result(result.message)
+    """Whether the result has label masks the page can draw (segmentation pipelines)."""
+    return has_masks(result.message)
+
+
+def has_classes_picture(result: Result) -> bool:
+    """Whether the result has cell classes the page can draw (hpa-cells)."""
+    return is_cell_classes_result(result.message)
 
 
 def masks_png(result: Result, pixels: np.ndarray | None) -> bytes:
-    """The masks of a segmentation result drawn by ``labsight.plots`` as PNG: cells by their
-    top class for hpa-cells, else cells and nuclei with their ids; with the input's
-    ``pixels`` (of the masks' size) the outlines are drawn over its channels too."""
+    """The cells and nuclei of a segmentation result with their ids, drawn by
+    ``labsight.plots.masks`` as PNG; with the input's four channels ``pixels`` (of the masks'
+    size) their outlines are drawn over the channels too."""
+    return figure_png(masks_figure(result.message, _channels_of_masks(result, pixels), ids=True))
+
+
+def classes_png(result: Result, pixels: np.ndarray | None) -> bytes:
+    """The cells of an hpa-cells result coloured by their top class, drawn by
+    ``labsight.plots.cell_classes`` as PNG (over the channels too, as :func:`masks_png`)."""
+    return figure_png(cell_classes_figure(result.message, _channels_of_masks(result, pixels)))
+
+
+def _channels_of_masks(result: Result, pixels: np.ndarray | None) -> np.ndarray | None:
+    """``pixels`` when they are four channels of the masks' size, else None."""
     cells = result.tensor("cell_labels")
-    if pixels is not None and (pixels.shape[:2] != cells.shape or pixels.ndim != 3
-                               or pixels.shape[2] != len(CELL_CHANNELS)):
-        pixels = None
-    if is_cell_classes_result(result.message):
-        figure = cell_classes_figure(result.message, pixels)
-    else:
-        figure = masks_figure(result.message, pixels, ids=True)
-    return figure_png(figure)
+    if pixels is None or pixels.ndim != 3 or pixels.shape[2] != len(CELL_CHANNELS):
+        return None
+    return pixels if pixels.shape[:2] == cells.shape else None
 
 
 def figure_png(figure: Figure) -> bytes:
     """A matplotlib figure as PNG bytes."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
+    figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 
@@ -104,7 +115,9 @@ def cell_classes(result: Result, top: int = TOP_CLASSES) -> list[dict[str, objec
         return []
     frame = result.to_pandas("classes")
     columns = [c for c in frame.columns if c.startswith("p_")]
-    names = [c.removeprefix("p_") for c in columns]
+    names = result.provenance.get("classifier_classes", "").split("; ")
+    if len(names) != len(columns):  # the columns are in the classes' order, named in lower case
+        names = [c.removeprefix("p_") for c in columns]
     probabilities = frame[columns].to_numpy(np.float64)
     labels = frame["label"].to_numpy(np.int64)
     order = np.argsort(-probabilities, axis=1)[:, :top]

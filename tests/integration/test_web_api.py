@@ -15,6 +15,8 @@ import tifffile
 from PIL import Image
 
 from labsight.images import encode_png
+from services.classifier.classes import CLASS_NAMES
+from services.classifier.generated_cells import generate_cell_field
 from tests.integration.test_cells_pipeline import PIXEL_SIZE, cells_image
 from tests.integration.web_support import WebStack, png_bytes, web_stack
 
@@ -132,3 +134,31 @@ def test_cells_from_four_channel_files_give_masks_pictures_and_tiff(web_stack: W
     masks = tifffile.imread(io.BytesIO(tiff))
     assert status == 200 and masks.shape == (2, *image.shape[:2]) and masks.dtype == np.int32
     assert len(np.unique(masks[1][masks[1] > 0])) == 9  # the nine generated cells
+
+
+def test_hpa_cells_list_each_cells_top_classes(web_stack: WebStack) -> None:
+    field = generate_cell_field(5, size=256, cells=4)
+    status, body = call(web_stack, "/api/jobs", body={
+        "pipeline": "hpa-cells", "params": {"pixel_size_um": "0.3", "method": "classical"},
+        "image": image_json(tiff_bytes(field.image), "field.tif")})
+    assert status == 200, body
+    job_id = json.loads(body)["job_id"]
+    while json.loads(call(web_stack, f"/api/jobs/{job_id}")[1])["status"] not in ("done", "failed", "dead"):
+        time.sleep(0.2)
+    status, body = call(web_stack, f"/api/jobs/{job_id}/result")
+    result = json.loads(body)
+    assert status == 200 and result["masks"] and result["table"]["rows"]
+    assert len(result["classes"]) == result["table"]["total_rows"] > 0
+    for cell in result["classes"]:
+        probabilities = [entry["p"] for entry in cell["classes"]]
+        assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+        assert all(entry["name"] in CLASS_NAMES for entry in cell["classes"])
+    for picture in ("masks.png", "classes.png"):
+        status, png = call(web_stack, f"/api/jobs/{job_id}/{picture}")
+        assert status == 200 and png.startswith(b"\x89PNG")
+
+
+def tiff_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.moveaxis(image, -1, 0), imagej=True, metadata={"axes": "CYX"})
+    return buffer.getvalue()

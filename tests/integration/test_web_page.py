@@ -1,6 +1,7 @@
 """The gateway's web page in a real headless Chromium (Debian's chromium + chromium-driver,
 driven by Selenium) against a real stack: sign in, upload, wait, see the result, screenshot;
-a bad token and a corrupt image show text a person can act on."""
+a bad token and a corrupt image show text a person can act on; four channel images give
+masks and each cell's classes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from labsight.images import encode_png
+from services.classifier.generated_cells import generate_cell_field
 from tests.integration.web_support import WebStack, png_bytes, web_stack
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the [test] extras)")
@@ -94,3 +98,26 @@ def test_upload_wait_see_result_and_readable_errors(
     screenshot = tmp_path / "web_page_fractal.png"
     assert browser.save_screenshot(str(screenshot))
     assert screenshot.stat().st_size > 10_000
+
+    # The four channel images of one HPA image: cells with outlines and ids, their top classes.
+    field = generate_cell_field(5, size=256, cells=4)
+    Select(browser.find_element(By.ID, "pipeline")).select_by_value("hpa-cells")
+    browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=channels]").click()
+    browser.find_element(By.ID, "param-pixel_size_um").send_keys("0.3")
+    browser.find_element(By.ID, "param-method").send_keys("classical")
+    for index, channel in enumerate(("red", "green", "blue", "yellow")):
+        path = tmp_path / f"field_{channel}.png"
+        path.write_bytes(encode_png(np.ascontiguousarray(field.image[..., index])))
+        browser.find_element(By.ID, f"channel-{channel}").send_keys(str(path))
+    browser.find_element(By.ID, "submit-button").click()
+    WebDriverWait(browser, WAIT_S).until(
+        lambda b: "hpa-cells" in b.find_element(By.ID, "result-name").text
+        and all(b.execute_script(f"const i = document.getElementById('{picture}');"
+                                 "return !i.parentElement.hidden && i.complete && i.naturalWidth > 0;")
+                for picture in ("composite", "masks", "classes-picture")))
+    classes = browser.find_elements(By.CSS_SELECTOR, "#classes tbody tr")
+    assert classes and all(row.text.count("(") == 3 for row in classes)
+    downloads = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#downloads button")]
+    assert downloads == ["table (CSV)", "masks (TIFF)"]
+    screenshot = tmp_path / "web_page_hpa_cells.png"
+    assert browser.save_screenshot(str(screenshot))

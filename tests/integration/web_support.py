@@ -1,5 +1,5 @@
-"""A real secured stack for the web page's tests: features, segmentation and a token-checking
-gateway on loopback, a worker thread, and the web page's server calling the gateway."""
+"""A real secured stack for the web page's tests: features, segmentation, classifier and a
+token-checking gateway on loopback, a worker thread, and the web page's server calling the gateway."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labsight.catalog import FEATURES, GATEWAY, SEGMENTATION
+from labsight.catalog import CLASSIFIER, FEATURES, GATEWAY, SEGMENTATION
 from labsight.config import Settings
 from labsight.runtime.server import RunningServer
 from labsight.web.api import WebApi
 from labsight.web.server import WebServer, start_web_server
+from services.classifier.servicer import register as register_classifier
 from services.features.servicer import register as register_features
 from services.gateway.auth import create_token
 from services.gateway.servicer import register as register_gateway
@@ -36,11 +37,12 @@ class WebStack:
 @pytest.fixture
 def web_stack(serve: Callable[..., RunningServer], settings: Settings,
               worker_thread: Callable[..., RunningWorker], tmp_path: Path) -> Iterator[WebStack]:
-    """Services, a gateway that wants tokens, one worker, and the web page on a free port."""
+    """The model services, a gateway that wants tokens, one worker, and the web page on a free port."""
     features = serve(register_features, FEATURES.grpc_services, settings)
     segmentation = serve(register_segmentation, SEGMENTATION.grpc_services, settings)
-    settings.service_addresses = {"features": features.address,
-                                  "segmentation": segmentation.address, "classifier": "127.0.0.1:1"}
+    classifier = serve(register_classifier, CLASSIFIER.grpc_services, settings)
+    settings.service_addresses = {"features": features.address, "segmentation": segmentation.address,
+                                  "classifier": classifier.address}
     token = create_token(tmp_path / "tokens", "lab-web")
     secured = Settings(**{**vars(settings), "allow_anonymous": False,
                           "tokens_file": str(tmp_path / "tokens")})

@@ -234,8 +234,10 @@ async function showResult(jobId) {
   $("downloads").replaceChildren(...downloads);
   $("composite-figure").hidden = true;
   $("masks-figure").hidden = true;
+  $("classes-figure").hidden = true;
   if (result.composite) await loadImage(base + "/composite.png", $("composite"), $("composite-figure"));
   if (result.masks) await loadImage(base + "/masks.png", $("masks"), $("masks-figure"));
+  if (result.classes_picture) await loadImage(base + "/classes.png", $("classes-picture"), $("classes-figure"));
   $("classes-block").hidden = !result.classes.length;
   $("classes").tBodies[0].replaceChildren(...result.classes.map((cell) => row([cell.cell,
     cell.classes.map((c) => c.name + " (" + (c.p === null ? "?" : c.p.toFixed(3)) + ")").join(", ")])));
