@@ -43,8 +43,9 @@ PROGRESS_BANDS = 32
 """Bands of box-centre rows a computation runs in, reporting progress after each; their
 counts add up exactly, so the result does not depend on the banding."""
 
-# Bytes of working arrays the torch path holds at once (a band of centre rows, a batch of maps to
-# label); bounds its device memory on large images.
+# Bytes of working arrays the torch path holds at once (a band of centre rows' entry maps, a batch
+# of centres to label); bounds its memory on large images. On a GPU it may use up to a quarter of
+# the free memory instead (_torch_working_bytes).
 _TORCH_WORKING_BYTES = 1 << 30
 
 
@@ -435,10 +436,10 @@ def _fit_dimension(sizes: np.ndarray, box_count: np.ndarray) -> FractalDimension
 
 
 # ---------------------------------------------------------------------------------------------------
-# numba kernels. A band of centre rows per task; for each row of centres every offset of the largest
-# box is visited once, in loops over the whole row that LLVM vectorises. From the ring of the offset
-# and the colour distance follows the first box side a pixel counts in (see _EntryTables), so one
-# pass serves every side.
+# numba kernels of the gliding box (percolation's are in percolation_numba). A band of centre rows
+# per task; for each row of centres every offset of the largest box is visited once, in loops over
+# the whole row that LLVM vectorises. From the ring of the offset and the colour distance follows the
+# first box side a pixel counts in (see _EntryTables), so one pass serves every side.
 
 
 @njit(cache=True)
@@ -507,7 +508,8 @@ def _mass_counts_numba(img, sizes, thresholds, ring_index, chunks, y_start, y_st
 
 
 # ---------------------------------------------------------------------------------------------------
-# torch path: the same entry indices computed one offset at a time for a band of centre rows.
+# torch path: the same entry indices computed one offset (gliding box) or one row of offsets
+# (percolation) at a time for a band of centre rows.
 
 
 def _torch_device() -> Any:
