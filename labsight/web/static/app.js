@@ -50,6 +50,10 @@ function readFile(file) {
 async function signIn(event) {
   if (event) event.preventDefault();
   token = $("token").value.trim() || token;
+  if (!token) {
+    showError("Paste your token first (labsight token create, or the one labsight up printed).");
+    return;
+  }
   try {
     pipelines = await getJson("/api/pipelines");
   } catch (error) {
