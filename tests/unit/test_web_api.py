@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
 
 from labsight.web.api import BadRequest, InputCache, WebApi, bearer_token, decode_file
+from labsight.web.server import start_web_server
 
 GONE = "127.0.0.1:1"
 """A gateway address where nothing listens."""
@@ -82,3 +85,17 @@ def test_input_cache_keeps_the_newest() -> None:
     cache.put("none", None)
     assert cache.get("job0") is None and cache.get("none") is None
     assert int(cache.get("job2")[0, 0]) == 2 and cache.get("job1") is not None
+
+
+def test_the_http_server_refuses_a_large_body_by_its_length_and_serves_the_page() -> None:
+    server = start_web_server(WebApi(GONE, max_body_bytes=10))
+    try:
+        request = urllib.request.Request(server.url + "api/jobs", data=b"x" * 100, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 413
+        assert "limit of 10 bytes" in json.loads(refused.value.read())["error"]
+        with urllib.request.urlopen(server.url, timeout=10) as page:
+            assert page.status == 200 and b"login-form" in page.read()
+    finally:
+        server.stop()
