@@ -4,7 +4,8 @@ ONNX Runtime runs every model on the CPU (the exported graph, cut at the layer
 when one is asked for); torch runs on CUDA when the device policy says so,
 taking a layer with a forward hook as the features seed did. A TorchScript
 module cannot carry hooks, so on torch it serves only its own outputs and
-other layers go to ONNX Runtime.
+other layers go to ONNX Runtime. A ``torchserve`` or ``tfserving`` model runs
+on its external server (:mod:`labsight.remote.engine`), whatever the device.
 
 An ONNX engine gets only the part of the graph its outputs need (the runtime
 would hold every weight of the file otherwise), and every ONNX Runtime session
@@ -29,9 +30,11 @@ from labsight.models.layers import LayerIndex
 from labsight.models.loading import load_torch_model
 from labsight.models.manifest import ModelManifest
 from labsight.models.onnx_graph import cut_at_outputs, layer_outputs, load_onnx
+from labsight.remote.engine import remote_engines, remote_layer_index
+from labsight.remote.spec import REMOTE_FORMATS
 
-Backend = Literal["onnx", "torch"]
-"""ONNX Runtime on the CPU, or torch on CUDA."""
+Backend = Literal["onnx", "torch", "remote"]
+"""ONNX Runtime on the CPU, torch on CUDA, or an external model server."""
 
 MODEL_OUTPUTS = ""
 """The cut point (and module path) that stands for the model's own outputs, all of them."""
@@ -237,7 +240,7 @@ class TorchEngine:
 
 def torch_can_serve(manifest: ModelManifest, module_path: str) -> bool:
     """Whether the torch engine can take this layer of this model (see the module notes)."""
-    if manifest.format == "onnx":
+    if manifest.format == "onnx" or manifest.format in REMOTE_FORMATS:
         return False
     return manifest.format == "state_dict" or module_path == MODEL_OUTPUTS
 
@@ -249,6 +252,8 @@ def uses_cuda(manifest: ModelManifest, layer: str, device: Device) -> bool:
 
 def engine_backend(manifest: ModelManifest, layer: str, device: Device) -> Backend:
     """The backend :func:`build_engines` uses for this layer of this model on ``device``."""
+    if manifest.format in REMOTE_FORMATS:
+        return "remote"
     return "torch" if uses_cuda(manifest, layer, device) else "onnx"
 
 
@@ -259,12 +264,15 @@ def build_layer_index(manifest: ModelManifest, backend: Backend, cache_dir: Path
     ----------
     manifest : ModelManifest
         The model.
-    backend : {"onnx", "torch"}
+    backend : {"onnx", "torch", "remote"}
         ONNX layers are module paths and value names of the exported graph;
-        torch layers are the module's submodules. Both serve ``""``, the model's outputs.
+        torch layers are the module's submodules; remote layers are the
+        manifest's output names. All serve ``""``, the model's outputs.
     cache_dir : Path
         Where exported ONNX files are kept.
     """
+    if backend == "remote":
+        return remote_layer_index(manifest)
     if backend == "torch":
         module = load_torch_model(manifest)
         modules = tuple(sorted(name for name, _ in module.named_modules() if name))
@@ -293,8 +301,8 @@ def build_engines(
     target : str
         ONNX value name or torch module path the engines output; ``""`` for the
         model's outputs, named as the manifest names them.
-    backend : {"onnx", "torch"}
-        ONNX Runtime on the CPU, or torch on CUDA.
+    backend : {"onnx", "torch", "remote"}
+        ONNX Runtime on the CPU, torch on CUDA, or the manifest's model server.
     count : int
         Instances, each with its own session (or module).
     cache_dir : Path
@@ -311,6 +319,8 @@ def build_engines(
     FailedPrecondition
         If an ONNX model has fewer outputs than its manifest names.
     """
+    if backend == "remote":
+        return [*remote_engines(manifest, target, count)]
     if backend == "torch":
         return [
             TorchEngine(load_torch_model(manifest), target, "cuda", manifest.outputs)

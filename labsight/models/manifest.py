@@ -4,7 +4,7 @@ An operator's model is a directory with a ``manifest.toml`` and its weights::
 
     name = "cells-effnet"
     version = "3"
-    format = "state_dict"                 # onnx | torchscript | state_dict
+    format = "state_dict"                 # onnx | torchscript | state_dict | torchserve | tfserving
     weights = "weights.pt"                # relative to this directory
     architecture = "efficientnet-lite0"   # state_dict only: a registered architecture
     task = "features"                     # the service that serves it; default "features"
@@ -25,6 +25,9 @@ An operator's model is a directory with a ``manifest.toml`` and its weights::
     [layers]                              # optional: public name = module path ("" = the outputs)
     avgpool = "_avg_pooling"
     logits = "_fc"
+
+A ``torchserve`` or ``tfserving`` model runs on an external server: it has no
+weights and a ``[remote]`` table instead (see :mod:`labsight.remote.spec`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMATS = ("onnx", "torchscript", "state_dict")
+from labsight.remote.spec import REMOTE_FORMATS, RemoteSpec, remote_spec
+
+FORMATS = ("onnx", "torchscript", "state_dict", *REMOTE_FORMATS)
 """Weight formats a manifest may name."""
 
 MANIFEST_FILE = "manifest.toml"
@@ -73,10 +78,10 @@ class ModelManifest:
     ----------
     name, version : str
         The model's name in its repository and its version.
-    format : {"onnx", "torchscript", "state_dict"}
-        How the weights are stored.
+    format : {"onnx", "torchscript", "state_dict", "torchserve", "tfserving"}
+        How the weights are stored, or the external server that runs the model.
     weights : Path
-        The weight file.
+        The weight file (a remote model's: its manifest directory, never read).
     input_size : tuple of int
         (height, width) of the input: the only size a fixed-size model takes,
         the size traced at ONNX export and the natural tile size of a
@@ -105,6 +110,8 @@ class ModelManifest:
         Classes of the architecture's final layer (``state_dict``).
     classes : tuple of str
         Optional class names.
+    remote : RemoteSpec or None
+        Endpoint and call of a ``torchserve`` or ``tfserving`` model.
     origin : str
         The manifest file, or "built-in".
     """
@@ -126,6 +133,7 @@ class ModelManifest:
     architecture: str = ""
     num_classes: int = 1000
     classes: tuple[str, ...] = ()
+    remote: RemoteSpec | None = None
     origin: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -158,6 +166,10 @@ class ModelManifest:
             )
         if self.format == "state_dict" and not self.architecture:
             raise ManifestError(f"{where}: architecture: expected a non-empty string, got ''")
+        if (self.format in REMOTE_FORMATS) != (self.remote is not None):
+            raise ManifestError(
+                f"{where}: remote: required with (and only with) formats {list(REMOTE_FORMATS)}"
+            )
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -244,6 +256,12 @@ def manifest_from_dict(data: dict[str, Any], base_dir: Path, origin: str) -> Mod
     dynamic_size = data.get("dynamic_size", False)
     if not isinstance(dynamic_size, bool):
         raise ManifestError(f"{origin}: dynamic_size: expected true or false, got {dynamic_size!r}")
+    remote = None
+    if fmt in REMOTE_FORMATS:
+        try:
+            remote = remote_spec(fmt, data.get("remote"), reader.text("name"), tuple(outputs), origin)
+        except ValueError as error:
+            raise ManifestError(str(error)) from None
     classes = data.get("classes", [])
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise ManifestError(f"{origin}: classes: expected a list of strings")
@@ -252,7 +270,7 @@ def manifest_from_dict(data: dict[str, Any], base_dir: Path, origin: str) -> Mod
         name=reader.text("name"),
         version=reader.text("version"),
         format=fmt,
-        weights=(base_dir / reader.text("weights")).resolve(),
+        weights=(base_dir / reader.text("weights", required=remote is None)).resolve(),
         input_size=(int(input_size[0]), int(input_size[1])),
         preprocessing=preprocessing,
         licence=reader.text("licence"),
@@ -266,6 +284,7 @@ def manifest_from_dict(data: dict[str, Any], base_dir: Path, origin: str) -> Mod
         architecture=architecture,
         num_classes=num_classes,
         classes=tuple(classes),
+        remote=remote,
         origin=origin,
     )
 

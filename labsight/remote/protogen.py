@@ -1,0 +1,48 @@
+"""Regenerates the TorchServe and TF Serving stubs in labsight/remote (python -m labsight.remote.protogen).
+
+Their packages (``org.pytorch.serve.grpc.inference``, ``tensorflow``,
+``tensorflow.serving``) are the servers', not ``labsight.v1``, so their protos
+are kept apart from the LabSight API's (``labsight.protogen``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from labsight.protogen import PROTO_ROOT, REPO_ROOT
+
+PROTO_DIR = Path("labsight/remote")
+"""The servers' protos, relative to the proto root."""
+
+
+def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> None:
+    """Write the *_pb2.py, .pyi and _pb2_grpc.py of every proto under ``out_dir``/labsight/remote.
+
+    Requires grpcio-tools (the ``test`` extra); its pinned version makes the
+    output reproducible.
+    """
+    import grpc_tools
+    from grpc_tools import protoc
+
+    include = Path(grpc_tools.__file__).parent / "_proto"
+    files = sorted(str(path.relative_to(proto_root)) for path in (proto_root / PROTO_DIR).glob("*.proto"))
+    args = [
+        "protoc", f"-I{proto_root}", f"-I{include}", f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", *files,
+    ]
+    if protoc.main(args) != 0:
+        raise RuntimeError(f"protoc failed for {files}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: regenerate into the repository (default) or --out."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT)
+    generate(parser.parse_args(argv).out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Models on external servers: a features service whose manifests point at a TorchServe and a TF Serving.
+
+The servers are real gRPC servers on loopback implementing the published
+TorchServe inference API and TF Serving PredictionService; their model is a
+fixed linear map. They decode and encode with numpy and hand-built
+TensorProtos, not with LabSight's codecs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from labsight.catalog import FEATURES
+from labsight.config import Settings
+from labsight.images import image_from_array
+from labsight.models import ModelServer, Preprocessing, ServingConfig, load_manifest
+from labsight.remote import tf_predict_pb2, tf_predict_pb2_grpc, tf_tensor_pb2, tf_tensor_shape_pb2
+from labsight.remote import tf_types_pb2 as types
+from labsight.remote import torchserve_inference_pb2 as ts_pb
+from labsight.remote import torchserve_inference_pb2_grpc as ts_grpc
+from labsight.runtime.server import RunningServer
+from labsight.tables import table_values
+from labsight.v1 import features_pb2, features_pb2_grpc
+from services.features.deep import preprocess
+from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
+from services.features.models import feature_repository
+from services.features.servicer import FeatureServicer
+
+SIZE = 8
+WEIGHTS = np.random.default_rng(3).normal(size=(3 * SIZE * SIZE, 5)).astype(np.float32)
+"""The remote model: a flattened (C, H, W) input (TF Serving's: (H, W, C)) times WEIGHTS."""
+RNG = np.random.default_rng(4)
+IMAGES = [RNG.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8), RNG.integers(0, 256, (12, 9, 3), np.uint8),
+          RNG.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)]
+
+
+def _linear(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    embedding = batch.reshape(len(batch), -1) @ WEIGHTS
+    return embedding, embedding.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class Behaviour:
+    """What a test server answers: the right outputs, or a fault chosen by the test."""
+
+    fault: str = ""
+    rows: list[int] = field(default_factory=list)
+
+
+class TorchServe(ts_grpc.InferenceAPIsServiceServicer):
+    """Model "linear": input "data" holds the batch (.npy or JSON); the prediction is .npz or JSON."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+
+    def Predictions(self, request: ts_pb.PredictionsRequest, context: grpc.ServicerContext
+                    ) -> ts_pb.PredictionResponse:
+        if request.model_name != "linear":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Model not found: {request.model_name}")
+        raw = request.input["data"]
+        is_json = raw.startswith(b"[")
+        batch = np.asarray(json.loads(raw), np.float32) if is_json else np.load(io.BytesIO(raw))
+        self.behaviour.rows.append(len(batch))
+        if self.behaviour.fault == "crash":
+            context.abort(grpc.StatusCode.INTERNAL, "handler raised: CUDA out of memory")
+        if self.behaviour.fault == "garbage":
+            return ts_pb.PredictionResponse(prediction=b"\x00not an array")
+        embedding, score = _linear(batch)
+        if self.behaviour.fault == "rows":
+            embedding = embedding[:1]
+        if is_json:
+            return ts_pb.PredictionResponse(prediction=json.dumps(
+                {"emb": embedding.tolist(), "score": score.tolist()}).encode())
+        buffer = io.BytesIO()
+        np.savez(buffer, emb=embedding, score=score)
+        return ts_pb.PredictionResponse(prediction=buffer.getvalue())
+
+
+class TfServing(tf_predict_pb2_grpc.PredictionServiceServicer):
+    """Model "linear" version 3, signature "serving_default": input "images" (N, H, W, C) float32;
+    outputs "embedding" as tensor_content and "score" as float_val."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+
+    def Predict(self, request: tf_predict_pb2.PredictRequest, context: grpc.ServicerContext
+                ) -> tf_predict_pb2.PredictResponse:
+        spec = request.model_spec
+        if (spec.name, spec.version.value, spec.signature_name) != ("linear", 3, "serving_default"):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {spec}")
+        tensor = request.inputs["images"]
+        shape = [dim.size for dim in tensor.tensor_shape.dim]
+        assert tensor.dtype == types.DT_FLOAT and shape[1:] == [SIZE, SIZE, 3]
+        batch = np.frombuffer(tensor.tensor_content, "<f4").reshape(shape)
+        self.behaviour.rows.append(len(batch))
+        embedding, score = _linear(batch)
+        if self.behaviour.fault == "rows":
+            embedding = embedding[:1]
+
+        def dims(array: np.ndarray) -> tf_tensor_shape_pb2.TensorShapeProto:
+            return tf_tensor_shape_pb2.TensorShapeProto(
+                dim=[tf_tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in array.shape])
+
+        outputs = {
+            "embedding": tf_tensor_pb2.TensorProto(
+                dtype=types.DT_FLOAT, tensor_shape=dims(embedding),
+                tensor_content=embedding.astype("<f4").tobytes()),
+            "score": tf_tensor_pb2.TensorProto(
+                dtype=types.DT_FLOAT, tensor_shape=dims(score), float_val=score.ravel().tolist()),
+        }
+        return tf_predict_pb2.PredictResponse(outputs={n: outputs[n] for n in request.output_filter})
+
+
+@dataclass
+class ModelServers:
+    torchserve: str
+    tfserving: str
+    behaviour: Behaviour
+
+
+@pytest.fixture
+def model_servers() -> Iterator[ModelServers]:
+    behaviour = Behaviour()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    ts_grpc.add_InferenceAPIsServiceServicer_to_server(TorchServe(behaviour), server)
+    other = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    tf_predict_pb2_grpc.add_PredictionServiceServicer_to_server(TfServing(behaviour), other)
+    ts_port = server.add_insecure_port("127.0.0.1:0")
+    tf_port = other.add_insecure_port("127.0.0.1:0")
+    server.start()
+    other.start()
+    yield ModelServers(f"127.0.0.1:{ts_port}", f"127.0.0.1:{tf_port}", behaviour)
+    server.stop(0).wait()
+    other.stop(0).wait()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _model_dir(root: Path, servers: ModelServers) -> Path:
+    """Manifests of remote models (features task) pointing at the test servers or at a closed port."""
+    common = f'version = "1"\ninput_size = [{SIZE}, {SIZE}]\nlicence = "test"\nsource = "test server"\n'
+    manifests = {
+        "ts-linear": f'format = "torchserve"\noutputs = ["embedding", "score"]\n[remote]\n'
+                     f'endpoint = "{servers.torchserve}"\nmodel = "linear"\noutputs = ["emb", "score"]\n',
+        "ts-json": f'format = "torchserve"\noutputs = ["emb", "score"]\n[remote]\n'
+                   f'endpoint = "{servers.torchserve}"\nmodel = "linear"\nencoding = "json"\n',
+        "ts-unknown": f'format = "torchserve"\noutputs = ["emb"]\n[remote]\n'
+                      f'endpoint = "{servers.torchserve}"\nmodel = "resnet"\n',
+        "tf-linear": f'format = "tfserving"\noutputs = ["embedding", "score"]\n[remote]\n'
+                     f'endpoint = "{servers.tfserving}"\nmodel = "linear"\nversion = "3"\n'
+                     f'input = "images"\nchannels_last = true\n',
+        "tf-gone": f'format = "tfserving"\n[remote]\nendpoint = "127.0.0.1:{_closed_port()}"\n'
+                   f'model = "linear"\ntimeout_s = 20\n',
+    }
+    for name, body in manifests.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "manifest.toml").write_text(f'name = "{name}"\n{common}{body}')
+    return root
+
+
+@pytest.fixture
+def features(
+    serve: Callable[..., RunningServer], settings: Settings, model_servers: ModelServers, tmp_path: Path
+) -> Iterator[features_pb2_grpc.FeatureServiceStub]:
+    """A features service (real gRPC) whose model directory holds the remote manifests."""
+    config = ExtractorConfig.from_env()
+    extractor = DeepFeatureExtractor(feature_repository([_model_dir(tmp_path, model_servers)], False), config)
+
+    def register(server: grpc.Server, _: Settings) -> None:
+        features_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(extractor), server)
+
+    running = serve(register, FEATURES.grpc_services, settings)
+    with grpc.insecure_channel(running.address) as channel:
+        yield features_pb2_grpc.FeatureServiceStub(channel)
+    extractor.close()
+
+
+def _extract(stub: features_pb2_grpc.FeatureServiceStub, model: str, layer: str = "") -> np.ndarray:
+    request = features_pb2.ExtractDeepFeaturesRequest(
+        images=[image_from_array(image, f"img{i}") for i, image in enumerate(IMAGES)],
+        model=model, layer=layer,
+    )
+    answer = stub.ExtractDeepFeatures(request, timeout=60)
+    assert list(answer.features.row_ids) == ["img0", "img1", "img2"]
+    return table_values(answer.features)
+
+
+def _error(stub: features_pb2_grpc.FeatureServiceStub, model: str) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as error:
+        _extract(stub, model)
+    return error.value
+
+
+def _expected() -> tuple[np.ndarray, np.ndarray]:
+    """The linear map of the (N, 3, 8, 8) batch the service makes of IMAGES (identity normalisation)."""
+    return _linear(preprocess(IMAGES, (SIZE, SIZE), Preprocessing.identity(3)))
+
+
+def test_extract_deep_features_from_a_torchserve_model(
+    features: features_pb2_grpc.FeatureServiceStub, model_servers: ModelServers
+) -> None:
+    embedding, score = _expected()
+    np.testing.assert_allclose(_extract(features, "ts-linear"), embedding, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(_extract(features, "ts-linear", "score"), score, rtol=1e-5, atol=1e-4)
+    assert sum(model_servers.behaviour.rows) == 2 * len(IMAGES)  # every image went to the server once
+
+
+def test_extract_deep_features_from_a_tf_serving_model_channels_last(
+    features: features_pb2_grpc.FeatureServiceStub,
+) -> None:
+    # The server flattens (H, W, C) images, so the expected map runs on the transposed batch.
+    batch = preprocess(IMAGES, (SIZE, SIZE), Preprocessing.identity(3)).transpose(0, 2, 3, 1)
+    embedding, score = _linear(np.ascontiguousarray(batch))
+    np.testing.assert_allclose(_extract(features, "tf-linear"), embedding, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(_extract(features, "tf-linear", "score"), score, rtol=1e-5, atol=1e-4)
+
+
+def test_model_server_runs_a_torchserve_model_with_json_bytes(
+    model_servers: ModelServers, tmp_path: Path
+) -> None:
+    repository = feature_repository([_model_dir(tmp_path, model_servers)], include_builtin=False)
+    server = ModelServer(repository, ServingConfig(max_batch_size=2, instances=1))
+    try:
+        batch = preprocess(IMAGES, (SIZE, SIZE), Preprocessing.identity(3))
+        outputs = server.run("ts-json", batch)
+        embedding, score = _linear(batch)
+        assert sorted(outputs) == ["emb", "score"] and outputs["score"].shape == (3, 1)
+        np.testing.assert_allclose(outputs["emb"], embedding, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(outputs["score"], score, rtol=1e-5, atol=1e-4)
+        assert max(model_servers.behaviour.rows) <= 2  # the dynamic batcher's limit holds
+    finally:
+        server.close()
+
+
+def test_an_unreachable_endpoint_is_unavailable_naming_it_and_the_model(
+    features: features_pb2_grpc.FeatureServiceStub, model_servers: ModelServers, tmp_path: Path
+) -> None:
+    error = _error(features, "tf-gone")
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    remote = load_manifest(tmp_path / "tf-gone" / "manifest.toml").remote
+    assert remote is not None
+    assert f"model 'tf-gone': TF Serving at {remote.endpoint} (remote model 'linear')" in error.details()
+    assert "cannot be reached" in error.details()
+    embedding, _ = _expected()  # the service keeps serving
+    np.testing.assert_allclose(_extract(features, "ts-linear"), embedding, rtol=1e-5, atol=1e-4)
+
+
+def test_remote_errors_carry_the_servers_message(
+    features: features_pb2_grpc.FeatureServiceStub, model_servers: ModelServers
+) -> None:
+    refused = _error(features, "ts-unknown")
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"model 'ts-unknown': TorchServe at {model_servers.torchserve} (remote model 'resnet')" in (
+        refused.details())
+    assert "answered NOT_FOUND: Model not found: resnet" in refused.details()
+    model_servers.behaviour.fault = "crash"
+    crashed = _error(features, "ts-linear")
+    assert crashed.code() == grpc.StatusCode.INTERNAL
+    assert "model 'ts-linear'" in crashed.details()
+    assert "answered INTERNAL: handler raised: CUDA out of memory" in crashed.details()
+
+
+@pytest.mark.parametrize(("model", "fault", "message"), [
+    ("ts-linear", "garbage", "answered an unreadable reply: the prediction is not a .npy or .npz file"),
+    ("ts-linear", "rows", "answered output 'emb' with shape [1, 5] for a batch of 3; expected 3 rows"),
+    ("tf-linear", "rows", "answered output 'embedding' with shape [1, 5] for a batch of 3; expected 3 rows"),
+])
+def test_a_bad_reply_is_a_failed_precondition_naming_the_model(
+    features: features_pb2_grpc.FeatureServiceStub, model_servers: ModelServers,
+    model: str, fault: str, message: str,
+) -> None:
+    model_servers.behaviour.fault = fault
+    error = _error(features, model)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"model {model!r}" in error.details() and message in error.details()
