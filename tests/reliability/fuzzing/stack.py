@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from labsight.catalog import ALL_PROCESSES, MODEL_SERVICES
 from labsight.config import address_env_var
 from labsight.redis_server import free_port
+from services.segmentation.models.flow_models import builtin_flow_manifests
 
 ENGINE_CACHE_BYTES = 256 * 1024 * 1024
 
@@ -79,6 +80,9 @@ class Stack:
             # ONNX Runtime's arena hands back what a batch took, so growth is what stays: a
             # leak, not the peak of the batches the worker's jobs and the fuzz calls ran at once
             "LABSIGHT_ORT_ARENA_SHRINK": "1",
+            # the segmentation service's default method loads its flow networks before it
+            # serves, so their weights count in the starting size, not as growth
+            "LABSIGHT_SEGMENTATION_PRELOAD": ",".join(m.name for m in builtin_flow_manifests()),
             # a home of its own: nothing read from or written to a real `labsight up`'s home
             "LABSIGHT_HOME": str(workdir / "home"),
             "LABSIGHT_BLOB_URL": (workdir.resolve() / "blobs").as_uri(),
