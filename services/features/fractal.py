@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -184,9 +185,21 @@ def gliding_box(
         counts = _in_bands(sizes, planar.shape[1], progress,
                            lambda rows: _mass_counts_torch(planar, tables, rows))
     else:
-        counts = _in_bands(sizes, planar.shape[1], progress, lambda rows: _mass_counts_numba(
-            planar, sizes, tables.thresholds, tables.ring_index, _chunks(rows), *rows
-        ))
+        # The image's own type: 8-bit distances and thresholds fill twice the vector lanes.
+        planes = planar.astype(image.dtype)
+        thresholds = tables.thresholds.astype(image.dtype)
+        # One histogram per parallel task, shared by every band and zeroed once per call.
+        tasks = np.zeros((get_num_threads() * 4, len(sizes), int(sizes[-1]) ** 2 + 1), np.int64)
+        bands = _bands(sizes, planar.shape[1])
+        first, stop = bands[0][0], bands[-1][1]
+        for y0, y1 in bands:
+            _add_mass_counts(
+                planes, sizes, thresholds, tables.ring_index, tasks[: _chunks((y0, y1))], image.dtype.type,
+                y0, y1,
+            )
+            if progress is not None:
+                progress(y1 - first, stop - first)
+        counts = tasks.sum(axis=0)
     return _gliding_box_result(sizes, counts, planar.shape[1:])
 
 
@@ -328,7 +341,13 @@ class _EntryTables:
 
     @classmethod
     def build(cls, sizes: np.ndarray, sixteen_bit: bool) -> _EntryTables:
-        """Tables for these box sides and uint8 (T = r) or uint16 (T = 257 r) thresholds."""
+        """Tables for these box sides and uint8 (T = r) or uint16 (T = 257 r) thresholds, built
+        once per (sides, depth) and then reused: callers only read them."""
+        return _entry_tables(tuple(sizes.tolist()), sixteen_bit)
+
+    @classmethod
+    def _compute(cls, sizes: np.ndarray, sixteen_bit: bool) -> _EntryTables:
+        """The tables of :meth:`build`, computed afresh."""
         # A threshold at or above the largest possible distance passes every pixel, so capping it
         # at 65535 keeps uint16 arithmetic exact.
         thresholds = np.minimum(sizes * (257 if sixteen_bit else 1), 65535)
@@ -336,6 +355,12 @@ class _EntryTables:
         ring = np.searchsorted(sizes, 2 * np.arange(half_max + 1) + 1)
         colour = np.searchsorted(thresholds, np.arange(int(thresholds[-1]) + 2))
         return cls(sizes, thresholds.astype(np.uint16), ring, colour)
+
+
+@functools.lru_cache(maxsize=32)
+def _entry_tables(sizes: tuple[int, ...], sixteen_bit: bool) -> _EntryTables:
+    """Cached :meth:`_EntryTables.build`."""
+    return _EntryTables._compute(np.array(sizes, dtype=np.int64), sixteen_bit)
 
 
 def _use_torch(backend: str) -> bool:
@@ -361,17 +386,23 @@ def _in_bands(
 ) -> np.ndarray:
     """Sum of ``count((y0, y1))`` over up to PROGRESS_BANDS bands [y0, y1) of box-centre rows,
     calling ``progress`` after each (counts of disjoint rows add up to those of all rows)."""
-    half_min = (int(sizes[0]) - 1) // 2
-    first, stop = half_min, height - half_min  # at least one row: no box is larger than the image
-    step = -(-(stop - first) // PROGRESS_BANDS)
+    bands = _bands(sizes, height)
+    first, stop = bands[0][0], bands[-1][1]
     total = np.zeros(0)
-    for y0 in range(first, stop, step):
-        y1 = min(y0 + step, stop)
+    for y0, y1 in bands:
         part = count((y0, y1))
         total = part if y0 == first else total + part
         if progress is not None:
             progress(y1 - first, stop - first)
     return total
+
+
+def _bands(sizes: np.ndarray, height: int) -> list[tuple[int, int]]:
+    """Up to PROGRESS_BANDS bands [y0, y1) of box-centre rows, in order, covering every centre row."""
+    half_min = (int(sizes[0]) - 1) // 2
+    first, stop = half_min, height - half_min  # at least one row: no box is larger than the image
+    step = -(-(stop - first) // PROGRESS_BANDS)
+    return [(y0, min(y0 + step, stop)) for y0 in range(first, stop, step)]
 
 
 def _chunks(rows: tuple[int, int]) -> int:
@@ -442,69 +473,84 @@ def _fit_dimension(sizes: np.ndarray, box_count: np.ndarray) -> FractalDimension
 # first box side a pixel counts in (see _EntryTables), so one pass serves every side.
 
 
-@njit(cache=True)
-def _row_distances(img, y, dy, dx, x0, x1, out):  # pragma: no cover - compiled
-    """Colour distances max_c |img[c, y + dy, x + dx] - img[c, y, x]| for x0 ≤ x < x1, into out[: x1 - x0]."""
+@njit(cache=True, nogil=True)
+def _row_distances(img, y, dy, dx, x0, x1, out, pixel):  # pragma: no cover - compiled
+    """Colour distances max_c |img[c, y + dy, x + dx] - img[c, y, x]| for x0 ≤ x < x1, into out[: x1 - x0].
+
+    ``pixel`` is the image's scalar type: casting each difference to it keeps the arithmetic in
+    the pixels' width (numba would widen it to 64 bits, a quarter or eighth of the vector lanes).
+    """
     d = out[: x1 - x0]
     # Loops run from 0 over slices: a possibly negative index would stop LLVM vectorising them.
     for c in range(img.shape[0]):
         near = img[c, y + dy, x0 + dx : x1 + dx]
         centre = img[c, y, x0:x1]
         for i in range(x1 - x0):
-            step = max(near[i], centre[i]) - min(near[i], centre[i])
+            step = pixel(max(near[i], centre[i]) - min(near[i], centre[i]))
             d[i] = step if c == 0 else max(d[i], step)
     return d
 
 
-@njit(cache=True)
-def _add_row_masses(img, y, half_y, sides, thresholds, ring_index, mass, distance):  # pragma: no cover
+@njit(cache=True, nogil=True)
+def _add_row_masses(  # pragma: no cover - compiled
+    img, y, half_y, sides, thresholds, ring_index, mass, tally, distance, pixel
+):
     """mass[j, x] = mass of the box of side sizes[j] centred on (y, x), for j < sides.
 
     Walks every offset (dy, dx) of the largest box once, comparing whole rows of centres at a time;
     an offset at ring k counts for the sides j ≥ ring_index[k] whose threshold the distance meets.
-    Centres too close to the left or right edge for a side get meaningless counts there.
+    One row of offsets (at most MAX_BOX_SIZE = 255 of them) is tallied in 8 bits, which fill twice
+    the vector lanes of the 16-bit masses, then added to them. Centres too close to the left or
+    right edge for a side get meaningless counts there.
     """
     width = img.shape[2]
     half_max = ring_index.shape[0] - 1
     mass[:] = 0
     for dy in range(-half_y, half_y + 1):
+        low = ring_index[abs(dy)]
+        tally[low:sides] = 0
         for dx in range(-half_max, half_max + 1):
             first = ring_index[max(abs(dy), abs(dx))]
             if first >= sides:
                 continue
             x0, x1 = max(0, -dx), min(width, width - dx)
-            d = _row_distances(img, y, dy, dx, x0, x1, distance)
+            d = _row_distances(img, y, dy, dx, x0, x1, distance, pixel)
             for j in range(first, sides):
                 threshold = thresholds[j]
-                row = mass[j, x0:x1]
+                row = tally[j, x0:x1]
                 for i in range(x1 - x0):
-                    row[i] += d[i] <= threshold
+                    row[i] += np.uint8(d[i] <= threshold)
+        for j in range(low, sides):
+            total = mass[j]
+            part = tally[j]
+            for x in range(width):
+                total[x] += part[x]
 
 
-@njit(cache=True, parallel=True)
-def _mass_counts_numba(img, sizes, thresholds, ring_index, chunks, y_start, y_stop):  # pragma: no cover
-    """counts[j, m]: number of boxes of side sizes[j] with mass m centred on rows y_start ≤ y < y_stop,
-    for a planar (C, H, W) uint16 image."""
+@njit(cache=True, nogil=True, parallel=True)
+def _add_mass_counts(img, sizes, thresholds, ring_index, counts, pixel, y_start, y_stop):  # pragma: no cover
+    """Add to counts[task, j, m] the boxes of side sizes[j] with mass m centred on rows
+    y_start ≤ y < y_stop of a planar (C, H, W) image, the rows split into counts.shape[0] tasks."""
     height, width = img.shape[1], img.shape[2]
     n = sizes.shape[0]
     halves = (sizes - 1) // 2
     half_min, half_max = halves[0], halves[-1]
-    counts = np.zeros((chunks, n, sizes[-1] * sizes[-1] + 1), np.int64)
+    chunks = counts.shape[0]
     rows = y_stop - y_start
     for chunk in prange(chunks):
         mass = np.empty((n, width), np.uint16)
-        distance = np.empty(width, np.uint16)
+        tally = np.empty((n, width), np.uint8)
+        distance = np.empty(width, img.dtype)
         for y in range(y_start + rows * chunk // chunks, y_start + rows * (chunk + 1) // chunks):
             half_y = min(y, height - 1 - y, half_max)
             sides = np.searchsorted(halves, half_y, side="right")
-            _add_row_masses(img, y, half_y, sides, thresholds, ring_index, mass, distance)
+            _add_row_masses(img, y, half_y, sides, thresholds, ring_index, mass, tally, distance, pixel)
             for x in range(half_min, width - half_min):
                 half = min(x, width - 1 - x, half_y)
                 for j in range(n):
                     if halves[j] > half:
                         break
                     counts[chunk, j, mass[j, x]] += 1
-    return counts.sum(axis=0)
 
 
 # ---------------------------------------------------------------------------------------------------
