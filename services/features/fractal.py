@@ -185,21 +185,7 @@ def gliding_box(
         counts = _in_bands(sizes, planar.shape[1], progress,
                            lambda rows: _mass_counts_torch(planar, tables, rows))
     else:
-        # The image's own type: 8-bit distances and thresholds fill twice the vector lanes.
-        planes = planar.astype(image.dtype)
-        thresholds = tables.thresholds.astype(image.dtype)
-        # One histogram per parallel task, shared by every band and zeroed once per call.
-        tasks = np.zeros((get_num_threads() * 4, len(sizes), int(sizes[-1]) ** 2 + 1), np.int64)
-        bands = _bands(sizes, planar.shape[1])
-        first, stop = bands[0][0], bands[-1][1]
-        for y0, y1 in bands:
-            _add_mass_counts(
-                planes, sizes, thresholds, tables.ring_index, tasks[: _chunks((y0, y1))], image.dtype.type,
-                y0, y1,
-            )
-            if progress is not None:
-                progress(y1 - first, stop - first)
-        counts = tasks.sum(axis=0)
+        counts = _mass_counts_numba(planar.astype(image.dtype), tables, progress)
     return _gliding_box_result(sizes, counts, planar.shape[1:])
 
 
@@ -397,17 +383,24 @@ def _in_bands(
     return total
 
 
-def _bands(sizes: np.ndarray, height: int) -> list[tuple[int, int]]:
-    """Up to PROGRESS_BANDS bands [y0, y1) of box-centre rows, in order, covering every centre row."""
+def _bands(sizes: np.ndarray, height: int, count: int = PROGRESS_BANDS) -> list[tuple[int, int]]:
+    """Up to ``count`` bands [y0, y1) of box-centre rows, in order, covering every centre row."""
     half_min = (int(sizes[0]) - 1) // 2
     first, stop = half_min, height - half_min  # at least one row: no box is larger than the image
-    step = -(-(stop - first) // PROGRESS_BANDS)
+    step = -(-(stop - first) // count)
     return [(y0, min(y0 + step, stop)) for y0 in range(first, stop, step)]
 
 
 def _chunks(rows: tuple[int, int]) -> int:
     """Parallel tasks of a numba kernel over centre rows [y0, y1): a few per thread, at most a row each."""
     return max(1, min(get_num_threads() * 4, rows[1] - rows[0]))
+
+
+def _piece(rows: int, width: int) -> int:
+    """Centres per run of the numba gliding box for a band of ``rows`` centre rows: a few runs per
+    thread, yet at least 512 (each run walks every offset once) and at most 1024 (its 8-bit
+    tallies, a byte a centre and side, stay in the first-level cache: 4096 runs 1.5-2x slower)."""
+    return max(512, min(1024, -(-rows * width // (get_num_threads() * 4))))
 
 
 def _box_counts(sizes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -474,83 +467,115 @@ def _fit_dimension(sizes: np.ndarray, box_count: np.ndarray) -> FractalDimension
 
 
 @njit(cache=True, nogil=True)
-def _row_distances(img, y, dy, dx, x0, x1, out, pixel):  # pragma: no cover - compiled
-    """Colour distances max_c |img[c, y + dy, x + dx] - img[c, y, x]| for x0 ≤ x < x1, into out[: x1 - x0].
+def _distances(img, p0, p1, offset, out, pixel):  # pragma: no cover - compiled
+    """Colour distances max_c |img[c].flat[p + offset] - img[c].flat[p]| for p0 ≤ p < p1, into out[: p1 - p0].
 
     ``pixel`` is the image's scalar type: casting each difference to it keeps the arithmetic in
     the pixels' width (numba would widen it to 64 bits, a quarter or eighth of the vector lanes).
     """
-    d = out[: x1 - x0]
+    d = out[: p1 - p0]
     # Loops run from 0 over slices: a possibly negative index would stop LLVM vectorising them.
     for c in range(img.shape[0]):
-        near = img[c, y + dy, x0 + dx : x1 + dx]
-        centre = img[c, y, x0:x1]
-        for i in range(x1 - x0):
+        near = img[c, p0 + offset : p1 + offset]
+        centre = img[c, p0:p1]
+        for i in range(p1 - p0):
             step = pixel(max(near[i], centre[i]) - min(near[i], centre[i]))
             d[i] = step if c == 0 else max(d[i], step)
     return d
 
 
 @njit(cache=True, nogil=True)
-def _add_row_masses(  # pragma: no cover - compiled
-    img, y, half_y, sides, thresholds, ring_index, mass, tally, distance, pixel
-):
-    """mass[j, x] = mass of the box of side sizes[j] centred on (y, x), for j < sides.
+def _add_masses(img, width, p0, p1, thresholds, ring_index, mass, tally, distance, pixel):  # pragma: no cover
+    """mass[j, p - p0] = mass of the box of side sizes[j] centred on pixel p (row-major), p0 ≤ p < p1.
 
-    Walks every offset (dy, dx) of the largest box once, comparing whole rows of centres at a time;
-    an offset at ring k counts for the sides j ≥ ring_index[k] whose threshold the distance meets.
-    One row of offsets (at most MAX_BOX_SIZE = 255 of them) is tallied in 8 bits, which fill twice
-    the vector lanes of the 16-bit masses, then added to them. Centres too close to the left or
-    right edge for a side get meaningless counts there.
+    Walks every offset (dy, dx) of the largest box once, comparing the whole run of centres at a
+    time (neighbour p + dy·width + dx); an offset at ring k counts for the sides j ≥ ring_index[k]
+    whose threshold the distance meets. One row of offsets (at most MAX_BOX_SIZE = 255 of them) is
+    tallied in 8 bits, which fill twice the vector lanes of the 16-bit masses, then added to them.
+    Where a box does not fit around its centre the neighbour may wrap to another row or be left
+    out; the caller ignores those sides there, and every side's mass still counts at most r² offsets.
     """
-    width = img.shape[2]
+    n = thresholds.shape[0]
+    size = img.shape[1]
     half_max = ring_index.shape[0] - 1
-    mass[:] = 0
-    for dy in range(-half_y, half_y + 1):
+    length = p1 - p0
+    mass[:, :length] = 0
+    for dy in range(-half_max, half_max + 1):
         low = ring_index[abs(dy)]
-        tally[low:sides] = 0
+        tally[low:, :length] = 0
         for dx in range(-half_max, half_max + 1):
             first = ring_index[max(abs(dy), abs(dx))]
-            if first >= sides:
+            offset = dy * width + dx
+            q0, q1 = max(p0, -offset), min(p1, size - offset)
+            if q0 >= q1:
                 continue
-            x0, x1 = max(0, -dx), min(width, width - dx)
-            d = _row_distances(img, y, dy, dx, x0, x1, distance, pixel)
-            for j in range(first, sides):
+            d = _distances(img, q0, q1, offset, distance, pixel)
+            for j in range(first, n):
                 threshold = thresholds[j]
-                row = tally[j, x0:x1]
-                for i in range(x1 - x0):
+                row = tally[j, q0 - p0 : q1 - p0]
+                for i in range(q1 - q0):
                     row[i] += np.uint8(d[i] <= threshold)
-        for j in range(low, sides):
-            total = mass[j]
-            part = tally[j]
-            for x in range(width):
-                total[x] += part[x]
+        for j in range(low, n):
+            total = mass[j, :length]
+            part = tally[j, :length]
+            for i in range(length):
+                total[i] += part[i]
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _add_mass_counts(img, sizes, thresholds, ring_index, counts, pixel, y_start, y_stop):  # pragma: no cover
-    """Add to counts[task, j, m] the boxes of side sizes[j] with mass m centred on rows
-    y_start ≤ y < y_stop of a planar (C, H, W) image, the rows split into counts.shape[0] tasks."""
-    height, width = img.shape[1], img.shape[2]
+def _add_mass_counts(  # pragma: no cover - compiled
+    img, width, sizes, thresholds, ring_index, counts, piece, pixel, p_start, p_stop
+):
+    """Add to counts[task, j, m] the boxes of side sizes[j] with mass m centred on the pixels
+    p_start ≤ p < p_stop (row-major) of a (C, H·W) image, in runs of ``piece`` pixels split
+    among counts.shape[0] parallel tasks."""
+    height = img.shape[1] // width
     n = sizes.shape[0]
     halves = (sizes - 1) // 2
-    half_min, half_max = halves[0], halves[-1]
+    half_max = halves[-1]
     chunks = counts.shape[0]
-    rows = y_stop - y_start
+    pieces = -(-(p_stop - p_start) // piece)
     for chunk in prange(chunks):
-        mass = np.empty((n, width), np.uint16)
-        tally = np.empty((n, width), np.uint8)
-        distance = np.empty(width, img.dtype)
-        for y in range(y_start + rows * chunk // chunks, y_start + rows * (chunk + 1) // chunks):
-            half_y = min(y, height - 1 - y, half_max)
-            sides = np.searchsorted(halves, half_y, side="right")
-            _add_row_masses(img, y, half_y, sides, thresholds, ring_index, mass, tally, distance, pixel)
-            for x in range(half_min, width - half_min):
-                half = min(x, width - 1 - x, half_y)
+        mass = np.empty((n, piece), np.uint16)
+        tally = np.empty((n, piece), np.uint8)
+        distance = np.empty(piece, img.dtype)
+        for k in range(pieces * chunk // chunks, pieces * (chunk + 1) // chunks):
+            p0 = p_start + k * piece
+            p1 = min(p0 + piece, p_stop)
+            _add_masses(img, width, p0, p1, thresholds, ring_index, mass, tally, distance, pixel)
+            for p in range(p0, p1):
+                y, x = p // width, p % width
+                half = min(x, width - 1 - x, y, height - 1 - y, half_max)
                 for j in range(n):
                     if halves[j] > half:
                         break
-                    counts[chunk, j, mass[j, x]] += 1
+                    counts[chunk, j, mass[j, p - p0]] += 1
+
+
+def _mass_counts_numba(
+    planes: np.ndarray, tables: _EntryTables, progress: ProgressCallback | None
+) -> np.ndarray:
+    """counts[j, m]: boxes of side sizes[j] with mass m in a planar (C, H, W) image of its own
+    type (8-bit distances and thresholds fill twice the vector lanes of 16-bit ones), by the
+    numba kernel, in PROGRESS_BANDS bands of centre rows with ``progress`` after each, else in one."""
+    sizes = tables.sizes
+    _, height, width = planes.shape
+    bands = _bands(sizes, height, PROGRESS_BANDS if progress is not None else 1)
+    pieces = [(band, _piece(band[1] - band[0], width)) for band in bands]
+    # One histogram per parallel task, shared by every band and zeroed once per call.
+    tasks = min(get_num_threads() * 4, max(-(-(y1 - y0) * width // piece) for (y0, y1), piece in pieces))
+    counts = np.zeros((tasks, len(sizes), int(sizes[-1]) ** 2 + 1), np.int64)
+    flat = planes.reshape(planes.shape[0], -1)
+    thresholds = tables.thresholds.astype(planes.dtype)
+    first, stop = bands[0][0], bands[-1][1]
+    for (y0, y1), piece in pieces:
+        _add_mass_counts(
+            flat, width, sizes, thresholds, tables.ring_index, counts[: -(-(y1 - y0) * width // piece)],
+            piece, planes.dtype.type, y0 * width, y1 * width,
+        )
+        if progress is not None:
+            progress(y1 - first, stop - first)
+    return counts.sum(axis=0)
 
 
 # ---------------------------------------------------------------------------------------------------
