@@ -12,16 +12,21 @@ micrographs. The gateway runs as its own process (``python -m services.gateway``
 
 The baseline is the floor of any Redis-backed intake: the same jobs, already serialized, one
 XADD each into a stream, pipelined 256 jobs (or 64 MiB) at a time from this process, with no
-gRPC, no validation, no image header read and no job record. A ratio of 1 would mean the
+gRPC, no validation, no image header read and no job record; each payload goes to redis-py as a
+memoryview, which it sends as it is (bytes would be copied into the command first, as the
+gateway's own writes avoid too). A ratio of 1 would mean the
 gateway accepts jobs as fast as Redis takes their bytes. Each round runs both sides in
 rotating order, and the keys they wrote are deleted between runs (untimed); figures are
-min / median / max over rounds.
+min / median / max over rounds. Beside the rates: CPU milliseconds per job of this process while
+it streams SubmitBatch (the client: packing and serializing requests, gRPC), of the gateway
+process, and of Redis (INFO cpu; it may serve others on a shared machine), medians over rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import psutil
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -57,7 +63,7 @@ def baseline_xadd(client: redis.Redis, stream: str, payloads: list[bytes]) -> fl
     pipe = client.pipeline(transaction=False)
     queued = size = 0
     for payload in payloads:
-        pipe.xadd(stream, {"job": payload})
+        pipe.xadd(stream, {"job": memoryview(payload)})
         queued, size = queued + 1, size + len(payload)
         if queued >= PIPELINE_CHUNK_JOBS or size >= PIPELINE_CHUNK_BYTES:
             pipe.execute()
@@ -67,13 +73,33 @@ def baseline_xadd(client: redis.Redis, stream: str, payloads: list[bytes]) -> fl
     return time.perf_counter() - start
 
 
-def gateway_batch(lab: LabSightClient, requests: list[pb.SubmitJobRequest]) -> float:
-    """Seconds to submit every request through one SubmitBatch stream."""
+def redis_cpu_s(client: redis.Redis) -> float:
+    """CPU seconds Redis has used (user + system) since it started."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def process_cpu_s(process: psutil.Process) -> float:
+    """CPU seconds ``process`` has used (user + system, all its threads)."""
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def gateway_batch(lab: LabSightClient, requests: list[pb.SubmitJobRequest], client: redis.Redis,
+                  gateway: psutil.Process, cpu: dict[str, list[float]] | None = None) -> float:
+    """Seconds to submit every request through one SubmitBatch stream; with ``cpu``, appends the
+    CPU seconds per job of the client (this process), the gateway and Redis to its lists."""
+    me = psutil.Process()
+    before = (process_cpu_s(me), process_cpu_s(gateway), redis_cpu_s(client))
     start = time.perf_counter()
     reply = lab.submit_batch(requests)
     elapsed = time.perf_counter() - start
+    after = (process_cpu_s(me), process_cpu_s(gateway), redis_cpu_s(client))
     if len(reply.job_ids) != len(requests):
         raise RuntimeError(f"SubmitBatch queued {len(reply.job_ids)} of {len(requests)} jobs")
+    if cpu is not None:
+        for name, used, start_used in zip(("client", "gateway", "redis"), after, before, strict=True):
+            cpu[name].append((used - start_used) / len(requests))
     return elapsed
 
 
@@ -108,15 +134,16 @@ def inputs(folder: Path, jobs: dict[str, int]) -> dict[str, list[pb.SubmitJobReq
 
 
 def bench_input(label: str, batch: list[pb.SubmitJobRequest], lab: LabSightClient, client: redis.Redis,
-                prefix: str, rounds: int) -> None:
+                gateway: psutil.Process, prefix: str, rounds: int) -> None:
     """Paired rounds of one input kind through the gateway and the XADD baseline; print them."""
     payloads = [request.SerializeToString() for request in batch]
-    gateway_batch(lab, batch[: max(1, len(batch) // 10)])  # untimed warm-up
+    gateway_batch(lab, batch[: max(1, len(batch) // 10)], client, gateway)  # untimed warm-up
+    cpu: dict[str, list[float]] = {"client": [], "gateway": [], "redis": []}
     delete_keys(client, prefix)
     before = load_text()
     seconds = paired_rounds({
         "baseline": then_clean(lambda: baseline_xadd(client, f"{prefix}:baseline", payloads), client, prefix),
-        "gateway": then_clean(lambda: gateway_batch(lab, batch), client, prefix),
+        "gateway": then_clean(lambda: gateway_batch(lab, batch, client, gateway, cpu), client, prefix),
     }, rounds)
     gateway_rates = [len(batch) / s for s in seconds["gateway"]]
     baseline_rates = [len(batch) / s for s in seconds["baseline"]]
@@ -125,6 +152,8 @@ def bench_input(label: str, batch: list[pb.SubmitJobRequest], lab: LabSightClien
     print(f"  gateway SubmitBatch: {spread(gateway_rates, '.0f')}")
     print(f"  pipelined XADD     : {spread(baseline_rates, '.0f')}")
     print(f"  ratio gateway/XADD : {spread(round_ratios(gateway_rates, baseline_rates))}")
+    print("  CPU ms per job in SubmitBatch (median): " + ", ".join(
+        f"{name} {statistics.median(used) * 1e3:.2f}" for name, used in cpu.items()))
     print(f"  before: {before}; after: {load_text()}")
 
 
@@ -150,7 +179,8 @@ def main() -> None:
         try:
             with LabSightClient(address, token="", timeout_s=600) as lab:
                 for label, batch in requests.items():
-                    bench_input(label, batch, lab, client, prefix, args.rounds)
+                    bench_input(label, batch, lab, client, psutil.Process(gateway.pid), prefix,
+                                args.rounds)
         finally:
             stop_process(gateway)
             delete_keys(client, prefix)

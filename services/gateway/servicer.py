@@ -36,7 +36,7 @@ from services.gateway.ids import check_id, check_optional_id
 from services.gateway.jobs import ACTIVE_STATUSES, CANCELLED, DONE, PROTO_TO_STATUS, now
 from services.gateway.pipelines import get_pipeline, pipeline_infos
 from services.gateway.pipelines.models import MODEL_CATALOG, connect_model_catalog
-from services.gateway.queue import JobQueue, NewJob, Staged, build_queue
+from services.gateway.queue import JobQueue, NewJob, Staged, StagingWriter, build_queue
 from services.gateway.watch import EventFanout, watch_batch, watch_job
 
 log = logging.getLogger(__name__)
@@ -296,12 +296,13 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         ended = _watch_for_cancel(context)
         pending: list[NewJob] = []
         pending_bytes = 0
+        seen = 0
+        writer = StagingWriter(self.queue, staged)
 
         def write_pending() -> None:
-            nonlocal pending_bytes
-            self.queue.stage(staged, pending)
-            pending.clear()
-            pending_bytes = 0
+            nonlocal pending, pending_bytes
+            writer.write(pending)  # written while the next jobs arrive and are checked
+            pending, pending_bytes = [], 0
 
         def ensure_room(wanted: int) -> None:
             try:
@@ -319,23 +320,26 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                     continue
                 batch_id = batch_id or uuid.uuid4().hex
                 requests = message.jobs.jobs if part == "jobs" else [message.job]
-                seen = len(staged.job_ids) + len(pending)
                 ensure_room(seen + len(requests))  # refuse before spending CPU on the images
                 for position, request in enumerate(requests, start=seen):
                     pending.append(self._batch_job_input(request, position, batch_id))
                     pending_bytes += len(pending[-1].input_bytes)
                     if len(pending) >= BATCH_WRITE_SIZE or pending_bytes >= BATCH_WRITE_BYTES:
                         write_pending()
+                seen += len(requests)
             write_pending()
+            writer.wait()
             batch_id = batch_id or uuid.uuid4().hex
             ensure_room(len(staged.records))
             _ensure_client_waits(context, ended)
             self.queue.commit(staged, batch_id)
         except BaseException:
-            for new in pending:
+            for new in pending + writer.abandon():
                 self.queue.delete_blob(new.input_blob)
             self.queue.discard(staged)
             raise
+        finally:
+            writer.close()
         return pb.SubmitBatchResponse(batch_id=batch_id, job_ids=staged.job_ids)
 
     def _batch_job_input(self, request: pb.SubmitJobRequest, position: int, batch_id: str) -> NewJob:
@@ -347,9 +351,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             raise InvalidArgument(
                 f"jobs[{position}] of batch {batch_id}: {error}; nothing of this batch was queued"
             ) from None
-        data = request.input.image.encoded.data
         if self.blobs is None or not self.goes_to_blob_store(request.input.image):
             return _batch_job(request, position, batch_id)
+        data = request.input.image.encoded.data  # each read of a bytes field copies it: once
         reference = self.blobs.put([data], self.max_upload_bytes).reference
         try:
             request.input.image.blob = reference

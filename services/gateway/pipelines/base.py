@@ -9,7 +9,7 @@ from typing import Protocol
 
 from labsight.errors import InvalidArgument, echo
 from labsight.image_reader import parse_channels, parse_plane, parse_z_project
-from labsight.images import image_info, max_image_bytes, read_image
+from labsight.images import ImageInfo, image_info, max_image_bytes, read_image
 from labsight.intensity import DEFAULT_INTENSITY, check_bit_depth, parse_intensity
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
@@ -108,6 +108,7 @@ class Pipeline(ABC):
                    and role not in job_input.tensors]
         if missing:
             raise InvalidArgument(f"input: pipeline {self.name!r} needs inputs {missing}")
+        info: ImageInfo | None = None
         if job_input.image.WhichOneof("source") is not None:
             # The choices travel with the image, and are checked against its axes here.
             job_input.image.read.CopyFrom(read_options(resolved))
@@ -118,7 +119,7 @@ class Pipeline(ABC):
                 check_bit_depth(parse_intensity(resolved["intensity"]).bits, info.dtype)
             except ValueError as error:
                 raise InvalidArgument(f"params.intensity: {error}") from None
-        self.check_input(resolved, job_input)
+        self.check_input(resolved, job_input, info)  # the header is read once per submission
         return resolved
 
     def reads_regions(self, job_input: pb.JobInput, params: Mapping[str, str]) -> bool:
@@ -159,13 +160,17 @@ class Pipeline(ABC):
         reading = read_image(job_input.image, "input.image", choices_field="params")
         return reading.warnings, reading.provenance
 
-    def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
-        """Pipeline-specific input checks at submit time; default: the main image's header is good.
+    def check_input(
+        self, params: dict[str, str], job_input: pb.JobInput, info: ImageInfo | None
+    ) -> None:
+        """Pipeline-specific input checks at submit time; default: the job has a main image.
 
+        ``info`` is the main image's header as ``validate`` read and checked it
+        (None without a main image), so no check reads that header again.
         Checks read headers, never pixels, so a submission costs the gateway what
         its message does (the services that need the pixels decode them).
         """
-        image_info(job_input.image, "input.image")
+        main_image_info(job_input, info)
 
     def parsed(self, params: Mapping[str, str]) -> dict[str, object]:
         """Parameters parsed to Python values (after ``validate``)."""
@@ -187,6 +192,12 @@ class Pipeline(ABC):
     @abstractmethod
     def run(self, context: RunContext) -> pb.JobResult:
         """Run the job in a worker; raise on failure (the worker classifies the error)."""
+
+
+def main_image_info(job_input: pb.JobInput, info: ImageInfo | None) -> ImageInfo:
+    """The main image's header ``info`` as ``validate`` read it; without a main image,
+    InvalidArgument saying that ``input.image`` is missing."""
+    return info if info is not None else image_info(job_input.image, "input.image")
 
 
 def read_options(params: Mapping[str, str]) -> tensor_pb2.ImageReadOptions:

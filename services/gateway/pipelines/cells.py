@@ -16,7 +16,7 @@ from labsight.cell_images import (
 from labsight.columns import CELL_CHANNELS
 from labsight.config import DEFAULT_MAX_MESSAGE_BYTES, env_int
 from labsight.errors import InvalidArgument, echo
-from labsight.images import read_image
+from labsight.images import ImageInfo, read_image
 from labsight.intensity import check_bit_depth, parse_intensity
 from labsight.tables import table_values
 from labsight.tensors import to_tensor
@@ -99,7 +99,9 @@ class CellsPipeline(Pipeline):
                   "follow it (HPA images: 0.08).", HPA_PIXEL_SIZE_UM, parse_pixel_size),
     )
 
-    def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
+    def check_input(
+        self, params: dict[str, str], job_input: pb.JobInput, info: ImageInfo | None
+    ) -> None:
         """Four channels of one size and bit depth, within the image limit, whose label masks
         fit an answer; read by the job's channels, plane, z_project and intensity."""
         parts = channel_parts(job_input)

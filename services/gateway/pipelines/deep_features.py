@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 
 from labsight.errors import InvalidArgument, echo
-from labsight.images import image_info, image_stack
+from labsight.images import ImageInfo, image_stack
 from labsight.intensity import (
     ScaledPixels,
     check_bit_depth,
@@ -20,7 +20,7 @@ from labsight.tables import feature_table, table_values
 from labsight.tensors import write_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
-from services.gateway.pipelines.base import Parameter, Pipeline, RunContext
+from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, main_image_info
 from services.gateway.pipelines.costs import DEEP_FEATURES_COST
 from services.gateway.pipelines.models import MODEL_CATALOG, input_pixels
 
@@ -141,11 +141,13 @@ class DeepFeaturesPipeline(Pipeline):
     )
     parameters = model_parameters("efficientnet-lite0")
 
-    def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
+    def check_input(
+        self, params: dict[str, str], job_input: pb.JobInput, info: ImageInfo | None
+    ) -> None:
         """An image and/or a patch stack of grey or RGB pixels, a known model, within the work limit."""
         images = 0
         if job_input.image.WhichOneof("source") is not None:
-            check_model_channels(image_info(job_input.image, "input.image").channels, "input.image")
+            check_model_channels(main_image_info(job_input, info).channels, "input.image")
             images += 1
         elif PATCHES_INPUT not in job_input.tensors:
             raise InvalidArgument(

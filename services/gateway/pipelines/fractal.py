@@ -9,12 +9,18 @@ from functools import lru_cache
 import numpy as np
 
 from labsight.errors import InvalidArgument, echo
-from labsight.images import image_info
+from labsight.images import ImageInfo, image_info
 from labsight.tables import feature_table, table_values
 from labsight.tensors import to_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
-from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, parse_bool
+from services.gateway.pipelines.base import (
+    Parameter,
+    Pipeline,
+    RunContext,
+    main_image_info,
+    parse_bool,
+)
 from services.gateway.pipelines.costs import FRACTAL_COST, FRACTAL_PIXELS
 
 DEFAULT_BOX_SIZES = "3-41"
@@ -153,9 +159,11 @@ class FractalPipeline(Pipeline):
                   parse_bool),
     )
 
-    def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
+    def check_input(
+        self, params: dict[str, str], job_input: pb.JobInput, info: ImageInfo | None
+    ) -> None:
         """Grey or RGB, at least as large as the largest box, and within the work limit."""
-        info = image_info(job_input.image, "input.image")
+        info = main_image_info(job_input, info)
         if info.channels not in FRACTAL_CHANNELS:
             raise InvalidArgument(
                 f"input.image: {info.channels} channels; fractal features take grey (1) or RGB (3) "

@@ -19,7 +19,13 @@ from labsight.tables import feature_table
 from labsight.tensors import from_tensor, to_tensor, write_tensor
 from labsight.v1 import features_pb2, segmentation_pb2
 from labsight.v1 import gateway_pb2 as pb
-from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, parse_bool
+from services.gateway.pipelines.base import (
+    Parameter,
+    Pipeline,
+    RunContext,
+    main_image_info,
+    parse_bool,
+)
 from services.gateway.pipelines.costs import DEEP_FEATURES_COST
 from services.gateway.pipelines.deep_features import (
     check_model_channels,
@@ -113,10 +119,12 @@ class SpotFeaturesPipeline(Pipeline):
                   "false", parse_bool),
     )
 
-    def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
+    def check_input(
+        self, params: dict[str, str], job_input: pb.JobInput, info: ImageInfo | None
+    ) -> None:
         """A grey or RGB image; spots whose centres lie inside it, or a cell mask of its size;
         a known model; patches within the work limit."""
-        info = image_info(job_input.image, "input.image")
+        info = main_image_info(job_input, info)
         check_model_channels(info.channels, "input.image")
         has_spots = SPOT_CENTRES in job_input.tensors
         has_cells = CELL_LABELS in job_input.tensors or CELL_LABELS in job_input.images

@@ -7,14 +7,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from labsight.config import DEFAULT_MAX_MESSAGE_BYTES, env_int
-from labsight.images import decode_image, image_info, read_image
+from labsight.images import ImageInfo, decode_image, image_info, read_image
 from labsight.tables import feature_table
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import segmentation_pb2, tensor_pb2
 from labsight.vessel_fill import fill_levels
 from labsight.vessel_inputs import check_vessel_headers
-from services.gateway.pipelines.base import Pipeline, RunContext
+from services.gateway.pipelines.base import Pipeline, RunContext, main_image_info
 
 VESSEL_MASK = "vessel_mask"
 """Role of the vessel mask among the job's input images."""
@@ -39,10 +39,12 @@ class VesselContentPipeline(Pipeline):
     )
     required_inputs = (VESSEL_MASK,)
 
-    def check_input(self, params: dict[str, str], job_input: pb.JobInput) -> None:
+    def check_input(
+        self, params: dict[str, str], job_input: pb.JobInput, info: ImageInfo | None
+    ) -> None:
         """An 8-bit RGB photo and a one-channel mask of its size whose masks fit an answer, from
         their headers."""
-        photo = image_info(job_input.image, "input.image", choices_field="params")
+        photo = main_image_info(job_input, info)
         mask = image_info(job_input.images[VESSEL_MASK], MASK_FIELD)
         check_vessel_headers(photo, mask, "input.image", MASK_FIELD, _answer_room())
 
