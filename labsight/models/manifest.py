@@ -81,7 +81,8 @@ class ModelManifest:
     format : {"onnx", "torchscript", "state_dict", "torchserve", "tfserving"}
         How the weights are stored, or the external server that runs the model.
     weights : Path
-        The weight file (a remote model's: its manifest directory, never read).
+        The weight file; a remote model has none and names its manifest file (so
+        that checks for present weights pass and its digest follows the manifest).
     input_size : tuple of int
         (height, width) of the input: the only size a fixed-size model takes,
         the size traced at ONNX export and the natural tile size of a
@@ -270,7 +271,7 @@ def manifest_from_dict(data: dict[str, Any], base_dir: Path, origin: str) -> Mod
         name=reader.text("name"),
         version=reader.text("version"),
         format=fmt,
-        weights=(base_dir / reader.text("weights", required=remote is None)).resolve(),
+        weights=(base_dir / (reader.text("weights") if remote is None else MANIFEST_FILE)).resolve(),
         input_size=(int(input_size[0]), int(input_size[1])),
         preprocessing=preprocessing,
         licence=reader.text("licence"),

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -287,3 +293,137 @@ def test_a_bad_reply_is_a_failed_precondition_naming_the_model(
     error = _error(features, model)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert f"model {model!r}" in error.details() and message in error.details()
+
+
+TORCHSERVE = "torchserve==0.12.0"
+"""The real TorchServe the last test runs (Java 17 frontend, Python workers), installed by the test."""
+
+HANDLER = '''"""TorchServe handler: each request's "data" (.npy batch) times weights.npy, answered as .npz."""
+import io
+import os
+
+import numpy as np
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    weights = np.load(os.path.join(context.system_properties["model_dir"], "weights.npy"))
+    answers = []
+    for request in data:
+        batch = np.load(io.BytesIO(bytes(request["data"])), allow_pickle=False)
+        embedding = batch.reshape(len(batch), -1) @ weights
+        buffer = io.BytesIO()
+        np.savez(buffer, emb=embedding, score=embedding.sum(axis=1, keepdims=True))
+        answers.append(buffer.getvalue())
+    return answers
+'''
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for probe in sockets:
+        probe.bind(("127.0.0.1", 0))
+    ports = [probe.getsockname()[1] for probe in sockets]
+    for probe in sockets:
+        probe.close()
+    return ports
+
+
+@pytest.fixture
+def real_torchserve(tmp_path: Path) -> Iterator[str]:
+    """A real TorchServe serving model "linear" with HANDLER; its gRPC inference address.
+
+    Skipped without Java, or when pip cannot install TorchServe (into a folder of the test's own,
+    run by this interpreter, whose torch and numpy its workers use).
+    """
+    if shutil.which("java") is None:
+        pytest.skip("no java on PATH: TorchServe's frontend needs Java 17 (apt-get install openjdk-17-jre)")
+    packages = tmp_path / "packages"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(packages), TORCHSERVE,
+         "torch-model-archiver==0.12.0", "wheel", "enum-compat"], capture_output=True, text=True, timeout=600,
+    )
+    if installed.returncode != 0:
+        pytest.skip(f"pip could not install {TORCHSERVE}: {installed.stderr[-300:]}")
+    home = tmp_path / "ts"
+    (home / "store").mkdir(parents=True)
+    (home / "handler.py").write_text(HANDLER)
+    np.save(home / "weights.npy", WEIGHTS)
+    # TMPDIR: TorchServe's pid file (one per temporary folder) is this test's own.
+    environment = {**os.environ, "PYTHONPATH": str(packages), "LOG_LOCATION": str(home / "logs"),
+                   "METRICS_LOCATION": str(home / "logs"), "TMPDIR": str(home)}
+    subprocess.run(
+        [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", "linear", "--version", "1.0",
+         "--handler", "handler.py", "--extra-files", "weights.npy", "--export-path", "store"],
+        cwd=home, env=environment, check=True, capture_output=True, timeout=120,
+    )
+    http, management, metrics, grpc_port, grpc_management, worker = _free_ports(6)
+    (home / "config.properties").write_text(
+        f"inference_address=http://127.0.0.1:{http}\nmanagement_address=http://127.0.0.1:{management}\n"
+        f"metrics_address=http://127.0.0.1:{metrics}\ngrpc_inference_address=127.0.0.1\n"
+        f"grpc_inference_port={grpc_port}\ngrpc_management_address=127.0.0.1\n"
+        f"grpc_management_port={grpc_management}\ninitial_worker_port={worker}\n"
+        "default_workers_per_model=1\ndisable_token_authorization=true\n"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from ts.model_server import start; start()", "--start", "--foreground",
+         "--ncs", "--model-store", "store", "--models", "linear=linear.mar", "--ts-config",
+         "config.properties", "--disable-token-auth"],
+        cwd=home, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield f"127.0.0.1:{grpc_port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the launcher, its Java frontend and the Python worker
+        server.wait(timeout=60)
+        for _ in range(600):  # the frontend and worker leave after the launcher; wait for them
+            try:
+                os.killpg(server.pid, 0)
+            except ProcessLookupError:
+                break
+            threading.Event().wait(0.1)
+
+
+def test_a_real_torchserve_serves_extract_deep_features(
+    real_torchserve: str, serve: Callable[..., RunningServer], settings: Settings, tmp_path: Path
+) -> None:
+    common = f'version = "1"\ninput_size = [{SIZE}, {SIZE}]\nlicence = "test"\nsource = "TorchServe 0.12"\n'
+    for name, model in (("ts-real", "linear"), ("ts-real-unknown", "resnet")):
+        (tmp_path / "models" / name).mkdir(parents=True)
+        (tmp_path / "models" / name / "manifest.toml").write_text(
+            f'name = "{name}"\n{common}format = "torchserve"\noutputs = ["embedding", "score"]\n'
+            f'[remote]\nendpoint = "{real_torchserve}"\nmodel = "{model}"\noutputs = ["emb", "score"]\n'
+        )
+    extractor = DeepFeatureExtractor(
+        feature_repository([tmp_path / "models"], False), ExtractorConfig.from_env()
+    )
+
+    def register(server: grpc.Server, _: Settings) -> None:
+        features_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(extractor), server)
+
+    running = serve(register, FEATURES.grpc_services, settings)
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            stub = features_pb2_grpc.FeatureServiceStub(channel)
+            # TorchServe starts its Java frontend and a Python worker: wait (at most 3 min) until it answers.
+            for _ in range(180):
+                try:
+                    values = _extract(stub, "ts-real")
+                    break
+                except grpc.RpcError as error:
+                    starting = "Model not found" in error.details()
+                    if not starting and error.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    threading.Event().wait(1.0)
+            else:
+                pytest.fail(f"TorchServe at {real_torchserve} did not serve model 'linear' within 3 minutes")
+            np.testing.assert_allclose(values, _expected()[0], rtol=1e-5, atol=1e-4)
+            unknown = _error(stub, "ts-real-unknown")
+    finally:
+        extractor.close()
+    # TorchServe 0.12 answers an unknown model with INTERNAL (ModelNotFoundException), passed on.
+    assert unknown.code() == grpc.StatusCode.INTERNAL
+    assert f"model 'ts-real-unknown': TorchServe at {real_torchserve}" in unknown.details()
+    assert "Model not found: resnet" in unknown.details()

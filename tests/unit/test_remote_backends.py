@@ -35,6 +35,7 @@ def test_a_remote_manifest_needs_no_weights_and_fills_its_defaults(tmp_path: Pat
     assert (remote.protocol, remote.endpoint, remote.model, remote.version) == (
         "tfserving", "models.lab:8500", "lab-net", "")
     assert (remote.input, remote.signature, remote.outputs) == ("input", "serving_default", manifest.outputs)
+    assert manifest.weights == (tmp_path / "manifest.toml").resolve()  # a remote model has no weights
     assert manifest_from_dict(_manifest("torchserve"), tmp_path, "m.toml").remote.input == "data"  # type: ignore[union-attr]
     assert engine_backend(manifest, "", "cuda") == "remote"
     index = build_layer_index(manifest, "remote", tmp_path)
