@@ -503,18 +503,32 @@ def _add_masses(img, width, p0, p1, thresholds, ring_index, mass, tally, distanc
     for dy in range(-half_max, half_max + 1):
         low = ring_index[abs(dy)]
         tally[low:, :length] = 0
-        for dx in range(-half_max, half_max + 1):
-            first = ring_index[max(abs(dy), abs(dx))]
-            offset = dy * width + dx
-            q0, q1 = max(p0, -offset), min(p1, size - offset)
-            if q0 >= q1:
+        # dx and -dx lie on the same ring: where both neighbours are inside for the same centres,
+        # one pass over the tallies adds both (half the tally loads and stores).
+        for dx in range(half_max + 1):
+            first = ring_index[max(abs(dy), dx)]
+            near, far = dy * width + dx, dy * width - dx
+            q0, q1 = max(p0, -near), min(p1, size - near)
+            if dx > 0 and q0 == max(p0, -far) and q1 == min(p1, size - far) and q0 < q1:
+                d = _distances(img, q0, q1, near, distance[0], pixel)
+                e = _distances(img, q0, q1, far, distance[1], pixel)
+                for j in range(first, n):
+                    threshold = thresholds[j]
+                    row = tally[j, q0 - p0 : q1 - p0]
+                    for i in range(q1 - q0):
+                        row[i] += np.uint8(d[i] <= threshold) + np.uint8(e[i] <= threshold)
                 continue
-            d = _distances(img, q0, q1, offset, distance, pixel)
-            for j in range(first, n):
-                threshold = thresholds[j]
-                row = tally[j, q0 - p0 : q1 - p0]
-                for i in range(q1 - q0):
-                    row[i] += np.uint8(d[i] <= threshold)
+            for side in range(2 if dx > 0 else 1):
+                offset = near if side == 0 else far
+                q0, q1 = max(p0, -offset), min(p1, size - offset)
+                if q0 >= q1:
+                    continue
+                d = _distances(img, q0, q1, offset, distance[0], pixel)
+                for j in range(first, n):
+                    threshold = thresholds[j]
+                    row = tally[j, q0 - p0 : q1 - p0]
+                    for i in range(q1 - q0):
+                        row[i] += np.uint8(d[i] <= threshold)
         for j in range(low, n):
             total = mass[j, :length]
             part = tally[j, :length]
@@ -538,7 +552,7 @@ def _add_mass_counts(  # pragma: no cover - compiled
     for chunk in prange(chunks):
         mass = np.empty((n, piece), np.uint16)
         tally = np.empty((n, piece), np.uint8)
-        distance = np.empty(piece, img.dtype)
+        distance = np.empty((2, piece), img.dtype)
         for k in range(pieces * chunk // chunks, pieces * (chunk + 1) // chunks):
             p0 = p_start + k * piece
             p1 = min(p0 + piece, p_stop)
