@@ -125,6 +125,10 @@ class UpLock:
             if proc.alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
+        # SIGKILL is delivered, not awaited: the ports are free only once the process is gone
+        deadline = time.monotonic() + grace_s
+        while any(proc.alive() for proc in alive.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.record_path.unlink(missing_ok=True)
         return [
             f"stopped {name} (pid {proc.pid}) left running by a `labsight up` "
