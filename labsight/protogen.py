@@ -15,28 +15,32 @@ def proto_files(proto_root: Path = PROTO_ROOT) -> list[Path]:
     return sorted(proto_root.glob("labsight/v1/*.proto"))
 
 
-def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> None:
-    """Write *_pb2.py, *_pb2.pyi and *_pb2_grpc.py for every proto under out_dir.
+def run_protoc(files: list[str], out_dir: Path, proto_root: Path = PROTO_ROOT) -> None:
+    """Run protoc on ``files`` (relative to ``proto_root``), writing *_pb2.py, .pyi, _pb2_grpc.py.
 
     Requires grpcio-tools (the ``test`` extra); its pinned version makes the
-    output reproducible.
+    output reproducible. The well-known types come from grpc_tools' bundled protos.
+
+    Raises
+    ------
+    RuntimeError
+        If protoc fails.
     """
     import grpc_tools
     from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).parent / "_proto"
-    files = [str(p.relative_to(proto_root)) for p in proto_files(proto_root)]
     args = [
-        "protoc",
-        f"-I{proto_root}",
-        f"-I{include}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        *files,
+        "protoc", f"-I{proto_root}", f"-I{include}", f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", *files,
     ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed for {files}")
+
+
+def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> None:
+    """Write *_pb2.py, *_pb2.pyi and *_pb2_grpc.py for every proto under out_dir."""
+    run_protoc([str(p.relative_to(proto_root)) for p in proto_files(proto_root)], out_dir, proto_root)
 
 
 def main(argv: list[str] | None = None) -> int:

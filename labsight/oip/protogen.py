@@ -10,28 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from labsight.protogen import PROTO_ROOT, REPO_ROOT
+from labsight.protogen import PROTO_ROOT, REPO_ROOT, run_protoc
 
 PROTO = Path("labsight/oip/grpc_predict_v2.proto")
 """The protocol's proto, relative to the proto root."""
 
 
 def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> None:
-    """Write grpc_predict_v2_pb2.py, .pyi and _pb2_grpc.py under ``out_dir``/labsight/oip.
-
-    Requires grpcio-tools (the ``test`` extra); its pinned version makes the
-    output reproducible.
-    """
-    import grpc_tools
-    from grpc_tools import protoc
-
-    include = Path(grpc_tools.__file__).parent / "_proto"
-    args = [
-        "protoc", f"-I{proto_root}", f"-I{include}", f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", str(PROTO),
-    ]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed for {PROTO}")
+    """Write grpc_predict_v2_pb2.py, .pyi and _pb2_grpc.py under ``out_dir``/labsight/oip."""
+    run_protoc([str(PROTO)], out_dir, proto_root)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,29 +11,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from labsight.protogen import PROTO_ROOT, REPO_ROOT
+from labsight.protogen import PROTO_ROOT, REPO_ROOT, run_protoc
 
 PROTO_DIR = Path("labsight/remote")
 """The servers' protos, relative to the proto root."""
 
 
 def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> None:
-    """Write the *_pb2.py, .pyi and _pb2_grpc.py of every proto under ``out_dir``/labsight/remote.
-
-    Requires grpcio-tools (the ``test`` extra); its pinned version makes the
-    output reproducible.
-    """
-    import grpc_tools
-    from grpc_tools import protoc
-
-    include = Path(grpc_tools.__file__).parent / "_proto"
+    """Write the *_pb2.py, .pyi and _pb2_grpc.py of every proto under ``out_dir``/labsight/remote."""
     files = sorted(str(path.relative_to(proto_root)) for path in (proto_root / PROTO_DIR).glob("*.proto"))
-    args = [
-        "protoc", f"-I{proto_root}", f"-I{include}", f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", *files,
-    ]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed for {files}")
+    run_protoc(files, out_dir, proto_root)
 
 
 def main(argv: list[str] | None = None) -> int:
