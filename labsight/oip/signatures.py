@@ -7,6 +7,12 @@ manifest, which a request may ask for as an output of its own. Output and
 layer shapes are measured by running the model once on a zero input. Axes
 of any length (the batch, the sides of a ``dynamic_size`` model) are -1.
 Every input and output is FP32: the engines take and give float32.
+
+A model on an external server (``torchserve``, ``tfserving``) has no graph
+here and its server is not called for metadata: its signature comes from its
+manifest. The input is named by the manifest's ``[remote] input`` and has the
+manifest's (channels, height, width); the outputs are the manifest's, and
+their shapes are unknown until the server answers, so each is ``[-1]``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ DATATYPE = "FP32"
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_libtorch"}
 """Triton's platform names of the two backends a model server runs a model on."""
+
+REMOTE_PLATFORMS = {"torchserve": "torchserve_remote", "tfserving": "tfserving_remote"}
+"""Platform names of the formats whose model runs on an external server."""
+
+UNKNOWN_SHAPE = (-1,)
+"""The shape of a remote model's outputs, whose rank and sides only its server knows."""
 
 
 @dataclass(frozen=True)
@@ -95,10 +107,14 @@ class Signatures:
         return signature
 
     def platform(self, manifest: ModelManifest) -> str:
-        """Triton's name of the backend this server runs the model on."""
+        """Triton's name of the backend this server runs the model on (for a remote model, its server's)."""
+        if manifest.remote is not None:
+            return REMOTE_PLATFORMS[manifest.remote.protocol]
         return PLATFORMS[self.server.backend(manifest)]
 
     def _read(self, manifest: ModelManifest) -> ModelSignature:
+        if manifest.remote is not None:
+            return _remote_signature(manifest, manifest.remote.input)
         model = load_onnx(manifest, self.server.config.cache_dir)
         graph = model.graph
         weights = {tensor.name for tensor in graph.initializer}
@@ -121,6 +137,23 @@ class Signatures:
             tuple(specs[: len(manifest.outputs)]),
             tuple(specs[len(manifest.outputs) :]),
         )
+
+
+def _remote_signature(manifest: ModelManifest, input_name: str) -> ModelSignature:
+    """A remote model's signature, from its manifest alone (its server is not called).
+
+    The input, ``input_name`` (the manifest's ``[remote] input``), is the
+    preprocessed (batch, channels, height, width) batch the engine sends; the
+    outputs and the public layers that alias one of them have unknown shapes.
+    """
+    sides = (-1, -1) if manifest.dynamic_size else manifest.input_shape[1:]
+    layers = [name for name, path in manifest.layers.items()
+              if path in manifest.outputs and name not in manifest.outputs]
+    return ModelSignature(
+        TensorSpec(input_name, DATATYPE, (-1, manifest.input_channels, *sides)),
+        tuple(TensorSpec(name, DATATYPE, UNKNOWN_SHAPE) for name in manifest.outputs),
+        tuple(TensorSpec(name, DATATYPE, UNKNOWN_SHAPE) for name in layers),
+    )
 
 
 def _measured_shapes(

@@ -30,6 +30,9 @@ from labsight.catalog import FEATURES
 from labsight.config import Settings
 from labsight.images import image_from_array
 from labsight.models import ModelServer, Preprocessing, ServingConfig, load_manifest
+from labsight.oip import grpc_predict_v2_pb2 as oip_pb
+from labsight.oip import grpc_predict_v2_pb2_grpc as oip_grpc
+from labsight.oip.servicer import add_open_inference
 from labsight.remote import tf_predict_pb2, tf_predict_pb2_grpc, tf_tensor_pb2, tf_tensor_shape_pb2
 from labsight.remote import tf_types_pb2 as types
 from labsight.remote import torchserve_inference_pb2 as ts_pb
@@ -427,3 +430,88 @@ def test_a_real_torchserve_serves_extract_deep_features(
     assert unknown.code() == grpc.StatusCode.INTERNAL
     assert f"model 'ts-real-unknown': TorchServe at {real_torchserve}" in unknown.details()
     assert "Model not found: resnet" in unknown.details()
+
+
+@pytest.fixture
+def inference(
+    serve: Callable[..., RunningServer], settings: Settings, model_servers: ModelServers, tmp_path: Path
+) -> Iterator[oip_grpc.GRPCInferenceServiceStub]:
+    """The Open Inference Protocol (real gRPC) over a model server of the remote manifests."""
+    models = ModelServer(feature_repository([_model_dir(tmp_path, model_servers)], False), ServingConfig())
+
+    def register(server: grpc.Server, service_settings: Settings) -> None:
+        add_open_inference(server, models, service_settings)
+
+    running = serve(register, FEATURES.grpc_services, settings)
+    with grpc.insecure_channel(running.address) as channel:
+        yield oip_grpc.GRPCInferenceServiceStub(channel)
+    models.close()
+
+
+def _infer(
+    stub: oip_grpc.GRPCInferenceServiceStub, model: str, input_name: str, batch: np.ndarray,
+    outputs: tuple[str, ...] = (),
+) -> dict[str, np.ndarray]:
+    request = oip_pb.ModelInferRequest(
+        model_name=model, inputs=[oip_pb.ModelInferRequest.InferInputTensor(
+            name=input_name, datatype="FP32", shape=list(batch.shape))],
+        outputs=[oip_pb.ModelInferRequest.InferRequestedOutputTensor(name=name) for name in outputs],
+        raw_input_contents=[batch.astype("<f4").tobytes()],
+    )
+    answer = stub.ModelInfer(request, timeout=60)
+    return {tensor.name: np.frombuffer(data, "<f4").reshape(tensor.shape)
+            for tensor, data in zip(answer.outputs, answer.raw_output_contents, strict=True)}
+
+
+@pytest.mark.parametrize(("model", "platform", "input_name"), [
+    ("ts-linear", "torchserve_remote", "data"), ("tf-linear", "tfserving_remote", "images"),
+])
+def test_open_inference_metadata_of_a_remote_model_comes_from_its_manifest(
+    inference: oip_grpc.GRPCInferenceServiceStub, model_servers: ModelServers, model: str, platform: str,
+    input_name: str,
+) -> None:
+    metadata = inference.ModelMetadata(oip_pb.ModelMetadataRequest(name=model), timeout=30)
+    assert (metadata.name, list(metadata.versions), metadata.platform) == (model, ["1"], platform)
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs] == [
+        (input_name, "FP32", [-1, 3, SIZE, SIZE])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in metadata.outputs] == [
+        ("embedding", "FP32", [-1]), ("score", "FP32", [-1])]
+    assert model_servers.behaviour.rows == []  # the model server was not called
+    gone = inference.ModelMetadata(oip_pb.ModelMetadataRequest(name="tf-gone"), timeout=30)
+    assert gone.platform == "tfserving_remote" and [t.name for t in gone.outputs] == ["output"]
+
+
+def test_open_inference_runs_a_remote_model_through_its_server(
+    inference: oip_grpc.GRPCInferenceServiceStub, model_servers: ModelServers
+) -> None:
+    batch = preprocess(IMAGES, (SIZE, SIZE), Preprocessing.identity(3))
+    embedding, score = _linear(batch)
+    outputs = _infer(inference, "ts-linear", "data", batch)
+    assert list(outputs) == ["embedding", "score"]
+    np.testing.assert_allclose(outputs["embedding"], embedding, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(outputs["score"], score, rtol=1e-5, atol=1e-4)
+    only = _infer(inference, "ts-linear", "data", batch[:2], ("score",))
+    assert list(only) == ["score"]
+    np.testing.assert_allclose(only["score"], score[:2], rtol=1e-5, atol=1e-4)
+    assert sum(model_servers.behaviour.rows) == 5
+    # TF Serving takes (H, W, C) images, so its map runs on the transposed batch.
+    embedding, score = _linear(np.ascontiguousarray(batch.transpose(0, 2, 3, 1)))
+    outputs = _infer(inference, "tf-linear", "images", batch)
+    np.testing.assert_allclose(outputs["embedding"], embedding, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(outputs["score"], score, rtol=1e-5, atol=1e-4)
+
+
+def test_open_inference_on_an_unreachable_endpoint_is_unavailable_naming_it(
+    inference: oip_grpc.GRPCInferenceServiceStub, tmp_path: Path
+) -> None:
+    batch = preprocess(IMAGES, (SIZE, SIZE), Preprocessing.identity(3))
+    with pytest.raises(grpc.RpcError) as error:
+        _infer(inference, "tf-gone", "input", batch)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    remote = load_manifest(tmp_path / "tf-gone" / "manifest.toml").remote
+    assert remote is not None
+    details = error.value.details()
+    assert f"model 'tf-gone': TF Serving at {remote.endpoint} (remote model 'linear')" in details
+    embedding, _ = _linear(batch)  # the service keeps serving
+    np.testing.assert_allclose(_infer(inference, "ts-linear", "data", batch)["embedding"], embedding,
+                               rtol=1e-5, atol=1e-4)
