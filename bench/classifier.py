@@ -194,7 +194,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--lime-cells", type=int, default=5)
+    parser.add_argument("--parts", default="1,2,3", help="parts to run, e.g. 1,3")
     args = parser.parse_args()
+    parts = {int(part) for part in args.parts.split(",")}
     import torch
 
     torch.set_num_threads(1)
@@ -256,23 +258,26 @@ def main() -> None:
         local.total(classify, fields[:2])  # untimed: sessions warm
         concurrent_classify(classifier_address, fields[:2], 2)  # untimed: load, export, connect
         in_process = CpuClock({})
-        compare(f"1) ClassifyCells, {args.clients} concurrent clients, against classify_cells in-process "
-                f"on a pool of {instances} threads:",
-                {"in-process": lambda: local.total(classify, fields),
-                 "served": lambda: concurrent_classify(classifier_address, fields, args.clients)},
-                {"in-process": in_process, "served": CpuClock({"classifier": classifier})}, args.rounds)
-        gateway = start_server(register_gateway, GATEWAY.grpc_services, settings)
-        workers = [threading.Thread(target=build_worker(settings, consumer=f"bench-{i}").run, args=(stop,),
-                                    kwargs={"block_ms": 50}) for i in range(args.workers)]
-        for worker in workers:
-            worker.start()
-        through_gateway()  # untimed
-        compare(f"2) hpa-cells jobs through the gateway, {args.workers} workers, segmentation and "
-                "classifier services, against segment_cells + measure_cells + classify_cells "
-                f"in-process on a pool of {instances} threads:",
-                {"in-process": lambda: local.total(hpa_cells, fields), "served": through_gateway},
-                {"in-process": in_process,
-                 "served": CpuClock({"segmentation": segmentation, "classifier": classifier})}, args.rounds)
+        if 1 in parts:
+            compare(f"1) ClassifyCells, {args.clients} concurrent clients, against classify_cells in-process "
+                    f"on a pool of {instances} threads:",
+                    {"in-process": lambda: local.total(classify, fields),
+                     "served": lambda: concurrent_classify(classifier_address, fields, args.clients)},
+                    {"in-process": in_process, "served": CpuClock({"classifier": classifier})}, args.rounds)
+        if 2 in parts:
+            gateway = start_server(register_gateway, GATEWAY.grpc_services, settings)
+            workers = [threading.Thread(target=build_worker(settings, consumer=f"bench-{i}").run,
+                                        args=(stop,), kwargs={"block_ms": 50}) for i in range(args.workers)]
+            for worker in workers:
+                worker.start()
+            through_gateway()  # untimed
+            compare(f"2) hpa-cells jobs through the gateway, {args.workers} workers, segmentation and "
+                    "classifier services, against segment_cells + measure_cells + classify_cells "
+                    f"in-process on a pool of {instances} threads:",
+                    {"in-process": lambda: local.total(hpa_cells, fields), "served": through_gateway},
+                    {"in-process": in_process,
+                     "served": CpuClock({"segmentation": segmentation, "classifier": classifier})},
+                    args.rounds)
         print(f"after: {load_text()}")
     finally:
         stop.set()
@@ -289,7 +294,8 @@ def main() -> None:
         if private is not None:
             stop_redis(*private)
         local.pool.shutdown()
-    explanations(fields[0], manifest, engines[0], args.lime_cells)
+    if 3 in parts:
+        explanations(fields[0], manifest, engines[0], args.lime_cells)
 
 
 def explanations(field: CellField, manifest: object, engine: Engine, count: int) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labsight.patches import _cell_boxes, cell_patches
+from labsight.patches import cell_boxes, cell_patches
 
 __all__ = ["CellCrops", "cell_crops"]
 
@@ -111,17 +111,18 @@ def cell_crops(
     spread = np.ones(count, np.float32) if std is None else np.asarray(std, np.float32)
     if shift.shape != (count,) or spread.shape != (count,):
         raise ValueError(f"mean, std: expected {count} values each (one per channel)")
-    boxes = _cell_boxes(labels)
+    boxes = cell_boxes(labels)
     if not boxes:
         return CellCrops(
             np.zeros((0, count, size, size), np.float32), np.zeros(0, np.int64), np.zeros((0, 4), np.int64)
         )
-    patches = cell_patches(image, labels, size, blank_other_cells=blank_other_cells, max_bytes=max_bytes)
+    patches = cell_patches(image, labels, size, blank_other_cells=blank_other_cells, max_bytes=max_bytes,
+                           boxes=boxes)
     scale = 1.0 / (np.float32(np.iinfo(image.dtype).max) * spread)
-    pixels = patches.pixels.transpose(0, 3, 1, 2).astype(np.float32)
-    pixels *= scale[None, :, None, None]
+    pixels = np.empty((len(boxes), count, size, size), np.float32)
+    np.multiply(patches.pixels.transpose(0, 3, 1, 2), scale[None, :, None, None], out=pixels)
     pixels -= (shift / spread)[None, :, None, None]
     corners = np.array(
         [(rows.start, cols.start, rows.stop, cols.stop) for _, (rows, cols) in boxes], dtype=np.int64
     )
-    return CellCrops(np.ascontiguousarray(pixels), patches.labels, corners)
+    return CellCrops(pixels, patches.labels, corners)

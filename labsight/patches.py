@@ -15,6 +15,9 @@ from labsight.spatial import SPOT_EDGE_MODES
 DEFAULT_CELL_PATCH_SIZE = 224
 """Side of cell patches when no output size is asked for."""
 
+CellBox = tuple[int, tuple[slice, slice]]
+"""A cell's label and its bounding box (rows, columns), as ``scipy.ndimage.find_objects`` gives it."""
+
 
 @dataclass(frozen=True)
 class Patches:
@@ -149,6 +152,7 @@ def cell_patches(
     blank_other_cells: bool = False,
     only_labels: Sequence[int] = (),
     max_bytes: int | None = None,
+    boxes: Sequence[CellBox] | None = None,
 ) -> Patches:
     """One square patch per labelled cell, centred on the cell's bounding box.
 
@@ -168,6 +172,9 @@ def cell_patches(
     max_bytes : int, optional
         Refuse to cut patches that would take more memory than this, before
         allocating them.
+    boxes : sequence of (int, (slice, slice)), optional
+        ``cell_boxes(labels)``, when the caller has it already (it is not
+        computed again).
 
     Returns
     -------
@@ -195,7 +202,7 @@ def cell_patches(
         )
     _check_output_size(output_size)
     size = output_size or DEFAULT_CELL_PATCH_SIZE
-    present = _cell_boxes(labels)
+    present = list(cell_boxes(labels) if boxes is None else boxes)
     if not present:
         raise ValueError("cell_labels: the mask holds no cell (every label is 0)")
     if len(only_labels):
@@ -225,12 +232,19 @@ def cell_patches(
     )
 
 
-def _cell_boxes(labels: np.ndarray) -> list[tuple[int, tuple[slice, slice]]]:
-    """(label, bounding box) of every positive label, in increasing label order.
+def cell_boxes(labels: np.ndarray) -> list[CellBox]:
+    """(label, bounding box) of every positive label of an integer mask, in increasing label order.
 
-    The labels are made consecutive first, so a mask with a few large label
-    values (a uint32 id of 4e9) costs memory for its cells, not for its largest id.
+    A mask whose largest label is at most its pixel count (any segmentation's) goes
+    to ``find_objects`` as it is; one with a few large label values (a uint32 id of
+    4e9) is made consecutive first, so it costs memory for its cells, not for its largest id.
     """
+    top = int(labels.max(initial=0))
+    if top <= 0:
+        return []
+    if top <= labels.size:  # find_objects skips labels below 1 and lists one entry per value
+        boxes = ndimage.find_objects(labels, max_label=top)
+        return [(index, box) for index, box in enumerate(boxes, start=1) if box is not None]
     compact, _, original = relabel_sequential(np.maximum(labels, 0).astype(np.int64))
     boxes = ndimage.find_objects(compact)
     return [(int(original[index]), box) for index, box in enumerate(boxes, start=1) if box is not None]

@@ -85,3 +85,14 @@ def test_bad_inputs_are_refused_naming_the_argument(
 ) -> None:
     with pytest.raises(ValueError, match=f"^{field}:"):
         cell_crops(image, labels, 8, channels=4)
+
+
+def test_huge_and_negative_labels_give_the_crops_of_small_ones() -> None:
+    image, labels = _two_cells()
+    wide = labels.astype(np.int64)
+    wide[labels == 9] = 4_000_000_000  # over the pixel count: the boxes come from a relabelled mask
+    wide[0, 0] = -3  # negative labels are background
+    small, huge = cell_crops(image, labels, 20), cell_crops(image, wide, 20)
+    assert huge.cell_ids.tolist() == [4, 4_000_000_000]
+    assert huge.boxes.tolist() == small.boxes.tolist()
+    assert np.array_equal(huge.pixels, small.pixels)
