@@ -40,14 +40,18 @@ Predict = Callable[[np.ndarray], np.ndarray]
 """A batched model: (N, 4, S, S) float32 crops → (N, classes) probabilities."""
 
 LIME_SAMPLES = 1000
-"""Perturbed crops per LIME explanation, as the seed takes (about 2 s per 64-pixel cell on one
-CPU thread through ONNX Runtime; bench/classifier.py measures it)."""
+"""Perturbed crops per LIME explanation, as the seed takes (about 1.5 s per 64-pixel cell on one
+CPU thread through ONNX Runtime, most of it the model; bench/classifier.py measures it)."""
 
 LIME_FEATURES = 5
 """Superpixels shown (the seed's mask of the 5 strongest positive superpixels)."""
 
-LIME_SEGMENTS = 40
-"""Superpixels SLIC aims at on a crop."""
+LIME_SEGMENTS = 60
+"""Superpixels SLIC aims at on a crop (after its connectivity step, 33-56 on 64² generated cells)."""
+
+LIME_BATCH = 256
+"""Perturbed crops per ``predict`` call: four calls for the 1000 samples (a batch of 64² RGBY
+float32 crops takes 16 MiB)."""
 
 
 def cam_layer(model: object, path: str = "") -> object:
@@ -278,7 +282,7 @@ def lime_explanation(
     features: int = LIME_FEATURES,
     segments: int = LIME_SEGMENTS,
     seed: int = 0,
-    batch_size: int = 100,
+    batch_size: int = LIME_BATCH,
 ) -> LimeExplanation:
     """Explain one class of one crop with LIME; the same ``seed`` gives the same explanation.
 
