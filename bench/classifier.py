@@ -65,7 +65,7 @@ from labsight.images import image_from_array  # noqa: E402
 from labsight.models import Engine, ServingConfig, build_engine, load_torch_model  # noqa: E402
 from labsight.redis_server import start_redis, stop_redis  # noqa: E402
 from labsight.runtime.server import start_server  # noqa: E402
-from labsight.tensors import to_tensor  # noqa: E402
+from labsight.tensors import write_tensor  # noqa: E402
 from labsight.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 from services.classifier.cells import classify_cells  # noqa: E402
@@ -141,9 +141,10 @@ def measured(work: Callable[[], int], clock: CpuClock, rates: list[float],
 def concurrent_classify(address: str, fields: list[CellField], clients: int) -> int:
     """ClassifyCells of every field from ``clients`` threads; returns the cells classified."""
     stub = classifier_pb2_grpc.ClassifierServiceStub(grpc.insecure_channel(address))
-    requests = [classifier_pb2.ClassifyCellsRequest(image=image_from_array(f.image),
-                                                    cell_labels=to_tensor(f.cell_labels))
-                for f in fields]
+    requests = [classifier_pb2.ClassifyCellsRequest() for _ in fields]
+    for request, field in zip(requests, fields, strict=True):  # encoded in place: one copy each
+        write_tensor(request.image.tensor, field.image)
+        write_tensor(request.cell_labels, field.cell_labels)
     counts = [0] * clients
     barrier = threading.Barrier(clients)
 

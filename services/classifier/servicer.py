@@ -15,7 +15,7 @@ from labsight.errors import InvalidArgument, echo
 from labsight.models import ModelManifest, ModelServer, ServingConfig, load_torch_model
 from labsight.oip.servicer import add_open_inference
 from labsight.runtime.progress_stream import raise_if_gone
-from labsight.tensors import from_tensor, to_tensor
+from labsight.tensors import from_tensor, write_tensor
 from labsight.v1 import classifier_pb2 as pb
 from labsight.v1 import classifier_pb2_grpc as pb_grpc
 from services.classifier.cells import CellClassification, classify_cells
@@ -49,6 +49,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         self.server = server
         self.max_answer_bytes = max_answer_bytes
         self._networks: dict[tuple[str, str], object] = {}
+        self._thresholds: dict[tuple[str, str], np.ndarray] = {}
         self._lock = threading.Lock()
 
     def ClassifyCells(
@@ -64,17 +65,17 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
         answer = pb.ClassifyCellsResponse(
             class_names=list(found.class_names),
             cell_ids=found.cell_ids.astype(np.int32).tolist(),
-            probabilities=to_tensor(found.probabilities),
             image_probabilities=found.image_probabilities.tolist(),
             model=f"{manifest.name} {manifest.version}",
             thresholds=found.thresholds.tolist(),
         )
+        write_tensor(answer.probabilities, found.probabilities)
         if request.return_crops:
             side = manifest.input_size
             crops = (np.concatenate(seen) if seen else
                      np.zeros((0, manifest.input_channels, *side), np.float32))
-            answer.crops.CopyFrom(to_tensor(np.ascontiguousarray(
-                np.rint(np.clip(crops, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1))))
+            write_tensor(answer.crops,
+                         np.rint(np.clip(crops, 0, 1) * 255).astype(np.uint8).transpose(0, 2, 3, 1))
         return answer
 
     def ExplainCells(
@@ -120,13 +121,14 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
             for row, (cell, target) in enumerate(rows):
                 raise_if_gone(context, "explain cells")
                 saliency[row] = lime_explanation(crops.pixels[cell], predict, target).saliency
-        return pb.ExplainCellsResponse(
+        answer = pb.ExplainCellsResponse(
             cell_ids=crops.cell_ids[cells].astype(np.int32).tolist(),
             class_indices=classes.astype(np.int32).tolist(),
-            saliency=to_tensor(saliency),
             model=f"{manifest.name} {manifest.version}",
             method=method,
         )
+        write_tensor(answer.saliency, saliency)
+        return answer
 
     def _manifest(self, name: str) -> ModelManifest:
         return self.server.repository.get(name or DEFAULT_MODEL)
@@ -156,7 +158,7 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
             mean = std = None  # classify_cells hands over [0, 1] crops; they are normalised here
         try:
             return classify_cells(
-                image, labels, predict, thresholds=load_thresholds(manifest),
+                image, labels, predict, thresholds=self._thresholds_of(manifest),
                 input_size=manifest.input_size[0], batch_size=self.server.config.max_batch_size,
                 mean=mean, std=std,
                 max_bytes=self.max_answer_bytes,
@@ -173,6 +175,14 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
             )
         except ValueError as error:
             raise InvalidArgument(str(error)) from None
+
+    def _thresholds_of(self, manifest: ModelManifest) -> np.ndarray:
+        """The model's per-class thresholds, read from its folder once per version."""
+        key = (manifest.name, manifest.version)
+        with self._lock:
+            if key not in self._thresholds:
+                self._thresholds[key] = load_thresholds(manifest)
+            return self._thresholds[key]
 
     def _network(self, manifest: ModelManifest) -> object:
         """The model in torch (Grad-CAM needs its gradients), loaded once per version."""
