@@ -5,6 +5,7 @@ Run from the repository root with Redis on 127.0.0.1:6379 (or REDIS_URL; a priva
 redis-server is started when none answers):
 
     python bench/classifier.py [--fields 24] [--clients 8] [--workers 2] [--rounds 5] [--lime-cells 5]
+                               [--parts 1,2,3] [--label-dtype int32]
 
 Data: ``--fields`` generated 512×512 RGBY fields (services.classifier.generated_cells, a seed
 the shipped model never saw) with their true cell masks, about 14 cells each.
@@ -138,13 +139,15 @@ def measured(work: Callable[[], int], clock: CpuClock, rates: list[float],
     return run
 
 
-def concurrent_classify(address: str, fields: list[CellField], clients: int) -> int:
-    """ClassifyCells of every field from ``clients`` threads; returns the cells classified."""
+def concurrent_classify(address: str, fields: list[CellField], clients: int,
+                        label_dtype: str = "int32") -> int:
+    """ClassifyCells of every field from ``clients`` threads, the cell labels sent as
+    ``label_dtype``; returns the cells classified."""
     stub = classifier_pb2_grpc.ClassifierServiceStub(grpc.insecure_channel(address))
     requests = [classifier_pb2.ClassifyCellsRequest() for _ in fields]
     for request, field in zip(requests, fields, strict=True):  # encoded in place: one copy each
         write_tensor(request.image.tensor, field.image)
-        write_tensor(request.cell_labels, field.cell_labels)
+        write_tensor(request.cell_labels, field.cell_labels.astype(label_dtype, copy=False))
     counts = [0] * clients
     barrier = threading.Barrier(clients)
 
@@ -196,6 +199,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--lime-cells", type=int, default=5)
     parser.add_argument("--parts", default="1,2,3", help="parts to run, e.g. 1,3")
+    parser.add_argument("--label-dtype", default="int32", choices=("int32", "uint16"),
+                        help="dtype of the cell labels ClassifyCells clients send (part 1)")
     args = parser.parse_args()
     parts = {int(part) for part in args.parts.split(",")}
     import torch
@@ -260,10 +265,11 @@ def main() -> None:
         concurrent_classify(classifier_address, fields[:2], 2)  # untimed: load, export, connect
         in_process = CpuClock({})
         if 1 in parts:
-            compare(f"1) ClassifyCells, {args.clients} concurrent clients, against classify_cells in-process "
-                    f"on a pool of {instances} threads:",
+            compare(f"1) ClassifyCells, {args.clients} concurrent clients ({args.label_dtype} labels), "
+                    f"against classify_cells in-process on a pool of {instances} threads:",
                     {"in-process": lambda: local.total(classify, fields),
-                     "served": lambda: concurrent_classify(classifier_address, fields, args.clients)},
+                     "served": lambda: concurrent_classify(classifier_address, fields, args.clients,
+                                                           args.label_dtype)},
                     {"in-process": in_process, "served": CpuClock({"classifier": classifier})}, args.rounds)
         if 2 in parts:
             gateway = start_server(register_gateway, GATEWAY.grpc_services, settings)
