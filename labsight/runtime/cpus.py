@@ -90,10 +90,15 @@ class StackSizing:
     compute_threads: int
 
     def service_environment(self) -> dict[str, str]:
-        """Thread-pool variables of a model service. Idle OpenMP threads sleep (PASSIVE)
-        instead of spinning on the cores the gateway, workers and Redis need meanwhile."""
+        """Thread-pool and allocator variables of a model service. Idle OpenMP threads sleep
+        (PASSIVE) instead of spinning on the cores the gateway, workers and Redis need
+        meanwhile; glibc keeps 2 malloc arenas (MALLOC_ARENA_MAX), not 8 per core, so memory
+        freed by one of the many gRPC and batcher threads is reused by the others instead of
+        staying resident (a fuzz run: features +339 MiB after 300 calls with the default, +23
+        with 2)."""
         threads = str(self.compute_threads)
-        return {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
+        return {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
+                "MALLOC_ARENA_MAX": "2"}
 
     def worker_environment(self) -> dict[str, str]:
         """Variables of a worker process."""

@@ -61,7 +61,7 @@ def test_a_stack_is_sized_to_its_cpus(
     assert (sizing.workers, sizing.worker_concurrency, sizing.compute_threads) == expected
     assert sizing.service_environment() == {
         "NUMBA_NUM_THREADS": str(expected[2]), "OMP_NUM_THREADS": str(expected[2]),
-        "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_WAIT_POLICY": "PASSIVE", "MALLOC_ARENA_MAX": "2",
     }
     assert sizing.worker_environment() == {"LABSIGHT_WORKER_CONCURRENCY": str(expected[1])}
 

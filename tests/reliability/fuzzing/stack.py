@@ -80,6 +80,10 @@ class Stack:
             # ONNX Runtime's arena hands back what a batch took, so growth is what stays: a
             # leak, not the peak of the batches the worker's jobs and the fuzz calls ran at once
             "LABSIGHT_ORT_ARENA_SHRINK": "1",
+            # as `labsight up` and the images run services: 2 glibc arenas, so memory freed by
+            # one thread is reused by the next instead of counting as growth (+339 MiB with 8
+            # per core, +23 with 2, in one run of these calls)
+            "MALLOC_ARENA_MAX": "2",
             # the segmentation service's default method loads its flow networks before it
             # serves, so their weights count in the starting size, not as growth
             "LABSIGHT_SEGMENTATION_PRELOAD": ",".join(m.name for m in builtin_flow_manifests()),
