@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,13 +44,18 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> None:
     run_protoc([str(p.relative_to(proto_root)) for p in proto_files(proto_root)], out_dir, proto_root)
 
 
+def command(generate_into: Callable[[Path], None], description: str | None,
+            argv: list[str] | None = None) -> int:
+    """Command-line entry of a stub generator: regenerate into the repository (default) or --out."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT)
+    generate_into(parser.parse_args(argv).out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: regenerate into the repository (default) or --out."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT)
-    args = parser.parse_args(argv)
-    generate(args.out)
-    return 0
+    return command(generate, __doc__, argv)
 
 
 if __name__ == "__main__":

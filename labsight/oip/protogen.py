@@ -6,11 +6,10 @@ kept apart from the LabSight API's (``labsight.protogen``).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from labsight.protogen import PROTO_ROOT, REPO_ROOT, run_protoc
+from labsight.protogen import PROTO_ROOT, command, run_protoc
 
 PROTO = Path("labsight/oip/grpc_predict_v2.proto")
 """The protocol's proto, relative to the proto root."""
@@ -23,10 +22,7 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: regenerate into the repository (default) or --out."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT)
-    generate(parser.parse_args(argv).out)
-    return 0
+    return command(generate, __doc__, argv)
 
 
 if __name__ == "__main__":
