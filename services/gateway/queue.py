@@ -332,13 +332,17 @@ class JobQueue:
             for message_id, fields in messages
         ]
 
-    def reclaim_stale(self, consumer: str, min_idle_ms: int) -> list[Delivery]:
-        """Take over entries another worker claimed ``min_idle_ms`` ago and never acked."""
+    def reclaim_stale(self, consumer: str, min_idle_ms: int, count: int = 10) -> list[Delivery]:
+        """Take over up to ``count`` entries (high priority first) that a worker claimed
+        ``min_idle_ms`` ago and never acked."""
         taken: list[Delivery] = []
         for priority in PRIORITIES:
+            if len(taken) >= count:
+                break
             # Redis 7 answers (cursor, entries, deleted ids), Redis 6.2 (cursor, entries).
             claimed = self.client.xautoclaim(
-                self.keys.stream(priority), WORKER_GROUP, consumer, min_idle_ms, count=10
+                self.keys.stream(priority), WORKER_GROUP, consumer, min_idle_ms,
+                count=count - len(taken),
             )[1]
             taken += [
                 Delivery(priority, message_id, fields[b"job_id"].decode())

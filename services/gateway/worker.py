@@ -106,11 +106,16 @@ class Slots:
         self._free = list(clients)
         self._changed = threading.Condition()
 
-    def wait_free(self, stop: threading.Event, poll_s: float = 0.1) -> int:
-        """How many are free, once one is (0 once ``stop`` is set)."""
+    def wait_free(self, stop: threading.Event, timeout_s: float, poll_s: float = 0.1) -> int:
+        """How many are free, once one is; 0 if none is within ``timeout_s`` or once
+        ``stop`` is set."""
+        deadline = time.monotonic() + timeout_s
         with self._changed:
             while not self._free and not stop.is_set():
-                self._changed.wait(poll_s)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return 0
+                self._changed.wait(min(poll_s, left))
             return 0 if stop.is_set() else len(self._free)
 
     def take(self) -> ServiceClients:
@@ -203,19 +208,32 @@ class Worker:
         self, stop: threading.Event, block_ms: int, redis_moved: Callable[[], bool] | None,
         slots: Slots, pool: ThreadPoolExecutor,
     ) -> None:
-        """Claim and start jobs into free slots until ``stop`` (or Redis moved)."""
+        """Claim and start jobs into free slots until ``stop`` (or Redis moved).
+
+        Housekeeping (heartbeat, due retries) runs about every second even while every
+        slot is busy; stale entries are taken over only when a slot is free, and no more
+        than are free: an entry taken and left waiting would go stale again, untouched,
+        and a second worker would run the job beside this one.
+        """
+        housekeeping_s = min(1.0, self.claim_idle_ms / 4000)
         next_housekeeping = 0.0
+        reclaim_due = False
         while not stop.is_set():
             try:
-                deliveries: list[Delivery] = []
                 if time.monotonic() >= next_housekeeping:
                     self.queue.ensure_groups()
                     self.queue.announce_worker(self.consumer)
                     self.queue.release_due_retries()
-                    deliveries = self.queue.reclaim_stale(self.consumer, self.claim_idle_ms)
-                    next_housekeeping = time.monotonic() + min(1.0, self.claim_idle_ms / 4000)
-                free = slots.wait_free(stop)
-                if free and not deliveries:
+                    reclaim_due = True
+                    next_housekeeping = time.monotonic() + housekeeping_s
+                free = slots.wait_free(stop, max(0.0, next_housekeeping - time.monotonic()))
+                if not free:
+                    continue
+                deliveries: list[Delivery] = []
+                if reclaim_due:
+                    deliveries = self.take_over_stale(free)
+                    reclaim_due = False
+                if not deliveries:
                     deliveries = self.claim(free, block_ms)
                 for started in self.start(deliveries):
                     clients = slots.take()
@@ -231,6 +249,19 @@ class Worker:
             except Exception:  # noqa: BLE001 - a worker outlives any single bad step
                 log.exception("worker loop error; continuing")
                 stop.wait(1.0)
+
+    def take_over_stale(self, free: int) -> list[Delivery]:
+        """Up to ``free`` entries left idle past ``claim_idle_ms`` (their worker died or
+        stalled), now this worker's; one of its own running jobs whose claim went idle
+        (its watcher was starved) stays with the run it has."""
+        taken = self.queue.reclaim_stale(self.consumer, self.claim_idle_ms, free)
+        with self._running_lock:
+            taken = [delivery for delivery in taken if delivery.job_id not in self._running]
+        if taken:
+            log.warning("took over jobs idle past the claim time",
+                        extra={"job_ids": [d.job_id for d in taken],
+                               "claim_idle_ms": self.claim_idle_ms})
+        return taken
 
     def claim(self, free: int, block_ms: int) -> list[Delivery]:
         """Up to ``free`` new jobs, high priority first but never more than ``high_burst`` high

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -33,18 +34,26 @@ def worker_environment(settings: Settings, **overrides: str) -> dict[str, str]:
     return env
 
 
+def worker_warnings(log_dir: Path, text: str) -> list[str]:
+    """The lines of every worker log in ``log_dir`` (see ``worker_process``) that hold ``text``."""
+    return [line for path in sorted(log_dir.glob("worker-*.log"))
+            for line in path.read_text(errors="replace").splitlines() if text in line]
+
+
 @pytest.fixture
-def worker_process(settings: Settings) -> Iterator[WorkerFactory]:
-    """Start worker processes on the test's settings; all are stopped after the test."""
+def worker_process(settings: Settings, tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Start worker processes on the test's settings, each logging its warnings to
+    ``tmp_path/worker-<n>.log``; all are stopped after the test."""
     started: list[subprocess.Popen[bytes]] = []
 
     def start(**overrides: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.gateway.worker"],
-            env=worker_environment(settings, **overrides),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with (tmp_path / f"worker-{len(started)}.log").open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "services.gateway.worker"],
+                env=worker_environment(settings, **overrides),
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
         started.append(process)
         return process
 

@@ -21,6 +21,7 @@ from labsight.runtime.server import RunningServer
 from labsight.v1 import gateway_pb2 as pb
 from services.features.servicer import register as register_features
 from services.gateway.keys import RedisKeys
+from services.gateway.queue import build_queue
 from services.gateway.servicer import register as register_gateway
 from tests.conftest import RunningWorker
 
@@ -212,3 +213,35 @@ def test_high_priority_first_but_normal_never_starved(
     first_normal = order.index(normal[0])
     assert first_normal <= burst  # ... but a normal job runs after at most `burst` high ones
     assert order.index(normal[-1]) < order.index(high[-1])
+
+
+def test_stale_jobs_are_taken_over_only_into_free_slots(
+    serve: Serve, settings: Settings, worker_thread: StartWorker
+) -> None:
+    """A worker takes over no more stale jobs than it has free slots: one taken and left
+    waiting would go stale again, untouched, and a second worker would run it too."""
+    settings.claim_idle_ms = 600
+    # Nothing listens there: each started job waits in its slot for the service, holding it.
+    settings.service_addresses = {
+        "features": "127.0.0.1:1", "segmentation": "127.0.0.1:1", "classifier": "127.0.0.1:1",
+    }
+    gateway = serve(register_gateway, GATEWAY.grpc_services, settings)
+    client = LabSightClient(gateway.address, token="")
+    batch = client.submit_batch(
+        [build_request("fractal", TINY, {"box_sizes": "3"}) for _ in range(6)], batch_id="stale"
+    )
+    ghost = build_queue(settings)
+    ghost.ensure_groups()
+    assert len(ghost.claim("a-worker-that-died", "normal", 6)) == 6  # claimed, never started
+    time.sleep(settings.claim_idle_ms / 1000)
+
+    worker_thread(concurrency=2)
+
+    def started() -> list[int]:
+        return [client.get(job_id).attempts for job_id in batch.job_ids]
+
+    _wait_for(lambda: sum(started()) >= 2, 60, "two jobs taken over")
+    time.sleep(3 * settings.claim_idle_ms / 1000)  # the rest are stale again by now, if held
+    assert sorted(started()) == [0, 0, 0, 0, 1, 1]
+    assert _counts(client, "stale") == {"queued": 4, "running": 2}
+    client.close()
