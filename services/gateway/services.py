@@ -48,13 +48,19 @@ class _CallRecorder(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInte
         return call
 
 
+REFUSAL_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+"""How a service that is starting, stopping or gone ends a call: UNAVAILABLE, or CANCELLED
+for a call it had received but not started when its server shut down."""
+
+
 def _refused(call: grpc.Future) -> bool:
-    """True if ``call`` ended UNAVAILABLE (its outcome is set before a waiter sees it;
-    done-callbacks may run later, so they cannot tell)."""
+    """True if the service ended ``call`` UNAVAILABLE, or CANCELLED without this side
+    cancelling it (its outcome is set before a waiter sees it; done-callbacks may run
+    later, so they cannot tell)."""
     if not call.done() or call.cancelled():
         return False
     error = call.exception()
-    return isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNAVAILABLE
+    return isinstance(error, grpc.RpcError) and error.code() in REFUSAL_CODES
 
 
 class ServiceClients:
@@ -91,7 +97,8 @@ class ServiceClients:
         self.classifier = classifier_pb2_grpc.ClassifierServiceStub(calls["classifier"])
 
     def refusals(self) -> set[str]:
-        """Names of the services that answered a call UNAVAILABLE since ``forget_calls``."""
+        """Names of the services that refused a call (see ``REFUSAL_CODES``) since
+        ``forget_calls``."""
         return {service for service, call in list(self._calls) if _refused(call)}
 
     def cancel_calls(self) -> None:

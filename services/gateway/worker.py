@@ -34,7 +34,7 @@ from services.gateway.pipelines import get_pipeline
 from services.gateway.pipelines.base import JobCancelled, RunContext
 from services.gateway.progress import ProgressClock
 from services.gateway.queue import Delivery, JobQueue, build_queue
-from services.gateway.services import ServiceClients
+from services.gateway.services import REFUSAL_CODES, ServiceClients
 
 log = logging.getLogger(__name__)
 
@@ -384,10 +384,10 @@ class Worker:
     ) -> pb.JobResult:
         """Run the job's pipeline within one attempt, however often a model service restarts.
 
-        A call that a service refuses (UNAVAILABLE) while it is starting, stopping
-        or unreachable is no fault of the job: the worker waits, holding the job's
-        claim, until the service reports SERVING again and runs the pipeline
-        again. Only a wait beyond ``service_wait_s`` (or a second refusal by a
+        A call that a service refuses (UNAVAILABLE, or CANCELLED by a server shutting
+        down) while it is starting, stopping or unreachable is no fault of the job:
+        the worker waits, holding the job's claim, until the service reports SERVING
+        again and runs the pipeline again. Only a wait beyond ``service_wait_s`` (or a second refusal by a
         service that reports SERVING) ends the attempt: the first such refusal is
         retried at once, since a restart breaks the connection a call was made on
         while the new process may already answer health checks.
@@ -407,7 +407,7 @@ class Worker:
                 if error.code() == grpc.StatusCode.CANCELLED and cancelled():
                     raise JobCancelled(job.job_id) from None
                 refused = services.refusals()
-                if error.code() != grpc.StatusCode.UNAVAILABLE or not refused:
+                if error.code() not in REFUSAL_CODES or not refused:
                     raise
                 if not retried_while_serving and all(services.is_serving(n) for n in refused):
                     retried_while_serving = True

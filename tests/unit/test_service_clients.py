@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -62,3 +63,40 @@ def test_wait_for_restart_sees_a_service_come_back(serve: Serve, settings: Setti
     # A service that serves was not restarting: the refusal was something else.
     assert not clients.wait_for_restart({"features"}, time.monotonic() + 60, lambda: False)
     clients.close()
+
+
+def _abort_cancelled(request: bytes, context: grpc.ServicerContext) -> bytes:
+    context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")  # what a shutting-down server sends
+    return b""
+
+
+def _hang(request: bytes, context: grpc.ServicerContext) -> bytes:
+    time.sleep(5)
+    return b""
+
+
+def test_cancelled_by_the_service_is_a_refusal_cancelled_here_is_not() -> None:
+    # A server shutting down ends CANCELLED the calls it had received but not started
+    # (seen on 2026-12-04 in test_restarted_model_service_costs_no_attempts).
+    server = grpc.server(ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "labsight.v1.FeatureService",
+        {"ComputeFractal": grpc.unary_unary_rpc_method_handler(_abort_cancelled),
+         "ExtractDeepFeatures": grpc.unary_unary_rpc_method_handler(_hang)},
+    )])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    clients = _clients(f"127.0.0.1:{port}")
+    with pytest.raises(grpc.RpcError) as raised:
+        clients.features.ComputeFractal(REQUEST, timeout=5)
+    assert raised.value.code() == grpc.StatusCode.CANCELLED
+    assert clients.refusals() == {"features"}
+    clients.forget_calls()
+
+    call = clients.features.ExtractDeepFeatures.future(features_pb2.ExtractDeepFeaturesRequest(), timeout=5)
+    clients.cancel_calls()  # as the worker does for a job cancelled meanwhile
+    with pytest.raises(grpc.FutureCancelledError):
+        call.result()
+    assert clients.refusals() == set()
+    clients.close()
+    server.stop(None)
