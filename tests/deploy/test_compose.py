@@ -18,6 +18,7 @@ import yaml
 
 from labsight.catalog import ALL_PROCESSES, GATEWAY, MODEL_SERVICES, SERVERS, WORKER
 from labsight.config import address_env_var
+from labsight.web import DEFAULT_WEB_PORT, WEB_PORT_ENV
 from services.gateway.services import ServiceClients
 from tests.deploy.deploy_support import REPO, tool
 
@@ -99,11 +100,17 @@ def _interpolated(value: str, environment: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)(?::([?-])([^}]*))?\}", resolve, value)
 
 
-def test_only_the_gateway_publishes_a_port(compose: dict[str, Any]) -> None:
+def test_only_the_gateway_publishes_its_grpc_and_web_page_ports(compose: dict[str, Any]) -> None:
     published = {name: service.get("ports", []) for name, service in compose["services"].items()}
     assert [name for name, ports in published.items() if ports] == [GATEWAY.name]
-    (mapping,) = published[GATEWAY.name]
-    assert mapping.rsplit(":", 1)[1] == str(GATEWAY.grpc_port)
+    grpc, web = published[GATEWAY.name]
+    assert grpc.rsplit(":", 1)[1] == str(GATEWAY.grpc_port)
+    # The page listens where LABSIGHT_WEB_PORT says, and that container port is published.
+    container_port = int(compose["services"][GATEWAY.name]["environment"][WEB_PORT_ENV])
+    assert container_port == DEFAULT_WEB_PORT
+    assert web.rsplit(":", 1)[1] == str(container_port)
+    assert _interpolated(web, {}) == f"{DEFAULT_WEB_PORT}:{DEFAULT_WEB_PORT}"
+    assert _interpolated(web, {"LABSIGHT_WEB_HOST_PORT": "8080"}) == f"8080:{DEFAULT_WEB_PORT}"
 
 
 def test_model_services_reserve_a_gpu_and_run_the_cuda_image(compose: dict[str, Any]) -> None:

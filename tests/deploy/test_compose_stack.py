@@ -9,11 +9,13 @@ without the NVIDIA runtime run the model services on the CPU image
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ pytestmark = pytest.mark.timeout(1800)
 class Stack:
     gateway: str
     token: str
+    web: str
 
 
 def _engine() -> docker.DockerClient:
@@ -63,7 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tokens = tmp_path_factory.mktemp("compose") / "tokens"
     token = create_token(tokens, "compose-test")
     project = f"labsight-test-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port, web_port = _free_port(), _free_port()
     files = ["-f", str(REPO / "docker-compose.yml")]
     if "nvidia" not in client.info().get("Runtimes", {}):
         files += ["-f", str(REPO / "deploy" / "docker" / "compose.cpu.yml")]
@@ -75,6 +78,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "LABSIGHT_UID": str(os.getuid()),
         "LABSIGHT_GID": str(os.getgid()),
         "LABSIGHT_GATEWAY_PORT": str(port),
+        "LABSIGHT_WEB_HOST_PORT": str(web_port),
         "LABSIGHT_WORKERS": "1",
         "LABSIGHT_REDIS_PASSWORD": secrets.token_hex(16),
         "LABSIGHT_SERVICE_TOKEN": secrets.token_hex(16),
@@ -87,7 +91,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         subprocess.run([*compose, "up", "--detach", "--build", "--wait", "--wait-timeout", "900"],
                        env=environment, check=True, cwd=REPO)
-        yield Stack(f"127.0.0.1:{port}", token)
+        yield Stack(f"127.0.0.1:{port}", token, f"http://127.0.0.1:{web_port}")
     finally:
         subprocess.run([*compose, "logs", "--no-color", "--tail", "50"], env=environment, cwd=REPO)
         subprocess.run([*compose, "down", "--volumes", "--remove-orphans"], env=environment, cwd=REPO)
@@ -117,3 +121,12 @@ def test_deep_features_job_runs_through_the_compose_stack(stack: Stack) -> None:
             pytest.skip(f"the gateway does not serve deep-features yet: {error.details()}")
         raise
     assert result.ByteSize() > 0
+
+
+def test_the_web_page_answers_on_its_published_port(stack: Stack) -> None:
+    with urllib.request.urlopen(f"{stack.web}/", timeout=30) as page:
+        assert page.status == 200 and b"LabSight" in page.read()
+    request = urllib.request.Request(f"{stack.web}/api/pipelines",
+                                     headers={"Authorization": f"Bearer {stack.token}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert "fractal" in {pipeline["name"] for pipeline in json.load(answer)}

@@ -12,6 +12,7 @@ from prometheus_client import start_http_server
 from labsight.catalog import ALL_PROCESSES, FEATURES, WORKER
 from labsight.config import Settings
 from labsight.runtime.server import start_server
+from labsight.web import DEFAULT_WEB_PORT
 from tests.deploy.deploy_support import REPO, load_module, tool
 
 DOCKER = REPO / "deploy" / "docker"
@@ -59,6 +60,13 @@ def test_images_run_as_an_unprivileged_user_and_a_catalog_process(dockerfile: Pa
     (command,) = [arguments for name, arguments in steps if name == "CMD"]
     modules = {spec.module for spec in ALL_PROCESSES.values()}
     assert any(f'"-m", "{module}"]' in command for module in modules), command
+
+
+def test_cpu_image_exposes_every_catalog_port_and_the_web_page() -> None:
+    (exposed,) = [arguments for name, arguments in instructions(DOCKER / "Dockerfile") if name == "EXPOSE"]
+    catalog = {port for spec in ALL_PROCESSES.values()
+               for port in (spec.grpc_port, spec.metrics_port) if port}
+    assert {int(port) for port in exposed.split()} == {*catalog, DEFAULT_WEB_PORT}
 
 
 def test_cpu_image_is_multi_stage_with_a_health_check() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from labsight.catalog import ALL_PROCESSES, GATEWAY, MODEL_SERVICES, SERVERS, WORKER, ProcessSpec
 from labsight.config import address_env_var
+from labsight.web import DEFAULT_WEB_PORT, WEB_PORT_ENV
 from services.gateway.keys import PRIORITIES, WORKER_GROUP, RedisKeys
 from services.gateway.servicer import GatewayServicer
 from services.gateway.services import ServiceClients
@@ -233,9 +234,25 @@ def test_every_process_runs_its_catalog_module_ports_and_probes(
         assert main["readinessProbe"]["grpc"] == {"port": spec.grpc_port, "service": spec.grpc_services[0]}
         assert main["livenessProbe"]["grpc"] == {"port": spec.grpc_port}
         service = find(manifests, "Service", f"labsight-{spec.name}")
+        web = [{"name": "web", "port": DEFAULT_WEB_PORT, "targetPort": "web"}] if spec is GATEWAY else []
         assert service["spec"]["ports"] == [
-            {"name": "grpc", "port": spec.grpc_port, "targetPort": "grpc", "appProtocol": "grpc"}
+            {"name": "grpc", "port": spec.grpc_port, "targetPort": "grpc", "appProtocol": "grpc"}, *web
         ]
+        assert ("web" in ports) == (spec is GATEWAY)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_serves_its_web_page_on_the_port_it_exposes(
+    rendered: dict[str, list[Manifest]], overlay: str
+) -> None:
+    manifests = rendered[overlay]
+    main = container(manifests, GATEWAY)
+    ports = {port["name"]: port["containerPort"] for port in main["ports"]}
+    web_port = int(environment(main)[WEB_PORT_ENV]["value"])
+    assert ports["web"] == web_port == DEFAULT_WEB_PORT
+    assert config(manifests)["LABSIGHT_HOST"] == "0.0.0.0"  # the page binds the pod's address
+    labels = deployment(manifests, GATEWAY)["spec"]["template"]["metadata"]["labels"]
+    assert {"anywhere": True} in _admitted(of_kind(manifests, "NetworkPolicy"), labels, web_port)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -291,7 +308,7 @@ def test_only_the_gateway_is_reachable_from_outside_the_namespace(
             for port in rule["ports"]:
                 ports.update(range(port["port"], port.get("endPort", port["port"]) + 1))
             allowed = (
-                (selected == GATEWAY.name and ports == {GATEWAY.grpc_port})
+                (selected == GATEWAY.name and ports == {GATEWAY.grpc_port, DEFAULT_WEB_PORT})
                 or ports <= metrics_ports
                 or (selected == "redis" and policy["metadata"]["name"] == "labsight-redis-from-keda")
             )
