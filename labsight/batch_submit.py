@@ -2,10 +2,11 @@
 
 Each part is one SubmitBatch call (the gateway queues a call's jobs all or none). After
 a part is queued its jobs' idempotency keys and ids are appended to a journal in the
-LabSight home; ``resume`` sends only the jobs the journal lacks, under the journal's batch
-id. A part the gateway queued just before an interruption, but which the journal missed,
-is sent again under the same keys, and the gateway answers with the jobs it already has:
-nothing is queued twice.
+LabSight home (``<home>/submissions/<submission>.jsonl``); ``resume`` sends only the jobs
+the journal lacks, under the journal's batch id. A part the gateway queued just before an
+interruption, but which the journal missed, is sent again under the same keys, and the
+gateway answers with the jobs it already has: nothing is queued twice. A journal is
+removed once every job of its submission is queued, and kept while any is missing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ PART_BYTES = 16 * 1024 * 1024
 """Most request bytes in one part (a larger job goes alone)."""
 
 JOURNALS_DIR = "submissions"
-"""Folder of the home that keeps one journal per submission (see ``journal_path``)."""
+"""Folder of the home that keeps one journal per unfinished submission (see ``journal_path``)."""
 
 
 def submission_id(*parts: object) -> str:
@@ -103,6 +104,7 @@ class SubmittedBatch:
     sent: int
     """Jobs sent in this call (the others were in the journal already)."""
     journal: Path
+    """Where the submission's journal was: it is removed once every job is queued."""
 
 
 def submit_in_parts(
@@ -115,7 +117,8 @@ def submit_in_parts(
     resume: bool = False,
     on_part: Callable[[int, int], None] | None = None,
 ) -> SubmittedBatch:
-    """Submit ``requests`` as one batch, PART_JOBS at a time, recording each part in a journal.
+    """Submit ``requests`` as one batch, PART_JOBS at a time, recording each part in a journal;
+    the journal is removed once all ``total`` jobs are queued, and kept after an interruption.
 
     Parameters
     ----------
@@ -144,7 +147,7 @@ def submit_in_parts(
     ------
     labsight.errors.ServiceError
         The gateway's refusal of a part; the parts before it stay queued and in
-        the journal, ``resume`` continues from there. A refusal's ``jobs[i]`` counts
+        the journal (which is kept), ``resume`` continues from there. A refusal's ``jobs[i]`` counts
         from the part's first job, which is job ``done`` of the last ``on_part`` call.
     ValueError
         If ``resume`` is asked with a ``batch_id`` other than the journal's.
@@ -168,6 +171,8 @@ def submit_in_parts(
         job_ids += [journal.job_ids[request.idempotency_key] for request in part]
         if on_part:
             on_part(len(job_ids), total)
+    if len(job_ids) == total:  # complete: nothing is left to resume
+        journal_file.unlink(missing_ok=True)
     return SubmittedBatch(journal.batch_id, job_ids, sent, journal_file)
 
 

@@ -847,8 +847,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="batch id (default: a new one for several images, none for one)")
     submit.add_argument("--resume", action="store_true",
                         help="continue an interrupted submission of the same files and "
-                             "parameters: send only what its batch lacks (the journal of "
-                             "each submission is kept in the LabSight home)")
+                             "parameters: send only what its batch lacks (the journal of an "
+                             "unfinished submission is kept in $LABSIGHT_HOME/submissions/, "
+                             "default ~/.local/state/labsight/submissions/, and removed once "
+                             "all its files are queued)")
     submit.add_argument("--resubmit", action="store_true",
                         help="queue new jobs even for files already submitted with the same "
                              "parameters (by default their earlier jobs are reused)")

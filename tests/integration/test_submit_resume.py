@@ -51,6 +51,11 @@ def _journal(home: Path) -> Path:
     return journal
 
 
+def _journals(home: Path) -> list[Path]:
+    """The journals left in ``home``: those of submissions not yet completely queued."""
+    return sorted((home / "submissions").glob("*.jsonl"))
+
+
 def _assert_one_finished_job_per_file(stack: InProcessStack, files: list[Path]) -> None:
     jobs = stack.client.batch_jobs("plate-7")
     assert len(jobs) == IMAGES and len({job.job_id for job in jobs}) == IMAGES
@@ -90,7 +95,8 @@ def test_a_submission_refused_at_half_resumes_into_one_job_per_file(
     assert stack.client.batch("plate-7").total == queued
     # As if the CLI had been killed after the gateway queued the last part and before the
     # journal recorded it: the resumed run sends that part again, under the same keys.
-    journal = _journal(tmp_path / "home")
+    journal = _journal(tmp_path / "home")  # kept: the submission is not complete
+    assert len(Journal.load(journal).job_ids) == queued
     lines = journal.read_text().splitlines()
     journal.write_text("\n".join(lines[: 1 + queued - PART_JOBS]) + "\n")
 
@@ -99,7 +105,7 @@ def test_a_submission_refused_at_half_resumes_into_one_job_per_file(
     assert status == 0, err
     assert f"batch plate-7: {IMAGES} jobs, {queued - PART_JOBS} queued before this resumed run" in err
     assert len(out.splitlines()) == IMAGES
-    assert len(Journal.load(journal).job_ids) == IMAGES
+    assert not journal.exists() and _journals(tmp_path / "home") == []  # complete: removed
     _assert_one_finished_job_per_file(stack, files)
 
 
@@ -117,9 +123,12 @@ def test_a_killed_submission_resumes_into_one_job_per_file(stack: InProcessStack
     first.stderr.close()
     first.stdout.close()
     cut_at = stack.client.batch("plate-7").total
+    journal = _journal(tmp_path / "home")  # the killed run's, kept
+    assert 0 < len(Journal.load(journal).job_ids) < IMAGES
     resumed = _submit(stack, tmp_path / "home", tmp_path / "plate", "--resume")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
+    assert _journals(tmp_path / "home") == []
     print(f"killed with {cut_at} of {IMAGES} jobs queued")  # where the kill landed, for the log
     _assert_one_finished_job_per_file(stack, files)
 
@@ -146,10 +155,30 @@ def test_the_sdks_folder_submit_resumes_after_a_refused_part(
         stack.client.submit_folder("fractal", [tmp_path / "plate"], {"box_sizes": "3-9"},
                                    batch_id="plate-8", progress=False)
     assert stack.client.batch("plate-8").total == PART_JOBS
+    (journal,) = _journals(tmp_path / "home")
     files[PART_JOBS + 3].write_bytes(good)
     submitted = stack.client.submit_folder("fractal", [tmp_path / "plate"], {"box_sizes": "3-9"},
                                            resume=True, progress=False)
     assert submitted.batch_id == "plate-8" and submitted.sent == len(files) - PART_JOBS
+    assert submitted.journal == journal and not journal.exists()
     jobs = stack.client.batch_jobs("plate-8")
     assert [job.job_id for job in jobs] == submitted.job_ids
     assert [job.input_name for job in jobs] == [path.name for path in files]
+
+
+def test_a_complete_submission_leaves_no_journal_and_a_second_one_reuses_its_jobs(
+    stack: InProcessStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABSIGHT_HOME", str(tmp_path / "home"))
+    _folder(tmp_path / "plate")
+    for extra in sorted((tmp_path / "plate").iterdir())[PART_JOBS + 5 :]:
+        extra.unlink()
+    first = stack.client.submit_folder("fractal", [tmp_path / "plate"], {"box_sizes": "3-9"},
+                                       batch_id="plate-9", progress=False)
+    assert first.sent == PART_JOBS + 5 and not first.journal.exists()
+    assert _journals(tmp_path / "home") == []
+    # --resume without a journal starts afresh; the gateway knows every key already.
+    again = stack.client.submit_folder("fractal", [tmp_path / "plate"], {"box_sizes": "3-9"},
+                                       resume=True, progress=False)
+    assert again.job_ids == first.job_ids and _journals(tmp_path / "home") == []
+    assert stack.client.batch("plate-9").total == PART_JOBS + 5
