@@ -274,6 +274,18 @@ class Stack:
             pid=os.getpid(),
         )
 
+    def _check_web_port(self) -> None:
+        """Refuse to start when the web page's port is taken, naming what moves it: the gateway
+        would otherwise come up without its page and only say so in its log."""
+        web_port = stack_web_port(self.layout.metrics_ports[UP])
+        if web_port < 0 or port_is_free(web_port):
+            return
+        moves = "" if os.environ.get(WEB_PORT_ENV) else " or with --base-port (the page is on base + 98)"
+        raise RuntimeError(
+            f"the web page's port {web_port} is in use (is another `labsight up` running?); "
+            f"pick another with {WEB_PORT_ENV}=PORT ({WEB_PORT_ENV}=-1: no web page){moves}"
+        )
+
     def start(self, external_redis_url: str | None, timeout_s: float = 120.0) -> None:
         """Take the home, start Redis (unless a URL is given), every service and the workers;
         wait for SERVING. A child that exits before then fails the start."""
@@ -290,6 +302,7 @@ class Stack:
                 f"ports {taken} are in use (is another `labsight up` running?); "
                 "pick others with --base-port"
             )
+        self._check_web_port()
         self.metrics_server, _ = start_http_server(self.layout.metrics_ports[UP], addr="127.0.0.1")
         if external_redis_url:
             self.redis_url = external_redis_url

@@ -17,9 +17,10 @@ STARTUP_TIMEOUT_S = 180
 
 
 def free_base_port() -> int:
-    """A base port whose gRPC block (base..base+3) and metrics block (base+99..+104) are free."""
+    """A base port whose gRPC block (base..base+3), web page (base+98) and metrics block
+    (base+99..+104) are free."""
     for base in range(21000 + os.getpid() % 500 * 10, 40000, 10):
-        if all(port_is_free(p) for p in [*range(base, base + 4), *range(base + 99, base + 105)]):
+        if all(port_is_free(p) for p in [*range(base, base + 4), *range(base + 98, base + 105)]):
             return base
     raise RuntimeError("no free port block")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from labsight.home import read_endpoints
 from labsight.images import encode_png
 from labsight.redis_server import port_is_free
 from labsight.v1 import features_pb2, features_pb2_grpc
+from labsight.web import WEB_PORT_ENV
 from services.features.fractal import gliding_box
 from services.gateway.keys import RedisKeys
 from tests.up_support import UpProcess, free_base_port, start_up, stop_up, up_environment
@@ -225,6 +227,38 @@ def test_second_up_on_the_same_ports_says_so(up: UpProcess, tmp_path: Path) -> N
     assert run.returncode == 1
     assert f"ports [{base}" in run.stderr and "another `labsight up`" in run.stderr
     assert read_endpoints(up.home) == up.endpoints
+
+
+def _up_with_the_web_port_taken(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`labsight up` in a fresh home while another socket holds its web page's port."""
+    base = free_base_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", int(env.get(WEB_PORT_ENV, base + 98))))
+        holder.listen()
+        web_port = holder.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "labsight.cli", "up", "--base-port", str(base)],
+            env=up_environment(tmp_path / "home", **env), capture_output=True, text=True, timeout=60,
+        )
+    return run, web_port
+
+
+def test_up_on_a_taken_web_port_says_which_and_what_moves_it(tmp_path: Path) -> None:
+    run, web_port = _up_with_the_web_port_taken(tmp_path)
+    assert run.returncode == 1
+    assert f"the web page's port {web_port} is in use" in run.stderr
+    assert f"{WEB_PORT_ENV}=PORT" in run.stderr and "--base-port" in run.stderr
+    assert "all services SERVING" not in run.stdout  # refused before anything started
+
+
+def test_up_on_a_taken_web_port_from_the_variable_names_the_variable(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        chosen = probe.getsockname()[1]
+    run, web_port = _up_with_the_web_port_taken(tmp_path, **{WEB_PORT_ENV: str(chosen)})
+    assert run.returncode == 1 and web_port == chosen
+    assert f"the web page's port {chosen} is in use" in run.stderr and WEB_PORT_ENV in run.stderr
+    assert "--base-port" not in run.stderr  # --base-port does not move a port the variable set
 
 
 def test_sigterm_stops_everything_cleanly(up: UpProcess) -> None:
