@@ -56,8 +56,12 @@ STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
                 "/static/style.css": ("style.css", "text/css; charset=utf-8")}
 """The page's files by path: one HTML, one script, one style sheet, no build step."""
-KEPT_INPUTS = 8
-"""Decoded inputs of the last jobs submitted through the page, kept to draw their channels."""
+KEPT_INPUT_BYTES = 128 * 1024 * 1024
+"""Encoded bytes of the inputs of jobs submitted through the page (single and batch) kept, newest
+first, to draw their channels on demand; encoded files are a fraction of their pixels."""
+DECODED_INPUTS = 4
+"""Decoded inputs kept beside them (each at most ``render.DISPLAY_PIXELS`` bytes): a result's
+pictures (composite, masks, classes) decode its input once."""
 BATCH_JOBS_SHOWN = 500
 """Jobs of a batch the batch view lists (its counts cover them all)."""
 JOB_PARTS = ("result", "composite.png", "masks.png", "classes.png", "table.csv", "masks.tiff")
@@ -97,28 +101,79 @@ def bearer_token(headers: Mapping[str, str]) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-class InputCache:
-    """The decoded pixels of the last few jobs' inputs, by job id (thread-safe)."""
+@dataclass(frozen=True)
+class KeptInput:
+    """A job's input as it was uploaded: the main image and the channel images, still encoded."""
 
-    def __init__(self, size: int = KEPT_INPUTS) -> None:
-        self.size = size
-        self._pixels: OrderedDict[str, np.ndarray] = OrderedDict()
+    main: tensor_pb2.Image | None
+    channels: Mapping[str, tensor_pb2.Image]
+
+    @property
+    def size(self) -> int:
+        """Bytes it holds."""
+        images = [*self.channels.values(), *([self.main] if self.main is not None else [])]
+        return sum(image.ByteSize() for image in images)
+
+
+class InputCache:
+    """The inputs of jobs submitted through the page, by job id (thread-safe): encoded, newest
+    first up to ``max_bytes``, and decoded on demand, the last ``decoded`` of them kept.
+
+    The gateway deletes a job's input once the job ends, so this is where the page finds the
+    pixels to draw; a job submitted elsewhere (the CLI, the SDK) has none here."""
+
+    def __init__(self, max_bytes: int = KEPT_INPUT_BYTES, decoded: int = DECODED_INPUTS) -> None:
+        self.max_bytes = max_bytes
+        self.decoded = decoded
+        self._encoded: OrderedDict[str, KeptInput] = OrderedDict()
+        self._bytes = 0
+        self._pixels: OrderedDict[str, np.ndarray | None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, job_id: str, pixels: np.ndarray | None) -> None:
-        """Keep ``pixels`` for ``job_id`` (the oldest goes when full); None keeps nothing."""
-        if pixels is None:
+    def put(self, job_id: str, main: tensor_pb2.Image | None,
+            channels: Mapping[str, tensor_pb2.Image] | None = None) -> None:
+        """Keep a job's encoded input (the oldest go while over the bound; an input over the
+        whole bound is not kept)."""
+        kept = KeptInput(main, dict(channels or {}))
+        if kept.size > self.max_bytes or (main is None and not kept.channels):
             return
         with self._lock:
-            self._pixels[job_id] = pixels
-            self._pixels.move_to_end(job_id)
-            while len(self._pixels) > self.size:
-                self._pixels.popitem(last=False)
+            self._drop(job_id)
+            self._encoded[job_id] = kept
+            self._bytes += kept.size
+            while self._bytes > self.max_bytes:
+                self._drop(next(iter(self._encoded)))
 
-    def get(self, job_id: str) -> np.ndarray | None:
-        """The pixels kept for ``job_id``, if any."""
+    def has(self, job_id: str) -> bool:
+        """Whether the input of ``job_id`` is kept."""
         with self._lock:
-            return self._pixels.get(job_id)
+            return job_id in self._encoded
+
+    def pixels(self, job_id: str) -> np.ndarray | None:
+        """The decoded pixels of the input of ``job_id``: None when it is not kept, or does not
+        decode for display (``render.input_pixels``: unreadable or too large)."""
+        from labsight.web import render
+
+        with self._lock:
+            if job_id in self._pixels:
+                self._pixels.move_to_end(job_id)
+                return self._pixels[job_id]
+            kept = self._encoded.get(job_id)
+        if kept is None:
+            return None
+        pixels = render.input_pixels(kept.main, kept.channels)  # outside the lock: may take a while
+        with self._lock:
+            if job_id in self._encoded:
+                self._pixels[job_id] = pixels
+                while len(self._pixels) > self.decoded:
+                    self._pixels.popitem(last=False)
+        return pixels
+
+    def _drop(self, job_id: str) -> None:
+        kept = self._encoded.pop(job_id, None)
+        if kept is not None:
+            self._bytes -= kept.size
+        self._pixels.pop(job_id, None)
 
 
 class WebApi:
@@ -183,7 +238,6 @@ class WebApi:
         """Queue one job: ``{"pipeline", "params", "image": {"name", "data"}}`` or, for the four
         channel images of one HPA image, ``"channels": {"red": {...}, "green", "blue", "yellow"}``
         (``data`` is base64)."""
-        from labsight.web import render
 
         request = self._request_json(body)
         pipeline, params = _pipeline_and_params(request)
@@ -198,7 +252,7 @@ class WebApi:
         for role, image in channels.items():
             job_input.images[role].CopyFrom(image)
         job = client.submit_request(pb.SubmitJobRequest(pipeline=pipeline, params=params, input=job_input))
-        self.inputs.put(job.job_id, render.input_pixels(main, channels))
+        self.inputs.put(job.job_id, main, channels)
         return json_reply(job_json(job))
 
     def submit_batch(self, client: LabSightClient, body: bytes) -> Reply:
@@ -211,6 +265,8 @@ class WebApi:
             raise BadRequest("files: choose one or more image files")
         images = [decode_file(f"files[{index}]", value) for index, value in enumerate(files)]
         answer = client.submit_batch(build_request(pipeline, image, params) for image in images)
+        for job_id, image in zip(answer.job_ids, images, strict=True):
+            self.inputs.put(job_id, image)
         return json_reply({"batch_id": answer.batch_id, "job_ids": list(answer.job_ids)})
 
     def job_view(self, client: LabSightClient, job_id: str, part: str) -> Reply:
@@ -222,22 +278,25 @@ class WebApi:
             return json_reply(job_json(client.get(job_id)))
         if part == "composite.png":
             client.get(job_id)  # the caller's token must see the job
-            pixels = self.inputs.get(job_id)
+            pixels = self.inputs.pixels(job_id)
             if pixels is None:
-                return error_reply(404, f"job {job_id}: its input was not submitted through this "
-                                   "page recently, so its channels cannot be drawn", "NOT_FOUND")
+                why = ("does not decode for display" if self.inputs.has(job_id) else
+                       "was not submitted through this page (or was long ago), and the gateway "
+                       "keeps no input once a job ends")
+                return error_reply(404, f"job {job_id}: its input {why}, so its channels cannot "
+                                   "be drawn", "NOT_FOUND")
             return Reply(200, "image/png", render.composite_png(pixels))
         result = client.result(job_id)
         if part == "result":
-            return json_reply(result_json(result, has_input=self.inputs.get(job_id) is not None))
+            return json_reply(result_json(result, has_input=self.inputs.pixels(job_id) is not None))
         if part == "masks.png":
             if not render.has_mask_picture(result):
                 return error_reply(404, f"pipeline {result.pipeline} makes no label masks", "NOT_FOUND")
-            return Reply(200, "image/png", render.masks_png(result, self.inputs.get(job_id)))
+            return Reply(200, "image/png", render.masks_png(result, self.inputs.pixels(job_id)))
         if part == "classes.png":
             if not render.has_classes_picture(result):
                 return error_reply(404, f"pipeline {result.pipeline} classifies no cells", "NOT_FOUND")
-            return Reply(200, "image/png", render.classes_png(result, self.inputs.get(job_id)))
+            return Reply(200, "image/png", render.classes_png(result, self.inputs.pixels(job_id)))
         if part == "table.csv":
             if not result.tables:
                 return error_reply(404, f"the result of job {job_id} has no table", "NOT_FOUND")

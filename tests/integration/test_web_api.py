@@ -14,6 +14,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from labsight.client import LabSightClient
 from labsight.images import encode_png
 from services.classifier.classes import CLASS_NAMES
 from services.classifier.generated_cells import generate_cell_field
@@ -105,6 +106,45 @@ def test_batch_view_counts_its_jobs(web_stack: WebStack) -> None:
         view = json.loads(call(web_stack, f"/api/batches/{batch_id}")[1])
     assert view["total"] == 3 and view["counts"] == {"done": 3}
     assert sorted(job["input_name"] for job in view["jobs"]) == ["b0.png", "b1.png", "b2.png"]
+
+
+def test_every_job_of_a_batch_from_the_page_has_its_composite(web_stack: WebStack) -> None:
+    # More jobs than the page used to keep (8), and batch jobs, which it kept none of.
+    pictures = {f"b{seed}.png": png_bytes(seed, size=32) for seed in range(12)}
+    status, body = call(web_stack, "/api/batches", body={
+        "pipeline": "fractal", "params": {"box_sizes": "3,5"},
+        "files": [image_json(data, name) for name, data in pictures.items()]})
+    assert status == 200, body
+    batch_id = json.loads(body)["batch_id"]
+    view = json.loads(call(web_stack, f"/api/batches/{batch_id}")[1])
+    while not view["finished"]:
+        time.sleep(0.2)
+        view = json.loads(call(web_stack, f"/api/batches/{batch_id}")[1])
+    assert len(view["jobs"]) == len(pictures)
+    for job in view["jobs"]:
+        status, body = call(web_stack, f"/api/jobs/{job['job_id']}/result")
+        assert status == 200 and json.loads(body)["composite"], body
+        status, png = call(web_stack, f"/api/jobs/{job['job_id']}/composite.png")
+        assert status == 200, png
+        drawn = np.asarray(Image.open(io.BytesIO(png)))[..., 0]
+        submitted = np.asarray(Image.open(io.BytesIO(pictures[job["input_name"]])))
+        assert np.array_equal(drawn > 127, submitted > 127)  # this job's own pixels
+
+
+def test_a_job_submitted_elsewhere_or_another_tenants_has_no_composite(web_stack: WebStack) -> None:
+    with LabSightClient(web_stack.gateway, token=web_stack.token) as client:
+        job = client.wait(client.submit("fractal", np.asarray(Image.open(io.BytesIO(png_bytes(3)))),
+                                        {"box_sizes": "3,5"}).job_id,
+                          timeout_s=60)
+    status, body = call(web_stack, f"/api/jobs/{job.job_id}/result")
+    assert status == 200 and not json.loads(body)["composite"]
+    status, body = call(web_stack, f"/api/jobs/{job.job_id}/composite.png")
+    assert status == 404 and "was not submitted through this page" in json.loads(body)["error"]
+    status, body = call(web_stack, "/api/jobs",
+                        body={"pipeline": "fractal", "image": image_json(png_bytes())})
+    job_id = json.loads(body)["job_id"]
+    assert call(web_stack, f"/api/jobs/{job_id}/composite.png")[0] == 200
+    assert call(web_stack, f"/api/jobs/{job_id}/composite.png", token=web_stack.other_token)[0] == 404
 
 
 def test_the_page_and_its_files_are_served(web_stack: WebStack) -> None:

@@ -32,6 +32,10 @@ class WebStack:
     web: WebServer
     api: WebApi
     token: str
+    gateway: str
+    """The gateway's gRPC address, for jobs submitted around the page."""
+    other_token: str
+    """A token of another tenant."""
 
 
 @pytest.fixture
@@ -44,6 +48,7 @@ def web_stack(serve: Callable[..., RunningServer], settings: Settings,
     settings.service_addresses = {"features": features.address, "segmentation": segmentation.address,
                                   "classifier": classifier.address}
     token = create_token(tmp_path / "tokens", "lab-web")
+    other_token = create_token(tmp_path / "tokens", "lab-other")
     secured = Settings(**{**vars(settings), "allow_anonymous": False,
                           "tokens_file": str(tmp_path / "tokens")})
     gateway = serve(register_gateway, GATEWAY.grpc_services, secured)
@@ -51,7 +56,7 @@ def web_stack(serve: Callable[..., RunningServer], settings: Settings,
     api = WebApi(gateway.address)
     web = start_web_server(api)
     try:
-        yield WebStack(web, api, token)
+        yield WebStack(web, api, token, gateway.address, other_token)
     finally:
         web.stop()
 

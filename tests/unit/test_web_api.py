@@ -11,6 +11,9 @@ import urllib.request
 import numpy as np
 import pytest
 
+from labsight.columns import CELL_CHANNELS
+from labsight.images import encode_png
+from labsight.v1 import tensor_pb2
 from labsight.web.api import BadRequest, InputCache, WebApi, bearer_token, decode_file
 from labsight.web.server import start_web_server
 
@@ -78,13 +81,33 @@ def test_decode_file_detects_the_format_and_keeps_only_the_file_name() -> None:
         decode_file("channels.red", {"data": "@@"})
 
 
-def test_input_cache_keeps_the_newest() -> None:
-    cache = InputCache(size=2)
-    for index in range(3):
-        cache.put(f"job{index}", np.full((2, 2), index))
+def _png(value: int, size: int = 16) -> tensor_pb2.Image:
+    return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=encode_png(np.full((size, size), value,
+                                                                                 np.uint8))))
+
+
+def test_input_cache_keeps_encoded_inputs_up_to_its_bytes_and_decodes_on_demand() -> None:
+    images = [_png(index) for index in range(3)]
+    cache = InputCache(max_bytes=images[1].ByteSize() + images[2].ByteSize(), decoded=1)
+    for index, image in enumerate(images):
+        cache.put(f"job{index}", image)
     cache.put("none", None)
-    assert cache.get("job0") is None and cache.get("none") is None
-    assert int(cache.get("job2")[0, 0]) == 2 and cache.get("job1") is not None
+    assert not cache.has("job0") and cache.pixels("job0") is None  # the oldest went for the bytes
+    assert not cache.has("none") and cache.pixels("none") is None
+    assert int(cache.pixels("job2")[0, 0]) == 2 and int(cache.pixels("job1")[0, 0]) == 1
+    assert cache.pixels("job1") is cache.pixels("job1")  # decoded once, then kept
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    cache.put("huge", tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=encode_png(noise))))
+    # over the whole bound: not kept, and nothing evicted for it
+    assert not cache.has("huge") and cache.has("job1") and cache.has("job2")
+
+
+def test_input_cache_stacks_four_channel_images_and_keeps_no_undecodable_picture() -> None:
+    cache = InputCache()
+    cache.put("cells", None, {channel: _png(value) for value, channel in enumerate(CELL_CHANNELS)})
+    assert cache.pixels("cells").shape == (16, 16, 4)
+    cache.put("broken", tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=b"\x89PNG\r\n\x1a\nnot")))
+    assert cache.has("broken") and cache.pixels("broken") is None
 
 
 def test_the_http_server_refuses_a_large_body_by_its_length_and_serves_the_page() -> None:
