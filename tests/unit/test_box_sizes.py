@@ -10,15 +10,14 @@ import pytest
 from PIL import Image as PILImage
 
 from labsight.errors import InvalidArgument, ResourceExhausted
+from labsight.fractal_work import PERCOLATION_FACTOR, fractal_cost
 from labsight.images import encode_png, image_from_array
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
 from services.features import fractal as fractal_core
 from services.gateway.pipelines.fractal import (
     MAX_BOX_SIZE,
-    PERCOLATION_FACTOR,
     FractalPipeline,
-    fractal_cost,
     parse_box_sizes,
 )
 from tests import hostile_images

@@ -9,6 +9,7 @@ from functools import lru_cache
 import numpy as np
 
 from labsight.errors import InvalidArgument, echo
+from labsight.fractal_work import fractal_cost
 from labsight.images import ImageInfo, image_info
 from labsight.tables import feature_table, table_values
 from labsight.tensors import to_tensor
@@ -34,10 +35,6 @@ MAX_BOX_SIZES_TEXT = 1000
 
 FRACTAL_CHANNELS = (1, 3)
 """Channels the fractal core takes: grey or RGB (an alpha channel would count as a colour)."""
-
-PERCOLATION_FACTOR = 200
-"""Cost of percolation per pixel and per pixel of the largest box, in box-pixel comparisons:
-each passes through a union-find (measured: ~11 ns against ~0.05 ns per gliding-box comparison)."""
 
 STREAM_MIN_COST = 1e9
 """Jobs estimated below this many box-pixel comparisons (about 0.1 s of one core, e.g. 256² with
@@ -124,18 +121,6 @@ def _integers(text: str, parts: list[str]) -> list[int]:
         return [int(part) for part in parts]
     except ValueError:
         raise ValueError(f"expected a range like 3-41 or a list like 3,5,7, got {echo(text)}") from None
-
-
-def fractal_cost(pixels: int, sizes: list[int], percolation: bool) -> float:
-    """Box-pixel comparisons of a fractal job (see FRACTAL_COST).
-
-    The gliding box compares each centre with every pixel of each of its
-    boxes; percolation then runs a union-find over the pixels of the largest box.
-    """
-    cost = float(pixels) * sum(r * r for r in sizes)
-    if percolation:
-        cost += float(pixels) * sizes[-1] ** 2 * PERCOLATION_FACTOR
-    return cost
 
 
 class FractalPipeline(Pipeline):
