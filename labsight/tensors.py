@@ -93,6 +93,40 @@ def write_tensor(tensor: tensor_pb2.Tensor, array: np.ndarray) -> tensor_pb2.Ten
     return tensor
 
 
+def narrow_labels(labels: np.ndarray) -> np.ndarray:
+    """A label mask in the narrowest of uint16, int32 and uint32 that holds its labels.
+
+    Label tensors go on the wire this way: a mask of fewer than 65536 labels as
+    uint16 (half the bytes of int32), else int32, else uint32. A mask already as
+    narrow (uint8, or int16 without negative labels), with negative labels or with
+    labels beyond uint32 is returned as it is. Costs one pass for the extremes and
+    one copy when the dtype changes.
+
+    Raises
+    ------
+    ValueError
+        For an array that is not of an integer dtype.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"label mask: expected an integer dtype, got {labels.dtype}")
+    low = int(labels.min(initial=0)) if labels.dtype.kind == "i" else 0
+    high = int(labels.max(initial=0))
+    if low < 0 or labels.dtype.itemsize == 1:
+        return labels
+    for dtype in (np.uint16, np.int32, np.uint32):
+        if high <= np.iinfo(dtype).max:
+            wanted = np.dtype(dtype)
+            return labels if labels.dtype.itemsize <= wanted.itemsize else labels.astype(wanted)
+    return labels
+
+
+def write_labels(tensor: tensor_pb2.Tensor, labels: np.ndarray) -> tensor_pb2.Tensor:
+    """Encode a label mask into ``tensor`` in place in its narrowest dtype
+    (:func:`narrow_labels`: uint16 below 65536 labels, else int32) and return it."""
+    return write_tensor(tensor, narrow_labels(labels))
+
+
 def from_tensor(
     tensor: tensor_pb2.Tensor, field: str = "tensor", max_bytes: int | None = None
 ) -> np.ndarray:

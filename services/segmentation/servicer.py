@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import grpc
-import numpy as np
 
 from labsight.cell_images import ChannelParts, cell_image_info, check_answer_size, read_cell_image
 from labsight.config import Settings
@@ -15,7 +14,7 @@ from labsight.oip.servicer import add_open_inference
 from labsight.patches import cell_patches, spot_patches
 from labsight.runtime.progress_stream import raise_if_gone
 from labsight.tables import feature_table
-from labsight.tensors import from_tensor, to_tensor, write_tensor
+from labsight.tensors import from_tensor, write_labels, write_tensor
 from labsight.v1 import segmentation_pb2 as pb
 from labsight.v1 import segmentation_pb2_grpc as pb_grpc
 from services.segmentation.cells import (
@@ -68,14 +67,16 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             pixel_size_um=pixel_size, method=method,
         )
         table = measure_cells(nuclei, cells, channels, pixel_size_um=pixel_size)
-        return pb.SegmentCellsResponse(
-            nucleus_labels=to_tensor(nuclei.astype(np.int32, copy=False)),
-            cell_labels=to_tensor(cells.astype(np.int32, copy=False)),
+        answer = pb.SegmentCellsResponse(
             model=method,
             cells=feature_table(table.columns, table.values, [str(label) for label in table.labels]),
             method=method,
             pixel_size_um=pixel_size,
         )
+        # Written in place, uint16 below 65536 labels (half of int32's bytes), else int32.
+        write_labels(answer.nucleus_labels, nuclei)
+        write_labels(answer.cell_labels, cells)
+        return answer
 
     def SegmentVesselContent(
         self, request: pb.SegmentVesselContentRequest, context: grpc.ServicerContext

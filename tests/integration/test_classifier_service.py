@@ -14,9 +14,10 @@ from labsight.cell_crops import cell_crops
 from labsight.config import Settings
 from labsight.images import image_from_array
 from labsight.runtime.server import RunningServer
-from labsight.tensors import from_tensor, to_tensor
+from labsight.tensors import from_tensor, to_tensor, write_labels
 from labsight.v1 import classifier_pb2 as pb
 from labsight.v1 import classifier_pb2_grpc as pb_grpc
+from labsight.v1 import tensor_pb2
 from services.classifier.classes import CLASS_NAMES
 from services.classifier.generated_cells import CellField, generate_cell_field
 from services.classifier.servicer import register
@@ -75,6 +76,30 @@ def test_classify_cells_answers_the_crops_it_classified(
                                timeout=60)
     assert not plain.HasField("crops")
     assert np.allclose(from_tensor(plain.probabilities), from_tensor(answer.probabilities), atol=1e-5)
+
+
+def test_every_integer_label_dtype_gives_the_same_answer(
+    stub: pb_grpc.ClassifierServiceStub, field: CellField
+) -> None:
+    """uint16 labels (what SegmentCells answers and write_labels sends) classify as int32 do."""
+    answers = {}
+    for dtype in ("uint8", "uint16", "int32", "uint32"):
+        request = pb.ClassifyCellsRequest(image=image_from_array(field.image))
+        request.cell_labels.CopyFrom(to_tensor(field.cell_labels.astype(dtype)))
+        answers[dtype] = stub.ClassifyCells(request, timeout=60)
+    narrow = pb.ClassifyCellsRequest(image=image_from_array(field.image))
+    write_labels(narrow.cell_labels, field.cell_labels)
+    assert narrow.cell_labels.dtype == tensor_pb2.DATA_TYPE_UINT16
+    answers["narrow"] = stub.ClassifyCells(narrow, timeout=60)
+    expected = answers["int32"]
+    assert list(expected.cell_ids) == list(range(1, int(field.cell_labels.max()) + 1))
+    for dtype, answer in answers.items():
+        assert list(answer.cell_ids) == list(expected.cell_ids), dtype
+        assert np.allclose(from_tensor(answer.probabilities), from_tensor(expected.probabilities),
+                           atol=1e-5), dtype
+    explained = stub.ExplainCells(pb.ExplainCellsRequest(image=narrow.image, cell_labels=narrow.cell_labels),
+                                  timeout=60)
+    assert list(explained.cell_ids) == list(expected.cell_ids)
 
 
 def test_no_cells_is_an_empty_valid_answer(stub: pb_grpc.ClassifierServiceStub, field: CellField) -> None:

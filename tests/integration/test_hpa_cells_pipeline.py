@@ -77,6 +77,9 @@ def test_each_cell_gets_19_probabilities_and_a_label_set(stack: Stack, field: Ce
     result = _run(stack.client, request)
     assert result.pipeline == "hpa-cells"
     labels = from_tensor(result.tensors["cell_labels"])
+    # the masks travel as uint16 (segmentation -> gateway -> classifier -> result), values intact
+    assert labels.dtype == from_tensor(result.tensors["nucleus_labels"]).dtype == np.uint16
+    assert list(result.tables["cells"].row_ids) == [str(i) for i in np.unique(labels[labels > 0])]
     classes = result.tables["classes"]
     assert list(classes.columns) == cell_class_column_names(CLASS_NAMES)
     assert list(classes.row_ids) == list(result.tables["cells"].row_ids) and len(classes.row_ids) >= 3

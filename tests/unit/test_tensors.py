@@ -1,5 +1,6 @@
 """The tensor codec round-trips every dtype, decodes without copying past the one read of
-``data``, encodes in place, and rejects malformed tensors with named fields."""
+``data``, encodes in place, sends label masks in their narrowest dtype, and rejects malformed
+tensors with named fields."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from labsight.errors import InvalidArgument
 from labsight.images import decode_image
-from labsight.tensors import from_tensor, to_tensor, write_tensor
+from labsight.tensors import from_tensor, narrow_labels, to_tensor, write_labels, write_tensor
 from labsight.v1 import segmentation_pb2, tensor_pb2
 
 
@@ -140,3 +141,32 @@ def test_malformed_image_tensor_is_refused_naming_the_field(
 ) -> None:
     with pytest.raises(InvalidArgument, match=message):
         decode_image(tensor_pb2.Image(tensor=tensor), "image")
+
+
+@pytest.mark.parametrize(("dtype", "top", "sent"), [
+    ("int32", 65535, "uint16"),
+    ("int64", 65535, "uint16"),
+    ("uint32", 300, "uint16"),
+    ("int32", 65536, "int32"),
+    ("int64", 2**31 - 1, "int32"),
+    ("int64", 2**31, "uint32"),
+    ("int64", 2**32, "int64"),  # beyond uint32: as it is
+    ("uint8", 200, "uint8"),  # already narrower than uint16
+    ("int16", 3000, "int16"),  # as narrow, no negative label
+])
+def test_label_masks_go_in_the_narrowest_dtype_that_holds_them(dtype: str, top: int, sent: str) -> None:
+    labels = np.zeros((4, 5), dtype)
+    labels[1, 2], labels[3, 4] = 1, top
+    tensor = write_labels(tensor_pb2.Tensor(), labels)
+    decoded = from_tensor(tensor)
+    assert decoded.dtype == np.dtype(sent)
+    np.testing.assert_array_equal(decoded, labels)
+    assert len(tensor.data) == labels.size * np.dtype(sent).itemsize
+
+
+def test_negative_labels_keep_their_dtype_and_other_arrays_are_refused() -> None:
+    labels = np.array([[0, -1], [2, 3]], np.int32)
+    assert narrow_labels(labels) is labels
+    assert narrow_labels(np.zeros((0, 3), np.int32)).dtype == np.uint16
+    with pytest.raises(ValueError, match="integer dtype"):
+        narrow_labels(np.zeros((2, 2), np.float32))

@@ -88,8 +88,9 @@ class CellsPipeline(Pipeline):
         "red (microtubules), green (protein), blue (nuclei), yellow (ER): one 4-channel image "
         "(params.channels picks 4 of a larger file), or one grey image per channel as inputs "
         "red, green, blue, yellow. Result: tensors 'nucleus_labels' and 'cell_labels' (H, W) "
-        "int32, cell k containing nucleus k; table 'cells' (areas, centroid, bounding box, "
-        "intensities per channel; `labsight columns cells` explains each); tensor "
+        "uint16 (int32 beyond 65535 labels), cell k containing nucleus k; table 'cells' "
+        "(areas, centroid, bounding box, intensities per channel; `labsight columns cells` "
+        "explains each); tensor "
         "'coordinates' (N, 2) cell centroids x, y."
     )
     parameters = (
