@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -279,13 +280,24 @@ def read_image(
 
 def read_choices(image: tensor_pb2.Image, field: str = "image") -> ReadChoices:
     """The parsed ``read`` options of an Image message; InvalidArgument naming a bad one."""
-    texts = _read_texts(image)
-    for name, text in texts.items():
-        try:
-            ReadChoices.parse(**{name: text})
-        except ValueError as error:
-            raise InvalidArgument(f"{field}.read.{name}: {error}") from None
-    return ReadChoices.parse(**texts)
+    read = image.read
+    return _parsed_choices(read.channels, read.plane, read.z_project, read.intensity, field)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_choices(channels: str, plane: str, z_project: str, intensity: str, field: str) -> ReadChoices:
+    """``read_choices`` of these texts, parsed once per distinct texts (every image of a batch
+    usually has the same); a bad one raises each time, as errors are not cached."""
+    texts = {"channels": channels, "plane": plane, "z_project": z_project, "intensity": intensity}
+    try:
+        return ReadChoices.parse(**texts)
+    except ValueError:
+        for name, text in texts.items():
+            try:
+                ReadChoices.parse(**{name: text})
+            except ValueError as error:
+                raise InvalidArgument(f"{field}.read.{name}: {error}") from None
+        raise
 
 
 def _read_texts(image: tensor_pb2.Image) -> dict[str, str]:

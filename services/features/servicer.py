@@ -17,9 +17,17 @@ from labsight.runtime.progress_stream import Progress, Report, raise_if_gone, st
 from labsight.tables import feature_row, feature_table
 from labsight.v1 import features_pb2 as pb
 from labsight.v1 import features_pb2_grpc as pb_grpc
+from labsight.wire import length_delimited, packed_doubles, varint_field
 from services.features.deep import PoolingMode
 from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
-from services.features.fractal import DEFAULT_BOX_SIZES, ProgressCallback, gliding_box, percolation, warm_up
+from services.features.fractal import (
+    DEFAULT_BOX_SIZES,
+    GlidingBoxResult,
+    ProgressCallback,
+    gliding_box,
+    percolation,
+    warm_up,
+)
 from services.features.fractal_columns import fractal_columns, percolation_columns
 from services.features.models import feature_repository
 
@@ -129,10 +137,6 @@ def fractal_response(
     columns = fractal_columns(boxes)
     response = pb.ComputeFractalResponse(
         box_sizes=[int(r) for r in boxes.box_sizes],
-        probabilities=[
-            pb.MassProbability(box_size=int(r), probability=boxes.probability[int(r)].tolist())
-            for r in boxes.box_sizes
-        ],
         lacunarity=boxes.lacunarity.tolist(),
         box_count=boxes.box_count.tolist(),
         fractal_dimension=pb.FractalDimensionFit(
@@ -142,18 +146,29 @@ def fractal_response(
             r_squared=boxes.fractal_dimension.r_squared,
         ),
     )
+    response.MergeFromString(_probabilities_wire(boxes))
     if request.percolation:
         perc = percolation(image, box_sizes=box_sizes, progress=_in_step(report, "percolation"))
-        response.percolation.CopyFrom(
-            pb.PercolationFeatures(
-                cluster_count=perc.cluster_count.tolist(),
-                largest_cluster_ratio=perc.largest_cluster_ratio.tolist(),
-                percolating_ratio=perc.percolating_ratio.tolist(),
-            )
-        )
+        for name in ("cluster_count", "largest_cluster_ratio", "percolating_ratio"):
+            getattr(response.percolation, name).extend(getattr(perc, name).tolist())
         columns.update(percolation_columns(perc))
     response.features.CopyFrom(feature_row(columns, request.image.name or "image"))
     return response
+
+
+_PROBABILITIES = pb.ComputeFractalResponse.DESCRIPTOR.fields_by_name["probabilities"].number
+_BOX_SIZE = pb.MassProbability.DESCRIPTOR.fields_by_name["box_size"].number
+_PROBABILITY = pb.MassProbability.DESCRIPTOR.fields_by_name["probability"].number
+
+
+def _probabilities_wire(boxes: GlidingBoxResult) -> bytes:
+    """The answer's ``probabilities`` (one MassProbability per box side) in wire format, for
+    MergeFromString: 20 sides' 12,000 values take 0.1 ms this way, 0.5 ms as Python floats."""
+    return b"".join(
+        length_delimited(_PROBABILITIES, varint_field(_BOX_SIZE, int(r)) + packed_doubles(
+            _PROBABILITY, boxes.probability[int(r)]))
+        for r in boxes.box_sizes
+    )
 
 
 def _in_step(report: Report | None, step: str) -> ProgressCallback | None:

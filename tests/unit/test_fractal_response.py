@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from labsight.fractal_work import fractal_cost
-from labsight.images import image_from_array
+from labsight.images import decode_image, image_from_array
 from labsight.runtime.progress_stream import Progress
 from labsight.v1 import features_pb2 as pb
+from services.features import fractal
 from services.features.servicer import UNARY_BANDS_MIN_COST, fractal_response
 
 SIZES = list(range(3, 42, 2))
@@ -50,3 +51,21 @@ def test_a_large_request_still_reports_band_by_band() -> None:
     fractal_response(_request(64, percolation=True), reports.append, UNARY_BANDS_MIN_COST)
     assert {report.step for report in reports} == {"gliding box", "percolation"}
     assert len(reports) > 40
+
+
+@pytest.mark.parametrize("percolation", [False, True])
+def test_the_answer_holds_the_cores_numbers(percolation: bool) -> None:
+    request = _request(48, percolation)
+    request.box_sizes[:] = [3, 5, 9, 15]
+    answer = fractal_response(request)
+    boxes = fractal.gliding_box(decode_image(request.image), box_sizes=(3, 5, 9, 15))
+    assert list(answer.box_sizes) == [3, 5, 9, 15]
+    assert [entry.box_size for entry in answer.probabilities] == [3, 5, 9, 15]
+    for entry in answer.probabilities:
+        assert list(entry.probability) == boxes.probability[entry.box_size].tolist()
+    assert list(answer.lacunarity) == boxes.lacunarity.tolist()
+    assert answer.HasField("percolation") == percolation
+    if percolation:
+        perc = fractal.percolation(decode_image(request.image), box_sizes=(3, 5, 9, 15))
+        assert list(answer.percolation.cluster_count) == perc.cluster_count.tolist()
+        assert list(answer.percolation.percolating_ratio) == perc.percolating_ratio.tolist()

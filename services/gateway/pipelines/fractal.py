@@ -12,7 +12,7 @@ from labsight.errors import InvalidArgument, echo
 from labsight.fractal_work import fractal_cost
 from labsight.images import ImageInfo, image_info
 from labsight.tables import feature_table, table_values
-from labsight.tensors import to_tensor
+from labsight.tensors import write_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import (
@@ -191,17 +191,15 @@ class FractalPipeline(Pipeline):
         result.tables["fractal"].CopyFrom(response.features)
         for name, table in weka_tables(response.features).items():
             result.tables[name].CopyFrom(table)
-        result.tensors["box_sizes"].CopyFrom(to_tensor(np.array(response.box_sizes, np.int32)))
-        result.tensors["lacunarity"].CopyFrom(to_tensor(np.array(response.lacunarity)))
-        result.tensors["box_count"].CopyFrom(to_tensor(np.array(response.box_count)))
+        tensors = result.tensors  # written in place: a tensor built apart would be copied in
+        write_tensor(tensors["box_sizes"], np.array(response.box_sizes, np.int32))
+        write_tensor(tensors["lacunarity"], np.array(response.lacunarity))
+        write_tensor(tensors["box_count"], np.array(response.box_count))
         for entry in response.probabilities:
-            result.tensors[f"probability_r{entry.box_size}"].CopyFrom(
-                to_tensor(np.array(entry.probability))
-            )
+            write_tensor(tensors[f"probability_r{entry.box_size}"], np.array(entry.probability))
         if response.HasField("percolation"):
             for name in ("cluster_count", "largest_cluster_ratio", "percolating_ratio"):
-                values = np.array(getattr(response.percolation, name))
-                result.tensors[f"percolation_{name}"].CopyFrom(to_tensor(values))
+                write_tensor(tensors[f"percolation_{name}"], np.array(getattr(response.percolation, name)))
         fit = response.fractal_dimension
         result.scalars["fractal_dimension"] = fit.dimension
         result.scalars["fractal_dimension_r_min"] = fit.r_min
