@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from functools import partial
 
 import grpc
+import numba
 import numpy as np
 
 from labsight.config import Settings
@@ -33,9 +35,11 @@ from services.features.models import feature_repository
 
 UNARY_BANDS_MIN_COST = 2e8
 """Box-pixel comparisons (about 10 ms of one core; see fractal_cost) under which a unary
-ComputeFractal computes in one pass: the bands that let a long call stop when its caller
-cancels cost a parallel launch each, more than their work on small images (a 64² RGB image with
-sides 3-41, 5e7 comparisons in 31 bands: 4.5 CPU ms, in one pass 2.5 ms)."""
+ComputeFractal computes in one pass on one numba thread: the bands that let a long call stop
+when its caller cancels cost a parallel launch each, more than their work on small images (a 64²
+RGB image with sides 3-41, 5e7 comparisons in 31 bands: 4.5 CPU ms, in one pass 2.5 ms), and
+small calls come several at once (a worker has 4 jobs in flight), so threads of their own would
+only wake and sleep (features CPU per 64² job in bench/small_jobs.py 3.7 -> 3.4 ms)."""
 
 POOLING_MODES: dict[int, PoolingMode] = {
     pb.POOLING_UNSPECIFIED: "average",
@@ -126,14 +130,16 @@ def fractal_response(
 ) -> pb.ComputeFractalResponse:
     """Gliding-box features (and percolation when asked) of the request's image, telling
     ``report`` of the progress of each step; work under ``bands_min_cost`` box-pixel
-    comparisons runs in one pass, ``report`` told only before it."""
+    comparisons runs in one pass on one numba thread, ``report`` told only before it."""
     image = decode_image(request.image, "image")
     box_sizes = tuple(request.box_sizes) or DEFAULT_BOX_SIZES
     pixels = image.shape[0] * image.shape[1]
-    if report is not None and fractal_cost(pixels, box_sizes, request.percolation) < bands_min_cost:
+    one_pass = report is not None and fractal_cost(pixels, box_sizes, request.percolation) < bands_min_cost
+    if one_pass:
         report(Progress("gliding box", 0, 1, "passes"))  # what it raises stops the call here
         report = None
-    boxes = gliding_box(image, box_sizes=box_sizes, progress=_in_step(report, "gliding box"))
+    with _numba_threads(1) if one_pass else contextlib.nullcontext():
+        boxes = gliding_box(image, box_sizes=box_sizes, progress=_in_step(report, "gliding box"))
     columns = fractal_columns(boxes)
     response = pb.ComputeFractalResponse(
         box_sizes=[int(r) for r in boxes.box_sizes],
@@ -159,6 +165,17 @@ def fractal_response(
 _PROBABILITIES = pb.ComputeFractalResponse.DESCRIPTOR.fields_by_name["probabilities"].number
 _BOX_SIZE = pb.MassProbability.DESCRIPTOR.fields_by_name["box_size"].number
 _PROBABILITY = pb.MassProbability.DESCRIPTOR.fields_by_name["probability"].number
+
+
+@contextlib.contextmanager
+def _numba_threads(count: int) -> Iterator[None]:
+    """Run the block's numba kernels on ``count`` threads (numba's setting is per calling thread)."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(count)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def _probabilities_wire(boxes: GlidingBoxResult) -> bytes:

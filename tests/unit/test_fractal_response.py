@@ -3,6 +3,7 @@ its caller once), a large one band by band, and both give the same answer."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
@@ -31,7 +32,9 @@ def test_a_small_request_is_one_pass_with_the_answer_of_the_banded_one() -> None
     assert fractal_cost(64 * 64, SIZES, False) < UNARY_BANDS_MIN_COST
     one_pass: list[Progress] = []
     banded: list[Progress] = []
+    threads = numba.get_num_threads()
     small = fractal_response(request, one_pass.append, UNARY_BANDS_MIN_COST)
+    assert numba.get_num_threads() == threads  # its one thread was for its own pass only
     whole = fractal_response(request, banded.append)
     assert len(one_pass) == 1 and len(banded) > 20  # 64 - 2 centre rows in up to 32 bands
     assert small == whole
