@@ -22,9 +22,10 @@ transport, batching and process hops, not of a different use of the cores.
    holds them (``labsight.tensors.write_labels``: uint16 here, as the hpa-cells pipeline
    forwards SegmentCells' masks; ``--label-dtype int32`` sends 2 MB per request instead of
    1.5 MB). In-process: ``classify_cells`` (crops + model) on the same fields.
-2. ``hpa-cells`` through the gateway: jobs of the 4-channel fields (``method=classical``)
-   through Redis, ``--workers`` worker threads of this process, the segmentation and the
-   classifier service (own processes). In-process: classical ``segment_cells``,
+2. ``hpa-cells`` through the gateway: one batch of jobs of the 4-channel fields
+   (``method=classical``) through Redis, ``--workers`` worker threads of this process, the
+   segmentation and the classifier service (own processes); the client watches the batch
+   (one WatchBatch stream), then fetches each result. In-process: classical ``segment_cells``,
    ``measure_cells`` (the cells table) and ``classify_cells`` per field on the pool.
    Started after part 1, so its gateway and workers cost part 1 nothing.
 3. Explanations per cell on one thread: Grad-CAM (captum, torch) and LIME (1000
@@ -262,9 +263,13 @@ def main() -> None:
 
     def through_gateway() -> int:
         with LabSightClient(gateway.address, token="", timeout_s=600) as lab:  # type: ignore[union-attr]
-            job_ids = lab.submit_batch(requests).job_ids
-            finals = [lab.wait(job_id, timeout_s=600) for job_id in job_ids]
-            failed = [job.error for job in finals if job.status != pb.JOB_STATUS_DONE]
+            batch = lab.submit_batch(requests)
+            job_ids = batch.job_ids
+            for state in lab.watch_batch(batch.batch_id):  # one stream for the batch, not one per job
+                if state.finished:
+                    break
+            failed = [job.error for job in lab.batch_jobs(batch.batch_id)
+                      if job.status != pb.JOB_STATUS_DONE]
             if failed:
                 raise RuntimeError(f"{len(failed)} jobs failed, e.g. {failed[0]}")
             return sum(len(lab.result(job_id).tables["classes"].row_ids) for job_id in job_ids)
