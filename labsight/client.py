@@ -11,11 +11,11 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
-import numpy as np
 
+from labsight.arrays import is_array, require_numpy
 from labsight.batch_submit import (
     PART_JOBS,
     SubmittedBatch,
@@ -31,21 +31,20 @@ from labsight.errors import (
     UnavailableError,
     service_error,
 )
-from labsight.export import results_to_anndata
 from labsight.home import read_endpoints, running_endpoints
 from labsight.image_messages import image_from_array, image_from_file
 from labsight.progress import ProgressBar
 from labsight.result import Result, main_table
-from labsight.tensors import to_tensor
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
 from labsight.v1 import tensor_pb2
 
 if TYPE_CHECKING:
     import anndata
+    import numpy as np
     import pandas as pd
 
-ImageLike = np.ndarray | str | Path | tensor_pb2.Image
+ImageLike: TypeAlias = "np.ndarray | str | Path | tensor_pb2.Image"
 TERMINAL = (pb.JOB_STATUS_DONE, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_CANCELLED, pb.JOB_STATUS_DEAD)
 UPLOAD_CHUNK_BYTES = 4 * 1024 * 1024
 BATCH_MESSAGE_JOBS = 128
@@ -83,7 +82,7 @@ def as_image(image: ImageLike, name: str = "") -> tensor_pb2.Image:
     """An Image message from an array, a file path or an Image."""
     if isinstance(image, tensor_pb2.Image):
         return image
-    if isinstance(image, np.ndarray):
+    if is_array(image):
         return image_from_array(image, name)
     return image_from_file(image)
 
@@ -115,8 +114,11 @@ def build_request(
         job_input.image.name = name
     for role, extra in (images or {}).items():
         job_input.images[role].CopyFrom(as_image(extra))
-    for role, array in (tensors or {}).items():
-        job_input.tensors[role].CopyFrom(to_tensor(array))
+    if tensors:
+        from labsight.tensors import to_tensor  # numpy: the light client's arrays extra
+
+        for role, array in tensors.items():
+            job_input.tensors[role].CopyFrom(to_tensor(array))
     return pb.SubmitJobRequest(
         pipeline=pipeline,
         params=text_params,
@@ -528,6 +530,9 @@ class LabSightClient:
 def batch_anndata(batch_id: str, finished: Sequence[tuple[pb.Job, Result]],
                   failed: Mapping[str, str], table: str | None = None) -> anndata.AnnData:
     """The AnnData of ``LabSightClient.batch_to_anndata`` from a batch's ended jobs."""
+    from labsight.export import results_to_anndata
+
+    np = require_numpy("batch_to_anndata")
     _require_finished(batch_id, finished, failed)
     results = [result.message for _, result in finished]
     name = table or main_table(results[0])
@@ -544,6 +549,7 @@ def batch_anndata(batch_id: str, finished: Sequence[tuple[pb.Job, Result]],
 def batch_frame(batch_id: str, finished: Sequence[tuple[pb.Job, Result]],
                 failed: Mapping[str, str], table: str | None = None) -> pd.DataFrame:
     """The DataFrame of ``LabSightClient.batch_to_pandas`` from a batch's ended jobs."""
+    np = require_numpy("batch_to_pandas")
     import pandas as pd
 
     _require_finished(batch_id, finished, failed)

@@ -7,11 +7,13 @@ decoding and checking images is the servers' part (``labsight.images``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from labsight.tensors import to_tensor
+from labsight.arrays import require_numpy
 from labsight.v1 import tensor_pb2
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -37,6 +39,8 @@ def detect_format(data: bytes) -> str | None:
 
 def image_from_array(pixels: np.ndarray, name: str = "") -> tensor_pb2.Image:
     """An Image message carrying decoded pixels."""
+    from labsight.tensors import to_tensor  # numpy: the light client's arrays extra
+
     return tensor_pb2.Image(tensor=to_tensor(pixels), name=name)
 
 
@@ -44,6 +48,7 @@ def image_from_file(path: str | Path) -> tensor_pb2.Image:
     """An Image message for a file: .npy as a tensor, anything else as encoded bytes."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
+        np = require_numpy(f"{path.name}: a .npy file")
         return image_from_array(np.load(path, allow_pickle=False), name=path.name)
     data = path.read_bytes()
     fmt = FORMAT_ALIASES.get(path.suffix.lower().lstrip("."), "")

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from labsight.arrays import require_numpy
 from labsight.columns import CELL_CHANNELS
 from labsight.image_messages import detect_format
 from labsight.v1 import gateway_pb2 as pb
@@ -116,7 +115,7 @@ def _file_problem(path: Path) -> str:
         return "not a file"
     try:
         if path.suffix.lower() == ".npy":
-            np.load(path, mmap_mode="r", allow_pickle=False)
+            require_numpy(f"{path}: a .npy file").load(path, mmap_mode="r", allow_pickle=False)
             return ""
         with path.open("rb") as file:
             head = file.read(16)

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import math
+import sys
+from array import array
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from labsight.export import results_to_anndata
-from labsight.tables import table_values
-from labsight.tensors import from_tensor
+from labsight.arrays import require_numpy
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
 
 if TYPE_CHECKING:
     import anndata
+    import numpy as np
     import pandas as pd
 
 
@@ -115,7 +117,34 @@ class Result:
 
     def to_numpy(self, table: str | None = None) -> np.ndarray:
         """A table's values as a (rows, columns) float64 array (default: the main table)."""
+        require_numpy("Result.to_numpy")
+        from labsight.tables import table_values
+
         return table_values(self._table(table), table or self.main_table)
+
+    def to_csv(self, table: str | None = None) -> str:
+        """A table as CSV text (default: the main table): a header ``id,<columns>``, then a
+        row per row id, each value as the shortest text that reads back to the same float64
+        (NaN as an empty cell). Needs no numpy for the float64 tables the services send."""
+        name = table or self.main_table
+        entry = self._table(name)
+        rows, columns = len(entry.row_ids), len(entry.columns)
+        plain = (entry.values.dtype == tensor_pb2.DATA_TYPE_FLOAT64
+                 and list(entry.values.shape) == [rows, columns]
+                 and len(entry.values.data) == 8 * rows * columns)
+        if plain:
+            values = array("d", entry.values.data)
+            if sys.byteorder == "big":
+                values.byteswap()
+        else:  # another dtype, or a malformed table: numpy reads it, or says what is wrong
+            values = array("d", (float(v) for v in self.to_numpy(name).ravel()))
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["id", *entry.columns])
+        for index, row_id in enumerate(entry.row_ids):
+            row = values[index * columns:(index + 1) * columns]
+            writer.writerow([row_id, *("" if math.isnan(v) else repr(v) for v in row)])
+        return text.getvalue()
 
     def to_pandas(self, table: str | None = None) -> pd.DataFrame:
         """A table as a DataFrame: row ids as the index (``id``), one named column per feature.
@@ -124,6 +153,8 @@ class Result:
         table name and provenance are in the frame's ``attrs``.
         """
         import pandas as pd
+
+        from labsight.tables import table_values
 
         name = table or self.main_table
         entry = self._table(name)
@@ -144,17 +175,23 @@ class Result:
         if name not in self.tensors:
             raise KeyError(f"the result of job {self.job_id} has no tensor {name!r}; "
                            f"tensors: {sorted(self.tensors)}")
+        require_numpy("Result.tensor")
+        from labsight.tensors import from_tensor
+
         return from_tensor(self.tensors[name], name)
 
     def label_masks(self) -> dict[str, np.ndarray]:
-        """The result's label masks by kind (``nuclei``, ``cells``), (H, W) int32, 0 = background.
+        """The result's label masks by kind (``nuclei``, ``cells``), (H, W) int32, 0 = background
+        (the service sends them as uint16 when they fit; :meth:`tensor` gives them as sent).
 
         Raises
         ------
         KeyError
             If the result has none (only segmentation pipelines such as ``cells`` make them).
         """
-        masks = {kind: self.tensor(name) for name, kind in LABEL_MASKS.items() if name in self.tensors}
+        np = require_numpy("Result.label_masks")
+        masks = {kind: self.tensor(name).astype(np.int32, copy=False)
+                 for name, kind in LABEL_MASKS.items() if name in self.tensors}
         if not masks:
             raise KeyError(f"the result of job {self.job_id} ({self.pipeline}) has no label masks")
         return masks
@@ -172,6 +209,9 @@ class Result:
     def to_anndata(self, table: str | None = None) -> anndata.AnnData:
         """A table as an AnnData, as ``labsight results --format h5ad`` writes it
         (see ``labsight.export.results_to_anndata``)."""
+        require_numpy("Result.to_anndata")
+        from labsight.export import results_to_anndata
+
         return results_to_anndata([self.message], table or self.main_table)
 
     def _table(self, name: str | None) -> tensor_pb2.FeatureTable:
@@ -192,6 +232,7 @@ def write_label_masks(results: Sequence[Result | pb.JobResult], folder: str | Pa
                       stems: Sequence[str] | None = None) -> list[Path]:
     """Write the label masks of each result into ``folder`` (see :meth:`Result.write_masks`);
     results whose stems coincide get their job id appended, so no file overwrites another."""
+    np = require_numpy("write_masks")
     import tifffile  # only here: the light client installs it with the extra [tiff]
 
     wrapped = [r if isinstance(r, Result) else Result(r) for r in results]
