@@ -50,11 +50,22 @@ class HpaCellsPipeline(CellsPipeline):
     )
 
     def run(self, context: RunContext) -> pb.JobResult:
-        """The cells pipeline's segmentation, then one ClassifyCells call on its cell labels."""
-        segment = replace(context, report_progress=lambda fraction, step, *rest: context.report_progress(
-            SEGMENTATION_SHARE * fraction, step, *rest))
-        result = super().run(segment)
+        """The cells pipeline's segmentation, then one ClassifyCells call on its cell labels.
+
+        Progress is reported twice, each a status read and a write to Redis: segmentation at
+        0, classification at SEGMENTATION_SHARE (the worker's DONE records 1). The
+        segmentation's own end (the same fraction as the classification's start) and a
+        classification end just before DONE would tell a watcher nothing new.
+        """
+        def segmentation_progress(fraction: float, step: str, done: int = 0, total: int = 0,
+                                  unit: str = "") -> None:
+            if fraction < 1.0:
+                context.report_progress(SEGMENTATION_SHARE * fraction, step, done, total, unit)
+
+        result = super().run(replace(context, report_progress=segmentation_progress))
         result.pipeline = self.name
+        # The label tensor as SegmentCells sent it (uint16 when it fits): one copy into the
+        # request, no decoding; the crops, probabilities and tables are small beside it.
         request = classifier_pb2.ClassifyCellsRequest(
             cell_labels=result.tensors["cell_labels"], model=context.params.get("model", ""),
             return_crops=True,
@@ -95,5 +106,4 @@ class HpaCellsPipeline(CellsPipeline):
         result.provenance["classifier_model"] = answer.model
         result.provenance["classifier_classes"] = "; ".join(names)
         result.provenance["classifier_thresholds"] = ",".join(f"{t:.4g}" for t in answer.thresholds)
-        context.report_progress(1.0, "classification")
         return result
