@@ -188,6 +188,7 @@ def test_hpa_files_are_one_job_per_id_and_flags_name_one(
                            images={c: folder / f"10_B2_3_{c}.png" for c in CHANNELS})
     assert sdk.input_name == "sdk"
     assert np.array_equal(sdk.label_masks()["cells"], sdk.tensor("cell_labels"))
+    assert sdk.label_masks()["cells"].dtype == np.int32  # the SDK's masks stay int32 (uint16 sent)
     _check_cells(sdk, truths["10_B2_3"])
 
     (folder / "10_B2_3_yellow.png").unlink()
