@@ -142,7 +142,7 @@ def measured(work: Callable[[], int], clock: CpuClock, rates: list[float],
     return run
 
 
-LABEL_DTYPES = ("narrow", "uint16", "int32")
+LABEL_DTYPES = ("narrow", "uint8", "uint16", "int32")
 """How ClassifyCells clients may send the cell labels: ``narrow`` (the narrowest dtype that
 holds them, :func:`labsight.tensors.write_labels`) or one dtype."""
 
