@@ -35,6 +35,8 @@ from labsight.runtime.cpus import usable_cpus
 PRELOAD_ENV = "LABSIGHT_PRELOAD_MODELS"
 """The features service's preload list; other services name their own variable."""
 
+RUN_ROWS_ENV = "LABSIGHT_ORT_RUN_ROWS"
+
 
 @dataclass(frozen=True)
 class ServingConfig:
@@ -71,6 +73,12 @@ class ServingConfig:
         first region back; off, the process keeps what its largest concurrent
         batches needed, as ONNX Runtime and Triton do by default
         [LABSIGHT_ORT_ARENA_SHRINK, default off].
+    run_rows : int
+        Most rows one ONNX Runtime run takes; a larger batch runs in slices of this
+        many rows on its instance, which keeps a CNN's activations in the CPU's caches
+        (see :class:`~labsight.models.engines.OnnxEngine`); 0 runs every batch whole
+        [LABSIGHT_ORT_RUN_ROWS, default 0; the features service's default is
+        ``FEATURES_RUN_ROWS``].
     preload : tuple of str
         ``model`` or ``model:layer`` entries loaded (and run once) before the
         service reports SERVING, as Triton loads its repository at start; others
@@ -96,6 +104,7 @@ class ServingConfig:
     instances: int = 0
     spin: bool = False
     shrink_arena: bool = False
+    run_rows: int = 0
     preload: tuple[str, ...] = ()
     preload_env: str = PRELOAD_ENV
     engine_cache_bytes: int = 1 << 30
@@ -119,6 +128,7 @@ class ServingConfig:
             instances=max(0, env_int("LABSIGHT_MODEL_INSTANCES", 0)),
             spin=env_flag("LABSIGHT_ORT_SPIN"),
             shrink_arena=env_flag("LABSIGHT_ORT_ARENA_SHRINK"),
+            run_rows=max(0, env_int(RUN_ROWS_ENV, cls.run_rows)),
             preload=tuple(
                 entry.strip() for entry in os.environ.get(preload_env, "").split(",") if entry.strip()
             ),
@@ -333,7 +343,7 @@ class ModelServer:
         instances, threads = self.config.engine_layout(backend == "torch")
         engines = build_engines(
             manifest, target, backend, instances, self.config.cache_dir, threads, self.config.spin,
-            self.config.shrink_arena,
+            self.config.shrink_arena, self.config.run_rows,
         )
         names = engines[0].output_names
         batcher = DynamicBatcher(

@@ -10,9 +10,13 @@ import numpy as np
 
 from labsight.config import env_int
 from labsight.models import ModelManifest, ModelServer, ServingConfig
-from labsight.models.serving import PRELOAD_ENV
+from labsight.models.serving import PRELOAD_ENV, RUN_ROWS_ENV
 from services.features.deep import PoolingMode, check_images, feature_columns, pool, preprocess
 from services.features.models import DEFAULT_MODEL
+
+FEATURES_RUN_ROWS = 2
+"""Rows per ONNX Runtime run of the features service's models [LABSIGHT_ORT_RUN_ROWS]: a batch
+the batcher gathered runs in slices this small, so the activations stay in the CPU's caches."""
 
 
 @dataclass(frozen=True)
@@ -26,16 +30,21 @@ class ExtractorConfig(ServingConfig):
     max_images_per_request : int
         Most images one ExtractDeepFeatures call may carry
         [LABSIGHT_MAX_IMAGES_PER_REQUEST, default 4096].
+    run_rows : int
+        As :class:`ServingConfig`'s, by default ``FEATURES_RUN_ROWS`` [LABSIGHT_ORT_RUN_ROWS].
     """
 
     default_model: str = DEFAULT_MODEL
     max_images_per_request: int = 4096
+    run_rows: int = FEATURES_RUN_ROWS
 
     @classmethod
     def from_env(cls, preload_env: str = PRELOAD_ENV) -> ExtractorConfig:
         """The configuration from LABSIGHT_* environment variables (preloads from ``preload_env``)."""
+        serving = {**vars(ServingConfig.from_env(preload_env)),
+                   "run_rows": max(0, env_int(RUN_ROWS_ENV, cls.run_rows))}
         return cls(
-            **vars(ServingConfig.from_env(preload_env)),
+            **serving,
             default_model=os.environ.get("LABSIGHT_DEFAULT_MODEL", DEFAULT_MODEL),
             max_images_per_request=max(1, env_int("LABSIGHT_MAX_IMAGES_PER_REQUEST", 4096)),
         )

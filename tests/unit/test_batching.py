@@ -169,3 +169,40 @@ def test_an_instance_that_finds_its_requests_taken_keeps_serving() -> None:
         batcher.close()
     assert all(alive), "an instance thread died"
     assert all(size > 0 for model in models for size in model.sizes)
+
+
+def test_a_closed_batch_is_shared_out_among_idle_instances_at_once() -> None:
+    # Two idle instances and 8 rows that fill a batch: each takes 4 and neither waits for the
+    # 30 s queue delay (the call's 10 s timeout would fail first). Each batch runs only once
+    # the other has started too, so both halves run side by side.
+    side_by_side = threading.Barrier(2, timeout=10)
+
+    class TogetherModel(RecordingModel):
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            side_by_side.wait()
+            return super().__call__(batch)
+
+    first, second = TogetherModel(), TogetherModel()
+    batcher = DynamicBatcher([first, second], max_batch_size=8, max_queue_delay_ms=30_000,
+                             name="shared-out")
+    try:
+        while batcher._idle < 2:  # both instance threads waiting for work
+            time.sleep(0.001)
+        items = np.arange(8, dtype=np.float64).reshape(8, 1)
+        out = batcher.run(items, timeout_s=10)
+    finally:
+        batcher.close()
+    np.testing.assert_array_equal(out, items * 2)
+    assert first.sizes == [4] and second.sizes == [4]
+
+
+def test_one_idle_instance_takes_a_full_batch() -> None:
+    # A lone instance: the batch is not shared out, a request larger than it is split by size.
+    model = RecordingModel()
+    batcher = DynamicBatcher(model, max_batch_size=8, max_queue_delay_ms=30_000, name="alone")
+    try:
+        out = batcher.run(np.ones((16, 1)), timeout_s=10)
+    finally:
+        batcher.close()
+    np.testing.assert_array_equal(out, np.full((16, 1), 2.0))
+    assert model.sizes == [8, 8]

@@ -154,6 +154,15 @@ def test_onnx_engine_runs_any_batch_size(lite: ModelManifest, model_cache: Path)
     assert engine.run(_batch(lite, count=5)).shape == (5, 1280, 1, 1)
 
 
+def test_onnx_engine_in_slices_of_rows_answers_as_one_run(lite: ModelManifest, model_cache: Path) -> None:
+    target = build_layer_index(lite, "onnx", model_cache).target("avgpool")
+    whole, sliced = (build_engines(lite, target, "onnx", 1, model_cache, threads=1, run_rows=rows)[0]
+                     for rows in (0, 2))
+    batch = _batch(lite, count=5)  # slices of 2, 2 and 1 rows
+    np.testing.assert_allclose(sliced.run(batch), whole.run(batch), rtol=1e-5, atol=1e-6)
+    assert sliced.run(batch[:1]).shape == (1, 1280, 1, 1)
+
+
 def test_pooling_reduces_maps_to_vectors() -> None:
     maps = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)
     np.testing.assert_array_equal(pool(maps, "average"), maps.mean(axis=(2, 3)))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from labsight.models import ServingConfig
 from labsight.runtime.cpus import usable_cpus
-from services.features.extractor import ExtractorConfig
+from services.features.extractor import FEATURES_RUN_ROWS, ExtractorConfig
 
 
 def test_defaults_give_two_single_core_instances_on_cpu_and_one_on_cuda(
@@ -35,3 +36,13 @@ def test_a_non_number_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("LABSIGHT_MODEL_INSTANCES", "two")
     with pytest.raises(ValueError, match="LABSIGHT_MODEL_INSTANCES must be an integer, got 'two'"):
         ExtractorConfig.from_env()
+
+
+def test_features_run_in_slices_of_few_rows_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LABSIGHT_ORT_RUN_ROWS", raising=False)
+    assert ExtractorConfig.from_env().run_rows == FEATURES_RUN_ROWS
+    assert ServingConfig.from_env().run_rows == 0  # other model services run batches whole
+    monkeypatch.setenv("LABSIGHT_ORT_RUN_ROWS", "0")
+    assert ExtractorConfig.from_env().run_rows == 0
+    monkeypatch.setenv("LABSIGHT_ORT_RUN_ROWS", "8")
+    assert ExtractorConfig.from_env().run_rows == 8
