@@ -18,7 +18,10 @@ baseline does not). ONNX Runtime's other settings are its defaults.
 1. ``--patches`` 224x224 RGB patches go through the gateway as ``deep-features`` jobs of
    ``--per-job`` patches (a tensor stack each); the service side's time runs from SubmitBatch
    to the last job's features fetched (GetJobResult) and decoded into numpy. The baseline runs
-   the same patches at batch ``--batch``.
+   the same patches at its fastest batch size up to ``--batch`` (least CPU per image, measured
+   at its start; the service runs its batches in slices of LABSIGHT_ORT_RUN_ROWS rows). Each
+   process's CPU per patch is printed too: on a shared machine it shows where the service
+   side's extra work goes, which the wall-time ratio blurs.
 2. ``--clients`` threads send single images straight to the features service, against the
    baseline at batch 1 (what a caller without a batcher gets from the same sessions).
 
@@ -38,6 +41,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -109,14 +113,32 @@ def run_sessions(
     return time.perf_counter() - start
 
 
+def fastest_batch(sessions: list[ort.InferenceSession], input_name: str, tensors: np.ndarray,
+                  largest: int) -> int:
+    """The batch size, a power of 2 up to ``largest``, at which the sessions take the least CPU
+    per image (this process's CPU time, which other processes' load does not inflate as it does
+    wall time): on CPU, batches of many rows outgrow the caches, so batch 32 is not the raw
+    baseline's best."""
+    sizes = [1 << power for power in range(largest.bit_length()) if 1 << power <= largest]
+    rows = tensors[: max(largest, 64) * len(sessions)]
+    cpu: dict[int, float] = {}
+    for _ in range(3):
+        for size in sizes:
+            start = time.process_time()
+            run_sessions(sessions, input_name, rows, size)
+            cpu[size] = min(cpu.get(size, float("inf")), time.process_time() - start)
+    return min(sizes, key=cpu.__getitem__)
+
+
 def baseline_process(connection: Connection, patches: int, batch: int) -> None:
     """The raw baseline's process: build the sessions, then answer ("run", batch, count) with
-    the seconds of one pass, until ("stop", ...)."""
+    the seconds of one pass, until ("stop", ...). It first sends (instances, threads per
+    instance) and its fastest batch size up to ``batch``."""
     sessions, input_name, layout = raw_sessions()
     manifest = feature_repository().get(DEFAULT_MODEL)
     tensors = preprocess(list(make_patches(patches)), manifest.input_size, manifest.preprocessing)
     run_sessions(sessions, input_name, tensors[: batch * len(sessions)], batch)  # warm-up
-    connection.send(layout)
+    connection.send((layout, fastest_batch(sessions, input_name, tensors, batch)))
     while True:
         command, size, count = connection.recv()
         if command == "stop":
@@ -132,7 +154,9 @@ class Baseline:
         self.connection, child_end = context.Pipe()
         self.process = context.Process(target=baseline_process, args=(child_end, patches, batch))
         self.process.start()
-        self.layout: tuple[int, int] = self.connection.recv()
+        self.layout: tuple[int, int]
+        self.fastest_batch: int
+        self.layout, self.fastest_batch = self.connection.recv()
 
     def seconds(self, batch: int, count: int) -> float:
         """Seconds of one pass over the first ``count`` patches at ``batch``."""
@@ -145,16 +169,56 @@ class Baseline:
         self.process.join(timeout=60)
 
 
-def batch_metrics(metrics_port: int) -> tuple[float, float]:
-    """(batches, items) the service's batcher for the benchmarked layer has executed."""
+def process_seconds(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` used so far, its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each named process spends in the calls it wraps, one list entry per call.
+
+    ``client`` is this process (the benchmark's client threads), read with
+    ``time.process_time``; the others by pid from /proc.
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.seconds: dict[str, list[float]] = {name: [] for name in [*pids, "client"]}
+
+    def _now(self) -> dict[str, float]:
+        return {**{name: process_seconds(pid) for name, pid in self.pids.items()},
+                "client": time.process_time()}
+
+    def wrap(self, run: Callable[[], float]) -> Callable[[], float]:
+        """``run``, its processes' CPU seconds recorded around each call."""
+
+        def measured() -> float:
+            before = self._now()
+            result = run()
+            after = self._now()
+            for name in self.seconds:
+                self.seconds[name].append(after[name] - before[name])
+            return result
+
+        return measured
+
+    def per_item(self, items: int) -> dict[str, list[float]]:
+        """Milliseconds per item of every process, call by call."""
+        return {name: [1000 * s / items for s in values] for name, values in self.seconds.items()}
+
+
+def batch_metrics(metrics_port: int) -> tuple[float, float, float]:
+    """(batches, items, seconds running batches) of the service's batcher for the benchmarked layer."""
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    values = {"count": 0.0, "sum": 0.0}
     label = f'batcher="{DEFAULT_MODEL}:{LAYER}"'
+    names = ("labsight_batch_size_count", "labsight_batch_size_sum", "labsight_batch_run_seconds_sum")
+    values = dict.fromkeys(names, 0.0)
     for line in body.splitlines():
-        for kind in values:
-            if line.startswith(f"labsight_batch_size_{kind}{{") and label in line:
-                values[kind] = float(line.rsplit(" ", 1)[1])
-    return values["count"], values["sum"]
+        name = line.split("{", 1)[0]
+        if name in values and label in line:
+            values[name] = float(line.rsplit(" ", 1)[1])
+    return values[names[0]], values[names[1]], values[names[2]]
 
 
 def through_gateway(lab: LabSightClient, requests: list[pb.SubmitJobRequest], per_job: int) -> float:
@@ -246,34 +310,52 @@ def main() -> None:
         instances, threads = baseline.layout
         print(f"{load_text()}")
         print(f"model {DEFAULT_MODEL} layer {LAYER}, 224x224 patches, max batch {args.batch}, "
-              f"max queue delay {args.delay_ms} ms; service and baseline: {instances} ONNX Runtime "
-              f"session(s) of {threads} intra-op thread(s); {args.workers} worker process(es)")
+              f"max queue delay {args.delay_ms} ms, runs of at most "
+              f"{ExtractorConfig.from_env().run_rows or args.batch} rows; service and baseline: "
+              f"{instances} ONNX Runtime session(s) of {threads} intra-op thread(s); "
+              f"{args.workers} worker process(es)")
         with LabSightClient(gateway_address, token="", timeout_s=600) as lab:
             through_gateway(lab, requests[:2], args.per_job)  # untimed: connections, buffers
             before = load_text()
+            served_cpu = CpuMeter({"features": features.pid, "gateway": gateway.pid, **{
+                f"worker {index}": worker.pid for index, worker in enumerate(processes[2:])}})
+            raw_cpu = CpuMeter({"raw": baseline.process.pid})
+            batches_before = batch_metrics(metrics_port)
             seconds = paired_rounds({
-                "raw": lambda: baseline.seconds(args.batch, len(patches)),
-                "service": lambda: through_gateway(lab, requests, args.per_job),
+                "raw": raw_cpu.wrap(lambda: baseline.seconds(baseline.fastest_batch, len(patches))),
+                "service": served_cpu.wrap(lambda: through_gateway(lab, requests, args.per_job)),
             }, args.rounds)
+            run_seconds = batch_metrics(metrics_port)[2] - batches_before[2]
         raw_rates = [len(patches) / s for s in seconds["raw"]]
         service_rates = [len(patches) / s for s in seconds["service"]]
         print(f"1) {len(patches)} patches as {len(requests)} jobs of {args.per_job}, gateway + queue + "
-              f"features + results fetched, against raw ONNX Runtime at batch {args.batch}; "
+              f"features + results fetched, against raw ONNX Runtime at batch {baseline.fastest_batch} "
+              f"(its least CPU per image of batches 1 to {args.batch}); "
               f"{args.rounds} rounds, patches/s min / median / max:")
         print(f"   service: {spread(service_rates, '.1f')}")
         print(f"   raw ORT: {spread(raw_rates, '.1f')}")
         print(f"   ratio service/raw: {spread(round_ratios(service_rates, raw_rates))} (target >= 0.9)")
         print(f"   before: {before}; after: {load_text()}")
+        print(f"   the service's ONNX Runtime sessions ran batches "
+              f"{100 * run_seconds / (instances * sum(seconds['service'])):.0f}% of the service side's time")
+        served_ms = served_cpu.per_item(len(patches))
+        total = [sum(values) for values in zip(*served_ms.values(), strict=True)]
+        print("   CPU ms per patch, min / median / max (Redis, shared with other users, not counted):")
+        for name, values in [*served_ms.items(), ("served total", total)]:
+            print(f"   {name:>12}: {spread(values, '.2f')}")
+        print(f"   {'raw ORT':>12}: {spread(raw_cpu.per_item(len(patches))['raw'], '.2f')}")
 
         single = patches[: args.single]
         concurrent_clients(features_address, single[: args.clients], args.clients)  # untimed
-        batches, items = batch_metrics(metrics_port)
+        batches, items, _ = batch_metrics(metrics_port)
         before = load_text()
+        single_cpu = CpuMeter({"features": features.pid})
+        raw_cpu = CpuMeter({"raw": baseline.process.pid})
         seconds = paired_rounds({
-            "raw": lambda: baseline.seconds(1, len(single)),
-            "service": lambda: concurrent_clients(features_address, single, args.clients),
+            "raw": raw_cpu.wrap(lambda: baseline.seconds(1, len(single))),
+            "service": single_cpu.wrap(lambda: concurrent_clients(features_address, single, args.clients)),
         }, args.rounds)
-        batches_after, items_after = batch_metrics(metrics_port)
+        batches_after, items_after, _ = batch_metrics(metrics_port)
         raw_rates = [len(single) / s for s in seconds["raw"]]
         service_rates = [len(single) / s for s in seconds["service"]]
         print(f"2) {len(single)} single images from {args.clients} concurrent clients straight to the "
@@ -283,6 +365,9 @@ def main() -> None:
         print(f"   raw ORT, batch 1: {spread(raw_rates, '.1f')}")
         print(f"   ratio service/raw: {spread(round_ratios(service_rates, raw_rates))}")
         print(f"   before: {before}; after: {load_text()}")
+        single_ms = {**single_cpu.per_item(len(single)), "raw": raw_cpu.per_item(len(single))["raw"]}
+        print(f"   CPU ms per image: features {spread(single_ms['features'], '.2f')}, clients "
+              f"{spread(single_ms['client'], '.2f')}; raw ORT {spread(single_ms['raw'], '.2f')}")
     finally:
         for process in reversed(processes):
             stop_process(process)
