@@ -176,6 +176,8 @@ def test_pooling_reduces_maps_to_vectors() -> None:
 def test_columns_follow_the_seed_naming() -> None:
     assert feature_columns("avgpool", 3) == ["avgpool1", "avgpool2", "avgpool3"]
     assert feature_columns("_blocks.15", 2) == ["_blocks.15_1", "_blocks.15_2"]
+    feature_columns("avgpool", 3).append("changed")  # each caller gets a list of its own
+    assert feature_columns("avgpool", 3) == ["avgpool1", "avgpool2", "avgpool3"]
 
 
 def test_preprocessing_scales_normalises_and_resizes(lite: ModelManifest) -> None:
