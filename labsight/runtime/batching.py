@@ -4,13 +4,11 @@ Like Triton's dynamic batcher, a batch is closed when it holds ``max_batch_size`
 items or when its oldest request has waited ``max_queue_delay_ms``, whichever
 comes first. A request may carry several items (the leading axis of its array);
 a request larger than the room left in a batch is split across batches and
-answered once all its parts ran. What is closed is shared out among the idle
-instances, so one instance does not run a whole batch while another waits.
+answered once all its parts ran.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
@@ -87,9 +85,6 @@ class DynamicBatcher:
         Runs an (n, ...) array and returns an array with n rows. Several
         callables are instances of the model (like Triton's instance groups):
         each runs on its own thread, taking the next batch when it is free.
-        Queued items that close a batch while several instances are idle are
-        shared out among them at once (16 queued rows and 2 idle instances: 8
-        rows each), so the last batches of a burst run side by side.
     max_batch_size : int
         Most items run together.
     max_queue_delay_ms : float
@@ -126,8 +121,6 @@ class DynamicBatcher:
         self._queue: deque[_Request] = deque()
         self._condition = threading.Condition()
         self._closed = False
-        self._idle = 0  # instance threads in _next_batch: waiting for work or a deadline
-        self._released = 0  # rows shared out to idle instances, to be taken without waiting
         self._batches = 0
         self._items = 0
         self._threads = [
@@ -187,38 +180,27 @@ class DynamicBatcher:
         """Wait for a full batch or the oldest request's deadline; None once closed and drained.
 
         With several instances, another one may take the queued requests while this
-        one waits for their deadline; it then goes back to waiting for new ones. The
-        items of a closed batch are shared out among the idle instances: this one
-        takes its share and leaves the rest released, for the next idle one to take
-        without waiting.
+        one waits for their deadline; it then goes back to waiting for new ones.
         """
         with self._condition:
-            self._idle += 1
-            try:
-                while True:
-                    while not self._queue:
-                        if self._closed:
-                            return None
-                        self._condition.wait()
-                    while self._queue and not self._closed and self._released <= 0:
-                        if self._queued_items() >= self.max_batch_size:
-                            break
-                        left = self._queue[0].arrived + self.max_queue_delay_s - time.perf_counter()
-                        if left <= 0:
-                            break
-                        self._condition.wait(left)
-                    if not self._queue:
-                        self._released = 0
-                        continue
-                    queued = min(self._queued_items(), self.max_batch_size * self._idle)
-                    parts = self._take(min(self.max_batch_size, math.ceil(queued / self._idle)))
-                    taken = sum(stop - start for _, start, stop in parts)
-                    self._released = max(0, self._released - taken, queued - taken)
-                    if self._queue:
-                        self._condition.notify()  # a free instance can start on what is left
-                    return parts
-            finally:
-                self._idle -= 1
+            while True:
+                while not self._queue:
+                    if self._closed:
+                        return None
+                    self._condition.wait()
+                while self._queue and not self._closed:
+                    if self._queued_items() >= self.max_batch_size:
+                        break
+                    left = self._queue[0].arrived + self.max_queue_delay_s - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._condition.wait(left)
+                if not self._queue:
+                    continue
+                parts = self._take(self.max_batch_size)
+                if self._queue:
+                    self._condition.notify()  # a free instance can start on what is left
+                return parts
 
     def _queued_items(self) -> int:
         return sum(request.remaining for request in self._queue)
