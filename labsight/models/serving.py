@@ -74,9 +74,10 @@ class ServingConfig:
         batches needed, as ONNX Runtime and Triton do by default
         [LABSIGHT_ORT_ARENA_SHRINK, default off].
     run_rows : int
-        Most rows one ONNX Runtime run takes; a larger batch runs in slices of this
-        many rows on its instance, which keeps a CNN's activations in the CPU's caches
-        (see :class:`~labsight.models.engines.OnnxEngine`); 0 runs every batch whole
+        Most rows one ONNX Runtime run takes per intra-op thread of its instance; a
+        larger batch runs in slices of ``run_rows * threads`` rows, which keeps a CNN's
+        activations in the CPU's caches (see :class:`~labsight.models.engines.OnnxEngine`;
+        measured with one thread per instance); 0 runs every batch whole
         [LABSIGHT_ORT_RUN_ROWS, default 0; the features service's default is
         ``FEATURES_RUN_ROWS``].
     preload : tuple of str
@@ -343,7 +344,7 @@ class ModelServer:
         instances, threads = self.config.engine_layout(backend == "torch")
         engines = build_engines(
             manifest, target, backend, instances, self.config.cache_dir, threads, self.config.spin,
-            self.config.shrink_arena, self.config.run_rows,
+            self.config.shrink_arena, self.config.run_rows * threads,
         )
         names = engines[0].output_names
         batcher = DynamicBatcher(

@@ -15,8 +15,9 @@ from services.features.deep import PoolingMode, check_images, feature_columns, p
 from services.features.models import DEFAULT_MODEL
 
 FEATURES_RUN_ROWS = 2
-"""Rows per ONNX Runtime run of the features service's models [LABSIGHT_ORT_RUN_ROWS]: a batch
-the batcher gathered runs in slices this small, so the activations stay in the CPU's caches."""
+"""Rows per ONNX Runtime run and intra-op thread of the features service's models
+[LABSIGHT_ORT_RUN_ROWS]: a batch the batcher gathered runs in slices this small (times the
+threads of an instance), so the activations stay in the CPU's caches."""
 
 
 @dataclass(frozen=True)

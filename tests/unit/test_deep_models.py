@@ -14,7 +14,9 @@ from labsight.errors import InvalidArgument
 from labsight.models import (
     ModelManifest,
     ModelRepository,
+    ModelServer,
     OnnxEngine,
+    ServingConfig,
     TorchEngine,
     build_engine,
     build_engines,
@@ -161,6 +163,13 @@ def test_onnx_engine_in_slices_of_rows_answers_as_one_run(lite: ModelManifest, m
     batch = _batch(lite, count=5)  # slices of 2, 2 and 1 rows
     np.testing.assert_allclose(sliced.run(batch), whole.run(batch), rtol=1e-5, atol=1e-6)
     assert sliced.run(batch[:1]).shape == (1, 1280, 1, 1)
+
+
+def test_a_served_layer_runs_in_slices_of_rows_per_thread(lite: ModelManifest, model_cache: Path) -> None:
+    config = ServingConfig(cache_dir=model_cache, instances=1, threads=3, run_rows=2)
+    with ModelServer(feature_repository(), config).served(lite, "avgpool") as served:
+        assert [engine.run_rows for engine in served.engines] == [6]  # type: ignore[attr-defined]
+        assert served.run(_batch(lite, count=7))[served.output_names[0]].shape == (7, 1280, 1, 1)
 
 
 def test_pooling_reduces_maps_to_vectors() -> None:
