@@ -19,9 +19,9 @@ baseline does not). ONNX Runtime's other settings are its defaults.
    ``--per-job`` patches (a tensor stack each); the service side's time runs from SubmitBatch
    to the last job's features fetched (GetJobResult) and decoded into numpy. The baseline runs
    the same patches at its fastest batch size up to ``--batch`` (least CPU per image, measured
-   at its start; the service runs its batches in slices of LABSIGHT_ORT_RUN_ROWS rows). Each
-   process's CPU per patch is printed too: on a shared machine it shows where the service
-   side's extra work goes, which the wall-time ratio blurs.
+   at its start; the service runs its batches in slices of LABSIGHT_ORT_RUN_ROWS rows per
+   thread). Each process's CPU per patch is printed too: on a shared machine it shows where
+   the service side's extra work goes, which the wall-time ratio blurs.
 2. ``--clients`` threads send single images straight to the features service, against the
    baseline at batch 1 (what a caller without a batcher gets from the same sessions).
 
@@ -311,7 +311,7 @@ def main() -> None:
         print(f"{load_text()}")
         print(f"model {DEFAULT_MODEL} layer {LAYER}, 224x224 patches, max batch {args.batch}, "
               f"max queue delay {args.delay_ms} ms, runs of at most "
-              f"{ExtractorConfig.from_env().run_rows or args.batch} rows; service and baseline: "
+              f"{ExtractorConfig.from_env().run_rows * threads or args.batch} rows; service and baseline: "
               f"{instances} ONNX Runtime session(s) of {threads} intra-op thread(s); "
               f"{args.workers} worker process(es)")
         with LabSightClient(gateway_address, token="", timeout_s=600) as lab:
