@@ -52,16 +52,18 @@ def _serving(address: str) -> bool:
 
 
 @pytest.fixture
-def features_process() -> Iterator[Callable[[int], subprocess.Popen[bytes]]]:
-    """Start real features services (``python -m services.features``) on given ports;
-    returns once each reports SERVING; all are stopped after the test."""
+def features_process(tmp_path: Path) -> Iterator[Callable[[int], subprocess.Popen[bytes]]]:
+    """Start real features services (``python -m services.features``) on given ports, each
+    logging to ``tmp_path/features-<n>.log`` (start, serving, stopping); returns once each
+    reports SERVING; all are stopped after the test."""
     started: list[subprocess.Popen[bytes]] = []
 
     def start(port: int) -> subprocess.Popen[bytes]:
         env = {**os.environ, "LABSIGHT_PORT": str(port), "LABSIGHT_METRICS_PORT": "0",
-               "LABSIGHT_LOG_LEVEL": "WARNING"}
-        process = subprocess.Popen([sys.executable, "-m", "services.features"], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               "LABSIGHT_LOG_LEVEL": "INFO"}
+        with (tmp_path / f"features-{len(started)}.log").open("wb") as log_file:
+            process = subprocess.Popen([sys.executable, "-m", "services.features"], env=env,
+                                       stdout=subprocess.DEVNULL, stderr=log_file)
         started.append(process)
         _wait_for(lambda: process.poll() is not None or _serving(f"127.0.0.1:{port}"), 120,
                   "the features service to serve")
@@ -107,7 +109,11 @@ def test_restarted_model_service_costs_no_attempts(
     _wait_for(lambda: _counts(client, "svc").get("done", 0) >= 10, 120, "first results")
 
     features.send_signal(signal.SIGTERM)  # a graceful stop, as `up` or Kubernetes would
-    features.wait(timeout=60)
+    try:
+        features.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # its grace is 10 s: say what it logged meanwhile
+        pytest.fail("the features service was still running 60 s after SIGTERM; its log: "
+                    + (tmp_path / "features-0.log").read_text(errors="replace")[-3000:])
     features_process(port)  # the same service comes back on the same port
     _wait_for(lambda: _finished(client, "svc"), 300, "the batch to finish")
 
