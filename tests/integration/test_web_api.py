@@ -95,15 +95,21 @@ def test_fractal_job_from_upload_to_table_csv_and_picture(web_stack: WebStack) -
     assert status == 401
 
 
+def _finished_batch(web_stack: WebStack, batch_id: str) -> dict:
+    """The page's view of batch ``batch_id`` once every job of it has ended."""
+    view = json.loads(call(web_stack, f"/api/batches/{batch_id}")[1])
+    while not view["finished"]:
+        time.sleep(0.2)
+        view = json.loads(call(web_stack, f"/api/batches/{batch_id}")[1])
+    return view
+
+
 def test_batch_view_counts_its_jobs(web_stack: WebStack) -> None:
     files = [image_json(png_bytes(seed), f"b{seed}.png") for seed in range(3)]
     status, body = call(web_stack, "/api/batches", body={"pipeline": "fractal", "files": files})
     assert status == 200, body
     batch_id = json.loads(body)["batch_id"]
-    view = json.loads(call(web_stack, f"/api/batches/{batch_id}")[1])
-    while not view["finished"]:
-        time.sleep(0.2)
-        view = json.loads(call(web_stack, f"/api/batches/{batch_id}")[1])
+    view = _finished_batch(web_stack, batch_id)
     assert view["total"] == 3 and view["counts"] == {"done": 3}
     assert sorted(job["input_name"] for job in view["jobs"]) == ["b0.png", "b1.png", "b2.png"]
 
@@ -116,10 +122,7 @@ def test_every_job_of_a_batch_from_the_page_has_its_composite(web_stack: WebStac
         "files": [image_json(data, name) for name, data in pictures.items()]})
     assert status == 200, body
     batch_id = json.loads(body)["batch_id"]
-    view = json.loads(call(web_stack, f"/api/batches/{batch_id}")[1])
-    while not view["finished"]:
-        time.sleep(0.2)
-        view = json.loads(call(web_stack, f"/api/batches/{batch_id}")[1])
+    view = _finished_batch(web_stack, batch_id)
     assert len(view["jobs"]) == len(pictures)
     for job in view["jobs"]:
         status, body = call(web_stack, f"/api/jobs/{job['job_id']}/result")
