@@ -12,6 +12,8 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+import psutil
+
 
 def paired_rounds(sides: Mapping[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
     """Each side's figures over ``rounds`` rounds, every side once per round in rotating order.
@@ -66,3 +68,9 @@ def load_text() -> str:
     one, five, fifteen = os.getloadavg()
     cpus = len(os.sched_getaffinity(0))
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) on {cpus} CPUs"
+
+
+def process_cpu_s(process: psutil.Process) -> float:
+    """CPU seconds ``process`` has used (user + system, all its threads)."""
+    times = process.cpu_times()
+    return times.user + times.system

@@ -40,7 +40,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
+from bench._paired import load_text, paired_rounds, process_cpu_s, round_ratios, spread  # noqa: E402
 from bench.service_process import start_service, stop_process  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.images import encode_png  # noqa: E402
@@ -77,12 +77,6 @@ def redis_cpu_s(client: redis.Redis) -> float:
     """CPU seconds Redis has used (user + system) since it started."""
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def process_cpu_s(process: psutil.Process) -> float:
-    """CPU seconds ``process`` has used (user + system, all its threads)."""
-    times = process.cpu_times()
-    return times.user + times.system
 
 
 def gateway_batch(lab: LabSightClient, requests: list[pb.SubmitJobRequest], client: redis.Redis,

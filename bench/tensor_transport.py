@@ -9,29 +9,38 @@ unary handlers, no protobuf, the same message limits and handler threads) each
 run in their own process on loopback; this process is the only client and
 keeps one call in flight. The image is ``side`` x ``side`` uint16 (4096: 32 MiB).
 
-Three paired comparisons, each timed until the answer is in the client:
+Four paired comparisons, each timed until the answer is in the client:
 
 ``array in``
-    From a numpy array: ExtractPatches with the image as a Tensor (encoded by
-    ``write_tensor`` into the request) and one 64 x 64 spot patch back; the
-    service parses the request, decodes the tensor, reads it as an image
-    (checks, intensity, the low-range scan) and cuts the patch, all small next
-    to moving 32 MiB. Baseline: the array's bytes (``tobytes()``) to ``Put``,
-    which answers two bytes.
+    From a numpy array: ExtractPatches with the image as a Tensor and one
+    64 x 64 spot patch back. The client writes the request the way LabSight's
+    own clients send big tensors (``labsight.tensor_wire.serialize_with_arrays``:
+    the array's bytes copied once, into the request); the service parses the
+    request, decodes the tensor, reads it as an image (checks, intensity, the
+    low-range scan: two passes over the pixels) and cuts the patch. Baseline:
+    the array's bytes (``tobytes()``) to ``Put``, which answers two bytes.
+``message in``
+    The same, with the request built as a plain protobuf message
+    (``write_tensor`` into the request, then the stub serializes it): what a
+    client that knows nothing of ``tensor_wire`` pays. Same baseline.
 ``wire in``
-    The same request serialized once beforehand, sent as bytes to the service's
+    The request serialized once beforehand, sent as bytes to the service's
     ExtractPatches method and to ``Put``: the service's side alone (parse,
     decode, read, cut) against receiving the bytes.
 ``array in+out``
     ExtractPatches with one spot the size of the image: the whole image comes
-    back as the patches tensor and the client decodes it (``from_tensor``); the
-    service's extra work is one crop (a 32 MiB copy). Baseline: the array's
-    bytes to ``Echo``, which answers them, read with ``np.frombuffer``.
+    back as the patches tensor and the client decodes it (``from_tensor`` on the
+    answer parsed by ``labsight.tensor_wire.DetachingParser``, a view of the
+    received bytes); the service's extra work is one crop (a 32 MiB copy) and
+    the answer's serialization. Baseline: the array's bytes to ``Echo``, which
+    answers them, read with ``np.frombuffer``.
 
 Each of ``--rounds`` rounds times ``--calls`` calls of every case, the order
 rotating from round to round (``bench/_paired.py``); printed: each round's
 MiB/s with the range of the 1-minute load average over it, then min/median/max
-of the round-by-round ratios (service over baseline). glibc's MALLOC_* and
+of the round-by-round ratios (service over baseline), and the CPU ratio: the
+CPU seconds per call of this client and the serving process, baseline's over
+the service's (less sensitive to a busy machine than rates). glibc's MALLOC_* and
 GLIBC_TUNABLES variables, when set, reach every process alike and are printed.
 """
 
@@ -47,15 +56,17 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
+from bench._paired import load_text, paired_rounds, process_cpu_s, round_ratios, spread  # noqa: E402
 from bench.bytes_sink import ECHO, PUT  # noqa: E402
 from bench.service_process import start_service  # noqa: E402
 from labsight.catalog import SEGMENTATION  # noqa: E402
 from labsight.config import Settings  # noqa: E402
 from labsight.runtime.cpus import usable_cpus  # noqa: E402
+from labsight.tensor_wire import DetachingParser, serialize_with_arrays  # noqa: E402
 from labsight.tensors import from_tensor, write_tensor  # noqa: E402
 from labsight.v1 import segmentation_pb2 as pb  # noqa: E402
 from labsight.v1 import segmentation_pb2_grpc as pb_grpc  # noqa: E402
@@ -69,11 +80,22 @@ Call = Callable[[np.ndarray], object]
 def patches_request(image: np.ndarray, diameter: int) -> pb.ExtractPatchesRequest:
     """ExtractPatches of one spot of side ``diameter`` at the image's centre, the image as a Tensor
     written into the request in place (no nested message copied)."""
+    request = spot_request(image, diameter)
+    write_tensor(request.image.tensor, image)
+    return request
+
+
+def spot_request(image: np.ndarray, diameter: int) -> pb.ExtractPatchesRequest:
+    """ExtractPatches of one spot of side ``diameter`` at the image's centre, without the image."""
     height, width = image.shape[:2]
     request = pb.ExtractPatchesRequest(spot_diameter=diameter)
-    write_tensor(request.image.tensor, image)
     write_tensor(request.spot_centres, np.array([[width / 2, height / 2]]))
     return request
+
+
+def array_request(image: np.ndarray, diameter: int) -> bytes:
+    """:func:`spot_request` with the image, serialized by ``serialize_with_arrays``."""
+    return serialize_with_arrays(spot_request(image, diameter), {"image.tensor": image})
 
 
 def cases(
@@ -85,25 +107,30 @@ def cases(
     echo = sink.unary_unary(ECHO)
     patches_bytes = service.unary_unary(
         "/labsight.v1.SegmentationService/ExtractPatches",
-        response_deserializer=pb.ExtractPatchesResponse.FromString,
+        response_deserializer=DetachingParser(pb.ExtractPatchesResponse).parse,
     )
     wire = patches_request(image, SMALL_PATCH).SerializeToString()
     side = image.shape[0]
 
     def service_in(pixels: np.ndarray) -> object:
+        return list(patches_bytes(array_request(pixels, SMALL_PATCH)).message.patches.shape)
+
+    def service_message_in(pixels: np.ndarray) -> object:
         return list(stub.ExtractPatches(patches_request(pixels, SMALL_PATCH)).patches.shape)
 
     def service_wire(pixels: np.ndarray) -> object:
-        return list(patches_bytes(wire).patches.shape)
+        return list(patches_bytes(wire).message.patches.shape)
 
     def service_in_out(pixels: np.ndarray) -> object:
-        return from_tensor(stub.ExtractPatches(patches_request(pixels, side)).patches, "patches")
+        answer = patches_bytes(array_request(pixels, side))
+        return from_tensor(answer.message.patches, "patches")
 
     def sink_echo(pixels: np.ndarray) -> object:
         return np.frombuffer(echo(pixels.tobytes()), pixels.dtype).reshape(pixels.shape)
 
     return {
         "array in": (service_in, lambda pixels: put(pixels.tobytes())),
+        "message in": (service_message_in, lambda pixels: put(pixels.tobytes())),
         "wire in": (service_wire, lambda pixels: put(wire)),
         "array in+out": (service_in_out, sink_echo),
     }
@@ -114,7 +141,7 @@ def check_answers(pairs: dict[str, tuple[Call, Call]], image: np.ndarray) -> Non
     whole = np.asarray(pairs["array in+out"][0](image))
     assert np.array_equal(whole[0, ..., 0], image)
     assert np.array_equal(np.asarray(pairs["array in+out"][1](image)), image)
-    for name in ("array in", "wire in"):
+    for name in ("array in", "message in", "wire in"):
         assert pairs[name][0](image) == [1, SMALL_PATCH, SMALL_PATCH, 1]
         assert pairs[name][1](image) == b"ok"
 
@@ -153,15 +180,21 @@ def main() -> None:
               f"one in flight, loopback; {usable_cpus()} CPUs, {threads} handler threads in each "
               f"server; glibc malloc {malloc or 'defaults'}; at start {load_text()}")
         loads: list[float] = []
+        cpu_per_call: dict[str, list[float]] = {}
+        servers = {"service": psutil.Process(service_process.pid),
+                   "baseline": psutil.Process(sink_process.pid)}
 
-        def side(call: Call) -> Callable[[], float]:
+        def side(name: str, who: str, call: Call) -> Callable[[], float]:
             def run() -> float:
+                before = time.process_time() + process_cpu_s(servers[who])
                 figure = rate(call, image, args.calls)
+                spent = time.process_time() + process_cpu_s(servers[who]) - before
+                cpu_per_call.setdefault(f"{name}: {who}", []).append(spent / args.calls)
                 loads.append(os.getloadavg()[0])
                 return figure
             return run
 
-        sides = {f"{name}: {who}": side(call) for name, pair in pairs.items()
+        sides = {f"{name}: {who}": side(name, who, call) for name, pair in pairs.items()
                  for who, call in zip(("service", "baseline"), pair, strict=True)}
         rates = paired_rounds(sides, args.rounds)
         for index in range(args.rounds):
@@ -170,9 +203,13 @@ def main() -> None:
             print(f"round {index + 1} MiB/s: {figures}; load {min(round_loads):.2f}-{max(round_loads):.2f}")
         for name in pairs:
             ours, theirs = rates[f"{name}: service"], rates[f"{name}: baseline"]
+            our_cpu, their_cpu = cpu_per_call[f"{name}: service"], cpu_per_call[f"{name}: baseline"]
             print(f"{name}: ExtractPatches / bytes {'echo' if 'out' in name else 'sink'} ratio "
                   f"min / median / max {spread(round_ratios(ours, theirs), '.2f')} (MiB/s median "
-                  f"{statistics.median(ours):.0f} vs {statistics.median(theirs):.0f})")
+                  f"{statistics.median(ours):.0f} vs {statistics.median(theirs):.0f}); CPU ratio "
+                  f"(baseline's CPU s per call over the service's, client + server process) "
+                  f"{spread(round_ratios(their_cpu, our_cpu), '.2f')} (ms per call median "
+                  f"{statistics.median(our_cpu) * 1000:.0f} vs {statistics.median(their_cpu) * 1000:.0f})")
         print(f"at end {load_text()}")
     finally:
         for process in processes:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from labsight.errors import InvalidArgument
+from labsight.tensor_wire import resolve_detached
 from labsight.v1 import tensor_pb2
 
 DataType = tensor_pb2.DataType
@@ -81,6 +82,22 @@ def write_tensor(tensor: tensor_pb2.Tensor, array: np.ndarray) -> tensor_pb2.Ten
     more by protobuf into the message; a big-endian array is swapped first, the only
     case with a further copy.
     """
+    tensor.data = describe_tensor(tensor, array).tobytes()
+    return tensor
+
+
+def describe_tensor(tensor: tensor_pb2.Tensor, array: np.ndarray) -> np.ndarray:
+    """Set ``tensor``'s dtype and shape for ``array``, clearing the rest, and return the
+    array in the little-endian dtype whose C-order bytes are the tensor's data.
+
+    :func:`write_tensor` sets those bytes as ``data``;
+    :func:`labsight.tensor_wire.serialize_with_arrays` appends them on the wire.
+
+    Raises
+    ------
+    InvalidArgument
+        If the array's dtype has no DataType (e.g. complex, object, float16).
+    """
     array = np.asarray(array)
     code = _DATA_TYPE_BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
     if code is None:
@@ -89,8 +106,7 @@ def write_tensor(tensor: tensor_pb2.Tensor, array: np.ndarray) -> tensor_pb2.Ten
     tensor.Clear()
     tensor.dtype = code
     tensor.shape.extend(little.shape)
-    tensor.data = little.tobytes()
-    return tensor
+    return little
 
 
 def narrow_labels(labels: np.ndarray) -> np.ndarray:
@@ -146,8 +162,11 @@ def from_tensor(
     ndarray
         Read-only. On a little-endian host (every platform LabSight ships on)
         it is a view of the one ``bytes`` object read from ``data``: the only
-        copy between the message and numpy. A consumer that writes into its
-        input must copy it (``np.array(decoded)``), where that write is.
+        copy between the message and numpy. In a model service, big tensor
+        data never entered the message (:mod:`labsight.tensor_wire`): the
+        array is a view of the request bytes gRPC received, with no copy. A
+        consumer that writes into its input must copy it
+        (``np.array(decoded)``), where that write is.
 
     Raises
     ------
@@ -164,7 +183,9 @@ def from_tensor(
         raise InvalidArgument(
             f"{field}: shape {list(shape)} needs {expected} bytes, over the limit of {max_bytes}"
         )
-    data = tensor.data  # every read of a bytes field copies it out of the message: read once
+    # every read of a bytes field copies it out of the message: read once; data a model
+    # service left on the wire (labsight.tensor_wire) is a view of the received request
+    data = resolve_detached(tensor.data)
     if len(data) != expected:
         raise InvalidArgument(
             f"{field}.data: {len(data)} bytes do not match shape {list(shape)} of "

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import grpc
 from prometheus_client import Counter, Histogram
 
 from labsight.errors import InvalidArgument, status_code_for
+from labsight.tensor_wire import DetachedMessage, DetachingParser, EncodedMessage
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,20 @@ class UndecodableRequest:
         self.message = message
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """``deserializer``, returning an UndecodableRequest instead of raising."""
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None, detach_tensors: bool = False
+) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning an UndecodableRequest instead of raising; with
+    ``detach_tensors``, big tensor data stays on the wire (labsight.tensor_wire)."""
     if deserializer is None:
         return None
-    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    message_type = getattr(deserializer, "__self__", None)
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
     type_name = getattr(descriptor, "full_name", "the request message")
+    if detach_tensors and descriptor is not None:
+        parser = DetachingParser(message_type)  # type: ignore[arg-type]
+        if parser.holds_tensors:
+            deserializer = parser.parse
 
     def deserialize(data: bytes) -> Any:
         try:
@@ -62,17 +71,35 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
-def _decoded(request: Any) -> Any:
-    """``request``; InvalidArgument if it did not parse."""
+def _passing_encoded(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """``serializer``, sending the bytes of an EncodedMessage as they are."""
+    if serializer is None:
+        return None
+
+    def serialize(response: Any) -> bytes:
+        if isinstance(response, EncodedMessage):
+            return response.data
+        return serializer(response)
+
+    return serialize
+
+
+def _decoded(request: Any, keep: list[DetachedMessage]) -> Any:
+    """The message of ``request``; InvalidArgument if it did not parse. A request with
+    detached tensor data is appended to ``keep``, which the caller holds for the call:
+    the data's tokens resolve while it does."""
     if isinstance(request, UndecodableRequest):
         raise InvalidArgument(request.message)
+    if isinstance(request, DetachedMessage):
+        keep.append(request)
+        return request.message
     return request
 
 
-def _decoded_stream(requests: Iterator[Any]) -> Iterator[Any]:
+def _decoded_stream(requests: Iterator[Any], keep: list[DetachedMessage]) -> Iterator[Any]:
     """The messages of a request stream; InvalidArgument at the first that did not parse."""
     for request in requests:
-        yield _decoded(request)
+        yield _decoded(request, keep)
 
 
 def _cut(message: str) -> str:
@@ -103,8 +130,9 @@ def _wrap_unary(
 ) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         start = time.perf_counter()
+        keep: list[DetachedMessage] = []  # detached tensor data resolves until the call ends
         try:
-            checked = _decoded_stream(request) if request_stream else _decoded(request)
+            checked = _decoded_stream(request, keep) if request_stream else _decoded(request, keep)
             response = behavior(checked, context)
         except Exception as error:  # noqa: BLE001 - every error gets a status
             _abort_for(error, context, method)
@@ -122,8 +150,9 @@ def _wrap_streaming(
 ) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         start = time.perf_counter()
+        keep: list[DetachedMessage] = []  # detached tensor data resolves until the call ends
         try:
-            checked = _decoded_stream(request) if request_stream else _decoded(request)
+            checked = _decoded_stream(request, keep) if request_stream else _decoded(request, keep)
             yield from behavior(checked, context)
         except Exception as error:  # noqa: BLE001 - every error gets a status
             _abort_for(error, context, method)
@@ -137,7 +166,16 @@ def _wrap_streaming(
 
 class StatusInterceptor(grpc.ServerInterceptor):
     """Wraps every handler so no exception escapes as UNKNOWN, a request that does not
-    parse is INVALID_ARGUMENT, and every call is counted."""
+    parse is INVALID_ARGUMENT, and every call is counted.
+
+    Requests to the services named in ``detaching_services`` are parsed with their big
+    tensor data left on the wire (:mod:`labsight.tensor_wire`): only services that
+    decode their tensors with :func:`labsight.tensors.from_tensor` and never
+    re-serialize a request (the model services) may be named.
+    """
+
+    def __init__(self, detaching_services: Collection[str] = ()) -> None:
+        self.detaching_services = frozenset(detaching_services)
 
     def intercept_service(
         self,
@@ -148,9 +186,10 @@ class StatusInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        detach = method.split("/")[1] in self.detaching_services if "/" in method else False
         kwargs = {
-            "request_deserializer": _tolerant(handler.request_deserializer),
-            "response_serializer": handler.response_serializer,
+            "request_deserializer": _tolerant(handler.request_deserializer, detach),
+            "response_serializer": _passing_encoded(handler.response_serializer),
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(

@@ -63,7 +63,10 @@ def start_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
-        interceptors=[StatusInterceptor(), *token_interceptors(service_names, settings)],
+        interceptors=[
+            StatusInterceptor(model_service_names(service_names)),
+            *token_interceptors(service_names, settings),
+        ],
         options=settings.server_options(),
     )
     readiness = register(server, settings)
@@ -93,13 +96,18 @@ def start_server(
     return running
 
 
+def model_service_names(service_names: Sequence[str]) -> list[str]:
+    """The model services (segmentation, features, classifier) among ``service_names``."""
+    model_services = {name for spec in MODEL_SERVICES for name in spec.grpc_services}
+    return [name for name in service_names if name in model_services]
+
+
 def token_interceptors(
     service_names: Sequence[str], settings: Settings
 ) -> list[grpc.ServerInterceptor]:
     """The shared-token check for the model services among ``service_names``, when
     ``settings.service_token`` is set (the gateway has its tenants' tokens instead)."""
-    model_services = {name for spec in MODEL_SERVICES for name in spec.grpc_services}
-    protected = [name for name in service_names if name in model_services]
+    protected = model_service_names(service_names)
     if not settings.service_token or not protected:
         return []
     return [ServiceTokenInterceptor(settings.service_token, protected)]

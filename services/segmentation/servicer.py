@@ -14,6 +14,7 @@ from labsight.oip.servicer import add_open_inference
 from labsight.patches import cell_patches, spot_patches
 from labsight.runtime.progress_stream import raise_if_gone
 from labsight.tables import feature_table
+from labsight.tensor_wire import EncodedMessage, serialize_with_arrays
 from labsight.tensors import from_tensor, write_labels, write_tensor
 from labsight.v1 import segmentation_pb2 as pb
 from labsight.v1 import segmentation_pb2_grpc as pb_grpc
@@ -87,8 +88,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     def ExtractPatches(
         self, request: pb.ExtractPatchesRequest, context: grpc.ServicerContext
-    ) -> pb.ExtractPatchesResponse:
-        """Patches around spot centres or per labelled cell, resized to ``output_size``."""
+    ) -> EncodedMessage:
+        """Patches around spot centres or per labelled cell, resized to ``output_size``
+        (answered serialized: the patches' bytes are copied once, into the answer)."""
         image = decode_image(request.image, "image")
         has_spots = request.HasField("spot_centres")
         if has_spots == request.HasField("cell_labels"):
@@ -113,10 +115,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             )
             ids = [str(label) for label in patches.labels]
         response = pb.ExtractPatchesResponse(patch_ids=ids, patch_at_edge=patches.at_edge.tolist())
-        # Written in place: a tensor handed to the constructor would be copied once more.
-        write_tensor(response.patches, patches.pixels)
         write_tensor(response.patch_centres, patches.centres)
-        return response
+        return EncodedMessage(serialize_with_arrays(response, {"patches": patches.pixels}))
 
 
 def _channel_parts(request: pb.SegmentCellsRequest) -> ChannelParts:
