@@ -402,6 +402,19 @@ class JobQueue:
             pipe.xdel(stream, delivery.message_id)
             pipe.execute()
 
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Give entries claimed but never started back to the stream, at its end, for any
+        worker (atomically: each is acknowledged and added again)."""
+        if not deliveries:
+            return
+        with self.client.pipeline(transaction=True) as pipe:
+            for delivery in deliveries:
+                stream = self.keys.stream(delivery.priority)
+                pipe.xack(stream, WORKER_GROUP, delivery.message_id)
+                pipe.xdel(stream, delivery.message_id)
+                pipe.xadd(stream, {"job_id": delivery.job_id})
+            pipe.execute()
+
     def release_due_retries(self, limit: int = 100) -> int:
         """Put retries whose delay has passed back on their stream; returns how many."""
         return int(

@@ -31,7 +31,7 @@ from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
 from services.gateway.jobs import CANCELLED, DEAD, DONE, FAILED, QUEUED, RUNNING, JobRecord, now
 from services.gateway.pipelines import get_pipeline
-from services.gateway.pipelines.base import JobCancelled, RunContext
+from services.gateway.pipelines.base import JobCancelled, Pipeline, RunContext
 from services.gateway.progress import ProgressClock
 from services.gateway.queue import Delivery, JobQueue, build_queue
 from services.gateway.services import REFUSAL_CODES, ServiceClients
@@ -69,6 +69,11 @@ DEFAULT_CONCURRENCY = 4
 inputs are read, their results written and their next calls sent (a 64² fractal job spends
 about a third of its time outside the features service)."""
 
+DEFAULT_GROUP_SIZE = 8
+"""Most small jobs of one kind (a pipeline's ``group_key``) a slot runs as one group: claimed,
+started, sent to their service and finished together, so that the Redis round trips and the
+thread hand-offs of a job are shared by up to this many (a 64² fractal job computes in ~2 ms)."""
+
 
 def is_permanent(error: Exception) -> bool:
     """True if running the job again would fail the same way."""
@@ -96,6 +101,10 @@ class Started:
     job: JobRecord
     raw_input: bytes | None
     attempts: int
+
+
+Loaded = tuple[JobRecord | None, bytes | None]
+"""A claimed job's record and serialized input as read from Redis (None where gone)."""
 
 
 class Slots:
@@ -139,8 +148,14 @@ class Worker:
     One dispatcher thread claims jobs in batches (as many as slots are free) and
     starts them in two pipelined round trips; each job then runs its pipeline in
     a slot of a thread pool and writes its result, status and acknowledgement in
-    one transaction. One watcher thread keeps every running job's claim alive
-    and cancels the service calls of jobs cancelled meanwhile.
+    one transaction. Small jobs of one kind (``Pipeline.group_key``) run up to
+    ``group_size`` to a slot: while the last claim was all such jobs, a free slot
+    claims ``group_size`` entries; a group's calls go out together and its jobs
+    finish in one transaction; a group that fails in any way runs each of its
+    jobs alone. Entries claimed beyond the free slots wait in a backlog (still
+    this worker's, kept alive, started before new claims; released to the
+    stream when the worker stops). One watcher thread keeps every running or
+    waiting job's claim alive and cancels the service calls of jobs cancelled meanwhile.
 
     ``services`` are the first slot's service clients; ``new_services`` makes
     those of each further slot (without it the worker runs one job at a time).
@@ -160,6 +175,7 @@ class Worker:
         service_wait_s: float = 180.0,
         concurrency: int = 1,
         new_services: Callable[[], ServiceClients] | None = None,
+        group_size: int = DEFAULT_GROUP_SIZE,
     ) -> None:
         self.queue = queue
         self.store = queue.store
@@ -174,9 +190,14 @@ class Worker:
         self.service_wait_s = service_wait_s
         self.concurrency = concurrency if new_services is not None else 1
         self.new_services = new_services
+        self.group_size = max(1, group_size)
         self._high_streak = 0
+        self._grouping = False
+        """True while the last claim was all small jobs of groups: claims are then larger."""
         self._stop = threading.Event()
         self._running: dict[str, tuple[Delivery, ServiceClients]] = {}
+        self._backlog: list[Delivery] = []
+        """Entries claimed beyond the free slots, not started yet (guarded by _running_lock)."""
         self._running_lock = threading.Lock()
 
     def run(
@@ -201,6 +222,7 @@ class Worker:
         finally:
             done.set()
             watcher.join()
+            self._release_backlog()
             for clients in extra:
                 clients.close()
 
@@ -230,16 +252,21 @@ class Worker:
                 if not free:
                     continue
                 deliveries: list[Delivery] = []
-                if reclaim_due:
+                if reclaim_due:  # taken over one to a slot: no more than the slots free
                     deliveries = self.take_over_stale(free)
                     reclaim_due = False
+                grouped = not deliveries
                 if not deliveries:
-                    deliveries = self.claim(free, block_ms)
-                for started in self.start(deliveries):
+                    with self._running_lock:
+                        deliveries, self._backlog = self._backlog, []
+                if not deliveries:
+                    deliveries = self.claim(free * (self.group_size if self._grouping else 1), block_ms)
+                for unit in self.start_units(deliveries, free, grouped):
                     clients = slots.take()
                     with self._running_lock:
-                        self._running[started.job.job_id] = (started.delivery, clients)
-                    pool.submit(self._run_in_slot, started, clients, slots)
+                        for started in unit:
+                            self._running[started.job.job_id] = (started.delivery, clients)
+                    pool.submit(self._run_in_slot, unit, clients, slots)
             except redis.ConnectionError as error:
                 if redis_moved is not None and redis_moved():
                     log.warning("redis moved; reconnecting", extra={"error": str(error)})
@@ -250,13 +277,24 @@ class Worker:
                 log.exception("worker loop error; continuing")
                 stop.wait(1.0)
 
+    def _release_backlog(self) -> None:
+        """Give the entries still waiting in the backlog back to the stream (on the way out)."""
+        with self._running_lock:
+            waiting, self._backlog = self._backlog, []
+        try:
+            self.queue.release(waiting)
+        except redis.RedisError as error:  # they stay pending here: reclaimed once idle
+            log.warning("could not release waiting jobs", extra={"error": str(error)})
+
     def take_over_stale(self, free: int) -> list[Delivery]:
         """Up to ``free`` entries left idle past ``claim_idle_ms`` (their worker died or
         stalled), now this worker's; one of its own running jobs whose claim went idle
         (its watcher was starved) stays with the run it has."""
         taken = self.queue.reclaim_stale(self.consumer, self.claim_idle_ms, free)
         with self._running_lock:
-            taken = [delivery for delivery in taken if delivery.job_id not in self._running]
+            waiting = {delivery.job_id for delivery in self._backlog}
+            taken = [delivery for delivery in taken
+                     if delivery.job_id not in self._running and delivery.job_id not in waiting]
         if taken:
             log.warning("took over jobs idle past the claim time",
                         extra={"job_ids": [d.job_id for d in taken],
@@ -292,12 +330,66 @@ class Worker:
                 self._high_streak = self._high_streak + 1 if delivery.priority == "high" else 0
         return taken
 
-    def start(self, deliveries: list[Delivery]) -> list[Started]:
-        """Count an attempt of each delivered job and mark it RUNNING, in two round trips for
-        them all; jobs gone, ended, taken by another worker or out of attempts are settled here."""
+    def start_units(
+        self, deliveries: list[Delivery], free: int, grouped: bool = True
+    ) -> list[list[Started]]:
+        """Start as many of ``deliveries`` as ``free`` slots take, in units for one slot each:
+        a job alone, or (if ``grouped``) up to ``group_size`` small jobs of one group key (see
+        ``plan``). The entries left over wait in the backlog. Three round trips for them all."""
         if not deliveries:
             return []
         loaded = self.store.load_with_inputs([d.job_id for d in deliveries])
+        units = self.plan(deliveries, loaded) if grouped else [[i] for i in range(len(deliveries))]
+        for unit in units[free:]:
+            with self._running_lock:
+                self._backlog += [deliveries[index] for index in unit]
+        taken = [index for unit in units[:free] for index in unit]
+        started = {s.job.job_id: s for s in self.start([deliveries[i] for i in taken],
+                                                       [loaded[i] for i in taken])}
+        return [unit for unit in (
+            [started[deliveries[i].job_id] for i in indices if deliveries[i].job_id in started]
+            for indices in units[:free]
+        ) if unit]
+
+    def plan(self, deliveries: list[Delivery], loaded: list[Loaded]) -> list[list[int]]:
+        """Units of ``deliveries`` (their indices) in claim order: jobs of one non-empty
+        ``group_key`` together, up to ``group_size`` to a unit; every other job alone.
+        Sets whether the next claim is large (every live job here was in a group)."""
+        units: list[list[int]] = []
+        open_groups: dict[str, list[int]] = {}
+        grouped = alone = 0
+        for index, (job, raw_input) in enumerate(loaded):
+            key = self._group_key(job, raw_input)
+            if not key:
+                units.append([index])
+                alone += job is not None and not job.is_terminal
+                continue
+            grouped += 1
+            group = open_groups.get(key)
+            if group is None or len(group) >= self.group_size:
+                group = open_groups[key] = []
+                units.append(group)
+            group.append(index)
+        self._grouping = self.group_size > 1 and grouped > 0 and alone == 0
+        return units
+
+    def _group_key(self, job: JobRecord | None, raw_input: bytes | None) -> str:
+        """The job's group key ("" : it runs alone, as does a job gone, ended or unreadable)."""
+        if self.group_size < 2 or job is None or job.is_terminal or raw_input is None:
+            return ""
+        try:
+            return get_pipeline(job.pipeline).group_key(job.params, pb.JobInput.FromString(raw_input))
+        except Exception:  # noqa: BLE001 - a job its pipeline cannot judge fails alone, as usual
+            return ""
+
+    def start(self, deliveries: list[Delivery], loaded: list[Loaded] | None = None) -> list[Started]:
+        """Count an attempt of each delivered job and mark it RUNNING, in two round trips for
+        them all (one with ``loaded``, their records and inputs already read); jobs gone,
+        ended, taken by another worker or out of attempts are settled here."""
+        if not deliveries:
+            return []
+        if loaded is None:
+            loaded = self.store.load_with_inputs([d.job_id for d in deliveries])
         live: list[tuple[Delivery, JobRecord, bytes | None]] = []
         for delivery, (job, raw_input) in zip(deliveries, loaded, strict=True):
             if job is None or job.is_terminal:
@@ -323,19 +415,54 @@ class Worker:
                 self.queue.ack(delivery, job.input_blob)
         return started
 
-    def _run_in_slot(self, started: Started, clients: ServiceClients, slots: Slots) -> None:
-        """Run one started job in a slot of the pool, then free the slot."""
+    def _run_in_slot(self, unit: list[Started], clients: ServiceClients, slots: Slots) -> None:
+        """Run a started job, or a group of them, in a slot of the pool, then free the slot."""
+        job_ids = [started.job.job_id for started in unit]
         try:
-            self.process(started, clients)
+            if len(unit) == 1:
+                self.process(unit[0], clients)
+            else:
+                self.process_group(unit, clients)
         except redis.ConnectionError as error:  # its claim stays pending: it is reclaimed later
             log.warning("redis unavailable while running a job",
-                        extra={"job_id": started.job.job_id, "error": str(error)})
+                        extra={"job_ids": job_ids, "error": str(error)})
         except Exception:  # noqa: BLE001 - a slot outlives any single bad job
-            log.exception("job run error", extra={"job_id": started.job.job_id})
+            log.exception("job run error", extra={"job_ids": job_ids})
         finally:
             with self._running_lock:
-                self._running.pop(started.job.job_id, None)
+                for job_id in job_ids:
+                    self._running.pop(job_id, None)
             slots.give_back(clients)
+
+    def process_group(self, unit: list[Started], services: ServiceClients) -> None:
+        """Run a group of small jobs of one pipeline (see ``plan``) and finish them together;
+        if anything fails, each job not cancelled meanwhile runs again alone, to its own outcome."""
+        begun = time.perf_counter()
+        try:
+            prepared = [self.prepare(s.job, s.raw_input, services) for s in unit]
+            pipeline = prepared[0][0]
+            results = pipeline.run_many([context for _, context, _ in prepared])
+            results = [self.completed(started.job, result, reading)
+                       for started, result, (_, _, reading) in zip(unit, results, prepared, strict=True)]
+        except Exception as error:  # noqa: BLE001 - every job gets its own run and outcome
+            log.info("a group of jobs failed; running each alone",
+                     extra={"job_ids": [s.job.job_id for s in unit], "error": describe_error(error)})
+            services.cancel_calls()
+            services.forget_calls()
+            statuses = self.store.statuses([s.job.job_id for s in unit])
+            for started, status in zip(unit, statuses, strict=True):
+                if status == CANCELLED:
+                    self.queue.ack(started.delivery, started.job.input_blob)
+                    JOBS_FINISHED.labels(started.job.pipeline, CANCELLED).inc()
+                else:
+                    self.process(started, services)
+            return
+        finally:
+            services.forget_calls()
+        seconds = time.perf_counter() - begun
+        for started in unit:
+            JOB_SECONDS.labels(started.job.pipeline).observe(seconds)
+        self.finish([(s.delivery, s.job, result) for s, result in zip(unit, results, strict=True)])
 
     def process(self, started: Started, services: ServiceClients) -> None:
         """Run one started job to an outcome (or schedule its retry)."""
@@ -357,18 +484,20 @@ class Worker:
     def _watch(self, done: threading.Event) -> None:
         """Until ``done``: every CANCEL_POLL_S cancel the service calls of running jobs that were
         cancelled meanwhile (the services stop their work, the slot is free within a second or
-        two); every third of ``claim_idle_ms`` reset the idle time of every running job's entry,
-        so no other worker takes it over. One pipelined round trip each, for all running jobs."""
+        two); every third of ``claim_idle_ms`` reset the idle time of the entry of every job
+        running or waiting in the backlog, so no other worker takes it over. One pipelined
+        round trip each, for all of them."""
         beat_s = self.claim_idle_ms / 3000
         next_beat = time.monotonic() + beat_s
         while not done.wait(min(CANCEL_POLL_S, beat_s)):
             with self._running_lock:
                 running = list(self._running.items())
-            if not running:
+                waiting = list(self._backlog)
+            if not running and not waiting:
                 next_beat = time.monotonic() + beat_s
                 continue
             with contextlib.suppress(redis.RedisError):
-                statuses = self.store.statuses([job_id for job_id, _ in running])
+                statuses = self.store.statuses([job_id for job_id, _ in running]) if running else []
                 cancelled = [job_id for (job_id, _), status in zip(running, statuses, strict=True)
                              if status == CANCELLED]
                 with self._running_lock:  # a slot that ended meanwhile may run another job now
@@ -376,7 +505,8 @@ class Worker:
                         if job_id in self._running:
                             self._running[job_id][1].cancel_calls()
                 if time.monotonic() >= next_beat:
-                    self.queue.touch([delivery for _, (delivery, _) in running], self.consumer)
+                    self.queue.touch([delivery for _, (delivery, _) in running] + waiting,
+                                     self.consumer)
                     next_beat = time.monotonic() + beat_s
 
     def run_when_services_ready(
@@ -430,6 +560,14 @@ class Worker:
         self, job: JobRecord, raw_input: bytes | None, services: ServiceClients
     ) -> pb.JobResult:
         """Run the job's pipeline on its input (as loaded when the job started)."""
+        pipeline, context, reading = self.prepare(job, raw_input, services)
+        return self.completed(job, pipeline.run(context), reading)
+
+    def prepare(
+        self, job: JobRecord, raw_input: bytes | None, services: ServiceClients
+    ) -> tuple[Pipeline, RunContext, tuple[list[str], dict[str, str]]]:
+        """The job's pipeline, its run's context and the warnings and provenance of reading
+        its input (as loaded when the job started)."""
         if raw_input is None:
             raise ValueError("the job's input is missing from the queue store")
         job_input = pb.JobInput.FromString(raw_input)
@@ -443,12 +581,18 @@ class Worker:
             services=services,
             report_progress=partial(self.report_progress, job, ProgressClock()),
         )
-        warnings, reading = pipeline.read_input(job_input, job.params)
-        result = pipeline.run(context)
+        return pipeline, context, pipeline.read_input(job_input, job.params)
+
+    @staticmethod
+    def completed(
+        job: JobRecord, result: pb.JobResult, reading: tuple[list[str], dict[str, str]]
+    ) -> pb.JobResult:
+        """``result`` with the job's id, name, labels, reading warnings and provenance."""
+        warnings, provenance = reading
         result.job_id = job.job_id
         result.input_name = job.input_name
         result.labels.update(job.labels)
-        result.provenance.update(reading)
+        result.provenance.update(provenance)
         result.provenance["labsight_version"] = labsight.__version__
         result.warnings.extend(warnings)
         return result
@@ -474,21 +618,32 @@ class Worker:
     def handle_job_success(self, delivery: Delivery, job: JobRecord, result: pb.JobResult) -> None:
         """Write the result once (a second run keeps the first), mark done and ack, in one
         transaction."""
-        result_key = self.queue.keys.job_result(job.job_id)
+        self.finish([(delivery, job, result)])
+
+    def finish(self, done: list[tuple[Delivery, JobRecord, pb.JobResult]]) -> None:
+        """Write each job's result once (a second run keeps the first), mark it done and ack
+        it, all in one transaction."""
+        ended_at = now()
         with self.queue.client.pipeline(transaction=True) as pipe:
-            pipe.set(result_key, result.SerializeToString(), nx=True, ex=self.result_ttl_s)
-            self.store.transition(job, (RUNNING,), DONE, pipe, finished_at=now(), progress=1.0,
-                                  error="", warnings=json.dumps(list(result.warnings)))
-            self.queue.ack(delivery, job.input_blob, pipe)
-            applied = pipe.execute()[1] == 1
-        self.queue.delete_blob(job.input_blob)
-        if not applied:
-            log.info("job ended meanwhile; result kept only if it was done",
-                     extra={"job_id": job.job_id})
-            if self.store.status(job.job_id) == CANCELLED:
-                self.queue.client.delete(result_key)
-        JOBS_FINISHED.labels(job.pipeline, DONE).inc()
-        log.debug("job done", extra={"job_id": job.job_id, "pipeline": job.pipeline})
+            transitions = []
+            for delivery, job, result in done:
+                pipe.set(self.queue.keys.job_result(job.job_id), result.SerializeToString(),
+                         nx=True, ex=self.result_ttl_s)
+                transitions.append(len(pipe))
+                self.store.transition(job, (RUNNING,), DONE, pipe, finished_at=ended_at,
+                                      progress=1.0, error="",
+                                      warnings=json.dumps(list(result.warnings)))
+                self.queue.ack(delivery, job.input_blob, pipe)
+            replies = pipe.execute()
+        for (_, job, _), index in zip(done, transitions, strict=True):
+            self.queue.delete_blob(job.input_blob)
+            if replies[index] != 1:
+                log.info("job ended meanwhile; result kept only if it was done",
+                         extra={"job_id": job.job_id})
+                if self.store.status(job.job_id) == CANCELLED:
+                    self.queue.client.delete(self.queue.keys.job_result(job.job_id))
+            JOBS_FINISHED.labels(job.pipeline, DONE).inc()
+            log.debug("job done", extra={"job_id": job.job_id, "pipeline": job.pipeline})
 
     def handle_job_failure(
         self, delivery: Delivery, job: JobRecord, attempts: int, error: Exception

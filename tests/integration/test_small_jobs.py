@@ -156,3 +156,76 @@ def test_a_small_fractal_job_is_one_call_without_progress_and_equals_the_service
     assert result.tables["fractal"] == whole.features
     assert result.scalars["fractal_dimension"] == whole.fractal_dimension.dimension
     assert set(result.tables) == {"fractal", "weka_fractal"}
+
+
+def test_small_jobs_run_in_groups_finished_in_one_round_trip_and_equal_single_runs(
+    stack: InProcessStack, redis_for: redis.Redis,
+) -> None:
+    worker = _queued_worker(stack, "groups")
+    worker.group_size = 3
+    try:
+        requests = [build_request("fractal", _image(48, seed), {"box_sizes": "3-21"})
+                    for seed in range(5)]
+        batch = stack.client.submit_batch(requests)
+        claimed = worker.claim(5, block_ms=100)
+        units = worker.start_units(claimed, free=2)
+        assert [len(unit) for unit in units] == [3, 2]
+        with round_trips() as sent:
+            worker.process_group(units[0], worker.services)
+        assert sent[0] == 1  # the calls are gRPC; the three results, states and acks one transaction
+        worker.process_group(units[1], worker.services)
+        keys = RedisKeys(stack.settings.key_prefix)
+        assert redis_for.xpending(keys.stream("normal"), "workers")["pending"] == 0
+        assert dict(stack.client.batch(batch.batch_id).counts) == {"done": 5}
+        with grpc.insecure_channel(stack.features.address) as channel:
+            stub = features_grpc.FeatureServiceStub(channel)
+            for job_id, request in zip(batch.job_ids, requests, strict=True):
+                direct = stub.ComputeFractal(features_pb2.ComputeFractalRequest(
+                    image=request.input.image, box_sizes=list(range(3, 22, 2))))
+                result = stack.client.result(job_id)
+                assert result.scalars["fractal_dimension"] == direct.fractal_dimension.dimension
+                assert result.job_id == job_id
+    finally:
+        worker.services.close()
+
+
+def test_a_group_that_fails_runs_each_job_alone_to_its_own_outcome(
+    stack: InProcessStack, redis_for: redis.Redis,
+) -> None:
+    worker = _queued_worker(stack, "fallback")
+    try:
+        batch = stack.client.submit_batch(
+            [build_request("fractal", _image(48, seed), {"box_sizes": "3-21"}) for seed in range(3)]
+        )
+        units = worker.start_units(worker.claim(3, block_ms=100), free=1)
+        assert [len(unit) for unit in units] == [3]
+        units[0][1].raw_input = None  # this job's input is unreadable: the group fails
+        worker.process_group(units[0], worker.services)
+        jobs = [stack.client.get(job_id) for job_id in batch.job_ids]
+        assert [job.status for job in jobs] == [
+            pb.JOB_STATUS_DONE, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_DONE
+        ]
+        assert "input is missing" in jobs[1].error
+        keys = RedisKeys(stack.settings.key_prefix)
+        assert redis_for.xpending(keys.stream("normal"), "workers")["pending"] == 0
+    finally:
+        worker.services.close()
+
+
+def test_jobs_claimed_beyond_the_free_slots_wait_and_go_back_to_the_stream_at_stop(
+    stack: InProcessStack, redis_for: redis.Redis,
+) -> None:
+    worker = _queued_worker(stack, "backlog")
+    worker.group_size = 2
+    try:
+        stack.client.submit_batch([build_request("fractal", TINY, {"box_sizes": "3"}) for _ in range(5)])
+        units = worker.start_units(worker.claim(5, block_ms=100), free=1)
+        assert [len(unit) for unit in units] == [2]
+        assert len(worker._backlog) == 3
+        keys = RedisKeys(stack.settings.key_prefix)
+        assert redis_for.xpending(keys.stream("normal"), "workers")["pending"] == 5
+        worker._release_backlog()
+        assert redis_for.xpending(keys.stream("normal"), "workers")["pending"] == 2
+        assert len(worker.claim(5, block_ms=100)) == 3  # anyone's to claim again, unstarted
+    finally:
+        worker.services.close()

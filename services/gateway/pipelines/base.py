@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -192,6 +192,18 @@ class Pipeline(ABC):
     @abstractmethod
     def run(self, context: RunContext) -> pb.JobResult:
         """Run the job in a worker; raise on failure (the worker classifies the error)."""
+
+    def group_key(self, params: Mapping[str, str], job_input: pb.JobInput) -> str:
+        """Jobs whose keys are equal and not empty may run as one group (``run_many``) in one
+        slot of a worker, started, called and finished together; "" (the default): the job
+        runs alone. Only for small jobs, whose per-job costs outweigh their work."""
+        return ""
+
+    def run_many(self, contexts: Sequence[RunContext]) -> list[pb.JobResult]:
+        """Run a group of jobs of one ``group_key``, their results in order; raise on any
+        failure (the worker then runs each job alone, to its own outcome). Default: one
+        after another."""
+        return [self.run(context) for context in contexts]
 
 
 def main_image_info(job_input: pb.JobInput, info: ImageInfo | None) -> ImageInfo:

@@ -179,14 +179,39 @@ class FractalPipeline(Pipeline):
         image itself rather than receive it in a message (an 8000² RGB image is 192 MB)."""
         return True
 
+    def group_key(self, params: Mapping[str, str], job_input: pb.JobInput) -> str:
+        """Jobs under STREAM_MIN_COST run in groups: their calls go out together."""
+        sizes = list(_parsed_box_sizes(params.get("box_sizes", DEFAULT_BOX_SIZES)))
+        percolation = parse_bool(params.get("percolation", "false"))
+        return self.name if _is_small(job_input.image, sizes, percolation) else ""
+
     def run(self, context: RunContext) -> pb.JobResult:
         """Call the features service, reporting its progress, and package its answer as tables
         and tensors."""
+        return self._result(self._compute(context, self._request(context)))
+
+    def run_many(self, contexts: Sequence[RunContext]) -> list[pb.JobResult]:
+        """Small jobs (see ``group_key``): every call is sent before the first answer is
+        awaited, so the service computes them side by side and this thread waits once."""
+        calls = [
+            context.services.features.ComputeFractal.future(
+                self._request(context), timeout=context.services.call_timeout_s
+            )
+            for context in contexts
+        ]
+        return [self._result(call.result()) for call in calls]
+
+    @staticmethod
+    def _request(context: RunContext) -> features_pb2.ComputeFractalRequest:
+        """The ComputeFractal request of a job."""
         sizes = _parsed_box_sizes(context.params.get("box_sizes", DEFAULT_BOX_SIZES))
         percolation = parse_bool(context.params.get("percolation", "false"))
-        response = self._compute(context, features_pb2.ComputeFractalRequest(
+        return features_pb2.ComputeFractalRequest(
             image=context.job_input.image, box_sizes=sizes, percolation=percolation
-        ))
+        )
+
+    def _result(self, response: features_pb2.ComputeFractalResponse) -> pb.JobResult:
+        """The service's answer as the job's tables, tensors and scalars."""
         result = pb.JobResult(pipeline=self.name)
         result.tables["fractal"].CopyFrom(response.features)
         for name, table in weka_tables(response.features).items():
