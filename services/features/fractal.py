@@ -399,8 +399,10 @@ def _chunks(rows: tuple[int, int]) -> int:
 def _piece(rows: int, width: int) -> int:
     """Centres per run of the numba gliding box for a band of ``rows`` centre rows: a few runs per
     thread, yet at least 512 (each run walks every offset once) and at most 1024 (its 8-bit
-    tallies, a byte a centre and side, stay in the first-level cache: 4096 runs 1.5-2x slower)."""
-    return max(512, min(1024, -(-rows * width // (get_num_threads() * 4))))
+    tallies, a byte a centre and side, stay in the first-level cache: 4096 runs 1.5-2x slower), a
+    multiple of _LANES."""
+    centres = max(512, min(1024, -(-rows * width // (get_num_threads() * 4))))
+    return -(-centres // _LANES) * _LANES
 
 
 def _box_counts(sizes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -460,110 +462,159 @@ def _fit_dimension(sizes: np.ndarray, box_count: np.ndarray) -> FractalDimension
 
 
 # ---------------------------------------------------------------------------------------------------
-# numba kernels of the gliding box (percolation's are in percolation_numba). A band of centre rows
-# per task; for each row of centres every offset of the largest box is visited once, in loops over
-# the whole row that LLVM vectorises. From the ring of the offset and the colour distance follows the
-# first box side a pixel counts in (see _EntryTables), so one pass serves every side.
+# numba kernels of the gliding box (percolation's are in percolation_numba). A run of centres per
+# task; for each run every offset of the largest box is visited once, ring by ring (chessboard
+# distance from the centre), eight offsets at a time, in loops over the whole run that LLVM
+# vectorises. All offsets of a ring first count in the same box side (see _EntryTables), so one
+# pass over a side's tallies adds eight offsets.
+
+_BATCH = 8
+"""Offsets whose distances one pass over the tallies compares; a ring k ≥ 1 has 8k offsets."""
+
+_TALLY_BATCHES = 255 // _BATCH
+"""Batches an 8-bit tally holds before it is added to the 16-bit masses."""
+
+_LANES = 64
+"""Centres per run are a multiple of this (a 512-bit vector of bytes): no loop has a remainder."""
+
+
+@functools.lru_cache(maxsize=32)
+def _ring_offsets(width: int, half_max: int) -> np.ndarray:
+    """Flat offsets dy·width + dx of the largest box, ring by ring: ring k ≥ 1 (max(|dy|, |dx|) = k)
+    at [(2k - 1)², (2k + 1)²); the centre (ring 0) is left out."""
+    dy, dx = np.mgrid[-half_max : half_max + 1, -half_max : half_max + 1].reshape(2, -1)
+    ring = np.maximum(np.abs(dy), np.abs(dx))
+    order = np.argsort(ring, kind="stable")[1:]
+    return (dy * width + dx)[order].astype(np.int64)
+
+
+def _padded(planes: np.ndarray, margin: int) -> np.ndarray:
+    """The (C, H·W) pixels of a planar (C, H, W) image with ``margin`` zeros before and after each plane."""
+    channels = planes.shape[0]
+    padded = np.zeros((channels, planes[0].size + 2 * margin), planes.dtype)
+    padded[:, margin : margin + planes[0].size] = planes.reshape(channels, -1)
+    return padded
 
 
 @njit(cache=True, nogil=True)
-def _distances(img, p0, p1, offset, out, pixel):  # pragma: no cover - compiled
-    """Colour distances max_c |img[c].flat[p + offset] - img[c].flat[p]| for p0 ≤ p < p1, into out[: p1 - p0].
+def _distances(img, start, length, offset, out, pixel):  # pragma: no cover - compiled
+    """Colour distances max_c |img[c, s + offset] - img[c, s]| for start ≤ s < start + length, into out.
 
     ``pixel`` is the image's scalar type: casting each difference to it keeps the arithmetic in
     the pixels' width (numba would widen it to 64 bits, a quarter or eighth of the vector lanes).
+    An RGB image's three channels go in one pass (one store of the distances instead of three).
     """
-    d = out[: p1 - p0]
     # Loops run from 0 over slices: a possibly negative index would stop LLVM vectorising them.
+    if img.shape[0] == 3:
+        r, g = img[0, start : start + length], img[1, start : start + length]
+        b = img[2, start : start + length]
+        near_r = img[0, start + offset : start + offset + length]
+        near_g = img[1, start + offset : start + offset + length]
+        near_b = img[2, start + offset : start + offset + length]
+        for i in range(length):
+            step_r = pixel(max(near_r[i], r[i]) - min(near_r[i], r[i]))
+            step_g = pixel(max(near_g[i], g[i]) - min(near_g[i], g[i]))
+            step_b = pixel(max(near_b[i], b[i]) - min(near_b[i], b[i]))
+            out[i] = max(max(step_r, step_g), step_b)
+        return
     for c in range(img.shape[0]):
-        near = img[c, p0 + offset : p1 + offset]
-        centre = img[c, p0:p1]
-        for i in range(p1 - p0):
+        near = img[c, start + offset : start + offset + length]
+        centre = img[c, start : start + length]
+        for i in range(length):
             step = pixel(max(near[i], centre[i]) - min(near[i], centre[i]))
-            d[i] = step if c == 0 else max(d[i], step)
-    return d
+            out[i] = step if c == 0 else max(out[i], step)
 
 
 @njit(cache=True, nogil=True)
-def _add_masses(img, width, p0, p1, thresholds, ring_index, mass, tally, distance, pixel):  # pragma: no cover
-    """mass[j, p - p0] = mass of the box of side sizes[j] centred on pixel p (row-major), p0 ≤ p < p1.
+def _tally(distance, length, threshold, row, unit):  # pragma: no cover - compiled
+    """row[i] += the number of the eight distance rows whose distance[t, i] ≤ threshold, i < length.
 
-    Walks every offset (dy, dx) of the largest box once, comparing the whole run of centres at a
-    time (neighbour p + dy·width + dx); an offset at ring k counts for the sides j ≥ ring_index[k]
-    whose threshold the distance meets. One row of offsets (at most MAX_BOX_SIZE = 255 of them) is
-    tallied in 8 bits, which fill twice the vector lanes of the 16-bit masses, then added to them.
-    Where a box does not fit around its centre the neighbour may wrap to another row or be left
-    out; the caller ignores those sides there, and every side's mass still counts at most r² offsets.
+    ``unit`` is 1, passed in rather than written as a literal: LLVM then keeps each select as one
+    masked vector add, where a literal 1 becomes a compare, a mask-to-vector move and a subtract.
+    """
+    d0, d1, d2, d3 = distance[0, :length], distance[1, :length], distance[2, :length], distance[3, :length]
+    d4, d5, d6, d7 = distance[4, :length], distance[5, :length], distance[6, :length], distance[7, :length]
+    for i in range(length):
+        count = row[i]
+        count = count + unit if d0[i] <= threshold else count
+        count = count + unit if d1[i] <= threshold else count
+        count = count + unit if d2[i] <= threshold else count
+        count = count + unit if d3[i] <= threshold else count
+        count = count + unit if d4[i] <= threshold else count
+        count = count + unit if d5[i] <= threshold else count
+        count = count + unit if d6[i] <= threshold else count
+        count = count + unit if d7[i] <= threshold else count
+        row[i] = count
+
+
+@njit(cache=True, nogil=True)
+def _add_masses(  # pragma: no cover - compiled
+    img, start, length, offsets, thresholds, ring_index, mass, tally, distance, pixel, unit
+):
+    """mass[j, s - start] = mass of the box of side sizes[j] centred on s, start ≤ s < start + length,
+    in a zero-padded (C, margin + H·W + margin) image; ``length`` is a multiple of _LANES.
+
+    Every offset of the largest box (``offsets``, ring by ring) is compared for the whole run at a
+    time, eight at once: the offsets of ring k count for the sides j ≥ ring_index[k] whose threshold
+    their distance meets. Up to _TALLY_BATCHES batches (248 offsets) are tallied in 8 bits, which
+    fill twice the vector lanes of the 16-bit masses, then added to them. Where a box does not fit around its
+    centre the neighbour may wrap to another row or fall in the margin; the caller ignores those
+    sides there, and every side's mass still counts at most r² offsets.
     """
     n = thresholds.shape[0]
-    size = img.shape[1]
     half_max = ring_index.shape[0] - 1
-    length = p1 - p0
-    mass[:, :length] = 0
-    for dy in range(-half_max, half_max + 1):
-        low = ring_index[abs(dy)]
-        tally[low:, :length] = 0
-        # dx and -dx lie on the same ring: where both neighbours are inside for the same centres,
-        # one pass over the tallies adds both (half the tally loads and stores).
-        for dx in range(half_max + 1):
-            first = ring_index[max(abs(dy), dx)]
-            near, far = dy * width + dx, dy * width - dx
-            q0, q1 = max(p0, -near), min(p1, size - near)
-            if dx > 0 and q0 == max(p0, -far) and q1 == min(p1, size - far) and q0 < q1:
-                d = _distances(img, q0, q1, near, distance[0], pixel)
-                e = _distances(img, q0, q1, far, distance[1], pixel)
+    mass[:, :length] = 1  # the centre (ring 0) counts in every side
+    for k in range(1, half_max + 1):
+        first = ring_index[k]
+        begin = (2 * k - 1) ** 2 - 1  # ring k's 8k offsets, k batches
+        for b0 in range(0, k, _TALLY_BATCHES):
+            tally[first:, :length] = 0
+            for b in range(b0, min(b0 + _TALLY_BATCHES, k)):
+                for t in range(_BATCH):
+                    _distances(img, start, length, offsets[begin + _BATCH * b + t], distance[t], pixel)
                 for j in range(first, n):
-                    threshold = thresholds[j]
-                    row = tally[j, q0 - p0 : q1 - p0]
-                    for i in range(q1 - q0):
-                        row[i] += np.uint8(d[i] <= threshold) + np.uint8(e[i] <= threshold)
-                continue
-            for side in range(2 if dx > 0 else 1):
-                offset = near if side == 0 else far
-                q0, q1 = max(p0, -offset), min(p1, size - offset)
-                if q0 >= q1:
-                    continue
-                d = _distances(img, q0, q1, offset, distance[0], pixel)
-                for j in range(first, n):
-                    threshold = thresholds[j]
-                    row = tally[j, q0 - p0 : q1 - p0]
-                    for i in range(q1 - q0):
-                        row[i] += np.uint8(d[i] <= threshold)
-        for j in range(low, n):
-            total = mass[j, :length]
-            part = tally[j, :length]
-            for i in range(length):
-                total[i] += part[i]
+                    _tally(distance, length, thresholds[j], tally[j], unit)
+            for j in range(first, n):
+                total = mass[j, :length]
+                part = tally[j, :length]
+                for i in range(length):
+                    total[i] += part[i]
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _add_mass_counts(  # pragma: no cover - compiled
-    img, width, sizes, thresholds, ring_index, counts, piece, pixel, p_start, p_stop
+    img, margin, width, height, sizes, thresholds, ring_index, offsets, counts, piece, pixel, p_start, p_stop
 ):
     """Add to counts[task, j, m] the boxes of side sizes[j] with mass m centred on the pixels
-    p_start ≤ p < p_stop (row-major) of a (C, H·W) image, in runs of ``piece`` pixels split
-    among counts.shape[0] parallel tasks."""
-    height = img.shape[1] // width
+    p_start ≤ p < p_stop (row-major) of a zero-padded (C, margin + H·W + margin) image, in runs of
+    ``piece`` pixels (a multiple of _LANES) split among counts.shape[0] parallel tasks."""
     n = sizes.shape[0]
     halves = (sizes - 1) // 2
-    half_max = halves[-1]
     chunks = counts.shape[0]
     pieces = -(-(p_stop - p_start) // piece)
+    unit = np.uint8(1)
     for chunk in prange(chunks):
         mass = np.empty((n, piece), np.uint16)
         tally = np.empty((n, piece), np.uint8)
-        distance = np.empty((2, piece), img.dtype)
+        distance = np.empty((_BATCH, piece), img.dtype)
         for k in range(pieces * chunk // chunks, pieces * (chunk + 1) // chunks):
             p0 = p_start + k * piece
             p1 = min(p0 + piece, p_stop)
-            _add_masses(img, width, p0, p1, thresholds, ring_index, mass, tally, distance, pixel)
-            for p in range(p0, p1):
-                y, x = p // width, p % width
-                half = min(x, width - 1 - x, y, height - 1 - y, half_max)
+            length = -(-(p1 - p0) // _LANES) * _LANES
+            _add_masses(
+                img, margin + p0, length, offsets, thresholds, ring_index, mass, tally, distance, pixel, unit
+            )
+            # Row by row, side by side: the centres whose box fits, and one side's histogram at a time.
+            for y in range(p0 // width, (p1 - 1) // width + 1):
+                row = y * width
                 for j in range(n):
-                    if halves[j] > half:
+                    half = halves[j]
+                    if half > min(y, height - 1 - y):
                         break
-                    counts[chunk, j, mass[j, p - p0]] += 1
+                    hist = counts[chunk, j]
+                    side = mass[j]
+                    for p in range(max(p0, row + half), min(p1, row + width - half)):
+                        hist[side[p - p0]] += 1
 
 
 def _mass_counts_numba(
@@ -574,18 +625,22 @@ def _mass_counts_numba(
     numba kernel, in PROGRESS_BANDS bands of centre rows with ``progress`` after each, else in one."""
     sizes = tables.sizes
     _, height, width = planes.shape
+    half_max = (int(sizes[-1]) - 1) // 2
     bands = _bands(sizes, height, PROGRESS_BANDS if progress is not None else 1)
     pieces = [(band, _piece(band[1] - band[0], width)) for band in bands]
     # One histogram per parallel task, shared by every band and zeroed once per call.
     tasks = min(get_num_threads() * 4, max(-(-(y1 - y0) * width // piece) for (y0, y1), piece in pieces))
     counts = np.zeros((tasks, len(sizes), int(sizes[-1]) ** 2 + 1), np.int64)
-    flat = planes.reshape(planes.shape[0], -1)
+    # Room for every neighbour of every centre of a run, the last run rounded up to _LANES centres.
+    margin = half_max * (width + 1) + _LANES
+    padded = _padded(planes, margin)
+    offsets = _ring_offsets(width, half_max)
     thresholds = tables.thresholds.astype(planes.dtype)
     first, stop = bands[0][0], bands[-1][1]
     for (y0, y1), piece in pieces:
         _add_mass_counts(
-            flat, width, sizes, thresholds, tables.ring_index, counts[: -(-(y1 - y0) * width // piece)],
-            piece, planes.dtype.type, y0 * width, y1 * width,
+            padded, margin, width, height, sizes, thresholds, tables.ring_index, offsets,
+            counts[: -(-(y1 - y0) * width // piece)], piece, planes.dtype.type, y0 * width, y1 * width,
         )
         if progress is not None:
             progress(y1 - first, stop - first)
