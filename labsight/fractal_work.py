@@ -20,3 +20,12 @@ def fractal_cost(pixels: int, sizes: Sequence[int], percolation: bool) -> float:
     if percolation:
         cost += float(pixels) * int(sizes[-1]) ** 2 * PERCOLATION_FACTOR
     return cost
+
+
+BATCH_MAX_COST = 2e8
+"""Most box-pixel comparisons of one image in a ComputeFractalBatch call (about 10 ms of one
+core; a 64² RGB image with sides 3-41 is 4.7e7): only small images, whose per-call costs
+outweigh their work, travel in batches, and the gateway groups only jobs under it."""
+
+BATCH_MAX_IMAGES = 64
+"""Most images in one ComputeFractalBatch call."""

@@ -77,6 +77,18 @@ class ComputeFractalResponse(_message.Message):
     features: _tensor_pb2.FeatureTable
     def __init__(self, box_sizes: _Optional[_Iterable[int]] = ..., probabilities: _Optional[_Iterable[_Union[MassProbability, _Mapping]]] = ..., lacunarity: _Optional[_Iterable[float]] = ..., box_count: _Optional[_Iterable[float]] = ..., fractal_dimension: _Optional[_Union[FractalDimensionFit, _Mapping]] = ..., percolation: _Optional[_Union[PercolationFeatures, _Mapping]] = ..., features: _Optional[_Union[_tensor_pb2.FeatureTable, _Mapping]] = ...) -> None: ...
 
+class ComputeFractalBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[ComputeFractalRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[ComputeFractalRequest, _Mapping]]] = ...) -> None: ...
+
+class ComputeFractalBatchResponse(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[ComputeFractalResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[ComputeFractalResponse, _Mapping]]] = ...) -> None: ...
+
 class WorkProgress(_message.Message):
     __slots__ = ("step", "done", "total", "unit")
     STEP_FIELD_NUMBER: _ClassVar[int]

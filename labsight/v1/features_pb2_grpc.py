@@ -45,6 +45,11 @@ class FeatureServiceStub:
                 request_serializer=labsight_dot_v1_dot_features__pb2.ComputeFractalRequest.SerializeToString,
                 response_deserializer=labsight_dot_v1_dot_features__pb2.ComputeFractalUpdate.FromString,
                 _registered_method=True)
+        self.ComputeFractalBatch = channel.unary_unary(
+                '/labsight.v1.FeatureService/ComputeFractalBatch',
+                request_serializer=labsight_dot_v1_dot_features__pb2.ComputeFractalBatchRequest.SerializeToString,
+                response_deserializer=labsight_dot_v1_dot_features__pb2.ComputeFractalBatchResponse.FromString,
+                _registered_method=True)
         self.ExtractDeepFeatures = channel.unary_unary(
                 '/labsight.v1.FeatureService/ExtractDeepFeatures',
                 request_serializer=labsight_dot_v1_dot_features__pb2.ExtractDeepFeaturesRequest.SerializeToString,
@@ -78,6 +83,17 @@ class FeatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ComputeFractalBatch(self, request, context):
+        """ComputeFractal of many small images in one call (up to 64, each at most
+        2e8 box-pixel comparisons: pixels x sum of r^2, e.g. 64x64 with sides
+        3..41 is 4.7e7): the answers in request order. A request that fails ends
+        the call with its status, its message naming it (requests[i]); the caller
+        may send each image alone instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExtractDeepFeatures(self, request, context):
         """Features of a batch of images from a chosen layer of a served CNN.
         """
@@ -104,6 +120,11 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.ComputeFractalStream,
                     request_deserializer=labsight_dot_v1_dot_features__pb2.ComputeFractalRequest.FromString,
                     response_serializer=labsight_dot_v1_dot_features__pb2.ComputeFractalUpdate.SerializeToString,
+            ),
+            'ComputeFractalBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ComputeFractalBatch,
+                    request_deserializer=labsight_dot_v1_dot_features__pb2.ComputeFractalBatchRequest.FromString,
+                    response_serializer=labsight_dot_v1_dot_features__pb2.ComputeFractalBatchResponse.SerializeToString,
             ),
             'ExtractDeepFeatures': grpc.unary_unary_rpc_method_handler(
                     servicer.ExtractDeepFeatures,
@@ -171,6 +192,33 @@ class FeatureService:
             '/labsight.v1.FeatureService/ComputeFractalStream',
             labsight_dot_v1_dot_features__pb2.ComputeFractalRequest.SerializeToString,
             labsight_dot_v1_dot_features__pb2.ComputeFractalUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComputeFractalBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labsight.v1.FeatureService/ComputeFractalBatch',
+            labsight_dot_v1_dot_features__pb2.ComputeFractalBatchRequest.SerializeToString,
+            labsight_dot_v1_dot_features__pb2.ComputeFractalBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

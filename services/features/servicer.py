@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from functools import partial
 
@@ -11,9 +12,9 @@ import numba
 import numpy as np
 
 from labsight.config import Settings
-from labsight.errors import InvalidArgument
-from labsight.fractal_work import fractal_cost
-from labsight.images import decode_image, image_stack
+from labsight.errors import InvalidArgument, LabSightError
+from labsight.fractal_work import BATCH_MAX_COST, BATCH_MAX_IMAGES, fractal_cost
+from labsight.images import decode_image, image_info, image_stack
 from labsight.oip.servicer import add_open_inference
 from labsight.runtime.progress_stream import Progress, Report, raise_if_gone, stream_progress
 from labsight.tables import feature_row, feature_table
@@ -62,6 +63,24 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
         caller cancels (a call under UNARY_BANDS_MIN_COST only checks before its work)."""
         return fractal_response(request, lambda _: raise_if_gone(context, "fractal"),
                                 UNARY_BANDS_MIN_COST)
+
+    def ComputeFractalBatch(
+        self, request: pb.ComputeFractalBatchRequest, context: grpc.ServicerContext
+    ) -> pb.ComputeFractalBatchResponse:
+        """ComputeFractal of each small image in turn, each in one pass on one numba thread;
+        every request is checked (from its image header) before any is computed, and the
+        call stops between images when the caller cancels."""
+        if len(request.requests) > BATCH_MAX_IMAGES:
+            raise InvalidArgument(
+                f"requests: {len(request.requests)} images; at most {BATCH_MAX_IMAGES} per call"
+            )
+        for index, item in enumerate(request.requests):
+            _check_batch_item(item, f"requests[{index}]")
+        report = partial(_raise_if_gone_at, context)
+        return pb.ComputeFractalBatchResponse(responses=[
+            _batch_answer(item, f"requests[{index}]", report)
+            for index, item in enumerate(request.requests)
+        ])
 
     def ComputeFractalStream(
         self, request: pb.ComputeFractalRequest, context: grpc.ServicerContext
@@ -125,13 +144,48 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
         )
 
 
+def _raise_if_gone_at(context: grpc.ServicerContext, _: Progress) -> None:
+    raise_if_gone(context, "fractal")
+
+
+def _check_batch_item(item: pb.ComputeFractalRequest, field: str) -> None:
+    """InvalidArgument naming ``field`` if ``item`` may not travel in a ComputeFractalBatch:
+    a blob-store image, or more work than BATCH_MAX_COST (read from the image's header)."""
+    if item.image.WhichOneof("source") == "blob":
+        raise InvalidArgument(f"{field}.image: a blob-store image is not small; "
+                              "send it alone with ComputeFractal")
+    info = image_info(item.image, f"{field}.image")
+    box_sizes = tuple(item.box_sizes) or DEFAULT_BOX_SIZES
+    cost = fractal_cost(info.height * info.width, sorted(box_sizes), item.percolation)
+    if cost > BATCH_MAX_COST:
+        raise InvalidArgument(
+            f"{field}: {info.height}x{info.width} pixels with {len(box_sizes)} box sizes"
+            + (" and percolation" if item.percolation else "")
+            + f" is {cost:.2g} box-pixel comparisons, over a batch image's {BATCH_MAX_COST:.0e}; "
+            "send it alone with ComputeFractal"
+        )
+
+
+def _batch_answer(item: pb.ComputeFractalRequest, field: str, report: Report) -> pb.ComputeFractalResponse:
+    """One answer of ComputeFractalBatch, in one pass on one numba thread; a bad request's
+    error names ``field``."""
+    try:
+        return fractal_response(item, report, math.inf, f"{field}.image")
+    except LabSightError:
+        raise
+    except ValueError as error:  # the core's checks (box sizes) name no request
+        raise InvalidArgument(f"{field}: {error}") from None
+
+
 def fractal_response(
-    request: pb.ComputeFractalRequest, report: Report | None = None, bands_min_cost: float = 0.0
+    request: pb.ComputeFractalRequest, report: Report | None = None, bands_min_cost: float = 0.0,
+    field: str = "image",
 ) -> pb.ComputeFractalResponse:
-    """Gliding-box features (and percolation when asked) of the request's image, telling
-    ``report`` of the progress of each step; work under ``bands_min_cost`` box-pixel
-    comparisons runs in one pass on one numba thread, ``report`` told only before it."""
-    image = decode_image(request.image, "image")
+    """Gliding-box features (and percolation when asked) of the request's image (``field``
+    in error messages), telling ``report`` of the progress of each step; work under
+    ``bands_min_cost`` box-pixel comparisons runs in one pass on one numba thread,
+    ``report`` told only before it."""
+    image = decode_image(request.image, field)
     box_sizes = tuple(request.box_sizes) or DEFAULT_BOX_SIZES
     pixels = image.shape[0] * image.shape[1]
     one_pass = report is not None and fractal_cost(pixels, box_sizes, request.percolation) < bands_min_cost

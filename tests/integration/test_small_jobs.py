@@ -229,3 +229,54 @@ def test_jobs_claimed_beyond_the_free_slots_wait_and_go_back_to_the_stream_at_st
         assert len(worker.claim(5, block_ms=100)) == 3  # anyone's to claim again, unstarted
     finally:
         worker.services.close()
+
+
+def test_compute_fractal_batch_answers_each_image_as_compute_fractal_does(
+    stack: InProcessStack,
+) -> None:
+    requests = [features_pb2.ComputeFractalRequest(
+        image=build_request("fractal", _image(side, seed), {}).input.image, box_sizes=sizes)
+        for side, seed, sizes in ((64, 1, []), (48, 2, [3, 5, 9]), (40, 3, [3]))]
+    with grpc.insecure_channel(stack.features.address) as channel:
+        stub = features_grpc.FeatureServiceStub(channel)
+        answer = stub.ComputeFractalBatch(features_pb2.ComputeFractalBatchRequest(requests=requests))
+        assert list(answer.responses) == [stub.ComputeFractal(request) for request in requests]
+        assert not stub.ComputeFractalBatch(features_pb2.ComputeFractalBatchRequest()).responses
+
+
+def _too_many(request: features_pb2.ComputeFractalBatchRequest) -> None:
+    request.requests.extend([request.requests[0]] * 64)
+
+
+def _too_large(request: features_pb2.ComputeFractalBatchRequest) -> None:
+    request.requests[1].image.CopyFrom(build_request("fractal", _image(512), {}).input.image)
+    del request.requests[1].box_sizes[:]  # 3-41: 3e9 box-pixel comparisons
+
+
+def _descending_sides(request: features_pb2.ComputeFractalBatchRequest) -> None:
+    request.requests[1].box_sizes.extend([5, 3])
+
+
+def _no_image(request: features_pb2.ComputeFractalBatchRequest) -> None:
+    request.requests[0].ClearField("image")
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (_too_many, "at most 64"),
+    (_too_large, "requests[1]: 512x512 pixels"),
+    (_descending_sides, "requests[1]: "),
+    (_no_image, "requests[0].image"),
+])
+def test_compute_fractal_batch_refuses_a_bad_request_naming_it(
+    stack: InProcessStack, change: Callable[[features_pb2.ComputeFractalBatchRequest], object],
+    named: str,
+) -> None:
+    image = build_request("fractal", _image(48), {}).input.image
+    request = features_pb2.ComputeFractalBatchRequest(requests=[
+        features_pb2.ComputeFractalRequest(image=image, box_sizes=[3]) for _ in range(2)])
+    change(request)
+    with grpc.insecure_channel(stack.features.address) as channel, \
+            pytest.raises(grpc.RpcError) as raised:
+        features_grpc.FeatureServiceStub(channel).ComputeFractalBatch(request)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert named in raised.value.details()

@@ -9,7 +9,7 @@ from functools import lru_cache
 import numpy as np
 
 from labsight.errors import InvalidArgument, echo
-from labsight.fractal_work import fractal_cost
+from labsight.fractal_work import BATCH_MAX_COST, fractal_cost
 from labsight.images import ImageInfo, image_info
 from labsight.tables import feature_table, table_values
 from labsight.tensors import write_tensor
@@ -107,13 +107,15 @@ def _parsed_box_sizes(text: str) -> tuple[int, ...]:
     return tuple(parse_box_sizes(text))
 
 
-def _is_small(image: tensor_pb2.Image, sizes: list[int], percolation: bool) -> bool:
-    """True for a job under STREAM_MIN_COST, its pixels from the header (validated at submit);
-    an image in the blob store is large and streams its progress."""
+def _is_small(
+    image: tensor_pb2.Image, sizes: list[int], percolation: bool, limit: float = STREAM_MIN_COST
+) -> bool:
+    """True for a job under ``limit`` box-pixel comparisons, its pixels from the header
+    (validated at submit); an image in the blob store is large and streams its progress."""
     if image.WhichOneof("source") == "blob":
         return False
     info = image_info(image, "input.image")
-    return fractal_cost(info.height * info.width, sizes, percolation) < STREAM_MIN_COST
+    return fractal_cost(info.height * info.width, sizes, percolation) < limit
 
 
 def _integers(text: str, parts: list[str]) -> list[int]:
@@ -180,10 +182,10 @@ class FractalPipeline(Pipeline):
         return True
 
     def group_key(self, params: Mapping[str, str], job_input: pb.JobInput) -> str:
-        """Jobs under STREAM_MIN_COST run in groups: their calls go out together."""
+        """Jobs under BATCH_MAX_COST run in groups, one ComputeFractalBatch call each."""
         sizes = list(_parsed_box_sizes(params.get("box_sizes", DEFAULT_BOX_SIZES)))
         percolation = parse_bool(params.get("percolation", "false"))
-        return self.name if _is_small(job_input.image, sizes, percolation) else ""
+        return self.name if _is_small(job_input.image, sizes, percolation, BATCH_MAX_COST) else ""
 
     def run(self, context: RunContext) -> pb.JobResult:
         """Call the features service, reporting its progress, and package its answer as tables
@@ -191,15 +193,18 @@ class FractalPipeline(Pipeline):
         return self._result(self._compute(context, self._request(context)))
 
     def run_many(self, contexts: Sequence[RunContext]) -> list[pb.JobResult]:
-        """Small jobs (see ``group_key``): every call is sent before the first answer is
-        awaited, so the service computes them side by side and this thread waits once."""
-        calls = [
-            context.services.features.ComputeFractal.future(
-                self._request(context), timeout=context.services.call_timeout_s
-            )
-            for context in contexts
-        ]
-        return [self._result(call.result()) for call in calls]
+        """Small jobs (see ``group_key``) in one ComputeFractalBatch call: one message each
+        way and one wait for the group, instead of a call per job."""
+        services = contexts[0].services
+        answer = services.features.ComputeFractalBatch(
+            features_pb2.ComputeFractalBatchRequest(
+                requests=[self._request(context) for context in contexts]),
+            timeout=services.call_timeout_s,
+        )
+        if len(answer.responses) != len(contexts):
+            raise ValueError(f"the features service answered {len(answer.responses)} of "
+                             f"{len(contexts)} images")
+        return [self._result(response) for response in answer.responses]
 
     @staticmethod
     def _request(context: RunContext) -> features_pb2.ComputeFractalRequest:

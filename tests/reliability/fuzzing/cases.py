@@ -242,6 +242,8 @@ def valid_requests(rpc: Rpc, rng: np.random.Generator, pools: Pools, tenant: str
         "ListPipelines": rpc.message("input"),
         "ComputeFractal": lambda: _fractal(rng),
         "ComputeFractalStream": lambda: _fractal(rng),
+        "ComputeFractalBatch": lambda: features_pb2.ComputeFractalBatchRequest(
+            requests=[_fractal(rng) for _ in range(int(rng.integers(1, 4)))]),
         "ExtractDeepFeatures": lambda: _deep(rng, pools),
         "ListModels": rpc.message("input"),
         "SegmentCells": lambda: segmentation_pb2.SegmentCellsRequest(
@@ -307,6 +309,8 @@ def bound_cost(message: Message) -> None:
         targets = [message.job, *message.jobs.jobs]
     elif isinstance(message, gateway_pb2.UploadJobRequest):
         targets = [message.job]
+    elif isinstance(message, features_pb2.ComputeFractalBatchRequest):
+        targets = list(message.requests)
     for target in targets:
         if max((declared_pixels(i) for i in _images(target)), default=0) <= MAX_CHEAP_PIXELS:
             continue
