@@ -401,7 +401,7 @@ def _piece(rows: int, width: int) -> int:
     thread, yet at least 512 (each run walks every offset once) and at most 1024 (its 8-bit
     tallies, a byte a centre and side, stay in the first-level cache: 4096 runs 1.5-2x slower), a
     multiple of _LANES."""
-    centres = max(512, min(1024, -(-rows * width // (get_num_threads() * 4))))
+    centres = max(512, min(_MAX_PIECE, -(-rows * width // (get_num_threads() * 4))))
     return -(-centres // _LANES) * _LANES
 
 
@@ -477,6 +477,11 @@ _TALLY_BATCHES = 255 // _BATCH
 _LANES = 64
 """Centres per run are a multiple of this (a 512-bit vector of bytes): no loop has a remainder."""
 
+_MAX_PIECE = 1024
+"""Most centres per run (see _piece), and the row stride of the distance buffer: a constant stride
+lets LLVM see a batch's distance rows as one range, which it checks for overlap with the tallies
+once per loop instead of once per row."""
+
 
 @functools.lru_cache(maxsize=32)
 def _ring_offsets(width: int, half_max: int) -> np.ndarray:
@@ -497,54 +502,66 @@ def _padded(planes: np.ndarray, margin: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _distances(img, start, length, offset, out, pixel):  # pragma: no cover - compiled
-    """Colour distances max_c |img[c, s + offset] - img[c, s]| for start ≤ s < start + length, into out.
+def _rgb_distance(img, p, q, red, green, blue, pixel):  # pragma: no cover - compiled
+    """max_c |img[c, q] - img[c, p]| of an RGB image, the centre's channels (red, green, blue) given.
 
     ``pixel`` is the image's scalar type: casting each difference to it keeps the arithmetic in
     the pixels' width (numba would widen it to 64 bits, a quarter or eighth of the vector lanes).
-    An RGB image's three channels go in one pass (one store of the distances instead of three).
     """
-    # Loops run from 0 over slices: a possibly negative index would stop LLVM vectorising them.
-    if img.shape[0] == 3:
-        r, g = img[0, start : start + length], img[1, start : start + length]
-        b = img[2, start : start + length]
-        near_r = img[0, start + offset : start + offset + length]
-        near_g = img[1, start + offset : start + offset + length]
-        near_b = img[2, start + offset : start + offset + length]
-        for i in range(length):
-            step_r = pixel(max(near_r[i], r[i]) - min(near_r[i], r[i]))
-            step_g = pixel(max(near_g[i], g[i]) - min(near_g[i], g[i]))
-            step_b = pixel(max(near_b[i], b[i]) - min(near_b[i], b[i]))
-            out[i] = max(max(step_r, step_g), step_b)
-        return
-    for c in range(img.shape[0]):
-        near = img[c, start + offset : start + offset + length]
-        centre = img[c, start : start + length]
-        for i in range(length):
-            step = pixel(max(near[i], centre[i]) - min(near[i], centre[i]))
-            out[i] = step if c == 0 else max(out[i], step)
+    red = pixel(max(img[0, q], red) - min(img[0, q], red))
+    green = pixel(max(img[1, q], green) - min(img[1, q], green))
+    blue = pixel(max(img[2, q], blue) - min(img[2, q], blue))
+    return max(max(red, green), blue)
 
 
 @njit(cache=True, nogil=True)
-def _tally(distance, length, threshold, row, unit):  # pragma: no cover - compiled
-    """row[i] += the number of the eight distance rows whose distance[t, i] ≤ threshold, i < length.
+def _grey_distance(img, p, q, pixel):  # pragma: no cover - compiled
+    """|img[0, q] - img[0, p]| of a grey image, in the pixels' type."""
+    return pixel(max(img[0, q], img[0, p]) - min(img[0, q], img[0, p]))
+
+
+@njit(cache=True, nogil=True)
+def _distances(img, start, length, offsets, distance, pixel):  # pragma: no cover - compiled
+    """distance[t · _MAX_PIECE + i] = colour distance between centre start + i and its neighbour at
+    offsets[t], for the four offsets t < 4 and i < length.
+
+    Four offsets share one pass: the centre's pixels are read once for all four (LLVM vectorises
+    up to four; eight need more overlap checks than it makes). Indices are unsigned: numba then
+    does not wrap negative ones around, which would stop LLVM vectorising the loop.
+    """
+    centre, stop, stride = np.uint64(start), np.uint64(length), np.uint64(_MAX_PIECE)
+    near0, near1 = np.uint64(start + offsets[0]), np.uint64(start + offsets[1])
+    near2, near3 = np.uint64(start + offsets[2]), np.uint64(start + offsets[3])
+    if img.shape[0] == 3:
+        for i in range(stop):
+            p = centre + i
+            red, green, blue = img[0, p], img[1, p], img[2, p]
+            distance[i] = _rgb_distance(img, p, near0 + i, red, green, blue, pixel)
+            distance[stride + i] = _rgb_distance(img, p, near1 + i, red, green, blue, pixel)
+            distance[2 * stride + i] = _rgb_distance(img, p, near2 + i, red, green, blue, pixel)
+            distance[3 * stride + i] = _rgb_distance(img, p, near3 + i, red, green, blue, pixel)
+    else:
+        for i in range(stop):
+            p = centre + i
+            distance[i] = _grey_distance(img, p, near0 + i, pixel)
+            distance[stride + i] = _grey_distance(img, p, near1 + i, pixel)
+            distance[2 * stride + i] = _grey_distance(img, p, near2 + i, pixel)
+            distance[3 * stride + i] = _grey_distance(img, p, near3 + i, pixel)
+
+
+@njit(cache=True, nogil=True)
+def _tally(distance, length, threshold, tally, j, unit):  # pragma: no cover - compiled
+    """tally[j, i] += the number of the _BATCH distance rows with distance[t · _MAX_PIECE + i] ≤
+    threshold, for i < length.
 
     ``unit`` is 1, passed in rather than written as a literal: LLVM then keeps each select as one
     masked vector add, where a literal 1 becomes a compare, a mask-to-vector move and a subtract.
     """
-    d0, d1, d2, d3 = distance[0, :length], distance[1, :length], distance[2, :length], distance[3, :length]
-    d4, d5, d6, d7 = distance[4, :length], distance[5, :length], distance[6, :length], distance[7, :length]
-    for i in range(length):
-        count = row[i]
-        count = count + unit if d0[i] <= threshold else count
-        count = count + unit if d1[i] <= threshold else count
-        count = count + unit if d2[i] <= threshold else count
-        count = count + unit if d3[i] <= threshold else count
-        count = count + unit if d4[i] <= threshold else count
-        count = count + unit if d5[i] <= threshold else count
-        count = count + unit if d6[i] <= threshold else count
-        count = count + unit if d7[i] <= threshold else count
-        row[i] = count
+    for i in range(np.uint64(length)):
+        count = tally[j, i]
+        for t in range(_BATCH):
+            count = count + unit if distance[t * _MAX_PIECE + i] <= threshold else count
+        tally[j, i] = count
 
 
 @njit(cache=True, nogil=True)
@@ -557,12 +574,13 @@ def _add_masses(  # pragma: no cover - compiled
     Every offset of the largest box (``offsets``, ring by ring) is compared for the whole run at a
     time, eight at once: the offsets of ring k count for the sides j ≥ ring_index[k] whose threshold
     their distance meets. Up to _TALLY_BATCHES batches (248 offsets) are tallied in 8 bits, which
-    fill twice the vector lanes of the 16-bit masses, then added to them. Where a box does not fit around its
-    centre the neighbour may wrap to another row or fall in the margin; the caller ignores those
-    sides there, and every side's mass still counts at most r² offsets.
+    fill twice the vector lanes of the 16-bit masses, then added to them. Where a box does not fit
+    around its centre the neighbour may wrap to another row or fall in the margin; the caller
+    ignores those sides there, and every side's mass still counts at most r² offsets.
     """
     n = thresholds.shape[0]
     half_max = ring_index.shape[0] - 1
+    stop = np.uint64(length)
     mass[:, :length] = 1  # the centre (ring 0) counts in every side
     for k in range(1, half_max + 1):
         first = ring_index[k]
@@ -570,15 +588,14 @@ def _add_masses(  # pragma: no cover - compiled
         for b0 in range(0, k, _TALLY_BATCHES):
             tally[first:, :length] = 0
             for b in range(b0, min(b0 + _TALLY_BATCHES, k)):
-                for t in range(_BATCH):
-                    _distances(img, start, length, offsets[begin + _BATCH * b + t], distance[t], pixel)
+                for t in range(0, _BATCH, 4):
+                    o = begin + _BATCH * b + t
+                    _distances(img, start, length, offsets[o : o + 4], distance[t * _MAX_PIECE :], pixel)
                 for j in range(first, n):
-                    _tally(distance, length, thresholds[j], tally[j], unit)
+                    _tally(distance, length, thresholds[j], tally, j, unit)
             for j in range(first, n):
-                total = mass[j, :length]
-                part = tally[j, :length]
-                for i in range(length):
-                    total[i] += part[i]
+                for i in range(stop):
+                    mass[j, i] += tally[j, i]
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -596,7 +613,7 @@ def _add_mass_counts(  # pragma: no cover - compiled
     for chunk in prange(chunks):
         mass = np.empty((n, piece), np.uint16)
         tally = np.empty((n, piece), np.uint8)
-        distance = np.empty((_BATCH, piece), img.dtype)
+        distance = np.empty(_BATCH * _MAX_PIECE, img.dtype)
         for k in range(pieces * chunk // chunks, pieces * (chunk + 1) // chunks):
             p0 = p_start + k * piece
             p1 = min(p0 + piece, p_stop)
