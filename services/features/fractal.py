@@ -425,19 +425,17 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 
 def _gliding_box_result(sizes: np.ndarray, counts: np.ndarray, shape: tuple[int, int]) -> GlidingBoxResult:
-    """Turn per-side mass histograms (counts[j, m]) into probabilities, Λ, N and the dimension fit."""
+    """Turn per-side mass histograms (counts[j, m], zero beyond m = r²) into probabilities, Λ, N and
+    the dimension fit, every side at once."""
     boxes = _box_counts(sizes, shape)
-    probability: dict[int, np.ndarray] = {}
-    lacunarity = np.empty(len(sizes))
-    box_count = np.empty(len(sizes))
-    for j, r in enumerate(sizes.tolist()):
-        p = counts[j, 1 : r * r + 1] / boxes[j]
-        mass = np.arange(1, r * r + 1, dtype=np.float64)
-        first = np.sum(mass * p)
-        second = np.sum(mass * mass * p)
-        lacunarity[j] = (second - first * first) / (first * first)
-        box_count[j] = np.sum(p / mass)
-        probability[r] = _frozen(p)
+    top = int(sizes[-1]) ** 2
+    shares = counts[:, 1 : top + 1] / boxes[:, None]
+    mass = np.arange(1, top + 1, dtype=np.float64)
+    first = (shares * mass).sum(axis=1)
+    second = (shares * (mass * mass)).sum(axis=1)
+    lacunarity = (second - first * first) / (first * first)
+    box_count = (shares / mass).sum(axis=1)
+    probability = {r: _frozen(shares[j, : r * r].copy()) for j, r in enumerate(sizes.tolist())}
     return GlidingBoxResult(
         box_sizes=_frozen(sizes),
         probability=probability,
