@@ -15,14 +15,15 @@ which spins (``--no-spinning-baseline`` leaves it out: a loaded machine slows
 it tenfold). The fastest of them in each round is the baseline. Rounds are
 paired, their order rotating; each
 round prints the load average (os.getloadavg) beside its figures, the CPU
-seconds each stack process spent per job, and the Redis commands per job
-(INFO commandstats). The fractal dimensions of the fetched results are
+seconds each stack process spent per job, and the Redis commands per job and
+the busiest ones' time (INFO commandstats). The fractal dimensions of the fetched results are
 checked against the direct ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import signal
@@ -98,25 +99,29 @@ def stack_cpu(stack: Stack) -> dict[str, float]:
     return seconds
 
 
-def redis_commands(client: redis.Redis) -> dict[str, int]:
-    """Calls per command so far (INFO commandstats)."""
-    return {name.removeprefix("cmdstat_"): stats["calls"]
+def redis_commands(client: redis.Redis) -> dict[str, tuple[int, int]]:
+    """(calls, microseconds) per command so far (INFO commandstats; a script's commands count
+    both on their own and in its EVAL's time)."""
+    return {name.removeprefix("cmdstat_"): (stats["calls"], stats["usec"])
             for name, stats in client.info("commandstats").items()}
 
 
 def through_stack(lab: LabSightClient, requests: list[pb.SubmitJobRequest], batch_id: str
-                  ) -> tuple[float, list[float]]:
-    """Seconds to submit every job, follow the batch to its end and fetch every result;
-    the results' fractal dimensions."""
-    start = time.perf_counter()
+                  ) -> tuple[list[float], list[float]]:
+    """Seconds to submit every job, then to follow the batch to its end, then to fetch every
+    result; the results' fractal dimensions."""
+    marks = [time.perf_counter()]
     reply = lab.submit_batch(requests, batch_id=batch_id)
+    marks.append(time.perf_counter())
     for batch in lab.watch_batch(batch_id):
         if sum(batch.counts.get(status, 0) for status in ENDED) >= len(requests):
             break
+    marks.append(time.perf_counter())
     with ThreadPoolExecutor(FETCH_THREADS) as pool:
         results = list(pool.map(lab.result, reply.job_ids))
-    elapsed = time.perf_counter() - start
-    return elapsed, [result.scalars["fractal_dimension"] for result in results]
+    marks.append(time.perf_counter())
+    phases = [end - begin for begin, end in itertools.pairwise(marks)]
+    return phases, [result.scalars["fractal_dimension"] for result in results]
 
 
 def spread(values: list[float]) -> str:
@@ -228,20 +233,30 @@ def main() -> None:
 
                 def stack_side(index: int) -> tuple[float, float]:
                     cpu, commands = stack_cpu(stack), redis_commands(store)
-                    seconds, got = through_stack(lab, requests, f"round-{index}")
+                    phases, got = through_stack(lab, requests, f"round-{index}")
+                    seconds = sum(phases)
                     wrong = [i for i, value in enumerate(got)
                              if not np.isclose(value, expected[i], equal_nan=True)]
                     assert not wrong, f"results differ from the direct calls at jobs {wrong[:5]}"
                     used = {name: (value - cpu[name]) / args.jobs * 1e3
                             for name, value in stack_cpu(stack).items()}
-                    calls = {name: (value - commands.get(name, 0)) / args.jobs
-                             for name, value in redis_commands(store).items()}
+                    now = redis_commands(store)
+                    calls = {name: (value[0] - commands.get(name, (0, 0))[0]) / args.jobs
+                             for name, value in now.items()}
+                    usec = {name: (value[1] - commands.get(name, (0, 0))[1]) / args.jobs
+                            for name, value in now.items()}
+                    print("  seconds: submit {:.2f}, run {:.2f}, fetch {:.2f}".format(*phases),
+                          flush=True)
                     print("  CPU ms per job: " + ", ".join(
                         f"{name} {value:.2f}" for name, value in used.items()
                     ) + f"; total {sum(used.values()):.2f}", flush=True)
                     print("  Redis commands per job: " + ", ".join(
                         f"{name} {value:.2f}" for name, value in sorted(calls.items()) if value >= 0.01
                     ) + f"; total {sum(calls.values()):.2f}", flush=True)
+                    print("  Redis µs per job, busiest commands: " + ", ".join(
+                        f"{name} {value:.1f}" for name, value in sorted(
+                            usec.items(), key=lambda item: -item[1])[:6]
+                    ), flush=True)
                     return seconds, sum(used.values())
 
                 rates = run_rounds(args.rounds, args.jobs, stack_side, directs)
