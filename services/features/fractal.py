@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from numba import get_num_threads, njit, parallel_chunksize, prange
+from numba import get_num_threads, get_thread_id, njit, parallel_chunksize, prange
 
 from services.features.percolation_numba import CellTables, cluster_sums, workspace
 
@@ -491,6 +491,16 @@ def _ring_offsets(width: int, half_max: int) -> np.ndarray:
     return (dy * width + dx)[order].astype(np.int64)
 
 
+def _aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary, so that rows
+    whose length is a multiple of 64 bytes start on one too (numpy aligns to 16 bytes only, and a
+    vector load that straddles cache lines costs two)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + 64, np.uint8)
+    skip = -raw.ctypes.data % 64
+    return raw[skip : skip + size].view(dtype).reshape(shape)
+
+
 def _padded(planes: np.ndarray, margin: int) -> np.ndarray:
     """The (C, H·W) pixels of a planar (C, H, W) image with ``margin`` zeros before and after each plane."""
     channels = planes.shape[0]
@@ -571,65 +581,78 @@ def _add_masses(  # pragma: no cover - compiled
 
     Every offset of the largest box (``offsets``, ring by ring) is compared for the whole run at a
     time, eight at once: the offsets of ring k count for the sides j ≥ ring_index[k] whose threshold
-    their distance meets. Up to _TALLY_BATCHES batches (248 offsets) are tallied in 8 bits, which
-    fill twice the vector lanes of the 16-bit masses, then added to them. Where a box does not fit
-    around its centre the neighbour may wrap to another row or fall in the margin; the caller
-    ignores those sides there, and every side's mass still counts at most r² offsets.
+    their distance meets. Up to _TALLY_BATCHES batches (248 offsets, of one or several rings) are
+    tallied in 8 bits, which fill twice the vector lanes of the 16-bit masses, then added to them.
+    Where a box does not fit around its centre the neighbour may wrap to another row or fall in the
+    margin; the caller ignores those sides there, and every side's mass still counts at most r²
+    offsets.
     """
     n = thresholds.shape[0]
     half_max = ring_index.shape[0] - 1
     stop = np.uint64(length)
     mass[:, :length] = 1  # the centre (ring 0) counts in every side
+    batches, low = 0, n  # batches in the tallies, and the first side they hold
     for k in range(1, half_max + 1):
         first = ring_index[k]
         begin = (2 * k - 1) ** 2 - 1  # ring k's 8k offsets, k batches
-        for b0 in range(0, k, _TALLY_BATCHES):
-            tally[first:, :length] = 0
-            for b in range(b0, min(b0 + _TALLY_BATCHES, k)):
-                for t in range(0, _BATCH, 4):
-                    o = begin + _BATCH * b + t
-                    _distances(img, start, length, offsets[o : o + 4], distance[t * _MAX_PIECE :], pixel)
-                for j in range(first, n):
-                    _tally(distance, length, thresholds[j], tally, j, unit)
+        for b in range(k):
+            if batches == _TALLY_BATCHES:
+                _add_tallies(mass, tally, low, n, stop)
+                batches, low = 0, n
+            if first < low:
+                tally[first:low, :length] = 0
+                low = first
+            for t in range(0, _BATCH, 4):
+                o = begin + _BATCH * b + t
+                _distances(img, start, length, offsets[o : o + 4], distance[t * _MAX_PIECE :], pixel)
             for j in range(first, n):
-                for i in range(stop):
-                    mass[j, i] += tally[j, i]
+                _tally(distance, length, thresholds[j], tally, j, unit)
+            batches += 1
+    _add_tallies(mass, tally, low, n, stop)
+
+
+@njit(cache=True, nogil=True)
+def _add_tallies(mass, tally, low, high, stop):  # pragma: no cover - compiled
+    """mass[j, i] += tally[j, i] for low ≤ j < high and i < stop."""
+    for j in range(low, high):
+        for i in range(stop):
+            mass[j, i] += tally[j, i]
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _add_mass_counts(  # pragma: no cover - compiled
-    img, margin, width, height, sizes, thresholds, ring_index, offsets, counts, piece, pixel, p_start, p_stop
+    img, margin, width, height, sizes, starts, thresholds, ring_index, offsets, counts, masses, tallies,
+    distances, piece, pixel, p_start, p_stop,
 ):
-    """Add to counts[task, j, m] the boxes of side sizes[j] with mass m centred on the pixels
-    p_start ≤ p < p_stop (row-major) of a zero-padded (C, margin + H·W + margin) image, in runs of
-    ``piece`` pixels (a multiple of _LANES) split among counts.shape[0] parallel tasks."""
+    """Add to counts[thread, starts[j] + m] the boxes of side sizes[j] with mass m centred on the
+    pixels p_start ≤ p < p_stop (row-major) of a zero-padded (C, margin + H·W + margin) image.
+
+    The centres go in runs of ``piece`` (a multiple of _LANES), one run per parallel task; each
+    thread counts into its own histogram with its own working arrays (masses, tallies, distances).
+    """
     n = sizes.shape[0]
     halves = (sizes - 1) // 2
-    chunks = counts.shape[0]
-    pieces = -(-(p_stop - p_start) // piece)
     unit = np.uint8(1)
-    for chunk in prange(chunks):
-        mass = np.empty((n, piece), np.uint16)
-        tally = np.empty((n, piece), np.uint8)
-        distance = np.empty(_BATCH * _MAX_PIECE, img.dtype)
-        for k in range(pieces * chunk // chunks, pieces * (chunk + 1) // chunks):
-            p0 = p_start + k * piece
-            p1 = min(p0 + piece, p_stop)
-            length = -(-(p1 - p0) // _LANES) * _LANES
-            _add_masses(
-                img, margin + p0, length, offsets, thresholds, ring_index, mass, tally, distance, pixel, unit
-            )
-            # Row by row, side by side: the centres whose box fits, and one side's histogram at a time.
-            for y in range(p0 // width, (p1 - 1) // width + 1):
-                row = y * width
-                for j in range(n):
-                    half = halves[j]
-                    if half > min(y, height - 1 - y):
-                        break
-                    hist = counts[chunk, j]
-                    side = mass[j]
-                    for p in range(max(p0, row + half), min(p1, row + width - half)):
-                        hist[side[p - p0]] += 1
+    for run in prange(-(-(p_stop - p_start) // piece)):
+        thread = get_thread_id()
+        mass, tally, distance, histogram = masses[thread], tallies[thread], distances[thread], counts[thread]
+        p0 = p_start + run * piece
+        p1 = min(p0 + piece, p_stop)
+        length = -(-(p1 - p0) // _LANES) * _LANES
+        _add_masses(
+            img, margin + p0, length, offsets, thresholds, ring_index, mass, tally, distance, pixel, unit
+        )
+        # Row by row, side by side: the centres whose box fits, and one side's histogram at a time.
+        for y in range(p0 // width, (p1 - 1) // width + 1):
+            row = y * width
+            for j in range(n):
+                half = halves[j]
+                if half > min(y, height - 1 - y):
+                    break
+                hist = histogram[starts[j] :]
+                side = mass[j]
+                for p in range(max(p0, row + half), min(p1, row + width - half)):
+                    hist[side[p - p0]] += 1
 
 
 def _mass_counts_numba(
@@ -639,27 +662,39 @@ def _mass_counts_numba(
     type (8-bit distances and thresholds fill twice the vector lanes of 16-bit ones), by the
     numba kernel, in PROGRESS_BANDS bands of centre rows with ``progress`` after each, else in one."""
     sizes = tables.sizes
+    n = len(sizes)
     _, height, width = planes.shape
     half_max = (int(sizes[-1]) - 1) // 2
     bands = _bands(sizes, height, PROGRESS_BANDS if progress is not None else 1)
-    pieces = [(band, _piece(band[1] - band[0], width)) for band in bands]
-    # One histogram per parallel task, shared by every band and zeroed once per call.
-    tasks = min(get_num_threads() * 4, max(-(-(y1 - y0) * width // piece) for (y0, y1), piece in pieces))
-    counts = np.zeros((tasks, len(sizes), int(sizes[-1]) ** 2 + 1), np.int64)
+    # One histogram per thread, side j's masses 0..r² from starts[j], shared by every band.
+    threads = get_num_threads()
+    squares = sizes * sizes
+    starts = np.concatenate(([0], np.cumsum(squares + 1)[:-1]))
+    counts = np.zeros((threads, int(np.sum(squares + 1))), np.int64)
+    masses = _aligned_empty((threads, n, _MAX_PIECE), np.uint16)
+    tallies = _aligned_empty((threads, n, _MAX_PIECE), np.uint8)
+    distances = _aligned_empty((threads, _BATCH * _MAX_PIECE), planes.dtype)
     # Room for every neighbour of every centre of a run, the last run rounded up to _LANES centres.
     margin = half_max * (width + 1) + _LANES
     padded = _padded(planes, margin)
     offsets = _ring_offsets(width, half_max)
     thresholds = tables.thresholds.astype(planes.dtype)
     first, stop = bands[0][0], bands[-1][1]
-    for (y0, y1), piece in pieces:
-        _add_mass_counts(
-            padded, margin, width, height, sizes, thresholds, tables.ring_index, offsets,
-            counts[: -(-(y1 - y0) * width // piece)], piece, planes.dtype.type, y0 * width, y1 * width,
-        )
-        if progress is not None:
-            progress(y1 - first, stop - first)
-    return counts.sum(axis=0)
+    # Runs go to whichever thread is free: on a busy machine a thread held up does not hold up
+    # the others' share.
+    with parallel_chunksize(1):
+        for y0, y1 in bands:
+            _add_mass_counts(
+                padded, margin, width, height, sizes, starts, thresholds, tables.ring_index, offsets, counts,
+                masses, tallies, distances, _piece(y1 - y0, width), planes.dtype.type, y0 * width, y1 * width,
+            )
+            if progress is not None:
+                progress(y1 - first, stop - first)
+    total = counts.sum(axis=0)
+    out = np.zeros((n, int(squares[-1]) + 1), np.int64)
+    for j, square in enumerate(squares.tolist()):
+        out[j, : square + 1] = total[starts[j] : starts[j] + square + 1]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
