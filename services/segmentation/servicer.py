@@ -15,7 +15,7 @@ from labsight.patches import cell_patches, spot_patches
 from labsight.runtime.progress_stream import raise_if_gone
 from labsight.tables import feature_table
 from labsight.tensor_wire import EncodedMessage, serialize_with_arrays
-from labsight.tensors import from_tensor, write_labels, write_tensor
+from labsight.tensors import from_tensor, narrow_labels, write_tensor
 from labsight.v1 import segmentation_pb2 as pb
 from labsight.v1 import segmentation_pb2_grpc as pb_grpc
 from services.segmentation.cells import (
@@ -50,9 +50,10 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     def SegmentCells(
         self, request: pb.SegmentCellsRequest, context: grpc.ServicerContext
-    ) -> pb.SegmentCellsResponse:
-        """Nucleus and cell labels of one 4-channel image, and the table of its cells; stops
-        before segmenting when the caller cancelled meanwhile."""
+    ) -> EncodedMessage:
+        """Nucleus and cell labels of one 4-channel image, and the table of its cells (answered
+        serialized, a SegmentCellsResponse); stops before segmenting when the caller cancelled
+        meanwhile."""
         method = request.method or DEFAULT_METHOD
         if method not in CELL_METHODS:  # before the image is decoded
             raise InvalidArgument(f"method: unknown method {echo(request.method)}; methods: "
@@ -74,10 +75,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             method=method,
             pixel_size_um=pixel_size,
         )
-        # Written in place, uint16 below 65536 labels (half of int32's bytes), else int32.
-        write_labels(answer.nucleus_labels, nuclei)
-        write_labels(answer.cell_labels, cells)
-        return answer
+        # uint16 below 65536 labels (half of int32's bytes), else int32; copied once, into the answer
+        masks = {"nucleus_labels": narrow_labels(nuclei), "cell_labels": narrow_labels(cells)}
+        return EncodedMessage(serialize_with_arrays(answer, masks))
 
     def SegmentVesselContent(
         self, request: pb.SegmentVesselContentRequest, context: grpc.ServicerContext
