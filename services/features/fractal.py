@@ -452,7 +452,11 @@ def _fit_dimension(sizes: np.ndarray, box_count: np.ndarray) -> FractalDimension
         return FractalDimension(float("nan"), r_min, r_max, float("nan"))
     x = np.log(sizes.astype(np.float64))
     y = np.log(box_count)
-    slope, intercept = np.polyfit(x, y, 1)
+    # The normal equations in closed form: np.polyfit's least-squares solver costs more than the
+    # rest of the result of a small image.
+    centred = x - x.mean()
+    slope = float(centred @ (y - y.mean()) / (centred @ centred))
+    intercept = float(y.mean() - slope * x.mean())
     residual = float(np.sum((y - (slope * x + intercept)) ** 2))
     total = float(np.sum((y - y.mean()) ** 2))
     r_squared = 1.0 if total == 0.0 else 1.0 - residual / total
@@ -574,10 +578,11 @@ def _tally(distance, length, threshold, tally, j, unit):  # pragma: no cover - c
 
 @njit(cache=True, nogil=True)
 def _add_masses(  # pragma: no cover - compiled
-    img, start, length, offsets, thresholds, ring_index, mass, tally, distance, pixel, unit
+    img, start, length, offsets, thresholds, ring_index, sides, rings, mass, tally, distance, pixel, unit
 ):
     """mass[j, s - start] = mass of the box of side sizes[j] centred on s, start ≤ s < start + length,
-    in a zero-padded (C, margin + H·W + margin) image; ``length`` is a multiple of _LANES.
+    for the first ``sides`` sides, whose boxes hold the rings 0..rings, in a zero-padded
+    (C, margin + H·W + margin) image; ``length`` is a multiple of _LANES.
 
     Every offset of the largest box (``offsets``, ring by ring) is compared for the whole run at a
     time, eight at once: the offsets of ring k count for the sides j ≥ ring_index[k] whose threshold
@@ -587,12 +592,11 @@ def _add_masses(  # pragma: no cover - compiled
     margin; the caller ignores those sides there, and every side's mass still counts at most r²
     offsets.
     """
-    n = thresholds.shape[0]
-    half_max = ring_index.shape[0] - 1
+    n = sides
     stop = np.uint64(length)
-    mass[:, :length] = 1  # the centre (ring 0) counts in every side
+    mass[:n, :length] = 1  # the centre (ring 0) counts in every side
     batches, low = 0, n  # batches in the tallies, and the first side they hold
-    for k in range(1, half_max + 1):
+    for k in range(1, rings + 1):
         first = ring_index[k]
         begin = (2 * k - 1) ** 2 - 1  # ring k's 8k offsets, k batches
         for b in range(k):
@@ -639,8 +643,15 @@ def _add_mass_counts(  # pragma: no cover - compiled
         p0 = p_start + run * piece
         p1 = min(p0 + piece, p_stop)
         length = -(-(p1 - p0) // _LANES) * _LANES
+        # Only the sides whose box fits around some centre of the run: near the top and bottom
+        # edges the largest boxes, and their outer rings, fit nowhere in it.
+        reach = 0
+        for y in range(p0 // width, (p1 - 1) // width + 1):
+            reach = max(reach, min(y, height - 1 - y))
+        sides = np.searchsorted(halves, reach, side="right")
         _add_masses(
-            img, margin + p0, length, offsets, thresholds, ring_index, mass, tally, distance, pixel, unit
+            img, margin + p0, length, offsets, thresholds, ring_index, sides, halves[sides - 1], mass, tally,
+            distance, pixel, unit,
         )
         # Row by row, side by side: the centres whose box fits, and one side's histogram at a time.
         for y in range(p0 // width, (p1 - 1) // width + 1):
