@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -118,16 +119,21 @@ def _watch_for_cancel(context: grpc.ServicerContext) -> threading.Event:
     return ended
 
 
-def _ensure_client_waits(context: grpc.ServicerContext, ended: threading.Event) -> None:
+def _ensure_client_waits(
+    context: grpc.ServicerContext, ended: threading.Event, stream_ended: float | None = None
+) -> None:
     """Cancelled if the client went away, checked just before queueing.
 
     grpc ends a cancelled client stream's iterator as if the client had sent
     its last message and records the cancel a moment later, so without this
     a handler would queue a cut upload or the first part of a batch that the
     client believes refused and sends again. CANCEL_GRACE_S gives the cancel
-    that moment.
+    that moment, counted from ``stream_ended`` (``time.monotonic()`` when the
+    iterator ended; default: now), so work done since (the last writes to
+    Redis) is part of the wait.
     """
-    if ended.wait(CANCEL_GRACE_S) or not context.is_active():
+    waited = 0.0 if stream_ended is None else time.monotonic() - stream_ended
+    if ended.wait(max(0.0, CANCEL_GRACE_S - waited)) or not context.is_active():
         raise Cancelled("the client cancelled the call before its jobs were queued; nothing was queued")
 
 
@@ -269,6 +275,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 return self._submit_blob(
                     tenant, header, _blob_chunks(chunks, messages), ended, context
                 )
+        stream_ended = time.monotonic()
         if header is None:
             raise InvalidArgument("job: the stream carried no job header")
         request = pb.SubmitJobRequest()
@@ -277,7 +284,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         if self.goes_to_blob_store(request.input.image):
             return self._submit_blob(tenant, header, chunks, ended, context)
         new = new_job_from_request(request)
-        _ensure_client_waits(context, ended)
+        _ensure_client_waits(context, ended, stream_ended)
         record, _ = self.queue.submit(tenant, new)
         return record.to_proto()
 
@@ -327,11 +334,12 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                     if len(pending) >= BATCH_WRITE_SIZE or pending_bytes >= BATCH_WRITE_BYTES:
                         write_pending()
                 seen += len(requests)
+            stream_ended = time.monotonic()
             write_pending()
             writer.wait()
             batch_id = batch_id or uuid.uuid4().hex
             ensure_room(len(staged.records))
-            _ensure_client_waits(context, ended)
+            _ensure_client_waits(context, ended, stream_ended)
             self.queue.commit(staged, batch_id)
         except BaseException:
             for new in pending + writer.abandon():
