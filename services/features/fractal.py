@@ -182,8 +182,9 @@ def gliding_box(
     planar, sizes = _validate(image, box_sizes)
     tables = _EntryTables.build(sizes, image.dtype == np.uint16)
     if _use_torch(backend):
-        counts = _in_bands(sizes, planar.shape[1], progress,
-                           lambda rows: _mass_counts_torch(planar, tables, rows))
+        histograms = _in_bands(sizes, planar.shape[1], progress,
+                               lambda rows: _mass_counts_torch(planar, tables, rows))
+        counts = np.concatenate([row[: r * r + 1] for row, r in zip(histograms, sizes.tolist(), strict=True)])
     else:
         counts = _mass_counts_numba(planar.astype(image.dtype), tables, progress)
     return _gliding_box_result(sizes, counts, planar.shape[1:])
@@ -425,17 +426,17 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 
 def _gliding_box_result(sizes: np.ndarray, counts: np.ndarray, shape: tuple[int, int]) -> GlidingBoxResult:
-    """Turn per-side mass histograms (counts[j, m], zero beyond m = r²) into probabilities, Λ, N and
-    the dimension fit, every side at once."""
-    boxes = _box_counts(sizes, shape)
-    top = int(sizes[-1]) ** 2
-    shares = counts[:, 1 : top + 1] / boxes[:, None]
-    mass = np.arange(1, top + 1, dtype=np.float64)
-    first = (shares * mass).sum(axis=1)
-    second = (shares * (mass * mass)).sum(axis=1)
+    """Turn the mass histograms of every side (counts[_MassLayout.slots[j] + m], m = 0..r²) into
+    probabilities, Λ, N and the dimension fit, every side at once."""
+    layout = _MassLayout.build(sizes)
+    shares = _frozen(counts[layout.kept] / np.repeat(_box_counts(sizes, shape), sizes * sizes))
+    first = np.add.reduceat(shares * layout.masses, layout.starts)
+    second = np.add.reduceat(shares * layout.squares, layout.starts)
     lacunarity = (second - first * first) / (first * first)
-    box_count = (shares / mass).sum(axis=1)
-    probability = {r: _frozen(shares[j, : r * r].copy()) for j, r in enumerate(sizes.tolist())}
+    box_count = np.add.reduceat(shares / layout.masses, layout.starts)
+    # Read-only views of one read-only array.
+    starts = layout.starts.tolist()
+    probability = {r: shares[starts[j] : starts[j] + r * r] for j, r in enumerate(sizes.tolist())}
     return GlidingBoxResult(
         box_sizes=_frozen(sizes),
         probability=probability,
@@ -443,6 +444,45 @@ def _gliding_box_result(sizes: np.ndarray, counts: np.ndarray, shape: tuple[int,
         box_count=_frozen(box_count),
         fractal_dimension=_fit_dimension(sizes, box_count),
     )
+
+
+@dataclass(frozen=True)
+class _MassLayout:
+    """Where each side's mass histogram lies in one vector of every side's.
+
+    Attributes
+    ----------
+    slots : ndarray of int64
+        Side j's boxes with mass m = 0..r² are counted at slots[j] + m.
+    kept : ndarray of int64
+        The slots of masses m ≥ 1, side after side.
+    starts : ndarray of int64
+        Where side j's masses begin among the kept slots.
+    masses, squares : ndarray of float64
+        m and m² of each kept slot.
+    """
+
+    slots: np.ndarray
+    kept: np.ndarray
+    starts: np.ndarray
+    masses: np.ndarray
+    squares: np.ndarray
+
+    @classmethod
+    def build(cls, sizes: np.ndarray) -> _MassLayout:
+        """The layout of these box sides, built once per sides and then reused: callers only read it."""
+        return _mass_layout(tuple(sizes.tolist()))
+
+
+@functools.lru_cache(maxsize=32)
+def _mass_layout(sizes: tuple[int, ...]) -> _MassLayout:
+    """Cached :meth:`_MassLayout.build`."""
+    squares = np.array(sizes, dtype=np.int64) ** 2
+    slots = np.concatenate(([0], np.cumsum(squares + 1)[:-1]))
+    masses = np.concatenate([np.arange(1, square + 1) for square in squares])
+    kept = np.repeat(slots, squares) + masses
+    starts = np.concatenate(([0], np.cumsum(squares)[:-1]))
+    return _MassLayout(slots, kept, starts, masses.astype(np.float64), (masses * masses).astype(np.float64))
 
 
 def _fit_dimension(sizes: np.ndarray, box_count: np.ndarray) -> FractalDimension:
@@ -625,10 +665,10 @@ def _add_tallies(mass, tally, low, high, stop):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True, parallel=True)
 def _add_mass_counts(  # pragma: no cover - compiled
-    img, margin, width, height, sizes, starts, thresholds, ring_index, offsets, counts, masses, tallies,
+    img, margin, width, height, sizes, slots, thresholds, ring_index, offsets, counts, masses, tallies,
     distances, piece, pixel, p_start, p_stop,
 ):
-    """Add to counts[thread, starts[j] + m] the boxes of side sizes[j] with mass m centred on the
+    """Add to counts[thread, slots[j] + m] the boxes of side sizes[j] with mass m centred on the
     pixels p_start ≤ p < p_stop (row-major) of a zero-padded (C, margin + H·W + margin) image.
 
     The centres go in runs of ``piece`` (a multiple of _LANES), one run per parallel task; each
@@ -660,7 +700,7 @@ def _add_mass_counts(  # pragma: no cover - compiled
                 half = halves[j]
                 if half > min(y, height - 1 - y):
                     break
-                hist = histogram[starts[j] :]
+                hist = histogram[slots[j] :]
                 side = mass[j]
                 for p in range(max(p0, row + half), min(p1, row + width - half)):
                     hist[side[p - p0]] += 1
@@ -669,19 +709,19 @@ def _add_mass_counts(  # pragma: no cover - compiled
 def _mass_counts_numba(
     planes: np.ndarray, tables: _EntryTables, progress: ProgressCallback | None
 ) -> np.ndarray:
-    """counts[j, m]: boxes of side sizes[j] with mass m in a planar (C, H, W) image of its own
-    type (8-bit distances and thresholds fill twice the vector lanes of 16-bit ones), by the
-    numba kernel, in PROGRESS_BANDS bands of centre rows with ``progress`` after each, else in one."""
+    """counts[_MassLayout.slots[j] + m]: boxes of side sizes[j] with mass m in a planar (C, H, W)
+    image of its own type (8-bit distances and thresholds fill twice the vector lanes of 16-bit
+    ones), by the numba kernel, in PROGRESS_BANDS bands of centre rows with ``progress`` after
+    each, else in one."""
     sizes = tables.sizes
     n = len(sizes)
     _, height, width = planes.shape
     half_max = (int(sizes[-1]) - 1) // 2
     bands = _bands(sizes, height, PROGRESS_BANDS if progress is not None else 1)
-    # One histogram per thread, side j's masses 0..r² from starts[j], shared by every band.
+    # One histogram per thread, shared by every band.
     threads = get_num_threads()
-    squares = sizes * sizes
-    starts = np.concatenate(([0], np.cumsum(squares + 1)[:-1]))
-    counts = np.zeros((threads, int(np.sum(squares + 1))), np.int64)
+    slots = _MassLayout.build(sizes).slots
+    counts = np.zeros((threads, int(slots[-1]) + int(sizes[-1]) ** 2 + 1), np.int64)
     masses = _aligned_empty((threads, n, _MAX_PIECE), np.uint16)
     tallies = _aligned_empty((threads, n, _MAX_PIECE), np.uint8)
     distances = _aligned_empty((threads, _BATCH * _MAX_PIECE), planes.dtype)
@@ -696,16 +736,12 @@ def _mass_counts_numba(
     with parallel_chunksize(1):
         for y0, y1 in bands:
             _add_mass_counts(
-                padded, margin, width, height, sizes, starts, thresholds, tables.ring_index, offsets, counts,
+                padded, margin, width, height, sizes, slots, thresholds, tables.ring_index, offsets, counts,
                 masses, tallies, distances, _piece(y1 - y0, width), planes.dtype.type, y0 * width, y1 * width,
             )
             if progress is not None:
                 progress(y1 - first, stop - first)
-    total = counts.sum(axis=0)
-    out = np.zeros((n, int(squares[-1]) + 1), np.int64)
-    for j, square in enumerate(squares.tolist()):
-        out[j, : square + 1] = total[starts[j] : starts[j] + square + 1]
-    return out
+    return counts.sum(axis=0)
 
 
 # ---------------------------------------------------------------------------------------------------
