@@ -224,6 +224,8 @@ def main() -> None:
     for threads in (1, cores):  # compile (or load the cache) and start the thread pool, untimed
         with_threads(threads, lambda: gliding_box(warm, backend="numba"))()
         with_threads(threads, lambda: percolation(warm, backend="numba"))()
+    # On a busy machine a parallel call waits for its slowest thread to get a CPU: the layer says how.
+    print(f"numba threading layer: {numba.threading_layer()}")
     for name, make in IMAGES.items():
         bench_image(name, make(args.size), args.rounds, cores)
     if args.big:
