@@ -184,7 +184,7 @@ def gliding_box(
     if _use_torch(backend):
         histograms = _in_bands(sizes, planar.shape[1], progress,
                                lambda rows: _mass_counts_torch(planar, tables, rows))
-        counts = np.concatenate([row[: r * r + 1] for row, r in zip(histograms, sizes.tolist(), strict=True)])
+        counts = np.concatenate([histograms[j, 1 : r * r + 1] for j, r in enumerate(sizes.tolist())])
     else:
         counts = _mass_counts_numba(planar.astype(image.dtype), tables, progress)
     return _gliding_box_result(sizes, counts, planar.shape[1:])
@@ -426,10 +426,10 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 
 def _gliding_box_result(sizes: np.ndarray, counts: np.ndarray, shape: tuple[int, int]) -> GlidingBoxResult:
-    """Turn the mass histograms of every side (counts[_MassLayout.slots[j] + m], m = 0..r²) into
+    """Turn the mass histograms of every side (counts[_MassLayout.starts[j] + m - 1], m = 1..r²) into
     probabilities, Λ, N and the dimension fit, every side at once."""
     layout = _MassLayout.build(sizes)
-    shares = _frozen(counts[layout.kept] / np.repeat(_box_counts(sizes, shape), sizes * sizes))
+    shares = _frozen(counts / np.repeat(_box_counts(sizes, shape), sizes * sizes))
     first = np.add.reduceat(shares * layout.masses, layout.starts)
     second = np.add.reduceat(shares * layout.squares, layout.starts)
     lacunarity = (second - first * first) / (first * first)
@@ -452,18 +452,12 @@ class _MassLayout:
 
     Attributes
     ----------
-    slots : ndarray of int64
-        Side j's boxes with mass m = 0..r² are counted at slots[j] + m.
-    kept : ndarray of int64
-        The slots of masses m ≥ 1, side after side.
     starts : ndarray of int64
-        Where side j's masses begin among the kept slots.
+        Side j's boxes with mass m = 1..r² are counted at starts[j] + m - 1.
     masses, squares : ndarray of float64
-        m and m² of each kept slot.
+        m and m² of each entry.
     """
 
-    slots: np.ndarray
-    kept: np.ndarray
     starts: np.ndarray
     masses: np.ndarray
     squares: np.ndarray
@@ -478,11 +472,8 @@ class _MassLayout:
 def _mass_layout(sizes: tuple[int, ...]) -> _MassLayout:
     """Cached :meth:`_MassLayout.build`."""
     squares = np.array(sizes, dtype=np.int64) ** 2
-    slots = np.concatenate(([0], np.cumsum(squares + 1)[:-1]))
-    masses = np.concatenate([np.arange(1, square + 1) for square in squares])
-    kept = np.repeat(slots, squares) + masses
-    starts = np.concatenate(([0], np.cumsum(squares)[:-1]))
-    return _MassLayout(slots, kept, starts, masses.astype(np.float64), (masses * masses).astype(np.float64))
+    masses = np.concatenate([np.arange(1, square + 1, dtype=np.float64) for square in squares])
+    return _MassLayout(np.concatenate(([0], np.cumsum(squares)[:-1])), masses, masses * masses)
 
 
 def _fit_dimension(sizes: np.ndarray, box_count: np.ndarray) -> FractalDimension:
@@ -554,7 +545,7 @@ def _padded(planes: np.ndarray, margin: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _rgb_distance(img, p, q, red, green, blue, pixel):  # pragma: no cover - compiled
+def _rgb_distance(img, q, red, green, blue, pixel):  # pragma: no cover - compiled
     """max_c |img[c, q] - img[c, p]| of an RGB image, the centre's channels (red, green, blue) given.
 
     ``pixel`` is the image's scalar type: casting each difference to it keeps the arithmetic in
@@ -588,10 +579,10 @@ def _distances(img, start, length, offsets, distance, pixel):  # pragma: no cove
         for i in range(stop):
             p = centre + i
             red, green, blue = img[0, p], img[1, p], img[2, p]
-            distance[i] = _rgb_distance(img, p, near0 + i, red, green, blue, pixel)
-            distance[stride + i] = _rgb_distance(img, p, near1 + i, red, green, blue, pixel)
-            distance[2 * stride + i] = _rgb_distance(img, p, near2 + i, red, green, blue, pixel)
-            distance[3 * stride + i] = _rgb_distance(img, p, near3 + i, red, green, blue, pixel)
+            distance[i] = _rgb_distance(img, near0 + i, red, green, blue, pixel)
+            distance[stride + i] = _rgb_distance(img, near1 + i, red, green, blue, pixel)
+            distance[2 * stride + i] = _rgb_distance(img, near2 + i, red, green, blue, pixel)
+            distance[3 * stride + i] = _rgb_distance(img, near3 + i, red, green, blue, pixel)
     else:
         for i in range(stop):
             p = centre + i
@@ -665,10 +656,10 @@ def _add_tallies(mass, tally, low, high, stop):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True, parallel=True)
 def _add_mass_counts(  # pragma: no cover - compiled
-    img, margin, width, height, sizes, slots, thresholds, ring_index, offsets, counts, masses, tallies,
+    img, margin, width, height, sizes, starts, thresholds, ring_index, offsets, counts, masses, tallies,
     distances, piece, pixel, p_start, p_stop,
 ):
-    """Add to counts[thread, slots[j] + m] the boxes of side sizes[j] with mass m centred on the
+    """Add to counts[thread, starts[j] + m - 1] the boxes of side sizes[j] with mass m centred on the
     pixels p_start ≤ p < p_stop (row-major) of a zero-padded (C, margin + H·W + margin) image.
 
     The centres go in runs of ``piece`` (a multiple of _LANES), one run per parallel task; each
@@ -700,16 +691,16 @@ def _add_mass_counts(  # pragma: no cover - compiled
                 half = halves[j]
                 if half > min(y, height - 1 - y):
                     break
-                hist = histogram[slots[j] :]
+                before = starts[j] - 1  # a mass m ≥ 1 goes to starts[j] + m - 1
                 side = mass[j]
                 for p in range(max(p0, row + half), min(p1, row + width - half)):
-                    hist[side[p - p0]] += 1
+                    histogram[before + side[p - p0]] += 1
 
 
 def _mass_counts_numba(
     planes: np.ndarray, tables: _EntryTables, progress: ProgressCallback | None
 ) -> np.ndarray:
-    """counts[_MassLayout.slots[j] + m]: boxes of side sizes[j] with mass m in a planar (C, H, W)
+    """counts[_MassLayout.starts[j] + m - 1]: boxes of side sizes[j] with mass m in a planar (C, H, W)
     image of its own type (8-bit distances and thresholds fill twice the vector lanes of 16-bit
     ones), by the numba kernel, in PROGRESS_BANDS bands of centre rows with ``progress`` after
     each, else in one."""
@@ -720,8 +711,8 @@ def _mass_counts_numba(
     bands = _bands(sizes, height, PROGRESS_BANDS if progress is not None else 1)
     # One histogram per thread, shared by every band.
     threads = get_num_threads()
-    slots = _MassLayout.build(sizes).slots
-    counts = np.zeros((threads, int(slots[-1]) + int(sizes[-1]) ** 2 + 1), np.int64)
+    starts = _MassLayout.build(sizes).starts
+    counts = np.zeros((threads, int(np.sum(sizes * sizes))), np.int64)
     masses = _aligned_empty((threads, n, _MAX_PIECE), np.uint16)
     tallies = _aligned_empty((threads, n, _MAX_PIECE), np.uint8)
     distances = _aligned_empty((threads, _BATCH * _MAX_PIECE), planes.dtype)
@@ -736,7 +727,7 @@ def _mass_counts_numba(
     with parallel_chunksize(1):
         for y0, y1 in bands:
             _add_mass_counts(
-                padded, margin, width, height, sizes, slots, thresholds, tables.ring_index, offsets, counts,
+                padded, margin, width, height, sizes, starts, thresholds, tables.ring_index, offsets, counts,
                 masses, tallies, distances, _piece(y1 - y0, width), planes.dtype.type, y0 * width, y1 * width,
             )
             if progress is not None:
