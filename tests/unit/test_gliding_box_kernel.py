@@ -4,6 +4,8 @@ boxes whose rings overflow one 8-bit tally, 16-bit pixels, several threads, prog
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,17 @@ def test_threads_and_progress_bands_give_the_same_counts() -> None:
         numba.set_num_threads(threads)
     _assert_exact(image, sizes)
     _assert_exact(image, sizes, progress=lambda done, rows: None)
+
+
+def test_concurrent_callers_each_get_their_own_counts() -> None:
+    # Each call keeps one histogram per thread of its own parallel region: calls from several
+    # Python threads at once (a server's) must not share them.
+    images = [_clustered((60, 58, 3), np.uint8, seed) for seed in (7, 8, 9, 10)]
+    sizes = (3, 7, 15, 31)
+    expected = [gliding_box(image, sizes, backend="numba") for image in images]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            found = list(pool.map(lambda image: gliding_box(image, sizes, backend="numba"), images))
+            for got, want in zip(found, expected, strict=True):
+                for r in sizes:
+                    np.testing.assert_array_equal(got.probability[r], want.probability[r])
