@@ -496,10 +496,10 @@ def _fit_dimension(sizes: np.ndarray, box_count: np.ndarray) -> FractalDimension
 
 # ---------------------------------------------------------------------------------------------------
 # numba kernels of the gliding box (percolation's are in percolation_numba). A run of centres per
-# task; for each run every offset of the largest box is visited once, ring by ring (chessboard
-# distance from the centre), eight offsets at a time, in loops over the whole run that LLVM
-# vectorises. All offsets of a ring first count in the same box side (see _EntryTables), so one
-# pass over a side's tallies adds eight offsets.
+# task; for each run every offset of the largest box that fits around one of its centres is
+# visited once, ring by ring (chessboard distance from the centre), eight offsets at a time, in
+# loops over the whole run that LLVM vectorises. All offsets of a ring first count in the same box
+# side (see _EntryTables), so one pass over a side's tallies adds eight offsets.
 
 _BATCH = 8
 """Offsets whose distances one pass over the tallies compares; a ring k ≥ 1 has 8k offsets."""
