@@ -28,6 +28,8 @@ from labsight.errors import (
 from labsight.images import image_info, max_blob_image_bytes, max_image_bytes
 from labsight.redis_client import redis_probe
 from labsight.runtime.readiness import ReadinessProbe
+from labsight.tensor_wire import DetachingParser
+from labsight.tensors import from_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
@@ -63,6 +65,8 @@ DEFAULT_BLOB_THRESHOLD_BYTES = 16 * 1024 * 1024
 """Main images larger than this go to the blob store and jobs carry a reference (Redis keeps
 only what is small)."""
 
+_JOB_INPUT_PARSER = DetachingParser(pb.JobInput)
+
 TenantResolver = Callable[[grpc.ServicerContext], str]
 """Finds the caller's tenant from call metadata (raises Unauthenticated if it cannot)."""
 
@@ -81,17 +85,29 @@ def new_job_from_request(request: pb.SubmitJobRequest, batch_id: str = "") -> Ne
     check_optional_id("idempotency_key", request.idempotency_key)
     pipeline = get_pipeline(request.pipeline)
     params = pipeline.validate(dict(request.params), request.input)
+    input_bytes = request.input.SerializeToString()
+    check_tensor_sizes(input_bytes)
     return NewJob(
         input_blob=request.input.image.blob,
         pipeline=pipeline.name,
         params=params,
-        input_bytes=request.input.SerializeToString(),
+        input_bytes=input_bytes,
         input_name=request.input.image.name,
         priority="high" if request.priority == pb.PRIORITY_HIGH else "normal",
         labels=dict(request.labels),
         idempotency_key=request.idempotency_key,
         batch_id=batch_id,
     )
+
+
+def check_tensor_sizes(input_bytes: bytes) -> None:
+    """InvalidArgument naming the first ``input.tensors[role]`` whose data does not match its
+    shape and dtype, in a job's serialized input. The input is parsed with its big tensor data
+    left where it is (:mod:`labsight.tensor_wire`), so no pixel is copied: pipelines check their
+    tensors' headers at submit, and this checks the data once for all of them."""
+    detached = _JOB_INPUT_PARSER.parse(input_bytes)  # its tensors' data resolve while it lives
+    for role, tensor in detached.message.tensors.items():
+        from_tensor(tensor, f"input.tensors[{role}]")
 
 
 def _batch_job(request: pb.SubmitJobRequest, position: int, batch_id: str) -> NewJob:

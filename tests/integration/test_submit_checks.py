@@ -14,12 +14,13 @@ from PIL import Image as PILImage
 from prometheus_client import REGISTRY
 
 from labsight.catalog import GATEWAY
-from labsight.client import LabSightClient
+from labsight.client import LabSightClient, build_request
 from labsight.config import Settings
 from labsight.errors import InvalidArgument
 from labsight.images import image_from_array
 from labsight.runtime.server import RunningServer
 from labsight.v1 import features_pb2, features_pb2_grpc, tensor_pb2
+from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.models import ModelCatalog
 from services.gateway.servicer import register as register_gateway
 from services.gateway.services import ServiceClients
@@ -309,3 +310,22 @@ def test_unknown_layers_are_refused_at_submit_once_the_service_has_listed_them(
         stack.client.submit(pipeline, image, {"model": "efficientnet-lite0", "layer": layer, **extra},
                             tensors=tensors)
     assert len(stack.client.list_jobs()) == 2
+
+
+@pytest.mark.parametrize("patches", [(2, 8, 8, 3), (8, 224, 224, 3)], ids=["small", "detached"])
+def test_a_patch_stack_whose_data_does_not_match_its_shape_is_refused_at_submit(
+    stack: InProcessStack, patches: tuple[int, ...]
+) -> None:
+    good = build_request("deep-features", tensor_pb2.Image(), {"model": "efficientnet-lite0"},
+                         tensors={"patches": np.zeros(patches, np.uint8)})
+    cut = pb.SubmitJobRequest()
+    cut.CopyFrom(good)
+    cut.input.tensors["patches"].data = good.input.tensors["patches"].data[:-3]
+    error = _refusal(lambda: stack.client.submit_request(cut))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"input.tensors[patches].data: {np.prod(patches) - 3} bytes do not match shape" in (
+        error.details())
+    error = _refusal(lambda: stack.client.submit_batch([good, cut]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "jobs[1]" in error.details() and "nothing of this batch was queued" in error.details()
+    assert stack.client.list_jobs() == []

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 import numpy as np
 
 from labsight.errors import InvalidArgument, echo
-from labsight.images import ImageInfo, image_stack
+from labsight.images import ImageInfo, check_info, image_stack, max_image_bytes
 from labsight.intensity import (
     ScaledPixels,
     check_bit_depth,
@@ -17,7 +18,7 @@ from labsight.intensity import (
     scale_intensity,
 )
 from labsight.tables import feature_table, table_values
-from labsight.tensors import write_tensor
+from labsight.tensors import numpy_dtype, write_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, main_image_info
@@ -154,16 +155,16 @@ class DeepFeaturesPipeline(Pipeline):
                 f"input: give an image and/or a stack of images as tensors[{PATCHES_INPUT!r}]"
             )
         if PATCHES_INPUT in job_input.tensors:
-            stack = patch_stack(job_input)
-            channels = stack.shape[3] if stack.ndim == 4 else 1
+            shape, dtype = patch_stack_header(job_input)
+            channels = shape[3] if len(shape) == 4 else 1
             check_model_channels(channels, f"input.tensors[{PATCHES_INPUT}]")
             try:
-                check_bit_depth(parse_intensity(params["intensity"]).bits, stack.dtype)
+                check_bit_depth(parse_intensity(params["intensity"]).bits, dtype)
             except ValueError as error:
                 raise InvalidArgument(
                     f"params.intensity: {error} (input.tensors[{PATCHES_INPUT}])"
                 ) from None
-            images += len(stack)
+            images += shape[0]
         check_model_work(params, images, "input")
 
     def run(self, context: RunContext) -> pb.JobResult:
@@ -220,6 +221,23 @@ def scaled_patches(job_input: pb.JobInput, params: Mapping[str, str]) -> ScaledP
     """The patch stack with the job's intensity scaling, as the main image gets it in the
     services (one range for the whole stack, so patches stay comparable)."""
     return scale_intensity(patch_stack(job_input), parse_intensity(params["intensity"]))
+
+
+def patch_stack_header(job_input: pb.JobInput) -> tuple[tuple[int, ...], np.dtype]:
+    """The (N, H, W[, C]) shape and dtype of tensors['patches'], checked as :func:`patch_stack`
+    checks them but from the tensor's header alone: the gateway reads no pixel data at submit
+    (it checks the data's length when it serializes the job, see the gateway servicer)."""
+    field = f"input.tensors[{PATCHES_INPUT}]"
+    tensor = job_input.tensors[PATCHES_INPUT]
+    dtype = numpy_dtype(tensor.dtype, field)
+    shape = tuple(int(n) for n in tensor.shape)
+    if len(shape) not in (3, 4) or shape[0] <= 0:
+        raise InvalidArgument(f"{field}: expected (N, H, W) or (N, H, W, C), got {list(shape)}")
+    if any(n < 0 for n in shape):
+        raise InvalidArgument(f"{field}.shape: dimensions must be >= 0, got {list(shape)}")
+    image_bytes = math.prod(shape[1:]) * dtype.itemsize
+    check_info(ImageInfo(shape[1:], dtype, image_bytes), f"{field}[0]", max_image_bytes())
+    return shape, dtype
 
 
 def patch_stack(job_input: pb.JobInput) -> np.ndarray:
