@@ -546,7 +546,7 @@ def _padded(planes: np.ndarray, margin: int) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _rgb_distance(img, q, red, green, blue, pixel):  # pragma: no cover - compiled
-    """max_c |img[c, q] - img[c, p]| of an RGB image, the centre's channels (red, green, blue) given.
+    """max_c |img[c, q] - centre_c| of an RGB image, given the centre's channels (red, green, blue).
 
     ``pixel`` is the image's scalar type: casting each difference to it keeps the arithmetic in
     the pixels' width (numba would widen it to 64 bits, a quarter or eighth of the vector lanes).
@@ -615,8 +615,8 @@ def _add_masses(  # pragma: no cover - compiled
     for the first ``sides`` sides, whose boxes hold the rings 0..rings, in a zero-padded
     (C, margin + H·W + margin) image; ``length`` is a multiple of _LANES.
 
-    Every offset of the largest box (``offsets``, ring by ring) is compared for the whole run at a
-    time, eight at once: the offsets of ring k count for the sides j ≥ ring_index[k] whose threshold
+    Every offset of the rings 1..rings (``offsets``, ring by ring) is compared for the whole run at
+    a time, eight at once: the offsets of ring k count for the sides j ≥ ring_index[k] whose threshold
     their distance meets. Up to _TALLY_BATCHES batches (248 offsets, of one or several rings) are
     tallied in 8 bits, which fill twice the vector lanes of the 16-bit masses, then added to them.
     Where a box does not fit around its centre the neighbour may wrap to another row or fall in the
