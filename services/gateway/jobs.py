@@ -149,7 +149,7 @@ class JobRecord:
 
 # Atomic status change: applies only from an allowed status, keeps the queue
 # depth and the batch counts in step, sets the record's expiry once it ended,
-# and announces the change. Returns 1 if
+# and announces the change (on the batch's channel unless ARGV[4] is ''). Returns 1 if
 # applied, 0 if the job was in another status, -1 if the job does not exist.
 _TRANSITION_LUA = """
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -169,7 +169,7 @@ end
 if KEYS[3] and current ~= ARGV[2] then
   redis.call('HINCRBY', KEYS[3], 'count:' .. current, -1)
   redis.call('HINCRBY', KEYS[3], 'count:' .. ARGV[2], 1)
-  redis.call('PUBLISH', ARGV[4], ARGV[2])
+  if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[2]) end
 end
 redis.call('PUBLISH', ARGV[5], ARGV[2])
 return 1
@@ -217,13 +217,16 @@ class JobStore:
 
     def transition(
         self, job: JobRecord, allowed_from: tuple[str, ...], to: str,
-        pipe: redis.client.Pipeline | None = None, **fields: Any,
+        pipe: redis.client.Pipeline | None = None, announce_batch: bool = True, **fields: Any,
     ) -> bool:
         """Set status ``to`` (and ``fields``) if the job is in ``allowed_from``; True if applied.
 
         The check and the change are one Lua script, so two workers finishing
         the same job make exactly one ``done`` transition. With ``pipe`` the
         script is queued there (returns False; the pipeline's reply is 1 if applied).
+        The change is announced on the job's channel, and on its batch's unless
+        ``announce_batch`` is False: a caller changing many jobs of a batch in one
+        pipeline announces the last one only (batch watchers re-read the counts).
         """
         if any(status in TERMINAL_STATUSES for status in allowed_from):
             raise ValueError("a terminal status never changes")
@@ -234,7 +237,8 @@ class JobStore:
         batch_channel = ""
         if job.batch_id:
             keys.append(self.keys.batch(job.tenant, job.batch_id))
-            batch_channel = self.keys.batch_events(job.tenant, job.batch_id)
+            if announce_batch:
+                batch_channel = self.keys.batch_events(job.tenant, job.batch_id)
         args = [
             ",".join(allowed_from),
             to,

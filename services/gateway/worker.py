@@ -396,11 +396,13 @@ class Worker:
                 self.queue.ack(delivery, job.input_blob if job else "")
             else:
                 live.append((delivery, job, raw_input))
+        announced = last_of_each_batch([job for _, job, _ in live])
         with self.queue.client.pipeline(transaction=False) as pipe:
-            for _, job, _ in live:
+            for index, (_, job, _) in enumerate(live):
                 self.store.count_attempt(job.job_id, pipe)
                 if job.attempts < self.max_attempts:  # this attempt is allowed
-                    self.store.transition(job, (QUEUED, RUNNING), RUNNING, pipe, started_at=now())
+                    self.store.transition(job, (QUEUED, RUNNING), RUNNING, pipe,
+                                          announce_batch=index in announced, started_at=now())
             replies = iter(pipe.execute())
         started: list[Started] = []
         for delivery, job, raw_input in live:
@@ -624,14 +626,15 @@ class Worker:
         """Write each job's result once (a second run keeps the first), mark it done and ack
         it, all in one transaction."""
         ended_at = now()
+        announced = last_of_each_batch([job for _, job, _ in done])
         with self.queue.client.pipeline(transaction=True) as pipe:
             transitions = []
-            for delivery, job, result in done:
+            for index, (delivery, job, result) in enumerate(done):
                 pipe.set(self.queue.keys.job_result(job.job_id), result.SerializeToString(),
                          nx=True, ex=self.result_ttl_s)
                 transitions.append(len(pipe))
-                self.store.transition(job, (RUNNING,), DONE, pipe, finished_at=ended_at,
-                                      progress=1.0, error="",
+                self.store.transition(job, (RUNNING,), DONE, pipe, announce_batch=index in announced,
+                                      finished_at=ended_at, progress=1.0, error="",
                                       warnings=json.dumps(list(result.warnings)))
                 self.queue.ack(delivery, job.input_blob, pipe)
             replies = pipe.execute()
@@ -674,6 +677,12 @@ class Worker:
         self.queue.bury(delivery, message, job.input_blob)
         JOBS_FINISHED.labels(job.pipeline, DEAD).inc()
         log.error("job dead", extra={"job_id": job.job_id, "error": message})
+
+
+def last_of_each_batch(jobs: list[JobRecord]) -> set[int]:
+    """Indices of the last job of each batch in ``jobs``: changing them all in one pipeline,
+    only those announce it on their batch's channel (after every count of the batch changed)."""
+    return set({job.batch_id: index for index, job in enumerate(jobs)}.values())
 
 
 def consumer_name() -> str:
