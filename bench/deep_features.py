@@ -7,8 +7,11 @@ redis-server is started when none answers):
 
 Every part of LabSight runs as its own process, as ``labsight up`` runs it: the gateway
 (``python -m services.gateway``), ``--workers`` workers and the features service
-(EfficientNet-Lite0 ``avgpool``, preloaded, dynamic batching at ``--batch``). The baseline is
-raw ONNX Runtime in a separate process, in the service's own session layout: as many
+(EfficientNet-Lite0 ``avgpool``, preloaded, dynamic batching at ``--batch``), each with the
+environment ``labsight up`` gives it (``labsight.runtime.cpus.size_stack``: thread pools and
+glibc malloc variables; variables already set win, as in ``up``). The baseline is
+raw ONNX Runtime in a separate process with the model services' environment, in the
+service's own session layout: as many
 sessions as the service runs instances, each with the service's intra-op thread count
 (both resolved from LABSIGHT_MODEL_INSTANCES and LABSIGHT_ORT_THREADS exactly as the service
 resolves them), on the same cut of the same ONNX graph, one Python thread per session taking
@@ -31,6 +34,7 @@ Each part runs both sides once per round, in rotating order; figures are min / m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -41,7 +45,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -59,6 +63,7 @@ from labsight.images import image_from_array  # noqa: E402
 from labsight.models.engines import build_layer_index  # noqa: E402
 from labsight.models.onnx_graph import cut_at_outputs, load_onnx  # noqa: E402
 from labsight.redis_server import free_port, start_redis, stop_redis  # noqa: E402
+from labsight.runtime.cpus import size_stack  # noqa: E402
 from labsight.v1 import features_pb2, features_pb2_grpc  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 from services.features.deep import preprocess  # noqa: E402
@@ -149,11 +154,12 @@ def baseline_process(connection: Connection, patches: int, batch: int) -> None:
 class Baseline:
     """The raw ONNX Runtime baseline in its own spawned process."""
 
-    def __init__(self, patches: int, batch: int) -> None:
+    def __init__(self, patches: int, batch: int, env: Mapping[str, str]) -> None:
         context = multiprocessing.get_context("spawn")
         self.connection, child_end = context.Pipe()
         self.process = context.Process(target=baseline_process, args=(child_end, patches, batch))
-        self.process.start()
+        with environment(env):  # a spawned process starts with this process's environment
+            self.process.start()
         self.layout: tuple[int, int]
         self.fastest_batch: int
         self.layout, self.fastest_batch = self.connection.recv()
@@ -167,6 +173,19 @@ class Baseline:
         """Stop the process."""
         self.connection.send(("stop", 0, 0))
         self.process.join(timeout=60)
+
+
+@contextlib.contextmanager
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    """This process's environment set to ``env`` inside the block, restored after it."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def process_seconds(pid: int) -> float:
@@ -206,6 +225,11 @@ class CpuMeter:
     def per_item(self, items: int) -> dict[str, list[float]]:
         """Milliseconds per item of every process, call by call."""
         return {name: [1000 * s / items for s in values] for name, values in self.seconds.items()}
+
+
+def env_text(env: Mapping[str, str], names: Iterable[str]) -> str:
+    """``NAME=value`` of each of ``names`` as ``env`` has it."""
+    return " ".join(f"{name}={env[name]}" for name in sorted(names) if name in env)
 
 
 def batch_metrics(metrics_port: int) -> tuple[float, float, float]:
@@ -288,20 +312,24 @@ def main() -> None:
     redis_url, private = redis_for_bench()
     prefix = f"labsight-bench-{uuid.uuid4().hex[:8]}"
     quiet = {**os.environ, "LABSIGHT_LOG_LEVEL": "WARNING"}
+    sizing = size_stack(workers=args.workers)
+    service_env = {**sizing.service_environment(), **quiet}  # as labsight up gives them
     metrics_port = free_port()
     processes: list[subprocess.Popen[bytes]] = []
-    baseline = Baseline(args.patches, args.batch)
+    baseline = Baseline(args.patches, args.batch, service_env)
     try:
         features, features_address = start_service("services.features", {
-            **quiet, "LABSIGHT_MAX_BATCH_SIZE": str(args.batch),
+            **service_env, "LABSIGHT_MAX_BATCH_SIZE": str(args.batch),
             "LABSIGHT_MAX_QUEUE_DELAY_MS": str(args.delay_ms),
             "LABSIGHT_PRELOAD_MODELS": f"{DEFAULT_MODEL}:{LAYER}"}, metrics_port=metrics_port)
         processes.append(features)
         stack_env = {**quiet, "REDIS_URL": redis_url, "LABSIGHT_KEY_PREFIX": prefix,
-                     "LABSIGHT_ALLOW_ANONYMOUS": "1", "LABSIGHT_FEATURES_ADDR": features_address}
+                     "LABSIGHT_ALLOW_ANONYMOUS": "1", "LABSIGHT_FEATURES_ADDR": features_address,
+                     "LABSIGHT_WEB_PORT": "-1"}
         gateway, gateway_address = start_service("services.gateway", stack_env)
         processes.append(gateway)
-        processes += [start_process("services.gateway.worker", stack_env) for _ in range(args.workers)]
+        worker_env = {**sizing.worker_environment(), **stack_env}
+        processes += [start_process("services.gateway.worker", worker_env) for _ in range(args.workers)]
         requests = [
             build_request("deep-features", pb.JobInput().image, {"model": DEFAULT_MODEL, "layer": LAYER},
                           tensors={"patches": patches[offset : offset + args.per_job]})
@@ -314,6 +342,11 @@ def main() -> None:
               f"{ExtractorConfig.from_env().run_rows * threads or args.batch} rows; service and baseline: "
               f"{instances} ONNX Runtime session(s) of {threads} intra-op thread(s); "
               f"{args.workers} worker process(es)")
+        malloc = [name for name in quiet if name.startswith("MALLOC_") or name == "GLIBC_TUNABLES"]
+        print(f"environment as labsight up gives it: features service and raw baseline "
+              f"{env_text(service_env, sizing.service_environment())}; workers "
+              f"{env_text(worker_env, sizing.worker_environment())}; glibc malloc of all others: "
+              f"{env_text(quiet, malloc) or 'defaults'}")
         with LabSightClient(gateway_address, token="", timeout_s=600) as lab:
             through_gateway(lab, requests[:2], args.per_job)  # untimed: connections, buffers
             before = load_text()
