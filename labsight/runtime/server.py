@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -23,6 +25,13 @@ from labsight.runtime.service_token import ServiceTokenInterceptor
 
 log = logging.getLogger(__name__)
 
+HANDLER_THREAD_PREFIX = "grpc-handler"
+"""Name prefix of the threads that run a server's call handlers."""
+
+HANDLER_EXIT_S = 5.0
+"""How long a stopped service's handler threads get, after the grace, to notice their calls
+were cancelled before the process ends without them."""
+
 Registrar = Callable[[grpc.Server, Settings], ReadinessProbe | None]
 """Adds a service's servicers to a server (e.g. ``add_FeatureServiceServicer_to_server``);
 returns the readiness probe its health follows, if it depends on something (e.g. Redis)."""
@@ -36,6 +45,7 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     service_names: tuple[str, ...]
+    handlers: futures.ThreadPoolExecutor
     stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -61,8 +71,11 @@ def start_server(
     follows it while the overall one stays SERVING), server reflection, and the
     status/metrics interceptor, with the configured message size limit.
     """
+    handlers = futures.ThreadPoolExecutor(
+        max_workers=settings.max_workers, thread_name_prefix=HANDLER_THREAD_PREFIX
+    )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers),
+        handlers,
         interceptors=[
             StatusInterceptor(model_service_names(service_names)),
             *token_interceptors(service_names, settings),
@@ -88,7 +101,7 @@ def start_server(
     for name in ("", *service_names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving", extra={"services": list(service_names), "port": port})
-    running = RunningServer(server, port, health_servicer, tuple(service_names))
+    running = RunningServer(server, port, health_servicer, tuple(service_names), handlers)
     if readiness is not None:
         # The overall status ("") stays SERVING: it is the process's liveness, and a
         # dependency being down is no reason to restart the process.
@@ -132,10 +145,41 @@ def stop_on_signals() -> threading.Event:
 
 
 def run_forever(register: Registrar, service_names: Sequence[str], settings: Settings) -> None:
-    """Run a service process: metrics, server, then a graceful stop on SIGTERM/SIGINT."""
+    """Run a service process: metrics, server, then a graceful stop on SIGTERM/SIGINT, and
+    the process's end even when a handler outlives the grace (:func:`end_handlers`)."""
     stop = stop_on_signals()
     start_metrics(settings)
     running = start_server(register, service_names, settings)
     stop.wait()
     log.info("stopping", extra={"grace_s": settings.shutdown_grace_s})
     running.stop(settings.shutdown_grace_s)
+    end_handlers(running.handlers, HANDLER_EXIT_S)
+
+
+def end_handlers(handlers: futures.ThreadPoolExecutor, timeout_s: float) -> None:
+    """Let the handler threads of a stopped server end for ``timeout_s``, then end the
+    process if any is still running.
+
+    After the grace the server has cancelled every call, but a handler computing
+    (a numba kernel, a model run) only notices at its next check, and the
+    interpreter's exit waits for every handler thread: a process told to stop
+    could run on for a whole computation, or forever for a handler that waits on
+    something that will not come. Calls past their grace have no client left to
+    answer, and jobs are the queue's to retry, so the process ends (status 0)
+    after logging the threads it left.
+    """
+    handlers.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + timeout_s
+    for thread in _handler_threads():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = [thread.name for thread in _handler_threads()]
+    if left:
+        log.warning("handlers still running after the grace; ending the process without them",
+                    extra={"threads": left})
+        logging.shutdown()
+        os._exit(0)
+
+
+def _handler_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate()
+            if thread.name.startswith(HANDLER_THREAD_PREFIX) and thread.is_alive()]

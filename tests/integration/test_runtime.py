@@ -151,3 +151,55 @@ def test_service_process_stops_gracefully_on_sigterm(repo_root: object) -> None:
         assert '"msg": "stopping"' in log and '"level": "info"' in log
     finally:
         process.kill()
+
+
+HANGING_SERVICE = """
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+
+from labsight.config import Settings
+from labsight.runtime.server import run_forever
+
+
+def hang(request, context):
+    Path(sys.argv[1]).write_text("started")
+    threading.Event().wait()  # a handler that never looks at its call again
+
+
+def register(server, settings):
+    handler = grpc.unary_unary_rpc_method_handler(hang)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Hang", {"Hang": handler})])
+
+
+run_forever(register, ("test.Hang",), Settings.from_env())
+"""
+
+
+def test_a_handler_that_outlives_the_grace_does_not_keep_the_process(tmp_path: object) -> None:
+    """The interpreter's exit would wait for the handler's thread forever; the process ends
+    after the grace and HANDLER_EXIT_S instead, with status 0, naming the thread it left."""
+    port = free_port()
+    started = tmp_path / "started"  # type: ignore[operator]
+    env = {**os.environ, "LABSIGHT_PORT": str(port), "LABSIGHT_METRICS_PORT": str(free_port()),
+           "LABSIGHT_SHUTDOWN_GRACE_S": "1"}
+    process = subprocess.Popen([sys.executable, "-c", HANGING_SERVICE, str(started)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=60)
+        call = channel.unary_unary("/test.Hang/Hang").future(b"")
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert time.monotonic() < deadline, "the handler never started"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0
+        with pytest.raises(grpc.RpcError):
+            call.result(timeout=30)
+        log = process.stdout.read().decode()
+        assert "handlers still running after the grace; ending the process without them" in log
+    finally:
+        process.kill()
