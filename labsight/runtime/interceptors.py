@@ -12,6 +12,7 @@ import grpc
 from prometheus_client import Counter, Histogram
 
 from labsight.errors import InvalidArgument, status_code_for
+from labsight.runtime.idle_trim import IdleTrimmer
 from labsight.tensor_wire import DetachedMessage, DetachingParser, EncodedMessage
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,11 @@ def _abort_for(error: Exception, context: grpc.ServicerContext, method: str) -> 
 
 
 def _wrap_unary(
-    behavior: Callable[..., Any], method: str, request_stream: bool
+    behavior: Callable[..., Any], method: str, request_stream: bool, trimmer: IdleTrimmer | None
 ) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        if trimmer is not None:
+            trimmer.call_started()
         start = time.perf_counter()
         keep: list[DetachedMessage] = []  # detached tensor data resolves until the call ends
         try:
@@ -139,6 +142,8 @@ def _wrap_unary(
             raise
         finally:
             RPC_SECONDS.labels(method).observe(time.perf_counter() - start)
+            if trimmer is not None:
+                trimmer.call_ended()
         RPC_TOTAL.labels(method, "OK").inc()
         return response
 
@@ -146,9 +151,12 @@ def _wrap_unary(
 
 
 def _wrap_streaming(
-    behavior: Callable[..., Iterator[Any]], method: str, request_stream: bool
+    behavior: Callable[..., Iterator[Any]], method: str, request_stream: bool,
+    trimmer: IdleTrimmer | None,
 ) -> Callable[..., Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        if trimmer is not None:
+            trimmer.call_started()
         start = time.perf_counter()
         keep: list[DetachedMessage] = []  # detached tensor data resolves until the call ends
         try:
@@ -159,6 +167,8 @@ def _wrap_streaming(
             raise
         finally:
             RPC_SECONDS.labels(method).observe(time.perf_counter() - start)
+            if trimmer is not None:
+                trimmer.call_ended()
         RPC_TOTAL.labels(method, "OK").inc()
 
     return handle
@@ -168,14 +178,20 @@ class StatusInterceptor(grpc.ServerInterceptor):
     """Wraps every handler so no exception escapes as UNKNOWN, a request that does not
     parse is INVALID_ARGUMENT, and every call is counted.
 
+    With a ``trimmer``, every call is counted in flight while it runs, so an idle server
+    gives its freed heap back (:mod:`labsight.runtime.idle_trim`).
+
     Requests to the services named in ``detaching_services`` are parsed with their big
     tensor data left on the wire (:mod:`labsight.tensor_wire`): only services that
     decode their tensors with :func:`labsight.tensors.from_tensor` and never
     re-serialize a request (the model services) may be named.
     """
 
-    def __init__(self, detaching_services: Collection[str] = ()) -> None:
+    def __init__(
+        self, detaching_services: Collection[str] = (), trimmer: IdleTrimmer | None = None
+    ) -> None:
         self.detaching_services = frozenset(detaching_services)
+        self.trimmer = trimmer
 
     def intercept_service(
         self,
@@ -187,22 +203,26 @@ class StatusInterceptor(grpc.ServerInterceptor):
             return None
         method = handler_call_details.method
         detach = method.split("/")[1] in self.detaching_services if "/" in method else False
+        # health checks and reflection come every second or so: they are no work to trim after
+        trimmer = None if method.startswith("/grpc.") else self.trimmer
         kwargs = {
             "request_deserializer": _tolerant(handler.request_deserializer, detach),
             "response_serializer": _passing_encoded(handler.response_serializer),
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, request_stream=False), **kwargs
+                _wrap_unary(handler.unary_unary, method, request_stream=False, trimmer=trimmer), **kwargs
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method, request_stream=True), **kwargs
+                _wrap_unary(handler.stream_unary, method, request_stream=True, trimmer=trimmer), **kwargs
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_streaming(handler.unary_stream, method, request_stream=False), **kwargs
+                _wrap_streaming(handler.unary_stream, method, request_stream=False, trimmer=trimmer),
+                **kwargs,
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_streaming(handler.stream_stream, method, request_stream=True), **kwargs
+            _wrap_streaming(handler.stream_stream, method, request_stream=True, trimmer=trimmer),
+            **kwargs,
         )

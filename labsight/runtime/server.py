@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 
 from labsight.catalog import MODEL_SERVICES
 from labsight.config import Settings
+from labsight.runtime.idle_trim import process_trimmer
 from labsight.runtime.interceptors import StatusInterceptor
 from labsight.runtime.readiness import ReadinessProbe, follow_readiness
 from labsight.runtime.service_token import ServiceTokenInterceptor
@@ -77,7 +78,7 @@ def start_server(
     server = grpc.server(
         handlers,
         interceptors=[
-            StatusInterceptor(model_service_names(service_names)),
+            StatusInterceptor(model_service_names(service_names), process_trimmer()),
             *token_interceptors(service_names, settings),
         ],
         options=settings.server_options(),

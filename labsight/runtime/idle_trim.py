@@ -1,0 +1,103 @@
+"""Give a server's freed heap back to the system once it has been idle for a moment.
+
+glibc keeps memory that a burst of calls freed (request buffers, decoded images,
+model activations) for reuse; a service whose bursts come minutes apart holds it
+all the while. When no call has been in flight for :data:`IDLE_S`, the process
+calls ``malloc_trim(0)``, which returns the free memory at the heap's top and
+advises the kernel to drop the free pages inside it. Under steady load the
+server is never idle, so nothing is trimmed and no page is faulted in twice.
+Elsewhere than glibc (musl, macOS) there is nothing to call and nothing happens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+import time
+from collections.abc import Callable
+
+from prometheus_client import Counter
+
+IDLE_S = 1.0
+"""Seconds without a call in flight before the heap is trimmed."""
+
+TRIMS = Counter("labsight_idle_heap_trims_total", "Times an idle server gave its freed heap back")
+
+
+def _glibc_trim() -> Callable[[], object] | None:
+    """``malloc_trim(0)`` of the C library when it is glibc, else None."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+class IdleTrimmer:
+    """Counts calls in flight and trims the heap once none has been for ``idle_s``.
+
+    Parameters
+    ----------
+    idle_s : float
+        Quiet time before a trim.
+    trim : callable, optional
+        What trims (default: glibc's ``malloc_trim(0)``; None where there is none).
+    """
+
+    def __init__(self, idle_s: float = IDLE_S, trim: Callable[[], object] | None = None) -> None:
+        self.idle_s = idle_s
+        self._trim = trim if trim is not None else _glibc_trim()
+        self._condition = threading.Condition()
+        self._in_flight = 0
+        self._last_end = time.monotonic()
+        self._ended_since_trim = True  # the start (models loaded, kernels compiled) freed a lot
+        if self._trim is not None:
+            threading.Thread(target=self._run, name="idle-heap-trim", daemon=True).start()
+
+    def call_started(self) -> None:
+        """A call began."""
+        with self._condition:
+            self._in_flight += 1
+
+    def call_ended(self) -> None:
+        """A call ended (answered, failed or cancelled)."""
+        with self._condition:
+            self._in_flight -= 1
+            self._last_end = time.monotonic()
+            self._ended_since_trim = True
+            if self._in_flight == 0:
+                self._condition.notify()
+
+    def _run(self) -> None:
+        assert self._trim is not None
+        while True:
+            with self._condition:
+                while True:
+                    if self._ended_since_trim and self._in_flight == 0:
+                        quiet_for = time.monotonic() - self._last_end
+                        if quiet_for >= self.idle_s:
+                            self._ended_since_trim = False
+                            break
+                        self._condition.wait(self.idle_s - quiet_for)
+                    else:
+                        self._condition.wait()
+            self._trim()
+            TRIMS.inc()
+
+
+_PROCESS_TRIMMER: IdleTrimmer | None = None
+_PROCESS_TRIMMER_LOCK = threading.Lock()
+
+
+def process_trimmer() -> IdleTrimmer:
+    """The process's one trimmer, shared by its servers (started on first use)."""
+    global _PROCESS_TRIMMER
+    with _PROCESS_TRIMMER_LOCK:
+        if _PROCESS_TRIMMER is None:
+            _PROCESS_TRIMMER = IdleTrimmer()
+        return _PROCESS_TRIMMER
