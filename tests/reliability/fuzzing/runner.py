@@ -20,13 +20,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from labsight.runtime.idle_trim import IDLE_S
 from labsight.v1 import features_pb2, gateway_pb2
 
 from . import media
 from .cases import RPCS, SWAPPED, Case, CaseStream, Metadata, Rpc, valid_requests
 from .mutate import Pools
-from .stack import Stack
+from .stack import IDLE_TRIM_S, Stack
 from .values import World
 
 MiB = 1024 * 1024
@@ -488,7 +487,7 @@ class Runner:
         self.warm_up(pools, rng)
         self.accepted.clear()
         self.check_processes(None, "start-up and warm-up")
-        time.sleep(2 * IDLE_S + 0.5)  # both ends measure an idle stack (labsight.runtime.idle_trim)
+        time.sleep(2 * IDLE_TRIM_S + 0.5)  # both ends measure an idle stack (labsight.runtime.idle_trim)
         self.stack.reset_peaks()
         before = self.stack.resident()
         stream = CaseStream(rng, pools, world.tenants)
@@ -509,7 +508,7 @@ class Runner:
         self.report.seconds = time.monotonic() - started
         self.judge_jobs()
         self.check_processes(None, "while jobs finished")
-        time.sleep(2 * IDLE_S + 0.5)
+        time.sleep(2 * IDLE_TRIM_S + 0.5)
         after = self.stack.resident()
         for name in before:
             self.report.memory[name] = Memory(before[name][0], after[name][0], after[name][1])

@@ -17,7 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from labsight.catalog import ALL_PROCESSES, MODEL_SERVICES
 from labsight.config import address_env_var
 from labsight.redis_server import free_port
+from labsight.runtime.idle_trim import IDLE_TRIM_ENV
 from services.segmentation.models.flow_models import builtin_flow_manifests
+
+IDLE_TRIM_S = 1.0
+"""Quiet seconds after which the fuzzed stack's processes give their freed heap back."""
 
 ENGINE_CACHE_BYTES = 256 * 1024 * 1024
 
@@ -84,6 +88,9 @@ class Stack:
             # one thread is reused by the next instead of counting as growth (+339 MiB with 8
             # per core, +23 with 2, in one run of these calls)
             "MALLOC_ARENA_MAX": "2",
+            # an idle process gives its freed heap back after this long (labsight.runtime.
+            # idle_trim; 30 s by default): growth is measured on an idle stack at both ends
+            IDLE_TRIM_ENV: str(IDLE_TRIM_S),
             # the segmentation service's default method loads its flow networks before it
             # serves, so their weights count in the starting size, not as growth
             "LABSIGHT_SEGMENTATION_PRELOAD": ",".join(m.name for m in builtin_flow_manifests()),
