@@ -25,8 +25,9 @@ transport, batching and process hops, not of a different use of the cores.
 2. ``hpa-cells`` through the gateway: one batch of jobs of the 4-channel fields
    (``method=classical``) through Redis, ``--workers`` worker threads of this process, the
    segmentation and the classifier service (own processes); the client watches the batch
-   (one WatchBatch stream), then fetches each result. In-process: classical ``segment_cells``,
-   ``measure_cells`` (the cells table) and ``classify_cells`` per field on the pool.
+   (one WatchBatch stream), then fetches the results (one GetBatchResults stream).
+   In-process: classical ``segment_cells``, ``measure_cells`` (the cells table) and
+   ``classify_cells`` per field on the pool.
    Started after part 1, so its gateway and workers cost part 1 nothing.
 3. Explanations per cell on one thread: Grad-CAM (captum, torch) and LIME (1000
    perturbations through ONNX Runtime, as ExplainCells runs it); target ≤ 5 s per cell.
@@ -71,7 +72,6 @@ from labsight.redis_server import start_redis, stop_redis  # noqa: E402
 from labsight.runtime.server import start_server  # noqa: E402
 from labsight.tensors import write_labels, write_tensor  # noqa: E402
 from labsight.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
-from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 from services.classifier.cells import classify_cells  # noqa: E402
 from services.classifier.explain import cam_layer, grad_cam, lime_explanation  # noqa: E402
 from services.classifier.generated_cells import CellField, generate_cell_field  # noqa: E402
@@ -268,11 +268,11 @@ def main() -> None:
             for state in lab.watch_batch(batch.batch_id):  # one stream for the batch, not one per job
                 if state.finished:
                     break
-            failed = [job.error for job in lab.batch_jobs(batch.batch_id)
-                      if job.status != pb.JOB_STATUS_DONE]
-            if failed:
-                raise RuntimeError(f"{len(failed)} jobs failed, e.g. {failed[0]}")
-            return sum(len(lab.result(job_id).tables["classes"].row_ids) for job_id in job_ids)
+            fetched = list(lab.batch_results(batch.batch_id))  # one GetBatchResults stream
+            failed = [job.error for job, result in fetched if result is None]
+            if failed or [job.job_id for job, _ in fetched] != list(job_ids):
+                raise RuntimeError(f"{len(failed)} jobs failed, e.g. {failed[:1]}")
+            return sum(len(result.tables["classes"].row_ids) for _, result in fetched)
 
     try:
         print(f"model {manifest.name} {manifest.version}; {args.fields} generated 512x512 fields, {cells} "

@@ -7,7 +7,8 @@ Run from the repository root (no Redis needed: the stack starts its own):
 One side submits ``--jobs`` fractal jobs (random RGB 64², default sides 3-41)
 in one SubmitBatch to a stack started by ``labsight.up`` (its own Redis, the
 four services and its workers, sized by ``labsight up``'s rules), follows the
-batch until every job ended and fetches every result. The other side calls
+batch until every job ended and fetches every result (one GetBatchResults stream,
+as `LabSightClient.batch_results` reads it). The other side calls
 ``gliding_box`` on the same images in separate processes on the same cores:
 one numba thread; every CPU's thread with OMP_WAIT_POLICY=PASSIVE (as the
 stack's services get them); every CPU's thread with OpenMP's default wait,
@@ -32,7 +33,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -50,8 +50,6 @@ from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 
 SIDE = 64
 ENDED = ("done", "failed", "dead", "cancelled")
-FETCH_THREADS = 4
-"""Client threads fetching results (GetJobResult) once the batch ended."""
 
 
 def images(jobs: int, seed: int = 0) -> list[np.ndarray]:
@@ -117,9 +115,11 @@ def through_stack(lab: LabSightClient, requests: list[pb.SubmitJobRequest], batc
         if sum(batch.counts.get(status, 0) for status in ENDED) >= len(requests):
             break
     marks.append(time.perf_counter())
-    with ThreadPoolExecutor(FETCH_THREADS) as pool:
-        results = list(pool.map(lab.result, reply.job_ids))
+    fetched = list(lab.batch_results(batch_id))  # one GetBatchResults stream
     marks.append(time.perf_counter())
+    if [job.job_id for job, _ in fetched] != list(reply.job_ids) or any(r is None for _, r in fetched):
+        raise RuntimeError(f"batch {batch_id}: not every job came back done, in order")
+    results = [result for _, result in fetched]
     phases = [end - begin for begin, end in itertools.pairwise(marks)]
     return phases, [result.scalars["fractal_dimension"] for result in results]
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from labsight.batch_results import BatchResultReader, entry_result
 from labsight.client import (
     POLL_INTERVAL_S,
     RESTART_PATIENCE_S,
@@ -46,6 +47,7 @@ from labsight.errors import (
     JobFailedError,
     ServiceError,
     UnavailableError,
+    UnimplementedError,
     service_error,
 )
 from labsight.result import Result
@@ -216,19 +218,41 @@ class AsyncLabSightClient:
             if not token:
                 return jobs
 
+    async def batch_results(self, batch_id: str) -> AsyncIterator[tuple[pb.Job, Result | None]]:
+        """As ``LabSightClient.batch_results``: one GetBatchResults stream (from a gateway
+        without it, ListJobs and a GetJobResult per done job)."""
+        reader = BatchResultReader()
+        yielded = False
+        try:
+            async for chunk in self._stream("GetBatchResults", pb.GetBatchResultsRequest(batch_id=batch_id)):
+                for entry in reader.feed(chunk):
+                    yielded = True
+                    yield entry.job, entry_result(entry, self.address)
+        except UnimplementedError:
+            if yielded:
+                raise
+            for job in await self.batch_jobs(batch_id):
+                yield job, await self.result(job.job_id) if job.status == pb.JOB_STATUS_DONE else None
+            return
+        reader.finish()
+
     async def ended_results(
         self, batch_id: str, skip_failed: bool = False, timeout_s: float | None = None
     ) -> tuple[list[tuple[pb.Job, Result]], dict[str, str]]:
-        """As ``LabSightClient.ended_results``, with the jobs waited for and fetched concurrently."""
+        """As ``LabSightClient.ended_results``, with the jobs waited for concurrently."""
         jobs = await self.batch_jobs(batch_id)
-        ended = await asyncio.gather(*(self.wait(job.job_id, timeout_s) if job.status not in TERMINAL
-                                       else _ready(job) for job in jobs))
-        failed = {job.job_id: job.error for job in ended if job.status != pb.JOB_STATUS_DONE}
-        if failed and not skip_failed:
-            raise JobFailedError(next(job for job in ended if job.job_id in failed), address=self.address)
-        done = [job for job in ended if job.status == pb.JOB_STATUS_DONE]
-        results = await asyncio.gather(*(self.result(job.job_id) for job in done))
-        return list(zip(done, results, strict=True)), failed
+        await asyncio.gather(*(self.wait(job.job_id, timeout_s) for job in jobs
+                               if job.status not in TERMINAL))
+        finished: list[tuple[pb.Job, Result]] = []
+        failed: dict[str, str] = {}
+        async for job, result in self.batch_results(batch_id):  # every job has ended: one stream
+            if result is not None:
+                finished.append((job, result))
+            elif skip_failed:
+                failed[job.job_id] = job.error
+            else:
+                raise JobFailedError(job, address=self.address)
+        return finished, failed
 
     async def batch_to_pandas(self, batch_id: str, table: str | None = None, *,
                               skip_failed: bool = False, timeout_s: float | None = None) -> pd.DataFrame:
@@ -245,10 +269,5 @@ class AsyncLabSightClient:
         """The pipelines the gateway runs."""
         return list((await self._call("ListPipelines", pb.ListPipelinesRequest(),
                                       self.timeout_s)).pipelines)
-
-
-async def _ready(job: pb.Job) -> pb.Job:
-    """An ended job as an awaitable, beside the waits of the others."""
-    return job
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 
 from labsight.arrays import is_array, require_numpy
+from labsight.batch_results import BatchResultReader, entry_result
 from labsight.batch_submit import (
     PART_JOBS,
     SubmittedBatch,
@@ -29,6 +30,7 @@ from labsight.errors import (
     JobFailedError,
     ServiceError,
     UnavailableError,
+    UnimplementedError,
     service_error,
 )
 from labsight.home import read_endpoints, running_endpoints
@@ -360,9 +362,26 @@ class LabSightClient:
                 return jobs
 
     def batch_results(self, batch_id: str) -> Iterator[tuple[pb.Job, Result | None]]:
-        """Each job of a batch with its result (None unless the job is done)."""
-        for job in self.batch_jobs(batch_id):
-            yield job, self.result(job.job_id) if job.status == pb.JOB_STATUS_DONE else None
+        """Each job of a batch in submission order with its result (None unless the job is
+        done), read from one GetBatchResults stream; from a gateway without that call,
+        ListJobs and a GetJobResult per done job. NotFoundError for a done job whose result
+        expired."""
+        reader = BatchResultReader()
+        yielded = False
+        try:
+            for chunk in self._gateway.GetBatchResults(
+                pb.GetBatchResultsRequest(batch_id=batch_id), metadata=self.metadata
+            ):
+                for entry in reader.feed(chunk):
+                    yielded = True
+                    yield entry.job, entry_result(entry, self.address)
+        except UnimplementedError:
+            if yielded:
+                raise
+            for job in self.batch_jobs(batch_id):
+                yield job, self.result(job.job_id) if job.status == pb.JOB_STATUS_DONE else None
+            return
+        reader.finish()
 
     def batch_to_anndata(
         self,
@@ -423,14 +442,15 @@ class LabSightClient:
         submission order, and the error of each job that did not finish (with ``skip_failed``;
         else JobFailedError for the first one). TimeoutError after ``timeout_s``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        finished: list[tuple[pb.Job, Result]] = []
-        failed: dict[str, str] = {}
         for job in self.batch_jobs(batch_id):
             if job.status not in TERMINAL:
-                job = self.wait(job.job_id, None if deadline is None
-                                else max(deadline - time.monotonic(), 0.0))
-            if job.status == pb.JOB_STATUS_DONE:
-                finished.append((job, self.result(job.job_id)))
+                self.wait(job.job_id, None if deadline is None
+                          else max(deadline - time.monotonic(), 0.0))
+        finished: list[tuple[pb.Job, Result]] = []
+        failed: dict[str, str] = {}
+        for job, result in self.batch_results(batch_id):  # every job has ended: one stream
+            if result is not None:
+                finished.append((job, result))
             elif skip_failed:
                 failed[job.job_id] = job.error
             else:

@@ -316,6 +316,24 @@ class GetBatchRequest(_message.Message):
     batch_id: str
     def __init__(self, batch_id: _Optional[str] = ...) -> None: ...
 
+class GetBatchResultsRequest(_message.Message):
+    __slots__ = ("batch_id",)
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    def __init__(self, batch_id: _Optional[str] = ...) -> None: ...
+
+class BatchResultChunk(_message.Message):
+    __slots__ = ("job", "data", "total_bytes", "result_error")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    data: bytes
+    total_bytes: int
+    result_error: str
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., result_error: _Optional[str] = ...) -> None: ...
+
 class WatchBatchRequest(_message.Message):
     __slots__ = ("batch_id",)
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]

@@ -86,6 +86,11 @@ class GatewayServiceStub:
                 request_serializer=labsight_dot_v1_dot_gateway__pb2.WatchBatchRequest.SerializeToString,
                 response_deserializer=labsight_dot_v1_dot_gateway__pb2.Batch.FromString,
                 _registered_method=True)
+        self.GetBatchResults = channel.unary_stream(
+                '/labsight.v1.GatewayService/GetBatchResults',
+                request_serializer=labsight_dot_v1_dot_gateway__pb2.GetBatchResultsRequest.SerializeToString,
+                response_deserializer=labsight_dot_v1_dot_gateway__pb2.BatchResultChunk.FromString,
+                _registered_method=True)
         self.ListPipelines = channel.unary_unary(
                 '/labsight.v1.GatewayService/ListPipelines',
                 request_serializer=labsight_dot_v1_dot_gateway__pb2.ListPipelinesRequest.SerializeToString,
@@ -183,6 +188,19 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBatchResults(self, request, context):
+        """Every job of a batch in submission order, each done job with its result:
+        a job's first message carries its record (`job`, as GetJob returns it) and
+        the first bytes of its serialized JobResult; further messages carry the
+        rest (concatenate `data` up to `total_bytes` and parse, as for
+        GetJobResult). Jobs that are not done come as their record alone. One
+        stream instead of a GetJobResult call per job; call it once the batch has
+        ended (WatchBatch) to fetch everything. NOT_FOUND for an unknown batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPipelines(self, request, context):
         """The pipelines this gateway runs, with their parameters.
         """
@@ -253,6 +271,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.WatchBatch,
                     request_deserializer=labsight_dot_v1_dot_gateway__pb2.WatchBatchRequest.FromString,
                     response_serializer=labsight_dot_v1_dot_gateway__pb2.Batch.SerializeToString,
+            ),
+            'GetBatchResults': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetBatchResults,
+                    request_deserializer=labsight_dot_v1_dot_gateway__pb2.GetBatchResultsRequest.FromString,
+                    response_serializer=labsight_dot_v1_dot_gateway__pb2.BatchResultChunk.SerializeToString,
             ),
             'ListPipelines': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPipelines,
@@ -536,6 +559,33 @@ class GatewayService:
             '/labsight.v1.GatewayService/WatchBatch',
             labsight_dot_v1_dot_gateway__pb2.WatchBatchRequest.SerializeToString,
             labsight_dot_v1_dot_gateway__pb2.Batch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBatchResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/labsight.v1.GatewayService/GetBatchResults',
+            labsight_dot_v1_dot_gateway__pb2.GetBatchResultsRequest.SerializeToString,
+            labsight_dot_v1_dot_gateway__pb2.BatchResultChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,7 +86,8 @@ PIPELINE_PARAMETERS = {
                       *IMAGE_PARAMETERS),
 }
 PARAMETER_RPCS = ("SubmitJob", "SubmitBatch", "UploadJob", "ListJobs")
-ID_RPCS = ("GetJob", "WatchJob", "CancelJob", "GetJobResult", "GetBatch", "WatchBatch", "ListJobs")
+ID_RPCS = ("GetJob", "WatchJob", "CancelJob", "GetJobResult", "GetBatch", "WatchBatch", "GetBatchResults",
+           "ListJobs")
 
 
 @dataclass
@@ -238,6 +239,8 @@ def valid_requests(rpc: Rpc, rng: np.random.Generator, pools: Pools, tenant: str
             page_size=int(rng.choice([0, 2, 50]))),
         "GetBatch": lambda: gateway_pb2.GetBatchRequest(batch_id=_own_id(pools, tenant, "batch")),
         "WatchBatch": lambda: gateway_pb2.WatchBatchRequest(
+            batch_id=_own_id(pools, tenant, "batch")),
+        "GetBatchResults": lambda: gateway_pb2.GetBatchResultsRequest(
             batch_id=_own_id(pools, tenant, "batch")),
         "ListPipelines": rpc.message("input"),
         "ComputeFractal": lambda: _fractal(rng),

@@ -1,0 +1,88 @@
+"""A batch's jobs with their results as one stream (GetBatchResults): records read a page at a
+time, results in groups of bounded size, each result cut into chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+
+from labsight.v1 import gateway_pb2 as pb
+from services.gateway.jobs import DONE, JobRecord, JobStore
+from services.gateway.keys import RedisKeys
+
+PAGE_JOBS = 256
+"""Job records read per round trip."""
+
+GROUP_BYTES = 8 * 1024 * 1024
+"""Result bytes read per round trip at most (a larger result is read alone): the gateway
+holds one group in memory while the stream sends it."""
+
+EXPIRED = "the result has expired"
+"""``result_error`` of a done job whose result is gone."""
+
+
+def batch_result_chunks(
+    client: redis.Redis, store: JobStore, keys: RedisKeys, tenant: str, batch_id: str, chunk_bytes: int
+) -> Iterator[pb.BatchResultChunk]:
+    """Every job of ``tenant``'s batch in submission order, each done job followed by its
+    serialized result in chunks of at most ``chunk_bytes``.
+
+    The caller checks that the batch is the tenant's. Jobs gone from Redis (expired
+    records) are left out; a done job whose result expired comes with ``result_error``.
+    """
+    jobs_key = keys.batch_jobs(tenant, batch_id)
+    offset = 0
+    while True:
+        ids = [raw.decode() for raw in client.lrange(jobs_key, offset, offset + PAGE_JOBS - 1)]
+        if not ids:
+            return
+        offset += len(ids)
+        records = [record for record in store.load_many(ids)
+                   if record is not None and record.tenant == tenant]
+        for group in _groups(client, keys, records):
+            yield from _group_chunks(client, keys, group, chunk_bytes)
+
+
+def _groups(client: redis.Redis, keys: RedisKeys, records: list[JobRecord]) -> Iterator[list[JobRecord]]:
+    """The records in order, cut where the done jobs' results would pass GROUP_BYTES."""
+    done = [record for record in records if record.status == DONE]
+    with client.pipeline(transaction=False) as pipe:
+        for record in done:
+            pipe.strlen(keys.job_result(record.job_id))
+        sizes = dict(zip((record.job_id for record in done), pipe.execute(), strict=True))
+    group: list[JobRecord] = []
+    group_bytes = 0
+    for record in records:
+        size = sizes.get(record.job_id, 0)
+        if group and group_bytes + size > GROUP_BYTES:
+            yield group
+            group, group_bytes = [], 0
+        group.append(record)
+        group_bytes += size
+    if group:
+        yield group
+
+
+def _group_chunks(
+    client: redis.Redis, keys: RedisKeys, group: list[JobRecord], chunk_bytes: int
+) -> Iterator[pb.BatchResultChunk]:
+    """The messages of one group: each record, with its result's chunks if it is done."""
+    done = [record.job_id for record in group if record.status == DONE]
+    results = dict(zip(done, client.mget([keys.job_result(job_id) for job_id in done]), strict=True)
+                   ) if done else {}
+    for record in group:
+        job = record.to_proto()
+        if record.status != DONE:
+            yield pb.BatchResultChunk(job=job)
+            continue
+        data = results[record.job_id]
+        if data is None:
+            yield pb.BatchResultChunk(job=job, result_error=EXPIRED)
+            continue
+        total = len(data)
+        for start in range(0, max(total, 1), chunk_bytes):
+            chunk = pb.BatchResultChunk(data=data[start : start + chunk_bytes], total_bytes=total)
+            if start == 0:
+                chunk.job.CopyFrom(job)
+            yield chunk

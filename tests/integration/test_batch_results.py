@@ -1,0 +1,155 @@
+"""GetBatchResults: every job of a batch with its result in one stream, through a real gateway,
+worker and features service on loopback and the test Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import redis
+
+from labsight.aio import AsyncLabSightClient
+from labsight.batch_results import BatchResultReader, JobResultBytes
+from labsight.catalog import GATEWAY
+from labsight.client import LabSightClient, build_request
+from labsight.config import Settings
+from labsight.errors import NotFoundError
+from labsight.runtime.server import RunningServer
+from labsight.v1 import gateway_pb2 as pb
+from labsight.v1 import gateway_pb2_grpc as pb_grpc
+from services.gateway import batch_results, servicer
+from services.gateway.auth import create_token
+from services.gateway.keys import RedisKeys
+from services.gateway.servicer import GatewayServicer
+from services.gateway.servicer import register as register_gateway
+from tests.integration.conftest import InProcessStack
+
+FAST = {"box_sizes": "3-11"}
+
+
+def _finished_batch(stack: InProcessStack, batch_id: str, jobs: int = 4) -> list[pb.Job]:
+    """A batch of small fractal jobs, the second cancelled before any worker ran; all ended."""
+    rng = np.random.default_rng(11)
+    requests = [build_request("fractal", rng.integers(0, 256, (40, 40), dtype=np.uint8), FAST,
+                              name=f"well-{i}.png") for i in range(jobs)]
+    stack.client.submit_batch(requests, batch_id=batch_id)
+    stack.client.cancel(stack.client.batch_jobs(batch_id)[1].job_id)
+    stack.start_worker()
+    for state in stack.client.watch_batch(batch_id):
+        if state.finished:
+            break
+    return stack.client.batch_jobs(batch_id)
+
+
+def _read(stub: pb_grpc.GatewayServiceStub, batch_id: str) -> tuple[list[JobResultBytes], int]:
+    """The stream's jobs, reassembled, and how many messages it took."""
+    reader = BatchResultReader()
+    entries: list[JobResultBytes] = []
+    messages = 0
+    for chunk in stub.GetBatchResults(pb.GetBatchResultsRequest(batch_id=batch_id)):
+        messages += 1
+        entries += reader.feed(chunk)
+    reader.finish()
+    return entries, messages
+
+
+def test_every_job_comes_in_submission_order_with_the_bytes_get_job_result_gives(
+    stack: InProcessStack,
+) -> None:
+    jobs = _finished_batch(stack, "plate-9")
+    entries, messages = _read(stack.client.stub, "plate-9")
+    assert [entry.job.job_id for entry in entries] == [job.job_id for job in jobs]
+    assert [entry.job.status for entry in entries] == [job.status for job in jobs]
+    assert entries[1].job.status == pb.JOB_STATUS_CANCELLED and entries[1].data is None
+    for entry in (entries[0], *entries[2:]):
+        expected = b"".join(chunk.data for chunk in stack.client.stub.GetJobResult(
+            pb.GetJobResultRequest(job_id=entry.job.job_id)))
+        assert entry.data == expected and entry.error == ""
+    assert messages == len(jobs)  # small results: one message per job
+    sdk = list(stack.client.batch_results("plate-9"))
+    assert [result is None for _, result in sdk] == [False, True, False, False]
+    assert sdk[2][1].scalars["fractal_dimension"] == stack.client.result(jobs[2].job_id).scalars[
+        "fractal_dimension"]
+
+
+def test_results_cut_into_chunks_pages_and_groups_reassemble_exactly(
+    stack: InProcessStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = _finished_batch(stack, "plate-10", jobs=5)
+    whole, _ = _read(stack.client.stub, "plate-10")
+    monkeypatch.setattr(servicer, "RESULT_CHUNK_BYTES", 100)
+    monkeypatch.setattr(batch_results, "PAGE_JOBS", 2)
+    monkeypatch.setattr(batch_results, "GROUP_BYTES", 150)
+    cut, messages = _read(stack.client.stub, "plate-10")
+    assert [(e.job.job_id, e.data) for e in cut] == [(e.job.job_id, e.data) for e in whole]
+    sizes = [len(entry.data) for entry in cut if entry.data is not None]
+    assert messages == 1 + sum(-(-size // 100) for size in sizes)  # the cancelled job: one message
+    assert len(cut) == len(jobs) and min(sizes) > 100
+
+
+def test_an_expired_result_is_named_and_the_sdk_raises_not_found(
+    stack: InProcessStack, redis_for: redis.Redis
+) -> None:
+    jobs = _finished_batch(stack, "plate-11", jobs=3)
+    redis_for.delete(RedisKeys(stack.settings.key_prefix).job_result(jobs[2].job_id))
+    entries, _ = _read(stack.client.stub, "plate-11")
+    assert entries[2].data is None and entries[2].error == batch_results.EXPIRED
+    assert entries[0].data is not None
+    with pytest.raises(NotFoundError, match=f"result of job {jobs[2].job_id}: the result has expired"):
+        list(stack.client.batch_results("plate-11"))
+
+
+def test_unknown_foreign_and_malformed_batches_are_refused(
+    stack: InProcessStack, serve: Callable[..., RunningServer], settings: Settings, tmp_path: Path
+) -> None:
+    def code_of(stub: pb_grpc.GatewayServiceStub, batch_id: str,
+                metadata: tuple[tuple[str, str], ...] = ()) -> grpc.StatusCode:
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.GetBatchResults(pb.GetBatchResultsRequest(batch_id=batch_id), metadata=metadata))
+        return caught.value.code()
+
+    assert code_of(stack.client.stub, "no-such-batch") == grpc.StatusCode.NOT_FOUND
+    assert code_of(stack.client.stub, "plate:jobs") == grpc.StatusCode.INVALID_ARGUMENT
+    tokens = tmp_path / "tokens"
+    lab_a, lab_b = create_token(tokens, "lab-a"), create_token(tokens, "lab-b")
+    secured = Settings(**{**vars(settings), "allow_anonymous": False, "tokens_file": str(tokens)})
+    gateway = serve(register_gateway, GATEWAY.grpc_services, secured)
+    with LabSightClient(gateway.address, token=lab_a) as client:
+        client.submit_batch([build_request("fractal", np.zeros((32, 32), np.uint8), FAST)],
+                            batch_id="shared-name")
+        assert [job.status for job, _ in client.batch_results("shared-name")] == [pb.JOB_STATUS_QUEUED]
+    assert code_of(pb_grpc.GatewayServiceStub(grpc.insecure_channel(gateway.address)), "shared-name",
+                   (("authorization", f"Bearer {lab_b}"),)) == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_sdk_falls_back_to_a_call_per_job_on_a_gateway_without_the_stream(
+    stack: InProcessStack, serve: Callable[..., RunningServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = _finished_batch(stack, "plate-12", jobs=3)
+    # An older gateway: the generated base class answers UNIMPLEMENTED
+    monkeypatch.setattr(GatewayServicer, "GetBatchResults",
+                        pb_grpc.GatewayServiceServicer.GetBatchResults)
+    older = serve(register_gateway, GATEWAY.grpc_services, stack.settings)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(pb_grpc.GatewayServiceStub(grpc.insecure_channel(older.address)).GetBatchResults(
+            pb.GetBatchResultsRequest(batch_id="plate-12")))
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with LabSightClient(older.address, token="") as client:
+        fetched = list(client.batch_results("plate-12"))
+        finished, failed = client.ended_results("plate-12", skip_failed=True)
+    assert [job.job_id for job, _ in fetched] == [job.job_id for job in jobs]
+    assert [result is None for _, result in fetched] == [False, True, False]
+    assert [job.job_id for job, _ in finished] == [jobs[0].job_id, jobs[2].job_id]
+    assert list(failed) == [jobs[1].job_id]
+
+    async def read_async(address: str) -> list[tuple[str, bool]]:
+        async with AsyncLabSightClient(address, token="") as client:
+            return [(job.job_id, result is None) async for job, result in client.batch_results("plate-12")]
+
+    expected = [(job.job_id, job.status != pb.JOB_STATUS_DONE) for job in jobs]
+    assert asyncio.run(read_async(older.address)) == expected
+    assert asyncio.run(read_async(stack.gateway.address)) == expected
