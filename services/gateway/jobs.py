@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -176,6 +177,19 @@ return 1
 """
 
 
+# Progress of a running job, unless it was cancelled meanwhile: one round trip for the
+# check and the write. ARGV: the announcement channel, then field/value pairs. Returns the
+# job's status ('' if it does not exist); the fields are written unless it is 'cancelled'.
+_PROGRESS_LUA = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return '' end
+if current == 'cancelled' then return current end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PUBLISH', ARGV[1], 'progress')
+return current
+"""
+
+
 class JobStore:
     """Reads job records and changes their status, atomically, in Redis."""
 
@@ -184,6 +198,7 @@ class JobStore:
         self.keys = keys
         self.ended_ttl_s = ended_ttl_s
         self._transition = client.register_script(_TRANSITION_LUA)
+        self._progress = client.register_script(_PROGRESS_LUA)
 
     def load(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """The job's record; NotFound if unknown or owned by another tenant."""
@@ -277,18 +292,17 @@ class JobStore:
     def set_progress(
         self, job_id: str, progress: float, message: str,
         rate: float = 0.0, unit: str = "", eta_seconds: float = 0.0,
-    ) -> None:
-        """Record progress of a running job (and the rate of its step in ``unit`` per second,
-        and its estimated seconds left, where known) and announce it."""
-        with self.client.pipeline() as pipe:
-            pipe.hset(
-                self.keys.job(job_id),
-                mapping={"progress": repr(progress), "progress_message": message,
-                         "progress_rate": repr(rate), "progress_unit": unit,
-                         "eta_seconds": repr(eta_seconds)},
-            )
-            pipe.publish(self.keys.job_events(job_id), "progress")
-            pipe.execute()
+    ) -> str:
+        """Record progress of a job (and the rate of its step in ``unit`` per second, and
+        its estimated seconds left, where known) and announce it, unless the job was
+        cancelled meanwhile; one round trip. Returns the job's status ("" if it does
+        not exist), read in the same step."""
+        fields = {"progress": repr(progress), "progress_message": message,
+                  "progress_rate": repr(rate), "progress_unit": unit,
+                  "eta_seconds": repr(eta_seconds)}
+        status = self._progress(keys=[self.keys.job(job_id)],
+                                args=[self.keys.job_events(job_id), *itertools.chain(*fields.items())])
+        return status.decode() if isinstance(status, bytes) else str(status or "")
 
 
 def now() -> float:

@@ -610,12 +610,11 @@ class Worker:
         done: int = 0, total: int = 0, unit: str = "",
     ) -> None:
         """Record progress with its rate and time left (see ProgressReporter); raise
-        JobCancelled if the job was cancelled meanwhile."""
-        if self.store.status(job.job_id) == CANCELLED:
-            raise JobCancelled(job.job_id)
+        JobCancelled if the job was cancelled meanwhile (checked and written in one step)."""
         rate, eta_seconds = clock.update(fraction, step, done)
         message = f"{step}: {done}/{total} {unit}" if total else step
-        self.store.set_progress(job.job_id, fraction, message, rate, unit, eta_seconds)
+        if self.store.set_progress(job.job_id, fraction, message, rate, unit, eta_seconds) == CANCELLED:
+            raise JobCancelled(job.job_id)
 
     def handle_job_success(self, delivery: Delivery, job: JobRecord, result: pb.JobResult) -> None:
         """Write the result once (a second run keeps the first), mark done and ack, in one

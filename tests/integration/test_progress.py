@@ -163,3 +163,29 @@ def test_cancelled_deep_features_job_stops_the_call_in_flight(
         assert time.monotonic() < deadline, "the features service finished a cancelled job's call"
         time.sleep(0.05)
     assert stack.client.get(job.job_id).status == pb.JOB_STATUS_CANCELLED
+
+
+def test_progress_is_written_in_one_step_except_for_a_cancelled_or_missing_job(
+    stack: InProcessStack, redis_for: redis.Redis
+) -> None:
+    job = stack.client.submit("fractal", _image(32), {"box_sizes": "3-5"})
+    keys = RedisKeys(stack.settings.key_prefix)
+    store = JobStore(redis_for, keys)
+    events = redis_for.pubsub()
+    events.subscribe(keys.job_events(job.job_id))
+    assert store.set_progress(job.job_id, 0.25, "gliding box: 8/32 rows", 40.0, "rows", 1.5) == "queued"
+    record = store.load(job.job_id)
+    assert (record.progress, record.progress_message) == (0.25, "gliding box: 8/32 rows")
+    assert (record.progress_rate, record.progress_unit, record.eta_seconds) == (40.0, "rows", 1.5)
+    assert stack.client.cancel(job.job_id).status == pb.JOB_STATUS_CANCELLED
+    assert store.set_progress(job.job_id, 0.5, "later") == "cancelled"
+    assert store.load(job.job_id).progress == 0.25  # not written after the cancel
+    published = []
+    deadline = time.monotonic() + 10
+    while len(published) < 2 and time.monotonic() < deadline:
+        message = events.get_message(timeout=0.5)
+        if message and message["type"] == "message":
+            published.append(message["data"])
+    assert published == [b"progress", b"cancelled"]  # one announcement per write, none after
+    assert store.set_progress("no-such-job", 0.5, "x") == ""
+    assert not redis_for.exists(keys.job("no-such-job"))
