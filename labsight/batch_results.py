@@ -38,9 +38,10 @@ class BatchResultReader:
     --------
     >>> reader = BatchResultReader()
     >>> job = pb.Job(job_id="a", status=pb.JOB_STATUS_DONE)
-    >>> reader.feed(pb.BatchResultChunk(job=job, data=b"xy", total_bytes=4))
+    >>> reader.feed(pb.BatchResults(chunks=[pb.BatchResultChunk(job=job, data=b"xy", total_bytes=4)]))
     []
-    >>> [(j.job.job_id, j.data) for j in reader.feed(pb.BatchResultChunk(data=b"zw", total_bytes=4))]
+    >>> done = reader.feed(pb.BatchResults(chunks=[pb.BatchResultChunk(data=b"zw", total_bytes=4)]))
+    >>> [(entry.job.job_id, entry.data) for entry in done]
     [('a', b'xyzw')]
     >>> reader.finish()
     """
@@ -50,8 +51,8 @@ class BatchResultReader:
     _received: int = 0
     _total: int = 0
 
-    def feed(self, chunk: pb.BatchResultChunk) -> list[JobResultBytes]:
-        """The jobs this message completes (none while a result is still arriving).
+    def feed(self, message: pb.BatchResults) -> list[JobResultBytes]:
+        """The jobs this message completes, in order (none while a result is still arriving).
 
         Raises
         ------
@@ -59,6 +60,12 @@ class BatchResultReader:
             If the message breaks the stream's order: a job's record before the previous
             job's result was complete, or result bytes with no job before them.
         """
+        completed: list[JobResultBytes] = []
+        for chunk in message.chunks:
+            completed += self._chunk(chunk)
+        return completed
+
+    def _chunk(self, chunk: pb.BatchResultChunk) -> list[JobResultBytes]:
         if chunk.HasField("job"):
             if self._job is not None:
                 raise ValueError(f"GetBatchResults: job {chunk.job.job_id} began before the "

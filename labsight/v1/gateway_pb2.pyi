@@ -322,6 +322,12 @@ class GetBatchResultsRequest(_message.Message):
     batch_id: str
     def __init__(self, batch_id: _Optional[str] = ...) -> None: ...
 
+class BatchResults(_message.Message):
+    __slots__ = ("chunks",)
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[BatchResultChunk]
+    def __init__(self, chunks: _Optional[_Iterable[_Union[BatchResultChunk, _Mapping]]] = ...) -> None: ...
+
 class BatchResultChunk(_message.Message):
     __slots__ = ("job", "data", "total_bytes", "result_error")
     JOB_FIELD_NUMBER: _ClassVar[int]

@@ -89,7 +89,7 @@ class GatewayServiceStub:
         self.GetBatchResults = channel.unary_stream(
                 '/labsight.v1.GatewayService/GetBatchResults',
                 request_serializer=labsight_dot_v1_dot_gateway__pb2.GetBatchResultsRequest.SerializeToString,
-                response_deserializer=labsight_dot_v1_dot_gateway__pb2.BatchResultChunk.FromString,
+                response_deserializer=labsight_dot_v1_dot_gateway__pb2.BatchResults.FromString,
                 _registered_method=True)
         self.ListPipelines = channel.unary_unary(
                 '/labsight.v1.GatewayService/ListPipelines',
@@ -189,13 +189,15 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetBatchResults(self, request, context):
-        """Every job of a batch in submission order, each done job with its result:
-        a job's first message carries its record (`job`, as GetJob returns it) and
-        the first bytes of its serialized JobResult; further messages carry the
-        rest (concatenate `data` up to `total_bytes` and parse, as for
-        GetJobResult). Jobs that are not done come as their record alone. One
-        stream instead of a GetJobResult call per job; call it once the batch has
-        ended (WatchBatch) to fetch everything. NOT_FOUND for an unknown batch.
+        """Every job of a batch in submission order, each done job with its result,
+        as a sequence of chunks: a job's first chunk carries its record (`job`, as
+        GetJob returns it) and the first bytes of its serialized JobResult; further
+        chunks carry the rest (concatenate `data` up to `total_bytes` and parse, as
+        for GetJobResult). Jobs that are not done come as their record alone. Each
+        streamed message holds consecutive chunks, about 1 MiB at most, so small
+        results share a message. One stream instead of a GetJobResult call per
+        job; call it once the batch has ended (WatchBatch) to fetch everything.
+        NOT_FOUND for an unknown batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -275,7 +277,7 @@ def add_GatewayServiceServicer_to_server(servicer, server):
             'GetBatchResults': grpc.unary_stream_rpc_method_handler(
                     servicer.GetBatchResults,
                     request_deserializer=labsight_dot_v1_dot_gateway__pb2.GetBatchResultsRequest.FromString,
-                    response_serializer=labsight_dot_v1_dot_gateway__pb2.BatchResultChunk.SerializeToString,
+                    response_serializer=labsight_dot_v1_dot_gateway__pb2.BatchResults.SerializeToString,
             ),
             'ListPipelines': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPipelines,
@@ -585,7 +587,7 @@ class GatewayService:
             target,
             '/labsight.v1.GatewayService/GetBatchResults',
             labsight_dot_v1_dot_gateway__pb2.GetBatchResultsRequest.SerializeToString,
-            labsight_dot_v1_dot_gateway__pb2.BatchResultChunk.FromString,
+            labsight_dot_v1_dot_gateway__pb2.BatchResults.FromString,
             options,
             channel_credentials,
             insecure,

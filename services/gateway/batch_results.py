@@ -1,5 +1,6 @@
 """A batch's jobs with their results as one stream (GetBatchResults): records read a page at a
-time, results in groups of bounded size, each result cut into chunks."""
+time, results in groups of bounded size, each result cut into chunks, consecutive chunks packed
+into messages of bounded size."""
 
 from __future__ import annotations
 
@@ -22,15 +23,38 @@ EXPIRED = "the result has expired"
 """``result_error`` of a done job whose result is gone."""
 
 
-def batch_result_chunks(
+def batch_result_messages(
     client: redis.Redis, store: JobStore, keys: RedisKeys, tenant: str, batch_id: str, chunk_bytes: int
-) -> Iterator[pb.BatchResultChunk]:
+) -> Iterator[pb.BatchResults]:
     """Every job of ``tenant``'s batch in submission order, each done job followed by its
-    serialized result in chunks of at most ``chunk_bytes``.
+    serialized result in chunks of at most ``chunk_bytes``; consecutive chunks share a
+    message up to about ``chunk_bytes``.
 
     The caller checks that the batch is the tenant's. Jobs gone from Redis (expired
     records) are left out; a done job whose result expired comes with ``result_error``.
     """
+    message = pb.BatchResults()
+    size = 0
+    for job, data, total, error in _chunks(client, store, keys, tenant, batch_id, chunk_bytes):
+        if message.chunks and size + len(data) > chunk_bytes:
+            yield message
+            message, size = pb.BatchResults(), 0
+        chunk = message.chunks.add(data=data, total_bytes=total, result_error=error)
+        if job is not None:
+            chunk.job.CopyFrom(job)
+        size += len(data) + 256  # a record and the framing: a few hundred bytes
+    if message.chunks:
+        yield message
+
+
+Chunk = tuple[pb.Job | None, bytes, int, str]
+"""(the job's record on its first chunk, the result's next bytes, its total size, result_error)."""
+
+
+def _chunks(
+    client: redis.Redis, store: JobStore, keys: RedisKeys, tenant: str, batch_id: str, chunk_bytes: int
+) -> Iterator[Chunk]:
+    """The stream's chunks in order, reading a page of records and a group of results at a time."""
     jobs_key = keys.batch_jobs(tenant, batch_id)
     offset = 0
     while True:
@@ -66,23 +90,20 @@ def _groups(client: redis.Redis, keys: RedisKeys, records: list[JobRecord]) -> I
 
 def _group_chunks(
     client: redis.Redis, keys: RedisKeys, group: list[JobRecord], chunk_bytes: int
-) -> Iterator[pb.BatchResultChunk]:
-    """The messages of one group: each record, with its result's chunks if it is done."""
+) -> Iterator[Chunk]:
+    """The chunks of one group: each record, with its result's bytes if it is done."""
     done = [record.job_id for record in group if record.status == DONE]
     results = dict(zip(done, client.mget([keys.job_result(job_id) for job_id in done]), strict=True)
                    ) if done else {}
     for record in group:
         job = record.to_proto()
         if record.status != DONE:
-            yield pb.BatchResultChunk(job=job)
+            yield job, b"", 0, ""
             continue
         data = results[record.job_id]
         if data is None:
-            yield pb.BatchResultChunk(job=job, result_error=EXPIRED)
+            yield job, b"", 0, EXPIRED
             continue
         total = len(data)
         for start in range(0, max(total, 1), chunk_bytes):
-            chunk = pb.BatchResultChunk(data=data[start : start + chunk_bytes], total_bytes=total)
-            if start == 0:
-                chunk.job.CopyFrom(job)
-            yield chunk
+            yield job if start == 0 else None, data[start : start + chunk_bytes], total, ""

@@ -35,7 +35,7 @@ from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
 from labsight.web.server import serve_web_page
 from services.gateway.auth import BearerAuth
-from services.gateway.batch_results import batch_result_chunks
+from services.gateway.batch_results import batch_result_messages
 from services.gateway.ids import check_id, check_optional_id
 from services.gateway.jobs import ACTIVE_STATUSES, CANCELLED, DONE, PROTO_TO_STATUS, now
 from services.gateway.pipelines import get_pipeline, pipeline_infos
@@ -480,12 +480,12 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     def GetBatchResults(
         self, request: pb.GetBatchResultsRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.BatchResultChunk]:
+    ) -> Iterator[pb.BatchResults]:
         """Stream every job of a batch, each done job with its serialized JobResult in chunks."""
         tenant = self.tenant_of(context)
         self._batch(request.batch_id, tenant)
-        yield from batch_result_chunks(self.queue.client, self.store, self.keys, tenant,
-                                       request.batch_id, RESULT_CHUNK_BYTES)
+        yield from batch_result_messages(self.queue.client, self.store, self.keys, tenant,
+                                         request.batch_id, RESULT_CHUNK_BYTES)
 
     def GetBatch(self, request: pb.GetBatchRequest, context: grpc.ServicerContext) -> pb.Batch:
         """A batch's counts per status."""
