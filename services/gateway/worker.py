@@ -24,7 +24,7 @@ from labsight.catalog import WORKER
 from labsight.config import Settings, env_int
 from labsight.errors import status_code_for
 from labsight.redis_server import hide_password
-from labsight.runtime.cpus import WORKER_CONCURRENCY_VARIABLE
+from labsight.runtime.cpus import SMALL_JOB_GROUP_SIZE, WORKER_CONCURRENCY_VARIABLE
 from labsight.runtime.logs import configure_logging
 from labsight.runtime.server import start_metrics, stop_on_signals
 from labsight.v1 import gateway_pb2 as pb
@@ -68,11 +68,6 @@ DEFAULT_CONCURRENCY = 4
 """Jobs a worker runs at once by default: while one job's service call computes, the others'
 inputs are read, their results written and their next calls sent (a 64² fractal job spends
 about a third of its time outside the features service)."""
-
-DEFAULT_GROUP_SIZE = 8
-"""Most small jobs of one kind (a pipeline's ``group_key``) a slot runs as one group: claimed,
-started, sent to their service and finished together, so that the Redis round trips and the
-thread hand-offs of a job are shared by up to this many (a 64² fractal job computes in ~2 ms)."""
 
 
 def is_permanent(error: Exception) -> bool:
@@ -175,7 +170,7 @@ class Worker:
         service_wait_s: float = 180.0,
         concurrency: int = 1,
         new_services: Callable[[], ServiceClients] | None = None,
-        group_size: int = DEFAULT_GROUP_SIZE,
+        group_size: int = SMALL_JOB_GROUP_SIZE,
     ) -> None:
         self.queue = queue
         self.store = queue.store

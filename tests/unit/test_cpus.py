@@ -64,6 +64,9 @@ def test_a_stack_is_sized_to_its_cpus(
         "OMP_WAIT_POLICY": "PASSIVE", "MALLOC_ARENA_MAX": "2",
     }
     assert sizing.worker_environment() == {"LABSIGHT_WORKER_CONCURRENCY": str(expected[1])}
+    assert sizing.describe() == (
+        f"{cpus} CPUs: {expected[0]} worker(s) x {expected[1]} job slots (small jobs of one kind: "
+        f"up to 8 per slot), {expected[2]} numba/OpenMP threads per model service")
 
 
 def test_the_stack_sizing_defaults_to_the_usable_cpus() -> None:
