@@ -20,14 +20,16 @@ POOLING_MAX: Pooling
 POOLING_NONE: Pooling
 
 class ComputeFractalRequest(_message.Message):
-    __slots__ = ("image", "box_sizes", "percolation")
+    __slots__ = ("image", "box_sizes", "percolation", "omit_probabilities")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     BOX_SIZES_FIELD_NUMBER: _ClassVar[int]
     PERCOLATION_FIELD_NUMBER: _ClassVar[int]
+    OMIT_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     image: _tensor_pb2.Image
     box_sizes: _containers.RepeatedScalarFieldContainer[int]
     percolation: bool
-    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., box_sizes: _Optional[_Iterable[int]] = ..., percolation: _Optional[bool] = ...) -> None: ...
+    omit_probabilities: bool
+    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., box_sizes: _Optional[_Iterable[int]] = ..., percolation: _Optional[bool] = ..., omit_probabilities: _Optional[bool] = ...) -> None: ...
 
 class MassProbability(_message.Message):
     __slots__ = ("box_size", "probability")

@@ -206,7 +206,8 @@ def fractal_response(
             r_squared=boxes.fractal_dimension.r_squared,
         ),
     )
-    response.MergeFromString(_probabilities_wire(boxes))
+    if not request.omit_probabilities:
+        response.MergeFromString(_probabilities_wire(boxes))
     if request.percolation:
         perc = percolation(image, box_sizes=box_sizes, progress=_in_step(report, "percolation"))
         for name in ("cluster_count", "largest_cluster_ratio", "percolating_ratio"):

@@ -280,3 +280,25 @@ def test_compute_fractal_batch_refuses_a_bad_request_naming_it(
         features_grpc.FeatureServiceStub(channel).ComputeFractalBatch(request)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert named in raised.value.details()
+
+
+def test_probabilities_false_leaves_the_matrix_out_and_every_feature_as_it_was(
+    stack: InProcessStack,
+) -> None:
+    stack.start_worker()
+    images = [_image(64, seed) for seed in range(3)] + [_image(300, 9)]  # small ones grouped; one streamed
+    kept = stack.client.submit_batch([build_request("fractal", image, {}) for image in images])
+    left = stack.client.submit_batch([build_request("fractal", image, {"probabilities": "false"})
+                                      for image in images])
+    full = [result for _, result in stack.client.ended_results(kept.batch_id, timeout_s=300)[0]]
+    lean = [result for _, result in stack.client.ended_results(left.batch_id, timeout_s=300)[0]]
+    assert len(full) == len(lean) == len(images)
+    for with_matrix, without in zip(full, lean, strict=True):
+        matrix = {name for name in with_matrix.tensors if name.startswith("probability_r")}
+        assert len(matrix) == 20 and not any(name.startswith("probability_r") for name in without.tensors)
+        assert set(without.tensors) == set(with_matrix.tensors) - matrix
+        for name in without.tensors:
+            assert without.tensors[name] == with_matrix.tensors[name]
+        assert dict(without.scalars) == dict(with_matrix.scalars)
+        assert dict(without.tables) == dict(with_matrix.tables)
+    assert lean[0].ByteSize() * 20 < full[0].ByteSize()  # 64² at sides 3-41: ~100 KB of ~103 KB

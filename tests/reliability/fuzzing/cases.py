@@ -80,7 +80,7 @@ _RPC_WEIGHTS = {"GatewayService": 3.0, "FeatureService": 2.0, "SegmentationServi
                 "ClassifierService": 1.0, "Health": 0.3}
 """How often each service's RPCs are drawn: the gateway, the public API, most."""
 PIPELINE_PARAMETERS = {
-    "fractal": ("box_sizes", "percolation", *IMAGE_PARAMETERS),
+    "fractal": ("box_sizes", "percolation", "probabilities", *IMAGE_PARAMETERS),
     "deep-features": ("model", "layer", "pooling", *IMAGE_PARAMETERS),
     "spot-features": ("spot_diameter", "spot_ids", "model", "layer", "blank_other_cells",
                       *IMAGE_PARAMETERS),

@@ -17,7 +17,7 @@ from . import media, values
 from .values import Labelled, World
 
 PIPELINES = ("fractal", "deep-features", "spot-features", "hpa-cells", "vessel-content")
-PARAMETER_NAMES = ("box_sizes", "percolation", "model", "layer", "pooling", "spot_diameter",
+PARAMETER_NAMES = ("box_sizes", "percolation", "probabilities", "model", "layer", "pooling", "spot_diameter",
                    "spot_ids", "blank_other_cells", *values.IMAGE_PARAMETERS)
 INPUT_ROLES = ("spot_centres", "cell_labels", "patches", "image")
 MAX_DEPTH = 4
