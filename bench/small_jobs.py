@@ -2,7 +2,7 @@
 
 Run from the repository root (no Redis needed: the stack starts its own):
 
-    python bench/small_jobs.py [--jobs 1000] [--rounds 5]
+    python bench/small_jobs.py [--jobs 1000] [--rounds 5] [--param probabilities=false]
 
 One side submits ``--jobs`` fractal jobs (random RGB 64², default sides 3-41)
 in one SubmitBatch to a stack started by ``labsight.up`` (its own Redis, the
@@ -208,13 +208,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: `labsight up`'s for these CPUs)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a fractal parameter of every job, e.g. probabilities=false (results "
+                             "without the probability matrix); repeatable")
     parser.add_argument("--no-spinning-baseline", action="store_true",
                         help="leave out the direct variant with OpenMP's default (spinning) wait, "
                              "which a loaded machine slows tenfold")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the stack on the way out
     cpus = usable_cpus()
-    requests = [build_request("fractal", picture, {}) for picture in images(args.jobs)]
+    params = dict(item.split("=", 1) for item in args.param)
+    requests = [build_request("fractal", picture, params) for picture in images(args.jobs)]
     variants = [("direct 1 thread", 1, "PASSIVE"), (f"direct {cpus} threads passive", cpus, "PASSIVE")]
     if not args.no_spinning_baseline:
         variants.append((f"direct {cpus} threads spinning", cpus, ""))
@@ -264,7 +268,8 @@ def main() -> None:
             for direct in directs:
                 direct.stop()
             stack.stop()
-    print(f"jobs per round: {args.jobs} ({SIDE}² RGB, sides 3-41); CPUs: {cpus}; jobs/s min/median/max:")
+    print(f"jobs per round: {args.jobs} ({SIDE}² RGB, sides 3-41, parameters {params or 'default'}); "
+          f"CPUs: {cpus}; jobs/s min/median/max:")
     for name in rates[0]:
         if name != "cpu":
             print(f"  {name:<32} {spread([figures[name] for figures in rates])}")
