@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from labsight.config import Settings
-from labsight.redis_server import start_redis, stop_redis
+from labsight.redis_server import free_port, start_redis, stop_redis
 from labsight.runtime.server import Registrar, RunningServer, start_server
 from services.gateway.worker import Worker, build_worker
 
@@ -35,6 +35,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     process, url = start_redis(tmp_path_factory.mktemp("redis"))
     yield url
+    stop_redis(process, url)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[str, redis.Redis]]:
+    """A redis-server of this test alone (its URL and a client), for tests that count what
+    only their own servers did to Redis: memory, clients, subscriptions."""
+    process, url = start_redis(tmp_path / "private-redis", port=free_port())
+    client = redis.Redis.from_url(url)
+    yield url, client
+    client.close()
     stop_redis(process, url)
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
-import pytest
 import redis
 
 from labsight.catalog import GATEWAY
@@ -34,16 +33,6 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> Non
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[str, redis.Redis]]:
-    """A redis-server of this test alone, so its client list counts only this test's gateway."""
-    process, url = start_redis(tmp_path / "redis", port=free_port())
-    client = redis.Redis.from_url(url)
-    yield url, client
-    client.close()
-    stop_redis(process, url)
 
 
 def _subscriber_connections(client: redis.Redis) -> list[int]:

@@ -172,8 +172,9 @@ def _resident_bytes() -> int:
 
 
 def test_full_queue_keeps_redis_and_gateway_memory_bounded(
-    serve: Serve, settings: Settings, redis_client: redis.Redis
+    serve: Serve, settings: Settings, private_redis: tuple[str, redis.Redis]
 ) -> None:
+    settings.redis_url, redis_client = private_redis  # its memory is this test's alone
     settings.max_queue_depth = 200
     _, client = _services(serve, settings)
     client.submit_batch([build_request("fractal", TINY, {"box_sizes": "3"}) for _ in range(200)])
