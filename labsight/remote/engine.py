@@ -27,13 +27,10 @@ from labsight.errors import FailedPrecondition, LabSightError, ResourceExhausted
 from labsight.models.layers import LayerIndex
 from labsight.models.manifest import ModelManifest
 from labsight.remote import tfserving, torchserve
+from labsight.remote.channel import remote_channel
 from labsight.remote.spec import RemoteSpec
 
 SERVER_NAMES = {"torchserve": "TorchServe", "tfserving": "TF Serving"}
-
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-"""A batch of 32 224x224 RGB float32 images is 19 MB, beyond gRPC's 4 MB default; the server's own
-limits (TorchServe's max_request_size and max_response_size) still apply."""
 
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 _REFUSED = {
@@ -70,7 +67,7 @@ class RemoteEngine:
         self.manifest = manifest
         self.spec: RemoteSpec = manifest.remote
         self.output_names = (target,) if target else manifest.outputs
-        self._channel: grpc.Channel | None = grpc.insecure_channel(self.spec.endpoint, CHANNEL_OPTIONS)
+        self._channel: grpc.Channel | None = remote_channel(self.spec, self._where())
         self._predict: Callable[[np.ndarray], dict[str, np.ndarray]] = _PREDICTORS[self.spec.protocol](
             self.spec, self._channel
         )

@@ -17,10 +17,19 @@ call it.
     encoding = "npy"                      # torchserve: how the handler's bytes are written, "npy" or "json"
     channels_last = false                 # true: send (N, H, W, C) instead of (N, C, H, W)
     timeout_s = 60.0                      # deadline of one batch's call
+    tls = true                            # TLS to the server; implied by any field below
+    ca_file = "/etc/labsight/ca.pem"      # PEM certificates to trust; default: the system's roots
+    cert_file = "/etc/labsight/client.pem"  # a client certificate and its key, for mutual TLS
+    key_file = "/etc/labsight/client.key"
+    server_name = "models.lab"            # the name the server's certificate must carry, when the
+                                          # endpoint's host is another (an IP, a tunnel)
+    token_env = "TORCHSERVE_TOKEN"        # environment variable holding a bearer token, sent as
+                                          # authorization metadata on every call (TLS only)
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +41,11 @@ ENCODINGS = ("npy", "json")
 
 DEFAULT_INPUT = {"torchserve": "data", "tfserving": "input"}
 """The input key a manifest that names none uses, per format."""
+
+TLS_FIELDS = ("ca_file", "cert_file", "key_file", "server_name", "token_env")
+"""``[remote]`` fields that only make sense over TLS (each implies ``tls = true``)."""
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +72,15 @@ class RemoteSpec:
         Send batches as (N, H, W, C).
     timeout_s : float
         Deadline of one call.
+    tls : bool
+        Call the server over TLS.
+    ca_file, cert_file, key_file : str
+        PEM files: certificates to trust ("" for the system's roots), and a client
+        certificate with its key for mutual TLS ("" for none).
+    server_name : str
+        The name the server's certificate must carry ("" for the endpoint's host).
+    token_env : str
+        Environment variable holding a bearer token for every call ("" for none).
     """
 
     protocol: str
@@ -70,6 +93,12 @@ class RemoteSpec:
     encoding: str = "npy"
     channels_last: bool = False
     timeout_s: float = 60.0
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    server_name: str = ""
+    token_env: str = ""
 
 
 def remote_spec(
@@ -98,7 +127,7 @@ def remote_spec(
     if not isinstance(table, dict):
         raise ValueError(f"{origin}: [remote]: a {protocol} manifest needs a [remote] table with an endpoint")
     known = {"endpoint", "model", "version", "signature", "input", "outputs", "encoding",
-             "channels_last", "timeout_s"}
+             "channels_last", "timeout_s", "tls", *TLS_FIELDS}
     unknown = sorted(set(table) - known)
     if unknown:
         raise ValueError(f"{origin}: remote: unknown fields {unknown}; known: {sorted(known)}")
@@ -132,6 +161,19 @@ def remote_spec(
     timeout = table.get("timeout_s", 60.0)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
         raise ValueError(f"{origin}: remote.timeout_s: expected a positive number, got {timeout!r}")
+    security = {field: text(field, "") for field in TLS_FIELDS}
+    set_fields = [field for field, value in security.items() if value]
+    tls = table.get("tls", bool(set_fields))
+    if not isinstance(tls, bool):
+        raise ValueError(f"{origin}: remote.tls: expected true or false, got {tls!r}")
+    if not tls and set_fields:
+        raise ValueError(f"{origin}: remote.tls: false, but {', '.join(f'remote.{f}' for f in set_fields)} "
+                         "only work over TLS")
+    if bool(security["cert_file"]) != bool(security["key_file"]):
+        raise ValueError(f"{origin}: remote.cert_file, remote.key_file: give both (mutual TLS) or neither")
+    if security["token_env"] and not _ENV_NAME.match(security["token_env"]):
+        raise ValueError(f"{origin}: remote.token_env: expected an environment variable's name, got "
+                         f"{security['token_env']!r} (the token itself never goes in a manifest)")
     return RemoteSpec(
         protocol=protocol,
         endpoint=endpoint,
@@ -143,4 +185,6 @@ def remote_spec(
         encoding=encoding,
         channels_last=channels_last,
         timeout_s=float(timeout),
+        tls=tls,
+        **security,
     )

@@ -50,6 +50,10 @@ def test_a_remote_manifest_needs_no_weights_and_fills_its_defaults(tmp_path: Pat
     (_manifest("torchserve", encoding="pickle"), "m.toml: remote.encoding: 'pickle' is not one of"),
     (_manifest(timeout_s=0), "m.toml: remote.timeout_s: expected a positive number, got 0"),
     (_manifest(host="x"), "m.toml: remote: unknown fields ['host']"),
+    (_manifest(tls=False, ca_file="ca.pem"), "m.toml: remote.tls: false, but remote.ca_file only work"),
+    (_manifest(cert_file="c.pem"), "m.toml: remote.cert_file, remote.key_file: give both"),
+    (_manifest(token_env="Bearer abc"), "m.toml: remote.token_env: expected an environment variable's"),
+    (_manifest(tls="yes"), "m.toml: remote.tls: expected true or false, got 'yes'"),
     ({**_manifest("onnx")}, "m.toml: weights: expected a non-empty string"),
 ])
 def test_bad_remote_fields_name_the_manifest_and_field(
@@ -58,6 +62,16 @@ def test_bad_remote_fields_name_the_manifest_and_field(
     with pytest.raises(ManifestError, match=None) as error:
         manifest_from_dict(data, tmp_path, "m.toml")
     assert message in str(error.value)
+
+
+def test_tls_fields_imply_tls_and_plaintext_stays_the_default(tmp_path: Path) -> None:
+    plain = manifest_from_dict(_manifest(), tmp_path, "m").remote
+    assert plain is not None and not plain.tls and plain.token_env == ""
+    secured = manifest_from_dict(_manifest(ca_file="ca.pem", token_env="TS_TOKEN"), tmp_path, "m").remote
+    assert secured is not None and secured.tls
+    assert (secured.ca_file, secured.token_env) == ("ca.pem", "TS_TOKEN")
+    system_roots = manifest_from_dict(_manifest(tls=True), tmp_path, "m").remote
+    assert system_roots is not None and system_roots.tls and system_roots.ca_file == ""
 
 
 def test_tf_serving_versions_are_numbers_or_labels(tmp_path: Path) -> None:
