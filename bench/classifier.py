@@ -4,7 +4,7 @@ counts, CPU per cell on both sides, and explanation costs.
 Run from the repository root with Redis on 127.0.0.1:6379 (or REDIS_URL; a private
 redis-server is started when none answers):
 
-    python bench/classifier.py [--fields 24] [--clients 8] [--workers 2] [--rounds 5] [--lime-cells 5]
+    python bench/classifier.py [--fields 96] [--clients 8] [--workers 2] [--rounds 5] [--lime-cells 5]
                                [--parts 1,2,3] [--label-dtype narrow]
 
 Data: ``--fields`` generated 512×512 RGBY fields (services.classifier.generated_cells, a seed
@@ -204,7 +204,10 @@ def compare(title: str, sides: dict[str, Callable[[], int]], clocks: dict[str, C
 def main() -> None:
     """Run the three parts and print their numbers."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--fields", type=int, default=24)
+    parser.add_argument("--fields", type=int, default=96,
+                        help="generated fields (~14 cells each); 96 makes part 1's rounds about a "
+                             "second long: with 24 (0.2-0.3 s) the in-process side varied by a quarter "
+                             "from round to round")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
