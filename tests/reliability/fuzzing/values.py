@@ -205,6 +205,7 @@ NamedPool = Callable[[np.random.Generator], list[Labelled]]
 PARAMETER_POOLS: dict[str, NamedPool] = {
     "box_sizes": lambda rng: box_sizes_text(),
     "percolation": lambda rng: booleans_as_text(),
+    "probabilities": lambda rng: booleans_as_text(),
     "blank_other_cells": lambda rng: booleans_as_text(),
     "spot_diameter": lambda rng: floats_as_text(),
     "spot_ids": lambda rng: [("spot_ids:few", "a,b"), ("spot_ids:many", ",".join(["s"] * 5000)),
