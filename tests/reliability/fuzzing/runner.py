@@ -175,6 +175,8 @@ class Runner:
         self.service_token = service_token
         self.config = config
         self.report = Report(config)
+        self.world: World | None = None
+        """The ids the run aims at (set by ``run``); accepted batches join their tenant's."""
         self.channels = {name: grpc.insecure_channel(stack.address(name), options=CHANNEL_OPTIONS)
                          for name, child in stack.children.items() if child.address}
         self.accepted: list[tuple[str, str, str]] = []
@@ -324,7 +326,13 @@ class Runner:
 
     def _note_accepted(self, case: Case, response: bytes) -> None:
         if case.rpc.name == "SubmitBatch":
-            ids = list(gateway_pb2.SubmitBatchResponse.FromString(response).job_ids)
+            answer = gateway_pb2.SubmitBatchResponse.FromString(response)
+            ids = list(answer.job_ids)
+            # batch ids are the tenant's own names: a batch named like the other tenant's
+            # (a hostile id) is this tenant's from now on, no longer a foreign target
+            owned = self.world.batch_ids.setdefault(case.tenant, []) if self.world else []
+            if answer.batch_id not in owned:
+                owned.append(answer.batch_id)
         else:
             ids = [gateway_pb2.Job.FromString(response).job_id]
         reproducer = f"#{case.index} {case.reproducer()}"
@@ -483,6 +491,7 @@ class Runner:
         memory."""
         rng = np.random.default_rng(self.config.seed)
         world = self.build_world(rng)
+        self.world = world
         pools = Pools.build(world, rng)
         self.warm_up(pools, rng)
         self.accepted.clear()
