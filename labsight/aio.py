@@ -39,6 +39,7 @@ from labsight.client import (
     channel_options,
     default_gateway_address,
     default_token,
+    split_ended,
     upload_messages,
 )
 from labsight.config import DEFAULT_MAX_MESSAGE_BYTES
@@ -243,16 +244,9 @@ class AsyncLabSightClient:
         jobs = await self.batch_jobs(batch_id)
         await asyncio.gather(*(self.wait(job.job_id, timeout_s) for job in jobs
                                if job.status not in TERMINAL))
-        finished: list[tuple[pb.Job, Result]] = []
-        failed: dict[str, str] = {}
-        async for job, result in self.batch_results(batch_id):  # every job has ended: one stream
-            if result is not None:
-                finished.append((job, result))
-            elif skip_failed:
-                failed[job.job_id] = job.error
-            else:
-                raise JobFailedError(job, address=self.address)
-        return finished, failed
+        # every job has ended: one stream
+        ended = [pair async for pair in self.batch_results(batch_id)]
+        return split_ended(ended, skip_failed, self.address)
 
     async def batch_to_pandas(self, batch_id: str, table: str | None = None, *,
                               skip_failed: bool = False, timeout_s: float | None = None) -> pd.DataFrame:

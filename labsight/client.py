@@ -148,6 +148,24 @@ def channel_credentials(tls_ca: str | Path | None) -> grpc.ChannelCredentials | 
     return grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes()) if tls_ca else None
 
 
+def split_ended(
+    ended: Iterable[tuple[pb.Job, Result | None]], skip_failed: bool, address: str
+) -> tuple[list[tuple[pb.Job, Result]], dict[str, str]]:
+    """Ended jobs with their results (``batch_results``' pairs) split into the finished ones,
+    in order, and the error of each job without a result: with ``skip_failed``, else
+    JobFailedError (naming ``address``) at the first such job."""
+    finished: list[tuple[pb.Job, Result]] = []
+    failed: dict[str, str] = {}
+    for job, result in ended:
+        if result is not None:
+            finished.append((job, result))
+        elif skip_failed:
+            failed[job.job_id] = job.error
+        else:
+            raise JobFailedError(job, address=address)
+    return finished, failed
+
+
 def bearer_metadata(token: str) -> list[tuple[str, str]]:
     """Call metadata carrying ``token`` as a bearer token (none for an empty token)."""
     return [("authorization", f"Bearer {token}")] if token else []
@@ -446,16 +464,8 @@ class LabSightClient:
             if job.status not in TERMINAL:
                 self.wait(job.job_id, None if deadline is None
                           else max(deadline - time.monotonic(), 0.0))
-        finished: list[tuple[pb.Job, Result]] = []
-        failed: dict[str, str] = {}
-        for job, result in self.batch_results(batch_id):  # every job has ended: one stream
-            if result is not None:
-                finished.append((job, result))
-            elif skip_failed:
-                failed[job.job_id] = job.error
-            else:
-                raise JobFailedError(job, address=self.address)
-        return finished, failed
+        # every job has ended: one stream
+        return split_ended(self.batch_results(batch_id), skip_failed, self.address)
 
     def submit_folder(
         self,

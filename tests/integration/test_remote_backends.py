@@ -175,19 +175,22 @@ def _model_dir(root: Path, servers: ModelServers) -> Path:
         "tf-gone": f'format = "tfserving"\n[remote]\nendpoint = "127.0.0.1:{_closed_port()}"\n'
                    f'model = "linear"\ntimeout_s = 20\n',
     }
+    return write_manifests(root, common, manifests)
+
+
+def write_manifests(root: Path, common: str, manifests: dict[str, str]) -> Path:
+    """``root/<name>/manifest.toml`` for each named manifest body, after its name and ``common``."""
     for name, body in manifests.items():
         (root / name).mkdir(parents=True)
         (root / name / "manifest.toml").write_text(f'name = "{name}"\n{common}{body}')
     return root
 
 
-@pytest.fixture
-def features(
-    serve: Callable[..., RunningServer], settings: Settings, model_servers: ModelServers, tmp_path: Path
+def serve_features(
+    serve: Callable[..., RunningServer], settings: Settings, model_dir: Path
 ) -> Iterator[features_pb2_grpc.FeatureServiceStub]:
-    """A features service (real gRPC) whose model directory holds the remote manifests."""
-    config = ExtractorConfig.from_env()
-    extractor = DeepFeatureExtractor(feature_repository([_model_dir(tmp_path, model_servers)], False), config)
+    """A features service (real gRPC) serving only the models of ``model_dir``; yields its stub."""
+    extractor = DeepFeatureExtractor(feature_repository([model_dir], False), ExtractorConfig.from_env())
 
     def register(server: grpc.Server, _: Settings) -> None:
         features_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(extractor), server)
@@ -196,6 +199,14 @@ def features(
     with grpc.insecure_channel(running.address) as channel:
         yield features_pb2_grpc.FeatureServiceStub(channel)
     extractor.close()
+
+
+@pytest.fixture
+def features(
+    serve: Callable[..., RunningServer], settings: Settings, model_servers: ModelServers, tmp_path: Path
+) -> Iterator[features_pb2_grpc.FeatureServiceStub]:
+    """A features service whose model directory holds the remote manifests."""
+    yield from serve_features(serve, settings, _model_dir(tmp_path, model_servers))
 
 
 def _extract(stub: features_pb2_grpc.FeatureServiceStub, model: str, layer: str = "") -> np.ndarray:

@@ -12,17 +12,22 @@ import grpc
 import numpy as np
 import pytest
 
-from labsight.catalog import FEATURES
 from labsight.config import Settings
 from labsight.remote import torchserve_inference_pb2 as ts_pb
 from labsight.remote import torchserve_inference_pb2_grpc as ts_grpc
 from labsight.runtime.server import RunningServer
 from labsight.v1 import features_pb2_grpc
-from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
-from services.features.models import feature_repository
-from services.features.servicer import FeatureServicer
 from tests.integration.test_auth import _self_signed
-from tests.integration.test_remote_backends import SIZE, Behaviour, TorchServe, _error, _expected, _extract
+from tests.integration.test_remote_backends import (
+    SIZE,
+    Behaviour,
+    TorchServe,
+    _error,
+    _expected,
+    _extract,
+    serve_features,
+    write_manifests,
+)
 
 TOKEN = "remote-s3cret"
 TOKEN_ENV = "LABSIGHT_TEST_TORCHSERVE_TOKEN"
@@ -89,10 +94,7 @@ def _manifests(root: Path, server: TlsServer) -> Path:
         "unset-token": f'{mutual}token_env = "LABSIGHT_TEST_UNSET_TOKEN"\n',
         "missing-ca": f'ca_file = "{root / "nowhere.pem"}"\n',
     }
-    for name, body in manifests.items():
-        (root / name).mkdir(parents=True)
-        (root / name / "manifest.toml").write_text(f'name = "{name}"\n{common}{body}')
-    return root
+    return write_manifests(root, common, manifests)
 
 
 @pytest.fixture
@@ -103,16 +105,7 @@ def features(
     """A features service whose model directory holds the manifests; the token in its environment."""
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     monkeypatch.delenv("LABSIGHT_TEST_UNSET_TOKEN", raising=False)
-    models = feature_repository([_manifests(tmp_path / "models", tls_torchserve)], include_builtin=False)
-    extractor = DeepFeatureExtractor(models, ExtractorConfig.from_env())
-
-    def register(server: grpc.Server, _: Settings) -> None:
-        features_pb2_grpc.add_FeatureServiceServicer_to_server(FeatureServicer(extractor), server)
-
-    running = serve(register, FEATURES.grpc_services, settings)
-    with grpc.insecure_channel(running.address) as channel:
-        yield features_pb2_grpc.FeatureServiceStub(channel)
-    extractor.close()
+    yield from serve_features(serve, settings, _manifests(tmp_path / "models", tls_torchserve))
 
 
 def test_a_remote_model_over_mutual_tls_with_a_token_answers_as_in_plaintext(
