@@ -18,7 +18,7 @@ from PIL import ImageMode
 
 from labsight.blobs import blob_store, check_reference, opened_blob
 from labsight.config import env_int
-from labsight.errors import InvalidArgument
+from labsight.errors import InvalidArgument, echo
 
 # Re-exported: callers build image messages from here as before the light client split.
 from labsight.image_messages import FORMAT_ALIASES, detect_format
@@ -437,7 +437,7 @@ def _encoded_bytes(encoded: tensor_pb2.EncodedImage, field: str) -> tuple[bytes,
         raise InvalidArgument(f"{field}.data: empty image bytes")
     hint = encoded.format.lower().strip()
     if hint and hint not in FORMAT_ALIASES:
-        raise InvalidArgument(f"{field}.format: unknown format {encoded.format!r}")
+        raise InvalidArgument(f"{field}.format: unknown format {echo(encoded.format)}")
     fmt = detect_format(data) or FORMAT_ALIASES.get(hint)
     if fmt is None:
         raise InvalidArgument(f"{field}.data: not a PNG, TIFF or JPEG file (unknown signature)")

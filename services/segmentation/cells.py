@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike
 
-from labsight.errors import InvalidArgument
+from labsight.errors import InvalidArgument, echo
 from services.segmentation.classical import classical_cells, classical_nuclei
 from services.segmentation.flows import segment_cells_flows, segment_nuclei_flows
 from services.segmentation.hpa_method import hpa_cells, hpa_nuclei
@@ -168,7 +168,7 @@ def _method(methods: dict[str, Method], name: str) -> Method:
     try:
         return methods[name]
     except (KeyError, TypeError):
-        raise InvalidArgument(f"method: unknown segmentation method {name!r}; "
+        raise InvalidArgument(f"method: unknown segmentation method {echo(str(name))}; "
                               f"choose one of {sorted(methods)}") from None
 
 
@@ -176,9 +176,10 @@ def _pixel_size(value: float) -> float:
     try:
         size = float(value)
     except (TypeError, ValueError):
-        raise InvalidArgument(f"pixel_size_um: must be a number, got {value!r}") from None
+        raise InvalidArgument(f"pixel_size_um: must be a number, got {echo(str(value))}") from None
     if not math.isfinite(size) or size <= 0:
-        raise InvalidArgument(f"pixel_size_um: must be a positive number of micrometres, got {value!r}")
+        raise InvalidArgument("pixel_size_um: must be a positive number of micrometres, got "
+                              f"{echo(str(value))}")
     return size
 
 

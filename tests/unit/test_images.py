@@ -89,3 +89,14 @@ def test_wrong_dtype_and_rank_are_rejected() -> None:
         decode_image(image_from_array(np.zeros((2, 4, 4, 3), np.uint8)))
     with pytest.raises(InvalidArgument, match="image is empty"):
         decode_image(image_from_array(np.zeros((0, 4), np.uint8)))
+
+
+def test_an_unknown_format_hint_is_named_cut_short_whatever_its_length() -> None:
+    data = encode_png(np.zeros((4, 4), np.uint8))
+    for hint, shown in (("bmp", "'bmp'"), ("\u00e9\u6f22" * 10_000, "… (20000 characters)")):
+        image = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=data, format=hint))
+        with pytest.raises(InvalidArgument) as refused:
+            decode_image(image, "image")
+        message = str(refused.value)
+        assert message.startswith("image.encoded.format: unknown format ") and shown in message
+        assert len(message) < 200  # a status message must fit the response headers
