@@ -472,14 +472,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finished_jobs(args: argparse.Namespace) -> list[tuple[Any, Any]]:
-    """Job and result of ``args.job_id`` or of every finished job of ``args.batch``."""
+def _finished(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """Job and result of ``args.job_id``, or of every finished job of ``args.batch`` as the
+    batch's results stream in (one result held at a time)."""
     if bool(args.job_id) == bool(args.batch):
         raise SystemExit("labsight: give either a JOB_ID or --batch BATCH_ID")
     with _client(args) as client:
         if args.batch:
-            return [(job, result) for job, result in client.batch_results(args.batch) if result]
-        return [(client.get(args.job_id), client.result(args.job_id))]
+            yield from ((job, result) for job, result in client.batch_results(args.batch) if result)
+        else:
+            yield client.get(args.job_id), client.result(args.job_id)
+
+
+def _finished_jobs(args: argparse.Namespace) -> list[tuple[Any, Any]]:
+    """Job and result of ``args.job_id`` or of every finished job of ``args.batch``."""
+    return list(_finished(args))
 
 
 def _job_labels(finished: list[tuple[Any, Any]], label: str) -> list[str]:
@@ -488,14 +495,6 @@ def _job_labels(finished: list[tuple[Any, Any]], label: str) -> list[str]:
     if missing:
         raise SystemExit(f"labsight: jobs without label {label!r}: {missing[:5]}")
     return [job.labels[label] for job, _ in finished]
-
-
-def _finished_results(args: argparse.Namespace) -> tuple[list[Any], list[str] | None]:
-    """Results of ``args.job_id`` or of every finished job of ``args.batch``, and the value of
-    each job's ``args.class_label`` label (None without that option); SystemExit when unusable."""
-    finished = _finished_jobs(args)
-    labels = _job_labels(finished, args.class_label) if args.class_label else None
-    return [result for _, result in finished], labels
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -574,45 +573,89 @@ def _write_spatial_h5ad(
     return 0
 
 
-def _write_masks(results: list[Any], folder: Path) -> None:
-    """Write the label masks of every result as int32 TIFFs into ``folder``, naming each file."""
-    from labsight.result import write_label_masks
+def _writing_masks(finished: Iterator[tuple[Any, Any]], folder: Path) -> Iterator[tuple[Any, Any]]:
+    """``finished`` passed on, each result's label masks first written as int32 TIFFs into
+    ``folder``; the paths are printed once all are written (a repeated name renames files)."""
+    from labsight.result import MaskWriter
 
-    try:
-        written = write_label_masks(results, folder)
-    except KeyError as error:
-        raise SystemExit(f"labsight: --masks: {error.args[0]}") from None
-    for path in written:
+    writer = MaskWriter(folder)
+    for job, result in finished:
+        try:
+            writer.add(result)
+        except KeyError as error:
+            raise SystemExit(f"labsight: --masks: {error.args[0]}") from None
+        yield job, result
+    for path in writer.written:
         print(f"labsight: wrote {path}", file=sys.stderr)
+
+
+def _write_json_lines(finished: Iterator[tuple[Any, Any]], output: str) -> None:
+    """Each result as a JSON line, written as it arrives, to stdout or (replaced whole) ``output``."""
+    from labsight.results import result_to_dict
+
+    def write(stream: Any) -> None:
+        for _, result in finished:
+            stream.write(json.dumps({"job_id": result.job_id, **result_to_dict(result)}) + "\n")
+
+    if not output:
+        write(sys.stdout)
+        return
+
+    def write_file(path: Path) -> None:
+        with path.open("w") as stream:
+            write(stream)
+
+    write_atomically(Path(output), write_file)
+
+
+def _table_results(
+    finished: Iterator[tuple[Any, Any]], table: str, class_label: str
+) -> tuple[list[Any], str, list[str] | None]:
+    """The results cut down to ``table`` (the first result's first table by name when empty),
+    the table, and each job's value of ``class_label`` (None without it); SystemExit naming
+    jobs without that label."""
+    from labsight.export import keep_table
+
+    results: list[Any] = []
+    labels: list[str] = []
+    missing: list[str] = []
+    for job, result in finished:
+        table = table or next(iter(sorted(result.tables)), "")
+        results.append(keep_table(result, table))
+        if class_label and class_label not in job.labels:
+            missing.append(job.job_id)
+        labels.append(job.labels.get(class_label, ""))
+    if missing:
+        raise SystemExit(f"labsight: jobs without label {class_label!r}: {missing[:5]}")
+    return results, table, labels if class_label else None
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     """Print or save the results of a job or of a whole batch (JSON, or one table as a file);
-    the format follows the -o file's suffix, and a file is replaced whole."""
-    from labsight.results import result_to_dict
+    the format follows the -o file's suffix, and a file is replaced whole.
 
+    A batch's results stream in one at a time: JSON lines and masks are written as
+    they come, and a table export keeps only that table of each result.
+    """
     try:
         # --into writes back into its file; --visium makes an h5ad, and says so if -o is not one
         fmt = output_format(args.output or args.into, args.format or ("h5ad" if args.visium else ""))
     except ValueError as error:
         raise SystemExit(f"labsight: {error}") from None
-    results, class_labels = _finished_results(args)
+    finished = _finished(args)
     if args.masks:
-        _write_masks(results, Path(args.masks))
+        finished = _writing_masks(finished, Path(args.masks))
         if not (args.output or args.format):
+            for _ in finished:
+                pass
             return 0
     if fmt == JSON_LINES:
-        lines = "".join(json.dumps({"job_id": r.job_id, **result_to_dict(r)}) + "\n"
-                        for r in results)
-        if args.output:
-            write_atomically(Path(args.output), lambda path: path.write_text(lines))
-        else:
-            sys.stdout.write(lines)
+        _write_json_lines(finished, args.output)
         return 0
+    results, table, class_labels = _table_results(finished, args.table, args.class_label)
     if not results:
         print("labsight: no finished results to export", file=sys.stderr)
         return 2
-    table = args.table or next(iter(sorted(results[0].tables)), "")
     if args.visium or args.into:
         return _write_spatial_h5ad(args, results, table, class_labels)
     if args.output:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 
 from labsight.arff import write_arff
+from labsight.spatial import EDGE
 from labsight.tables import table_values, tables_of
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
@@ -75,6 +76,24 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 COORDINATES = "coordinates"
 """Result tensor with the (N, 2) x, y position of each table row (spot-features)."""
+
+ROW_TENSORS = (COORDINATES, EDGE)
+"""Result tensors with one entry per table row, which exports of a table carry along."""
+
+
+def keep_table(result: pb.JobResult, table: str) -> pb.JobResult:
+    """``result`` cut down in place to what exporting ``table`` reads, and returned.
+
+    Other tables and every tensor but the per-row ones (ROW_TENSORS) are
+    dropped; ids, input name, labels and provenance stay. A batch's export
+    keeps each result so, not its masks, crops and probability tensors, which
+    can be a thousand times bigger.
+    """
+    for name in [name for name in result.tables if name != table]:
+        del result.tables[name]
+    for name in [name for name in result.tensors if name not in ROW_TENSORS]:
+        del result.tensors[name]
+    return result
 
 
 def combined_table(

@@ -232,22 +232,68 @@ def write_label_masks(results: Sequence[Result | pb.JobResult], folder: str | Pa
                       stems: Sequence[str] | None = None) -> list[Path]:
     """Write the label masks of each result into ``folder`` (see :meth:`Result.write_masks`);
     results whose stems coincide get their job id appended, so no file overwrites another."""
-    np = require_numpy("write_masks")
-    import tifffile  # only here: the light client installs it with the extra [tiff]
+    if stems is not None and len(stems) != len(results):
+        raise ValueError(f"stems: {len(stems)} stems for {len(results)} results")
+    writer = MaskWriter(folder)
+    for index, result in enumerate(results):
+        writer.add(result, stems[index] if stems is not None else "")
+    return writer.written
 
-    wrapped = [r if isinstance(r, Result) else Result(r) for r in results]
-    names = list(stems) if stems is not None else [mask_stem(r.message) for r in wrapped]
-    repeated = {name for name in names if names.count(name) > 1}
-    written = []
-    for result, name in zip(wrapped, names, strict=True):
-        if name in repeated:
-            name = f"{name}_{result.job_id}"
-        for kind, mask in result.label_masks().items():
-            path = Path(folder) / f"{name}_{kind}.tif"
+
+class MaskWriter:
+    """Writes the label masks of results into ``folder`` one result at a time.
+
+    Files are named as :func:`write_label_masks` names them: ``<stem>_<kind>.tif``,
+    and when a later result has a stem an earlier one took, both get their job id
+    appended (the earlier one's files are renamed then). So a batch's masks can be
+    written as its results stream in, holding one result's masks at a time.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.written: list[Path] = []
+        """Every file written, in the order of the results, under its final name."""
+        self._first: dict[str, tuple[str, list[tuple[str, int]]]] = {}
+        self._repeated: set[str] = set()
+
+    def add(self, result: Result | pb.JobResult, stem: str = "") -> list[Path]:
+        """Write ``result``'s masks (stem: :func:`mask_stem` unless given); the paths written.
+
+        Raises
+        ------
+        KeyError
+            If the result has no label masks (nothing is written for it).
+        """
+        np = require_numpy("write_masks")
+        import tifffile  # only here: the light client installs it with the extra [tiff]
+
+        wrapped = result if isinstance(result, Result) else Result(result)
+        masks = wrapped.label_masks()
+        stem = stem or mask_stem(wrapped.message)
+        if stem in self._first and stem not in self._repeated:
+            self._repeated.add(stem)
+            self._rename_first(stem)
+        name = f"{stem}_{wrapped.job_id}" if stem in self._repeated else stem
+        paths: list[Path] = []
+        kinds: list[tuple[str, int]] = []
+        for kind, mask in masks.items():
+            path = self.folder / f"{name}_{kind}.tif"
             path.parent.mkdir(parents=True, exist_ok=True)
             tifffile.imwrite(path, mask.astype(np.int32, copy=False), compression="zlib")
-            written.append(path)
-    return written
+            kinds.append((kind, len(self.written)))
+            self.written.append(path)
+            paths.append(path)
+        if stem not in self._first:
+            self._first[stem] = (wrapped.job_id, kinds)
+        return paths
+
+    def _rename_first(self, stem: str) -> None:
+        """Give the files of the first result with ``stem`` its job id, now that it repeats."""
+        job_id, kinds = self._first[stem]
+        for kind, index in kinds:
+            renamed = self.folder / f"{stem}_{job_id}_{kind}.tif"
+            self.written[index].replace(renamed)
+            self.written[index] = renamed
 
 
 def mask_stem(result: pb.JobResult) -> str:

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from labsight.export import write_table
+from labsight.export import keep_table, write_table
 from labsight.tables import feature_table
 from labsight.tensors import to_tensor
 from labsight.v1 import gateway_pb2 as pb
@@ -87,3 +87,25 @@ def test_unknown_formats_and_tables_are_refused(tmp_path: Path) -> None:
         write_table([_result()], "features", tmp_path / "x.xlsx", "xlsx")
     with pytest.raises(ValueError, match="has no table 'cells'"):
         write_table([_result()], "cells", tmp_path / "x.csv", "csv")
+
+
+def test_a_result_kept_for_one_table_exports_as_the_whole_result_does(tmp_path: Path) -> None:
+    whole = _result("a")
+    whole.labels["well"] = "A1"
+    whole.tensors["edge"].CopyFrom(to_tensor(np.array([0, 1], np.uint8)))
+    whole.tensors["crops"].CopyFrom(to_tensor(np.zeros((2, 64, 64, 4), np.uint8)))
+    whole.tables["image_summary"].CopyFrom(feature_table(["count"], np.array([[2.0]]), ["a.png"]))
+    kept = pb.JobResult()
+    kept.CopyFrom(whole)
+    assert keep_table(kept, "features") is kept
+    assert sorted(kept.tables) == ["features"] and sorted(kept.tensors) == ["coordinates", "edge"]
+    assert kept.ByteSize() < whole.ByteSize() // 100
+    assert (kept.job_id, kept.input_name, dict(kept.labels), dict(kept.provenance)) == (
+        whole.job_id, whole.input_name, dict(whole.labels), dict(whole.provenance))
+    for fmt in ("csv", "h5ad"):
+        write_table([whole], "features", tmp_path / f"whole.{fmt}", fmt)
+        write_table([kept], "features", tmp_path / f"kept.{fmt}", fmt)
+    assert (tmp_path / "kept.csv").read_text() == (tmp_path / "whole.csv").read_text()
+    whole_adata, kept_adata = (anndata.read_h5ad(tmp_path / f"{n}.h5ad") for n in ("whole", "kept"))
+    pd.testing.assert_frame_equal(kept_adata.obs, whole_adata.obs)
+    np.testing.assert_array_equal(kept_adata.obsm["spatial"], whole_adata.obsm["spatial"])
