@@ -30,6 +30,7 @@ from labsight.client import (
     RESTART_PATIENCE_S,
     TERMINAL,
     ImageLike,
+    TableCut,
     batch_anndata,
     batch_frame,
     batch_messages,
@@ -238,26 +239,31 @@ class AsyncLabSightClient:
         reader.finish()
 
     async def ended_results(
-        self, batch_id: str, skip_failed: bool = False, timeout_s: float | None = None
+        self, batch_id: str, skip_failed: bool = False, timeout_s: float | None = None, *,
+        table: str | None = None,
     ) -> tuple[list[tuple[pb.Job, Result]], dict[str, str]]:
         """As ``LabSightClient.ended_results``, with the jobs waited for concurrently."""
         jobs = await self.batch_jobs(batch_id)
         await asyncio.gather(*(self.wait(job.job_id, timeout_s) for job in jobs
                                if job.status not in TERMINAL))
-        # every job has ended: one stream
-        ended = [pair async for pair in self.batch_results(batch_id)]
+        # every job has ended: one stream, each result cut to the table as it comes
+        cut = None if table is None else TableCut(table)
+        ended = [(job, result if result is None or cut is None else cut(result))
+                 async for job, result in self.batch_results(batch_id)]
         return split_ended(ended, skip_failed, self.address)
 
     async def batch_to_pandas(self, batch_id: str, table: str | None = None, *,
                               skip_failed: bool = False, timeout_s: float | None = None) -> pd.DataFrame:
         """As ``LabSightClient.batch_to_pandas``."""
-        return batch_frame(batch_id, *await self.ended_results(batch_id, skip_failed, timeout_s), table)
+        return batch_frame(batch_id, *await self.ended_results(batch_id, skip_failed, timeout_s,
+                                                                table=table or ""), table)
 
     async def batch_to_anndata(self, batch_id: str, table: str | None = None, *,
                                skip_failed: bool = False,
                                timeout_s: float | None = None) -> anndata.AnnData:
         """As ``LabSightClient.batch_to_anndata``."""
-        return batch_anndata(batch_id, *await self.ended_results(batch_id, skip_failed, timeout_s), table)
+        return batch_anndata(batch_id, *await self.ended_results(batch_id, skip_failed, timeout_s,
+                                                                  table=table or ""), table)
 
     async def pipelines(self) -> list[pb.PipelineInfo]:
         """The pipelines the gateway runs."""

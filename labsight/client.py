@@ -148,17 +148,35 @@ def channel_credentials(tls_ca: str | Path | None) -> grpc.ChannelCredentials | 
     return grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes()) if tls_ca else None
 
 
+class TableCut:
+    """Cuts results down to one table as they stream in (``labsight.export.keep_table``):
+    ``table``, or when empty the first result's main table."""
+
+    def __init__(self, table: str = "") -> None:
+        self.table = table
+
+    def __call__(self, result: Result) -> Result:
+        """``result`` holding only the table and its per-row tensors (cut in place)."""
+        from labsight.export import keep_table
+
+        self.table = self.table or result.main_table
+        keep_table(result.message, self.table)
+        return result
+
+
 def split_ended(
-    ended: Iterable[tuple[pb.Job, Result | None]], skip_failed: bool, address: str
+    ended: Iterable[tuple[pb.Job, Result | None]], skip_failed: bool, address: str,
+    cut: TableCut | None = None,
 ) -> tuple[list[tuple[pb.Job, Result]], dict[str, str]]:
     """Ended jobs with their results (``batch_results``' pairs) split into the finished ones,
     in order, and the error of each job without a result: with ``skip_failed``, else
-    JobFailedError (naming ``address``) at the first such job."""
+    JobFailedError (naming ``address``) at the first such job. With ``cut``, each result
+    is cut down to one table as it comes."""
     finished: list[tuple[pb.Job, Result]] = []
     failed: dict[str, str] = {}
     for job, result in ended:
         if result is not None:
-            finished.append((job, result))
+            finished.append((job, result if cut is None else cut(result)))
         elif skip_failed:
             failed[job.job_id] = job.error
         else:
@@ -434,7 +452,8 @@ class LabSightClient:
             ``uns["provenance"]``, the jobs' labels as ``obs`` columns; plus
             each row's ``job_id`` in ``obs``.
         """
-        return batch_anndata(batch_id, *self.ended_results(batch_id, skip_failed, timeout_s), table)
+        return batch_anndata(batch_id, *self.ended_results(batch_id, skip_failed, timeout_s,
+                                                            table=table or ""), table)
 
     def batch_to_pandas(
         self,
@@ -451,21 +470,28 @@ class LabSightClient:
         (``job_id``, ``id``), with the job's ``input_name`` as a column; the batch,
         table and failed jobs are in ``attrs``. ``.to_numpy()`` gives the values.
         """
-        return batch_frame(batch_id, *self.ended_results(batch_id, skip_failed, timeout_s), table)
+        return batch_frame(batch_id, *self.ended_results(batch_id, skip_failed, timeout_s,
+                                                          table=table or ""), table)
 
     def ended_results(
-        self, batch_id: str, skip_failed: bool = False, timeout_s: float | None = None
+        self, batch_id: str, skip_failed: bool = False, timeout_s: float | None = None, *,
+        table: str | None = None,
     ) -> tuple[list[tuple[pb.Job, Result]], dict[str, str]]:
         """Wait for every job of a batch to end: the finished ones with their results, in
         submission order, and the error of each job that did not finish (with ``skip_failed``;
-        else JobFailedError for the first one). TimeoutError after ``timeout_s``."""
+        else JobFailedError for the first one). TimeoutError after ``timeout_s``.
+
+        With ``table`` (empty: the first result's main table), each result keeps only that
+        table and its per-row tensors, cut as the results stream in: a batch of thousands of
+        ``cells`` jobs then holds its tables, not every mask and crop."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for job in self.batch_jobs(batch_id):
             if job.status not in TERMINAL:
                 self.wait(job.job_id, None if deadline is None
                           else max(deadline - time.monotonic(), 0.0))
         # every job has ended: one stream
-        return split_ended(self.batch_results(batch_id), skip_failed, self.address)
+        return split_ended(self.batch_results(batch_id), skip_failed, self.address,
+                           None if table is None else TableCut(table))
 
     def submit_folder(
         self,

@@ -87,8 +87,11 @@ def keep_table(result: pb.JobResult, table: str) -> pb.JobResult:
     Other tables and every tensor but the per-row ones (ROW_TENSORS) are
     dropped; ids, input name, labels and provenance stay. A batch's export
     keeps each result so, not its masks, crops and probability tensors, which
-    can be a thousand times bigger.
+    can be a thousand times bigger. A result without ``table`` is left whole,
+    so that the export's error about it can list the tables it has.
     """
+    if table not in result.tables:
+        return result
     for name in [name for name in result.tables if name != table]:
         del result.tables[name]
     for name in [name for name in result.tensors if name not in ROW_TENSORS]:

@@ -154,3 +154,30 @@ def test_the_sdk_falls_back_to_a_call_per_job_on_a_gateway_without_the_stream(
     expected = [(job.job_id, job.status != pb.JOB_STATUS_DONE) for job in jobs]
     assert asyncio.run(read_async(older.address)) == expected
     assert asyncio.run(read_async(stack.gateway.address)) == expected
+
+
+def test_results_cut_to_one_table_keep_it_and_its_rows_and_drop_the_rest(
+    stack: InProcessStack,
+) -> None:
+    jobs = _finished_batch(stack, "plate-13", jobs=3)
+    client = stack.client
+    whole, _ = client.ended_results("plate-13", skip_failed=True)
+    main, _ = client.ended_results("plate-13", skip_failed=True, table="")
+    weka, failed = client.ended_results("plate-13", skip_failed=True, table="weka_fractal")
+    assert list(failed) == [jobs[1].job_id]
+    assert len(whole[0][1].tables) > 1 and whole[0][1].tensors  # there is something to cut
+    for kept, name in ((main, whole[0][1].main_table), (weka, "weka_fractal")):
+        assert [job.job_id for job, _ in kept] == [job.job_id for job, _ in whole]
+        for (_, cut), (_, full) in zip(kept, whole, strict=True):
+            assert list(cut.tables) == [name] and not cut.tensors
+            assert cut.tables[name] == full.tables[name]
+            assert (cut.input_name, dict(cut.provenance)) == (full.input_name, dict(full.provenance))
+    frame = client.batch_to_pandas("plate-13", skip_failed=True)
+    assert frame.attrs["table"] == whole[0][1].main_table and len(frame) == 2
+
+    async def cut_async() -> list[list[str]]:
+        async with AsyncLabSightClient(stack.gateway.address, token="") as lab:
+            finished, _ = await lab.ended_results("plate-13", skip_failed=True, table="weka_fractal")
+            return [list(result.tables) for _, result in finished]
+
+    assert asyncio.run(cut_async()) == [["weka_fractal"], ["weka_fractal"]]
