@@ -305,7 +305,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--single", type=int, default=192, help="images of part 2 per round")
+    parser.add_argument("--single", type=int, default=192, help="images of part 2 per round (0: part 1 only)")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     patches = make_patches(args.patches)
@@ -378,29 +378,31 @@ def main() -> None:
             print(f"   {name:>12}: {spread(values, '.2f')}")
         print(f"   {'raw ORT':>12}: {spread(raw_cpu.per_item(len(patches))['raw'], '.2f')}")
 
-        single = patches[: args.single]
-        concurrent_clients(features_address, single[: args.clients], args.clients)  # untimed
-        batches, items, _ = batch_metrics(metrics_port)
-        before = load_text()
-        single_cpu = CpuMeter({"features": features.pid})
-        raw_cpu = CpuMeter({"raw": baseline.process.pid})
-        seconds = paired_rounds({
-            "raw": raw_cpu.wrap(lambda: baseline.seconds(1, len(single))),
-            "service": single_cpu.wrap(lambda: concurrent_clients(features_address, single, args.clients)),
-        }, args.rounds)
-        batches_after, items_after, _ = batch_metrics(metrics_port)
-        raw_rates = [len(single) / s for s in seconds["raw"]]
-        service_rates = [len(single) / s for s in seconds["service"]]
-        print(f"2) {len(single)} single images from {args.clients} concurrent clients straight to the "
-              f"features service, against raw ONNX Runtime at batch 1; images/s min / median / max:")
-        print(f"   service: {spread(service_rates, '.1f')} "
-              f"(mean executed batch {(items_after - items) / max(batches_after - batches, 1):.2f})")
-        print(f"   raw ORT, batch 1: {spread(raw_rates, '.1f')}")
-        print(f"   ratio service/raw: {spread(round_ratios(service_rates, raw_rates))}")
-        print(f"   before: {before}; after: {load_text()}")
-        single_ms = {**single_cpu.per_item(len(single)), "raw": raw_cpu.per_item(len(single))["raw"]}
-        print(f"   CPU ms per image: features {spread(single_ms['features'], '.2f')}, clients "
-              f"{spread(single_ms['client'], '.2f')}; raw ORT {spread(single_ms['raw'], '.2f')}")
+        if args.single > 0:  # part 2; --single 0 leaves it out
+            single = patches[: args.single]
+            concurrent_clients(features_address, single[: args.clients], args.clients)  # untimed
+            batches, items, _ = batch_metrics(metrics_port)
+            before = load_text()
+            single_cpu = CpuMeter({"features": features.pid})
+            raw_cpu = CpuMeter({"raw": baseline.process.pid})
+            seconds = paired_rounds({
+                "raw": raw_cpu.wrap(lambda: baseline.seconds(1, len(single))),
+                "service": single_cpu.wrap(
+                    lambda: concurrent_clients(features_address, single, args.clients)),
+            }, args.rounds)
+            batches_after, items_after, _ = batch_metrics(metrics_port)
+            raw_rates = [len(single) / s for s in seconds["raw"]]
+            service_rates = [len(single) / s for s in seconds["service"]]
+            print(f"2) {len(single)} single images from {args.clients} concurrent clients straight to the "
+                  f"features service, against raw ONNX Runtime at batch 1; images/s min / median / max:")
+            print(f"   service: {spread(service_rates, '.1f')} "
+                  f"(mean executed batch {(items_after - items) / max(batches_after - batches, 1):.2f})")
+            print(f"   raw ORT, batch 1: {spread(raw_rates, '.1f')}")
+            print(f"   ratio service/raw: {spread(round_ratios(service_rates, raw_rates))}")
+            print(f"   before: {before}; after: {load_text()}")
+            single_ms = {**single_cpu.per_item(len(single)), "raw": raw_cpu.per_item(len(single))["raw"]}
+            print(f"   CPU ms per image: features {spread(single_ms['features'], '.2f')}, clients "
+                  f"{spread(single_ms['client'], '.2f')}; raw ORT {spread(single_ms['raw'], '.2f')}")
     finally:
         for process in reversed(processes):
             stop_process(process)
