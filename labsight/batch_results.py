@@ -75,11 +75,13 @@ class BatchResultReader:
             self._job, self._total = chunk.job, chunk.total_bytes
         elif self._job is None:
             raise ValueError("GetBatchResults: result bytes arrived before their job's record")
-        self._parts.append(chunk.data)
-        self._received += len(chunk.data)
+        data = chunk.data  # each read of a bytes field copies it: once
+        self._parts.append(data)
+        self._received += len(data)
         if self._received < self._total:
             return []
-        done = JobResultBytes(self._job, b"".join(self._parts))
+        whole = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        done = JobResultBytes(self._job, whole)
         self._job, self._parts, self._received, self._total = None, [], 0, 0
         return [done]
 
