@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -103,17 +103,29 @@ def pool(activations: np.ndarray, mode: PoolingMode) -> np.ndarray:
     return values.mean(axis=spatial) if mode == "average" else values.max(axis=spatial)
 
 
+CACHED_COLUMNS_MAX = 4096
+"""Most columns whose names are cached: a pooled layer's channels (1280, 2048) are; an
+unpooled activation map's (``pooling=none``: up to millions) are not, or the cache's 256
+entries would keep gigabytes of names (+552 MiB after 160 calls on random layers)."""
+
+
 def feature_columns(layer: str, count: int) -> list[str]:
     """Column names ``<layer>1 .. <layer>count`` as the seed wrote them (``avgpool1``, ...).
 
     A layer name ending in a digit gets an underscore first (``_blocks.15_1``) so
-    the index stays readable. The names of a layer are made once (1280 of them took
-    0.19 ms, 2% of a single-image request's CPU).
+    the index stays readable. The names of a pooled layer are made once (1280 of them
+    took 0.19 ms, 2% of a single-image request's CPU); longer lists are made each time.
     """
-    return list(_columns(layer, count))
+    if count > CACHED_COLUMNS_MAX:
+        return list(_column_names(layer, count))
+    return list(_cached_columns(layer, count))
 
 
 @functools.lru_cache(maxsize=256)
-def _columns(layer: str, count: int) -> tuple[str, ...]:
+def _cached_columns(layer: str, count: int) -> tuple[str, ...]:
+    return tuple(_column_names(layer, count))
+
+
+def _column_names(layer: str, count: int) -> Iterator[str]:
     stem = f"{layer}_" if layer[-1:].isdigit() else layer
-    return tuple(f"{stem}{i}" for i in range(1, count + 1))
+    return (f"{stem}{i}" for i in range(1, count + 1))

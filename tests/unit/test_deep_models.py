@@ -24,6 +24,7 @@ from labsight.models import (
     load_torch_model,
 )
 from labsight.models.onnx_graph import cut_at_outputs, node_module_path, onnx_path
+from services.features import deep
 from services.features.deep import feature_columns, pool, preprocess
 from services.features.models import DEFAULT_MODEL, SPOT_MODEL, feature_repository
 
@@ -187,6 +188,17 @@ def test_columns_follow_the_seed_naming() -> None:
     assert feature_columns("_blocks.15", 2) == ["_blocks.15_1", "_blocks.15_2"]
     feature_columns("avgpool", 3).append("changed")  # each caller gets a list of its own
     assert feature_columns("avgpool", 3) == ["avgpool1", "avgpool2", "avgpool3"]
+
+
+def test_names_of_an_unpooled_map_are_made_each_time_not_kept() -> None:
+    # pooling=none gives every position a column: 288 x 35 x 35 for one Inception-v3 block.
+    # Kept by the name cache, 256 such layers held gigabytes for the service's lifetime.
+    cached = deep._cached_columns.cache_info().currsize
+    names = feature_columns("mixed_5b", deep.CACHED_COLUMNS_MAX + 1)
+    assert names[:2] == ["mixed_5b1", "mixed_5b2"] and names[-1] == f"mixed_5b{len(names)}"
+    assert deep._cached_columns.cache_info().currsize == cached
+    assert feature_columns("conv_7", 2) == ["conv_7_1", "conv_7_2"]
+    assert deep._cached_columns.cache_info().currsize == cached + 1
 
 
 def test_preprocessing_scales_normalises_and_resizes(lite: ModelManifest) -> None:
