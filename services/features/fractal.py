@@ -464,13 +464,28 @@ class _MassLayout:
 
     @classmethod
     def build(cls, sizes: np.ndarray) -> _MassLayout:
-        """The layout of these box sides, built once per sides and then reused: callers only read it."""
-        return _mass_layout(tuple(sizes.tolist()))
+        """The layout of these box sides, built once per sides and then reused (callers only
+        read it) when it has at most CACHED_MASS_ENTRIES entries; a bigger one each time."""
+        key = tuple(sizes.tolist())
+        if sum(side * side for side in key) > CACHED_MASS_ENTRIES:
+            return _new_mass_layout(key)
+        return _cached_mass_layout(key)
+
+
+CACHED_MASS_ENTRIES = 1 << 16
+"""Most entries (the sum of r² over the sides) of a mass layout kept between calls, 1 MiB:
+the default sides 3-41 have 11,891; every odd side up to 255 has 2.8 million (43 MiB), which
+the cache's 32 size sets would hold for good, while a gliding box with such boxes costs far
+more than building it."""
 
 
 @functools.lru_cache(maxsize=32)
-def _mass_layout(sizes: tuple[int, ...]) -> _MassLayout:
-    """Cached :meth:`_MassLayout.build`."""
+def _cached_mass_layout(sizes: tuple[int, ...]) -> _MassLayout:
+    """Cached :func:`_new_mass_layout`."""
+    return _new_mass_layout(sizes)
+
+
+def _new_mass_layout(sizes: tuple[int, ...]) -> _MassLayout:
     squares = np.array(sizes, dtype=np.int64) ** 2
     masses = np.concatenate([np.arange(1, square + 1, dtype=np.float64) for square in squares])
     return _MassLayout(np.concatenate(([0], np.cumsum(squares)[:-1])), masses, masses * masses)

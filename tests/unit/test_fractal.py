@@ -385,3 +385,16 @@ def test_warm_up_compiles_the_kernels_for_both_pixel_types() -> None:
     fractal.warm_up()
     compiled = {str(signature[0].dtype) for signature in cluster_sums.signatures}
     assert {"uint8", "uint16"} <= compiled
+
+
+def test_mass_layouts_of_big_boxes_are_built_each_time_not_kept() -> None:
+    # Every odd side to 255 takes 43 MiB; 32 such size sets stayed in the cache for good.
+    cached = fractal._cached_mass_layout.cache_info().currsize
+    big = np.arange(3, 256, 2)
+    layout = fractal._MassLayout.build(big)
+    assert fractal._cached_mass_layout.cache_info().currsize == cached
+    assert len(layout.masses) == int((big**2).sum()) > fractal.CACHED_MASS_ENTRIES
+    assert layout.starts[-1] == len(layout.masses) - 255**2
+    np.testing.assert_array_equal(layout.masses[layout.starts[1] : layout.starts[1] + 3], [1, 2, 3])
+    small = fractal._MassLayout.build(np.arange(3, 42, 2))
+    assert fractal._MassLayout.build(np.arange(3, 42, 2)) is small  # the default sides: kept
