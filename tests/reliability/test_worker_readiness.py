@@ -93,7 +93,10 @@ def test_restarted_model_service_costs_no_attempts(
     # Few attempts in quick succession: without waiting for the service, a restart kills jobs.
     settings.max_attempts = 3
     settings.retry_base_s = 0.2
-    settings.claim_idle_ms = 2000  # the wait must keep the claim alive well past this
+    # The wait must keep the claims alive well past this. Their heartbeat comes every third
+    # of it, so only a heartbeat late by two thirds (2.7 s; with 2 s a loaded machine's 1.3 s
+    # stall sufficed) lets the other worker take a job over.
+    settings.claim_idle_ms = 4000
     port = free_port()
     settings.service_addresses = {
         "features": f"127.0.0.1:{port}", "segmentation": "127.0.0.1:1", "classifier": "127.0.0.1:1",
@@ -114,6 +117,7 @@ def test_restarted_model_service_costs_no_attempts(
     except subprocess.TimeoutExpired:  # its grace is 10 s: say what it logged meanwhile
         pytest.fail("the features service was still running 60 s after SIGTERM; its log: "
                     + (tmp_path / "features-0.log").read_text(errors="replace")[-3000:])
+    time.sleep(1.5 * settings.claim_idle_ms / 1000)  # down for longer than a claim lasts idle
     features_process(port)  # the same service comes back on the same port
     _wait_for(lambda: _finished(client, "svc"), 300, "the batch to finish")
 
