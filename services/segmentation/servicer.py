@@ -97,7 +97,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             raise InvalidArgument("spot_centres, cell_labels: set exactly one of them")
         if has_spots:
             centres = from_tensor(request.spot_centres, "spot_centres")
-            if request.spot_ids and len(request.spot_ids) != len(centres):
+            # a malformed centres tensor (not (N, 2)) is refused by spot_patches, naming it
+            if request.spot_ids and centres.ndim == 2 and len(request.spot_ids) != len(centres):
                 raise InvalidArgument(
                     f"spot_ids: {len(request.spot_ids)} ids for {len(centres)} spot centres"
                 )

@@ -116,6 +116,23 @@ def test_absurd_spot_patches_are_invalid_argument(
         assert stub.ExtractPatches(request, timeout=30).patches.shape == [1, 8, 8, 1]
 
 
+@pytest.mark.parametrize("centres", [np.array(5.0), np.zeros(4)], ids=["0-d", "1-d"])
+def test_spot_ids_beside_centres_of_no_shape_name_the_centres(
+    serve: Callable[..., RunningServer], settings: Settings, centres: np.ndarray,
+) -> None:
+    # The fuzzer's seed 3: the ids were counted against a 0-d centres tensor (INTERNAL TypeError)
+    server = serve(register_segmentation, SEGMENTATION.grpc_services, settings)
+    request = segmentation_pb2.ExtractPatchesRequest(
+        image={"tensor": to_tensor(IMAGE)}, spot_centres=to_tensor(centres),
+        spot_diameter=8.0, spot_ids=["a", "b"])
+    with grpc.insecure_channel(server.address) as channel:
+        stub = segmentation_pb2_grpc.SegmentationServiceStub(channel)
+        error = _refusal(lambda: stub.ExtractPatches(request, timeout=30))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details().startswith(
+        f"spot_centres: expected (N, 2) (x, y) coordinates, got shape {list(centres.shape)}")
+
+
 def _long_refusal_handler() -> grpc.GenericRpcHandler:
     def refuse(request: bytes, context: grpc.ServicerContext) -> bytes:
         raise InvalidArgument("field: " + "é" * 20_000)
