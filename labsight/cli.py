@@ -484,9 +484,20 @@ def _finished(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
             yield client.get(args.job_id), client.result(args.job_id)
 
 
-def _finished_jobs(args: argparse.Namespace) -> list[tuple[Any, Any]]:
-    """Job and result of ``args.job_id`` or of every finished job of ``args.batch``."""
-    return list(_finished(args))
+def _plotted(args: argparse.Namespace) -> list[tuple[Any, Any]]:
+    """Job and result of ``args.job_id`` or of every finished job of ``args.batch``; when
+    there are several, each result is cut down to what figures of several results read
+    (``labsight.plots.keep_for_several``) as the results stream in."""
+    from labsight.plots import keep_for_several
+
+    finished: list[tuple[Any, Any]] = []
+    for job, result in _finished(args):
+        finished.append((job, result))
+        if len(finished) == 2:
+            keep_for_several(finished[0][1])
+        if len(finished) >= 2:
+            keep_for_several(result)
+    return finished
 
 
 def _job_labels(finished: list[tuple[Any, Any]], label: str) -> list[str]:
@@ -512,7 +523,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     if args.class_label and args.groups:
         raise SystemExit("labsight: give --by LABEL or --groups CSV, not both")
-    finished = _finished_jobs(args)
+    finished = _plotted(args)
     if not finished:
         raise SystemExit("labsight: no finished results to plot")
     results = [result for _, result in finished]

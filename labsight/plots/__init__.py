@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from labsight.export import COORDINATES
 from labsight.plots.cell_classes import cell_classes_figure, is_cell_classes_result
-from labsight.plots.curves import curves_figure
+from labsight.plots.curves import CURVE_TENSORS, curves_figure
 from labsight.plots.embedding import RowColours, embedding_figure
 from labsight.plots.groups import groups_of, read_groups
 from labsight.plots.masks import has_masks, load_cells_image, masks_figure
@@ -125,6 +125,18 @@ def _single_result_figure(kind: str, result: pb.JobResult, options: PlotOptions)
     if kind == "classes":
         return cell_classes_figure(result, options.image)
     return masks_figure(result, options.image, options.ids)
+
+
+def keep_for_several(result: pb.JobResult) -> pb.JobResult:
+    """``result`` cut down in place to what a figure of several results reads, and returned.
+
+    Those figures (curves, embedding, plate) read tables, scalars, names, labels and
+    the curves' tensors; masks, crops and probability tensors, drawn for one result
+    only, go. A batch's plot then holds each job's tables, not its masks.
+    """
+    for name in [name for name in result.tensors if name not in CURVE_TENSORS]:
+        del result.tensors[name]
+    return result
 
 
 def choose_kind(results: Sequence[pb.JobResult], options: PlotOptions) -> str:

@@ -30,12 +30,16 @@ LOG_TICKS = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500)
 
 BAND_ALPHA = 0.25
 
+CURVE_TENSORS = ("box_sizes", "lacunarity", "box_count")
+"""The result tensors the curves are drawn from."""
+
 
 class Curves:
     """The fractal curves of some results on their common box sides (sides every result has)."""
 
     def __init__(self, results: Sequence[pb.JobResult], group: str) -> None:
-        all_sides = [from_tensor(r.tensors["box_sizes"], "box_sizes").astype(np.int64) for r in results]
+        sides_name, lacunarity_name, count_name = CURVE_TENSORS
+        all_sides = [from_tensor(r.tensors[sides_name], sides_name).astype(np.int64) for r in results]
         common = reduce(np.intersect1d, all_sides)
         if len(common) == 0:
             raise ValueError(f"{group}: the images share no box size; plot them separately")
@@ -43,8 +47,8 @@ class Curves:
         lacunarity, counts = [], []
         for result, sides in zip(results, all_sides, strict=True):
             kept = np.isin(sides, common)
-            lacunarity.append(from_tensor(result.tensors["lacunarity"], "lacunarity")[kept])
-            counts.append(from_tensor(result.tensors["box_count"], "box_count")[kept])
+            lacunarity.append(from_tensor(result.tensors[lacunarity_name], lacunarity_name)[kept])
+            counts.append(from_tensor(result.tensors[count_name], count_name)[kept])
         self.lacunarity = np.array(lacunarity, dtype=np.float64)
         self.counts = np.array(counts, dtype=np.float64)
         self.dimensions = np.array([r.scalars["fractal_dimension"] for r in results])

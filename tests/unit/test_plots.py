@@ -17,6 +17,7 @@ from PIL import Image
 from labsight.plots import (
     PlotOptions,
     build_figure,
+    keep_for_several,
     load_image,
     plot_results,
     principal_components,
@@ -381,3 +382,21 @@ def test_principal_components_follow_the_largest_spread() -> None:
     line_scores, line_shares = principal_components(np.array([[0.0, 0.0], [1.0, 1.0]]), 3)
     np.testing.assert_allclose(line_shares, [1.0, 0.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(line_scores[:, 1:], 0.0, atol=1e-12)
+
+
+def test_results_cut_for_a_figure_of_several_draw_the_same_and_drop_their_masks(tmp_path: Path) -> None:
+    whole = [_fractal(f"A{i}.png", 1.5 + i / 10) for i in range(1, 4)]
+    cut = []
+    for result in whole:
+        copy = pb.JobResult()
+        copy.CopyFrom(result)
+        copy.tensors["cell_labels"].CopyFrom(to_tensor(np.ones((256, 256), np.uint16)))
+        copy.tensors["probabilities"].CopyFrom(to_tensor(np.ones((20, 400))))
+        assert keep_for_several(copy) is copy
+        assert sorted(copy.tensors) == ["box_count", "box_sizes", "lacunarity"]
+        assert copy.tables == result.tables and copy.scalars == result.scalars
+        cut.append(copy)
+    for kind in ("curves", "plate", "embedding"):
+        plot_results(whole, tmp_path / f"whole-{kind}.png", PlotOptions(kind=kind))
+        plot_results(cut, tmp_path / f"cut-{kind}.png", PlotOptions(kind=kind))
+        assert (tmp_path / f"cut-{kind}.png").read_bytes() == (tmp_path / f"whole-{kind}.png").read_bytes()
