@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
@@ -139,6 +140,34 @@ def test_a_4_channel_tiff_gives_shared_ids_a_table_and_tiff_masks(
     assert "masks plot of 1 result" in capsys.readouterr().err
     svg = figure.read_text()
     assert f"{GRID * GRID} cells (nuclei darker)" in svg and "outlines over the channels" in svg
+
+
+def test_a_batch_exports_its_masks_table_and_plot_as_its_results_stream_in(
+    stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.start_worker()
+    image, _ = cells_image(np.uint16)
+    names = ["plate/A1.tif", "plate/B1.tif", "plate/A1.png"]  # A1 twice: the job ids tell them apart
+    batch = stack.client.submit_batch(
+        [build_request("cells", _encoded(_tiff(image)), {"pixel_size_um": PIXEL_SIZE}, name=name)
+         for name in names], batch_id="plate-cells")
+    results = [_done(stack, job_id) for job_id in batch.job_ids]
+    gateway = ["--gateway", stack.gateway.address, "--token", ""]
+    masks, table = tmp_path / "masks", tmp_path / "cells.csv"
+    assert main(["results", "--batch", "plate-cells", *gateway, "--masks", str(masks),
+                 "-o", str(table)]) == 0
+    first, second = batch.job_ids[0], batch.job_ids[2]
+    assert sorted(p.relative_to(masks).as_posix() for p in masks.rglob("*.tif")) == sorted(
+        f"plate/{stem}_{kind}.tif" for stem in (f"A1_{first}", "B1", f"A1_{second}")
+        for kind in ("nuclei", "cells"))
+    assert np.array_equal(tifffile.imread(masks / "plate" / f"A1_{second}_cells.tif"),
+                          results[2].tensor("cell_labels"))
+    frame = pd.read_csv(table)
+    assert len(frame) == sum(len(r.to_pandas("cells")) for r in results)
+    assert sorted({row_id.split("/")[1] for row_id in frame["id"]}) == ["A1.png", "A1.tif", "B1.tif"]
+    figure = tmp_path / "plate.png"
+    assert main(["plot", "--batch", "plate-cells", *gateway, "-o", str(figure)]) == 0
+    assert "embedding plot of 3 results" in capsys.readouterr().err
 
 
 def test_8_and_16_bit_channels_give_the_same_cells(stack: InProcessStack) -> None:
