@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -192,9 +192,15 @@ def bearer_metadata(token: str) -> list[tuple[str, str]]:
 def batch_messages(requests: Iterable[pb.SubmitJobRequest], batch_id: str,
                    max_message_bytes: int) -> Iterator[pb.SubmitBatchRequest]:
     """The client stream of a SubmitBatch: the header, then the jobs packed BATCH_MESSAGE_JOBS
-    or BATCH_MESSAGE_BYTES (at most half the message limit) to a message."""
+    or BATCH_MESSAGE_BYTES (at most half the message limit) to a message.
+
+    The header declares the job count when ``requests`` has a length (a list): the
+    gateway then refuses a batch the queue has no room for before its images are
+    sent, and answers a whole stream at once (see ``BatchHeader.job_count``).
+    """
     batch_message_bytes = min(BATCH_MESSAGE_BYTES, max_message_bytes // 2)
-    yield pb.SubmitBatchRequest(header=pb.BatchHeader(batch_id=batch_id))
+    count = len(requests) if isinstance(requests, Sized) else 0
+    yield pb.SubmitBatchRequest(header=pb.BatchHeader(batch_id=batch_id, job_count=count))
     message = pb.SubmitBatchRequest()
     size = 0
     for request in requests:

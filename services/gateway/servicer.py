@@ -138,7 +138,8 @@ def _watch_for_cancel(context: grpc.ServicerContext) -> threading.Event:
 
 
 def _ensure_client_waits(
-    context: grpc.ServicerContext, ended: threading.Event, stream_ended: float | None = None
+    context: grpc.ServicerContext, ended: threading.Event, stream_ended: float | None = None,
+    whole: bool = False,
 ) -> None:
     """Cancelled if the client went away, checked just before queueing.
 
@@ -148,10 +149,13 @@ def _ensure_client_waits(
     client believes refused and sends again. CANCEL_GRACE_S gives the cancel
     that moment, counted from ``stream_ended`` (``time.monotonic()`` when the
     iterator ended; default: now), so work done since (the last writes to
-    Redis) is part of the wait.
+    Redis) is part of the wait. A stream known to have ``whole``ly arrived (its
+    header declared the jobs it carried, and all came) waits for nothing: only a
+    client already gone is refused.
     """
     waited = 0.0 if stream_ended is None else time.monotonic() - stream_ended
-    if ended.wait(max(0.0, CANCEL_GRACE_S - waited)) or not context.is_active():
+    grace = 0.0 if whole else max(0.0, CANCEL_GRACE_S - waited)
+    if ended.wait(grace) or not context.is_active():
         raise Cancelled("the client cancelled the call before its jobs were queued; nothing was queued")
 
 
@@ -317,6 +321,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         """
         tenant = self.tenant_of(context)
         batch_id = ""
+        declared = 0  # header.job_count: 0 when the client did not say
         staged = Staged(tenant)
         ended = _watch_for_cancel(context)
         pending: list[NewJob] = []
@@ -341,7 +346,11 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 if part == "header":
                     if index != 0:
                         raise InvalidArgument("header: the batch header must be the first message")
-                    batch_id = check_optional_id("header.batch_id", message.header.batch_id)
+                    batch_id = (check_optional_id("header.batch_id", message.header.batch_id)
+                                or uuid.uuid4().hex)
+                    declared = _declared_job_count(message.header.job_count)
+                    if declared:
+                        ensure_room(declared)  # before any image arrives
                     continue
                 batch_id = batch_id or uuid.uuid4().hex
                 requests = message.jobs.jobs if part == "jobs" else [message.job]
@@ -352,12 +361,16 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                     if len(pending) >= BATCH_WRITE_SIZE or pending_bytes >= BATCH_WRITE_BYTES:
                         write_pending()
                 seen += len(requests)
+                if declared and seen > declared:
+                    raise _job_count_refusal(declared, seen, batch_id)
             stream_ended = time.monotonic()
+            batch_id = batch_id or uuid.uuid4().hex
+            if declared and seen != declared:
+                raise _job_count_refusal(declared, seen, batch_id)
             write_pending()
             writer.wait()
-            batch_id = batch_id or uuid.uuid4().hex
             ensure_room(len(staged.records))
-            _ensure_client_waits(context, ended, stream_ended)
+            _ensure_client_waits(context, ended, stream_ended, whole=bool(declared))
             self.queue.commit(staged, batch_id)
         except BaseException:
             for new in pending + writer.abandon():
@@ -541,6 +554,21 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             for model in reply.models:
                 del model.layer_paths[:]
         return reply
+
+
+def _declared_job_count(count: int) -> int:
+    """``header.job_count`` checked: 0 (not declared) or a positive count."""
+    if count < 0:
+        raise InvalidArgument(f"header.job_count: {count} is negative; give the number of jobs "
+                              "the stream carries, or 0")
+    return count
+
+
+def _job_count_refusal(declared: int, seen: int, batch_id: str) -> InvalidArgument:
+    """The refusal of a batch whose stream carried other than the jobs its header declared."""
+    carried = f"at least {seen}" if seen > declared else str(seen)
+    return InvalidArgument(f"header.job_count: the header declared {declared} jobs, the stream "
+                           f"carried {carried}; nothing of batch {batch_id} was queued")
 
 
 def _refuse_client_blobs(job_input: pb.JobInput) -> None:

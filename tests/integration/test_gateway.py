@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from labsight.catalog import GATEWAY
-from labsight.client import LabSightClient, build_request
+from labsight.client import LabSightClient, batch_messages, build_request
 from labsight.config import Settings
 from labsight.demo import demo_image
 from labsight.errors import Cancelled
@@ -376,3 +376,45 @@ def test_watch_streams_beyond_the_limit_are_refused_and_leave_threads_for_other_
                 assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert time.monotonic() < deadline, "the slot of the ended stream was not freed"
                 time.sleep(0.1)
+
+
+def _declaring(batch_id: str, declared: int, jobs: list[pb.SubmitJobRequest],
+               hold: threading.Event | None = None) -> Iterator[pb.SubmitBatchRequest]:
+    yield pb.SubmitBatchRequest(header=pb.BatchHeader(batch_id=batch_id, job_count=declared))
+    if hold is not None:
+        hold.wait(60)  # a client that has not sent its images yet
+    yield pb.SubmitBatchRequest(jobs=pb.BatchJobs(jobs=jobs))
+
+
+def test_a_declared_job_count_must_match_and_a_batch_without_room_is_refused_at_its_header(
+    stack: InProcessStack, serve: Callable[..., RunningServer]
+) -> None:
+    job = build_request("fractal", demo_image(), {"box_sizes": "3"})
+    stub = stack.client.stub
+    for declared, sent, expected in (
+        (3, 2, "header.job_count: the header declared 3 jobs, the stream carried 2; nothing of "
+               "batch short was queued"),
+        (1, 2, "header.job_count: the header declared 1 jobs, the stream carried at least 2"),
+        (-1, 1, "header.job_count: -1 is negative"),
+    ):
+        error = _rpc_error(stub.SubmitBatch, _declaring("short", declared, [job] * sent))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith(expected), error.details()
+    assert stack.client.list_jobs() == []
+    assert len(stub.SubmitBatch(_declaring("whole", 2, [job] * 2)).job_ids) == 2
+    # the SDK declares the count of a list; of a generator it cannot know it
+    messages = batch_messages([job] * 3, "b", 1 << 22)
+    assert next(messages).header.job_count == 3
+    assert next(batch_messages((job for _ in range(3)), "b", 1 << 22)).header.job_count == 0
+
+    limited = Settings(**{**vars(stack.settings), "max_queue_depth": 3})
+    small_gateway = serve(register_gateway, GATEWAY.grpc_services, limited)
+    hold = threading.Event()
+    with LabSightClient(small_gateway.address, token="") as client:
+        call = client.stub.SubmitBatch.future(_declaring("too-big", 5, [job] * 5, hold))
+        try:
+            error = call.exception(timeout=30)  # answered while the images are still held back
+        finally:
+            hold.set()
+        assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "nothing of batch too-big was queued" in error.details()
