@@ -33,6 +33,12 @@ HANDLER_EXIT_S = 5.0
 """How long a stopped service's handler threads get, after the grace, to notice their calls
 were cancelled before the process ends without them."""
 
+SIGNAL_POLL_S = 0.5
+"""How often a service's main thread wakes to run the signal handlers. A signal the kernel
+hands to another thread (gRPC's, ONNX Runtime's) only marks itself pending, and Python runs
+the handler when the main thread next runs: an untimed wait never wakes, so the process kept
+serving after SIGTERM (seen in CI: no "stopping" 60 s after it)."""
+
 Registrar = Callable[[grpc.Server, Settings], ReadinessProbe | None]
 """Adds a service's servicers to a server (e.g. ``add_FeatureServiceServicer_to_server``);
 returns the readiness probe its health follows, if it depends on something (e.g. Redis)."""
@@ -151,7 +157,8 @@ def run_forever(register: Registrar, service_names: Sequence[str], settings: Set
     stop = stop_on_signals()
     start_metrics(settings)
     running = start_server(register, service_names, settings)
-    stop.wait()
+    while not stop.wait(SIGNAL_POLL_S):
+        pass
     log.info("stopping", extra={"grace_s": settings.shutdown_grace_s})
     running.stop(settings.shutdown_grace_s)
     end_handlers(running.handlers, HANDLER_EXIT_S)
