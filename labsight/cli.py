@@ -627,18 +627,12 @@ def _table_results(
     jobs without that label."""
     from labsight.export import keep_table
 
-    results: list[Any] = []
-    labels: list[str] = []
-    missing: list[str] = []
+    kept: list[tuple[Any, Any]] = []
     for job, result in finished:
         table = table or next(iter(sorted(result.tables)), "")
-        results.append(keep_table(result, table))
-        if class_label and class_label not in job.labels:
-            missing.append(job.job_id)
-        labels.append(job.labels.get(class_label, ""))
-    if missing:
-        raise SystemExit(f"labsight: jobs without label {class_label!r}: {missing[:5]}")
-    return results, table, labels if class_label else None
+        kept.append((job, keep_table(result, table)))
+    labels = _job_labels(kept, class_label) if class_label else None
+    return [result for _, result in kept], table, labels
 
 
 def cmd_results(args: argparse.Namespace) -> int:
