@@ -10,6 +10,7 @@ its zarr view has a single chunk, the whole image.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
@@ -26,7 +27,8 @@ class RegionImage:
 
     Supports what cutting patches needs: ``shape``, ``ndim``, ``dtype``,
     ``itemsize``, basic slices ``[y0:y1, x0:x1]`` and open index grids
-    (``image[np.ix_(rows, cols)]``), each returning an ndarray.
+    (``image[np.ix_(rows, cols)]``), each returning an ndarray. A region whose
+    pixels do not decode (a cut or corrupt file) raises ValueError.
     """
 
     def __init__(self, array: Any) -> None:
@@ -39,7 +41,13 @@ class RegionImage:
         self.itemsize = self.dtype.itemsize
 
     def _read(self, rows: slice, cols: slice) -> np.ndarray:
-        pixels = np.asarray(self._array[rows, cols])
+        try:
+            pixels = np.asarray(self._array[rows, cols])
+        except ValueError:
+            raise
+        except Exception as exc:  # any decoder failure (a cut or corrupt tile) is the file's fault
+            raise ValueError(f"the TIFF's pixels at rows {rows.start}-{rows.stop}, columns "
+                             f"{cols.start}-{cols.stop} do not decode ({exc})") from exc
         return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -59,8 +67,16 @@ class ContiguousPixels:
     they span (one read each), never the block."""
 
     def __init__(self, stream: IO[bytes], offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """Raises ValueError if the file ends before the block does (a truncated TIFF)."""
         self._stream, self._offset, self.shape, self.dtype = stream, offset, shape, dtype
         self._row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        needed = offset + shape[0] * self._row_bytes
+        size = stream.seek(0, io.SEEK_END)
+        if size < needed:
+            raise ValueError(
+                f"the TIFF is truncated: its {'x'.join(map(str, shape))} {dtype.name} pixels end "
+                f"at byte {needed:,}, the file has {size:,} bytes"
+            )
 
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
         top, bottom, _ = key[0].indices(self.shape[0])
@@ -77,7 +93,8 @@ def tiff_regions(stream: IO[bytes]) -> Iterator[RegionImage]:
     Raises
     ------
     ValueError
-        If the series is not one plane of grey or interleaved samples (REGION_AXES).
+        If the series is not one plane of grey or interleaved samples (REGION_AXES), or
+        its one uncompressed block ends past the end of the file.
     """
     import zarr
 

@@ -57,3 +57,19 @@ def test_a_stack_cannot_be_read_by_regions() -> None:
     with pytest.raises(ValueError, match="cannot be read by regions"), \
             tiff_regions(_tiff(np.zeros((3, 20, 20), np.uint8), photometric="minisblack")):
         pass
+
+
+def test_a_cut_single_block_is_refused_when_opened() -> None:
+    whole = _tiff(PIXELS).getvalue()
+    with pytest.raises(ValueError, match=r"truncated: .* end at byte 231,\d+, the file has 115,\d+ bytes"), \
+            tiff_regions(io.BytesIO(whole[: len(whole) // 2])):
+        pass
+
+
+@pytest.mark.parametrize("layout", ["uncompressed tiles", "zlib tiles"])
+def test_a_region_of_cut_tiles_raises_value_error(layout: str) -> None:
+    whole = _tiff(PIXELS, **LAYOUTS[layout]).getvalue()
+    with tiff_regions(io.BytesIO(whole[: len(whole) // 2])) as image:
+        np.testing.assert_array_equal(image[0:10, 0:10], PIXELS[0:10, 0:10])  # before the cut
+        with pytest.raises(ValueError, match="tile|do not decode"):
+            image[250:290, 200:250]

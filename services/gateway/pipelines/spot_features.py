@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 from functools import partial
 from typing import NamedTuple
 
@@ -218,8 +219,14 @@ class SpotFeaturesPipeline(Pipeline):
         """The same slices cut here from the tiles under each spot of a blob-store TIFF, with
         the segmentation service's geometry (labsight.patches), so the slide is never whole;
         the patches stay arrays (no message to encode and decode again)."""
-        with opened_blob(blob_store(), context.job_input.image.blob, "input.image.blob") as stream, \
-                tiff_regions(stream) as image:
+        with ExitStack() as opened:
+            stream = opened.enter_context(
+                opened_blob(blob_store(), context.job_input.image.blob, "input.image.blob")
+            )
+            try:
+                image = opened.enter_context(tiff_regions(stream))
+            except ValueError as error:
+                raise InvalidArgument(f"input.image.blob: {error}") from None
             for index, request in enumerate(requests):
                 context.report_progress(index / len(requests), "patches")
                 centres = from_tensor(request.spot_centres, "spot_centres")
