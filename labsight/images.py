@@ -466,6 +466,7 @@ def tiff_layout(tif: tifffile.TiffFile, field: str = "image") -> Layout:
     if page.dtype is None:
         raise ValueError(f"unsupported sample format ({page.bitspersample} bits per sample)")
     axes, shape = series.axes, tuple(int(n) for n in series.shape)
+    _check_page_data(tif, page)
     page_axes = page.axes
     if not axes.endswith(page_axes):
         raise InvalidArgument(f"{field}: TIFF series with axes {axes} whose pages have axes {page_axes}; "
@@ -483,6 +484,22 @@ def tiff_layout(tif: tifffile.TiffFile, field: str = "image") -> Layout:
     others = len(tif.series) - 1 if series.kind in _MULTI_IMAGE_KINDS else 0
     return Layout(axes, shape, np.dtype(page.dtype), page_axes, chunk_bytes, names, alpha, bits,
                   others)
+
+
+def _check_page_data(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> None:
+    """Refuse a TIFF cut short, from the first page's header alone: ValueError if its data
+    segments run past the end of the file, or if uncompressed (whole bytes per sample) they
+    hold fewer bytes than its pixels take (reading such a file would fail only once its pixels are wanted)."""
+    ends = [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False)]
+    size = tif.filehandle.size
+    if ends and max(ends) > size:
+        raise ValueError(f"truncated: the first page's data runs to byte {max(ends):,}, "
+                         f"the file has {size:,} bytes")
+    needed = math.prod(page.shape) * np.dtype(page.dtype).itemsize
+    held = sum(page.databytecounts)
+    if page.compression == 1 and page.bitspersample % 8 == 0 and held < needed:  # not bit-packed
+        raise ValueError(f"truncated: the first page's {'x'.join(map(str, page.shape))} "
+                         f"{page.dtype} pixels take {needed:,} bytes, its data holds {held:,}")
 
 
 def _check_pages(pages: int, field: str) -> None:

@@ -10,7 +10,7 @@ import tifffile
 from PIL import Image as PILImage
 
 from labsight.errors import InvalidArgument
-from labsight.images import decode_image, encode_png, image_from_array
+from labsight.images import decode_image, encode_png, image_from_array, image_info
 from labsight.v1 import tensor_pb2
 
 
@@ -74,6 +74,40 @@ def test_truncated_png_is_reported_as_corrupt() -> None:
     data = encode_png(_rgb())
     with pytest.raises(InvalidArgument, match=r"corrupt PNG image"):
         decode_image(_encoded(data[: len(data) // 2]))
+
+
+def _tiff(pixels: np.ndarray, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("options", [{}, {"rowsperstrip": 7}, {"tile": (16, 16)},
+                                     {"compression": "zlib"}], ids=str)
+def test_a_cut_tiff_is_refused_from_its_header(options: dict[str, object]) -> None:
+    data = _tiff(np.zeros((40, 30, 3), np.uint8), **options)
+    with pytest.raises(InvalidArgument, match=r"image.encoded.data: corrupt TIFF image \(truncated: "
+                       r"the first page's data runs to byte [\d,]+, the file has [\d,]+ bytes\)"):
+        image_info(_encoded(data[: len(data) - 100]))
+
+
+def test_an_uncompressed_tiff_whose_strips_hold_too_few_bytes_is_refused() -> None:
+    data = bytearray(_tiff(np.zeros((40, 30), np.uint8)))
+    tif = tifffile.TiffFile(io.BytesIO(bytes(data)))
+    tag = tif.pages[0].tags["StripByteCounts"]
+    data[tag.valueoffset : tag.valueoffset + 4] = (600).to_bytes(4, "little")  # of 1,200
+    with pytest.raises(InvalidArgument, match=r"truncated: the first page's 40x30 uint8 pixels "
+                       r"take 1,200 bytes, its data holds 600"):
+        image_info(_encoded(bytes(data)))
+
+
+def test_bit_packed_and_planar_tiffs_are_not_taken_for_cut_ones() -> None:
+    planar = np.random.default_rng(2).integers(0, 4096, (3, 20, 30), dtype=np.uint16)
+    assert image_info(_encoded(_tiff(planar, planarconfig="separate", photometric="rgb"))).shape \
+        == (20, 30, 3)
+    mask = _tiff(np.random.default_rng(3).random((33, 37)) > 0.5)  # 1 bit per pixel
+    with pytest.raises(InvalidArgument, match="dtype bool not supported"):  # not "truncated"
+        image_info(_encoded(mask))
 
 
 def test_huge_image_is_rejected_before_decoding() -> None:
