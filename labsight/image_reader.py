@@ -164,7 +164,9 @@ class ReadPlan:
     shape : tuple of int
         (H, W) or (H, W, C) of the pixels it gives.
     dtype : numpy.dtype
-        Their dtype (uint16 for a ``sum`` projection).
+        Their dtype: the file's, but uint16 for a ``sum`` projection of uint8 or
+        uint16 and float64 for a ``mean`` or ``sum`` of other dtypes (which
+        :mod:`labsight.pixel_types` maps onto uint16 after).
     decode_bytes : int
         The most memory reading takes at once: the pages read together, a
         projection's accumulator, the largest strip or tile.
@@ -232,7 +234,7 @@ def plan_reading(
     out_channels = len(channels) if channels is not None else total_channels - int(drop_alpha)
     height, width = layout.size("Y"), layout.size("X")
     shape = (height, width) if out_channels == 1 else (height, width, out_channels)
-    dtype = np.dtype(np.uint16) if choices.z_project == "sum" else layout.dtype
+    dtype = _projected_dtype(layout.dtype, choices.z_project)
     page_bytes = math.prod(layout.shape[len(layout.axes) - len(layout.page_axes):]) * layout.dtype.itemsize
     pages_at_once = len(_needed_c(layout, channels))  # one page per channel of a plane
     accumulator = height * width * out_channels * 8 if project_axis else 0
@@ -247,6 +249,15 @@ def plan_reading(
         drop_alpha=drop_alpha,
         choices_field=where,
     )
+
+
+def _projected_dtype(dtype: np.dtype, projection: str) -> np.dtype:
+    """The dtype of a plane, or of a projection of planes, of pixels of ``dtype``."""
+    if projection not in ("mean", "sum"):
+        return dtype
+    if dtype in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        return np.dtype(np.uint16) if projection == "sum" else dtype
+    return np.dtype(np.float64)
 
 
 def read_planned(layout: Layout, plan: ReadPlan, read_pages: PageReader, field: str) -> np.ndarray:
@@ -272,16 +283,19 @@ def read_planned(layout: Layout, plan: ReadPlan, read_pages: PageReader, field: 
         block = read_pages(pages)  # (n pages, *page axes)
         pixels = _channels_last(block, layout, needed_c if "C" in leading else None, plan, field)
         if accumulated is None:
-            accumulated = pixels.astype(np.uint64) if plan.projection in ("mean", "sum") else pixels
+            accumulated = (pixels.astype(np.uint64 if plan.dtype.kind == "u" else np.float64)
+                           if plan.projection in ("mean", "sum") else pixels)
         elif plan.projection == "max":
             np.maximum(accumulated, pixels, out=accumulated)
         else:
             accumulated += pixels
     assert accumulated is not None  # every layout has at least one step
-    if plan.projection == "mean":
+    if plan.projection == "mean" and accumulated.dtype.kind == "f":
+        accumulated /= len(steps)
+    elif plan.projection == "mean":
         count = len(steps)
         accumulated = (accumulated * 2 + count) // (2 * count)  # rounded half up
-    elif plan.projection == "sum":
+    elif plan.projection == "sum" and accumulated.dtype.kind != "f":
         accumulated = np.minimum(accumulated, np.iinfo(np.uint16).max)
     return np.ascontiguousarray(accumulated.astype(plan.dtype, copy=False))
 
@@ -302,7 +316,7 @@ def _channels_last(
     if plan.drop_alpha:
         where = plan.choices_field
         alpha = stacked[..., -1]
-        opaque = np.iinfo(alpha.dtype).max
+        opaque = np.iinfo(alpha.dtype).max if alpha.dtype.kind in "iu" else 1  # float and 1-bit: 1
         transparent = int(np.count_nonzero(alpha != opaque))
         if transparent:
             raise InvalidArgument(

@@ -33,6 +33,15 @@ from labsight.image_reader import (
     read_planned,
 )
 from labsight.intensity import low_range_warning, scale_intensity
+from labsight.pixel_types import (
+    CONVERTED_DTYPES,
+    NATIVE_DTYPES,
+    check_scaling,
+    conversion_bytes,
+    delivered_dtype,
+    readable_dtype,
+    to_native,
+)
 from labsight.tensors import from_tensor
 from labsight.v1 import tensor_pb2
 
@@ -53,7 +62,6 @@ MAX_TIFF_PAGES_ENV = "LABSIGHT_MAX_TIFF_PAGES"
 
 MAX_CHANNELS = 8
 
-IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
 MASK_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.int32, np.uint32, np.int64))
 """Label mask dtypes (those a Tensor carries): int32 is what scikit-image and StarDist write."""
@@ -155,8 +163,7 @@ def image_info(
     limit = _default_limit(image) if max_bytes is None else max_bytes
     with _opened(image, field, limit) as source:
         plan = _plan(source, image, field, choices_field)
-        return check_info(ImageInfo(plan.shape, plan.dtype, plan.decode_bytes), field, limit,
-                          _limit_env(image, max_bytes))
+        return check_info(_delivered_info(plan), field, limit, _limit_env(image, max_bytes))
 
 
 def _limit_env(image: tensor_pb2.Image, max_bytes: int | None) -> str:
@@ -181,7 +188,7 @@ def check_info(
             f"{field}: {info.channels} channels; expected 1 to {MAX_CHANNELS} (choose some with "
             "the channels parameter, e.g. channels=0,2)"
         )
-    if info.dtype not in IMAGE_DTYPES:
+    if info.dtype not in NATIVE_DTYPES:
         raise InvalidArgument(f"{field}: dtype {info.dtype} not supported; expected uint8 or uint16")
     if info.decode_bytes > max_bytes:
         raise InvalidArgument(
@@ -242,7 +249,7 @@ def read_image(
     choices = read_choices(image, field)
     with _opened(image, field, limit) as source:
         plan = _plan(source, image, field, choices_field)
-        check_info(ImageInfo(plan.shape, plan.dtype, plan.decode_bytes), field, limit)
+        check_info(_delivered_info(plan), field, limit)
         pixels = _guarded(source.fmt, source.data_field, lambda: read_planned(
             source.layout, plan, source.read_pages, field))
     if pixels.shape != plan.shape or pixels.dtype != plan.dtype:
@@ -254,10 +261,17 @@ def read_image(
     bits = source.layout.significant_bits
     informative_bits = bits if bits is not None and bits < pixels.dtype.itemsize * 8 else None
     try:
-        scaled = scale_intensity(pixels, choices.intensity, informative_bits)
+        if pixels.dtype in NATIVE_DTYPES:
+            scaled = scale_intensity(pixels, choices.intensity, informative_bits)
+            warnings = [w for w in (low_range_warning(scaled.pixels, field),) if w]
+        else:
+            converted = to_native(pixels, choices.intensity, informative_bits)
+            scaled = converted.scaled
+            warnings = [w for w in (converted.low_range_warning(field, choices.intensity),) if w]
+            if converted.not_a_number:
+                warnings.append(f"{field}: {converted.not_a_number} NaN values were read as black")
     except ValueError as error:
         raise InvalidArgument(f"{choices_field or field + '.read'}.intensity: {error}") from None
-    warnings = [w for w in (low_range_warning(scaled.pixels, field),) if w]
     if source.layout.other_images:
         warnings.append(
             f"{field}: the file holds {source.layout.other_images + 1} images (TIFF series); only "
@@ -268,11 +282,18 @@ def read_image(
             f"{field}: {scaled.clipped} values above {scaled.white:g} were clipped by "
             f"intensity={choices.intensity.text} (is the bit depth right?)"
         )
+    elif scaled.clipped and choices.intensity.kind == "range":
+        warnings.append(
+            f"{field}: {scaled.clipped} values outside {scaled.black:g}-{scaled.white:g} were "
+            f"clipped by intensity={choices.intensity.text}"
+        )
     provenance = {
         "intensity": choices.intensity.text,
         "intensity_range": f"{scaled.black:g}-{scaled.white:g}",
         "image_axes": source.layout.describe(),
     }
+    if source.layout.dtype not in NATIVE_DTYPES:
+        provenance["source_dtype"] = str(source.layout.dtype)
     provenance.update({name: text for name, text in _read_texts(image).items()
                        if text and name != "intensity"})
     return ImageReading(scaled.pixels, warnings, provenance)
@@ -423,11 +444,25 @@ def _opened_stream(stream: BinaryIO, fmt: str, field: str, data_field: str) -> I
 
 
 def _plan(source: _Source, image: tensor_pb2.Image, field: str, choices_field: str = "") -> ReadPlan:
-    if source.layout.dtype not in IMAGE_DTYPES:
+    dtype = source.layout.dtype
+    if not readable_dtype(dtype):
         raise InvalidArgument(
-            f"{field}: dtype {source.layout.dtype} not supported; expected uint8 or uint16"
+            f"{field}: dtype {dtype} not supported; expected "
+            f"{', '.join(str(d) for d in NATIVE_DTYPES + CONVERTED_DTYPES)}"
         )
-    return plan_reading(source.layout, read_choices(image, field), field, choices_field)
+    choices = read_choices(image, field)
+    try:
+        check_scaling(dtype, choices.intensity)
+    except ValueError as error:
+        raise InvalidArgument(f"{choices_field or field + '.read'}.intensity: {error}") from None
+    return plan_reading(source.layout, choices, field, choices_field)
+
+
+def _delivered_info(plan: ReadPlan) -> ImageInfo:
+    """What reading by ``plan`` gives once mapped onto uint8/uint16 (labsight.pixel_types), with
+    the memory of that mapping counted."""
+    return ImageInfo(plan.shape, delivered_dtype(plan.dtype),
+                     plan.decode_bytes + conversion_bytes(plan.shape, plan.dtype))
 
 
 def _encoded_bytes(encoded: tensor_pb2.EncodedImage, field: str) -> tuple[bytes, str]:

@@ -15,7 +15,12 @@ onto the dtype's whole range (same dtype in and out):
                             (TIFF BitsPerSample, OME SignificantBits), else the data
 ``percentile:LO-HI``        the LO-th .. HI-th percentile of the image's values
 ``minmax``                  the image's smallest .. largest value
+``range:LO-HI``             LO .. HI, the same values for every image (e.g. range:100-3000,
+                            range:-0.5-2.5 for floating-point data)
 ==========================  ==========================================================
+
+Files of other dtypes (floating point, signed or 32-bit integers, 1-bit) are
+read as uint16 by the same choices (:mod:`labsight.pixel_types`).
 
 Values outside the range are clipped. ``bit-depth:B`` maps x to
 round(x · M / (2^B - 1)) with M the dtype maximum, in integer arithmetic, so
@@ -49,6 +54,8 @@ LOW_RANGE_FRACTION = 16
 
 _BIT_DEPTH = re.compile(r"bit-depth(?::(\d{1,2}))?")
 _PERCENTILE = re.compile(r"percentile:(\d+(?:\.\d*)?)-(\d+(?:\.\d*)?)")
+_NUMBER = r"(-?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?)"
+_RANGE = re.compile(rf"range:{_NUMBER}-{_NUMBER}")
 
 
 @dataclass(frozen=True)
@@ -57,12 +64,13 @@ class IntensityScaling:
 
     Attributes
     ----------
-    kind : {"full-range", "bit-depth", "percentile"}
+    kind : {"full-range", "bit-depth", "percentile", "range"}
         ``minmax`` is ``percentile`` 0-100.
     bits : int or None
         For ``bit-depth``: the bit depth, or None to take it from the metadata or the data.
     low, high : float
-        For ``percentile``: the percentiles that become black and white.
+        For ``percentile``: the percentiles that become black and white; for ``range``,
+        the values.
     text : str
         The choice as written (normalised), for provenance.
     """
@@ -95,7 +103,8 @@ class ScaledPixels:
 
 
 def parse_intensity(text: str) -> IntensityScaling:
-    """``full-range``, ``bit-depth[:B]``, ``percentile:LO-HI`` or ``minmax``; ValueError otherwise.
+    """``full-range``, ``bit-depth[:B]``, ``percentile:LO-HI``, ``minmax`` or ``range:LO-HI``;
+    ValueError otherwise.
 
     Examples
     --------
@@ -119,10 +128,17 @@ def parse_intensity(text: str) -> IntensityScaling:
         if not 0 <= low < high <= 100:
             raise ValueError(f"percentiles must satisfy 0 <= LO < HI <= 100, got {low}-{high}")
         return IntensityScaling("percentile", low=low, high=high, text=cleaned)
+    match = _RANGE.fullmatch(cleaned)
+    if match:
+        low, high = float(match.group(1)), float(match.group(2))
+        if not low < high:
+            raise ValueError(f"range:LO-HI needs LO < HI, got {low:g}-{high:g}")
+        return IntensityScaling("range", low=low, high=high, text=f"range:{low:g}-{high:g}")
     shown = text if len(text) <= 100 else f"{text[:100]!r}… ({len(text)} characters)"
     raise ValueError(
         f"expected full-range, bit-depth:B (e.g. bit-depth:12), bit-depth (from the file), "
-        f"percentile:LO-HI (e.g. percentile:0.1-99.9) or minmax, got {shown!r}"
+        f"percentile:LO-HI (e.g. percentile:0.1-99.9), minmax or range:LO-HI (e.g. range:100-3000), "
+        f"got {shown!r}"
     )
 
 
@@ -164,7 +180,10 @@ def scale_intensity(
         limit = int(white)
         table = (np.minimum(values, limit) * (2 * top) + limit) // (2 * limit)
     else:
-        black, white = (_percentile(counts, q) for q in (scaling.low, scaling.high))
+        black, white = (
+            (scaling.low, scaling.high) if scaling.kind == "range"
+            else (_percentile(counts, q) for q in (scaling.low, scaling.high))
+        )
         if white <= black:  # one value only: nothing to stretch
             table = np.zeros_like(values)
         else:

@@ -18,6 +18,8 @@ from typing import IO, Any
 import numpy as np
 import tifffile
 
+from labsight.pixel_types import NATIVE_DTYPES
+
 REGION_AXES = ("YX", "YXS")
 """Series axes a TIFF must have to be read by regions: one plane, grey or interleaved samples."""
 
@@ -86,6 +88,21 @@ class ContiguousPixels:
         return np.frombuffer(data, self.dtype).reshape((rows, *self.shape[1:]))[:, key[1]]
 
 
+def readable_by_regions(stream: IO[bytes]) -> bool:
+    """Whether :func:`tiff_regions` reads the TIFF in ``stream`` as the file holds it: one plane of
+    grey or interleaved uint8 or uint16 samples (other dtypes need the whole image to be mapped
+    onto those, see labsight.pixel_types). Leaves the stream at its start."""
+    stream.seek(0)
+    try:
+        with tifffile.TiffFile(stream) as tif:
+            series = tif.series[0]
+            return series.axes in REGION_AXES and np.dtype(series.dtype) in NATIVE_DTYPES
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: the whole-image path says why
+        return False
+    finally:
+        stream.seek(0)
+
+
 @contextmanager
 def tiff_regions(stream: IO[bytes]) -> Iterator[RegionImage]:
     """The first series of the TIFF in ``stream`` as a :class:`RegionImage` (valid inside the block).
@@ -93,8 +110,8 @@ def tiff_regions(stream: IO[bytes]) -> Iterator[RegionImage]:
     Raises
     ------
     ValueError
-        If the series is not one plane of grey or interleaved samples (REGION_AXES), or
-        its one uncompressed block ends past the end of the file.
+        If the series is not one plane of grey or interleaved uint8 or uint16 samples
+        (REGION_AXES), or its one uncompressed block ends past the end of the file.
     """
     import zarr
 
@@ -105,6 +122,9 @@ def tiff_regions(stream: IO[bytes]) -> Iterator[RegionImage]:
                 f"a TIFF with axes {series.axes} cannot be read by regions; expected one of "
                 f"{list(REGION_AXES)}"
             )
+        if np.dtype(series.dtype) not in NATIVE_DTYPES:
+            raise ValueError(f"a TIFF of {series.dtype} samples cannot be read by regions; expected "
+                             "uint8 or uint16")
         page = series.keyframe
         if page.is_contiguous and len(series.pages) == 1:
             dtype = np.dtype(page.dtype).newbyteorder(tif.byteorder)

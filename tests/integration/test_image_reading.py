@@ -245,3 +245,45 @@ def test_a_spot_features_job_runs_on_an_int32_label_mask_tiff(
     done = stack.client.wait(job.job_id, timeout_s=180)
     assert done.status == pb.JOB_STATUS_DONE, done.error
     assert list(stack.client.result(job.job_id).tables["features"].row_ids) == ["5", "70000"]
+
+
+def test_imagej_32_bit_float_data_reads_as_the_8_bit_originals_numbers(stack: InProcessStack) -> None:
+    stack.start_worker()
+    original = _original_8bit()
+    as_float = (original / np.float32(255)).astype(np.float32)  # ImageJ "32-bit", 0..1
+    _, plain_result = _run(stack, _png(original), {})
+    done, float_result = _run(stack, _tiff(as_float, imagej=True), {})
+    np.testing.assert_array_equal(_fractal_numbers(float_result), _fractal_numbers(plain_result))
+    assert float_result.provenance["source_dtype"] == "float32"  # type: ignore[attr-defined]
+    assert float_result.provenance["intensity_range"] == "0-1"  # type: ignore[attr-defined]
+
+
+def test_float_data_outside_0_to_1_fails_at_full_range_and_runs_with_a_range(
+    stack: InProcessStack,
+) -> None:
+    stack.start_worker()
+    original = _original_8bit()
+    counts = original.astype(np.float32) * 4 + 100  # 100..1120, as a processed image holds
+    job = stack.client.submit("fractal", _tiff(counts), BOXES)
+    failed = stack.client.wait(job.job_id, timeout_s=120)
+    assert failed.status == pb.JOB_STATUS_FAILED
+    assert "params.intensity: float32 pixels span 100 to 1120, outside the 0-1" in failed.error
+    assert "range:LO-HI" in failed.error
+    _, plain_result = _run(stack, _png(original), {})
+    _, ranged_result = _run(stack, _tiff(counts), {"intensity": "range:100-1120"})
+    np.testing.assert_array_equal(_fractal_numbers(ranged_result), _fractal_numbers(plain_result))
+
+
+def test_bit_depth_of_float_data_is_refused_at_submit(stack: InProcessStack) -> None:
+    details = _refused(stack, _tiff(np.zeros((64, 64), np.float32)), {"intensity": "bit-depth:12"})
+    assert details.startswith("params.intensity: bit-depth:12 needs integer pixels; float32")
+
+
+def test_signed_16_bit_data_with_bit_depth_12_gives_the_8_bit_originals_numbers(
+    stack: InProcessStack,
+) -> None:
+    stack.start_worker()
+    original = _original_8bit()
+    _, plain_result = _run(stack, _png(original), {})
+    _, signed_result = _run(stack, _tiff(original.astype(np.int16) * 16), {"intensity": "bit-depth:12"})
+    np.testing.assert_array_equal(_fractal_numbers(signed_result), _fractal_numbers(plain_result))

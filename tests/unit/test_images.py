@@ -106,8 +106,7 @@ def test_bit_packed_and_planar_tiffs_are_not_taken_for_cut_ones() -> None:
     assert image_info(_encoded(_tiff(planar, planarconfig="separate", photometric="rgb"))).shape \
         == (20, 30, 3)
     mask = _tiff(np.random.default_rng(3).random((33, 37)) > 0.5)  # 1 bit per pixel
-    with pytest.raises(InvalidArgument, match="dtype bool not supported"):  # not "truncated"
-        image_info(_encoded(mask))
+    assert image_info(_encoded(mask)).shape == (33, 37)
 
 
 def test_huge_image_is_rejected_before_decoding() -> None:
@@ -117,8 +116,8 @@ def test_huge_image_is_rejected_before_decoding() -> None:
 
 
 def test_wrong_dtype_and_rank_are_rejected() -> None:
-    with pytest.raises(InvalidArgument, match="dtype float32 not supported"):
-        decode_image(image_from_array(np.zeros((4, 4), np.float32)))
+    with pytest.raises(InvalidArgument, match="dtype int64 not supported; expected uint8, uint16, bool"):
+        decode_image(image_from_array(np.zeros((4, 4), np.int64)))
     with pytest.raises(InvalidArgument, match=r"expected \(H, W\) or \(H, W, C\)"):
         decode_image(image_from_array(np.zeros((2, 4, 4, 3), np.uint8)))
     with pytest.raises(InvalidArgument, match="image is empty"):

@@ -142,3 +142,13 @@ def test_bit_depth_12_gives_cnn_inputs_within_half_a_percent_of_the_8_bit_origin
     np.testing.assert_allclose(got, expected, rtol=0.004, atol=1e-6)
     at_full_range = preprocess([original.astype(np.uint16) * 16], (32, 32), identity)
     assert at_full_range.max() < 1 / 16  # at full range the model sees a nearly black image
+
+
+def test_a_fixed_range_maps_the_same_values_for_every_image() -> None:
+    pixels = np.array([0, 100, 1550, 3000, 4000], np.uint16)
+    scaled = scale_intensity(pixels, parse_intensity("range:100-3000"))
+    np.testing.assert_array_equal(scaled.pixels, [0, 0, 32768, 65535, 65535])
+    assert (scaled.black, scaled.white, scaled.clipped) == (100, 3000, 2)
+    assert parse_intensity("range:-0.5-2.5").low == -0.5
+    with pytest.raises(ValueError, match="range:LO-HI needs LO < HI, got 3-3"):
+        parse_intensity("range:3-3")

@@ -70,7 +70,8 @@ IMAGE_PARAMETERS = (
     Parameter("z_project", "Project the z axis of a stack: max, mean or sum; empty: none.", "",
               parse_z_project),
     Parameter("intensity", "Intensity range read as black to white: full-range (the dtype's), "
-              "bit-depth:12 (0-4095), bit-depth (from the file), percentile:0.1-99.9 or minmax.",
+              "bit-depth:12 (0-4095), bit-depth (from the file), percentile:0.1-99.9, minmax or "
+              "range:100-3000 (fixed values; floating-point files: full-range is 0-1).",
               DEFAULT_INTENSITY, parse_intensity),
 )
 """How every pipeline reads its main image (labsight.image_reader, labsight.intensity): they

@@ -14,7 +14,7 @@ from labsight.errors import InvalidArgument, echo
 from labsight.images import ImageInfo, decode_label_mask, detect_format, image_info, label_mask_info
 from labsight.intensity import DEFAULT_INTENSITY
 from labsight.patches import spot_patches
-from labsight.regions import tiff_regions
+from labsight.regions import readable_by_regions, tiff_regions
 from labsight.spatial import EDGE, SPOT_EDGE_MODES
 from labsight.tables import feature_table
 from labsight.tensors import from_tensor, to_tensor, write_tensor
@@ -140,9 +140,9 @@ class SpotFeaturesPipeline(Pipeline):
         check_model_work(params, patches, "input")
 
     def reads_regions(self, job_input: pb.JobInput, params: Mapping[str, str]) -> bool:
-        """Spots on a blob-store TIFF read as it is (all channels, one plane, full range) are cut
-        by the worker from the tiles under each spot; anything else goes whole to the
-        segmentation service."""
+        """Spots on a blob-store TIFF read as it is (all channels, one plane of uint8 or uint16,
+        full range) are cut by the worker from the tiles under each spot; anything else goes
+        whole to the segmentation service."""
         image = job_input.image
         if image.WhichOneof("source") != "blob" or SPOT_CENTRES not in job_input.tensors:
             return False
@@ -150,7 +150,7 @@ class SpotFeaturesPipeline(Pipeline):
         if any(params.get(name, default) != default for name, default in as_is.items()):
             return False
         with opened_blob(blob_store(), image.blob, "input.image.blob") as stream:
-            return detect_format(stream.read(16)) == "tiff"
+            return detect_format(stream.read(16)) == "tiff" and readable_by_regions(stream)
 
     def read_input(
         self, job_input: pb.JobInput, params: Mapping[str, str]
