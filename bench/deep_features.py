@@ -326,7 +326,8 @@ def main() -> None:
         stack_env = {**quiet, "REDIS_URL": redis_url, "LABSIGHT_KEY_PREFIX": prefix,
                      "LABSIGHT_ALLOW_ANONYMOUS": "1", "LABSIGHT_FEATURES_ADDR": features_address,
                      "LABSIGHT_WEB_PORT": "-1"}
-        gateway, gateway_address = start_service("services.gateway", stack_env)
+        gateway_env = {**sizing.gateway_environment(), **stack_env}
+        gateway, gateway_address = start_service("services.gateway", gateway_env)
         processes.append(gateway)
         worker_env = {**sizing.worker_environment(), **stack_env}
         processes += [start_process("services.gateway.worker", worker_env) for _ in range(args.workers)]
@@ -345,7 +346,8 @@ def main() -> None:
         malloc = [name for name in quiet if name.startswith("MALLOC_") or name == "GLIBC_TUNABLES"]
         print(f"environment as labsight up gives it: features service and raw baseline "
               f"{env_text(service_env, sizing.service_environment())}; workers "
-              f"{env_text(worker_env, sizing.worker_environment())}; glibc malloc of all others: "
+              f"{env_text(worker_env, sizing.worker_environment())}; gateway "
+              f"{env_text(gateway_env, sizing.gateway_environment())}; glibc malloc of the client: "
               f"{env_text(quiet, malloc) or 'defaults'}")
         with LabSightClient(gateway_address, token="", timeout_s=600) as lab:
             through_gateway(lab, requests[:2], args.per_job)  # untimed: connections, buffers

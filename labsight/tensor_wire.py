@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import secrets
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,9 +224,24 @@ class DetachingParser:
 @dataclass(frozen=True)
 class EncodedMessage:
     """A message already serialized (by :func:`serialize_with_arrays`): a model service's
-    servicer may answer one, and the server's interceptor sends ``data`` as it is."""
+    servicer may answer one, and the server's interceptor sends ``data`` as it is; a
+    client sends one as a request through :class:`labsight.runtime.encoded_channel.EncodedRequestChannel`."""
 
     data: bytes
+
+
+def passing_encoded(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """``serializer``, sending the bytes of an :class:`EncodedMessage` as they are (for a
+    gRPC server's responses or a channel's requests)."""
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        if isinstance(message, EncodedMessage):
+            return message.data
+        return serializer(message)
+
+    return serialize
 
 
 def _tensor_path(message: Message, path: str) -> tuple[Message, list[int]]:

@@ -317,11 +317,13 @@ class Stack:
             "LABSIGHT_HOST": "127.0.0.1",
             "LABSIGHT_TOKENS_FILE": str(self.home / TOKENS_FILE),
         }
-        # Thread pools sized to the CPUs (see size_stack) unless the operator set them.
+        # Thread pools and allocators sized to the CPUs and the work (see size_stack) unless
+        # the operator set them.
         service_env = {**self.sizing.service_environment(), **base_env}
+        gateway_env = {**self.sizing.gateway_environment(), **base_env}
         for name, spec in SERVERS.items():
             env = {
-                **(base_env if name == "gateway" else service_env),
+                **(gateway_env if name == "gateway" else service_env),
                 "LABSIGHT_PORT": str(self.layout.grpc_ports[name]),
                 "LABSIGHT_METRICS_PORT": str(self.layout.metrics_ports[name]),
             }

@@ -13,7 +13,7 @@ from prometheus_client import Counter, Histogram
 
 from labsight.errors import InvalidArgument, status_code_for
 from labsight.runtime.idle_trim import IdleTrimmer
-from labsight.tensor_wire import DetachedMessage, DetachingParser, EncodedMessage
+from labsight.tensor_wire import DetachedMessage, DetachingParser, passing_encoded
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +70,6 @@ def _tolerant(
             )
 
     return deserialize
-
-
-def _passing_encoded(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
-    """``serializer``, sending the bytes of an EncodedMessage as they are."""
-    if serializer is None:
-        return None
-
-    def serialize(response: Any) -> bytes:
-        if isinstance(response, EncodedMessage):
-            return response.data
-        return serializer(response)
-
-    return serialize
 
 
 def _decoded(request: Any, keep: list[DetachedMessage]) -> Any:
@@ -207,7 +194,7 @@ class StatusInterceptor(grpc.ServerInterceptor):
         trimmer = None if method.startswith("/grpc.") else self.trimmer
         kwargs = {
             "request_deserializer": _tolerant(handler.request_deserializer, detach),
-            "response_serializer": _passing_encoded(handler.response_serializer),
+            "response_serializer": passing_encoded(handler.response_serializer),
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(

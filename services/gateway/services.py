@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from labsight.catalog import MODEL_SERVICES
+from labsight.runtime.encoded_channel import EncodedRequestChannel
 from labsight.runtime.service_token import with_service_token
 from labsight.v1 import classifier_pb2_grpc, features_pb2_grpc, segmentation_pb2_grpc
 
@@ -65,7 +66,8 @@ def _refused(call: grpc.Future) -> bool:
 
 class ServiceClients:
     """Stubs to the segmentation, features and classifier services over shared channels
-    (sending ``service_token``, LABSIGHT_SERVICE_TOKEN, on every call when set)."""
+    (sending ``service_token``, LABSIGHT_SERVICE_TOKEN, on every call when set). Their calls
+    take a request message or its bytes as a :class:`labsight.tensor_wire.EncodedMessage`."""
 
     def __init__(
         self,
@@ -82,9 +84,11 @@ class ServiceClients:
             ("grpc.lb_policy_name", "round_robin"),
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ]
+        # Requests may come serialized already (labsight.tensor_wire.EncodedMessage).
         self._channels = {
             name: with_service_token(
-                grpc.insecure_channel(address, options=channel_options), service_token
+                EncodedRequestChannel(grpc.insecure_channel(address, options=channel_options)),
+                service_token,
             )
             for name, address in addresses.items()
         }

@@ -12,8 +12,9 @@ import pytest
 
 from labsight.catalog import SEGMENTATION
 from labsight.config import Settings
+from labsight.runtime.encoded_channel import EncodedRequestChannel
 from labsight.runtime.server import RunningServer
-from labsight.tensor_wire import DetachingParser, serialize_with_arrays
+from labsight.tensor_wire import DetachingParser, EncodedMessage, serialize_with_arrays
 from labsight.tensors import from_tensor, write_tensor
 from labsight.v1 import segmentation_pb2 as pb
 from labsight.v1 import segmentation_pb2_grpc as pb_grpc
@@ -67,6 +68,23 @@ def test_array_request_and_detached_answer_carry_the_same_pixels(
     assert answer.detached_bytes == image.nbytes
     np.testing.assert_array_equal(from_tensor(answer.message.patches, "patches")[0, ..., 0], image)
     assert list(answer.message.patch_ids) == ["0"]
+
+
+def test_a_stub_over_an_encoded_request_channel_takes_messages_and_their_bytes(
+    serve: Callable[..., RunningServer], settings: Settings
+) -> None:
+    server = serve(register, SEGMENTATION.grpc_services, settings)
+    image = np.random.default_rng(5).integers(0, 4096, (300, 200), dtype=np.uint16)
+    channel = EncodedRequestChannel(grpc.insecure_channel(server.address, options=settings.grpc_options()))
+    with channel:
+        stub = pb_grpc.SegmentationServiceStub(channel)
+        as_message = stub.ExtractPatches(_request(image, (50.0, 60.0), 20), timeout=60)
+        request = pb.ExtractPatchesRequest(spot_diameter=20)
+        write_tensor(request.spot_centres, np.array([[50.0, 60.0]]))
+        encoded = EncodedMessage(serialize_with_arrays(request, {"image.tensor": image}))
+        as_bytes = stub.ExtractPatches.future(encoded, timeout=60).result()
+    assert as_bytes == as_message
+    np.testing.assert_array_equal(from_tensor(as_bytes.patches, "patches")[0, ..., 0], image[50:70, 40:60])
 
 
 def test_big_tensor_of_the_wrong_length_is_refused_with_its_real_length(

@@ -63,7 +63,9 @@ def test_a_stack_is_sized_to_its_cpus(
         "NUMBA_NUM_THREADS": str(expected[2]), "OMP_NUM_THREADS": str(expected[2]),
         "OMP_WAIT_POLICY": "PASSIVE", "MALLOC_ARENA_MAX": "2",
     }
-    assert sizing.worker_environment() == {"LABSIGHT_WORKER_CONCURRENCY": str(expected[1])}
+    bulk = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "134217728"}
+    assert sizing.worker_environment() == {"LABSIGHT_WORKER_CONCURRENCY": str(expected[1]), **bulk}
+    assert sizing.gateway_environment() == bulk
     assert sizing.describe() == (
         f"{cpus} CPUs: {expected[0]} worker(s) x {expected[1]} job slots (small jobs of one kind: "
         f"up to 8 per slot), {expected[2]} numba/OpenMP threads per model service")

@@ -18,7 +18,8 @@ from labsight.intensity import (
     scale_intensity,
 )
 from labsight.tables import feature_table, table_values
-from labsight.tensors import numpy_dtype, write_tensor
+from labsight.tensor_wire import EncodedMessage, serialize_with_arrays
+from labsight.tensors import numpy_dtype
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, main_image_info
@@ -109,13 +110,16 @@ def extract_features(
             model=params["model"], layer=params["layer"], pooling=pooling
         )
         chunk = images[start : start + CHUNK_IMAGES]
+        sent: features_pb2.ExtractDeepFeaturesRequest | EncodedMessage
         if isinstance(chunk, np.ndarray):
-            write_tensor(request.image_stack, chunk)  # in place: CopyFrom would copy it again
+            # The pixels copied once, into the request's bytes (no message copy, no serializing).
+            sent = EncodedMessage(serialize_with_arrays(request, {"image_stack": chunk}))
         else:
             request.images.extend(chunk)
+            sent = request
         pending.append(
             context.services.features.ExtractDeepFeatures.future(
-                request, timeout=context.services.call_timeout_s
+                sent, timeout=context.services.call_timeout_s
             )
         )
         if len(pending) == CALLS_IN_FLIGHT:
