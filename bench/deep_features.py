@@ -3,7 +3,8 @@
 Run from the repository root with Redis on 127.0.0.1:6379 (or REDIS_URL; a private
 redis-server is started when none answers):
 
-    python bench/deep_features.py [--patches 384] [--per-job 64] [--rounds 5] [--workers 1]
+    python bench/deep_features.py [--patches 384] [--per-job 64] [--jobs-per-submit 0] [--rounds 5]
+                                  [--workers 1]
 
 Every part of LabSight runs as its own process, as ``labsight up`` runs it: the gateway
 (``python -m services.gateway``), ``--workers`` workers and the features service
@@ -19,7 +20,9 @@ the next batch, fed tensors that are already preprocessed (the service preproces
 baseline does not). ONNX Runtime's other settings are its defaults.
 
 1. ``--patches`` 224x224 RGB patches go through the gateway as ``deep-features`` jobs of
-   ``--per-job`` patches (a tensor stack each); the service side's time runs from SubmitBatch
+   ``--per-job`` patches (a tensor stack each), in one SubmitBatch or in calls of
+   ``--jobs-per-submit`` jobs (as ``labsight submit`` sends folders in parts, each part queued
+   while the next is sent); the service side's time runs from the first SubmitBatch
    to the last job's features fetched (GetJobResult) and decoded into numpy. The baseline runs
    the same patches at its fastest batch size up to ``--batch`` (least CPU per image, measured
    at its start; the service runs its batches in slices of LABSIGHT_ORT_RUN_ROWS rows per
@@ -245,10 +248,19 @@ def batch_metrics(metrics_port: int) -> tuple[float, float, float]:
     return values[names[0]], values[names[1]], values[names[2]]
 
 
-def through_gateway(lab: LabSightClient, requests: list[pb.SubmitJobRequest], per_job: int) -> float:
-    """Seconds from SubmitBatch to every job's features fetched and decoded into numpy."""
+def through_gateway(lab: LabSightClient, requests: list[pb.SubmitJobRequest], per_job: int,
+                    jobs_per_submit: int = 0) -> float:
+    """Seconds from the first SubmitBatch to every job's features fetched and decoded into numpy.
+
+    The jobs go in one SubmitBatch, or (``jobs_per_submit`` > 0) in SubmitBatch calls of that
+    many under one batch id, one after the other, as ``labsight submit`` sends a folder in
+    parts: each part is queued, and can run, while the next one is sent.
+    """
     start = time.perf_counter()
-    job_ids = lab.submit_batch(requests).job_ids
+    size = jobs_per_submit or len(requests)
+    batch_id = uuid.uuid4().hex
+    job_ids = [job_id for offset in range(0, len(requests), size)
+               for job_id in lab.submit_batch(requests[offset : offset + size], batch_id).job_ids]
     for job_id in job_ids:
         job = lab.wait(job_id, timeout_s=600)
         if job.status != pb.JOB_STATUS_DONE:
@@ -300,6 +312,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--patches", type=int, default=384)
     parser.add_argument("--per-job", type=int, default=64)
+    parser.add_argument("--jobs-per-submit", type=int, default=0,
+                        help="jobs per SubmitBatch call, queued one part after the other "
+                             "(0: all in one call)")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes (default 1, as labsight up sizes it on up to 8 CPUs)")
     parser.add_argument("--batch", type=int, default=32)
@@ -358,13 +373,17 @@ def main() -> None:
             batches_before = batch_metrics(metrics_port)
             seconds = paired_rounds({
                 "raw": raw_cpu.wrap(lambda: baseline.seconds(baseline.fastest_batch, len(patches))),
-                "service": served_cpu.wrap(lambda: through_gateway(lab, requests, args.per_job)),
+                "service": served_cpu.wrap(lambda: through_gateway(lab, requests, args.per_job,
+                                                                   args.jobs_per_submit)),
             }, args.rounds)
             run_seconds = batch_metrics(metrics_port)[2] - batches_before[2]
         raw_rates = [len(patches) / s for s in seconds["raw"]]
         service_rates = [len(patches) / s for s in seconds["service"]]
-        print(f"1) {len(patches)} patches as {len(requests)} jobs of {args.per_job}, gateway + queue + "
-              f"features + results fetched, against raw ONNX Runtime at batch {baseline.fastest_batch} "
+        submits = (f"SubmitBatch calls of {args.jobs_per_submit} job(s) one after the other"
+                   if args.jobs_per_submit else "one SubmitBatch")
+        print(f"1) {len(patches)} patches as {len(requests)} jobs of {args.per_job} in {submits}, "
+              f"gateway + queue + features + results fetched, against raw ONNX Runtime at batch "
+              f"{baseline.fastest_batch} "
               f"(its least CPU per image of batches 1 to {args.batch}); "
               f"{args.rounds} rounds, patches/s min / median / max:")
         print(f"   service: {spread(service_rates, '.1f')}")

@@ -57,8 +57,8 @@ def _bad_inputs(vessel: GeneratedVessel) -> dict[str, tuple[tensor_pb2.Image, te
             (good_photo, image_from_array(np.ones((height, width, 2), np.uint8))),
         "vessel_mask: 3 channels; the vessel mask must have one channel":
             (good_photo, _encoded(np.dstack([mask * 255] * 3), "PNG")),
-        "vessel_mask: dtype float32 not supported":
-            (good_photo, tensor_pb2.Image(tensor=image_from_array(mask.astype(np.float32)).tensor)),
+        "vessel_mask: dtype int64 not supported":
+            (good_photo, tensor_pb2.Image(tensor=image_from_array(mask.astype(np.int64)).tensor)),
         "image: 1 channel(s) of shape": (_encoded(photo[..., 0], "JPEG"), good_mask),
         "image: 4 channel(s) of shape": (image_from_array(opaque), good_mask),
         "image: the alpha channel is not opaque": (_encoded(see_through, "PNG"), good_mask),
@@ -87,7 +87,8 @@ def test_bad_inputs_are_refused_naming_the_field_and_the_service_keeps_answering
 def test_accepted_variants_give_the_same_answer(
     segmentation: segmentation_pb2_grpc.SegmentationServiceStub, vessel: GeneratedVessel
 ) -> None:
-    """An opaque alpha, a palette PNG, a 0/255 or 16-bit mask or one with a channel axis are fine."""
+    """An opaque alpha, a palette PNG, a 0/255, 16-bit or 0/1 float mask or one with a channel axis
+    are fine."""
     photo, mask = vessel.photo, vessel.vessel_mask
     opaque = np.dstack([photo, np.full(mask.shape, 255, np.uint8)])
     variants = [
@@ -95,6 +96,7 @@ def test_accepted_variants_give_the_same_answer(
         (_encoded(opaque, "PNG"), image_from_array(mask * 255)),
         (_encoded(photo, "PNG"), image_from_array(mask.astype(np.uint16) * 65535)),
         (image_from_array(photo), image_from_array(mask[..., None])),
+        (image_from_array(photo), image_from_array(mask.astype(np.float32))),  # read as 0/65535
     ]
     answers = [segmentation.SegmentVesselContent(segmentation_pb2.SegmentVesselContentRequest(
         image=p, vessel_mask=m), timeout=60) for p, m in variants]
