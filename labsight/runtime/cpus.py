@@ -70,14 +70,17 @@ and the thread hand-offs of a job are shared by up to this many (a 64² fractal 
 in ~1 ms)."""
 
 
-BULK_BUFFER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+BULK_BUFFER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
+                      "MALLOC_ARENA_MAX": "2"}
 """glibc malloc variables of the gateway and the workers, which pass megabytes of image and
 tensor bytes per job: buffers under 32 MiB come from the heap and are reused, not mapped
 fresh (and zeroed, and faulted in page by page) for each job, and the heap's free top is given
-back only past 128 MiB. glibc's default mmap threshold, raised only by what was freed, kept
-mapping new pages. Measured with bench/deep_features.py (2026-12-06, 2 CPUs, runs alternating):
-worker 0.53-0.62 -> 0.36-0.38 ms CPU per 224² patch. Not for the model services: with them
-the features service grew by up to 514 MiB in one fuzz step."""
+back only past 128 MiB; 2 arenas, so the threads share what is kept. glibc's default mmap
+threshold, raised only by what was freed, kept mapping new pages. Measured with
+bench/deep_features.py (2026-12-06, 2 CPUs, runs alternating): worker 0.53-0.64 -> 0.31-0.39
+ms CPU per 224² patch, gateway 0.36-0.39 -> 0.29-0.33. What is kept goes back once the process
+is idle (labsight.runtime.idle_trim). Not for the model services: with them the features
+service grew by up to 514 MiB in one fuzz step."""
 
 
 @dataclass(frozen=True)

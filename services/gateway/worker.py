@@ -25,6 +25,7 @@ from labsight.config import Settings, env_int
 from labsight.errors import status_code_for
 from labsight.redis_server import hide_password
 from labsight.runtime.cpus import SMALL_JOB_GROUP_SIZE, WORKER_CONCURRENCY_VARIABLE
+from labsight.runtime.idle_trim import process_trimmer
 from labsight.runtime.logs import configure_logging
 from labsight.runtime.server import start_metrics, stop_on_signals
 from labsight.v1 import gateway_pb2 as pb
@@ -194,6 +195,8 @@ class Worker:
         self._backlog: list[Delivery] = []
         """Entries claimed beyond the free slots, not started yet (guarded by _running_lock)."""
         self._running_lock = threading.Lock()
+        self._trimmer = process_trimmer()
+        """Gives the freed heap back once no job has run for a while (labsight.runtime.idle_trim)."""
 
     def run(
         self, stop: threading.Event, block_ms: int = 1000,
@@ -415,6 +418,8 @@ class Worker:
     def _run_in_slot(self, unit: list[Started], clients: ServiceClients, slots: Slots) -> None:
         """Run a started job, or a group of them, in a slot of the pool, then free the slot."""
         job_ids = [started.job.job_id for started in unit]
+        if self._trimmer is not None:
+            self._trimmer.call_started()
         try:
             if len(unit) == 1:
                 self.process(unit[0], clients)
@@ -430,6 +435,8 @@ class Worker:
                 for job_id in job_ids:
                     self._running.pop(job_id, None)
             slots.give_back(clients)
+            if self._trimmer is not None:
+                self._trimmer.call_ended()
 
     def process_group(self, unit: list[Started], services: ServiceClients) -> None:
         """Run a group of small jobs of one pipeline (see ``plan``) and finish them together;

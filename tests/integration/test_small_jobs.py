@@ -3,6 +3,7 @@ started and finished in few Redis round trips, and small fractal jobs in one una
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -13,6 +14,7 @@ import redis
 from redis.connection import Connection
 
 from labsight.client import build_request
+from labsight.runtime.idle_trim import IdleTrimmer
 from labsight.v1 import features_pb2
 from labsight.v1 import features_pb2_grpc as features_grpc
 from labsight.v1 import gateway_pb2 as pb
@@ -302,3 +304,19 @@ def test_probabilities_false_leaves_the_matrix_out_and_every_feature_as_it_was(
         assert dict(without.scalars) == dict(with_matrix.scalars)
         assert dict(without.tables) == dict(with_matrix.tables)
     assert lean[0].ByteSize() * 20 < full[0].ByteSize()  # 64² at sides 3-41: ~100 KB of ~103 KB
+
+
+def test_a_worker_gives_its_freed_heap_back_once_no_job_has_run_for_a_while(
+    stack: InProcessStack, worker_thread: Callable[..., RunningWorker],
+) -> None:
+    """Its malloc keeps freed job buffers for reuse (labsight.runtime.cpus.BULK_BUFFER_MALLOC);
+    an idle worker trims them, as an idle server does."""
+    trims = threading.Semaphore(0)
+    trimmer = IdleTrimmer(0.2, trim=trims.release)
+    assert trims.acquire(timeout=30)  # the trimmer's first trim, at its start
+    worker_thread("trims", _trimmer=trimmer)
+    assert not trims.acquire(timeout=1.0)  # no job ran: nothing freed
+    job = stack.client.submit("fractal", _image(48), {"box_sizes": "3-21"})
+    assert stack.client.wait(job.job_id, timeout_s=60).status == pb.JOB_STATUS_DONE
+    assert trims.acquire(timeout=30)
+    assert not trims.acquire(timeout=1.0)  # once per quiet spell

@@ -63,7 +63,8 @@ def test_a_stack_is_sized_to_its_cpus(
         "NUMBA_NUM_THREADS": str(expected[2]), "OMP_NUM_THREADS": str(expected[2]),
         "OMP_WAIT_POLICY": "PASSIVE", "MALLOC_ARENA_MAX": "2",
     }
-    bulk = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "134217728"}
+    bulk = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "134217728",
+            "MALLOC_ARENA_MAX": "2"}
     assert sizing.worker_environment() == {"LABSIGHT_WORKER_CONCURRENCY": str(expected[1]), **bulk}
     assert sizing.gateway_environment() == bulk
     assert sizing.describe() == (
