@@ -4,7 +4,7 @@ counts, CPU per cell on both sides, and explanation costs.
 Run from the repository root with Redis on 127.0.0.1:6379 (or REDIS_URL; a private
 redis-server is started when none answers):
 
-    python bench/classifier.py [--fields 96] [--clients 8] [--workers 2] [--rounds 5] [--lime-cells 5]
+    python bench/classifier.py [--fields 96] [--clients 8] [--workers 1] [--rounds 5] [--lime-cells 5]
                                [--parts 1,2,3] [--label-dtype narrow]
 
 Data: ``--fields`` generated 512×512 RGBY fields (services.classifier.generated_cells, a seed
@@ -23,9 +23,11 @@ transport, batching and process hops, not of a different use of the cores.
    forwards SegmentCells' masks; ``--label-dtype int32`` sends 2 MB per request instead of
    1.5 MB). In-process: ``classify_cells`` (crops + model) on the same fields.
 2. ``hpa-cells`` through the gateway: one batch of jobs of the 4-channel fields
-   (``method=classical``) through Redis, ``--workers`` worker threads of this process, the
-   segmentation and the classifier service (own processes); the client watches the batch
-   (one WatchBatch stream), then fetches the results (one GetBatchResults stream).
+   (``method=classical``) through Redis, the gateway and ``--workers`` worker processes
+   with the environment ``labsight up`` gives them (``labsight.runtime.cpus.size_stack``: job
+   slots, glibc malloc settings), the segmentation and the classifier service (own processes);
+   the client watches the batch (one WatchBatch stream), then fetches the results (one
+   GetBatchResults stream).
    In-process: classical ``segment_cells``, ``measure_cells`` (the cells table) and
    ``classify_cells`` per field on the pool.
    Started after part 1, so its gateway and workers cost part 1 nothing.
@@ -34,9 +36,9 @@ transport, batching and process hops, not of a different use of the cores.
 
 Parts 1 and 2 run both sides once per round in rotating order (bench/_paired.py) and print
 each round's cells/s and ratio, min/median/max of the ratios, and CPU milliseconds per cell
-of each process (this process is the client, and in part 2 also the gateway and the workers;
-Redis is not counted) with the ratio in-process CPU / served CPU, which a busy shared machine
-moves less than the rates. The load average is printed beside each round.
+of each process (this process is the client; Redis is not counted) with the ratio in-process
+CPU / served CPU, which a busy shared machine moves less than the rates. The load average is
+printed beside each round.
 """
 
 from __future__ import annotations
@@ -62,22 +64,19 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
-from bench.service_process import start_service, stop_process  # noqa: E402
-from labsight.catalog import GATEWAY  # noqa: E402
+from bench.service_process import start_process, start_service, stop_process  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
-from labsight.config import Settings  # noqa: E402
+from labsight.config import address_env_var  # noqa: E402
 from labsight.images import image_from_array  # noqa: E402
 from labsight.models import Engine, ServingConfig, build_engine, load_torch_model  # noqa: E402
 from labsight.redis_server import start_redis, stop_redis  # noqa: E402
-from labsight.runtime.server import start_server  # noqa: E402
+from labsight.runtime.cpus import size_stack  # noqa: E402
 from labsight.tensors import write_labels, write_tensor  # noqa: E402
 from labsight.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
 from services.classifier.cells import classify_cells  # noqa: E402
 from services.classifier.explain import cam_layer, grad_cam, lime_explanation  # noqa: E402
 from services.classifier.generated_cells import CellField, generate_cell_field  # noqa: E402
 from services.classifier.repository import DEFAULT_MODEL, classifier_repository, load_thresholds  # noqa: E402
-from services.gateway.servicer import register as register_gateway  # noqa: E402
-from services.gateway.worker import build_worker  # noqa: E402
 from services.segmentation.cells import segment_cells  # noqa: E402
 from services.segmentation.measure import measure_cells  # noqa: E402
 
@@ -209,7 +208,8 @@ def main() -> None:
                              "second long: with 24 (0.2-0.3 s) the in-process side varied by a quarter "
                              "from round to round")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="worker processes of part 2 (0: as labsight up sizes them)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--lime-cells", type=int, default=5)
     parser.add_argument("--parts", default="1,2,3", help="parts to run, e.g. 1,3")
@@ -253,19 +253,21 @@ def main() -> None:
         private = start_redis(Path(tempfile.mkdtemp(prefix="labsight-bench-redis-")))
         redis_url = private[1]
     prefix = f"labsight-bench-{uuid.uuid4().hex[:8]}"
-    settings = Settings(redis_url=redis_url, key_prefix=prefix, allow_anonymous=True)
     classifier, classifier_address = start_service("services.classifier", QUIET_ENV)
     segmentation, segmentation_address = start_service("services.segmentation", QUIET_ENV)
-    settings.service_addresses = {"features": "127.0.0.1:1", "segmentation": segmentation_address,
-                                  "classifier": classifier_address}
+    sizing = size_stack(workers=args.workers or None)
+    stack_env = {**QUIET_ENV, "REDIS_URL": redis_url, "LABSIGHT_KEY_PREFIX": prefix,
+                 "LABSIGHT_ALLOW_ANONYMOUS": "1", "LABSIGHT_WEB_PORT": "-1",
+                 address_env_var("features"): "127.0.0.1:1",
+                 address_env_var("segmentation"): segmentation_address,
+                 address_env_var("classifier"): classifier_address}
     requests = [build_request("hpa-cells", image_from_array(f.image),
                               {"pixel_size_um": str(PIXEL_SIZE_UM), "method": "classical"}) for f in fields]
-    stop = threading.Event()
-    gateway = None
-    workers: list[threading.Thread] = []
+    stack: dict[str, subprocess.Popen[bytes]] = {}
+    gateway_address = ""
 
     def through_gateway() -> int:
-        with LabSightClient(gateway.address, token="", timeout_s=600) as lab:  # type: ignore[union-attr]
+        with LabSightClient(gateway_address, token="", timeout_s=600) as lab:
             batch = lab.submit_batch(requests)
             job_ids = batch.job_ids
             for state in lab.watch_batch(batch.batch_id):  # one stream for the batch, not one per job
@@ -292,27 +294,23 @@ def main() -> None:
                                                            args.label_dtype)},
                     {"in-process": in_process, "served": CpuClock({"classifier": classifier})}, args.rounds)
         if 2 in parts:
-            gateway = start_server(register_gateway, GATEWAY.grpc_services, settings)
-            workers = [threading.Thread(target=build_worker(settings, consumer=f"bench-{i}").run,
-                                        args=(stop,), kwargs={"block_ms": 50}) for i in range(args.workers)]
-            for worker in workers:
-                worker.start()
+            stack["gateway"], gateway_address = start_service(
+                "services.gateway", {**sizing.gateway_environment(), **stack_env})
+            for index in range(sizing.workers):
+                stack[f"worker-{index + 1}"] = start_process(
+                    "services.gateway.worker", {**sizing.worker_environment(), **stack_env})
             through_gateway()  # untimed
-            compare(f"2) hpa-cells jobs through the gateway, {args.workers} workers, segmentation and "
+            compare(f"2) hpa-cells jobs through the gateway, {sizing.describe()}, segmentation and "
                     "classifier services, against segment_cells + measure_cells + classify_cells "
                     f"in-process on a pool of {instances} threads:",
                     {"in-process": lambda: local.total(hpa_cells, fields), "served": through_gateway},
                     {"in-process": in_process,
-                     "served": CpuClock({"segmentation": segmentation, "classifier": classifier})},
+                     "served": CpuClock({"segmentation": segmentation, "classifier": classifier,
+                                         **stack})},
                     args.rounds)
         print(f"after: {load_text()}")
     finally:
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=60)
-        if gateway is not None:
-            gateway.stop(0)
-        for process in (classifier, segmentation):
+        for process in (*stack.values(), classifier, segmentation):
             stop_process(process)
         client = redis.Redis.from_url(redis_url)
         keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
