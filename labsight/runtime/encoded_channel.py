@@ -17,6 +17,20 @@ import grpc
 from labsight.tensor_wire import passing_encoded
 
 
+def _passing_encoded_requests(kind: str) -> Any:
+    """The ``kind`` multi-callable factory of :class:`grpc.Channel` (``unary_unary`` ...) of a
+    wrapped channel, its request serializer also taking an EncodedMessage."""
+
+    def multi_callable(self: EncodedRequestChannel, method: str, request_serializer: Any = None,
+                       response_deserializer: Any = None, *more: Any, **options: Any) -> Any:
+        return getattr(self._channel, kind)(method, passing_encoded(request_serializer),
+                                            response_deserializer, *more, **options)
+
+    multi_callable.__name__ = kind
+    multi_callable.__doc__ = f"As :meth:`grpc.Channel.{kind}`, passing encoded requests through."
+    return multi_callable
+
+
 class EncodedRequestChannel(grpc.Channel):
     """``channel``, its calls taking an :class:`~labsight.tensor_wire.EncodedMessage` as request."""
 
@@ -31,29 +45,10 @@ class EncodedRequestChannel(grpc.Channel):
         """As :meth:`grpc.Channel.unsubscribe`."""
         self._channel.unsubscribe(callback)
 
-    def unary_unary(self, method: str, request_serializer: Any = None,
-                    response_deserializer: Any = None, *more: Any, **options: Any) -> Any:
-        """As :meth:`grpc.Channel.unary_unary`, passing encoded requests through."""
-        return self._channel.unary_unary(method, passing_encoded(request_serializer),
-                                         response_deserializer, *more, **options)
-
-    def unary_stream(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None, *more: Any, **options: Any) -> Any:
-        """As :meth:`grpc.Channel.unary_stream`, passing encoded requests through."""
-        return self._channel.unary_stream(method, passing_encoded(request_serializer),
-                                          response_deserializer, *more, **options)
-
-    def stream_unary(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None, *more: Any, **options: Any) -> Any:
-        """As :meth:`grpc.Channel.stream_unary`, passing encoded requests through."""
-        return self._channel.stream_unary(method, passing_encoded(request_serializer),
-                                          response_deserializer, *more, **options)
-
-    def stream_stream(self, method: str, request_serializer: Any = None,
-                      response_deserializer: Any = None, *more: Any, **options: Any) -> Any:
-        """As :meth:`grpc.Channel.stream_stream`, passing encoded requests through."""
-        return self._channel.stream_stream(method, passing_encoded(request_serializer),
-                                           response_deserializer, *more, **options)
+    unary_unary = _passing_encoded_requests("unary_unary")
+    unary_stream = _passing_encoded_requests("unary_stream")
+    stream_unary = _passing_encoded_requests("stream_unary")
+    stream_stream = _passing_encoded_requests("stream_stream")
 
     def close(self) -> None:
         """Close the channel."""
