@@ -131,8 +131,8 @@ def parse_intensity(text: str) -> IntensityScaling:
     match = _RANGE.fullmatch(cleaned)
     if match:
         low, high = float(match.group(1)), float(match.group(2))
-        if not low < high:
-            raise ValueError(f"range:LO-HI needs LO < HI, got {low:g}-{high:g}")
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            raise ValueError(f"range:LO-HI needs finite LO < HI, got {low:g}-{high:g}")
         return IntensityScaling("range", low=low, high=high, text=f"range:{low:g}-{high:g}")
     shown = text if len(text) <= 100 else f"{text[:100]!r}… ({len(text)} characters)"
     raise ValueError(

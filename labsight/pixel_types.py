@@ -159,11 +159,14 @@ def to_native(
     if white <= black:  # one value only: nothing to stretch
         out = np.zeros(pixels.shape, np.uint16)
     else:
-        stretched = (pixels.astype(work) - work(black)) * work(_TOP / (white - black))
+        # In halves, so that float64 data spanning more than its largest value does not overflow.
+        half_span = white / 2 - black / 2
+        with np.errstate(over="ignore", invalid="ignore"):  # ±inf and values far out are clipped
+            stretched = pixels.astype(work) * work(0.5) - work(black / 2)
+            stretched *= work(_TOP / half_span)
         np.clip(stretched, 0, _TOP, out=stretched)
         np.floor(stretched + work(0.5), out=stretched)  # half up, as labsight.intensity rounds
-        if not_a_number:
-            stretched[np.isnan(stretched)] = 0
+        stretched[np.isnan(stretched)] = 0  # NaN pixels
         out = stretched.astype(np.uint16)
     return ConvertedPixels(ScaledPixels(out, black, white, clipped), not_a_number, low, high)
 

@@ -75,3 +75,12 @@ def test_dtypes_read_delivered_and_the_memory_counted() -> None:
     assert conversion_bytes((10, 10), np.dtype(np.float32)) == 100 * (4 + 2)
     assert conversion_bytes((10, 10), np.dtype(np.int16)) == 100 * (8 + 2)
     assert conversion_bytes((10, 10), np.dtype(np.uint16)) == 0
+
+
+def test_data_spanning_more_than_float64s_largest_value_maps_without_overflow() -> None:
+    extreme = np.array([-1e308, 0.0, 1e308, np.inf, -np.inf])
+    with np.errstate(all="raise"):
+        converted = to_native(extreme, parse_intensity("minmax"))
+    np.testing.assert_array_equal(converted.scaled.pixels, [0, 32768, 65535, 65535, 0])
+    with pytest.raises(ValueError, match="range:LO-HI needs finite LO < HI, got 0-inf"):
+        parse_intensity("range:0-1e999")
