@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labsight.intensity import LOW_RANGE_FRACTION, IntensityScaling, ScaledPixels, data_bit_depth
+from labsight.intensity import LOW_RANGE_FRACTION, IntensityScaling, ScaledPixels
 
 NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 """What the algorithms read: these pass through unconverted."""
@@ -87,13 +87,16 @@ def delivered_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def conversion_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
-    """Memory :func:`to_native` takes beyond the pixels it is given: a working copy (float32
-    or float64, see :func:`_work_dtype`) and the uint16 result."""
+    """Memory :func:`to_native` takes at most beyond the pixels it is given: a working copy
+    (float32 or float64, see :func:`_work_dtype`), the uint16 result, two masks of a byte per
+    pixel, and for percentiles a copy of the finite values (sorted in place by numpy)."""
     dtype = np.dtype(dtype)
     if dtype in NATIVE_DTYPES:
         return 0
     pixels = int(np.prod(shape))
-    return pixels * (1 if dtype == np.bool_ else _work_dtype(dtype).itemsize + 2)
+    if dtype == np.bool_:
+        return pixels
+    return pixels * max(_work_dtype(dtype).itemsize + 2 + 2, dtype.itemsize + 2)
 
 
 def _work_dtype(dtype: np.dtype) -> np.dtype:
@@ -140,48 +143,58 @@ def to_native(
         return ConvertedPixels(ScaledPixels(pixels.astype(np.uint8) * np.uint8(255), 0.0, 1.0, 0),
                                low=float(pixels.min(initial=False)), high=float(pixels.max(initial=False)))
     check_scaling(pixels.dtype, scaling)
-    is_float = pixels.dtype.kind == "f"
-    numbers = pixels[~np.isnan(pixels)] if is_float else pixels.reshape(-1)
-    finite = numbers[np.isfinite(numbers)] if is_float else numbers
-    not_a_number = pixels.size - numbers.size
-    black, white = _range(pixels.dtype, finite, scaling, metadata_bits)
+    # Masks and reductions, no copy of the values (but for percentiles): a big image stays
+    # within conversion_bytes.
+    finite = np.isfinite(pixels) if pixels.dtype.kind == "f" else None
+    not_a_number = int(np.count_nonzero(np.isnan(pixels))) if finite is not None else 0
+    any_finite = bool(finite.any()) if finite is not None else pixels.size > 0
     low = high = 0.0
-    if finite.size:
-        low, high = float(finite.min()), float(finite.max())
-        if scaling.kind == "full-range" and (low < black or high > white):
-            raise ValueError(
-                f"{pixels.dtype} pixels span {low:g} to {high:g}, outside the {black:g}-{white:g} "
-                "that full-range reads them as: choose minmax, percentile:LO-HI (e.g. "
-                "percentile:0.1-99.9) or range:LO-HI for the values that are black and white"
-            )
-    clipped = int(np.count_nonzero((numbers < black) | (numbers > white)))
+    if any_finite and finite is None:
+        low, high = float(pixels.min()), float(pixels.max())
+    elif any_finite:
+        low = float(np.min(pixels, where=finite, initial=np.inf))
+        high = float(np.max(pixels, where=finite, initial=-np.inf))
+    black, white = _range(pixels, finite, scaling, metadata_bits, high)
+    if any_finite and scaling.kind == "full-range" and (low < black or high > white):
+        raise ValueError(
+            f"{pixels.dtype} pixels span {low:g} to {high:g}, outside the {black:g}-{white:g} "
+            "that full-range reads them as: choose minmax, percentile:LO-HI (e.g. "
+            "percentile:0.1-99.9) or range:LO-HI for the values that are black and white"
+        )
+    clipped = int(np.count_nonzero((pixels < black) | (pixels > white)))  # NaN is neither
     work = _work_dtype(pixels.dtype).type
     if white <= black:  # one value only: nothing to stretch
         out = np.zeros(pixels.shape, np.uint16)
     else:
         # In halves, so that float64 data spanning more than its largest value does not overflow.
         half_span = white / 2 - black / 2
+        stretched = pixels.astype(work)  # the one working copy; every step below is in place
         with np.errstate(over="ignore", invalid="ignore"):  # ±inf and values far out are clipped
-            stretched = pixels.astype(work) * work(0.5) - work(black / 2)
+            stretched *= work(0.5)
+            stretched -= work(black / 2)
             stretched *= work(_TOP / half_span)
         np.clip(stretched, 0, _TOP, out=stretched)
-        np.floor(stretched + work(0.5), out=stretched)  # half up, as labsight.intensity rounds
+        stretched += work(0.5)
+        np.floor(stretched, out=stretched)  # half up, as labsight.intensity rounds
         stretched[np.isnan(stretched)] = 0  # NaN pixels
         out = stretched.astype(np.uint16)
     return ConvertedPixels(ScaledPixels(out, black, white, clipped), not_a_number, low, high)
 
 
-def _range(dtype: np.dtype, finite: np.ndarray, scaling: IntensityScaling,
-           metadata_bits: int | None) -> tuple[float, float]:
-    """The values ``scaling`` maps to black and white for pixels of ``dtype``."""
+def _range(pixels: np.ndarray, finite: np.ndarray | None, scaling: IntensityScaling,
+           metadata_bits: int | None, high: float) -> tuple[float, float]:
+    """The values ``scaling`` maps to black and white for ``pixels`` (``finite``: their mask of
+    finite values, None for integers; ``high``: their largest finite value)."""
     if scaling.kind == "full-range":
-        return 0.0, 1.0 if dtype.kind == "f" else float(np.iinfo(dtype).max)
-    if scaling.kind == "bit-depth":
-        bits = scaling.bits or metadata_bits or data_bit_depth(np.maximum(finite, 0))
+        return 0.0, 1.0 if pixels.dtype.kind == "f" else float(np.iinfo(pixels.dtype).max)
+    if scaling.kind == "bit-depth":  # integers only (check_scaling)
+        bits = scaling.bits or metadata_bits or max(1, int(max(high, 0)).bit_length())
         return 0.0, float((1 << bits) - 1)
     if scaling.kind == "range":
         return scaling.low, scaling.high
-    if finite.size == 0:
+    values = pixels[finite] if finite is not None else pixels.reshape(-1)
+    if values.size == 0:
         return 0.0, 0.0
-    low, high = np.percentile(finite, [scaling.low, scaling.high])
+    low, high = np.percentile(values, [scaling.low, scaling.high],
+                              overwrite_input=finite is not None)  # values: a copy already
     return float(low), float(high)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -72,8 +74,8 @@ def test_dtypes_read_delivered_and_the_memory_counted() -> None:
     assert delivered_dtype(np.dtype(np.float64)) == np.uint16
     assert delivered_dtype(np.dtype(np.bool_)) == np.uint8
     assert delivered_dtype(np.dtype(np.uint8)) == np.uint8
-    assert conversion_bytes((10, 10), np.dtype(np.float32)) == 100 * (4 + 2)
-    assert conversion_bytes((10, 10), np.dtype(np.int16)) == 100 * (8 + 2)
+    assert conversion_bytes((10, 10), np.dtype(np.float32)) == 100 * (4 + 2 + 2)
+    assert conversion_bytes((10, 10), np.dtype(np.int16)) == 100 * (8 + 2 + 2)
     assert conversion_bytes((10, 10), np.dtype(np.uint16)) == 0
 
 
@@ -84,3 +86,19 @@ def test_data_spanning_more_than_float64s_largest_value_maps_without_overflow() 
     np.testing.assert_array_equal(converted.scaled.pixels, [0, 32768, 65535, 65535, 0])
     with pytest.raises(ValueError, match="range:LO-HI needs finite LO < HI, got 0-inf"):
         parse_intensity("range:0-1e999")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int16", "uint32"])
+@pytest.mark.parametrize("intensity", ["full-range", "minmax", "range:0-500"])
+def test_the_mapping_takes_no_more_memory_than_counted_against_the_image_limit(
+    dtype: str, intensity: str,
+) -> None:
+    pixels = (np.random.default_rng(6).random((300, 400)) * (1 if intensity == "full-range" else 1000))
+    pixels = pixels.astype(dtype)
+    tracemalloc.start()
+    try:
+        to_native(pixels, parse_intensity(intensity))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= conversion_bytes(pixels.shape, pixels.dtype)
