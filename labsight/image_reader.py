@@ -25,6 +25,7 @@ import numpy as np
 
 from labsight.errors import InvalidArgument
 from labsight.intensity import DEFAULT_INTENSITY, IntensityScaling, parse_intensity
+from labsight.pixel_types import NATIVE_DTYPES
 
 __all__ = [
     "AXIS_NAMES",
@@ -255,7 +256,7 @@ def _projected_dtype(dtype: np.dtype, projection: str) -> np.dtype:
     """The dtype of a plane, or of a projection of planes, of pixels of ``dtype``."""
     if projection not in ("mean", "sum"):
         return dtype
-    if dtype in (np.dtype(np.uint8), np.dtype(np.uint16)):
+    if dtype in NATIVE_DTYPES:
         return np.dtype(np.uint16) if projection == "sum" else dtype
     return np.dtype(np.float64)
 
