@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from labsight.patches import spot_patches
-from labsight.regions import ContiguousPixels, tiff_regions
+from labsight.regions import ContiguousPixels, readable_by_regions, tiff_regions
 
 PIXELS = np.random.default_rng(0).integers(0, 256, (300, 257, 3), dtype=np.uint8)
 CENTRES = np.array([[5.0, 5.0], [250.0, 290.0], [100.4, 100.6], [256.0, 0.0]])
@@ -73,3 +73,17 @@ def test_a_region_of_cut_tiles_raises_value_error(layout: str) -> None:
         np.testing.assert_array_equal(image[0:10, 0:10], PIXELS[0:10, 0:10])  # before the cut
         with pytest.raises(ValueError, match="tile|do not decode"):
             image[250:290, 200:250]
+
+
+def test_only_one_plane_of_uint8_or_uint16_is_read_by_regions() -> None:
+    assert readable_by_regions(_tiff(PIXELS))
+    grey16 = _tiff(PIXELS[:, :, 0].astype(np.uint16))
+    grey16.seek(100)  # where the stream stands does not matter, and it is left at the start
+    assert readable_by_regions(grey16) and grey16.tell() == 0
+    floats = _tiff(PIXELS[:, :, 0].astype(np.float32))
+    assert not readable_by_regions(floats)  # mapped onto uint16 from the whole image instead
+    assert not readable_by_regions(_tiff(np.zeros((3, 20, 20), np.uint8), photometric="minisblack"))
+    assert not readable_by_regions(io.BytesIO(b"II*\x00 not a TIFF"))
+    with pytest.raises(ValueError, match="a TIFF of float32 samples cannot be read by regions"), \
+            tiff_regions(floats):
+        pass
