@@ -79,7 +79,7 @@ class ServingConfig:
         activations in the CPU's caches (see :class:`~labsight.models.engines.OnnxEngine`;
         measured with one thread per instance); 0 runs every batch whole
         [LABSIGHT_ORT_RUN_ROWS, default 0; the features service's default is
-        ``FEATURES_RUN_ROWS``].
+        ``FEATURES_RUN_ROWS``, the segmentation service's ``SEGMENTATION_RUN_ROWS``].
     preload : tuple of str
         ``model`` or ``model:layer`` entries loaded (and run once) before the
         service reports SERVING, as Triton loads its repository at start; others
@@ -111,8 +111,10 @@ class ServingConfig:
     engine_cache_bytes: int = 1 << 30
 
     @classmethod
-    def from_env(cls, preload_env: str = PRELOAD_ENV) -> ServingConfig:
-        """The configuration from LABSIGHT_* environment variables, preloads from ``preload_env``.
+    def from_env(cls, preload_env: str = PRELOAD_ENV, default_run_rows: int | None = None
+                 ) -> ServingConfig:
+        """The configuration from LABSIGHT_* environment variables, preloads from ``preload_env``;
+        ``run_rows`` is ``default_run_rows`` (else the class's) when LABSIGHT_ORT_RUN_ROWS is unset.
 
         Raises
         ------
@@ -129,7 +131,8 @@ class ServingConfig:
             instances=max(0, env_int("LABSIGHT_MODEL_INSTANCES", 0)),
             spin=env_flag("LABSIGHT_ORT_SPIN"),
             shrink_arena=env_flag("LABSIGHT_ORT_ARENA_SHRINK"),
-            run_rows=max(0, env_int(RUN_ROWS_ENV, cls.run_rows)),
+            run_rows=max(0, env_int(RUN_ROWS_ENV, cls.run_rows if default_run_rows is None
+                                    else default_run_rows)),
             preload=tuple(
                 entry.strip() for entry in os.environ.get(preload_env, "").split(",") if entry.strip()
             ),

@@ -10,7 +10,7 @@ import numpy as np
 
 from labsight.config import env_int
 from labsight.models import ModelManifest, ModelServer, ServingConfig
-from labsight.models.serving import PRELOAD_ENV, RUN_ROWS_ENV
+from labsight.models.serving import PRELOAD_ENV
 from services.features.deep import PoolingMode, check_images, feature_columns, pool, preprocess
 from services.features.models import DEFAULT_MODEL
 
@@ -42,10 +42,8 @@ class ExtractorConfig(ServingConfig):
     @classmethod
     def from_env(cls, preload_env: str = PRELOAD_ENV) -> ExtractorConfig:
         """The configuration from LABSIGHT_* environment variables (preloads from ``preload_env``)."""
-        serving = {**vars(ServingConfig.from_env(preload_env)),
-                   "run_rows": max(0, env_int(RUN_ROWS_ENV, cls.run_rows))}
         return cls(
-            **serving,
+            **vars(ServingConfig.from_env(preload_env, default_run_rows=cls.run_rows)),
             default_model=os.environ.get("LABSIGHT_DEFAULT_MODEL", DEFAULT_MODEL),
             max_images_per_request=max(1, env_int("LABSIGHT_MAX_IMAGES_PER_REQUEST", 4096)),
         )

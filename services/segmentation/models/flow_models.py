@@ -36,6 +36,15 @@ NUCLEI_MODEL = "scellseg-flow"
 CELLS_MODEL = "cellpose-flow"
 """Built-in flow model for whole cells from [cytoplasm, nucleus]."""
 
+SEGMENTATION_RUN_ROWS = 1
+"""Rows per ONNX Runtime run and intra-op thread of the segmentation service's models
+[LABSIGHT_ORT_RUN_ROWS]: a batch of tiles the batcher gathered runs one tile at a time.
+ONNX Runtime's arena keeps what its largest runs needed, and a flow network's activations
+are about 80 MiB per 224² tile: measured (cellpose-flow, one batch of 32 tiles, 2 single-
+threaded sessions), run whole it grew the process by 2.6 GiB and took 302 CPU ms per tile;
+one tile per run, +19 MiB and 295 ms. Four concurrent SegmentCells calls had grown the
+service by 4.7 GiB."""
+
 TILE_SIZE = (224, 224)
 """Tile the flow models are exported and batched at (any size runs, as ``dynamic_size`` models)."""
 
@@ -125,6 +134,13 @@ _default_lock = threading.Lock()
 _default_server: ModelServer | None = None
 
 
+def serving_config() -> ServingConfig:
+    """How the segmentation service runs its models: the LABSIGHT_* environment, preloads from
+    LABSIGHT_SEGMENTATION_PRELOAD, runs of ``SEGMENTATION_RUN_ROWS`` unless LABSIGHT_ORT_RUN_ROWS says."""
+    return ServingConfig.from_env(preload_env="LABSIGHT_SEGMENTATION_PRELOAD",
+                                  default_run_rows=SEGMENTATION_RUN_ROWS)
+
+
 def default_server() -> ModelServer:
     """The process's server of the built-in flow models (and any operator ones), made on first use.
 
@@ -133,7 +149,7 @@ def default_server() -> ModelServer:
     global _default_server
     with _default_lock:
         if _default_server is None:
-            config = ServingConfig.from_env(preload_env="LABSIGHT_SEGMENTATION_PRELOAD")
+            config = serving_config()
             repository = ModelRepository(config.model_dirs, task=SEGMENTATION_TASK,
                                          builtins=builtin_flow_manifests)
             _default_server = ModelServer(repository, config)

@@ -38,7 +38,8 @@ STREAM_OPEN = "STREAM_OPEN"
 """A server stream that sent messages and was still open at its deadline (a live watch)."""
 PROBE_NAME = "fuzz-probe"
 """Image name of the job that asks whether a cancelled upload left a job under its key."""
-STEPS_SHOWN = 10
+STEPS_SHOWN = 4
+"""Largest VmRSS steps kept and shown for each process (one process's big steps hide no other's)."""
 WARM_UP_BATCH = 32
 """Images of the warm-up call per model: the features service's largest batch by default."""
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 * MiB),
@@ -121,7 +122,8 @@ class Report:
     job_statuses: Counter[str] = field(default_factory=Counter)
     steps: list[tuple[int, str, str]] = field(default_factory=list)
     """(VmRSS growth, process, reproducer) of the calls after which their process had grown
-    most; work the worker does for earlier jobs may land on any call."""
+    most (STEPS_SHOWN for each process); work the worker does for earlier jobs may land on
+    any call."""
     late_failures: dict[str, tuple[int, str]] = field(default_factory=dict)
     """Jobs accepted at submit and failed in the worker: error prefix → (count, reproducer)."""
 
@@ -140,8 +142,8 @@ class Report:
             lines.append(f"  {name:<13} {memory.before / MiB:8.1f} {memory.after / MiB:8.1f} "
                          f"{memory.growth / MiB:+8.1f} {(memory.peak - memory.before) / MiB:+8.1f}"
                          f"   {self.restarts.get(name, [])}")
-        lines.append("largest VmRSS steps (MiB) and the call after which they showed:")
-        for grown, name, reproducer in sorted(self.steps, reverse=True)[:STEPS_SHOWN]:
+        lines.append("largest VmRSS steps of each process (MiB) and the call after which they showed:")
+        for grown, name, reproducer in sorted(self.steps, key=lambda step: (step[1], -step[0])):
             lines.append(f"  {grown / MiB:+7.1f} {name:<13} {reproducer[:200]}")
         lines += ["", "accepted jobs: " + ", ".join(
             f"{status} {n}" for status, n in self.job_statuses.most_common())]
@@ -354,12 +356,15 @@ class Runner:
                 f"exit {code}", f"{name} died; log tail: {self.stack.log_tail(name, 8)}", cause))
 
     def note_steps(self, case: Case, before: dict[str, int], after: dict[str, int]) -> None:
-        """Keep the largest VmRSS steps of any process over one call."""
+        """Keep each process's STEPS_SHOWN largest VmRSS steps over one call."""
         steps = self.report.steps
         for name, rss in after.items():
             if rss - before.get(name, rss) > 0:
                 steps.append((rss - before[name], name, f"#{case.index} {case.reproducer()}"))
-        self.report.steps = sorted(steps, reverse=True)[:STEPS_SHOWN]
+        kept: list[tuple[int, str, str]] = []
+        for name in {step[1] for step in steps}:
+            kept += sorted((step for step in steps if step[1] == name), reverse=True)[:STEPS_SHOWN]
+        self.report.steps = kept
 
     # Setup ----------------------------------------------------------------------------------
 
