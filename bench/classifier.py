@@ -12,9 +12,10 @@ the shipped model never saw) with their true cell masks, about 14 cells each.
 
 Both sides use the machine alike: the classifier service runs the shipped model on
 ``instances`` ONNX Runtime sessions of ``threads`` intra-op threads each (its defaults,
-ServingConfig.engine_layout: two single-threaded sessions on a 2-CPU machine, no spinning),
-and the in-process side runs the same work on a pool of ``instances`` threads, each with its
-own session of ``threads`` threads, spinning off. So a ratio below 1 is the cost of
+ServingConfig.engine_layout: two single-threaded sessions on a 2-CPU machine, no spinning;
+batches run in slices of CLASSIFIER_RUN_ROWS rows), and the in-process side runs the same work
+on a pool of ``instances`` threads, each with its own session of ``threads`` threads, spinning
+off, in slices of as many rows. So a ratio below 1 is the cost of
 transport, batching and process hops, not of a different use of the cores.
 
 1. ``ClassifyCells`` under concurrent load: ``--clients`` threads send one field each per call
@@ -68,7 +69,7 @@ from bench.service_process import start_process, start_service, stop_process  # 
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.config import address_env_var  # noqa: E402
 from labsight.images import image_from_array  # noqa: E402
-from labsight.models import Engine, ServingConfig, build_engine, load_torch_model  # noqa: E402
+from labsight.models import Engine, build_engine, load_torch_model  # noqa: E402
 from labsight.redis_server import start_redis, stop_redis  # noqa: E402
 from labsight.runtime.cpus import size_stack  # noqa: E402
 from labsight.tensors import write_labels, write_tensor  # noqa: E402
@@ -77,6 +78,7 @@ from services.classifier.cells import classify_cells  # noqa: E402
 from services.classifier.explain import cam_layer, grad_cam, lime_explanation  # noqa: E402
 from services.classifier.generated_cells import CellField, generate_cell_field  # noqa: E402
 from services.classifier.repository import DEFAULT_MODEL, classifier_repository, load_thresholds  # noqa: E402
+from services.classifier.servicer import serving_config  # noqa: E402
 from services.segmentation.cells import segment_cells  # noqa: E402
 from services.segmentation.measure import measure_cells  # noqa: E402
 
@@ -226,9 +228,10 @@ def main() -> None:
               for i in range(args.fields)]
     cells = sum(int(f.cell_labels.max()) for f in fields)
     manifest = classifier_repository().get(DEFAULT_MODEL)
-    serving = ServingConfig.from_env()
+    serving = serving_config()  # the service's: its layout and its runs of a few rows
     instances, threads = serving.engine_layout(on_cuda=False)
-    engines = [build_engine(manifest, "", "cpu", serving.cache_dir, threads=threads, spin=False)
+    engines = [build_engine(manifest, "", "cpu", serving.cache_dir, threads=threads, spin=False,
+                            run_rows=serving.run_rows * threads)
                for _ in range(instances)]
     local = EnginePool(engines)
     thresholds = load_thresholds(manifest)

@@ -368,6 +368,7 @@ def build_engine(
     cache_dir: Path,
     threads: int = 0,
     spin: bool = True,
+    run_rows: int = 0,
 ) -> Engine:
     """One engine for one layer of a model: torch on CUDA where it can serve it, else ONNX Runtime.
 
@@ -389,6 +390,8 @@ def build_engine(
         ONNX Runtime intra-op threads (0: all physical cores).
     spin : bool
         Whether ONNX Runtime's idle intra-op threads busy-wait (its default).
+    run_rows : int
+        Most rows one ONNX Runtime run takes (0: every batch whole; see :class:`OnnxEngine`).
 
     Raises
     ------
@@ -397,4 +400,5 @@ def build_engine(
     """
     backend = engine_backend(manifest, layer, device)
     target = build_layer_index(manifest, backend, cache_dir).target(layer)
-    return build_engines(manifest, target, backend, 1, cache_dir, threads, spin)[0]
+    return build_engines(manifest, target, backend, 1, cache_dir, threads, spin,
+                         run_rows=run_rows)[0]

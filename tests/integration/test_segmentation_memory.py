@@ -9,10 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from services.segmentation.models.flow_models import SEGMENTATION_RUN_ROWS, serving_config
-
 ROOT = Path(__file__).resolve().parents[2]
 
 GROWTH_SCRIPT = """
@@ -32,13 +28,6 @@ flows = server.run(CELLS_MODEL, tiles)["flows"]
 print(json.dumps({"growth_mib": rss_mib() - before,
                   "first_tile_equal": bool(np.allclose(flows[0], first[0], atol=1e-4))}))
 """
-
-
-def test_runs_are_one_tile_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LABSIGHT_ORT_RUN_ROWS", raising=False)
-    assert serving_config().run_rows == SEGMENTATION_RUN_ROWS == 1
-    monkeypatch.setenv("LABSIGHT_ORT_RUN_ROWS", "0")
-    assert serving_config().run_rows == 0
 
 
 def _growth(rows: str | None) -> dict[str, object]:
