@@ -41,7 +41,7 @@ def test_a_non_number_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_features_run_in_slices_of_few_rows_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LABSIGHT_ORT_RUN_ROWS", raising=False)
     assert ExtractorConfig.from_env().run_rows == FEATURES_RUN_ROWS
-    assert ServingConfig.from_env().run_rows == 0  # other model services run batches whole
+    assert ServingConfig.from_env().run_rows == 0  # the shared default; each service sets its own
     monkeypatch.setenv("LABSIGHT_ORT_RUN_ROWS", "0")
     assert ExtractorConfig.from_env().run_rows == 0
     monkeypatch.setenv("LABSIGHT_ORT_RUN_ROWS", "8")
