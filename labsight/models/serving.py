@@ -79,7 +79,8 @@ class ServingConfig:
         activations in the CPU's caches (see :class:`~labsight.models.engines.OnnxEngine`;
         measured with one thread per instance); 0 runs every batch whole
         [LABSIGHT_ORT_RUN_ROWS, default 0; the features service's default is
-        ``FEATURES_RUN_ROWS``, the segmentation service's ``SEGMENTATION_RUN_ROWS``].
+        ``FEATURES_RUN_ROWS``, the segmentation service's ``SEGMENTATION_RUN_ROWS``, the
+        classifier's ``CLASSIFIER_RUN_ROWS``].
     preload : tuple of str
         ``model`` or ``model:layer`` entries loaded (and run once) before the
         service reports SERVING, as Triton loads its repository at start; others
