@@ -176,7 +176,8 @@ def to_native(
         np.clip(stretched, 0, _TOP, out=stretched)
         stretched += work(0.5)
         np.floor(stretched, out=stretched)  # half up, as labsight.intensity rounds
-        stretched[np.isnan(stretched)] = 0  # NaN pixels
+        if not_a_number:  # only float input has NaN; ±inf was clipped above
+            stretched[np.isnan(stretched)] = 0
         out = stretched.astype(np.uint16)
     return ConvertedPixels(ScaledPixels(out, black, white, clipped), not_a_number, low, high)
 
