@@ -319,11 +319,11 @@ class Stack:
         }
         # Thread pools and allocators sized to the CPUs and the work (see size_stack) unless
         # the operator set them.
-        service_env = {**self.sizing.service_environment(), **base_env}
         gateway_env = {**self.sizing.gateway_environment(), **base_env}
         for name, spec in SERVERS.items():
             env = {
-                **(gateway_env if name == "gateway" else service_env),
+                **(gateway_env if name == "gateway" else
+                   {**self.sizing.service_environment(name), **base_env}),
                 "LABSIGHT_PORT": str(self.layout.grpc_ports[name]),
                 "LABSIGHT_METRICS_PORT": str(self.layout.metrics_ports[name]),
             }

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from labsight.catalog import SEGMENTATION
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -79,8 +81,22 @@ back only past 128 MiB; 2 arenas, so the threads share what is kept. glibc's def
 threshold, raised only by what was freed, kept mapping new pages. Measured with
 bench/deep_features.py (2026-12-06, 2 CPUs, runs alternating): worker 0.53-0.64 -> 0.31-0.39
 ms CPU per 224² patch, gateway 0.36-0.39 -> 0.29-0.33. What is kept goes back once the process
-is idle (labsight.runtime.idle_trim). Not for the model services: with them the features
-service grew by up to 514 MiB in one fuzz step."""
+is idle (labsight.runtime.idle_trim). Not for the model services: with them the features service grew
+by up to 514 MiB in one fuzz step (see :data:`MODEL_SERVICE_MALLOC`)."""
+
+TEMPORARY_ARRAY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(8 << 20),
+                          "MALLOC_TRIM_THRESHOLD_": str(64 << 20), "MALLOC_ARENA_MAX": "2"}
+"""glibc malloc variables of the segmentation service, whose classical method allocates dozens
+of image-sized temporaries per call (a 512² float64 plane is 2 MiB): arrays under 8 MiB come
+from the heap and are reused, where glibc's defaults mapped them fresh and faulted them in page
+by page (400-2,400 page faults per 512² HPA field with 4 calls at once, about none with these;
+1-10 ms less CPU per field of 51-75, 2026-12-06, 2 CPUs, runs alternating; ~20 MiB more
+resident). ONNX Runtime's arena regions for the flow networks (tens of MiB) stay above the
+threshold, mapped and given back as before: with BULK_BUFFER_MALLOC's 32 MiB the fuzz's
+segmentation service kept +257 MiB."""
+
+MODEL_SERVICE_MALLOC = {SEGMENTATION.name: TEMPORARY_ARRAY_MALLOC}
+"""glibc malloc variables of the model services that get more than MALLOC_ARENA_MAX, by name."""
 
 
 @dataclass(frozen=True)
@@ -108,16 +124,18 @@ class StackSizing:
     worker_concurrency: int
     compute_threads: int
 
-    def service_environment(self) -> dict[str, str]:
-        """Thread-pool and allocator variables of a model service. Idle OpenMP threads sleep
+    def service_environment(self, service: str = "") -> dict[str, str]:
+        """Thread-pool and allocator variables of model service ``service`` (its catalog name;
+        empty: any model service). Idle OpenMP threads sleep
         (PASSIVE) instead of spinning on the cores the gateway, workers and Redis need
         meanwhile; glibc keeps 2 malloc arenas (MALLOC_ARENA_MAX), not 8 per core, so memory
         freed by one of the many gRPC and batcher threads is reused by the others instead of
         staying resident (a fuzz run: features +339 MiB after 300 calls with the default, +23
-        with 2)."""
+        with 2), and what :data:`MODEL_SERVICE_MALLOC` gives ``service``."""
         threads = str(self.compute_threads)
         return {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
-                "MALLOC_ARENA_MAX": "2"}
+                "MALLOC_ARENA_MAX": "2",
+                **MODEL_SERVICE_MALLOC.get(service, {})}
 
     def gateway_environment(self) -> dict[str, str]:
         """Variables of the gateway process (:data:`BULK_BUFFER_MALLOC`)."""

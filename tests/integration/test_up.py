@@ -74,6 +74,37 @@ def test_every_process_answers_metrics(up: UpProcess) -> None:
         assert f'labsight_up_child_up{{child="{child}"}} 1.0' in up_metrics, child
 
 
+def _child_environments(parent: int) -> dict[str, dict[str, str]]:
+    """The environment of each child of process ``parent`` by the module it runs (``-m``)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != parent:
+                continue
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue  # ended meanwhile
+        if b"-m" in argv:
+            module = argv[argv.index(b"-m") + 1].decode()
+            found[module] = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
+    return found
+
+
+def test_each_process_gets_the_allocator_settings_of_its_work(up: UpProcess) -> None:
+    """The gateway and the workers reuse job buffers of up to 32 MiB from the heap, the
+    segmentation service its temporaries of up to 8 MiB (labsight.runtime.cpus); the features
+    and classifier services keep glibc's own mmap threshold. Every process keeps 2 arenas."""
+    environments = _child_environments(up.process.pid)
+    thresholds = {"services.gateway": "33554432", "services.gateway.worker": "33554432",
+                  "services.segmentation": "8388608", "services.features": None,
+                  "services.classifier": None}
+    assert set(thresholds) <= set(environments)
+    for module, env in environments.items():
+        assert env.get("MALLOC_ARENA_MAX") == "2", module
+        assert env.get("MALLOC_MMAP_THRESHOLD_") == thresholds[module], module
+
+
 def test_cli_fractal_job_equals_a_direct_call_on_the_same_pixels(
     up: UpProcess, tmp_path: Path
 ) -> None:

@@ -65,6 +65,11 @@ def test_a_stack_is_sized_to_its_cpus(
     }
     bulk = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "134217728",
             "MALLOC_ARENA_MAX": "2"}
+    for service in ("segmentation", "features", "classifier"):
+        expected_malloc = ({"MALLOC_MMAP_THRESHOLD_": "8388608", "MALLOC_TRIM_THRESHOLD_": "67108864",
+                            "MALLOC_ARENA_MAX": "2"} if service == "segmentation" else {})
+        assert sizing.service_environment(service) == {
+            **sizing.service_environment(), **expected_malloc}
     assert sizing.worker_environment() == {"LABSIGHT_WORKER_CONCURRENCY": str(expected[1]), **bulk}
     assert sizing.gateway_environment() == bulk
     assert sizing.describe() == (

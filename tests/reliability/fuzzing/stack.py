@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from labsight.catalog import ALL_PROCESSES, GATEWAY, MODEL_SERVICES, WORKER
 from labsight.config import address_env_var
 from labsight.redis_server import free_port
-from labsight.runtime.cpus import BULK_BUFFER_MALLOC
+from labsight.runtime.cpus import BULK_BUFFER_MALLOC, MODEL_SERVICE_MALLOC
 from labsight.runtime.idle_trim import IDLE_TRIM_ENV
 from services.segmentation.models.flow_models import builtin_flow_manifests
 
@@ -103,8 +103,10 @@ class Stack:
             **{address_env_var(spec.name): f"127.0.0.1:{ports[spec.name]}"
                for spec in MODEL_SERVICES},
         }
-        # the gateway and the workers with the allocator settings `labsight up` gives them
-        bulk = {name: BULK_BUFFER_MALLOC for name in (GATEWAY.name, WORKER.name)}
+        # the gateway, the workers and the segmentation service with the allocator settings
+        # `labsight up` gives them
+        bulk = {GATEWAY.name: BULK_BUFFER_MALLOC, WORKER.name: BULK_BUFFER_MALLOC,
+                **MODEL_SERVICE_MALLOC}
         self.children = {
             name: Child(name, {**base, **bulk.get(name, {}), "LABSIGHT_PORT": str(ports.get(name, 0))},
                         workdir / f"{name}.log",
