@@ -15,7 +15,10 @@ Both sides use the machine alike: the classifier service runs the shipped model 
 ServingConfig.engine_layout: two single-threaded sessions on a 2-CPU machine, no spinning;
 batches run in slices of CLASSIFIER_RUN_ROWS rows), and the in-process side runs the same work
 on a pool of ``instances`` threads, each with its own session of ``threads`` threads, spinning
-off, in slices of as many rows. So a ratio below 1 is the cost of
+off, in slices of as many rows. The services, gateway and workers get the environment `labsight
+up` gives them (``labsight.runtime.cpus.size_stack``), and this process, where the in-process
+side runs, the glibc malloc settings of the segmentation service (the bench re-runs itself with
+them unless they are set). So a ratio below 1 is the cost of
 transport, batching and process hops, not of a different use of the cores.
 
 1. ``ClassifyCells`` under concurrent load: ``--clients`` threads send one field each per call
@@ -71,7 +74,7 @@ from labsight.config import address_env_var  # noqa: E402
 from labsight.images import image_from_array  # noqa: E402
 from labsight.models import Engine, build_engine, load_torch_model  # noqa: E402
 from labsight.redis_server import start_redis, stop_redis  # noqa: E402
-from labsight.runtime.cpus import size_stack  # noqa: E402
+from labsight.runtime.cpus import TEMPORARY_ARRAY_MALLOC, size_stack  # noqa: E402
 from labsight.tensors import write_labels, write_tensor  # noqa: E402
 from labsight.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
 from services.classifier.cells import classify_cells  # noqa: E402
@@ -87,8 +90,26 @@ PIXEL_SIZE_UM = 0.3
 
 SEED = 4711
 
-QUIET_ENV = {**os.environ, "LABSIGHT_LOG_LEVEL": "WARNING"}
-"""Environment of the services this bench starts."""
+ADDED_MALLOC_ENV = "LABSIGHT_BENCH_ADDED_MALLOC"
+"""Names of the glibc variables :func:`allocate_as_segmentation` added to this process's
+environment (comma-separated), which the processes it starts do not inherit."""
+
+QUIET_ENV = {**{name: value for name, value in os.environ.items()
+                if name not in os.environ.get(ADDED_MALLOC_ENV, "").split(",")},
+             "LABSIGHT_LOG_LEVEL": "WARNING"}
+"""Environment of the services this bench starts (with what the user set, not what was added)."""
+
+
+def allocate_as_segmentation() -> None:
+    """Re-run this bench with the glibc malloc variables `labsight up` gives the segmentation
+    service (TEMPORARY_ARRAY_MALLOC) where the environment does not set them: glibc reads them
+    when a process starts, and the in-process side, which segments in this process, should
+    allocate as the service it is compared with does (without them it took ~900 page faults and
+    1-2 ms more CPU per field)."""
+    missing = {name: value for name, value in TEMPORARY_ARRAY_MALLOC.items() if name not in os.environ}
+    if missing:
+        os.execve(sys.executable, [sys.executable, *sys.argv],
+                  {**os.environ, **missing, ADDED_MALLOC_ENV: ",".join(missing)})
 
 
 class EnginePool:
@@ -220,6 +241,7 @@ def main() -> None:
                              "the narrowest that holds them (uint16 here), as labsight.tensors."
                              "write_labels and the hpa-cells pipeline send them")
     args = parser.parse_args()
+    allocate_as_segmentation()
     parts = {int(part) for part in args.parts.split(",")}
     import torch
 
@@ -256,9 +278,11 @@ def main() -> None:
         private = start_redis(Path(tempfile.mkdtemp(prefix="labsight-bench-redis-")))
         redis_url = private[1]
     prefix = f"labsight-bench-{uuid.uuid4().hex[:8]}"
-    classifier, classifier_address = start_service("services.classifier", QUIET_ENV)
-    segmentation, segmentation_address = start_service("services.segmentation", QUIET_ENV)
     sizing = size_stack(workers=args.workers or None)
+    classifier, classifier_address = start_service(
+        "services.classifier", {**sizing.service_environment("classifier"), **QUIET_ENV})
+    segmentation, segmentation_address = start_service(
+        "services.segmentation", {**sizing.service_environment("segmentation"), **QUIET_ENV})
     stack_env = {**QUIET_ENV, "REDIS_URL": redis_url, "LABSIGHT_KEY_PREFIX": prefix,
                  "LABSIGHT_ALLOW_ANONYMOUS": "1", "LABSIGHT_WEB_PORT": "-1",
                  address_env_var("features"): "127.0.0.1:1",
@@ -286,6 +310,9 @@ def main() -> None:
         print(f"model {manifest.name} {manifest.version}; {args.fields} generated 512x512 fields, {cells} "
               f"cells; ONNX Runtime: {instances} sessions x {threads} thread(s) on both sides, max batch "
               f"{serving.max_batch_size}, queue delay {serving.max_queue_delay_ms:g} ms; {load_text()}")
+        print("services and stack with the environment labsight up gives them; glibc malloc of the "
+              "in-process side (and the client): "
+              + " ".join(f"{name}={os.environ[name]}" for name in TEMPORARY_ARRAY_MALLOC))
         local.total(classify, fields[:2])  # untimed: sessions warm
         concurrent_classify(classifier_address, fields[:2], 2)  # untimed: load, export, connect
         in_process = CpuClock({})
