@@ -356,5 +356,6 @@ class ModelServer:
             self.config.max_batch_size,
             self.config.max_queue_delay_ms,
             name=f"{manifest.name}:{layer}" if layer else manifest.name,
+            even_shares=backend == "onnx",  # runs in slices of run_rows: size buys nothing
         )
         return ServedModel(manifest, batcher, tuple(engines), names)

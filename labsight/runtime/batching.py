@@ -4,7 +4,10 @@ Like Triton's dynamic batcher, a batch is closed when it holds ``max_batch_size`
 items or when its oldest request has waited ``max_queue_delay_ms``, whichever
 comes first. A request may carry several items (the leading axis of its array);
 a request larger than the room left in a batch is split across batches and
-answered once all its parts ran.
+answered once all its parts ran. With ``even_shares``, fewer queued items than the
+idle instances' batches hold are shared evenly among those instances (a request of 40
+items on two idle instances runs as 20 + 20, not 32 + 8), so no instance idles while
+another runs the rest.
 """
 
 from __future__ import annotations
@@ -92,6 +95,12 @@ class DynamicBatcher:
         is queued at once.
     name : str
         Label of this batcher's Prometheus metrics.
+    even_shares : bool
+        Whether idle instances share a queue shorter than their batches evenly, for
+        instances to which a batch's size is worth nothing beyond a few items (ONNX Runtime
+        on the CPU, which runs batches in slices of a few rows anyway); otherwise an
+        instance takes as full a batch as it can (a GPU or a remote server batching
+        requests itself).
 
     Examples
     --------
@@ -107,6 +116,7 @@ class DynamicBatcher:
         max_batch_size: int = 32,
         max_queue_delay_ms: float = 5.0,
         name: str = "default",
+        even_shares: bool = False,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -118,8 +128,10 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
         self.name = name
+        self.even_shares = even_shares
         self._queue: deque[_Request] = deque()
         self._condition = threading.Condition()
+        self._idle = 0  # instances waiting in _next_batch
         self._closed = False
         self._batches = 0
         self._items = 0
@@ -183,24 +195,35 @@ class DynamicBatcher:
         one waits for their deadline; it then goes back to waiting for new ones.
         """
         with self._condition:
-            while True:
-                while not self._queue:
-                    if self._closed:
-                        return None
-                    self._condition.wait()
-                while self._queue and not self._closed:
-                    if self._queued_items() >= self.max_batch_size:
-                        break
-                    left = self._queue[0].arrived + self.max_queue_delay_s - time.perf_counter()
-                    if left <= 0:
-                        break
-                    self._condition.wait(left)
-                if not self._queue:
-                    continue
-                parts = self._take(self.max_batch_size)
-                if self._queue:
-                    self._condition.notify()  # a free instance can start on what is left
-                return parts
+            self._idle += 1
+            try:
+                while True:
+                    while not self._queue:
+                        if self._closed:
+                            return None
+                        self._condition.wait()
+                    while self._queue and not self._closed:
+                        if self._queued_items() >= self.max_batch_size:
+                            break
+                        left = self._queue[0].arrived + self.max_queue_delay_s - time.perf_counter()
+                        if left <= 0:
+                            break
+                        self._condition.wait(left)
+                    if not self._queue:
+                        continue
+                    parts = self._take(self._share())
+                    if self._queue:
+                        self._condition.notify()  # a free instance can start on what is left
+                    return parts
+            finally:
+                self._idle -= 1
+
+    def _share(self) -> int:
+        """Items the calling idle instance takes: a full batch, or with ``even_shares`` its even
+        share of what is queued among the idle instances (the caller counted)."""
+        if not self.even_shares:
+            return self.max_batch_size
+        return min(self.max_batch_size, -(-self._queued_items() // self._idle))
 
     def _queued_items(self) -> int:
         return sum(request.remaining for request in self._queue)

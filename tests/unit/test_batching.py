@@ -150,6 +150,41 @@ def test_instances_run_batches_side_by_side_and_answer_in_order() -> None:
     assert elapsed < 4 * 0.2 * 0.9  # four batches of 0.2 s took less than running one by one
 
 
+def test_idle_instances_share_a_short_queue_evenly() -> None:
+    # 40 items on two idle instances of batch 32: 20 + 20, not 32 + 8 (the second would idle
+    # while the first ran the rest).
+    first, second = RecordingModel(delay_s=0.2), RecordingModel(delay_s=0.2)
+    batcher = DynamicBatcher([first, second], max_batch_size=32, max_queue_delay_ms=1,
+                             name="share", even_shares=True)
+    deadline = time.monotonic() + 10
+    while batcher._idle < 2 and time.monotonic() < deadline:  # both threads started and waiting
+        time.sleep(0.01)
+    try:
+        items = np.arange(40, dtype=np.float64).reshape(40, 1)
+        out = batcher.run(items, timeout_s=10)
+        deep = batcher.run(np.zeros((96, 1)), timeout_s=10)  # deeper than both: full batches
+    finally:
+        batcher.close()
+    np.testing.assert_array_equal(out, items * 2)
+    assert len(deep) == 96
+    assert first.sizes[0] == second.sizes[0] == 20
+    assert sorted(first.sizes[1:] + second.sizes[1:]) == [32, 32, 32]
+
+
+def test_without_even_shares_an_idle_instance_takes_a_full_batch() -> None:
+    first, second = RecordingModel(delay_s=0.2), RecordingModel(delay_s=0.2)
+    batcher = DynamicBatcher([first, second], max_batch_size=32, max_queue_delay_ms=1,
+                             name="full")
+    deadline = time.monotonic() + 10
+    while batcher._idle < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        batcher.run(np.zeros((40, 1)), timeout_s=10)
+    finally:
+        batcher.close()
+    assert sorted(first.sizes + second.sizes) == [8, 32]
+
+
 def test_instance_list_must_not_be_empty() -> None:
     with pytest.raises(ValueError, match="at least one batch function"):
         DynamicBatcher([], name="none")
