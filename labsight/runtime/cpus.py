@@ -81,8 +81,8 @@ back only past 128 MiB; 2 arenas, so the threads share what is kept. glibc's def
 threshold, raised only by what was freed, kept mapping new pages. Measured with
 bench/deep_features.py (2026-12-06, 2 CPUs, runs alternating): worker 0.53-0.64 -> 0.31-0.39
 ms CPU per 224² patch, gateway 0.36-0.39 -> 0.29-0.33. What is kept goes back once the process
-is idle (labsight.runtime.idle_trim). Not for the model services: with them the features service grew
-by up to 514 MiB in one fuzz step (see :data:`MODEL_SERVICE_MALLOC`)."""
+is idle (labsight.runtime.idle_trim). Not for the model services: with them the features
+service grew by up to 514 MiB in one fuzz step (see :data:`MODEL_SERVICE_MALLOC`)."""
 
 TEMPORARY_ARRAY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(8 << 20),
                           "MALLOC_TRIM_THRESHOLD_": str(64 << 20), "MALLOC_ARENA_MAX": "2"}
