@@ -345,20 +345,27 @@ def build_engines(
             TorchEngine(load_torch_model(manifest), target, "cuda", manifest.outputs)
             for _ in range(count)
         ]
-    model = load_onnx(manifest, cache_dir)
-    if target == MODEL_OUTPUTS:
-        graph_outputs = [output.name for output in model.graph.output]
-        if len(graph_outputs) < len(manifest.outputs):
-            raise FailedPrecondition(
-                f"model {manifest.name!r}: its ONNX graph has {len(graph_outputs)} outputs, the "
-                f"manifest names {len(manifest.outputs)}: {list(manifest.outputs)}"
-            )
-        cut, names = cut_at_outputs(model, graph_outputs[: len(manifest.outputs)]), manifest.outputs
-    else:
-        cut, names = cut_at_outputs(model, [target]), (target,)
-    serialized = cut.SerializeToString()
+    serialized, names = _cut_graph_bytes(manifest, target, cache_dir)
     return [OnnxEngine(serialized, threads, spin, shrink_arena, names, run_rows)
             for _ in range(count)]
+
+
+def _cut_graph_bytes(
+    manifest: ModelManifest, target: str, cache_dir: Path
+) -> tuple[bytes, tuple[str, ...]]:
+    """The model's ONNX graph cut at ``target``, serialized, and the names of its outputs. The
+    parsed graphs go when this returns, before a session is built from the bytes."""
+    model = load_onnx(manifest, cache_dir)
+    if target != MODEL_OUTPUTS:
+        return cut_at_outputs(model, [target]).SerializeToString(), (target,)
+    graph_outputs = [output.name for output in model.graph.output]
+    if len(graph_outputs) < len(manifest.outputs):
+        raise FailedPrecondition(
+            f"model {manifest.name!r}: its ONNX graph has {len(graph_outputs)} outputs, the "
+            f"manifest names {len(manifest.outputs)}: {list(manifest.outputs)}"
+        )
+    cut = cut_at_outputs(model, graph_outputs[: len(manifest.outputs)])
+    return cut.SerializeToString(), tuple(manifest.outputs)
 
 
 def build_engine(
