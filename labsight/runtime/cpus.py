@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from labsight.catalog import SEGMENTATION
+from labsight.catalog import GATEWAY, SEGMENTATION, WORKER
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -82,7 +82,7 @@ threshold, raised only by what was freed, kept mapping new pages. Measured with
 bench/deep_features.py (2026-12-06, 2 CPUs, runs alternating): worker 0.53-0.64 -> 0.31-0.39
 ms CPU per 224² patch, gateway 0.36-0.39 -> 0.29-0.33. What is kept goes back once the process
 is idle (labsight.runtime.idle_trim). Not for the model services: with them the features
-service grew by up to 514 MiB in one fuzz step (see :data:`MODEL_SERVICE_MALLOC`)."""
+service grew by up to 514 MiB in one fuzz step (see :data:`PROCESS_MALLOC`)."""
 
 TEMPORARY_ARRAY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(8 << 20),
                           "MALLOC_TRIM_THRESHOLD_": str(64 << 20), "MALLOC_ARENA_MAX": "2"}
@@ -95,8 +95,10 @@ resident). ONNX Runtime's arena regions for the flow networks (tens of MiB) stay
 threshold, mapped and given back as before: with BULK_BUFFER_MALLOC's 32 MiB the fuzz's
 segmentation service kept +257 MiB."""
 
-MODEL_SERVICE_MALLOC = {SEGMENTATION.name: TEMPORARY_ARRAY_MALLOC}
-"""glibc malloc variables of the model services that get more than MALLOC_ARENA_MAX, by name."""
+PROCESS_MALLOC = {GATEWAY.name: BULK_BUFFER_MALLOC, WORKER.name: BULK_BUFFER_MALLOC,
+                  SEGMENTATION.name: TEMPORARY_ARRAY_MALLOC}
+"""glibc malloc variables of each process (catalog name) that gets more than the images'
+MALLOC_ARENA_MAX=2, as `labsight up`, compose and the Kubernetes manifests run them."""
 
 
 @dataclass(frozen=True)
@@ -131,19 +133,19 @@ class StackSizing:
         meanwhile; glibc keeps 2 malloc arenas (MALLOC_ARENA_MAX), not 8 per core, so memory
         freed by one of the many gRPC and batcher threads is reused by the others instead of
         staying resident (a fuzz run: features +339 MiB after 300 calls with the default, +23
-        with 2), and what :data:`MODEL_SERVICE_MALLOC` gives ``service``."""
+        with 2), and what :data:`PROCESS_MALLOC` gives ``service``."""
         threads = str(self.compute_threads)
         return {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
                 "MALLOC_ARENA_MAX": "2",
-                **MODEL_SERVICE_MALLOC.get(service, {})}
+                **PROCESS_MALLOC.get(service, {})}
 
     def gateway_environment(self) -> dict[str, str]:
         """Variables of the gateway process (:data:`BULK_BUFFER_MALLOC`)."""
-        return dict(BULK_BUFFER_MALLOC)
+        return dict(PROCESS_MALLOC[GATEWAY.name])
 
     def worker_environment(self) -> dict[str, str]:
         """Variables of a worker process: its job slots and :data:`BULK_BUFFER_MALLOC`."""
-        return {WORKER_CONCURRENCY_VARIABLE: str(self.worker_concurrency), **BULK_BUFFER_MALLOC}
+        return {WORKER_CONCURRENCY_VARIABLE: str(self.worker_concurrency), **PROCESS_MALLOC[WORKER.name]}
 
     def describe(self) -> str:
         """One line for people: what each process gets."""

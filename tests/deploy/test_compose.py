@@ -18,7 +18,7 @@ import yaml
 
 from labsight.catalog import ALL_PROCESSES, GATEWAY, MODEL_SERVICES, SERVERS, WORKER
 from labsight.config import address_env_var
-from labsight.runtime.cpus import BULK_BUFFER_MALLOC, MODEL_SERVICE_MALLOC
+from labsight.runtime.cpus import PROCESS_MALLOC
 from labsight.web import DEFAULT_WEB_PORT, WEB_PORT_ENV
 from services.gateway.services import ServiceClients
 from tests.deploy.deploy_support import REPO, tool
@@ -83,14 +83,12 @@ def test_workers_reach_each_model_service_on_its_catalog_port(compose: dict[str,
 
 
 def test_each_process_gets_the_allocator_settings_labsight_up_gives_it(compose: dict[str, Any]) -> None:
-    """The gateway and the workers reuse job buffers from the heap (BULK_BUFFER_MALLOC), the
-    segmentation service its temporaries (MODEL_SERVICE_MALLOC); the other services keep the
-    image's MALLOC_ARENA_MAX only."""
-    expected = {GATEWAY.name: BULK_BUFFER_MALLOC, WORKER.name: BULK_BUFFER_MALLOC, **MODEL_SERVICE_MALLOC}
+    """The gateway and the workers reuse job buffers from the heap, the segmentation service its
+    temporaries (PROCESS_MALLOC); the other services keep the image's MALLOC_ARENA_MAX only."""
     for spec in ALL_PROCESSES.values():
         environment = compose["services"][spec.name]["environment"]
         malloc = {name: value for name, value in environment.items() if name.startswith("MALLOC_")}
-        assert malloc == expected.get(spec.name, {}), spec.name
+        assert malloc == PROCESS_MALLOC.get(spec.name, {}), spec.name
 
 
 SECRETS = {"LABSIGHT_REDIS_PASSWORD": "0123abcd", "LABSIGHT_SERVICE_TOKEN": "4567ef"}

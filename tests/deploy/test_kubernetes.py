@@ -13,7 +13,7 @@ import pytest
 
 from labsight.catalog import ALL_PROCESSES, GATEWAY, MODEL_SERVICES, SERVERS, WORKER, ProcessSpec
 from labsight.config import address_env_var
-from labsight.runtime.cpus import BULK_BUFFER_MALLOC, MODEL_SERVICE_MALLOC
+from labsight.runtime.cpus import PROCESS_MALLOC
 from labsight.web import DEFAULT_WEB_PORT, WEB_PORT_ENV
 from services.gateway.keys import PRIORITIES, WORKER_GROUP, RedisKeys
 from services.gateway.servicer import GatewayServicer
@@ -246,14 +246,12 @@ def test_every_process_runs_its_catalog_module_ports_and_probes(
 def test_each_process_gets_the_allocator_settings_labsight_up_gives_it(
     rendered: dict[str, list[Manifest]], overlay: str
 ) -> None:
-    """The gateway and the workers reuse job buffers from the heap (BULK_BUFFER_MALLOC), the
-    segmentation service its temporaries (MODEL_SERVICE_MALLOC); the other services keep the
-    image's MALLOC_ARENA_MAX only."""
-    expected = {GATEWAY.name: BULK_BUFFER_MALLOC, WORKER.name: BULK_BUFFER_MALLOC, **MODEL_SERVICE_MALLOC}
+    """The gateway and the workers reuse job buffers from the heap, the segmentation service its
+    temporaries (PROCESS_MALLOC); the other services keep the image's MALLOC_ARENA_MAX only."""
     for spec in ALL_PROCESSES.values():
         env = environment(container(rendered[overlay], spec))
         malloc = {name: entry["value"] for name, entry in env.items() if name.startswith("MALLOC_")}
-        assert malloc == expected.get(spec.name, {}), spec.name
+        assert malloc == PROCESS_MALLOC.get(spec.name, {}), spec.name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

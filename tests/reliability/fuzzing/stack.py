@@ -14,10 +14,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from labsight.catalog import ALL_PROCESSES, GATEWAY, MODEL_SERVICES, WORKER
+from labsight.catalog import ALL_PROCESSES, MODEL_SERVICES
 from labsight.config import address_env_var
 from labsight.redis_server import free_port
-from labsight.runtime.cpus import BULK_BUFFER_MALLOC, MODEL_SERVICE_MALLOC
+from labsight.runtime.cpus import PROCESS_MALLOC
 from labsight.runtime.idle_trim import IDLE_TRIM_ENV
 from services.segmentation.models.flow_models import builtin_flow_manifests
 
@@ -105,10 +105,9 @@ class Stack:
         }
         # the gateway, the workers and the segmentation service with the allocator settings
         # `labsight up` gives them
-        bulk = {GATEWAY.name: BULK_BUFFER_MALLOC, WORKER.name: BULK_BUFFER_MALLOC,
-                **MODEL_SERVICE_MALLOC}
         self.children = {
-            name: Child(name, {**base, **bulk.get(name, {}), "LABSIGHT_PORT": str(ports.get(name, 0))},
+            name: Child(name, {**base, **PROCESS_MALLOC.get(name, {}),
+                               "LABSIGHT_PORT": str(ports.get(name, 0))},
                         workdir / f"{name}.log",
                         f"127.0.0.1:{ports[name]}" if name in ports else None)
             for name in ALL_PROCESSES
