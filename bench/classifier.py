@@ -69,12 +69,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
 from bench.service_process import start_process, start_service, stop_process  # noqa: E402
+from labsight.catalog import SEGMENTATION  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.config import address_env_var  # noqa: E402
 from labsight.images import image_from_array  # noqa: E402
 from labsight.models import Engine, build_engine, load_torch_model  # noqa: E402
 from labsight.redis_server import start_redis, stop_redis  # noqa: E402
-from labsight.runtime.cpus import TEMPORARY_ARRAY_MALLOC, size_stack  # noqa: E402
+from labsight.runtime.cpus import PROCESS_MALLOC, size_stack  # noqa: E402
 from labsight.tensors import write_labels, write_tensor  # noqa: E402
 from labsight.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
 from services.classifier.cells import classify_cells  # noqa: E402
@@ -90,6 +91,9 @@ PIXEL_SIZE_UM = 0.3
 
 SEED = 4711
 
+SEGMENTATION_MALLOC = PROCESS_MALLOC[SEGMENTATION.name]
+"""The glibc malloc variables `labsight up` gives the segmentation service."""
+
 ADDED_MALLOC_ENV = "LABSIGHT_BENCH_ADDED_MALLOC"
 """Names of the glibc variables :func:`allocate_as_segmentation` added to this process's
 environment (comma-separated), which the processes it starts do not inherit."""
@@ -102,11 +106,11 @@ QUIET_ENV = {**{name: value for name, value in os.environ.items()
 
 def allocate_as_segmentation() -> None:
     """Re-run this bench with the glibc malloc variables `labsight up` gives the segmentation
-    service (TEMPORARY_ARRAY_MALLOC) where the environment does not set them: glibc reads them
+    service (PROCESS_MALLOC) where the environment does not set them: glibc reads them
     when a process starts, and the in-process side, which segments in this process, should
     allocate as the service it is compared with does (without them it took ~900 page faults and
     1-2 ms more CPU per field)."""
-    missing = {name: value for name, value in TEMPORARY_ARRAY_MALLOC.items() if name not in os.environ}
+    missing = {name: value for name, value in SEGMENTATION_MALLOC.items() if name not in os.environ}
     if missing:
         os.execve(sys.executable, [sys.executable, *sys.argv],
                   {**os.environ, **missing, ADDED_MALLOC_ENV: ",".join(missing)})
@@ -312,7 +316,7 @@ def main() -> None:
               f"{serving.max_batch_size}, queue delay {serving.max_queue_delay_ms:g} ms; {load_text()}")
         print("services and stack with the environment labsight up gives them; glibc malloc of the "
               "in-process side (and the client): "
-              + " ".join(f"{name}={os.environ[name]}" for name in TEMPORARY_ARRAY_MALLOC))
+              + " ".join(f"{name}={os.environ[name]}" for name in SEGMENTATION_MALLOC))
         local.total(classify, fields[:2])  # untimed: sessions warm
         concurrent_classify(classifier_address, fields[:2], 2)  # untimed: load, export, connect
         in_process = CpuClock({})
