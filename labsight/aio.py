@@ -41,6 +41,7 @@ from labsight.client import (
     default_gateway_address,
     default_token,
     split_ended,
+    submit_batch_bytes,
     upload_messages,
 )
 from labsight.config import DEFAULT_MAX_MESSAGE_BYTES
@@ -87,6 +88,7 @@ class AsyncLabSightClient:
         self.channel = (grpc.aio.secure_channel(self.address, credentials, options=options)
                         if credentials else grpc.aio.insecure_channel(self.address, options=options))
         self.stub = pb_grpc.GatewayServiceStub(self.channel)
+        self._methods = {"SubmitBatch": submit_batch_bytes(self.channel)}  # wire bytes in
         self.metadata = bearer_metadata(self.token)
 
     async def __aenter__(self) -> AsyncLabSightClient:
@@ -102,7 +104,8 @@ class AsyncLabSightClient:
     async def _call(self, rpc: str, request: Any, timeout: float | None = None) -> Any:
         """A unary (or client-streaming) call whose refusal raises its ServiceError subclass."""
         try:
-            return await getattr(self.stub, rpc)(request, timeout=timeout, metadata=self.metadata)
+            method = self._methods.get(rpc) or getattr(self.stub, rpc)
+            return await method(request, timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as error:
             raise service_error(error, rpc=rpc, address=self.address) from None
 

@@ -40,6 +40,7 @@ from labsight.result import Result, main_table
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
 from labsight.v1 import tensor_pb2
+from labsight.wire import length_delimited_head
 
 if TYPE_CHECKING:
     import anndata
@@ -190,29 +191,50 @@ def bearer_metadata(token: str) -> list[tuple[str, str]]:
 
 
 def batch_messages(requests: Iterable[pb.SubmitJobRequest], batch_id: str,
-                   max_message_bytes: int) -> Iterator[pb.SubmitBatchRequest]:
-    """The client stream of a SubmitBatch: the header, then the jobs packed BATCH_MESSAGE_JOBS
-    or BATCH_MESSAGE_BYTES (at most half the message limit) to a message.
+                   max_message_bytes: int) -> Iterator[bytes]:
+    """The client stream of a SubmitBatch, each message as wire bytes: the header, then the jobs
+    packed BATCH_MESSAGE_JOBS or BATCH_MESSAGE_BYTES (at most half the message limit) to a
+    message.
 
     The header declares the job count when ``requests`` has a length (a list): the
     gateway then refuses a batch the queue has no room for before its images are
     sent, and answers a whole stream at once (see ``BatchHeader.job_count``).
+    Each job is serialized once and its bytes joined into its message: one more copy, where
+    a message built with protobuf copies every job three times (sizing it, appending it,
+    serializing the message).
     """
     batch_message_bytes = min(BATCH_MESSAGE_BYTES, max_message_bytes // 2)
     count = len(requests) if isinstance(requests, Sized) else 0
-    yield pb.SubmitBatchRequest(header=pb.BatchHeader(batch_id=batch_id, job_count=count))
-    message = pb.SubmitBatchRequest()
+    yield pb.SubmitBatchRequest(header=pb.BatchHeader(batch_id=batch_id, job_count=count)).SerializeToString()
+    jobs: list[bytes] = []
     size = 0
     for request in requests:
-        request_size = request.ByteSize()
-        if message.jobs.jobs and (len(message.jobs.jobs) >= BATCH_MESSAGE_JOBS
-                                  or size + request_size > batch_message_bytes):
-            yield message
-            message, size = pb.SubmitBatchRequest(), 0
-        message.jobs.jobs.append(request)  # the one copy of the job before sending
-        size += request_size
-    if message.jobs.jobs:
-        yield message
+        job = request.SerializeToString()
+        if jobs and (len(jobs) >= BATCH_MESSAGE_JOBS or size + len(job) > batch_message_bytes):
+            yield _jobs_message(jobs)
+            jobs, size = [], 0
+        jobs.append(job)
+        size += len(job)
+    if jobs:
+        yield _jobs_message(jobs)
+
+
+_BATCH_JOBS = pb.SubmitBatchRequest.DESCRIPTOR.fields_by_name["jobs"].number
+_BATCH_JOB = pb.BatchJobs.DESCRIPTOR.fields_by_name["jobs"].number
+SUBMIT_BATCH_METHOD = f"/{pb.DESCRIPTOR.services_by_name['GatewayService'].full_name}/SubmitBatch"
+
+
+def _jobs_message(jobs: list[bytes]) -> bytes:
+    """The wire bytes of a SubmitBatchRequest carrying ``jobs`` (each a serialized SubmitJobRequest)."""
+    pieces = [piece for job in jobs for piece in (length_delimited_head(_BATCH_JOB, len(job)), job)]
+    return b"".join([length_delimited_head(_BATCH_JOBS, sum(len(piece) for piece in pieces)), *pieces])
+
+
+def submit_batch_bytes(channel: Any) -> Any:
+    """SubmitBatch on ``channel`` (``grpc`` or ``grpc.aio``) for a stream of wire bytes, as
+    :func:`batch_messages` writes them."""
+    return channel.stream_unary(SUBMIT_BATCH_METHOD, request_serializer=None,
+                                response_deserializer=pb.SubmitBatchResponse.FromString)
 
 
 class LabSightClient:
@@ -246,7 +268,8 @@ class LabSightClient:
         self.channel = (grpc.secure_channel(self.address, credentials, options=options) if credentials
                         else grpc.insecure_channel(self.address, options=options))
         self.stub = pb_grpc.GatewayServiceStub(self.channel)
-        self._gateway = _TypedStub(self.stub, self.address)
+        self._gateway = _TypedStub(self.stub, self.address,
+                                   {"SubmitBatch": submit_batch_bytes(self.channel)})
 
     def __enter__(self) -> LabSightClient:
         return self
@@ -646,14 +669,17 @@ def upload_messages(request: pb.SubmitJobRequest) -> Iterator[pb.UploadJobReques
 class _TypedStub:
     """The gateway stub seen through one door: a refused call raises its
     ``labsight.errors.ServiceError`` subclass, naming the call and the gateway,
-    instead of a raw ``grpc.RpcError`` (for answers streamed back too)."""
+    instead of a raw ``grpc.RpcError`` (for answers streamed back too). ``methods`` stand in
+    for the stub's calls of their names."""
 
-    def __init__(self, stub: pb_grpc.GatewayServiceStub, address: str) -> None:
+    def __init__(self, stub: pb_grpc.GatewayServiceStub, address: str,
+                 methods: Mapping[str, Callable[..., Any]] | None = None) -> None:
         self._stub = stub
         self._address = address
+        self._methods = dict(methods or {})
 
     def __getattr__(self, rpc: str) -> Callable[..., Any]:
-        method = getattr(self._stub, rpc)
+        method = self._methods.get(rpc) or getattr(self._stub, rpc)
 
         def call(*args: Any, **kwargs: Any) -> Any:
             try:

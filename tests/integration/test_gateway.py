@@ -403,9 +403,11 @@ def test_a_declared_job_count_must_match_and_a_batch_without_room_is_refused_at_
     assert stack.client.list_jobs() == []
     assert len(stub.SubmitBatch(_declaring("whole", 2, [job] * 2)).job_ids) == 2
     # the SDK declares the count of a list; of a generator it cannot know it
-    messages = batch_messages([job] * 3, "b", 1 << 22)
-    assert next(messages).header.job_count == 3
-    assert next(batch_messages((job for _ in range(3)), "b", 1 << 22)).header.job_count == 0
+    messages = [pb.SubmitBatchRequest.FromString(m) for m in batch_messages([job] * 3, "b", 1 << 22)]
+    assert messages[0].header.job_count == 3
+    assert list(messages[1].jobs.jobs) == [job] * 3  # the wire bytes parse to the jobs sent
+    header = next(batch_messages((job for _ in range(3)), "b", 1 << 22))
+    assert pb.SubmitBatchRequest.FromString(header).header.job_count == 0
 
     limited = Settings(**{**vars(stack.settings), "max_queue_depth": 3})
     small_gateway = serve(register_gateway, GATEWAY.grpc_services, limited)
