@@ -342,10 +342,17 @@ def cmd_evaluate_classifier(args: argparse.Namespace) -> int:
 
 
 def _predictor(manifest: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 crops (N, 4, S, S) → probabilities through the model on ONNX Runtime, as served."""
-    from labsight.models import ServingConfig, build_engine
+    """uint8 crops (N, 4, S, S) → probabilities through the model on ONNX Runtime, as served:
+    one session on every usable CPU, each run the classifier service's rows per thread
+    (``serving_config().run_rows``), which takes less CPU and arena memory than whole chunks."""
+    from labsight.models import build_engine
+    from labsight.runtime.cpus import usable_cpus
+    from services.classifier.servicer import serving_config
 
-    engine = build_engine(manifest, "", "cpu", ServingConfig.from_env().cache_dir)
+    config = serving_config()
+    threads = usable_cpus()
+    engine = build_engine(manifest, "", "cpu", config.cache_dir, threads=threads,
+                          run_rows=config.run_rows * threads)
     mean = np.asarray(manifest.preprocessing.mean, np.float32)[None, :, None, None]
     std = np.asarray(manifest.preprocessing.std, np.float32)[None, :, None, None]
     output = manifest.outputs[0]
