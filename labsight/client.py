@@ -62,6 +62,10 @@ BATCH_MESSAGE_BYTES = 4 * 1024 * 1024
 """The SDK packs up to BATCH_MESSAGE_JOBS jobs or BATCH_MESSAGE_BYTES into one SubmitBatch
 message (a larger job travels alone), so the gateway can queue early jobs while later
 ones are still arriving."""
+SUBMIT_BATCH_METHOD = f"/{pb.DESCRIPTOR.services_by_name['GatewayService'].full_name}/SubmitBatch"
+_BATCH_JOBS = pb.SubmitBatchRequest.DESCRIPTOR.fields_by_name["jobs"].number
+_BATCH_JOB = pb.BatchJobs.DESCRIPTOR.fields_by_name["jobs"].number
+"""Field numbers of SubmitBatchRequest.jobs and BatchJobs.jobs, for the stream's wire bytes."""
 
 
 def default_gateway_address() -> str:
@@ -217,11 +221,6 @@ def batch_messages(requests: Iterable[pb.SubmitJobRequest], batch_id: str,
         size += len(job)
     if jobs:
         yield _jobs_message(jobs)
-
-
-_BATCH_JOBS = pb.SubmitBatchRequest.DESCRIPTOR.fields_by_name["jobs"].number
-_BATCH_JOB = pb.BatchJobs.DESCRIPTOR.fields_by_name["jobs"].number
-SUBMIT_BATCH_METHOD = f"/{pb.DESCRIPTOR.services_by_name['GatewayService'].full_name}/SubmitBatch"
 
 
 def _jobs_message(jobs: list[bytes]) -> bytes:
