@@ -376,7 +376,10 @@ class Worker:
         if self.group_size < 2 or job is None or job.is_terminal or raw_input is None:
             return ""
         try:
-            return get_pipeline(job.pipeline).group_key(job.params, pb.JobInput.FromString(raw_input))
+            pipeline = get_pipeline(job.pipeline)
+            if not pipeline.runs_in_groups:
+                return ""
+            return pipeline.group_key(job.params, pb.JobInput.FromString(raw_input))
         except Exception:  # noqa: BLE001 - a job its pipeline cannot judge fails alone, as usual
             return ""
 

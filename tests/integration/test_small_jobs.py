@@ -191,6 +191,25 @@ def test_small_jobs_run_in_groups_finished_in_one_round_trip_and_equal_single_ru
         worker.services.close()
 
 
+def test_jobs_of_a_pipeline_that_never_groups_run_alone_and_their_inputs_are_not_read_to_plan(
+    stack: InProcessStack, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(FractalPipeline, "runs_in_groups", False)
+    monkeypatch.setattr(FractalPipeline, "group_key", lambda self, params, job_input: asked.append("") or "x")
+    worker = _queued_worker(stack, "never-groups")
+    worker.group_size = 3
+    try:
+        stack.client.submit_batch(
+            [build_request("fractal", _image(48, seed), {"box_sizes": "3-21"}) for seed in range(3)]
+        )
+        units = worker.start_units(worker.claim(3, block_ms=100), free=3)
+        assert [len(unit) for unit in units] == [1, 1, 1]
+        assert asked == []
+    finally:
+        worker.services.close()
+
+
 def test_a_group_that_fails_runs_each_job_alone_to_its_own_outcome(
     stack: InProcessStack, redis_for: redis.Redis,
 ) -> None:

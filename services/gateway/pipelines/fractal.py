@@ -129,6 +129,7 @@ class FractalPipeline(Pipeline):
     """Runs FeatureService.ComputeFractal on the job's image."""
 
     name = "fractal"
+    runs_in_groups = True
     description = (
         "Gliding-box fractal features of any grey or RGB image: probability matrix P(m, r), "
         "lacunarity, box counts N(r), fitted fractal dimension and optional percolation, "
