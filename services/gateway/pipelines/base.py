@@ -86,8 +86,8 @@ class Pipeline(ABC):
     parameters: tuple[Parameter, ...] = ()
     required_inputs: tuple[str, ...] = ()
     runs_in_groups: bool = False
-    """Whether ``group_key`` can put jobs in groups; False spares the worker reading the
-    input of every job it claims to ask (a deep-features job's input is megabytes)."""
+    """Whether ``group_key`` can put jobs in groups. False: the worker runs every job alone
+    without parsing its input to ask for a key (a deep-features job's input is megabytes)."""
 
     def validate(self, params: Mapping[str, str], job_input: pb.JobInput) -> dict[str, str]:
         """Check a submission; returns the parameters with defaults filled in.
