@@ -35,7 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from labsight.models import ModelManifest, ModelRepository  # noqa: E402
-from labsight.models.engines import Engine, build_engine  # noqa: E402
+from labsight.models.engines import Engine, TorchEngine, build_engine  # noqa: E402
+from labsight.models.loading import load_torch_model  # noqa: E402
 from labsight.runtime.cpus import usable_cpus  # noqa: E402
 from services.classifier.repository import classifier_repository, load_thresholds  # noqa: E402
 from services.features.models.repository import feature_repository  # noqa: E402
@@ -88,13 +89,11 @@ def _compare(manifest: ModelManifest, cache: Path, args: argparse.Namespace) -> 
     # Classifier crops are intensities in [0, 1]; the other models take normalised inputs.
     batch = (rng.random(shape, np.float32) if manifest.task == "classifier"
              else rng.standard_normal(shape, np.float32))
-    torch_engine = build_engine(manifest, "", args.device, cache)
+    # On CUDA the engine the services build; a dry run puts the same torch module on the CPU,
+    # which build_engine never does (it serves the CPU from ONNX Runtime).
+    torch_engine = (build_engine(manifest, "", args.device, cache) if args.device == "cuda"
+                    else TorchEngine(load_torch_model(manifest), "", args.device, manifest.outputs))
     onnx_engine = build_engine(manifest, "", "cpu", cache, threads=usable_cpus())
-    if args.device == "cpu":  # a dry run builds torch on the CPU, which build_engine only does for CUDA
-        from labsight.models.engines import TorchEngine
-        from labsight.models.loading import load_torch_model
-
-        torch_engine = TorchEngine(load_torch_model(manifest), "", "cpu", manifest.outputs)
     gpu_out = torch_engine.outputs(batch)
     cpu_out = onnx_engine.outputs(batch)
     absolute: dict[str, float] = {}
