@@ -9,11 +9,14 @@ in one SubmitBatch to a stack started by ``labsight.up`` (its own Redis, the
 four services and its workers, sized by ``labsight up``'s rules), follows the
 batch until every job ended and fetches every result (one GetBatchResults stream,
 as `LabSightClient.batch_results` reads it). The other side calls
-``gliding_box`` on the same images in separate processes on the same cores:
-one numba thread; every CPU's thread with OMP_WAIT_POLICY=PASSIVE (as the
-stack's services get them); every CPU's thread with OpenMP's default wait,
-which spins (``--no-spinning-baseline`` leaves it out: a loaded machine slows
-it tenfold). The fastest of them in each round is the baseline. Rounds are
+``gliding_box`` on the same images in processes of their own on the same cores:
+one process per CPU, each with one numba thread on its share of the images (what a
+multiprocessing pool does; until 2026-12-06 this variant was missing and the
+strongest baseline was one process using one CPU, which flattered the stack about
+twofold); one process with every CPU's thread, OMP_WAIT_POLICY=PASSIVE (as the
+stack's services get them); the same with OpenMP's default wait, which spins
+(``--no-spinning-baseline`` leaves it out: a loaded machine slows it tenfold).
+The fastest of them in each round is the baseline. Rounds are
 paired, their order rotating; each
 round prints the load average (os.getloadavg) beside its figures, the CPU
 seconds each stack process spent per job, and the Redis commands per job and
@@ -58,14 +61,15 @@ def images(jobs: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8) for _ in range(jobs)]
 
 
-def direct_process(conn: Connection, jobs: int) -> None:
-    """Serve timing requests for direct ``gliding_box`` calls: receives a thread count,
-    answers (seconds, CPU seconds, fractal dimensions) for all images."""
+def direct_process(conn: Connection, jobs: int, share: int, shares: int) -> None:
+    """Serve timing requests for direct ``gliding_box`` calls on images ``share::shares`` of
+    the benchmark's: receives a thread count, answers (seconds, CPU seconds, fractal
+    dimensions) for those images."""
     import numba
 
     from services.features.fractal import gliding_box
 
-    pictures = images(jobs)
+    pictures = images(jobs)[share::shares]
     gliding_box(pictures[0])  # compile (or load the cache) before any round
     conn.send("ready")
     while (threads := conn.recv()) is not None:
@@ -131,42 +135,58 @@ def spread(values: list[float]) -> str:
 
 @dataclass
 class Direct:
-    """A process calling ``gliding_box`` directly with ``threads`` numba threads, its OpenMP
-    threads waiting as ``wait_policy`` says ("" : OpenMP's default, spinning a while)."""
+    """``processes`` processes calling ``gliding_box`` directly, each on its share of the
+    images with ``threads`` numba threads, their OpenMP threads waiting as ``wait_policy``
+    says ("" : OpenMP's default, spinning a while)."""
 
     name: str
     threads: int
     wait_policy: str
-    conn: Connection
-    process: mp.process.BaseProcess
+    workers: list[tuple[Connection, mp.process.BaseProcess]]
 
     @classmethod
-    def start(cls, name: str, threads: int, wait_policy: str, jobs: int) -> Direct:
-        """Spawn the process (it inherits the environment at this moment) and wait until warm."""
+    def start(cls, name: str, threads: int, wait_policy: str, jobs: int,
+              processes: int = 1) -> Direct:
+        """Spawn the processes (they inherit the environment at this moment) and wait until
+        they are warm."""
         context = mp.get_context("spawn")
-        parent, child = context.Pipe()
         saved = os.environ.pop("OMP_WAIT_POLICY", None)
         if wait_policy:
             os.environ["OMP_WAIT_POLICY"] = wait_policy
+        workers = []
         try:
-            process = context.Process(target=direct_process, args=(child, jobs))
-            process.start()
+            for share in range(processes):
+                parent, child = context.Pipe()
+                process = context.Process(target=direct_process,
+                                          args=(child, jobs, share, processes))
+                process.start()
+                workers.append((parent, process))
         finally:
             os.environ.pop("OMP_WAIT_POLICY", None)
             if saved is not None:
                 os.environ["OMP_WAIT_POLICY"] = saved
-        parent.recv()
-        return cls(name, threads, wait_policy, parent, process)
+        for parent, _ in workers:
+            parent.recv()
+        return cls(name, threads, wait_policy, workers)
 
     def run(self) -> tuple[float, float, list[float]]:
-        """(seconds, CPU seconds, fractal dimensions) of one pass over every image."""
-        self.conn.send(self.threads)
-        return self.conn.recv()
+        """(seconds, CPU seconds, fractal dimensions in image order) of one pass over every
+        image, the processes working at once."""
+        start = time.perf_counter()
+        for conn, _ in self.workers:
+            conn.send(self.threads)
+        answers = [conn.recv() for conn, _ in self.workers]
+        seconds = time.perf_counter() - start
+        dimensions = [0.0] * sum(len(found) for _, _, found in answers)
+        for share, (_, _, found) in enumerate(answers):
+            dimensions[share::len(answers)] = found
+        return seconds, sum(cpu for _, cpu, _ in answers), dimensions
 
     def stop(self) -> None:
-        """End the process."""
-        self.conn.send(None)
-        self.process.join(timeout=30)
+        """End the processes."""
+        for conn, process in self.workers:
+            conn.send(None)
+            process.join(timeout=30)
 
 
 def run_rounds(
@@ -219,10 +239,12 @@ def main() -> None:
     cpus = usable_cpus()
     params = dict(item.split("=", 1) for item in args.param)
     requests = [build_request("fractal", picture, params) for picture in images(args.jobs)]
-    variants = [("direct 1 thread", 1, "PASSIVE"), (f"direct {cpus} threads passive", cpus, "PASSIVE")]
+    variants = [(f"direct {cpus} processes x 1 thread", 1, "PASSIVE", cpus),
+                (f"direct {cpus} threads passive", cpus, "PASSIVE", 1)]
     if not args.no_spinning_baseline:
-        variants.append((f"direct {cpus} threads spinning", cpus, ""))
-    directs = [Direct.start(name, threads, policy, args.jobs) for name, threads, policy in variants]
+        variants.append((f"direct {cpus} threads spinning", cpus, "", 1))
+    directs = [Direct.start(name, threads, policy, args.jobs, processes)
+               for name, threads, policy, processes in variants]
     with tempfile.TemporaryDirectory(prefix="labsight-small-jobs-") as home:
         stack = Stack(Path(home), StackLayout.from_base_port(free_base_port(), args.workers))
         try:
