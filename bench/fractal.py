@@ -6,8 +6,10 @@ Run from the repository root: ``python bench/fractal.py`` (a few minutes; ``--he
 The baseline is plain vectorised numpy that computes each offset's colour distance once and
 reuses it for every box side (1,681 distance passes for r = 3..41, then one comparison per
 side the offset lies in); its counts must equal LabSight's exactly, or the bench stops. It runs
-on one thread (numpy's element-wise operations do not use more). LabSight's numba kernels are
-timed twice, labelled: on one thread (the baseline's) and on every core. All sides run the
+on one process (numpy's element-wise operations use one thread) and on one process per core,
+each taking every n-th offset, their mass maps added (since 2026-12-06; before, LabSight on
+every core was compared with numpy on one). LabSight's numba kernels are timed on one
+thread against the one process, and on every core against the processes. All sides run the
 same number of rounds, in an order that rotates each round; figures are min / median / max.
 """
 
@@ -19,6 +21,7 @@ import multiprocessing
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -62,15 +65,29 @@ IMAGES = {"random RGB": random_rgb, "checkerboard": checkerboard, "cell field": 
 def numpy_mass_counts(image: np.ndarray, sides: tuple[int, ...]) -> list[np.ndarray]:
     """Box counts per mass, per side, in vectorised numpy sharing each offset's colour distance.
 
-    Every offset (dy, dx) of the largest box is visited once: its chessboard colour distance
-    max_c |q - c| is computed over the centres of the smallest side whose box holds the
-    offset, then each side that holds it compares a slice of that same distance map with its
-    threshold T(r) (r for uint8, 257 r for uint16) and adds the result to its mass map.
-
     Returns
     -------
     list of ndarray
         For each side r, the number of boxes with mass m = 1..r².
+    """
+    return mass_counts(numpy_masses(image, sides), sides)
+
+
+def mass_counts(masses: list[np.ndarray], sides: tuple[int, ...]) -> list[np.ndarray]:
+    """For each side r, the number of boxes with mass m = 1..r² in its mass map."""
+    return [np.bincount(mass.ravel(), minlength=r * r + 1)[1:] for mass, r in zip(masses, sides, strict=True)]
+
+
+def numpy_masses(image: np.ndarray, sides: tuple[int, ...], share: int = 0, shares: int = 1
+                 ) -> list[np.ndarray]:
+    """Each side's mass map (pixels within T(r) of each box centre) over the offsets
+    ``share::shares`` of the largest box, in vectorised numpy.
+
+    Every offset (dy, dx) is visited once: its chessboard colour distance max_c |q - c| is
+    computed over the centres of the smallest side whose box holds the offset, then each side
+    that holds it compares a slice of that same distance map with its threshold T(r) (r for
+    uint8, 257 r for uint16) and adds the result to its mass map. The maps of all shares
+    add up to the maps of all offsets.
     """
     height, width = image.shape[:2]
     wide = image.dtype == np.uint16
@@ -83,33 +100,69 @@ def numpy_mass_counts(image: np.ndarray, sides: tuple[int, ...]) -> list[np.ndar
     channel = np.empty((height, width), signed)
     hit = np.empty((height, width), bool)
     reach = halves[-1]
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            first = bisect.bisect_left(halves, max(abs(dy), abs(dx)))
-            h0 = halves[first]
-            rows, cols = height - 2 * h0, width - 2 * h0
-            d, step = distance[:rows, :cols], channel[:rows, :cols]
-            for index, plane in enumerate(planes):
-                centre = plane[h0 : height - h0, h0 : width - h0]
-                near = plane[h0 + dy : height - h0 + dy, h0 + dx : width - h0 + dx]
-                np.subtract(near, centre, out=d if index == 0 else step)
-                if index == 0:
-                    np.abs(d, out=d)
-                else:
-                    np.abs(step, out=step)
-                    np.maximum(d, step, out=d)
-            for j in range(first, len(sides)):
-                inset = halves[j] - h0
-                region = d[inset : rows - inset, inset : cols - inset]
-                counted = hit[: region.shape[0], : region.shape[1]]
-                np.less_equal(region, sides[j] * scale, out=counted)
-                np.add(masses[j], counted, out=masses[j])
-    return [np.bincount(mass.ravel(), minlength=r * r + 1)[1:] for mass, r in zip(masses, sides, strict=True)]
+    offsets = [(dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)]
+    for dy, dx in offsets[share::shares]:
+        first = bisect.bisect_left(halves, max(abs(dy), abs(dx)))
+        h0 = halves[first]
+        rows, cols = height - 2 * h0, width - 2 * h0
+        d, step = distance[:rows, :cols], channel[:rows, :cols]
+        for index, plane in enumerate(planes):
+            centre = plane[h0 : height - h0, h0 : width - h0]
+            near = plane[h0 + dy : height - h0 + dy, h0 + dx : width - h0 + dx]
+            np.subtract(near, centre, out=d if index == 0 else step)
+            if index == 0:
+                np.abs(d, out=d)
+            else:
+                np.abs(step, out=step)
+                np.maximum(d, step, out=d)
+        for j in range(first, len(sides)):
+            inset = halves[j] - h0
+            region = d[inset : rows - inset, inset : cols - inset]
+            counted = hit[: region.shape[0], : region.shape[1]]
+            np.less_equal(region, sides[j] * scale, out=counted)
+            np.add(masses[j], counted, out=masses[j])
+    return masses
 
 
-def check_equal(image: np.ndarray) -> None:
-    """Stop the bench unless LabSight's P(m, r) equals the numpy baseline's counts exactly."""
+_POOL_IMAGE: list[np.ndarray] = []
+"""The image of a NumpyPool process (set by its initializer)."""
+
+
+def _keep_image(image: np.ndarray) -> None:
+    _POOL_IMAGE[:] = [image]
+
+
+def _share_masses(share: int, shares: int) -> list[np.ndarray]:
+    return numpy_masses(_POOL_IMAGE[0], SIDES, share, shares)
+
+
+class NumpyPool:
+    """The numpy baseline on ``processes`` processes (what a good engineer does with numpy on
+    several cores): each computes the mass maps of every ``processes``-th offset of one image,
+    and the maps are added here."""
+
+    def __init__(self, image: np.ndarray, processes: int) -> None:
+        self.processes = processes
+        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_keep_image, initargs=(image,))
+        self.counts()  # start the processes and import numpy there, untimed
+
+    def counts(self) -> list[np.ndarray]:
+        """Box counts per mass, per side, of the pool's image."""
+        parts = list(self.pool.map(_share_masses, range(self.processes), [self.processes] * self.processes))
+        return mass_counts([np.sum(maps, axis=0, dtype=np.int16) for maps in zip(*parts, strict=True)], SIDES)
+
+    def close(self) -> None:
+        """Stop the processes."""
+        self.pool.shutdown()
+
+
+def check_equal(image: np.ndarray, pooled: NumpyPool) -> None:
+    """Stop the bench unless LabSight's P(m, r) and the pooled baseline's counts equal the numpy
+    baseline's counts exactly."""
     reference = numpy_mass_counts(image, SIDES)
+    if not all(np.array_equal(a, b) for a, b in zip(reference, pooled.counts(), strict=True)):
+        raise SystemExit("the numpy baseline on several processes disagrees with it on one")
     boxes = gliding_box(image, SIDES, backend="numba")
     size_y, size_x = image.shape[:2]
     for r, counts in zip(SIDES, reference, strict=True):
@@ -135,10 +188,20 @@ def with_threads(threads: int, run: Callable[[], T]) -> Callable[[], T]:
 
 
 def bench_image(name: str, image: np.ndarray, rounds: int, cores: int) -> None:
-    """Paired rounds of the numpy baseline and LabSight on 1 and ``cores`` threads; print them."""
-    check_equal(image)
+    """Paired rounds of the numpy baseline on 1 and ``cores`` processes and LabSight on 1 and
+    ``cores`` threads; print them, each LabSight figure against numpy on as many cores."""
+    pooled = NumpyPool(image, cores)
+    try:
+        check_equal(image, pooled)
+        _bench_image(name, image, rounds, cores, pooled)
+    finally:
+        pooled.close()
+
+
+def _bench_image(name: str, image: np.ndarray, rounds: int, cores: int, pooled: NumpyPool) -> None:
     sides = {
         "numpy": timed(lambda: numpy_mass_counts(image, SIDES)),
+        "numpy-all": timed(pooled.counts),
         "labsight-1": timed(with_threads(1, lambda: gliding_box(image, SIDES, backend="numba"))),
         "labsight-all": timed(with_threads(cores, lambda: gliding_box(image, SIDES, backend="numba"))),
         "percolation-1": timed(with_threads(1, lambda: percolation(image, SIDES, backend="numba"))),
@@ -148,11 +211,12 @@ def bench_image(name: str, image: np.ndarray, rounds: int, cores: int) -> None:
     seconds = paired_rounds(sides, rounds)
     print(f"{name} {image.shape[0]}x{image.shape[1]} RGB uint8, r = 3..41: counts equal; "
           f"{rounds} rounds, seconds min / median / max")
-    print(f"  numpy shared-distance (1 thread):   {spread(seconds['numpy'])} s")
-    for threads, key in ((1, "labsight-1"), (cores, "labsight-all")):
-        ratios = round_ratios(seconds["numpy"], seconds[key])
+    print(f"  numpy shared-distance, 1 process:   {spread(seconds['numpy'])} s")
+    print(f"  numpy shared-distance, {cores} processes:  {spread(seconds['numpy-all'])} s")
+    for threads, key, baseline in ((1, "labsight-1", "numpy"), (cores, "labsight-all", "numpy-all")):
+        ratios = round_ratios(seconds[baseline], seconds[key])
         print(f"  LabSight P+Λ+N, numba {threads} thread(s): {spread(seconds[key], '.4f')} s   "
-              f"speed-up over numpy {spread(ratios, '.1f')}x")
+              f"speed-up over numpy on {threads} core(s) {spread(ratios, '.1f')}x")
     for threads, key in ((1, "percolation-1"), (cores, "percolation-all")):
         print(f"  LabSight percolation, {threads} thread(s): {spread(seconds[key], '.3f')} s (no baseline)")
     print(f"  before: {before}; after: {load_text()}")
@@ -217,7 +281,8 @@ def main() -> None:
     parser.add_argument("--big-threads", type=int, default=0, help="numba threads of --big (default: all)")
     args = parser.parse_args()
     cores = numba.config.NUMBA_NUM_THREADS
-    print(f"numba threads available: {cores}; numpy baseline: 1 thread; {load_text()}")
+    print(f"numba threads available: {cores}; numpy baseline: 1 process and {cores} processes; "
+          f"{load_text()}")
     print("seed's Go gliding box: no timings recorded in /work/shared (SEED_FACTS.md, seeds/); "
           "no anchor quoted")
     warm = random_rgb(48)
