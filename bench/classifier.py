@@ -14,8 +14,10 @@ Both sides use the machine alike: the classifier service runs the shipped model 
 ``instances`` ONNX Runtime sessions of ``threads`` intra-op threads each (its defaults,
 ServingConfig.engine_layout: two single-threaded sessions on a 2-CPU machine, no spinning;
 batches run in slices of CLASSIFIER_RUN_ROWS rows), and the in-process side runs the same work
-on a pool of ``instances`` threads, each with its own session of ``threads`` threads, spinning
-off, in slices of as many rows. The services, gateway and workers get the environment `labsight
+in two variants, each with its own session of ``threads`` threads per worker, spinning off, in
+slices of as many rows: a pool of ``instances`` threads in this process, and ``instances``
+processes each on its share of the fields (no GIL shared; since 2026-12-06). Each round's
+faster variant is the baseline. The services, gateway and workers get the environment `labsight
 up` gives them (``labsight.runtime.cpus.size_stack``), and this process, where the in-process
 side runs, the glibc malloc settings of the segmentation service (the bench re-runs itself with
 them unless they are set). So a ratio below 1 is the cost of
@@ -48,6 +50,7 @@ printed beside each round.
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import queue
 import statistics
@@ -57,8 +60,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import grpc
@@ -139,7 +144,7 @@ class EnginePool:
 class CpuClock:
     """User + system CPU seconds of this process (``client``) and of named child processes."""
 
-    def __init__(self, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    def __init__(self, processes: Mapping[str, subprocess.Popen[bytes] | BaseProcess]) -> None:
         self.processes = processes
 
     def read(self) -> dict[str, float]:
@@ -150,6 +155,83 @@ class CpuClock:
             fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
             used[name] = (int(fields[11]) + int(fields[12])) / tick
         return used
+
+
+def fields_of(count: int) -> list[CellField]:
+    """The bench's generated fields (the same in every process that makes them)."""
+    return [generate_cell_field(np.random.default_rng((SEED, i)), size=512, cells=14)
+            for i in range(count)]
+
+
+def pool_process(conn: Connection, fields: int, share: int, shares: int) -> None:
+    """One process of :class:`ProcessPool`: its own session, every ``shares``-th field from
+    ``share``; answers each received work name ("classify" or "hpa-cells") with the cells done."""
+    manifest = classifier_repository().get(DEFAULT_MODEL)
+    serving = serving_config()
+    _, threads = serving.engine_layout(on_cuda=False)
+    engine = build_engine(manifest, "", "cpu", serving.cache_dir, threads=threads, spin=False,
+                          run_rows=serving.run_rows * threads)
+    thresholds = load_thresholds(manifest)
+    mine = fields_of(fields)[share::shares]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return engine.outputs(batch)["probabilities"]
+
+    def classify(field: CellField, labels: np.ndarray) -> int:
+        return len(classify_cells(field.image, labels, predict, thresholds=thresholds,
+                                  batch_size=serving.max_batch_size).cell_ids)
+
+    def hpa_cells(field: CellField) -> int:
+        return classify(field, segmented(field))
+
+    work = {"classify": lambda field: classify(field, field.cell_labels), "hpa-cells": hpa_cells}
+    for field in mine[:2]:  # untimed: the session warm
+        work["classify"](field)
+    conn.send("ready")
+    while (name := conn.recv()) is not None:
+        conn.send(sum(work[name](field) for field in mine))
+
+
+class ProcessPool:
+    """The in-process side on one process per session (``instances``), each with its own
+    session on its share of the fields: no GIL shared between the sessions' Python work, as
+    the served side's processes have none shared either."""
+
+    def __init__(self, instances: int, fields: int) -> None:
+        context = mp.get_context("spawn")  # inherits this process's malloc environment
+        self.workers: list[tuple[Connection, BaseProcess]] = []
+        for share in range(instances):
+            parent, child = context.Pipe()
+            process = context.Process(target=pool_process, args=(child, fields, share, instances))
+            process.start()
+            self.workers.append((parent, process))
+        for conn, _ in self.workers:
+            conn.recv()
+
+    def total(self, name: str) -> int:
+        """Run the work ``name`` over every field, the processes at once; the cells done."""
+        for conn, _ in self.workers:
+            conn.send(name)
+        return sum(conn.recv() for conn, _ in self.workers)
+
+    def clock(self) -> CpuClock:
+        """The CPU clock of the pool's processes."""
+        return CpuClock({f"pool-{index}": process for index, (_, process) in enumerate(self.workers)})
+
+    def close(self) -> None:
+        """End the processes."""
+        for conn, process in self.workers:
+            conn.send(None)
+            process.join(timeout=30)
+
+
+def segmented(field: CellField) -> np.ndarray:
+    """The cell labels of the classical segmentation of ``field`` (its table measured too, as
+    the hpa-cells pipeline does)."""
+    nuclei, labels = segment_cells(field.image[..., 0], field.image[..., 3], field.image[..., 2],
+                                   pixel_size_um=PIXEL_SIZE_UM, method="classical")
+    measure_cells(nuclei, labels, field.image, pixel_size_um=PIXEL_SIZE_UM)
+    return labels
 
 
 def measured(work: Callable[[], int], clock: CpuClock, rates: list[float],
@@ -203,28 +285,37 @@ def concurrent_classify(address: str, fields: list[CellField], clients: int,
 
 def compare(title: str, sides: dict[str, Callable[[], int]], clocks: dict[str, CpuClock],
             rounds: int) -> None:
-    """Paired rounds of the in-process and served sides; print rates, ratios and CPU per cell."""
+    """Paired rounds of the served side and the in-process variants (every side but "served");
+    print rates, ratios to each round's fastest variant, and CPU per cell."""
     rates: dict[str, list[float]] = {name: [] for name in sides}
     cpu: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
     loads: dict[str, list[float]] = {name: [] for name in sides}
     paired_rounds({name: measured(work, clocks[name], rates[name], cpu[name], loads[name])
                    for name, work in sides.items()}, rounds)
     print(title)
-    ratios = round_ratios(rates["served"], rates["in-process"])
+    variants = [name for name in sides if name != "served"]
+    best = [max(variants, key=lambda name: rates[name][index]) for index in range(rounds)]
+    baseline = [rates[name][index] for index, name in enumerate(best)]
+    ratios = round_ratios(rates["served"], baseline)
     for index, ratio in enumerate(ratios):
-        print(f"   round {index + 1}: served {rates['served'][index]:7.1f} cells/s, in-process "
-              f"{rates['in-process'][index]:7.1f} cells/s, ratio {ratio:.3f} (load "
-              f"{loads['served'][index]:.1f} / {loads['in-process'][index]:.1f})")
+        print(f"   round {index + 1}: served {rates['served'][index]:7.1f} cells/s, " + ", ".join(
+            f"{name} {rates[name][index]:7.1f}" for name in variants
+        ) + f"; ratio to the faster {ratio:.3f} (load {loads['served'][index]:.1f})")
+    for name in variants:
+        print(f"   {name}: {spread(rates[name], '.1f')} cells/s, the faster in "
+              f"{best.count(name)} of {rounds} rounds")
     print(f"   ratio served/in-process (min / median / max): {spread(ratios)} (target >= 0.8)")
     served_ms = {name: 1000 * statistics.median(row[name] for row in cpu["served"])
                  for name in cpu["served"][0]}
-    local_ms = 1000 * statistics.median(row["client"] for row in cpu["in-process"])
-    cpu_ratios = [row_local["client"] / sum(row.values())
-                  for row_local, row in zip(cpu["in-process"], cpu["served"], strict=True)]
-    print(f"   CPU ms per cell (median): in-process {local_ms:.2f}; served "
+    local_ms = {name: 1000 * statistics.median(sum(row.values()) for row in cpu[name])
+                for name in variants}
+    cpu_ratios = [sum(cpu[name][index].values()) / sum(cpu["served"][index].values())
+                  for index, name in enumerate(best)]
+    print("   CPU ms per cell (median): " + ", ".join(
+        f"{name} {ms:.2f}" for name, ms in local_ms.items()) + "; served "
           + ", ".join(f"{name} {ms:.2f}" for name, ms in served_ms.items())
           + f" (total {sum(served_ms.values()):.2f})")
-    print(f"   CPU ratio in-process/served (min / median / max): {spread(cpu_ratios)}")
+    print(f"   CPU ratio in-process/served, the faster variant's (min / median / max): {spread(cpu_ratios)}")
 
 
 def main() -> None:
@@ -250,8 +341,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    fields = [generate_cell_field(np.random.default_rng((SEED, i)), size=512, cells=14)
-              for i in range(args.fields)]
+    fields = fields_of(args.fields)
     cells = sum(int(f.cell_labels.max()) for f in fields)
     manifest = classifier_repository().get(DEFAULT_MODEL)
     serving = serving_config()  # the service's: its layout and its runs of a few rows
@@ -268,10 +358,7 @@ def main() -> None:
                                   batch_size=serving.max_batch_size).cell_ids)
 
     def hpa_cells(field: CellField) -> int:
-        nuclei, labels = segment_cells(field.image[..., 0], field.image[..., 3], field.image[..., 2],
-                                       pixel_size_um=PIXEL_SIZE_UM, method="classical")
-        measure_cells(nuclei, labels, field.image, pixel_size_um=PIXEL_SIZE_UM)
-        return classify(field, labels)
+        return classify(field, segmented(field))
 
     store = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     private: tuple[subprocess.Popen[bytes], str] | None = None
@@ -296,6 +383,7 @@ def main() -> None:
                               {"pixel_size_um": str(PIXEL_SIZE_UM), "method": "classical"}) for f in fields]
     stack: dict[str, subprocess.Popen[bytes]] = {}
     gateway_address = ""
+    processes: ProcessPool | None = None
 
     def through_gateway() -> int:
         with LabSightClient(gateway_address, token="", timeout_s=600) as lab:
@@ -320,13 +408,19 @@ def main() -> None:
         local.total(classify, fields[:2])  # untimed: sessions warm
         concurrent_classify(classifier_address, fields[:2], 2)  # untimed: load, export, connect
         in_process = CpuClock({})
+        processes = ProcessPool(instances, args.fields)
+        threads_side = f"in-process {instances} threads"
+        processes_side = f"in-process {instances} processes"
         if 1 in parts:
             compare(f"1) ClassifyCells, {args.clients} concurrent clients ({args.label_dtype} labels), "
-                    f"against classify_cells in-process on a pool of {instances} threads:",
-                    {"in-process": lambda: local.total(classify, fields),
+                    f"against classify_cells in-process on a pool of {instances} threads or of "
+                    f"{instances} processes, whichever was faster in the round:",
+                    {threads_side: lambda: local.total(classify, fields),
+                     processes_side: lambda: processes.total("classify"),
                      "served": lambda: concurrent_classify(classifier_address, fields, args.clients,
                                                            args.label_dtype)},
-                    {"in-process": in_process, "served": CpuClock({"classifier": classifier})}, args.rounds)
+                    {threads_side: in_process, processes_side: processes.clock(),
+                     "served": CpuClock({"classifier": classifier})}, args.rounds)
         if 2 in parts:
             stack["gateway"], gateway_address = start_service(
                 "services.gateway", {**sizing.gateway_environment(), **stack_env})
@@ -336,9 +430,11 @@ def main() -> None:
             through_gateway()  # untimed
             compare(f"2) hpa-cells jobs through the gateway, {sizing.describe()}, segmentation and "
                     "classifier services, against segment_cells + measure_cells + classify_cells "
-                    f"in-process on a pool of {instances} threads:",
-                    {"in-process": lambda: local.total(hpa_cells, fields), "served": through_gateway},
-                    {"in-process": in_process,
+                    f"in-process on a pool of {instances} threads or of {instances} processes, "
+                    "whichever was faster in the round:",
+                    {threads_side: lambda: local.total(hpa_cells, fields),
+                     processes_side: lambda: processes.total("hpa-cells"), "served": through_gateway},
+                    {threads_side: in_process, processes_side: processes.clock(),
                      "served": CpuClock({"segmentation": segmentation, "classifier": classifier,
                                          **stack})},
                     args.rounds)
@@ -353,6 +449,8 @@ def main() -> None:
         if private is not None:
             stop_redis(*private)
         local.pool.shutdown()
+        if processes is not None:
+            processes.close()
     if 3 in parts:
         explanations(fields[0], manifest, engines[0], args.lime_cells)
 
