@@ -11,20 +11,22 @@ Data: ``--fields`` generated 512×512 RGBY fields (services.classifier.generated
 the shipped model never saw) with their true cell masks, about 14 cells each.
 
 Both sides use the machine alike: the classifier service runs the shipped model on
-``instances`` ONNX Runtime sessions of ``threads`` intra-op threads each (its defaults,
-ServingConfig.engine_layout: two single-threaded sessions on a 2-CPU machine, no spinning;
-batches run in slices of CLASSIFIER_RUN_ROWS rows), and the in-process side runs the same work
-in two variants, each with its own session of ``threads`` threads per worker, spinning off, in
-slices of as many rows: a pool of ``instances`` threads in this process, and ``instances``
-processes each on its share of the fields (no GIL shared; since 2026-12-06). Each round's
-faster variant is the baseline. The services, gateway and workers get the environment `labsight
-up` gives them (``labsight.runtime.cpus.size_stack``), and this process, where the in-process
-side runs, the glibc malloc settings of the segmentation service (the bench re-runs itself with
-them unless they are set). So a ratio below 1 is the cost of
+``instances`` ONNX Runtime sessions of ``threads`` intra-op threads each (two single-threaded
+sessions on a 2-CPU machine, no spinning; batches run in slices of CLASSIFIER_RUN_ROWS rows), in
+as many processes as `labsight up` runs it (``size_stack``: since 2026-12-06 two of one session
+each on a machine without a GPU, the clients' round_robin channels spreading the calls), and
+the in-process side runs the same work in two variants, each with its own session of
+``threads`` threads per worker, spinning off, in slices of as many rows: a pool of
+``instances`` threads in this process, and ``instances`` processes each on its share of the
+fields (no GIL shared; since 2026-12-06). Each round's faster variant is the baseline. The
+services, gateway and workers get the environment `labsight up` gives them
+(``labsight.runtime.cpus.size_stack``), and this process, where the in-process side runs, the
+glibc malloc settings of the segmentation service (the bench re-runs itself with them unless
+they are set). So a ratio below 1 is the cost of
 transport, batching and process hops, not of a different use of the cores.
 
 1. ``ClassifyCells`` under concurrent load: ``--clients`` threads send one field each per call
-   to the classifier service (its own process), the cell labels in the narrowest dtype that
+   to the classifier service (its processes), the cell labels in the narrowest dtype that
    holds them (``labsight.tensors.write_labels``: uint16 here, as the hpa-cells pipeline
    forwards SegmentCells' masks; ``--label-dtype int32`` sends 2 MB per request instead of
    1.5 MB). In-process: ``classify_cells`` (crops + model) on the same fields.
@@ -82,6 +84,7 @@ from labsight.models import Engine, build_engine, load_torch_model  # noqa: E402
 from labsight.redis_server import start_redis, stop_redis  # noqa: E402
 from labsight.runtime.cpus import PROCESS_MALLOC, size_stack  # noqa: E402
 from labsight.tensors import write_labels, write_tensor  # noqa: E402
+from labsight.up import replica_name, service_target  # noqa: E402
 from labsight.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
 from services.classifier.cells import classify_cells  # noqa: E402
 from services.classifier.explain import cam_layer, grad_cam, lime_explanation  # noqa: E402
@@ -259,7 +262,8 @@ def concurrent_classify(address: str, fields: list[CellField], clients: int,
                         label_dtype: str = "narrow") -> int:
     """ClassifyCells of every field from ``clients`` threads, the cell labels sent as
     ``label_dtype`` (one of LABEL_DTYPES); returns the cells classified."""
-    stub = classifier_pb2_grpc.ClassifierServiceStub(grpc.insecure_channel(address))
+    channel = grpc.insecure_channel(address, options=[("grpc.lb_policy_name", "round_robin")])
+    stub = classifier_pb2_grpc.ClassifierServiceStub(channel)  # calls spread over its processes
     requests = [classifier_pb2.ClassifyCellsRequest() for _ in fields]
     for request, field in zip(requests, fields, strict=True):  # encoded in place: one copy each
         write_tensor(request.image.tensor, field.image)
@@ -370,8 +374,12 @@ def main() -> None:
         redis_url = private[1]
     prefix = f"labsight-bench-{uuid.uuid4().hex[:8]}"
     sizing = size_stack(workers=args.workers or None)
-    classifier, classifier_address = start_service(
-        "services.classifier", {**sizing.service_environment("classifier"), **QUIET_ENV})
+    classifiers = {  # as many processes as `labsight up` runs
+        replica_name("classifier", index): start_service(
+            "services.classifier", {**sizing.service_environment("classifier"), **QUIET_ENV})
+        for index in range(sizing.replicas_of("classifier"))}
+    classifier_address = service_target([address for _, address in classifiers.values()])
+    classifier_processes = {name: process for name, (process, _) in classifiers.items()}
     segmentation, segmentation_address = start_service(
         "services.segmentation", {**sizing.service_environment("segmentation"), **QUIET_ENV})
     stack_env = {**QUIET_ENV, "REDIS_URL": redis_url, "LABSIGHT_KEY_PREFIX": prefix,
@@ -412,7 +420,8 @@ def main() -> None:
         threads_side = f"in-process {instances} threads"
         processes_side = f"in-process {instances} processes"
         if 1 in parts:
-            compare(f"1) ClassifyCells, {args.clients} concurrent clients ({args.label_dtype} labels), "
+            compare(f"1) ClassifyCells, {args.clients} concurrent clients ({args.label_dtype} labels) on one "
+                    f"round_robin channel to {len(classifiers)} classifier process(es), "
                     f"against classify_cells in-process on a pool of {instances} threads or of "
                     f"{instances} processes, whichever was faster in the round:",
                     {threads_side: lambda: local.total(classify, fields),
@@ -420,7 +429,7 @@ def main() -> None:
                      "served": lambda: concurrent_classify(classifier_address, fields, args.clients,
                                                            args.label_dtype)},
                     {threads_side: in_process, processes_side: processes.clock(),
-                     "served": CpuClock({"classifier": classifier})}, args.rounds)
+                     "served": CpuClock(classifier_processes)}, args.rounds)
         if 2 in parts:
             stack["gateway"], gateway_address = start_service(
                 "services.gateway", {**sizing.gateway_environment(), **stack_env})
@@ -435,12 +444,12 @@ def main() -> None:
                     {threads_side: lambda: local.total(hpa_cells, fields),
                      processes_side: lambda: processes.total("hpa-cells"), "served": through_gateway},
                     {threads_side: in_process, processes_side: processes.clock(),
-                     "served": CpuClock({"segmentation": segmentation, "classifier": classifier,
+                     "served": CpuClock({"segmentation": segmentation, **classifier_processes,
                                          **stack})},
                     args.rounds)
         print(f"after: {load_text()}")
     finally:
-        for process in (*stack.values(), classifier, segmentation):
+        for process in (*stack.values(), *classifier_processes.values(), segmentation):
             stop_process(process)
         client = redis.Redis.from_url(redis_url)
         keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))

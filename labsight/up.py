@@ -13,7 +13,7 @@ import secrets
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
@@ -99,20 +99,42 @@ def ensure_secret(home: Path, name: str) -> str:
     return secret
 
 
+REPLICA_PORT_STEP = 1000
+"""Process k (from 0) of a model service run as several listens on the first one's gRPC and
+metrics ports + k x this."""
+
+
+def replica_name(service: str, index: int) -> str:
+    """The child name of process ``index`` (from 0) of ``service``: the service's name, then
+    ``service-2``, ``service-3``..."""
+    return service if index == 0 else f"{service}-{index + 1}"
+
+
 @dataclass
 class StackLayout:
     """Ports and sizes of one ``up`` stack."""
 
     grpc_ports: dict[str, int]
+    """Per server child: a service's first process under its name, the others as
+    ``replica_name`` says."""
     metrics_ports: dict[str, int]
-    """Per server, the first worker's (the others follow it) and `up`'s own."""
+    """Per server child, the first worker's (the others follow it) and `up`'s own."""
     workers: int = 1
+    servers: dict[str, str] = field(default_factory=dict)
+    """The catalog server of each server child, in start order."""
+    replicas: dict[str, int] = field(default_factory=dict)
+    """Processes of each model service run as more than one (see ``size_stack``)."""
 
     @classmethod
-    def from_base_port(cls, base_port: int | None, workers: int | None = None) -> StackLayout:
+    def from_base_port(cls, base_port: int | None, workers: int | None = None,
+                       replicas: dict[str, int] | None = None) -> StackLayout:
         """Catalog ports, or consecutive ports from ``base_port`` (metrics from base + 100,
-        `up`'s own at base + 99); ``workers`` worker processes (default: ``size_stack``'s)."""
-        workers = size_stack().workers if workers is None else workers
+        `up`'s own at base + 99); ``workers`` worker processes and ``replicas`` processes per
+        model service (default: ``size_stack``'s), a service's further processes on ports
+        REPLICA_PORT_STEP apart."""
+        sizing = size_stack(workers=workers)
+        workers = sizing.workers
+        replicas = sizing.replicas if replicas is None else replicas
         names = list(SERVERS)
         if base_port is None:
             grpc_ports = {name: SERVERS[name].grpc_port or 0 for name in names}
@@ -124,13 +146,32 @@ class StackLayout:
             metrics = {name: base_port + 100 + i for i, name in enumerate(names)}
             metrics[WORKER.name] = base_port + 100 + len(names)
             metrics[UP] = base_port + 99
-        return cls(grpc_ports, metrics, workers)
+        servers = {name: name for name in names}
+        for name in names:
+            for index in range(1, replicas.get(name, 1)):
+                child = replica_name(name, index)
+                grpc_ports[child] = grpc_ports[name] + REPLICA_PORT_STEP * index
+                metrics[child] = metrics[name] + REPLICA_PORT_STEP * index
+                servers[child] = name
+        kept = {name: count for name, count in replicas.items() if count > 1}
+        return cls(grpc_ports, metrics, workers, servers, kept)
 
     def ports(self) -> list[int]:
         """Every port the stack binds (Redis's is picked free at start)."""
         extra_workers = range(1, self.workers)
         worker_ports = [self.metrics_ports[WORKER.name] + index for index in extra_workers]
         return [*self.grpc_ports.values(), *self.metrics_ports.values(), *worker_ports]
+
+    def addresses(self, service: str) -> list[str]:
+        """The loopback addresses of every process of ``service``."""
+        return [f"127.0.0.1:{self.grpc_ports[child]}"
+                for child, server in self.servers.items() if server == service]
+
+
+def service_target(addresses: list[str]) -> str:
+    """A gRPC target for a service's processes: the one address, or an ``ipv4:`` list of all of
+    them (channels with the round_robin policy, as the workers' are, spread calls over them)."""
+    return addresses[0] if len(addresses) == 1 else "ipv4:" + ",".join(addresses)
 
 
 class HealthMonitor:
@@ -164,7 +205,8 @@ class HealthMonitor:
                 return f"no answer to PING: {error}"
         elif name in self.channels:
             stub = health_pb2_grpc.HealthStub(self.channels[name])
-            request = health_pb2.HealthCheckRequest(service=SERVERS[name].grpc_services[0])
+            server = SERVERS[self.stack.layout.servers[name]]
+            request = health_pb2.HealthCheckRequest(service=server.grpc_services[0])
             try:
                 status = stub.Check(request, timeout=2.0).status
             except grpc.RpcError as error:
@@ -227,7 +269,7 @@ class Stack:
     """Worker processes, jobs in flight and thread pools for the CPUs (see ``size_stack``)."""
 
     def __post_init__(self) -> None:
-        self.sizing = size_stack(workers=self.layout.workers)
+        self.sizing = replace(size_stack(workers=self.layout.workers), replicas=self.layout.replicas)
 
     @property
     def logs(self) -> Path:
@@ -249,15 +291,12 @@ class Stack:
     def child_names(self) -> list[str]:
         """Every child `up` watches: Redis (its own or the external one), servers, workers."""
         workers = [f"worker-{index + 1}" for index in range(self.layout.workers)]
-        return [REDIS, *SERVERS, *workers]
+        return [REDIS, *self.layout.servers, *workers]
 
     def endpoints(self) -> Endpoints:
         """Where this stack can be reached."""
-        services = {
-            name: f"127.0.0.1:{port}"
-            for name, port in self.layout.grpc_ports.items()
-            if name != "gateway"
-        }
+        services = {name: service_target(self.layout.addresses(name))
+                    for name in SERVERS if name != "gateway"}
         return Endpoints(
             redis_url=self.redis_url,
             key_prefix="labsight",
@@ -320,16 +359,16 @@ class Stack:
         # Thread pools and allocators sized to the CPUs and the work (see size_stack) unless
         # the operator set them.
         gateway_env = {**self.sizing.gateway_environment(), **base_env}
-        for name, spec in SERVERS.items():
+        for child, name in self.layout.servers.items():
             env = {
                 **(gateway_env if name == "gateway" else
                    {**self.sizing.service_environment(name), **base_env}),
-                "LABSIGHT_PORT": str(self.layout.grpc_ports[name]),
-                "LABSIGHT_METRICS_PORT": str(self.layout.metrics_ports[name]),
+                "LABSIGHT_PORT": str(self.layout.grpc_ports[child]),
+                "LABSIGHT_METRICS_PORT": str(self.layout.metrics_ports[child]),
             }
             if name == "gateway":
                 env[WEB_PORT_ENV] = str(stack_web_port(self.layout.metrics_ports[UP]))
-            self._spawn(name, spec.module, env)
+            self._spawn(child, SERVERS[name].module, env)
         for index in range(self.layout.workers):
             metrics_port = self.layout.metrics_ports[WORKER.name] + index
             env = {**self.sizing.worker_environment(), **base_env,
@@ -397,7 +436,7 @@ class Stack:
         if self.monitor is not None:
             self.monitor.stop()
         workers = [name for name in self.supervisor.children if name.startswith("worker")]
-        self.supervisor.stop([workers, list(SERVERS), [REDIS]], grace_s)
+        self.supervisor.stop([workers, list(self.layout.servers), [REDIS]], grace_s)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
         if self.lock is not None:

@@ -12,15 +12,17 @@ from pathlib import Path
 
 from labsight.home import Endpoints, read_endpoints
 from labsight.redis_server import port_is_free
+from labsight.up import StackLayout
 
 STARTUP_TIMEOUT_S = 180
 
 
 def free_base_port() -> int:
-    """A base port whose gRPC block (base..base+3), web page (base+98) and metrics block
-    (base+99..+104) are free."""
+    """A base port whose stack ports are free: the gRPC block (base..base+3), web page
+    (base+98), metrics block (base+99..+104) and those of further service processes."""
     for base in range(21000 + os.getpid() % 500 * 10, 40000, 10):
-        if all(port_is_free(p) for p in [*range(base, base + 4), *range(base + 98, base + 105)]):
+        ports = [*StackLayout.from_base_port(base).ports(), base + 98]
+        if all(port_is_free(p) for p in ports):
             return base
     raise RuntimeError("no free port block")
 

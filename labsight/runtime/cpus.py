@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from labsight.catalog import GATEWAY, SEGMENTATION, WORKER
+from labsight.catalog import CLASSIFIER, GATEWAY, MODEL_SERVICES, SEGMENTATION, WORKER
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -101,6 +101,47 @@ PROCESS_MALLOC = {GATEWAY.name: BULK_BUFFER_MALLOC, WORKER.name: BULK_BUFFER_MAL
 MALLOC_ARENA_MAX=2, as `labsight up`, compose and the Kubernetes manifests run them."""
 
 
+REPLICAS_VARIABLE = "LABSIGHT_REPLICAS"
+"""Processes of each model service `labsight up` runs, e.g. ``classifier=2,segmentation=1``
+(services not named keep `up`'s choice)."""
+
+REPLICATED_ON_CPU = (CLASSIFIER.name,)
+"""Model services that `labsight up` runs as two processes on a machine with 2 CPUs or more and
+no GPU, each with one of the two ONNX Runtime sessions the one process ran before: their
+per-cell Python work (crops, resizing) holds the GIL, so two sessions in one process wait for
+each other. bench/classifier.py, 2026-12-06, 2 CPUs: ClassifyCells 1,219 -> 1,376 cells/s
+(median of 6 alternating rounds, 8 clients, round_robin over the two)."""
+
+
+def gpu_visible() -> bool:
+    """Whether a model service would run on a GPU: LABSIGHT_DEVICE=cuda, or ``auto`` (the
+    default) on a machine with an NVIDIA device node. Cheap: torch is not imported."""
+    device = os.environ.get("LABSIGHT_DEVICE", "auto").strip().lower() or "auto"
+    if device != "auto":
+        return device == "cuda"
+    return Path("/dev/nvidiactl").exists() or Path("/dev/nvidia0").exists()
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """``name=count,...`` (REPLICAS_VARIABLE) as a dict.
+
+    Raises
+    ------
+    ValueError
+        Naming the entry that is not ``model-service=positive-integer``.
+    """
+    names = {spec.name for spec in MODEL_SERVICES}
+    replicas: dict[str, int] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, _, count = entry.partition("=")
+        name = name.strip()
+        if name not in names or not count.strip().isdigit() or int(count) < 1:
+            raise ValueError(f"{REPLICAS_VARIABLE}: {entry!r} is not model-service=count with a "
+                             f"service of {sorted(names)} and a count >= 1")
+        replicas[name] = int(count)
+    return replicas
+
+
 @dataclass(frozen=True)
 class StackSizing:
     """How one machine's CPUs are shared by a `labsight up` stack.
@@ -119,12 +160,22 @@ class StackSizing:
     compute_threads : int
         numba and OpenMP threads of each model service: every CPU, since one
         service computes at a time in the common case (one pipeline's calls).
+    replicas : dict
+        Processes of each model service (catalog name; 1 where not listed). A
+        service of several processes gives each one ONNX Runtime session and its
+        share of the CPUs' threads, and the workers spread their calls over them
+        (round_robin).
     """
 
     cpus: int
     workers: int
     worker_concurrency: int
     compute_threads: int
+    replicas: dict[str, int] = field(default_factory=dict)
+
+    def replicas_of(self, service: str) -> int:
+        """Processes of model service ``service``."""
+        return self.replicas.get(service, 1)
 
     def service_environment(self, service: str = "") -> dict[str, str]:
         """Thread-pool and allocator variables of model service ``service`` (its catalog name;
@@ -134,9 +185,12 @@ class StackSizing:
         freed by one of the many gRPC and batcher threads is reused by the others instead of
         staying resident (a fuzz run: features +339 MiB after 300 calls with the default, +23
         with 2), and what :data:`PROCESS_MALLOC` gives ``service``."""
-        threads = str(self.compute_threads)
+        replicas = self.replicas_of(service)
+        threads = str(max(1, self.compute_threads // replicas))
+        one_session = ({"LABSIGHT_MODEL_INSTANCES": "1", "LABSIGHT_ORT_THREADS": threads}
+                       if replicas > 1 else {})
         return {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
-                "MALLOC_ARENA_MAX": "2",
+                "MALLOC_ARENA_MAX": "2", **one_session,
                 **PROCESS_MALLOC.get(service, {})}
 
     def gateway_environment(self) -> dict[str, str]:
@@ -149,15 +203,28 @@ class StackSizing:
 
     def describe(self) -> str:
         """One line for people: what each process gets."""
+        replicated = "".join(f", {name} x {count} processes"
+                             for name, count in sorted(self.replicas.items()) if count > 1)
         return (f"{self.cpus} CPUs: {self.workers} worker(s) x {self.worker_concurrency} job slots "
                 f"(small jobs of one kind: up to {SMALL_JOB_GROUP_SIZE} per slot), "
-                f"{self.compute_threads} numba/OpenMP threads per model service")
+                f"{self.compute_threads} numba/OpenMP threads per model service{replicated}")
 
 
-def size_stack(cpus: int | None = None, workers: int | None = None) -> StackSizing:
+def size_stack(cpus: int | None = None, workers: int | None = None,
+               gpu: bool | None = None) -> StackSizing:
     """The sizing of a stack on ``cpus`` CPUs (default ``usable_cpus()``), with ``workers``
-    worker processes if given."""
+    worker processes if given; ``gpu`` (default ``gpu_visible()``) keeps every model service
+    in one process (one CUDA context each); REPLICAS_VARIABLE overrides the processes.
+
+    Raises
+    ------
+    ValueError
+        If REPLICAS_VARIABLE is malformed.
+    """
     cpus = usable_cpus() if cpus is None else max(1, cpus)
     workers = max(1, cpus // 8) if workers is None else max(1, workers)
     concurrency = min(16, max(4, 2 * cpus // workers))
-    return StackSizing(cpus, workers, concurrency, cpus)
+    on_gpu = gpu_visible() if gpu is None else gpu
+    replicas = {} if on_gpu or cpus < 2 else dict.fromkeys(REPLICATED_ON_CPU, 2)
+    replicas.update(parse_replicas(os.environ.get(REPLICAS_VARIABLE, "")))
+    return StackSizing(cpus, workers, concurrency, cpus, replicas)

@@ -26,6 +26,7 @@ from labsight.demo import demo_image
 from labsight.home import read_endpoints
 from labsight.images import encode_png
 from labsight.redis_server import port_is_free
+from labsight.runtime.cpus import size_stack
 from labsight.v1 import features_pb2, features_pb2_grpc
 from labsight.web import WEB_PORT_ENV
 from services.features.fractal import gliding_box
@@ -64,7 +65,9 @@ def test_every_service_reports_serving_and_lists_itself_by_reflection(up: UpProc
 
 
 def test_every_process_answers_metrics(up: UpProcess) -> None:
-    assert set(up.endpoints.metrics) == {*SERVERS, "worker", "up"}
+    replicas = {f"{name}-{index}" for name, count in size_stack().replicas.items()
+                for index in range(2, count + 1)}
+    assert set(up.endpoints.metrics) == {*SERVERS, *replicas, "worker", "up"}
     for name, url in up.endpoints.metrics.items():
         body = urllib.request.urlopen(url, timeout=5).read().decode()
         assert "process_cpu_seconds_total" in body, name
@@ -296,8 +299,9 @@ def test_sigterm_stops_everything_cleanly(up: UpProcess) -> None:
     up.process.send_signal(signal.SIGTERM)
     assert up.process.wait(timeout=60) == 0
     assert read_endpoints(up.home) is None
-    for address in [up.endpoints.gateway, *up.endpoints.services.values()]:
-        port = int(address.rsplit(":", 1)[1])
-        assert port_is_free(port), f"{address} still bound after stop"
+    for target in [up.endpoints.gateway, *up.endpoints.services.values()]:
+        for address in target.removeprefix("ipv4:").split(","):  # every process of a service
+            port = int(address.rsplit(":", 1)[1])
+            assert port_is_free(port), f"{address} still bound after stop"
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(up.endpoints.redis_url, socket_connect_timeout=1).ping()

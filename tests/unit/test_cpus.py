@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from labsight.runtime.cpus import cgroup_cpu_quota, limit_thread_pools, size_stack, usable_cpus
+from labsight.runtime.cpus import (
+    REPLICAS_VARIABLE,
+    cgroup_cpu_quota,
+    gpu_visible,
+    limit_thread_pools,
+    size_stack,
+    usable_cpus,
+)
+from labsight.up import StackLayout, service_target
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -55,9 +63,11 @@ def test_thread_pools_default_to_the_usable_cpus_and_keep_an_operator_choice(
      (2, 3, (3, 4, 2)), (8, 1, (1, 16, 8))],
 )
 def test_a_stack_is_sized_to_its_cpus(
-    cpus: int, workers: int | None, expected: tuple[int, int, int]
+    cpus: int, workers: int | None, expected: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    sizing = size_stack(cpus, workers)
+    monkeypatch.delenv(REPLICAS_VARIABLE, raising=False)
+    sizing = size_stack(cpus, workers, gpu=True)  # one process per service, as on a GPU
+    assert sizing.replicas == {}
     assert (sizing.workers, sizing.worker_concurrency, sizing.compute_threads) == expected
     assert sizing.service_environment() == {
         "NUMBA_NUM_THREADS": str(expected[2]), "OMP_NUM_THREADS": str(expected[2]),
@@ -79,3 +89,51 @@ def test_a_stack_is_sized_to_its_cpus(
 
 def test_the_stack_sizing_defaults_to_the_usable_cpus() -> None:
     assert size_stack().cpus == usable_cpus()
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(2, "1"), (16, "8")])
+def test_without_a_gpu_the_classifier_runs_as_two_processes_of_one_session_each(
+    cpus: int, threads: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(REPLICAS_VARIABLE, raising=False)
+    sizing = size_stack(cpus, gpu=False)
+    assert sizing.replicas == {"classifier": 2}
+    assert sizing.service_environment("classifier") == {
+        "NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
+        "MALLOC_ARENA_MAX": "2", "LABSIGHT_MODEL_INSTANCES": "1", "LABSIGHT_ORT_THREADS": threads,
+    }
+    assert sizing.service_environment("features")["NUMBA_NUM_THREADS"] == str(cpus)
+    assert "LABSIGHT_MODEL_INSTANCES" not in sizing.service_environment("features")
+    assert sizing.describe().endswith("per model service, classifier x 2 processes")
+    assert size_stack(1, gpu=False).replicas == {}
+
+
+def test_an_operator_sets_the_processes_of_each_model_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(REPLICAS_VARIABLE, "segmentation=3, classifier=1")
+    assert size_stack(4, gpu=False).replicas == {"classifier": 1, "segmentation": 3}
+    assert size_stack(4, gpu=True).replicas == {"classifier": 1, "segmentation": 3}
+    for bad in ("gateway=2", "classifier=0", "classifier", "features=two"):
+        monkeypatch.setenv(REPLICAS_VARIABLE, bad)
+        with pytest.raises(ValueError, match=f"{REPLICAS_VARIABLE}: '{bad}'"):
+            size_stack(4)
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cpu", False), ("cuda", True), ("CUDA", True)])
+def test_the_device_setting_decides_whether_a_gpu_is_used(
+    device: str, expected: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LABSIGHT_DEVICE", device)
+    assert gpu_visible() is expected
+
+
+def test_an_up_layout_puts_a_services_further_processes_a_port_step_apart() -> None:
+    layout = StackLayout.from_base_port(31000, workers=1, replicas={"classifier": 2, "segmentation": 1})
+    assert layout.servers == {"gateway": "gateway", "segmentation": "segmentation",
+                              "features": "features", "classifier": "classifier",
+                              "classifier-2": "classifier"}
+    assert layout.grpc_ports["classifier-2"] == layout.grpc_ports["classifier"] + 1000
+    assert layout.metrics_ports["classifier-2"] == layout.metrics_ports["classifier"] + 1000
+    assert layout.replicas == {"classifier": 2}
+    assert len(set(layout.ports())) == len(layout.ports())
+    assert service_target(layout.addresses("classifier")) == "ipv4:127.0.0.1:31003,127.0.0.1:32003"
+    assert service_target(layout.addresses("features")) == "127.0.0.1:31002"
