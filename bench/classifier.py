@@ -82,7 +82,7 @@ from labsight.config import address_env_var  # noqa: E402
 from labsight.images import image_from_array  # noqa: E402
 from labsight.models import Engine, build_engine, load_torch_model  # noqa: E402
 from labsight.redis_server import start_redis, stop_redis  # noqa: E402
-from labsight.runtime.cpus import PROCESS_MALLOC, size_stack  # noqa: E402
+from labsight.runtime.cpus import PROCESS_MALLOC, StackSizing, size_stack  # noqa: E402
 from labsight.tensors import write_labels, write_tensor  # noqa: E402
 from labsight.up import replica_name, service_target  # noqa: E402
 from labsight.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
@@ -158,6 +158,17 @@ class CpuClock:
             fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
             used[name] = (int(fields[11]) + int(fields[12])) / tick
         return used
+
+
+def start_replicas(service: str, sizing: StackSizing
+                   ) -> tuple[str, dict[str, subprocess.Popen[bytes]]]:
+    """Model service ``service`` (catalog name) in as many processes as `labsight up` runs, with
+    the environment it gives them; (gRPC target of them all, processes by child name)."""
+    started = {replica_name(service, index): start_service(
+        f"services.{service}", {**sizing.service_environment(service), **QUIET_ENV})
+        for index in range(sizing.replicas_of(service))}
+    return (service_target([address for _, address in started.values()]),
+            {name: process for name, (process, _) in started.items()})
 
 
 def fields_of(count: int) -> list[CellField]:
@@ -374,14 +385,9 @@ def main() -> None:
         redis_url = private[1]
     prefix = f"labsight-bench-{uuid.uuid4().hex[:8]}"
     sizing = size_stack(workers=args.workers or None)
-    classifiers = {  # as many processes as `labsight up` runs
-        replica_name("classifier", index): start_service(
-            "services.classifier", {**sizing.service_environment("classifier"), **QUIET_ENV})
-        for index in range(sizing.replicas_of("classifier"))}
-    classifier_address = service_target([address for _, address in classifiers.values()])
-    classifier_processes = {name: process for name, (process, _) in classifiers.items()}
-    segmentation, segmentation_address = start_service(
-        "services.segmentation", {**sizing.service_environment("segmentation"), **QUIET_ENV})
+    served = {service: start_replicas(service, sizing) for service in ("classifier", "segmentation")}
+    classifier_address, classifier_processes = served["classifier"]
+    segmentation_address, segmentation_processes = served["segmentation"]
     stack_env = {**QUIET_ENV, "REDIS_URL": redis_url, "LABSIGHT_KEY_PREFIX": prefix,
                  "LABSIGHT_ALLOW_ANONYMOUS": "1", "LABSIGHT_WEB_PORT": "-1",
                  address_env_var("features"): "127.0.0.1:1",
@@ -421,7 +427,7 @@ def main() -> None:
         processes_side = f"in-process {instances} processes"
         if 1 in parts:
             compare(f"1) ClassifyCells, {args.clients} concurrent clients ({args.label_dtype} labels) on one "
-                    f"round_robin channel to {len(classifiers)} classifier process(es), "
+                    f"round_robin channel to {len(classifier_processes)} classifier process(es), "
                     f"against classify_cells in-process on a pool of {instances} threads or of "
                     f"{instances} processes, whichever was faster in the round:",
                     {threads_side: lambda: local.total(classify, fields),
@@ -444,12 +450,13 @@ def main() -> None:
                     {threads_side: lambda: local.total(hpa_cells, fields),
                      processes_side: lambda: processes.total("hpa-cells"), "served": through_gateway},
                     {threads_side: in_process, processes_side: processes.clock(),
-                     "served": CpuClock({"segmentation": segmentation, **classifier_processes,
+                     "served": CpuClock({**segmentation_processes, **classifier_processes,
                                          **stack})},
                     args.rounds)
         print(f"after: {load_text()}")
     finally:
-        for process in (*stack.values(), *classifier_processes.values(), segmentation):
+        for process in (*stack.values(), *classifier_processes.values(),
+                        *segmentation_processes.values()):
             stop_process(process)
         client = redis.Redis.from_url(redis_url)
         keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
