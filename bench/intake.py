@@ -11,11 +11,19 @@ micrographs. The gateway runs as its own process (``python -m services.gateway``
 ``labsight up`` runs it); this process is the client, calling SubmitBatch once per round.
 
 The baseline is the floor of any Redis-backed intake: the same jobs, already serialized, one
-XADD each into a stream, pipelined 256 jobs (or 64 MiB) at a time from this process, with no
-gRPC, no validation, no image header read and no job record; each payload goes to redis-py as a
-memoryview, which it sends as it is (bytes would be copied into the command first, as the
-gateway's own writes avoid too). A ratio of 1 would mean the
-gateway accepts jobs as fast as Redis takes their bytes. Each round runs both sides in
+XADD each into a stream, pipelined 256 jobs (or 64 MiB) at a time, with no gRPC, no validation,
+no image header read and no job record; each payload goes to redis-py as a memoryview, which it
+sends as it is (bytes would be copied into the command first, as the gateway's own writes avoid
+too). It runs in two variants: one Python thread on one connection in this process, and one
+process per CPU (``usable_cpus()``; spawned, warm and holding their share of the payloads before
+the rounds), each pipelining its share on its own connection, timed from this process until the
+last of them finished. Each round's faster variant is that round's baseline; both are printed,
+with how often each was the faster. Until 2026-12-06 the baseline was the single thread only,
+while the served side used the client process, the gateway process and Redis; and the gateway
+inherited the caller's LABSIGHT_BLOB_URL, so with one set large PNGs went to disk on the served
+side while the baseline put them in Redis: the gateway now runs with LABSIGHT_BLOB_URL empty,
+every payload in Redis on both sides. A ratio of 1 would mean the
+gateway accepts jobs as fast as Redis takes their bytes. Each round runs every side in
 rotating order, and the keys they wrote are deleted between runs (untimed); figures are
 min / median / max over rounds. Beside the rates: CPU milliseconds per job of this process while
 it streams SubmitBatch (the client: packing and serializing requests, gRPC), of the gateway
@@ -25,6 +33,7 @@ process, and of Redis (INFO cpu; it may serve others on a shared machine), media
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -32,6 +41,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +54,7 @@ from bench._paired import load_text, paired_rounds, process_cpu_s, round_ratios,
 from bench.service_process import start_service, stop_process  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.images import encode_png  # noqa: E402
+from labsight.runtime.cpus import usable_cpus  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 from services.classifier.generated_cells import generate_cell_field  # noqa: E402
 
@@ -71,6 +82,59 @@ def baseline_xadd(client: redis.Redis, stream: str, payloads: list[bytes]) -> fl
     if queued:
         pipe.execute()
     return time.perf_counter() - start
+
+
+def xadd_process(conn: Connection, redis_url: str) -> None:
+    """One process of the parallel XADD baseline, on its own connection: answers ("load",
+    stream, payloads) with "ready" and ("run", ...) with the seconds of one pipelined pass of
+    its payloads, until None."""
+    client = redis.Redis.from_url(redis_url)
+    client.ping()  # connect before any round
+    stream, payloads = "", []
+    conn.send("ready")
+    while (message := conn.recv()) is not None:
+        if message[0] == "load":
+            stream, payloads = message[1], message[2]
+            conn.send("ready")
+        else:
+            conn.send(baseline_xadd(client, stream, payloads))
+
+
+class ParallelXadd:
+    """The XADD baseline in ``processes`` spawned processes, each pipelining its share of the jobs."""
+
+    def __init__(self, processes: int, redis_url: str) -> None:
+        context = mp.get_context("spawn")
+        self.workers: list[tuple[Connection, mp.process.BaseProcess]] = []
+        for _ in range(processes):
+            parent, child = context.Pipe()
+            process = context.Process(target=xadd_process, args=(child, redis_url), daemon=True)
+            process.start()
+            self.workers.append((parent, process))
+        for parent, _ in self.workers:
+            parent.recv()
+
+    def load(self, stream: str, payloads: list[bytes]) -> None:
+        """Give process i the payloads ``i::processes`` (untimed); wait until each holds its share."""
+        for share, (conn, _) in enumerate(self.workers):
+            conn.send(("load", stream, payloads[share :: len(self.workers)]))
+        for conn, _ in self.workers:
+            conn.recv()
+
+    def run(self) -> float:
+        """Seconds from this process's go until the last process has XADDed its share."""
+        start = time.perf_counter()
+        for conn, _ in self.workers:
+            conn.send(("run",))
+        for conn, _ in self.workers:
+            conn.recv()
+        return time.perf_counter() - start
+
+    def stop(self) -> None:
+        """End the processes."""
+        for conn, process in self.workers:
+            conn.send(None)
+            process.join(timeout=30)
 
 
 def redis_cpu_s(client: redis.Redis) -> float:
@@ -128,24 +192,31 @@ def inputs(folder: Path, jobs: dict[str, int]) -> dict[str, list[pb.SubmitJobReq
 
 
 def bench_input(label: str, batch: list[pb.SubmitJobRequest], lab: LabSightClient, client: redis.Redis,
-                gateway: psutil.Process, prefix: str, rounds: int) -> None:
-    """Paired rounds of one input kind through the gateway and the XADD baseline; print them."""
+                gateway: psutil.Process, parallel: ParallelXadd, prefix: str, rounds: int) -> None:
+    """Paired rounds of one input kind through the gateway and both XADD variants; print them."""
     payloads = [request.SerializeToString() for request in batch]
+    parallel.load(f"{prefix}:baseline", payloads)
     gateway_batch(lab, batch[: max(1, len(batch) // 10)], client, gateway)  # untimed warm-up
     cpu: dict[str, list[float]] = {"client": [], "gateway": [], "redis": []}
     delete_keys(client, prefix)
     before = load_text()
+    one, many = "XADD 1 thread", f"XADD {len(parallel.workers)} processes"
     seconds = paired_rounds({
-        "baseline": then_clean(lambda: baseline_xadd(client, f"{prefix}:baseline", payloads), client, prefix),
+        one: then_clean(lambda: baseline_xadd(client, f"{prefix}:baseline", payloads), client, prefix),
+        many: then_clean(parallel.run, client, prefix),
         "gateway": then_clean(lambda: gateway_batch(lab, batch, client, gateway, cpu), client, prefix),
     }, rounds)
-    gateway_rates = [len(batch) / s for s in seconds["gateway"]]
-    baseline_rates = [len(batch) / s for s in seconds["baseline"]]
+    rates = {name: [len(batch) / s for s in values] for name, values in seconds.items()}
+    faster = [max((one, many), key=lambda name, r=r: rates[name][r]) for r in range(rounds)]
+    baseline_rates = [rates[name][r] for r, name in enumerate(faster)]
     mib = sum(len(p) for p in payloads) / len(payloads) / 2**20
     print(f"{label}: {len(batch)} jobs of {mib:.3f} MiB each, jobs/s min / median / max")
-    print(f"  gateway SubmitBatch: {spread(gateway_rates, '.0f')}")
-    print(f"  pipelined XADD     : {spread(baseline_rates, '.0f')}")
-    print(f"  ratio gateway/XADD : {spread(round_ratios(gateway_rates, baseline_rates))}")
+    print(f"  gateway SubmitBatch       : {spread(rates['gateway'], '.0f')}")
+    for name in (one, many):
+        print(f"  pipelined {name:<16}: {spread(rates[name], '.0f')} "
+              f"(faster in {faster.count(name)} of {rounds} rounds)")
+    print(f"  pipelined XADD, best      : {spread(baseline_rates, '.0f')}")
+    print(f"  ratio gateway/best XADD   : {spread(round_ratios(rates['gateway'], baseline_rates))}")
     print("  CPU ms per job in SubmitBatch (median): " + ", ".join(
         f"{name} {statistics.median(used) * 1e3:.2f}" for name, used in cpu.items()))
     print(f"  before: {before}; after: {load_text()}")
@@ -163,20 +234,25 @@ def main() -> None:
     prefix = f"labsight-bench-{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(redis_url)
     env = {**os.environ, "REDIS_URL": redis_url, "LABSIGHT_KEY_PREFIX": prefix,
-           "LABSIGHT_ALLOW_ANONYMOUS": "1", "LABSIGHT_LOG_LEVEL": "WARNING"}
+           "LABSIGHT_ALLOW_ANONYMOUS": "1", "LABSIGHT_LOG_LEVEL": "WARNING",
+           "LABSIGHT_BLOB_URL": ""}  # every payload in Redis, as the baseline's
     jobs = {"small": args.jobs_small, "medium": args.jobs_medium, "large": args.jobs_large}
-    print(f"{load_text()}; gateway: its own process (default gRPC threads); client and XADD "
-          f"baseline: this process, 1 thread; {args.rounds} paired rounds per input")
+    cpus = usable_cpus()
+    print(f"{load_text()}; gateway: its own process (default gRPC threads), LABSIGHT_BLOB_URL empty; "
+          f"client: this process; XADD baselines: this process on 1 thread, and {cpus} processes "
+          f"(one per CPU) on a connection each; {args.rounds} paired rounds per input")
+    parallel = ParallelXadd(cpus, redis_url)
     with tempfile.TemporaryDirectory(prefix="labsight-bench-intake-") as folder:
         requests = inputs(Path(folder), jobs)
         gateway, address = start_service("services.gateway", env)
         try:
             with LabSightClient(address, token="", timeout_s=600) as lab:
                 for label, batch in requests.items():
-                    bench_input(label, batch, lab, client, psutil.Process(gateway.pid), prefix,
-                                args.rounds)
+                    bench_input(label, batch, lab, client, psutil.Process(gateway.pid), parallel,
+                                prefix, args.rounds)
         finally:
             stop_process(gateway)
+            parallel.stop()
             delete_keys(client, prefix)
 
 

@@ -11,11 +11,18 @@ two pixel sizes: HPA's 0.08 µm (the classical method works at a shrunk scale
 where a nucleus spans ~32 px) and 0.4 µm (nuclei ~30 px: no shrinking, every
 pixel processed). Beside it, in the same process, the plain scikit-image
 baseline of ``bench/segmentation_quality.py`` (Gaussian, Otsu, distance
-watershed, nuclei only, full resolution). Each round runs every contender
-once, back to back; printed: min/median/max seconds and megapixels per
-second, the load average, and one JSON line. The flow networks run in ONNX Runtime with
-one thread and one instance; the ``hpa`` method only where its networks are installed.
-Target: classical ≤ 10 s for 2048² on one core.
+watershed; nuclei only, so it does less than the cell methods) at the classical
+method's working scale: the blue channel shrunk as ``classical_nuclei`` shrinks it
+(``NucleusSettings.working_diameter_px``, area average), segmented there with the nucleus
+radius in working pixels, and its labels enlarged back to the input size, all timed.
+Every round runs every contender once, through ``bench/_paired.py``'s ``paired_rounds``
+(the order rotating from round to round); printed: min/median/max seconds and megapixels
+per second, each method's seconds over the baseline's round by round (min/median/max; the
+methods also grow cells), the load average, and one JSON line. Until 2026-12-06 the
+contenders ran in one fixed order each round and the baseline at full resolution while the
+classical method worked shrunk, so at 0.08 µm their times were not comparable. The flow
+networks run in ONNX Runtime with one thread and one instance; the ``hpa`` method only where
+its networks are installed. Target: classical ≤ 10 s for 2048² on one core.
 """
 
 from __future__ import annotations
@@ -31,7 +38,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -43,7 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from segmentation_quality import otsu_watershed  # noqa: E402
 
+from bench._paired import paired_rounds, round_ratios, spread, timed  # noqa: E402
 from services.segmentation.cells import CELL_METHODS, segment_cells  # noqa: E402
+from services.segmentation.classical import NucleusSettings, _resample, _shrink  # noqa: E402
 from services.segmentation.hpa_method import hpa_available  # noqa: E402
 
 cv2.setNumThreads(1)
@@ -78,6 +86,26 @@ def hpa_like_image(side: int, pixel_size_um: float, seed: int = 0) -> np.ndarray
     return np.round(np.stack(channels, axis=-1) * 65535).astype(np.uint16)
 
 
+BASELINE = "otsu+watershed (nuclei)"
+
+
+def working_scale(pixel_size_um: float) -> float:
+    """The factor ``classical_nuclei`` shrinks an image by (1: not shrunk) at that pixel size,
+    with its default settings."""
+    settings = NucleusSettings()
+    return min(1.0, settings.working_diameter_px / (settings.diameter_um / pixel_size_um))
+
+
+def baseline_at_working_scale(nuclei: np.ndarray, pixel_size_um: float) -> np.ndarray:
+    """Otsu + watershed nucleus labels at the classical method's working scale, at input size."""
+    scale = working_scale(pixel_size_um)
+    pixels = np.asarray(nuclei, dtype=np.float32)
+    if scale < 1.0:
+        pixels = _shrink(pixels, scale)
+    labels = otsu_watershed(pixels, NUCLEUS_UM / pixel_size_um * scale / 2)
+    return _resample(labels, nuclei.shape) if scale < 1.0 else labels
+
+
 def contenders(image: np.ndarray, pixel_size_um: float) -> dict[str, Callable[[], int]]:
     """Each method's call on the image, returning the number of cells it found."""
     red, blue, yellow = image[..., 0], image[..., 2], image[..., 3]
@@ -87,12 +115,25 @@ def contenders(image: np.ndarray, pixel_size_um: float) -> dict[str, Callable[[]
                                          method=method)[1].max())
 
     found = {name: cells(name) for name in CELL_METHODS if name != "hpa" or hpa_available()}
-    radius_px = NUCLEUS_UM / pixel_size_um / 2
-    found["otsu+watershed (nuclei)"] = lambda: int(otsu_watershed(blue, radius_px).max())
+    found[BASELINE] = lambda: int(baseline_at_working_scale(blue, pixel_size_um).max())
     return found
 
 
+def baseline_ratios(times: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Each method's seconds over the baseline's, round by round."""
+    return {name: round_ratios(seconds, times[BASELINE])
+            for name, seconds in times.items() if name != BASELINE}
+
+
+def print_ratios(ratios: dict[str, list[float]], pixel_size_um: float) -> None:
+    """Print each method's min / median / max of its seconds over the baseline's."""
+    for name, values in ratios.items():
+        print(f"{pixel_size_um:5.2f} µm  {name:26s} seconds / baseline's, min / median / max "
+              f"{spread(values, '.2f')} (it also grows cells; the baseline only nuclei)", flush=True)
+
+
 def main() -> None:
+    """Time every contender in paired rounds at each pixel size; print the table and a JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=5)
@@ -103,21 +144,23 @@ def main() -> None:
         image = hpa_like_image(args.side, pixel_size_um)
         calls = contenders(image, pixel_size_um)
         counts = {name: call() for name, call in calls.items()}  # warm-up, untimed
-        times: dict[str, list[float]] = {name: [] for name in calls}
-        for _ in range(args.rounds):
-            for name, call in calls.items():
-                started = time.perf_counter()
-                call()
-                times[name].append(time.perf_counter() - started)
+        times = paired_rounds({name: timed(call) for name, call in calls.items()}, args.rounds)
+        scale = working_scale(pixel_size_um)
+        print(f"{pixel_size_um:5.2f} µm  working scale {scale:.3f} (classical nuclei and the "
+              f"baseline), {args.rounds} paired rounds in rotating order", flush=True)
+        ratios = baseline_ratios(times)
         for name, seconds in times.items():
             median = statistics.median(seconds)
             row = {"method": name, "pixel_size_um": pixel_size_um, "side": args.side,
+                   "working_scale": scale if name in (BASELINE, "classical") else None,
                    "objects": counts[name], "min_s": min(seconds), "median_s": median,
-                   "max_s": max(seconds), "megapixels_per_s": pixels / median / 1e6}
+                   "max_s": max(seconds), "megapixels_per_s": pixels / median / 1e6,
+                   "seconds_over_baseline": ratios.get(name)}
             results.append(row)
             print(f"{pixel_size_um:5.2f} µm  {name:26s} {counts[name]:5d} objects  "
                   f"min {min(seconds):6.2f}  median {median:6.2f}  max {max(seconds):6.2f} s  "
                   f"{row['megapixels_per_s']:6.2f} Mpx/s", flush=True)
+        print_ratios(ratios, pixel_size_um)
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
     print(json.dumps({"rounds": args.rounds, "load_average": load, "results": results}))

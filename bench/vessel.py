@@ -3,7 +3,8 @@
 Run from the repository root:
 
     python bench/vessel.py quality [--count 200] [--seed 2026]
-    python bench/vessel.py throughput [--photos 20] [--scale 2] [--workers 1] [--concurrency 4] [--rounds 6]
+    python bench/vessel.py throughput [--photos 20] [--scale 2] [--workers 1] [--concurrency 4]
+                                       [--rounds 6]
 
 ``quality``: generated vessels (``services/segmentation/generated_vessels.py``;
 the default seed was not used to choose the method's settings) segmented by
@@ -21,26 +22,43 @@ gateway, segmentation service and ``--workers`` worker processes running
 worker's own; all as `up` starts them); a round's time runs from the submission to the last result
 fetched (GetJobResult, not only DONE). The baseline is what a lab system would
 write without LabSight: the same JPEG and PNG bytes decoded with OpenCV and
-``segment_vessel_content`` called in one process by as many threads as the
-stack has jobs in flight (workers × concurrency). That
-process is a child in a session of its own, as every child of `labsight up`
-is: where the kernel groups processes by session for scheduling (autogroup),
-a service in its own session gets a whole session's share of a busy machine,
-and a baseline in the benchmark's session would be measured at a disadvantage.
-Thread pools are alike on both sides: OpenMP and numba sized as the services
-do (``limit_thread_pools``), OpenCV at its default, the same environment.
-After one untimed pass of each, ``--rounds`` rounds run the two back to
-back, the order alternating (odd rounds the pipeline first); each round
-checks that the pipeline found the same instances as the core. Printed: per
-round the photos/s of each, their ratio and the 1-minute load average before
-and after; min/median/max of the ratios (target ≥ 0.8); where the CPU time
-goes (median over the rounds of CPU seconds per photo of the core, and of
-each process of the stack and this client while the pipeline runs) and their
-ratio, core CPU over the pipeline's total: a measure the machine's load barely
-moves, and the throughput ratio where CPU is what runs out. On an
-oversubscribed machine the photos/s ratio flatters the pipeline (its job path
-runs in processes, and sessions, of its own, on time slices the baseline
-does not get): read it with the load. One JSON line.
+``segment_vessel_content`` called, in two variants: one process running as many
+threads as the stack has jobs in flight (workers × concurrency), and, since
+2026-12-06, one process per CPU (``usable_cpus()``), each on its share of the
+photos (``pairs[i::n]``) with its share of those threads, timed from this process
+until the last of them finished, its CPU the sum of theirs (the stack's work runs
+in two interpreters, the segmentation service and the worker, which share no
+GIL; until then the one-process variant was the only baseline). In every round
+the faster variant is the baseline; both variants' figures are printed, and how
+often each was the faster. Every baseline process is a child in a session of its
+own, as every child of `labsight up` is: where the kernel groups processes by
+session for scheduling (autogroup), a service in its own session gets a whole
+session's share of a busy machine, and a baseline in the benchmark's session
+would be measured at a disadvantage. Both variants' processes start with the
+glibc malloc variables `up` gives the segmentation service
+(``PROCESS_MALLOC["segmentation"]``, MALLOC_ARENA_MAX=2 among them; glibc reads
+them at process start; since 2026-12-06). Thread pools are alike on both sides:
+OpenMP and numba sized as the services do (``limit_thread_pools``; in the per-CPU
+processes their share of the CPUs, as `up` sizes a service of several
+processes), OpenCV at its default, the same environment otherwise. Every
+process is started and warm before the rounds, untimed (each baseline process
+has segmented its first photos, the pipeline one batch of a few; the one-process
+variant is timed inside its process, around its thread pool). ``--rounds``
+rounds (default 6, an even number) run the pipeline and the two variants, paired
+(``bench/_paired.py``): the core first in odd rounds, the pipeline in even ones,
+the variants' order swapped every two rounds; each round
+checks that the pipeline found the same instances as each variant. Printed: per
+round the order, the photos/s of each, the ratio to the faster variant and the
+1-minute load average before and after; min/median/max of the ratios (target
+≥ 0.8) and of each variant's photos/s; where the CPU time goes (median over the
+rounds of CPU seconds per photo of the core, the round's faster variant and each
+variant, and of each process of the stack and this client while the pipeline
+runs) and their ratio, the faster variant's CPU over the pipeline's total: a
+measure the machine's load barely moves, and the throughput ratio where CPU is
+what runs out. On an oversubscribed machine the photos/s ratio flatters the
+pipeline (its job path runs in processes, and sessions, of its own, on time
+slices the one-process baseline does not get): read it with the load. One JSON
+line.
 """
 
 from __future__ import annotations
@@ -50,6 +68,7 @@ from labsight.runtime.cpus import limit_thread_pools
 limit_thread_pools()  # before numpy and OpenCV load, as the services do
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
@@ -60,9 +79,11 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator, Mapping, Sequence  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
+from multiprocessing.connection import Connection  # noqa: E402
+from multiprocessing.process import BaseProcess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
@@ -70,12 +91,19 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._paired import paired_rounds, round_ratios, spread  # noqa: E402
+from labsight.catalog import SEGMENTATION  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.home import Endpoints, read_endpoints  # noqa: E402
 from labsight.images import encode_png  # noqa: E402
 from labsight.redis_server import port_is_free  # noqa: E402
 from labsight.result import Result  # noqa: E402
-from labsight.runtime.cpus import THREAD_POOL_VARIABLES, WORKER_CONCURRENCY_VARIABLE, usable_cpus  # noqa: E402
+from labsight.runtime.cpus import (  # noqa: E402
+    PROCESS_MALLOC,
+    THREAD_POOL_VARIABLES,
+    WORKER_CONCURRENCY_VARIABLE,
+    usable_cpus,
+)
 from labsight.up import StackLayout  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 from labsight.v1 import tensor_pb2  # noqa: E402
@@ -130,12 +158,190 @@ def direct(pairs: list[tuple[bytes, bytes]], threads: int) -> tuple[float, float
     return rate, (time.process_time() - cpu) / len(pairs), [c.instance_masks for c in contents]
 
 
+def vessel_share(pairs: list[tuple[bytes, bytes]], threads: int) -> Callable[[], list[np.ndarray]]:
+    """The work of one process of the per-CPU variant, warmed on its first photos: the core
+    called on ``pairs`` by ``threads`` threads; the work returns the instance masks."""
+    pool = ThreadPoolExecutor(threads)
+
+    def segmented(batch: list[tuple[bytes, bytes]]) -> list[np.ndarray]:
+        return [content.instance_masks for content in pool.map(lambda pair: segment_encoded(*pair), batch)]
+
+    segmented(pairs[: 2 * threads])
+    return functools.partial(segmented, pairs)
+
+
+SEGMENTATION_MALLOC = PROCESS_MALLOC[SEGMENTATION.name]
+"""The glibc malloc variables `labsight up` gives the segmentation service; glibc reads them when
+a process starts, so the baseline processes are started with them."""
+
+THREADS, PROCESSES = "threads", "processes"
+VARIANTS = (THREADS, PROCESSES)
+"""The baseline's variants: one process of many threads, and one process per CPU."""
+
+
+def baseline_environment(processes: int = 1) -> dict[str, str]:
+    """Variables of a baseline process, one of ``processes``: the segmentation service's glibc
+    malloc settings (:data:`SEGMENTATION_MALLOC`; a value this environment sets wins, as in
+    `labsight up`), and with several processes each one's share of the CPUs, as `up` gives each
+    of several processes of a model service: numba and OpenMP threads, and one ONNX Runtime
+    session of as many threads where LABSIGHT_MODEL_INSTANCES and LABSIGHT_ORT_THREADS are unset."""
+    variables = {name: os.environ.get(name, value) for name, value in SEGMENTATION_MALLOC.items()}
+    if processes > 1:
+        threads = str(max(1, usable_cpus() // processes))
+        variables.update(dict.fromkeys(THREAD_POOL_VARIABLES, threads))
+        sessions = {"LABSIGHT_MODEL_INSTANCES": "1", "LABSIGHT_ORT_THREADS": threads}
+        variables.update({name: os.environ.get(name, value) for name, value in sessions.items()})
+    return variables
+
+
+@contextmanager
+def environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """This process's environment with ``variables`` set until the block ends (processes started
+    meanwhile inherit them), as it was after."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @contextmanager
 def baseline_process() -> Iterator[ProcessPoolExecutor]:
-    """One process, in a session of its own, to run :func:`direct` in."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=os.setsid) as pool:
+    """One process, in a session of its own and with :func:`baseline_environment`, to run
+    :func:`direct` in; started before the block."""
+    with environment(baseline_environment()):
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=os.setsid)
+        pool.submit(os.getpid).result()  # the process starts now, with these variables
+    with pool:
         yield pool
+
+
+def share_process(conn: Connection, load: Callable[[], Callable[[], object]]) -> None:
+    """One process of :class:`ProcessShares`, in a session of its own: builds its work with
+    ``load`` (which warms it), answers "ready", then for each request runs the work and answers
+    its CPU seconds, then what it returned."""
+    os.setsid()
+    work = load()
+    conn.send("ready")
+    while conn.recv() is not None:
+        cpu = time.process_time()
+        result = work()
+        conn.send(time.process_time() - cpu)
+        conn.send(result)
+
+
+class ProcessShares:
+    """The baseline on one process per share of the inputs (spawned with
+    :func:`baseline_environment` of their count), each running the work its loader built."""
+
+    def __init__(self) -> None:
+        self.workers: list[tuple[Connection, BaseProcess]] = []
+
+    def start(self, loaders: Sequence[Callable[[], Callable[[], object]]]) -> None:
+        """Start a process per loader (picklable) and wait until every one is warm."""
+        context = multiprocessing.get_context("spawn")
+        with environment(baseline_environment(len(loaders))):
+            for load in loaders:
+                parent, child = context.Pipe()
+                process = context.Process(target=share_process, args=(child, load))
+                process.start()
+                self.workers.append((parent, process))
+        for conn, _ in self.workers:
+            conn.recv()
+
+    def run(self) -> tuple[float, float, list[object]]:
+        """(seconds from here until the last process finished, their CPU seconds summed, what
+        each one's work returned), the processes working at once."""
+        start = time.perf_counter()
+        for conn, _ in self.workers:
+            conn.send(True)
+        cpu = sum(conn.recv() for conn, _ in self.workers)
+        seconds = time.perf_counter() - start
+        return seconds, cpu, [conn.recv() for conn, _ in self.workers]
+
+    def close(self) -> None:
+        """End the processes."""
+        for conn, process in self.workers:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+@contextmanager
+def process_shares(loaders: Sequence[Callable[[], Callable[[], object]]]) -> Iterator[ProcessShares]:
+    """:class:`ProcessShares` of ``loaders``, started and warm before the block, ended after."""
+    shares = ProcessShares()
+    try:
+        shares.start(loaders)
+        yield shares
+    finally:
+        shares.close()
+
+
+def share_count(items: int) -> int:
+    """Processes of the per-CPU variant: one per usable CPU, no more than there are inputs."""
+    return max(1, min(usable_cpus(), items))
+
+
+def threads_of(threads: int, share: int, shares: int) -> int:
+    """Share ``share`` of ``shares`` of ``threads`` threads (at least one)."""
+    return max(1, len(range(share, threads, shares)))
+
+
+def interleaved(parts: Sequence[Sequence[object]]) -> list[object]:
+    """Results of inputs ``share::len(parts)`` back in input order."""
+    merged: list[object] = [None] * sum(len(part) for part in parts)
+    for share, part in enumerate(parts):
+        merged[share::len(parts)] = part
+    return merged
+
+
+def baseline_rounds(variants: Mapping[str, Callable[[], float]], pipeline: Callable[[], float],
+                    rounds: int
+                    ) -> tuple[dict[str, list[float]], list[tuple[float, float]], list[list[str]]]:
+    """:func:`paired_rounds` of the baseline and the pipeline (the baseline first in even rounds
+    from 0, the pipeline in odd ones, so an even count puts each first equally often); the
+    baseline runs every variant, their order reversed every other pair of rounds. Returns each
+    side's figures by round (the pipeline's under "pipeline"), each round's 1-minute load
+    average before its first side and after its last, and the order its sides ran in."""
+    calls: list[tuple[str, float, float, float]] = []
+    baselines: list[None] = []
+
+    def run(name: str, side: Callable[[], float]) -> float:
+        before = os.getloadavg()[0]
+        figure = side()
+        calls.append((name, figure, before, os.getloadavg()[0]))
+        return figure
+
+    def baseline() -> float:
+        names = list(variants)[:: -1 if len(baselines) // 2 % 2 else 1]
+        baselines.append(None)
+        return max([run(name, variants[name]) for name in names])
+
+    paired_rounds({"baseline": baseline, "pipeline": lambda: run("pipeline", pipeline)}, rounds)
+    figures = {name: [figure for called, figure, _, _ in calls if called == name]
+               for name in [*variants, "pipeline"]}
+    size = len(variants) + 1
+    per_round = [calls[start:start + size] for start in range(0, len(calls), size)]
+    return (figures, [(done[0][2], done[-1][3]) for done in per_round],
+            [[name for name, _, _, _ in done] for done in per_round])
+
+
+def faster_variants(figures: Mapping[str, Sequence[float]]) -> list[str]:
+    """Per round, the baseline variant (:data:`THREADS` or :data:`PROCESSES`) of the higher rate."""
+    return [max(VARIANTS, key=lambda variant: figures[variant][index])
+            for index in range(len(figures[THREADS]))]
 
 
 def served(lab: LabSightClient, pairs: list[tuple[bytes, bytes]], run: str
@@ -253,37 +459,76 @@ def thread_settings() -> dict[str, str]:
 
 def throughput(count: int, scale: float, workers: int, concurrency: int, rounds: int
                ) -> dict[str, object]:
-    """Rates of the pipeline through `labsight up` and of the core on as many threads as jobs in
-    flight, paired by round."""
+    """Rates of the pipeline through `labsight up` and of the core in two variants, paired by
+    round: one process of as many threads as jobs in flight, and one process per CPU with its
+    share of the photos and of the threads; each round's faster variant is its baseline."""
     pairs = encoded_photos(count, scale)
     threads = workers * concurrency
-    rows: list[dict[str, float]] = []
-    cpu: list[dict[str, float]] = []
+    shares = share_count(count)
+    share_threads = [threads_of(threads, share, shares) for share in range(shares)]
+    loaders = [functools.partial(vessel_share, pairs[share::shares], share_threads[share])
+               for share in range(shares)]
+    pipeline_runs: list[tuple[list[Result], dict[str, float]]] = []
+    core_runs: dict[str, list[tuple[float, list[np.ndarray]]]] = {THREADS: [], PROCESSES: []}
     with labsight_up(workers, concurrency) as endpoints, baseline_process() as baseline, \
+            process_shares(loaders) as processes, \
             LabSightClient(endpoints.gateway, token=endpoints.token, timeout_s=600) as lab:
         pids = stack_processes(endpoints.pid)
         served(lab, pairs[: 2 * threads], "warm")
         baseline.submit(direct, pairs[: 2 * threads], threads).result()
-        for index in range(rounds):
-            load_before = os.getloadavg()[0]
-            if index % 2:
-                served_rate, results, used = _served_with_cpu(lab, pairs, f"round{index}", pids)
-                direct_rate, core_cpu, core_masks = baseline.submit(direct, pairs, threads).result()
-            else:
-                direct_rate, core_cpu, core_masks = baseline.submit(direct, pairs, threads).result()
-                served_rate, results, used = _served_with_cpu(lab, pairs, f"round{index}", pids)
-            rows.append({"pipeline_photos_per_s": served_rate, "core_photos_per_s": direct_rate,
-                         "ratio": served_rate / direct_rate, "pipeline_first": float(index % 2),
-                         "agreement": agreement(core_masks, results),
-                         "load_before": load_before, "load_after": os.getloadavg()[0]})
-            cpu.append({"core": core_cpu, **used})
-    ratios = [row["ratio"] for row in rows]
+
+        def pipeline() -> float:
+            rate, results, used = _served_with_cpu(lab, pairs, f"round{len(pipeline_runs)}", pids)
+            pipeline_runs.append((results, used))
+            return rate
+
+        def core_threads() -> float:
+            rate, cpu, masks = baseline.submit(direct, pairs, threads).result()
+            core_runs[THREADS].append((cpu, masks))
+            return rate
+
+        def core_processes() -> float:
+            seconds, cpu, parts = processes.run()
+            core_runs[PROCESSES].append((cpu / len(pairs), interleaved(parts)))  # type: ignore[arg-type]
+            return len(pairs) / seconds
+
+        figures, loads, orders = baseline_rounds({THREADS: core_threads, PROCESSES: core_processes},
+                                                 pipeline, rounds)
     height, width = cv2.imdecode(np.frombuffer(pairs[0][0], np.uint8), cv2.IMREAD_COLOR).shape[:2]
     return {"photos": count, "first_photo": [height, width], "workers": workers,
-            "concurrency": concurrency, "baseline_threads": threads,
-            "threads": thread_settings(), "rounds": rows, "ratio_min": min(ratios),
-            "ratio_median": statistics.median(ratios), "ratio_max": max(ratios),
+            "concurrency": concurrency, "baseline_threads": threads, "baseline_processes": shares,
+            "threads_per_process": share_threads, "threads": thread_settings(),
+            "baseline_environment": {THREADS: baseline_environment(),
+                                     PROCESSES: baseline_environment(shares)},
+            **summary(figures, loads, orders, pipeline_runs, core_runs)}
+
+
+def summary(figures: dict[str, list[float]], loads: list[tuple[float, float]], orders: list[list[str]],
+            pipeline_runs: list[tuple[list[Result], dict[str, float]]],
+            core_runs: dict[str, list[tuple[float, list[np.ndarray]]]]) -> dict[str, object]:
+    """The rounds (each one's faster core variant its baseline), min/median/max of the ratios,
+    how often each variant was the faster, and CPU seconds per photo (medians over the rounds)."""
+    faster = faster_variants(figures)
+    baseline_rates = [figures[variant][index] for index, variant in enumerate(faster)]
+    ratios = round_ratios(figures["pipeline"], baseline_rates)
+    rows: list[dict[str, float | str]] = []
+    cpu: list[dict[str, float]] = []
+    for index, variant in enumerate(faster):
+        results, used = pipeline_runs[index]
+        rows.append({"pipeline_photos_per_s": figures["pipeline"][index],
+                     "core_threads_photos_per_s": figures[THREADS][index],
+                     "core_processes_photos_per_s": figures[PROCESSES][index],
+                     "core_photos_per_s": baseline_rates[index], "baseline": variant,
+                     "ratio": ratios[index], "order": " -> ".join(orders[index]),
+                     "agreement": min(agreement(core_runs[name][index][1], results) for name in VARIANTS),
+                     "load_before": loads[index][0], "load_after": loads[index][1]})
+        cpu.append({"core": core_runs[variant][index][0], **used})
+    return {"rounds": rows, "ratio_min": min(ratios), "ratio_median": statistics.median(ratios),
+            "ratio_max": max(ratios), "faster_rounds": {name: faster.count(name) for name in VARIANTS},
+            "core_photos_per_s": {name: figures[name] for name in VARIANTS},
             "cpu_s_per_photo": {key: statistics.median(row[key] for row in cpu) for key in cpu[0]},
+            "core_cpu_s_per_photo": {name: statistics.median(seconds for seconds, _ in core_runs[name])
+                                     for name in VARIANTS},
             "cpu_ratio": statistics.median(row["core"] / (sum(row.values()) - row["core"])
                                            for row in cpu)}
 
@@ -307,21 +552,37 @@ def main() -> None:
         print(json.dumps(quality(args.count, args.seed)))
         return
     report = throughput(args.photos, args.scale, args.workers, args.concurrency, args.rounds)
+    print_throughput(report, args.photos, args.workers, args.concurrency)
+
+
+def print_throughput(report: dict[str, object], photos: int, workers: int, concurrency: int) -> None:
+    """The lines of :func:`throughput`'s report for people, then the report as one JSON line."""
     height, width = report["first_photo"]  # type: ignore[misc]
-    print(f"{args.photos} vessels (first {height}x{width}), labsight up with {args.workers} "
-          f"worker(s) of {args.concurrency} job(s) at once against the core on "
-          f"{report['baseline_threads']} thread(s); thread pools {report['threads']}")
-    for index, row in enumerate(report["rounds"]):  # type: ignore[arg-type]
-        order = "pipeline first" if row["pipeline_first"] else "core first"
-        print(f"   round {index + 1} ({order}): pipeline {row['pipeline_photos_per_s']:6.2f} photos/s, "
-              f"core {row['core_photos_per_s']:6.2f} photos/s, ratio {row['ratio']:.3f}, "
-              f"same instances {row['agreement']:.0%}, load {row['load_before']:.1f} -> "
-              f"{row['load_after']:.1f}")
-    print(f"   ratio pipeline/core: min {report['ratio_min']:.3f}, median "
+    print(f"{photos} vessels (first {height}x{width}), labsight up with {workers} "
+          f"worker(s) of {concurrency} job(s) at once against the core in one process of "
+          f"{report['baseline_threads']} thread(s) and in {report['baseline_processes']} processes "
+          f"(one per CPU) of {report['threads_per_process']} thread(s), each round's faster the "
+          f"baseline; thread pools {report['threads']}; baseline environments "
+          f"{report['baseline_environment']}")
+    rounds: list[dict] = report["rounds"]  # type: ignore[assignment]
+    for index, row in enumerate(rounds):
+        print(f"   round {index + 1} ({row['order']}): pipeline {row['pipeline_photos_per_s']:6.2f} "
+              f"photos/s, core threads {row['core_threads_photos_per_s']:6.2f}, core processes "
+              f"{row['core_processes_photos_per_s']:6.2f} photos/s, ratio to the faster "
+              f"({row['baseline']}) {row['ratio']:.3f}, same instances {row['agreement']:.0%}, "
+              f"load {row['load_before']:.1f} -> {row['load_after']:.1f}")
+    print(f"   ratio pipeline/core (each round's faster variant): min {report['ratio_min']:.3f}, median "
           f"{report['ratio_median']:.3f}, max {report['ratio_max']:.3f} (target >= 0.8)")
-    cpu = report["cpu_s_per_photo"]
-    print(f"   CPU ms per photo (median of rounds): core {1000 * cpu['core']:.1f}; "  # type: ignore[index]
-          "pipeline " + ", ".join(f"{name} {1000 * seconds:.1f}" for name, seconds in cpu.items()  # type: ignore[attr-defined]
+    rates: dict[str, list[float]] = report["core_photos_per_s"]  # type: ignore[assignment]
+    faster: dict[str, int] = report["faster_rounds"]  # type: ignore[assignment]
+    print(f"   core photos/s min / median / max: threads {spread(rates[THREADS])}, processes "
+          f"{spread(rates[PROCESSES])}; the faster: threads in {faster[THREADS]} of {len(rounds)} "
+          f"rounds, processes in {faster[PROCESSES]}")
+    cpu: dict[str, float] = report["cpu_s_per_photo"]  # type: ignore[assignment]
+    variants: dict[str, float] = report["core_cpu_s_per_photo"]  # type: ignore[assignment]
+    print(f"   CPU ms per photo (median of rounds): core {1000 * cpu['core']:.1f} (the faster variant; "
+          f"threads {1000 * variants[THREADS]:.1f}, processes {1000 * variants[PROCESSES]:.1f}); "
+          "pipeline " + ", ".join(f"{name} {1000 * seconds:.1f}" for name, seconds in cpu.items()
                                   if name != "core"))
     print(f"   CPU ratio core/pipeline (median of rounds): {report['cpu_ratio']:.3f}")
     print(json.dumps(report))
