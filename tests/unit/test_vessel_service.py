@@ -116,3 +116,39 @@ def test_submission_refuses_a_four_channel_photo_from_its_header(
         stub.SubmitJob(request, timeout=30)
     assert refusal.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "input.image: 4 channel(s) of shape" in refusal.value.details()
+
+
+def test_concurrent_calls_of_the_classical_method_take_turns_and_all_answer(
+    segmentation: segmentation_pb2_grpc.SegmentationServiceStub, vessel: GeneratedVessel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Threads running the classical method at once spend their CPU handing the GIL over, so
+    a service runs one call's method at a time (vessel_service.CLASSICAL_TURNS)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Lock
+
+    from services.segmentation import vessel_service
+
+    running, most, guard = 0, 0, Lock()
+    method = vessel_service.segment_vessel_content
+
+    def counted(photo: np.ndarray, mask: np.ndarray) -> object:
+        nonlocal running, most
+        with guard:
+            running += 1
+            most = max(most, running)
+        try:
+            return method(photo, mask)
+        finally:
+            with guard:
+                running -= 1
+
+    monkeypatch.setattr(vessel_service, "segment_vessel_content", counted)
+    request = segmentation_pb2.SegmentVesselContentRequest(
+        image=image_from_array(vessel.photo), vessel_mask=image_from_array(vessel.vessel_mask))
+    alone = segmentation.SegmentVesselContent(request, timeout=60)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: segmentation.SegmentVesselContent(request, timeout=60),
+                                range(8)))
+    assert most == 1
+    assert all(answer == alone for answer in answers)
