@@ -79,6 +79,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections import Counter  # noqa: E402
 from collections.abc import Callable, Iterator, Mapping, Sequence  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
@@ -428,16 +429,20 @@ def _served_with_cpu(lab: LabSightClient, pairs: list[tuple[bytes, bytes]], run:
 
 
 def stack_processes(up_pid: int) -> dict[str, int]:
-    """The processes of a ``labsight up`` by name (``up``, ``redis``, ``gateway``, ``worker-1``, ...)."""
-    processes, workers = {"up": up_pid}, 0
+    """The processes of a ``labsight up`` by name (``up``, ``redis``, ``gateway``, ``worker-1``,
+    ...; a model service's further processes ``classifier-2``, ...)."""
+    processes: dict[str, int] = {"up": up_pid}
+    seen: Counter[str] = Counter()
     for task in Path(f"/proc/{up_pid}/task").iterdir():
         for pid in map(int, (task / "children").read_text().split()):
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             module = argv[argv.index(b"-m") + 1].decode() if b"-m" in argv else "redis"
-            if module.endswith(".worker"):
-                workers += 1
-                module = f"worker-{workers}"
-            processes[module.removeprefix("services.")] = pid
+            name = "worker" if module.endswith(".worker") else module.removeprefix("services.")
+            seen[name] += 1
+            if name == "worker":
+                processes[f"worker-{seen[name]}"] = pid
+            else:
+                processes[name if seen[name] == 1 else f"{name}-{seen[name]}"] = pid
     return processes
 
 

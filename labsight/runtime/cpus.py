@@ -105,12 +105,16 @@ REPLICAS_VARIABLE = "LABSIGHT_REPLICAS"
 """Processes of each model service `labsight up` runs, e.g. ``classifier=2,segmentation=1``
 (services not named keep `up`'s choice)."""
 
-REPLICATED_ON_CPU = (CLASSIFIER.name,)
+REPLICATED_ON_CPU = (SEGMENTATION.name, CLASSIFIER.name)
 """Model services that `labsight up` runs as two processes on a machine with 2 CPUs or more and
-no GPU, each with one of the two ONNX Runtime sessions the one process ran before: their
-per-cell Python work (crops, resizing) holds the GIL, so two sessions in one process wait for
-each other. bench/classifier.py, 2026-12-06, 2 CPUs: ClassifyCells 1,219 -> 1,376 cells/s
-(median of 6 alternating rounds, 8 clients, round_robin over the two)."""
+no GPU, each with one of the two ONNX Runtime sessions the one process ran before and half the
+numba/OpenMP threads. Their per-image Python work (crops and resizing; the classical vessel
+method's thousands of small numpy calls, which take turns in a process) holds the GIL, so
+one process cannot use two CPUs for it. Measured 2026-12-06 on 2 CPUs: ClassifyCells 1,219 ->
+1,376 cells/s (8 clients, 6 alternating rounds); vessel-content jobs 9.8 -> 15.2 photos/s
+(bench/vessel.py); hpa-cells unchanged; +480 MiB resident for the second segmentation
+process, +330 MiB for the classifier's. The features service stays one process: ONNX Runtime
+and the numba kernels, which release the GIL, are nearly all of its work."""
 
 
 def gpu_visible() -> bool:

@@ -92,25 +92,27 @@ def test_the_stack_sizing_defaults_to_the_usable_cpus() -> None:
 
 
 @pytest.mark.parametrize(("cpus", "threads"), [(2, "1"), (16, "8")])
-def test_without_a_gpu_the_classifier_runs_as_two_processes_of_one_session_each(
+def test_without_a_gpu_segmentation_and_classifier_run_as_two_processes_of_one_session_each(
     cpus: int, threads: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(REPLICAS_VARIABLE, raising=False)
     sizing = size_stack(cpus, gpu=False)
-    assert sizing.replicas == {"classifier": 2}
+    assert sizing.replicas == {"segmentation": 2, "classifier": 2}
     assert sizing.service_environment("classifier") == {
         "NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
         "MALLOC_ARENA_MAX": "2", "LABSIGHT_MODEL_INSTANCES": "1", "LABSIGHT_ORT_THREADS": threads,
     }
     assert sizing.service_environment("features")["NUMBA_NUM_THREADS"] == str(cpus)
     assert "LABSIGHT_MODEL_INSTANCES" not in sizing.service_environment("features")
-    assert sizing.describe().endswith("per model service, classifier x 2 processes")
+    assert sizing.service_environment("segmentation")["LABSIGHT_ORT_THREADS"] == threads
+    assert sizing.describe().endswith(
+        "per model service, classifier x 2 processes, segmentation x 2 processes")
     assert size_stack(1, gpu=False).replicas == {}
 
 
 def test_an_operator_sets_the_processes_of_each_model_service(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(REPLICAS_VARIABLE, "segmentation=3, classifier=1")
-    assert size_stack(4, gpu=False).replicas == {"classifier": 1, "segmentation": 3}
+    assert size_stack(4, gpu=False).replicas == {"classifier": 1, "segmentation": 3}  # named win
     assert size_stack(4, gpu=True).replicas == {"classifier": 1, "segmentation": 3}
     for bad in ("gateway=2", "classifier=0", "classifier", "features=two"):
         monkeypatch.setenv(REPLICAS_VARIABLE, bad)
