@@ -73,6 +73,7 @@ from labsight.models.engines import build_layer_index  # noqa: E402
 from labsight.models.onnx_graph import cut_at_outputs, load_onnx  # noqa: E402
 from labsight.redis_server import free_port, start_redis, stop_redis  # noqa: E402
 from labsight.runtime.cpus import size_stack  # noqa: E402
+from labsight.up import replica_name, service_target  # noqa: E402
 from labsight.v1 import features_pb2, features_pb2_grpc  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 from services.features.deep import preprocess  # noqa: E402
@@ -279,16 +280,18 @@ def env_text(env: Mapping[str, str], names: Iterable[str]) -> str:
     return " ".join(f"{name}={env[name]}" for name in sorted(names) if name in env)
 
 
-def batch_metrics(metrics_port: int) -> tuple[float, float, float]:
-    """(batches, items, seconds running batches) of the service's batcher for the benchmarked layer."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+def batch_metrics(metrics_ports: list[int]) -> tuple[float, float, float]:
+    """(batches, items, seconds running batches) of the batchers for the benchmarked layer, summed
+    over the service's processes (their metrics ports)."""
     label = f'batcher="{DEFAULT_MODEL}:{LAYER}"'
     names = ("labsight_batch_size_count", "labsight_batch_size_sum", "labsight_batch_run_seconds_sum")
     values = dict.fromkeys(names, 0.0)
-    for line in body.splitlines():
-        name = line.split("{", 1)[0]
-        if name in values and label in line:
-            values[name] = float(line.rsplit(" ", 1)[1])
+    for port in metrics_ports:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        for line in body.splitlines():
+            name = line.split("{", 1)[0]
+            if name in values and label in line:
+                values[name] += float(line.rsplit(" ", 1)[1])
     return values[names[0]], values[names[1]], values[names[2]]
 
 
@@ -317,7 +320,8 @@ def through_gateway(lab: LabSightClient, requests: list[pb.SubmitJobRequest], pe
 
 def concurrent_clients(address: str, patches: np.ndarray, clients: int) -> float:
     """Seconds for ``clients`` threads, each sending one image per call, to get every image's features."""
-    stub = features_pb2_grpc.FeatureServiceStub(grpc.insecure_channel(address))
+    channel = grpc.insecure_channel(address, options=[("grpc.lb_policy_name", "round_robin")])
+    stub = features_pb2_grpc.FeatureServiceStub(channel)  # calls spread over its processes
     requests = [
         features_pb2.ExtractDeepFeaturesRequest(model=DEFAULT_MODEL, layer=LAYER,
                                                 images=[image_from_array(patch)])
@@ -373,15 +377,19 @@ def main() -> None:
     quiet = {**os.environ, "LABSIGHT_LOG_LEVEL": "WARNING"}
     sizing = size_stack(workers=args.workers)
     service_env = {**sizing.service_environment(), **quiet}  # as labsight up gives them
-    metrics_port = free_port()
+    replicas = sizing.replicas_of("features")  # as many processes as `labsight up` runs
+    metrics_ports = [free_port() for _ in range(replicas)]
     processes: list[subprocess.Popen[bytes]] = []
     baseline = Baseline(args.patches, args.batch, service_env)
     try:
-        features, features_address = start_service("services.features", {
-            **service_env, "LABSIGHT_MAX_BATCH_SIZE": str(args.batch),
-            "LABSIGHT_MAX_QUEUE_DELAY_MS": str(args.delay_ms),
-            "LABSIGHT_PRELOAD_MODELS": f"{DEFAULT_MODEL}:{LAYER}"}, metrics_port=metrics_port)
-        processes.append(features)
+        started = [start_service("services.features", {
+            **sizing.service_environment("features"), **quiet,
+            "LABSIGHT_MAX_BATCH_SIZE": str(args.batch), "LABSIGHT_MAX_QUEUE_DELAY_MS": str(args.delay_ms),
+            "LABSIGHT_PRELOAD_MODELS": f"{DEFAULT_MODEL}:{LAYER}"}, metrics_port=port)
+            for port in metrics_ports]
+        features = [process for process, _ in started]
+        features_address = service_target([address for _, address in started])
+        processes += features
         stack_env = {**quiet, "REDIS_URL": redis_url, "LABSIGHT_KEY_PREFIX": prefix,
                      "LABSIGHT_ALLOW_ANONYMOUS": "1", "LABSIGHT_FEATURES_ADDR": features_address,
                      "LABSIGHT_WEB_PORT": "-1"}
@@ -389,7 +397,8 @@ def main() -> None:
         gateway, gateway_address = start_service("services.gateway", gateway_env)
         processes.append(gateway)
         worker_env = {**sizing.worker_environment(), **stack_env}
-        processes += [start_process("services.gateway.worker", worker_env) for _ in range(args.workers)]
+        workers = [start_process("services.gateway.worker", worker_env) for _ in range(args.workers)]
+        processes += workers
         requests = [
             build_request("deep-features", pb.JobInput().image, {"model": DEFAULT_MODEL, "layer": LAYER},
                           tensors={"patches": patches[offset : offset + args.per_job]})
@@ -400,8 +409,9 @@ def main() -> None:
         print(f"{load_text()}")
         print(f"model {DEFAULT_MODEL} layer {LAYER}, 224x224 patches, max batch {args.batch}, "
               f"max queue delay {args.delay_ms} ms, runs of at most "
-              f"{slice_rows} rows; service and baseline: "
-              f"{instances} ONNX Runtime session(s) of {threads} intra-op thread(s); "
+              f"{slice_rows} rows; baseline: {instances} ONNX Runtime session(s) of {threads} "
+              f"intra-op thread(s); service: {replicas} process(es) of "
+              f"{instances // replicas or 1} such session(s); "
               f"{args.workers} worker process(es)")
         malloc = [name for name in quiet if name.startswith("MALLOC_") or name == "GLIBC_TUNABLES"]
         print(f"environment as labsight up gives it: features service and raw baseline "
@@ -412,20 +422,22 @@ def main() -> None:
         with LabSightClient(gateway_address, token="", timeout_s=600) as lab:
             through_gateway(lab, requests[:2], args.per_job)  # untimed: connections, buffers
             before = load_text()
-            served_cpu = CpuMeter({"features": features.pid, "gateway": gateway.pid, **{
-                f"worker {index}": worker.pid for index, worker in enumerate(processes[2:])}})
+            served_cpu = CpuMeter({
+                **{replica_name("features", index): process.pid for index, process in enumerate(features)},
+                "gateway": gateway.pid,
+                **{f"worker {index}": worker.pid for index, worker in enumerate(workers)}})
             # The baseline runs at its fastest batch and at the service's slice of rows, and each
             # round's faster pass is that round's baseline: a noisy pick of the fastest batch at
             # the start cannot leave the baseline weaker than the layout the service runs.
             raw_sizes = sorted({baseline.fastest_batch, slice_rows})
             raw, raw_meters = raw_sides(baseline, raw_sizes, len(patches))
-            batches_before = batch_metrics(metrics_port)
+            batches_before = batch_metrics(metrics_ports)
             seconds = paired_rounds({
                 **raw,
                 "service": served_cpu.wrap(lambda: through_gateway(lab, requests, args.per_job,
                                                                    args.jobs_per_submit)),
             }, args.rounds)
-            run_seconds = batch_metrics(metrics_port)[2] - batches_before[2]
+            run_seconds = batch_metrics(metrics_ports)[2] - batches_before[2]
         faster, raw_rates, raw_ms = best_raw(seconds, raw_meters, len(patches))
         service_rates = [len(patches) / s for s in seconds["service"]]
         submits = (f"SubmitBatch calls of {args.jobs_per_submit} job(s) one after the other"
@@ -453,9 +465,10 @@ def main() -> None:
         if args.single > 0:  # part 2; --single 0 leaves it out
             single = patches[: args.single]
             concurrent_clients(features_address, single[: args.clients], args.clients)  # untimed
-            batches, items, _ = batch_metrics(metrics_port)
+            batches, items, _ = batch_metrics(metrics_ports)
             before = load_text()
-            single_cpu = CpuMeter({"features": features.pid})
+            single_cpu = CpuMeter({replica_name("features", index): process.pid
+                                   for index, process in enumerate(features)})
             single_sizes = sorted({1, baseline.fastest_batch, slice_rows})
             raw, raw_meters = raw_sides(baseline, single_sizes, len(single))
             seconds = paired_rounds({
@@ -463,7 +476,7 @@ def main() -> None:
                 "service": single_cpu.wrap(
                     lambda: concurrent_clients(features_address, single, args.clients)),
             }, args.rounds)
-            batches_after, items_after, _ = batch_metrics(metrics_port)
+            batches_after, items_after, _ = batch_metrics(metrics_ports)
             faster, raw_rates, raw_ms = best_raw(seconds, raw_meters, len(single))
             service_rates = [len(single) / s for s in seconds["service"]]
             print(f"2) {len(single)} single images from {args.clients} concurrent clients straight to the "
@@ -478,7 +491,9 @@ def main() -> None:
             print(f"   ratio service/raw: {spread(round_ratios(service_rates, raw_rates))}")
             print(f"   before: {before}; after: {load_text()}")
             single_ms = single_cpu.per_item(len(single))
-            print(f"   CPU ms per image: features {spread(single_ms['features'], '.2f')}, clients "
+            served_ms = [sum(values) for values in zip(*(single_ms[replica_name("features", index)]
+                                                        for index in range(replicas)), strict=True)]
+            print(f"   CPU ms per image: features {spread(served_ms, '.2f')}, clients "
                   f"{spread(single_ms['client'], '.2f')}; raw ORT (the round's fastest batch) "
                   f"{spread(raw_ms, '.2f')}")
     finally:
