@@ -113,8 +113,10 @@ method's thousands of small numpy calls, which take turns in a process) holds th
 one process cannot use two CPUs for it. Measured 2026-12-06 on 2 CPUs: ClassifyCells 1,219 ->
 1,376 cells/s (8 clients, 6 alternating rounds); vessel-content jobs 9.8 -> 15.2 photos/s
 (bench/vessel.py); hpa-cells unchanged; +480 MiB resident for the second segmentation
-process, +330 MiB for the classifier's. The features service stays one process: ONNX Runtime
-and the numba kernels, which release the GIL, are nearly all of its work."""
+process, +330 MiB for the classifier's. The features service stays one process: deep
+features, nearly all ONNX Runtime (which releases the GIL), gained nothing from two (0.857
+against 0.859 of raw ONNX Runtime), 64² fractal jobs about 15%, and each process would hold
+its own loaded models."""
 
 
 def gpu_visible() -> bool:
