@@ -120,7 +120,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     stop = stop_on_signals()  # before any child starts, so Ctrl-C always stops them all
     home = home_dir()
-    stack = Stack(home, StackLayout.from_base_port(args.base_port, args.workers))
+    try:
+        layout = StackLayout.from_base_port(args.base_port, args.workers)
+    except ValueError as error:  # a malformed sizing variable (LABSIGHT_REPLICAS)
+        print(f"labsight up: {error}", file=sys.stderr)
+        return 2
+    stack = Stack(home, layout)
     print(f"labsight up: starting in {home} ...", flush=True)
     try:
         stack.start(os.environ.get("REDIS_URL"))

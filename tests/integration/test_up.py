@@ -263,6 +263,19 @@ def test_second_up_on_the_same_ports_says_so(up: UpProcess, tmp_path: Path) -> N
     assert read_endpoints(up.home) == up.endpoints
 
 
+def test_a_malformed_replicas_setting_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run = subprocess.run(
+        [sys.executable, "-m", "labsight.cli", "up", "--base-port", str(free_base_port())],
+        env=up_environment(home, LABSIGHT_REPLICAS="classifier=zero"), capture_output=True,
+        text=True, timeout=60,
+    )
+    assert run.returncode == 2
+    assert "LABSIGHT_REPLICAS: 'classifier=zero' is not model-service=count" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert read_endpoints(home) is None
+
+
 def _up_with_the_web_port_taken(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], int]:
     """`labsight up` in a fresh home while another socket holds its web page's port."""
     base = free_base_port()
