@@ -122,8 +122,6 @@ class StackLayout:
     workers: int = 1
     servers: dict[str, str] = field(default_factory=dict)
     """The catalog server of each server child, in start order."""
-    replicas: dict[str, int] = field(default_factory=dict)
-    """Processes of each model service run as more than one (see ``size_stack``)."""
 
     @classmethod
     def from_base_port(cls, base_port: int | None, workers: int | None = None,
@@ -153,14 +151,19 @@ class StackLayout:
                 grpc_ports[child] = grpc_ports[name] + REPLICA_PORT_STEP * index
                 metrics[child] = metrics[name] + REPLICA_PORT_STEP * index
                 servers[child] = name
-        kept = {name: count for name, count in replicas.items() if count > 1}
-        return cls(grpc_ports, metrics, workers, servers, kept)
+        return cls(grpc_ports, metrics, workers, servers)
 
     def ports(self) -> list[int]:
         """Every port the stack binds (Redis's is picked free at start)."""
         extra_workers = range(1, self.workers)
         worker_ports = [self.metrics_ports[WORKER.name] + index for index in extra_workers]
         return [*self.grpc_ports.values(), *self.metrics_ports.values(), *worker_ports]
+
+    @property
+    def replicas(self) -> dict[str, int]:
+        """Processes of each model service run as more than one."""
+        processes = list(self.servers.values())
+        return {name: processes.count(name) for name in SERVERS if processes.count(name) > 1}
 
     def addresses(self, service: str) -> list[str]:
         """The loopback addresses of every process of ``service``."""
