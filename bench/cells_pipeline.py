@@ -71,9 +71,9 @@ from vessel import (  # noqa: E402
     baseline_environment,
     baseline_process,
     baseline_rounds,
+    baseline_shares,
     faster_variants,
     labsight_up,
-    process_shares,
     share_count,
     threads_of,
 )
@@ -153,7 +153,7 @@ def throughput(count: int, side: int, workers: int, rounds: int) -> dict[str, ob
     loaders = [functools.partial(cells_share, paths[share::shares], share_threads[share])
                for share in range(shares)]
     with labsight_up(workers, DEFAULT_CONCURRENCY) as endpoints, baseline_process() as baseline, \
-            process_shares(loaders) as processes, \
+            baseline_shares(loaders) as processes, \
             LabSightClient(endpoints.gateway, token=endpoints.token, timeout_s=900) as lab:
         pipeline_rate(lab, paths[:2], "warm", side)
         baseline.submit(direct_rate, paths[:2], in_flight).result()

@@ -52,7 +52,6 @@ printed beside each round.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import queue
 import statistics
@@ -64,7 +63,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from multiprocessing.connection import Connection
+from functools import partial
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -75,6 +74,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
+from bench._shares import ProcessShares  # noqa: E402
 from bench.service_process import start_process, start_service, stop_process  # noqa: E402
 from labsight.catalog import SEGMENTATION  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
@@ -177,9 +177,10 @@ def fields_of(count: int) -> list[CellField]:
             for i in range(count)]
 
 
-def pool_process(conn: Connection, fields: int, share: int, shares: int) -> None:
-    """One process of :class:`ProcessPool`: its own session, every ``shares``-th field from
-    ``share``; answers each received work name ("classify" or "hpa-cells") with the cells done."""
+def classifier_share(fields: int, share: int, shares: int) -> Callable[[str], int]:
+    """The in-process side's work in one of ``shares`` processes (:class:`ProcessShares`): its own
+    session, warmed, on every ``shares``-th field from ``share``; given a work name ("classify"
+    or "hpa-cells"), the cells it classified."""
     manifest = classifier_repository().get(DEFAULT_MODEL)
     serving = serving_config()
     _, threads = serving.engine_layout(on_cuda=False)
@@ -201,42 +202,7 @@ def pool_process(conn: Connection, fields: int, share: int, shares: int) -> None
     work = {"classify": lambda field: classify(field, field.cell_labels), "hpa-cells": hpa_cells}
     for field in mine[:2]:  # untimed: the session warm
         work["classify"](field)
-    conn.send("ready")
-    while (name := conn.recv()) is not None:
-        conn.send(sum(work[name](field) for field in mine))
-
-
-class ProcessPool:
-    """The in-process side on one process per session (``instances``), each with its own
-    session on its share of the fields: no GIL shared between the sessions' Python work, as
-    the served side's processes have none shared either."""
-
-    def __init__(self, instances: int, fields: int) -> None:
-        context = mp.get_context("spawn")  # inherits this process's malloc environment
-        self.workers: list[tuple[Connection, BaseProcess]] = []
-        for share in range(instances):
-            parent, child = context.Pipe()
-            process = context.Process(target=pool_process, args=(child, fields, share, instances))
-            process.start()
-            self.workers.append((parent, process))
-        for conn, _ in self.workers:
-            conn.recv()
-
-    def total(self, name: str) -> int:
-        """Run the work ``name`` over every field, the processes at once; the cells done."""
-        for conn, _ in self.workers:
-            conn.send(name)
-        return sum(conn.recv() for conn, _ in self.workers)
-
-    def clock(self) -> CpuClock:
-        """The CPU clock of the pool's processes."""
-        return CpuClock({f"pool-{index}": process for index, (_, process) in enumerate(self.workers)})
-
-    def close(self) -> None:
-        """End the processes."""
-        for conn, process in self.workers:
-            conn.send(None)
-            process.join(timeout=30)
+    return lambda name: sum(work[name](field) for field in mine)
 
 
 def segmented(field: CellField) -> np.ndarray:
@@ -397,7 +363,7 @@ def main() -> None:
                               {"pixel_size_um": str(PIXEL_SIZE_UM), "method": "classical"}) for f in fields]
     stack: dict[str, subprocess.Popen[bytes]] = {}
     gateway_address = ""
-    processes: ProcessPool | None = None
+    processes: ProcessShares | None = None
 
     def through_gateway() -> int:
         with LabSightClient(gateway_address, token="", timeout_s=600) as lab:
@@ -422,7 +388,12 @@ def main() -> None:
         local.total(classify, fields[:2])  # untimed: sessions warm
         concurrent_classify(classifier_address, fields[:2], 2)  # untimed: load, export, connect
         in_process = CpuClock({})
-        processes = ProcessPool(instances, args.fields)
+        # One process per session, each on its share of the fields (inheriting this process's
+        # malloc environment): no GIL shared between the sessions' Python work.
+        processes = ProcessShares([partial(classifier_share, args.fields, share, instances)
+                                   for share in range(instances)])
+        processes_clock = CpuClock({f"pool-{index}": process
+                                    for index, process in enumerate(processes.processes)})
         threads_side = f"in-process {instances} threads"
         processes_side = f"in-process {instances} processes"
         if 1 in parts:
@@ -431,10 +402,10 @@ def main() -> None:
                     f"against classify_cells in-process on a pool of {instances} threads or of "
                     f"{instances} processes, whichever was faster in the round:",
                     {threads_side: lambda: local.total(classify, fields),
-                     processes_side: lambda: processes.total("classify"),
+                     processes_side: lambda: sum(processes.run("classify")[2]),
                      "served": lambda: concurrent_classify(classifier_address, fields, args.clients,
                                                            args.label_dtype)},
-                    {threads_side: in_process, processes_side: processes.clock(),
+                    {threads_side: in_process, processes_side: processes_clock,
                      "served": CpuClock(classifier_processes)}, args.rounds)
         if 2 in parts:
             stack["gateway"], gateway_address = start_service(
@@ -448,8 +419,8 @@ def main() -> None:
                     f"in-process on a pool of {instances} threads or of {instances} processes, "
                     "whichever was faster in the round:",
                     {threads_side: lambda: local.total(hpa_cells, fields),
-                     processes_side: lambda: processes.total("hpa-cells"), "served": through_gateway},
-                    {threads_side: in_process, processes_side: processes.clock(),
+                     processes_side: lambda: sum(processes.run("hpa-cells")[2]), "served": through_gateway},
+                    {threads_side: in_process, processes_side: processes_clock,
                      "served": CpuClock({**segmentation_processes, **classifier_processes,
                                          **stack})},
                     args.rounds)

@@ -33,16 +33,16 @@ process, and of Redis (INFO cpu; it may serve others on a shared machine), media
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -51,6 +51,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._paired import load_text, paired_rounds, process_cpu_s, round_ratios, spread  # noqa: E402
+from bench._shares import ProcessShares  # noqa: E402
 from bench.service_process import start_service, stop_process  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.images import encode_png  # noqa: E402
@@ -84,57 +85,21 @@ def baseline_xadd(client: redis.Redis, stream: str, payloads: list[bytes]) -> fl
     return time.perf_counter() - start
 
 
-def xadd_process(conn: Connection, redis_url: str) -> None:
-    """One process of the parallel XADD baseline, on its own connection: answers ("load",
-    stream, payloads) with "ready" and ("run", ...) with the seconds of one pipelined pass of
-    its payloads, until None."""
+def xadd_share(redis_url: str, share: int, shares: int) -> Callable[..., float]:
+    """One process's part of the parallel XADD floor (:class:`ProcessShares`), on its own
+    connection, made before any round: ``("load", stream, payloads)`` keeps payloads
+    ``share::shares`` (untimed), ``("run",)`` answers the seconds of one pipelined pass of them."""
     client = redis.Redis.from_url(redis_url)
-    client.ping()  # connect before any round
-    stream, payloads = "", []
-    conn.send("ready")
-    while (message := conn.recv()) is not None:
-        if message[0] == "load":
-            stream, payloads = message[1], message[2]
-            conn.send("ready")
-        else:
-            conn.send(baseline_xadd(client, stream, payloads))
+    client.ping()
+    kept: dict[str, Any] = {"stream": "", "payloads": []}
 
+    def work(step: str, stream: str = "", payloads: Sequence[bytes] = ()) -> float:
+        if step == "load":
+            kept.update(stream=stream, payloads=list(payloads[share::shares]))
+            return 0.0
+        return baseline_xadd(client, kept["stream"], kept["payloads"])
 
-class ParallelXadd:
-    """The XADD baseline in ``processes`` spawned processes, each pipelining its share of the jobs."""
-
-    def __init__(self, processes: int, redis_url: str) -> None:
-        context = mp.get_context("spawn")
-        self.workers: list[tuple[Connection, mp.process.BaseProcess]] = []
-        for _ in range(processes):
-            parent, child = context.Pipe()
-            process = context.Process(target=xadd_process, args=(child, redis_url), daemon=True)
-            process.start()
-            self.workers.append((parent, process))
-        for parent, _ in self.workers:
-            parent.recv()
-
-    def load(self, stream: str, payloads: list[bytes]) -> None:
-        """Give process i the payloads ``i::processes`` (untimed); wait until each holds its share."""
-        for share, (conn, _) in enumerate(self.workers):
-            conn.send(("load", stream, payloads[share :: len(self.workers)]))
-        for conn, _ in self.workers:
-            conn.recv()
-
-    def run(self) -> float:
-        """Seconds from this process's go until the last process has XADDed its share."""
-        start = time.perf_counter()
-        for conn, _ in self.workers:
-            conn.send(("run",))
-        for conn, _ in self.workers:
-            conn.recv()
-        return time.perf_counter() - start
-
-    def stop(self) -> None:
-        """End the processes."""
-        for conn, process in self.workers:
-            conn.send(None)
-            process.join(timeout=30)
+    return work
 
 
 def redis_cpu_s(client: redis.Redis) -> float:
@@ -192,18 +157,18 @@ def inputs(folder: Path, jobs: dict[str, int]) -> dict[str, list[pb.SubmitJobReq
 
 
 def bench_input(label: str, batch: list[pb.SubmitJobRequest], lab: LabSightClient, client: redis.Redis,
-                gateway: psutil.Process, parallel: ParallelXadd, prefix: str, rounds: int) -> None:
+                gateway: psutil.Process, parallel: ProcessShares, prefix: str, rounds: int) -> None:
     """Paired rounds of one input kind through the gateway and both XADD variants; print them."""
     payloads = [request.SerializeToString() for request in batch]
-    parallel.load(f"{prefix}:baseline", payloads)
+    parallel.run("load", f"{prefix}:baseline", payloads)  # each process keeps its share
     gateway_batch(lab, batch[: max(1, len(batch) // 10)], client, gateway)  # untimed warm-up
     cpu: dict[str, list[float]] = {"client": [], "gateway": [], "redis": []}
     delete_keys(client, prefix)
     before = load_text()
-    one, many = "XADD 1 thread", f"XADD {len(parallel.workers)} processes"
+    one, many = "XADD 1 thread", f"XADD {len(parallel.processes)} processes"
     seconds = paired_rounds({
         one: then_clean(lambda: baseline_xadd(client, f"{prefix}:baseline", payloads), client, prefix),
-        many: then_clean(parallel.run, client, prefix),
+        many: then_clean(lambda: parallel.run("run")[0], client, prefix),
         "gateway": then_clean(lambda: gateway_batch(lab, batch, client, gateway, cpu), client, prefix),
     }, rounds)
     rates = {name: [len(batch) / s for s in values] for name, values in seconds.items()}
@@ -241,7 +206,7 @@ def main() -> None:
     print(f"{load_text()}; gateway: its own process (default gRPC threads), LABSIGHT_BLOB_URL empty; "
           f"client: this process; XADD baselines: this process on 1 thread, and {cpus} processes "
           f"(one per CPU) on a connection each; {args.rounds} paired rounds per input")
-    parallel = ParallelXadd(cpus, redis_url)
+    parallel = ProcessShares([partial(xadd_share, redis_url, share, cpus) for share in range(cpus)])
     with tempfile.TemporaryDirectory(prefix="labsight-bench-intake-") as folder:
         requests = inputs(Path(folder), jobs)
         gateway, address = start_service("services.gateway", env)
@@ -252,7 +217,7 @@ def main() -> None:
                                 prefix, args.rounds)
         finally:
             stop_process(gateway)
-            parallel.stop()
+            parallel.close()
             delete_keys(client, prefix)
 
 

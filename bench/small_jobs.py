@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import multiprocessing as mp
 import os
 import signal
 import statistics
@@ -37,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._shares import ProcessShares, interleaved  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.redis_server import port_is_free  # noqa: E402
 from labsight.runtime.cpus import usable_cpus  # noqa: E402
@@ -61,22 +61,22 @@ def images(jobs: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8) for _ in range(jobs)]
 
 
-def direct_process(conn: Connection, jobs: int, share: int, shares: int) -> None:
-    """Serve timing requests for direct ``gliding_box`` calls on images ``share::shares`` of
-    the benchmark's: receives a thread count, answers (seconds, CPU seconds, fractal
-    dimensions) for those images."""
+def direct_share(jobs: int, share: int, shares: int) -> Callable[[int], list[float]]:
+    """A direct process's work on images ``share::shares`` of the benchmark's, compiled (or
+    loaded from the cache) before any round: ``gliding_box`` of each with the given numba thread
+    count; their fractal dimensions."""
     import numba
 
     from services.features.fractal import gliding_box
 
     pictures = images(jobs)[share::shares]
-    gliding_box(pictures[0])  # compile (or load the cache) before any round
-    conn.send("ready")
-    while (threads := conn.recv()) is not None:
+    gliding_box(pictures[0])
+
+    def work(threads: int) -> list[float]:
         numba.set_num_threads(threads)
-        start, cpu = time.perf_counter(), time.process_time()
-        dimensions = [gliding_box(picture).fractal_dimension.value for picture in pictures]
-        conn.send((time.perf_counter() - start, time.process_time() - cpu, dimensions))
+        return [gliding_box(picture).fractal_dimension.value for picture in pictures]
+
+    return work
 
 
 def free_base_port() -> int:
@@ -135,58 +135,32 @@ def spread(values: list[float]) -> str:
 
 @dataclass
 class Direct:
-    """``processes`` processes calling ``gliding_box`` directly, each on its share of the
-    images with ``threads`` numba threads, their OpenMP threads waiting as ``wait_policy``
-    says ("" : OpenMP's default, spinning a while)."""
+    """``gliding_box`` called directly in processes of their own (:class:`ProcessShares`), each on
+    its share of the images with ``threads`` numba threads, their OpenMP threads waiting as
+    ``wait_policy`` says ("" : OpenMP's default, spinning a while)."""
 
     name: str
     threads: int
     wait_policy: str
-    workers: list[tuple[Connection, mp.process.BaseProcess]]
+    shares: ProcessShares
 
     @classmethod
     def start(cls, name: str, threads: int, wait_policy: str, jobs: int,
               processes: int = 1) -> Direct:
-        """Spawn the processes (they inherit the environment at this moment) and wait until
-        they are warm."""
-        context = mp.get_context("spawn")
-        saved = os.environ.pop("OMP_WAIT_POLICY", None)
-        if wait_policy:
-            os.environ["OMP_WAIT_POLICY"] = wait_policy
-        workers = []
-        try:
-            for share in range(processes):
-                parent, child = context.Pipe()
-                process = context.Process(target=direct_process,
-                                          args=(child, jobs, share, processes))
-                process.start()
-                workers.append((parent, process))
-        finally:
-            os.environ.pop("OMP_WAIT_POLICY", None)
-            if saved is not None:
-                os.environ["OMP_WAIT_POLICY"] = saved
-        for parent, _ in workers:
-            parent.recv()
-        return cls(name, threads, wait_policy, workers)
+        """Spawn the processes and wait until they are warm."""
+        loaders = [partial(direct_share, jobs, share, processes) for share in range(processes)]
+        shares = ProcessShares(loaders, {"OMP_WAIT_POLICY": wait_policy or None})
+        return cls(name, threads, wait_policy, shares)
 
     def run(self) -> tuple[float, float, list[float]]:
         """(seconds, CPU seconds, fractal dimensions in image order) of one pass over every
         image, the processes working at once."""
-        start = time.perf_counter()
-        for conn, _ in self.workers:
-            conn.send(self.threads)
-        answers = [conn.recv() for conn, _ in self.workers]
-        seconds = time.perf_counter() - start
-        dimensions = [0.0] * sum(len(found) for _, _, found in answers)
-        for share, (_, _, found) in enumerate(answers):
-            dimensions[share::len(answers)] = found
-        return seconds, sum(cpu for _, cpu, _ in answers), dimensions
+        seconds, cpu, parts = self.shares.run(self.threads)
+        return seconds, cpu, interleaved(parts)
 
     def stop(self) -> None:
         """End the processes."""
-        for conn, process in self.workers:
-            conn.send(None)
-            process.join(timeout=30)
+        self.shares.close()
 
 
 def run_rounds(

@@ -82,9 +82,7 @@ import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from collections.abc import Callable, Iterator, Mapping, Sequence  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from multiprocessing.connection import Connection  # noqa: E402
-from multiprocessing.process import BaseProcess  # noqa: E402
+from contextlib import AbstractContextManager, contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
@@ -93,6 +91,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._paired import paired_rounds, round_ratios, spread  # noqa: E402
+from bench._shares import Loader, ProcessShares, environment, interleaved, process_shares  # noqa: E402
 from labsight.catalog import SEGMENTATION  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.home import Endpoints, read_endpoints  # noqa: E402
@@ -196,22 +195,6 @@ def baseline_environment(processes: int = 1) -> dict[str, str]:
 
 
 @contextmanager
-def environment(variables: Mapping[str, str]) -> Iterator[None]:
-    """This process's environment with ``variables`` set until the block ends (processes started
-    meanwhile inherit them), as it was after."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextmanager
 def baseline_process() -> Iterator[ProcessPoolExecutor]:
     """One process, in a session of its own and with :func:`baseline_environment`, to run
     :func:`direct` in; started before the block."""
@@ -223,71 +206,10 @@ def baseline_process() -> Iterator[ProcessPoolExecutor]:
         yield pool
 
 
-def share_process(conn: Connection, load: Callable[[], Callable[[], object]]) -> None:
-    """One process of :class:`ProcessShares`, in a session of its own: builds its work with
-    ``load`` (which warms it), answers "ready", then for each request runs the work and answers
-    its CPU seconds, then what it returned."""
-    os.setsid()
-    work = load()
-    conn.send("ready")
-    while conn.recv() is not None:
-        cpu = time.process_time()
-        result = work()
-        conn.send(time.process_time() - cpu)
-        conn.send(result)
-
-
-class ProcessShares:
-    """The baseline on one process per share of the inputs (spawned with
-    :func:`baseline_environment` of their count), each running the work its loader built."""
-
-    def __init__(self) -> None:
-        self.workers: list[tuple[Connection, BaseProcess]] = []
-
-    def start(self, loaders: Sequence[Callable[[], Callable[[], object]]]) -> None:
-        """Start a process per loader (picklable) and wait until every one is warm."""
-        context = multiprocessing.get_context("spawn")
-        with environment(baseline_environment(len(loaders))):
-            for load in loaders:
-                parent, child = context.Pipe()
-                process = context.Process(target=share_process, args=(child, load))
-                process.start()
-                self.workers.append((parent, process))
-        for conn, _ in self.workers:
-            conn.recv()
-
-    def run(self) -> tuple[float, float, list[object]]:
-        """(seconds from here until the last process finished, their CPU seconds summed, what
-        each one's work returned), the processes working at once."""
-        start = time.perf_counter()
-        for conn, _ in self.workers:
-            conn.send(True)
-        cpu = sum(conn.recv() for conn, _ in self.workers)
-        seconds = time.perf_counter() - start
-        return seconds, cpu, [conn.recv() for conn, _ in self.workers]
-
-    def close(self) -> None:
-        """End the processes."""
-        for conn, process in self.workers:
-            try:
-                conn.send(None)
-            except OSError:
-                pass
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-                process.join()
-
-
-@contextmanager
-def process_shares(loaders: Sequence[Callable[[], Callable[[], object]]]) -> Iterator[ProcessShares]:
-    """:class:`ProcessShares` of ``loaders``, started and warm before the block, ended after."""
-    shares = ProcessShares()
-    try:
-        shares.start(loaders)
-        yield shares
-    finally:
-        shares.close()
+def baseline_shares(loaders: Sequence[Loader]) -> AbstractContextManager[ProcessShares]:
+    """The per-CPU variant: a process per loader, each in a session of its own and with
+    :func:`baseline_environment` of their count; started and warm before the block."""
+    return process_shares(loaders, baseline_environment(len(loaders)), own_session=True)
 
 
 def share_count(items: int) -> int:
@@ -298,14 +220,6 @@ def share_count(items: int) -> int:
 def threads_of(threads: int, share: int, shares: int) -> int:
     """Share ``share`` of ``shares`` of ``threads`` threads (at least one)."""
     return max(1, len(range(share, threads, shares)))
-
-
-def interleaved(parts: Sequence[Sequence[object]]) -> list[object]:
-    """Results of inputs ``share::len(parts)`` back in input order."""
-    merged: list[object] = [None] * sum(len(part) for part in parts)
-    for share, part in enumerate(parts):
-        merged[share::len(parts)] = part
-    return merged
 
 
 def baseline_rounds(variants: Mapping[str, Callable[[], float]], pipeline: Callable[[], float],
@@ -476,7 +390,7 @@ def throughput(count: int, scale: float, workers: int, concurrency: int, rounds:
     pipeline_runs: list[tuple[list[Result], dict[str, float]]] = []
     core_runs: dict[str, list[tuple[float, list[np.ndarray]]]] = {THREADS: [], PROCESSES: []}
     with labsight_up(workers, concurrency) as endpoints, baseline_process() as baseline, \
-            process_shares(loaders) as processes, \
+            baseline_shares(loaders) as processes, \
             LabSightClient(endpoints.gateway, token=endpoints.token, timeout_s=600) as lab:
         pids = stack_processes(endpoints.pid)
         served(lab, pairs[: 2 * threads], "warm")
