@@ -27,9 +27,11 @@ transport, batching and process hops, not of a different use of the cores.
 
 1. ``ClassifyCells`` under concurrent load: ``--clients`` threads send one field each per call
    to the classifier service (its processes), the cell labels in the narrowest dtype that
-   holds them (``labsight.tensors.write_labels``: uint16 here, as the hpa-cells pipeline
+   holds them (``labsight.tensors.narrow_labels``: uint16 here, as the hpa-cells pipeline
    forwards SegmentCells' masks; ``--label-dtype int32`` sends 2 MB per request instead of
-   1.5 MB). In-process: ``classify_cells`` (crops + model) on the same fields.
+   1.5 MB), each request encoded by its thread just before the call (pixels and labels
+   copied once into its bytes, as the worker sends them). In-process: ``classify_cells``
+   (crops + model) on the same fields.
 2. ``hpa-cells`` through the gateway: one batch of jobs of the 4-channel fields
    (``method=classical``) through Redis, the gateway and ``--workers`` worker processes
    with the environment ``labsight up`` gives them (``labsight.runtime.cpus.size_stack``: job
@@ -83,7 +85,9 @@ from labsight.images import image_from_array  # noqa: E402
 from labsight.models import Engine, build_engine, load_torch_model  # noqa: E402
 from labsight.redis_server import start_redis, stop_redis  # noqa: E402
 from labsight.runtime.cpus import PROCESS_MALLOC, StackSizing, size_stack  # noqa: E402
-from labsight.tensors import write_labels, write_tensor  # noqa: E402
+from labsight.runtime.encoded_channel import EncodedRequestChannel  # noqa: E402
+from labsight.tensor_wire import EncodedMessage, serialize_with_arrays  # noqa: E402
+from labsight.tensors import narrow_labels  # noqa: E402
 from labsight.up import replica_name, service_target  # noqa: E402
 from labsight.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
 from services.classifier.cells import classify_cells  # noqa: E402
@@ -232,35 +236,43 @@ def measured(work: Callable[[], int], clock: CpuClock, rates: list[float],
 
 LABEL_DTYPES = ("narrow", "uint8", "uint16", "int32")
 """How ClassifyCells clients may send the cell labels: ``narrow`` (the narrowest dtype that
-holds them, :func:`labsight.tensors.write_labels`) or one dtype."""
+holds them, :func:`labsight.tensors.narrow_labels`) or one dtype."""
 
 
 def concurrent_classify(address: str, fields: list[CellField], clients: int,
                         label_dtype: str = "narrow") -> int:
     """ClassifyCells of every field from ``clients`` threads, the cell labels sent as
-    ``label_dtype`` (one of LABEL_DTYPES); returns the cells classified."""
-    channel = grpc.insecure_channel(address, options=[("grpc.lb_policy_name", "round_robin")])
+    ``label_dtype`` (one of LABEL_DTYPES); returns the cells classified.
+
+    Each thread encodes its next request just before sending it, as a client streaming
+    its fields does, the pixels and labels copied once into the request's bytes
+    (:func:`labsight.tensor_wire.serialize_with_arrays`, as the worker sends them). Until
+    2026-12-06 every request was built before the first call, in this thread (two copies
+    each, ~0.2 s a round), while the services waited for work."""
+    channel = EncodedRequestChannel(
+        grpc.insecure_channel(address, options=[("grpc.lb_policy_name", "round_robin")]))
     stub = classifier_pb2_grpc.ClassifierServiceStub(channel)  # calls spread over its processes
-    requests = [classifier_pb2.ClassifyCellsRequest() for _ in fields]
-    for request, field in zip(requests, fields, strict=True):  # encoded in place: one copy each
-        write_tensor(request.image.tensor, field.image)
-        if label_dtype == "narrow":
-            write_labels(request.cell_labels, field.cell_labels)
-        else:
-            write_tensor(request.cell_labels, field.cell_labels.astype(label_dtype, copy=False))
     counts = [0] * clients
     barrier = threading.Barrier(clients)
 
+    def encoded(field: CellField) -> EncodedMessage:
+        labels = (narrow_labels(field.cell_labels) if label_dtype == "narrow"
+                  else field.cell_labels.astype(label_dtype, copy=False))
+        return EncodedMessage(serialize_with_arrays(
+            classifier_pb2.ClassifyCellsRequest(),
+            {"image.tensor": field.image, "cell_labels": labels}))
+
     def client(index: int) -> None:
         barrier.wait()
-        for request in requests[index::clients]:
-            counts[index] += len(stub.ClassifyCells(request, timeout=300).cell_ids)
+        for field in fields[index::clients]:
+            counts[index] += len(stub.ClassifyCells(encoded(field), timeout=300).cell_ids)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    channel.close()
     return sum(counts)
 
 
@@ -315,7 +327,7 @@ def main() -> None:
     parser.add_argument("--label-dtype", default="narrow", choices=LABEL_DTYPES,
                         help="dtype of the cell labels ClassifyCells clients send (part 1); narrow: "
                              "the narrowest that holds them (uint16 here), as labsight.tensors."
-                             "write_labels and the hpa-cells pipeline send them")
+                             "narrow_labels and the hpa-cells pipeline send them")
     args = parser.parse_args()
     allocate_as_segmentation()
     parts = {int(part) for part in args.parts.split(",")}
