@@ -223,13 +223,16 @@ class AsyncLabSightClient:
             if not token:
                 return jobs
 
-    async def batch_results(self, batch_id: str) -> AsyncIterator[tuple[pb.Job, Result | None]]:
-        """As ``LabSightClient.batch_results``: one GetBatchResults stream (from a gateway
-        without it, ListJobs and a GetJobResult per done job)."""
+    async def batch_results(self, batch_id: str, follow: bool = False
+                            ) -> AsyncIterator[tuple[pb.Job, Result | None]]:
+        """As ``LabSightClient.batch_results``: one GetBatchResults stream, each job once it
+        has ended with ``follow`` (from a gateway without it, ListJobs and a GetJobResult
+        per done job)."""
         reader = BatchResultReader()
         yielded = False
         try:
-            async for chunk in self._stream("GetBatchResults", pb.GetBatchResultsRequest(batch_id=batch_id)):
+            async for chunk in self._stream(
+                    "GetBatchResults", pb.GetBatchResultsRequest(batch_id=batch_id, follow=follow)):
                 for entry in reader.feed(chunk):
                     yielded = True
                     yield entry.job, entry_result(entry, self.address)
@@ -237,6 +240,8 @@ class AsyncLabSightClient:
             if yielded:
                 raise
             for job in await self.batch_jobs(batch_id):
+                if follow and job.status not in TERMINAL:
+                    job = await self.wait(job.job_id)
                 yield job, await self.result(job.job_id) if job.status == pb.JOB_STATUS_DONE else None
             return
         reader.finish()

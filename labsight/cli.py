@@ -479,12 +479,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _finished(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
     """Job and result of ``args.job_id``, or of every finished job of ``args.batch`` as the
-    batch's results stream in (one result held at a time)."""
+    batch's results stream in (one result held at a time; with ``args.follow``, each as its
+    job ends, until the batch has ended)."""
     if bool(args.job_id) == bool(args.batch):
         raise SystemExit("labsight: give either a JOB_ID or --batch BATCH_ID")
+    follow = getattr(args, "follow", False)
+    if follow and not args.batch:
+        raise SystemExit("labsight: --follow reads a batch: give --batch BATCH_ID")
     with _client(args) as client:
         if args.batch:
-            yield from ((job, result) for job, result in client.batch_results(args.batch) if result)
+            yield from ((job, result) for job, result in client.batch_results(args.batch, follow)
+                        if result)
         else:
             yield client.get(args.job_id), client.result(args.job_id)
 
@@ -949,6 +954,9 @@ def build_parser() -> argparse.ArgumentParser:
     results = client_command("results", "print or save a job's result")
     results.add_argument("job_id", nargs="?", default="")
     results.add_argument("--batch", default="", help="all finished jobs of this batch instead")
+    results.add_argument("--follow", action="store_true",
+                         help="with --batch: also wait for the jobs still queued or running, "
+                              "each result written as its job ends, until the batch has ended")
     results.add_argument("--format", choices=(JSON_LINES, *FORMATS), default="",
                          help="file format (default: from the -o file's suffix, e.g. x.csv; "
                               "JSON lines on stdout)")

@@ -425,16 +425,21 @@ class LabSightClient:
             if not token:
                 return jobs
 
-    def batch_results(self, batch_id: str) -> Iterator[tuple[pb.Job, Result | None]]:
+    def batch_results(self, batch_id: str, follow: bool = False
+                      ) -> Iterator[tuple[pb.Job, Result | None]]:
         """Each job of a batch in submission order with its result (None unless the job is
         done), read from one GetBatchResults stream; from a gateway without that call,
         ListJobs and a GetJobResult per done job. NotFoundError for a done job whose result
-        expired."""
+        expired.
+
+        With ``follow``, each job comes once it has ended, so results are read while later
+        jobs still run, until every job of the batch has ended (call it right after
+        submitting; ``batch_results(batch_id)`` once the batch has ended reads the same)."""
         reader = BatchResultReader()
         yielded = False
         try:
             for chunk in self._gateway.GetBatchResults(
-                pb.GetBatchResultsRequest(batch_id=batch_id), metadata=self.metadata
+                pb.GetBatchResultsRequest(batch_id=batch_id, follow=follow), metadata=self.metadata
             ):
                 for entry in reader.feed(chunk):
                     yielded = True
@@ -443,6 +448,8 @@ class LabSightClient:
             if yielded:
                 raise
             for job in self.batch_jobs(batch_id):
+                if follow and job.status not in TERMINAL:
+                    job = self.wait(job.job_id)
                 yield job, self.result(job.job_id) if job.status == pb.JOB_STATUS_DONE else None
             return
         reader.finish()

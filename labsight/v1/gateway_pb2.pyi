@@ -319,10 +319,12 @@ class GetBatchRequest(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ...) -> None: ...
 
 class GetBatchResultsRequest(_message.Message):
-    __slots__ = ("batch_id",)
+    __slots__ = ("batch_id", "follow")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
-    def __init__(self, batch_id: _Optional[str] = ...) -> None: ...
+    follow: bool
+    def __init__(self, batch_id: _Optional[str] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class BatchResults(_message.Message):
     __slots__ = ("chunks",)

@@ -196,7 +196,9 @@ class GatewayServiceServicer:
         for GetJobResult). Jobs that are not done come as their record alone. Each
         streamed message holds consecutive chunks, about 1 MiB at most, so small
         results share a message. One stream instead of a GetJobResult call per
-        job; call it once the batch has ended (WatchBatch) to fetch everything.
+        job. Without `follow`, call it once the batch has ended (WatchBatch) to
+        fetch everything; with `follow`, call it at once: each job is sent when it
+        has ended, so results are read while later jobs still run.
         NOT_FOUND for an unknown batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

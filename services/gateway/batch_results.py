@@ -1,19 +1,22 @@
 """A batch's jobs with their results as one stream (GetBatchResults): records read a page at a
 time, results in groups of bounded size, each result cut into chunks, consecutive chunks packed
-into messages of bounded size."""
+into messages of bounded size; with ``follow``, each job once it has ended."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Iterator
 
 import redis
 
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.jobs import DONE, JobRecord, JobStore
 from services.gateway.keys import RedisKeys
+from services.gateway.watch import POLL_INTERVAL_S
 
 PAGE_JOBS = 256
-"""Job records read per round trip."""
+"""Job records read per round trip (following: from the first job not yet sent)."""
 
 GROUP_BYTES = 8 * 1024 * 1024
 """Result bytes read per round trip at most (a larger result is read alone): the gateway
@@ -33,9 +36,48 @@ def batch_result_messages(
     The caller checks that the batch is the tenant's. Jobs gone from Redis (expired
     records) are left out; a done job whose result expired comes with ``result_error``.
     """
+    return _messages(_chunks(client, store, keys, tenant, batch_id, chunk_bytes), chunk_bytes)
+
+
+def followed_result_messages(
+    client: redis.Redis, store: JobStore, keys: RedisKeys, tenant: str, batch_id: str,
+    chunk_bytes: int, changed: threading.Event, finished: Callable[[], bool],
+    is_active: Callable[[], bool],
+) -> Iterator[pb.BatchResults]:
+    """As :func:`batch_result_messages`, each job sent once it has ended (still in submission
+    order): until every job of the batch has ended (``finished()``) or the caller left
+    (``is_active()`` false).
+
+    ``changed`` is set on every change of the batch's counts (the caller subscribed it to
+    the batch's channel before this starts); the list is read again then, and at least every
+    POLL_INTERVAL_S. The messages of the jobs that ended are sent before each wait.
+    """
+    jobs_key = keys.batch_jobs(tenant, batch_id)
+    offset = 0
+    while is_active():
+        changed.clear()  # before the reads: a change during them wakes the wait below
+        all_ended = finished()  # read before the list: every job listed by then has ended
+        ids = [raw.decode() for raw in client.lrange(jobs_key, offset, offset + PAGE_JOBS - 1)]
+        records = store.load_many(ids)
+        ended = list(itertools.takewhile(lambda record: record is None or record.is_terminal, records))
+        offset += len(ended)
+        mine = [record for record in ended if record is not None and record.tenant == tenant]
+        if mine:
+            yield from _messages(itertools.chain.from_iterable(
+                _group_chunks(client, keys, group, chunk_bytes)
+                for group in _groups(client, keys, mine)), chunk_bytes)
+        if len(ended) == len(ids) == PAGE_JOBS:
+            continue  # a full page ended: read on at once
+        if len(ended) == len(ids) and all_ended:
+            return
+        changed.wait(POLL_INTERVAL_S)
+
+
+def _messages(chunks: Iterable[Chunk], chunk_bytes: int) -> Iterator[pb.BatchResults]:
+    """Consecutive chunks packed into messages of about ``chunk_bytes`` at most."""
     message = pb.BatchResults()
     size = 0
-    for job, data, total, error in _chunks(client, store, keys, tenant, batch_id, chunk_bytes):
+    for job, data, total, error in chunks:
         if message.chunks and size + len(data) > chunk_bytes:
             yield message
             message, size = pb.BatchResults(), 0

@@ -35,7 +35,7 @@ from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
 from labsight.web.server import serve_web_page
 from services.gateway.auth import BearerAuth
-from services.gateway.batch_results import batch_result_messages
+from services.gateway.batch_results import batch_result_messages, followed_result_messages
 from services.gateway.ids import check_id, check_optional_id
 from services.gateway.jobs import ACTIVE_STATUSES, CANCELLED, DONE, PROTO_TO_STATUS, now
 from services.gateway.pipelines import get_pipeline, pipeline_infos
@@ -494,11 +494,21 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def GetBatchResults(
         self, request: pb.GetBatchResultsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.BatchResults]:
-        """Stream every job of a batch, each done job with its serialized JobResult in chunks."""
+        """Stream every job of a batch, each done job with its serialized JobResult in chunks;
+        with ``follow``, each job once it has ended, until all have."""
         tenant = self.tenant_of(context)
         self._batch(request.batch_id, tenant)
-        yield from batch_result_messages(self.queue.client, self.store, self.keys, tenant,
-                                         request.batch_id, RESULT_CHUNK_BYTES)
+        if not request.follow:
+            yield from batch_result_messages(self.queue.client, self.store, self.keys, tenant,
+                                             request.batch_id, RESULT_CHUNK_BYTES)
+            return
+        with self._watch_slot(), self.events.subscribe(
+                self.keys.batch_events(tenant, request.batch_id)) as changed:
+            yield from followed_result_messages(
+                self.queue.client, self.store, self.keys, tenant, request.batch_id,
+                RESULT_CHUNK_BYTES, changed, lambda: self._batch(request.batch_id, tenant).finished,
+                context.is_active,
+            )
 
     def GetBatch(self, request: pb.GetBatchRequest, context: grpc.ServicerContext) -> pb.Batch:
         """A batch's counts per status."""

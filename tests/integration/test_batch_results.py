@@ -76,6 +76,37 @@ def test_every_job_comes_in_submission_order_with_the_bytes_get_job_result_gives
         "fractal_dimension"]
 
 
+def test_a_followed_stream_sends_each_job_once_it_ended_jobs_added_meanwhile_too(
+    stack: InProcessStack,
+) -> None:
+    rng = np.random.default_rng(12)
+    requests = [build_request("fractal", rng.integers(0, 256, (40, 40), dtype=np.uint8), FAST,
+                              name=f"well-{i}.png") for i in range(4)]
+    client = stack.client
+    client.submit_batch(requests[:3], batch_id="plate-20")
+    first_job = client.batch_jobs("plate-20")[0]
+    client.cancel(first_job.job_id)
+    followed = iter(client.batch_results("plate-20", follow=True))
+    job, result = next(followed)  # no worker yet: the stream sends the ended job and waits
+    assert (job.job_id, job.status, result) == (first_job.job_id, pb.JOB_STATUS_CANCELLED, None)
+    client.submit_batch(requests[3:], batch_id="plate-20")  # joins the batch while it is followed
+    stack.start_worker()
+    rest = list(followed)  # ends once every job has ended
+    jobs = client.batch_jobs("plate-20")
+    assert [job.job_id for job, _ in rest] == [job.job_id for job in jobs[1:]]
+    assert all(job.status == pb.JOB_STATUS_DONE and result is not None for job, result in rest)
+    assert [result.scalars["fractal_dimension"] for _, result in rest] == [
+        result.scalars["fractal_dimension"] for _, result in client.batch_results("plate-20")
+        if result is not None]
+
+    async def follow_async() -> list[tuple[str, int]]:
+        async with AsyncLabSightClient(stack.gateway.address, token="") as lab:
+            return [(job.job_id, job.status)
+                    async for job, _ in lab.batch_results("plate-20", follow=True)]
+
+    assert asyncio.run(follow_async()) == [(job.job_id, job.status) for job in jobs]
+
+
 def test_results_cut_into_chunks_pages_and_groups_reassemble_exactly(
     stack: InProcessStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -141,6 +172,8 @@ def test_the_sdk_falls_back_to_a_call_per_job_on_a_gateway_without_the_stream(
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     with LabSightClient(older.address, token="") as client:
         fetched = list(client.batch_results("plate-12"))
+        assert [(job.job_id, result is None) for job, result in client.batch_results(
+            "plate-12", follow=True)] == [(job.job_id, result is None) for job, result in fetched]
         finished, failed = client.ended_results("plate-12", skip_failed=True)
     assert [job.job_id for job, _ in fetched] == [job.job_id for job in jobs]
     assert [result is None for _, result in fetched] == [False, True, False]

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import redis
 
 from labsight.catalog import GATEWAY
 from labsight.cli import build_parser, main
@@ -19,6 +22,7 @@ from labsight.demo import demo_image
 from labsight.images import encode_png
 from labsight.redis_server import free_port
 from labsight.runtime.server import RunningServer
+from services.gateway.keys import RedisKeys
 from services.gateway.servicer import register as register_gateway
 
 from .conftest import InProcessStack
@@ -85,6 +89,35 @@ def test_a_rerun_batch_queues_nothing_twice_and_ids_keep_their_folders(
     with pytest.raises(SystemExit, match="--format json contradicts the output file"):
         main(["results", "--batch", "plate-1", "--format", "json", "-o", str(table),
               *_gateway(stack)])
+
+
+def test_results_follow_writes_each_job_of_a_running_batch_as_it_ends(
+    stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _plate(tmp_path / "plate")
+    assert _cli(stack, capsys, "submit", "fractal", str(tmp_path / "plate"), "--recursive",
+                "--param", "box_sizes=3-9", "--batch", "plate-2")[0] == 0
+    lines = tmp_path / "followed.jsonl"
+    follow = threading.Thread(target=main, args=(
+        ["results", "--batch", "plate-2", "--follow", "-o", str(lines), *_gateway(stack)],))
+    follow.start()
+    # No worker until the gateway's following stream listens to the batch: every job is
+    # still queued when it first reads them.
+    channel = RedisKeys(stack.settings.key_prefix).batch_events("default", "plate-2")
+    events = redis.Redis.from_url(stack.settings.redis_url)
+    deadline = time.monotonic() + 60
+    while dict(events.pubsub_numsub(channel)).get(channel.encode(), 0) == 0:
+        assert time.monotonic() < deadline, "the results stream never waited for the batch"
+        time.sleep(0.05)
+    stack.start_worker()
+    follow.join(120)
+    assert not follow.is_alive()
+    written = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert [line["job_id"] for line in written] == [
+        job.job_id for job in stack.client.batch_jobs("plate-2")]
+    assert all(line["scalars"]["fractal_dimension"] > 0 for line in written)
+    with pytest.raises(SystemExit, match="--follow reads a batch"):
+        main(["results", written[0]["job_id"], "--follow", *_gateway(stack)])
 
 
 def test_resubmit_queues_the_same_files_again(
