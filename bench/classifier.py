@@ -36,8 +36,11 @@ transport, batching and process hops, not of a different use of the cores.
    (``method=classical``) through Redis, the gateway and ``--workers`` worker processes
    with the environment ``labsight up`` gives them (``labsight.runtime.cpus.size_stack``: job
    slots, glibc malloc settings), the segmentation and the classifier service (own processes);
-   the client watches the batch (one WatchBatch stream), then fetches the results (one
-   GetBatchResults stream).
+   the client submits the jobs in parts of PART_JOBS (SubmitBatch calls under one batch id, as
+   `labsight submit` sends a folder: each part is queued while the next is sent), then reads
+   the results as the jobs end (one GetBatchResults stream with ``follow``; until 2026-12-06
+   it sent one SubmitBatch, waited for the batch to end, then fetched every result, the
+   services idle during the upload and the fetch).
    In-process: classical ``segment_cells``, ``measure_cells`` (the cells table) and
    ``classify_cells`` per field on the pool.
    Started after part 1, so its gateway and workers cost part 1 nothing.
@@ -78,6 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
 from bench._shares import ProcessShares  # noqa: E402
 from bench.service_process import start_process, start_service, stop_process  # noqa: E402
+from labsight.batch_submit import PART_JOBS  # noqa: E402
 from labsight.catalog import SEGMENTATION  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.config import address_env_var  # noqa: E402
@@ -379,12 +383,12 @@ def main() -> None:
 
     def through_gateway() -> int:
         with LabSightClient(gateway_address, token="", timeout_s=600) as lab:
-            batch = lab.submit_batch(requests)
-            job_ids = batch.job_ids
-            for state in lab.watch_batch(batch.batch_id):  # one stream for the batch, not one per job
-                if state.finished:
-                    break
-            fetched = list(lab.batch_results(batch.batch_id))  # one GetBatchResults stream
+            batch_id = uuid.uuid4().hex
+            job_ids = [job_id for start in range(0, len(requests), PART_JOBS)  # queued part by part
+                       for job_id in lab.submit_batch(requests[start:start + PART_JOBS],
+                                                      batch_id=batch_id).job_ids]
+            # one GetBatchResults stream, each job's result read as it ends
+            fetched = list(lab.batch_results(batch_id, follow=True))
             failed = [job.error for job, result in fetched if result is None]
             if failed or [job.job_id for job, _ in fetched] != list(job_ids):
                 raise RuntimeError(f"{len(failed)} jobs failed, e.g. {failed[:1]}")
