@@ -3,12 +3,17 @@
 Run from the repository root (no Redis needed: the stack starts its own):
 
     python bench/small_jobs.py [--jobs 1000] [--rounds 5] [--param probabilities=false]
+                               [--part-jobs 16]
 
 One side submits ``--jobs`` fractal jobs (random RGB 64², default sides 3-41)
-in one SubmitBatch to a stack started by ``labsight.up`` (its own Redis, the
-four services and its workers, sized by ``labsight up``'s rules), follows the
-batch until every job ended and fetches every result (one GetBatchResults stream,
-as `LabSightClient.batch_results` reads it). The other side calls
+to a stack started by ``labsight.up`` (its own Redis, the four services and its
+workers, sized by ``labsight up``'s rules) in SubmitBatch calls of ``--part-jobs``
+under one batch id, as `labsight submit` sends a folder (each part is queued while
+the next is sent), then reads every result as its job ends (one GetBatchResults
+stream with ``follow``, as ``LabSightClient.batch_results(batch_id, follow=True)``
+reads it; until 2026-12-06 one SubmitBatch, then a WatchBatch until the batch
+ended, then the fetch, the services idle while the jobs went up and the results
+came back). The other side calls
 ``gliding_box`` on the same images in processes of their own on the same cores:
 one process per CPU, each with one numba thread on its share of the images (what a
 multiprocessing pool does; until 2026-12-06 this variant was missing and the
@@ -45,6 +50,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._shares import ProcessShares, interleaved  # noqa: E402
+from labsight.batch_submit import PART_JOBS  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.redis_server import port_is_free  # noqa: E402
 from labsight.runtime.cpus import usable_cpus  # noqa: E402
@@ -52,7 +58,6 @@ from labsight.up import Stack, StackLayout  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 
 SIDE = 64
-ENDED = ("done", "failed", "dead", "cancelled")
 
 
 def images(jobs: int, seed: int = 0) -> list[np.ndarray]:
@@ -108,20 +113,19 @@ def redis_commands(client: redis.Redis) -> dict[str, tuple[int, int]]:
             for name, stats in client.info("commandstats").items()}
 
 
-def through_stack(lab: LabSightClient, requests: list[pb.SubmitJobRequest], batch_id: str
-                  ) -> tuple[list[float], list[float]]:
-    """Seconds to submit every job, then to follow the batch to its end, then to fetch every
-    result; the results' fractal dimensions."""
+def through_stack(lab: LabSightClient, requests: list[pb.SubmitJobRequest], batch_id: str,
+                  part_jobs: int) -> tuple[list[float], list[float]]:
+    """Seconds to submit every job (in SubmitBatch calls of ``part_jobs`` jobs under one batch
+    id, each part queued while the next is sent), then to read every result as its job ends
+    (one GetBatchResults stream with ``follow``); the results' fractal dimensions."""
     marks = [time.perf_counter()]
-    reply = lab.submit_batch(requests, batch_id=batch_id)
+    job_ids = [job_id for start in range(0, len(requests), part_jobs)
+               for job_id in lab.submit_batch(requests[start:start + part_jobs],
+                                              batch_id=batch_id).job_ids]
     marks.append(time.perf_counter())
-    for batch in lab.watch_batch(batch_id):
-        if sum(batch.counts.get(status, 0) for status in ENDED) >= len(requests):
-            break
+    fetched = list(lab.batch_results(batch_id, follow=True))
     marks.append(time.perf_counter())
-    fetched = list(lab.batch_results(batch_id))  # one GetBatchResults stream
-    marks.append(time.perf_counter())
-    if [job.job_id for job, _ in fetched] != list(reply.job_ids) or any(r is None for _, r in fetched):
+    if [job.job_id for job, _ in fetched] != job_ids or any(r is None for _, r in fetched):
         raise RuntimeError(f"batch {batch_id}: not every job came back done, in order")
     results = [result for _, result in fetched]
     phases = [end - begin for begin, end in itertools.pairwise(marks)]
@@ -200,6 +204,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--part-jobs", type=int, default=PART_JOBS,
+                        help="jobs per SubmitBatch call (default: as `labsight submit` sends a "
+                             "folder)")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: `labsight up`'s for these CPUs)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -229,11 +236,11 @@ def main() -> None:
             store = redis.Redis.from_url(stack.redis_url)
             with LabSightClient(endpoints.gateway, token=stack.token) as lab:
                 expected = dict(enumerate(directs[0].run()[2]))
-                through_stack(lab, requests[:100], "warm-up")  # compile the kernels, warm the channels
+                through_stack(lab, requests[:100], "warm-up", args.part_jobs)  # compile, warm channels
 
                 def stack_side(index: int) -> tuple[float, float]:
                     cpu, commands = stack_cpu(stack), redis_commands(store)
-                    phases, got = through_stack(lab, requests, f"round-{index}")
+                    phases, got = through_stack(lab, requests, f"round-{index}", args.part_jobs)
                     seconds = sum(phases)
                     wrong = [i for i, value in enumerate(got)
                              if not np.isclose(value, expected[i], equal_nan=True)]
@@ -245,7 +252,7 @@ def main() -> None:
                              for name, value in now.items()}
                     usec = {name: (value[1] - commands.get(name, (0, 0))[1]) / args.jobs
                             for name, value in now.items()}
-                    print("  seconds: submit {:.2f}, run {:.2f}, fetch {:.2f}".format(*phases),
+                    print("  seconds: submit {:.2f}, run and fetch {:.2f}".format(*phases),
                           flush=True)
                     print("  CPU ms per job: " + ", ".join(
                         f"{name} {value:.2f}" for name, value in used.items()
