@@ -48,6 +48,7 @@ from labsight.config import DEFAULT_MAX_MESSAGE_BYTES
 from labsight.errors import (
     FailedPreconditionError,
     JobFailedError,
+    ResourceExhaustedError,
     ServiceError,
     UnavailableError,
     UnimplementedError,
@@ -223,7 +224,8 @@ class AsyncLabSightClient:
             if not token:
                 return jobs
 
-    async def batch_results(self, batch_id: str, follow: bool = False
+    async def batch_results(self, batch_id: str, follow: bool = False,
+                            timeout_s: float | None = None
                             ) -> AsyncIterator[tuple[pb.Job, Result | None]]:
         """As ``LabSightClient.batch_results``: one GetBatchResults stream, each job once it
         has ended with ``follow`` (from a gateway without it, ListJobs and a GetJobResult
@@ -232,7 +234,8 @@ class AsyncLabSightClient:
         yielded = False
         try:
             async for chunk in self._stream(
-                    "GetBatchResults", pb.GetBatchResultsRequest(batch_id=batch_id, follow=follow)):
+                    "GetBatchResults", pb.GetBatchResultsRequest(batch_id=batch_id, follow=follow),
+                    timeout_s):
                 for entry in reader.feed(chunk):
                     yielded = True
                     yield entry.job, entry_result(entry, self.address)
@@ -241,7 +244,7 @@ class AsyncLabSightClient:
                 raise
             for job in await self.batch_jobs(batch_id):
                 if follow and job.status not in TERMINAL:
-                    job = await self.wait(job.job_id)
+                    job = await self.wait(job.job_id, timeout_s)
                 yield job, await self.result(job.job_id) if job.status == pb.JOB_STATUS_DONE else None
             return
         reader.finish()
@@ -250,14 +253,23 @@ class AsyncLabSightClient:
         self, batch_id: str, skip_failed: bool = False, timeout_s: float | None = None, *,
         table: str | None = None,
     ) -> tuple[list[tuple[pb.Job, Result]], dict[str, str]]:
-        """As ``LabSightClient.ended_results``, with the jobs waited for concurrently."""
-        jobs = await self.batch_jobs(batch_id)
-        await asyncio.gather(*(self.wait(job.job_id, timeout_s) for job in jobs
-                               if job.status not in TERMINAL))
-        # every job has ended: one stream, each result cut to the table as it comes
+        """As ``LabSightClient.ended_results``: one stream following the batch, each result cut
+        to the table as it comes (where the gateway has no stream free, the jobs are waited
+        for concurrently, then read)."""
         cut = None if table is None else TableCut(table)
-        ended = [(job, result if result is None or cut is None else cut(result))
-                 async for job, result in self.batch_results(batch_id)]
+
+        async def read(follow: bool) -> list[tuple[pb.Job, Result | None]]:
+            return [(job, result if result is None or cut is None else cut(result))
+                    async for job, result in self.batch_results(
+                        batch_id, follow, timeout_s if follow else None)]
+
+        try:
+            ended = await read(follow=True)
+        except ResourceExhaustedError:
+            jobs = await self.batch_jobs(batch_id)
+            await asyncio.gather(*(self.wait(job.job_id, timeout_s) for job in jobs
+                                   if job.status not in TERMINAL))
+            ended = await read(follow=False)
         return split_ended(ended, skip_failed, self.address)
 
     async def batch_to_pandas(self, batch_id: str, table: str | None = None, *,

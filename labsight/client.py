@@ -28,6 +28,7 @@ from labsight.config import DEFAULT_MAX_MESSAGE_BYTES
 from labsight.errors import (
     FailedPreconditionError,
     JobFailedError,
+    ResourceExhaustedError,
     ServiceError,
     UnavailableError,
     UnimplementedError,
@@ -425,7 +426,7 @@ class LabSightClient:
             if not token:
                 return jobs
 
-    def batch_results(self, batch_id: str, follow: bool = False
+    def batch_results(self, batch_id: str, follow: bool = False, timeout_s: float | None = None
                       ) -> Iterator[tuple[pb.Job, Result | None]]:
         """Each job of a batch in submission order with its result (None unless the job is
         done), read from one GetBatchResults stream; from a gateway without that call,
@@ -434,12 +435,15 @@ class LabSightClient:
 
         With ``follow``, each job comes once it has ended, so results are read while later
         jobs still run, until every job of the batch has ended (call it right after
-        submitting; ``batch_results(batch_id)`` once the batch has ended reads the same)."""
+        submitting; ``batch_results(batch_id)`` once the batch has ended reads the same).
+        A TimeoutError once ``timeout_s`` have passed."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         reader = BatchResultReader()
         yielded = False
         try:
             for chunk in self._gateway.GetBatchResults(
-                pb.GetBatchResultsRequest(batch_id=batch_id, follow=follow), metadata=self.metadata
+                pb.GetBatchResultsRequest(batch_id=batch_id, follow=follow), timeout=timeout_s,
+                metadata=self.metadata,
             ):
                 for entry in reader.feed(chunk):
                     yielded = True
@@ -449,7 +453,8 @@ class LabSightClient:
                 raise
             for job in self.batch_jobs(batch_id):
                 if follow and job.status not in TERMINAL:
-                    job = self.wait(job.job_id)
+                    job = self.wait(job.job_id, None if deadline is None
+                                    else max(deadline - time.monotonic(), 0.0))
                 yield job, self.result(job.job_id) if job.status == pb.JOB_STATUS_DONE else None
             return
         reader.finish()
@@ -518,15 +523,24 @@ class LabSightClient:
 
         With ``table`` (empty: the first result's main table), each result keeps only that
         table and its per-row tensors, cut as the results stream in: a batch of thousands of
-        ``cells`` jobs then holds its tables, not every mask and crop."""
+        ``cells`` jobs then holds its tables, not every mask and crop.
+
+        One GetBatchResults stream that follows the batch, each result read as its job
+        ends; where every watch stream of the gateway is taken, each job is waited for
+        (polling) and the results are read once all have ended."""
+        cut = None if table is None else TableCut(table)
+        try:
+            return split_ended(self.batch_results(batch_id, follow=True, timeout_s=timeout_s),
+                               skip_failed, self.address, cut)
+        except ResourceExhaustedError:
+            pass
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for job in self.batch_jobs(batch_id):
             if job.status not in TERMINAL:
                 self.wait(job.job_id, None if deadline is None
                           else max(deadline - time.monotonic(), 0.0))
         # every job has ended: one stream
-        return split_ended(self.batch_results(batch_id), skip_failed, self.address,
-                           None if table is None else TableCut(table))
+        return split_ended(self.batch_results(batch_id), skip_failed, self.address, cut)
 
     def submit_folder(
         self,

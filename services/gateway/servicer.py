@@ -504,6 +504,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             return
         with self._watch_slot(), self.events.subscribe(
                 self.keys.batch_events(tenant, request.batch_id)) as changed:
+            context.add_callback(changed.set)  # a caller that left frees the slot at once
             yield from followed_result_messages(
                 self.queue.client, self.store, self.keys, tenant, request.batch_id,
                 RESULT_CHUNK_BYTES, changed, lambda: self._batch(request.batch_id, tenant).finished,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -17,7 +18,7 @@ from labsight.batch_results import BatchResultReader, JobResultBytes
 from labsight.catalog import GATEWAY
 from labsight.client import LabSightClient, build_request
 from labsight.config import Settings
-from labsight.errors import NotFoundError
+from labsight.errors import NotFoundError, ResourceExhaustedError
 from labsight.runtime.server import RunningServer
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
@@ -105,6 +106,28 @@ def test_a_followed_stream_sends_each_job_once_it_ended_jobs_added_meanwhile_too
                     async for job, _ in lab.batch_results("plate-20", follow=True)]
 
     assert asyncio.run(follow_async()) == [(job.job_id, job.status) for job in jobs]
+
+
+def test_ended_results_wait_for_a_running_batch_and_poll_when_no_stream_is_free(
+    stack: InProcessStack, serve: Callable[..., RunningServer]
+) -> None:
+    limited = Settings(**{**vars(stack.settings), "max_workers": 8})  # 4 watch streams at once
+    gateway = serve(register_gateway, GATEWAY.grpc_services, limited)
+    rng = np.random.default_rng(13)
+    with LabSightClient(gateway.address, token="") as client:
+        jobs = client.submit_batch([build_request("fractal", rng.integers(0, 256, (40, 40), np.uint8),
+                                                  FAST) for _ in range(3)], batch_id="plate-31").job_ids
+        with pytest.raises(TimeoutError):  # no worker yet: the followed batch does not end
+            stack.client.ended_results("plate-31", timeout_s=0.5)
+        watches = [client.watch(jobs[0], timeout_s=120) for _ in range(4)]
+        assert all(next(watch).status == pb.JOB_STATUS_QUEUED for watch in watches)  # all taken
+        with pytest.raises(ResourceExhaustedError):
+            list(client.batch_results("plate-31", follow=True))
+        waiting = ThreadPoolExecutor(1).submit(client.ended_results, "plate-31")
+        stack.start_worker()
+        finished, failed = waiting.result(timeout=120)  # each job polled, then one stream
+    assert [job.job_id for job, _ in finished] == list(jobs) and not failed
+    assert all(result.scalars["fractal_dimension"] > 0 for _, result in finished)
 
 
 def test_results_cut_into_chunks_pages_and_groups_reassemble_exactly(
