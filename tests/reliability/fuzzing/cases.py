@@ -241,7 +241,7 @@ def valid_requests(rpc: Rpc, rng: np.random.Generator, pools: Pools, tenant: str
         "WatchBatch": lambda: gateway_pb2.WatchBatchRequest(
             batch_id=_own_id(pools, tenant, "batch")),
         "GetBatchResults": lambda: gateway_pb2.GetBatchResultsRequest(
-            batch_id=_own_id(pools, tenant, "batch")),
+            batch_id=_own_id(pools, tenant, "batch"), follow=bool(rng.random() < 0.3)),
         "ListPipelines": rpc.message("input"),
         "ComputeFractal": lambda: _fractal(rng),
         "ComputeFractalStream": lambda: _fractal(rng),

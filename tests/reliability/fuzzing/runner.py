@@ -35,7 +35,8 @@ TERMINAL = {gateway_pb2.JOB_STATUS_DONE, gateway_pb2.JOB_STATUS_FAILED,
 OVERSIZED_STATUS = "metadata size exceeds"
 """What gRPC says instead of a status whose details (an echoed 20 KB value) are over 16 KiB."""
 STREAM_OPEN = "STREAM_OPEN"
-"""A server stream that sent messages and was still open at its deadline (a live watch)."""
+"""A server stream still open at its deadline: a live watch that sent messages, or a
+GetBatchResults following a batch whose jobs have not all ended."""
 PROBE_NAME = "fuzz-probe"
 """Image name of the job that asks whether a cancelled upload left a job under its key."""
 STEPS_SHOWN = 4
@@ -209,7 +210,7 @@ class Runner:
         elif case.metadata is not None:
             metadata = case.metadata
         streaming = rpc.descriptor.server_streaming
-        watch = streaming and rpc.name.startswith("Watch")  # open until something ends
+        watch = streaming and (rpc.name.startswith("Watch") or _follows(case))  # open until something ends
         timeout = self.config.watch_deadline_s if watch else self.config.deadline_s
         started = time.monotonic()
         responses: list[bytes] = []
@@ -232,8 +233,8 @@ class Runner:
             code, message = grpc.StatusCode.CANCELLED.name, "cancelled by the fuzzer"
         except grpc.RpcError as error:
             code, message = error.code().name, error.details() or ""
-            if code == "DEADLINE_EXCEEDED" and watch and responses:
-                code = STREAM_OPEN
+            if code == "DEADLINE_EXCEEDED" and watch and (responses or _follows(case)):
+                code = STREAM_OPEN  # a following stream sends nothing while its first job runs
             if code == "CANCELLED" and case.cut_after is not None:
                 message = "cancelled by the fuzzer"
         return Outcome(code, message, time.monotonic() - started, responses)
@@ -556,3 +557,9 @@ def run_fuzz(config: FuzzConfig, redis_url: str, key_prefix: str, workdir: Path)
             runner.close()
     finally:
         stack.stop()
+
+
+def _follows(case: Case) -> bool:
+    """Whether the case is a GetBatchResults that follows its batch (open until the batch ends)."""
+    request = case.requests[0]
+    return isinstance(request, gateway_pb2.GetBatchResultsRequest) and request.follow
