@@ -13,7 +13,7 @@ import redis
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.jobs import ACTIVE_STATUSES, DONE, JobRecord, JobStore
 from services.gateway.keys import RedisKeys
-from services.gateway.watch import POLL_INTERVAL_S
+from services.gateway.watch import POLL_INTERVAL_S, Caller
 
 PAGE_JOBS = 256
 """Job records read per round trip."""
@@ -48,22 +48,21 @@ def batch_result_messages(
 
 def followed_result_messages(
     client: redis.Redis, store: JobStore, keys: RedisKeys, tenant: str, batch_id: str,
-    chunk_bytes: int, changed: threading.Event, finished: Callable[[], bool],
-    is_active: Callable[[], bool],
+    chunk_bytes: int, changed: threading.Event, finished: Callable[[], bool], caller: Caller,
 ) -> Iterator[pb.BatchResults]:
     """As :func:`batch_result_messages`, each job sent once it has ended (still in submission
-    order): until every job of the batch has ended (``finished()``) or the caller left
-    (``is_active()`` false).
+    order): until every job of the batch has ended (``finished()``) or the caller left.
 
     ``changed`` is set on every change of the batch's counts (the caller subscribed it to
-    the batch's channel before this starts); the statuses of the next FOLLOW_WINDOW jobs
-    are read again then, and at least every POLL_INTERVAL_S, and the records of those that
-    ended before the first still active. The messages of the jobs that ended are sent
-    before each wait.
+    the batch's channel before this starts) and when the call ends; the statuses of the
+    next FOLLOW_WINDOW jobs are read again then, and at least every POLL_INTERVAL_S, and the
+    records of those that ended before the first still active. The messages of the jobs
+    that ended are sent before each wait.
     """
+    caller.add_callback(changed.set)  # a caller that left frees the stream's slot at once
     jobs_key = keys.batch_jobs(tenant, batch_id)
     offset = 0
-    while is_active():
+    while caller.is_active():
         changed.clear()  # before the reads: a change during them wakes the wait below
         all_ended = finished()  # read before the list: every job listed by then has ended
         ids = [raw.decode() for raw in client.lrange(jobs_key, offset, offset + FOLLOW_WINDOW - 1)]

@@ -420,7 +420,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         tenant = self.tenant_of(context)
         self.store.load(check_id("job_id", request.job_id), tenant)
         with self._watch_slot():
-            for job in watch_job(self.events, self.store, request.job_id, context.is_active):
+            for job in watch_job(self.events, self.store, request.job_id, context):
                 yield pb.JobEvent(job=job.to_proto())
 
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
@@ -504,11 +504,10 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             return
         with self._watch_slot(), self.events.subscribe(
                 self.keys.batch_events(tenant, request.batch_id)) as changed:
-            context.add_callback(changed.set)  # a caller that left frees the slot at once
             yield from followed_result_messages(
                 self.queue.client, self.store, self.keys, tenant, request.batch_id,
                 RESULT_CHUNK_BYTES, changed, lambda: self._batch(request.batch_id, tenant).finished,
-                context.is_active,
+                context,
             )
 
     def GetBatch(self, request: pb.GetBatchRequest, context: grpc.ServicerContext) -> pb.Batch:
@@ -526,7 +525,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 self.events,
                 self.keys.batch_events(tenant, request.batch_id),
                 lambda: self._batch(request.batch_id, tenant),
-                context.is_active,
+                context,
             )
 
     def _batch(self, batch_id: str, tenant: str) -> pb.Batch:

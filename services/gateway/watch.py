@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import redis
 
@@ -99,20 +99,34 @@ class EventFanout:
                     woken.set()
 
 
+class Caller(Protocol):
+    """The call a stream answers (a ``grpc.ServicerContext``): whether its caller is still
+    there, and a callback for when the call ends."""
+
+    def is_active(self) -> bool:
+        """False once the caller left or the call ended."""
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """Run ``callback`` when the call ends."""
+
+
 def watch_state(
     events: EventFanout,
     channel: str,
     fetch: Callable[[], State],
     is_finished: Callable[[State], bool],
-    is_active: Callable[[], bool],
+    caller: Caller,
     fingerprint: Callable[[State], object] = repr,
 ) -> Iterator[State]:
     """Yield ``fetch()`` now and after every change announced on ``channel`` until finished.
 
     Subscribes before the first read, so no change between read and
-    subscription is lost. Stops when the state is finished or the caller left.
+    subscription is lost. Stops when the state is finished or the caller left (the
+    call's end wakes the wait, so the stream's slot is free at once).
     """
+    is_active = caller.is_active
     with events.subscribe(channel) as changed:
+        caller.add_callback(changed.set)
         state = fetch()
         yield state
         last = fingerprint(state)
@@ -127,7 +141,7 @@ def watch_state(
 
 
 def watch_job(
-    events: EventFanout, store: JobStore, job_id: str, is_active: Callable[[], bool]
+    events: EventFanout, store: JobStore, job_id: str, caller: Caller
 ) -> Iterator[JobRecord]:
     """Every state of a job from now until it ends."""
     return watch_state(
@@ -135,7 +149,7 @@ def watch_job(
         store.keys.job_events(job_id),
         lambda: store.load(job_id),
         lambda job: job.is_terminal,
-        is_active,
+        caller,
         lambda job: tuple(sorted(job.to_hash().items())),
     )
 
@@ -144,10 +158,10 @@ def watch_batch(
     events: EventFanout,
     channel: str,
     fetch: Callable[[], pb.Batch],
-    is_active: Callable[[], bool],
+    caller: Caller,
 ) -> Iterator[pb.Batch]:
     """Every state of a batch's counts from now until all its jobs ended."""
     return watch_state(
-        events, channel, fetch, lambda batch: batch.finished, is_active,
+        events, channel, fetch, lambda batch: batch.finished, caller,
         lambda batch: batch.SerializeToString(deterministic=True),
     )
