@@ -124,13 +124,12 @@ def watch_state(
     subscription is lost. Stops when the state is finished or the caller left (the
     call's end wakes the wait, so the stream's slot is free at once).
     """
-    is_active = caller.is_active
     with events.subscribe(channel) as changed:
         caller.add_callback(changed.set)
         state = fetch()
         yield state
         last = fingerprint(state)
-        while not is_finished(state) and is_active():
+        while not is_finished(state) and caller.is_active():
             changed.wait(POLL_INTERVAL_S)
             changed.clear()  # before the read, so a change during the read wakes us again
             state = fetch()
