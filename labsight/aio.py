@@ -228,8 +228,9 @@ class AsyncLabSightClient:
                             timeout_s: float | None = None
                             ) -> AsyncIterator[tuple[pb.Job, Result | None]]:
         """As ``LabSightClient.batch_results``: one GetBatchResults stream, each job once it
-        has ended with ``follow`` (from a gateway without it, ListJobs and a GetJobResult
-        per done job)."""
+        has ended with ``follow`` (from a gateway without it, or with every watch stream
+        taken, ListJobs and a GetJobResult per done job)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         reader = BatchResultReader()
         yielded = False
         try:
@@ -239,12 +240,13 @@ class AsyncLabSightClient:
                 for entry in reader.feed(chunk):
                     yielded = True
                     yield entry.job, entry_result(entry, self.address)
-        except UnimplementedError:
+        except (UnimplementedError, ResourceExhaustedError):  # an older gateway; no stream free
             if yielded:
                 raise
             for job in await self.batch_jobs(batch_id):
                 if follow and job.status not in TERMINAL:
-                    job = await self.wait(job.job_id, timeout_s)
+                    job = await self.wait(job.job_id, None if deadline is None
+                                          else max(deadline - time.monotonic(), 0.0))
                 yield job, await self.result(job.job_id) if job.status == pb.JOB_STATUS_DONE else None
             return
         reader.finish()
@@ -254,22 +256,10 @@ class AsyncLabSightClient:
         table: str | None = None,
     ) -> tuple[list[tuple[pb.Job, Result]], dict[str, str]]:
         """As ``LabSightClient.ended_results``: one stream following the batch, each result cut
-        to the table as it comes (where the gateway has no stream free, the jobs are waited
-        for concurrently, then read)."""
+        to the table as it comes."""
         cut = None if table is None else TableCut(table)
-
-        async def read(follow: bool) -> list[tuple[pb.Job, Result | None]]:
-            return [(job, result if result is None or cut is None else cut(result))
-                    async for job, result in self.batch_results(
-                        batch_id, follow, timeout_s if follow else None)]
-
-        try:
-            ended = await read(follow=True)
-        except ResourceExhaustedError:
-            jobs = await self.batch_jobs(batch_id)
-            await asyncio.gather(*(self.wait(job.job_id, timeout_s) for job in jobs
-                                   if job.status not in TERMINAL))
-            ended = await read(follow=False)
+        ended = [(job, result if result is None or cut is None else cut(result))
+                 async for job, result in self.batch_results(batch_id, True, timeout_s)]
         return split_ended(ended, skip_failed, self.address)
 
     async def batch_to_pandas(self, batch_id: str, table: str | None = None, *,

@@ -436,7 +436,9 @@ class LabSightClient:
         With ``follow``, each job comes once it has ended, so results are read while later
         jobs still run, until every job of the batch has ended (call it right after
         submitting; ``batch_results(batch_id)`` once the batch has ended reads the same).
-        A TimeoutError once ``timeout_s`` have passed."""
+        Where every watch stream of the gateway is taken, the jobs listed now are waited
+        for one by one (``wait`` polls) and read with a call each. A TimeoutError once
+        ``timeout_s`` have passed."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         reader = BatchResultReader()
         yielded = False
@@ -448,7 +450,7 @@ class LabSightClient:
                 for entry in reader.feed(chunk):
                     yielded = True
                     yield entry.job, entry_result(entry, self.address)
-        except UnimplementedError:
+        except (UnimplementedError, ResourceExhaustedError):  # an older gateway; no stream free
             if yielded:
                 raise
             for job in self.batch_jobs(batch_id):
@@ -525,22 +527,10 @@ class LabSightClient:
         table and its per-row tensors, cut as the results stream in: a batch of thousands of
         ``cells`` jobs then holds its tables, not every mask and crop.
 
-        One GetBatchResults stream that follows the batch, each result read as its job
-        ends; where every watch stream of the gateway is taken, each job is waited for
-        (polling) and the results are read once all have ended."""
-        cut = None if table is None else TableCut(table)
-        try:
-            return split_ended(self.batch_results(batch_id, follow=True, timeout_s=timeout_s),
-                               skip_failed, self.address, cut)
-        except ResourceExhaustedError:
-            pass
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        for job in self.batch_jobs(batch_id):
-            if job.status not in TERMINAL:
-                self.wait(job.job_id, None if deadline is None
-                          else max(deadline - time.monotonic(), 0.0))
-        # every job has ended: one stream
-        return split_ended(self.batch_results(batch_id), skip_failed, self.address, cut)
+        Reads ``batch_results(batch_id, follow=True)``: one stream, each result as its job
+        ends."""
+        return split_ended(self.batch_results(batch_id, follow=True, timeout_s=timeout_s),
+                           skip_failed, self.address, None if table is None else TableCut(table))
 
     def submit_folder(
         self,

@@ -18,7 +18,7 @@ from labsight.batch_results import BatchResultReader, JobResultBytes
 from labsight.catalog import GATEWAY
 from labsight.client import LabSightClient, build_request
 from labsight.config import Settings
-from labsight.errors import NotFoundError, ResourceExhaustedError
+from labsight.errors import NotFoundError
 from labsight.runtime.server import RunningServer
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
@@ -121,11 +121,23 @@ def test_ended_results_wait_for_a_running_batch_and_poll_when_no_stream_is_free(
             stack.client.ended_results("plate-31", timeout_s=0.5)
         watches = [client.watch(jobs[0], timeout_s=120) for _ in range(4)]
         assert all(next(watch).status == pb.JOB_STATUS_QUEUED for watch in watches)  # all taken
-        with pytest.raises(ResourceExhaustedError):
-            list(client.batch_results("plate-31", follow=True))
+        with pytest.raises(grpc.RpcError) as refused:
+            list(client.stub.GetBatchResults(pb.GetBatchResultsRequest(batch_id="plate-31",
+                                                                      follow=True)))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        async def ended_async() -> None:
+            async with AsyncLabSightClient(gateway.address, token="") as lab:
+                await lab.ended_results("plate-31", timeout_s=0.5)
+
+        # The SDK waits job by job instead, polling, within its time
+        with pytest.raises(TimeoutError):
+            client.ended_results("plate-31", timeout_s=0.5)
+        with pytest.raises(TimeoutError):
+            asyncio.run(ended_async())
         waiting = ThreadPoolExecutor(1).submit(client.ended_results, "plate-31")
         stack.start_worker()
-        finished, failed = waiting.result(timeout=120)  # each job polled, then one stream
+        finished, failed = waiting.result(timeout=120)
     assert [job.job_id for job, _ in finished] == list(jobs) and not failed
     assert all(result.scalars["fractal_dimension"] > 0 for _, result in finished)
 
