@@ -19,7 +19,8 @@ PAGE_JOBS = 256
 """Job records read per round trip."""
 
 FOLLOW_WINDOW = 32
-"""Jobs whose statuses a following stream reads per round trip, from the first not yet sent:
+"""Jobs whose statuses a following stream reads per round trip, from the first not yet sent
+(doubled, up to PAGE_JOBS, while whole windows have ended, as in a batch that already has):
 jobs end about in submission order, so those further on are mostly still active. Reading
 every record of the rest on each change instead took the gateway 0.49 ms CPU per cell of
 bench/classifier.py's hpa-cells batch (96 jobs, 2026-12-06), these windows 0.38, and one
@@ -62,10 +63,11 @@ def followed_result_messages(
     caller.add_callback(changed.set)  # a caller that left frees the stream's slot at once
     jobs_key = keys.batch_jobs(tenant, batch_id)
     offset = 0
+    window = FOLLOW_WINDOW
     while caller.is_active():
         changed.clear()  # before the reads: a change during them wakes the wait below
         all_ended = finished()  # read before the list: every job listed by then has ended
-        ids = [raw.decode() for raw in client.lrange(jobs_key, offset, offset + FOLLOW_WINDOW - 1)]
+        ids = [raw.decode() for raw in client.lrange(jobs_key, offset, offset + window - 1)]
         ended = list(itertools.takewhile(lambda status: status not in ACTIVE_STATUSES,
                                          store.statuses(ids)))
         offset += len(ended)
@@ -75,10 +77,12 @@ def followed_result_messages(
             yield from _messages(itertools.chain.from_iterable(
                 _group_chunks(client, keys, group, chunk_bytes)
                 for group in _groups(client, keys, mine)), chunk_bytes)
-        if len(ended) == len(ids) == FOLLOW_WINDOW:
-            continue  # the whole window ended: read on at once
+        if len(ended) == len(ids) == window:  # the whole window ended: read on at once, further
+            window = min(2 * window, PAGE_JOBS)
+            continue
         if len(ended) == len(ids) and all_ended:
             return
+        window = FOLLOW_WINDOW
         changed.wait(POLL_INTERVAL_S)
 
 

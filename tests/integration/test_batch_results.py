@@ -46,12 +46,13 @@ def _finished_batch(stack: InProcessStack, batch_id: str, jobs: int = 4) -> list
     return stack.client.batch_jobs(batch_id)
 
 
-def _read(stub: pb_grpc.GatewayServiceStub, batch_id: str) -> tuple[list[JobResultBytes], int]:
+def _read(stub: pb_grpc.GatewayServiceStub, batch_id: str, follow: bool = False
+          ) -> tuple[list[JobResultBytes], int]:
     """The stream's jobs, reassembled, and how many messages it took."""
     reader = BatchResultReader()
     entries: list[JobResultBytes] = []
     messages = 0
-    for message in stub.GetBatchResults(pb.GetBatchResultsRequest(batch_id=batch_id)):
+    for message in stub.GetBatchResults(pb.GetBatchResultsRequest(batch_id=batch_id, follow=follow)):
         messages += 1
         entries += reader.feed(message)
     reader.finish()
@@ -156,6 +157,9 @@ def test_results_cut_into_chunks_pages_and_groups_reassemble_exactly(
     # a message is full after one chunk here: one per 100 bytes of result, one for the cancelled job
     assert messages == 1 + sum(-(-size // 100) for size in sizes)
     assert len(cut) == len(jobs) and min(sizes) > 100
+    monkeypatch.setattr(batch_results, "FOLLOW_WINDOW", 1)  # windows of 1, 2, 2 on an ended batch
+    followed, _ = _read(stack.client.stub, "plate-10", follow=True)
+    assert [(e.job.job_id, e.data) for e in followed] == [(e.job.job_id, e.data) for e in whole]
 
 
 def test_an_expired_result_is_named_and_the_sdk_raises_not_found(
