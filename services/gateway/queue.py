@@ -95,6 +95,14 @@ class StagingWriter:
             self._writing.result()
             self._writing, self._chunk = None, []
 
+    def finish(self, jobs: list[NewJob]) -> None:
+        """Stage the last chunk, ``jobs``, in the calling thread once the chunk before it is
+        staged (nothing is left to receive meanwhile; a submission of one chunk starts no
+        thread)."""
+        self.wait()
+        if jobs:  # if this raises, the caller still holds ``jobs`` (their blobs are its to delete)
+            self._queue.stage(self._staged, jobs)
+
     def abandon(self) -> list[NewJob]:
         """After a failure: wait for the chunk being written; returns its jobs if staging them
         failed (their blobs are the caller's to delete), else nothing."""

@@ -354,7 +354,8 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                     continue
                 batch_id = batch_id or uuid.uuid4().hex
                 requests = message.jobs.jobs if part == "jobs" else [message.job]
-                ensure_room(seen + len(requests))  # refuse before spending CPU on the images
+                if not declared:  # a declared count was checked at the header
+                    ensure_room(seen + len(requests))  # refuse before spending CPU on the images
                 for position, request in enumerate(requests, start=seen):
                     pending.append(self._batch_job_input(request, position, batch_id))
                     pending_bytes += len(pending[-1].input_bytes)
@@ -367,11 +368,13 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             batch_id = batch_id or uuid.uuid4().hex
             if declared and seen != declared:
                 raise _job_count_refusal(declared, seen, batch_id)
-            write_pending()
-            writer.wait()
-            ensure_room(len(staged.records))
+            writer.finish(pending)
+            pending = []
             _ensure_client_waits(context, ended, stream_ended, whole=bool(declared))
-            self.queue.commit(staged, batch_id)
+            try:
+                self.queue.commit(staged, batch_id)  # refused, it discards what was staged
+            except ResourceExhausted as error:
+                raise ResourceExhausted(f"{error}; nothing of batch {batch_id} was queued") from None
         except BaseException:
             for new in pending + writer.abandon():
                 self.queue.delete_blob(new.input_blob)
