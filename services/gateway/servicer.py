@@ -334,11 +334,14 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             writer.write(pending)  # written while the next jobs arrive and are checked
             pending, pending_bytes = [], 0
 
+        def nothing_queued(error: ResourceExhausted) -> ResourceExhausted:
+            return ResourceExhausted(f"{error}; nothing of batch {batch_id} was queued")
+
         def ensure_room(wanted: int) -> None:
             try:
                 self.queue.ensure_room(wanted)
             except ResourceExhausted as error:
-                raise ResourceExhausted(f"{error}; nothing of batch {batch_id} was queued") from None
+                raise nothing_queued(error) from None
 
         try:
             for index, message in enumerate(request_iterator):
@@ -374,7 +377,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             try:
                 self.queue.commit(staged, batch_id)  # refused, it discards what was staged
             except ResourceExhausted as error:
-                raise ResourceExhausted(f"{error}; nothing of batch {batch_id} was queued") from None
+                raise nothing_queued(error) from None
         except BaseException:
             for new in pending + writer.abandon():
                 self.queue.delete_blob(new.input_blob)

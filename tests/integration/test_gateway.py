@@ -348,6 +348,31 @@ def test_batch_over_the_queue_limit_is_refused_and_queues_nothing(
         assert client.list_jobs() == []
 
 
+def test_a_batch_the_queue_filled_up_under_is_refused_at_commit_and_queues_nothing(
+    stack: InProcessStack, serve: Callable[..., RunningServer]
+) -> None:
+    limited = Settings(**{**vars(stack.settings), "max_queue_depth": 3})
+    small_gateway = serve(register_gateway, GATEWAY.grpc_services, limited)
+    job = build_request("fractal", demo_image(), {"box_sizes": "3"})
+    with LabSightClient(small_gateway.address, token="") as client:
+
+        def stream() -> Iterator[pb.SubmitBatchRequest]:  # no declared count: checked as jobs come
+            yield pb.SubmitBatchRequest(header=pb.BatchHeader(batch_id="late"))
+            yield pb.SubmitBatchRequest(jobs=pb.BatchJobs(jobs=[job] * 3))  # fits an empty queue
+            client.submit_request(job)  # another job takes a place before the stream ends
+
+        error = _rpc_error(client.stub.SubmitBatch, stream())
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queue is full: 1 jobs" in error.details()
+        assert "nothing of batch late was queued" in error.details()
+        assert _rpc_error(client.batch, "late").code() == grpc.StatusCode.NOT_FOUND
+        assert len(client.list_jobs()) == 1
+    keys = RedisKeys(stack.settings.key_prefix)
+    inputs = list(redis.Redis.from_url(stack.settings.redis_url).scan_iter(
+        match=keys.job_input("*")))
+    assert len(inputs) == 1  # the other job's; the batch's staged inputs were deleted
+
+
 def test_watch_streams_beyond_the_limit_are_refused_and_leave_threads_for_other_calls(
     serve: Callable[..., RunningServer], settings: Settings
 ) -> None:
