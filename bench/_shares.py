@@ -32,18 +32,19 @@ def environment(variables: Mapping[str, str | None]) -> Iterator[None]:
     that processes started meanwhile inherit them; as it was after."""
     saved = {name: os.environ.get(name) for name in variables}
     try:
-        for name, value in variables.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _set_environment(variables)
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _set_environment(saved)
+
+
+def _set_environment(variables: Mapping[str, str | None]) -> None:
+    """Set each variable of this process's environment (None: unset it)."""
+    for name, value in variables.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def share_process(conn: Connection, load: Loader, own_session: bool) -> None:
