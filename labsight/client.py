@@ -48,7 +48,9 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-ImageLike: TypeAlias = "np.ndarray | str | Path | tensor_pb2.Image"
+ImageLike: TypeAlias = "np.ndarray | str | Path | tensor_pb2.Image | None"
+"""A job's main image: pixels, a file, an Image message, or None for none (a job whose inputs
+are all in ``tensors``, e.g. fractal ``tiles``)."""
 TERMINAL = (pb.JOB_STATUS_DONE, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_CANCELLED, pb.JOB_STATUS_DEAD)
 UPLOAD_CHUNK_BYTES = 4 * 1024 * 1024
 BATCH_MESSAGE_JOBS = 128
@@ -87,7 +89,9 @@ def default_token() -> str:
 
 
 def as_image(image: ImageLike, name: str = "") -> tensor_pb2.Image:
-    """An Image message from an array, a file path or an Image."""
+    """An Image message from an array, a file path or an Image; an empty one for None."""
+    if image is None:
+        return tensor_pb2.Image()
     if isinstance(image, tensor_pb2.Image):
         return image
     if is_array(image):

@@ -42,7 +42,7 @@ from labsight.pixel_types import (
     readable_dtype,
     to_native,
 )
-from labsight.tensors import from_tensor
+from labsight.tensors import from_tensor, numpy_dtype
 from labsight.v1 import tensor_pb2
 
 DEFAULT_MAX_IMAGE_BYTES = 128 * 1024 * 1024
@@ -579,6 +579,28 @@ def _decode_pillow(img: PILImage.Image) -> np.ndarray:
     if img.mode.startswith("I;16"):
         return np.asarray(img, dtype=np.uint16)
     return np.asarray(img)
+
+
+def image_stack_header(tensor: tensor_pb2.Tensor, field: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The (N, H, W[, C]) shape and dtype of a stack of same-size images, checked as
+    :func:`image_stack` checks the stack but from the tensor's header alone, so a gateway reads
+    no pixel data at submit.
+
+    Raises
+    ------
+    InvalidArgument
+        Naming ``field`` for an unknown dtype, a rank other than 3 or 4, no image, a negative
+        dimension, or a first image :func:`check_info` refuses.
+    """
+    dtype = numpy_dtype(tensor.dtype, field)
+    shape = tuple(int(n) for n in tensor.shape)
+    if len(shape) not in (3, 4) or shape[0] <= 0:
+        raise InvalidArgument(f"{field}: expected (N, H, W) or (N, H, W, C), got {list(shape)}")
+    if any(n < 0 for n in shape):
+        raise InvalidArgument(f"{field}.shape: dimensions must be >= 0, got {list(shape)}")
+    image_bytes = math.prod(shape[1:]) * dtype.itemsize
+    check_info(ImageInfo(shape[1:], dtype, image_bytes), f"{field}[0]", max_image_bytes())
+    return shape, dtype
 
 
 def image_stack(tensor: tensor_pb2.Tensor, field: str) -> np.ndarray:

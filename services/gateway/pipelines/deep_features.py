@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 import numpy as np
 
 from labsight.errors import InvalidArgument, echo
-from labsight.images import ImageInfo, check_info, image_stack, max_image_bytes
+from labsight.images import ImageInfo, image_stack, image_stack_header
 from labsight.intensity import (
     ScaledPixels,
     check_bit_depth,
@@ -19,7 +18,6 @@ from labsight.intensity import (
 )
 from labsight.tables import feature_table, table_values
 from labsight.tensor_wire import EncodedMessage, serialize_with_arrays
-from labsight.tensors import numpy_dtype
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, main_image_info
@@ -235,17 +233,7 @@ def patch_stack_header(job_input: pb.JobInput) -> tuple[tuple[int, ...], np.dtyp
     """The (N, H, W[, C]) shape and dtype of tensors['patches'], checked as :func:`patch_stack`
     checks them but from the tensor's header alone: the gateway reads no pixel data at submit
     (it checks the data's length when it serializes the job, see the gateway servicer)."""
-    field = f"input.tensors[{PATCHES_INPUT}]"
-    tensor = job_input.tensors[PATCHES_INPUT]
-    dtype = numpy_dtype(tensor.dtype, field)
-    shape = tuple(int(n) for n in tensor.shape)
-    if len(shape) not in (3, 4) or shape[0] <= 0:
-        raise InvalidArgument(f"{field}: expected (N, H, W) or (N, H, W, C), got {list(shape)}")
-    if any(n < 0 for n in shape):
-        raise InvalidArgument(f"{field}.shape: dimensions must be >= 0, got {list(shape)}")
-    image_bytes = math.prod(shape[1:]) * dtype.itemsize
-    check_info(ImageInfo(shape[1:], dtype, image_bytes), f"{field}[0]", max_image_bytes())
-    return shape, dtype
+    return image_stack_header(job_input.tensors[PATCHES_INPUT], f"input.tensors[{PATCHES_INPUT}]")
 
 
 def patch_stack(job_input: pb.JobInput) -> np.ndarray:

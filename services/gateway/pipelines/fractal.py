@@ -9,13 +9,14 @@ from functools import lru_cache
 import numpy as np
 
 from labsight.errors import InvalidArgument, echo
-from labsight.fractal_work import BATCH_MAX_COST, fractal_cost
+from labsight.fractal_work import BATCH_MAX_COST, BATCH_MAX_IMAGES, fractal_cost
 from labsight.images import ImageInfo, image_info
 from labsight.tables import feature_table, table_values
 from labsight.tensors import write_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import (
+    IMAGE_PARAMETERS,
     Parameter,
     Pipeline,
     RunContext,
@@ -23,6 +24,14 @@ from services.gateway.pipelines.base import (
     parse_bool,
 )
 from services.gateway.pipelines.costs import FRACTAL_COST, FRACTAL_PIXELS
+from services.gateway.pipelines.fractal_tiles import (
+    TILES_FIELD,
+    TILES_INPUT,
+    computed_tiles,
+    stacked_result,
+    tile_stack,
+    tile_stack_header,
+)
 
 DEFAULT_BOX_SIZES = "3-41"
 
@@ -125,8 +134,40 @@ def _integers(text: str, parts: list[str]) -> list[int]:
         raise ValueError(f"expected a range like 3-41 or a list like 3,5,7, got {echo(text)}") from None
 
 
+def _check_work(params: Mapping[str, str], field: str, height: int, width: int, channels: int,
+                tiles: int = 0) -> None:
+    """Refuse an image of height x width pixels, or a stack of ``tiles`` of that size
+    (``field``), that is not grey or RGB, smaller than the largest box, or over the work
+    limits (an image's pixels, the job's cost)."""
+    if channels not in FRACTAL_CHANNELS:
+        raise InvalidArgument(
+            f"{field}: {channels} channels; fractal features take grey (1) or RGB (3) "
+            "images: choose them with params.channels (e.g. channels=0 or channels=0,1,2)"
+        )
+    sizes = parse_box_sizes(params["box_sizes"])
+    if min(height, width) < sizes[-1]:
+        raise InvalidArgument(
+            f"{field}: {height}x{width} pixels is smaller than the "
+            f"largest box side {sizes[-1]} (params.box_sizes)"
+        )
+    percolation = parse_bool(params["percolation"])
+    what = f"{tiles} tiles of" if tiles else "a fractal job on"
+    FRACTAL_PIXELS.check(
+        float(height * width), f"{field}: {what} {height}x{width} pixels",
+        "send smaller tiles" if tiles else "send a smaller image or a crop",
+    )
+    FRACTAL_COST.check(
+        max(tiles, 1) * fractal_cost(height * width, sizes, percolation),
+        f"{field}, params: {what} {height}x{width} pixels with box "
+        f"sizes {sizes[0]}-{sizes[-1]} ({len(sizes)} sides)"
+        + (" and percolation" if percolation else ""),
+        ("send fewer tiles per job, " if tiles else "send a smaller image, ")
+        + "fewer or smaller boxes" + (", or no percolation" if percolation else ""),
+    )
+
+
 class FractalPipeline(Pipeline):
-    """Runs FeatureService.ComputeFractal on the job's image."""
+    """Runs FeatureService.ComputeFractal on the job's image, or ComputeFractalBatch on its tiles."""
 
     name = "fractal"
     runs_in_groups = True
@@ -134,7 +175,10 @@ class FractalPipeline(Pipeline):
         "Gliding-box fractal features of any grey or RGB image: probability matrix P(m, r), "
         "lacunarity, box counts N(r), fitted fractal dimension and optional percolation, "
         "with the column names of Image-Feature-Extraction-Tools' Weka files (MinkLAC*, MinkDF*, "
-        "Minkp/g/h*; `labsight columns fractal` explains each)."
+        "Minkp/g/h*; `labsight columns fractal` explains each). Many small images of one size "
+        "go as one job: a stack as tensor 'tiles' (N, H, W) or (N, H, W, C), no main image; "
+        "each tile is one row of the tables (row ids 0..N-1) and the tensors gain a first axis "
+        "of N."
     )
     parameters = (
         Parameter(
@@ -154,32 +198,29 @@ class FractalPipeline(Pipeline):
     def check_input(
         self, params: dict[str, str], job_input: pb.JobInput, info: ImageInfo | None
     ) -> None:
-        """Grey or RGB, at least as large as the largest box, and within the work limit."""
+        """A grey or RGB image, or a stack of tiles (tensors['tiles']), each at least as large as
+        the largest box, within the work limit."""
+        if TILES_INPUT in job_input.tensors:
+            self._check_tiles(params, job_input)
+            return
         info = main_image_info(job_input, info)
-        if info.channels not in FRACTAL_CHANNELS:
+        _check_work(params, "input.image", info.height, info.width, info.channels)
+
+    @staticmethod
+    def _check_tiles(params: dict[str, str], job_input: pb.JobInput) -> None:
+        """A tile stack alone (no main image), read as it is, each tile grey or RGB."""
+        if job_input.image.WhichOneof("source") is not None:
+            raise InvalidArgument(f"input: give input.image or {TILES_FIELD}, not both "
+                                  "(send the image as another job)")
+        reading = [p.name for p in IMAGE_PARAMETERS if params[p.name] != p.default]
+        if reading:
             raise InvalidArgument(
-                f"input.image: {info.channels} channels; fractal features take grey (1) or RGB (3) "
-                "images: choose them with params.channels (e.g. channels=0 or channels=0,1,2)"
+                f"params.{reading[0]}: applies to input.image; the tiles of {TILES_FIELD} are "
+                "taken as they are (cut the channels or scale the pixels before stacking them)"
             )
-        sizes = parse_box_sizes(params["box_sizes"])
-        if min(info.height, info.width) < sizes[-1]:
-            raise InvalidArgument(
-                f"input.image: {info.height}x{info.width} pixels is smaller than the "
-                f"largest box side {sizes[-1]} (params.box_sizes)"
-            )
-        percolation = parse_bool(params["percolation"])
-        FRACTAL_PIXELS.check(
-            float(info.height * info.width),
-            f"input.image: a fractal job on {info.height}x{info.width} pixels",
-            "send a smaller image or a crop",
-        )
-        FRACTAL_COST.check(
-            fractal_cost(info.height * info.width, sizes, percolation),
-            f"input.image, params: a fractal job on {info.height}x{info.width} pixels with box "
-            f"sizes {sizes[0]}-{sizes[-1]} ({len(sizes)} sides)"
-            + (" and percolation" if percolation else ""),
-            "send a smaller image, fewer or smaller boxes" + (", or no percolation" if percolation else ""),
-        )
+        shape, _ = tile_stack_header(job_input)
+        _check_work(params, TILES_FIELD, shape[1], shape[2], shape[3] if len(shape) == 4 else 1,
+                    tiles=shape[0])
 
     def service_reads_blob(self, job_input: pb.JobInput, params: Mapping[str, str]) -> bool:
         """Always: the gliding box needs every pixel, so the features service reads a blob-store
@@ -188,14 +229,30 @@ class FractalPipeline(Pipeline):
 
     def group_key(self, params: Mapping[str, str], job_input: pb.JobInput) -> str:
         """Jobs under BATCH_MAX_COST run in groups, one ComputeFractalBatch call each."""
+        if TILES_INPUT in job_input.tensors:
+            return ""  # a stack is its own batch
         sizes = list(_parsed_box_sizes(params.get("box_sizes", DEFAULT_BOX_SIZES)))
         percolation = parse_bool(params.get("percolation", "false"))
         return self.name if _is_small(job_input.image, sizes, percolation, BATCH_MAX_COST) else ""
 
     def run(self, context: RunContext) -> pb.JobResult:
         """Call the features service, reporting its progress, and package its answer as tables
-        and tensors."""
+        and tensors; a stack of tiles in ComputeFractalBatch calls, its tables a row per tile."""
+        if TILES_INPUT in context.job_input.tensors:
+            return self._run_tiles(context)
         return self._result(self._compute(context, self._request(context)))
+
+    def _run_tiles(self, context: RunContext) -> pb.JobResult:
+        """The job's tiles through the features service, BATCH_MAX_IMAGES per call where each is
+        under BATCH_MAX_COST (else one call per tile), as one result."""
+        tiles = tile_stack(context.job_input)
+        template = self._options(context.params)
+        cost = fractal_cost(tiles.shape[1] * tiles.shape[2], list(template.box_sizes),
+                            template.percolation)
+        per_call = BATCH_MAX_IMAGES if cost <= BATCH_MAX_COST else 1
+        result, features = stacked_result(self.name, computed_tiles(context, tiles, template, per_call))
+        self._add_tables(result, features)
+        return result
 
     def run_many(self, contexts: Sequence[RunContext]) -> list[pb.JobResult]:
         """Small jobs (see ``group_key``) in one ComputeFractalBatch call: one message each
@@ -211,22 +268,33 @@ class FractalPipeline(Pipeline):
                              f"{len(contexts)} images")
         return [self._result(response) for response in answer.responses]
 
-    @staticmethod
-    def _request(context: RunContext) -> features_pb2.ComputeFractalRequest:
+    @classmethod
+    def _request(cls, context: RunContext) -> features_pb2.ComputeFractalRequest:
         """The ComputeFractal request of a job."""
-        sizes = _parsed_box_sizes(context.params.get("box_sizes", DEFAULT_BOX_SIZES))
-        percolation = parse_bool(context.params.get("percolation", "false"))
+        request = features_pb2.ComputeFractalRequest(image=context.job_input.image)
+        request.MergeFrom(cls._options(context.params))
+        return request
+
+    @staticmethod
+    def _options(params: Mapping[str, str]) -> features_pb2.ComputeFractalRequest:
+        """The job's box sides and options as a ComputeFractal request without an image."""
         return features_pb2.ComputeFractalRequest(
-            image=context.job_input.image, box_sizes=sizes, percolation=percolation,
-            omit_probabilities=not parse_bool(context.params.get("probabilities", "true")),
+            box_sizes=_parsed_box_sizes(params.get("box_sizes", DEFAULT_BOX_SIZES)),
+            percolation=parse_bool(params.get("percolation", "false")),
+            omit_probabilities=not parse_bool(params.get("probabilities", "true")),
         )
+
+    @staticmethod
+    def _add_tables(result: pb.JobResult, features: tensor_pb2.FeatureTable) -> None:
+        """The ``fractal`` table and the Weka tables cut from it."""
+        result.tables["fractal"].CopyFrom(features)
+        for name, table in weka_tables(features).items():
+            result.tables[name].CopyFrom(table)
 
     def _result(self, response: features_pb2.ComputeFractalResponse) -> pb.JobResult:
         """The service's answer as the job's tables, tensors and scalars."""
         result = pb.JobResult(pipeline=self.name)
-        result.tables["fractal"].CopyFrom(response.features)
-        for name, table in weka_tables(response.features).items():
-            result.tables[name].CopyFrom(table)
+        self._add_tables(result, response.features)
         tensors = result.tensors  # written in place: a tensor built apart would be copied in
         write_tensor(tensors["box_sizes"], np.array(response.box_sizes, np.int32))
         write_tensor(tensors["lacunarity"], np.array(response.lacunarity))

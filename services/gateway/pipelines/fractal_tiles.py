@@ -1,0 +1,122 @@
+"""Tile stacks of the ``fractal`` pipeline: many small same-size images in one job, the
+features of each tile one row of the job's tables.
+
+A job per 64² tile costs the queue, the gateway and a worker more CPU than the tile's gliding
+box (bench/small_jobs.py); a stack of tiles pays those costs once and reaches the features
+service in ComputeFractalBatch calls of up to BATCH_MAX_IMAGES tiles, two calls open at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+
+from labsight.fractal_work import BATCH_MAX_IMAGES
+from labsight.images import image_stack, image_stack_header
+from labsight.tables import feature_table, table_values
+from labsight.tensors import to_tensor, write_tensor
+from labsight.v1 import features_pb2, tensor_pb2
+from labsight.v1 import gateway_pb2 as pb
+from services.gateway.pipelines.base import RunContext
+
+TILES_INPUT = "tiles"
+"""Role of the (N, H, W[, C]) stack of tiles in JobInput.tensors."""
+
+TILES_FIELD = f"input.tensors[{TILES_INPUT}]"
+
+CALLS_IN_FLIGHT = 2
+"""Features-service calls of one stack open at once: one is computed while the next travels."""
+
+
+def tile_stack_header(job_input: pb.JobInput) -> tuple[tuple[int, ...], np.dtype]:
+    """The (N, H, W[, C]) shape and dtype of the job's tiles, checked from the tensor's header."""
+    return image_stack_header(job_input.tensors[TILES_INPUT], TILES_FIELD)
+
+
+def tile_stack(job_input: pb.JobInput) -> np.ndarray:
+    """The job's (N, H, W[, C]) uint8/uint16 tiles, checked."""
+    return image_stack(job_input.tensors[TILES_INPUT], TILES_FIELD)
+
+
+def tile_request(template: features_pb2.ComputeFractalRequest, tile: np.ndarray, name: str
+                 ) -> features_pb2.ComputeFractalRequest:
+    """``template`` (box sides and options, no image) for one tile, named ``name`` (its row id)."""
+    request = features_pb2.ComputeFractalRequest(
+        image=tensor_pb2.Image(tensor=to_tensor(tile), name=name))
+    request.MergeFrom(template)
+    return request
+
+
+def computed_tiles(
+    context: RunContext, tiles: np.ndarray, template: features_pb2.ComputeFractalRequest,
+    per_call: int,
+) -> list[features_pb2.ComputeFractalResponse]:
+    """The features service's answer for every tile, in order, reporting the tiles done after
+    each call (which also stops a cancelled job; its open calls are cancelled).
+
+    ``per_call`` tiles go in each ComputeFractalBatch call (at most BATCH_MAX_IMAGES); 1 sends
+    every tile in its own ComputeFractal call, for tiles too large for a batch.
+    """
+    if not 1 <= per_call <= BATCH_MAX_IMAGES:
+        raise ValueError(f"per_call must lie in 1..{BATCH_MAX_IMAGES}, got {per_call}")
+    features = context.services.features
+    timeout = context.services.call_timeout_s
+    total = len(tiles)
+    answers: list[features_pb2.ComputeFractalResponse] = []
+    pending: deque[tuple[int, grpc.Future]] = deque()
+
+    def collect() -> None:
+        sent, future = pending.popleft()
+        answer = future.result()
+        got: Sequence[features_pb2.ComputeFractalResponse] = (
+            answer.responses if per_call > 1 else [answer])
+        if len(got) != sent:
+            raise ValueError(f"the features service answered {len(got)} of {sent} tiles")
+        answers.extend(got)
+        context.report_progress(len(answers) / total, "gliding box", len(answers), total, "tiles")
+
+    context.report_progress(0.0, "gliding box", 0, total, "tiles")
+    try:
+        for start in range(0, total, per_call):
+            requests = [tile_request(template, tile, str(start + offset))
+                        for offset, tile in enumerate(tiles[start : start + per_call])]
+            future = (features.ComputeFractalBatch.future(
+                features_pb2.ComputeFractalBatchRequest(requests=requests), timeout=timeout)
+                if per_call > 1 else features.ComputeFractal.future(requests[0], timeout=timeout))
+            pending.append((len(requests), future))
+            if len(pending) == CALLS_IN_FLIGHT:
+                collect()
+        while pending:
+            collect()
+    finally:
+        for _, future in pending:
+            future.cancel()
+    return answers
+
+
+def stacked_result(pipeline: str, answers: Sequence[features_pb2.ComputeFractalResponse]
+                   ) -> tuple[pb.JobResult, tensor_pb2.FeatureTable]:
+    """The tiles' answers as one result: tensors stacked tile by tile (lacunarity and box_count
+    (N, sides), probability_r<side> (N, masses), percolation_* (N, sides)), ``box_sizes`` once,
+    scalar ``tiles``; and the features of every tile as one table, a row per tile (the caller
+    adds it and the tables cut from it)."""
+    first = answers[0]
+    result = pb.JobResult(pipeline=pipeline)
+    tensors = result.tensors
+    write_tensor(tensors["box_sizes"], np.array(first.box_sizes, np.int32))
+    write_tensor(tensors["lacunarity"], np.array([list(a.lacunarity) for a in answers]))
+    write_tensor(tensors["box_count"], np.array([list(a.box_count) for a in answers]))
+    for index, entry in enumerate(first.probabilities):
+        write_tensor(tensors[f"probability_r{entry.box_size}"],
+                     np.array([list(a.probabilities[index].probability) for a in answers]))
+    if first.HasField("percolation"):
+        for name in ("cluster_count", "largest_cluster_ratio", "percolating_ratio"):
+            write_tensor(tensors[f"percolation_{name}"],
+                         np.array([list(getattr(a.percolation, name)) for a in answers]))
+    result.scalars["tiles"] = float(len(answers))
+    values = np.concatenate([table_values(a.features, "features") for a in answers])
+    row_ids = [row for a in answers for row in a.features.row_ids]
+    return result, feature_table(list(first.features.columns), values, row_ids)

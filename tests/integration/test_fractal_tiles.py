@@ -1,0 +1,148 @@
+"""Fractal tile stacks: many small images of one size as one job, each tile a row of the tables,
+every value as the features service gives it for the tile alone."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from labsight.client import build_request
+from labsight.errors import InvalidArgument
+from labsight.tables import table_values
+from labsight.v1 import features_pb2, tensor_pb2
+from labsight.v1 import features_pb2_grpc as features_grpc
+from labsight.v1 import gateway_pb2 as pb
+from services.gateway.pipelines.base import RunContext
+from services.gateway.pipelines.fractal import FractalPipeline
+from services.gateway.pipelines.fractal_tiles import computed_tiles
+from services.gateway.services import ServiceClients
+
+from .conftest import InProcessStack
+
+
+def _tiles(count: int, side: int, channels: int = 3, dtype: type = np.uint8,
+           seed: int = 5) -> np.ndarray:
+    shape = (count, side, side, channels) if channels > 1 else (count, side, side)
+    return np.random.default_rng(seed).integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+
+
+def _alone(stack: InProcessStack, tile: np.ndarray, **options: object) -> features_pb2.ComputeFractalResponse:
+    """The features service's answer for ``tile`` sent by itself."""
+    request = features_pb2.ComputeFractalRequest(
+        image=build_request("fractal", tile, {}).input.image, **options)
+    with grpc.insecure_channel(stack.features.address) as channel:
+        return features_grpc.FeatureServiceStub(channel).ComputeFractal(request)
+
+
+@pytest.mark.parametrize(("count", "channels", "dtype"), [(70, 3, np.uint8), (3, 1, np.uint16)])
+def test_a_tile_stack_is_one_job_a_row_per_tile_equal_to_each_tile_alone(
+    stack: InProcessStack, count: int, channels: int, dtype: type,
+) -> None:
+    tiles = _tiles(count, 32, channels, dtype)  # 70 tiles: two batch calls, the second of 6
+    stack.start_worker()
+    job = stack.client.submit("fractal", None, {"box_sizes": "3-15"}, tensors={"tiles": tiles})
+    assert stack.client.wait(job.job_id, 120).status == pb.JOB_STATUS_DONE
+    result = stack.client.result(job.job_id)
+    table = result.tables["fractal"]
+    assert list(table.row_ids) == [str(i) for i in range(count)]
+    assert result.scalars["tiles"] == count
+    values = table_values(table)
+    lacunarity = np.frombuffer(result.tensors["lacunarity"].data, np.float64)
+    assert list(result.tensors["lacunarity"].shape) == [count, 7]
+    for index in (0, count // 2, count - 1):
+        alone = _alone(stack, tiles[index], box_sizes=[3, 5, 7, 9, 11, 13, 15])
+        assert list(alone.features.columns) == list(table.columns)
+        np.testing.assert_array_equal(values[index], table_values(alone.features)[0])
+        np.testing.assert_array_equal(lacunarity.reshape(count, 7)[index], alone.lacunarity)
+        matrix = result.tensors["probability_r5"]
+        assert list(matrix.shape) == [count, 25]
+        np.testing.assert_array_equal(np.frombuffer(matrix.data, np.float64).reshape(count, 25)[index],
+                                      alone.probabilities[1].probability)
+    assert "weka_fractal" in result.tables and len(result.tables["weka_fractal"].row_ids) == count
+
+
+def test_tiles_too_large_for_a_batch_go_one_call_each_with_percolation_as_alone(
+    stack: InProcessStack,
+) -> None:
+    tiles = _tiles(3, 48, seed=8)  # with percolation at sides 3-21: over a batch image's cost
+    request = build_request("fractal", tensor_pb2.Image(),
+                            {"box_sizes": "3-21", "percolation": "true", "probabilities": "false"},
+                            tensors={"tiles": tiles})
+    pipeline = FractalPipeline()
+    params = pipeline.validate(dict(request.params), request.input)
+    reports: list[tuple[object, ...]] = []
+    services = ServiceClients({"features": stack.features.address, "segmentation": "127.0.0.1:1",
+                               "classifier": "127.0.0.1:1"})
+    try:
+        result = pipeline.run(RunContext("job", params, request.input, services,
+                                         lambda *report: reports.append(report)))
+    finally:
+        services.close()
+    assert [report[2:] for report in reports] == [(0, 3, "tiles"), (1, 3, "tiles"), (2, 3, "tiles"),
+                                                  (3, 3, "tiles")]
+    sides = list(range(3, 22, 2))
+    ratios = np.frombuffer(result.tensors["percolation_percolating_ratio"].data, np.float64)
+    assert list(result.tensors["percolation_percolating_ratio"].shape) == [3, len(sides)]
+    assert not any(name.startswith("probability_r") for name in result.tensors)
+    for index, tile in enumerate(tiles):
+        alone = _alone(stack, tile, box_sizes=sides, percolation=True, omit_probabilities=True)
+        np.testing.assert_array_equal(ratios.reshape(3, -1)[index], alone.percolation.percolating_ratio)
+        np.testing.assert_array_equal(table_values(result.tables["fractal"])[index],
+                                      table_values(alone.features)[0])
+    assert "weka_percolation" in result.tables
+
+
+def test_a_cancelled_stack_stops_between_calls_and_cancels_the_open_ones(
+    stack: InProcessStack,
+) -> None:
+    tiles = _tiles(64 * 5, 24)
+    template = features_pb2.ComputeFractalRequest(box_sizes=[3, 5], omit_probabilities=True)
+    reports: list[int] = []
+
+    def report(fraction: float, step: str, done: int = 0, total: int = 0, unit: str = "") -> None:
+        reports.append(done)
+        if done >= 64:
+            raise RuntimeError("job cancelled")
+
+    services = ServiceClients({"features": stack.features.address, "segmentation": "127.0.0.1:1",
+                               "classifier": "127.0.0.1:1"})
+    try:
+        with pytest.raises(RuntimeError, match="job cancelled"):
+            computed_tiles(RunContext("job", {}, pb.JobInput(), services, report), tiles, template, 64)
+    finally:
+        services.close()
+    assert reports == [0, 64]  # the first call's answer, then no other
+
+
+def _validate(params: dict[str, str], **inputs: object) -> None:
+    request = build_request("fractal", inputs.pop("image", tensor_pb2.Image()), params, **inputs)  # type: ignore[arg-type]
+    FractalPipeline().validate(dict(request.params), request.input)
+
+
+@pytest.mark.parametrize(("params", "inputs", "named"), [
+    ({}, {"image": _tiles(1, 48)[0], "tensors": {"tiles": _tiles(2, 48)}},
+     "give input.image or input.tensors[tiles], not both"),
+    ({}, {"tensors": {"tiles": _tiles(2, 48, channels=4)}}, "input.tensors[tiles]: 4 channels"),
+    ({}, {"tensors": {"tiles": _tiles(2, 32)}}, "smaller than the largest box side 41"),
+    ({"channels": "0"}, {"tensors": {"tiles": _tiles(2, 48)}}, "params.channels: applies to input.image"),
+    ({}, {"tensors": {"tiles": np.zeros((48, 48), np.uint8)}}, "expected (N, H, W) or (N, H, W, C)"),
+    ({}, {"tensors": {"tiles": np.zeros((2, 48, 48), np.float32)}}, "dtype float32 not supported"),
+])
+def test_a_bad_tile_stack_is_refused_naming_what_is_wrong(
+    params: dict[str, str], inputs: dict[str, object], named: str,
+) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        _validate(params, **inputs)
+    assert named in str(raised.value)
+
+
+def test_a_stack_over_the_work_limit_is_refused_at_submit_through_the_gateway(
+    stack: InProcessStack, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LABSIGHT_MAX_FRACTAL_COST", "1e9")  # 2,000 64² tiles at 3-41: 9.4e10
+    with pytest.raises(grpc.RpcError) as raised:
+        stack.client.submit("fractal", tensor_pb2.Image(), {}, tensors={"tiles": _tiles(2000, 64)})
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "2000 tiles of 64x64 pixels" in raised.value.details()
+    assert "send fewer tiles per job" in raised.value.details()
