@@ -54,6 +54,7 @@ from labsight.batch_submit import PART_JOBS  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.redis_server import port_is_free  # noqa: E402
 from labsight.runtime.cpus import usable_cpus  # noqa: E402
+from labsight.tables import table_values  # noqa: E402
 from labsight.up import Stack, StackLayout  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 
@@ -127,9 +128,26 @@ def through_stack(lab: LabSightClient, requests: list[pb.SubmitJobRequest], batc
     marks.append(time.perf_counter())
     if [job.job_id for job, _ in fetched] != job_ids or any(r is None for _, r in fetched):
         raise RuntimeError(f"batch {batch_id}: not every job came back done, in order")
-    results = [result for _, result in fetched]
     phases = [end - begin for begin, end in itertools.pairwise(marks)]
-    return phases, [result.scalars["fractal_dimension"] for result in results]
+    return phases, [value for _, result in fetched for value in dimensions(result)]
+
+
+def dimensions(result: pb.JobResult) -> list[float]:
+    """The fractal dimension of a job's image, or of each of its tiles."""
+    if "tiles" not in result.scalars:
+        return [result.scalars["fractal_dimension"]]
+    table = result.tables["fractal"]
+    return table_values(table)[:, list(table.columns).index("FractalDimension")].tolist()
+
+
+def stack_requests(pictures: list[np.ndarray], params: dict[str, str], tiles_per_job: int
+                   ) -> list[pb.SubmitJobRequest]:
+    """A fractal job per picture, or (``tiles_per_job`` > 0) per stack of that many pictures."""
+    if not tiles_per_job:
+        return [build_request("fractal", picture, params) for picture in pictures]
+    return [build_request("fractal", None, params,
+                          tensors={"tiles": np.stack(pictures[start:start + tiles_per_job])})
+            for start in range(0, len(pictures), tiles_per_job)]
 
 
 def spread(values: list[float]) -> str:
@@ -212,6 +230,10 @@ def main() -> None:
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a fractal parameter of every job, e.g. probabilities=false (results "
                              "without the probability matrix); repeatable")
+    parser.add_argument("--tiles-per-job", type=int, default=0,
+                        help="send the images as fractal tile stacks of this many per job "
+                             "(tensor 'tiles'); 0 (default): one job per image, as the target "
+                             "counts them. Rates are images per second either way")
     parser.add_argument("--no-spinning-baseline", action="store_true",
                         help="leave out the direct variant with OpenMP's default (spinning) wait, "
                              "which a loaded machine slows tenfold")
@@ -219,7 +241,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the stack on the way out
     cpus = usable_cpus()
     params = dict(item.split("=", 1) for item in args.param)
-    requests = [build_request("fractal", picture, params) for picture in images(args.jobs)]
+    requests = stack_requests(images(args.jobs), params, args.tiles_per_job)
+    warm_up = requests[:max(1, 100 // max(args.tiles_per_job, 1))]
     variants = [(f"direct {cpus} processes x 1 thread", 1, "PASSIVE", cpus),
                 (f"direct {cpus} threads passive", cpus, "PASSIVE", 1)]
     if not args.no_spinning_baseline:
@@ -236,7 +259,7 @@ def main() -> None:
             store = redis.Redis.from_url(stack.redis_url)
             with LabSightClient(endpoints.gateway, token=stack.token) as lab:
                 expected = dict(enumerate(directs[0].run()[2]))
-                through_stack(lab, requests[:100], "warm-up", args.part_jobs)  # compile, warm channels
+                through_stack(lab, warm_up, "warm-up", args.part_jobs)  # compile, warm channels
 
                 def stack_side(index: int) -> tuple[float, float]:
                     cpu, commands = stack_cpu(stack), redis_commands(store)
@@ -271,8 +294,10 @@ def main() -> None:
             for direct in directs:
                 direct.stop()
             stack.stop()
-    print(f"jobs per round: {args.jobs} ({SIDE}² RGB, sides 3-41, parameters {params or 'default'}); "
-          f"CPUs: {cpus}; jobs/s min/median/max:")
+    sent = (f"in jobs of {args.tiles_per_job} tiles (figures per image)" if args.tiles_per_job
+            else "one job each")
+    print(f"images per round: {args.jobs} ({SIDE}² RGB, sides 3-41, parameters {params or 'default'}), "
+          f"{sent}; CPUs: {cpus}; images/s min/median/max:")
     for name in rates[0]:
         if name != "cpu":
             print(f"  {name:<32} {spread([figures[name] for figures in rates])}")

@@ -224,7 +224,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.visium:
         _add_visium_input(args, params, tensors)
     elif not args.images and not any(getattr(args, channel) for channel in CELL_CHANNELS):
-        raise SystemExit("labsight: give the images to submit (or --visium SPACERANGER_OUT)")
+        if not args.tensor:
+            raise SystemExit("labsight: give the images to submit (or --visium SPACERANGER_OUT, or "
+                             "--tensor arrays alone for one job without an image, e.g. "
+                             "--tensor tiles=stack.npy)")
     files = _submitted_inputs(args)
     if files is None:
         return 2
@@ -271,12 +274,16 @@ def _submitted_inputs(args: argparse.Namespace) -> list[Any] | None:
     from labsight.inputs import (
         FOUR_CHANNEL_PIPELINES,
         InputError,
+        InputFile,
         channel_files,
         check_inputs,
         group_channel_files,
     )
 
     flags = [getattr(args, channel) for channel in CELL_CHANNELS]
+    if not args.images and not any(flags) and args.tensor:  # one job of the arrays alone
+        first = Path(next(iter(_parse_pairs(args.tensor, "--tensor").values())))
+        return [InputFile(first, "")]
     four = args.pipeline in FOUR_CHANNEL_PIPELINES
     if any(flags) and (not four or not all(flags) or args.images):
         raise SystemExit("labsight: --red, --green, --blue and --yellow go together, without other "
@@ -306,12 +313,15 @@ def _file_request(args: argparse.Namespace, file: Any, params: dict[str, str],
     from labsight.inputs import ChannelFiles, content_key
     from labsight.v1 import tensor_pb2
 
-    # A set of channel files sends them as input images by channel, and only a name as image.
+    # A set of channel files sends them as input images by channel, and only a name as image;
+    # a job of --tensor arrays alone has no image (its file is the first array's).
     image, images = ((tensor_pb2.Image(name=file.name), {**extra_images, **file.channels})
-                     if isinstance(file, ChannelFiles) else (file.path, extra_images))
+                     if isinstance(file, ChannelFiles) else
+                     (None if not file.name else file.path, extra_images))
     request = build_request(args.pipeline, image, params, priority=args.priority,
                             labels=labels, tensors=tensors, images=images)
-    request.input.image.name = file.name
+    if file.name:
+        request.input.image.name = file.name
     if not args.resubmit:
         request.idempotency_key = content_key(request)
     return request

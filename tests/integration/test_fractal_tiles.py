@@ -3,10 +3,15 @@ every value as the features service gives it for the tile alone."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import grpc
 import numpy as np
+import pandas as pd
 import pytest
 
+from labsight.cli import main
 from labsight.client import build_request
 from labsight.errors import InvalidArgument
 from labsight.tables import table_values
@@ -41,10 +46,10 @@ def test_a_tile_stack_is_one_job_a_row_per_tile_equal_to_each_tile_alone(
 ) -> None:
     tiles = _tiles(count, 32, channels, dtype)  # 70 tiles: two batch calls, the second of 6
     stack.start_worker()
-    job = stack.client.submit("fractal", None, {"box_sizes": "3-15"}, tensors={"tiles": tiles})
-    assert stack.client.wait(job.job_id, 120).status == pb.JOB_STATUS_DONE
-    result = stack.client.result(job.job_id)
+    result = stack.client.run("fractal", None, {"box_sizes": "3-15"}, tensors={"tiles": tiles},
+                              timeout_s=120)
     table = result.tables["fractal"]
+    assert list(result.to_pandas().index) == list(table.row_ids)
     assert list(table.row_ids) == [str(i) for i in range(count)]
     assert result.scalars["tiles"] == count
     values = table_values(table)
@@ -146,3 +151,24 @@ def test_a_stack_over_the_work_limit_is_refused_at_submit_through_the_gateway(
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "2000 tiles of 64x64 pixels" in raised.value.details()
     assert "send fewer tiles per job" in raised.value.details()
+
+
+def test_the_cli_submits_a_tile_stack_alone_as_one_job_and_exports_a_row_per_tile(
+    stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    stack.start_worker()
+    tiles = _tiles(5, 48, seed=11)
+    np.save(tmp_path / "tiles.npy", tiles)
+    gateway = ["--gateway", stack.gateway.address, "--token", ""]
+    code = main(["submit", "fractal", *gateway, "--wait", "--json", "--param", "box_sizes=3-9",
+                 "--tensor", f"tiles={tmp_path / 'tiles.npy'}"])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and line["status"] == "done", line
+    output = tmp_path / "tiles.csv"
+    assert main(["results", line["job_id"], *gateway, "--table", "fractal", "-o", str(output)]) == 0
+    frame = pd.read_csv(output, index_col=0)
+    assert len(frame) == 5
+    alone = _alone(stack, tiles[3], box_sizes=[3, 5, 7, 9])
+    assert frame["FractalDimension"].iloc[3] == pytest.approx(alone.fractal_dimension.dimension, rel=1e-12)
+    with pytest.raises(SystemExit, match="--tensor arrays alone"):
+        main(["submit", "fractal", *gateway])
