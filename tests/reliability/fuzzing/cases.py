@@ -134,6 +134,10 @@ def _job(rng: np.random.Generator, pools: Pools) -> gateway_pb2.SubmitJobRequest
     if pipeline == "fractal":
         request.params["box_sizes"] = str(rng.choice(["3-9", "3,5,7", "3"]))
         request.params["percolation"] = str(rng.choice(["true", "false"]))
+        if rng.random() < 0.25:  # a stack of tiles instead of the image
+            request.input.ClearField("image")
+            request.input.tensors["tiles"].CopyFrom(
+                media.tensor(np.stack([media.pixels(rng, 16, 3) for _ in range(3)])))
     elif pipeline == "deep-features":
         request.params["model"] = str(rng.choice(models))
         if rng.random() < 0.3:
