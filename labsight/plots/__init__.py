@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from labsight.export import COORDINATES
 from labsight.plots.cell_classes import cell_classes_figure, is_cell_classes_result
-from labsight.plots.curves import CURVE_TENSORS, curves_figure
+from labsight.plots.curves import CURVE_TENSORS, curves_figure, per_image
 from labsight.plots.embedding import RowColours, embedding_figure
 from labsight.plots.groups import groups_of, read_groups
 from labsight.plots.masks import has_masks, load_cells_image, masks_figure
@@ -91,7 +91,7 @@ def build_figure(results: Sequence[pb.JobResult], options: PlotOptions) -> tuple
         if options.colour_by:
             raise ValueError("curves are coloured by group (a job label or a groups file), "
                              "not by a value")
-        figure = curves_figure(results, _result_groups(results, options))
+        figure = curves_figure(*per_image(results, _result_groups(results, options)))
     elif kind == "embedding":
         figure = embedding_figure(results, table, _result_groups(results, options),
                                   options.colour_by)

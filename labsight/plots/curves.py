@@ -19,7 +19,8 @@ from labsight.plots.groups import (
     ordered_groups,
     outside_legend,
 )
-from labsight.tensors import from_tensor
+from labsight.tables import table_values
+from labsight.tensors import from_tensor, write_tensor
 from labsight.v1 import gateway_pb2 as pb
 
 MAX_SINGLE_CURVES = 10
@@ -32,6 +33,46 @@ BAND_ALPHA = 0.25
 
 CURVE_TENSORS = ("box_sizes", "lacunarity", "box_count")
 """The result tensors the curves are drawn from."""
+
+
+def per_image(results: Sequence[pb.JobResult], groups: Sequence[str] | None
+              ) -> tuple[list[pb.JobResult], list[str] | None]:
+    """Each tile of a tile-stack result (one with scalar ``tiles``) as a result of its own, as the
+    curves read one image's (its rows of ``lacunarity`` and ``box_count``, its fitted dimension
+    from the ``fractal`` table), named ``<job>[<tile>]``; other results as they are. The groups
+    (one per result) repeated to match, or None."""
+    images: list[pb.JobResult] = []
+    image_groups: list[str] = []
+    for index, result in enumerate(results):
+        tiles = [result] if "tiles" not in result.scalars else _tile_results(result)
+        images.extend(tiles)
+        image_groups.extend([groups[index]] * len(tiles) if groups is not None else [])
+    return images, (image_groups if groups is not None else None)
+
+
+_FIT_COLUMNS = {"fractal_dimension": "FractalDimension", "fractal_dimension_r_min": "FractalDimensionRMin",
+                "fractal_dimension_r_max": "FractalDimensionRMax"}
+"""The scalars of a one-image fractal result and the ``fractal`` table's columns that hold them."""
+
+
+def _tile_results(result: pb.JobResult) -> list[pb.JobResult]:
+    """A tile-stack result's tiles, each as a one-image result of the curves' tensors and scalars."""
+    sides_name, lacunarity_name, count_name = CURVE_TENSORS
+    table = result.tables["fractal"]
+    values = table_values(table, "fractal")
+    columns = list(table.columns)
+    rows = {name: from_tensor(result.tensors[name], name) for name in (lacunarity_name, count_name)}
+    tiles = []
+    for row, tile in enumerate(table.row_ids):
+        image = pb.JobResult(pipeline=result.pipeline, job_id=result.job_id,
+                             input_name=f"{result.input_name or result.job_id}[{tile}]")
+        image.tensors[sides_name].CopyFrom(result.tensors[sides_name])
+        for name, stacked in rows.items():
+            write_tensor(image.tensors[name], stacked[row])
+        for scalar, column in _FIT_COLUMNS.items():
+            image.scalars[scalar] = float(values[row, columns.index(column)])
+        tiles.append(image)
+    return tiles
 
 
 class Curves:

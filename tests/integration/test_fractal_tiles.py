@@ -170,5 +170,8 @@ def test_the_cli_submits_a_tile_stack_alone_as_one_job_and_exports_a_row_per_til
     assert len(frame) == 5
     alone = _alone(stack, tiles[3], box_sizes=[3, 5, 7, 9])
     assert frame["FractalDimension"].iloc[3] == pytest.approx(alone.fractal_dimension.dimension, rel=1e-12)
+    figure = tmp_path / "tiles.png"
+    assert main(["plot", line["job_id"], *gateway, "-o", str(figure)]) == 0  # a curve per tile
+    assert figure.stat().st_size > 10_000
     with pytest.raises(SystemExit, match="--tensor arrays alone"):
         main(["submit", "fractal", *gateway])

@@ -261,6 +261,35 @@ def test_the_fitted_line_follows_the_fitted_range_and_skips_empty_counts() -> No
     assert len(lines) == 1  # the counts, and no fitted line through nothing
 
 
+def _tiles(name: str, dimensions: list[float]) -> pb.JobResult:
+    """A fractal tile-stack result as the pipeline writes it: a row per tile, stacked curves."""
+    sides = np.arange(3, 42, 2)
+    result = pb.JobResult(pipeline="fractal", job_id=f"job-{name}", input_name=name)
+    result.tensors["box_sizes"].CopyFrom(to_tensor(sides.astype(np.int32)))
+    result.tensors["lacunarity"].CopyFrom(to_tensor(np.array([d / sides for d in dimensions])))
+    result.tensors["box_count"].CopyFrom(to_tensor(np.array([1e6 * sides.astype(np.float64) ** -d
+                                                             for d in dimensions])))
+    result.scalars["tiles"] = len(dimensions)
+    result.tables["fractal"].CopyFrom(feature_table(
+        ["FractalDimension", "FractalDimensionRMin", "FractalDimensionRMax"],
+        np.array([[d, 3, 41] for d in dimensions]), [str(i) for i in range(len(dimensions))]))
+    return result
+
+
+def test_each_tile_of_a_stack_is_drawn_as_an_image_of_its_own() -> None:
+    dimensions = [1.5, 1.6, 1.7]
+    figure, kind = build_figure([_tiles("plate", dimensions)], PlotOptions())
+    assert kind == "curves"
+    counts = figure.axes[1]
+    assert _legend_texts(counts) == [f"plate[{i}]: D = {d:.3f}" for i, d in enumerate(dimensions)]
+    drawn = [line for line in counts.get_lines() if line.get_marker() == "o"]
+    np.testing.assert_allclose(drawn[2].get_ydata(), 1e6 * np.arange(3, 42, 2.0) ** -1.7)
+    grouped, _ = build_figure([_fractal("alone.png", 1.4), _tiles("stack", [1.5, 1.9])],
+                              PlotOptions(groups=["single", "stacked"]))
+    assert [text.split(": ")[0] for text in _legend_texts(grouped.axes[1])] == [
+        "single (n=1)", "stacked (n=2)"]
+
+
 def test_a_few_fractal_images_get_a_line_and_a_legend_entry_each() -> None:
     results = [_fractal(f"img{i}.png", 1.5 + 0.05 * i) for i in range(5)]
     figure, _ = build_figure(results, PlotOptions())
