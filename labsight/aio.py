@@ -40,6 +40,7 @@ from labsight.client import (
     channel_options,
     default_gateway_address,
     default_token,
+    fits_one_message,
     split_ended,
     submit_batch_bytes,
     upload_messages,
@@ -123,10 +124,8 @@ class AsyncLabSightClient:
 
     async def submit_request(self, request: pb.SubmitJobRequest) -> pb.Job:
         """Queue a prepared request; inputs near the message limit are uploaded in chunks."""
-        if request.ByteSize() < self.max_message_bytes * 0.9:
+        if fits_one_message(request, self.max_message_bytes):
             return await self._call("SubmitJob", request, self.timeout_s)
-        if request.input.image.WhichOneof("source") != "encoded":
-            raise ValueError("inputs over the message limit must be encoded images (PNG/TIFF)")
         return await self._call("UploadJob", upload_messages(request), self.timeout_s)
 
     async def submit(self, pipeline: str, image: ImageLike, params: Mapping[str, object] | None = None,

@@ -234,6 +234,30 @@ def _jobs_message(jobs: list[bytes]) -> bytes:
     return b"".join([length_delimited_head(_BATCH_JOBS, sum(len(piece) for piece in pieces)), *pieces])
 
 
+def fits_one_message(request: pb.SubmitJobRequest, max_message_bytes: int) -> bool:
+    """True when ``request`` goes whole in a SubmitJob message (under 90% of the limit); False
+    when it must be uploaded in chunks (UploadJob), which only an encoded main image can be.
+
+    Raises
+    ------
+    ValueError
+        Saying what is too large, for a request over the limit that cannot be uploaded.
+    """
+    size = request.ByteSize()
+    if size < max_message_bytes * 0.9:
+        return True
+    if request.input.image.WhichOneof("source") == "encoded":
+        return False
+    arrays = ("a main image given as an array" if request.input.image.HasField("tensor")
+              else "its tensors and extra images")
+    raise ValueError(
+        f"a job input of {size} bytes is over 90% of the gateway's message limit "
+        f"({max_message_bytes} bytes): only an encoded main image (PNG/TIFF file) is uploaded in "
+        f"chunks, and this job has {arrays}; send a file, fewer tiles or patches per job, or have "
+        "the operator raise LABSIGHT_MAX_MESSAGE_BYTES"
+    )
+
+
 def submit_batch_bytes(channel: Any) -> Any:
     """SubmitBatch on ``channel`` (``grpc`` or ``grpc.aio``) for a stream of wire bytes, as
     :func:`batch_messages` writes them."""
@@ -292,10 +316,8 @@ class LabSightClient:
 
     def submit_request(self, request: pb.SubmitJobRequest) -> pb.Job:
         """Queue a prepared request; inputs near the message limit are uploaded in chunks."""
-        if request.ByteSize() < self.max_message_bytes * 0.9:
+        if fits_one_message(request, self.max_message_bytes):
             return self._gateway.SubmitJob(request, timeout=self.timeout_s, metadata=self.metadata)
-        if request.input.image.WhichOneof("source") != "encoded":
-            raise ValueError("inputs over the message limit must be encoded images (PNG/TIFF)")
         return self._gateway.UploadJob(
             upload_messages(request), timeout=self.timeout_s, metadata=self.metadata
         )

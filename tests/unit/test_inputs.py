@@ -77,3 +77,21 @@ def test_content_key_changes_with_the_image_and_the_parameters_only(tmp_path: Pa
     assert key != content_key(build_request("fractal", image, {"box_sizes": "3-11"}))
     assert key != content_key(build_request("fractal", other, {"box_sizes": "3-9"}))
     assert key.startswith("cli-") and len(key) == 68
+
+
+def test_a_job_goes_whole_under_the_limit_and_only_an_encoded_image_goes_in_chunks_over_it(
+    tmp_path: Path,
+) -> None:
+    from labsight.client import fits_one_message
+
+    tiles = np.zeros((40, 64, 64, 3), np.uint8)  # 491,520 bytes of tensor data
+    stacked = build_request("fractal", None, {}, tensors={"tiles": tiles})
+    assert fits_one_message(stacked, 1 << 20)
+    with pytest.raises(ValueError, match="fewer tiles or patches per job") as refused:
+        fits_one_message(stacked, 400_000)
+    assert "its tensors and extra images" in str(refused.value)
+    array = build_request("fractal", np.zeros((512, 512), np.uint8), {})
+    with pytest.raises(ValueError, match="a main image given as an array"):
+        fits_one_message(array, 200_000)
+    encoded = build_request("fractal", _png(tmp_path / "big.png"), {})
+    assert not fits_one_message(encoded, 10)  # uploaded in chunks
