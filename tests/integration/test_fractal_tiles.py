@@ -120,6 +120,24 @@ def test_a_cancelled_stack_stops_between_calls_and_cancels_the_open_ones(
     assert reports == [0, 64]  # the first call's answer, then no other
 
 
+def test_tiles_sent_one_per_call_report_progress_a_hundred_times_at_most(
+    stack: InProcessStack,
+) -> None:
+    tiles = _tiles(250, 8)
+    template = features_pb2.ComputeFractalRequest(box_sizes=[3], omit_probabilities=True)
+    reports: list[int] = []
+    services = ServiceClients({"features": stack.features.address, "segmentation": "127.0.0.1:1",
+                               "classifier": "127.0.0.1:1"})
+    try:
+        answers = computed_tiles(RunContext("job", {}, pb.JobInput(), services,
+                                            lambda *report: reports.append(report[2])), tiles, template, 1)
+    finally:
+        services.close()
+    assert [answer.features.row_ids[0] for answer in answers] == [str(i) for i in range(250)]
+    assert reports[0] == 0 and reports[-1] == 250
+    assert reports == [0, *range(3, 250, 3), 250]  # every 3 tiles of 250, then the end
+
+
 def _validate(params: dict[str, str], **inputs: object) -> None:
     request = build_request("fractal", inputs.pop("image", tensor_pb2.Image()), params, **inputs)  # type: ignore[arg-type]
     FractalPipeline().validate(dict(request.params), request.input)

@@ -30,6 +30,10 @@ TILES_FIELD = f"input.tensors[{TILES_INPUT}]"
 CALLS_IN_FLIGHT = 2
 """Features-service calls of one stack open at once: one is computed while the next travels."""
 
+PROGRESS_REPORTS = 100
+"""Most progress reports of one stack (each is a Redis round trip, and the check that stops a
+cancelled job): tiles sent one per call report after every hundredth of the stack."""
+
 
 def tile_stack_header(job_input: pb.JobInput) -> tuple[tuple[int, ...], np.dtype]:
     """The (N, H, W[, C]) shape and dtype of the job's tiles, checked from the tensor's header."""
@@ -55,7 +59,8 @@ def computed_tiles(
     per_call: int,
 ) -> list[features_pb2.ComputeFractalResponse]:
     """The features service's answer for every tile, in order, reporting the tiles done after
-    each call (which also stops a cancelled job; its open calls are cancelled).
+    each call that ends a hundredth of the stack (PROGRESS_REPORTS; a report also stops a
+    cancelled job, its open calls cancelled).
 
     ``per_call`` tiles go in each ComputeFractalBatch call (at most BATCH_MAX_IMAGES); 1 sends
     every tile in its own ComputeFractal call, for tiles too large for a batch.
@@ -67,8 +72,11 @@ def computed_tiles(
     total = len(tiles)
     answers: list[features_pb2.ComputeFractalResponse] = []
     pending: deque[tuple[int, grpc.Future]] = deque()
+    report_every = -(-total // PROGRESS_REPORTS)  # rounded up: at most PROGRESS_REPORTS reports
+    reported = 0
 
     def collect() -> None:
+        nonlocal reported
         sent, future = pending.popleft()
         answer = future.result()
         got: Sequence[features_pb2.ComputeFractalResponse] = (
@@ -76,7 +84,9 @@ def computed_tiles(
         if len(got) != sent:
             raise ValueError(f"the features service answered {len(got)} of {sent} tiles")
         answers.extend(got)
-        context.report_progress(len(answers) / total, "gliding box", len(answers), total, "tiles")
+        if len(answers) - reported >= report_every or len(answers) == total:
+            reported = len(answers)
+            context.report_progress(reported / total, "gliding box", reported, total, "tiles")
 
     context.report_progress(0.0, "gliding box", 0, total, "tiles")
     try:
