@@ -151,6 +151,8 @@ def _validate(params: dict[str, str], **inputs: object) -> None:
     ({"channels": "0"}, {"tensors": {"tiles": _tiles(2, 48)}}, "params.channels: applies to input.image"),
     ({}, {"tensors": {"tiles": np.zeros((48, 48), np.uint8)}}, "expected (N, H, W) or (N, H, W, C)"),
     ({}, {"tensors": {"tiles": np.zeros((2, 48, 48), np.float32)}}, "dtype float32 not supported"),
+    ({}, {"tensors": {"tiles": np.zeros((700, 48, 48), np.uint8)}},  # 700 x 95 KB of P(m, r)
+     "params.probabilities: the probability matrices of 700 tiles take 69104000 bytes"),
 ])
 def test_a_bad_tile_stack_is_refused_naming_what_is_wrong(
     params: dict[str, str], inputs: dict[str, object], named: str,
@@ -158,6 +160,10 @@ def test_a_bad_tile_stack_is_refused_naming_what_is_wrong(
     with pytest.raises(InvalidArgument) as raised:
         _validate(params, **inputs)
     assert named in str(raised.value)
+
+
+def test_many_tiles_fit_a_result_without_their_probability_matrices() -> None:
+    _validate({"probabilities": "false"}, tensors={"tiles": np.zeros((700, 48, 48), np.uint8)})
 
 
 def test_a_stack_over_the_work_limit_is_refused_at_submit_through_the_gateway(

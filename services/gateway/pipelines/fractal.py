@@ -27,6 +27,7 @@ from services.gateway.pipelines.costs import FRACTAL_COST, FRACTAL_PIXELS
 from services.gateway.pipelines.fractal_tiles import (
     TILES_FIELD,
     TILES_INPUT,
+    check_result_room,
     computed_tiles,
     stacked_result,
     tile_stack,
@@ -221,6 +222,8 @@ class FractalPipeline(Pipeline):
         shape, _ = tile_stack_header(job_input)
         _check_work(params, TILES_FIELD, shape[1], shape[2], shape[3] if len(shape) == 4 else 1,
                     tiles=shape[0])
+        check_result_room(shape[0], parse_box_sizes(params["box_sizes"]),
+                          parse_bool(params["probabilities"]))
 
     def service_reads_blob(self, job_input: pb.JobInput, params: Mapping[str, str]) -> bool:
         """Always: the gliding box needs every pixel, so the features service reads a blob-store

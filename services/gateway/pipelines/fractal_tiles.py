@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
+from labsight.config import DEFAULT_MAX_MESSAGE_BYTES, env_int
+from labsight.errors import InvalidArgument
 from labsight.fractal_work import BATCH_MAX_IMAGES
 from labsight.images import image_stack, image_stack_header
 from labsight.tables import feature_table, table_values
@@ -33,6 +35,22 @@ CALLS_IN_FLIGHT = 2
 PROGRESS_REPORTS = 100
 """Most progress reports of one stack (each is a Redis round trip, and the check that stops a
 cancelled job): tiles sent one per call report after every hundredth of the stack."""
+
+
+def check_result_room(tiles: int, sides: Sequence[int], probabilities: bool) -> None:
+    """Refuse a stack whose probability matrices (8 bytes per mass m = 1..r² of every side, per
+    tile) would not fit a result message, less 1 MiB for its tables and other tensors: its job
+    would end with a result no one could fetch."""
+    if not probabilities:
+        return
+    size = tiles * sum(int(r) * int(r) for r in sides) * 8
+    room = env_int("LABSIGHT_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES) - 1024 * 1024
+    if size > room:
+        raise InvalidArgument(
+            f"params.probabilities: the probability matrices of {tiles} tiles take {size} bytes, "
+            f"over the {room} bytes a result may carry (LABSIGHT_MAX_MESSAGE_BYTES less 1 MiB); "
+            "set probabilities=false (the features stay the same) or send fewer tiles per job"
+        )
 
 
 def tile_stack_header(job_input: pb.JobInput) -> tuple[tuple[int, ...], np.dtype]:
