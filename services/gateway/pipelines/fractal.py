@@ -141,9 +141,10 @@ def _check_work(params: Mapping[str, str], field: str, height: int, width: int, 
     (``field``), that is not grey or RGB, smaller than the largest box, or over the work
     limits (an image's pixels, the job's cost)."""
     if channels not in FRACTAL_CHANNELS:
+        choose = ("stack the tiles' grey or RGB channels" if tiles else
+                  "choose them with params.channels (e.g. channels=0 or channels=0,1,2)")
         raise InvalidArgument(
-            f"{field}: {channels} channels; fractal features take grey (1) or RGB (3) "
-            "images: choose them with params.channels (e.g. channels=0 or channels=0,1,2)"
+            f"{field}: {channels} channels; fractal features take grey (1) or RGB (3) images: {choose}"
         )
     sizes = parse_box_sizes(params["box_sizes"])
     if min(height, width) < sizes[-1]:
