@@ -146,7 +146,8 @@ def _validate(params: dict[str, str], **inputs: object) -> None:
 @pytest.mark.parametrize(("params", "inputs", "named"), [
     ({}, {"image": _tiles(1, 48)[0], "tensors": {"tiles": _tiles(2, 48)}},
      "give input.image or input.tensors[tiles], not both"),
-    ({}, {"tensors": {"tiles": _tiles(2, 48, channels=4)}}, "tiles]: 4 channels; fractal features take grey (1) or RGB (3) images: stack the"),
+    ({}, {"tensors": {"tiles": _tiles(2, 48, channels=4)}},
+     "input.tensors[tiles]: 4 channels; fractal features take grey (1) or RGB (3) images: stack the"),
     ({}, {"tensors": {"tiles": _tiles(2, 32)}}, "smaller than the largest box side 41"),
     ({"channels": "0"}, {"tensors": {"tiles": _tiles(2, 48)}}, "params.channels: applies to input.image"),
     ({}, {"tensors": {"tiles": np.zeros((48, 48), np.uint8)}}, "expected (N, H, W) or (N, H, W, C)"),
