@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis
@@ -12,8 +14,11 @@ from labsight.catalog import FEATURES, GATEWAY, SEGMENTATION
 from labsight.client import LabSightClient
 from labsight.config import Settings
 from labsight.runtime.server import RunningServer
+from labsight.v1 import gateway_pb2 as pb
 from services.features.servicer import register as register_features
+from services.gateway.pipelines.base import Pipeline, RunContext
 from services.gateway.servicer import register as register_gateway
+from services.gateway.services import ServiceClients
 from services.gateway.worker import Worker
 from services.segmentation.servicer import register as register_segmentation
 from tests.conftest import RunningWorker
@@ -29,6 +34,28 @@ class InProcessStack:
     client: LabSightClient
     start_worker: Callable[[], Worker]
     segmentation: RunningServer | None = None
+
+    @contextmanager
+    def service_clients(self) -> Iterator[ServiceClients]:
+        """A worker's clients of this stack's features service (no classifier; segmentation
+        unreachable), closed after the block."""
+        services = ServiceClients({"features": self.features.address, "segmentation": "127.0.0.1:1",
+                                   "classifier": "127.0.0.1:1"})
+        try:
+            yield services
+        finally:
+            services.close()
+
+    def run_in_worker(self, pipeline: Pipeline, request: pb.SubmitJobRequest
+                      ) -> tuple[pb.JobResult, list[tuple[Any, ...]]]:
+        """``request`` validated and run by ``pipeline`` as a worker runs it, on this stack's
+        features service; its result and every progress report, in order."""
+        params = pipeline.validate(dict(request.params), request.input)
+        reports: list[tuple[Any, ...]] = []
+        with self.service_clients() as services:
+            result = pipeline.run(RunContext("job", params, request.input, services,
+                                             lambda *report: reports.append(report)))
+        return result, reports
 
 
 @pytest.fixture

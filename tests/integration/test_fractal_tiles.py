@@ -21,7 +21,6 @@ from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import RunContext
 from services.gateway.pipelines.fractal import FractalPipeline
 from services.gateway.pipelines.fractal_tiles import computed_tiles
-from services.gateway.services import ServiceClients
 
 from .conftest import InProcessStack
 
@@ -74,16 +73,7 @@ def test_tiles_too_large_for_a_batch_go_one_call_each_with_percolation_as_alone(
     request = build_request("fractal", tensor_pb2.Image(),
                             {"box_sizes": "3-21", "percolation": "true", "probabilities": "false"},
                             tensors={"tiles": tiles})
-    pipeline = FractalPipeline()
-    params = pipeline.validate(dict(request.params), request.input)
-    reports: list[tuple[object, ...]] = []
-    services = ServiceClients({"features": stack.features.address, "segmentation": "127.0.0.1:1",
-                               "classifier": "127.0.0.1:1"})
-    try:
-        result = pipeline.run(RunContext("job", params, request.input, services,
-                                         lambda *report: reports.append(report)))
-    finally:
-        services.close()
+    result, reports = stack.run_in_worker(FractalPipeline(), request)
     assert [report[2:] for report in reports] == [(0, 3, "tiles"), (1, 3, "tiles"), (2, 3, "tiles"),
                                                   (3, 3, "tiles")]
     sides = list(range(3, 22, 2))
@@ -110,13 +100,8 @@ def test_a_cancelled_stack_stops_between_calls_and_cancels_the_open_ones(
         if done >= 64:
             raise RuntimeError("job cancelled")
 
-    services = ServiceClients({"features": stack.features.address, "segmentation": "127.0.0.1:1",
-                               "classifier": "127.0.0.1:1"})
-    try:
-        with pytest.raises(RuntimeError, match="job cancelled"):
-            computed_tiles(RunContext("job", {}, pb.JobInput(), services, report), tiles, template, 64)
-    finally:
-        services.close()
+    with stack.service_clients() as services, pytest.raises(RuntimeError, match="job cancelled"):
+        computed_tiles(RunContext("job", {}, pb.JobInput(), services, report), tiles, template, 64)
     assert reports == [0, 64]  # the first call's answer, then no other
 
 
@@ -126,13 +111,9 @@ def test_tiles_sent_one_per_call_report_progress_a_hundred_times_at_most(
     tiles = _tiles(250, 8)
     template = features_pb2.ComputeFractalRequest(box_sizes=[3], omit_probabilities=True)
     reports: list[int] = []
-    services = ServiceClients({"features": stack.features.address, "segmentation": "127.0.0.1:1",
-                               "classifier": "127.0.0.1:1"})
-    try:
+    with stack.service_clients() as services:
         answers = computed_tiles(RunContext("job", {}, pb.JobInput(), services,
                                             lambda *report: reports.append(report[2])), tiles, template, 1)
-    finally:
-        services.close()
     assert [answer.features.row_ids[0] for answer in answers] == [str(i) for i in range(250)]
     assert reports[0] == 0 and reports[-1] == 250
     assert reports == [0, *range(3, 250, 3), 250]  # every 3 tiles of 250, then the end

@@ -24,9 +24,7 @@ from services.features.servicer import register as register_features
 from services.gateway.jobs import JobStore
 from services.gateway.keys import RedisKeys
 from services.gateway.pipelines import deep_features
-from services.gateway.pipelines.base import RunContext
 from services.gateway.pipelines.fractal import FractalPipeline
-from services.gateway.services import ServiceClients
 
 from .conftest import InProcessStack
 
@@ -63,16 +61,7 @@ def test_fractal_pipeline_reports_rising_progress_and_streams_the_one_call_resul
     stack: InProcessStack, redis_for: redis.Redis
 ) -> None:
     request = build_request("fractal", _image(160), {"box_sizes": "3-21", "percolation": "true"})
-    pipeline = FractalPipeline()
-    params = pipeline.validate(dict(request.params), request.input)
-    reports: list[tuple[float, str, int, int, str]] = []
-    services = ServiceClients({"features": stack.features.address, "segmentation": "127.0.0.1:1",
-                               "classifier": "127.0.0.1:1"})
-    try:
-        result = pipeline.run(RunContext("job", params, request.input, services,
-                                         lambda *report: reports.append(report)))
-    finally:
-        services.close()
+    result, reports = stack.run_in_worker(FractalPipeline(), request)
     fractions = [report[0] for report in reports]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0
     assert fractions == sorted(fractions) and len(set(fractions)) > 40  # 2 steps x up to 32 bands

@@ -20,9 +20,7 @@ from labsight.v1 import features_pb2_grpc as features_grpc
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.jobs import RUNNING
 from services.gateway.keys import RedisKeys
-from services.gateway.pipelines.base import RunContext
 from services.gateway.pipelines.fractal import FractalPipeline
-from services.gateway.services import ServiceClients
 from services.gateway.worker import Worker, build_worker
 from tests.conftest import RunningWorker
 
@@ -139,16 +137,7 @@ def test_a_small_fractal_job_is_one_call_without_progress_and_equals_the_service
     stack: InProcessStack,
 ) -> None:
     request = build_request("fractal", _image(64), {})
-    pipeline = FractalPipeline()
-    params = pipeline.validate(dict(request.params), request.input)
-    reports: list[tuple[object, ...]] = []
-    services = ServiceClients({"features": stack.features.address, "segmentation": "127.0.0.1:1",
-                               "classifier": "127.0.0.1:1"})
-    try:
-        result = pipeline.run(RunContext("job", params, request.input, services,
-                                         lambda *report: reports.append(report)))
-    finally:
-        services.close()
+    result, reports = stack.run_in_worker(FractalPipeline(), request)
     assert reports == []
     with grpc.insecure_channel(stack.features.address) as channel:
         whole = features_grpc.FeatureServiceStub(channel).ComputeFractal(
