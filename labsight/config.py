@@ -10,10 +10,19 @@ from typing import TypeVar
 from labsight.catalog import MODEL_SERVICES, ProcessSpec
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MESSAGE_RESERVE_BYTES = 1024 * 1024
+"""Room of a message kept for its tables and small fields when its large arrays (masks,
+probability matrices) are sized against the message limit."""
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 
 T = TypeVar("T")
+
+
+def answer_room() -> int:
+    """Bytes of large arrays an answer or a result may carry: the message limit
+    (LABSIGHT_MAX_MESSAGE_BYTES) less MESSAGE_RESERVE_BYTES for the rest of it."""
+    return env_int("LABSIGHT_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES) - MESSAGE_RESERVE_BYTES
 
 
 def env_int(name: str, default: int) -> int:

@@ -7,7 +7,7 @@ import os
 import grpc
 
 from labsight.cell_images import ChannelParts, cell_image_info, check_answer_size, read_cell_image
-from labsight.config import Settings
+from labsight.config import MESSAGE_RESERVE_BYTES, Settings
 from labsight.errors import InvalidArgument, echo
 from labsight.images import decode_image
 from labsight.oip.servicer import add_open_inference
@@ -139,6 +139,6 @@ def register(server: grpc.Server, settings: Settings) -> None:
     if os.environ.get(SEGMENTATION_PRELOAD_ENV):
         default_server().preload()
     # Room for the ids and centres next to the patches (the cells table next to the masks).
-    answer_room = settings.max_message_bytes - 1024 * 1024
+    answer_room = settings.max_message_bytes - MESSAGE_RESERVE_BYTES
     pb_grpc.add_SegmentationServiceServicer_to_server(SegmentationServicer(answer_room), server)
     add_open_inference(server, default_server(), settings)

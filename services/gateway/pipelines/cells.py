@@ -14,7 +14,7 @@ from labsight.cell_images import (
     check_answer_size,
 )
 from labsight.columns import CELL_CHANNELS
-from labsight.config import DEFAULT_MAX_MESSAGE_BYTES, env_int
+from labsight.config import answer_room
 from labsight.errors import InvalidArgument, echo
 from labsight.images import ImageInfo, read_image
 from labsight.intensity import check_bit_depth, parse_intensity
@@ -118,7 +118,7 @@ class CellsPipeline(Pipeline):
         except ValueError as error:
             raise InvalidArgument(f"params.intensity: {error}") from None
         field = parts[0][0] if len(parts) == 1 else "input.images"
-        check_answer_size(info, field, _answer_room())
+        check_answer_size(info, field, answer_room())
 
     def read_input(
         self, job_input: pb.JobInput, params: Mapping[str, str]
@@ -166,8 +166,3 @@ class CellsPipeline(Pipeline):
         context.report_progress(1.0, "segmentation")
         return result
 
-
-def _answer_room() -> int:
-    """Bytes of label masks a SegmentCells answer may carry: the message limit less the room
-    the segmentation service keeps for the cells table (its register())."""
-    return env_int("LABSIGHT_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES) - 1024 * 1024

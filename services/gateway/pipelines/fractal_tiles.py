@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
-from labsight.config import DEFAULT_MAX_MESSAGE_BYTES, env_int
+from labsight.config import answer_room
 from labsight.errors import InvalidArgument
 from labsight.fractal_work import BATCH_MAX_IMAGES
 from labsight.images import image_stack, image_stack_header
@@ -44,7 +44,7 @@ def check_result_room(tiles: int, sides: Sequence[int], probabilities: bool) -> 
     if not probabilities:
         return
     size = tiles * sum(int(r) * int(r) for r in sides) * 8
-    room = env_int("LABSIGHT_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES) - 1024 * 1024
+    room = answer_room()
     if size > room:
         raise InvalidArgument(
             f"params.probabilities: the probability matrices of {tiles} tiles take {size} bytes, "

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from labsight.config import DEFAULT_MAX_MESSAGE_BYTES, env_int
+from labsight.config import answer_room
 from labsight.images import ImageInfo, decode_image, image_info, read_image
 from labsight.tables import feature_table
 from labsight.tensors import from_tensor
@@ -46,7 +46,7 @@ class VesselContentPipeline(Pipeline):
         their headers."""
         photo = main_image_info(job_input, info)
         mask = image_info(job_input.images[VESSEL_MASK], MASK_FIELD)
-        check_vessel_headers(photo, mask, "input.image", MASK_FIELD, _answer_room())
+        check_vessel_headers(photo, mask, "input.image", MASK_FIELD, answer_room())
 
     def read_input(
         self, job_input: pb.JobInput, params: Mapping[str, str]
@@ -92,8 +92,3 @@ def instances_table(answer: segmentation_pb2.SegmentVesselContentResponse, level
             values[row, 2 + classes.index(name)] = probability
     return feature_table(columns, values, [str(instance.index) for instance in answer.instances])
 
-
-def _answer_room() -> int:
-    """Bytes of masks a SegmentVesselContent answer may carry (the segmentation service keeps
-    1 MiB of its message limit for the rest)."""
-    return env_int("LABSIGHT_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES) - 1024 * 1024
