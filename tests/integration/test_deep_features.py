@@ -428,6 +428,22 @@ def test_spot_features_job_is_keyed_by_spot_and_exports_to_anndata(
     assert adata.uns["provenance"]["labsight_version"] == labsight.__version__
 
 
+def test_the_cli_submits_a_patch_stack_alone_as_one_job(
+    stack: InProcessStack, model_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.start_worker()
+    patches = np.stack([IMAGES[0][:64, :64], IMAGES[0][64:128, :64], IMAGES[0][:64, 64:128]])
+    np.save(tmp_path / "patches.npy", patches)
+    gateway = ["--gateway", stack.gateway.address, "--token", ""]
+    code = main(["submit", "deep-features", *gateway, "--wait", "--json", "--param",
+                 f"model={DEFAULT_MODEL}", "--tensor", f"patches={tmp_path / 'patches.npy'}"])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and line["status"] == "done", line
+    table = stack.client.result(line["job_id"]).tables["features"]
+    assert list(table.row_ids) == ["0", "1", "2"]  # no main image: the patches' rows only
+    np.testing.assert_allclose(table_values(table), _direct(list(patches), model_cache), atol=1e-4)
+
+
 def _extract_patches_calls() -> float:
     return REGISTRY.get_sample_value(
         "labsight_grpc_requests_total",
