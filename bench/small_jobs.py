@@ -3,7 +3,7 @@
 Run from the repository root (no Redis needed: the stack starts its own):
 
     python bench/small_jobs.py [--jobs 1000] [--rounds 5] [--param probabilities=false]
-                               [--part-jobs 16]
+                               [--part-jobs 16] [--tiles-per-job 64]
 
 One side submits ``--jobs`` fractal jobs (random RGB 64², default sides 3-41)
 to a stack started by ``labsight.up`` (its own Redis, the four services and its
