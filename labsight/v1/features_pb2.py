@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from labsight.v1 import tensor_pb2 as labsight_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alabsight/v1/features.proto\x12\x0blabsight.v1\x1a\x18labsight/v1/tensor.proto\"~\n\x15\x43omputeFractalRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.labsight.v1.Image\x12\x11\n\tbox_sizes\x18\x02 \x03(\x05\x12\x13\n\x0bpercolation\x18\x03 \x01(\x08\x12\x1a\n\x12omit_probabilities\x18\x04 \x01(\x08\"8\n\x0fMassProbability\x12\x10\n\x08\x62ox_size\x18\x01 \x01(\x05\x12\x13\n\x0bprobability\x18\x02 \x03(\x01\"Y\n\x13\x46ractalDimensionFit\x12\x11\n\tdimension\x18\x01 \x01(\x01\x12\r\n\x05r_min\x18\x02 \x01(\x05\x12\r\n\x05r_max\x18\x03 \x01(\x05\x12\x11\n\tr_squared\x18\x04 \x01(\x01\"f\n\x13PercolationFeatures\x12\x15\n\rcluster_count\x18\x01 \x03(\x01\x12\x1d\n\x15largest_cluster_ratio\x18\x02 \x03(\x01\x12\x19\n\x11percolating_ratio\x18\x03 \x03(\x01\"\xa8\x02\n\x16\x43omputeFractalResponse\x12\x11\n\tbox_sizes\x18\x01 \x03(\x05\x12\x33\n\rprobabilities\x18\x02 \x03(\x0b\x32\x1c.labsight.v1.MassProbability\x12\x12\n\nlacunarity\x18\x03 \x03(\x01\x12\x11\n\tbox_count\x18\x04 \x03(\x01\x12;\n\x11\x66ractal_dimension\x18\x05 \x01(\x0b\x32 .labsight.v1.FractalDimensionFit\x12\x35\n\x0bpercolation\x18\x06 \x01(\x0b\x32 .labsight.v1.PercolationFeatures\x12+\n\x08\x66\x65\x61tures\x18\x07 \x01(\x0b\x32\x19.labsight.v1.FeatureTable\"R\n\x1a\x43omputeFractalBatchRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".labsight.v1.ComputeFractalRequest\"U\n\x1b\x43omputeFractalBatchResponse\x12\x36\n\tresponses\x18\x01 \x03(\x0b\x32#.labsight.v1.ComputeFractalResponse\"G\n\x0cWorkProgress\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0c\n\x04unit\x18\x04 \x01(\t\"\x86\x01\n\x14\x43omputeFractalUpdate\x12-\n\x08progress\x18\x01 \x01(\x0b\x32\x19.labsight.v1.WorkProgressH\x00\x12\x35\n\x06result\x18\x02 \x01(\x0b\x32#.labsight.v1.ComputeFractalResponseH\x00\x42\x08\n\x06update\"\xaf\x01\n\x1a\x45xtractDeepFeaturesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12%\n\x07pooling\x18\x03 \x01(\x0e\x32\x14.labsight.v1.Pooling\x12\"\n\x06images\x18\x04 \x03(\x0b\x32\x12.labsight.v1.Image\x12(\n\x0bimage_stack\x18\x05 \x01(\x0b\x32\x13.labsight.v1.Tensor\"\x7f\n\x1b\x45xtractDeepFeaturesResponse\x12+\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x19.labsight.v1.FeatureTable\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05layer\x18\x04 \x01(\t\"-\n\x11ListModelsRequest\x12\x18\n\x10with_layer_paths\x18\x01 \x01(\x08\"\xa2\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x12\n\ninput_size\x18\x04 \x03(\x05\x12\x0e\n\x06layers\x18\x05 \x03(\t\x12\x15\n\rdefault_layer\x18\x06 \x01(\t\x12\x16\n\x0eweights_source\x18\x07 \x01(\t\x12\x13\n\x0blayer_paths\x18\x08 \x03(\t\"S\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.labsight.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t*Z\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x13\n\x0fPOOLING_AVERAGE\x10\x01\x12\x0f\n\x0bPOOLING_MAX\x10\x02\x12\x10\n\x0cPOOLING_NONE\x10\x03\x32\xef\x03\n\x0e\x46\x65\x61tureService\x12Y\n\x0e\x43omputeFractal\x12\".labsight.v1.ComputeFractalRequest\x1a#.labsight.v1.ComputeFractalResponse\x12_\n\x14\x43omputeFractalStream\x12\".labsight.v1.ComputeFractalRequest\x1a!.labsight.v1.ComputeFractalUpdate0\x01\x12h\n\x13\x43omputeFractalBatch\x12\'.labsight.v1.ComputeFractalBatchRequest\x1a(.labsight.v1.ComputeFractalBatchResponse\x12h\n\x13\x45xtractDeepFeatures\x12\'.labsight.v1.ExtractDeepFeaturesRequest\x1a(.labsight.v1.ExtractDeepFeaturesResponse\x12M\n\nListModels\x12\x1e.labsight.v1.ListModelsRequest\x1a\x1f.labsight.v1.ListModelsResponseBO\n\x0forg.labsight.v1P\x01Z:github.com/labsight/labsight/gen/go/labsight/v1;labsightv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alabsight/v1/features.proto\x12\x0blabsight.v1\x1a\x18labsight/v1/tensor.proto\"~\n\x15\x43omputeFractalRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.labsight.v1.Image\x12\x11\n\tbox_sizes\x18\x02 \x03(\x05\x12\x13\n\x0bpercolation\x18\x03 \x01(\x08\x12\x1a\n\x12omit_probabilities\x18\x04 \x01(\x08\"8\n\x0fMassProbability\x12\x10\n\x08\x62ox_size\x18\x01 \x01(\x05\x12\x13\n\x0bprobability\x18\x02 \x03(\x01\"Y\n\x13\x46ractalDimensionFit\x12\x11\n\tdimension\x18\x01 \x01(\x01\x12\r\n\x05r_min\x18\x02 \x01(\x05\x12\r\n\x05r_max\x18\x03 \x01(\x05\x12\x11\n\tr_squared\x18\x04 \x01(\x01\"f\n\x13PercolationFeatures\x12\x15\n\rcluster_count\x18\x01 \x03(\x01\x12\x1d\n\x15largest_cluster_ratio\x18\x02 \x03(\x01\x12\x19\n\x11percolating_ratio\x18\x03 \x03(\x01\"\xa8\x02\n\x16\x43omputeFractalResponse\x12\x11\n\tbox_sizes\x18\x01 \x03(\x05\x12\x33\n\rprobabilities\x18\x02 \x03(\x0b\x32\x1c.labsight.v1.MassProbability\x12\x12\n\nlacunarity\x18\x03 \x03(\x01\x12\x11\n\tbox_count\x18\x04 \x03(\x01\x12;\n\x11\x66ractal_dimension\x18\x05 \x01(\x0b\x32 .labsight.v1.FractalDimensionFit\x12\x35\n\x0bpercolation\x18\x06 \x01(\x0b\x32 .labsight.v1.PercolationFeatures\x12+\n\x08\x66\x65\x61tures\x18\x07 \x01(\x0b\x32\x19.labsight.v1.FeatureTable\"R\n\x1a\x43omputeFractalBatchRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".labsight.v1.ComputeFractalRequest\"U\n\x1b\x43omputeFractalBatchResponse\x12\x36\n\tresponses\x18\x01 \x03(\x0b\x32#.labsight.v1.ComputeFractalResponse\"\x84\x01\n\x1a\x43omputeFractalStackRequest\x12\"\n\x05tiles\x18\x01 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\x11\n\tbox_sizes\x18\x02 \x03(\x05\x12\x13\n\x0bpercolation\x18\x03 \x01(\x08\x12\x1a\n\x12omit_probabilities\x18\x04 \x01(\x08\"\xf8\x03\n\x1b\x43omputeFractalStackResponse\x12\x11\n\tbox_sizes\x18\x01 \x03(\x05\x12\'\n\nlacunarity\x18\x02 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12&\n\tbox_count\x18\x03 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12*\n\rprobabilities\x18\x04 \x03(\x0b\x32\x13.labsight.v1.Tensor\x12.\n\x11\x66ractal_dimension\x18\x05 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\x38\n\x1b\x66ractal_dimension_r_squared\x18\x06 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\x36\n\x19percolation_cluster_count\x18\x07 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12>\n!percolation_largest_cluster_ratio\x18\x08 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12:\n\x1dpercolation_percolating_ratio\x18\t \x01(\x0b\x32\x13.labsight.v1.Tensor\x12+\n\x08\x66\x65\x61tures\x18\n \x01(\x0b\x32\x19.labsight.v1.FeatureTable\"G\n\x0cWorkProgress\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0c\n\x04unit\x18\x04 \x01(\t\"\x86\x01\n\x14\x43omputeFractalUpdate\x12-\n\x08progress\x18\x01 \x01(\x0b\x32\x19.labsight.v1.WorkProgressH\x00\x12\x35\n\x06result\x18\x02 \x01(\x0b\x32#.labsight.v1.ComputeFractalResponseH\x00\x42\x08\n\x06update\"\xaf\x01\n\x1a\x45xtractDeepFeaturesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12%\n\x07pooling\x18\x03 \x01(\x0e\x32\x14.labsight.v1.Pooling\x12\"\n\x06images\x18\x04 \x03(\x0b\x32\x12.labsight.v1.Image\x12(\n\x0bimage_stack\x18\x05 \x01(\x0b\x32\x13.labsight.v1.Tensor\"\x7f\n\x1b\x45xtractDeepFeaturesResponse\x12+\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x19.labsight.v1.FeatureTable\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05layer\x18\x04 \x01(\t\"-\n\x11ListModelsRequest\x12\x18\n\x10with_layer_paths\x18\x01 \x01(\x08\"\xa2\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x12\n\ninput_size\x18\x04 \x03(\x05\x12\x0e\n\x06layers\x18\x05 \x03(\t\x12\x15\n\rdefault_layer\x18\x06 \x01(\t\x12\x16\n\x0eweights_source\x18\x07 \x01(\t\x12\x13\n\x0blayer_paths\x18\x08 \x03(\t\"S\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.labsight.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t*Z\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x13\n\x0fPOOLING_AVERAGE\x10\x01\x12\x0f\n\x0bPOOLING_MAX\x10\x02\x12\x10\n\x0cPOOLING_NONE\x10\x03\x32\xd9\x04\n\x0e\x46\x65\x61tureService\x12Y\n\x0e\x43omputeFractal\x12\".labsight.v1.ComputeFractalRequest\x1a#.labsight.v1.ComputeFractalResponse\x12_\n\x14\x43omputeFractalStream\x12\".labsight.v1.ComputeFractalRequest\x1a!.labsight.v1.ComputeFractalUpdate0\x01\x12h\n\x13\x43omputeFractalBatch\x12\'.labsight.v1.ComputeFractalBatchRequest\x1a(.labsight.v1.ComputeFractalBatchResponse\x12h\n\x13\x43omputeFractalStack\x12\'.labsight.v1.ComputeFractalStackRequest\x1a(.labsight.v1.ComputeFractalStackResponse\x12h\n\x13\x45xtractDeepFeatures\x12\'.labsight.v1.ExtractDeepFeaturesRequest\x1a(.labsight.v1.ExtractDeepFeaturesResponse\x12M\n\nListModels\x12\x1e.labsight.v1.ListModelsRequest\x1a\x1f.labsight.v1.ListModelsResponseBO\n\x0forg.labsight.v1P\x01Z:github.com/labsight/labsight/gen/go/labsight/v1;labsightv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'labsight.v1.features_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017org.labsight.v1P\001Z:github.com/labsight/labsight/gen/go/labsight/v1;labsightv1'
-  _globals['_POOLING']._serialized_start=1734
-  _globals['_POOLING']._serialized_end=1824
+  _globals['_POOLING']._serialized_start=2376
+  _globals['_POOLING']._serialized_end=2466
   _globals['_COMPUTEFRACTALREQUEST']._serialized_start=69
   _globals['_COMPUTEFRACTALREQUEST']._serialized_end=195
   _globals['_MASSPROBABILITY']._serialized_start=197
@@ -49,20 +49,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPUTEFRACTALBATCHREQUEST']._serialized_end=831
   _globals['_COMPUTEFRACTALBATCHRESPONSE']._serialized_start=833
   _globals['_COMPUTEFRACTALBATCHRESPONSE']._serialized_end=918
-  _globals['_WORKPROGRESS']._serialized_start=920
-  _globals['_WORKPROGRESS']._serialized_end=991
-  _globals['_COMPUTEFRACTALUPDATE']._serialized_start=994
-  _globals['_COMPUTEFRACTALUPDATE']._serialized_end=1128
-  _globals['_EXTRACTDEEPFEATURESREQUEST']._serialized_start=1131
-  _globals['_EXTRACTDEEPFEATURESREQUEST']._serialized_end=1306
-  _globals['_EXTRACTDEEPFEATURESRESPONSE']._serialized_start=1308
-  _globals['_EXTRACTDEEPFEATURESRESPONSE']._serialized_end=1435
-  _globals['_LISTMODELSREQUEST']._serialized_start=1437
-  _globals['_LISTMODELSREQUEST']._serialized_end=1482
-  _globals['_MODELINFO']._serialized_start=1485
-  _globals['_MODELINFO']._serialized_end=1647
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1649
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1732
-  _globals['_FEATURESERVICE']._serialized_start=1827
-  _globals['_FEATURESERVICE']._serialized_end=2322
+  _globals['_COMPUTEFRACTALSTACKREQUEST']._serialized_start=921
+  _globals['_COMPUTEFRACTALSTACKREQUEST']._serialized_end=1053
+  _globals['_COMPUTEFRACTALSTACKRESPONSE']._serialized_start=1056
+  _globals['_COMPUTEFRACTALSTACKRESPONSE']._serialized_end=1560
+  _globals['_WORKPROGRESS']._serialized_start=1562
+  _globals['_WORKPROGRESS']._serialized_end=1633
+  _globals['_COMPUTEFRACTALUPDATE']._serialized_start=1636
+  _globals['_COMPUTEFRACTALUPDATE']._serialized_end=1770
+  _globals['_EXTRACTDEEPFEATURESREQUEST']._serialized_start=1773
+  _globals['_EXTRACTDEEPFEATURESREQUEST']._serialized_end=1948
+  _globals['_EXTRACTDEEPFEATURESRESPONSE']._serialized_start=1950
+  _globals['_EXTRACTDEEPFEATURESRESPONSE']._serialized_end=2077
+  _globals['_LISTMODELSREQUEST']._serialized_start=2079
+  _globals['_LISTMODELSREQUEST']._serialized_end=2124
+  _globals['_MODELINFO']._serialized_start=2127
+  _globals['_MODELINFO']._serialized_end=2289
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2291
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2374
+  _globals['_FEATURESERVICE']._serialized_start=2469
+  _globals['_FEATURESERVICE']._serialized_end=3070
 # @@protoc_insertion_point(module_scope)

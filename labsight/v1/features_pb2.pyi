@@ -91,6 +91,42 @@ class ComputeFractalBatchResponse(_message.Message):
     responses: _containers.RepeatedCompositeFieldContainer[ComputeFractalResponse]
     def __init__(self, responses: _Optional[_Iterable[_Union[ComputeFractalResponse, _Mapping]]] = ...) -> None: ...
 
+class ComputeFractalStackRequest(_message.Message):
+    __slots__ = ("tiles", "box_sizes", "percolation", "omit_probabilities")
+    TILES_FIELD_NUMBER: _ClassVar[int]
+    BOX_SIZES_FIELD_NUMBER: _ClassVar[int]
+    PERCOLATION_FIELD_NUMBER: _ClassVar[int]
+    OMIT_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    tiles: _tensor_pb2.Tensor
+    box_sizes: _containers.RepeatedScalarFieldContainer[int]
+    percolation: bool
+    omit_probabilities: bool
+    def __init__(self, tiles: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., box_sizes: _Optional[_Iterable[int]] = ..., percolation: _Optional[bool] = ..., omit_probabilities: _Optional[bool] = ...) -> None: ...
+
+class ComputeFractalStackResponse(_message.Message):
+    __slots__ = ("box_sizes", "lacunarity", "box_count", "probabilities", "fractal_dimension", "fractal_dimension_r_squared", "percolation_cluster_count", "percolation_largest_cluster_ratio", "percolation_percolating_ratio", "features")
+    BOX_SIZES_FIELD_NUMBER: _ClassVar[int]
+    LACUNARITY_FIELD_NUMBER: _ClassVar[int]
+    BOX_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    FRACTAL_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    FRACTAL_DIMENSION_R_SQUARED_FIELD_NUMBER: _ClassVar[int]
+    PERCOLATION_CLUSTER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PERCOLATION_LARGEST_CLUSTER_RATIO_FIELD_NUMBER: _ClassVar[int]
+    PERCOLATION_PERCOLATING_RATIO_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    box_sizes: _containers.RepeatedScalarFieldContainer[int]
+    lacunarity: _tensor_pb2.Tensor
+    box_count: _tensor_pb2.Tensor
+    probabilities: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
+    fractal_dimension: _tensor_pb2.Tensor
+    fractal_dimension_r_squared: _tensor_pb2.Tensor
+    percolation_cluster_count: _tensor_pb2.Tensor
+    percolation_largest_cluster_ratio: _tensor_pb2.Tensor
+    percolation_percolating_ratio: _tensor_pb2.Tensor
+    features: _tensor_pb2.FeatureTable
+    def __init__(self, box_sizes: _Optional[_Iterable[int]] = ..., lacunarity: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., box_count: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., probabilities: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., fractal_dimension: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., fractal_dimension_r_squared: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., percolation_cluster_count: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., percolation_largest_cluster_ratio: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., percolation_percolating_ratio: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., features: _Optional[_Union[_tensor_pb2.FeatureTable, _Mapping]] = ...) -> None: ...
+
 class WorkProgress(_message.Message):
     __slots__ = ("step", "done", "total", "unit")
     STEP_FIELD_NUMBER: _ClassVar[int]

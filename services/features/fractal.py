@@ -680,36 +680,48 @@ def _add_mass_counts(  # pragma: no cover - compiled
     The centres go in runs of ``piece`` (a multiple of _LANES), one run per parallel task; each
     thread counts into its own histogram with its own working arrays (masses, tallies, distances).
     """
+    for run in prange(-(-(p_stop - p_start) // piece)):
+        thread = get_thread_id()
+        p0 = p_start + run * piece
+        _count_run(
+            img, margin, width, height, sizes, starts, thresholds, ring_index, offsets, counts[thread],
+            masses[thread], tallies[thread], distances[thread], pixel, p0, min(p0 + piece, p_stop),
+        )
+
+
+@njit(cache=True, nogil=True)
+def _count_run(  # pragma: no cover - compiled
+    img, margin, width, height, sizes, starts, thresholds, ring_index, offsets, histogram, mass, tally,
+    distance, pixel, p0, p1,
+):
+    """Add to histogram[starts[j] + m - 1] the boxes of side sizes[j] with mass m centred on the
+    pixels p0 ≤ p < p1 (row-major, at most _MAX_PIECE of them) of a zero-padded
+    (C, margin + H·W + margin) image, with the working arrays of one thread."""
     n = sizes.shape[0]
     halves = (sizes - 1) // 2
     unit = np.uint8(1)
-    for run in prange(-(-(p_stop - p_start) // piece)):
-        thread = get_thread_id()
-        mass, tally, distance, histogram = masses[thread], tallies[thread], distances[thread], counts[thread]
-        p0 = p_start + run * piece
-        p1 = min(p0 + piece, p_stop)
-        length = -(-(p1 - p0) // _LANES) * _LANES
-        # Only the sides whose box fits around some centre of the run: near the top and bottom
-        # edges the largest boxes, and their outer rings, fit nowhere in it.
-        reach = 0
-        for y in range(p0 // width, (p1 - 1) // width + 1):
-            reach = max(reach, min(y, height - 1 - y))
-        sides = np.searchsorted(halves, reach, side="right")
-        _add_masses(
-            img, margin + p0, length, offsets, thresholds, ring_index, sides, halves[sides - 1], mass, tally,
-            distance, pixel, unit,
-        )
-        # Row by row, side by side: the centres whose box fits, and one side's histogram at a time.
-        for y in range(p0 // width, (p1 - 1) // width + 1):
-            row = y * width
-            for j in range(n):
-                half = halves[j]
-                if half > min(y, height - 1 - y):
-                    break
-                before = starts[j] - 1  # a mass m ≥ 1 goes to starts[j] + m - 1
-                side = mass[j]
-                for p in range(max(p0, row + half), min(p1, row + width - half)):
-                    histogram[before + side[p - p0]] += 1
+    length = -(-(p1 - p0) // _LANES) * _LANES
+    # Only the sides whose box fits around some centre of the run: near the top and bottom
+    # edges the largest boxes, and their outer rings, fit nowhere in it.
+    reach = 0
+    for y in range(p0 // width, (p1 - 1) // width + 1):
+        reach = max(reach, min(y, height - 1 - y))
+    sides = np.searchsorted(halves, reach, side="right")
+    _add_masses(
+        img, margin + p0, length, offsets, thresholds, ring_index, sides, halves[sides - 1], mass, tally,
+        distance, pixel, unit,
+    )
+    # Row by row, side by side: the centres whose box fits, and one side's histogram at a time.
+    for y in range(p0 // width, (p1 - 1) // width + 1):
+        row = y * width
+        for j in range(n):
+            half = halves[j]
+            if half > min(y, height - 1 - y):
+                break
+            before = starts[j] - 1  # a mass m ≥ 1 goes to starts[j] + m - 1
+            side = mass[j]
+            for p in range(max(p0, row + half), min(p1, row + width - half)):
+                histogram[before + side[p - p0]] += 1
 
 
 def _mass_counts_numba(

@@ -8,8 +8,9 @@ import numpy as np
 from labsight.columns import BOX_COUNT, CLUSTER_COUNT, LACUNARITY, LARGEST_CLUSTER, PERCOLATING
 from services.features.curve_descriptors import curve_descriptors
 from services.features.fractal import GlidingBoxResult, PercolationResult
+from services.features.fractal_stack import GlidingBoxStack
 
-__all__ = ["fractal_columns", "percolation_columns"]
+__all__ = ["fractal_columns", "percolation_columns", "stack_fractal_columns"]
 
 
 def fractal_columns(result: GlidingBoxResult, *, extras: bool = True) -> dict[str, float]:
@@ -43,6 +44,28 @@ def fractal_columns(result: GlidingBoxResult, *, extras: bool = True) -> dict[st
             "FractalDimensionR2": fit.r_squared,
         }
     return columns
+
+
+def stack_fractal_columns(stack: GlidingBoxStack) -> tuple[list[str], np.ndarray]:
+    """:func:`fractal_columns` (with the extras) of every tile of a stack, as column names and an
+    (N, columns) float64 matrix, row t the values ``fractal_columns(stack.tile(t))`` gives.
+
+    Λ, N(r) and the fit are copied as whole columns; only the curve descriptors of Λ are
+    computed tile by tile (a dict of 48 columns per tile cost as much again).
+    """
+    names = list(fractal_columns(stack.tile(0)))
+    count, sides = stack.lacunarity.shape
+    values = np.empty((count, len(names)), np.float64)
+    values[:, :sides] = stack.lacunarity
+    values[:, sides : 2 * sides] = stack.box_count
+    for row, curve in enumerate(stack.lacunarity):
+        found = curve_descriptors(stack.box_sizes, curve)
+        values[row, 2 * sides : 2 * sides + 4] = (found.area, found.skewness, found.area_ratio, found.maximum)
+    values[:, 2 * sides + 4] = stack.fractal_dimension
+    values[:, 2 * sides + 5] = float(stack.box_sizes[0])
+    values[:, 2 * sides + 6] = float(stack.box_sizes[-1])
+    values[:, 2 * sides + 7] = stack.r_squared
+    return names, values
 
 
 def percolation_columns(result: PercolationResult) -> dict[str, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
 import grpc
@@ -14,10 +14,11 @@ import numpy as np
 from labsight.config import Settings
 from labsight.errors import InvalidArgument, LabSightError
 from labsight.fractal_work import BATCH_MAX_COST, BATCH_MAX_IMAGES, fractal_cost
-from labsight.images import decode_image, image_info, image_stack
+from labsight.images import decode_image, image_info, image_stack, image_stack_header
 from labsight.oip.servicer import add_open_inference
 from labsight.runtime.progress_stream import Progress, Report, raise_if_gone, stream_progress
 from labsight.tables import feature_row, feature_table
+from labsight.tensors import write_tensor
 from labsight.v1 import features_pb2 as pb
 from labsight.v1 import features_pb2_grpc as pb_grpc
 from labsight.wire import length_delimited, packed_doubles, varint_field
@@ -31,7 +32,9 @@ from services.features.fractal import (
     percolation,
     warm_up,
 )
-from services.features.fractal_columns import fractal_columns, percolation_columns
+from services.features.fractal_columns import fractal_columns, percolation_columns, stack_fractal_columns
+from services.features.fractal_stack import gliding_box_stack
+from services.features.fractal_stack import warm_up as warm_up_stack
 from services.features.models import feature_repository
 
 UNARY_BANDS_MIN_COST = 2e8
@@ -81,6 +84,14 @@ class FeatureServicer(pb_grpc.FeatureServiceServicer):
             _batch_answer(item, f"requests[{index}]", report)
             for index, item in enumerate(request.requests)
         ])
+
+    def ComputeFractalStack(
+        self, request: pb.ComputeFractalStackRequest, context: grpc.ServicerContext
+    ) -> pb.ComputeFractalStackResponse:
+        """ComputeFractal of every tile of a stack, on one numba thread, as stacked tensors and
+        one table; the stack is checked from its header before it is read, and the call stops
+        before its work when the caller has gone (and between tiles' percolation)."""
+        return fractal_stack_response(request, lambda: raise_if_gone(context, "fractal"))
 
     def ComputeFractalStream(
         self, request: pb.ComputeFractalRequest, context: grpc.ServicerContext
@@ -177,6 +188,67 @@ def _batch_answer(item: pb.ComputeFractalRequest, field: str, report: Report) ->
         raise InvalidArgument(f"{field}: {error}") from None
 
 
+def fractal_stack_response(
+    request: pb.ComputeFractalStackRequest, check_caller: Callable[[], None] | None = None
+) -> pb.ComputeFractalStackResponse:
+    """ComputeFractal's numbers for each tile of the request's stack, on one numba thread;
+    ``check_caller`` runs before the gliding box and before each tile's percolation (what it
+    raises stops the work)."""
+    box_sizes = tuple(request.box_sizes) or DEFAULT_BOX_SIZES
+    _check_stack(request, box_sizes)
+    tiles = image_stack(request.tiles, "tiles")
+    if check_caller is not None:
+        check_caller()
+    try:
+        with _numba_threads(1):
+            boxes = gliding_box_stack(tiles, box_sizes)
+    except ValueError as error:  # the core's checks: channels, box sides
+        raise InvalidArgument(f"tiles: {error}") from None
+    names, values = stack_fractal_columns(boxes)
+    response = pb.ComputeFractalStackResponse(box_sizes=[int(r) for r in boxes.box_sizes])
+    write_tensor(response.lacunarity, boxes.lacunarity)
+    write_tensor(response.box_count, boxes.box_count)
+    write_tensor(response.fractal_dimension, boxes.fractal_dimension)
+    write_tensor(response.fractal_dimension_r_squared, boxes.r_squared)
+    if not request.omit_probabilities:
+        for side in boxes.box_sizes.tolist():
+            write_tensor(response.probabilities.add(), boxes.probability[side])
+    if request.percolation:
+        found = []
+        for tile in tiles:
+            if check_caller is not None:
+                check_caller()
+            with _numba_threads(1):
+                found.append(percolation(tile, box_sizes=box_sizes))
+        for name in ("cluster_count", "largest_cluster_ratio", "percolating_ratio"):
+            write_tensor(getattr(response, f"percolation_{name}"),
+                         np.stack([getattr(result, name) for result in found]))
+        extra = [percolation_columns(result) for result in found]
+        names += list(extra[0])
+        values = np.hstack([values, np.array([list(columns.values()) for columns in extra])])
+    response.features.CopyFrom(feature_table(names, values, [str(i) for i in range(len(tiles))]))
+    return response
+
+
+def _check_stack(request: pb.ComputeFractalStackRequest, box_sizes: Sequence[int]) -> None:
+    """InvalidArgument naming ``tiles`` for a stack ComputeFractalStack does not take: no
+    tensor, not (N, H, W[, C]), over BATCH_MAX_IMAGES tiles or a tile over BATCH_MAX_COST
+    (read from the tensor's header)."""
+    if not request.HasField("tiles"):
+        raise InvalidArgument("tiles: missing; send the (N, H, W) or (N, H, W, C) stack of tiles")
+    shape, _ = image_stack_header(request.tiles, "tiles")
+    if shape[0] > BATCH_MAX_IMAGES:
+        raise InvalidArgument(f"tiles: {shape[0]} tiles; at most {BATCH_MAX_IMAGES} per call")
+    cost = fractal_cost(shape[1] * shape[2], sorted(box_sizes), request.percolation)
+    if cost > BATCH_MAX_COST:
+        raise InvalidArgument(
+            f"tiles: a {shape[1]}x{shape[2]} tile with {len(box_sizes)} box sizes"
+            + (" and percolation" if request.percolation else "")
+            + f" is {cost:.2g} box-pixel comparisons, over a stack tile's {BATCH_MAX_COST:.0e}; "
+            "send each tile alone with ComputeFractal"
+        )
+
+
 def fractal_response(
     request: pb.ComputeFractalRequest, report: Report | None = None, bands_min_cost: float = 0.0,
     field: str = "image",
@@ -257,6 +329,7 @@ def register(server: grpc.Server, settings: Settings) -> None:
     fractal kernels compiled (or loaded from numba's cache).
     """
     warm_up()
+    warm_up_stack()
     config = ExtractorConfig.from_env()
     extractor = DeepFeatureExtractor(feature_repository(config.model_dirs), config)
     extractor.preload()

@@ -15,12 +15,13 @@ from labsight.cli import main
 from labsight.client import build_request
 from labsight.errors import InvalidArgument
 from labsight.tables import table_values
+from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import features_pb2_grpc as features_grpc
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import RunContext
 from services.gateway.pipelines.fractal import FractalPipeline
-from services.gateway.pipelines.fractal_tiles import computed_tiles
+from services.gateway.pipelines.fractal_tiles import computed_stacks, computed_tiles
 
 from .conftest import InProcessStack
 
@@ -88,6 +89,68 @@ def test_tiles_too_large_for_a_batch_go_one_call_each_with_percolation_as_alone(
     assert "weka_percolation" in result.tables
 
 
+def _stack_call(stack: InProcessStack, request: features_pb2.ComputeFractalStackRequest
+                ) -> features_pb2.ComputeFractalStackResponse:
+    with grpc.insecure_channel(stack.features.address) as channel:
+        return features_grpc.FeatureServiceStub(channel).ComputeFractalStack(request)
+
+
+@pytest.mark.parametrize(("tiles", "options"), [
+    (_tiles(5, 44), {}),
+    (_tiles(3, 16, channels=1, dtype=np.uint16), {"box_sizes": [3, 5, 7], "percolation": True}),
+])
+def test_compute_fractal_stack_gives_each_tile_what_compute_fractal_gives_it_alone(
+    stack: InProcessStack, tiles: np.ndarray, options: dict[str, object],
+) -> None:
+    answer = _stack_call(stack, features_pb2.ComputeFractalStackRequest(
+        tiles=to_tensor(tiles), **options))  # type: ignore[arg-type]
+    assert list(answer.features.row_ids) == [str(i) for i in range(len(tiles))]
+    sides = len(answer.box_sizes)
+    for index, tile in enumerate(tiles):
+        alone = _alone(stack, tile, **options)
+        assert list(answer.box_sizes) == list(alone.box_sizes)
+        assert list(answer.features.columns) == list(alone.features.columns)
+        np.testing.assert_array_equal(table_values(answer.features)[index], table_values(alone.features)[0])
+        np.testing.assert_array_equal(from_tensor(answer.lacunarity)[index], alone.lacunarity)
+        np.testing.assert_array_equal(from_tensor(answer.box_count)[index], alone.box_count)
+        assert from_tensor(answer.fractal_dimension)[index] == alone.fractal_dimension.dimension
+        assert from_tensor(answer.fractal_dimension_r_squared)[index] == alone.fractal_dimension.r_squared
+        for side, entry in enumerate(alone.probabilities):
+            np.testing.assert_array_equal(from_tensor(answer.probabilities[side])[index], entry.probability)
+        if options.get("percolation"):
+            np.testing.assert_array_equal(from_tensor(answer.percolation_cluster_count)[index],
+                                          alone.percolation.cluster_count)
+            assert from_tensor(answer.percolation_percolating_ratio).shape == (len(tiles), sides)
+        else:
+            assert not answer.HasField("percolation_cluster_count")
+
+
+@pytest.mark.parametrize(("request_fields", "named"), [
+    ({}, "tiles: missing; send the (N, H, W) or (N, H, W, C) stack of tiles"),
+    ({"tiles": _tiles(65, 8)}, "tiles: 65 tiles; at most 64 per call"),
+    ({"tiles": _tiles(2, 128), "percolation": True},
+     "tiles: a 128x128 tile with 20 box sizes and percolation is 5.7e+09 box-pixel comparisons, "
+     "over a stack tile's 2e+08"),
+    ({"tiles": _tiles(2, 48, channels=4)}, "tiles: image has 4 channels"),
+    ({"tiles": _tiles(2, 32)}, "tiles: box_sizes up to 41 need an image at least 41x41"),
+    ({"tiles": np.zeros((2, 48, 48), np.float32)}, "tiles[0]: dtype float32"),
+    ({"tiles": np.zeros((48, 48), np.uint8)}, "tiles: expected (N, H, W) or (N, H, W, C), got [48, 48]"),
+    ({"tiles": _tiles(2, 48), "box_sizes": [3, 4]}, "tiles: box_sizes must be odd and positive"),
+])
+def test_a_bad_compute_fractal_stack_call_is_refused_naming_what_is_wrong(
+    stack: InProcessStack, request_fields: dict[str, object], named: str,
+) -> None:
+    fields = dict(request_fields)
+    if "tiles" in fields:
+        fields["tiles"] = to_tensor(fields["tiles"])  # type: ignore[arg-type]
+    with pytest.raises(grpc.RpcError) as refused:
+        _stack_call(stack, features_pb2.ComputeFractalStackRequest(**fields))  # type: ignore[arg-type]
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert named in refused.value.details()
+    assert _stack_call(stack, features_pb2.ComputeFractalStackRequest(
+        tiles=to_tensor(_tiles(1, 9)), box_sizes=[3])).features.row_ids == ["0"]  # still serving
+
+
 def test_a_cancelled_stack_stops_between_calls_and_cancels_the_open_ones(
     stack: InProcessStack,
 ) -> None:
@@ -101,7 +164,7 @@ def test_a_cancelled_stack_stops_between_calls_and_cancels_the_open_ones(
             raise RuntimeError("job cancelled")
 
     with stack.service_clients() as services, pytest.raises(RuntimeError, match="job cancelled"):
-        computed_tiles(RunContext("job", {}, pb.JobInput(), services, report), tiles, template, 64)
+        computed_stacks(RunContext("job", {}, pb.JobInput(), services, report), tiles, template)
     assert reports == [0, 64]  # the first call's answer, then no other
 
 
@@ -113,7 +176,7 @@ def test_tiles_sent_one_per_call_report_progress_a_hundred_times_at_most(
     reports: list[int] = []
     with stack.service_clients() as services:
         answers = computed_tiles(RunContext("job", {}, pb.JobInput(), services,
-                                            lambda *report: reports.append(report[2])), tiles, template, 1)
+                                            lambda *report: reports.append(report[2])), tiles, template)
     assert [answer.features.row_ids[0] for answer in answers] == [str(i) for i in range(250)]
     assert reports[0] == 0 and reports[-1] == 250
     assert reports == [0, *range(3, 250, 3), 250]  # every 3 tiles of 250, then the end

@@ -9,7 +9,7 @@ from functools import lru_cache
 import numpy as np
 
 from labsight.errors import InvalidArgument, echo
-from labsight.fractal_work import BATCH_MAX_COST, BATCH_MAX_IMAGES, fractal_cost
+from labsight.fractal_work import BATCH_MAX_COST, fractal_cost
 from labsight.images import ImageInfo, image_info
 from labsight.tables import feature_table, table_values
 from labsight.tensors import write_tensor
@@ -28,7 +28,9 @@ from services.gateway.pipelines.fractal_tiles import (
     TILES_FIELD,
     TILES_INPUT,
     check_result_room,
+    computed_stacks,
     computed_tiles,
+    stack_result,
     stacked_result,
     tile_stack,
     tile_stack_header,
@@ -241,20 +243,23 @@ class FractalPipeline(Pipeline):
 
     def run(self, context: RunContext) -> pb.JobResult:
         """Call the features service, reporting its progress, and package its answer as tables
-        and tensors; a stack of tiles in ComputeFractalBatch calls, its tables a row per tile."""
+        and tensors; a stack of tiles in ComputeFractalStack calls, its tables a row per tile."""
         if TILES_INPUT in context.job_input.tensors:
             return self._run_tiles(context)
         return self._result(self._compute(context, self._request(context)))
 
     def _run_tiles(self, context: RunContext) -> pb.JobResult:
-        """The job's tiles through the features service, BATCH_MAX_IMAGES per call where each is
-        under BATCH_MAX_COST (else one call per tile), as one result."""
+        """The job's tiles through the features service, BATCH_MAX_IMAGES per ComputeFractalStack
+        call where each is under BATCH_MAX_COST (else one ComputeFractal call per tile), as one
+        result."""
         tiles = tile_stack(context.job_input)
         template = self._options(context.params)
         cost = fractal_cost(tiles.shape[1] * tiles.shape[2], list(template.box_sizes),
                             template.percolation)
-        per_call = BATCH_MAX_IMAGES if cost <= BATCH_MAX_COST else 1
-        result, features = stacked_result(self.name, computed_tiles(context, tiles, template, per_call))
+        if cost <= BATCH_MAX_COST:
+            result, features = stack_result(self.name, computed_stacks(context, tiles, template))
+        else:
+            result, features = stacked_result(self.name, computed_tiles(context, tiles, template))
         self._add_tables(result, features)
         return result
 

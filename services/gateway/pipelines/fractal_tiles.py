@@ -3,13 +3,15 @@ features of each tile one row of the job's tables.
 
 A job per 64² tile costs the queue, the gateway and a worker more CPU than the tile's gliding
 box (bench/small_jobs.py); a stack of tiles pays those costs once and reaches the features
-service in ComputeFractalBatch calls of up to BATCH_MAX_IMAGES tiles, two calls open at once.
+service in ComputeFractalStack calls of up to BATCH_MAX_IMAGES tiles, two calls open at once
+(tiles too large for a stack call go one ComputeFractal call each).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -19,7 +21,7 @@ from labsight.errors import InvalidArgument
 from labsight.fractal_work import BATCH_MAX_IMAGES
 from labsight.images import image_stack, image_stack_header
 from labsight.tables import feature_table, table_values
-from labsight.tensors import to_tensor, write_tensor
+from labsight.tensors import from_tensor, to_tensor, write_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import RunContext
@@ -72,49 +74,81 @@ def tile_request(template: features_pb2.ComputeFractalRequest, tile: np.ndarray,
     return request
 
 
-def computed_tiles(
-    context: RunContext, tiles: np.ndarray, template: features_pb2.ComputeFractalRequest,
-    per_call: int,
-) -> list[features_pb2.ComputeFractalResponse]:
-    """The features service's answer for every tile, in order, reporting the tiles done after
-    each call that ends a hundredth of the stack (PROGRESS_REPORTS; a report also stops a
-    cancelled job, its open calls cancelled).
+def stack_request(template: features_pb2.ComputeFractalRequest, tiles: np.ndarray
+                  ) -> features_pb2.ComputeFractalStackRequest:
+    """``template``'s box sides and options for a ComputeFractalStack call on ``tiles``."""
+    return features_pb2.ComputeFractalStackRequest(
+        tiles=to_tensor(tiles), box_sizes=template.box_sizes, percolation=template.percolation,
+        omit_probabilities=template.omit_probabilities,
+    )
 
-    ``per_call`` tiles go in each ComputeFractalBatch call (at most BATCH_MAX_IMAGES); 1 sends
-    every tile in its own ComputeFractal call, for tiles too large for a batch.
-    """
-    if not 1 <= per_call <= BATCH_MAX_IMAGES:
-        raise ValueError(f"per_call must lie in 1..{BATCH_MAX_IMAGES}, got {per_call}")
+
+def computed_stacks(
+    context: RunContext, tiles: np.ndarray, template: features_pb2.ComputeFractalRequest
+) -> list[features_pb2.ComputeFractalStackResponse]:
+    """The features service's answers for the stack in ComputeFractalStack calls of up to
+    BATCH_MAX_IMAGES tiles, in order (see :func:`_in_calls` for progress and cancelling)."""
     features = context.services.features
     timeout = context.services.call_timeout_s
-    total = len(tiles)
-    answers: list[features_pb2.ComputeFractalResponse] = []
+
+    def send(start: int, stop: int) -> grpc.Future:
+        return features.ComputeFractalStack.future(stack_request(template, tiles[start:stop]),
+                                                   timeout=timeout)
+
+    def tiles_of(answer: features_pb2.ComputeFractalStackResponse) -> int:
+        return len(answer.features.row_ids)
+
+    return _in_calls(context, len(tiles), BATCH_MAX_IMAGES, send, tiles_of)
+
+
+def computed_tiles(
+    context: RunContext, tiles: np.ndarray, template: features_pb2.ComputeFractalRequest
+) -> list[features_pb2.ComputeFractalResponse]:
+    """The features service's answer for every tile, each in its own ComputeFractal call (for
+    tiles too large for a stack call), in order (see :func:`_in_calls`)."""
+    features = context.services.features
+    timeout = context.services.call_timeout_s
+
+    def send(start: int, stop: int) -> grpc.Future:
+        return features.ComputeFractal.future(tile_request(template, tiles[start], str(start)),
+                                              timeout=timeout)
+
+    return _in_calls(context, len(tiles), 1, send, lambda _: 1)
+
+
+Answer = TypeVar("Answer")
+
+
+def _in_calls(
+    context: RunContext, total: int, per_call: int, send: Callable[[int, int], grpc.Future],
+    tiles_of: Callable[[Answer], int],
+) -> list[Answer]:
+    """The answers of ``send(start, stop)`` for consecutive parts of ``per_call`` of the
+    ``total`` tiles, CALLS_IN_FLIGHT calls open at once, reporting the tiles done after each
+    call that ends a hundredth of the stack (PROGRESS_REPORTS; a report also stops a cancelled
+    job, its open calls cancelled)."""
+    answers: list[Answer] = []
     pending: deque[tuple[int, grpc.Future]] = deque()
     report_every = -(-total // PROGRESS_REPORTS)  # rounded up: at most PROGRESS_REPORTS reports
-    reported = 0
+    done = reported = 0
 
     def collect() -> None:
-        nonlocal reported
+        nonlocal done, reported
         sent, future = pending.popleft()
         answer = future.result()
-        got: Sequence[features_pb2.ComputeFractalResponse] = (
-            answer.responses if per_call > 1 else [answer])
-        if len(got) != sent:
-            raise ValueError(f"the features service answered {len(got)} of {sent} tiles")
-        answers.extend(got)
-        if len(answers) - reported >= report_every or len(answers) == total:
-            reported = len(answers)
-            context.report_progress(reported / total, "gliding box", reported, total, "tiles")
+        if tiles_of(answer) != sent:
+            raise ValueError(f"the features service answered {tiles_of(answer)} of {sent} tiles")
+        answers.append(answer)
+        done += sent
+        if done - reported >= report_every or done == total:
+            reported = done
+            context.report_progress(done / total, "gliding box", done, total, "tiles")
 
     context.report_progress(0.0, "gliding box", 0, total, "tiles")
     try:
         for start in range(0, total, per_call):
-            requests = [tile_request(template, tile, str(start + offset))
-                        for offset, tile in enumerate(tiles[start : start + per_call])]
-            future = (features.ComputeFractalBatch.future(
-                features_pb2.ComputeFractalBatchRequest(requests=requests), timeout=timeout)
-                if per_call > 1 else features.ComputeFractal.future(requests[0], timeout=timeout))
-            pending.append((len(requests), future))
+            stop = min(start + per_call, total)
+            pending.append((stop - start, send(start, stop)))
             if len(pending) == CALLS_IN_FLIGHT:
                 collect()
         while pending:
@@ -123,6 +157,33 @@ def computed_tiles(
         for _, future in pending:
             future.cancel()
     return answers
+
+
+def stack_result(pipeline: str, answers: Sequence[features_pb2.ComputeFractalStackResponse]
+                 ) -> tuple[pb.JobResult, tensor_pb2.FeatureTable]:
+    """The stack calls' answers as one result, as :func:`stacked_result` makes it from
+    answers tile by tile."""
+    first = answers[0]
+    result = pb.JobResult(pipeline=pipeline)
+    tensors = result.tensors
+
+    def joined(tensor_of: Callable[[features_pb2.ComputeFractalStackResponse], tensor_pb2.Tensor],
+               field: str) -> np.ndarray:
+        return np.concatenate([from_tensor(tensor_of(a), field) for a in answers])
+
+    write_tensor(tensors["box_sizes"], np.array(first.box_sizes, np.int32))
+    write_tensor(tensors["lacunarity"], joined(lambda a: a.lacunarity, "lacunarity"))
+    write_tensor(tensors["box_count"], joined(lambda a: a.box_count, "box_count"))
+    for index, side in enumerate(first.box_sizes if first.probabilities else []):
+        write_tensor(tensors[f"probability_r{side}"],
+                     joined(lambda a, i=index: a.probabilities[i], f"probabilities[{index}]"))
+    if first.HasField("percolation_cluster_count"):
+        for name in ("cluster_count", "largest_cluster_ratio", "percolating_ratio"):
+            write_tensor(tensors[f"percolation_{name}"],
+                         joined(lambda a, n=name: getattr(a, f"percolation_{n}"), f"percolation_{name}"))
+    values = np.concatenate([table_values(a.features, "features") for a in answers])
+    result.scalars["tiles"] = float(len(values))
+    return result, feature_table(list(first.features.columns), values, [str(i) for i in range(len(values))])
 
 
 def stacked_result(pipeline: str, answers: Sequence[features_pb2.ComputeFractalResponse]

@@ -207,6 +207,15 @@ def _fractal(rng: np.random.Generator) -> features_pb2.ComputeFractalRequest:
         percolation=bool(rng.random() < 0.3))
 
 
+def _fractal_stack(rng: np.random.Generator) -> features_pb2.ComputeFractalStackRequest:
+    side = int(rng.integers(7, 25))
+    channels = int(rng.choice([0, 1, 3]))
+    tiles = np.stack([media.pixels(rng, side, channels) for _ in range(int(rng.integers(1, 5)))])
+    return features_pb2.ComputeFractalStackRequest(
+        tiles=media.tensor(tiles), box_sizes=[3, 5, 7][: int(rng.integers(1, 4))],
+        percolation=bool(rng.random() < 0.3), omit_probabilities=bool(rng.random() < 0.5))
+
+
 def _labels(rng: np.random.Generator) -> np.ndarray:
     labels = np.zeros((32, 32), np.int32)
     labels[4:12, 4:12], labels[16:28, 10:30] = 1, int(rng.integers(2, 1000))
@@ -251,6 +260,7 @@ def valid_requests(rpc: Rpc, rng: np.random.Generator, pools: Pools, tenant: str
         "ComputeFractalStream": lambda: _fractal(rng),
         "ComputeFractalBatch": lambda: features_pb2.ComputeFractalBatchRequest(
             requests=[_fractal(rng) for _ in range(int(rng.integers(1, 4)))]),
+        "ComputeFractalStack": lambda: _fractal_stack(rng),
         "ExtractDeepFeatures": lambda: _deep(rng, pools),
         "ListModels": rpc.message("input"),
         "SegmentCells": lambda: segmentation_pb2.SegmentCellsRequest(
@@ -318,6 +328,12 @@ def bound_cost(message: Message) -> None:
         targets = [message.job]
     elif isinstance(message, features_pb2.ComputeFractalBatchRequest):
         targets = list(message.requests)
+    if isinstance(message, features_pb2.ComputeFractalStackRequest):
+        shape = list(message.tiles.shape)
+        if len(shape) < 3 or abs(int(np.prod(shape[1:3], dtype=object))) > MAX_CHEAP_PIXELS:
+            message.percolation = False
+            del message.box_sizes[:]
+            message.box_sizes.append(3)
     for target in targets:
         if max((declared_pixels(i) for i in _images(target)), default=0) <= MAX_CHEAP_PIXELS:
             continue
