@@ -21,6 +21,10 @@ strongest baseline was one process using one CPU, which flattered the stack abou
 twofold); one process with every CPU's thread, OMP_WAIT_POLICY=PASSIVE (as the
 stack's services get them); the same with OpenMP's default wait, which spins
 (``--no-spinning-baseline`` leaves it out: a loaded machine slows it tenfold).
+With ``--tiles-per-job`` two more: ``gliding_box_stack`` on stacks of as many images, in
+one process per CPU and in one process with every CPU's thread (since 2026-12-06, when the
+stack function arrived and the features service began computing tile stacks with it: a
+good engineer with stacks of tiles calls it too, so leaving it out would flatter the stack).
 The fastest of them in each round is the baseline. Rounds are
 paired, their order rotating; each
 round prints the load average (os.getloadavg) beside its figures, the CPU
@@ -67,19 +71,26 @@ def images(jobs: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8) for _ in range(jobs)]
 
 
-def direct_share(jobs: int, share: int, shares: int) -> Callable[[int], list[float]]:
+def direct_share(jobs: int, share: int, shares: int, stack: int = 0) -> Callable[[int], list[float]]:
     """A direct process's work on images ``share::shares`` of the benchmark's, compiled (or
-    loaded from the cache) before any round: ``gliding_box`` of each with the given numba thread
-    count; their fractal dimensions."""
+    loaded from the cache) before any round: ``gliding_box`` of each, or (``stack`` > 0)
+    ``gliding_box_stack`` of each ``stack`` of them in turn, with the given numba thread count;
+    their fractal dimensions."""
     import numba
 
     from services.features.fractal import gliding_box
+    from services.features.fractal_stack import gliding_box_stack
 
     pictures = images(jobs)[share::shares]
     gliding_box(pictures[0])
+    gliding_box_stack(np.stack(pictures[:2]))
+    stacks = [np.stack(pictures[start:start + stack]) for start in range(0, len(pictures) if stack else 0,
+                                                                          stack or 1)]
 
     def work(threads: int) -> list[float]:
         numba.set_num_threads(threads)
+        if stack:
+            return [value for tiles in stacks for value in gliding_box_stack(tiles).fractal_dimension]
         return [gliding_box(picture).fractal_dimension.value for picture in pictures]
 
     return work
@@ -168,9 +179,10 @@ class Direct:
 
     @classmethod
     def start(cls, name: str, threads: int, wait_policy: str, jobs: int,
-              processes: int = 1) -> Direct:
-        """Spawn the processes and wait until they are warm."""
-        loaders = [partial(direct_share, jobs, share, processes) for share in range(processes)]
+              processes: int = 1, stack: int = 0) -> Direct:
+        """Spawn the processes and wait until they are warm; with ``stack``, each calls
+        ``gliding_box_stack`` on that many of its images at a time."""
+        loaders = [partial(direct_share, jobs, share, processes, stack) for share in range(processes)]
         shares = ProcessShares(loaders, {"OMP_WAIT_POLICY": wait_policy or None})
         return cls(name, threads, wait_policy, shares)
 
@@ -242,13 +254,16 @@ def main() -> None:
     cpus = usable_cpus()
     params = dict(item.split("=", 1) for item in args.param)
     requests = stack_requests(images(args.jobs), params, args.tiles_per_job)
-    warm_up = requests[:max(1, 100 // max(args.tiles_per_job, 1))]
-    variants = [(f"direct {cpus} processes x 1 thread", 1, "PASSIVE", cpus),
-                (f"direct {cpus} threads passive", cpus, "PASSIVE", 1)]
+    warm_up = requests[:max(4, 100 // max(args.tiles_per_job, 1))]  # every job slot, with stacks too
+    variants = [(f"direct {cpus} processes x 1 thread", 1, "PASSIVE", cpus, 0),
+                (f"direct {cpus} threads passive", cpus, "PASSIVE", 1, 0)]
     if not args.no_spinning_baseline:
-        variants.append((f"direct {cpus} threads spinning", cpus, "", 1))
-    directs = [Direct.start(name, threads, policy, args.jobs, processes)
-               for name, threads, policy, processes in variants]
+        variants.append((f"direct {cpus} threads spinning", cpus, "", 1, 0))
+    if args.tiles_per_job:  # what a good engineer calls on stacks: the library's stack function
+        variants += [(f"direct stacks {cpus} processes x 1 thread", 1, "PASSIVE", cpus, args.tiles_per_job),
+                     (f"direct stacks {cpus} threads passive", cpus, "PASSIVE", 1, args.tiles_per_job)]
+    directs = [Direct.start(name, threads, policy, args.jobs, processes, stack)
+               for name, threads, policy, processes, stack in variants]
     with tempfile.TemporaryDirectory(prefix="labsight-small-jobs-") as home:
         stack = Stack(Path(home), StackLayout.from_base_port(free_base_port(), args.workers))
         try:
