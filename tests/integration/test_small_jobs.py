@@ -14,12 +14,15 @@ import redis
 from redis.connection import Connection
 
 from labsight.client import build_request
+from labsight.image_messages import image_from_array
+from labsight.images import encode_png
 from labsight.runtime.idle_trim import IdleTrimmer
-from labsight.v1 import features_pb2
+from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import features_pb2_grpc as features_grpc
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.jobs import RUNNING
 from services.gateway.keys import RedisKeys
+from services.gateway.pipelines.base import RunContext
 from services.gateway.pipelines.fractal import FractalPipeline
 from services.gateway.worker import Worker, build_worker
 from tests.conftest import RunningWorker
@@ -178,6 +181,37 @@ def test_small_jobs_run_in_groups_finished_in_one_round_trip_and_equal_single_ru
                 assert result.job_id == job_id
     finally:
         worker.services.close()
+
+
+@pytest.mark.parametrize("params", [
+    {"box_sizes": "3-21"},
+    {"box_sizes": "3-7", "percolation": "true", "probabilities": "false"},
+])
+def test_a_group_runs_same_size_pixel_images_as_one_stack_and_each_result_equals_its_job_alone(
+    stack: InProcessStack, monkeypatch: pytest.MonkeyPatch, params: dict[str, str],
+) -> None:
+    side = 24 if params.get("percolation") else 48
+    inputs: list[object] = [_image(side, 0), image_from_array(_image(side, 1), "tile-1.png"), _image(side, 2)]
+    png = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=encode_png(_image(side, 10)), format="png"))
+    inputs += [_image(side + 2, 9), png]  # these two go in a ComputeFractalBatch call
+    requests = [build_request("fractal", image, params) for image in inputs]  # type: ignore[arg-type]
+    pipeline = FractalPipeline()
+    stacked: list[int] = []
+    with stack.service_clients() as services:
+        contexts = [RunContext(f"job-{i}", pipeline.validate(dict(r.params), r.input), r.input, services,
+                               lambda *_: None) for i, r in enumerate(requests)]
+        original = services.features.ComputeFractalStack.future
+
+        def counted(request: features_pb2.ComputeFractalStackRequest, **kwargs: object) -> object:
+            stacked.append(request.tiles.shape[0])
+            return original(request, **kwargs)
+
+        monkeypatch.setattr(services.features.ComputeFractalStack, "future", counted)
+        grouped = pipeline.run_many(contexts)
+        alone = [pipeline.run(context) for context in contexts]
+    assert stacked == [3]  # the three same-size tensors; the other size and the PNG by batch
+    assert grouped == alone
+    assert list(grouped[1].tables["fractal"].row_ids) == ["tile-1.png"]
 
 
 def test_jobs_of_a_pipeline_that_never_groups_run_alone_and_their_inputs_are_not_read_to_plan(

@@ -12,7 +12,7 @@ from labsight.errors import InvalidArgument, echo
 from labsight.fractal_work import BATCH_MAX_COST, fractal_cost
 from labsight.images import ImageInfo, image_info
 from labsight.tables import feature_table, table_values
-from labsight.tensors import write_tensor
+from labsight.tensors import from_tensor, write_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import (
@@ -111,6 +111,30 @@ def parse_box_sizes(text: str) -> list[int]:
     if sizes != sorted(set(sizes)):
         raise ValueError(f"box sizes must be ascending without repeats, got {sizes}")
     return sizes
+
+
+def _stack_key(request: features_pb2.ComputeFractalRequest) -> tuple[object, ...] | None:
+    """What a job's ComputeFractal request must share with others to go in one
+    ComputeFractalStack call (its image's tensor dtype and shape, its options); None for an
+    image that is not a pixel tensor (encoded bytes are decoded by the service, one by one)."""
+    image = request.image
+    if image.WhichOneof("source") != "tensor":
+        return None
+    return (image.tensor.dtype, tuple(image.tensor.shape), tuple(request.box_sizes), request.percolation,
+            request.omit_probabilities)
+
+
+def stack_of(requests: Sequence[features_pb2.ComputeFractalRequest], members: Sequence[int]
+             ) -> features_pb2.ComputeFractalStackRequest:
+    """One ComputeFractalStack request of the images of ``requests[i]`` for i in ``members``
+    (pixel tensors of one dtype and shape, the same options): their bytes joined, no decoding."""
+    first = requests[members[0]]
+    tiles = tensor_pb2.Tensor(dtype=first.image.tensor.dtype,
+                              shape=[len(members), *first.image.tensor.shape],
+                              data=b"".join(requests[i].image.tensor.data for i in members))
+    return features_pb2.ComputeFractalStackRequest(
+        tiles=tiles, box_sizes=first.box_sizes, percolation=first.percolation,
+        omit_probabilities=first.omit_probabilities)
 
 
 @lru_cache(maxsize=64)
@@ -264,18 +288,40 @@ class FractalPipeline(Pipeline):
         return result
 
     def run_many(self, contexts: Sequence[RunContext]) -> list[pb.JobResult]:
-        """Small jobs (see ``group_key``) in one ComputeFractalBatch call: one message each
-        way and one wait for the group, instead of a call per job."""
+        """Small jobs (see ``group_key``) in few calls: those whose images are pixel tensors of
+        one shape and dtype with the same options go as one ComputeFractalStack call (their
+        gliding boxes in one pass), the rest as one ComputeFractalBatch call; one message each
+        way per call and one wait for the group, instead of a call per job."""
         services = contexts[0].services
-        answer = services.features.ComputeFractalBatch(
-            features_pb2.ComputeFractalBatchRequest(
-                requests=[self._request(context) for context in contexts]),
-            timeout=services.call_timeout_s,
-        )
-        if len(answer.responses) != len(contexts):
-            raise ValueError(f"the features service answered {len(answer.responses)} of "
-                             f"{len(contexts)} images")
-        return [self._result(response) for response in answer.responses]
+        timeout = services.call_timeout_s
+        requests = [self._request(context) for context in contexts]
+        stacks: dict[tuple[object, ...], list[int]] = {}
+        alone: list[int] = []
+        for index, request in enumerate(requests):
+            key = _stack_key(request)
+            if key is None:
+                alone.append(index)
+            else:
+                stacks.setdefault(key, []).append(index)
+        for key in [key for key, members in stacks.items() if len(members) == 1]:
+            alone += stacks.pop(key)
+        calls = [(members, services.features.ComputeFractalStack.future(
+            stack_of(requests, members), timeout=timeout)) for members in stacks.values()]
+        if alone:
+            calls.append((alone, services.features.ComputeFractalBatch.future(
+                features_pb2.ComputeFractalBatchRequest(requests=[requests[i] for i in alone]),
+                timeout=timeout)))
+        results: dict[int, pb.JobResult] = {}
+        for members, future in calls:
+            answer = future.result()
+            stacked = isinstance(answer, features_pb2.ComputeFractalStackResponse)
+            answered = len(answer.features.row_ids) if stacked else len(answer.responses)
+            if answered != len(members):
+                raise ValueError(f"the features service answered {answered} of {len(members)} images")
+            for row, index in enumerate(members):
+                results[index] = (self._row_result(answer, row, requests[index].image.name or "image")
+                                  if stacked else self._result(answer.responses[row]))
+        return [results[index] for index in range(len(contexts))]
 
     @classmethod
     def _request(cls, context: RunContext) -> features_pb2.ComputeFractalRequest:
@@ -299,6 +345,31 @@ class FractalPipeline(Pipeline):
         result.tables["fractal"].CopyFrom(features)
         for name, table in weka_tables(features).items():
             result.tables[name].CopyFrom(table)
+
+    def _row_result(self, answer: features_pb2.ComputeFractalStackResponse, row: int, row_id: str
+                    ) -> pb.JobResult:
+        """Row ``row`` of a ComputeFractalStack answer as the result :meth:`_result` makes of
+        ComputeFractal's answer for that image alone (its table row named ``row_id``)."""
+        result = pb.JobResult(pipeline=self.name)
+        values = table_values(answer.features, "features")
+        self._add_tables(result, feature_table(list(answer.features.columns), values[row : row + 1],
+                                               [row_id]))
+        tensors = result.tensors
+        write_tensor(tensors["box_sizes"], np.array(answer.box_sizes, np.int32))
+        write_tensor(tensors["lacunarity"], from_tensor(answer.lacunarity, "lacunarity")[row])
+        write_tensor(tensors["box_count"], from_tensor(answer.box_count, "box_count")[row])
+        for side, probabilities in zip(answer.box_sizes, answer.probabilities, strict=False):
+            write_tensor(tensors[f"probability_r{side}"], from_tensor(probabilities, "probabilities")[row])
+        if answer.HasField("percolation_cluster_count"):
+            for name in ("cluster_count", "largest_cluster_ratio", "percolating_ratio"):
+                write_tensor(tensors[f"percolation_{name}"],
+                             from_tensor(getattr(answer, f"percolation_{name}"), name)[row])
+        result.scalars["fractal_dimension"] = float(from_tensor(answer.fractal_dimension, "dimension")[row])
+        result.scalars["fractal_dimension_r_min"] = answer.box_sizes[0]
+        result.scalars["fractal_dimension_r_max"] = answer.box_sizes[-1]
+        result.scalars["fractal_dimension_r_squared"] = float(
+            from_tensor(answer.fractal_dimension_r_squared, "r_squared")[row])
+        return result
 
     def _result(self, response: features_pb2.ComputeFractalResponse) -> pb.JobResult:
         """The service's answer as the job's tables, tensors and scalars."""
