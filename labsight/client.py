@@ -110,11 +110,14 @@ def build_request(
     priority: str = "normal",
     labels: Mapping[str, str] | None = None,
     name: str = "",
+    tensor_names: Mapping[str, Sequence[str]] | None = None,
 ) -> pb.SubmitJobRequest:
     """A SubmitJobRequest; parameter values are sent as text (lists comma-joined).
 
     ``name`` names the main input (the row id of per-image tables, the prefix of
     row ids in batch exports); a file is named after itself unless given one.
+    ``tensor_names`` names the images of a stack in ``tensors`` by role, one per image in
+    order (fractal's ``tiles``, deep-features' ``patches``): the result's rows take them.
     """
     text_params = {
         key: ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value).lower()
@@ -131,6 +134,8 @@ def build_request(
 
         for role, array in tensors.items():
             job_input.tensors[role].CopyFrom(to_tensor(array))
+    for role, names in (tensor_names or {}).items():
+        job_input.tensor_names[role].names.extend(names)
     return pb.SubmitJobRequest(
         pipeline=pipeline,
         params=text_params,

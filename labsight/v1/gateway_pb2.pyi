@@ -39,7 +39,7 @@ PRIORITY_NORMAL: Priority
 PRIORITY_HIGH: Priority
 
 class JobInput(_message.Message):
-    __slots__ = ("image", "images", "tensors")
+    __slots__ = ("image", "images", "tensors", "tensor_names")
     class ImagesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,13 +54,28 @@ class JobInput(_message.Message):
         key: str
         value: _tensor_pb2.Tensor
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    class TensorNamesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: StackNames
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[StackNames, _Mapping]] = ...) -> None: ...
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_NAMES_FIELD_NUMBER: _ClassVar[int]
     image: _tensor_pb2.Image
     images: _containers.MessageMap[str, _tensor_pb2.Image]
     tensors: _containers.MessageMap[str, _tensor_pb2.Tensor]
-    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., images: _Optional[_Mapping[str, _tensor_pb2.Image]] = ..., tensors: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
+    tensor_names: _containers.MessageMap[str, StackNames]
+    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., images: _Optional[_Mapping[str, _tensor_pb2.Image]] = ..., tensors: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., tensor_names: _Optional[_Mapping[str, StackNames]] = ...) -> None: ...
+
+class StackNames(_message.Message):
+    __slots__ = ("names",)
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("pipeline", "params", "input", "idempotency_key", "priority", "labels")

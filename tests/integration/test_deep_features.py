@@ -379,17 +379,19 @@ def test_extract_patches_serves_spots_pads_edges_and_refuses_centres_outside(
         timeout=30).patch_ids == ["0", "1"]
 
 
+@pytest.mark.parametrize("names", [None, ["spot-a.png", "spot-b.png", "spot-c.png"]])
 def test_deep_features_job_covers_the_image_and_a_patch_stack(
-    stack: InProcessStack, model_cache: Path
+    stack: InProcessStack, model_cache: Path, names: list[str] | None,
 ) -> None:
     stack.start_worker()
     stack_of_patches = RNG.integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
     job = stack.client.submit("deep-features", image_from_array(IMAGES[0], "cat.png"), {},
-                              tensors={"patches": stack_of_patches})
+                              tensors={"patches": stack_of_patches},
+                              tensor_names={"patches": names} if names else None)
     final = stack.client.wait(job.job_id, timeout_s=180)
     assert final.status == pb.JOB_STATUS_DONE, final.error
     table = stack.client.result(job.job_id).tables["features"]
-    assert list(table.row_ids) == ["cat.png", "0", "1", "2"]
+    assert list(table.row_ids) == ["cat.png", *(names or ["0", "1", "2"])]
     expected = _direct([IMAGES[0], *stack_of_patches], model_cache)
     np.testing.assert_allclose(table_values(table), expected, atol=1e-4)
 

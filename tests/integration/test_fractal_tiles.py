@@ -211,6 +211,40 @@ def test_many_tiles_fit_a_result_without_their_probability_matrices() -> None:
     _validate({"probabilities": "false"}, tensors={"tiles": np.zeros((700, 48, 48), np.uint8)})
 
 
+def test_named_tiles_name_the_rows_of_every_table(stack: InProcessStack) -> None:
+    stack.start_worker()
+    names = ["slide-1/tile_0_0.png", "slide-1/tile_0_64.png", "slide-2/tile_0_0.png"]
+    job = stack.client.submit("fractal", None, {"box_sizes": "3-9", "probabilities": "false"},
+                              tensors={"tiles": _tiles(3, 16)}, tensor_names={"tiles": names})
+    assert stack.client.wait(job.job_id, timeout_s=60).status == pb.JOB_STATUS_DONE
+    result = stack.client.result(job.job_id)
+    assert {name: list(table.row_ids) for name, table in result.tables.items()} == {
+        "fractal": names, "weka_fractal": names}
+
+
+@pytest.mark.parametrize(("inputs", "named"), [
+    ({"tensors": {"tiles": _tiles(3, 16)}, "tensor_names": {"tiles": ["a", "b"]}},
+     "input.tensor_names[tiles]: 2 names for the 3 images of input.tensors[tiles]; give one per image"),
+    ({"tensors": {"tiles": _tiles(2, 16)}, "tensor_names": {"tiles": ["a", ""]}},
+     "input.tensor_names[tiles].names[1]: a name must have 1 to 1024 characters, got 0"),
+    ({"tensors": {"tiles": _tiles(1, 16)}, "tensor_names": {"tiles": ["a" * 1025]}},
+     "input.tensor_names[tiles].names[0]: a name must have 1 to 1024 characters, got 1025"),
+    ({"tensors": {"tiles": _tiles(1, 16)}, "tensor_names": {"spots": ["a"]}},
+     "input.tensor_names[spots]: pipeline 'fractal' names the images of ['tiles'], not of 'spots'"),
+    ({"image": _tiles(1, 48)[0], "tensor_names": {"tiles": ["a"]}},
+     "input.tensor_names[tiles]: no tensor 'tiles' in input.tensors to name"),
+])
+def test_bad_tile_names_are_refused_at_submit_naming_what_is_wrong(
+    stack: InProcessStack, inputs: dict[str, object], named: str,
+) -> None:
+    options = dict(inputs)
+    image = options.pop("image", None)
+    with pytest.raises(grpc.RpcError) as refused:
+        stack.client.submit("fractal", image, {"box_sizes": "3-9"}, **options)  # type: ignore[arg-type]
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert named in refused.value.details()
+
+
 def test_a_stack_over_the_work_limit_is_refused_at_submit_through_the_gateway(
     stack: InProcessStack, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -78,6 +78,18 @@ IMAGE_PARAMETERS = (
 travel as the image's ``read`` options, so every service reads the same pixels."""
 
 
+MAX_ROW_NAME_CHARS = 1024
+"""Longest name of a stacked image (JobInput.tensor_names), e.g. a file's relative path."""
+
+
+def stack_row_ids(job_input: pb.JobInput, role: str, count: int) -> list[str]:
+    """Row ids of the ``count`` images of stack ``role``: their names in
+    ``job_input.tensor_names`` (checked at submit), else "0" .. "count - 1"."""
+    if role in job_input.tensor_names:
+        return list(job_input.tensor_names[role].names)
+    return [str(i) for i in range(count)]
+
+
 class Pipeline(ABC):
     """A named sequence of model-service calls that turns a JobInput into a JobResult."""
 
@@ -88,6 +100,9 @@ class Pipeline(ABC):
     runs_in_groups: bool = False
     """Whether ``group_key`` can put jobs in groups. False: the worker runs every job alone
     without parsing its input to ask for a key (a deep-features job's input is megabytes)."""
+    named_stacks: tuple[str, ...] = ()
+    """Roles of ``JobInput.tensors`` whose images may be named in ``JobInput.tensor_names``
+    (stacks whose images become rows of the result)."""
 
     def validate(self, params: Mapping[str, str], job_input: pb.JobInput) -> dict[str, str]:
         """Check a submission; returns the parameters with defaults filled in.
@@ -125,7 +140,28 @@ class Pipeline(ABC):
             except ValueError as error:
                 raise InvalidArgument(f"params.intensity: {error}") from None
         self.check_input(resolved, job_input, info)  # the header is read once per submission
+        self._check_tensor_names(job_input)
         return resolved
+
+    def _check_tensor_names(self, job_input: pb.JobInput) -> None:
+        """Refuse names of a stack the pipeline does not name rows of, of a tensor not sent,
+        more or fewer than its images, or names empty or over MAX_ROW_NAME_CHARS."""
+        for role, names in job_input.tensor_names.items():
+            field = f"input.tensor_names[{role}]"
+            if role not in self.named_stacks:
+                raise InvalidArgument(f"{field}: pipeline {self.name!r} names the images of "
+                                      f"{list(self.named_stacks) or 'no tensor'}, not of {role!r}")
+            if role not in job_input.tensors:
+                raise InvalidArgument(f"{field}: no tensor {role!r} in input.tensors to name")
+            count = job_input.tensors[role].shape[0] if job_input.tensors[role].shape else 0
+            if len(names.names) != count:
+                raise InvalidArgument(f"{field}: {len(names.names)} names for the {count} images of "
+                                      f"input.tensors[{role}]; give one per image, in order")
+            bad = next((i for i, name in enumerate(names.names)
+                        if not 1 <= len(name) <= MAX_ROW_NAME_CHARS), None)
+            if bad is not None:
+                raise InvalidArgument(f"{field}.names[{bad}]: a name must have 1 to "
+                                      f"{MAX_ROW_NAME_CHARS} characters, got {len(names.names[bad])}")
 
     def reads_regions(self, job_input: pb.JobInput, params: Mapping[str, str]) -> bool:
         """True where the job reads its blob-store image by regions in the worker (default: never)."""

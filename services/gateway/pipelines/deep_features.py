@@ -20,7 +20,13 @@ from labsight.tables import feature_table, table_values
 from labsight.tensor_wire import EncodedMessage, serialize_with_arrays
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
-from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, main_image_info
+from services.gateway.pipelines.base import (
+    Parameter,
+    Pipeline,
+    RunContext,
+    main_image_info,
+    stack_row_ids,
+)
 from services.gateway.pipelines.costs import DEEP_FEATURES_COST
 from services.gateway.pipelines.models import MODEL_CATALOG, input_pixels
 
@@ -137,6 +143,7 @@ class DeepFeaturesPipeline(Pipeline):
     """Runs FeatureService.ExtractDeepFeatures on the job's image and patch stack."""
 
     name = "deep-features"
+    named_stacks = (PATCHES_INPUT,)
     description = (
         "CNN features of any RGB or grey images from a chosen model and layer (average, max or "
         "no pooling): the main image and/or a stack of patches as tensor 'patches' (N, H, W, 3). "
@@ -216,7 +223,7 @@ class DeepFeaturesPipeline(Pipeline):
                 context, stack, lambda done: report(offset + done)
             )
             blocks.append(values)
-            row_ids.extend(str(i) for i in range(len(stack)))
+            row_ids.extend(stack_row_ids(job_input, PATCHES_INPUT, len(stack)))
         result = pb.JobResult(pipeline=self.name, provenance=provenance)
         result.tables["features"].CopyFrom(feature_table(columns, np.concatenate(blocks), row_ids))
         context.report_progress(1.0, "features")

@@ -22,6 +22,7 @@ from services.gateway.pipelines.base import (
     RunContext,
     main_image_info,
     parse_bool,
+    stack_row_ids,
 )
 from services.gateway.pipelines.costs import FRACTAL_COST, FRACTAL_PIXELS
 from services.gateway.pipelines.fractal_tiles import (
@@ -199,6 +200,7 @@ class FractalPipeline(Pipeline):
 
     name = "fractal"
     runs_in_groups = True
+    named_stacks = (TILES_INPUT,)
     description = (
         "Gliding-box fractal features of any grey or RGB image: probability matrix P(m, r), "
         "lacunarity, box counts N(r), fitted fractal dimension and optional percolation, "
@@ -280,10 +282,12 @@ class FractalPipeline(Pipeline):
         template = self._options(context.params)
         cost = fractal_cost(tiles.shape[1] * tiles.shape[2], list(template.box_sizes),
                             template.percolation)
+        row_ids = stack_row_ids(context.job_input, TILES_INPUT, len(tiles))
         if cost <= BATCH_MAX_COST:
-            result, features = stack_result(self.name, computed_stacks(context, tiles, template))
+            result, features = stack_result(self.name, computed_stacks(context, tiles, template), row_ids)
         else:
-            result, features = stacked_result(self.name, computed_tiles(context, tiles, template))
+            result, features = stacked_result(self.name, computed_tiles(context, tiles, template),
+                                              row_ids)
         self._add_tables(result, features)
         return result
 

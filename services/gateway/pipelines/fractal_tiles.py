@@ -159,10 +159,10 @@ def _in_calls(
     return answers
 
 
-def stack_result(pipeline: str, answers: Sequence[features_pb2.ComputeFractalStackResponse]
-                 ) -> tuple[pb.JobResult, tensor_pb2.FeatureTable]:
+def stack_result(pipeline: str, answers: Sequence[features_pb2.ComputeFractalStackResponse],
+                 row_ids: Sequence[str]) -> tuple[pb.JobResult, tensor_pb2.FeatureTable]:
     """The stack calls' answers as one result, as :func:`stacked_result` makes it from
-    answers tile by tile."""
+    answers tile by tile, the table's rows named ``row_ids``."""
     first = answers[0]
     result = pb.JobResult(pipeline=pipeline)
     tensors = result.tensors
@@ -183,15 +183,15 @@ def stack_result(pipeline: str, answers: Sequence[features_pb2.ComputeFractalSta
                          joined(lambda a, n=name: getattr(a, f"percolation_{n}"), f"percolation_{name}"))
     values = np.concatenate([table_values(a.features, "features") for a in answers])
     result.scalars["tiles"] = float(len(values))
-    return result, feature_table(list(first.features.columns), values, [str(i) for i in range(len(values))])
+    return result, feature_table(list(first.features.columns), values, row_ids)
 
 
-def stacked_result(pipeline: str, answers: Sequence[features_pb2.ComputeFractalResponse]
-                   ) -> tuple[pb.JobResult, tensor_pb2.FeatureTable]:
+def stacked_result(pipeline: str, answers: Sequence[features_pb2.ComputeFractalResponse],
+                   row_ids: Sequence[str]) -> tuple[pb.JobResult, tensor_pb2.FeatureTable]:
     """The tiles' answers as one result: tensors stacked tile by tile (lacunarity and box_count
     (N, sides), probability_r<side> (N, masses), percolation_* (N, sides)), ``box_sizes`` once,
-    scalar ``tiles``; and the features of every tile as one table, a row per tile (the caller
-    adds it and the tables cut from it)."""
+    scalar ``tiles``; and the features of every tile as one table, a row per tile named by
+    ``row_ids`` (the caller adds it and the tables cut from it)."""
     first = answers[0]
     result = pb.JobResult(pipeline=pipeline)
     tensors = result.tensors
@@ -207,5 +207,4 @@ def stacked_result(pipeline: str, answers: Sequence[features_pb2.ComputeFractalR
                          np.array([list(getattr(a.percolation, name)) for a in answers]))
     result.scalars["tiles"] = float(len(answers))
     values = np.concatenate([table_values(a.features, "features") for a in answers])
-    row_ids = [row for a in answers for row in a.features.row_ids]
     return result, feature_table(list(first.features.columns), values, row_ids)
