@@ -231,6 +231,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     files = _submitted_inputs(args)
     if files is None:
         return 2
+    if args.stack:
+        files = _stacked_inputs(args, files, tensors)
+        if files is None:
+            return 2
     requests = (_file_request(args, file, params, labels, tensors, extra_images) for file in files)
     with _client(args) as client:
         job_ids = _submit_files(client, args, files, requests)
@@ -304,6 +308,31 @@ def _submitted_inputs(args: argparse.Namespace) -> list[Any] | None:
         return None
 
 
+def _stacked_inputs(args: argparse.Namespace, files: list[Any], tensors: dict[str, np.ndarray]
+                    ) -> list[Any] | None:
+    """--stack N: the files packed into stacks of up to N same-size images, one job each
+    (labsight.stack_inputs); None after saying what is wrong (nothing is sent then)."""
+    from labsight.inputs import InputError, InputFile
+    from labsight.stack_inputs import STACK_ROLES, stack_files
+
+    role = STACK_ROLES.get(args.pipeline)
+    if args.stack < 0:
+        raise SystemExit(f"labsight: --stack must be a number of images >= 1, got {args.stack}")
+    if role is None:
+        raise SystemExit(f"labsight: --stack packs images into the stack of "
+                         f"{' or '.join(f'{p} ({r})' for p, r in STACK_ROLES.items())}, not of "
+                         f"{args.pipeline}")
+    if role in tensors or not args.images or not all(isinstance(f, InputFile) for f in files):
+        raise SystemExit(f"labsight: --stack packs image files into tensor {role!r}; give image "
+                         f"files or folders, without --tensor {role}=...")
+    try:
+        return list(stack_files(files, args.stack))
+    except InputError as error:
+        for line in [*str(error).splitlines(), "nothing was submitted"]:
+            print(f"labsight: {line}", file=sys.stderr)
+        return None
+
+
 def _file_request(args: argparse.Namespace, file: Any, params: dict[str, str],
                   labels: dict[str, str], tensors: dict[str, np.ndarray],
                   extra_images: dict[str, Path]) -> Any:
@@ -311,15 +340,23 @@ def _file_request(args: argparse.Namespace, file: Any, params: dict[str, str],
     (see cmd_submit)."""
     from labsight.client import build_request
     from labsight.inputs import ChannelFiles, content_key
+    from labsight.stack_inputs import STACK_ROLES, StackFiles, stack_pixels
     from labsight.v1 import tensor_pb2
 
     # A set of channel files sends them as input images by channel, and only a name as image;
-    # a job of --tensor arrays alone has no image (its file is the first array's).
-    image, images = ((tensor_pb2.Image(name=file.name), {**extra_images, **file.channels})
-                     if isinstance(file, ChannelFiles) else
-                     (None if not file.name else file.path, extra_images))
+    # a job of --tensor arrays alone has no image (its file is the first array's); a stack of
+    # files (--stack) goes as the pipeline's stack tensor, each image named by its file.
+    names: dict[str, list[str]] = {}
+    if isinstance(file, StackFiles):
+        role = STACK_ROLES[args.pipeline]
+        image, images = tensor_pb2.Image(name=file.name), extra_images
+        tensors, names = {**tensors, role: stack_pixels(file)}, {role: file.names}
+    elif isinstance(file, ChannelFiles):
+        image, images = tensor_pb2.Image(name=file.name), {**extra_images, **file.channels}
+    else:
+        image, images = (None if not file.name else file.path), extra_images
     request = build_request(args.pipeline, image, params, priority=args.priority,
-                            labels=labels, tensors=tensors, images=images)
+                            labels=labels, tensors=tensors, images=images, tensor_names=names)
     if file.name:
         request.input.image.name = file.name
     if not args.resubmit:
@@ -348,9 +385,14 @@ def _submit_files(client: Any, args: argparse.Namespace, files: list[Any],
         print(f"labsight: job {job_id}", file=sys.stderr, flush=True)
         return [job_id]
     before = _batch_total(client, args.batch) if not args.resume else 0
-    submission = submission_id(client.address, args.pipeline, args.param, args.label, args.priority,
-                               args.tensor, args.input_image, args.mask,
-                               [str(Path(file.path).resolve()) for file in files])
+    from labsight.stack_inputs import StackFiles
+
+    packed = [f"--stack={args.stack}"] if args.stack else []  # another packing, another submission
+    submission = submission_id(client.address, args.pipeline, [*args.param, *packed], args.label,
+                               args.priority, args.tensor, args.input_image, args.mask,
+                               [str(Path(path).resolve()) for file in files for path in (
+                                   [part.path for part in file.files] if isinstance(file, StackFiles)
+                                   else [file.path])])
     bar = ProgressBar(lines=len(files) > PART_JOBS)  # on a pipe, a line per part if several
     done = 0
 
@@ -888,6 +930,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                         help="label stored with each job (e.g. class=1, sample=LIMS-42)")
+    submit.add_argument("--stack", type=int, default=0, metavar="N",
+                        help="pack same-size images into jobs of up to N each, as fractal's "
+                             "'tiles' or deep-features' 'patches' stack (fewer, larger jobs: 64² "
+                             "tiles run about 2.5x faster through the stack than a job each); the "
+                             "result rows are named by file")
     submit.add_argument("--tensor", action="append", default=[], metavar="ROLE=FILE",
                         help="array added to every job's input (.npy, or a CSV/TSV of numbers), "
                              "e.g. spot_centres=spots.csv or patches=stack.npy")

@@ -12,7 +12,7 @@ import numpy as np
 
 from labsight.arff import write_arff
 from labsight.spatial import EDGE
-from labsight.tables import table_values, tables_of
+from labsight.tables import ROW_NAMES, table_values, tables_of
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
 
@@ -106,7 +106,8 @@ def combined_table(
 
     When several results are stacked, row ids are prefixed with their result's
     input name (unless the row id already is that name, as for per-image
-    tables), so rows stay distinguishable.
+    tables, or the rows carry the names of a named stack's images, provenance
+    ``row_names``), so rows stay distinguishable.
     Coordinates are returned only when every result carries them.
 
     Raises
@@ -122,8 +123,9 @@ def combined_table(
     coordinates: list[np.ndarray] = []
     for result, entry in zip(results, entries, strict=True):
         source = result.input_name or result.job_id
+        named = ROW_NAMES in result.provenance
         ids.extend(
-            f"{source}/{row_id}" if len(results) > 1 and row_id != source else row_id
+            f"{source}/{row_id}" if len(results) > 1 and row_id != source and not named else row_id
             for row_id in entry.row_ids
         )
         blocks.append(table_values(entry, table))

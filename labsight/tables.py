@@ -10,6 +10,10 @@ from labsight.errors import InvalidArgument
 from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import gateway_pb2, tensor_pb2
 
+ROW_NAMES = "row_names"
+"""JobResult.provenance key: the stack whose images' names (JobInput.tensor_names) are the
+result's row ids; exports of several results keep such ids as they are."""
+
 
 def feature_table(
     columns: Sequence[str], values: np.ndarray, row_ids: Sequence[str]

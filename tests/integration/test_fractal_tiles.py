@@ -10,6 +10,8 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
+from PIL import Image
 
 from labsight.cli import main
 from labsight.client import build_request
@@ -278,3 +280,38 @@ def test_the_cli_submits_a_tile_stack_alone_as_one_job_and_exports_a_row_per_til
     assert figure.stat().st_size > 10_000
     with pytest.raises(SystemExit, match="--tensor arrays alone"):
         main(["submit", "fractal", *gateway])
+
+
+def test_the_cli_packs_a_folder_into_stacks_of_same_size_images_named_by_file(
+    stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    stack.start_worker()
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    small, large = _tiles(5, 16, seed=21), _tiles(2, 20, seed=22)
+    deep = _tiles(1, 16, channels=1, dtype=np.uint16, seed=23)[0]
+    for index, tile in enumerate(small):
+        Image.fromarray(tile).save(folder / f"a_{index}.png")
+    for index, tile in enumerate(large):
+        Image.fromarray(tile).save(folder / f"b_{index}.png")
+    tifffile.imwrite(folder / "c.tif", deep)
+    gateway = ["--gateway", stack.gateway.address, "--token", ""]
+    code = main(["submit", "fractal", str(folder), "--stack", "3", *gateway, "--wait", "--json",
+                 "--param", "box_sizes=3-9", "--param", "probabilities=false", "--batch", "packed"])
+    out, err = capsys.readouterr()
+    jobs = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [job["status"] for job in jobs] == ["done"] * 4, err
+    assert "labsight: batch packed: 4 jobs" in err  # a_0-2, a_3-4, b_0-1, c: one shape and dtype each
+    assert [job["input_name"] for job in jobs] == [
+        "a_0.png (+2 more)", "a_3.png (+1 more)", "b_0.png (+1 more)", "c.tif"]
+    output = tmp_path / "fractal.csv"
+    assert main(["results", "--batch", "packed", *gateway, "--table", "fractal", "-o", str(output)]) == 0
+    frame = pd.read_csv(output, index_col="id")
+    names = [f"a_{i}.png" for i in range(5)] + ["b_0.png", "b_1.png", "c.tif"]
+    assert sorted(frame.index) == names
+    for name, tile in [("a_3.png", small[3]), ("b_1.png", large[1]), ("c.tif", deep)]:
+        alone = _alone(stack, tile, box_sizes=[3, 5, 7, 9])
+        assert frame.loc[name, "FractalDimension"] == pytest.approx(alone.fractal_dimension.dimension,
+                                                                   rel=1e-12)
+    with pytest.raises(SystemExit, match="not of cells"):
+        main(["submit", "cells", str(folder), "--stack", "3", *gateway])

@@ -11,6 +11,7 @@ from labsight.errors import InvalidArgument, echo
 from labsight.image_reader import parse_channels, parse_plane, parse_z_project
 from labsight.images import ImageInfo, image_info, max_image_bytes, read_image
 from labsight.intensity import DEFAULT_INTENSITY, check_bit_depth, parse_intensity
+from labsight.tables import ROW_NAMES
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
 from services.gateway.services import ServiceClients
@@ -88,6 +89,13 @@ def stack_row_ids(job_input: pb.JobInput, role: str, count: int) -> list[str]:
     if role in job_input.tensor_names:
         return list(job_input.tensor_names[role].names)
     return [str(i) for i in range(count)]
+
+
+def mark_row_names(result: pb.JobResult, job_input: pb.JobInput, role: str) -> None:
+    """Record in the result's provenance (ROW_NAMES) that its rows carry the names of stack
+    ``role``, where the job named them."""
+    if role in job_input.tensor_names:
+        result.provenance[ROW_NAMES] = role
 
 
 class Pipeline(ABC):

@@ -25,6 +25,7 @@ from services.gateway.pipelines.base import (
     Pipeline,
     RunContext,
     main_image_info,
+    mark_row_names,
     stack_row_ids,
 )
 from services.gateway.pipelines.costs import DEEP_FEATURES_COST
@@ -225,6 +226,7 @@ class DeepFeaturesPipeline(Pipeline):
             blocks.append(values)
             row_ids.extend(stack_row_ids(job_input, PATCHES_INPUT, len(stack)))
         result = pb.JobResult(pipeline=self.name, provenance=provenance)
+        mark_row_names(result, job_input, PATCHES_INPUT)
         result.tables["features"].CopyFrom(feature_table(columns, np.concatenate(blocks), row_ids))
         context.report_progress(1.0, "features")
         return result

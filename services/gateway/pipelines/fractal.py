@@ -21,6 +21,7 @@ from services.gateway.pipelines.base import (
     Pipeline,
     RunContext,
     main_image_info,
+    mark_row_names,
     parse_bool,
     stack_row_ids,
 )
@@ -288,6 +289,7 @@ class FractalPipeline(Pipeline):
         else:
             result, features = stacked_result(self.name, computed_tiles(context, tiles, template),
                                               row_ids)
+        mark_row_names(result, context.job_input, TILES_INPUT)
         self._add_tables(result, features)
         return result
 

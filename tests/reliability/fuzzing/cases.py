@@ -138,6 +138,8 @@ def _job(rng: np.random.Generator, pools: Pools) -> gateway_pb2.SubmitJobRequest
             request.input.ClearField("image")
             request.input.tensors["tiles"].CopyFrom(
                 media.tensor(np.stack([media.pixels(rng, 16, 3) for _ in range(3)])))
+            if rng.random() < 0.5:  # named, as `labsight submit --stack` names them
+                request.input.tensor_names["tiles"].names.extend(["a.png", "b/c.png", "d.tif"])
     elif pipeline == "deep-features":
         request.params["model"] = str(rng.choice(models))
         if rng.random() < 0.3:

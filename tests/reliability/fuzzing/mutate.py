@@ -138,7 +138,10 @@ def _mutate_map(message: Message, descriptor: FieldDescriptor, rng: np.random.Ge
         key_label, key = "role", INPUT_ROLES[int(rng.integers(len(INPUT_ROLES)))]
         if rng.random() < 0.1:
             key_label, key = pools.pick(rng, pools.strings)
-        label, value = pools.pick(rng, _media_pool(value_field, pools) or pools.images)
+        pool = _media_pool(value_field, pools)
+        if pool is None:  # a map of other messages (tensor_names: StackNames): a fresh one, changed
+            return mutate(entries[key], rng, pools, tenant, f"{here}[{key_label}:{key[:40]}].", 1)
+        label, value = pools.pick(rng, pool)
         entries[key].CopyFrom(value)
         return f"{here}[{key_label}:{key[:40]}]={label}"
     if rng.random() < 0.15:
