@@ -4,6 +4,7 @@ every value as the features service gives it for the tile alone."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -13,17 +14,24 @@ import pytest
 import tifffile
 from PIL import Image
 
+from labsight.catalog import FEATURES
 from labsight.cli import main
 from labsight.client import build_request
+from labsight.config import Settings
 from labsight.errors import InvalidArgument
+from labsight.runtime.server import RunningServer
 from labsight.tables import table_values
 from labsight.tensors import from_tensor, to_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import features_pb2_grpc as features_grpc
 from labsight.v1 import gateway_pb2 as pb
+from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
+from services.features.models import feature_repository
+from services.features.servicer import FeatureServicer
 from services.gateway.pipelines.base import RunContext
 from services.gateway.pipelines.fractal import FractalPipeline
 from services.gateway.pipelines.fractal_tiles import computed_stacks, computed_tiles
+from services.gateway.services import ServiceClients
 
 from .conftest import InProcessStack
 
@@ -168,6 +176,45 @@ def test_a_cancelled_stack_stops_between_calls_and_cancels_the_open_ones(
     with stack.service_clients() as services, pytest.raises(RuntimeError, match="job cancelled"):
         computed_stacks(RunContext("job", {}, pb.JobInput(), services, report), tiles, template)
     assert reports == [0, 64]  # the first call's answer, then no other
+
+
+class _FeaturesBeforeStacks(FeatureServicer):
+    """The features service as it was before ComputeFractalStack (its generated default answers
+    UNIMPLEMENTED), as a rolling upgrade may leave it for a while."""
+
+    ComputeFractalStack = features_grpc.FeatureServiceServicer.ComputeFractalStack
+
+
+def _register_features_before_stacks(server: grpc.Server, settings: Settings) -> None:
+    config = ExtractorConfig.from_env()
+    extractor = DeepFeatureExtractor(feature_repository(config.model_dirs), config)
+    features_grpc.add_FeatureServiceServicer_to_server(_FeaturesBeforeStacks(extractor), server)
+
+
+def test_a_stack_reaches_a_features_service_without_compute_fractal_stack_tile_by_tile(
+    stack: InProcessStack, serve: Callable[..., RunningServer],
+) -> None:
+    older = serve(_register_features_before_stacks, FEATURES.grpc_services, stack.settings)
+    tiles = _tiles(3, 16, seed=31)
+    request = build_request("fractal", None, {"box_sizes": "3-9"}, tensors={"tiles": tiles},
+                            tensor_names={"tiles": ["x", "y", "z"]})
+    pipeline = FractalPipeline()
+    params = pipeline.validate(dict(request.params), request.input)
+    reports: list[tuple[object, ...]] = []
+    services = ServiceClients({"features": older.address, "segmentation": "127.0.0.1:1",
+                               "classifier": "127.0.0.1:1"})
+    try:
+        with pytest.raises(grpc.RpcError) as refused:  # what the older service answers
+            services.features.ComputeFractalStack(features_pb2.ComputeFractalStackRequest())
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        result = pipeline.run(RunContext("job", params, request.input, services,
+                                         lambda *report: reports.append(report)))
+    finally:
+        services.close()
+    expected, _ = stack.run_in_worker(pipeline, request)  # the current service, stacks
+    assert result == expected
+    assert list(result.tables["fractal"].row_ids) == ["x", "y", "z"]
+    assert reports[-1][2:] == (3, 3, "tiles")
 
 
 def test_tiles_sent_one_per_call_report_progress_a_hundred_times_at_most(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
+import grpc
 import numpy as np
 
 from labsight.errors import InvalidArgument, echo
@@ -37,6 +39,8 @@ from services.gateway.pipelines.fractal_tiles import (
     tile_stack,
     tile_stack_header,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BOX_SIZES = "3-41"
 
@@ -284,8 +288,19 @@ class FractalPipeline(Pipeline):
         cost = fractal_cost(tiles.shape[1] * tiles.shape[2], list(template.box_sizes),
                             template.percolation)
         row_ids = stack_row_ids(context.job_input, TILES_INPUT, len(tiles))
+        stacks = None
         if cost <= BATCH_MAX_COST:
-            result, features = stack_result(self.name, computed_stacks(context, tiles, template), row_ids)
+            try:
+                stacks = computed_stacks(context, tiles, template)
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                # A features service older than ComputeFractalStack (a rolling upgrade that has
+                # not reached it yet): the tiles go one ComputeFractal call each instead.
+                log.info("features service without ComputeFractalStack; tiles sent one by one",
+                         extra={"job_id": context.job_id})
+        if stacks is not None:
+            result, features = stack_result(self.name, stacks, row_ids)
         else:
             result, features = stacked_result(self.name, computed_tiles(context, tiles, template),
                                               row_ids)
