@@ -396,6 +396,25 @@ def test_deep_features_job_covers_the_image_and_a_patch_stack(
     np.testing.assert_allclose(table_values(table), expected, atol=1e-4)
 
 
+def test_the_cli_packs_image_files_into_a_named_patch_stack(
+    stack: InProcessStack, model_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    stack.start_worker()
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    patches = RNG.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    for index, patch in enumerate(patches):
+        Image.fromarray(patch).save(folder / f"p{index}.png")
+    code = main(["submit", "deep-features", str(folder), "--stack", "8", "--wait", "--json",
+                 "--gateway", stack.gateway.address, "--token", ""])
+    line = json.loads(capsys.readouterr().out.strip())
+    assert code == 0 and line["status"] == "done", line
+    assert line["input_name"] == "p0.png (+2 more)"
+    table = stack.client.result(line["job_id"]).tables["features"]
+    assert list(table.row_ids) == ["p0.png", "p1.png", "p2.png"]
+    np.testing.assert_allclose(table_values(table), _direct(list(patches), model_cache), atol=1e-4)
+
+
 @pytest.mark.parametrize("model", [DEFAULT_MODEL, ""])  # "": the features service's default model
 def test_spot_features_job_is_keyed_by_spot_and_exports_to_anndata(
     stack: InProcessStack, model_cache: Path, tmp_path: Path, model: str
