@@ -166,14 +166,21 @@ def _check_batch_item(item: pb.ComputeFractalRequest, field: str) -> None:
         raise InvalidArgument(f"{field}.image: a blob-store image is not small; "
                               "send it alone with ComputeFractal")
     info = image_info(item.image, f"{field}.image")
-    box_sizes = tuple(item.box_sizes) or DEFAULT_BOX_SIZES
-    cost = fractal_cost(info.height * info.width, sorted(box_sizes), item.percolation)
+    _check_small_work(field, f"{info.height}x{info.width} pixels", info.height * info.width,
+                      tuple(item.box_sizes) or DEFAULT_BOX_SIZES, item.percolation,
+                      "a batch image's", "send it alone with ComputeFractal")
+
+
+def _check_small_work(field: str, what: str, pixels: int, box_sizes: Sequence[int], percolation: bool,
+                      limit_of: str, advice: str) -> None:
+    """InvalidArgument naming ``field`` if an image of ``pixels`` (``what``) with these box sides
+    costs more than BATCH_MAX_COST box-pixel comparisons (``limit_of`` whom, ``advice``)."""
+    cost = fractal_cost(pixels, sorted(box_sizes), percolation)
     if cost > BATCH_MAX_COST:
         raise InvalidArgument(
-            f"{field}: {info.height}x{info.width} pixels with {len(box_sizes)} box sizes"
-            + (" and percolation" if item.percolation else "")
-            + f" is {cost:.2g} box-pixel comparisons, over a batch image's {BATCH_MAX_COST:.0e}; "
-            "send it alone with ComputeFractal"
+            f"{field}: {what} with {len(box_sizes)} box sizes"
+            + (" and percolation" if percolation else "")
+            + f" is {cost:.2g} box-pixel comparisons, over {limit_of} {BATCH_MAX_COST:.0e}; {advice}"
         )
 
 
@@ -239,14 +246,8 @@ def _check_stack(request: pb.ComputeFractalStackRequest, box_sizes: Sequence[int
     shape, _ = image_stack_header(request.tiles, "tiles")
     if shape[0] > BATCH_MAX_IMAGES:
         raise InvalidArgument(f"tiles: {shape[0]} tiles; at most {BATCH_MAX_IMAGES} per call")
-    cost = fractal_cost(shape[1] * shape[2], sorted(box_sizes), request.percolation)
-    if cost > BATCH_MAX_COST:
-        raise InvalidArgument(
-            f"tiles: a {shape[1]}x{shape[2]} tile with {len(box_sizes)} box sizes"
-            + (" and percolation" if request.percolation else "")
-            + f" is {cost:.2g} box-pixel comparisons, over a stack tile's {BATCH_MAX_COST:.0e}; "
-            "send each tile alone with ComputeFractal"
-        )
+    _check_small_work("tiles", f"a {shape[1]}x{shape[2]} tile", shape[1] * shape[2], box_sizes,
+                      request.percolation, "a stack tile's", "send each tile alone with ComputeFractal")
 
 
 def fractal_response(
