@@ -340,23 +340,21 @@ def _file_request(args: argparse.Namespace, file: Any, params: dict[str, str],
     (see cmd_submit)."""
     from labsight.client import build_request
     from labsight.inputs import ChannelFiles, content_key
-    from labsight.stack_inputs import STACK_ROLES, StackFiles, stack_pixels
+    from labsight.stack_inputs import StackFiles, stack_request
     from labsight.v1 import tensor_pb2
 
     # A set of channel files sends them as input images by channel, and only a name as image;
     # a job of --tensor arrays alone has no image (its file is the first array's); a stack of
     # files (--stack) goes as the pipeline's stack tensor, each image named by its file.
-    names: dict[str, list[str]] = {}
     if isinstance(file, StackFiles):
-        role = STACK_ROLES[args.pipeline]
-        image, images = tensor_pb2.Image(name=file.name), extra_images
-        tensors, names = {**tensors, role: stack_pixels(file)}, {role: file.names}
-    elif isinstance(file, ChannelFiles):
-        image, images = tensor_pb2.Image(name=file.name), {**extra_images, **file.channels}
+        request = stack_request(args.pipeline, file, params, priority=args.priority, labels=labels,
+                                tensors=tensors, images=extra_images)
     else:
-        image, images = (None if not file.name else file.path), extra_images
-    request = build_request(args.pipeline, image, params, priority=args.priority,
-                            labels=labels, tensors=tensors, images=images, tensor_names=names)
+        image, images = ((tensor_pb2.Image(name=file.name), {**extra_images, **file.channels})
+                         if isinstance(file, ChannelFiles) else
+                         (None if not file.name else file.path, extra_images))
+        request = build_request(args.pipeline, image, params, priority=args.priority,
+                                labels=labels, tensors=tensors, images=images)
     if file.name:
         request.input.image.name = file.name
     if not args.resubmit:

@@ -575,6 +575,7 @@ class LabSightClient:
         labels: Mapping[str, str] | None = None,
         priority: str = "normal",
         progress: bool = True,
+        stack: int = 0,
     ) -> SubmittedBatch:
         """Submit every image of folders (and files) as one batch, resumable after an interruption.
 
@@ -606,11 +607,16 @@ class LabSightClient:
             The jobs' priority.
         progress : bool
             Draw a progress bar on stderr (on a terminal; elsewhere a line per part, if several).
+        stack : int
+            With N >= 1, pack same-size images into jobs of up to N (fractal's ``tiles``,
+            deep-features' ``patches``; ``labsight.stack_inputs``), each image named by its
+            file, so the result rows carry the file names; 0 (default): a job per file.
 
         Returns
         -------
         SubmittedBatch
-            The batch id, each file's job id in order, how many jobs were sent now.
+            The batch id, each job's id in order (a file's, or with ``stack`` a stack's), how
+            many jobs were sent now.
 
         Raises
         ------
@@ -620,24 +626,33 @@ class LabSightClient:
             The gateway refused a part (the parts before it stay queued: ``resume``).
         """
         from labsight.inputs import check_inputs, content_key, expand_inputs, input_names
+        from labsight.stack_inputs import STACK_ROLES, StackFiles, stack_files, stack_request
 
         expanded = expand_inputs(paths, recursive)
         check_inputs(expanded)
         files = input_names(expanded)
+        if stack and pipeline not in STACK_ROLES:
+            raise ValueError(f"stack: pipeline {pipeline!r} takes no stack of images; "
+                             f"these do: {sorted(STACK_ROLES)}")
+        stacks = stack_files(files, stack) if stack else []
 
         def requests() -> Iterator[pb.SubmitJobRequest]:
-            for file in files:
-                request = build_request(pipeline, file.path, params, labels=labels,
-                                        priority=priority, name=file.name)
+            for job in stacks if stack else files:
+                request = (stack_request(pipeline, job, params, labels=labels, priority=priority)
+                           if isinstance(job, StackFiles) else
+                           build_request(pipeline, job.path, params, labels=labels, priority=priority,
+                                         name=job.name))
                 request.idempotency_key = content_key(request)
                 yield request
 
-        submission = submission_id(self.address, pipeline, dict(params or {}), dict(labels or {}),
-                                   priority, [str(file.path.resolve()) for file in files])
-        bar = ProgressBar(lines=len(files) > PART_JOBS) if progress else None
+        packing = {"--stack": stack} if stack else {}  # another packing, another submission
+        submission = submission_id(self.address, pipeline, {**dict(params or {}), **packing},
+                                   dict(labels or {}), priority, [str(file.path.resolve()) for file in files])
+        jobs = len(stacks) if stack else len(files)
+        bar = ProgressBar(lines=jobs > PART_JOBS) if progress else None
         try:
             return submit_in_parts(
-                self, requests(), len(files), journal_path(submission), batch_id=batch_id,
+                self, requests(), jobs, journal_path(submission), batch_id=batch_id,
                 resume=resume, on_part=bar.update if bar else None,
             )
         finally:

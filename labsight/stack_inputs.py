@@ -4,9 +4,10 @@ by its file so the result's rows carry the file names."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,8 +15,10 @@ from labsight.errors import LabSightError
 from labsight.image_messages import image_from_file
 from labsight.images import decode_image, image_info
 from labsight.inputs import InputError, InputFile
+from labsight.v1 import gateway_pb2 as pb
+from labsight.v1 import tensor_pb2
 
-__all__ = ["STACK_MAX_BYTES", "STACK_ROLES", "StackFiles", "stack_files", "stack_pixels"]
+__all__ = ["STACK_MAX_BYTES", "STACK_ROLES", "StackFiles", "stack_files", "stack_pixels", "stack_request"]
 
 STACK_ROLES = {"fractal": "tiles", "deep-features": "patches"}
 """The stack tensor of each pipeline that takes one, by pipeline."""
@@ -81,3 +84,22 @@ def stack_files(files: Sequence[InputFile], per_stack: int) -> list[StackFiles]:
 def stack_pixels(stack: StackFiles) -> np.ndarray:
     """The stack's (N, H, W[, C]) pixels, each file decoded as the services decode it."""
     return np.stack([decode_image(image_from_file(file.path), str(file.path)) for file in stack.files])
+
+
+def stack_request(pipeline: str, stack: StackFiles, params: Mapping[str, object] | None = None,
+                  **options: Any) -> pb.SubmitJobRequest:
+    """The SubmitJobRequest of one stack: its pixels as the pipeline's stack tensor
+    (STACK_ROLES), each image named by its file, the job by the stack; ``options`` those of
+    :func:`labsight.client.build_request` (``tensors`` and ``images`` go beside the stack).
+
+    Raises
+    ------
+    KeyError
+        For a pipeline that takes no stack.
+    """
+    from labsight.client import build_request
+
+    role = STACK_ROLES[pipeline]
+    tensors = {**(options.pop("tensors", None) or {}), role: stack_pixels(stack)}
+    return build_request(pipeline, tensor_pb2.Image(name=stack.name), params, tensors=tensors,
+                         tensor_names={role: stack.names}, **options)

@@ -362,3 +362,13 @@ def test_the_cli_packs_a_folder_into_stacks_of_same_size_images_named_by_file(
                                                                    rel=1e-12)
     with pytest.raises(SystemExit, match="not of cells"):
         main(["submit", "cells", str(folder), "--stack", "3", *gateway])
+
+    submitted = stack.client.submit_folder("fractal", [folder], {"box_sizes": "3-9"}, stack=4,
+                                           batch_id="packed-sdk", progress=False)
+    assert len(submitted.job_ids) == 4  # a_0-3, a_4, b_0-1, c
+    table = stack.client.batch_to_pandas("packed-sdk", "fractal", timeout_s=60)
+    assert sorted(table.index.get_level_values("id")) == names
+    assert table.xs("b_1.png", level="id")["FractalDimension"].iloc[0] == pytest.approx(
+        frame.loc["b_1.png", "FractalDimension"], rel=1e-12)
+    with pytest.raises(ValueError, match="pipeline 'cells' takes no stack of images"):
+        stack.client.submit_folder("cells", [folder], stack=4)
