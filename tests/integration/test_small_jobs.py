@@ -186,14 +186,15 @@ def test_small_jobs_run_in_groups_finished_in_one_round_trip_and_equal_single_ru
 @pytest.mark.parametrize("params", [
     {"box_sizes": "3-21"},
     {"box_sizes": "3-7", "percolation": "true", "probabilities": "false"},
+    {"box_sizes": "3-21", "channels": "1"},  # read here as the features service reads them
 ])
-def test_a_group_runs_same_size_pixel_images_as_one_stack_and_each_result_equals_its_job_alone(
+def test_a_group_runs_same_size_images_as_one_stack_and_each_result_equals_its_job_alone(
     stack: InProcessStack, monkeypatch: pytest.MonkeyPatch, params: dict[str, str],
 ) -> None:
     side = 24 if params.get("percolation") else 48
     inputs: list[object] = [_image(side, 0), image_from_array(_image(side, 1), "tile-1.png"), _image(side, 2)]
     png = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=encode_png(_image(side, 10)), format="png"))
-    inputs += [_image(side + 2, 9), png]  # these two go in a ComputeFractalBatch call
+    inputs += [_image(side + 2, 9), png]  # the PNG joins the stack; the other size goes alone
     requests = [build_request("fractal", image, params) for image in inputs]  # type: ignore[arg-type]
     pipeline = FractalPipeline()
     stacked: list[int] = []
@@ -209,7 +210,7 @@ def test_a_group_runs_same_size_pixel_images_as_one_stack_and_each_result_equals
         monkeypatch.setattr(services.features.ComputeFractalStack, "future", counted)
         grouped = pipeline.run_many(contexts)
         alone = [pipeline.run(context) for context in contexts]
-    assert stacked == [3]  # the three same-size tensors; the other size and the PNG by batch
+    assert stacked == [4]  # the three same-size tensors and the PNG; the other size by batch
     assert grouped == alone
     assert list(grouped[1].tables["fractal"].row_ids) == ["tile-1.png"]
 

@@ -12,9 +12,9 @@ import numpy as np
 
 from labsight.errors import InvalidArgument, echo
 from labsight.fractal_work import BATCH_MAX_COST, fractal_cost
-from labsight.images import ImageInfo, image_info
+from labsight.images import ImageInfo, decode_image, image_info
 from labsight.tables import feature_table, table_values
-from labsight.tensors import from_tensor, write_tensor
+from labsight.tensors import from_tensor, to_tensor, write_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import (
@@ -119,28 +119,14 @@ def parse_box_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _stack_key(request: features_pb2.ComputeFractalRequest) -> tuple[object, ...] | None:
-    """What a job's ComputeFractal request must share with others to go in one
-    ComputeFractalStack call (its image's tensor dtype and shape, its options); None for an
-    image that is not a pixel tensor (encoded bytes are decoded by the service, one by one)."""
-    image = request.image
-    if image.WhichOneof("source") != "tensor":
-        return None
-    return (image.tensor.dtype, tuple(image.tensor.shape), tuple(request.box_sizes), request.percolation,
-            request.omit_probabilities)
-
-
-def stack_of(requests: Sequence[features_pb2.ComputeFractalRequest], members: Sequence[int]
-             ) -> features_pb2.ComputeFractalStackRequest:
-    """One ComputeFractalStack request of the images of ``requests[i]`` for i in ``members``
-    (pixel tensors of one dtype and shape, the same options): their bytes joined, no decoding."""
+def stack_of(requests: Sequence[features_pb2.ComputeFractalRequest], pixels: Mapping[int, np.ndarray],
+             members: Sequence[int]) -> features_pb2.ComputeFractalStackRequest:
+    """One ComputeFractalStack request of the read images ``pixels[i]`` (one shape and dtype)
+    for i in ``members``, with ``requests[members[0]]``'s options (the same for all)."""
     first = requests[members[0]]
-    tiles = tensor_pb2.Tensor(dtype=first.image.tensor.dtype,
-                              shape=[len(members), *first.image.tensor.shape],
-                              data=b"".join(requests[i].image.tensor.data for i in members))
     return features_pb2.ComputeFractalStackRequest(
-        tiles=tiles, box_sizes=first.box_sizes, percolation=first.percolation,
-        omit_probabilities=first.omit_probabilities)
+        tiles=to_tensor(np.stack([pixels[i] for i in members])), box_sizes=first.box_sizes,
+        percolation=first.percolation, omit_probabilities=first.omit_probabilities)
 
 
 @lru_cache(maxsize=64)
@@ -309,25 +295,29 @@ class FractalPipeline(Pipeline):
         return result
 
     def run_many(self, contexts: Sequence[RunContext]) -> list[pb.JobResult]:
-        """Small jobs (see ``group_key``) in few calls: those whose images are pixel tensors of
-        one shape and dtype with the same options go as one ComputeFractalStack call (their
-        gliding boxes in one pass), the rest as one ComputeFractalBatch call; one message each
-        way per call and one wait for the group, instead of a call per job."""
+        """Small jobs (see ``group_key``) in few calls: images read here (as the features service
+        reads them, with their ``read`` options) that share a shape, a dtype and the options go as
+        one ComputeFractalStack call (their gliding boxes in one pass), the rest as one
+        ComputeFractalBatch call; one message each way per call and one wait for the group,
+        instead of a call per job."""
         services = contexts[0].services
         timeout = services.call_timeout_s
         requests = [self._request(context) for context in contexts]
+        pixels = {index: decode_image(request.image, "input.image")
+                  for index, request in enumerate(requests)
+                  if request.image.WhichOneof("source") in ("tensor", "encoded")}
         stacks: dict[tuple[object, ...], list[int]] = {}
-        alone: list[int] = []
-        for index, request in enumerate(requests):
-            key = _stack_key(request)
-            if key is None:
-                alone.append(index)
-            else:
-                stacks.setdefault(key, []).append(index)
+        for index, image in pixels.items():
+            request = requests[index]
+            key = (image.shape, image.dtype.str, tuple(request.box_sizes), request.percolation,
+                   request.omit_probabilities)
+            stacks.setdefault(key, []).append(index)
+        alone = [index for index in range(len(requests)) if index not in pixels]
         for key in [key for key, members in stacks.items() if len(members) == 1]:
             alone += stacks.pop(key)
+        alone.sort()
         calls = [(members, services.features.ComputeFractalStack.future(
-            stack_of(requests, members), timeout=timeout)) for members in stacks.values()]
+            stack_of(requests, pixels, members), timeout=timeout)) for members in stacks.values()]
         if alone:
             calls.append((alone, services.features.ComputeFractalBatch.future(
                 features_pb2.ComputeFractalBatchRequest(requests=[requests[i] for i in alone]),
