@@ -187,7 +187,7 @@ def _check_work(params: Mapping[str, str], field: str, height: int, width: int, 
 
 
 class FractalPipeline(Pipeline):
-    """Runs FeatureService.ComputeFractal on the job's image, or ComputeFractalBatch on its tiles."""
+    """Runs FeatureService.ComputeFractal on the job's image, or ComputeFractalStack on its tiles."""
 
     name = "fractal"
     runs_in_groups = True
@@ -198,8 +198,9 @@ class FractalPipeline(Pipeline):
         "with the column names of Image-Feature-Extraction-Tools' Weka files (MinkLAC*, MinkDF*, "
         "Minkp/g/h*; `labsight columns fractal` explains each). Many small images of one size "
         "go as one job: a stack as tensor 'tiles' (N, H, W) or (N, H, W, C), no main image; "
-        "each tile is one row of the tables (row ids 0..N-1) and the tensors gain a first axis "
-        "of N."
+        "each tile is one row of the tables (row ids: input.tensor_names[tiles], else 0..N-1; "
+        "`labsight submit --stack N` packs a folder so, rows named by file) and the tensors gain "
+        "a first axis of N."
     )
     parameters = (
         Parameter(
