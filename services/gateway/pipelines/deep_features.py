@@ -147,7 +147,8 @@ class DeepFeaturesPipeline(Pipeline):
     named_stacks = (PATCHES_INPUT,)
     description = (
         "CNN features of any RGB or grey images from a chosen model and layer (average, max or "
-        "no pooling): the main image and/or a stack of patches as tensor 'patches' (N, H, W, 3). "
+        "no pooling): the main image and/or a stack of patches as tensor 'patches' (N, H, W, 3), "
+        "its rows named by input.tensor_names[patches] (else 0..N-1). "
         "Default model: EfficientNet-Lite0, 1280-d average pool."
     )
     parameters = model_parameters("efficientnet-lite0")
