@@ -3,7 +3,7 @@
 Run from the repository root (no Redis needed: the stack starts its own):
 
     python bench/small_jobs.py [--jobs 1000] [--rounds 5] [--param probabilities=false]
-                               [--part-jobs 16] [--tiles-per-job 64]
+                               [--part-jobs 16] [--tiles-per-job 64 | --png]
 
 One side submits ``--jobs`` fractal jobs (random RGB 64², default sides 3-41)
 to a stack started by ``labsight.up`` (its own Redis, the four services and its
@@ -25,6 +25,8 @@ With ``--tiles-per-job`` two more: ``gliding_box_stack`` on stacks of as many im
 one process per CPU and in one process with every CPU's thread (since 2026-12-06, when the
 stack function arrived and the features service began computing tile stacks with it: a
 good engineer with stacks of tiles calls it too, so leaving it out would flatter the stack).
+With ``--png`` every job carries its image as PNG bytes, as `labsight submit` sends files, and
+every direct variant decodes the same bytes (PIL) before its ``gliding_box``.
 The fastest of them in each round is the baseline. Rounds are
 paired, their order rotating; each
 round prints the load average (os.getloadavg) beside its figures, the CPU
@@ -36,6 +38,7 @@ checked against the direct ones.
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import os
 import signal
@@ -50,17 +53,20 @@ from pathlib import Path
 
 import numpy as np
 import redis
+from PIL import Image as PILImage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._shares import ProcessShares, interleaved  # noqa: E402
 from labsight.batch_submit import PART_JOBS  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
+from labsight.images import encode_png  # noqa: E402
 from labsight.redis_server import port_is_free  # noqa: E402
 from labsight.runtime.cpus import usable_cpus  # noqa: E402
 from labsight.tables import table_values  # noqa: E402
 from labsight.up import Stack, StackLayout  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
+from labsight.v1 import tensor_pb2  # noqa: E402
 
 SIDE = 64
 
@@ -71,11 +77,12 @@ def images(jobs: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8) for _ in range(jobs)]
 
 
-def direct_share(jobs: int, share: int, shares: int, stack: int = 0) -> Callable[[int], list[float]]:
+def direct_share(jobs: int, share: int, shares: int, stack: int = 0,
+                 png: bool = False) -> Callable[[int], list[float]]:
     """A direct process's work on images ``share::shares`` of the benchmark's, compiled (or
-    loaded from the cache) before any round: ``gliding_box`` of each, or (``stack`` > 0)
-    ``gliding_box_stack`` of each ``stack`` of them in turn, with the given numba thread count;
-    their fractal dimensions."""
+    loaded from the cache) before any round: ``gliding_box`` of each (``png``: decoded from
+    its PNG bytes first, with PIL), or (``stack`` > 0) ``gliding_box_stack`` of each ``stack``
+    of them in turn, with the given numba thread count; their fractal dimensions."""
     import numba
 
     from services.features.fractal import gliding_box
@@ -87,10 +94,15 @@ def direct_share(jobs: int, share: int, shares: int, stack: int = 0) -> Callable
     stacks = [np.stack(pictures[start:start + stack]) for start in range(0, len(pictures) if stack else 0,
                                                                           stack or 1)]
 
+    encoded = [encode_png(picture) for picture in pictures] if png else []
+
     def work(threads: int) -> list[float]:
         numba.set_num_threads(threads)
         if stack:
             return [value for tiles in stacks for value in gliding_box_stack(tiles).fractal_dimension]
+        if png:
+            return [gliding_box(np.asarray(PILImage.open(io.BytesIO(data)))).fractal_dimension.value
+                    for data in encoded]
         return [gliding_box(picture).fractal_dimension.value for picture in pictures]
 
     return work
@@ -151,11 +163,14 @@ def dimensions(result: pb.JobResult) -> list[float]:
     return table_values(table)[:, list(table.columns).index("FractalDimension")].tolist()
 
 
-def stack_requests(pictures: list[np.ndarray], params: dict[str, str], tiles_per_job: int
-                   ) -> list[pb.SubmitJobRequest]:
-    """A fractal job per picture, or (``tiles_per_job`` > 0) per stack of that many pictures."""
+def stack_requests(pictures: list[np.ndarray], params: dict[str, str], tiles_per_job: int,
+                   png: bool = False) -> list[pb.SubmitJobRequest]:
+    """A fractal job per picture (``png``: as PNG bytes, as `labsight submit` sends files), or
+    (``tiles_per_job`` > 0) per stack of that many pictures."""
     if not tiles_per_job:
-        return [build_request("fractal", picture, params) for picture in pictures]
+        return [build_request("fractal", tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(
+                    data=encode_png(picture), format="png")) if png else picture, params)
+                for picture in pictures]
     return [build_request("fractal", None, params,
                           tensors={"tiles": np.stack(pictures[start:start + tiles_per_job])})
             for start in range(0, len(pictures), tiles_per_job)]
@@ -179,10 +194,12 @@ class Direct:
 
     @classmethod
     def start(cls, name: str, threads: int, wait_policy: str, jobs: int,
-              processes: int = 1, stack: int = 0) -> Direct:
+              processes: int = 1, stack: int = 0, png: bool = False) -> Direct:
         """Spawn the processes and wait until they are warm; with ``stack``, each calls
-        ``gliding_box_stack`` on that many of its images at a time."""
-        loaders = [partial(direct_share, jobs, share, processes, stack) for share in range(processes)]
+        ``gliding_box_stack`` on that many of its images at a time; with ``png`` it decodes
+        each image's PNG bytes first."""
+        loaders = [partial(direct_share, jobs, share, processes, stack, png)
+                   for share in range(processes)]
         shares = ProcessShares(loaders, {"OMP_WAIT_POLICY": wait_policy or None})
         return cls(name, threads, wait_policy, shares)
 
@@ -246,6 +263,9 @@ def main() -> None:
                         help="send the images as fractal tile stacks of this many per job "
                              "(tensor 'tiles'); 0 (default): one job per image, as the target "
                              "counts them. Rates are images per second either way")
+    parser.add_argument("--png", action="store_true",
+                        help="send each image as PNG bytes, as `labsight submit` sends files (one "
+                             "job per image only); the direct side then decodes the same bytes")
     parser.add_argument("--no-spinning-baseline", action="store_true",
                         help="leave out the direct variant with OpenMP's default (spinning) wait, "
                              "which a loaded machine slows tenfold")
@@ -253,7 +273,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the stack on the way out
     cpus = usable_cpus()
     params = dict(item.split("=", 1) for item in args.param)
-    requests = stack_requests(images(args.jobs), params, args.tiles_per_job)
+    if args.png and args.tiles_per_job:
+        parser.error("--png sends one job per image; leave out --tiles-per-job")
+    requests = stack_requests(images(args.jobs), params, args.tiles_per_job, args.png)
     warm_up = requests[:max(4, 100 // max(args.tiles_per_job, 1))]  # every job slot, with stacks too
     variants = [(f"direct {cpus} processes x 1 thread", 1, "PASSIVE", cpus, 0),
                 (f"direct {cpus} threads passive", cpus, "PASSIVE", 1, 0)]
@@ -262,7 +284,7 @@ def main() -> None:
     if args.tiles_per_job:  # what a good engineer calls on stacks: the library's stack function
         variants += [(f"direct stacks {cpus} processes x 1 thread", 1, "PASSIVE", cpus, args.tiles_per_job),
                      (f"direct stacks {cpus} threads passive", cpus, "PASSIVE", 1, args.tiles_per_job)]
-    directs = [Direct.start(name, threads, policy, args.jobs, processes, stack)
+    directs = [Direct.start(name, threads, policy, args.jobs, processes, stack, args.png)
                for name, threads, policy, processes, stack in variants]
     with tempfile.TemporaryDirectory(prefix="labsight-small-jobs-") as home:
         stack = Stack(Path(home), StackLayout.from_base_port(free_base_port(), args.workers))
