@@ -119,7 +119,7 @@ def parse_box_sizes(text: str) -> list[int]:
     return sizes
 
 
-def stack_of(requests: Sequence[features_pb2.ComputeFractalRequest], pixels: Mapping[int, np.ndarray],
+def _stack_of(requests: Sequence[features_pb2.ComputeFractalRequest], pixels: Mapping[int, np.ndarray],
              members: Sequence[int]) -> features_pb2.ComputeFractalStackRequest:
     """One ComputeFractalStack request of the read images ``pixels[i]`` (one shape and dtype)
     for i in ``members``, with ``requests[members[0]]``'s options (the same for all)."""
@@ -318,7 +318,7 @@ class FractalPipeline(Pipeline):
             alone += stacks.pop(key)
         alone.sort()
         calls = [(members, services.features.ComputeFractalStack.future(
-            stack_of(requests, pixels, members), timeout=timeout)) for members in stacks.values()]
+            _stack_of(requests, pixels, members), timeout=timeout)) for members in stacks.values()]
         if alone:
             calls.append((alone, services.features.ComputeFractalBatch.future(
                 features_pb2.ComputeFractalBatchRequest(requests=[requests[i] for i in alone]),
