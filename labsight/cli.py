@@ -200,6 +200,11 @@ def _add_visium_input(
           f"on {image}", file=sys.stderr)
 
 
+STACK_HINT_FILES = 256
+"""From this many images, ``labsight submit`` of a pipeline that takes stacks mentions ``--stack``
+(64² fractal tiles run about 2.5x faster as stacks than as a job each, bench/small_jobs.py)."""
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Submit one job per image (several images, or --batch, go as one batch); --wait shows
     progress on a terminal and prints each job's final state and result.
@@ -235,6 +240,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         files = _stacked_inputs(args, files, tensors)
         if files is None:
             return 2
+    elif len(files) >= STACK_HINT_FILES and args.pipeline in _stack_pipelines():
+        print(f"labsight: {len(files)} images, a job each; small images of one size run faster as "
+              "stacks: --stack 64 sends up to 64 per job (result rows named by file)",
+              file=sys.stderr)
     requests = (_file_request(args, file, params, labels, tensors, extra_images) for file in files)
     with _client(args) as client:
         job_ids = _submit_files(client, args, files, requests)
@@ -306,6 +315,13 @@ def _submitted_inputs(args: argparse.Namespace) -> list[Any] | None:
         for line in [*str(error).splitlines(), "nothing was submitted"]:
             print(f"labsight: {line}", file=sys.stderr)
         return None
+
+
+def _stack_pipelines() -> set[str]:
+    """The pipelines ``--stack`` packs images for."""
+    from labsight.stack_inputs import STACK_ROLES
+
+    return set(STACK_ROLES)
 
 
 def _stacked_inputs(args: argparse.Namespace, files: list[Any], tensors: dict[str, np.ndarray]

@@ -14,6 +14,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from labsight import cli
 from labsight.catalog import FEATURES
 from labsight.cli import main
 from labsight.client import build_request
@@ -331,6 +332,7 @@ def test_the_cli_submits_a_tile_stack_alone_as_one_job_and_exports_a_row_per_til
 
 def test_the_cli_packs_a_folder_into_stacks_of_same_size_images_named_by_file(
     stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stack.start_worker()
     folder = tmp_path / "tiles"
@@ -362,6 +364,11 @@ def test_the_cli_packs_a_folder_into_stacks_of_same_size_images_named_by_file(
                                                                    rel=1e-12)
     with pytest.raises(SystemExit, match="not of cells"):
         main(["submit", "cells", str(folder), "--stack", "3", *gateway])
+    capsys.readouterr()
+    monkeypatch.setattr(cli, "STACK_HINT_FILES", 8)  # a folder of 8 images stands for thousands
+    assert main(["submit", "fractal", str(folder), *gateway, "--param", "box_sizes=3-9"]) == 0
+    assert "8 images, a job each; small images of one size run faster as stacks: --stack 64" in (
+        capsys.readouterr().err)
 
     submitted = stack.client.submit_folder("fractal", [folder], {"box_sizes": "3-9"}, stack=4,
                                            batch_id="packed-sdk", progress=False)
