@@ -234,6 +234,28 @@ def test_jobs_of_a_pipeline_that_never_groups_run_alone_and_their_inputs_are_not
         worker.services.close()
 
 
+def test_a_grouped_png_that_does_not_decode_fails_alone_and_the_others_finish(
+    stack: InProcessStack,
+) -> None:
+    worker = _queued_worker(stack, "corrupt-png")
+    worker.group_size = 3
+    try:
+        data = bytearray(encode_png(_image(48, 1)))
+        data[60:] = bytes(len(data) - 60)  # the header holds; the pixel data does not decode
+        corrupt = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=bytes(data), format="png"))
+        requests = [build_request("fractal", image, {"box_sizes": "3-21"})  # type: ignore[arg-type]
+                    for image in (_image(48, 0), corrupt, _image(48, 2))]
+        batch = stack.client.submit_batch(requests)  # accepted: submit reads headers only
+        units = worker.start_units(worker.claim(3, block_ms=100), free=1)
+        assert [len(unit) for unit in units] == [3]
+        worker.process_group(units[0], worker.services)
+        jobs = [stack.client.get(job_id) for job_id in batch.job_ids]
+        assert [job.status for job in jobs] == [pb.JOB_STATUS_DONE, pb.JOB_STATUS_FAILED, pb.JOB_STATUS_DONE]
+        assert "INVALID_ARGUMENT" in jobs[1].error and "PNG" in jobs[1].error
+    finally:
+        worker.services.close()
+
+
 def test_a_group_that_fails_runs_each_job_alone_to_its_own_outcome(
     stack: InProcessStack, redis_for: redis.Redis,
 ) -> None:
