@@ -84,7 +84,7 @@ def test_a_stack_is_sized_to_its_cpus(
     assert sizing.gateway_environment() == bulk
     assert sizing.describe() == (
         f"{cpus} CPUs: {expected[0]} worker(s) x {expected[1]} job slots (small jobs of one kind: "
-        f"up to 8 per slot), {expected[2]} numba/OpenMP threads per model service")
+        f"up to 32 per slot), {expected[2]} numba/OpenMP threads per model service")
 
 
 def test_the_stack_sizing_defaults_to_the_usable_cpus() -> None:
