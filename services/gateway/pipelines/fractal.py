@@ -330,9 +330,9 @@ class FractalPipeline(Pipeline):
             answered = len(answer.features.row_ids) if stacked else len(answer.responses)
             if answered != len(members):
                 raise ValueError(f"the features service answered {answered} of {len(members)} images")
-            for row, index in enumerate(members):
-                results[index] = (self._row_result(answer, row, requests[index].image.name or "image")
-                                  if stacked else self._result(answer.responses[row]))
+            got = (self._row_results(answer, [requests[i].image.name or "image" for i in members])
+                   if stacked else [self._result(response) for response in answer.responses])
+            results.update(zip(members, got, strict=True))
         return [results[index] for index in range(len(contexts))]
 
     @classmethod
@@ -358,30 +358,36 @@ class FractalPipeline(Pipeline):
         for name, table in weka_tables(features).items():
             result.tables[name].CopyFrom(table)
 
-    def _row_result(self, answer: features_pb2.ComputeFractalStackResponse, row: int, row_id: str
-                    ) -> pb.JobResult:
-        """Row ``row`` of a ComputeFractalStack answer as the result :meth:`_result` makes of
-        ComputeFractal's answer for that image alone (its table row named ``row_id``)."""
-        result = pb.JobResult(pipeline=self.name)
+    def _row_results(self, answer: features_pb2.ComputeFractalStackResponse, row_ids: Sequence[str]
+                     ) -> list[pb.JobResult]:
+        """Each row of a ComputeFractalStack answer as the result :meth:`_result` makes of
+        ComputeFractal's answer for that image alone, its table row named by ``row_ids``; the
+        answer's tensors are read once for all rows."""
+        columns = list(answer.features.columns)
         values = table_values(answer.features, "features")
-        self._add_tables(result, feature_table(list(answer.features.columns), values[row : row + 1],
-                                               [row_id]))
-        tensors = result.tensors
-        write_tensor(tensors["box_sizes"], np.array(answer.box_sizes, np.int32))
-        write_tensor(tensors["lacunarity"], from_tensor(answer.lacunarity, "lacunarity")[row])
-        write_tensor(tensors["box_count"], from_tensor(answer.box_count, "box_count")[row])
+        rows = {name: from_tensor(getattr(answer, name), name)
+                for name in ("lacunarity", "box_count", "fractal_dimension", "fractal_dimension_r_squared")}
         for side, probabilities in zip(answer.box_sizes, answer.probabilities, strict=False):
-            write_tensor(tensors[f"probability_r{side}"], from_tensor(probabilities, "probabilities")[row])
+            rows[f"probability_r{side}"] = from_tensor(probabilities, f"probabilities[r={side}]")
         if answer.HasField("percolation_cluster_count"):
             for name in ("cluster_count", "largest_cluster_ratio", "percolating_ratio"):
-                write_tensor(tensors[f"percolation_{name}"],
-                             from_tensor(getattr(answer, f"percolation_{name}"), name)[row])
-        result.scalars["fractal_dimension"] = float(from_tensor(answer.fractal_dimension, "dimension")[row])
-        result.scalars["fractal_dimension_r_min"] = answer.box_sizes[0]
-        result.scalars["fractal_dimension_r_max"] = answer.box_sizes[-1]
-        result.scalars["fractal_dimension_r_squared"] = float(
-            from_tensor(answer.fractal_dimension_r_squared, "r_squared")[row])
-        return result
+                rows[f"percolation_{name}"] = from_tensor(getattr(answer, f"percolation_{name}"), name)
+        sides = np.array(answer.box_sizes, np.int32)
+        results = []
+        for row, row_id in enumerate(row_ids):
+            result = pb.JobResult(pipeline=self.name)
+            self._add_tables(result, feature_table(columns, values[row : row + 1], [row_id]))
+            tensors = result.tensors
+            write_tensor(tensors["box_sizes"], sides)
+            for name, array in rows.items():
+                if not name.startswith("fractal_dimension"):
+                    write_tensor(tensors[name], array[row])
+            result.scalars["fractal_dimension"] = float(rows["fractal_dimension"][row])
+            result.scalars["fractal_dimension_r_min"] = int(sides[0])
+            result.scalars["fractal_dimension_r_max"] = int(sides[-1])
+            result.scalars["fractal_dimension_r_squared"] = float(rows["fractal_dimension_r_squared"][row])
+            results.append(result)
+        return results
 
     def _result(self, response: features_pb2.ComputeFractalResponse) -> pb.JobResult:
         """The service's answer as the job's tables, tensors and scalars."""
