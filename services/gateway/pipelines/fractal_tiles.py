@@ -74,7 +74,7 @@ def tile_request(template: features_pb2.ComputeFractalRequest, tile: np.ndarray,
     return request
 
 
-def stack_request(template: features_pb2.ComputeFractalRequest, tiles: np.ndarray
+def fractal_stack_request(template: features_pb2.ComputeFractalRequest, tiles: np.ndarray
                   ) -> features_pb2.ComputeFractalStackRequest:
     """``template``'s box sides and options for a ComputeFractalStack call on ``tiles``."""
     return features_pb2.ComputeFractalStackRequest(
@@ -92,8 +92,8 @@ def computed_stacks(
     timeout = context.services.call_timeout_s
 
     def send(start: int, stop: int) -> grpc.Future:
-        return features.ComputeFractalStack.future(stack_request(template, tiles[start:stop]),
-                                                   timeout=timeout)
+        request = fractal_stack_request(template, tiles[start:stop])
+        return features.ComputeFractalStack.future(request, timeout=timeout)
 
     def tiles_of(answer: features_pb2.ComputeFractalStackResponse) -> int:
         return len(answer.features.row_ids)
