@@ -222,10 +222,10 @@ def fractal_stack_response(
             write_tensor(response.probabilities.add(), boxes.probability[side])
     if request.percolation:
         found = []
-        for tile in tiles:
-            if check_caller is not None:
-                check_caller()
-            with _numba_threads(1):
+        with _numba_threads(1):
+            for tile in tiles:
+                if check_caller is not None:
+                    check_caller()
                 found.append(percolation(tile, box_sizes=box_sizes))
         for name in ("cluster_count", "largest_cluster_ratio", "percolating_ratio"):
             write_tensor(getattr(response, f"percolation_{name}"),
