@@ -202,7 +202,8 @@ def _add_visium_input(
 
 STACK_HINT_FILES = 256
 """From this many images, ``labsight submit`` of a pipeline that takes stacks mentions ``--stack``
-(64² fractal tiles run about 2.5x faster as stacks than as a job each, bench/small_jobs.py)."""
+(64² fractal tiles: 1,749-2,107 images/s as stacks of 64 against 1,073-1,264 as a job each,
+bench/small_jobs.py, 2026-12-06)."""
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -947,7 +948,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--stack", type=int, default=0, metavar="N",
                         help="pack same-size images into jobs of up to N each, as fractal's "
                              "'tiles' or deep-features' 'patches' stack (fewer, larger jobs: 64² "
-                             "tiles run about 2.5x faster through the stack than a job each); the "
+                             "tiles ran about 1.8x faster as stacks of 64 than a job each); the "
                              "result rows are named by file")
     submit.add_argument("--tensor", action="append", default=[], metavar="ROLE=FILE",
                         help="array added to every job's input (.npy, or a CSV/TSV of numbers), "
