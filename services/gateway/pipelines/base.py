@@ -85,10 +85,15 @@ MAX_ROW_NAME_CHARS = 1024
 
 def stack_row_ids(job_input: pb.JobInput, role: str, count: int) -> list[str]:
     """Row ids of the ``count`` images of stack ``role``: their names in
-    ``job_input.tensor_names`` (checked at submit), else "0" .. "count - 1"."""
-    if role in job_input.tensor_names:
-        return list(job_input.tensor_names[role].names)
-    return [str(i) for i in range(count)]
+    ``job_input.tensor_names`` (checked at submit, and their count again here: a job may
+    reach a worker by another way than the gateway), else "0" .. "count - 1"."""
+    if role not in job_input.tensor_names:
+        return [str(i) for i in range(count)]
+    names = list(job_input.tensor_names[role].names)
+    if len(names) != count:
+        raise InvalidArgument(f"input.tensor_names[{role}]: {len(names)} names for the {count} "
+                              f"images of input.tensors[{role}]")
+    return names
 
 
 def mark_row_names(result: pb.JobResult, job_input: pb.JobInput, role: str) -> None:
