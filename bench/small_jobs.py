@@ -61,12 +61,12 @@ from bench._shares import ProcessShares, interleaved  # noqa: E402
 from labsight.batch_submit import PART_JOBS  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.images import encode_png  # noqa: E402
-from labsight.redis_server import port_is_free  # noqa: E402
 from labsight.runtime.cpus import usable_cpus  # noqa: E402
 from labsight.tables import table_values  # noqa: E402
 from labsight.up import Stack, StackLayout  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 from labsight.v1 import tensor_pb2  # noqa: E402
+from tests.up_support import free_base_port  # noqa: E402
 
 SIDE = 64
 
@@ -106,14 +106,6 @@ def direct_share(jobs: int, share: int, shares: int, stack: int = 0,
         return [gliding_box(picture).fractal_dimension.value for picture in pictures]
 
     return work
-
-
-def free_base_port() -> int:
-    """A base port whose gRPC (base..+3) and metrics (base+99..+110) blocks are free."""
-    for base in range(31000 + os.getpid() % 300 * 20, 60000, 20):
-        if all(port_is_free(p) for p in [*range(base, base + 4), *range(base + 99, base + 111)]):
-            return base
-    raise RuntimeError("no free port block")
 
 
 def process_seconds(pid: int) -> float:

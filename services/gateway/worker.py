@@ -446,7 +446,7 @@ class Worker:
         if anything fails, each job not cancelled meanwhile runs again alone, to its own outcome."""
         begun = time.perf_counter()
         try:
-            prepared = [self.prepare(s.job, s.raw_input, services) for s in unit]
+            prepared = [self.prepare(s.job, s.raw_input, services, keep_pixels=True) for s in unit]
             pipeline = prepared[0][0]
             results = pipeline.run_many([context for _, context, _ in prepared])
             results = [self.completed(started.job, result, reading)
@@ -571,24 +571,28 @@ class Worker:
         return self.completed(job, pipeline.run(context), reading)
 
     def prepare(
-        self, job: JobRecord, raw_input: bytes | None, services: ServiceClients
+        self, job: JobRecord, raw_input: bytes | None, services: ServiceClients,
+        keep_pixels: bool = False,
     ) -> tuple[Pipeline, RunContext, tuple[list[str], dict[str, str]]]:
         """The job's pipeline, its run's context and the warnings and provenance of reading
-        its input (as loaded when the job started)."""
+        its input (as loaded when the job started); ``keep_pixels`` (a job run in a group)
+        keeps the main image as read in the context's ``image_pixels``."""
         if raw_input is None:
             raise ValueError("the job's input is missing from the queue store")
         job_input = pb.JobInput.FromString(raw_input)
         pipeline = get_pipeline(job.pipeline)
         if job_input.image.blob and not pipeline.keeps_blob_reference(job_input, job.params):
             self.inline_blob(job_input.image)
+        reading = pipeline.read_input(job_input, job.params)
         context = RunContext(
             job_id=job.job_id,
             params=job.params,
             job_input=job_input,
             services=services,
             report_progress=partial(self.report_progress, job, ProgressClock()),
+            image_pixels=reading.pixels if keep_pixels else None,
         )
-        return pipeline, context, pipeline.read_input(job_input, job.params)
+        return pipeline, context, (reading.warnings, reading.provenance)
 
     @staticmethod
     def completed(

@@ -13,6 +13,7 @@ import pytest
 import redis
 from redis.connection import Connection
 
+from labsight import images
 from labsight.client import build_request
 from labsight.image_messages import image_from_array
 from labsight.images import encode_png
@@ -22,6 +23,7 @@ from labsight.v1 import features_pb2_grpc as features_grpc
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.jobs import RUNNING
 from services.gateway.keys import RedisKeys
+from services.gateway.pipelines import base as pipelines_base
 from services.gateway.pipelines.base import RunContext
 from services.gateway.pipelines.fractal import FractalPipeline
 from services.gateway.worker import Worker, build_worker
@@ -230,6 +232,43 @@ def test_jobs_of_a_pipeline_that_never_groups_run_alone_and_their_inputs_are_not
         units = worker.start_units(worker.claim(3, block_ms=100), free=3)
         assert [len(unit) for unit in units] == [1, 1, 1]
         assert asked == []
+    finally:
+        worker.services.close()
+
+
+def test_a_worker_reads_each_grouped_image_once_and_its_results_equal_the_jobs_alone(
+    stack: InProcessStack, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = _queued_worker(stack, "read-once")
+    worker.group_size = 3
+    png = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=encode_png(_image(48, 1)), format="png"))
+    requests = [build_request("fractal", image, {"box_sizes": "3-21"})  # type: ignore[arg-type]
+                for image in (_image(48, 0), png, _image(48, 2))]
+    reads: list[str] = []
+    original = images.read_image
+
+    def counted(image: tensor_pb2.Image, field: str = "image", *args: object, **kwargs: object) -> object:
+        reads.append(field)
+        return original(image, field, *args, **kwargs)  # type: ignore[arg-type]
+
+    try:
+        batch = stack.client.submit_batch(requests)
+        units = worker.start_units(worker.claim(3, block_ms=100), free=1)
+        assert [len(unit) for unit in units] == [3]
+        monkeypatch.setattr(images, "read_image", counted)  # decode_image's
+        monkeypatch.setattr(pipelines_base, "read_image", counted)  # read_input's
+        worker.process_group(units[0], worker.services)
+        monkeypatch.undo()
+        assert len(reads) == 3  # one read per job: its warnings, provenance and stacked pixels
+        grouped = [stack.client.result(job_id) for job_id in batch.job_ids]
+        with stack.service_clients() as services:
+            pipeline = FractalPipeline()
+            alone = [pipeline.run(RunContext(f"job-{i}", pipeline.validate(dict(r.params), r.input),
+                                             r.input, services, lambda *_: None))
+                     for i, r in enumerate(requests)]
+        for got, expected in zip(grouped, alone, strict=True):
+            assert got.tables == expected.tables and got.tensors == expected.tensors
+            assert got.scalars == expected.scalars
     finally:
         worker.services.close()
 

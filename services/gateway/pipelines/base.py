@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from labsight.errors import InvalidArgument, echo
 from labsight.image_reader import parse_channels, parse_plane, parse_z_project
 from labsight.images import ImageInfo, image_info, max_image_bytes, read_image
@@ -43,13 +45,30 @@ class Parameter:
 
 @dataclass
 class RunContext:
-    """Everything a pipeline run needs inside a worker."""
+    """Everything a pipeline run needs inside a worker.
+
+    ``image_pixels`` is the main image as the worker read it (``Pipeline.read_input``), kept
+    for a job that runs in a group (``run_many``) so that its pixels are not decoded twice;
+    None otherwise (a job alone does not hold its decoded image while it runs).
+    """
 
     job_id: str
     params: dict[str, str]
     job_input: pb.JobInput
     services: ServiceClients
     report_progress: ProgressReporter
+    image_pixels: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class InputReading:
+    """What reading a job's inputs in a worker found (``Pipeline.read_input``): the warnings
+    and provenance its result carries, and the main image's pixels as the services read them
+    (None where the main image was not read whole)."""
+
+    warnings: list[str]
+    provenance: dict[str, str]
+    pixels: np.ndarray | None = None
 
 
 def parse_bool(text: str) -> bool:
@@ -200,19 +219,18 @@ class Pipeline(ABC):
         """The pipeline's own parameters, then the image-reading ones every pipeline shares."""
         return self.parameters + IMAGE_PARAMETERS
 
-    def read_input(
-        self, job_input: pb.JobInput, params: Mapping[str, str]
-    ) -> tuple[list[str], dict[str, str]]:
-        """Warnings and provenance of reading the main image as the services will (in a worker).
+    def read_input(self, job_input: pb.JobInput, params: Mapping[str, str]) -> InputReading:
+        """The main image read as the services will read it (in a worker): its pixels, and the
+        warnings and provenance of the reading.
 
         Raises InvalidArgument for an image the services would refuse (e.g. a
         transparent alpha channel), so such a job fails before any service call.
         Pipelines with other image inputs add theirs.
         """
         if job_input.image.WhichOneof("source") is None:
-            return [], {}
+            return InputReading([], {})
         reading = read_image(job_input.image, "input.image", choices_field="params")
-        return reading.warnings, reading.provenance
+        return InputReading(reading.warnings, reading.provenance, reading.pixels)
 
     def check_input(
         self, params: dict[str, str], job_input: pb.JobInput, info: ImageInfo | None

@@ -22,7 +22,7 @@ from labsight.tables import table_values
 from labsight.tensors import to_tensor
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import segmentation_pb2
-from services.gateway.pipelines.base import Parameter, Pipeline, RunContext, read_options
+from services.gateway.pipelines.base import InputReading, Parameter, Pipeline, RunContext, read_options
 
 HPA_PIXEL_SIZE_UM = "0.08"
 """Pixel size of the Human Protein Atlas images (µm), the default."""
@@ -120,11 +120,9 @@ class CellsPipeline(Pipeline):
         field = parts[0][0] if len(parts) == 1 else "input.images"
         check_answer_size(info, field, answer_room())
 
-    def read_input(
-        self, job_input: pb.JobInput, params: Mapping[str, str]
-    ) -> tuple[list[str], dict[str, str]]:
+    def read_input(self, job_input: pb.JobInput, params: Mapping[str, str]) -> InputReading:
         """As every pipeline; with one image per channel, each is read and its warnings are
-        named after its channel."""
+        named after its channel (no main image's pixels then)."""
         parts = channel_parts(job_input)
         if len(parts) == 1:
             return super().read_input(job_input, params)
@@ -134,7 +132,7 @@ class CellsPipeline(Pipeline):
             reading = read_image(image, field, choices_field="params")
             warnings += [f"{field}: {warning}" for warning in reading.warnings]
             provenance.update(reading.provenance)
-        return warnings, provenance
+        return InputReading(warnings, provenance)
 
     def run(self, context: RunContext) -> pb.JobResult:
         """One SegmentCells call; its masks, table and centroids become the result."""

@@ -21,6 +21,7 @@ from labsight.tensor_wire import EncodedMessage, serialize_with_arrays
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import (
+    InputReading,
     Parameter,
     Pipeline,
     RunContext,
@@ -178,18 +179,17 @@ class DeepFeaturesPipeline(Pipeline):
             images += shape[0]
         check_model_work(params, images, "input")
 
-    def read_input(
-        self, job_input: pb.JobInput, params: Mapping[str, str]
-    ) -> tuple[list[str], dict[str, str]]:
+    def read_input(self, job_input: pb.JobInput, params: Mapping[str, str]) -> InputReading:
         """The main image's reading, and a warning when the patch stack spans little of its range."""
-        warnings, provenance = super().read_input(job_input, params)
+        reading = super().read_input(job_input, params)
+        warnings, provenance = list(reading.warnings), dict(reading.provenance)
         if PATCHES_INPUT in job_input.tensors:
             scaled = scaled_patches(job_input, params)
             warning = low_range_warning(scaled.pixels, f"input.tensors[{PATCHES_INPUT}]")
             warnings += [warning] if warning else []
             provenance.setdefault("intensity", parse_intensity(params["intensity"]).text)
             provenance["patches_intensity_range"] = f"{scaled.black:g}-{scaled.white:g}"
-        return warnings, provenance
+        return InputReading(warnings, provenance, reading.pixels)
 
     def run(self, context: RunContext) -> pb.JobResult:
         """Features of every input image, one table row each (main image first).

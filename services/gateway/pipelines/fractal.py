@@ -296,16 +296,17 @@ class FractalPipeline(Pipeline):
         return result
 
     def run_many(self, contexts: Sequence[RunContext]) -> list[pb.JobResult]:
-        """Small jobs (see ``group_key``) in few calls: images read here (as the features service
-        reads them, with their ``read`` options) that share a shape, a dtype and the options go as
-        one ComputeFractalStack call (their gliding boxes in one pass), the rest as one
-        ComputeFractalBatch call; one message each way per call and one wait for the group,
-        instead of a call per job."""
+        """Small jobs (see ``group_key``) in few calls: images read (as the features service
+        reads them, with their ``read`` options; by the worker already where the context holds
+        them) that share a shape, a dtype and the options go as one ComputeFractalStack call
+        (their gliding boxes in one pass), the rest as one ComputeFractalBatch call; one message
+        each way per call and one wait for the group, instead of a call per job."""
         services = contexts[0].services
         timeout = services.call_timeout_s
         requests = [self._request(context) for context in contexts]
-        pixels = {index: decode_image(request.image, "input.image")
-                  for index, request in enumerate(requests)
+        pixels = {index: (decode_image(request.image, "input.image")
+                          if context.image_pixels is None else context.image_pixels)
+                  for index, (request, context) in enumerate(zip(requests, contexts, strict=True))
                   if request.image.WhichOneof("source") in ("tensor", "encoded")}
         stacks: dict[tuple[object, ...], list[int]] = {}
         for index, image in pixels.items():

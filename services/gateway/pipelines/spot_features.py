@@ -21,6 +21,7 @@ from labsight.tensors import from_tensor, to_tensor, write_tensor
 from labsight.v1 import features_pb2, segmentation_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import (
+    InputReading,
     Parameter,
     Pipeline,
     RunContext,
@@ -152,15 +153,14 @@ class SpotFeaturesPipeline(Pipeline):
         with opened_blob(blob_store(), image.blob, "input.image.blob") as stream:
             return detect_format(stream.read(16)) == "tiff" and readable_by_regions(stream)
 
-    def read_input(
-        self, job_input: pb.JobInput, params: Mapping[str, str]
-    ) -> tuple[list[str], dict[str, str]]:
+    def read_input(self, job_input: pb.JobInput, params: Mapping[str, str]) -> InputReading:
         """As every pipeline, but a slide read by regions is never decoded whole, so only its
         header is read (no low-range warning: that needs every pixel)."""
         if not self.reads_regions(job_input, params):
             return super().read_input(job_input, params)
         image_info(job_input.image, "input.image")
-        return [], {"intensity": DEFAULT_INTENSITY, "image_read": "by regions from the blob store"}
+        return InputReading([], {"intensity": DEFAULT_INTENSITY,
+                                 "image_read": "by regions from the blob store"})
 
     def run(self, context: RunContext) -> pb.JobResult:
         """Cut patches in slices that fit a message, extract their features, one row per patch."""

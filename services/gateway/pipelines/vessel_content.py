@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import segmentation_pb2, tensor_pb2
 from labsight.vessel_fill import fill_levels
 from labsight.vessel_inputs import check_vessel_headers
-from services.gateway.pipelines.base import Pipeline, RunContext, main_image_info
+from services.gateway.pipelines.base import InputReading, Pipeline, RunContext, main_image_info
 
 VESSEL_MASK = "vessel_mask"
 """Role of the vessel mask among the job's input images."""
@@ -48,13 +49,11 @@ class VesselContentPipeline(Pipeline):
         mask = image_info(job_input.images[VESSEL_MASK], MASK_FIELD)
         check_vessel_headers(photo, mask, "input.image", MASK_FIELD, answer_room())
 
-    def read_input(
-        self, job_input: pb.JobInput, params: Mapping[str, str]
-    ) -> tuple[list[str], dict[str, str]]:
+    def read_input(self, job_input: pb.JobInput, params: Mapping[str, str]) -> InputReading:
         """The photo as every pipeline reads it, and the mask (its warnings named after it)."""
-        warnings, provenance = super().read_input(job_input, params)
-        reading = read_image(job_input.images[VESSEL_MASK], MASK_FIELD)
-        return warnings + [f"{MASK_FIELD}: {w}" for w in reading.warnings], provenance
+        photo = super().read_input(job_input, params)
+        mask = read_image(job_input.images[VESSEL_MASK], MASK_FIELD)
+        return replace(photo, warnings=photo.warnings + [f"{MASK_FIELD}: {w}" for w in mask.warnings])
 
     def run(self, context: RunContext) -> pb.JobResult:
         """One SegmentVesselContent call; masks, the instances table and fill levels."""
