@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from labsight.columns import BOX_COUNT, CLUSTER_COUNT, LACUNARITY, LARGEST_CLUSTER, PERCOLATING
-from services.features.curve_descriptors import curve_descriptors
+from services.features.curve_descriptors import curve_descriptors, curve_descriptors_of_rows
 from services.features.fractal import GlidingBoxResult, PercolationResult
 from services.features.fractal_stack import GlidingBoxStack
 
@@ -50,17 +50,16 @@ def stack_fractal_columns(stack: GlidingBoxStack) -> tuple[list[str], np.ndarray
     """:func:`fractal_columns` (with the extras) of every tile of a stack, as column names and an
     (N, columns) float64 matrix, row t the values ``fractal_columns(stack.tile(t))`` gives.
 
-    Λ, N(r) and the fit are copied as whole columns; only the curve descriptors of Λ are
-    computed tile by tile (a dict of 48 columns per tile cost as much again).
+    Every column is computed for all tiles at once (tile by tile, the curve descriptors alone
+    cost 0.06 ms per 64² tile, a sixth of its gliding box; a dict of 48 columns per tile as
+    much again).
     """
     names = list(fractal_columns(stack.tile(0)))
     count, sides = stack.lacunarity.shape
     values = np.empty((count, len(names)), np.float64)
     values[:, :sides] = stack.lacunarity
     values[:, sides : 2 * sides] = stack.box_count
-    for row, curve in enumerate(stack.lacunarity):
-        found = curve_descriptors(stack.box_sizes, curve)
-        values[row, 2 * sides : 2 * sides + 4] = (found.area, found.skewness, found.area_ratio, found.maximum)
+    values[:, 2 * sides : 2 * sides + 4] = curve_descriptors_of_rows(stack.box_sizes, stack.lacunarity)
     values[:, 2 * sides + 4] = stack.fractal_dimension
     values[:, 2 * sides + 5] = float(stack.box_sizes[0])
     values[:, 2 * sides + 6] = float(stack.box_sizes[-1])

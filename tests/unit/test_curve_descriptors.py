@@ -12,6 +12,7 @@ from services.features.curve_descriptors import (
     curve_area,
     curve_area_ratio,
     curve_descriptors,
+    curve_descriptors_of_rows,
     curve_skewness,
 )
 
@@ -73,3 +74,32 @@ def test_descriptors_bundle_all_four() -> None:
 def test_bad_curves_are_refused(x: list, y: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         curve_descriptors(x, y)
+
+
+@pytest.mark.parametrize("x", [SIDES, np.arange(3, 12, 2), [3.0], [3.0, 5.0], [3.0, 5.0, 9.0]])
+def test_each_row_equals_the_descriptors_of_that_curve_alone_number_for_number(x: object) -> None:
+    n = len(np.atleast_1d(np.asarray(x)))
+    rng = np.random.default_rng(7)
+    curves = np.vstack([
+        rng.random((40, n)) * 10.0 ** rng.integers(-3, 4, (40, 1)),  # many scales
+        np.full((1, n), 2.5),  # constant: skewness 0
+        np.hstack([rng.random((1, n - n // 2)), np.zeros((1, n // 2))]),  # zero tail: ratio NaN
+        np.zeros((1, n)),
+    ])
+    rows = curve_descriptors_of_rows(x, curves)
+    for curve, row in zip(curves, rows, strict=True):
+        alone = curve_descriptors(x, curve)
+        np.testing.assert_array_equal(row, [alone.area, alone.skewness, alone.area_ratio, alone.maximum])
+
+
+@pytest.mark.parametrize(
+    ("curves", "message"),
+    [
+        ([1.0, 2.0], "2-D with 2 columns"),
+        ([[1.0, 2.0, 3.0]], "2-D with 2 columns"),
+        ([[1.0, float("inf")]], "curves must be finite"),
+    ],
+)
+def test_bad_rows_are_refused(curves: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        curve_descriptors_of_rows([3, 5], curves)
