@@ -7,9 +7,11 @@ Run from the repository root (no Redis needed: the stack starts its own):
 
 One side submits ``--jobs`` fractal jobs (random RGB 64², default sides 3-41)
 to a stack started by ``labsight.up`` (its own Redis, the four services and its
-workers, sized by ``labsight up``'s rules) in SubmitBatch calls of ``--part-jobs``
-under one batch id, as `labsight submit` sends a folder (each part is queued while
-the next is sent), then reads every result as its job ends (one GetBatchResults
+workers, sized by ``labsight up``'s rules) in SubmitBatch calls of up to ``--part-jobs``
+under one batch id, parted as `labsight submit` parts a folder (``request_parts``: 16 MiB at
+most, the first part 1 MiB; until 2026-12-06 ~23:20 UTC ``--part-jobs`` each whatever their size, 48 MB
+calls with stacks of 256 tiles; each part is queued while the next is sent), then reads
+every result as its job ends (one GetBatchResults
 stream with ``follow``, as ``LabSightClient.batch_results(batch_id, follow=True)``
 reads it; until 2026-12-06 one SubmitBatch, then a WatchBatch until the batch
 ended, then the fetch, the services idle while the jobs went up and the results
@@ -58,7 +60,7 @@ from PIL import Image as PILImage
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._shares import ProcessShares, interleaved  # noqa: E402
-from labsight.batch_submit import PART_JOBS  # noqa: E402
+from labsight.batch_submit import PART_JOBS, request_parts  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.images import encode_png  # noqa: E402
 from labsight.runtime.cpus import usable_cpus  # noqa: E402
@@ -131,13 +133,13 @@ def redis_commands(client: redis.Redis) -> dict[str, tuple[int, int]]:
 
 def through_stack(lab: LabSightClient, requests: list[pb.SubmitJobRequest], batch_id: str,
                   part_jobs: int) -> tuple[list[float], list[float]]:
-    """Seconds to submit every job (in SubmitBatch calls of ``part_jobs`` jobs under one batch
-    id, each part queued while the next is sent), then to read every result as its job ends
-    (one GetBatchResults stream with ``follow``); the results' fractal dimensions."""
+    """Seconds to submit every job (in SubmitBatch calls under one batch id, parted as
+    `labsight submit` parts a folder, ``request_parts``, with at most ``part_jobs`` jobs each;
+    each part queued while the next is sent), then to read every result as its job ends (one
+    GetBatchResults stream with ``follow``); the results' fractal dimensions."""
     marks = [time.perf_counter()]
-    job_ids = [job_id for start in range(0, len(requests), part_jobs)
-               for job_id in lab.submit_batch(requests[start:start + part_jobs],
-                                              batch_id=batch_id).job_ids]
+    job_ids = [job_id for part in request_parts(requests, part_jobs)
+               for job_id in lab.submit_batch(part, batch_id=batch_id).job_ids]
     marks.append(time.perf_counter())
     fetched = list(lab.batch_results(batch_id, follow=True))
     marks.append(time.perf_counter())

@@ -32,9 +32,22 @@ def test_parts_hold_at_most_part_jobs_and_part_bytes(monkeypatch: pytest.MonkeyP
     sizes = [len(part) for part in _parts(_request(i) for i in range(2 * PART_JOBS + 3))]
     assert sizes == [PART_JOBS, PART_JOBS, 3]
     monkeypatch.setattr("labsight.batch_submit.PART_BYTES", 250)
+    monkeypatch.setattr("labsight.batch_submit.FIRST_PART_BYTES", 250)
     big = [len(part) for part in _parts([_request(0, 100), _request(1, 100), _request(2, 400),
                                          _request(3, 10)])]
     assert big == [2, 1, 1]  # a job larger than a part goes alone
+
+
+def test_the_first_part_is_small_so_the_workers_start_while_the_rest_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    size = _request(0, 100).ByteSize()
+    monkeypatch.setattr("labsight.batch_submit.PART_BYTES", 8 * size)
+    monkeypatch.setattr("labsight.batch_submit.FIRST_PART_BYTES", 2 * size)
+    sizes = [len(part) for part in _parts(_request(i, 100) for i in range(12))]
+    assert sizes == [2, 8, 2]  # then parts of PART_BYTES
+    larger = [len(part) for part in _parts([_request(0, 4 * size), _request(1, 100)])]
+    assert larger == [1, 1]  # a first job over FIRST_PART_BYTES still goes first, alone
 
 
 def test_every_job_of_a_resumable_submission_needs_a_key() -> None:
