@@ -202,8 +202,8 @@ def _add_visium_input(
 
 STACK_HINT_FILES = 256
 """From this many images, ``labsight submit`` of a pipeline that takes stacks mentions ``--stack``
-(64² fractal tiles: 1,749-2,107 images/s as stacks of 64 against 1,073-1,264 as a job each,
-bench/small_jobs.py, 2026-12-06)."""
+(64² fractal tiles, bench/small_jobs.py, 2026-12-06 23:05-23:40 UTC: 2,475-3,095 images/s as stacks of
+256, 2,317-2,636 as stacks of 64, 1,182-1,242 as a job each)."""
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -243,7 +243,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return 2
     elif len(files) >= STACK_HINT_FILES and args.pipeline in _stack_pipelines():
         print(f"labsight: {len(files)} images, a job each; small images of one size run faster as "
-              "stacks: --stack 64 sends up to 64 per job (result rows named by file)",
+              "stacks: --stack 256 sends up to 256 per job (result rows named by file; for fractal, "
+              "--param probabilities=false keeps each result small)",
               file=sys.stderr)
     requests = (_file_request(args, file, params, labels, tensors, extra_images) for file in files)
     with _client(args) as client:

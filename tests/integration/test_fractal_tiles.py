@@ -367,7 +367,7 @@ def test_the_cli_packs_a_folder_into_stacks_of_same_size_images_named_by_file(
     capsys.readouterr()
     monkeypatch.setattr(cli, "STACK_HINT_FILES", 8)  # a folder of 8 images stands for thousands
     assert main(["submit", "fractal", str(folder), *gateway, "--param", "box_sizes=3-9"]) == 0
-    assert "8 images, a job each; small images of one size run faster as stacks: --stack 64" in (
+    assert "8 images, a job each; small images of one size run faster as stacks: --stack 256" in (
         capsys.readouterr().err)
 
     submitted = stack.client.submit_folder("fractal", [folder], {"box_sizes": "3-9"}, stack=4,
