@@ -78,6 +78,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._cpu import process_cpu_seconds  # noqa: E402
 from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
 from bench._shares import ProcessShares  # noqa: E402
 from bench.service_process import start_process, start_service, stop_process  # noqa: E402
@@ -160,11 +161,9 @@ class CpuClock:
 
     def read(self) -> dict[str, float]:
         """CPU seconds used so far by each process."""
-        tick = os.sysconf("SC_CLK_TCK")
         used = {"client": time.process_time()}
         for name, process in self.processes.items():
-            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            used[name] = (int(fields[11]) + int(fields[12])) / tick
+            used[name] = process_cpu_seconds(process.pid)
         return used
 
 

@@ -65,6 +65,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._cpu import process_cpu_seconds  # noqa: E402
 from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
 from bench.service_process import start_process, start_service, stop_process  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
@@ -236,12 +237,6 @@ def environment(env: Mapping[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def process_seconds(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` used so far, its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class CpuMeter:
     """CPU seconds each named process spends in the calls it wraps, one list entry per call.
 
@@ -254,7 +249,7 @@ class CpuMeter:
         self.seconds: dict[str, list[float]] = {name: [] for name in [*pids, "client"]}
 
     def _now(self) -> dict[str, float]:
-        return {**{name: process_seconds(pid) for name, pid in self.pids.items()},
+        return {**{name: process_cpu_seconds(pid) for name, pid in self.pids.items()},
                 "client": time.process_time()}
 
     def wrap(self, run: Callable[[], float]) -> Callable[[], float]:

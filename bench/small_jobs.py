@@ -59,6 +59,7 @@ from PIL import Image as PILImage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._cpu import process_cpu_seconds  # noqa: E402
 from bench._shares import ProcessShares, interleaved  # noqa: E402
 from labsight.batch_submit import PART_JOBS, request_parts  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
@@ -110,15 +111,9 @@ def direct_share(jobs: int, share: int, shares: int, stack: int = 0,
     return work
 
 
-def process_seconds(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` used so far, its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def stack_cpu(stack: Stack) -> dict[str, float]:
     """CPU seconds of every child of the stack and of this process (the client)."""
-    seconds = {name: process_seconds(child.process.pid)
+    seconds = {name: process_cpu_seconds(child.process.pid)
                for name, child in stack.supervisor.children.items()}
     seconds["client"] = time.process_time()
     return seconds

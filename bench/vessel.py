@@ -90,6 +90,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._cpu import process_cpu_seconds  # noqa: E402
 from bench._paired import paired_rounds, round_ratios, spread  # noqa: E402
 from bench._shares import Loader, ProcessShares, environment, interleaved, process_shares  # noqa: E402
 from labsight.catalog import SEGMENTATION  # noqa: E402
@@ -362,11 +363,9 @@ def stack_processes(up_pid: int) -> dict[str, int]:
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """User + system CPU seconds each process has used; ``client`` is this process."""
-    tick = os.sysconf("SC_CLK_TCK")
     used = {"client": time.process_time()}
     for name, pid in pids.items():
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        used[name] = (int(fields[11]) + int(fields[12])) / tick
+        used[name] = process_cpu_seconds(pid)
     return used
 
 

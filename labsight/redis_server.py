@@ -64,6 +64,17 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+AOF_REWRITE_MIN_SIZE = "512mb"
+"""Size the append-only file must reach (and have doubled) before Redis rewrites it, as
+`labsight up`, compose and the Kubernetes manifests configure it. A queue's AOF grows by every
+job's input and result while its dataset stays small (finished jobs' inputs are deleted), so
+Redis's default 64mb forked a rewrite of the dataset about once per 100 MB of inputs: with 64²
+tiles in stacks of 256 that took 0.8 of a CPU for half a second per 8,192 tiles, unseen in the
+per-process CPU, and the stack ran 2,715-3,244 images/s against 3,067-3,307 with 512mb
+(bench/small_jobs.py, 2026-12-06, alternating). The file may reach about 512 MB more than the
+dataset between rewrites."""
+
+
 def write_redis_config(data_dir: Path, port: int, password: str | None = None,
                        log_file: Path | None = None) -> Path:
     """Write ``data_dir/redis.conf`` (mode 0600) for redis-server on loopback ``port``,
@@ -71,8 +82,11 @@ def write_redis_config(data_dir: Path, port: int, password: str | None = None,
 
     AOF with ``appendfsync everysec``: every write reaches the file before its
     reply, so an accepted job survives a crash of redis-server and at most the
-    last second is lost if the machine itself fails. The password lives in
-    this file, not on the command line, so ``ps`` does not show it.
+    last second is lost if the machine itself fails. The AOF is rewritten once it
+    has grown by AOF_REWRITE_MIN_SIZE (Redis's default, 64mb, rewrote it about once
+    per 100 MB of job inputs, each rewrite a forked child writing the whole dataset
+    on a CPU the services needed). The password lives in this file, not on the
+    command line, so ``ps`` does not show it.
     """
     private_dir(data_dir)
     lines = [
@@ -82,6 +96,7 @@ def write_redis_config(data_dir: Path, port: int, password: str | None = None,
         "appendonly yes",
         "appendfsync everysec",
         'save ""',
+        f"auto-aof-rewrite-min-size {AOF_REWRITE_MIN_SIZE}",
         "daemonize no",
         f'logfile "{log_file or data_dir / "redis.log"}"',
     ]

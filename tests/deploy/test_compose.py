@@ -147,6 +147,7 @@ def test_redis_persists_with_aof_on_a_volume_and_never_evicts(compose: dict[str,
     command = _redis_arguments(redis)
     assert redis["image"].startswith("redis:7.")
     assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--auto-aof-rewrite-min-size") + 1] == "512mb"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     assert "redis-data:/data" in redis["volumes"] and "redis-data" in compose["volumes"]
 

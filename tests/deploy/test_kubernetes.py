@@ -377,7 +377,8 @@ def test_redis_keeps_jobs_on_a_volume_with_aof(rendered: dict[str, list[Manifest
     manifests = rendered["cpu"]
     statefulset = find(manifests, "StatefulSet", "labsight-redis")
     redis_conf = find(manifests, "ConfigMap", "labsight-redis")["data"]["redis.conf"].splitlines()
-    assert {"appendonly yes", "maxmemory-policy noeviction", "dir /data"} <= set(redis_conf)
+    assert {"appendonly yes", "maxmemory-policy noeviction", "dir /data",
+            "auto-aof-rewrite-min-size 512mb"} <= set(redis_conf)
     (claim,) = statefulset["spec"]["volumeClaimTemplates"]
     mounts = statefulset["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in mounts

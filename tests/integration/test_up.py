@@ -205,6 +205,8 @@ def test_worker_started_by_hand_joins_the_same_queue(up: UpProcess) -> None:
 def test_redis_of_up_keeps_an_append_only_file(up: UpProcess) -> None:
     client = redis.Redis.from_url(up.endpoints.redis_url)
     assert client.config_get("appendonly")["appendonly"] == "yes"
+    rewrite = client.config_get("auto-aof-rewrite-min-size")["auto-aof-rewrite-min-size"]
+    assert int(rewrite) == 512 * 1024 * 1024  # a queue's AOF grows by every input: rewrite rarely
     assert any((up.home / "redis").rglob("*.aof"))
 
 
