@@ -1,8 +1,9 @@
 """Organelle classifier benchmark: cells per second served against in-process at the same thread
 counts, CPU per cell on both sides, and explanation costs.
 
-Run from the repository root with Redis on 127.0.0.1:6379 (or REDIS_URL; a private
-redis-server is started when none answers):
+Run from the repository root (part 2 starts its own redis-server as ``labsight up`` runs it,
+with the AOF, and counts its CPU; with REDIS_URL set it uses that Redis instead and cannot count
+it; until 2026-12-06 it used the machine's Redis on 127.0.0.1:6379, without an AOF, uncounted):
 
     python bench/classifier.py [--fields 96] [--clients 8] [--workers 1] [--rounds 5] [--lime-cells 5]
                                [--parts 1,2,3] [--label-dtype narrow]
@@ -49,7 +50,7 @@ transport, batching and process hops, not of a different use of the cores.
 
 Parts 1 and 2 run both sides once per round in rotating order (bench/_paired.py) and print
 each round's cells/s and ratio, min/median/max of the ratios, and CPU milliseconds per cell
-of each process (this process is the client; Redis is not counted) with the ratio in-process
+of each process (this process is the client; Redis too unless REDIS_URL is set) with the ratio in-process
 CPU / served CPU, which a busy shared machine moves less than the rates. The load average is
 printed beside each round.
 """
@@ -356,12 +357,9 @@ def main() -> None:
     def hpa_cells(field: CellField) -> int:
         return classify(field, segmented(field))
 
-    store = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     private: tuple[subprocess.Popen[bytes], str] | None = None
-    try:
-        store.ping()
-        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    except redis.ConnectionError:
+    redis_url = os.environ.get("REDIS_URL", "")
+    if not redis_url:  # a Redis as `labsight up` runs it (AOF), its CPU counted
         private = start_redis(Path(tempfile.mkdtemp(prefix="labsight-bench-redis-")))
         redis_url = private[1]
     prefix = f"labsight-bench-{uuid.uuid4().hex[:8]}"
@@ -437,7 +435,7 @@ def main() -> None:
                      processes_side: lambda: sum(processes.run("hpa-cells")[2]), "served": through_gateway},
                     {threads_side: in_process, processes_side: processes_clock,
                      "served": CpuClock({**segmentation_processes, **classifier_processes,
-                                         **stack})},
+                                         **stack, **({"redis": private[0]} if private else {})})},
                     args.rounds)
         print(f"after: {load_text()}")
     finally:

@@ -1,7 +1,8 @@
 """Deep-features benchmark: gateway + queue + features service against raw ONNX Runtime, paired.
 
-Run from the repository root with Redis on 127.0.0.1:6379 (or REDIS_URL; a private
-redis-server is started when none answers):
+Run from the repository root (it starts its own redis-server as ``labsight up`` runs it, with
+the AOF, and counts its CPU; with REDIS_URL set it uses that Redis instead and cannot count it;
+until 2026-12-06 it used the machine's Redis on 127.0.0.1:6379, without an AOF, uncounted):
 
     python bench/deep_features.py [--patches 384] [--per-job 64] [--jobs-per-submit 0] [--rounds 5]
                                   [--workers 1]
@@ -340,14 +341,13 @@ def concurrent_clients(address: str, patches: np.ndarray, clients: int) -> float
 
 
 def redis_for_bench() -> tuple[str, tuple[subprocess.Popen[bytes], str] | None]:
-    """REDIS_URL (or the local Redis) when it answers, else a private redis-server; (url, private)."""
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    try:
-        redis.Redis.from_url(url).ping()
+    """REDIS_URL when it is set, else a private redis-server configured as `labsight up`'s
+    (AOF); (url, the private server or None)."""
+    url = os.environ.get("REDIS_URL")
+    if url:
         return url, None
-    except redis.ConnectionError:
-        private = start_redis(Path(tempfile.mkdtemp(prefix="labsight-bench-redis-")))
-        return private[1], private
+    private = start_redis(Path(tempfile.mkdtemp(prefix="labsight-bench-redis-")))
+    return private[1], private
 
 
 def main() -> None:
@@ -420,7 +420,8 @@ def main() -> None:
             served_cpu = CpuMeter({
                 **{replica_name("features", index): process.pid for index, process in enumerate(features)},
                 "gateway": gateway.pid,
-                **{f"worker {index}": worker.pid for index, worker in enumerate(workers)}})
+                **{f"worker {index}": worker.pid for index, worker in enumerate(workers)},
+                **({"redis": private[0].pid} if private is not None else {})})
             # The baseline runs at its fastest batch and at the service's slice of rows, and each
             # round's faster pass is that round's baseline: a noisy pick of the fastest batch at
             # the start cannot leave the baseline weaker than the layout the service runs.
@@ -452,7 +453,8 @@ def main() -> None:
               f"{100 * run_seconds / (instances * sum(seconds['service'])):.0f}% of the service side's time")
         served_ms = served_cpu.per_item(len(patches))
         total = [sum(values) for values in zip(*served_ms.values(), strict=True)]
-        print("   CPU ms per patch, min / median / max (Redis, shared with other users, not counted):")
+        print("   CPU ms per patch, min / median / max"
+              + (" (Redis at REDIS_URL not counted):" if private is None else ":"))
         for name, values in [*served_ms.items(), ("served total", total)]:
             print(f"   {name:>12}: {spread(values, '.2f')}")
         print(f"   {'raw ORT':>12}: {spread(raw_ms, '.2f')}")
