@@ -31,7 +31,7 @@ from services.features.models import feature_repository
 from services.features.servicer import FeatureServicer
 from services.gateway.pipelines.base import RunContext
 from services.gateway.pipelines.fractal import FractalPipeline
-from services.gateway.pipelines.fractal_tiles import computed_stacks, computed_tiles
+from services.gateway.pipelines.fractal_tiles import computed_stacks, computed_tiles, fractal_stack_request
 from services.gateway.services import ServiceClients
 
 from .conftest import InProcessStack
@@ -98,6 +98,15 @@ def test_tiles_too_large_for_a_batch_go_one_call_each_with_percolation_as_alone(
         np.testing.assert_array_equal(table_values(result.tables["fractal"])[index],
                                       table_values(alone.features)[0])
     assert "weka_percolation" in result.tables
+
+
+def test_a_stack_request_is_sent_as_bytes_that_parse_to_the_message_with_its_tiles() -> None:
+    tiles = _tiles(5, 16)[1:4]  # a slice of a stack: sent without a copy of the whole
+    template = features_pb2.ComputeFractalRequest(box_sizes=[3, 5], percolation=True,
+                                                  omit_probabilities=True)
+    sent = features_pb2.ComputeFractalStackRequest.FromString(fractal_stack_request(template, tiles).data)
+    assert sent == features_pb2.ComputeFractalStackRequest(
+        tiles=to_tensor(tiles), box_sizes=[3, 5], percolation=True, omit_probabilities=True)
 
 
 def _stack_call(stack: InProcessStack, request: features_pb2.ComputeFractalStackRequest

@@ -18,6 +18,7 @@ from labsight.client import build_request
 from labsight.image_messages import image_from_array
 from labsight.images import encode_png
 from labsight.runtime.idle_trim import IdleTrimmer
+from labsight.tensor_wire import EncodedMessage
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import features_pb2_grpc as features_grpc
 from labsight.v1 import gateway_pb2 as pb
@@ -205,8 +206,8 @@ def test_a_group_runs_same_size_images_as_one_stack_and_each_result_equals_its_j
                                lambda *_: None) for i, r in enumerate(requests)]
         original = services.features.ComputeFractalStack.future
 
-        def counted(request: features_pb2.ComputeFractalStackRequest, **kwargs: object) -> object:
-            stacked.append(request.tiles.shape[0])
+        def counted(request: EncodedMessage, **kwargs: object) -> object:
+            stacked.append(features_pb2.ComputeFractalStackRequest.FromString(request.data).tiles.shape[0])
             return original(request, **kwargs)
 
         monkeypatch.setattr(services.features.ComputeFractalStack, "future", counted)

@@ -14,7 +14,8 @@ from labsight.errors import InvalidArgument, echo
 from labsight.fractal_work import BATCH_MAX_COST, fractal_cost
 from labsight.images import ImageInfo, decode_image, image_info
 from labsight.tables import feature_table, table_values
-from labsight.tensors import from_tensor, to_tensor, write_tensor
+from labsight.tensor_wire import EncodedMessage
+from labsight.tensors import from_tensor, write_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import (
@@ -34,6 +35,7 @@ from services.gateway.pipelines.fractal_tiles import (
     check_result_room,
     computed_stacks,
     computed_tiles,
+    fractal_stack_request,
     stack_result,
     stacked_result,
     tile_stack,
@@ -120,13 +122,10 @@ def parse_box_sizes(text: str) -> list[int]:
 
 
 def _stack_of(requests: Sequence[features_pb2.ComputeFractalRequest], pixels: Mapping[int, np.ndarray],
-             members: Sequence[int]) -> features_pb2.ComputeFractalStackRequest:
+             members: Sequence[int]) -> EncodedMessage:
     """One ComputeFractalStack request of the read images ``pixels[i]`` (one shape and dtype)
     for i in ``members``, with ``requests[members[0]]``'s options (the same for all)."""
-    first = requests[members[0]]
-    return features_pb2.ComputeFractalStackRequest(
-        tiles=to_tensor(np.stack([pixels[i] for i in members])), box_sizes=first.box_sizes,
-        percolation=first.percolation, omit_probabilities=first.omit_probabilities)
+    return fractal_stack_request(requests[members[0]], np.stack([pixels[i] for i in members]))
 
 
 @lru_cache(maxsize=64)

@@ -21,6 +21,7 @@ from labsight.errors import InvalidArgument
 from labsight.fractal_work import BATCH_MAX_IMAGES
 from labsight.images import image_stack, image_stack_header
 from labsight.tables import feature_table, table_values
+from labsight.tensor_wire import EncodedMessage, serialize_with_arrays
 from labsight.tensors import from_tensor, to_tensor, write_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
@@ -75,12 +76,15 @@ def tile_request(template: features_pb2.ComputeFractalRequest, tile: np.ndarray,
 
 
 def fractal_stack_request(template: features_pb2.ComputeFractalRequest, tiles: np.ndarray
-                  ) -> features_pb2.ComputeFractalStackRequest:
-    """``template``'s box sides and options for a ComputeFractalStack call on ``tiles``."""
-    return features_pb2.ComputeFractalStackRequest(
-        tiles=to_tensor(tiles), box_sizes=template.box_sizes, percolation=template.percolation,
+                          ) -> EncodedMessage:
+    """``template``'s box sides and options for a ComputeFractalStack call on ``tiles``, as the
+    request's bytes with the tiles copied into them once (``serialize_with_arrays``: a tensor
+    built with ``to_tensor`` copied them three times, 8 ms of a 256-tile job's CPU)."""
+    options = features_pb2.ComputeFractalStackRequest(
+        box_sizes=template.box_sizes, percolation=template.percolation,
         omit_probabilities=template.omit_probabilities,
     )
+    return EncodedMessage(serialize_with_arrays(options, {"tiles": tiles}))
 
 
 def computed_stacks(
