@@ -176,13 +176,11 @@ def _curve(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
 
 def _area(xs: np.ndarray, ys: np.ndarray) -> float:
     """The seed's trapezoid area of checked arrays; 0 for fewer than two points."""
-    if len(xs) < 2:
-        return 0.0
-    return float((xs[-1] - xs[0]) / (2 * len(xs)) * np.sum(ys[:-1] + ys[1:]))
+    return float(_areas(xs, ys[np.newaxis])[0])
 
 
 def _areas(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """:func:`_area` of each row of ``ys`` over ``xs``."""
+    """The seed's trapezoid area of each row of ``ys`` over ``xs``; 0 for fewer than two points."""
     if len(xs) < 2:
         return np.zeros(len(ys))
     return (xs[-1] - xs[0]) / (2 * len(xs)) * np.sum(ys[:, :-1] + ys[:, 1:], axis=1)
