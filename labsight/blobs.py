@@ -103,7 +103,14 @@ class BlobStore(ABC):
 
 
 class BlobWriter:
-    """Streams a blob into a local file while hashing it; ``commit`` hands the file to its store."""
+    """Streams a blob into a local file while hashing it; ``commit`` hands the file to its store.
+
+    A writer whose ``sync_file`` is true flushes the file to disk before ``commit``: the file
+    is the blob itself, and its reference goes into Redis's append-only file, which reaches the
+    disk within a second (``appendfsync everysec``); a job must not outlive its input there.
+    """
+
+    sync_file = False
 
     def __init__(self, directory: Path, max_bytes: int | None) -> None:
         try:
@@ -134,7 +141,12 @@ class BlobWriter:
         return self
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        self._file.close()
+        try:
+            if kind is None and self.sync_file:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
         try:
             if kind is None:
                 reference = f"{self._hash.hexdigest()}.{uuid.uuid4().hex}"
@@ -155,18 +167,23 @@ class BlobWriter:
 
 
 class DirectoryBlobStore(BlobStore):
-    """Blobs as owner-only (0600) files in one directory."""
+    """Blobs as owner-only (0600) files in one directory, on disk (data and name) before a
+    reference is handed out."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
 
     def writer(self, max_bytes: int | None = None) -> BlobWriter:
-        """A writer into a temporary file of the directory, renamed into place at the end."""
+        """A writer into a temporary file of the directory, synced and linked into place at the
+        end (the directory synced too, so the blob's name survives a crash of the machine)."""
         store = self
 
         class _Writer(BlobWriter):
+            sync_file = True
+
             def commit(self, reference: str) -> None:
                 os.link(self.path, store.path(reference))
+                _sync_directory(store.directory)
 
         return _Writer(self.directory, max_bytes)
 
@@ -189,6 +206,15 @@ class DirectoryBlobStore(BlobStore):
     def local_path(self, reference: str) -> Path | None:
         """The blob's file."""
         return self.path(reference)
+
+
+def _sync_directory(directory: Path) -> None:
+    """fsync ``directory`` itself, so the names linked into it are on disk."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class S3BlobStore(BlobStore):

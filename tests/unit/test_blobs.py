@@ -101,6 +101,40 @@ def test_directory_blobs_are_owner_only_files(tmp_path: Path) -> None:
     assert [p.name for p in store.directory.iterdir()] == [info.reference]
 
 
+def test_a_directory_blob_is_on_disk_data_first_then_its_name_before_its_reference_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blob's data is synced before its name exists, and the directory after the link."""
+    store = DirectoryBlobStore(tmp_path / "blobs")
+    synced: list[tuple[str, int, set[str]]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(descriptor: int) -> None:
+        kind = "directory" if stat.S_ISDIR(os.fstat(descriptor).st_mode) else "file"
+        names = {path.name for path in store.directory.iterdir() if not path.name.startswith(".")}
+        synced.append((kind, os.fstat(descriptor).st_ino, names))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    info = store.put([CONTENT[:1000], CONTENT[1000:]])
+    blob = store.path(info.reference)
+    assert [kind for kind, _, _ in synced] == ["file", "directory"]
+    assert synced[0][1] == blob.stat().st_ino  # the blob's own data
+    assert synced[0][2] == set()  # synced before any name pointed at it
+    assert synced[1][1] == store.directory.stat().st_ino
+    assert synced[1][2] == {info.reference}  # the directory after the link
+    assert blob.read_bytes() == CONTENT
+
+
+def test_a_refused_upload_syncs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = DirectoryBlobStore(tmp_path / "blobs")
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fsync", calls.append)
+    with pytest.raises(ResourceExhausted):
+        store.put([CONTENT], max_bytes=10)
+    assert calls == []
+
+
 def test_references_that_a_store_did_not_give_are_refused(tmp_path: Path) -> None:
     store = DirectoryBlobStore(tmp_path / "blobs")
     with pytest.raises(ValueError, match="not a blob reference"):
