@@ -32,7 +32,11 @@ transport, batching and process hops, not of a different use of the cores.
    forwards SegmentCells' masks; ``--label-dtype int32`` sends 2 MB per request instead of
    1.5 MB), each request encoded by its thread just before the call (pixels and labels
    copied once into its bytes, as the worker sends them). In-process: ``classify_cells``
-   (crops + model) on the same fields.
+   (crops + model) on the same fields. Then the transport floor: the same requests, encoded
+   alike by as many threads, into raw gRPC bytes sinks (``bench/bytes_sink.py``, as many
+   processes as the classifier's), their CPU per cell, and the most the ratio could reach on
+   these cores if the service cost nothing beyond receiving them: in-process / (in-process +
+   floor).
 2. ``hpa-cells`` through the gateway: one batch of jobs of the 4-channel fields
    (``method=classical``) through Redis, the gateway and ``--workers`` worker processes
    with the environment ``labsight up`` gives them (``labsight.runtime.cpus.size_stack``: job
@@ -82,6 +86,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._cpu import process_cpu_seconds  # noqa: E402
 from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
 from bench._shares import ProcessShares  # noqa: E402
+from bench.bytes_sink import PUT  # noqa: E402
 from bench.service_process import start_process, start_service, stop_process  # noqa: E402
 from labsight.batch_submit import PART_JOBS  # noqa: E402
 from labsight.catalog import SEGMENTATION  # noqa: E402
@@ -256,34 +261,92 @@ def concurrent_classify(address: str, fields: list[CellField], clients: int,
     channel = EncodedRequestChannel(
         grpc.insecure_channel(address, options=[("grpc.lb_policy_name", "round_robin")]))
     stub = classifier_pb2_grpc.ClassifierServiceStub(channel)  # calls spread over its processes
+
+    def classify(field: CellField) -> int:
+        request = EncodedMessage(classify_request_bytes(field, label_dtype))
+        return len(stub.ClassifyCells(request, timeout=300).cell_ids)
+
+    try:
+        return from_client_threads(classify, fields, clients)
+    finally:
+        channel.close()
+
+
+def classify_request_bytes(field: CellField, label_dtype: str) -> bytes:
+    """A ClassifyCellsRequest of ``field`` as bytes, its labels as ``label_dtype`` (LABEL_DTYPES)."""
+    labels = (narrow_labels(field.cell_labels) if label_dtype == "narrow"
+              else field.cell_labels.astype(label_dtype, copy=False))
+    return serialize_with_arrays(classifier_pb2.ClassifyCellsRequest(),
+                                 {"image.tensor": field.image, "cell_labels": labels})
+
+
+def from_client_threads(call: Callable[[CellField], int], fields: list[CellField],
+                        clients: int) -> int:
+    """``call`` on every field from ``clients`` threads started together, each on every
+    ``clients``-th field; the sum of what it returned."""
     counts = [0] * clients
     barrier = threading.Barrier(clients)
-
-    def encoded(field: CellField) -> EncodedMessage:
-        labels = (narrow_labels(field.cell_labels) if label_dtype == "narrow"
-                  else field.cell_labels.astype(label_dtype, copy=False))
-        return EncodedMessage(serialize_with_arrays(
-            classifier_pb2.ClassifyCellsRequest(),
-            {"image.tensor": field.image, "cell_labels": labels}))
 
     def client(index: int) -> None:
         barrier.wait()
         for field in fields[index::clients]:
-            counts[index] += len(stub.ClassifyCells(encoded(field), timeout=300).cell_ids)
+            counts[index] += call(field)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    channel.close()
     return sum(counts)
 
 
+def to_bytes_sinks(address: str, fields: list[CellField], clients: int, label_dtype: str,
+                   cells: Mapping[int, int]) -> int:
+    """The requests :func:`concurrent_classify` sends, encoded alike by as many threads, sent to
+    raw gRPC bytes sinks (``bench/bytes_sink.py``: no protobuf, nothing done with the bytes);
+    returns the cells they carried (``cells``: by ``id`` of a field). What moving the requests
+    costs with no service behind them."""
+    channel = grpc.insecure_channel(address, options=[("grpc.lb_policy_name", "round_robin")])
+    put = channel.unary_unary(PUT)  # bytes in, bytes out: no (de)serializers
+
+    def send(field: CellField) -> int:
+        put(classify_request_bytes(field, label_dtype), timeout=300)
+        return cells[id(field)]
+
+    try:
+        return from_client_threads(send, fields, clients)
+    finally:
+        channel.close()
+
+
+def transport_floor(sinks: Mapping[str, subprocess.Popen[bytes]], address: str,
+                    fields: list[CellField], clients: int, label_dtype: str, rounds: int,
+                    in_process_ms: float) -> None:
+    """Print the CPU per cell of the client and the bytes sinks over ``rounds`` passes, and the
+    most a served ClassifyCells could reach on these cores if the service cost nothing beyond
+    receiving its requests: in-process CPU / (in-process + transport) (the rounds are CPU-bound,
+    so rates follow CPU per cell)."""
+    clock = CpuClock(sinks)
+    counts = {id(field): int(field.cell_labels.max()) for field in fields}  # labels 1..n
+    to_bytes_sinks(address, fields[:2], 2, label_dtype, counts)  # untimed: connections
+    per_cell: list[float] = []
+    for _ in range(rounds):
+        before = clock.read()
+        cells = to_bytes_sinks(address, fields, clients, label_dtype, counts)
+        after = clock.read()
+        per_cell.append(1000 * sum(after[name] - before[name] for name in after) / cells)
+    ceilings = [in_process_ms / (in_process_ms + ms) for ms in per_cell]
+    print(f"   transport floor: the same requests from {clients} client threads to {len(sinks)} "
+          f"raw gRPC bytes sink(s), CPU ms per cell (client + sinks) {spread(per_cell, '.3f')}; "
+          f"with the in-process {in_process_ms:.2f}, the most a served ratio can reach on these "
+          f"cores: {spread(ceilings)}")
+
+
 def compare(title: str, sides: dict[str, Callable[[], int]], clocks: dict[str, CpuClock],
-            rounds: int) -> None:
+            rounds: int) -> float:
     """Paired rounds of the served side and the in-process variants (every side but "served");
-    print rates, ratios to each round's fastest variant, and CPU per cell."""
+    print rates, ratios to each round's fastest variant, and CPU per cell; returns the cheaper
+    in-process variant's median CPU ms per cell."""
     rates: dict[str, list[float]] = {name: [] for name in sides}
     cpu: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
     loads: dict[str, list[float]] = {name: [] for name in sides}
@@ -313,6 +376,7 @@ def compare(title: str, sides: dict[str, Callable[[], int]], clocks: dict[str, C
           + ", ".join(f"{name} {ms:.2f}" for name, ms in served_ms.items())
           + f" (total {sum(served_ms.values()):.2f})")
     print(f"   CPU ratio in-process/served, the faster variant's (min / median / max): {spread(cpu_ratios)}")
+    return min(local_ms.values())
 
 
 def main() -> None:
@@ -410,7 +474,8 @@ def main() -> None:
         threads_side = f"in-process {instances} threads"
         processes_side = f"in-process {instances} processes"
         if 1 in parts:
-            compare(f"1) ClassifyCells, {args.clients} concurrent clients ({args.label_dtype} labels) on one "
+            in_process_ms = compare(
+                    f"1) ClassifyCells, {args.clients} concurrent clients ({args.label_dtype} labels) on one "
                     f"round_robin channel to {len(classifier_processes)} classifier process(es), "
                     f"against classify_cells in-process on a pool of {instances} threads or of "
                     f"{instances} processes, whichever was faster in the round:",
@@ -420,6 +485,16 @@ def main() -> None:
                                                            args.label_dtype)},
                     {threads_side: in_process, processes_side: processes_clock,
                      "served": CpuClock(classifier_processes)}, args.rounds)
+            sinks = {f"sink-{index + 1}": start_service("bench.bytes_sink", {
+                **sizing.service_environment("classifier"), **QUIET_ENV})
+                for index in range(len(classifier_processes))}
+            try:
+                transport_floor({name: process for name, (process, _) in sinks.items()},
+                                service_target([address for _, address in sinks.values()]),
+                                fields, args.clients, args.label_dtype, args.rounds, in_process_ms)
+            finally:
+                for process, _ in sinks.values():
+                    stop_process(process)
         if 2 in parts:
             stack["gateway"], gateway_address = start_service(
                 "services.gateway", {**sizing.gateway_environment(), **stack_env})

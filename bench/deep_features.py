@@ -30,7 +30,11 @@ baseline does not). ONNX Runtime's other settings are its defaults.
    LABSIGHT_ORT_RUN_ROWS rows per thread), both in every round; each round's faster pass is
    its baseline, so a noisy pick at the start never leaves the baseline weaker than the
    service's own layout. Each process's CPU per patch is printed too: on a shared machine it shows where
-   the service side's extra work goes, which the wall-time ratio blurs.
+   the service side's extra work goes, which the wall-time ratio blurs. Then the transport
+   floor: the same jobs' bytes moved along the served path with no LabSight code (each job's
+   request into a raw gRPC bytes sink, SET into the bench's Redis and read back, its
+   ExtractDeepFeatures requests into sinks), its CPU per patch, and the most the ratio could
+   reach on these cores if LabSight cost nothing beyond that: raw / (raw + floor).
 2. ``--clients`` threads send single images straight to the features service, against the
    same images through the raw sessions by part 1's rule: every round the baseline runs them at
    batch 1 (what a caller without a batcher gets from the same sessions), at its fastest batch
@@ -48,6 +52,7 @@ import contextlib
 import multiprocessing
 import os
 import queue
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._cpu import process_cpu_seconds  # noqa: E402
 from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
+from bench.bytes_sink import PUT  # noqa: E402
 from bench.service_process import start_process, start_service, stop_process  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.images import image_from_array  # noqa: E402
@@ -75,12 +81,14 @@ from labsight.models.engines import build_layer_index  # noqa: E402
 from labsight.models.onnx_graph import cut_at_outputs, load_onnx  # noqa: E402
 from labsight.redis_server import free_port, start_redis, stop_redis  # noqa: E402
 from labsight.runtime.cpus import size_stack  # noqa: E402
+from labsight.tensor_wire import serialize_with_arrays  # noqa: E402
 from labsight.up import replica_name, service_target  # noqa: E402
 from labsight.v1 import features_pb2, features_pb2_grpc  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 from services.features.deep import preprocess  # noqa: E402
 from services.features.extractor import ExtractorConfig  # noqa: E402
 from services.features.models import DEFAULT_MODEL, feature_repository  # noqa: E402
+from services.gateway.pipelines.deep_features import CHUNK_IMAGES  # noqa: E402
 
 LAYER = "avgpool"
 
@@ -340,6 +348,62 @@ def concurrent_clients(address: str, patches: np.ndarray, clients: int) -> float
     return time.perf_counter() - start
 
 
+def along_the_path(sink_address: str, redis_url: str, requests: list[pb.SubmitJobRequest],
+                   patches: np.ndarray, per_job: int) -> float:
+    """Every job's bytes moved along the served path with no LabSight code on it: the job's
+    SubmitJobRequest serialized into a raw gRPC bytes sink (client to gateway), the same bytes
+    SET into Redis and read back (gateway to Redis to worker), and each ExtractDeepFeatures
+    request of CHUNK_IMAGES patches, written as the worker writes it, into a sink (worker to
+    features service); seconds taken. No result, record, check or model: a floor."""
+    channel = grpc.insecure_channel(sink_address, options=[("grpc.lb_policy_name", "round_robin")])
+    put = channel.unary_unary(PUT)  # bytes in, bytes out: no (de)serializers
+    client = redis.Redis.from_url(redis_url)
+    key = f"labsight-bench-floor-{uuid.uuid4().hex}"
+    start = time.perf_counter()
+    try:
+        for index, request in enumerate(requests):
+            sent = request.SerializeToString()
+            put(sent, timeout=600)
+            client.set(key, sent)
+            received = client.get(key)
+            assert received is not None and len(received) == len(sent)
+            stack = patches[index * per_job : (index + 1) * per_job]
+            for offset in range(0, len(stack), CHUNK_IMAGES):
+                chunk = features_pb2.ExtractDeepFeaturesRequest(model=DEFAULT_MODEL, layer=LAYER)
+                put(serialize_with_arrays(chunk, {"image_stack": stack[offset : offset + CHUNK_IMAGES]}),
+                    timeout=600)
+        return time.perf_counter() - start
+    finally:
+        client.delete(key)
+        client.close()
+        channel.close()
+
+
+def transport_floor(sinks: list[subprocess.Popen[bytes]], sink_address: str, redis_url: str,
+                    redis_pid: int | None, requests: list[pb.SubmitJobRequest], patches: np.ndarray,
+                    per_job: int, rounds: int, raw_ms: float) -> None:
+    """Print the CPU per patch of :func:`along_the_path` over ``rounds`` passes (this process,
+    the sinks and the bench's Redis) and the most the served ratio could reach on these cores
+    if LabSight cost nothing beyond moving the bytes: raw / (raw + floor) in CPU per patch (the
+    rounds are CPU-bound, so rates follow CPU per patch)."""
+    meter = CpuMeter({**{f"sink {index + 1}": sink.pid for index, sink in enumerate(sinks)},
+                      **({"redis": redis_pid} if redis_pid is not None else {})})
+    along_the_path(sink_address, redis_url, requests[:1], patches, per_job)  # untimed: connections
+    moved = meter.wrap(lambda: along_the_path(sink_address, redis_url, requests, patches, per_job))
+    for _ in range(rounds):
+        moved()
+    per_patch = meter.per_item(len(patches))
+    totals = [sum(values) for values in zip(*per_patch.values(), strict=True)]
+    ceilings = [raw_ms / (raw_ms + ms) for ms in totals]
+    print(f"   transport floor: each job's bytes into a raw gRPC bytes sink, SET into Redis and read "
+          f"back, each {CHUNK_IMAGES}-patch ExtractDeepFeatures request into a sink "
+          f"({len(sinks)} sink processes{'' if redis_pid is not None else '; Redis not counted'}); "
+          f"CPU ms per patch {spread(totals, '.2f')} ("
+          + ", ".join(f"{name} {spread(values, '.2f')}" for name, values in per_patch.items())
+          + f"); with raw ORT's {raw_ms:.2f}, the most a served ratio can reach on these cores: "
+          f"{spread(ceilings)} (target >= 0.9)")
+
+
 def redis_for_bench() -> tuple[str, tuple[subprocess.Popen[bytes], str] | None]:
     """REDIS_URL when it is set, else a private redis-server configured as `labsight up`'s
     (AOF); (url, the private server or None)."""
@@ -458,6 +522,16 @@ def main() -> None:
         for name, values in [*served_ms.items(), ("served total", total)]:
             print(f"   {name:>12}: {spread(values, '.2f')}")
         print(f"   {'raw ORT':>12}: {spread(raw_ms, '.2f')}")
+        sinks = [start_service("bench.bytes_sink", {**sizing.service_environment("features"), **quiet})
+                 for _ in range(replicas)]
+        try:
+            transport_floor([process for process, _ in sinks],
+                            service_target([address for _, address in sinks]), redis_url,
+                            private[0].pid if private is not None else None, requests, patches,
+                            args.per_job, args.rounds, statistics.median(raw_ms))
+        finally:
+            for process, _ in sinks:
+                stop_process(process)
 
         if args.single > 0:  # part 2; --single 0 leaves it out
             single = patches[: args.single]
