@@ -2,7 +2,9 @@
 
 Generic unary handlers with no (de)serializers, so no protobuf touches the
 payload: ``/bench.BytesSink/Put`` takes bytes and answers two bytes,
-``/bench.BytesSink/Echo`` answers the bytes it got. The server has the
+``/bench.BytesSink/Echo`` answers the bytes it got, ``/bench.BytesSink/Sized``
+answers as many bytes as the call's ``answer-bytes`` metadata says (an answer of
+another size than the request, as a service's). The server has the
 message limits and thread pool a LabSight service has (``Settings``) and
 serves ``grpc.health.v1`` so ``bench/service_process.py`` can wait for it.
 """
@@ -19,6 +21,9 @@ from labsight.runtime.server import stop_on_signals
 
 PUT = "/bench.BytesSink/Put"
 ECHO = "/bench.BytesSink/Echo"
+SIZED = "/bench.BytesSink/Sized"
+ANSWER_BYTES = "answer-bytes"
+"""Metadata key of a Sized call: how many bytes to answer."""
 
 
 def _put(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -27,6 +32,11 @@ def _put(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
     return request
+
+
+def _sized(request: bytes, context: grpc.ServicerContext) -> bytes:
+    wanted = dict(context.invocation_metadata()).get(ANSWER_BYTES, "0")
+    return bytes(int(wanted))
 
 
 def main() -> None:
@@ -40,6 +50,7 @@ def main() -> None:
     handlers = {
         "Put": grpc.unary_unary_rpc_method_handler(_put),
         "Echo": grpc.unary_unary_rpc_method_handler(_echo),
+        "Sized": grpc.unary_unary_rpc_method_handler(_sized),
     }
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.BytesSink", handlers)])
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)

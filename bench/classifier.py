@@ -73,6 +73,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -86,7 +87,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._cpu import process_cpu_seconds  # noqa: E402
 from bench._paired import load_text, paired_rounds, round_ratios, spread  # noqa: E402
 from bench._shares import ProcessShares  # noqa: E402
-from bench.bytes_sink import PUT  # noqa: E402
+from bench.bytes_sink import ANSWER_BYTES, PUT, SIZED  # noqa: E402
 from bench.service_process import start_process, start_service, stop_process  # noqa: E402
 from labsight.batch_submit import PART_JOBS  # noqa: E402
 from labsight.catalog import SEGMENTATION  # noqa: E402
@@ -98,18 +99,22 @@ from labsight.redis_server import start_redis, stop_redis  # noqa: E402
 from labsight.runtime.cpus import PROCESS_MALLOC, StackSizing, size_stack  # noqa: E402
 from labsight.runtime.encoded_channel import EncodedRequestChannel  # noqa: E402
 from labsight.tensor_wire import EncodedMessage, serialize_with_arrays  # noqa: E402
-from labsight.tensors import narrow_labels  # noqa: E402
+from labsight.tensors import from_tensor, narrow_labels  # noqa: E402
 from labsight.up import replica_name, service_target  # noqa: E402
-from labsight.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
+from labsight.v1 import classifier_pb2, classifier_pb2_grpc, segmentation_pb2  # noqa: E402
+from labsight.v1 import gateway_pb2 as pb  # noqa: E402
 from services.classifier.cells import classify_cells  # noqa: E402
 from services.classifier.explain import cam_layer, grad_cam, lime_explanation  # noqa: E402
 from services.classifier.generated_cells import CellField, generate_cell_field  # noqa: E402
 from services.classifier.repository import DEFAULT_MODEL, classifier_repository, load_thresholds  # noqa: E402
 from services.classifier.servicer import serving_config  # noqa: E402
+from services.gateway.keys import RedisKeys  # noqa: E402
 from services.segmentation.cells import segment_cells  # noqa: E402
 from services.segmentation.measure import measure_cells  # noqa: E402
 
 PIXEL_SIZE_UM = 0.3
+SEGMENT_CELLS = "/labsight.v1.SegmentationService/SegmentCells"
+CLASSIFY_CELLS = "/labsight.v1.ClassifierService/ClassifyCells"
 """Pixel size at which the generated cells (radius 24-36 px) have HPA cells' size."""
 
 SEED = 4711
@@ -342,6 +347,131 @@ def transport_floor(sinks: Mapping[str, subprocess.Popen[bytes]], address: str,
           f"cores: {spread(ceilings)}")
 
 
+@dataclass(frozen=True)
+class HpaCellsBytes:
+    """What one field's hpa-cells job moves, as the stack moves it: the job as submitted, the
+    SegmentCells and ClassifyCells requests as the worker writes them with the sizes of their
+    real answers, and the job's result as the worker stored it in Redis."""
+
+    job: bytes
+    segment_request: bytes
+    segment_answer_bytes: int
+    classify_request: bytes
+    classify_answer_bytes: int
+    result: bytes
+    cells: int
+
+
+def hpa_cells_bytes(fields: list[CellField], requests: list[pb.SubmitJobRequest],
+                    segmentation_address: str, classifier_address: str,
+                    results: list[bytes]) -> list[HpaCellsBytes]:
+    """Each field's :class:`HpaCellsBytes`: the real services answer each request once (untimed)
+    so the floor moves answers of their sizes; ``results`` are the stored results in field order."""
+    channels = [grpc.insecure_channel(address, options=[("grpc.lb_policy_name", "round_robin")])
+                for address in (segmentation_address, classifier_address)]
+    segment = channels[0].unary_unary(SEGMENT_CELLS)  # bytes in, bytes out
+    classify = channels[1].unary_unary(CLASSIFY_CELLS)
+    moved = []
+    try:
+        for field, request, result in zip(fields, requests, results, strict=True):
+            segment_request = serialize_with_arrays(
+                segmentation_pb2.SegmentCellsRequest(method="classical", pixel_size_um=PIXEL_SIZE_UM),
+                {"image.tensor": field.image})
+            segment_answer = segment(segment_request, timeout=300)
+            labels = from_tensor(segmentation_pb2.SegmentCellsResponse.FromString(
+                segment_answer).cell_labels, "cell_labels")
+            classify_request = serialize_with_arrays(  # the labels as SegmentCells answered them
+                classifier_pb2.ClassifyCellsRequest(return_crops=True),
+                {"image.tensor": field.image, "cell_labels": labels})
+            classify_answer = classify(classify_request, timeout=300)
+            cells = len(classifier_pb2.ClassifyCellsResponse.FromString(classify_answer).cell_ids)
+            moved.append(HpaCellsBytes(request.SerializeToString(), segment_request,
+                                       len(segment_answer), classify_request, len(classify_answer),
+                                       result, cells))
+    finally:
+        for channel in channels:
+            channel.close()
+    return moved
+
+
+def along_the_hpa_path(sink_address: str, redis_url: str, moved: list[HpaCellsBytes],
+                       threads: int) -> int:
+    """Every hpa-cells job's bytes moved along the served path with no LabSight code on it,
+    from ``threads`` threads (the worker's job slots): the job into a raw gRPC bytes sink (client
+    to gateway), SET into Redis and read back (gateway to Redis to worker), the SegmentCells and
+    ClassifyCells requests into sinks that answer as many bytes as the services did, the result
+    SET into Redis and read back (worker to Redis to gateway), then answered by a sink (gateway to
+    client); the cells the jobs carried. No record, check, queue, segmentation or model: a floor."""
+    channel = grpc.insecure_channel(sink_address, options=[("grpc.lb_policy_name", "round_robin")])
+    put, sized = channel.unary_unary(PUT), channel.unary_unary(SIZED)  # no (de)serializers
+    client = redis.Redis.from_url(redis_url)
+    prefix = f"labsight-bench-floor-{uuid.uuid4().hex}"
+
+    def move(job: HpaCellsBytes) -> int:
+        key = f"{prefix}:{threading.get_ident()}"
+        put(job.job, timeout=300)
+        client.set(f"{key}:input", job.job)
+        client.get(f"{key}:input")
+        sized(job.segment_request, metadata=((ANSWER_BYTES, str(job.segment_answer_bytes)),),
+              timeout=300)
+        sized(job.classify_request, metadata=((ANSWER_BYTES, str(job.classify_answer_bytes)),),
+              timeout=300)
+        client.set(f"{key}:result", job.result)
+        client.get(f"{key}:result")
+        sized(b"", metadata=((ANSWER_BYTES, str(len(job.result))),), timeout=300)
+        client.delete(f"{key}:input", f"{key}:result")
+        return job.cells
+
+    try:
+        counts = [0] * threads
+        barrier = threading.Barrier(threads)
+
+        def mover(index: int) -> None:
+            barrier.wait()
+            for job in moved[index::threads]:
+                counts[index] += move(job)
+
+        workers = [threading.Thread(target=mover, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return sum(counts)
+    finally:
+        client.close()
+        channel.close()
+
+
+def hpa_transport_floor(sinks: Mapping[str, subprocess.Popen[bytes]], sink_address: str,
+                        redis_url: str, redis_process: subprocess.Popen[bytes] | None,
+                        moved: list[HpaCellsBytes], threads: int, rounds: int,
+                        in_process_ms: float) -> None:
+    """Print the CPU per cell of :func:`along_the_hpa_path` over ``rounds`` passes (this process,
+    the sinks and, when the bench started it, Redis) and the most a served hpa-cells could reach
+    on these cores if LabSight cost nothing beyond moving its bytes: in-process / (in-process +
+    floor)."""
+    clock = CpuClock({**sinks, **({"redis": redis_process} if redis_process is not None else {})})
+    along_the_hpa_path(sink_address, redis_url, moved[:2], 2)  # untimed: connections
+    per_cell: list[float] = []
+    parts: list[dict[str, float]] = []
+    for _ in range(rounds):
+        before = clock.read()
+        cells = along_the_hpa_path(sink_address, redis_url, moved, threads)
+        after = clock.read()
+        parts.append({name: 1000 * (after[name] - before[name]) / cells for name in after})
+        per_cell.append(sum(parts[-1].values()))
+    ceilings = [in_process_ms / (in_process_ms + ms) for ms in per_cell]
+    shares = ", ".join(f"{name} {statistics.median(part[name] for part in parts):.2f}"
+                       for name in parts[0])
+    counted = "" if redis_process is not None else " (Redis not counted: REDIS_URL was set)"
+    print(f"   transport floor: each job's bytes along the served path from {threads} threads (job "
+          f"into a raw gRPC bytes sink, SET into Redis and read back, the SegmentCells and "
+          f"ClassifyCells requests into sinks answering as many bytes as the services, the result "
+          f"SET into Redis, read back and answered by a sink; {len(sinks)} sink processes), CPU ms "
+          f"per cell {spread(per_cell, '.3f')} ({shares}){counted}; with the in-process "
+          f"{in_process_ms:.2f}, the most a served ratio can reach on these cores: {spread(ceilings)}")
+
+
 def compare(title: str, sides: dict[str, Callable[[], int]], clocks: dict[str, CpuClock],
             rounds: int) -> float:
     """Paired rounds of the served side and the in-process variants (every side but "served");
@@ -442,12 +572,15 @@ def main() -> None:
     gateway_address = ""
     processes: ProcessShares | None = None
 
+    last_job_ids: list[str] = []
+
     def through_gateway() -> int:
         with LabSightClient(gateway_address, token="", timeout_s=600) as lab:
             batch_id = uuid.uuid4().hex
             job_ids = [job_id for start in range(0, len(requests), PART_JOBS)  # queued part by part
                        for job_id in lab.submit_batch(requests[start:start + PART_JOBS],
                                                       batch_id=batch_id).job_ids]
+            last_job_ids[:] = job_ids
             # one GetBatchResults stream, each job's result read as it ends
             fetched = list(lab.batch_results(batch_id, follow=True))
             failed = [job.error for job, result in fetched if result is None]
@@ -502,7 +635,8 @@ def main() -> None:
                 stack[f"worker-{index + 1}"] = start_process(
                     "services.gateway.worker", {**sizing.worker_environment(), **stack_env})
             through_gateway()  # untimed
-            compare(f"2) hpa-cells jobs through the gateway, {sizing.describe()}, segmentation and "
+            in_process_ms = compare(
+                    f"2) hpa-cells jobs through the gateway, {sizing.describe()}, segmentation and "
                     "classifier services, against segment_cells + measure_cells + classify_cells "
                     f"in-process on a pool of {instances} threads or of {instances} processes, "
                     "whichever was faster in the round:",
@@ -512,6 +646,24 @@ def main() -> None:
                      "served": CpuClock({**segmentation_processes, **classifier_processes,
                                          **stack, **({"redis": private[0]} if private else {})})},
                     args.rounds)
+            store = redis.Redis.from_url(redis_url)
+            results = [store.get(RedisKeys(prefix).job_result(job_id)) for job_id in last_job_ids]
+            store.close()
+            if None in results:
+                raise RuntimeError("an hpa-cells result expired before the transport floor")
+            moved = hpa_cells_bytes(fields, requests, segmentation_address, classifier_address,
+                                    [result for result in results if result is not None])
+            sinks = {f"sink-{index + 1}": start_service("bench.bytes_sink", {
+                **sizing.service_environment("segmentation"), **QUIET_ENV})
+                for index in range(len(segmentation_processes))}
+            try:
+                hpa_transport_floor({name: process for name, (process, _) in sinks.items()},
+                                    service_target([address for _, address in sinks.values()]),
+                                    redis_url, private[0] if private else None, moved,
+                                    sizing.workers * sizing.worker_concurrency, args.rounds, in_process_ms)
+            finally:
+                for process, _ in sinks.values():
+                    stop_process(process)
         print(f"after: {load_text()}")
     finally:
         for process in (*stack.values(), *classifier_processes.values(),
