@@ -48,7 +48,14 @@ transport, batching and process hops, not of a different use of the cores.
    services idle during the upload and the fetch).
    In-process: classical ``segment_cells``, ``measure_cells`` (the cells table) and
    ``classify_cells`` per field on the pool.
-   Started after part 1, so its gateway and workers cost part 1 nothing.
+   Started after part 1, so its gateway and workers cost part 1 nothing. Then the transport
+   floor (since 2026-12-07): each job's bytes moved along the served path with no LabSight code,
+   from as many threads as the workers have job slots: the job as submitted into a raw gRPC
+   bytes sink, SET into the bench's Redis and read back, the SegmentCells and ClassifyCells
+   requests as the worker writes them into sinks that answer as many bytes as the real services
+   answered them (each asked once beforehand, untimed), and the job's stored result SET into
+   Redis, read back and answered by a sink; its CPU per cell (this process, the sinks, Redis),
+   and the most the ratio could reach on these cores: in-process / (in-process + floor).
 3. Explanations per cell on one thread: Grad-CAM (captum, torch) and LIME (1000
    perturbations through ONNX Runtime, as ExplainCells runs it); target ≤ 5 s per cell.
 
