@@ -34,7 +34,10 @@ baseline does not). ONNX Runtime's other settings are its defaults.
    floor: the same jobs' bytes moved along the served path with no LabSight code (each job's
    request into a raw gRPC bytes sink, SET into the bench's Redis and read back, its
    ExtractDeepFeatures requests into sinks), its CPU per patch, and the most the ratio could
-   reach on these cores if LabSight cost nothing beyond that: raw / (raw + floor).
+   reach on these cores if LabSight cost nothing beyond that: raw / (raw + floor). Since
+   2026-12-07 also the CPU per patch of the service's own ``preprocess`` (uint8 patches to the
+   normalised float32 input, which the baseline is spared), and the ceiling with it too:
+   raw / (raw + floor + preprocessing).
 2. ``--clients`` threads send single images straight to the features service, against the
    same images through the raw sessions by part 1's rule: every round the baseline runs them at
    batch 1 (what a caller without a batcher gets from the same sessions), at its fastest batch
