@@ -78,12 +78,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -120,6 +121,7 @@ from services.segmentation.cells import segment_cells  # noqa: E402
 from services.segmentation.measure import measure_cells  # noqa: E402
 
 PIXEL_SIZE_UM = 0.3
+Item = TypeVar("Item")
 SEGMENT_CELLS = "/labsight.v1.SegmentationService/SegmentCells"
 CLASSIFY_CELLS = "/labsight.v1.ClassifierService/ClassifyCells"
 """Pixel size at which the generated cells (radius 24-36 px) have HPA cells' size."""
@@ -292,17 +294,16 @@ def classify_request_bytes(field: CellField, label_dtype: str) -> bytes:
                                  {"image.tensor": field.image, "cell_labels": labels})
 
 
-def from_client_threads(call: Callable[[CellField], int], fields: list[CellField],
-                        clients: int) -> int:
-    """``call`` on every field from ``clients`` threads started together, each on every
-    ``clients``-th field; the sum of what it returned."""
+def from_client_threads(call: Callable[[Item], int], items: Sequence[Item], clients: int) -> int:
+    """``call`` on every item (a field, a job's bytes) from ``clients`` threads started together,
+    each on every ``clients``-th item; the sum of what it returned."""
     counts = [0] * clients
     barrier = threading.Barrier(clients)
 
     def client(index: int) -> None:
         barrier.wait()
-        for field in fields[index::clients]:
-            counts[index] += call(field)
+        for item in items[index::clients]:
+            counts[index] += call(item)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -430,20 +431,7 @@ def along_the_hpa_path(sink_address: str, redis_url: str, moved: list[HpaCellsBy
         return job.cells
 
     try:
-        counts = [0] * threads
-        barrier = threading.Barrier(threads)
-
-        def mover(index: int) -> None:
-            barrier.wait()
-            for job in moved[index::threads]:
-                counts[index] += move(job)
-
-        workers = [threading.Thread(target=mover, args=(i,)) for i in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        return sum(counts)
+        return from_client_threads(move, moved, threads)
     finally:
         client.close()
         channel.close()
