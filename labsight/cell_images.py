@@ -93,18 +93,17 @@ def cell_image_info(parts: ChannelParts, max_bytes: int | None = None,
 
 
 def read_cell_image(parts: ChannelParts, max_bytes: int | None = None,
-                    choices_field: str = "") -> tuple[np.ndarray, list[str]]:
-    """The (H, W, 4) pixels of ``parts`` (checked first by :func:`cell_image_info`) and the
-    warnings of their reading (e.g. a channel using a small part of its range)."""
+                    choices_field: str = "") -> np.ndarray:
+    """The (H, W, 4) pixels of ``parts``, checked first by :func:`cell_image_info`. Read
+    without warnings (:func:`labsight.images.read_image` with ``warn=False``): a job's
+    warnings come from the worker's reading of its input, and the services that read cell
+    images answer none."""
     cell_image_info(parts, max_bytes, choices_field)
     limit = max_image_bytes() if max_bytes is None else max_bytes
-    readings = [read_image(image, field, limit, choices_field) for field, image in parts]
-    warnings = [f"{field}: {warning}" if len(parts) > 1 else warning
-                for (field, _), reading in zip(parts, readings, strict=True)
-                for warning in reading.warnings]
-    if len(readings) == 1:
-        return readings[0].pixels, warnings
-    return np.stack([reading.pixels for reading in readings], axis=-1), warnings
+    pixels = [read_image(image, field, limit, choices_field, warn=False).pixels for field, image in parts]
+    if len(pixels) == 1:
+        return pixels[0]
+    return np.stack(pixels, axis=-1)
 
 
 def _with_alpha_as_yellow(image: tensor_pb2.Image, field: str, limit: int, choices_field: str,

@@ -252,7 +252,7 @@ def read_hpa_cells(args: argparse.Namespace, log: Log) -> tuple[Any, dict[str, o
     def cut(image_id: str, paths: list[Path], stub: Any) -> tuple[np.ndarray, str]:
         parts = [(str(path), image_from_file(path)) for path in paths]
         try:
-            image, _ = read_cell_image(parts)
+            image = read_cell_image(parts)
         except InvalidArgument as error:
             raise ValueError(f"image {image_id}: {error.details()}") from None
         request = segmentation_pb2.SegmentCellsRequest(

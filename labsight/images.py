@@ -32,10 +32,11 @@ from labsight.image_reader import (
     plan_reading,
     read_planned,
 )
-from labsight.intensity import low_range_warning, scale_intensity
+from labsight.intensity import IntensityScaling, ScaledPixels, low_range_warning, scale_intensity
 from labsight.pixel_types import (
     CONVERTED_DTYPES,
     NATIVE_DTYPES,
+    ConvertedPixels,
     check_scaling,
     conversion_bytes,
     delivered_dtype,
@@ -215,7 +216,7 @@ def decode_image(
         As :func:`image_info`, bytes that do not decode, or an alpha channel
         that is not opaque.
     """
-    return read_image(image, field, max_bytes).pixels
+    return read_image(image, field, max_bytes, warn=False).pixels
 
 
 @dataclass(frozen=True)
@@ -240,11 +241,14 @@ class ImageReading:
 
 def read_image(
     image: tensor_pb2.Image, field: str = "image", max_bytes: int | None = None,
-    choices_field: str = "",
+    choices_field: str = "", *, warn: bool = True,
 ) -> ImageReading:
     """:func:`decode_image` with the warnings and provenance of the reading (messages name the
     read options as ``choices_field``, as :func:`image_info`). Without ``max_bytes`` the limit
-    is larger for a blob-store image (LABSIGHT_MAX_BLOB_IMAGE_BYTES)."""
+    is larger for a blob-store image (LABSIGHT_MAX_BLOB_IMAGE_BYTES). With ``warn=False`` the
+    warnings are not looked for (``warnings`` is empty) and the pixels are not scanned for their
+    range: for callers that would drop them (the model services: the worker reads each job's
+    image with its warnings for the result)."""
     limit = _default_limit(image) if max_bytes is None else max_bytes
     choices = read_choices(image, field)
     with _opened(image, field, limit) as source:
@@ -260,33 +264,16 @@ def read_image(
         )
     bits = source.layout.significant_bits
     informative_bits = bits if bits is not None and bits < pixels.dtype.itemsize * 8 else None
+    converted: ConvertedPixels | None = None
     try:
         if pixels.dtype in NATIVE_DTYPES:
             scaled = scale_intensity(pixels, choices.intensity, informative_bits)
-            warnings = [w for w in (low_range_warning(scaled.pixels, field),) if w]
         else:
             converted = to_native(pixels, choices.intensity, informative_bits)
             scaled = converted.scaled
-            warnings = [w for w in (converted.low_range_warning(field, choices.intensity),) if w]
-            if converted.not_a_number:
-                warnings.append(f"{field}: {converted.not_a_number} NaN values were read as black")
     except ValueError as error:
         raise InvalidArgument(f"{choices_field or field + '.read'}.intensity: {error}") from None
-    if source.layout.other_images:
-        warnings.append(
-            f"{field}: the file holds {source.layout.other_images + 1} images (TIFF series); only "
-            f"the first ({source.layout.describe()}) was read: submit one file per image"
-        )
-    if scaled.clipped and choices.intensity.kind == "bit-depth":
-        warnings.append(
-            f"{field}: {scaled.clipped} values above {scaled.white:g} were clipped by "
-            f"intensity={choices.intensity.text} (is the bit depth right?)"
-        )
-    elif scaled.clipped and choices.intensity.kind == "range":
-        warnings.append(
-            f"{field}: {scaled.clipped} values outside {scaled.black:g}-{scaled.white:g} were "
-            f"clipped by intensity={choices.intensity.text}"
-        )
+    warnings = _reading_warnings(field, source.layout, choices.intensity, scaled, converted) if warn else []
     provenance = {
         "intensity": choices.intensity.text,
         "intensity_range": f"{scaled.black:g}-{scaled.white:g}",
@@ -297,6 +284,35 @@ def read_image(
     provenance.update({name: text for name, text in _read_texts(image).items()
                        if text and name != "intensity"})
     return ImageReading(scaled.pixels, warnings, provenance)
+
+
+def _reading_warnings(field: str, layout: Layout, intensity: IntensityScaling, scaled: ScaledPixels,
+                      converted: ConvertedPixels | None) -> list[str]:
+    """What a result computed on pixels read so should carry: data using a small part of its
+    range, NaN values, further images of the file left unread, values clipped by the intensity
+    choice."""
+    if converted is None:
+        warnings = [w for w in (low_range_warning(scaled.pixels, field),) if w]
+    else:
+        warnings = [w for w in (converted.low_range_warning(field, intensity),) if w]
+        if converted.not_a_number:
+            warnings.append(f"{field}: {converted.not_a_number} NaN values were read as black")
+    if layout.other_images:
+        warnings.append(
+            f"{field}: the file holds {layout.other_images + 1} images (TIFF series); only "
+            f"the first ({layout.describe()}) was read: submit one file per image"
+        )
+    if scaled.clipped and intensity.kind == "bit-depth":
+        warnings.append(
+            f"{field}: {scaled.clipped} values above {scaled.white:g} were clipped by "
+            f"intensity={intensity.text} (is the bit depth right?)"
+        )
+    elif scaled.clipped and intensity.kind == "range":
+        warnings.append(
+            f"{field}: {scaled.clipped} values outside {scaled.black:g}-{scaled.white:g} were "
+            f"clipped by intensity={intensity.text}"
+        )
+    return warnings
 
 
 def read_choices(image: tensor_pb2.Image, field: str = "image") -> ReadChoices:

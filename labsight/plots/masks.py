@@ -123,7 +123,7 @@ def load_cells_image(path: Path, read: Mapping[str, str] | None = None) -> np.nd
         parts.append((f"--image {each}", image))
     try:
         cell_image_info(parts, LOCAL_IMAGE_BYTES)
-        pixels, _ = read_cell_image(parts, LOCAL_IMAGE_BYTES)
+        pixels = read_cell_image(parts, LOCAL_IMAGE_BYTES)
     except (InvalidArgument, OSError) as error:
         raise ValueError(str(error)) from None
     return pixels

@@ -13,7 +13,7 @@ from PIL import Image as PilImage
 
 from labsight.cell_images import read_cell_image
 from labsight.columns import CELL_CHANNELS
-from labsight.images import read_image
+from labsight.images import decode_image
 from labsight.plots.cell_classes import cell_classes_figure, is_cell_classes_result
 from labsight.plots.masks import composite, has_masks, masks_figure
 from labsight.result import Result
@@ -35,11 +35,10 @@ def input_pixels(main: tensor_pb2.Image | None,
     try:
         if channels:
             parts = [(f"input.images[{c}]", channels[c]) for c in CELL_CHANNELS if c in channels]
-            pixels, _ = read_cell_image(parts, DISPLAY_PIXELS)
-            return pixels
+            return read_cell_image(parts, DISPLAY_PIXELS)
         if main is None:
             return None
-        return read_image(main, "input.image", DISPLAY_PIXELS).pixels
+        return decode_image(main, "input.image", DISPLAY_PIXELS)
     except Exception:  # noqa: BLE001 - any unreadable input just has no picture
         return None
 

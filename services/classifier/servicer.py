@@ -227,7 +227,7 @@ def _inputs(request: pb.ClassifyCellsRequest | pb.ExplainCellsRequest) -> tuple[
         [("image", request.image)] if request.HasField("image") else
         [(f"channel_images[{i}]", image) for i, image in enumerate(request.channel_images)]
     )
-    image, _ = read_cell_image(parts)
+    image = read_cell_image(parts)
     labels = from_tensor(request.cell_labels, "cell_labels")
     if labels.dtype.kind not in "iu":
         raise InvalidArgument(f"cell_labels: expected an integer mask, got dtype {labels.dtype}")

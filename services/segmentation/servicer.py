@@ -62,7 +62,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         pixel_size = float(f"{request.pixel_size_um:.7g}") or DEFAULT_PIXEL_SIZE_UM
         parts = _channel_parts(request)
         check_answer_size(cell_image_info(parts), parts[0][0], self.max_answer_bytes)
-        channels, _ = read_cell_image(parts)
+        channels = read_cell_image(parts)
         raise_if_gone(context, "cells")  # a cancelled job's call stops before segmenting
         nuclei, cells = segment_cells(
             channels[..., RED], channels[..., YELLOW], channels[..., BLUE],

@@ -39,7 +39,7 @@ def test_a_4th_sample_marked_alpha_is_read_as_yellow(data: Callable[[np.ndarray]
     image = _encoded(data(PIXELS))
     assert cell_image_info([("image", image)]).shape == (12, 10, 4)
     assert image.read.channels == "0,1,2,3"  # later readings (worker, service) agree
-    pixels, _ = read_cell_image([("image", image)])
+    pixels = read_cell_image([("image", image)])
     assert np.array_equal(pixels, PIXELS)
 
 
@@ -54,7 +54,7 @@ def test_four_grey_images_are_stacked_in_channel_order() -> None:
     parts = [(f"c[{i}]", _encoded(encode_png(PIXELS[..., i]))) for i in range(4)]
     info = cell_image_info(parts)
     assert (info.shape, info.dtype) == ((12, 10, 4), np.dtype(np.uint8))
-    pixels, _ = read_cell_image(parts)
+    pixels = read_cell_image(parts)
     assert np.array_equal(pixels, PIXELS)
 
 

@@ -9,8 +9,9 @@ import pytest
 import tifffile
 from PIL import Image as PILImage
 
+from labsight.cell_images import read_cell_image
 from labsight.errors import InvalidArgument
-from labsight.images import decode_image, encode_png, image_from_array, image_info
+from labsight.images import decode_image, encode_png, image_from_array, image_info, read_image
 from labsight.v1 import tensor_pb2
 
 
@@ -133,3 +134,19 @@ def test_an_unknown_format_hint_is_named_cut_short_whatever_its_length() -> None
         message = str(refused.value)
         assert message.startswith("image.encoded.format: unknown format ") and shown in message
         assert len(message) < 200  # a status message must fit the response headers
+
+
+def test_a_reading_without_warnings_gives_the_same_pixels_and_no_warning() -> None:
+    # 12-bit camera values in a 16-bit file: read with warnings, the low range is named.
+    twelve_bit = np.random.default_rng(4).integers(0, 4096, (24, 20), dtype=np.uint16)
+    image = image_from_array(twelve_bit)
+    warned = read_image(image, "input.image")
+    assert any("under 1/" in warning for warning in warned.warnings)
+    quiet = read_image(image, "input.image", warn=False)
+    assert quiet.warnings == []
+    np.testing.assert_array_equal(quiet.pixels, warned.pixels)
+    np.testing.assert_array_equal(decode_image(image), twelve_bit)
+    # The model services read cell images so too: the same pixels, stacked red, green, blue, yellow.
+    channels = [image_from_array(twelve_bit + i) for i in range(4)]
+    stacked = read_cell_image([(f"channel_images[{i}]", part) for i, part in enumerate(channels)])
+    np.testing.assert_array_equal(stacked, np.stack([twelve_bit + i for i in range(4)], axis=-1))
