@@ -50,7 +50,7 @@ transport, batching and process hops, not of a different use of the cores.
    ``classify_cells`` per field on the pool.
    Started after part 1, so its gateway and workers cost part 1 nothing. Then the transport
    floor (since 2026-12-07): each job's bytes moved along the served path with no LabSight code,
-   from as many threads as the workers have job slots: the job as submitted into a raw gRPC
+   from one thread: the job as submitted into a raw gRPC
    bytes sink, SET into the bench's Redis and read back, the SegmentCells and ClassifyCells
    requests as the worker writes them into sinks that answer as many bytes as the real services
    answered them (each asked once beforehand, untimed), and the job's stored result SET into
@@ -78,13 +78,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -121,7 +120,6 @@ from services.segmentation.cells import segment_cells  # noqa: E402
 from services.segmentation.measure import measure_cells  # noqa: E402
 
 PIXEL_SIZE_UM = 0.3
-Item = TypeVar("Item")
 SEGMENT_CELLS = "/labsight.v1.SegmentationService/SegmentCells"
 CLASSIFY_CELLS = "/labsight.v1.ClassifierService/ClassifyCells"
 """Pixel size at which the generated cells (radius 24-36 px) have HPA cells' size."""
@@ -294,16 +292,17 @@ def classify_request_bytes(field: CellField, label_dtype: str) -> bytes:
                                  {"image.tensor": field.image, "cell_labels": labels})
 
 
-def from_client_threads(call: Callable[[Item], int], items: Sequence[Item], clients: int) -> int:
-    """``call`` on every item (a field, a job's bytes) from ``clients`` threads started together,
-    each on every ``clients``-th item; the sum of what it returned."""
+def from_client_threads(call: Callable[[CellField], int], fields: list[CellField],
+                        clients: int) -> int:
+    """``call`` on every field from ``clients`` threads started together, each on every
+    ``clients``-th field; the sum of what it returned."""
     counts = [0] * clients
     barrier = threading.Barrier(clients)
 
     def client(index: int) -> None:
         barrier.wait()
-        for item in items[index::clients]:
-            counts[index] += call(item)
+        for field in fields[index::clients]:
+            counts[index] += call(field)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -402,10 +401,10 @@ def hpa_cells_bytes(fields: list[CellField], requests: list[pb.SubmitJobRequest]
     return moved
 
 
-def along_the_hpa_path(sink_address: str, redis_url: str, moved: list[HpaCellsBytes],
-                       threads: int) -> int:
+def along_the_hpa_path(sink_address: str, redis_url: str, moved: list[HpaCellsBytes]) -> int:
     """Every hpa-cells job's bytes moved along the served path with no LabSight code on it,
-    from ``threads`` threads (the worker's job slots): the job into a raw gRPC bytes sink (client
+    from one thread (four threads of one process, as many as the worker's job slots, cost
+    0.06 ms per cell more in this process, its GIL handed over): the job into a raw gRPC bytes sink (client
     to gateway), SET into Redis and read back (gateway to Redis to worker), the SegmentCells and
     ClassifyCells requests into sinks that answer as many bytes as the services did, the result
     SET into Redis and read back (worker to Redis to gateway), then answered by a sink (gateway to
@@ -431,7 +430,7 @@ def along_the_hpa_path(sink_address: str, redis_url: str, moved: list[HpaCellsBy
         return job.cells
 
     try:
-        return from_client_threads(move, moved, threads)
+        return sum(move(job) for job in moved)
     finally:
         client.close()
         channel.close()
@@ -439,19 +438,18 @@ def along_the_hpa_path(sink_address: str, redis_url: str, moved: list[HpaCellsBy
 
 def hpa_transport_floor(sinks: Mapping[str, subprocess.Popen[bytes]], sink_address: str,
                         redis_url: str, redis_process: subprocess.Popen[bytes] | None,
-                        moved: list[HpaCellsBytes], threads: int, rounds: int,
-                        in_process_ms: float) -> None:
+                        moved: list[HpaCellsBytes], rounds: int, in_process_ms: float) -> None:
     """Print the CPU per cell of :func:`along_the_hpa_path` over ``rounds`` passes (this process,
     the sinks and, when the bench started it, Redis) and the most a served hpa-cells could reach
     on these cores if LabSight cost nothing beyond moving its bytes: in-process / (in-process +
     floor)."""
     clock = CpuClock({**sinks, **({"redis": redis_process} if redis_process is not None else {})})
-    along_the_hpa_path(sink_address, redis_url, moved[:2], 2)  # untimed: connections
+    along_the_hpa_path(sink_address, redis_url, moved[:2])  # untimed: connections
     per_cell: list[float] = []
     parts: list[dict[str, float]] = []
     for _ in range(rounds):
         before = clock.read()
-        cells = along_the_hpa_path(sink_address, redis_url, moved, threads)
+        cells = along_the_hpa_path(sink_address, redis_url, moved)
         after = clock.read()
         parts.append({name: 1000 * (after[name] - before[name]) / cells for name in after})
         per_cell.append(sum(parts[-1].values()))
@@ -459,7 +457,7 @@ def hpa_transport_floor(sinks: Mapping[str, subprocess.Popen[bytes]], sink_addre
     shares = ", ".join(f"{name} {statistics.median(part[name] for part in parts):.2f}"
                        for name in parts[0])
     counted = "" if redis_process is not None else " (Redis not counted: REDIS_URL was set)"
-    print(f"   transport floor: each job's bytes along the served path from {threads} threads (job "
+    print(f"   transport floor: each job's bytes along the served path from one thread (job "
           f"into a raw gRPC bytes sink, SET into Redis and read back, the SegmentCells and "
           f"ClassifyCells requests into sinks answering as many bytes as the services, the result "
           f"SET into Redis, read back and answered by a sink; {len(sinks)} sink processes), CPU ms "
@@ -655,7 +653,7 @@ def main() -> None:
                 hpa_transport_floor({name: process for name, (process, _) in sinks.items()},
                                     service_target([address for _, address in sinks.values()]),
                                     redis_url, private[0] if private else None, moved,
-                                    sizing.workers * sizing.worker_concurrency, args.rounds, in_process_ms)
+                                    args.rounds, in_process_ms)
             finally:
                 for process, _ in sinks.values():
                     stop_process(process)
