@@ -465,6 +465,38 @@ def hpa_transport_floor(sinks: Mapping[str, subprocess.Popen[bytes]], sink_addre
           f"{in_process_ms:.2f}, the most a served ratio can reach on these cores: {spread(ceilings)}")
 
 
+def delete_prefixed(redis_url: str, prefix: str) -> None:
+    """Delete every key under ``prefix:`` (the stack's jobs, inputs and results)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
+        for offset in range(0, len(keys), 1000):
+            client.delete(*keys[offset : offset + 1000])
+    finally:
+        client.close()
+
+
+def compact_aof(redis_url: str, timeout_s: float = 120.0) -> None:
+    """Rewrite the bench's Redis's append-only file now and wait until it is done."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while client.info("persistence")["aof_rewrite_in_progress"]:  # one started by Redis itself
+            if time.monotonic() > deadline:
+                raise RuntimeError("the bench's Redis did not finish rewriting its AOF")
+            time.sleep(0.1)
+        client.bgrewriteaof()
+        while True:
+            info = client.info("persistence")
+            if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the bench's Redis did not finish rewriting its AOF")
+            time.sleep(0.1)
+    finally:
+        client.close()
+
+
 def compare(title: str, sides: dict[str, Callable[[], int]], clocks: dict[str, CpuClock],
             rounds: int) -> float:
     """Paired rounds of the served side and the in-process variants (every side but "served");
@@ -644,6 +676,12 @@ def main() -> None:
             store.close()
             if None in results:
                 raise RuntimeError("an hpa-cells result expired before the transport floor")
+            # The floor starts on an empty dataset and a compact AOF: the results the served
+            # rounds left would otherwise be written again by any AOF rewrite during the floor
+            # and counted as its Redis cost.
+            delete_prefixed(redis_url, prefix)
+            if private is not None:
+                compact_aof(redis_url)
             moved = hpa_cells_bytes(fields, requests, segmentation_address, classifier_address,
                                     [result for result in results if result is not None])
             sinks = {f"sink-{index + 1}": start_service("bench.bytes_sink", {
@@ -662,10 +700,7 @@ def main() -> None:
         for process in (*stack.values(), *classifier_processes.values(),
                         *segmentation_processes.values()):
             stop_process(process)
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
-        for offset in range(0, len(keys), 1000):
-            client.delete(*keys[offset : offset + 1000])
+        delete_prefixed(redis_url, prefix)
         if private is not None:
             stop_redis(*private)
         local.pool.shutdown()
