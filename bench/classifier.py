@@ -54,8 +54,10 @@ transport, batching and process hops, not of a different use of the cores.
    bytes sink, SET into the bench's Redis and read back, the SegmentCells and ClassifyCells
    requests as the worker writes them into sinks that answer as many bytes as the real services
    answered them (each asked once beforehand, untimed), and the job's stored result SET into
-   Redis, read back and answered by a sink; its CPU per cell (this process, the sinks, Redis),
-   and the most the ratio could reach on these cores: in-process / (in-process + floor).
+   Redis, read back and answered by a sink, on an emptied Redis whose AOF was just rewritten
+   (else a rewrite during the floor writes the served rounds' results again on its account);
+   its CPU per cell (this process, the sinks, Redis), and the most the ratio could reach on
+   these cores: in-process / (in-process + floor).
 3. Explanations per cell on one thread: Grad-CAM (captum, torch) and LIME (1000
    perturbations through ONNX Runtime, as ExplainCells runs it); target ≤ 5 s per cell.
 
