@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from labsight.cell_images import cell_image_info, read_cell_image
+from labsight.cell_images import read_cell_image
 from labsight.columns import CELL_CHANNELS
 from labsight.errors import InvalidArgument
 from labsight.images import image_from_file
@@ -122,11 +122,9 @@ def load_cells_image(path: Path, read: Mapping[str, str] | None = None) -> np.nd
                 setattr(image.read, field.name, read[field.name])
         parts.append((f"--image {each}", image))
     try:
-        cell_image_info(parts, LOCAL_IMAGE_BYTES)
-        pixels = read_cell_image(parts, LOCAL_IMAGE_BYTES)
+        return read_cell_image(parts, LOCAL_IMAGE_BYTES)  # its headers checked first
     except (InvalidArgument, OSError) as error:
         raise ValueError(str(error)) from None
-    return pixels
 
 
 def _show(axes: Axes, shown: np.ndarray, full_shape: tuple[int, ...], title: str) -> None:
