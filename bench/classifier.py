@@ -122,9 +122,11 @@ from services.segmentation.cells import segment_cells  # noqa: E402
 from services.segmentation.measure import measure_cells  # noqa: E402
 
 PIXEL_SIZE_UM = 0.3
+"""Pixel size at which the generated cells (radius 24-36 px) have HPA cells' size."""
+
 SEGMENT_CELLS = "/labsight.v1.SegmentationService/SegmentCells"
 CLASSIFY_CELLS = "/labsight.v1.ClassifierService/ClassifyCells"
-"""Pixel size at which the generated cells (radius 24-36 px) have HPA cells' size."""
+"""Method paths of the two services' calls, for the transport floor's raw-bytes calls."""
 
 SEED = 4711
 
@@ -414,10 +416,9 @@ def along_the_hpa_path(sink_address: str, redis_url: str, moved: list[HpaCellsBy
     channel = grpc.insecure_channel(sink_address, options=[("grpc.lb_policy_name", "round_robin")])
     put, sized = channel.unary_unary(PUT), channel.unary_unary(SIZED)  # no (de)serializers
     client = redis.Redis.from_url(redis_url)
-    prefix = f"labsight-bench-floor-{uuid.uuid4().hex}"
+    key = f"labsight-bench-floor-{uuid.uuid4().hex}"
 
     def move(job: HpaCellsBytes) -> int:
-        key = f"{prefix}:{threading.get_ident()}"
         put(job.job, timeout=300)
         client.set(f"{key}:input", job.job)
         client.get(f"{key}:input")
@@ -479,15 +480,12 @@ def delete_prefixed(redis_url: str, prefix: str) -> None:
 
 
 def compact_aof(redis_url: str, timeout_s: float = 120.0) -> None:
-    """Rewrite the bench's Redis's append-only file now and wait until it is done."""
+    """Rewrite the bench's Redis's append-only file now and wait until it is done (after any
+    rewrite Redis had started by itself)."""
     client = redis.Redis.from_url(redis_url)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while client.info("persistence")["aof_rewrite_in_progress"]:  # one started by Redis itself
-            if time.monotonic() > deadline:
-                raise RuntimeError("the bench's Redis did not finish rewriting its AOF")
-            time.sleep(0.1)
-        client.bgrewriteaof()
+    deadline = time.monotonic() + timeout_s
+
+    def wait_for_rewrite() -> None:
         while True:
             info = client.info("persistence")
             if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
@@ -495,6 +493,11 @@ def compact_aof(redis_url: str, timeout_s: float = 120.0) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError("the bench's Redis did not finish rewriting its AOF")
             time.sleep(0.1)
+
+    try:
+        wait_for_rewrite()
+        client.bgrewriteaof()
+        wait_for_rewrite()
     finally:
         client.close()
 
