@@ -30,6 +30,7 @@ from labsight.redis_server import (
     port_is_free,
     private_dir,
     redis_command,
+    redis_environment,
     redis_url,
     wait_for_redis,
     write_redis_config,
@@ -390,7 +391,8 @@ class Stack:
         port = free_port()
         config = write_redis_config(data_dir, port, password, self.log_of(REDIS))
         self.redis_url = redis_url(port, password)
-        child = self.supervisor.spawn(ChildSpec(REDIS, redis_command(config), log_path=self.log_of(REDIS)))
+        child = self.supervisor.spawn(ChildSpec(REDIS, redis_command(config), redis_environment(),
+                                                    self.log_of(REDIS)))
         self._record()
         wait_for_redis(self.redis_url, child.process, self.log_of(REDIS))
 

@@ -210,6 +210,32 @@ def test_redis_of_up_keeps_an_append_only_file(up: UpProcess) -> None:
     assert any((up.home / "redis").rglob("*.aof"))
 
 
+def _anonymous_mappings_mib(pid: int) -> list[int]:
+    """Sizes (MiB) of process ``pid``'s writable anonymous memory mappings, its brk heap left
+    out (and address space malloc arenas only reserve)."""
+    sizes = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 5 and fields[1].startswith("rw"):  # no path, not [heap] or [stack]
+            start, end = (int(address, 16) for address in fields[0].split("-"))
+            sizes.append((end - start) >> 20)
+    return sizes
+
+
+def test_redis_of_up_keeps_a_job_sized_input_on_its_heap(up: UpProcess) -> None:
+    """A 12 MiB job input is stored in redis-server's heap, whose freed buffers the next job
+    reuses, not in a mapping of its own, made, zeroed and faulted in per job and given back
+    (glibc's defaults; labsight.redis_server.REDIS_MALLOC)."""
+    client = redis.Redis.from_url(up.endpoints.redis_url)
+    pid = int(client.info("server")["process_id"])
+    key = "test:job-sized-input"
+    client.set(key, b"\x01" * (12 << 20))
+    try:
+        assert max(_anonymous_mappings_mib(pid)) < 12
+    finally:
+        client.delete(key)
+
+
 def test_local_mode_keeps_its_data_and_redis_private(up: UpProcess) -> None:
     url = up.endpoints.redis_url
     password = (up.home / "redis-password").read_text().strip()
