@@ -119,8 +119,9 @@ the job ends. With glibc's defaults most of those buffers were mapped fresh, zer
 in page by page for each job. Measured on a loop of queue-like 10 MiB SET, GET and DEL with AOF
 on (2026-12-07, 2 CPUs, Zen 5, 5 runs of each, alternating): redis-server CPU 24-41 ms per
 value with the defaults, 17-22 with these; minor page faults 1,900-3,800 -> 600-940 per value
-(the rest are the AOF's page cache). 1 MiB values gained nothing measurable. The heap keeps up to 128 MiB of freed buffers. Compose and the Kubernetes manifests
-run the official Redis image, whose jemalloc needs none of this."""
+(the rest are the AOF's page cache). 1 MiB values gained nothing measurable. The heap keeps
+up to 128 MiB of freed buffers. Compose and the Kubernetes manifests run the official Redis
+image, whose jemalloc needs none of this."""
 
 
 def redis_environment() -> dict[str, str]:
