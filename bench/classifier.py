@@ -107,6 +107,7 @@ from labsight.models import Engine, build_engine, load_torch_model  # noqa: E402
 from labsight.redis_server import start_redis, stop_redis  # noqa: E402
 from labsight.runtime.cpus import PROCESS_MALLOC, StackSizing, size_stack  # noqa: E402
 from labsight.runtime.encoded_channel import EncodedRequestChannel  # noqa: E402
+from labsight.stored_results import unpack_result  # noqa: E402
 from labsight.tensor_wire import EncodedMessage, serialize_with_arrays  # noqa: E402
 from labsight.tensors import from_tensor, narrow_labels  # noqa: E402
 from labsight.up import replica_name, service_target  # noqa: E402
@@ -362,7 +363,8 @@ def transport_floor(sinks: Mapping[str, subprocess.Popen[bytes]], address: str,
 class HpaCellsBytes:
     """What one field's hpa-cells job moves, as the stack moves it: the job as submitted, the
     SegmentCells and ClassifyCells requests as the worker writes them with the sizes of their
-    real answers, and the job's result as the worker stored it in Redis."""
+    real answers, the job's result as the worker kept it in Redis (packed: labsight.stored_results)
+    and the size of the plain result the gateway answers."""
 
     job: bytes
     segment_request: bytes
@@ -370,6 +372,7 @@ class HpaCellsBytes:
     classify_request: bytes
     classify_answer_bytes: int
     result: bytes
+    result_answer_bytes: int
     cells: int
 
 
@@ -398,7 +401,7 @@ def hpa_cells_bytes(fields: list[CellField], requests: list[pb.SubmitJobRequest]
             cells = len(classifier_pb2.ClassifyCellsResponse.FromString(classify_answer).cell_ids)
             moved.append(HpaCellsBytes(request.SerializeToString(), segment_request,
                                        len(segment_answer), classify_request, len(classify_answer),
-                                       result, cells))
+                                       result, len(unpack_result(result)), cells))
     finally:
         for channel in channels:
             channel.close()
@@ -411,8 +414,9 @@ def along_the_hpa_path(sink_address: str, redis_url: str, moved: list[HpaCellsBy
     0.06 ms per cell more in this process, its GIL handed over): the job into a raw gRPC bytes sink (client
     to gateway), SET into Redis and read back (gateway to Redis to worker), the SegmentCells and
     ClassifyCells requests into sinks that answer as many bytes as the services did, the result
-    SET into Redis and read back (worker to Redis to gateway), then answered by a sink (gateway to
-    client); the cells the jobs carried. No record, check, queue, segmentation or model: a floor."""
+    as kept SET into Redis and read back (worker to Redis to gateway), then answered by a sink as
+    the plain result (gateway to client); the cells the jobs carried. No record, check, queue,
+    segmentation or model: a floor."""
     channel = grpc.insecure_channel(sink_address, options=[("grpc.lb_policy_name", "round_robin")])
     put, sized = channel.unary_unary(PUT), channel.unary_unary(SIZED)  # no (de)serializers
     client = redis.Redis.from_url(redis_url)
@@ -428,7 +432,7 @@ def along_the_hpa_path(sink_address: str, redis_url: str, moved: list[HpaCellsBy
               timeout=300)
         client.set(f"{key}:result", job.result)
         client.get(f"{key}:result")
-        sized(b"", metadata=((ANSWER_BYTES, str(len(job.result))),), timeout=300)
+        sized(b"", metadata=((ANSWER_BYTES, str(job.result_answer_bytes)),), timeout=300)
         client.delete(f"{key}:input", f"{key}:result")
         return job.cells
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import redis
 
+from labsight.stored_results import SIZE_HEAD_BYTES, plain_size, unpack_result
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.jobs import ACTIVE_STATUSES, DONE, JobRecord, JobStore
 from services.gateway.keys import RedisKeys
@@ -129,7 +130,10 @@ def _groups(client: redis.Redis, keys: RedisKeys, records: list[JobRecord]) -> I
     with client.pipeline(transaction=False) as pipe:
         for record in done:
             pipe.strlen(keys.job_result(record.job_id))
-        sizes = dict(zip((record.job_id for record in done), pipe.execute(), strict=True))
+            pipe.getrange(keys.job_result(record.job_id), 0, SIZE_HEAD_BYTES - 1)
+        replies = pipe.execute()
+    sizes = {record.job_id: plain_size(head, kept_bytes) for record, kept_bytes, head
+             in zip(done, replies[::2], replies[1::2], strict=True)}
     group: list[JobRecord] = []
     group_bytes = 0
     for record in records:
@@ -155,10 +159,11 @@ def _group_chunks(
         if record.status != DONE:
             yield job, b"", 0, ""
             continue
-        data = results[record.job_id]
-        if data is None:
+        kept = results[record.job_id]
+        if kept is None:
             yield job, b"", 0, EXPIRED
             continue
+        data = unpack_result(kept)
         total = len(data)
         for start in range(0, max(total, 1), chunk_bytes):
             yield job if start == 0 else None, data[start : start + chunk_bytes], total, ""

@@ -28,6 +28,7 @@ from labsight.errors import (
 from labsight.images import image_info, max_blob_image_bytes, max_image_bytes
 from labsight.redis_client import redis_probe
 from labsight.runtime.readiness import ReadinessProbe
+from labsight.stored_results import unpack_result
 from labsight.tensor_wire import DetachingParser
 from labsight.tensors import from_tensor
 from labsight.v1 import features_pb2, tensor_pb2
@@ -490,9 +491,10 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             raise FailedPrecondition(
                 f"job_id: job {echo(job.job_id)} is {job.status}; results exist once it is done"
             )
-        data = self.queue.client.get(self.keys.job_result(job.job_id))
-        if data is None:
+        kept = self.queue.client.get(self.keys.job_result(job.job_id))
+        if kept is None:
             raise NotFound(f"job_id: the result of job {echo(job.job_id)} has expired")
+        data = unpack_result(kept)
         total = len(data)
         for start in range(0, max(total, 1), RESULT_CHUNK_BYTES):
             yield pb.ResultChunk(data=data[start : start + RESULT_CHUNK_BYTES], total_bytes=total)

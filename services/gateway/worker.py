@@ -28,6 +28,7 @@ from labsight.runtime.cpus import SMALL_JOB_GROUP_SIZE, WORKER_CONCURRENCY_VARIA
 from labsight.runtime.idle_trim import process_trimmer
 from labsight.runtime.logs import configure_logging
 from labsight.runtime.server import start_metrics, stop_on_signals
+from labsight.stored_results import pack_result
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
 from services.gateway.jobs import CANCELLED, DEAD, DONE, FAILED, QUEUED, RUNNING, JobRecord, now
@@ -631,15 +632,15 @@ class Worker:
         self.finish([(delivery, job, result)])
 
     def finish(self, done: list[tuple[Delivery, JobRecord, pb.JobResult]]) -> None:
-        """Write each job's result once (a second run keeps the first), mark it done and ack
-        it, all in one transaction."""
+        """Write each job's result once (a second run keeps the first; packed as
+        labsight.stored_results keeps it), mark it done and ack it, all in one transaction."""
         ended_at = now()
         announced = last_of_each_batch([job for _, job, _ in done])
         with self.queue.client.pipeline(transaction=True) as pipe:
             transitions = []
             for index, (delivery, job, result) in enumerate(done):
-                pipe.set(self.queue.keys.job_result(job.job_id), result.SerializeToString(),
-                         nx=True, ex=self.result_ttl_s)
+                pipe.set(self.queue.keys.job_result(job.job_id),
+                         pack_result(result.SerializeToString()), nx=True, ex=self.result_ttl_s)
                 transitions.append(len(pipe))
                 self.store.transition(job, (RUNNING,), DONE, pipe, announce_batch=index in announced,
                                       finished_at=ended_at, progress=1.0, error="",

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import redis
 
+from labsight import stored_results
 from labsight.aio import AsyncLabSightClient
 from labsight.batch_results import BatchResultReader, JobResultBytes
 from labsight.catalog import GATEWAY
@@ -24,6 +25,7 @@ from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import gateway_pb2_grpc as pb_grpc
 from services.gateway import batch_results, servicer
 from services.gateway.auth import create_token
+from services.gateway.jobs import DONE, JobStore
 from services.gateway.keys import RedisKeys
 from services.gateway.servicer import GatewayServicer
 from services.gateway.servicer import register as register_gateway
@@ -160,6 +162,34 @@ def test_results_cut_into_chunks_pages_and_groups_reassemble_exactly(
     monkeypatch.setattr(batch_results, "FOLLOW_WINDOW", 1)  # windows of 1, 2, 2 on an ended batch
     followed, _ = _read(stack.client.stub, "plate-10", follow=True)
     assert [(e.job.job_id, e.data) for e in followed] == [(e.job.job_id, e.data) for e in whole]
+
+
+def test_results_kept_packed_come_back_whole_and_are_grouped_by_their_plain_size(
+    stack: InProcessStack, redis_for: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """These fractal results are too small to be packed; packed here, the stream and
+    GetJobResult give the same bytes, and a group holds no more plain bytes than GROUP_BYTES."""
+    jobs = _finished_batch(stack, "plate-14")
+    whole, _ = _read(stack.client.stub, "plate-14")
+    keys = RedisKeys(stack.settings.key_prefix)
+    monkeypatch.setattr(stored_results, "PACK_MIN_BYTES", 0)
+    monkeypatch.setattr(stored_results, "PACK_MIN_SAVING", -1.0)  # packed even if no smaller
+    done = [job for job in jobs if job.status == pb.JOB_STATUS_DONE]
+    for job in done:
+        plain = redis_for.get(keys.job_result(job.job_id))
+        assert plain is not None and not plain.startswith(stored_results.PACKED_MAGIC)
+        redis_for.set(keys.job_result(job.job_id), stored_results.pack_result(plain), keepttl=True)
+    again, _ = _read(stack.client.stub, "plate-14")
+    assert [(e.job.job_id, e.data) for e in again] == [(e.job.job_id, e.data) for e in whole]
+    for entry in whole:
+        if entry.data is not None:
+            assert b"".join(chunk.data for chunk in stack.client.stub.GetJobResult(
+                pb.GetJobResultRequest(job_id=entry.job.job_id))) == entry.data
+    largest = max(len(entry.data) for entry in whole if entry.data is not None)
+    monkeypatch.setattr(batch_results, "GROUP_BYTES", largest)  # one done job per group
+    records = JobStore(redis_for, keys).load_many([job.job_id for job in jobs])
+    groups = list(batch_results._groups(redis_for, keys, [r for r in records if r is not None]))
+    assert [sum(r.status == DONE for r in group) for group in groups] == [1] * len(done)
 
 
 def test_an_expired_result_is_named_and_the_sdk_raises_not_found(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 import tifffile
 from PIL import Image
 
@@ -20,12 +21,14 @@ from labsight.config import Settings
 from labsight.images import image_from_array
 from labsight.result import Result
 from labsight.runtime.server import RunningServer
+from labsight.stored_results import PACKED_MAGIC, unpack_result
 from labsight.tables import table_values
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
 from services.classifier.classes import CLASS_NAMES
 from services.classifier.generated_cells import CellField, generate_cell_field
 from services.classifier.servicer import register as register_classifier
+from services.gateway.keys import RedisKeys
 from services.gateway.servicer import register as register_gateway
 from services.segmentation.servicer import register as register_segmentation
 from tests.conftest import RunningWorker
@@ -104,6 +107,23 @@ def test_each_cell_gets_19_probabilities_and_a_label_set(stack: Stack, field: Ce
     row = table_values(summary)[0]
     assert np.allclose(row[:19], probabilities.max(axis=0)) and np.array_equal(row[19:], predicted.sum(0))
     assert result.provenance["classifier_model"].startswith("hpa-generated ")
+
+
+def test_the_result_is_kept_packed_and_read_back_whole(
+    stack: Stack, field: CellField, settings: Settings, redis_for: redis.Redis
+) -> None:
+    """Its two label images make most of it: Redis keeps it LZ4-packed (labsight.stored_results),
+    and GetJobResult answers the plain JobResult."""
+    job = stack.client.submit_request(build_request("hpa-cells", image_from_array(field.image),
+                                                    FIELD_PARAMS))
+    assert stack.client.wait(job.job_id, timeout_s=120).status == pb.JOB_STATUS_DONE
+    plain = b"".join(chunk.data for chunk in stack.client.stub.GetJobResult(
+        pb.GetJobResultRequest(job_id=job.job_id)))
+    kept = redis_for.get(RedisKeys(settings.key_prefix).job_result(job.job_id))
+    assert kept is not None and kept.startswith(PACKED_MAGIC) and len(kept) < len(plain) / 3
+    assert unpack_result(kept) == plain
+    labels = from_tensor(pb.JobResult.FromString(plain).tensors["cell_labels"])
+    assert labels.shape == field.image.shape[:2] and labels.max() >= 3
 
 
 def test_four_channel_images_give_the_same_classes(stack: Stack, field: CellField) -> None:
