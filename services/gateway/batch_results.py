@@ -55,8 +55,8 @@ def followed_result_messages(
     """As :func:`batch_result_messages`, each job sent once it has ended (still in submission
     order): until every job of the batch has ended (``finished()``) or the caller left.
 
-    ``changed`` is set on every change of the batch's counts (the caller subscribed it to
-    the batch's channel before this starts) and when the call ends; the statuses of the
+    ``changed`` is set when a job of the batch ends (the caller subscribed it to the batch's
+    channel before this starts, for the ended statuses) and when the call ends; the statuses of the
     next FOLLOW_WINDOW jobs are read again then, and at least every POLL_INTERVAL_S, and the
     records of those that ended before the first still active. The messages of the jobs
     that ended are sent before each wait.

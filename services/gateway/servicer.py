@@ -38,7 +38,7 @@ from labsight.web.server import serve_web_page
 from services.gateway.auth import BearerAuth
 from services.gateway.batch_results import batch_result_messages, followed_result_messages
 from services.gateway.ids import check_id, check_optional_id
-from services.gateway.jobs import ACTIVE_STATUSES, CANCELLED, DONE, PROTO_TO_STATUS, now
+from services.gateway.jobs import ACTIVE_STATUSES, CANCELLED, DONE, PROTO_TO_STATUS, TERMINAL_STATUSES, now
 from services.gateway.pipelines import get_pipeline, pipeline_infos
 from services.gateway.pipelines.models import MODEL_CATALOG, connect_model_catalog
 from services.gateway.queue import JobQueue, NewJob, Staged, StagingWriter, build_queue
@@ -510,8 +510,10 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             yield from batch_result_messages(self.queue.client, self.store, self.keys, tenant,
                                              request.batch_id, RESULT_CHUNK_BYTES)
             return
+        # Woken when a job of the batch ends (the batch's channel carries each job's new
+        # status): a job that starts or is queued again sends nothing new.
         with self._watch_slot(), self.events.subscribe(
-                self.keys.batch_events(tenant, request.batch_id)) as changed:
+                self.keys.batch_events(tenant, request.batch_id), TERMINAL_STATUSES) as changed:
             yield from followed_result_messages(
                 self.queue.client, self.store, self.keys, tenant, request.batch_id,
                 RESULT_CHUNK_BYTES, changed, lambda: self._batch(request.batch_id, tenant).finished,

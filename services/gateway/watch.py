@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Protocol, TypeVar
 
 import redis
@@ -39,19 +39,23 @@ class EventFanout:
     def __init__(self, client: redis.Redis) -> None:
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._lock = threading.Lock()
-        self._listeners: dict[str, set[threading.Event]] = {}
+        self._listeners: dict[str, dict[threading.Event, frozenset[bytes] | None]] = {}
+        """Per channel, each stream's wake-up and the messages that set it (None: every one)."""
         self._unsubscribe_later: set[str] = set()
         self._reader: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def subscribe(self, channel: str) -> Iterator[threading.Event]:
-        """An event that is set on every message on ``channel`` while the context is open."""
+    def subscribe(self, channel: str, wakes_on: Collection[str] | None = None
+                  ) -> Iterator[threading.Event]:
+        """An event that is set on every message on ``channel`` while the context is open, or
+        only on those whose data is one of ``wakes_on``."""
         woken = threading.Event()
+        wanted = None if wakes_on is None else frozenset(data.encode() for data in wakes_on)
         with self._lock:
             if channel not in self._listeners:
                 self._pubsub.subscribe(channel)
-                self._listeners[channel] = set()
-            self._listeners[channel].add(woken)
+                self._listeners[channel] = {}
+            self._listeners[channel][woken] = wanted
             if self._reader is None:
                 self._reader = threading.Thread(target=self._read, name="watch-fanout", daemon=True)
                 self._reader.start()
@@ -60,7 +64,7 @@ class EventFanout:
         finally:
             with self._lock:
                 listeners = self._listeners[channel]
-                listeners.discard(woken)
+                listeners.pop(woken, None)
                 if not listeners:
                     del self._listeners[channel]
                     self._unsubscribe_later.add(channel)
@@ -93,10 +97,11 @@ class EventFanout:
                 continue
             if message is None or message["type"] != "message":
                 continue
-            channel = message["channel"].decode()
+            channel, data = message["channel"].decode(), message["data"]
             with self._lock:
-                for woken in self._listeners.get(channel, ()):
-                    woken.set()
+                for woken, wanted in self._listeners.get(channel, {}).items():
+                    if wanted is None or data in wanted:
+                        woken.set()
 
 
 class Caller(Protocol):

@@ -279,3 +279,20 @@ def test_a_following_results_stream_ends_as_soon_as_its_caller_leaves(
                                           1 << 20, changed, lambda: False, caller)
         assert _ends_when_the_caller_leaves(stream, caller)
     client.close()
+
+
+def test_a_stream_subscribed_to_some_messages_wakes_on_those_only(
+    fanout: watch.EventFanout, redis_url: str, key_prefix: str
+) -> None:
+    """A following results stream wakes when a job ends, not when one starts or is queued
+    again; another stream on the same channel still wakes on every message."""
+    client = redis.Redis.from_url(redis_url)
+    channel = f"{key_prefix}:events:batch:plate"
+    with fanout.subscribe(channel, ("done", "failed")) as ended, fanout.subscribe(channel) as every:
+        client.publish(channel, "running")
+        assert every.wait(10)  # the reader handled the message, for both streams at once
+        assert not ended.is_set()
+        every.clear()
+        client.publish(channel, "failed")
+        assert ended.wait(10) and every.wait(10)
+    client.close()
