@@ -67,8 +67,9 @@ def measure_cells(
 
     Notes
     -----
-    Sums are taken with ``np.bincount`` over a compact index of the labels, so
-    the cost is a few passes over the pixels whatever the labels' values.
+    Sums are taken with ``np.bincount`` over a compact index of the labels, on the
+    labelled pixels only, so the cost is a pass over the masks and a few over the
+    cells' pixels whatever the labels' values.
     The centroid is the mean of the pixel coordinates,
     :math:`\\bar x = \\frac{1}{A} \\sum_{p \\in \\text{cell}} x_p`.
 
@@ -83,23 +84,31 @@ def measure_cells(
     labels, index = _compact(cell_labels)
     count = len(labels)
     bins = count + 1
-    flat = index.ravel()
-    area = np.bincount(flat, minlength=bins)[1:].astype(np.float64)
-    rows, cols = np.indices(cell_labels.shape)
-    centroid_x = np.bincount(flat, weights=cols.ravel(), minlength=bins)[1:] / np.maximum(area, 1)
-    centroid_y = np.bincount(flat, weights=rows.ravel(), minlength=bins)[1:] / np.maximum(area, 1)
+    # Sums run over the cells' and the nuclei's pixels only (in raster order, so each cell's
+    # sum adds the same values in the same order as over the whole image): cells cover a
+    # fraction of a field (about 16 % of the generated HPA fields, their nuclei 3.5 %).
+    inside = np.flatnonzero(index)
+    owner = index.ravel()[inside]
+    area = np.bincount(owner, minlength=bins)[1:].astype(np.float64)
+    rows, cols = np.divmod(inside, cell_labels.shape[1])
+    centroid_x = np.bincount(owner, weights=cols, minlength=bins)[1:] / np.maximum(area, 1)
+    centroid_y = np.bincount(owner, weights=rows, minlength=bins)[1:] / np.maximum(area, 1)
     boxes = ndimage.find_objects(index, max_label=count)
     bbox = np.array([(b[1].start, b[0].start, b[1].stop, b[0].stop) for b in boxes],
                     np.float64).reshape(count, 4)
     # A nucleus counts for the cell of its label, and only inside the range of cell labels.
-    nucleus_flat = _index_of(nucleus_labels.ravel(), labels)
-    nucleus_area = np.bincount(nucleus_flat, minlength=bins)[1:].astype(np.float64)
+    in_nuclei = np.flatnonzero(nucleus_labels)
+    nucleus_owner = _index_of(nucleus_labels.ravel()[in_nuclei], labels)
+    nucleus_area = np.bincount(nucleus_owner, minlength=bins)[1:].astype(np.float64)
+    pixels = channels.reshape(-1, len(CELL_CHANNELS))
+    cell_pixels, nucleus_pixels = pixels[inside], pixels[in_nuclei]
     sums = np.empty((len(CELL_CHANNELS), count))
     nucleus_sums = np.empty((len(CELL_CHANNELS), count))
     for c in range(len(CELL_CHANNELS)):
-        pixels = channels[..., c].ravel().astype(np.float64)
-        sums[c] = np.bincount(flat, weights=pixels, minlength=bins)[1:]
-        nucleus_sums[c] = np.bincount(nucleus_flat, weights=pixels, minlength=bins)[1:]
+        sums[c] = np.bincount(owner, weights=cell_pixels[:, c].astype(np.float64),
+                              minlength=bins)[1:]
+        nucleus_sums[c] = np.bincount(nucleus_owner, weights=nucleus_pixels[:, c].astype(np.float64),
+                                      minlength=bins)[1:]
     with np.errstate(invalid="ignore", divide="ignore"):
         nucleus_means = np.where(nucleus_area > 0, nucleus_sums / nucleus_area, np.nan)
     square_um = float(pixel_size_um) ** 2

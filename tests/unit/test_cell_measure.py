@@ -90,3 +90,35 @@ def test_bad_inputs_name_the_argument(nuclei_shape: tuple[int, ...], channels_sh
     with pytest.raises(ValueError, match=field):
         measure_cells(np.zeros(nuclei_shape, np.int32), np.zeros((8, 10), np.int32),
                       np.zeros(channels_shape, np.uint8), pixel_size_um=size)
+
+
+def test_a_generated_field_measures_as_scikit_image_does() -> None:
+    """Many cells of irregular shapes and 12-bit intensities: areas, centroids, boxes and
+    intensities equal scikit-image's regionprops (the nuclei measured on their own labels)."""
+    from skimage.measure import regionprops_table
+    from skimage.segmentation import expand_labels
+
+    rng = np.random.default_rng(5)
+    seeds = np.zeros((200, 240), np.int32)
+    seeds[rng.integers(0, 200, 30), rng.integers(0, 240, 30)] = np.arange(1, 31)
+    nuclei = expand_labels(seeds, 3)
+    cells = expand_labels(nuclei, 9)
+    channels = rng.integers(0, 4096, (200, 240, 4), dtype=np.uint16)
+    table = measure_cells(nuclei, cells, channels, pixel_size_um=0.25)
+    expected = regionprops_table(cells, channels, properties=(
+        "label", "area", "centroid", "bbox", "intensity_mean"))
+    assert _column(table, "label") == expected["label"].tolist()
+    assert _column(table, "area_px") == expected["area"].tolist()
+    assert np.allclose(_column(table, "centroid_x"), expected["centroid-1"])
+    assert np.allclose(_column(table, "centroid_y"), expected["centroid-0"])
+    assert _column(table, "bbox_min_x") == expected["bbox-1"].tolist()
+    assert _column(table, "bbox_max_y") == expected["bbox-2"].tolist()
+    for c, name in enumerate(("red", "green", "blue", "yellow")):
+        assert np.allclose(_column(table, f"mean_{name}"), expected[f"intensity_mean-{c}"])
+        assert np.allclose(_column(table, f"integrated_{name}"),
+                           expected[f"intensity_mean-{c}"] * expected["area"])
+    in_nuclei = regionprops_table(nuclei, channels, properties=("label", "area", "intensity_mean"))
+    by_label = dict(zip(in_nuclei["label"].tolist(), range(len(in_nuclei["label"])), strict=True))
+    rows = [by_label[int(label)] for label in table.labels]
+    assert _column(table, "nucleus_area_px") == in_nuclei["area"][rows].tolist()
+    assert np.allclose(_column(table, "nucleus_mean_yellow"), in_nuclei["intensity_mean-3"][rows])
