@@ -1,13 +1,13 @@
 """Dynamic batching: concurrent requests are gathered, run as one batch and answered separately.
 
 Like Triton's dynamic batcher, a batch is closed when it holds ``max_batch_size``
-items or when its oldest request has waited ``max_queue_delay_ms``, whichever
-comes first. A request may carry several items (the leading axis of its array);
-a request larger than the room left in a batch is split across batches and
-answered once all its parts ran. With ``even_shares``, fewer queued items than the
-idle instances' batches hold are shared evenly among those instances (a request of 40
-items on two idle instances runs as 20 + 20, not 32 + 8), so no instance idles while
-another runs the rest.
+items (or a ``preferred_batch_size``) or when its oldest request has waited
+``max_queue_delay_ms``, whichever comes first. A request may carry several items
+(the leading axis of its array); a request larger than the room left in a batch is
+split across batches and answered once all its parts ran. With ``even_shares``,
+fewer queued items than the idle instances' batches hold are shared evenly among
+those instances (a request of 40 items on two idle instances runs as 20 + 20, not
+32 + 8), so no instance idles while another runs the rest.
 """
 
 from __future__ import annotations
@@ -101,6 +101,12 @@ class DynamicBatcher:
         on the CPU, which runs batches in slices of a few rows anyway); otherwise an
         instance takes as full a batch as it can (a GPU or a remote server batching
         requests itself).
+    preferred_batch_size : int, optional
+        Queued items at which a free instance starts at once instead of waiting out
+        ``max_queue_delay_ms`` for a full batch, like Triton's preferred batch sizes: for
+        an engine that runs a batch in slices of this many rows, a larger batch buys
+        nothing, so waiting for one only idles the instance, and ``even_shares`` gives no
+        instance fewer (default ``max_batch_size``).
 
     Examples
     --------
@@ -117,9 +123,12 @@ class DynamicBatcher:
         max_queue_delay_ms: float = 5.0,
         name: str = "default",
         even_shares: bool = False,
+        preferred_batch_size: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if preferred_batch_size is not None and preferred_batch_size < 1:
+            raise ValueError(f"preferred_batch_size must be >= 1, got {preferred_batch_size}")
         if max_queue_delay_ms < 0:
             raise ValueError(f"max_queue_delay_ms must be >= 0, got {max_queue_delay_ms}")
         self.instances = [run_batch] if callable(run_batch) else list(run_batch)
@@ -129,6 +138,8 @@ class DynamicBatcher:
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
         self.name = name
         self.even_shares = even_shares
+        self.preferred_batch_size = preferred_batch_size
+        self.ready_items = min(max_batch_size, preferred_batch_size or max_batch_size)
         self._queue: deque[_Request] = deque()
         self._condition = threading.Condition()
         self._idle = 0  # instances waiting in _next_batch
@@ -189,7 +200,8 @@ class DynamicBatcher:
             self._execute(run_batch, parts)
 
     def _next_batch(self) -> list[tuple[_Request, int, int]] | None:
-        """Wait for a full batch or the oldest request's deadline; None once closed and drained.
+        """Wait for ``ready_items`` queued items or the oldest request's deadline; None once
+        closed and drained.
 
         With several instances, another one may take the queued requests while this
         one waits for their deadline; it then goes back to waiting for new ones.
@@ -203,7 +215,7 @@ class DynamicBatcher:
                             return None
                         self._condition.wait()
                     while self._queue and not self._closed:
-                        if self._queued_items() >= self.max_batch_size:
+                        if self._queued_items() >= self.ready_items:
                             break
                         left = self._queue[0].arrived + self.max_queue_delay_s - time.perf_counter()
                         if left <= 0:
@@ -220,10 +232,12 @@ class DynamicBatcher:
 
     def _share(self) -> int:
         """Items the calling idle instance takes: a full batch, or with ``even_shares`` its even
-        share of what is queued among the idle instances (the caller counted)."""
+        share of what is queued among the idle instances (the caller counted), no less than
+        the preferred batch size."""
         if not self.even_shares:
             return self.max_batch_size
-        return min(self.max_batch_size, -(-self._queued_items() // self._idle))
+        even = -(-self._queued_items() // self._idle)
+        return min(self.max_batch_size, max(even, self.preferred_batch_size or 1))
 
     def _queued_items(self) -> int:
         return sum(request.remaining for request in self._queue)

@@ -75,6 +75,51 @@ def test_a_lone_request_waits_at_most_the_queue_delay() -> None:
     assert model.sizes == [1]
 
 
+def test_a_preferred_batch_runs_without_waiting_for_the_delay() -> None:
+    model = RecordingModel()
+    batcher = DynamicBatcher(model, max_batch_size=32, max_queue_delay_ms=30_000,
+                             name="test-preferred", preferred_batch_size=2)
+    try:
+        started = time.perf_counter()
+        answer = batcher.run(np.ones((3, 2)), timeout_s=10)
+        elapsed = time.perf_counter() - started
+        lone = batcher.submit(np.ones((1, 2)))  # below the preferred size: waits for company
+        time.sleep(0.2)
+        waiting = not lone.done()
+    finally:
+        batcher.close()  # closing runs what is queued
+    assert elapsed < 5 and answer.shape == (3, 2) and model.sizes[0] == 3
+    assert waiting and lone.result(timeout=10).shape == (1, 2)
+
+
+def test_even_shares_are_no_smaller_than_the_preferred_batch() -> None:
+    # 3 items on two idle instances that run slices of 2: one instance takes 2, the other
+    # the last one, never 1 + 1 + 1.
+    first, second = RecordingModel(delay_s=0.2), RecordingModel(delay_s=0.2)
+    batcher = DynamicBatcher([first, second], max_batch_size=32, max_queue_delay_ms=1,
+                             name="share-preferred", even_shares=True, preferred_batch_size=2)
+
+    def both_idle() -> None:
+        deadline = time.monotonic() + 10
+        while batcher._idle < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    try:
+        both_idle()
+        batcher.run(np.zeros((3, 1)), timeout_s=10)
+        both_idle()
+        batcher.run(np.zeros((40, 1)), timeout_s=10)
+    finally:
+        batcher.close()
+    assert sorted(first.sizes[:1] + second.sizes[:1]) == [1, 2]
+    assert sorted(first.sizes[1:] + second.sizes[1:]) == [20, 20]
+
+
+def test_preferred_batch_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="preferred_batch_size must be >= 1"):
+        DynamicBatcher(lambda x: x, preferred_batch_size=0)
+
+
 def test_a_request_larger_than_a_batch_is_split_and_reassembled_in_order() -> None:
     model = RecordingModel()
     batcher = DynamicBatcher(model, max_batch_size=4, max_queue_delay_ms=0, name="test-split")

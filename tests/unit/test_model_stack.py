@@ -139,6 +139,21 @@ def test_concurrent_requests_share_one_batch_and_each_gets_its_own_rows_of_every
     assert len(server.engines) == 0 and all(engine.closed for engine in served.engines)
 
 
+def test_a_request_of_one_run_slice_starts_at_once_on_the_cpu(tmp_path: Path, model_cache: Path) -> None:
+    # ONNX Runtime runs a batch in slices of run_rows x threads rows: a larger batch buys
+    # nothing, so an idle instance must not wait out the 60 s delay for one.
+    manifest = _manifest(tmp_path, channels=2, dynamic=False)
+    server = _server([manifest], model_cache, max_batch_size=32, max_queue_delay_ms=60_000,
+                     run_rows=2)
+    try:
+        outputs = server.run(manifest.name, np.zeros((3, 2, 16, 24), np.float32))
+        with server.served(manifest) as served:
+            assert served.batcher.ready_items == 2
+    finally:
+        server.close()
+    assert outputs["flows"].shape == (3, 2, 16, 24)
+
+
 def test_the_torch_engine_names_every_output_and_a_layer_by_its_path(tmp_path: Path) -> None:
     manifest = _manifest(tmp_path, channels=2, dynamic=True)
     batch = np.ones((1, 2, 8, 8), np.float32)
