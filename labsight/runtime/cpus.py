@@ -86,23 +86,33 @@ threshold, raised only by what was freed, kept mapping new pages. Measured with
 bench/deep_features.py (2026-12-06, 2 CPUs, runs alternating): worker 0.53-0.64 -> 0.31-0.39
 ms CPU per 224² patch, gateway 0.36-0.39 -> 0.29-0.33. What is kept goes back once the process
 is idle (labsight.runtime.idle_trim). Not for the model services: with them the features
-service grew by up to 514 MiB in one fuzz step (see :data:`PROCESS_MALLOC`)."""
+service grew by up to 514 MiB in one fuzz step (they get :data:`MODEL_SERVICE_MALLOC`)."""
 
-TEMPORARY_ARRAY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(8 << 20),
-                          "MALLOC_TRIM_THRESHOLD_": str(64 << 20), "MALLOC_ARENA_MAX": "2"}
-"""glibc malloc variables of the segmentation service, whose classical method allocates dozens
-of image-sized temporaries per call (a 512² float64 plane is 2 MiB): arrays under 8 MiB come
-from the heap and are reused, where glibc's defaults mapped them fresh and faulted them in page
-by page (400-2,400 page faults per 512² HPA field with 4 calls at once, about none with these;
-1-10 ms less CPU per field of 51-75, 2026-12-06, 2 CPUs, runs alternating; ~20 MiB more
-resident). ONNX Runtime's arena regions for the flow networks (tens of MiB) stay above the
-threshold, mapped and given back as before: with BULK_BUFFER_MALLOC's 32 MiB the fuzz's
-segmentation service kept +257 MiB."""
+MODEL_SERVICE_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(8 << 20),
+                        "MALLOC_TRIM_THRESHOLD_": str(64 << 20), "MALLOC_ARENA_MAX": "2"}
+"""glibc malloc variables of the model services (segmentation, features, classifier): buffers
+under 8 MiB come from the heap and are reused, where glibc's defaults mapped them fresh, or
+trimmed them off the heap, and faulted them in page by page on each call.
+
+- Request buffers: gRPC's receive of a request (a 1.5 MB ClassifyCells field, a 4.8 MB
+  ExtractDeepFeatures batch) took 0.8-1.2 ms CPU per MB in a raw bytes sink with
+  MALLOC_ARENA_MAX=2 alone, 0.44-0.56 with these (2026-12-07, Zen 4, 4 concurrent callers,
+  runs alternating); ``bench/classifier.py`` part 1: classifier processes 1.30-1.34 -> 1.23-1.28
+  ms CPU per cell. The features service's memory after a 3,000-call fuzz with them: -233 MiB
+  (peak +713), as before.
+- The segmentation service's classical method allocates dozens of image-sized temporaries per
+  call (a 512² float64 plane is 2 MiB): 400-2,400 page faults per 512² HPA field with 4 calls at
+  once, about none with these; 1-10 ms less CPU per field of 51-75 (2026-12-06, 2 CPUs, runs
+  alternating; ~20 MiB more resident).
+
+ONNX Runtime's arena regions (tens of MiB for the flow networks) stay above the threshold,
+mapped and given back as before: with BULK_BUFFER_MALLOC's 32 MiB the fuzz's segmentation
+service kept +257 MiB."""
 
 PROCESS_MALLOC = {GATEWAY.name: BULK_BUFFER_MALLOC, WORKER.name: BULK_BUFFER_MALLOC,
-                  SEGMENTATION.name: TEMPORARY_ARRAY_MALLOC}
-"""glibc malloc variables of each process (catalog name) that gets more than the images'
-MALLOC_ARENA_MAX=2, as `labsight up`, compose and the Kubernetes manifests run them."""
+                  **{service.name: MODEL_SERVICE_MALLOC for service in MODEL_SERVICES}}
+"""glibc malloc variables of each process (catalog name), as `labsight up`, compose and the
+Kubernetes manifests run them."""
 
 
 REPLICAS_VARIABLE = "LABSIGHT_REPLICAS"

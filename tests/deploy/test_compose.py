@@ -83,8 +83,8 @@ def test_workers_reach_each_model_service_on_its_catalog_port(compose: dict[str,
 
 
 def test_each_process_gets_the_allocator_settings_labsight_up_gives_it(compose: dict[str, Any]) -> None:
-    """The gateway and the workers reuse job buffers from the heap, the segmentation service its
-    temporaries (PROCESS_MALLOC); the other services keep the image's MALLOC_ARENA_MAX only."""
+    """The gateway and the workers reuse job buffers from the heap, the model services their
+    request buffers and temporaries (PROCESS_MALLOC)."""
     for spec in ALL_PROCESSES.values():
         environment = compose["services"][spec.name]["environment"]
         malloc = {name: value for name, value in environment.items() if name.startswith("MALLOC_")}

@@ -246,8 +246,8 @@ def test_every_process_runs_its_catalog_module_ports_and_probes(
 def test_each_process_gets_the_allocator_settings_labsight_up_gives_it(
     rendered: dict[str, list[Manifest]], overlay: str
 ) -> None:
-    """The gateway and the workers reuse job buffers from the heap, the segmentation service its
-    temporaries (PROCESS_MALLOC); the other services keep the image's MALLOC_ARENA_MAX only."""
+    """The gateway and the workers reuse job buffers from the heap, the model services their
+    request buffers and temporaries (PROCESS_MALLOC)."""
     for spec in ALL_PROCESSES.values():
         env = environment(container(rendered[overlay], spec))
         malloc = {name: entry["value"] for name, entry in env.items() if name.startswith("MALLOC_")}

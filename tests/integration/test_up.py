@@ -95,13 +95,13 @@ def _child_environments(parent: int) -> dict[str, dict[str, str]]:
 
 
 def test_each_process_gets_the_allocator_settings_of_its_work(up: UpProcess) -> None:
-    """The gateway and the workers reuse job buffers of up to 32 MiB from the heap, the
-    segmentation service its temporaries of up to 8 MiB (labsight.runtime.cpus); the features
-    and classifier services keep glibc's own mmap threshold. Every process keeps 2 arenas."""
+    """The gateway and the workers reuse job buffers of up to 32 MiB from the heap, the model
+    services their request buffers and temporaries of up to 8 MiB (labsight.runtime.cpus).
+    Every process keeps 2 arenas."""
     environments = _child_environments(up.process.pid)
     thresholds = {"services.gateway": "33554432", "services.gateway.worker": "33554432",
-                  "services.segmentation": "8388608", "services.features": None,
-                  "services.classifier": None}
+                  "services.segmentation": "8388608", "services.features": "8388608",
+                  "services.classifier": "8388608"}
     assert set(thresholds) <= set(environments)
     for module, env in environments.items():
         assert env.get("MALLOC_ARENA_MAX") == "2", module

@@ -76,10 +76,9 @@ def test_a_stack_is_sized_to_its_cpus(
     bulk = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "134217728",
             "MALLOC_ARENA_MAX": "2"}
     for service in ("segmentation", "features", "classifier"):
-        expected_malloc = ({"MALLOC_MMAP_THRESHOLD_": "8388608", "MALLOC_TRIM_THRESHOLD_": "67108864",
-                            "MALLOC_ARENA_MAX": "2"} if service == "segmentation" else {})
         assert sizing.service_environment(service) == {
-            **sizing.service_environment(), **expected_malloc}
+            **sizing.service_environment(), "MALLOC_MMAP_THRESHOLD_": "8388608",
+            "MALLOC_TRIM_THRESHOLD_": "67108864", "MALLOC_ARENA_MAX": "2"}
     assert sizing.worker_environment() == {"LABSIGHT_WORKER_CONCURRENCY": str(expected[1]), **bulk}
     assert sizing.gateway_environment() == bulk
     assert sizing.describe() == (
@@ -101,6 +100,7 @@ def test_without_a_gpu_segmentation_and_classifier_run_as_two_processes_of_one_s
     assert sizing.service_environment("classifier") == {
         "NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
         "MALLOC_ARENA_MAX": "2", "LABSIGHT_MODEL_INSTANCES": "1", "LABSIGHT_ORT_THREADS": threads,
+        "MALLOC_MMAP_THRESHOLD_": "8388608", "MALLOC_TRIM_THRESHOLD_": "67108864",
     }
     assert sizing.service_environment("features")["NUMBA_NUM_THREADS"] == str(cpus)
     assert "LABSIGHT_MODEL_INSTANCES" not in sizing.service_environment("features")

@@ -103,8 +103,7 @@ class Stack:
             **{address_env_var(spec.name): f"127.0.0.1:{ports[spec.name]}"
                for spec in MODEL_SERVICES},
         }
-        # the gateway, the workers and the segmentation service with the allocator settings
-        # `labsight up` gives them
+        # every process with the allocator settings `labsight up` gives it
         self.children = {
             name: Child(name, {**base, **PROCESS_MALLOC.get(name, {}),
                                "LABSIGHT_PORT": str(ports.get(name, 0))},
