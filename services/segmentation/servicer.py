@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import AbstractContextManager, nullcontext
 
 import grpc
 
@@ -31,6 +33,14 @@ from services.segmentation.vessel_service import segment_vessel_request
 SEGMENTATION_PRELOAD_ENV = "LABSIGHT_SEGMENTATION_PRELOAD"
 """Models the service loads before it serves (the flow models' server reads the same variable)."""
 
+MODEL_FREE_METHODS = frozenset({"classical"})
+"""Cell methods with no model: numpy and scipy work only, of which one SegmentCells call at a time
+computes in each process (the other calls wait their turn). Two at once in one process contended
+for the GIL: hpa-cells jobs through `bench/classifier.py` part 2 (classical, 2 segmentation
+processes, 4 worker slots), alternating with calls at once, 3 rounds each: medians 0.747, 0.717,
+0.793, 0.739 against 0.624, 0.702, 0.631, 0.628 (2026-12-07, Zen 4, 2 CPUs). Calls of the model
+methods still run at once, so their tiles share the model server's batches."""
+
 RED, BLUE, YELLOW = 0, 2, 3
 """Channel positions of a cells image (HPA order red, green, blue, yellow; green is only measured)."""
 
@@ -47,6 +57,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
 
     def __init__(self, max_answer_bytes: int) -> None:
         self.max_answer_bytes = max_answer_bytes
+        self._model_free = threading.Lock()
 
     def SegmentCells(
         self, request: pb.SegmentCellsRequest, context: grpc.ServicerContext
@@ -64,11 +75,14 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         check_answer_size(cell_image_info(parts), parts[0][0], self.max_answer_bytes)
         channels = read_cell_image(parts)
         raise_if_gone(context, "cells")  # a cancelled job's call stops before segmenting
-        nuclei, cells = segment_cells(
-            channels[..., RED], channels[..., YELLOW], channels[..., BLUE],
-            pixel_size_um=pixel_size, method=method,
-        )
-        table = measure_cells(nuclei, cells, channels, pixel_size_um=pixel_size)
+        turn: AbstractContextManager[object] = (
+            self._model_free if method in MODEL_FREE_METHODS else nullcontext())
+        with turn:
+            nuclei, cells = segment_cells(
+                channels[..., RED], channels[..., YELLOW], channels[..., BLUE],
+                pixel_size_um=pixel_size, method=method,
+            )
+            table = measure_cells(nuclei, cells, channels, pixel_size_um=pixel_size)
         answer = pb.SegmentCellsResponse(
             model=method,
             cells=feature_table(table.columns, table.values, [str(label) for label in table.labels]),
