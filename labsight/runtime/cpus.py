@@ -97,7 +97,7 @@ trimmed them off the heap, and faulted them in page by page on each call.
 - Request buffers: gRPC's receive of a request (a 1.5 MB ClassifyCells field, a 4.8 MB
   ExtractDeepFeatures batch) took 0.8-1.2 ms CPU per MB in a raw bytes sink with
   MALLOC_ARENA_MAX=2 alone, 0.44-0.56 with these (2026-12-07, Zen 4, 4 concurrent callers,
-  runs alternating); ``bench/classifier.py`` part 1: classifier processes 1.30-1.34 -> 1.23-1.28
+  runs alternating); ``bench/classifier.py`` part 1: classifier processes 1.26-1.34 -> 1.23-1.27
   ms CPU per cell. The features service's memory after a 3,000-call fuzz with them: -233 MiB
   (peak +713), as before.
 - The segmentation service's classical method allocates dozens of image-sized temporaries per
