@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labsight.cell_crops import cell_crops
+from labsight.cell_crops import CellCrops, cell_crops
 from services.classifier.classes import CLASS_NAMES, NUM_CLASSES
 
-__all__ = ["CellClassification", "Predict", "classify_cells"]
+__all__ = ["CellClassification", "Predict", "classify_cells", "classify_crops"]
 
 Predict = Callable[[np.ndarray], np.ndarray]
 """A batched model: (N, 4, S, S) float32 crops → (N, 19) probabilities."""
@@ -132,17 +132,45 @@ def classify_cells(
         raise ValueError(
             f"image: expected (H, W, 4) red, green, blue, yellow channels, got shape {list(image.shape)}"
         )
-    limits = np.asarray(thresholds, np.float64)
-    if limits.ndim == 0:
-        limits = np.full(NUM_CLASSES, float(limits))
-    if limits.shape != (NUM_CLASSES,) or not np.all((limits >= 0) & (limits <= 1)):
-        raise ValueError(f"thresholds: expected one number or {NUM_CLASSES} numbers in [0, 1]")
-    if batch_size < 1:
-        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    _check_thresholds_and_batch(thresholds, batch_size)
     crops = cell_crops(
         image, cell_labels, input_size, channels=CHANNELS, mean=mean, std=std,
         blank_other_cells=blank_other_cells, max_bytes=max_bytes,
     )
+    return classify_crops(crops, predict, thresholds=thresholds, batch_size=batch_size)
+
+
+def classify_crops(
+    crops: CellCrops,
+    predict: Predict,
+    *,
+    thresholds: np.ndarray | float = 0.5,
+    batch_size: int = 64,
+) -> CellClassification:
+    """Classify cells already cut into crops: the model half of :func:`classify_cells`.
+
+    For callers that cut the crops apart from running the model (the classifier service cuts
+    one call's crops at a time per process while other calls' crops are in the model).
+
+    Parameters
+    ----------
+    crops : CellCrops
+        The cells' crops as :func:`labsight.cell_crops.cell_crops` cuts them for the model.
+    predict, thresholds, batch_size
+        As for :func:`classify_cells`.
+
+    Returns
+    -------
+    CellClassification
+        Empty (no rows, zero image probabilities) when there are no crops.
+
+    Raises
+    ------
+    ValueError
+        Naming ``thresholds`` or ``batch_size``; naming ``predict`` when the model answers
+        with the wrong shape.
+    """
+    limits = _check_thresholds_and_batch(thresholds, batch_size)
     probabilities = np.zeros((len(crops.cell_ids), NUM_CLASSES), np.float32)
     for start in range(0, len(crops.cell_ids), batch_size):
         batch = crops.pixels[start : start + batch_size]
@@ -167,3 +195,16 @@ def classify_cells(
         image_probabilities=image_probabilities,
         class_counts=predicted.sum(axis=0).astype(np.int64),
     )
+
+
+def _check_thresholds_and_batch(thresholds: np.ndarray | float, batch_size: int) -> np.ndarray:
+    """The 19 per-class thresholds (one number repeated); ValueError for thresholds outside
+    [0, 1] or of another count, and for a batch size below 1."""
+    limits = np.asarray(thresholds, np.float64)
+    if limits.ndim == 0:
+        limits = np.full(NUM_CLASSES, float(limits))
+    if limits.shape != (NUM_CLASSES,) or not np.all((limits >= 0) & (limits <= 1)):
+        raise ValueError(f"thresholds: expected one number or {NUM_CLASSES} numbers in [0, 1]")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    return limits
