@@ -152,9 +152,11 @@ class ClassifierServicer(pb_grpc.ClassifierServiceServicer):
 
         One call at a time per process cuts its crops (numpy and Pillow work that holds the GIL
         between its many small steps); the others wait their turn, while calls whose crops are
-        cut run the model, which needs no GIL, at once and share its batches. One process with
-        4 concurrent callers (2026-12-07, Zen 4): 1.52 and 1.66 ms CPU per cell against 1.62
-        and 1.73 with every call cropping at once, 6 alternating rounds each.
+        cut run the model, which needs no GIL, at once and share its batches. One process on 2
+        CPUs with 4 concurrent callers (2026-12-07, Zen 4; two runs, 6 alternating rounds
+        each): 1.52 and 1.66 ms CPU per cell (median), 982 and 902 cells/s, against 1.62 and
+        1.73, 900 and 853 with every call cropping at once. Two processes sharing 2 CPUs, as
+        `labsight up` runs them there, show no difference beyond `bench/classifier.py`'s spread.
         """
         served = self._predict(manifest)
         predict: Predict = served
