@@ -43,6 +43,7 @@ from labsight.pixel_types import (
     readable_dtype,
     to_native,
 )
+from labsight.tensor_wire import resolve_detached_bytes
 from labsight.tensors import from_tensor, numpy_dtype
 from labsight.v1 import tensor_pb2
 
@@ -483,7 +484,7 @@ def _delivered_info(plan: ReadPlan) -> ImageInfo:
 
 def _encoded_bytes(encoded: tensor_pb2.EncodedImage, field: str) -> tuple[bytes, str]:
     """The encoded bytes and their format (from the signature, else the hint)."""
-    data = bytes(encoded.data)
+    data = resolve_detached_bytes(encoded.data)  # one copy per request, however often opened
     if not data:
         raise InvalidArgument(f"{field}.data: empty image bytes")
     hint = encoded.format.lower().strip()

@@ -16,7 +16,11 @@ Receiving (model services, and clients of their big answers)
     (:func:`resolve_detached`), so servicers read tensors as before and get a
     numpy view of the received bytes. Tokens resolve only while the request
     that carried them is alive (:class:`DetachedMessage` holds them), they
-    are unguessable, and a token nobody issued is ordinary data.
+    are unguessable, and a token nobody issued is ordinary data. A parser made
+    with ``encoded_images`` detaches each big ``EncodedImage.data`` (a file's
+    bytes) too: :func:`resolve_detached_bytes` gives it as one ``bytes``
+    object, copied once per request however often the image is opened, where
+    every read of the parsed field would copy it again.
 
 Sending (clients of the model services, and their answers)
     :func:`serialize_with_arrays` writes a message whose tensors' data are
@@ -53,16 +57,25 @@ TOKEN_BYTES = len(TOKEN_MAGIC) + 16
 
 _TENSOR = tensor_pb2.Tensor.DESCRIPTOR
 _DATA_FIELD = _TENSOR.fields_by_name["data"].number
+_ENCODED_IMAGE = tensor_pb2.EncodedImage.DESCRIPTOR
+_ENCODED_DATA_FIELD = _ENCODED_IMAGE.fields_by_name["data"].number
 _WIRE_VARINT, _WIRE_FIXED64, _WIRE_LENGTH, _WIRE_FIXED32 = 0, 1, 2, 5
 
 
 class _Held:
     """A detached piece of a request: weakly registered under its token, held by its request."""
 
-    __slots__ = ("data", "__weakref__")
+    __slots__ = ("data", "_copy", "__weakref__")
 
     def __init__(self, data: memoryview) -> None:
         self.data = data
+        self._copy: bytes | None = None
+
+    def as_bytes(self) -> bytes:
+        """The piece as ``bytes``, copied on the first call only."""
+        if self._copy is None:
+            self._copy = self.data.tobytes()
+        return self._copy
 
 
 _REGISTRY: weakref.WeakValueDictionary[bytes, _Held] = weakref.WeakValueDictionary()
@@ -70,10 +83,21 @@ _REGISTRY: weakref.WeakValueDictionary[bytes, _Held] = weakref.WeakValueDictiona
 
 def resolve_detached(data: bytes) -> bytes | memoryview:
     """The tensor data a token stands for, or ``data`` itself when it is no live token."""
-    if len(data) != TOKEN_BYTES or not data.startswith(TOKEN_MAGIC):
-        return data
-    held = _REGISTRY.get(data)
+    held = _held(data)
     return data if held is None else held.data
+
+
+def resolve_detached_bytes(data: bytes) -> bytes:
+    """As :func:`resolve_detached`, as ``bytes``: a detached piece is copied out of the
+    request once, and every later call for it answers that same object."""
+    held = _held(data)
+    return data if held is None else held.as_bytes()
+
+
+def _held(data: bytes) -> _Held | None:
+    if len(data) != TOKEN_BYTES or not data.startswith(TOKEN_MAGIC):
+        return None
+    return _REGISTRY.get(data)
 
 
 @dataclass
@@ -96,27 +120,30 @@ class DetachedMessage:
 
 @dataclass(frozen=True)
 class _Plan:
-    """Where in a message type tensor data can sit: the Tensor ``data`` field number (for
-    Tensor itself) and the message fields, by number, whose types hold tensors."""
+    """Where in a message type detachable data can sit: the ``data`` field number (for Tensor
+    itself, or EncodedImage) and the message fields, by number, whose types hold such data."""
 
     data_field: int | None
     children: dict[int, _Plan]
 
 
-def _plan(descriptor: Descriptor, seen: dict[str, _Plan | None]) -> _Plan | None:
-    """The plan of ``descriptor``, or None when no tensor can sit in it."""
+def _plan(descriptor: Descriptor, seen: dict[str, _Plan | None], encoded_images: bool) -> _Plan | None:
+    """The plan of ``descriptor``, or None when no tensor (nor, with ``encoded_images``, any
+    EncodedImage) can sit in it."""
     name = descriptor.full_name
     if name in seen:
         return seen[name]
     seen[name] = None  # a recursive type refers to itself only through the plan being built
     if name == _TENSOR.full_name:
         plan = _Plan(_DATA_FIELD, {})
+    elif encoded_images and name == _ENCODED_IMAGE.full_name:
+        plan = _Plan(_ENCODED_DATA_FIELD, {})
     else:
         children: dict[int, _Plan] = {}
         for child in descriptor.fields:
             if child.type != FieldDescriptor.TYPE_MESSAGE:
                 continue
-            sub = _plan(child.message_type, seen)
+            sub = _plan(child.message_type, seen, encoded_images)
             if sub is not None:
                 children[child.number] = sub
         plan = _Plan(None, children) if children else None
@@ -194,17 +221,22 @@ class DetachingParser:
     ``parse(data)`` answers a :class:`DetachedMessage`; bytes that are not a
     well-formed message are handed to protobuf whole, so its error is the one
     raised. Model services parse their requests this way (the server's
-    interceptor does it); a client parses a big answer this way when the
-    response deserializer of its call is ``parse``.
+    interceptor does it, with ``encoded_images``: the files' bytes of their
+    EncodedImage messages stay on the wire too); a client parses a big answer
+    this way when the response deserializer of its call is ``parse``. Only a
+    process that reads the images with :mod:`labsight.images` and never copies
+    an EncodedImage on may use ``encoded_images``: elsewhere the token would
+    travel in place of the file.
     """
 
-    def __init__(self, message_type: type[Message]) -> None:
+    def __init__(self, message_type: type[Message], encoded_images: bool = False) -> None:
         self.message_type = message_type
-        self._plan = _plan(message_type.DESCRIPTOR, {})
+        self._plan = _plan(message_type.DESCRIPTOR, {}, encoded_images)
 
     @property
     def holds_tensors(self) -> bool:
-        """Whether a Tensor can sit anywhere in this message type."""
+        """Whether a Tensor (or, with ``encoded_images``, an EncodedImage) can sit anywhere in
+        this message type."""
         return self._plan is not None
 
     def parse(self, data: bytes) -> DetachedMessage:

@@ -50,14 +50,15 @@ def _tolerant(
     deserializer: Callable[[bytes], Any] | None, detach_tensors: bool = False
 ) -> Callable[[bytes], Any] | None:
     """``deserializer``, returning an UndecodableRequest instead of raising; with
-    ``detach_tensors``, big tensor data stays on the wire (labsight.tensor_wire)."""
+    ``detach_tensors``, big tensor data and image files' bytes stay on the wire
+    (labsight.tensor_wire)."""
     if deserializer is None:
         return None
     message_type = getattr(deserializer, "__self__", None)
     descriptor = getattr(message_type, "DESCRIPTOR", None)
     type_name = getattr(descriptor, "full_name", "the request message")
     if detach_tensors and descriptor is not None:
-        parser = DetachingParser(message_type)  # type: ignore[arg-type]
+        parser = DetachingParser(message_type, encoded_images=True)  # type: ignore[arg-type]
         if parser.holds_tensors:
             deserializer = parser.parse
 
@@ -169,9 +170,10 @@ class StatusInterceptor(grpc.ServerInterceptor):
     gives its freed heap back (:mod:`labsight.runtime.idle_trim`).
 
     Requests to the services named in ``detaching_services`` are parsed with their big
-    tensor data left on the wire (:mod:`labsight.tensor_wire`): only services that
-    decode their tensors with :func:`labsight.tensors.from_tensor` and never
-    re-serialize a request (the model services) may be named.
+    tensor data and image files' bytes left on the wire (:mod:`labsight.tensor_wire`): only
+    services that decode their tensors with :func:`labsight.tensors.from_tensor`, read their
+    images with :mod:`labsight.images` and never re-serialize a request (the model services)
+    may be named.
     """
 
     def __init__(

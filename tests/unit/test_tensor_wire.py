@@ -16,6 +16,7 @@ from labsight.tensor_wire import (
     TOKEN_BYTES,
     TOKEN_MAGIC,
     DetachingParser,
+    resolve_detached_bytes,
     serialize_with_arrays,
 )
 from labsight.tensors import from_tensor, write_tensor
@@ -23,6 +24,9 @@ from labsight.v1 import classifier_pb2, gateway_pb2, segmentation_pb2, tensor_pb
 
 BIG = np.random.default_rng(7).integers(0, 65536, (512, 512), dtype=np.uint16)
 """512 KiB: over DETACH_MIN_BYTES."""
+
+FILE_BYTES = b"II*\x00" + BIG.tobytes()
+"""An image file's bytes (as far as its signature goes) over DETACH_MIN_BYTES."""
 
 
 def _patches_request(image: np.ndarray) -> segmentation_pb2.ExtractPatchesRequest:
@@ -148,6 +152,24 @@ def test_tensors_in_map_values_are_detached() -> None:
     assert parsed.detached_bytes == BIG.nbytes
     np.testing.assert_array_equal(from_tensor(parsed.message.tensors["cell_labels"]), BIG)
     np.testing.assert_array_equal(from_tensor(parsed.message.tensors["small"]), np.arange(3))
+
+
+def test_encoded_image_bytes_are_detached_only_when_asked_and_copied_once() -> None:
+    request = segmentation_pb2.SegmentCellsRequest(method="classical")
+    request.image.encoded.data = FILE_BYTES
+    request.image.encoded.format = "tiff"
+    wire = request.SerializeToString()
+    plain = DetachingParser(segmentation_pb2.SegmentCellsRequest).parse(wire)
+    assert plain.detached_bytes == 0 and plain.message == request  # tensors only: the gateway's
+    parsed = DetachingParser(segmentation_pb2.SegmentCellsRequest, encoded_images=True).parse(wire)
+    encoded = parsed.message.image.encoded
+    assert parsed.detached_bytes == len(FILE_BYTES)
+    assert len(encoded.data) == TOKEN_BYTES and encoded.format == "tiff"
+    assert parsed.message.method == "classical"
+    first = resolve_detached_bytes(encoded.data)
+    assert first == FILE_BYTES
+    assert resolve_detached_bytes(encoded.data) is first  # each later read: the same bytes
+    assert resolve_detached_bytes(b"small file") == b"small file"
 
 
 def test_a_message_type_without_tensors_is_parsed_as_usual() -> None:
