@@ -93,12 +93,15 @@ def cell_image_info(parts: ChannelParts, max_bytes: int | None = None,
 
 
 def read_cell_image(parts: ChannelParts, max_bytes: int | None = None,
-                    choices_field: str = "") -> np.ndarray:
-    """The (H, W, 4) pixels of ``parts``, checked first by :func:`cell_image_info`. Read
-    without warnings (:func:`labsight.images.read_image` with ``warn=False``): a job's
-    warnings come from the worker's reading of its input, and the services that read cell
-    images answer none."""
-    cell_image_info(parts, max_bytes, choices_field)
+                    choices_field: str = "", max_answer_bytes: int | None = None) -> np.ndarray:
+    """The (H, W, 4) pixels of ``parts``, checked first by :func:`cell_image_info` (and, with
+    ``max_answer_bytes``, by :func:`check_answer_size`) from their headers. Read without
+    warnings (:func:`labsight.images.read_image` with ``warn=False``): a job's warnings come
+    from the worker's reading of its input, and the services that read cell images answer
+    none."""
+    info = cell_image_info(parts, max_bytes, choices_field)
+    if max_answer_bytes is not None:
+        check_answer_size(info, parts[0][0], max_answer_bytes)
     limit = max_image_bytes() if max_bytes is None else max_bytes
     pixels = [read_image(image, field, limit, choices_field, warn=False).pixels for field, image in parts]
     if len(pixels) == 1:

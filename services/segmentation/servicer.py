@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import grpc
 
-from labsight.cell_images import ChannelParts, cell_image_info, check_answer_size, read_cell_image
+from labsight.cell_images import ChannelParts, read_cell_image
 from labsight.config import MESSAGE_RESERVE_BYTES, Settings
 from labsight.errors import InvalidArgument, echo
 from labsight.images import decode_image
@@ -72,8 +72,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         # float32 on the wire: 0.1 arrives as 0.10000000149; its 7 digits are what was meant
         pixel_size = float(f"{request.pixel_size_um:.7g}") or DEFAULT_PIXEL_SIZE_UM
         parts = _channel_parts(request)
-        check_answer_size(cell_image_info(parts), parts[0][0], self.max_answer_bytes)
-        channels = read_cell_image(parts)
+        channels = read_cell_image(parts, max_answer_bytes=self.max_answer_bytes)
         raise_if_gone(context, "cells")  # a cancelled job's call stops before segmenting
         turn: AbstractContextManager[object] = (
             self._model_free if method in MODEL_FREE_METHODS else nullcontext())

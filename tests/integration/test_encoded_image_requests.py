@@ -1,6 +1,7 @@
 """A model service reads a big image file sent as EncodedImage from the request's wire bytes: the
 file's bytes are detached at parse and copied out once per call, however often the service opens
-the image (SegmentCells opens it three times), and the answer is the one its pixels as a tensor get."""
+the image (SegmentCells opens it for its header, then to decode it), and the answer is the one its
+pixels as a tensor get."""
 
 from __future__ import annotations
 

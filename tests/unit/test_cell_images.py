@@ -10,6 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from labsight import cell_images
 from labsight.cell_images import cell_image_info, check_answer_size, read_cell_image
 from labsight.errors import InvalidArgument
 from labsight.images import encode_png, image_from_array
@@ -70,3 +71,11 @@ def test_masks_that_would_not_fit_an_answer_are_refused() -> None:
     check_answer_size(info, "image", 12 * 10 * 8)
     with pytest.raises(InvalidArgument, match="image: 12x10 pixels give label masks of 960 bytes"):
         check_answer_size(info, "image", 959)
+
+
+def test_reading_checks_the_answer_size_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = [("image", image_from_array(PIXELS))]
+    assert np.array_equal(read_cell_image(parts, max_answer_bytes=12 * 10 * 8), PIXELS)
+    monkeypatch.setattr(cell_images, "read_image", lambda *args, **options: pytest.fail("decoded"))
+    with pytest.raises(InvalidArgument, match="image: 12x10 pixels give label masks of 960 bytes"):
+        read_cell_image(parts, max_answer_bytes=959)
