@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -496,6 +497,10 @@ def _encoded_bytes(encoded: tensor_pb2.EncodedImage, field: str) -> tuple[bytes,
     return data, fmt
 
 
+_IN_MEMORY_FILE = re.compile(r" <_io\.\w+ object at 0x[0-9a-fA-F]+>")
+"""How a decoder's message names the in-memory file it read (nothing the caller sent)."""
+
+
 def _guarded(fmt: str, field: str, read: Callable[[], T]) -> T:
     """``read()``, with any decoder failure reported as the input's fault."""
     try:
@@ -503,7 +508,8 @@ def _guarded(fmt: str, field: str, read: Callable[[], T]) -> T:
     except InvalidArgument:
         raise
     except Exception as exc:  # any decoder failure is the input's fault
-        raise InvalidArgument(f"{field}.data: corrupt {fmt.upper()} image ({exc})") from exc
+        reason = _IN_MEMORY_FILE.sub("", str(exc))  # Pillow names the in-memory file it was given
+        raise InvalidArgument(f"{field}.data: corrupt {fmt.upper()} image ({reason})") from exc
 
 
 def tiff_layout(tif: tifffile.TiffFile, field: str = "image") -> Layout:

@@ -77,6 +77,13 @@ def test_truncated_png_is_reported_as_corrupt() -> None:
         decode_image(_encoded(data[: len(data) // 2]))
 
 
+def test_a_png_signature_on_noise_is_corrupt_without_naming_an_in_memory_file() -> None:
+    with pytest.raises(InvalidArgument) as error:
+        decode_image(_encoded(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4))
+    assert str(error.value) == ("image.encoded.data: corrupt PNG image (cannot identify image "
+                                "file)")
+
+
 def _tiff(pixels: np.ndarray, **options: object) -> bytes:
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, pixels, **options)
