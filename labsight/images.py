@@ -46,6 +46,7 @@ from labsight.pixel_types import (
 )
 from labsight.tensor_wire import resolve_detached_bytes
 from labsight.tensors import from_tensor, numpy_dtype
+from labsight.tiff_damage import watch_tiff_damage
 from labsight.v1 import tensor_pb2
 
 DEFAULT_MAX_IMAGE_BYTES = 128 * 1024 * 1024
@@ -446,8 +447,13 @@ def _opened_blob(reference: str, field: str) -> Iterator[tuple[BinaryIO, str]]:
 def _opened_stream(stream: BinaryIO, fmt: str, field: str, data_field: str) -> Iterator[_Source]:
     """The layout and page reader of an encoded image in a seekable file."""
     if fmt == "tiff":
-        with _guarded(fmt, data_field, lambda: tifffile.TiffFile(stream)) as tif:
+        with watch_tiff_damage() as damage, \
+                _guarded(fmt, data_field, lambda: tifffile.TiffFile(stream)) as tif:
             layout = _guarded(fmt, data_field, lambda: tiff_layout(tif, field))
+            if damage:  # tifffile read on past it: the pages or metadata it found are not all
+                raise InvalidArgument(f"{data_field}.data: corrupt TIFF image (truncated or "
+                                      f"damaged: {damage[0]}, in a file of "
+                                      f"{tif.filehandle.size:,} bytes)")
             page_shape = layout.shape[len(layout.axes) - len(layout.page_axes):]
 
             def read_tiff(keys: Sequence[int]) -> np.ndarray:

@@ -99,6 +99,26 @@ def test_a_cut_tiff_is_refused_from_its_header(options: dict[str, object]) -> No
         image_info(_encoded(data[: len(data) - 100]))
 
 
+@pytest.mark.parametrize(("options", "damage"), [
+    ({"ome": True}, r"tag 270: invalid value offset [\d]+"),  # the OME-XML written last, cut off
+    ({"imagej": True}, r"invalid page offset [\d]+"),  # the later channels' pages cut off
+], ids=["ome", "imagej"])
+def test_a_stack_cut_after_its_first_page_is_refused_not_read_as_one_page(
+    options: dict[str, object], damage: str
+) -> None:
+    channels = np.random.default_rng(3).integers(0, 4096, (4, 40, 30), dtype=np.uint16)
+    data = _tiff(channels, metadata={"axes": "CYX"}, **options)
+    assert image_info(_encoded(data)).shape == (40, 30, 4)
+    cut = data[: len(data) // 2]  # the first page whole: tifffile alone reads it as one grey page
+    with tifffile.TiffFile(io.BytesIO(cut)) as tif:
+        assert len(tif.pages) == 1
+    with pytest.raises(InvalidArgument, match=rf"image.encoded.data: corrupt TIFF image \(truncated "
+                       rf"or damaged: {damage}, in a file of [\d,]+ bytes\)"):
+        image_info(_encoded(cut))
+    with pytest.raises(InvalidArgument, match="truncated or damaged"):
+        decode_image(_encoded(cut))
+
+
 def test_an_uncompressed_tiff_whose_strips_hold_too_few_bytes_is_refused() -> None:
     data = bytearray(_tiff(np.zeros((40, 30), np.uint8)))
     tif = tifffile.TiffFile(io.BytesIO(bytes(data)))
