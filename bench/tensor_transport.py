@@ -9,7 +9,7 @@ unary handlers, no protobuf, the same message limits and handler threads) each
 run in their own process on loopback; this process is the only client and
 keeps one call in flight. The image is ``side`` x ``side`` uint16 (4096: 32 MiB).
 
-Four paired comparisons, each timed until the answer is in the client:
+Five paired comparisons, each timed until the answer is in the client:
 
 ``array in``
     From a numpy array: ExtractPatches with the image as a Tensor and one
@@ -27,6 +27,14 @@ Four paired comparisons, each timed until the answer is in the client:
     The request serialized once beforehand, sent as bytes to the service's
     ExtractPatches method and to ``Put``: the service's side alone (parse,
     decode, read, cut) against receiving the bytes.
+``file in``
+    The image as an uncompressed TIFF file (an ``EncodedImage``, as a lab
+    system sends what its microscope wrote), the request serialized once
+    beforehand: the service parses it, opens the file for its header and again
+    to decode it (one copy of the pixels for an uncompressed TIFF), reads it as
+    an image and cuts the patch. Baseline: the same request bytes to ``Put``.
+    Since 2026-12-07 the model services leave a big file's bytes on the wire
+    and copy them out once per call (before, once per opening).
 ``array in+out``
     ExtractPatches with one spot the size of the image: the whole image comes
     back as the patches tensor and the client decodes it (``from_tensor`` on the
@@ -47,6 +55,7 @@ GLIBC_TUNABLES variables, when set, reach every process alike and are printed.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
 import sys
@@ -57,6 +66,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import psutil
+import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -93,6 +103,15 @@ def spot_request(image: np.ndarray, diameter: int) -> pb.ExtractPatchesRequest:
     return request
 
 
+def file_request(image: np.ndarray, diameter: int) -> bytes:
+    """:func:`spot_request` with the image as an uncompressed TIFF file, serialized."""
+    file = io.BytesIO()
+    tifffile.imwrite(file, image)
+    request = spot_request(image, diameter)
+    request.image.encoded.data = file.getvalue()
+    return request.SerializeToString()
+
+
 def array_request(image: np.ndarray, diameter: int) -> bytes:
     """:func:`spot_request` with the image, serialized by ``serialize_with_arrays``."""
     return serialize_with_arrays(spot_request(image, diameter), {"image.tensor": image})
@@ -110,6 +129,7 @@ def cases(
         response_deserializer=DetachingParser(pb.ExtractPatchesResponse).parse,
     )
     wire = patches_request(image, SMALL_PATCH).SerializeToString()
+    file_wire = file_request(image, SMALL_PATCH)
     side = image.shape[0]
 
     def service_in(pixels: np.ndarray) -> object:
@@ -120,6 +140,9 @@ def cases(
 
     def service_wire(pixels: np.ndarray) -> object:
         return list(patches_bytes(wire).message.patches.shape)
+
+    def service_file(pixels: np.ndarray) -> object:
+        return list(patches_bytes(file_wire).message.patches.shape)
 
     def service_in_out(pixels: np.ndarray) -> object:
         answer = patches_bytes(array_request(pixels, side))
@@ -132,6 +155,7 @@ def cases(
         "array in": (service_in, lambda pixels: put(pixels.tobytes())),
         "message in": (service_message_in, lambda pixels: put(pixels.tobytes())),
         "wire in": (service_wire, lambda pixels: put(wire)),
+        "file in": (service_file, lambda pixels: put(file_wire)),
         "array in+out": (service_in_out, sink_echo),
     }
 
@@ -141,7 +165,7 @@ def check_answers(pairs: dict[str, tuple[Call, Call]], image: np.ndarray) -> Non
     whole = np.asarray(pairs["array in+out"][0](image))
     assert np.array_equal(whole[0, ..., 0], image)
     assert np.array_equal(np.asarray(pairs["array in+out"][1](image)), image)
-    for name in ("array in", "message in", "wire in"):
+    for name in ("array in", "message in", "wire in", "file in"):
         assert pairs[name][0](image) == [1, SMALL_PATCH, SMALL_PATCH, 1]
         assert pairs[name][1](image) == b"ok"
 
