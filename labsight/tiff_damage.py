@@ -4,7 +4,8 @@ tifffile opens a TIFF cut short (an upload or a copy that stopped early) without
 logs that the next page's IFD, or a tag's value such as the OME-XML description, lies past
 the end, and goes on with the pages and tags it found. A 4-channel OME-TIFF cut in half then
 reads as a one-page grey image. :func:`watch_tiff_damage` collects those log records of the
-calling thread, so the reader can refuse the file instead.
+calling thread, so the reader can refuse the file instead. tifffile logs them as errors: a
+process whose logging drops errors (LABSIGHT_LOG_LEVEL=CRITICAL) sees no damage.
 """
 
 from __future__ import annotations
