@@ -119,6 +119,28 @@ def test_a_stack_cut_after_its_first_page_is_refused_not_read_as_one_page(
         decode_image(_encoded(cut))
 
 
+def test_a_stack_whose_later_page_lies_past_the_end_is_refused_where_that_page_is_read() -> None:
+    """Every IFD intact, the last page's strip beyond the end of the file (a file cut inside
+    its pixel data by a writer that puts each page's IFD before its data): the header checks
+    pass, and any reading that takes that page names the short read instead of using zeros."""
+    stack = np.random.default_rng(4).integers(100, 4096, (3, 40, 30), dtype=np.uint16)
+    data = bytearray(_tiff(stack, imagej=True, metadata={"axes": "ZYX"}))
+    tag = tifffile.TiffFile(io.BytesIO(bytes(data))).pages[2].tags["StripOffsets"]
+    start = tag.valueoffset
+    data[start : start + 4] = (len(data) + 64).to_bytes(4, "little")
+    first = _encoded(bytes(data))
+    first.read.plane = "z=0"
+    assert image_info(first).shape == (40, 30)
+    for read in ({"z_project": "max"}, {"plane": "z=2"}):
+        image = _encoded(bytes(data))
+        for option, value in read.items():
+            setattr(image.read, option, value)
+        with pytest.raises(InvalidArgument, match=r"image.encoded.data: corrupt TIFF image "
+                           r"\(failed to read 2400 bytes, got 0\)"):
+            read_image(image)
+    np.testing.assert_array_equal(read_image(first).pixels, stack[0])
+
+
 def test_an_uncompressed_tiff_whose_strips_hold_too_few_bytes_is_refused() -> None:
     data = bytearray(_tiff(np.zeros((40, 30), np.uint8)))
     tif = tifffile.TiffFile(io.BytesIO(bytes(data)))
