@@ -27,6 +27,7 @@ from typing import TypeVar
 
 import numba
 import numpy as np
+from numba.core.registry import cpu_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -270,6 +271,15 @@ def bench_big(size: int, samples: int, threads: int) -> None:
     print(f"  percolation min / median / max: {spread(perc, '.1f')} s")
 
 
+def codegen_target() -> str:
+    """The CPU numba compiles for and its vector width (labsight.numba_target)."""
+    cpu, features = cpu_target.target_context.codegen().magic_tuple()[1:]
+    wide = "+avx512f" in features.split(",")
+    width = ("512-bit vectors (LLVM's 256-bit preference off)" if "-prefer-256-bit" in features
+             else "LLVM's default vector width for it" if wide else "no AVX-512")
+    return f"{cpu}, {width}"
+
+
 def main() -> None:
     """Print the paired timings of every image, then the big-image samples if asked."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -291,6 +301,7 @@ def main() -> None:
         with_threads(threads, lambda: percolation(warm, backend="numba"))()
     # On a busy machine a parallel call waits for its slowest thread to get a CPU: the layer says how.
     print(f"numba threading layer: {numba.threading_layer()}")
+    print(f"numba target: {codegen_target()}")
     for name, make in IMAGES.items():
         bench_image(name, make(args.size), args.rounds, cores)
     if args.big:

@@ -10,7 +10,10 @@ from typing import Any, Literal
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, parallel_chunksize, prange
 
+from labsight.numba_target import use_full_vector_width
 from services.features.percolation_numba import CellTables, cluster_sums, workspace
+
+use_full_vector_width()  # before the first kernel compiles
 
 __all__ = [
     "DEFAULT_BOX_SIZES",

@@ -13,6 +13,10 @@ import numpy as np
 from numba import njit, prange
 from numba.cpython.unsafe.numbers import trailing_zeros
 
+from labsight.numba_target import use_full_vector_width
+
+use_full_vector_width()  # before the first kernel compiles
+
 __all__ = ["CellTables", "cluster_sums", "workspace"]
 
 
