@@ -34,7 +34,8 @@ Five paired comparisons, each timed until the answer is in the client:
     to decode it (one copy of the pixels for an uncompressed TIFF), reads it as
     an image and cuts the patch. Baseline: the same request bytes to ``Put``.
     Since 2026-12-07 the model services leave a big file's bytes on the wire
-    and copy them out once per call (before, once per opening).
+    and read them there as a file (before: copied out once per opening, then
+    once per call).
 ``array in+out``
     ExtractPatches with one spot the size of the image: the whole image comes
     back as the patches tensor and the client decodes it (``from_tensor`` on the

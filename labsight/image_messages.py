@@ -25,14 +25,18 @@ SIGNATURES: tuple[tuple[bytes, str], ...] = (
 )
 """The first bytes of each image format a service decodes."""
 
+SIGNATURE_LENGTH = max(len(signature) for signature, _ in SIGNATURES)
+"""Bytes enough to tell every format in SIGNATURES."""
+
 FORMAT_ALIASES = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "tif": "tiff", "tiff": "tiff"}
 """Format names by file suffix (and by the format names themselves)."""
 
 
-def detect_format(data: bytes) -> str | None:
+def detect_format(data: bytes | memoryview) -> str | None:
     """The image format named by the bytes' signature, or None."""
+    head = bytes(data[:SIGNATURE_LENGTH])
     for signature, name in SIGNATURES:
-        if data.startswith(signature):
+        if head.startswith(signature):
             return name
     return None
 

@@ -18,6 +18,7 @@ from PIL import Image as PILImage
 from PIL import ImageMode
 
 from labsight.blobs import blob_store, check_reference, opened_blob
+from labsight.buffer_file import BufferFile
 from labsight.config import env_int
 from labsight.errors import InvalidArgument, echo
 
@@ -44,7 +45,7 @@ from labsight.pixel_types import (
     readable_dtype,
     to_native,
 )
-from labsight.tensor_wire import resolve_detached_bytes
+from labsight.tensor_wire import resolve_detached
 from labsight.tensors import from_tensor, numpy_dtype
 from labsight.tiff_damage import watch_tiff_damage
 from labsight.v1 import tensor_pb2
@@ -424,7 +425,9 @@ def _opened(image: tensor_pb2.Image, field: str, limit: int) -> Iterator[_Source
         return
     data_field = f"{field}.encoded"
     data, fmt = _encoded_bytes(image.encoded, data_field)
-    with _opened_stream(io.BytesIO(data), fmt, field, data_field) as opened:
+    # A file left on the request's wire is read in place; bytes are shared by BytesIO as they are.
+    stream = io.BytesIO(data) if isinstance(data, bytes) else BufferFile(data)
+    with _opened_stream(stream, fmt, field, data_field) as opened:
         yield opened
 
 
@@ -444,7 +447,9 @@ def _opened_blob(reference: str, field: str) -> Iterator[tuple[BinaryIO, str]]:
 
 
 @contextmanager
-def _opened_stream(stream: BinaryIO, fmt: str, field: str, data_field: str) -> Iterator[_Source]:
+def _opened_stream(
+    stream: BinaryIO | io.RawIOBase, fmt: str, field: str, data_field: str
+) -> Iterator[_Source]:
     """The layout and page reader of an encoded image in a seekable file."""
     if fmt == "tiff":
         with watch_tiff_damage() as damage, \
@@ -489,10 +494,12 @@ def _delivered_info(plan: ReadPlan) -> ImageInfo:
                      plan.decode_bytes + conversion_bytes(plan.shape, plan.dtype))
 
 
-def _encoded_bytes(encoded: tensor_pb2.EncodedImage, field: str) -> tuple[bytes, str]:
-    """The encoded bytes and their format (from the signature, else the hint)."""
-    data = resolve_detached_bytes(encoded.data)  # one copy per request, however often opened
-    if not data:
+def _encoded_bytes(encoded: tensor_pb2.EncodedImage, field: str) -> tuple[bytes | memoryview, str]:
+    """The encoded bytes (a view of the request's wire bytes where the model services' parser
+    left them there, :mod:`labsight.tensor_wire`) and their format (from the signature, else the
+    hint)."""
+    data = resolve_detached(encoded.data)
+    if not len(data):
         raise InvalidArgument(f"{field}.data: empty image bytes")
     hint = encoded.format.lower().strip()
     if hint and hint not in FORMAT_ALIASES:

@@ -18,9 +18,10 @@ Receiving (model services, and clients of their big answers)
     that carried them is alive (:class:`DetachedMessage` holds them), they
     are unguessable, and a token nobody issued is ordinary data. A parser made
     with ``encoded_images`` detaches each big ``EncodedImage.data`` (a file's
-    bytes) too: :func:`resolve_detached_bytes` gives it as one ``bytes``
-    object, copied once per request however often the image is opened, where
-    every read of the parsed field would copy it again.
+    bytes) too: :func:`resolve_detached` gives it as a view of the received
+    bytes, which :mod:`labsight.images` reads as a file in place
+    (:class:`labsight.buffer_file.BufferFile`) however often it opens the
+    image, where every read of the parsed field would copy it whole.
 
 Sending (clients of the model services, and their answers)
     :func:`serialize_with_arrays` writes a message whose tensors' data are
@@ -65,17 +66,10 @@ _WIRE_VARINT, _WIRE_FIXED64, _WIRE_LENGTH, _WIRE_FIXED32 = 0, 1, 2, 5
 class _Held:
     """A detached piece of a request: weakly registered under its token, held by its request."""
 
-    __slots__ = ("data", "_copy", "__weakref__")
+    __slots__ = ("data", "__weakref__")
 
     def __init__(self, data: memoryview) -> None:
         self.data = data
-        self._copy: bytes | None = None
-
-    def as_bytes(self) -> bytes:
-        """The piece as ``bytes``, copied on the first call only."""
-        if self._copy is None:
-            self._copy = self.data.tobytes()
-        return self._copy
 
 
 _REGISTRY: weakref.WeakValueDictionary[bytes, _Held] = weakref.WeakValueDictionary()
@@ -85,13 +79,6 @@ def resolve_detached(data: bytes) -> bytes | memoryview:
     """The tensor data a token stands for, or ``data`` itself when it is no live token."""
     held = _held(data)
     return data if held is None else held.data
-
-
-def resolve_detached_bytes(data: bytes) -> bytes:
-    """As :func:`resolve_detached`, as ``bytes``: a detached piece is copied out of the
-    request once, and every later call for it answers that same object."""
-    held = _held(data)
-    return data if held is None else held.as_bytes()
 
 
 def _held(data: bytes) -> _Held | None:

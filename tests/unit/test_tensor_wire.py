@@ -16,7 +16,7 @@ from labsight.tensor_wire import (
     TOKEN_BYTES,
     TOKEN_MAGIC,
     DetachingParser,
-    resolve_detached_bytes,
+    resolve_detached,
     serialize_with_arrays,
 )
 from labsight.tensors import from_tensor, write_tensor
@@ -154,7 +154,7 @@ def test_tensors_in_map_values_are_detached() -> None:
     np.testing.assert_array_equal(from_tensor(parsed.message.tensors["small"]), np.arange(3))
 
 
-def test_encoded_image_bytes_are_detached_only_when_asked_and_copied_once() -> None:
+def test_encoded_image_bytes_are_detached_only_when_asked_and_resolve_to_the_wire() -> None:
     request = segmentation_pb2.SegmentCellsRequest(method="classical")
     request.image.encoded.data = FILE_BYTES
     request.image.encoded.format = "tiff"
@@ -166,10 +166,10 @@ def test_encoded_image_bytes_are_detached_only_when_asked_and_copied_once() -> N
     assert parsed.detached_bytes == len(FILE_BYTES)
     assert len(encoded.data) == TOKEN_BYTES and encoded.format == "tiff"
     assert parsed.message.method == "classical"
-    first = resolve_detached_bytes(encoded.data)
-    assert first == FILE_BYTES
-    assert resolve_detached_bytes(encoded.data) is first  # each later read: the same bytes
-    assert resolve_detached_bytes(b"small file") == b"small file"
+    view = resolve_detached(encoded.data)
+    assert isinstance(view, memoryview) and view == FILE_BYTES  # the received bytes, no copy
+    assert view.obj is wire
+    assert resolve_detached(b"small file") == b"small file"
 
 
 def test_a_message_type_without_tensors_is_parsed_as_usual() -> None:
