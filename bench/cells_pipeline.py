@@ -2,10 +2,12 @@
 
 Run from the repository root:
 
-    python bench/cells_pipeline.py [--images 12] [--side 1024] [--workers 1] [--rounds 6]
+    python bench/cells_pipeline.py [--images 12] [--side 1024] [--workers 1] [--rounds 6] [--png]
 
 ``--images`` generated HPA-like 4-channel uint16 TIFF files (``bench/segmentation.py``'s
-image: packed cells, 0.08 µm per pixel) go as ``cells`` jobs through a real ``labsight
+image: packed cells, 0.08 µm per pixel; with ``--png``, since 2026-12-07, each image as
+four 16-bit channel PNGs, HPA's layout, sent as the job's inputs red, green, blue and
+yellow, and read by the baseline with OpenCV) go as ``cells`` jobs through a real ``labsight
 up`` (its own home and Redis, ``--workers`` worker processes; ``bench/vessel.py``'s
 ``labsight_up``); a round ends when every result (both label masks and the cell
 table) has been fetched. The baseline is what the service computes: reading each
@@ -57,6 +59,7 @@ from collections.abc import Callable  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tifffile  # noqa: E402
 
@@ -81,6 +84,7 @@ from vessel import (  # noqa: E402
 from bench._paired import round_ratios, spread  # noqa: E402
 from labsight.client import LabSightClient, build_request  # noqa: E402
 from labsight.v1 import gateway_pb2 as pb  # noqa: E402
+from labsight.v1 import tensor_pb2  # noqa: E402
 from services.gateway.worker import DEFAULT_CONCURRENCY  # noqa: E402
 from services.segmentation.cells import DEFAULT_METHOD, segment_cells  # noqa: E402
 from services.segmentation.measure import measure_cells  # noqa: E402
@@ -89,14 +93,29 @@ PIXEL_SIZE_UM = 0.08
 """HPA images' pixel size, the pipeline's default."""
 
 
-def _cells_of_file(path: str) -> int:
-    image = np.moveaxis(tifffile.imread(path), 0, -1)  # (C, Y, X) as written -> (Y, X, 4)
+CHANNELS = ("red", "green", "blue", "yellow")
+"""The HPA channel roles, in the order of the generated image's channels."""
+
+Field = str | tuple[str, ...]
+"""One image: a 4-channel TIFF's path, or the paths of its four channel PNGs (HPA's layout)."""
+
+
+def read_field(field: Field) -> np.ndarray:
+    """The (Y, X, 4) pixels of a field: the TIFF read with tifffile, the channel PNGs with
+    OpenCV (the fastest PNG reader here) and stacked."""
+    if isinstance(field, str):
+        return np.moveaxis(tifffile.imread(field), 0, -1)  # (C, Y, X) as written -> (Y, X, 4)
+    return np.stack([cv2.imread(path, cv2.IMREAD_UNCHANGED) for path in field], axis=-1)
+
+
+def _cells_of_file(field: Field) -> int:
+    image = read_field(field)
     nuclei, cells = segment_cells(image[..., 0], image[..., 3], image[..., 2],
                                   pixel_size_um=PIXEL_SIZE_UM)
     return len(measure_cells(nuclei, cells, image, pixel_size_um=PIXEL_SIZE_UM).labels)
 
 
-def direct_rate(paths: list[str], threads: int) -> float:
+def direct_rate(paths: list[Field], threads: int) -> float:
     """Images per second of reading, segmenting and measuring each file in this process."""
     start = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
@@ -104,22 +123,31 @@ def direct_rate(paths: list[str], threads: int) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def cells_share(paths: list[str], threads: int) -> Callable[[], int]:
+def cells_share(paths: list[Field], threads: int) -> Callable[[], int]:
     """The work of one process of the per-CPU variant, warmed on its first two files (model
     loaded, kernels compiled): reading, segmenting and measuring ``paths`` on ``threads``
     threads; the work returns the cells found."""
     pool = ThreadPoolExecutor(threads)
 
-    def cells(batch: list[str]) -> int:
+    def cells(batch: list[Field]) -> int:
         return sum(pool.map(_cells_of_file, batch))
 
     cells(paths[:2])
     return functools.partial(cells, paths)
 
 
-def pipeline_rate(lab: LabSightClient, paths: list[str], run: str, side: int) -> float:
+def field_request(field: Field, name: str) -> pb.SubmitJobRequest:
+    """The ``cells`` job of one field: its TIFF as the main image, or its PNGs as the inputs
+    red, green, blue and yellow (as `labsight submit` sends an HPA folder)."""
+    if isinstance(field, str):
+        return build_request("cells", Path(field), name=name)
+    return build_request("cells", tensor_pb2.Image(), name=name,
+                         images={role: Path(path) for role, path in zip(CHANNELS, field, strict=True)})
+
+
+def pipeline_rate(lab: LabSightClient, paths: list[Field], run: str, side: int) -> float:
     """Images per second of ``cells`` jobs from submission to the last result fetched."""
-    requests = [build_request("cells", Path(path), name=f"{run}-{Path(path).stem}") for path in paths]
+    requests = [field_request(field, f"{run}-{index}") for index, field in enumerate(paths)]
     start = time.perf_counter()
     for job_id in lab.submit_batch(requests).job_ids:
         job = lab.wait(job_id, timeout_s=900)
@@ -131,22 +159,29 @@ def pipeline_rate(lab: LabSightClient, paths: list[str], run: str, side: int) ->
     return len(paths) / (time.perf_counter() - start)
 
 
-def write_images(count: int, side: int) -> list[str]:
-    """``count`` generated images of ``side``² written as TIFF files in a new folder; their paths."""
+def write_images(count: int, side: int, png: bool = False) -> list[Field]:
+    """``count`` generated images of ``side``² written in a new folder, each as a 4-channel
+    TIFF or (``png``) as four 16-bit channel PNGs; their paths."""
     folder = Path(tempfile.mkdtemp(prefix="labsight-bench-cells-"))
-    paths = []
+    fields: list[Field] = []
     for index in range(count):
-        path = folder / f"field-{index:03d}.tif"
         image = hpa_like_image(side, PIXEL_SIZE_UM, seed=index)
+        if png:
+            paths = tuple(str(folder / f"field-{index:03d}_{role}.png") for role in CHANNELS)
+            for channel, path in enumerate(paths):
+                cv2.imwrite(path, np.ascontiguousarray(image[..., channel]))
+            fields.append(paths)
+            continue
+        path = folder / f"field-{index:03d}.tif"
         tifffile.imwrite(path, np.moveaxis(image, -1, 0), imagej=True, metadata={"axes": "CYX"})
-        paths.append(str(path))
-    return paths
+        fields.append(str(path))
+    return fields
 
 
-def throughput(count: int, side: int, workers: int, rounds: int) -> dict[str, object]:
+def throughput(count: int, side: int, workers: int, rounds: int, png: bool = False) -> dict[str, object]:
     """Rates of the pipeline and of the direct calls in their two variants, paired by round
     (:func:`vessel.baseline_rounds`); each round's faster variant is its baseline."""
-    paths = write_images(count, side)
+    paths = write_images(count, side, png)
     in_flight = workers * DEFAULT_CONCURRENCY
     shares = share_count(count)
     share_threads = [threads_of(in_flight, share, shares) for share in range(shares)]
@@ -170,7 +205,8 @@ def throughput(count: int, side: int, workers: int, rounds: int) -> dict[str, ob
     faster = faster_variants(figures)
     direct = [figures[variant][index] for index, variant in enumerate(faster)]
     ratios = round_ratios(figures["pipeline"], direct)
-    return {"images": count, "side": side, "method": DEFAULT_METHOD, "workers": workers,
+    return {"images": count, "side": side, "files": "png" if png else "tiff",
+            "method": DEFAULT_METHOD, "workers": workers,
             "jobs_in_flight": in_flight, "baseline_processes": shares,
             "threads_per_process": share_threads, "cpus": os.cpu_count(),
             "baseline_environment": {THREADS: baseline_environment(),
@@ -193,9 +229,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6,
                         help="rounds; the direct calls go first in odd rounds, the pipeline in even "
                              "ones, so an even number puts each first equally often")
+    parser.add_argument("--png", action="store_true",
+                        help="write each image as four 16-bit channel PNGs (HPA's layout, sent as "
+                             "the inputs red, green, blue, yellow) instead of one 4-channel TIFF")
     args = parser.parse_args()
-    report = throughput(args.images, args.side, args.workers, args.rounds)
-    print(f"{args.images} images {args.side}x{args.side}x4 uint16, method {report['method']}, "
+    report = throughput(args.images, args.side, args.workers, args.rounds, args.png)
+    print(f"{args.images} images {args.side}x{args.side}x4 uint16 as "
+          f"{'four channel PNGs' if args.png else 'one TIFF'} each, method {report['method']}, "
           f"{args.workers} worker(s), {report['jobs_in_flight']} jobs in flight, {report['cpus']} CPUs; "
           f"direct in one process of {report['jobs_in_flight']} threads and in "
           f"{report['baseline_processes']} processes (one per CPU) of {report['threads_per_process']} "

@@ -576,8 +576,9 @@ class Worker:
         keep_pixels: bool = False,
     ) -> tuple[Pipeline, RunContext, tuple[list[str], dict[str, str]]]:
         """The job's pipeline, its run's context and the warnings and provenance of reading
-        its input (as loaded when the job started); ``keep_pixels`` (a job run in a group)
-        keeps the main image as read in the context's ``image_pixels``."""
+        its input (as loaded when the job started); ``keep_pixels`` (a job run in a group), or
+        a pipeline that ``sends_read_pixels``, keeps the main image as read in the context's
+        ``image_pixels``."""
         if raw_input is None:
             raise ValueError("the job's input is missing from the queue store")
         job_input = pb.JobInput.FromString(raw_input)
@@ -591,7 +592,7 @@ class Worker:
             job_input=job_input,
             services=services,
             report_progress=partial(self.report_progress, job, ProgressClock()),
-            image_pixels=reading.pixels if keep_pixels else None,
+            image_pixels=reading.pixels if keep_pixels or pipeline.sends_read_pixels else None,
         )
         return pipeline, context, (reading.warnings, reading.provenance)
 

@@ -13,12 +13,13 @@ import redis
 import tifffile
 from PIL import Image
 
+import labsight.images
 from labsight.catalog import CLASSIFIER, GATEWAY, SEGMENTATION
 from labsight.cli import main
 from labsight.client import LabSightClient, build_request
 from labsight.columns import cell_class_column_names, image_class_column_names
 from labsight.config import Settings
-from labsight.images import image_from_array
+from labsight.images import encode_png, image_from_array
 from labsight.result import Result
 from labsight.runtime.server import RunningServer
 from labsight.stored_results import PACKED_MAGIC, unpack_result
@@ -134,6 +135,32 @@ def test_four_channel_images_give_the_same_classes(stack: Stack, field: CellFiel
     first, second = (_run(stack.client, request) for request in (whole, split))
     assert np.array_equal(from_tensor(first.tensors["probabilities"]),
                           from_tensor(second.tensors["probabilities"]))
+
+
+def test_png_channel_files_are_decoded_once_in_the_worker_and_classed_as_their_pixels(
+    stack: Stack, field: CellField, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker reads the four files for the job's warnings; the segmentation and classifier
+    services get those pixels, not the files to decode again (twelve decodes before)."""
+    decoded: list[tuple[int, ...]] = []
+    decode = labsight.images._decode_pillow
+
+    def counting(image: Image.Image) -> np.ndarray:
+        decoded.append(image.size)
+        return decode(image)
+
+    monkeypatch.setattr(labsight.images, "_decode_pillow", counting)
+    files = pb.SubmitJobRequest(pipeline="hpa-cells", params=FIELD_PARAMS)
+    for index, channel in enumerate(("red", "green", "blue", "yellow")):
+        files.input.images[channel].encoded.data = encode_png(field.image[..., index])
+    from_files = _run(stack.client, files)
+    assert len(decoded) == 4
+    from_pixels = _run(stack.client, build_request("hpa-cells", image_from_array(field.image),
+                                                   FIELD_PARAMS))
+    for name in ("cell_labels", "probabilities", "crops"):
+        assert np.array_equal(from_tensor(from_files.tensors[name]),
+                              from_tensor(from_pixels.tensors[name])), name
+    assert from_files.tables["classes"] == from_pixels.tables["classes"]
 
 
 def test_an_image_without_cells_gives_an_empty_table(stack: Stack) -> None:

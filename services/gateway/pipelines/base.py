@@ -48,8 +48,9 @@ class RunContext:
     """Everything a pipeline run needs inside a worker.
 
     ``image_pixels`` is the main image as the worker read it (``Pipeline.read_input``), kept
-    for a job that runs in a group (``run_many``) so that its pixels are not decoded twice;
-    None otherwise (a job alone does not hold its decoded image while it runs).
+    for a job that runs in a group (``run_many``) or whose pipeline ``sends_read_pixels`` so
+    that its pixels are not decoded twice; None otherwise (a job alone does not hold its
+    decoded image while it runs).
     """
 
     job_id: str
@@ -135,6 +136,9 @@ class Pipeline(ABC):
     named_stacks: tuple[str, ...] = ()
     """Roles of ``JobInput.tensors`` whose images may be named in ``JobInput.tensor_names``
     (stacks whose images become rows of the result)."""
+    sends_read_pixels: bool = False
+    """Whether ``run`` sends the services the pixels the worker read (the context's
+    ``image_pixels``) in place of image files, which they would otherwise decode again."""
 
     def validate(self, params: Mapping[str, str], job_input: pb.JobInput) -> dict[str, str]:
         """Check a submission; returns the parameters with defaults filled in.

@@ -14,7 +14,7 @@ from labsight.tensors import from_tensor
 from labsight.v1 import classifier_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Parameter, RunContext
-from services.gateway.pipelines.cells import CellsPipeline, channel_parts
+from services.gateway.pipelines.cells import CellsPipeline, set_cell_image
 
 SEGMENTATION_SHARE = 0.5
 """Part of the job's progress taken by the segmentation."""
@@ -70,11 +70,7 @@ class HpaCellsPipeline(CellsPipeline):
             cell_labels=result.tensors["cell_labels"], model=context.params.get("model", ""),
             return_crops=True,
         )
-        parts = channel_parts(context.job_input)
-        if len(parts) == 1:
-            request.image.CopyFrom(parts[0][1])
-        else:
-            request.channel_images.extend(image for _, image in parts)
+        set_cell_image(request, context)
         context.report_progress(SEGMENTATION_SHARE, "classification")
         answer: classifier_pb2.ClassifyCellsResponse = context.services.classifier.ClassifyCells(
             request, timeout=context.services.call_timeout_s
