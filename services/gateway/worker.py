@@ -592,7 +592,7 @@ class Worker:
             job_input=job_input,
             services=services,
             report_progress=partial(self.report_progress, job, ProgressClock()),
-            image_pixels=reading.pixels if keep_pixels or pipeline.sends_read_pixels else None,
+            image_pixels=reading.pixels if keep_pixels or pipeline.sends_read_pixels(job_input) else None,
         )
         return pipeline, context, (reading.warnings, reading.provenance)
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import redis
 
+import labsight.images
 from labsight.catalog import GATEWAY
 from labsight.client import LabSightClient, batch_messages, build_request
 from labsight.config import Settings
@@ -67,16 +68,28 @@ def test_fractal_job_result_equals_a_direct_call(stack: InProcessStack) -> None:
     assert list(result.tables["weka_percolation"].columns) == list(percolation_columns(perc))
 
 
-def test_encoded_png_input_gives_the_same_result_as_pixels(stack: InProcessStack) -> None:
+@pytest.mark.parametrize("sizes", [[3, 5], list(range(3, 42, 2))], ids=["in a group", "alone"])
+def test_encoded_png_input_gives_the_same_result_as_pixels_decoded_once(
+    stack: InProcessStack, monkeypatch: pytest.MonkeyPatch, sizes: list[int]
+) -> None:
+    """The worker reads the file (for the job's warnings) and the features service gets those
+    pixels, named as the file was, rather than decoding it again; a small job runs in a
+    group (``run_many``), one of 128² with the sides 3-41 alone."""
+    decoded: list[tuple[int, int]] = []
+    decode = labsight.images._decode_pillow
+    monkeypatch.setattr(labsight.images, "_decode_pillow",
+                        lambda image: decoded.append(image.size) or decode(image))
     stack.start_worker()
-    image = demo_image()
+    image = demo_image() if len(sizes) == 2 else np.tile(demo_image(), (2, 2, 1))
     png = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=encode_png(image)), name="demo.png")
-    job = stack.client.submit("fractal", png, {"box_sizes": "3,5"})
+    job = stack.client.submit("fractal", png, {"box_sizes": ",".join(map(str, sizes))})
     assert stack.client.wait(job.job_id, 120).status == pb.JOB_STATUS_DONE
     result = stack.client.result(job.job_id)
     assert result.input_name == "demo.png"
+    assert len(decoded) == 1
+    assert list(result.tables["fractal"].row_ids) == ["demo.png"]
     np.testing.assert_array_equal(
-        from_tensor(result.tensors["lacunarity"]), gliding_box(image, box_sizes=[3, 5]).lacunarity
+        from_tensor(result.tensors["lacunarity"]), gliding_box(image, box_sizes=sizes).lacunarity
     )
 
 

@@ -9,11 +9,13 @@ from typing import Protocol
 
 import numpy as np
 
+from labsight.config import answer_room
 from labsight.errors import InvalidArgument, echo
 from labsight.image_reader import parse_channels, parse_plane, parse_z_project
 from labsight.images import ImageInfo, image_info, max_image_bytes, read_image
 from labsight.intensity import DEFAULT_INTENSITY, check_bit_depth, parse_intensity
 from labsight.tables import ROW_NAMES
+from labsight.tensors import write_tensor
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
 from services.gateway.services import ServiceClients
@@ -70,6 +72,18 @@ class InputReading:
     warnings: list[str]
     provenance: dict[str, str]
     pixels: np.ndarray | None = None
+
+
+def read_pixels_image(image: tensor_pb2.Image, pixels: np.ndarray | None) -> tensor_pb2.Image | None:
+    """``pixels``, the worker's reading of the image file ``image`` (read options and intensity
+    applied, as every service reads it), as an Image message of the same name for a service
+    to take as they are; None where there are none or they do not fit a message (the service
+    then reads the file itself)."""
+    if pixels is None or pixels.nbytes > answer_room():
+        return None
+    message = tensor_pb2.Image(name=image.name)
+    write_tensor(message.tensor, pixels)
+    return message
 
 
 def parse_bool(text: str) -> bool:
@@ -136,9 +150,6 @@ class Pipeline(ABC):
     named_stacks: tuple[str, ...] = ()
     """Roles of ``JobInput.tensors`` whose images may be named in ``JobInput.tensor_names``
     (stacks whose images become rows of the result)."""
-    sends_read_pixels: bool = False
-    """Whether ``run`` sends the services the pixels the worker read (the context's
-    ``image_pixels``) in place of image files, which they would otherwise decode again."""
 
     def validate(self, params: Mapping[str, str], job_input: pb.JobInput) -> dict[str, str]:
         """Check a submission; returns the parameters with defaults filled in.
@@ -206,6 +217,12 @@ class Pipeline(ABC):
     def service_reads_blob(self, job_input: pb.JobInput, params: Mapping[str, str]) -> bool:
         """True where the job's service reads the blob-store image itself from the reference it
         is sent (it shares the blob store; default: never)."""
+        return False
+
+    def sends_read_pixels(self, job_input: pb.JobInput) -> bool:
+        """Whether ``run`` sends the services the pixels the worker read (the context's
+        ``image_pixels``, see :func:`read_pixels_image`) in place of this job's image files,
+        which they would otherwise decode again; the worker then keeps them. Default: no."""
         return False
 
     def keeps_blob_reference(self, job_input: pb.JobInput, params: Mapping[str, str]) -> bool:

@@ -19,10 +19,17 @@ from labsight.errors import InvalidArgument, echo
 from labsight.images import ImageInfo, read_image
 from labsight.intensity import check_bit_depth, parse_intensity
 from labsight.tables import table_values
-from labsight.tensors import to_tensor, write_tensor
+from labsight.tensors import to_tensor
 from labsight.v1 import classifier_pb2, segmentation_pb2
 from labsight.v1 import gateway_pb2 as pb
-from services.gateway.pipelines.base import InputReading, Parameter, Pipeline, RunContext, read_options
+from services.gateway.pipelines.base import (
+    InputReading,
+    Parameter,
+    Pipeline,
+    RunContext,
+    read_options,
+    read_pixels_image,
+)
 
 CellImageRequest = segmentation_pb2.SegmentCellsRequest | classifier_pb2.ClassifyCellsRequest
 """The requests that carry a 4-channel cell image (``image`` or ``channel_images``)."""
@@ -91,10 +98,9 @@ def set_cell_image(request: CellImageRequest, context: RunContext) -> None:
     to decode, and an hpa-cells job sent them to two services. Pixel tensors go as they came.
     """
     parts = channel_parts(context.job_input)
-    pixels = context.image_pixels
-    if (pixels is not None and pixels.nbytes <= answer_room()
-            and any(image.WhichOneof("source") != "tensor" for _, image in parts)):
-        write_tensor(request.image.tensor, pixels)
+    read = read_pixels_image(parts[0][1], context.image_pixels)
+    if read is not None:
+        request.image.CopyFrom(read)
     elif len(parts) == 1:
         request.image.CopyFrom(parts[0][1])
     else:
@@ -105,7 +111,6 @@ class CellsPipeline(Pipeline):
     """Runs SegmentationService.SegmentCells on the job's 4-channel image."""
 
     name = "cells"
-    sends_read_pixels = True
     description = (
         "Nuclei and whole cells of a fluorescence image with the Human Protein Atlas channels "
         "red (microtubules), green (protein), blue (nuclei), yellow (ER): one 4-channel image "
@@ -122,6 +127,11 @@ class CellsPipeline(Pipeline):
         Parameter("pixel_size_um", "Pixel size in micrometres: object sizes and the µm² areas "
                   "follow it (HPA images: 0.08).", HPA_PIXEL_SIZE_UM, parse_pixel_size),
     )
+
+    def sends_read_pixels(self, job_input: pb.JobInput) -> bool:
+        """Yes where the job's image (or one of its channel images) is a file: see
+        :func:`set_cell_image`."""
+        return any(image.WhichOneof("source") == "encoded" for _, image in channel_parts(job_input))
 
     def check_input(
         self, params: dict[str, str], job_input: pb.JobInput, info: ImageInfo | None

@@ -26,6 +26,7 @@ from services.gateway.pipelines.base import (
     main_image_info,
     mark_row_names,
     parse_bool,
+    read_pixels_image,
     stack_row_ids,
 )
 from services.gateway.pipelines.costs import FRACTAL_COST, FRACTAL_PIXELS
@@ -250,6 +251,11 @@ class FractalPipeline(Pipeline):
         image itself rather than receive it in a message (an 8000² RGB image is 192 MB)."""
         return True
 
+    def sends_read_pixels(self, job_input: pb.JobInput) -> bool:
+        """Yes for an image file in the message: the features service gets the worker's
+        reading of it instead of decoding it again (a blob-store image it reads itself)."""
+        return job_input.image.WhichOneof("source") == "encoded"
+
     def group_key(self, params: Mapping[str, str], job_input: pb.JobInput) -> str:
         """Jobs under BATCH_MAX_COST run in groups, one ComputeFractalBatch call each."""
         if TILES_INPUT in job_input.tensors:
@@ -337,8 +343,11 @@ class FractalPipeline(Pipeline):
 
     @classmethod
     def _request(cls, context: RunContext) -> features_pb2.ComputeFractalRequest:
-        """The ComputeFractal request of a job."""
-        request = features_pb2.ComputeFractalRequest(image=context.job_input.image)
+        """The ComputeFractal request of a job: its image, or the worker's reading of its file."""
+        image = context.job_input.image
+        read = (read_pixels_image(image, context.image_pixels)
+                if image.WhichOneof("source") == "encoded" else None)
+        request = features_pb2.ComputeFractalRequest(image=image if read is None else read)
         request.MergeFrom(cls._options(context.params))
         return request
 
