@@ -308,7 +308,7 @@ class FractalPipeline(Pipeline):
         each way per call and one wait for the group, instead of a call per job."""
         services = contexts[0].services
         timeout = services.call_timeout_s
-        requests = [self._request(context) for context in contexts]
+        requests = [self._request(context, read_pixels=False) for context in contexts]
         pixels = {index: (decode_image(request.image, "input.image")
                           if context.image_pixels is None else context.image_pixels)
                   for index, (request, context) in enumerate(zip(requests, contexts, strict=True))
@@ -323,6 +323,8 @@ class FractalPipeline(Pipeline):
         for key in [key for key, members in stacks.items() if len(members) == 1]:
             alone += stacks.pop(key)
         alone.sort()
+        for index in alone:  # these go whole: as the worker read their files where it did
+            requests[index] = self._request(contexts[index])
         calls = [(members, services.features.ComputeFractalStack.future(
             _stack_of(requests, pixels, members), timeout=timeout)) for members in stacks.values()]
         if alone:
@@ -342,11 +344,12 @@ class FractalPipeline(Pipeline):
         return [results[index] for index in range(len(contexts))]
 
     @classmethod
-    def _request(cls, context: RunContext) -> features_pb2.ComputeFractalRequest:
-        """The ComputeFractal request of a job: its image, or the worker's reading of its file."""
+    def _request(cls, context: RunContext, read_pixels: bool = True) -> features_pb2.ComputeFractalRequest:
+        """The ComputeFractal request of a job: its image, or (``read_pixels``) the worker's
+        reading of its file where the context holds one."""
         image = context.job_input.image
         read = (read_pixels_image(image, context.image_pixels)
-                if image.WhichOneof("source") == "encoded" else None)
+                if read_pixels and image.WhichOneof("source") == "encoded" else None)
         request = features_pb2.ComputeFractalRequest(image=image if read is None else read)
         request.MergeFrom(cls._options(context.params))
         return request
