@@ -17,18 +17,19 @@ from prometheus_client import REGISTRY
 from skimage import data
 
 import labsight
+import labsight.images
 from labsight.catalog import FEATURES
 from labsight.cli import main
 from labsight.config import Settings
 from labsight.errors import NotFound, Unavailable
 from labsight.export import write_table
-from labsight.images import image_from_array
+from labsight.images import encode_png, image_from_array
 from labsight.models import build_engine
 from labsight.patches import cell_patches, spot_patches
 from labsight.runtime.server import RunningServer
 from labsight.tables import table_values
 from labsight.tensors import from_tensor, to_tensor
-from labsight.v1 import features_pb2, features_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
+from labsight.v1 import features_pb2, features_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.features.deep import pool, preprocess
 from services.features.extractor import DeepFeatureExtractor, ExtractorConfig
@@ -394,6 +395,25 @@ def test_deep_features_job_covers_the_image_and_a_patch_stack(
     assert list(table.row_ids) == ["cat.png", *(names or ["0", "1", "2"])]
     expected = _direct([IMAGES[0], *stack_of_patches], model_cache)
     np.testing.assert_allclose(table_values(table), expected, atol=1e-4)
+
+
+def test_a_png_image_is_decoded_once_in_the_worker_and_gets_its_pixels_features(
+    stack: InProcessStack, model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker reads the file for the job's warnings; the features service gets those pixels,
+    named as the file was, instead of decoding it again."""
+    decoded: list[tuple[int, int]] = []
+    decode = labsight.images._decode_pillow
+    monkeypatch.setattr(labsight.images, "_decode_pillow",
+                        lambda image: decoded.append(image.size) or decode(image))
+    stack.start_worker()
+    png = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=encode_png(IMAGES[0])), name="cat.png")
+    job = stack.client.submit("deep-features", png, {})
+    final = stack.client.wait(job.job_id, timeout_s=180)
+    assert final.status == pb.JOB_STATUS_DONE, final.error
+    table = stack.client.result(job.job_id).tables["features"]
+    assert len(decoded) == 1 and list(table.row_ids) == ["cat.png"]
+    np.testing.assert_allclose(table_values(table), _direct([IMAGES[0]], model_cache), atol=1e-4)
 
 
 def test_the_cli_packs_image_files_into_a_named_patch_stack(

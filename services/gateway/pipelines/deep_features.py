@@ -27,6 +27,7 @@ from services.gateway.pipelines.base import (
     RunContext,
     main_image_info,
     mark_row_names,
+    read_pixels_image,
     stack_row_ids,
 )
 from services.gateway.pipelines.costs import DEEP_FEATURES_COST
@@ -179,6 +180,11 @@ class DeepFeaturesPipeline(Pipeline):
             images += shape[0]
         check_model_work(params, images, "input")
 
+    def sends_read_pixels(self, job_input: pb.JobInput) -> bool:
+        """Yes for a main image that is a file: the features service gets the worker's reading
+        of it instead of decoding it again."""
+        return job_input.image.WhichOneof("source") == "encoded"
+
     def read_input(self, job_input: pb.JobInput, params: Mapping[str, str]) -> InputReading:
         """The main image's reading, and a warning when the patch stack spans little of its range."""
         reading = super().read_input(job_input, params)
@@ -216,7 +222,8 @@ class DeepFeaturesPipeline(Pipeline):
         columns: list[str] = []
         provenance: dict[str, str] = {}
         if has_image:
-            columns, values, provenance = extract_features(context, [job_input.image], report)
+            image = read_pixels_image(job_input.image, context.image_pixels) or job_input.image
+            columns, values, provenance = extract_features(context, [image], report)
             blocks.append(values)
             row_ids.append(job_input.image.name or "image")
         if stack is not None:
