@@ -4,8 +4,10 @@ tifffile opens a TIFF cut short (an upload or a copy that stopped early) without
 logs that the next page's IFD, or a tag's value such as the OME-XML description, lies past
 the end, and goes on with the pages and tags it found. A 4-channel OME-TIFF cut in half then
 reads as a one-page grey image. :func:`watch_tiff_damage` collects those log records of the
-calling thread, so the reader can refuse the file instead. tifffile logs them as errors: a
-process whose logging drops errors (LABSIGHT_LOG_LEVEL=CRITICAL) sees no damage.
+calling thread, so the reader can refuse the file instead. tifffile logs them as errors; where
+the process's logging drops errors (LABSIGHT_LOG_LEVEL=CRITICAL), the watch lets tifffile's
+logger take them while it runs, without passing them on to the process's handlers, which
+would have dropped them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,35 @@ def _damage_text(message: str) -> str:
     return f"tag {found['tag']}: {what}" if found["tag"] else what
 
 
+class _ErrorsKept:
+    """While any watch runs, tifffile's logger takes errors even where the process's logging
+    level drops them, and then passes none on (their level is below what the process logs)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watches = 0
+        self._saved: tuple[int, bool] | None = None
+
+    def enter(self, log: logging.Logger) -> None:
+        with self._lock:
+            self._watches += 1
+            if self._watches == 1 and not log.isEnabledFor(logging.ERROR):
+                self._saved = (log.level, log.propagate)
+                log.setLevel(logging.ERROR)
+                log.propagate = False
+
+    def leave(self, log: logging.Logger) -> None:
+        with self._lock:
+            self._watches -= 1
+            if self._watches == 0 and self._saved is not None:
+                level, log.propagate = self._saved
+                log.setLevel(level)
+                self._saved = None
+
+
+_ERRORS_KEPT = _ErrorsKept()
+
+
 @contextmanager
 def watch_tiff_damage() -> Iterator[list[str]]:
     """Within the block, the damage tifffile reports while this thread reads a file: each an
@@ -69,7 +100,9 @@ def watch_tiff_damage() -> Iterator[list[str]]:
     records = _DamageRecords()
     log = logging.getLogger("tifffile")
     log.addHandler(records)
+    _ERRORS_KEPT.enter(log)
     try:
         yield records.found
     finally:
+        _ERRORS_KEPT.leave(log)
         log.removeHandler(records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 import pytest
@@ -199,3 +200,27 @@ def test_a_reading_without_warnings_gives_the_same_pixels_and_no_warning() -> No
     channels = [image_from_array(twelve_bit + i) for i in range(4)]
     stacked = read_cell_image([(f"channel_images[{i}]", part) for i, part in enumerate(channels)])
     np.testing.assert_array_equal(stacked, np.stack([twelve_bit + i for i in range(4)], axis=-1))
+
+
+def test_a_cut_stack_is_refused_where_logging_drops_errors_and_nothing_is_logged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LABSIGHT_LOG_LEVEL=CRITICAL: tifffile's damage records still reach the watch, none reaches
+    the process's handlers, and tifffile's logger is as it was afterwards."""
+    root, tiff_log = logging.getLogger(), logging.getLogger("tifffile")
+    shown: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = shown.append  # type: ignore[method-assign]
+    monkeypatch.setattr(root, "handlers", [handler])
+    level = root.level
+    root.setLevel(logging.CRITICAL)  # setLevel, not the attribute: loggers cache what is enabled
+    try:
+        before = (tiff_log.level, tiff_log.propagate)
+        channels = np.random.default_rng(3).integers(0, 4096, (4, 40, 30), dtype=np.uint16)
+        data = _tiff(channels, metadata={"axes": "CYX"}, ome=True)
+        with pytest.raises(InvalidArgument, match=r"truncated or damaged: tag 270: invalid value"):
+            image_info(_encoded(data[: len(data) // 2]))
+        assert shown == []
+        assert (tiff_log.level, tiff_log.propagate) == before
+    finally:
+        root.setLevel(level)
