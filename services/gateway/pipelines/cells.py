@@ -19,6 +19,7 @@ from labsight.errors import InvalidArgument, echo
 from labsight.images import ImageInfo, read_image
 from labsight.intensity import check_bit_depth, parse_intensity
 from labsight.tables import table_values
+from labsight.tensor_wire import EncodedMessage, serialize_with_arrays
 from labsight.tensors import to_tensor
 from labsight.v1 import classifier_pb2, segmentation_pb2
 from labsight.v1 import gateway_pb2 as pb
@@ -28,7 +29,6 @@ from services.gateway.pipelines.base import (
     Pipeline,
     RunContext,
     read_options,
-    read_pixels_image,
 )
 
 CellImageRequest = segmentation_pb2.SegmentCellsRequest | classifier_pb2.ClassifyCellsRequest
@@ -89,22 +89,26 @@ def channel_parts(job_input: pb.JobInput) -> ChannelParts:
     return [(f"input.images[{channel}]", job_input.images[channel]) for channel in CELL_CHANNELS]
 
 
-def set_cell_image(request: CellImageRequest, context: RunContext) -> None:
-    """Put the job's 4-channel image into a SegmentCells or ClassifyCells ``request``.
+def with_cell_image(request: CellImageRequest, context: RunContext) -> CellImageRequest | EncodedMessage:
+    """A SegmentCells or ClassifyCells ``request`` with the job's 4-channel image, to send.
 
     Where the job sent image files, the pixels the worker read them to (the context's
     ``image_pixels``, as every service reads them) go as one (H, W, 4) tensor if they fit a
     message, so no service decodes the files again: four 2048² PNG channels take about 100 ms
-    to decode, and an hpa-cells job sent them to two services. Pixel tensors go as they came.
+    to decode, and an hpa-cells job sent them to two services. They are copied once, into the
+    request's bytes (``serialize_with_arrays``). Pixel tensors and files the worker did not
+    keep go in the message as they came.
     """
     parts = channel_parts(context.job_input)
-    read = read_pixels_image(parts[0][1], context.image_pixels)
-    if read is not None:
-        request.image.CopyFrom(read)
-    elif len(parts) == 1:
+    pixels = context.image_pixels
+    if pixels is not None and pixels.nbytes <= answer_room():
+        request.image.name = parts[0][1].name
+        return EncodedMessage(serialize_with_arrays(request, {"image.tensor": pixels}))
+    if len(parts) == 1:
         request.image.CopyFrom(parts[0][1])
     else:
         request.channel_images.extend(image for _, image in parts)
+    return request
 
 
 class CellsPipeline(Pipeline):
@@ -130,7 +134,7 @@ class CellsPipeline(Pipeline):
 
     def sends_read_pixels(self, job_input: pb.JobInput) -> bool:
         """Yes where the job's image (or one of its channel images) is a file: see
-        :func:`set_cell_image`."""
+        :func:`with_cell_image`."""
         return any(image.WhichOneof("source") == "encoded" for _, image in channel_parts(job_input))
 
     def check_input(
@@ -175,10 +179,9 @@ class CellsPipeline(Pipeline):
         request = segmentation_pb2.SegmentCellsRequest(
             method=str(params["method"]), pixel_size_um=float(params["pixel_size_um"])  # type: ignore[arg-type]
         )
-        set_cell_image(request, context)
         context.report_progress(0.0, "segmentation")
         answer: segmentation_pb2.SegmentCellsResponse = context.services.segmentation.SegmentCells(
-            request, timeout=context.services.call_timeout_s
+            with_cell_image(request, context), timeout=context.services.call_timeout_s
         )
         result = pb.JobResult(pipeline=self.name, provenance={
             "segmentation_method": answer.method, "segmentation_model": answer.model,

@@ -14,7 +14,7 @@ from labsight.tensors import from_tensor
 from labsight.v1 import classifier_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Parameter, RunContext
-from services.gateway.pipelines.cells import CellsPipeline, set_cell_image
+from services.gateway.pipelines.cells import CellsPipeline, with_cell_image
 
 SEGMENTATION_SHARE = 0.5
 """Part of the job's progress taken by the segmentation."""
@@ -70,10 +70,9 @@ class HpaCellsPipeline(CellsPipeline):
             cell_labels=result.tensors["cell_labels"], model=context.params.get("model", ""),
             return_crops=True,
         )
-        set_cell_image(request, context)
         context.report_progress(SEGMENTATION_SHARE, "classification")
         answer: classifier_pb2.ClassifyCellsResponse = context.services.classifier.ClassifyCells(
-            request, timeout=context.services.call_timeout_s
+            with_cell_image(request, context), timeout=context.services.call_timeout_s
         )
         probabilities = from_tensor(answer.probabilities, "probabilities")
         thresholds = np.asarray(answer.thresholds, np.float32)
