@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 import grpc
 import numpy as np
 
+from labsight.config import answer_room
 from labsight.errors import InvalidArgument, echo
 from labsight.images import ImageInfo, image_stack, image_stack_header
 from labsight.intensity import (
@@ -27,7 +28,6 @@ from services.gateway.pipelines.base import (
     RunContext,
     main_image_info,
     mark_row_names,
-    read_pixels_image,
     stack_row_ids,
 )
 from services.gateway.pipelines.costs import DEEP_FEATURES_COST
@@ -222,8 +222,12 @@ class DeepFeaturesPipeline(Pipeline):
         columns: list[str] = []
         provenance: dict[str, str] = {}
         if has_image:
-            image = read_pixels_image(job_input.image, context.image_pixels) or job_input.image
-            columns, values, provenance = extract_features(context, [image], report)
+            # The worker's reading of an image file (see sends_read_pixels) goes as a stack of
+            # one, copied once into the request; any other image as it came.
+            pixels = context.image_pixels
+            main = (pixels[np.newaxis] if pixels is not None and pixels.nbytes <= answer_room()
+                    else [job_input.image])
+            columns, values, provenance = extract_features(context, main, report)
             blocks.append(values)
             row_ids.append(job_input.image.name or "image")
         if stack is not None:
