@@ -49,7 +49,8 @@ class Parameter:
 class RunContext:
     """Everything a pipeline run needs inside a worker.
 
-    ``image_pixels`` is the main image as the worker read it (``Pipeline.read_input``), kept
+    ``image_pixels`` is the main image as the worker read it (``Pipeline.read_input``; for the
+    cells pipelines' one image per channel, the stack of the channels), kept
     for a job that runs in a group (``run_many``) or whose pipeline ``sends_read_pixels`` so
     that its pixels are not decoded twice; None otherwise (a job alone does not hold its
     decoded image while it runs).
