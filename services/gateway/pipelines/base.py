@@ -15,7 +15,6 @@ from labsight.image_reader import parse_channels, parse_plane, parse_z_project
 from labsight.images import ImageInfo, image_info, max_image_bytes, read_image
 from labsight.intensity import DEFAULT_INTENSITY, check_bit_depth, parse_intensity
 from labsight.tables import ROW_NAMES
-from labsight.tensors import write_tensor
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
 from services.gateway.services import ServiceClients
@@ -75,16 +74,12 @@ class InputReading:
     pixels: np.ndarray | None = None
 
 
-def read_pixels_image(image: tensor_pb2.Image, pixels: np.ndarray | None) -> tensor_pb2.Image | None:
-    """``pixels``, the worker's reading of the image file ``image`` (read options and intensity
-    applied, as every service reads it), as an Image message of the same name for a service
-    to take as they are; None where there are none or they do not fit a message (the service
-    then reads the file itself)."""
-    if pixels is None or pixels.nbytes > answer_room():
-        return None
-    message = tensor_pb2.Image(name=image.name)
-    write_tensor(message.tensor, pixels)
-    return message
+def sendable_pixels(context: RunContext) -> np.ndarray | None:
+    """The worker's reading of the job's image files (the context's ``image_pixels``, see
+    ``Pipeline.sends_read_pixels``, read options and intensity applied as every service reads
+    them) where they fit a message; None otherwise (the service then reads the files itself)."""
+    pixels = context.image_pixels
+    return pixels if pixels is not None and pixels.nbytes <= answer_room() else None
 
 
 def parse_bool(text: str) -> bool:
@@ -222,7 +217,7 @@ class Pipeline(ABC):
 
     def sends_read_pixels(self, job_input: pb.JobInput) -> bool:
         """Whether ``run`` sends the services the pixels the worker read (the context's
-        ``image_pixels``, see :func:`read_pixels_image`) in place of this job's image files,
+        ``image_pixels``, see :func:`sendable_pixels`) in place of this job's image files,
         which they would otherwise decode again; the worker then keeps them. Default: no."""
         return False
 

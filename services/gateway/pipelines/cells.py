@@ -29,6 +29,7 @@ from services.gateway.pipelines.base import (
     Pipeline,
     RunContext,
     read_options,
+    sendable_pixels,
 )
 
 CellImageRequest = segmentation_pb2.SegmentCellsRequest | classifier_pb2.ClassifyCellsRequest
@@ -100,8 +101,8 @@ def with_cell_image(request: CellImageRequest, context: RunContext) -> CellImage
     keep go in the message as they came.
     """
     parts = channel_parts(context.job_input)
-    pixels = context.image_pixels
-    if pixels is not None and pixels.nbytes <= answer_room():
+    pixels = sendable_pixels(context)
+    if pixels is not None:
         request.image.name = parts[0][1].name
         return EncodedMessage(serialize_with_arrays(request, {"image.tensor": pixels}))
     if len(parts) == 1:

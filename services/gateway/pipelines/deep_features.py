@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping, Sequence
 import grpc
 import numpy as np
 
-from labsight.config import answer_room
 from labsight.errors import InvalidArgument, echo
 from labsight.images import ImageInfo, image_stack, image_stack_header
 from labsight.intensity import (
@@ -28,6 +27,7 @@ from services.gateway.pipelines.base import (
     RunContext,
     main_image_info,
     mark_row_names,
+    sendable_pixels,
     stack_row_ids,
 )
 from services.gateway.pipelines.costs import DEEP_FEATURES_COST
@@ -224,9 +224,8 @@ class DeepFeaturesPipeline(Pipeline):
         if has_image:
             # The worker's reading of an image file (see sends_read_pixels) goes as a stack of
             # one, copied once into the request; any other image as it came.
-            pixels = context.image_pixels
-            main = (pixels[np.newaxis] if pixels is not None and pixels.nbytes <= answer_room()
-                    else [job_input.image])
+            pixels = sendable_pixels(context)
+            main = pixels[np.newaxis] if pixels is not None else [job_input.image]
             columns, values, provenance = extract_features(context, main, report)
             blocks.append(values)
             row_ids.append(job_input.image.name or "image")

@@ -26,7 +26,7 @@ from services.gateway.pipelines.base import (
     main_image_info,
     mark_row_names,
     parse_bool,
-    read_pixels_image,
+    sendable_pixels,
     stack_row_ids,
 )
 from services.gateway.pipelines.costs import FRACTAL_COST, FRACTAL_PIXELS
@@ -348,9 +348,12 @@ class FractalPipeline(Pipeline):
         """The ComputeFractal request of a job: its image, or (``read_pixels``) the worker's
         reading of its file where the context holds one."""
         image = context.job_input.image
-        read = (read_pixels_image(image, context.image_pixels)
-                if read_pixels and image.WhichOneof("source") == "encoded" else None)
-        request = features_pb2.ComputeFractalRequest(image=image if read is None else read)
+        pixels = (sendable_pixels(context)
+                  if read_pixels and image.WhichOneof("source") == "encoded" else None)
+        request = features_pb2.ComputeFractalRequest(image=image if pixels is None else None)
+        if pixels is not None:
+            request.image.name = image.name
+            write_tensor(request.image.tensor, pixels)
         request.MergeFrom(cls._options(context.params))
         return request
 
