@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
+
+import pytest
 
 from labsight.runtime.idle_trim import IdleTrimmer
 
@@ -44,3 +47,26 @@ def test_calls_in_quick_succession_give_one_trim_after_the_last() -> None:
         trimmer.call_ended()
     assert trims.acquire(timeout=30)
     assert not trims.acquire(timeout=10 * IDLE_S)
+
+
+def _switches(thread: threading.Thread) -> int:
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_calls_do_not_wake_the_trimming_thread() -> None:
+    """Under steady load the last call in flight ends once per call; waking the trimming
+    thread each time cost a service two thread switches per call."""
+    before = {id(t) for t in threading.enumerate()}
+    trimmer, trims = _trimmer()
+    thread = next(t for t in threading.enumerate() if id(t) not in before and t.name == "idle-heap-trim")
+    assert trims.acquire(timeout=30)
+    start = _switches(thread)
+    for _ in range(500):
+        trimmer.call_started()
+        trimmer.call_ended()
+        time.sleep(0.0005)  # the GIL let go between calls, as a server's threads do
+    woken = _switches(thread) - start  # every call ended with none left in flight
+    assert woken < 50, f"the trimming thread switched {woken} times for 500 calls"
+    assert trims.acquire(timeout=30)
