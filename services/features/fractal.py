@@ -189,7 +189,7 @@ def gliding_box(
                                lambda rows: _mass_counts_torch(planar, tables, rows))
         counts = np.concatenate([histograms[j, 1 : r * r + 1] for j, r in enumerate(sizes.tolist())])
     else:
-        counts = _mass_counts_numba(planar.astype(image.dtype), tables, progress)
+        counts = _mass_counts_numba(planar, tables, progress)
     return _gliding_box_result(sizes, counts, planar.shape[1:])
 
 
@@ -240,9 +240,7 @@ def percolation(
     else:
         half_max = (int(sizes[-1]) - 1) // 2
         cells = CellTables(half_max, tables.ring_index, planar.shape[2], planar.shape[0])
-        # The image's own type: 8-bit distances fill twice the vector lanes of 16-bit ones.
-        planes = planar.astype(image.dtype)
-        pixels = np.ascontiguousarray(np.moveaxis(planes, 0, 2)).reshape(-1)
+        pixels = np.ascontiguousarray(np.moveaxis(planar, 0, 2)).reshape(-1)
         thresholds = tables.thresholds.astype(image.dtype)
         # One workspace for every band: fresh pages per band would cost their zeroing each time.
         bits, summaries = workspace(get_num_threads() * 4, half_max, planar.shape[2])
@@ -250,7 +248,7 @@ def percolation(
         # up every band.
         with parallel_chunksize(1):
             sums = _in_bands(sizes, planar.shape[1], progress, lambda rows: np.stack(cluster_sums(
-                planes, pixels, (sizes - 1) // 2, thresholds, tables.colour_index, min_mass, cells.dy,
+                planar, pixels, (sizes - 1) // 2, thresholds, tables.colour_index, min_mass, cells.dy,
                 cells.dx, cells.flat, cells.entry, cells.grid, bits[: _chunks(rows)],
                 summaries[: _chunks(rows)], image.dtype.type, *rows
             )))
@@ -278,7 +276,8 @@ def warm_up() -> None:
 
 
 def _validate(image: Any, box_sizes: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Check the arguments; return the image as planar (C, H, W) uint16 and the box sides as int64."""
+    """Check the arguments; return the image as planar (C, H, W) of its own type (8-bit distances
+    fill twice the vector lanes of 16-bit ones) and the box sides as int64."""
     if not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
     if image.dtype not in (np.uint8, np.uint16):
@@ -311,7 +310,7 @@ def _validate(image: Any, box_sizes: Any) -> tuple[np.ndarray, np.ndarray]:
             f"got image of shape {image.shape}"
         )
     pixels = image.reshape(height, width, -1)
-    return np.ascontiguousarray(np.moveaxis(pixels, 2, 0), dtype=np.uint16), sizes
+    return np.ascontiguousarray(np.moveaxis(pixels, 2, 0)), sizes
 
 
 @dataclass(frozen=True)
@@ -499,17 +498,27 @@ def _fit_dimension(sizes: np.ndarray, box_count: np.ndarray) -> FractalDimension
     r_min, r_max = int(sizes[0]), int(sizes[-1])
     if len(sizes) < 2:
         return FractalDimension(float("nan"), r_min, r_max, float("nan"))
-    x = np.log(sizes.astype(np.float64))
+    x, x_mean, centred, spread = _log_sides(tuple(sizes.tolist()))
     y = np.log(box_count)
+    y_mean = y.mean()
     # The normal equations in closed form: np.polyfit's least-squares solver costs more than the
     # rest of the result of a small image.
-    centred = x - x.mean()
-    slope = float(centred @ (y - y.mean()) / (centred @ centred))
-    intercept = float(y.mean() - slope * x.mean())
+    slope = float(centred @ (y - y_mean) / spread)
+    intercept = float(y_mean - slope * x_mean)
     residual = float(np.sum((y - (slope * x + intercept)) ** 2))
-    total = float(np.sum((y - y.mean()) ** 2))
+    total = float(np.sum((y - y_mean) ** 2))
     r_squared = 1.0 if total == 0.0 else 1.0 - residual / total
     return FractalDimension(float(-slope), r_min, r_max, r_squared)
+
+
+@functools.lru_cache(maxsize=32)
+def _log_sides(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.float64, np.ndarray, np.float64]:
+    """The fit's terms that depend on the box sides alone, computed once per sides (a stack's
+    tiles share them): x = log r, its mean, x less its mean, and that one's sum of squares."""
+    x = np.log(np.array(sizes, np.float64))
+    x_mean = x.mean()
+    centred = x - x_mean
+    return _frozen(x), x_mean, _frozen(centred), centred @ centred
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -552,6 +561,20 @@ def _aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     raw = np.empty(size + 64, np.uint8)
     skip = -raw.ctypes.data % 64
     return raw[skip : skip + size].view(dtype).reshape(shape)
+
+
+def _run_buffers(threads: int, sides: int, dtype: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each thread's buffers for its runs of centres, uninitialised, in one allocation, each
+    starting on a 64-byte boundary: 16-bit masses and 8-bit tallies (threads, sides,
+    _MAX_PIECE), and the distances of a batch of offsets (threads, _BATCH · _MAX_PIECE) in the
+    image's type (every length a multiple of 64 bytes)."""
+    shapes = ((threads, sides, _MAX_PIECE), (threads, sides, _MAX_PIECE), (threads, _BATCH * _MAX_PIECE))
+    types = (np.dtype(np.uint16), np.dtype(np.uint8), np.dtype(dtype))
+    lengths = [int(np.prod(shape)) * kind.itemsize for shape, kind in zip(shapes, types, strict=True)]
+    raw = _aligned_empty((sum(lengths),), np.uint8)
+    ends = np.cumsum(lengths).tolist()
+    return tuple(raw[end - length : end].view(kind).reshape(shape)  # type: ignore[return-value]
+                 for shape, kind, length, end in zip(shapes, types, lengths, ends, strict=True))
 
 
 def _padded(planes: np.ndarray, margin: int) -> np.ndarray:
@@ -743,9 +766,7 @@ def _mass_counts_numba(
     threads = get_num_threads()
     starts = _MassLayout.build(sizes).starts
     counts = np.zeros((threads, int(np.sum(sizes * sizes))), np.int64)
-    masses = _aligned_empty((threads, n, _MAX_PIECE), np.uint16)
-    tallies = _aligned_empty((threads, n, _MAX_PIECE), np.uint8)
-    distances = _aligned_empty((threads, _BATCH * _MAX_PIECE), planes.dtype)
+    masses, tallies, distances = _run_buffers(threads, n, planes.dtype)
     # Room for every neighbour of every centre of a run, the last run rounded up to _LANES centres.
     margin = half_max * (width + 1) + _LANES
     padded = _padded(planes, margin)

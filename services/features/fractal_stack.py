@@ -16,13 +16,11 @@ import numpy as np
 from numba import get_num_threads, get_thread_id, njit, parallel_chunksize, prange
 
 from services.features.fractal import (
-    _BATCH,
     _LANES,
     _MAX_PIECE,
     DEFAULT_BOX_SIZES,
     FractalDimension,
     GlidingBoxResult,
-    _aligned_empty,
     _box_counts,
     _count_run,
     _EntryTables,
@@ -30,6 +28,7 @@ from services.features.fractal import (
     _frozen,
     _MassLayout,
     _ring_offsets,
+    _run_buffers,
     _validate,
 )
 
@@ -137,9 +136,7 @@ def _stack_counts(planes: np.ndarray, tables: _EntryTables) -> np.ndarray:
     n = len(sizes)
     starts = _MassLayout.build(sizes).starts
     counts = np.zeros((count, int(np.sum(sizes * sizes))), np.int64)
-    masses = _aligned_empty((threads, n, _MAX_PIECE), np.uint16)
-    tallies = _aligned_empty((threads, n, _MAX_PIECE), np.uint8)
-    distances = _aligned_empty((threads, _BATCH * _MAX_PIECE), planes.dtype)
+    masses, tallies, distances = _run_buffers(threads, n, planes.dtype)
     margin = half_max * (width + 1) + _LANES
     padded = np.zeros((count, channels, height * width + 2 * margin), planes.dtype)
     padded[:, :, margin : margin + height * width] = planes.reshape(count, channels, -1)
