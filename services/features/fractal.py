@@ -240,7 +240,8 @@ def percolation(
     else:
         half_max = (int(sizes[-1]) - 1) // 2
         cells = CellTables(half_max, tables.ring_index, planar.shape[2], planar.shape[0])
-        pixels = np.ascontiguousarray(np.moveaxis(planar, 0, 2)).reshape(-1)
+        planes = np.ascontiguousarray(planar)
+        pixels = np.ascontiguousarray(image).reshape(-1)  # (H, W, C) as it came: no copy
         thresholds = tables.thresholds.astype(image.dtype)
         # One workspace for every band: fresh pages per band would cost their zeroing each time.
         bits, summaries = workspace(get_num_threads() * 4, half_max, planar.shape[2])
@@ -248,7 +249,7 @@ def percolation(
         # up every band.
         with parallel_chunksize(1):
             sums = _in_bands(sizes, planar.shape[1], progress, lambda rows: np.stack(cluster_sums(
-                planar, pixels, (sizes - 1) // 2, thresholds, tables.colour_index, min_mass, cells.dy,
+                planes, pixels, (sizes - 1) // 2, thresholds, tables.colour_index, min_mass, cells.dy,
                 cells.dx, cells.flat, cells.entry, cells.grid, bits[: _chunks(rows)],
                 summaries[: _chunks(rows)], image.dtype.type, *rows
             )))
@@ -276,8 +277,9 @@ def warm_up() -> None:
 
 
 def _validate(image: Any, box_sizes: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Check the arguments; return the image as planar (C, H, W) of its own type (8-bit distances
-    fill twice the vector lanes of 16-bit ones) and the box sides as int64."""
+    """Check the arguments; return a view of the image as planes (C, H, W) of its own type (8-bit
+    distances fill twice the vector lanes of 16-bit ones; each path copies it as it needs it)
+    and the box sides as int64."""
     if not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
     if image.dtype not in (np.uint8, np.uint16):
@@ -310,7 +312,7 @@ def _validate(image: Any, box_sizes: Any) -> tuple[np.ndarray, np.ndarray]:
             f"got image of shape {image.shape}"
         )
     pixels = image.reshape(height, width, -1)
-    return np.ascontiguousarray(np.moveaxis(pixels, 2, 0)), sizes
+    return np.moveaxis(pixels, 2, 0), sizes
 
 
 @dataclass(frozen=True)
@@ -578,10 +580,12 @@ def _run_buffers(threads: int, sides: int, dtype: Any) -> tuple[np.ndarray, np.n
 
 
 def _padded(planes: np.ndarray, margin: int) -> np.ndarray:
-    """The (C, H·W) pixels of a planar (C, H, W) image with ``margin`` zeros before and after each plane."""
-    channels = planes.shape[0]
-    padded = np.zeros((channels, planes[0].size + 2 * margin), planes.dtype)
-    padded[:, margin : margin + planes[0].size] = planes.reshape(channels, -1)
+    """The (C, H·W) pixels of (C, H, W) planes (any strides: a view of an (H, W, C) image is
+    gathered in the one copy) with ``margin`` zeros before and after each plane."""
+    channels, height, width = planes.shape
+    padded = np.zeros((channels, height * width + 2 * margin), planes.dtype)
+    for channel in range(channels):
+        padded[channel, margin : margin + height * width].reshape(height, width)[...] = planes[channel]
     return padded
 
 

@@ -139,7 +139,9 @@ def _stack_counts(planes: np.ndarray, tables: _EntryTables) -> np.ndarray:
     masses, tallies, distances = _run_buffers(threads, n, planes.dtype)
     margin = half_max * (width + 1) + _LANES
     padded = np.zeros((count, channels, height * width + 2 * margin), planes.dtype)
-    padded[:, :, margin : margin + height * width] = planes.reshape(count, channels, -1)
+    for channel in range(channels):  # one gather from the (N, H, W, C) tiles, no planar copy first
+        padded[:, channel, margin : margin + height * width].reshape(count, height, width)[...] = (
+            planes[:, channel])
     centres = (height - 2 * half_min) * width
     # As gliding_box on one thread: runs of up to _MAX_PIECE centres, at least 512.
     piece = -(-max(512, min(_MAX_PIECE, -(-centres // 4))) // _LANES) * _LANES

@@ -330,10 +330,11 @@ def _assert_same(a: GlidingBoxResult | PercolationResult, b: GlidingBoxResult | 
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_the_numba_path_keeps_one_planar_copy_of_the_image(dtype: type) -> None:
-    """The image is copied once into planes of its own type, then into the zero-padded planes the
-    kernel reads: its working memory is about twice the image (four times while the planes went
-    through uint16 and back: 183 MiB for a 4000² RGB uint8 image where 92 do)."""
+def test_the_numba_paths_copy_the_image_once(dtype: type) -> None:
+    """The gliding box gathers the image once into the zero-padded planes its kernel reads, and
+    percolation once into contiguous planes (its flat pixels are the image itself): working
+    memory about the image's size. While the planes went through uint16 and back it was four
+    times (a 4000² RGB uint8 image: 183 MiB beyond the image, now 46)."""
     image = np.random.default_rng(3).integers(0, 200, (600, 700, 3)).astype(dtype)
     for compute in (gliding_box, percolation):
         compute(image[:40, :40], (3, 5), backend="numba")  # compiled and cached outside the count
@@ -343,7 +344,7 @@ def test_the_numba_path_keeps_one_planar_copy_of_the_image(dtype: type) -> None:
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-        assert peak < 2.5 * image.nbytes, f"{compute.__name__}: {peak} bytes for {image.nbytes}"
+        assert peak < 1.5 * image.nbytes, f"{compute.__name__}: {peak} bytes for {image.nbytes}"
 
 
 @pytest.mark.parametrize(
