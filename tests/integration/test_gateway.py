@@ -68,19 +68,22 @@ def test_fractal_job_result_equals_a_direct_call(stack: InProcessStack) -> None:
     assert list(result.tables["weka_percolation"].columns) == list(percolation_columns(perc))
 
 
-@pytest.mark.parametrize("sizes", [[3, 5], list(range(3, 42, 2))], ids=["in a group", "alone"])
+@pytest.mark.parametrize(("sizes", "tiles"), [([3, 5], 1), (list(range(3, 42, 2)), 2),
+                                             (list(range(3, 42, 2)), 5)],
+                         ids=["in a group", "alone", "alone, streaming its progress"])
 def test_encoded_png_input_gives_the_same_result_as_pixels_decoded_once(
-    stack: InProcessStack, monkeypatch: pytest.MonkeyPatch, sizes: list[int]
+    stack: InProcessStack, monkeypatch: pytest.MonkeyPatch, sizes: list[int], tiles: int
 ) -> None:
     """The worker reads the file (for the job's warnings) and the features service gets those
     pixels, named as the file was, rather than decoding it again; a small job runs in a
-    group (``run_many``), one of 128² with the sides 3-41 alone."""
+    group (``run_many``), one of 128² with the sides 3-41 alone in one call, one of 320² in a
+    call that streams its progress (STREAM_MIN_COST)."""
     decoded: list[tuple[int, int]] = []
     decode = labsight.images._decode_pillow
     monkeypatch.setattr(labsight.images, "_decode_pillow",
                         lambda image: decoded.append(image.size) or decode(image))
     stack.start_worker()
-    image = demo_image() if len(sizes) == 2 else np.tile(demo_image(), (2, 2, 1))
+    image = np.tile(demo_image(), (tiles, tiles, 1))
     png = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=encode_png(image)), name="demo.png")
     job = stack.client.submit("fractal", png, {"box_sizes": ",".join(map(str, sizes))})
     assert stack.client.wait(job.job_id, 120).status == pb.JOB_STATUS_DONE

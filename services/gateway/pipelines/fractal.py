@@ -14,7 +14,7 @@ from labsight.errors import InvalidArgument, echo
 from labsight.fractal_work import BATCH_MAX_COST, fractal_cost
 from labsight.images import ImageInfo, decode_image, image_info
 from labsight.tables import feature_table, table_values
-from labsight.tensor_wire import EncodedMessage
+from labsight.tensor_wire import EncodedMessage, serialize_with_arrays
 from labsight.tensors import from_tensor, write_tensor
 from labsight.v1 import features_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
@@ -269,7 +269,19 @@ class FractalPipeline(Pipeline):
         and tensors; a stack of tiles in ComputeFractalStack calls, its tables a row per tile."""
         if TILES_INPUT in context.job_input.tensors:
             return self._run_tiles(context)
-        return self._result(self._compute(context, self._request(context)))
+        image = context.job_input.image
+        pixels = sendable_pixels(context) if image.WhichOneof("source") == "encoded" else None
+        if pixels is None:
+            request = self._request(context, read_pixels=False)
+            return self._result(self._compute(context, request, request, _is_small(
+                request.image, list(request.box_sizes), request.percolation)))
+        # The worker's reading of the file, copied once into the request's bytes.
+        request = self._options(context.params)
+        request.image.name = image.name
+        small = fractal_cost(pixels.shape[0] * pixels.shape[1], list(request.box_sizes),
+                             request.percolation) < STREAM_MIN_COST
+        sent = EncodedMessage(serialize_with_arrays(request, {"image.tensor": pixels}))
+        return self._result(self._compute(context, sent, request, small))
 
     def _run_tiles(self, context: RunContext) -> pb.JobResult:
         """The job's tiles through the features service, BATCH_MAX_IMAGES per ComputeFractalStack
@@ -426,25 +438,27 @@ class FractalPipeline(Pipeline):
 
     @staticmethod
     def _compute(
-        context: RunContext, request: features_pb2.ComputeFractalRequest
+        context: RunContext, sent: features_pb2.ComputeFractalRequest | EncodedMessage,
+        request: features_pb2.ComputeFractalRequest, small: bool,
     ) -> features_pb2.ComputeFractalResponse:
-        """The features service's answer, reporting the progress it streams: each step's
-        share of the job is its share of the work (see fractal_cost). A job under
-        STREAM_MIN_COST is one blocking unary call: a future or a stream would start a
-        thread to follow it (a millisecond of CPU per job), and a cancelled job's call
-        ends within a fraction of a second anyway."""
-        sizes = list(request.box_sizes)
-        if _is_small(request.image, sizes, request.percolation):
+        """The features service's answer to ``request``, ``sent`` as it is or already serialized
+        (its image then in ``sent`` only), reporting the progress it streams: each step's share
+        of the job is its share of the work (see fractal_cost). A ``small`` job, under
+        STREAM_MIN_COST, is one blocking unary call: a future or a stream would start a thread
+        to follow it (a millisecond of CPU per job), and a cancelled job's call ends within a
+        fraction of a second anyway."""
+        if small:
             return context.services.features.ComputeFractal(
-                request, timeout=context.services.call_timeout_s
+                sent, timeout=context.services.call_timeout_s
             )
+        sizes = list(request.box_sizes)
         gliding = fractal_cost(1, sizes, False)
         whole = fractal_cost(1, sizes, request.percolation)
         start = {"gliding box": 0.0, "percolation": gliding}
         share = {"gliding box": gliding, "percolation": whole - gliding}
         context.report_progress(0.0, "gliding box")
         updates = context.services.features.ComputeFractalStream(
-            request, timeout=context.services.call_timeout_s
+            sent, timeout=context.services.call_timeout_s
         )
         try:
             for update in updates:
