@@ -40,10 +40,11 @@ def _growth(rows: str | None) -> dict[str, object]:
 
 
 def test_a_batch_of_tiles_leaves_the_process_little_bigger() -> None:
-    """Eight 224² tiles of cellpose-flow after one: +44 MiB in runs of one tile, +394 MiB (what
-    the arena then keeps) when the batch runs whole."""
+    """Eight 224² tiles of cellpose-flow after one: +44-89 MiB in runs of one tile, +233-394 MiB
+    (what the arena then keeps) when the batch runs whole, from machine to machine."""
     sliced = _growth(None)
     whole = _growth("0")
     assert sliced["first_tile_equal"] and whole["first_tile_equal"]
     assert float(sliced["growth_mib"]) < 150, sliced
-    assert float(whole["growth_mib"]) > 250, whole  # the measurement sees what slicing avoids
+    # The measurement sees what slicing avoids (a fixed 250 MiB floor failed once at 233).
+    assert float(whole["growth_mib"]) > float(sliced["growth_mib"]) + 100, (sliced, whole)
