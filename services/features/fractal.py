@@ -575,8 +575,9 @@ def _run_buffers(threads: int, sides: int, dtype: Any) -> tuple[np.ndarray, np.n
     lengths = [int(np.prod(shape)) * kind.itemsize for shape, kind in zip(shapes, types, strict=True)]
     raw = _aligned_empty((sum(lengths),), np.uint8)
     ends = np.cumsum(lengths).tolist()
-    return tuple(raw[end - length : end].view(kind).reshape(shape)  # type: ignore[return-value]
-                 for shape, kind, length, end in zip(shapes, types, lengths, ends, strict=True))
+    masses, tallies, distances = (raw[end - length : end].view(kind).reshape(shape) for shape, kind,
+                                  length, end in zip(shapes, types, lengths, ends, strict=True))
+    return masses, tallies, distances
 
 
 def _padded(planes: np.ndarray, margin: int) -> np.ndarray:
