@@ -129,6 +129,12 @@ def _stack_of(requests: Sequence[features_pb2.ComputeFractalRequest], pixels: Ma
     return fractal_stack_request(requests[members[0]], np.stack([pixels[i] for i in members]))
 
 
+def _read_file_pixels(context: RunContext) -> np.ndarray | None:
+    """The worker's reading of the job's image file where it is one and fits a message
+    (:func:`sendable_pixels`); None for pixel tensors and blob-store images."""
+    return sendable_pixels(context) if context.job_input.image.WhichOneof("source") == "encoded" else None
+
+
 @lru_cache(maxsize=64)
 def _parsed_box_sizes(text: str) -> tuple[int, ...]:
     """``parse_box_sizes`` of a job's validated text, parsed once per distinct text."""
@@ -270,7 +276,7 @@ class FractalPipeline(Pipeline):
         if TILES_INPUT in context.job_input.tensors:
             return self._run_tiles(context)
         image = context.job_input.image
-        pixels = sendable_pixels(context) if image.WhichOneof("source") == "encoded" else None
+        pixels = _read_file_pixels(context)
         if pixels is None:
             request = self._request(context, read_pixels=False)
             return self._result(self._compute(context, request, request, _is_small(
@@ -360,8 +366,7 @@ class FractalPipeline(Pipeline):
         """The ComputeFractal request of a job: its image, or (``read_pixels``) the worker's
         reading of its file where the context holds one."""
         image = context.job_input.image
-        pixels = (sendable_pixels(context)
-                  if read_pixels and image.WhichOneof("source") == "encoded" else None)
+        pixels = _read_file_pixels(context) if read_pixels else None
         request = features_pb2.ComputeFractalRequest(image=image if pixels is None else None)
         if pixels is not None:
             request.image.name = image.name
