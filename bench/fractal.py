@@ -11,6 +11,12 @@ each taking every n-th offset, their mass maps added (since 2026-12-06; before, 
 every core was compared with numpy on one). LabSight's numba kernels are timed on one
 thread against the one process, and on every core against the processes. All sides run the
 same number of rounds, in an order that rotates each round; figures are min / median / max.
+
+Each side runs twice in its turn and the second call is timed (since 2026-12-07 ~20:30 UTC;
+before, one call): on the sandboxed VMs these benches run on, the first touch of a page not
+touched for a while costs hundreds of microseconds (bench/_paired.timed_twice), which a call of
+a few milliseconds right after numpy's 0.1 s pays several times over and numpy's own call
+hardly notices. The first calls are printed too, in brackets, with their ratios.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from numba.core.registry import cpu_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._paired import load_text, paired_rounds, round_ratios, spread, timed  # noqa: E402
+from bench._paired import load_text, paired_rounds, round_ratios, spread, timed_twice  # noqa: E402
 from services.classifier.generated_cells import generate_cell_field  # noqa: E402
 from services.features.fractal import gliding_box, percolation  # noqa: E402
 
@@ -200,26 +206,33 @@ def bench_image(name: str, image: np.ndarray, rounds: int, cores: int) -> None:
 
 
 def _bench_image(name: str, image: np.ndarray, rounds: int, cores: int, pooled: NumpyPool) -> None:
-    sides = {
-        "numpy": timed(lambda: numpy_mass_counts(image, SIDES)),
-        "numpy-all": timed(pooled.counts),
-        "labsight-1": timed(with_threads(1, lambda: gliding_box(image, SIDES, backend="numba"))),
-        "labsight-all": timed(with_threads(cores, lambda: gliding_box(image, SIDES, backend="numba"))),
-        "percolation-1": timed(with_threads(1, lambda: percolation(image, SIDES, backend="numba"))),
-        "percolation-all": timed(with_threads(cores, lambda: percolation(image, SIDES, backend="numba"))),
+    calls = {
+        "numpy": lambda: numpy_mass_counts(image, SIDES),
+        "numpy-all": pooled.counts,
+        "labsight-1": with_threads(1, lambda: gliding_box(image, SIDES, backend="numba")),
+        "labsight-all": with_threads(cores, lambda: gliding_box(image, SIDES, backend="numba")),
+        "percolation-1": with_threads(1, lambda: percolation(image, SIDES, backend="numba")),
+        "percolation-all": with_threads(cores, lambda: percolation(image, SIDES, backend="numba")),
     }
+    firsts: dict[str, list[float]] = {key: [] for key in calls}
     before = load_text()
-    seconds = paired_rounds(sides, rounds)
+    seconds = paired_rounds({key: timed_twice(call, firsts[key]) for key, call in calls.items()}, rounds)
     print(f"{name} {image.shape[0]}x{image.shape[1]} RGB uint8, r = 3..41: counts equal; "
-          f"{rounds} rounds, seconds min / median / max")
-    print(f"  numpy shared-distance, 1 process:   {spread(seconds['numpy'])} s")
-    print(f"  numpy shared-distance, {cores} processes:  {spread(seconds['numpy-all'])} s")
+          f"{rounds} rounds, seconds min / median / max of each side's second call in its turn "
+          "[its first call, after the other sides ran]")
+    print(f"  numpy shared-distance, 1 process:   {spread(seconds['numpy'])} s "
+          f"[{spread(firsts['numpy'])}]")
+    print(f"  numpy shared-distance, {cores} processes:  {spread(seconds['numpy-all'])} s "
+          f"[{spread(firsts['numpy-all'])}]")
     for threads, key, baseline in ((1, "labsight-1", "numpy"), (cores, "labsight-all", "numpy-all")):
         ratios = round_ratios(seconds[baseline], seconds[key])
+        cold = round_ratios(firsts[baseline], firsts[key])
         print(f"  LabSight P+Λ+N, numba {threads} thread(s): {spread(seconds[key], '.4f')} s   "
-              f"speed-up over numpy on {threads} core(s) {spread(ratios, '.1f')}x")
+              f"speed-up over numpy on {threads} core(s) {spread(ratios, '.1f')}x "
+              f"[{spread(firsts[key], '.4f')} s, {spread(cold, '.1f')}x]")
     for threads, key in ((1, "percolation-1"), (cores, "percolation-all")):
-        print(f"  LabSight percolation, {threads} thread(s): {spread(seconds[key], '.3f')} s (no baseline)")
+        print(f"  LabSight percolation, {threads} thread(s): {spread(seconds[key], '.3f')} s "
+              f"[{spread(firsts[key], '.3f')}] (no baseline)")
     print(f"  before: {before}; after: {load_text()}")
 
 
