@@ -391,6 +391,26 @@ def test_parallel_tasks_equal_one_thread_and_the_slow_restatement_on_ties() -> N
         np.testing.assert_allclose(getattr(parallel, name), values, rtol=0, atol=1e-12, err_msg=name)
 
 
+def test_runs_that_start_mid_row_on_any_thread_count_equal_the_slow_restatement() -> None:
+    """A 70x60 image's 4,080 centres of the smallest box go in runs of 512 (the least a run holds)
+    that begin and end inside rows, the last one short; the threads share them as they will."""
+    numba = pytest.importorskip("numba")
+    image = _ties((70, 60, 3), 14)
+    sizes = (3, 7, 11, 21)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        serial = gliding_box(image, sizes, backend="numba")
+    finally:
+        numba.set_num_threads(threads)
+    parallel = gliding_box(image, sizes, backend="numba")
+    _assert_same(parallel, serial)
+    expected = _slow_gliding_box(image, sizes)
+    for r in sizes:
+        np.testing.assert_allclose(parallel.probability[r], expected["probability"][r], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(parallel.lacunarity, expected["lacunarity"], rtol=0, atol=1e-12)
+
+
 def test_torch_path_equals_numba_path_on_ties() -> None:
     pytest.importorskip("torch")
     image = _ties((23, 26, 3), 13)
