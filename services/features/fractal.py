@@ -291,12 +291,41 @@ def _validate(image: Any, box_sizes: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"image must have shape (H, W), (H, W, 1) or (H, W, 3), got {image.shape}")
     if image.size == 0:
         raise ValueError(f"image is empty, shape {image.shape}")
+    sizes = _box_sides(box_sizes)
+    height, width = image.shape[:2]
+    if sizes[-1] > min(height, width):
+        raise ValueError(
+            f"box_sizes up to {int(sizes[-1])} need an image at least {int(sizes[-1])}x{int(sizes[-1])}, "
+            f"got image of shape {image.shape}"
+        )
+    pixels = image.reshape(height, width, -1)
+    return np.moveaxis(pixels, 2, 0), sizes
+
+
+def _box_sides(box_sizes: Any) -> np.ndarray:
+    """The box sides, checked, as a read-only int64 array; sides of plain integers are checked once
+    and the array kept (as a stack's tiles and a service's calls share them)."""
     try:
-        sizes = np.array(list(box_sizes))
+        requested = tuple(box_sizes)
     except TypeError:
         raise ValueError(
             f"box_sizes must be an iterable of odd positive integers, got {box_sizes!r}"
         ) from None
+    if all(type(side) is int or isinstance(side, np.integer) for side in requested):
+        return _kept_box_sides(requested)  # (3, 5.0) would hash as (3, 5): integers only
+    return _checked_box_sides(requested, box_sizes)
+
+
+@functools.lru_cache(maxsize=32)
+def _kept_box_sides(requested: tuple[int, ...]) -> np.ndarray:
+    """Cached :func:`_checked_box_sides` of integer sides."""
+    return _checked_box_sides(requested, requested)
+
+
+def _checked_box_sides(requested: tuple[Any, ...], box_sizes: Any) -> np.ndarray:
+    """``requested`` as a read-only int64 array, or ValueError naming what is wrong with it
+    (``box_sizes``, as the caller gave it, in the message)."""
+    sizes = np.array(requested)
     if sizes.ndim != 1 or sizes.size == 0 or sizes.dtype.kind not in "iu":
         raise ValueError(f"box_sizes must be a non-empty sequence of integers, got {box_sizes!r}")
     sizes = sizes.astype(np.int64)
@@ -306,14 +335,7 @@ def _validate(image: Any, box_sizes: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"box_sizes must be strictly increasing, got {sizes.tolist()}")
     if sizes[-1] > MAX_BOX_SIZE:
         raise ValueError(f"box_sizes must be at most {MAX_BOX_SIZE}, got {int(sizes[-1])}")
-    height, width = image.shape[:2]
-    if sizes[-1] > min(height, width):
-        raise ValueError(
-            f"box_sizes up to {int(sizes[-1])} need an image at least {int(sizes[-1])}x{int(sizes[-1])}, "
-            f"got image of shape {image.shape}"
-        )
-    pixels = image.reshape(height, width, -1)
-    return np.moveaxis(pixels, 2, 0), sizes
+    return _frozen(sizes)
 
 
 @dataclass(frozen=True)
@@ -418,6 +440,26 @@ def _box_counts(sizes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return (shape[0] - sizes + 1) * (shape[1] - sizes + 1)
 
 
+def _entry_boxes(sizes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Each mass histogram entry's number of boxes (its side's), as float64 (what dividing the
+    counts by it casts it to), read-only; kept per sides and shape as the mass layout is."""
+    key = tuple(sizes.tolist())
+    if sum(side * side for side in key) > CACHED_MASS_ENTRIES:
+        return _new_entry_boxes(key, shape)
+    return _kept_entry_boxes(key, shape)
+
+
+@functools.lru_cache(maxsize=32)
+def _kept_entry_boxes(sizes: tuple[int, ...], shape: tuple[int, int]) -> np.ndarray:
+    """Cached :func:`_new_entry_boxes`."""
+    return _new_entry_boxes(sizes, shape)
+
+
+def _new_entry_boxes(sizes: tuple[int, ...], shape: tuple[int, int]) -> np.ndarray:
+    sides = np.array(sizes, np.int64)
+    return _frozen(np.repeat(_box_counts(sides, shape), sides * sides).astype(np.float64))
+
+
 def _percolating_mass(sizes: np.ndarray) -> np.ndarray:
     """Per box side, the smallest mass m with m / r² ≥ PERCOLATION_THRESHOLD, divided in float64."""
     return np.array(
@@ -436,7 +478,7 @@ def _gliding_box_result(sizes: np.ndarray, counts: np.ndarray, shape: tuple[int,
     """Turn the mass histograms of every side (counts[_MassLayout.starts[j] + m - 1], m = 1..r²) into
     probabilities, Λ, N and the dimension fit, every side at once."""
     layout = _MassLayout.build(sizes)
-    shares = _frozen(counts / np.repeat(_box_counts(sizes, shape), sizes * sizes))
+    shares = _frozen(counts / _entry_boxes(sizes, shape))
     first = np.add.reduceat(shares * layout.masses, layout.starts)
     second = np.add.reduceat(shares * layout.squares, layout.starts)
     lacunarity = (second - first * first) / (first * first)
@@ -576,14 +618,26 @@ def _run_buffers(threads: int, sides: int, dtype: Any) -> tuple[np.ndarray, np.n
     starting on a 64-byte boundary: 16-bit masses and 8-bit tallies (threads, sides,
     _MAX_PIECE), and the distances of a batch of offsets (threads, _BATCH · _MAX_PIECE) in the
     image's type (every length a multiple of 64 bytes)."""
-    shapes = ((threads, sides, _MAX_PIECE), (threads, sides, _MAX_PIECE), (threads, _BATCH * _MAX_PIECE))
-    types = (np.dtype(np.uint16), np.dtype(np.uint8), np.dtype(dtype))
-    lengths = [int(np.prod(shape)) * kind.itemsize for shape, kind in zip(shapes, types, strict=True)]
-    raw = _aligned_empty((sum(lengths),), np.uint8)
-    ends = np.cumsum(lengths).tolist()
-    masses, tallies, distances = (raw[end - length : end].view(kind).reshape(shape) for shape, kind,
-                                  length, end in zip(shapes, types, lengths, ends, strict=True))
+    pieces, total = _run_buffer_layout(threads, sides, np.dtype(dtype))
+    raw = _aligned_empty((total,), np.uint8)
+    masses, tallies, distances = (raw[start:end].view(kind).reshape(shape)
+                                  for start, end, kind, shape in pieces)
     return masses, tallies, distances
+
+
+@functools.lru_cache(maxsize=32)
+def _run_buffer_layout(threads: int, sides: int, dtype: np.dtype
+                       ) -> tuple[tuple[tuple[int, int, np.dtype, tuple[int, ...]], ...], int]:
+    """Where :func:`_run_buffers` puts each buffer in its allocation: (start, end, type, shape)
+    of the masses, the tallies and the distances, and the bytes in all."""
+    shapes = ((threads, sides, _MAX_PIECE), (threads, sides, _MAX_PIECE), (threads, _BATCH * _MAX_PIECE))
+    kinds = (np.dtype(np.uint16), np.dtype(np.uint8), dtype)
+    pieces, start = [], 0
+    for shape, kind in zip(shapes, kinds, strict=True):
+        end = start + int(np.prod(shape)) * kind.itemsize
+        pieces.append((start, end, kind, shape))
+        start = end
+    return tuple(pieces), start
 
 
 def _padded(planes: np.ndarray, margin: int) -> np.ndarray:

@@ -21,8 +21,8 @@ from services.features.fractal import (
     DEFAULT_BOX_SIZES,
     FractalDimension,
     GlidingBoxResult,
-    _box_counts,
     _count_run,
+    _entry_boxes,
     _EntryTables,
     _fit_dimension,
     _frozen,
@@ -176,7 +176,7 @@ def _stack_result(sizes: np.ndarray, counts: np.ndarray, shape: tuple[int, int])
     """Each tile's probabilities, Λ, N and fit from its row of ``counts``, by the same arithmetic
     as one image's, so the numbers are equal (numpy's reduceat sums each row in the same order)."""
     layout = _MassLayout.build(sizes)
-    shares = _frozen(counts / np.repeat(_box_counts(sizes, shape), sizes * sizes))
+    shares = _frozen(counts / _entry_boxes(sizes, shape))
     first = np.add.reduceat(shares * layout.masses, layout.starts, axis=1)
     second = np.add.reduceat(shares * layout.squares, layout.starts, axis=1)
     lacunarity = (second - first * first) / (first * first)
