@@ -12,7 +12,7 @@ every core was compared with numpy on one). LabSight's numba kernels are timed o
 thread against the one process, and on every core against the processes. All sides run the
 same number of rounds, in an order that rotates each round; figures are min / median / max.
 
-Each side runs twice in its turn and the second call is timed (since 2026-12-07 ~20:30 UTC;
+Each side runs twice in its turn and the second call is timed (since 2026-12-07 ~20:00 UTC;
 before, one call): on the sandboxed VMs these benches run on, the first touch of a page not
 touched for a while costs hundreds of microseconds (bench/_paired.timed_twice), which a call of
 a few milliseconds right after numpy's 0.1 s pays several times over and numpy's own call
