@@ -311,7 +311,7 @@ def _box_sides(box_sizes: Any) -> np.ndarray:
         raise ValueError(
             f"box_sizes must be an iterable of odd positive integers, got {box_sizes!r}"
         ) from None
-    if all(type(side) is int or isinstance(side, np.integer) for side in requested):
+    if requested and all(type(side) is int or isinstance(side, np.integer) for side in requested):
         return _kept_box_sides(requested)  # (3, 5.0) would hash as (3, 5): integers only
     return _checked_box_sides(requested, box_sizes)
 
