@@ -428,9 +428,10 @@ def _piece(rows: int, width: int) -> int:
     """Centres per run of the numba gliding box for a band of ``rows`` centre rows: up to
     _RUNS_PER_THREAD runs per thread, yet at least 512 (each run walks every offset once) and at
     most 1024 (its 8-bit tallies, a byte a centre and side, stay in the first-level cache: 4096
-    runs 1.5-2x slower), a multiple of _LANES. Many runs per thread keep the last run of one
-    thread from leaving the others idle: a 128² image on 2 threads runs in 1.37-1.48 ms in runs
-    of 512-640 against 1.53-1.57 in runs of 1024, and on 1 thread alike."""
+    runs 1.5-2x slower), a multiple of _LANES. Measured, not explained (numba's OpenMP layer
+    gives each thread one block of runs, and the blocks cost alike either way): a 128² image on
+    2 threads took 1.37-1.48 ms in runs of 512-640 against 1.53-1.57 in runs of 1024, on 1
+    thread 2.54-2.60 ms in either (Xeon, 2026-12-07)."""
     centres = max(512, min(_MAX_PIECE, -(-rows * width // (get_num_threads() * _RUNS_PER_THREAD))))
     return -(-centres // _LANES) * _LANES
 
