@@ -445,9 +445,7 @@ def _entry_boxes(sizes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Each mass histogram entry's number of boxes (its side's), as float64 (what dividing the
     counts by it casts it to), read-only; kept per sides and shape as the mass layout is."""
     key = tuple(sizes.tolist())
-    if sum(side * side for side in key) > CACHED_MASS_ENTRIES:
-        return _new_entry_boxes(key, shape)
-    return _kept_entry_boxes(key, shape)
+    return _kept_entry_boxes(key, shape) if _keepable(key) else _new_entry_boxes(key, shape)
 
 
 @functools.lru_cache(maxsize=32)
@@ -517,9 +515,7 @@ class _MassLayout:
         """The layout of these box sides, built once per sides and then reused (callers only
         read it) when it has at most CACHED_MASS_ENTRIES entries; a bigger one each time."""
         key = tuple(sizes.tolist())
-        if sum(side * side for side in key) > CACHED_MASS_ENTRIES:
-            return _new_mass_layout(key)
-        return _cached_mass_layout(key)
+        return _cached_mass_layout(key) if _keepable(key) else _new_mass_layout(key)
 
 
 CACHED_MASS_ENTRIES = 1 << 16
@@ -527,6 +523,12 @@ CACHED_MASS_ENTRIES = 1 << 16
 the default sides 3-41 have 11,891; every odd side up to 255 has 2.8 million (43 MiB), which
 the cache's 32 size sets would hold for good, while a gliding box with such boxes costs far
 more than building it."""
+
+
+def _keepable(sizes: tuple[int, ...]) -> bool:
+    """Whether arrays of an entry per mass of these sides are small enough to keep between calls
+    (at most CACHED_MASS_ENTRIES entries)."""
+    return sum(side * side for side in sizes) <= CACHED_MASS_ENTRIES
 
 
 @functools.lru_cache(maxsize=32)
