@@ -15,7 +15,9 @@ from labsight.images import (
     image_info,
     max_image_bytes,
     read_image,
+    stated_pixel_size,
 )
+from labsight.pixel_size import PixelSize, first_stated
 from labsight.v1 import tensor_pb2
 
 ChannelParts = Sequence[tuple[str, tensor_pb2.Image]]
@@ -107,6 +109,12 @@ def read_cell_image(parts: ChannelParts, max_bytes: int | None = None,
     if len(pixels) == 1:
         return pixels[0]
     return np.stack(pixels, axis=-1)
+
+
+def cell_image_pixel_size(parts: ChannelParts) -> PixelSize | None:
+    """The pixel size the parts' files state, from their headers (the first that states one; see
+    :func:`labsight.pixel_size.first_stated`); None for pixel tensors or files that state none."""
+    return first_stated([(field, stated_pixel_size(image, field)) for field, image in parts])[0]
 
 
 def _with_alpha_as_yellow(image: tensor_pb2.Image, field: str, limit: int, choices_field: str,

@@ -132,7 +132,8 @@ CELLS_ID = ("the cell's label; exported with other jobs, after the image's name 
 CELLS_NOTES = (
     "Intensities are the pixels as read (params.intensity), uint8 0-255 or uint16 0-65535.",
     "Cells and nuclei share their label: cell k contains nucleus k. Areas in µm² use "
-    "params.pixel_size_um (default 0.08, the HPA images').",
+    "params.pixel_size_um, else the pixel size the image file states, else 0.08 (the HPA "
+    "images'); provenance pixel_size_um and pixel_size_source say which.",
 )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from labsight.errors import InvalidArgument
 from labsight.intensity import DEFAULT_INTENSITY, IntensityScaling, parse_intensity
+from labsight.pixel_size import PixelSize
 from labsight.pixel_types import NATIVE_DTYPES
 
 __all__ = [
@@ -134,6 +135,8 @@ class Layout:
     other_images : int
         Further images in the file (OME positions, separately written TIFF series)
         that are not read: only the first is.
+    pixel_size : PixelSize or None
+        The physical pixel size the file states (:mod:`labsight.pixel_size`), if any.
     """
 
     axes: str
@@ -145,6 +148,7 @@ class Layout:
     alpha: bool = False
     significant_bits: int | None = None
     other_images: int = 0
+    pixel_size: PixelSize | None = None
 
     def describe(self) -> str:
         """'ZCYX [Z=5, C=2, Y=64, X=64]' for messages."""

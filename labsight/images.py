@@ -35,6 +35,7 @@ from labsight.image_reader import (
     read_planned,
 )
 from labsight.intensity import IntensityScaling, ScaledPixels, low_range_warning, scale_intensity
+from labsight.pixel_size import PixelSize, tiff_pixel_size
 from labsight.pixel_types import (
     CONVERTED_DTYPES,
     NATIVE_DTYPES,
@@ -171,6 +172,16 @@ def image_info(
         return check_info(_delivered_info(plan), field, limit, _limit_env(image, max_bytes))
 
 
+def stated_pixel_size(image: tensor_pb2.Image, field: str = "image") -> PixelSize | None:
+    """The physical pixel size an image file states (:mod:`labsight.pixel_size`), from its header;
+    None for pixels sent as a tensor, or a file that states none. Raises InvalidArgument as
+    :func:`image_info` for a file that cannot be opened."""
+    if image.WhichOneof("source") not in ("encoded", "blob"):
+        return None
+    with _opened(image, field, _default_limit(image)) as source:
+        return source.layout.pixel_size
+
+
 def _limit_env(image: tensor_pb2.Image, max_bytes: int | None) -> str:
     """The environment variable that raises the limit an image is checked against."""
     blob = max_bytes is None and image.WhichOneof("source") == "blob"
@@ -236,11 +247,14 @@ class ImageReading:
         its range, clipped values).
     provenance : dict of str to str
         The reading's choices and the intensity range used, for JobResult.provenance.
+    pixel_size : PixelSize or None
+        The physical pixel size the file states (:mod:`labsight.pixel_size`), if any.
     """
 
     pixels: np.ndarray
     warnings: list[str]
     provenance: dict[str, str]
+    pixel_size: PixelSize | None = None
 
 
 def read_image(
@@ -285,9 +299,11 @@ def read_image(
     }
     if source.layout.dtype not in NATIVE_DTYPES:
         provenance["source_dtype"] = str(source.layout.dtype)
+    if source.layout.pixel_size is not None:
+        provenance["image_pixel_size"] = source.layout.pixel_size.describe()
     provenance.update({name: text for name, text in _read_texts(image).items()
                        if text and name != "intensity"})
-    return ImageReading(scaled.pixels, warnings, provenance)
+    return ImageReading(scaled.pixels, warnings, provenance, source.layout.pixel_size)
 
 
 def _reading_warnings(field: str, layout: Layout, intensity: IntensityScaling, scaled: ScaledPixels,
@@ -554,7 +570,7 @@ def tiff_layout(tif: tifffile.TiffFile, field: str = "image") -> Layout:
     # Whole-slide formats keep thumbnails and labels as further series; elsewhere they are images.
     others = len(tif.series) - 1 if series.kind in _MULTI_IMAGE_KINDS else 0
     return Layout(axes, shape, np.dtype(page.dtype), page_axes, chunk_bytes, names, alpha, bits,
-                  others)
+                  others, tiff_pixel_size(tif))
 
 
 def _check_page_data(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> None:

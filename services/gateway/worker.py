@@ -593,6 +593,7 @@ class Worker:
             services=services,
             report_progress=partial(self.report_progress, job, ProgressClock()),
             image_pixels=reading.pixels if keep_pixels or pipeline.sends_read_pixels(job_input) else None,
+            image_pixel_size=reading.pixel_size,
         )
         return pipeline, context, (reading.warnings, reading.provenance)
 

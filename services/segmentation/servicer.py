@@ -8,12 +8,13 @@ from contextlib import AbstractContextManager, nullcontext
 
 import grpc
 
-from labsight.cell_images import ChannelParts, read_cell_image
+from labsight.cell_images import ChannelParts, cell_image_pixel_size, read_cell_image
 from labsight.config import MESSAGE_RESERVE_BYTES, Settings
 from labsight.errors import InvalidArgument, echo
 from labsight.images import decode_image
 from labsight.oip.servicer import add_open_inference
 from labsight.patches import cell_patches, spot_patches
+from labsight.pixel_size import choose_pixel_size
 from labsight.runtime.progress_stream import raise_if_gone
 from labsight.tables import feature_table
 from labsight.tensor_wire import EncodedMessage, serialize_with_arrays
@@ -69,10 +70,13 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         if method not in CELL_METHODS:  # before the image is decoded
             raise InvalidArgument(f"method: unknown method {echo(request.method)}; methods: "
                                   f"{sorted(CELL_METHODS)}")
-        # float32 on the wire: 0.1 arrives as 0.10000000149; its 7 digits are what was meant
-        pixel_size = float(f"{request.pixel_size_um:.7g}") or DEFAULT_PIXEL_SIZE_UM
         parts = _channel_parts(request)
         channels = read_cell_image(parts, max_answer_bytes=self.max_answer_bytes)
+        # float32 on the wire: 0.1 arrives as 0.10000000149; its 7 digits are what was meant
+        given = float(f"{request.pixel_size_um:.7g}") or None
+        pixel_size = choose_pixel_size(
+            given, None if given else cell_image_pixel_size(parts), DEFAULT_PIXEL_SIZE_UM,
+            "pixel_size_um").um
         raise_if_gone(context, "cells")  # a cancelled job's call stops before segmenting
         turn: AbstractContextManager[object] = (
             self._model_free if method in MODEL_FREE_METHODS else nullcontext())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import grpc
@@ -316,3 +317,81 @@ def test_the_hpa_method_without_its_weights_is_a_failed_precondition(stack: InPr
     error = _refusal(stub.SegmentCells, request, timeout=30)
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "hpa-nuclei, hpa-cell" in error.details() and "convert-hpa-weights" in error.details()
+
+
+def _ome_tiff(image: np.ndarray, pixel_size_um: float) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.moveaxis(image, -1, 0), ome=True, metadata={
+        "axes": "CYX", "PhysicalSizeX": pixel_size_um, "PhysicalSizeY": pixel_size_um})
+    return buffer.getvalue()
+
+
+def test_the_pixel_size_a_file_states_is_used_unless_one_is_given(stack: InProcessStack) -> None:
+    stack.start_worker()
+    image, truth = cells_image(np.uint16)
+    calibrated = stack.client.submit("cells", _encoded(_ome_tiff(image, float(PIXEL_SIZE))))
+    contradicted = stack.client.submit("cells", _encoded(_ome_tiff(image, float(PIXEL_SIZE))),
+                                       {"pixel_size_um": "0.45"})
+    uncalibrated = stack.client.submit("cells", _encoded(_tiff(image)))
+
+    result = _done(stack, calibrated.job_id)
+    _check_cells(result, truth)  # sizes and µm² areas at the file's 0.5 µm
+    assert result.provenance["pixel_size_um"] == PIXEL_SIZE
+    assert result.provenance["pixel_size_source"] == "file: OME PhysicalSizeX/Y"
+    assert result.provenance["image_pixel_size"] == "0.5 µm (OME PhysicalSizeX/Y)"
+    assert not [w for w in result.warnings if "pixel" in w]
+
+    result = _done(stack, contradicted.job_id)
+    assert result.provenance["pixel_size_um"] == "0.45"
+    assert result.provenance["pixel_size_source"] == "params.pixel_size_um"
+    assert ("params.pixel_size_um=0.45 but the image file states 0.5 µm (OME PhysicalSizeX/Y); "
+            "sizes and areas use 0.45 µm") in result.warnings
+    table = result.to_pandas("cells")
+    assert np.allclose(table["area_um2"], table["area_px"] * 0.45 ** 2)
+
+    result = _done(stack, uncalibrated.job_id)  # no calibration in the file: HPA's 0.08 µm
+    assert result.provenance["pixel_size_um"] == "0.08"
+    assert result.provenance["pixel_size_source"] == "default"
+
+
+def _imagej_channels(image: np.ndarray, pixel_sizes_um: list[float]) -> list[tensor_pb2.Image]:
+    """One calibrated ImageJ file per channel, as Fiji saves them."""
+    files = []
+    for channel, size in enumerate(pixel_sizes_um):
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, image[..., channel], imagej=True, metadata={"unit": "micron"},
+                         resolution=(1 / size, 1 / size))
+        files.append(_encoded(buffer.getvalue()))
+    return files
+
+
+def test_channel_files_give_their_pixel_size_and_a_warning_where_they_disagree(
+    stack: InProcessStack
+) -> None:
+    stack.start_worker()
+    image, truth = cells_image(np.uint16)
+    sizes = [float(PIXEL_SIZE)] * 3 + [0.6]  # the yellow file calibrated otherwise
+    job = stack.client.submit("cells", tensor_pb2.Image(name="x"), images=dict(
+        zip(CHANNELS, _imagej_channels(image, sizes), strict=True)))
+    result = _done(stack, job.job_id)
+    _check_cells(result, truth)
+    assert result.provenance["pixel_size_source"] == "file: ImageJ calibration"
+    assert ("input.images[yellow] states pixels of 0.6 µm (ImageJ calibration), input.images[red] "
+            "0.5 µm (ImageJ calibration); the first is used") in result.warnings
+
+
+def test_segment_cells_reads_the_pixel_size_of_its_files_when_given_none(stack: InProcessStack) -> None:
+    stub = segmentation_pb2_grpc.SegmentationServiceStub(grpc.insecure_channel(stack.segmentation.address))
+    image, truth = cells_image(np.uint16)
+    calibrated = _imagej_channels(image, [float(PIXEL_SIZE)] * 4)
+    answer = stub.SegmentCells(segmentation_pb2.SegmentCellsRequest(channel_images=calibrated),
+                               timeout=120)
+    assert answer.pixel_size_um == float(PIXEL_SIZE)
+    labels = from_tensor(answer.cell_labels, "cell_labels")
+    assert len(np.unique(labels[labels > 0])) == GRID * GRID
+    given = stub.SegmentCells(segmentation_pb2.SegmentCellsRequest(
+        channel_images=calibrated, pixel_size_um=0.45), timeout=120)
+    assert math.isclose(given.pixel_size_um, 0.45, rel_tol=1e-6)
+    pixels = stub.SegmentCells(segmentation_pb2.SegmentCellsRequest(image=image_from_array(image)),
+                               timeout=120)
+    assert math.isclose(pixels.pixel_size_um, 0.08, rel_tol=1e-6)  # a tensor states no size

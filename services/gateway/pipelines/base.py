@@ -14,6 +14,7 @@ from labsight.errors import InvalidArgument, echo
 from labsight.image_reader import parse_channels, parse_plane, parse_z_project
 from labsight.images import ImageInfo, image_info, max_image_bytes, read_image
 from labsight.intensity import DEFAULT_INTENSITY, check_bit_depth, parse_intensity
+from labsight.pixel_size import PixelSize
 from labsight.tables import ROW_NAMES
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
@@ -52,7 +53,8 @@ class RunContext:
     cells pipelines' one image per channel, the stack of the channels), kept
     for a job that runs in a group (``run_many``) or whose pipeline ``sends_read_pixels`` so
     that its pixels are not decoded twice; None otherwise (a job alone does not hold its
-    decoded image while it runs).
+    decoded image while it runs). ``image_pixel_size`` is the physical pixel size its file
+    states (``InputReading.pixel_size``).
     """
 
     job_id: str
@@ -61,17 +63,20 @@ class RunContext:
     services: ServiceClients
     report_progress: ProgressReporter
     image_pixels: np.ndarray | None = None
+    image_pixel_size: PixelSize | None = None
 
 
 @dataclass(frozen=True)
 class InputReading:
     """What reading a job's inputs in a worker found (``Pipeline.read_input``): the warnings
-    and provenance its result carries, and the main image's pixels as the services read them
-    (None where the main image was not read whole)."""
+    and provenance its result carries, the main image's pixels as the services read them
+    (None where the main image was not read whole) and the physical pixel size its file states
+    (None where it states none, or for pixels sent as a tensor)."""
 
     warnings: list[str]
     provenance: dict[str, str]
     pixels: np.ndarray | None = None
+    pixel_size: PixelSize | None = None
 
 
 def sendable_pixels(context: RunContext) -> np.ndarray | None:
@@ -247,7 +252,7 @@ class Pipeline(ABC):
         if job_input.image.WhichOneof("source") is None:
             return InputReading([], {})
         reading = read_image(job_input.image, "input.image", choices_field="params")
-        return InputReading(reading.warnings, reading.provenance, reading.pixels)
+        return InputReading(reading.warnings, reading.provenance, reading.pixels, reading.pixel_size)
 
     def check_input(
         self, params: dict[str, str], job_input: pb.JobInput, info: ImageInfo | None

@@ -18,6 +18,7 @@ from labsight.config import answer_room
 from labsight.errors import InvalidArgument, echo
 from labsight.images import ImageInfo, read_image
 from labsight.intensity import check_bit_depth, parse_intensity
+from labsight.pixel_size import PixelSize, choose_pixel_size, first_stated
 from labsight.tables import table_values
 from labsight.tensor_wire import EncodedMessage, serialize_with_arrays
 from labsight.tensors import to_tensor
@@ -35,8 +36,8 @@ from services.gateway.pipelines.base import (
 CellImageRequest = segmentation_pb2.SegmentCellsRequest | classifier_pb2.ClassifyCellsRequest
 """The requests that carry a 4-channel cell image (``image`` or ``channel_images``)."""
 
-HPA_PIXEL_SIZE_UM = "0.08"
-"""Pixel size of the Human Protein Atlas images (µm), the default."""
+HPA_PIXEL_SIZE_UM = 0.08
+"""Pixel size of the Human Protein Atlas images (µm), the default where the image file states none."""
 
 
 def parse_method(text: str) -> str:
@@ -47,8 +48,11 @@ def parse_method(text: str) -> str:
     return text
 
 
-def parse_pixel_size(text: str) -> float:
-    """A pixel size in micrometres, > 0 and finite; ValueError otherwise."""
+def parse_pixel_size(text: str) -> float | None:
+    """A pixel size in micrometres, > 0 and finite, or None for empty (the image file's own);
+    ValueError otherwise."""
+    if not text:
+        return None
     try:
         value = float(text)
     except ValueError:
@@ -130,7 +134,9 @@ class CellsPipeline(Pipeline):
         Parameter("method", f"Segmentation method: {' or '.join(CELL_METHODS)}; empty: the "
                   "segmentation service's default.", "", parse_method),
         Parameter("pixel_size_um", "Pixel size in micrometres: object sizes and the µm² areas "
-                  "follow it (HPA images: 0.08).", HPA_PIXEL_SIZE_UM, parse_pixel_size),
+                  "follow it. Empty: the one the image file states (OME PhysicalSizeX/Y, ImageJ "
+                  "calibration, TIFF resolution in cm), else 0.08 (HPA images).", "",
+                  parse_pixel_size),
     )
 
     def sends_read_pixels(self, job_input: pb.JobInput) -> bool:
@@ -167,18 +173,27 @@ class CellsPipeline(Pipeline):
         warnings: list[str] = []
         provenance: dict[str, str] = {}
         channels: list[np.ndarray] = []
+        sizes: list[tuple[str, PixelSize | None]] = []
         for field, image in parts:
             reading = read_image(image, field, choices_field="params")
             warnings += [f"{field}: {warning}" for warning in reading.warnings]
             provenance.update(reading.provenance)
             channels.append(reading.pixels)
-        return InputReading(warnings, provenance, np.stack(channels, axis=-1))
+            sizes.append((field, reading.pixel_size))
+        pixel_size, disagreements = first_stated(sizes)
+        if pixel_size is not None:
+            provenance["image_pixel_size"] = pixel_size.describe()
+        return InputReading(warnings + disagreements, provenance, np.stack(channels, axis=-1),
+                            pixel_size)
 
     def run(self, context: RunContext) -> pb.JobResult:
         """One SegmentCells call; its masks, table and centroids become the result."""
         params = self.parsed(context.params)
+        pixel_size = choose_pixel_size(
+            params["pixel_size_um"], context.image_pixel_size,  # type: ignore[arg-type]
+            HPA_PIXEL_SIZE_UM, "params.pixel_size_um")
         request = segmentation_pb2.SegmentCellsRequest(
-            method=str(params["method"]), pixel_size_um=float(params["pixel_size_um"])  # type: ignore[arg-type]
+            method=str(params["method"]), pixel_size_um=pixel_size.um
         )
         context.report_progress(0.0, "segmentation")
         answer: segmentation_pb2.SegmentCellsResponse = context.services.segmentation.SegmentCells(
@@ -186,8 +201,9 @@ class CellsPipeline(Pipeline):
         )
         result = pb.JobResult(pipeline=self.name, provenance={
             "segmentation_method": answer.method, "segmentation_model": answer.model,
-            "pixel_size_um": f"{answer.pixel_size_um:.7g}",
+            "pixel_size_um": f"{answer.pixel_size_um:.7g}", "pixel_size_source": pixel_size.source,
         })
+        result.warnings.extend(pixel_size.warnings)
         result.tensors["nucleus_labels"].CopyFrom(answer.nucleus_labels)
         result.tensors["cell_labels"].CopyFrom(answer.cell_labels)
         result.tables["cells"].CopyFrom(answer.cells)
