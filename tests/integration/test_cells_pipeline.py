@@ -352,6 +352,10 @@ def test_the_pixel_size_a_file_states_is_used_unless_one_is_given(stack: InProce
     result = _done(stack, uncalibrated.job_id)  # no calibration in the file: HPA's 0.08 µm
     assert result.provenance["pixel_size_um"] == "0.08"
     assert result.provenance["pixel_size_source"] == "default"
+    assert result.scalars["cell_count"] == 0  # at 0.08 µm these 10 µm nuclei are 1.6 µm across
+    assert ("no cells found at the default pixel size of 0.08 µm (HPA's 63× images; the image "
+            "file states none): if the image is not at that scale, set params.pixel_size_um"
+            ) in result.warnings
 
 
 def _imagej_channels(image: np.ndarray, pixel_sizes_um: list[float]) -> list[tensor_pb2.Image]:

@@ -212,6 +212,11 @@ class CellsPipeline(Pipeline):
         centroids = values[:, [columns.index("centroid_x"), columns.index("centroid_y")]]
         result.tensors["coordinates"].CopyFrom(to_tensor(np.ascontiguousarray(centroids)))
         result.scalars["cell_count"] = float(len(answer.cells.row_ids))
+        if not answer.cells.row_ids and pixel_size.source == "default":
+            result.warnings.append(
+                f"no cells found at the default pixel size of {HPA_PIXEL_SIZE_UM:g} µm (HPA's 63× "
+                "images; the image file states none): if the image is not at that scale, set "
+                "params.pixel_size_um")
         context.report_progress(1.0, "segmentation")
         return result
 
