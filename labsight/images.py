@@ -554,6 +554,7 @@ def tiff_layout(tif: tifffile.TiffFile, field: str = "image") -> Layout:
         raise ValueError(f"unsupported sample format ({page.bitspersample} bits per sample)")
     axes, shape = series.axes, tuple(int(n) for n in series.shape)
     _check_page_data(tif, page)
+    _check_codec(page, field)
     page_axes = page.axes
     if not axes.endswith(page_axes):
         raise InvalidArgument(f"{field}: TIFF series with axes {axes} whose pages have axes {page_axes}; "
@@ -587,6 +588,21 @@ def _check_page_data(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> None:
     if page.compression == 1 and page.bitspersample % 8 == 0 and held < needed:  # not bit-packed
         raise ValueError(f"truncated: the first page's {'x'.join(map(str, page.shape))} "
                          f"{page.dtype} pixels take {needed:,} bytes, its data holds {held:,}")
+
+
+def _check_codec(page: tifffile.TiffPage, field: str) -> None:
+    """Refuse a TIFF whose first page's compression no decoder here reads (tifffile with
+    imagecodecs reads LZW, Deflate, Zstandard, PackBits, JPEG, JPEG 2000, WebP, ...), naming it,
+    from the header: such a file is not corrupt, and its pixels would fail only once wanted."""
+    try:
+        tifffile.TIFF.DECOMPRESSORS[page.compression]
+    except KeyError as error:
+        name = getattr(page.compression, "name", "unknown")
+        reason = error.args[0] if error.args else "no decoder"
+        raise InvalidArgument(
+            f"{field}: TIFF compression {name} (code {int(page.compression)}) cannot be decoded "
+            f"here ({reason}); save the image uncompressed or with LZW, Deflate or Zstandard"
+        ) from None
 
 
 def _check_pages(pages: int, field: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +44,46 @@ def test_tiff_uint16_multichannel_decodes() -> None:
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, stack, photometric="minisblack", planarconfig="contig")
     np.testing.assert_array_equal(decode_image(_encoded(buffer.getvalue())), stack)
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "zstd", "packbits", "lzma"])
+def test_compressed_tiffs_as_microscope_software_writes_them_decode_exactly(compression: str) -> None:
+    # 12-bit data in uint16, 3 z planes x 2 channels as an ImageJ hyperstack, with the predictor
+    # that LZW and Deflate writers put before 16-bit data
+    stack = np.random.default_rng(4).integers(0, 4096, (3, 2, 40, 56), dtype=np.uint16)
+    buffer = io.BytesIO()
+    predictor = compression in ("lzw", "zlib")
+    tifffile.imwrite(buffer, stack, imagej=True, metadata={"axes": "ZCYX"}, compression=compression,
+                     predictor=predictor)
+    image = _encoded(buffer.getvalue())
+    image.read.plane = "1"
+    assert image_info(image).shape == (40, 56, 2)
+    np.testing.assert_array_equal(decode_image(image), np.moveaxis(stack[1], 0, -1))
+
+
+def test_a_jpeg_tiled_rgb_tiff_as_slide_scanners_write_it_decodes() -> None:
+    smooth = np.clip(np.add.outer(np.arange(96), np.arange(80))[..., None] + np.array([0, 40, 80]),
+                     0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, smooth, photometric="rgb", compression="jpeg", tile=(32, 32))
+    decoded = decode_image(_encoded(buffer.getvalue()))
+    assert decoded.shape == smooth.shape and decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(int) - smooth).mean() < 2  # lossy, close
+
+
+def test_a_tiff_compression_nothing_here_decodes_is_refused_from_its_header_naming_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "unknown.tif"
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint8))
+    with tifffile.TiffFile(path, mode="r+") as tif:
+        tif.pages.first.tags["Compression"].overwrite(34000)  # no such codec
+    with open(path, "rb") as file:
+        image = _encoded(file.read())
+    for call in (image_info, decode_image):
+        with pytest.raises(InvalidArgument, match=r"^image: TIFF compression unknown \(code 34000\) "
+                           r"cannot be decoded here .*save the image uncompressed or with LZW"):
+            call(image)
 
 
 def test_jpeg_decodes_to_uint8_rgb() -> None:
