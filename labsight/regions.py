@@ -130,5 +130,6 @@ def tiff_regions(stream: IO[bytes]) -> Iterator[RegionImage]:
             dtype = np.dtype(page.dtype).newbyteorder(tif.byteorder)
             yield RegionImage(ContiguousPixels(stream, int(page.dataoffsets[0]), series.shape, dtype))
             return
-        with series.aszarr(read_only=True) as store:  # uncompressed files default to writable
+        # level 0, the full resolution: a pyramid's store is otherwise a group of every level
+        with series.aszarr(level=0, read_only=True) as store:  # uncompressed files default to writable
             yield RegionImage(zarr.open(store, mode="r"))

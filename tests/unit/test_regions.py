@@ -19,6 +19,8 @@ LAYOUTS = {
     "uncompressed tiles": {"tile": (64, 64)},
     "zlib strips": {"compression": "zlib"},
     "zlib tiles": {"tile": (64, 64), "compression": "zlib"},
+    "lzw tiles": {"tile": (64, 64), "compression": "lzw"},
+    "zstd strips": {"compression": "zstd", "rowsperstrip": 16},
 }
 
 
@@ -38,6 +40,23 @@ def test_patches_cut_by_regions_equal_those_of_the_decoded_image(layout: str, ed
     expected = spot_patches(PIXELS, CENTRES, 40, edge=edge)
     np.testing.assert_array_equal(got.pixels, expected.pixels)
     np.testing.assert_array_equal(got.at_edge, expected.at_edge)
+
+
+@pytest.mark.parametrize("ome", [True, False])
+def test_a_pyramid_is_read_at_full_resolution(ome: bool) -> None:
+    # as slide scanners, QuPath and bfconvert write whole slides: tiled levels in SubIFDs
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer, ome=ome) as tif:
+        tif.write(PIXELS, subifds=2, tile=(64, 64), compression="lzw", photometric="rgb")
+        for level in (2, 4):
+            tif.write(PIXELS[::level, ::level], subfiletype=1, tile=(64, 64), compression="lzw",
+                      photometric="rgb")
+    buffer.seek(0)
+    assert readable_by_regions(buffer)
+    with tiff_regions(buffer) as image:
+        assert image.shape == PIXELS.shape
+        got = spot_patches(image, CENTRES, 40, edge="pad-reflect")
+    np.testing.assert_array_equal(got.pixels, spot_patches(PIXELS, CENTRES, 40, edge="pad-reflect").pixels)
 
 
 def test_a_single_block_is_read_by_the_rows_a_crop_spans() -> None:
