@@ -116,7 +116,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of the channel files ID_red.png, ID_green.png, ID_blue.png, "
                              "ID_yellow.png (or .tif/.jpg) of every id in --csv")
     parser.add_argument("--pixel-size-um", type=float, default=0.0,
-                        help="pixel size for the segmentation (default: HPA's 0.08 um)")
+                        help="pixel size for the segmentation (default: the one the channel files "
+                        "state, else HPA's 0.08 um)")
     parser.add_argument("--segmentation-method", default="classical",
                         help="SegmentCells method: classical (default; fast on CPU) or flows")
     parser.add_argument("--segmentation-address", default="",
@@ -249,7 +250,7 @@ def read_hpa_cells(args: argparse.Namespace, log: Log) -> tuple[Any, dict[str, o
 
     labelled = read_label_csv(args.csv)
     files = [channel_paths(args.images, image_id) for image_id in labelled.ids]  # all checked first
-    def cut(image_id: str, paths: list[Path], stub: Any) -> tuple[np.ndarray, str]:
+    def cut(image_id: str, paths: list[Path], stub: Any) -> tuple[np.ndarray, str, float]:
         parts = [(str(path), image_from_file(path)) for path in paths]
         try:
             image = read_cell_image(parts)
@@ -265,24 +266,26 @@ def read_hpa_cells(args: argparse.Namespace, log: Log) -> tuple[Any, dict[str, o
             raise ValueError(f"image {image_id} ({paths[0].parent}): segmentation refused it: "
                              f"{error.code().name}: {error.details()}") from None
         cells = cell_crops(image, from_tensor(answer.cell_labels, "cell_labels"), INPUT_SIZE, channels=4)
-        return np.rint(cells.pixels * 255).astype(np.uint8), answer.method
+        return np.rint(cells.pixels * 255).astype(np.uint8), answer.method, answer.pixel_size_um
 
     crops: list[np.ndarray] = []
     methods: set[str] = set()
+    sizes: set[str] = set()
     # A few images in flight keep the segmentation service's cores busy while this process
     # decodes and crops the previous ones; results come back in the CSV's order.
     with segmentation_stub(args.segmentation_address) as stub, ThreadPoolExecutor(usable_cpus()) as pool:
-        for index, (image_crops, method) in enumerate(
+        for index, (image_crops, method, pixel_size) in enumerate(
             pool.map(lambda pair: cut(*pair, stub), zip(labelled.ids, files, strict=True))
         ):
             crops.append(image_crops)
             methods.add(method)
+            sizes.add(f"{pixel_size:.4g}")
             if (index + 1) % 25 == 0 or index + 1 == len(labelled.ids):
                 log(f"segmented {index + 1}/{len(labelled.ids)} images, "
                     f"{sum(len(c) for c in crops)} cells")
     data = {"labels": str(args.csv), "images": str(args.images),
             "segmentation": f"SegmentCells method {', '.join(sorted(methods))}, pixel size "
-                            f"{args.pixel_size_um or 0.08:g} um"}
+                            f"{', '.join(sorted(sizes, key=float))} um"}
     return ImageCells(labelled.ids, labelled.classes, tuple(crops)), data
 
 
