@@ -137,6 +137,9 @@ class Layout:
         that are not read: only the first is.
     pixel_size : PixelSize or None
         The physical pixel size the file states (:mod:`labsight.pixel_size`), if any.
+    exif_orientation : int
+        A PNG's or JPEG's EXIF orientation (1 upright); ``shape`` is that of the pixels
+        turned upright, as they are read.
     """
 
     axes: str
@@ -149,6 +152,7 @@ class Layout:
     significant_bits: int | None = None
     other_images: int = 0
     pixel_size: PixelSize | None = None
+    exif_orientation: int = 1
 
     def describe(self) -> str:
         """'ZCYX [Z=5, C=2, Y=64, X=64]' for messages."""

@@ -14,8 +14,8 @@ from xml.etree import ElementTree
 
 import numpy as np
 import tifffile
+from PIL import ExifTags, ImageMode
 from PIL import Image as PILImage
-from PIL import ImageMode
 
 from labsight.blobs import blob_store, check_reference, opened_blob
 from labsight.buffer_file import BufferFile
@@ -81,6 +81,15 @@ pictures of one slide."""
 
 _ALPHA_MODES = ("RGBA", "LA")
 """Pillow modes whose last band is alpha (dropped when opaque)."""
+
+_EXIF_TURNS = {
+    2: PILImage.Transpose.FLIP_LEFT_RIGHT, 3: PILImage.Transpose.ROTATE_180,
+    4: PILImage.Transpose.FLIP_TOP_BOTTOM, 5: PILImage.Transpose.TRANSPOSE,
+    6: PILImage.Transpose.ROTATE_270, 7: PILImage.Transpose.TRANSVERSE,
+    8: PILImage.Transpose.ROTATE_90,
+}
+"""EXIF orientations other than upright (1) and the turn that shows the pixels as viewers and
+annotation tools do (as Pillow's ImageOps.exif_transpose turns them); 5-8 swap width and height."""
 
 # The decoded-size limit here replaces Pillow's pixel-count guard, which would warn about,
 # or refuse with a misleading message, images an operator has allowed.
@@ -301,6 +310,9 @@ def read_image(
         provenance["source_dtype"] = str(source.layout.dtype)
     if source.layout.pixel_size is not None:
         provenance["image_pixel_size"] = source.layout.pixel_size.describe()
+    if source.layout.exif_orientation != 1:
+        provenance["exif_orientation"] = (f"{source.layout.exif_orientation}: pixels turned "
+                                          "upright, as viewers show them")
     provenance.update({name: text for name, text in _read_texts(image).items()
                        if text and name != "intensity"})
     return ImageReading(scaled.pixels, warnings, provenance, source.layout.pixel_size)
@@ -625,9 +637,21 @@ def _ome_channels(xml: str) -> tuple[tuple[str, ...], int | None]:
     return (names if any(names) else ()), (int(bits) if bits and bits.isdigit() else None)
 
 
+def _exif_orientation(img: PILImage.Image) -> int:
+    """The EXIF orientation a PNG or JPEG states in its header (1, upright, where it states none
+    or one that is not 1-8): a phone or camera photo stored sideways says so there."""
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - damaged EXIF: the pixels are still the image
+        return 1
+    return orientation if orientation in _EXIF_TURNS else 1
+
+
 def _pillow_layout(img: PILImage.Image) -> Layout:
-    """Axes of a PNG or JPEG from Pillow's header, after the mode conversion of _decode_pillow."""
-    width, height = img.size
+    """Axes of a PNG or JPEG from Pillow's header, after the mode conversion and EXIF turn of
+    _decode_pillow."""
+    orientation = _exif_orientation(img)
+    width, height = img.size if orientation < 5 else img.size[::-1]
     raw = ImageMode.getmode(img.mode)
     final_mode = _CONVERTED_MODES.get(img.mode, img.mode)
     final = ImageMode.getmode(final_mode)
@@ -637,11 +661,15 @@ def _pillow_layout(img: PILImage.Image) -> Layout:
     shape = (height, width) if channels == 1 else (height, width, channels)
     per_pixel = max(len(raw.bands) * np.dtype(raw.typestr).itemsize, channels * dtype.itemsize)
     return Layout(axes, shape, dtype, axes, height * width * per_pixel,
-                  alpha=final_mode in _ALPHA_MODES, significant_bits=dtype.itemsize * 8)
+                  alpha=final_mode in _ALPHA_MODES, significant_bits=dtype.itemsize * 8,
+                  exif_orientation=orientation)
 
 
 def _decode_pillow(img: PILImage.Image) -> np.ndarray:
+    orientation = _exif_orientation(img)  # from the header, as _pillow_layout read it
     img.load()
+    if orientation in _EXIF_TURNS:
+        img = img.transpose(_EXIF_TURNS[orientation])
     if img.mode in _CONVERTED_MODES:
         img = img.convert(_CONVERTED_MODES[img.mode])
     if img.mode.startswith("I;16"):

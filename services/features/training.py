@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageOps
 
 from labsight.models import (
     MANIFEST_FILE,
@@ -290,8 +291,8 @@ def _toml_text(value: str) -> str:
 def _load_batch(paths: list[Path], backbone: ModelManifest) -> np.ndarray:
     images = []
     for path in paths:
-        with PILImage.open(path) as image:
-            images.append(np.asarray(image.convert("RGB")))
+        with PILImage.open(path) as image:  # turned upright by its EXIF, as the service reads it
+            images.append(np.asarray(ImageOps.exif_transpose(image).convert("RGB")))
     return preprocess(images, backbone.input_size, backbone.preprocessing)
 
 

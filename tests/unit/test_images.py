@@ -93,6 +93,28 @@ def test_jpeg_decodes_to_uint8_rgb() -> None:
     assert decoded.shape == (20, 30, 3) and decoded.dtype == np.uint8
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_photo_stored_sideways_is_read_upright_as_viewers_show_it(fmt: str) -> None:
+    # phones store a portrait photo as landscape pixels with EXIF orientation 6 (turn 90°
+    # clockwise to view); annotation tools, viewers and OpenCV show it turned, masks are drawn so
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    pixels[:4, :] = 255  # a white band along the stored top
+    stored = PILImage.fromarray(pixels)
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, format=fmt, exif=exif.tobytes())
+    image = _encoded(buffer.getvalue())
+    assert image_info(image).shape == (30, 20, 3)
+    reading = read_image(image)
+    assert reading.pixels.shape == (30, 20, 3)
+    assert reading.pixels[:, -4:].min() > 200 and reading.pixels[:, :-6].max() < 60  # band on the right
+    assert reading.provenance["exif_orientation"] == "6: pixels turned upright, as viewers show them"
+    upright = _encoded(encode_png(pixels))
+    assert "exif_orientation" not in read_image(upright).provenance
+    np.testing.assert_array_equal(decode_image(upright), pixels)
+
+
 def test_tensor_image_passes_through() -> None:
     rgb = _rgb()
     np.testing.assert_array_equal(decode_image(image_from_array(rgb)), rgb)
