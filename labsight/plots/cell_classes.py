@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from labsight.plots.masks import composite
+from labsight.plots.scale_bar import add_scale_bar, result_pixel_size
 from labsight.plots.tissue import cell_outlines, display_step
 from labsight.tables import table_values
 from labsight.tensors import from_tensor
@@ -37,6 +38,7 @@ def class_colours(count: int) -> np.ndarray:
 def cell_classes_figure(result: pb.JobResult, image: np.ndarray | None = None) -> Figure:
     """Cells coloured by their top class, with a legend of the classes found; with ``image``
     (the job's 4 channels) a second panel draws the cells' outlines in those colours over it.
+    Each panel has a scale bar where the result states its pixel size.
 
     Raises
     ------
@@ -79,6 +81,10 @@ def cell_classes_figure(result: pb.JobResult, image: np.ndarray | None = None) -
         over[edges] = colours[classes[edges] - 1]
         axes[1].imshow(over, extent=extent, interpolation="nearest")
         axes[1].set(aspect="equal", xlabel="x (pixels)", title="outlines over the channels")
+    pixel_size = result_pixel_size(result)
+    if pixel_size is not None:
+        for axis in axes:
+            add_scale_bar(axis, width, pixel_size)
     found, counts = np.unique(top, return_counts=True)
     handles = [Patch(color=colours[k], label=f"{names[k] if k < len(names) else k} ({n})")
                for k, n in zip(found, counts, strict=True)]

@@ -15,6 +15,7 @@ from labsight.columns import CELL_CHANNELS
 from labsight.errors import InvalidArgument
 from labsight.images import image_from_file
 from labsight.inputs import channel_siblings
+from labsight.plots.scale_bar import add_scale_bar, result_pixel_size
 from labsight.plots.tissue import LOCAL_IMAGE_BYTES, cell_outlines, display_step
 from labsight.result import LABEL_MASKS
 from labsight.tensors import from_tensor
@@ -41,7 +42,7 @@ def masks_figure(result: pb.JobResult, image: np.ndarray | None = None, ids: boo
     """Cells and nuclei of a segmentation result: the label masks in colour and, with
     ``image``, their outlines over the channels (a 4-channel image as HPA's composite, red,
     green, blue and yellow; other images as they are); ``ids`` writes each cell's label at
-    its centroid.
+    its centroid. Each panel has a scale bar where the result states its pixel size.
 
     Raises
     ------
@@ -74,6 +75,10 @@ def masks_figure(result: pb.JobResult, image: np.ndarray | None = None, ids: boo
     if ids:
         for axis in axes:
             _write_ids(axis, cells)
+    pixel_size = result_pixel_size(result)
+    if pixel_size is not None:
+        for axis in axes:
+            add_scale_bar(axis, cells.shape[1], pixel_size)
     return figure
 
 

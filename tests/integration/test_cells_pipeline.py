@@ -141,6 +141,7 @@ def test_a_4_channel_tiff_gives_shared_ids_a_table_and_tiff_masks(
     assert "masks plot of 1 result" in capsys.readouterr().err
     svg = figure.read_text()
     assert f"{GRID * GRID} cells (nuclei darker)" in svg and "outlines over the channels" in svg
+    assert svg.count("10 µm") == 2  # a scale bar per panel: 192 px at 0.5 µm
 
 
 def test_a_batch_exports_its_masks_table_and_plot_as_its_results_stream_in(
