@@ -19,10 +19,13 @@ cells blanked), as :func:`labsight.cell_crops.cell_crops` cuts them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 __all__ = [
     "CamRenderings",
@@ -317,6 +320,10 @@ def lime_explanation(
     """
     from lime import lime_image
 
+    # lime 0.2 draws a tqdm bar over its samples in every call, with no option to leave it out:
+    # one per cell on the CLI's terminal and in the classifier service's log.
+    lime_image.tqdm = _without_progress_bar
+
     crop = np.asarray(crop, np.float32)
     if crop.ndim != 3:
         raise ValueError(f"crop: expected (C, S, S), got shape {list(crop.shape)}")
@@ -349,6 +356,11 @@ def lime_explanation(
         class_index=class_index, segments=labels, weights=weights, mask=np.isin(labels, order),
         saliency=saliency, score=float(found.score),
     )
+
+
+def _without_progress_bar(samples: Iterable[T], *args: object, **kwargs: object) -> Iterable[T]:
+    """tqdm's call, drawing nothing: the samples as they are."""
+    return samples
 
 
 def render_lime(picture: np.ndarray, explanation: LimeExplanation) -> np.ndarray:

@@ -89,7 +89,9 @@ def test_the_four_renderings(model: _Spotter) -> None:
         render_cam(cam, picture[:-1])
 
 
-def test_lime_repeats_with_its_seed_and_finds_the_spot(model: _Spotter) -> None:
+def test_lime_repeats_with_its_seed_and_finds_the_spot(
+    model: _Spotter, capfd: pytest.CaptureFixture[str]
+) -> None:
     crop = _crop(np.random.default_rng(2))
     calls: list[int] = []
 
@@ -99,6 +101,7 @@ def test_lime_repeats_with_its_seed_and_finds_the_spot(model: _Spotter) -> None:
             return model(torch.from_numpy(batch)).numpy()
 
     first = lime_explanation(crop, predict, 1, samples=200, segments=20, seed=7)
+    assert capfd.readouterr().err == ""  # no progress bar per cell on a terminal or in a log
     again = lime_explanation(crop, predict, 1, samples=200, segments=20, seed=7)
     assert np.array_equal(first.weights, again.weights) and np.array_equal(first.mask, again.mask)
     assert max(calls) > 1 and sum(calls) == 2 * (200 + 1)  # batched perturbations + the crop itself
