@@ -15,8 +15,11 @@ from labsight.columns import CELL_CHANNELS
 from labsight.image_messages import detect_format
 from labsight.v1 import gateway_pb2 as pb
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-"""Files a folder contributes (by suffix, any case); named files may also be .npy arrays."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".btf", ".tf8", ".tf2", ".svs", ".ndpi",
+                  ".scn", ".qptiff", ".lsm")
+"""Files a folder contributes (by suffix, any case): PNG, JPEG and TIFF, with the suffixes of
+BigTIFF and of the TIFF-based slide-scanner and microscope formats tifffile reads (Aperio SVS,
+Hamamatsu NDPI, Leica SCN, Akoya QPTIFF, Zeiss LSM); named files may also be .npy arrays."""
 
 SHOWN_PROBLEMS = 20
 """Most bad files listed by name in one refusal (the count says how many there were)."""

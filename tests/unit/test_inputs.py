@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from labsight.client import build_request
 from labsight.images import encode_png
@@ -25,6 +26,17 @@ def test_a_folder_gives_its_images_and_recursive_its_subfolders_too(tmp_path: Pa
     nested = _png(tmp_path / "sub" / "c.jpeg")
     assert expand_inputs([tmp_path]) == sorted(top)
     assert expand_inputs([tmp_path], recursive=True) == sorted([*top, nested])
+
+
+def test_a_folder_gives_its_whole_slide_and_bigtiff_files(tmp_path: Path) -> None:
+    slides = []
+    for name in ("a.svs", "b.ndpi", "c.btf", "d.qptiff", "e.ome.tif"):
+        tifffile.imwrite(tmp_path / name, np.zeros((8, 8, 3), np.uint8), photometric="rgb",
+                         bigtiff=name.endswith(".btf"))
+        slides.append(tmp_path / name)
+    (tmp_path / "a.vsi").write_bytes(b"not read")  # Olympus VSI: not a TIFF tifffile reads
+    assert expand_inputs([tmp_path]) == sorted(slides)
+    check_inputs(slides)  # TIFFs by their signature: no InputError
 
 
 def test_files_named_twice_are_submitted_once(tmp_path: Path) -> None:
