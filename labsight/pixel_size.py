@@ -11,8 +11,10 @@ order (the first that states a size wins):
 - a plain TIFF whose ``ResolutionUnit`` is the centimetre (pixels per cm).
 
 Resolutions per inch are ignored: writers put their screen or print dots per inch
-there (72, 96, 300), never a microscope's calibration. So is a size outside
-:data:`PLAUSIBLE_UM`, and one that does not parse.
+there (72, 96, 300), never a microscope's calibration. Image editors may write those
+same dots per centimetre (28.35 for 72 dpi), so a plain TIFF's resolution counts only
+up to :data:`PLAIN_TIFF_MAX_UM`. A size outside :data:`PLAUSIBLE_UM` is ignored too,
+and so is one that does not parse.
 """
 
 from __future__ import annotations
@@ -24,13 +26,18 @@ from xml.etree import ElementTree
 import tifffile
 
 __all__ = [
-    "PLAUSIBLE_UM", "PixelSize", "PixelSizeChoice", "choose_pixel_size", "first_stated",
+    "PLAIN_TIFF_MAX_UM", "PLAUSIBLE_UM", "PixelSize", "PixelSizeChoice", "choose_pixel_size", "first_stated",
     "tiff_pixel_size", "um_per_unit",
 ]
 
 PLAUSIBLE_UM = (1e-4, 1e4)
 """Pixel sizes (µm) taken as a calibration: from an electron micrograph's tenth of a nanometre
 to a centimetre; anything else is a writer's default, not a measurement."""
+
+PLAIN_TIFF_MAX_UM = 20.0
+"""Largest pixel size (µm) taken from a plain TIFF's resolution in pixels per cm: a slide
+scanner's or microscope camera's pixels are well under it (0.1-10 µm), while an image editor's
+dots per inch written as per cm (72 dpi: 353 µm; 600 dpi: 42 µm) are over it."""
 
 _UNIT_UM = {
     "pm": 1e-6, "Å": 1e-4, "å": 1e-4, "angstrom": 1e-4, "nm": 1e-3, "nanometer": 1e-3,
@@ -157,7 +164,9 @@ def tiff_pixel_size(tif: tifffile.TiffFile) -> PixelSize | None:
         if unit is not None:
             return _from_resolution(page, unit, "ImageJ calibration")
     if _tag_value(page, "ResolutionUnit") == _RESOLUTION_UNIT_CM:
-        return _from_resolution(page, _UNIT_UM["cm"], "TIFF resolution")
+        found = _from_resolution(page, _UNIT_UM["cm"], "TIFF resolution")
+        if found is not None and max(found.x_um, found.y_um) <= PLAIN_TIFF_MAX_UM:
+            return found
     return None
 
 

@@ -66,6 +66,14 @@ def test_a_plain_tiff_resolution_counts_in_centimetres_never_in_inches(tmp_path:
     inches = tmp_path / "inch.tif"
     tifffile.imwrite(inches, PLANES[0], resolution=(72, 72), resolutionunit="INCH")
     assert _stated(inches) is None  # a writer's screen dots per inch, not a calibration
+    scanner = tmp_path / "ndpi-like.tif"  # a slide scanner's 0.23 µm pixels, per cm
+    tifffile.imwrite(scanner, PLANES[0], resolution=(43478, 43478), resolutionunit="CENTIMETER")
+    size = _stated(scanner)
+    assert size is not None and math.isclose(size.um, 0.23, rel_tol=1e-4)
+    for per_cm in (28.35, 37.8, 118.11, 236.22):  # an editor's 72, 96, 300, 600 dpi, per cm
+        edited = tmp_path / "edited.tif"
+        tifffile.imwrite(edited, PLANES[0], resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+        assert _stated(edited) is None, per_cm
 
 
 def test_files_that_state_nothing_usable_give_none(tmp_path: Path) -> None:
