@@ -117,7 +117,26 @@ CELL_FIXED_COLUMNS = {
     "bbox_max_x": "column after the box's last one (width = bbox_max_x - bbox_min_x)",
     "bbox_max_y": "row after the box's last one (height = bbox_max_y - bbox_min_y)",
 }
-"""Columns of the cells table before the intensities, in order."""
+"""Columns of the cells table before the shapes, in order."""
+
+CELL_SHAPE_COLUMNS = {
+    "perimeter_um": "the cell's perimeter in µm (scikit-image's perimeter: its 4-connected border "
+    "pixels, weighted by how the border runs through them)",
+    "form_factor": "4π × area / perimeter² (1 for a disc, smaller for elongated or ragged cells; "
+    "CellProfiler's FormFactor)",
+    "major_axis_um": "length in µm of the major axis of the ellipse with the cell's second moments",
+    "minor_axis_um": "length in µm of that ellipse's minor axis",
+    "eccentricity": "that ellipse's eccentricity: 0 a circle, towards 1 a line",
+    "orientation_deg": "angle from the image's x axis to that ellipse's major axis, counter-clockwise "
+    "as the image is shown, -90 to 90 degrees",
+    "nucleus_perimeter_um": "its nucleus's perimeter in µm (empty without a nucleus)",
+    "nucleus_form_factor": "its nucleus's form factor (empty without a nucleus)",
+    "nucleus_major_axis_um": "major axis in µm of its nucleus's second-moment ellipse (empty "
+    "without a nucleus)",
+    "nucleus_minor_axis_um": "minor axis in µm of that ellipse (empty without a nucleus)",
+    "nucleus_eccentricity": "that ellipse's eccentricity (empty without a nucleus)",
+}
+"""Shape columns of the cells table (services.segmentation.shape), before the intensities, in order."""
 
 CELL_INTENSITY_COLUMNS = {
     "mean_{c}": "mean intensity of the {m} channel over the cell's pixels, in the image's units",
@@ -139,8 +158,8 @@ CELLS_NOTES = (
 
 def cell_column_names() -> list[str]:
     """Every column of the cells table, in order."""
-    return [*CELL_FIXED_COLUMNS, *(pattern.format(c=channel) for pattern in CELL_INTENSITY_COLUMNS
-                                   for channel in CELL_CHANNELS)]
+    return [*CELL_FIXED_COLUMNS, *CELL_SHAPE_COLUMNS,
+            *(pattern.format(c=channel) for pattern in CELL_INTENSITY_COLUMNS for channel in CELL_CHANNELS)]
 
 
 def _cells_table() -> Table:
@@ -149,7 +168,8 @@ def _cells_table() -> Table:
                         for pattern, meaning in CELL_INTENSITY_COLUMNS.items()
                         for channel in CELL_CHANNELS)
     return Table("cells", "one row per cell, by increasing label",
-                 (("id", CELLS_ID), *CELL_FIXED_COLUMNS.items(), *intensities), CELLS_NOTES)
+                 (("id", CELLS_ID), *CELL_FIXED_COLUMNS.items(), *CELL_SHAPE_COLUMNS.items(),
+                  *intensities), CELLS_NOTES)
 
 
 CELL_CLASS_BOX = ("label", "bbox_min_x", "bbox_min_y", "bbox_max_x", "bbox_max_y")

@@ -8,6 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from labsight.columns import CELL_CHANNELS, cell_column_names
+from services.segmentation.shape import form_factors, moment_ellipses, perimeters
 
 __all__ = ["CellTable", "measure_cells"]
 
@@ -55,9 +56,11 @@ def measure_cells(
     CellTable
         Columns in the order of ``labsight.columns.cell_column_names``: label,
         areas in pixels and µm² of the cell and its nucleus, their ratio,
-        centroid (x, y), bounding box (min inclusive, max exclusive), and per
-        channel the mean and summed intensity over the cell and the mean over
-        its nucleus (NaN for a cell without a nucleus).
+        centroid (x, y), bounding box (min inclusive, max exclusive), the shapes
+        of the cell and its nucleus (:mod:`services.segmentation.shape`: perimeter,
+        form factor, second-moment ellipse), and per channel the mean and summed
+        intensity over the cell and the mean over its nucleus (NaN for a cell
+        without a nucleus).
 
     Raises
     ------
@@ -102,6 +105,11 @@ def measure_cells(
     nucleus_area = np.bincount(nucleus_owner, minlength=bins)[1:].astype(np.float64)
     pixels = channels.reshape(-1, len(CELL_CHANNELS))
     cell_pixels, nucleus_pixels = pixels[inside], pixels[in_nuclei]
+    nucleus_index = np.zeros(index.size, np.int32)
+    nucleus_index[in_nuclei] = nucleus_owner
+    nucleus_index = nucleus_index.reshape(index.shape)
+    cell_shape, nucleus_shape = moment_ellipses(index, count), moment_ellipses(nucleus_index, count)
+    cell_perimeter, nucleus_perimeter = perimeters(index, count), perimeters(nucleus_index, count)
     sums = np.empty((len(CELL_CHANNELS), count))
     nucleus_sums = np.empty((len(CELL_CHANNELS), count))
     for c in range(len(CELL_CHANNELS)):
@@ -112,9 +120,16 @@ def measure_cells(
     with np.errstate(invalid="ignore", divide="ignore"):
         nucleus_means = np.where(nucleus_area > 0, nucleus_sums / nucleus_area, np.nan)
     square_um = float(pixel_size_um) ** 2
+    has_nucleus = nucleus_area > 0
+    um = float(pixel_size_um)
     values = np.column_stack([
         labels.astype(np.float64), area, area * square_um, nucleus_area, nucleus_area * square_um,
         nucleus_area / np.maximum(area, 1), centroid_x, centroid_y, bbox,
+        cell_perimeter * um, form_factors(area, cell_perimeter), cell_shape.major_axis * um,
+        cell_shape.minor_axis * um, cell_shape.eccentricity, cell_shape.orientation_deg,
+        np.where(has_nucleus, nucleus_perimeter * um, np.nan),
+        np.where(has_nucleus, form_factors(nucleus_area, nucleus_perimeter), np.nan),
+        nucleus_shape.major_axis * um, nucleus_shape.minor_axis * um, nucleus_shape.eccentricity,
         (sums / np.maximum(area, 1)).T, sums.T, nucleus_means.T,
     ]) if count else np.zeros((0, len(cell_column_names())))
     return CellTable(labels, cell_column_names(), values)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from skimage.draw import ellipse
+from skimage.measure import regionprops_table
 
 from labsight.columns import cell_column_names, pipeline_tables
 from services.segmentation.measure import measure_cells
@@ -122,3 +124,49 @@ def test_a_generated_field_measures_as_scikit_image_does() -> None:
     rows = [by_label[int(label)] for label in table.labels]
     assert _column(table, "nucleus_area_px") == in_nuclei["area"][rows].tolist()
     assert np.allclose(_column(table, "nucleus_mean_yellow"), in_nuclei["intensity_mean-3"][rows])
+
+
+def test_shapes_equal_scikit_images_regionprops_in_micrometres() -> None:
+    cells = np.zeros((120, 160), np.int32)
+    nuclei = np.zeros_like(cells)
+    for label, (r, c, a, b, turn) in enumerate([(30, 40, 12, 30, 0.3), (80, 50, 25, 9, -1.0),
+                                                (60, 120, 20, 20, 0.0)], start=1):
+        rr, cc = ellipse(r, c, a, b, rotation=turn, shape=cells.shape)
+        cells[rr, cc] = label
+        if label != 3:  # cell 3 has no nucleus
+            rr, cc = ellipse(r, c, a / 3, b / 2, rotation=turn, shape=cells.shape)
+            nuclei[rr, cc] = label
+    table = measure_cells(nuclei, cells, np.zeros((*cells.shape, 4), np.uint8), pixel_size_um=0.5)
+    for mask, prefix, rows in ((cells, "", [0, 1, 2]), (nuclei, "nucleus_", [0, 1])):
+        truth = regionprops_table(mask, properties=("perimeter", "major_axis_length",
+                                                    "minor_axis_length", "eccentricity", "area"))
+        got = np.array([_column(table, f"{prefix}{name}") for name in (
+            "perimeter_um", "major_axis_um", "minor_axis_um", "eccentricity", "form_factor")])[:, rows]
+        np.testing.assert_allclose(got[0], truth["perimeter"] * 0.5)
+        np.testing.assert_allclose(got[1], truth["major_axis_length"] * 0.5)
+        np.testing.assert_allclose(got[2], truth["minor_axis_length"] * 0.5)
+        np.testing.assert_allclose(got[3], truth["eccentricity"], atol=1e-6)
+        np.testing.assert_allclose(got[4], 4 * np.pi * truth["area"] / truth["perimeter"] ** 2)
+    for name in ("nucleus_perimeter_um", "nucleus_form_factor", "nucleus_major_axis_um",
+                 "nucleus_eccentricity"):
+        assert np.isnan(_column(table, name)[2])  # no nucleus: empty
+    # drawn turned 0.3 rad and, the long axis vertical, -1 rad, counter-clockwise as shown
+    orientation = _column(table, "orientation_deg")
+    assert orientation[0] == pytest.approx(np.degrees(0.3), abs=1.0)
+    assert orientation[1] == pytest.approx(90 - np.degrees(1.0), abs=1.0)
+    assert _column(table, "eccentricity")[2] < 0.1 and 0.85 < _column(table, "form_factor")[2] < 1.0
+
+
+@pytest.mark.parametrize(("rows", "cols", "degrees"), [
+    (slice(10, 12), slice(4, 20), 0.0),      # a horizontal bar
+    (slice(2, 22), slice(10, 12), 90.0),     # a vertical one
+])
+def test_orientation_of_bars_along_the_axes(rows: slice, cols: slice, degrees: float) -> None:
+    cells = np.zeros((24, 24), np.int32)
+    cells[rows, cols] = 1
+    table = measure_cells(cells, cells, np.zeros((24, 24, 4), np.uint8), pixel_size_um=1.0)
+    assert _column(table, "orientation_deg")[0] == pytest.approx(degrees)
+    diagonal = np.eye(24, dtype=np.int32)[::-1]  # from bottom left to top right as shown
+    table = measure_cells(diagonal, diagonal, np.zeros((24, 24, 4), np.uint8), pixel_size_um=1.0)
+    assert _column(table, "orientation_deg")[0] == pytest.approx(45.0)
+    assert _column(table, "minor_axis_um")[0] == pytest.approx(0.0, abs=1e-6)

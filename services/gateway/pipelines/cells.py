@@ -126,7 +126,7 @@ class CellsPipeline(Pipeline):
         "(params.channels picks 4 of a larger file), or one grey image per channel as inputs "
         "red, green, blue, yellow. Result: tensors 'nucleus_labels' and 'cell_labels' (H, W) "
         "uint16 (int32 beyond 65535 labels), cell k containing nucleus k; table 'cells' "
-        "(areas, centroid, bounding box, intensities per channel; `labsight columns cells` "
+        "(areas, centroid, bounding box, shape, intensities per channel; `labsight columns cells` "
         "explains each); tensor "
         "'coordinates' (N, 2) cell centroids x, y."
     )
