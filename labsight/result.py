@@ -115,6 +115,16 @@ class Result:
         """Name of the table ``to_pandas()`` and ``to_numpy()`` return by default."""
         return main_table(self.message)
 
+    @property
+    def pixel_size_um(self) -> float | None:
+        """Micrometres per pixel the result's sizes were computed with (a segmentation's
+        provenance ``pixel_size_um``); None where it states none that is > 0."""
+        try:
+            size = float(self.provenance.get("pixel_size_um", ""))
+        except ValueError:
+            return None
+        return size if math.isfinite(size) and size > 0 else None
+
     def to_numpy(self, table: str | None = None) -> np.ndarray:
         """A table's values as a (rows, columns) float64 array (default: the main table)."""
         require_numpy("Result.to_numpy")
@@ -228,6 +238,15 @@ class Result:
                 f"tensors={sorted(self.tensors)}, scalars={dict(sorted(self.scalars.items()))})")
 
 
+def tiff_resolution(pixel_size_um: float | None) -> dict[str, Any]:
+    """tifffile ``imwrite`` options that state ``pixel_size_um`` as TIFF resolution in pixels per
+    centimetre (what Bio-Formats, QuPath and LabSight read as a calibration); none for None."""
+    if pixel_size_um is None:
+        return {}
+    per_cm = 1e4 / pixel_size_um
+    return {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+
+
 def write_label_masks(results: Sequence[Result | pb.JobResult], folder: str | Path,
                       stems: Sequence[str] | None = None) -> list[Path]:
     """Write the label masks of each result into ``folder`` (see :meth:`Result.write_masks`);
@@ -279,7 +298,8 @@ class MaskWriter:
         for kind, mask in masks.items():
             path = self.folder / f"{name}_{kind}.tif"
             path.parent.mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(path, mask.astype(np.int32, copy=False), compression="zlib")
+            tifffile.imwrite(path, mask.astype(np.int32, copy=False), compression="zlib",
+                             **tiff_resolution(wrapped.pixel_size_um))
             kinds.append((kind, len(self.written)))
             self.written.append(path)
             paths.append(path)

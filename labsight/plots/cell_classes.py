@@ -12,8 +12,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from labsight.plots.masks import composite
-from labsight.plots.scale_bar import add_scale_bar, result_pixel_size
+from labsight.plots.scale_bar import add_scale_bar
 from labsight.plots.tissue import cell_outlines, display_step
+from labsight.result import Result
 from labsight.tables import table_values
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
@@ -81,7 +82,7 @@ def cell_classes_figure(result: pb.JobResult, image: np.ndarray | None = None) -
         over[edges] = colours[classes[edges] - 1]
         axes[1].imshow(over, extent=extent, interpolation="nearest")
         axes[1].set(aspect="equal", xlabel="x (pixels)", title="outlines over the channels")
-    pixel_size = result_pixel_size(result)
+    pixel_size = Result(result).pixel_size_um
     if pixel_size is not None:
         for axis in axes:
             add_scale_bar(axis, width, pixel_size)

@@ -15,9 +15,9 @@ from labsight.columns import CELL_CHANNELS
 from labsight.errors import InvalidArgument
 from labsight.images import image_from_file
 from labsight.inputs import channel_siblings
-from labsight.plots.scale_bar import add_scale_bar, result_pixel_size
+from labsight.plots.scale_bar import add_scale_bar
 from labsight.plots.tissue import LOCAL_IMAGE_BYTES, cell_outlines, display_step
-from labsight.result import LABEL_MASKS
+from labsight.result import LABEL_MASKS, Result
 from labsight.tensors import from_tensor
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
@@ -75,7 +75,7 @@ def masks_figure(result: pb.JobResult, image: np.ndarray | None = None, ids: boo
     if ids:
         for axis in axes:
             _write_ids(axis, cells)
-    pixel_size = result_pixel_size(result)
+    pixel_size = Result(result).pixel_size_um
     if pixel_size is not None:
         for axis in axes:
             add_scale_bar(axis, cells.shape[1], pixel_size)

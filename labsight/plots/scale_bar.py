@@ -7,8 +7,6 @@ import math
 from matplotlib.axes import Axes
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
-from labsight.v1 import gateway_pb2 as pb
-
 BAR_SHARE = 0.2
 """The bar spans about this share of the image's width (the longest round length that fits)."""
 
@@ -31,16 +29,6 @@ def bar_label(length_um: float) -> str:
     if length_um >= 1000:
         return f"{length_um / 1000:g} mm"
     return f"{length_um:g} µm"
-
-
-def result_pixel_size(result: pb.JobResult) -> float | None:
-    """The pixel size (µm) a segmentation result was computed with (its provenance
-    ``pixel_size_um``), or None where it has none that is > 0."""
-    try:
-        size = float(result.provenance.get("pixel_size_um", ""))
-    except ValueError:
-        return None
-    return size if math.isfinite(size) and size > 0 else None
 
 
 def add_scale_bar(axes: Axes, width_px: int, pixel_size_um: float) -> str:

@@ -16,7 +16,7 @@ from labsight.columns import CELL_CHANNELS
 from labsight.images import decode_image
 from labsight.plots.cell_classes import cell_classes_figure, is_cell_classes_result
 from labsight.plots.masks import composite, has_masks, masks_figure
-from labsight.result import Result
+from labsight.result import Result, tiff_resolution
 from labsight.v1 import tensor_pb2
 
 TABLE_ROWS = 20
@@ -138,7 +138,8 @@ def masks_tiff(result: Result) -> bytes:
     kinds = mask_kinds(result)
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, np.stack([masks[kind].astype(np.int32) for kind in kinds]),
-                     compression="zlib", metadata={"axes": "QYX", "masks": ",".join(kinds)})
+                     compression="zlib", metadata={"axes": "QYX", "masks": ",".join(kinds)},
+                     **tiff_resolution(result.pixel_size_um))
     return buffer.getvalue()
 
 

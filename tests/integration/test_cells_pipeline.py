@@ -20,6 +20,7 @@ from labsight.cli import main
 from labsight.client import build_request
 from labsight.columns import cell_column_names
 from labsight.images import encode_png, image_from_array
+from labsight.pixel_size import tiff_pixel_size
 from labsight.result import Result
 from labsight.tables import table_values
 from labsight.tensors import from_tensor
@@ -130,6 +131,9 @@ def test_a_4_channel_tiff_gives_shared_ids_a_table_and_tiff_masks(
         written = tifffile.imread(masks / "plate" / f"A1_{kind}.tif")
         assert written.dtype == np.int32
         assert np.array_equal(written, result.tensor(tensor))
+        with tifffile.TiffFile(masks / "plate" / f"A1_{kind}.tif") as tif:  # calibrated, as read back
+            stated = tiff_pixel_size(tif)
+        assert stated is not None and stated.um == pytest.approx(float(PIXEL_SIZE))
     assert Result(result.message).write_masks(tmp_path / "sdk", "x") == [
         tmp_path / "sdk" / "x_nuclei.tif", tmp_path / "sdk" / "x_cells.tif"]
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from labsight.client import LabSightClient
 from labsight.images import encode_png
+from labsight.pixel_size import tiff_pixel_size
 from services.classifier.classes import CLASS_NAMES
 from services.classifier.generated_cells import generate_cell_field
 from tests.integration.test_cells_pipeline import PIXEL_SIZE, cells_image
@@ -177,6 +178,9 @@ def test_cells_from_four_channel_files_give_masks_pictures_and_tiff(web_stack: W
     masks = tifffile.imread(io.BytesIO(tiff))
     assert status == 200 and masks.shape == (2, *image.shape[:2]) and masks.dtype == np.int32
     assert len(np.unique(masks[1][masks[1] > 0])) == 9  # the nine generated cells
+    with tifffile.TiffFile(io.BytesIO(tiff)) as tif:  # calibrated at the job's pixel size
+        stated = tiff_pixel_size(tif)
+    assert stated is not None and abs(stated.um - float(PIXEL_SIZE)) < 1e-9
 
 
 def test_hpa_cells_list_each_cells_top_classes(web_stack: WebStack) -> None:

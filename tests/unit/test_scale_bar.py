@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from matplotlib.figure import Figure
 
-from labsight.plots.scale_bar import add_scale_bar, bar_label, bar_length_um, result_pixel_size
+from labsight.plots.scale_bar import add_scale_bar, bar_label, bar_length_um
+from labsight.result import Result
 from labsight.v1 import gateway_pb2 as pb
 
 
@@ -31,6 +32,6 @@ def test_the_bar_is_drawn_in_image_pixels_and_only_for_a_stated_size() -> None:
     assert add_scale_bar(axes, 400, 0.25) == "20 µm"
     bar = axes.artists[-1]
     assert bar.size_bar.get_children()[0].get_width() == pytest.approx(80)  # 20 µm / 0.25 µm
-    assert result_pixel_size(pb.JobResult(provenance={"pixel_size_um": "0.08"})) == 0.08
+    assert Result(pb.JobResult(provenance={"pixel_size_um": "0.08"})).pixel_size_um == 0.08
     for stated in ("", "0", "-1", "nan", "x"):
-        assert result_pixel_size(pb.JobResult(provenance={"pixel_size_um": stated})) is None
+        assert Result(pb.JobResult(provenance={"pixel_size_um": stated})).pixel_size_um is None
