@@ -122,8 +122,8 @@ CELL_FIXED_COLUMNS = {
 CELL_SHAPE_COLUMNS = {
     "perimeter_um": "the cell's perimeter in µm (scikit-image's perimeter: its 4-connected border "
     "pixels, weighted by how the border runs through them)",
-    "form_factor": "4π × area / perimeter² (1 for a disc, smaller for elongated or ragged cells; "
-    "CellProfiler's FormFactor)",
+    "form_factor": "4π × area / perimeter² (about 1 for a disc, smaller for elongated or ragged "
+    "cells, above 1 for objects of a few pixels; CellProfiler's FormFactor)",
     "major_axis_um": "length in µm of the major axis of the ellipse with the cell's second moments",
     "minor_axis_um": "length in µm of that ellipse's minor axis",
     "eccentricity": "that ellipse's eccentricity: 0 a circle, towards 1 a line",
