@@ -324,7 +324,7 @@ def _reading_warnings(field: str, layout: Layout, intensity: IntensityScaling, s
     range, NaN values, further images of the file left unread, values clipped by the intensity
     choice."""
     if converted is None:
-        warnings = [w for w in (low_range_warning(scaled.pixels, field),) if w]
+        warnings = [w for w in (low_range_warning(scaled.pixels, field, layout.significant_bits),) if w]
     else:
         warnings = [w for w in (converted.low_range_warning(field, intensity),) if w]
         if converted.not_a_number:

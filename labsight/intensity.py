@@ -214,13 +214,15 @@ def data_bit_depth(pixels: np.ndarray) -> int:
     return max(1, int(pixels.max()).bit_length()) if pixels.size else 1
 
 
-def low_range_warning(pixels: np.ndarray, field: str) -> str | None:
+def low_range_warning(pixels: np.ndarray, field: str, stated_bits: int | None = None) -> str | None:
     """A warning when ``pixels`` span less than 1/LOW_RANGE_FRACTION of their dtype's range.
 
     Algorithms read intensities relative to the dtype's range, so such data
     (12-bit camera values in a 16-bit file, a dim 8-bit image) gives numbers
     that are not comparable to full-range data. The warning names the values,
-    the dtype and the ``intensity`` choices that fix it.
+    the dtype and the ``intensity`` choices that fix it: ``bit-depth`` where the
+    file states fewer significant bits than its dtype holds (``stated_bits``, from
+    OME SignificantBits or BitsPerSample) and the values fit them.
     """
     if pixels.size == 0:
         return None
@@ -230,7 +232,11 @@ def low_range_warning(pixels: np.ndarray, field: str) -> str | None:
         return None
     bits = data_bit_depth(pixels)
     fixes = "params.intensity=percentile:0.1-99.9 or minmax"
-    if low < high and bits < pixels.dtype.itemsize * 8:
+    dtype_bits = pixels.dtype.itemsize * 8
+    if stated_bits is not None and bits <= stated_bits < dtype_bits:
+        fixes = (f"params.intensity=bit-depth (the file states {stated_bits} significant bits), "
+                 "else percentile:0.1-99.9 or minmax")
+    elif low < high and bits < dtype_bits:
         fixes = (f"params.intensity=bit-depth:{bits} if this is {bits}-bit data, else "
                  "percentile:0.1-99.9 or minmax")
     return (

@@ -122,6 +122,16 @@ def test_warning_proposes_the_bit_depth_the_data_fits() -> None:
     assert warning is not None and "params.intensity=bit-depth:12" in warning
 
 
+def test_warning_proposes_the_bit_depth_the_file_states_where_the_data_fits_it() -> None:
+    data = np.array([3, 1000], np.uint16)  # fits 10 bits; the camera's file says 12
+    warning = low_range_warning(data, "input.image", stated_bits=12)
+    assert warning is not None and ("params.intensity=bit-depth (the file states 12 significant "
+                                    "bits), else") in warning
+    for stated in (16, 8, None):  # the dtype's own bits, fewer than the data has, none
+        warning = low_range_warning(data, "input.image", stated_bits=stated)
+        assert warning is not None and "params.intensity=bit-depth:10 if this is 10-bit data" in warning
+
+
 @pytest.mark.parametrize("q", [0.0, 0.1, 2.5, 50.0, 99.9, 100.0])
 def test_percentiles_from_the_histogram_equal_numpys(q: float) -> None:
     pixels = np.random.default_rng(5).gamma(2.0, 300.0, (37, 41)).astype(np.uint16)
