@@ -36,6 +36,7 @@ __all__ = [
     "Z_PROJECTIONS",
     "parse_channels",
     "parse_plane",
+    "parse_series",
     "parse_z_project",
     "plan_reading",
     "read_planned",
@@ -92,21 +93,33 @@ def parse_z_project(text: str) -> str:
     return cleaned
 
 
+def parse_series(text: str) -> int | None:
+    """'3' (an image of a file holding several) to 3; '' to None (the first); ValueError otherwise."""
+    cleaned = text.strip()
+    if not cleaned:
+        return None
+    if not cleaned.isdigit() or len(cleaned) > 9:
+        raise ValueError(f"expected the index of an image in the file, like 0 or 3, got {text[:100]!r}")
+    return int(cleaned)
+
+
 @dataclass(frozen=True)
 class ReadChoices:
-    """How to read an image: channels, a plane or a z projection, and the intensity scaling."""
+    """How to read an image: which image of the file, channels, a plane or a z projection, and the
+    intensity scaling."""
 
     channels: tuple[int | str, ...] = ()
     plane: tuple[tuple[str, int], ...] = ()
     z_project: str = ""
     intensity: IntensityScaling = field(default_factory=lambda: parse_intensity(DEFAULT_INTENSITY))
+    series: int | None = None
 
     @classmethod
     def parse(cls, channels: str = "", plane: str = "", z_project: str = "",
-              intensity: str = "") -> ReadChoices:
-        """Parse the four texts (job parameters or an Image's ``read`` options); ValueError if bad."""
+              intensity: str = "", series: str = "") -> ReadChoices:
+        """Parse the five texts (job parameters or an Image's ``read`` options); ValueError if bad."""
         return cls(parse_channels(channels), parse_plane(plane), parse_z_project(z_project),
-                   parse_intensity(intensity))
+                   parse_intensity(intensity), parse_series(series))
 
 
 @dataclass(frozen=True)
@@ -134,7 +147,9 @@ class Layout:
         Bits per sample the file declares (OME SignificantBits, TIFF BitsPerSample).
     other_images : int
         Further images in the file (OME positions, separately written TIFF series)
-        that are not read: only the first is.
+        that are not read: only the one at ``image_index`` is.
+    image_index : int
+        Which of the file's images this is (``ReadChoices.series``; 0 the first).
     pixel_size : PixelSize or None
         The physical pixel size the file states (:mod:`labsight.pixel_size`), if any.
     exif_orientation : int
@@ -153,6 +168,7 @@ class Layout:
     other_images: int = 0
     pixel_size: PixelSize | None = None
     exif_orientation: int = 1
+    image_index: int = 0
 
     def describe(self) -> str:
         """'ZCYX [Z=5, C=2, Y=64, X=64]' for messages."""

@@ -34,7 +34,7 @@ from labsight.image_reader import (
     plan_reading,
     read_planned,
 )
-from labsight.intensity import IntensityScaling, ScaledPixels, low_range_warning, scale_intensity
+from labsight.intensity import ScaledPixels, low_range_warning, scale_intensity
 from labsight.pixel_size import PixelSize, tiff_pixel_size
 from labsight.pixel_types import (
     CONVERTED_DTYPES,
@@ -176,7 +176,8 @@ def image_info(
         (default ``field``.read; the gateway says params).
     """
     limit = _default_limit(image) if max_bytes is None else max_bytes
-    with _opened(image, field, limit) as source:
+    series = read_choices(image, field).series
+    with _opened(image, field, limit, series, _series_field(field, choices_field)) as source:
         plan = _plan(source, image, field, choices_field)
         return check_info(_delivered_info(plan), field, limit, _limit_env(image, max_bytes))
 
@@ -187,7 +188,8 @@ def stated_pixel_size(image: tensor_pb2.Image, field: str = "image") -> PixelSiz
     :func:`image_info` for a file that cannot be opened."""
     if image.WhichOneof("source") not in ("encoded", "blob"):
         return None
-    with _opened(image, field, _default_limit(image)) as source:
+    series = read_choices(image, field).series
+    with _opened(image, field, _default_limit(image), series, _series_field(field, "")) as source:
         return source.layout.pixel_size
 
 
@@ -278,7 +280,7 @@ def read_image(
     image with its warnings for the result)."""
     limit = _default_limit(image) if max_bytes is None else max_bytes
     choices = read_choices(image, field)
-    with _opened(image, field, limit) as source:
+    with _opened(image, field, limit, choices.series, _series_field(field, choices_field)) as source:
         plan = _plan(source, image, field, choices_field)
         check_info(_delivered_info(plan), field, limit)
         pixels = _guarded(source.fmt, source.data_field, lambda: read_planned(
@@ -300,7 +302,7 @@ def read_image(
             scaled = converted.scaled
     except ValueError as error:
         raise InvalidArgument(f"{choices_field or field + '.read'}.intensity: {error}") from None
-    warnings = _reading_warnings(field, source.layout, choices.intensity, scaled, converted) if warn else []
+    warnings = _reading_warnings(field, source.layout, choices, scaled, converted) if warn else []
     provenance = {
         "intensity": choices.intensity.text,
         "intensity_range": f"{scaled.black:g}-{scaled.white:g}",
@@ -318,21 +320,23 @@ def read_image(
     return ImageReading(scaled.pixels, warnings, provenance, source.layout.pixel_size)
 
 
-def _reading_warnings(field: str, layout: Layout, intensity: IntensityScaling, scaled: ScaledPixels,
+def _reading_warnings(field: str, layout: Layout, choices: ReadChoices, scaled: ScaledPixels,
                       converted: ConvertedPixels | None) -> list[str]:
     """What a result computed on pixels read so should carry: data using a small part of its
-    range, NaN values, further images of the file left unread, values clipped by the intensity
-    choice."""
+    range, NaN values, further images of the file left unread (where no series was chosen),
+    values clipped by the intensity choice."""
+    intensity = choices.intensity
     if converted is None:
         warnings = [w for w in (low_range_warning(scaled.pixels, field, layout.significant_bits),) if w]
     else:
         warnings = [w for w in (converted.low_range_warning(field, intensity),) if w]
         if converted.not_a_number:
             warnings.append(f"{field}: {converted.not_a_number} NaN values were read as black")
-    if layout.other_images:
+    if layout.other_images and choices.series is None:
         warnings.append(
             f"{field}: the file holds {layout.other_images + 1} images (TIFF series); only "
-            f"the first ({layout.describe()}) was read: submit one file per image"
+            f"the first ({layout.describe()}) was read: choose another with the series read "
+            f"option (params.series, 0-{layout.other_images}), or submit one file per image"
         )
     if scaled.clipped and intensity.kind == "bit-depth":
         warnings.append(
@@ -350,14 +354,17 @@ def _reading_warnings(field: str, layout: Layout, intensity: IntensityScaling, s
 def read_choices(image: tensor_pb2.Image, field: str = "image") -> ReadChoices:
     """The parsed ``read`` options of an Image message; InvalidArgument naming a bad one."""
     read = image.read
-    return _parsed_choices(read.channels, read.plane, read.z_project, read.intensity, field)
+    return _parsed_choices(read.channels, read.plane, read.z_project, read.intensity, read.series,
+                           field)
 
 
 @functools.lru_cache(maxsize=256)
-def _parsed_choices(channels: str, plane: str, z_project: str, intensity: str, field: str) -> ReadChoices:
+def _parsed_choices(channels: str, plane: str, z_project: str, intensity: str, series: str,
+                    field: str) -> ReadChoices:
     """``read_choices`` of these texts, parsed once per distinct texts (every image of a batch
     usually has the same); a bad one raises each time, as errors are not cached."""
-    texts = {"channels": channels, "plane": plane, "z_project": z_project, "intensity": intensity}
+    texts = {"channels": channels, "plane": plane, "z_project": z_project, "intensity": intensity,
+             "series": series}
     try:
         return ReadChoices.parse(**texts)
     except ValueError:
@@ -372,7 +379,7 @@ def _parsed_choices(channels: str, plane: str, z_project: str, intensity: str, f
 def _read_texts(image: tensor_pb2.Image) -> dict[str, str]:
     read = image.read
     return {"channels": read.channels, "plane": read.plane, "z_project": read.z_project,
-            "intensity": read.intensity}
+            "intensity": read.intensity, "series": read.series}
 
 
 def label_mask_info(image: tensor_pb2.Image, field: str, max_bytes: int | None = None) -> ImageInfo:
@@ -430,13 +437,23 @@ class _Source:
     data_field: str
 
 
+def _series_field(field: str, choices_field: str) -> str:
+    """How messages name the series read option."""
+    return f"{choices_field}.series" if choices_field else f"{field}.read.series"
+
+
 @contextmanager
-def _opened(image: tensor_pb2.Image, field: str, limit: int) -> Iterator[_Source]:
-    """The image's layout from its header (or tensor), and a page reader valid inside the block."""
+def _opened(image: tensor_pb2.Image, field: str, limit: int, series: int | None = None,
+            series_field: str = "") -> Iterator[_Source]:
+    """The image's layout from its header (or tensor), and a page reader valid inside the block;
+    ``series`` chooses an image of a file holding several (None: the first), named
+    ``series_field`` in messages."""
     source = image.WhichOneof("source")
     if source is None:
         raise InvalidArgument(f"{field}: no image given (set tensor or encoded)")
+    series_field = series_field or f"{field}.read.series"
     if source == "tensor":
+        _check_single_image(series, series_field, "pixels sent as a tensor are")
         pixels = from_tensor(image.tensor, f"{field}.tensor", max_bytes=limit)
         if pixels.ndim not in (2, 3):
             raise InvalidArgument(
@@ -448,14 +465,14 @@ def _opened(image: tensor_pb2.Image, field: str, limit: int) -> Iterator[_Source
         return
     if source == "blob":
         with _opened_blob(image.blob, f"{field}.blob") as (stream, fmt):
-            with _opened_stream(stream, fmt, field, f"{field}.blob") as opened:
+            with _opened_stream(stream, fmt, field, f"{field}.blob", series, series_field) as opened:
                 yield opened
         return
     data_field = f"{field}.encoded"
     data, fmt = _encoded_bytes(image.encoded, data_field)
     # A file left on the request's wire is read in place; bytes are shared by BytesIO as they are.
     stream = io.BytesIO(data) if isinstance(data, bytes) else BufferFile(data)
-    with _opened_stream(stream, fmt, field, data_field) as opened:
+    with _opened_stream(stream, fmt, field, data_field, series, series_field) as opened:
         yield opened
 
 
@@ -474,15 +491,24 @@ def _opened_blob(reference: str, field: str) -> Iterator[tuple[BinaryIO, str]]:
         yield stream, fmt
 
 
+def _check_single_image(series: int | None, series_field: str, what: str) -> None:
+    """Refuse choosing an image other than the first of a source that holds one."""
+    if series not in (None, 0):
+        raise InvalidArgument(f"{series_field}: {what} one image (0), not {series}")
+
+
 @contextmanager
 def _opened_stream(
-    stream: BinaryIO | io.RawIOBase, fmt: str, field: str, data_field: str
+    stream: BinaryIO | io.RawIOBase, fmt: str, field: str, data_field: str,
+    series: int | None = None, series_field: str = "",
 ) -> Iterator[_Source]:
-    """The layout and page reader of an encoded image in a seekable file."""
+    """The layout and page reader of an encoded image in a seekable file (for a TIFF, its image
+    ``series``: None or 0 the first)."""
     if fmt == "tiff":
+        index = series or 0
         with watch_tiff_damage() as damage, \
                 _guarded(fmt, data_field, lambda: tifffile.TiffFile(stream)) as tif:
-            layout = _guarded(fmt, data_field, lambda: tiff_layout(tif, field))
+            layout = _guarded(fmt, data_field, lambda: tiff_layout(tif, field, index, series_field))
             if damage:  # tifffile read on past it: the pages or metadata it found are not all
                 raise InvalidArgument(f"{data_field}.data: corrupt TIFF image (truncated or "
                                       f"damaged: {damage[0]}, in a file of "
@@ -490,11 +516,12 @@ def _opened_stream(
             page_shape = layout.shape[len(layout.axes) - len(layout.page_axes):]
 
             def read_tiff(keys: Sequence[int]) -> np.ndarray:
-                pages = tif.asarray(series=0, key=list(keys))
+                pages = tif.asarray(series=index, key=list(keys))
                 return np.asarray(pages).reshape((len(keys), *page_shape))
 
             yield _Source(layout, read_tiff, fmt, data_field)
         return
+    _check_single_image(series, series_field or f"{field}.read.series", f"a {fmt.upper()} file holds")
     with _guarded(fmt, data_field, lambda: PILImage.open(stream)) as img:
         layout = _guarded(fmt, data_field, lambda: _pillow_layout(img))
         yield _Source(layout, lambda keys: _decode_pillow(img)[np.newaxis], fmt, data_field)
@@ -553,14 +580,22 @@ def _guarded(fmt: str, field: str, read: Callable[[], T]) -> T:
         raise InvalidArgument(f"{field}.data: corrupt {fmt.upper()} image ({reason})") from exc
 
 
-def tiff_layout(tif: tifffile.TiffFile, field: str = "image") -> Layout:
-    """The axes of a TIFF's first series from its metadata (ImageJ, OME, or pages and samples).
+def tiff_layout(tif: tifffile.TiffFile, field: str = "image", series_index: int = 0,
+                series_field: str = "") -> Layout:
+    """The axes of a TIFF's image ``series_index`` (its first by default) from its metadata
+    (ImageJ, OME, or pages and samples).
 
     Names of OME channels and OME SignificantBits (else BitsPerSample) are
-    kept; a last sample marked as alpha by ExtraSamples counts as alpha.
+    kept; a last sample marked as alpha by ExtraSamples counts as alpha. Whole-slide
+    formats keep thumbnails and labels as further series: they hold one image.
+    InvalidArgument (naming ``series_field``) for an image the file does not hold.
     """
     _check_pages(len(tif.pages), field)  # tifffile builds an object per page to find the series
-    series = tif.series[0]
+    images = len(tif.series) if tif.series[0].kind in _MULTI_IMAGE_KINDS else 1
+    if series_index >= images:
+        raise InvalidArgument(f"{series_field or field + '.read.series'}: the file holds {images} "
+                              f"image(s), 0-{images - 1}; not {series_index}")
+    series = tif.series[series_index]
     page = series.keyframe
     if page.dtype is None:
         raise ValueError(f"unsupported sample format ({page.bitspersample} bits per sample)")
@@ -576,14 +611,12 @@ def tiff_layout(tif: tifffile.TiffFile, field: str = "image") -> Layout:
     names: tuple[str, ...] = ()
     bits: int | None = int(page.bitspersample)
     if tif.is_ome and tif.ome_metadata:
-        names, ome_bits = _ome_channels(tif.ome_metadata)
+        names, ome_bits = _ome_channels(tif.ome_metadata, series_index)
         bits = ome_bits or bits
     alpha = "S" in page_axes and any(int(extra) in (1, 2) for extra in page.extrasamples)
     chunk_bytes = math.prod(page.chunks) * np.dtype(page.dtype).itemsize
-    # Whole-slide formats keep thumbnails and labels as further series; elsewhere they are images.
-    others = len(tif.series) - 1 if series.kind in _MULTI_IMAGE_KINDS else 0
     return Layout(axes, shape, np.dtype(page.dtype), page_axes, chunk_bytes, names, alpha, bits,
-                  others, tiff_pixel_size(tif))
+                  images - 1, tiff_pixel_size(tif, series_index), image_index=series_index)
 
 
 def _check_page_data(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> None:
@@ -626,10 +659,11 @@ def _check_pages(pages: int, field: str) -> None:
         )
 
 
-def _ome_channels(xml: str) -> tuple[tuple[str, ...], int | None]:
-    """Channel names and SignificantBits of the first OME image."""
+def _ome_channels(xml: str, index: int = 0) -> tuple[tuple[str, ...], int | None]:
+    """Channel names and SignificantBits of OME image ``index`` (the file's series of that index)."""
     root = ElementTree.fromstring(xml)
-    pixels = root.find("{*}Image/{*}Pixels")
+    images = root.findall("{*}Image")
+    pixels = images[index].find("{*}Pixels") if index < len(images) else None
     if pixels is None:
         return (), None
     names = tuple(channel.get("Name", "") for channel in pixels.findall("{*}Channel"))

@@ -151,14 +151,14 @@ def um_per_unit(unit: str) -> float | None:
     return _UNIT_UM.get(unit.strip().lower())
 
 
-def tiff_pixel_size(tif: tifffile.TiffFile) -> PixelSize | None:
-    """The pixel size a TIFF states (see the module's docstring for where and in what order), or
-    None where it states none that is usable."""
+def tiff_pixel_size(tif: tifffile.TiffFile, series_index: int = 0) -> PixelSize | None:
+    """The pixel size a TIFF states for its image ``series_index`` (see the module's docstring for
+    where and in what order), or None where it states none that is usable."""
     if tif.is_ome and tif.ome_metadata:
-        found = _ome_pixel_size(tif.ome_metadata)
+        found = _ome_pixel_size(tif.ome_metadata, series_index)
         if found is not None:
             return found
-    page = tif.pages.first
+    page = tif.series[series_index].keyframe if series_index < len(tif.series) else tif.pages.first
     if tif.is_imagej and tif.imagej_metadata:
         unit = um_per_unit(str(tif.imagej_metadata.get("unit", "")))
         if unit is not None:
@@ -170,11 +170,12 @@ def tiff_pixel_size(tif: tifffile.TiffFile) -> PixelSize | None:
     return None
 
 
-def _ome_pixel_size(xml: str) -> PixelSize | None:
+def _ome_pixel_size(xml: str, index: int) -> PixelSize | None:
     try:
-        pixels = ElementTree.fromstring(xml).find("{*}Image/{*}Pixels")
+        images = ElementTree.fromstring(xml).findall("{*}Image")
     except ElementTree.ParseError:
         return None
+    pixels = images[index].find("{*}Pixels") if index < len(images) else None
     if pixels is None:
         return None
     sizes = []

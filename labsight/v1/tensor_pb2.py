@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18labsight/v1/tensor.proto\x12\x0blabsight.v1\"K\n\x06Tensor\x12$\n\x05\x64type\x18\x01 \x01(\x0e\x32\x15.labsight.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\",\n\x0c\x45ncodedImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"\xb1\x01\n\x05Image\x12%\n\x06tensor\x18\x01 \x01(\x0b\x32\x13.labsight.v1.TensorH\x00\x12,\n\x07\x65ncoded\x18\x02 \x01(\x0b\x32\x19.labsight.v1.EncodedImageH\x00\x12\x0e\n\x04\x62lob\x18\x05 \x01(\tH\x00\x12\x0c\n\x04name\x18\x03 \x01(\t\x12+\n\x04read\x18\x04 \x01(\x0b\x32\x1d.labsight.v1.ImageReadOptionsB\x08\n\x06source\"Y\n\x10ImageReadOptions\x12\x10\n\x08\x63hannels\x18\x01 \x01(\t\x12\r\n\x05plane\x18\x02 \x01(\t\x12\x11\n\tz_project\x18\x03 \x01(\t\x12\x11\n\tintensity\x18\x04 \x01(\t\"U\n\x0c\x46\x65\x61tureTable\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\t\x12\x0f\n\x07row_ids\x18\x02 \x03(\t\x12#\n\x06values\x18\x03 \x01(\x0b\x32\x13.labsight.v1.Tensor*\xe7\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x01\x12\x14\n\x10\x44\x41TA_TYPE_UINT16\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_INT16\x10\x03\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x04\x12\x14\n\x10\x44\x41TA_TYPE_UINT32\x10\x05\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\x06\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x07\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x08\x12\x12\n\x0e\x44\x41TA_TYPE_BOOL\x10\tBO\n\x0forg.labsight.v1P\x01Z:github.com/labsight/labsight/gen/go/labsight/v1;labsightv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18labsight/v1/tensor.proto\x12\x0blabsight.v1\"K\n\x06Tensor\x12$\n\x05\x64type\x18\x01 \x01(\x0e\x32\x15.labsight.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\",\n\x0c\x45ncodedImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"\xb1\x01\n\x05Image\x12%\n\x06tensor\x18\x01 \x01(\x0b\x32\x13.labsight.v1.TensorH\x00\x12,\n\x07\x65ncoded\x18\x02 \x01(\x0b\x32\x19.labsight.v1.EncodedImageH\x00\x12\x0e\n\x04\x62lob\x18\x05 \x01(\tH\x00\x12\x0c\n\x04name\x18\x03 \x01(\t\x12+\n\x04read\x18\x04 \x01(\x0b\x32\x1d.labsight.v1.ImageReadOptionsB\x08\n\x06source\"i\n\x10ImageReadOptions\x12\x10\n\x08\x63hannels\x18\x01 \x01(\t\x12\r\n\x05plane\x18\x02 \x01(\t\x12\x11\n\tz_project\x18\x03 \x01(\t\x12\x11\n\tintensity\x18\x04 \x01(\t\x12\x0e\n\x06series\x18\x05 \x01(\t\"U\n\x0c\x46\x65\x61tureTable\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\t\x12\x0f\n\x07row_ids\x18\x02 \x03(\t\x12#\n\x06values\x18\x03 \x01(\x0b\x32\x13.labsight.v1.Tensor*\xe7\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x01\x12\x14\n\x10\x44\x41TA_TYPE_UINT16\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_INT16\x10\x03\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x04\x12\x14\n\x10\x44\x41TA_TYPE_UINT32\x10\x05\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\x06\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x07\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x08\x12\x12\n\x0e\x44\x41TA_TYPE_BOOL\x10\tBO\n\x0forg.labsight.v1P\x01Z:github.com/labsight/labsight/gen/go/labsight/v1;labsightv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,8 +32,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'labsight.v1.tensor_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017org.labsight.v1P\001Z:github.com/labsight/labsight/gen/go/labsight/v1;labsightv1'
-  _globals['_DATATYPE']._serialized_start=523
-  _globals['_DATATYPE']._serialized_end=754
+  _globals['_DATATYPE']._serialized_start=539
+  _globals['_DATATYPE']._serialized_end=770
   _globals['_TENSOR']._serialized_start=41
   _globals['_TENSOR']._serialized_end=116
   _globals['_ENCODEDIMAGE']._serialized_start=118
@@ -41,7 +41,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGE']._serialized_start=165
   _globals['_IMAGE']._serialized_end=342
   _globals['_IMAGEREADOPTIONS']._serialized_start=344
-  _globals['_IMAGEREADOPTIONS']._serialized_end=433
-  _globals['_FEATURETABLE']._serialized_start=435
-  _globals['_FEATURETABLE']._serialized_end=520
+  _globals['_IMAGEREADOPTIONS']._serialized_end=449
+  _globals['_FEATURETABLE']._serialized_start=451
+  _globals['_FEATURETABLE']._serialized_end=536
 # @@protoc_insertion_point(module_scope)

@@ -63,16 +63,18 @@ class Image(_message.Message):
     def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., encoded: _Optional[_Union[EncodedImage, _Mapping]] = ..., blob: _Optional[str] = ..., name: _Optional[str] = ..., read: _Optional[_Union[ImageReadOptions, _Mapping]] = ...) -> None: ...
 
 class ImageReadOptions(_message.Message):
-    __slots__ = ("channels", "plane", "z_project", "intensity")
+    __slots__ = ("channels", "plane", "z_project", "intensity", "series")
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     PLANE_FIELD_NUMBER: _ClassVar[int]
     Z_PROJECT_FIELD_NUMBER: _ClassVar[int]
     INTENSITY_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
     channels: str
     plane: str
     z_project: str
     intensity: str
-    def __init__(self, channels: _Optional[str] = ..., plane: _Optional[str] = ..., z_project: _Optional[str] = ..., intensity: _Optional[str] = ...) -> None: ...
+    series: str
+    def __init__(self, channels: _Optional[str] = ..., plane: _Optional[str] = ..., z_project: _Optional[str] = ..., intensity: _Optional[str] = ..., series: _Optional[str] = ...) -> None: ...
 
 class FeatureTable(_message.Message):
     __slots__ = ("columns", "row_ids", "values")

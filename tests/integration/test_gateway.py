@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 import redis
+import tifffile
 
 import labsight.images
 from labsight.catalog import GATEWAY
@@ -94,6 +96,29 @@ def test_encoded_png_input_gives_the_same_result_as_pixels_decoded_once(
     np.testing.assert_array_equal(
         from_tensor(result.tensors["lacunarity"]), gliding_box(image, box_sizes=sizes).lacunarity
     )
+
+
+def test_a_chosen_position_of_a_multi_position_ome_tiff_is_the_one_computed(
+    stack: InProcessStack
+) -> None:
+    stack.start_worker()
+    rng = np.random.default_rng(11)
+    positions = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer, ome=True) as tif:
+        for pixels in positions:
+            tif.write(pixels, photometric="rgb")
+    plate = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=buffer.getvalue()), name="scan.ome.tif")
+    with pytest.raises(grpc.RpcError) as refused:  # checked at submit, from the header
+        stack.client.submit("fractal", plate, {"box_sizes": "3,5", "series": "3"})
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "params.series: the file holds 3 image(s), 0-2; not 3" in refused.value.details()
+    job = stack.client.submit("fractal", plate, {"box_sizes": "3,5", "series": "1"})
+    assert stack.client.wait(job.job_id, 120).status == pb.JOB_STATUS_DONE
+    result = stack.client.result(job.job_id)
+    np.testing.assert_array_equal(from_tensor(result.tensors["lacunarity"]),
+                                  gliding_box(positions[1], box_sizes=[3, 5]).lacunarity)
+    assert result.provenance["series"] == "1" and not list(result.warnings)
 
 
 def test_watch_streams_events_until_the_job_ends(stack: InProcessStack) -> None:

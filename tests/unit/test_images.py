@@ -115,6 +115,55 @@ def test_a_photo_stored_sideways_is_read_upright_as_viewers_show_it(fmt: str) ->
     np.testing.assert_array_equal(decode_image(upright), pixels)
 
 
+def _positions(count: int = 3) -> bytes:
+    """An OME-TIFF of ``count`` positions, as a plate or tile scan writes them: position k is 2
+    channels of value 10·k + channel, at 0.1·(k + 1) µm a pixel."""
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer, ome=True) as tif:
+        for k in range(count):
+            planes = np.stack([np.full((16, 24), 10 * k + c, np.uint16) for c in range(2)])
+            tif.write(planes, metadata={"axes": "CYX", "Name": f"well-{k}",
+                                        "PhysicalSizeX": 0.1 * (k + 1), "PhysicalSizeY": 0.1 * (k + 1)})
+    return buffer.getvalue()
+
+
+def test_series_reads_one_image_of_a_file_holding_several() -> None:
+    first = read_image(_encoded(_positions()))
+    assert first.pixels[0, 0].tolist() == [0, 1]
+    assert any("holds 3 images" in w and "(params.series, 0-2)" in w for w in first.warnings)
+    chosen = _encoded(_positions())
+    chosen.read.series = "2"
+    third = read_image(chosen)
+    assert third.pixels.shape == (16, 24, 2) and third.pixels[0, 0].tolist() == [20, 21]
+    assert not any("holds 3 images" in w for w in third.warnings)  # chosen: nothing left unsaid
+    assert third.pixel_size is not None and third.pixel_size.um == pytest.approx(0.3)
+    assert third.provenance["series"] == "2"
+    assert image_info(chosen).shape == (16, 24, 2)
+
+
+def test_a_series_the_file_does_not_hold_is_refused_naming_the_option() -> None:
+    image = _encoded(_positions())
+    image.read.series = "3"
+    with pytest.raises(InvalidArgument, match=r"^image\.read\.series: the file holds 3 image\(s\), "
+                       r"0-2; not 3$"):
+        image_info(image)
+    with pytest.raises(InvalidArgument, match=r"^params\.series: the file holds 3"):
+        image_info(image, choices_field="params")
+    image.read.series = "two"
+    with pytest.raises(InvalidArgument, match=r"^image\.read\.series: expected the index of an image"):
+        image_info(image)
+    png = _encoded(encode_png(_rgb()))
+    png.read.series = "1"
+    with pytest.raises(InvalidArgument, match=r"^image\.read\.series: a PNG file holds one image"):
+        read_image(png)
+    png.read.series = "0"
+    assert read_image(png).pixels.shape == (20, 30, 3)
+    pixels = image_from_array(_rgb())
+    pixels.read.series = "1"
+    with pytest.raises(InvalidArgument, match="pixels sent as a tensor are one image"):
+        image_info(pixels)
+
+
 def test_tensor_image_passes_through() -> None:
     rgb = _rgb()
     np.testing.assert_array_equal(decode_image(image_from_array(rgb)), rgb)

@@ -11,7 +11,7 @@ import numpy as np
 
 from labsight.config import answer_room
 from labsight.errors import InvalidArgument, echo
-from labsight.image_reader import parse_channels, parse_plane, parse_z_project
+from labsight.image_reader import parse_channels, parse_plane, parse_series, parse_z_project
 from labsight.images import ImageInfo, image_info, max_image_bytes, read_image
 from labsight.intensity import DEFAULT_INTENSITY, check_bit_depth, parse_intensity
 from labsight.pixel_size import PixelSize
@@ -109,6 +109,8 @@ IMAGE_PARAMETERS = (
               "bit-depth:12 (0-4095), bit-depth (from the file), percentile:0.1-99.9, minmax or "
               "range:100-3000 (fixed values; floating-point files: full-range is 0-1).",
               DEFAULT_INTENSITY, parse_intensity),
+    Parameter("series", "Image of a file holding several (OME-TIFF positions or wells, TIFF "
+              "series), counted from 0; empty: the first.", "", parse_series),
 )
 """How every pipeline reads its main image (labsight.image_reader, labsight.intensity): they
 travel as the image's ``read`` options, so every service reads the same pixels."""

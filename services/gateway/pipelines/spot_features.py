@@ -147,7 +147,8 @@ class SpotFeaturesPipeline(Pipeline):
         image = job_input.image
         if image.WhichOneof("source") != "blob" or SPOT_CENTRES not in job_input.tensors:
             return False
-        as_is = {"channels": "", "plane": "", "z_project": "", "intensity": DEFAULT_INTENSITY}
+        as_is = {"channels": "", "plane": "", "z_project": "", "intensity": DEFAULT_INTENSITY,
+                 "series": ""}
         if any(params.get(name, default) != default for name, default in as_is.items()):
             return False
         with opened_blob(blob_store(), image.blob, "input.image.blob") as stream:

@@ -199,7 +199,7 @@ def by_type(descriptor: FieldDescriptor, rng: np.random.Generator) -> list[Label
     return integers(32, True)
 
 
-IMAGE_PARAMETERS = ("channels", "plane", "z_project", "intensity")
+IMAGE_PARAMETERS = ("channels", "plane", "z_project", "intensity", "series")
 """Job parameters that say how every pipeline reads its image."""
 NamedPool = Callable[[np.random.Generator], list[Labelled]]
 PARAMETER_POOLS: dict[str, NamedPool] = {
@@ -234,6 +234,9 @@ PARAMETER_POOLS: dict[str, NamedPool] = {
         ("intensity:percentile-nan", "percentile:nan-inf"),
         ("intensity:percentile-reversed", "percentile:99-1"),
         ("intensity:percentile-overflow", "percentile:1e309-1e310"), *hostile_strings(rng)],
+    "series": lambda rng: [("series:first", "0"), ("series:second", "1"),
+                           ("series:huge", "99999999999999999999"), ("series:negative", "-1"),
+                           *numbers_as_text(), *hostile_strings(rng)],
 }
 """Pools for text fields whose name says what they hold: job parameters, page tokens and
 how to read an image (ImageReadOptions, whose fields are also job parameters)."""
