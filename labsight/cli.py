@@ -237,6 +237,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     files = _submitted_inputs(args)
     if files is None:
         return 2
+    if args.each_series:
+        files = _each_series(args, files, params)
+        if files is None:
+            return 2
     if args.stack:
         files = _stacked_inputs(args, files, tensors)
         if files is None:
@@ -319,6 +323,25 @@ def _submitted_inputs(args: argparse.Namespace) -> list[Any] | None:
         return None
 
 
+def _each_series(args: argparse.Namespace, files: list[Any], params: dict[str, str]
+                 ) -> list[Any] | None:
+    """--each-series: every image of the files holding several as a job of its own (see
+    labsight.inputs.each_series); None after saying what is wrong (nothing is sent then)."""
+    from labsight.inputs import InputError, InputFile, each_series
+
+    if args.stack or "series" in params:
+        raise SystemExit("labsight: --each-series makes a job of every image of each file; it goes "
+                         "without --stack and without --param series")
+    if any(not isinstance(file, InputFile) for file in files):
+        raise SystemExit("labsight: --each-series takes image files, not sets of channel files")
+    try:
+        return each_series(files)
+    except InputError as error:
+        for line in [*str(error).splitlines(), "nothing was submitted"]:
+            print(f"labsight: {line}", file=sys.stderr)
+        return None
+
+
 def _stack_pipelines() -> set[str]:
     """The pipelines ``--stack`` packs images for."""
     from labsight.stack_inputs import STACK_ROLES
@@ -371,8 +394,9 @@ def _file_request(args: argparse.Namespace, file: Any, params: dict[str, str],
         image, images = ((tensor_pb2.Image(name=file.name), {**extra_images, **file.channels})
                          if isinstance(file, ChannelFiles) else
                          (None if not file.name else file.path, extra_images))
-        request = build_request(args.pipeline, image, params, priority=args.priority,
-                                labels=labels, tensors=tensors, images=images)
+        series = getattr(file, "series", "")  # --each-series: this job's image of the file
+        request = build_request(args.pipeline, image, {**params, "series": series} if series else params,
+                                priority=args.priority, labels=labels, tensors=tensors, images=images)
     if file.name:
         request.input.image.name = file.name
     if not args.resubmit:
@@ -403,7 +427,8 @@ def _submit_files(client: Any, args: argparse.Namespace, files: list[Any],
     before = _batch_total(client, args.batch) if not args.resume else 0
     from labsight.stack_inputs import StackFiles
 
-    packed = [f"--stack={args.stack}"] if args.stack else []  # another packing, another submission
+    # another packing, another submission
+    packed = [f"--stack={args.stack}"] if args.stack else ["--each-series"] if args.each_series else []
     submission = submission_id(client.address, args.pipeline, [*args.param, *packed], args.label,
                                args.priority, args.tensor, args.input_image, args.mask,
                                [str(Path(path).resolve()) for file in files for path in (
@@ -951,6 +976,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "'tiles' or deep-features' 'patches' stack (fewer, larger jobs: 64² "
                              "tiles ran about 2.5x faster as stacks of 256 than a job each); the "
                              "result rows are named by file")
+    submit.add_argument("--each-series", action="store_true",
+                        help="a job for every image of a TIFF holding several (the positions or "
+                             "wells of an OME-TIFF), named FILE[OME image name or index]; by "
+                             "default a job reads the first (--param series=N another)")
     submit.add_argument("--tensor", action="append", default=[], metavar="ROLE=FILE",
                         help="array added to every job's input (.npy, or a CSV/TSV of numbers), "
                              "e.g. spot_centres=spots.csv or patches=stack.npy")

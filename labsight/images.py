@@ -34,6 +34,7 @@ from labsight.image_reader import (
     plan_reading,
     read_planned,
 )
+from labsight.image_series import image_count
 from labsight.intensity import ScaledPixels, low_range_warning, scale_intensity
 from labsight.pixel_size import PixelSize, tiff_pixel_size
 from labsight.pixel_types import (
@@ -74,10 +75,6 @@ MASK_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.int3
 
 _CONVERTED_MODES = {"P": "RGB", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "1": "RGB"}
 """Pillow modes that are converted after decoding, and what they become."""
-
-_MULTI_IMAGE_KINDS = ("ome", "imagej", "shaped", "uniform", "generic")
-"""tifffile series kinds whose further series are further images (positions), not auxiliary
-pictures of one slide."""
 
 _ALPHA_MODES = ("RGBA", "LA")
 """Pillow modes whose last band is alpha (dropped when opaque)."""
@@ -591,7 +588,7 @@ def tiff_layout(tif: tifffile.TiffFile, field: str = "image", series_index: int 
     InvalidArgument (naming ``series_field``) for an image the file does not hold.
     """
     _check_pages(len(tif.pages), field)  # tifffile builds an object per page to find the series
-    images = len(tif.series) if tif.series[0].kind in _MULTI_IMAGE_KINDS else 1
+    images = image_count(tif)
     if series_index >= images:
         raise InvalidArgument(f"{series_field or field + '.read.series'}: the file holds {images} "
                               f"image(s), 0-{images - 1}; not {series_index}")

@@ -31,10 +31,13 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class InputFile:
-    """One image to submit and the name its job and result rows carry."""
+    """One image to submit and the name its job and result rows carry; ``series`` the image of a
+    file holding several that the job reads (its ``series`` parameter; '' for the file's only or
+    first image)."""
 
     path: Path
     name: str
+    series: str = ""
 
 
 def expand_inputs(paths: Sequence[str | Path], recursive: bool = False) -> list[Path]:
@@ -94,6 +97,41 @@ def input_names(paths: Sequence[Path]) -> list[InputFile]:
     common = Path(os.path.commonpath([path.parent for path in absolute]))
     return [InputFile(path, absolute_path.relative_to(common).as_posix())
             for path, absolute_path in zip(paths, absolute, strict=True)]
+
+
+def each_series(files: Sequence[InputFile]) -> list[InputFile]:
+    """Each image of every TIFF that holds several (the positions or wells of an OME-TIFF) as an
+    input of its own, named ``name[image]`` after its OME name (or its index), reading that
+    series; other files as they are.
+
+    Raises
+    ------
+    InputError
+        Naming every TIFF whose header cannot be read.
+    """
+    from labsight.image_series import series_names
+
+    expanded: list[InputFile] = []
+    problems: list[str] = []
+    for file in files:
+        with open(file.path, "rb") as stream:
+            is_tiff = detect_format(stream.read(16)) == "tiff"
+        if not is_tiff:
+            expanded.append(file)
+            continue
+        try:
+            names = series_names(file.path)
+        except (ValueError, OSError) as error:
+            problems.append(f"{file.path}: cannot read its images ({error})")
+            continue
+        if names == [""]:
+            expanded.append(file)
+            continue
+        expanded += [InputFile(file.path, f"{file.name}[{name}]", str(index))
+                     for index, name in enumerate(names)]
+    if problems:
+        raise InputError(_listed(problems))
+    return expanded
 
 
 def check_inputs(paths: Sequence[Path]) -> None:

@@ -8,6 +8,7 @@ pixels give as a plain image.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import grpc
@@ -287,3 +288,34 @@ def test_signed_16_bit_data_with_bit_depth_12_gives_the_8_bit_originals_numbers(
     _, plain_result = _run(stack, _png(original), {})
     _, signed_result = _run(stack, _tiff(original.astype(np.int16) * 16), {"intensity": "bit-depth:12"})
     np.testing.assert_array_equal(_fractal_numbers(signed_result), _fractal_numbers(plain_result))
+
+
+def test_each_series_of_a_plate_scan_is_a_job_named_by_its_well(
+    stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.start_worker()
+    rng = np.random.default_rng(3)
+    wells = {"B03": rng.integers(0, 256, (32, 40), dtype=np.uint8),
+             "B04": rng.integers(0, 64, (32, 40), dtype=np.uint8)}
+    plate = tmp_path / "plate.ome.tif"
+    with tifffile.TiffWriter(plate, ome=True) as tif:
+        for well, pixels in wells.items():
+            tif.write(pixels, metadata={"Name": well})
+    single = tmp_path / "single.tif"
+    tifffile.imwrite(single, wells["B03"])
+    gateway = ["--gateway", stack.gateway.address, "--token", ""]
+    assert main(["submit", "fractal", str(plate), str(single), "--each-series", "--param",
+                 "box_sizes=3,5", "--batch", "plate-1", "--wait", "--json", *gateway]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["input_name"] for line in lines] == ["plate.ome.tif[B03]", "plate.ome.tif[B04]",
+                                                       "single.tif"]
+    assert [line["params"]["series"] for line in lines] == ["0", "1", ""]
+    assert [line["warnings"] if "warnings" in line else [] for line in lines] == [[], [], []]
+    box_count = [line["result"]["tensors"]["box_count"] for line in lines]
+    assert box_count[0] == box_count[2] != box_count[1]  # B03 is single.tif; B04 another image
+    # the same command again queues nothing new; --param series with it is refused
+    assert main(["submit", "fractal", str(plate), "--each-series", "--param", "box_sizes=3,5",
+                 "--batch", "plate-1", *gateway]) == 0
+    assert "submitted before with the same file and parameters" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="without --param series"):
+        main(["submit", "fractal", str(plate), "--each-series", "--param", "series=1", *gateway])
