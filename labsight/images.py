@@ -670,9 +670,19 @@ def _ome_channels(xml: str, index: int = 0) -> tuple[tuple[str, ...], int | None
 
 def _exif_orientation(img: PILImage.Image) -> int:
     """The EXIF orientation a PNG or JPEG states in its header (1, upright, where it states none
-    or one that is not 1-8): a phone or camera photo stored sideways says so there."""
+    or one that is not 1-8): a phone or camera photo stored sideways says so there.
+
+    Only the EXIF Pillow found while opening the file is read (a JPEG's APP1, a PNG's eXIf
+    before its pixels): ``getexif()`` would decode a whole PNG to look further, at submit,
+    and swallow its decoding errors.
+    """
+    raw = img.info.get("exif")
+    if not raw:
+        return 1
     try:
-        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+        exif = PILImage.Exif()
+        exif.load(raw)
+        orientation = exif.get(ExifTags.Base.Orientation, 1)
     except Exception:  # noqa: BLE001 - damaged EXIF: the pixels are still the image
         return 1
     return orientation if orientation in _EXIF_TURNS else 1
