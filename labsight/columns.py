@@ -141,6 +141,8 @@ CELL_SHAPE_COLUMNS = {
 CELL_INTENSITY_COLUMNS = {
     "mean_{c}": "mean intensity of the {m} channel over the cell's pixels, in the image's units",
     "integrated_{c}": "summed intensity of the {m} channel over the cell's pixels",
+    "std_{c}": "standard deviation of the {m} channel over the cell's pixels (population, as "
+    "CellProfiler's StdIntensity): how unevenly the cell holds it",
     "nucleus_mean_{c}": "mean intensity of the {m} channel over its nucleus's pixels (empty "
     "without a nucleus)",
 }

@@ -16,9 +16,11 @@ defines, for every object of a compact index mask (objects 1..n, 0 background) a
 
 ``regionprops`` computes both object by object on each one's bounding box, which for the
 36 cells of a 2048² HPA field costs twice what the rest of the cells table does. Here the
-moments come from the objects' runs along the rows (a few per row and object, summed in
-closed form, exactly in integers), and the perimeter from the objects' border pixels only
-(found in one pass over the mask); the tests hold both equal to ``regionprops``.
+moments come from the objects' runs along the rows (:func:`label_runs`: a few per row and
+object, summed in closed form, exactly in integers; the cells table takes its areas,
+centroids, boxes and intensity sums from the same runs), and the perimeter from the objects'
+border pixels only (found in one pass over the mask); the tests hold both equal to
+``regionprops``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Ellipses", "form_factors", "moment_ellipses", "perimeters"]
+__all__ = ["Ellipses", "Runs", "form_factors", "label_runs", "moment_ellipses", "perimeters"]
 
 _PERIMETER_WEIGHTS = np.zeros(50)
 _PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
@@ -35,6 +37,28 @@ _PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2)
 _PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
 """Length a border pixel adds by its code (1 + 2 per border 4-neighbour + 10 per border
 diagonal neighbour of its own object): scikit-image's ``perimeter`` weights."""
+
+
+@dataclass(frozen=True)
+class Runs:
+    """The runs of equal non-zero values along the rows of a 2-D mask (int64 arrays, one entry
+    per run): its value ``owner``, its ``row``, its ``first`` column and the column after its
+    last, ``stop``."""
+
+    owner: np.ndarray
+    row: np.ndarray
+    first: np.ndarray
+    stop: np.ndarray
+
+    @property
+    def length(self) -> np.ndarray:
+        """Pixels in each run."""
+        return self.stop - self.first
+
+    @property
+    def sum_x(self) -> np.ndarray:
+        """Sum of each run's column indices (exact)."""
+        return (self.first + self.stop - 1) * self.length // 2
 
 
 @dataclass(frozen=True)
@@ -47,23 +71,21 @@ class Ellipses:
     orientation_deg: np.ndarray
 
 
-def moment_ellipses(index: np.ndarray, count: int) -> Ellipses:
-    """The second-moment ellipse of objects 1..``count`` of the compact index mask ``index``
-    (2-D, 0 background). Objects without pixels get NaN; a single pixel or a line one pixel
-    wide has a minor axis of 0.
+def moment_ellipses(runs: Runs, count: int) -> Ellipses:
+    """The second-moment ellipse of objects 1..``count`` of a compact index mask (0 background)
+    from its runs (:func:`label_runs`). Objects without pixels get NaN; a single pixel or a
+    line one pixel wide has a minor axis of 0.
 
     Examples
     --------
     >>> bar = np.zeros((4, 8), np.int32); bar[1:3, 1:7] = 1      # a 2 x 6 bar
-    >>> shape = moment_ellipses(bar, 1)
+    >>> shape = moment_ellipses(label_runs(bar), 1)
     >>> round(float(shape.orientation_deg[0]), 6), round(float(shape.major_axis[0]), 4)
     (0.0, 6.8313)
     """
-    owner, row, first, stop = _runs(index)
+    owner, row, n, sum_x = runs.owner, runs.row, runs.length, runs.sum_x
     bins = count + 1
-    n = stop - first
-    sum_x = (first + stop - 1) * n // 2  # x = first .. stop - 1
-    sum_xx = _sum_of_squares(stop - 1) - _sum_of_squares(first - 1)
+    sum_xx = _sum_of_squares(runs.stop - 1) - _sum_of_squares(runs.first - 1)
     moments = [np.bincount(owner, weights=w.astype(np.float64), minlength=bins)[1:]
                for w in (n, sum_x, row * n, sum_xx, row * row * n, row * sum_x)]
     area, sx, sy, sxx, syy, sxy = moments  # integer sums, exact in float64 below 2**53
@@ -122,10 +144,10 @@ def form_factors(area: np.ndarray, perimeter: np.ndarray) -> np.ndarray:
         return np.where(perimeter > 0, 4 * np.pi * area / perimeter**2, np.nan)
 
 
-def _runs(index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The runs of equal non-zero values along the rows of ``index``: each one's value, row,
-    first column and the column after its last (int64)."""
-    height, width = index.shape
+def label_runs(index: np.ndarray) -> Runs:
+    """The runs of equal positive values along the rows of the 2-D mask ``index`` (a few per
+    row and object where objects are solid, against their every pixel)."""
+    width = index.shape[1]
     flat = index.ravel()
     changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     starts = np.union1d(changes, np.arange(0, flat.size, width, dtype=np.int64))
@@ -134,7 +156,7 @@ def _runs(index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     keep = owner > 0
     starts, stops, owner = starts[keep], stops[keep], owner[keep].astype(np.intp)
     row = starts // width
-    return owner, row, starts - row * width, stops - row * width
+    return Runs(owner, row, starts - row * width, stops - row * width)
 
 
 def _sum_of_squares(k: np.ndarray) -> np.ndarray:

@@ -56,6 +56,19 @@ def test_intensities_are_means_and_sums_over_each_cell_and_its_nucleus() -> None
     assert _column(table, "nucleus_mean_red")[0] == 10.0
     assert _column(table, "nucleus_mean_blue")[0] == 3.0
     assert np.isnan(_column(table, "nucleus_mean_red")[1])  # cell 9 has no nucleus
+    # cell 3's red: 16 ones and 4 tens; an even channel has no spread
+    assert _column(table, "std_red") == pytest.approx([np.std([1] * 16 + [10] * 4), 0.0])
+    assert _column(table, "std_green") == [0.0, 0.0]
+
+
+def test_intensity_spreads_equal_numpys_over_each_cell() -> None:
+    rng = np.random.default_rng(7)
+    cells = rng.integers(0, 5, (40, 50)).astype(np.int32)
+    channels = rng.integers(0, 65536, (40, 50, 4)).astype(np.uint16)
+    table = measure_cells(cells, cells, channels, pixel_size_um=1.0)
+    for c, channel in enumerate(("red", "green", "blue", "yellow")):
+        expected = [np.std(channels[..., c][cells == label].astype(np.float64)) for label in range(1, 5)]
+        np.testing.assert_allclose(_column(table, f"std_{channel}"), expected, rtol=1e-9)
 
 
 def test_labels_of_any_size_and_foreign_nuclei() -> None:

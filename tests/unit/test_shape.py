@@ -7,7 +7,7 @@ import pytest
 from skimage.measure import regionprops_table
 from skimage.segmentation import expand_labels
 
-from services.segmentation.shape import form_factors, moment_ellipses, perimeters
+from services.segmentation.shape import form_factors, label_runs, moment_ellipses, perimeters
 
 
 def _touching_cells(seed: int, shape: tuple[int, int] = (97, 131)) -> np.ndarray:
@@ -34,7 +34,7 @@ def test_perimeters_and_ellipses_equal_regionprops(seed: int) -> None:
     present = truth["label"] - 1
     found = perimeters(labels, count)
     np.testing.assert_allclose(found[present], truth["perimeter"], rtol=1e-12, atol=1e-12)
-    shape = moment_ellipses(labels, count)
+    shape = moment_ellipses(label_runs(labels), count)
     np.testing.assert_allclose(shape.major_axis[present], truth["major_axis_length"], rtol=1e-9)
     np.testing.assert_allclose(shape.minor_axis[present], truth["minor_axis_length"], atol=1e-6)
     np.testing.assert_allclose(shape.eccentricity[present], truth["eccentricity"], atol=1e-6)
@@ -48,10 +48,10 @@ def test_perimeters_and_ellipses_equal_regionprops(seed: int) -> None:
 def test_absent_objects_and_empty_masks() -> None:
     labels = np.zeros((6, 7), np.int32)
     labels[2:4, 2:5] = 2  # object 1 has no pixel
-    shape = moment_ellipses(labels, 3)
+    shape = moment_ellipses(label_runs(labels), 3)
     assert np.isnan(shape.major_axis[0]) and np.isnan(shape.orientation_deg[2])
     assert shape.orientation_deg[1] == 0.0
     assert perimeters(labels, 3).tolist() == [0.0, perimeters(labels == 2, 1)[0], 0.0]
     assert perimeters(np.zeros((4, 4), np.int32), 0).shape == (0,)
-    assert moment_ellipses(np.zeros((4, 4), np.int32), 0).eccentricity.shape == (0,)
+    assert moment_ellipses(label_runs(np.zeros((4, 4), np.int32)), 0).eccentricity.shape == (0,)
     assert np.isnan(form_factors(np.array([1.0]), np.array([0.0]))[0])
