@@ -241,6 +241,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         files = _each_series(args, files, params)
         if files is None:
             return 2
+    if args.each_plane:
+        files = _each_plane(args, files, params)
+        if files is None:
+            return 2
     if args.stack:
         files = _stacked_inputs(args, files, tensors)
         if files is None:
@@ -342,6 +346,27 @@ def _each_series(args: argparse.Namespace, files: list[Any], params: dict[str, s
         return None
 
 
+def _each_plane(args: argparse.Namespace, files: list[Any], params: dict[str, str]
+                ) -> list[Any] | None:
+    """--each-plane AXIS: every plane along AXIS of the files as a job of its own (see
+    labsight.inputs.each_plane); None after saying what is wrong (nothing is sent then)."""
+    from labsight.inputs import InputError, InputFile, each_plane
+
+    if args.stack:
+        raise SystemExit("labsight: --each-plane makes a job of every plane of each file; it goes "
+                         "without --stack")
+    if params.get("plane", "").strip().isdigit():
+        raise SystemExit("labsight: with --each-plane, name the axis of --param plane (z=3, not 3)")
+    if any(not isinstance(file, InputFile) for file in files):
+        raise SystemExit("labsight: --each-plane takes image files, not sets of channel files")
+    try:
+        return each_plane(files, args.each_plane)
+    except InputError as error:
+        for line in [*str(error).splitlines(), "nothing was submitted"]:
+            print(f"labsight: {line}", file=sys.stderr)
+        return None
+
+
 def _stack_pipelines() -> set[str]:
     """The pipelines ``--stack`` packs images for."""
     from labsight.stack_inputs import STACK_ROLES
@@ -394,14 +419,25 @@ def _file_request(args: argparse.Namespace, file: Any, params: dict[str, str],
         image, images = ((tensor_pb2.Image(name=file.name), {**extra_images, **file.channels})
                          if isinstance(file, ChannelFiles) else
                          (None if not file.name else file.path, extra_images))
-        series = getattr(file, "series", "")  # --each-series: this job's image of the file
-        request = build_request(args.pipeline, image, {**params, "series": series} if series else params,
+        request = build_request(args.pipeline, image, _file_params(file, params),
                                 priority=args.priority, labels=labels, tensors=tensors, images=images)
     if file.name:
         request.input.image.name = file.name
     if not args.resubmit:
         request.idempotency_key = content_key(request)
     return request
+
+
+def _file_params(file: Any, params: dict[str, str]) -> dict[str, str]:
+    """``params`` with the image (--each-series) and the plane (--each-plane, added to a plane
+    given with --param) this file's job reads."""
+    series, plane = getattr(file, "series", ""), getattr(file, "plane", "")
+    chosen = dict(params)
+    if series:
+        chosen["series"] = series
+    if plane:
+        chosen["plane"] = f"{params['plane']},{plane}" if params.get("plane") else plane
+    return chosen
 
 
 def _submit_files(client: Any, args: argparse.Namespace, files: list[Any],
@@ -428,7 +464,9 @@ def _submit_files(client: Any, args: argparse.Namespace, files: list[Any],
     from labsight.stack_inputs import StackFiles
 
     # another packing, another submission
-    packed = [f"--stack={args.stack}"] if args.stack else ["--each-series"] if args.each_series else []
+    packed = ([f"--stack={args.stack}"] if args.stack else []) + (
+        ["--each-series"] if args.each_series else []) + (
+        [f"--each-plane={args.each_plane}"] if args.each_plane else [])
     submission = submission_id(client.address, args.pipeline, [*args.param, *packed], args.label,
                                args.priority, args.tensor, args.input_image, args.mask,
                                [str(Path(path).resolve()) for file in files for path in (
@@ -980,6 +1018,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a job for every image of a TIFF holding several (the positions or "
                              "wells of an OME-TIFF), named FILE[OME image name or index]; by "
                              "default a job reads the first (--param series=N another)")
+    submit.add_argument("--each-plane", default="", metavar="AXIS",
+                        help="a job for every plane along a stack axis of each TIFF (t: each "
+                             "time point of a time-lapse, z: each slice), named FILE[t=3]; other "
+                             "stack axes still need --param plane or z_project")
     submit.add_argument("--tensor", action="append", default=[], metavar="ROLE=FILE",
                         help="array added to every job's input (.npy, or a CSV/TSV of numbers), "
                              "e.g. spot_centres=spots.csv or patches=stack.npy")

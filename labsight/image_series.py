@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MULTI_IMAGE_KINDS", "image_count", "series_names"]
+__all__ = ["MULTI_IMAGE_KINDS", "axis_length", "image_count", "series_names"]
 
 MULTI_IMAGE_KINDS = ("ome", "imagej", "shaped", "uniform", "generic")
 """tifffile series kinds whose further series are further images (positions), not auxiliary
@@ -38,3 +38,20 @@ def series_names(path: Path) -> list[str]:
     if all(names) and len(set(names)) == count:
         return names
     return [str(index) for index in range(count)]
+
+
+def axis_length(path: Path, axis: str, series: int = 0) -> int:
+    """The length of stack axis ``axis`` (a tifffile axis code such as T or Z, any case) of image
+    ``series`` of the TIFF at ``path``. Raises ValueError naming the axes the image has where it
+    has no such axis (or OSError where the file cannot be read)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if series >= image_count(tif):
+            raise ValueError(f"it holds {image_count(tif)} image(s), not image {series}")
+        chosen = tif.series[series]
+        axes, shape = chosen.axes, chosen.shape
+    letter = axis.upper()
+    if letter in ("Y", "X", "C", "S") or letter not in axes:
+        raise ValueError(f"its axes are {axes} {list(shape)}; no stack axis {letter}")
+    return int(shape[axes.index(letter)])

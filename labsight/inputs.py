@@ -33,11 +33,12 @@ class InputError(ValueError):
 class InputFile:
     """One image to submit and the name its job and result rows carry; ``series`` the image of a
     file holding several that the job reads (its ``series`` parameter; '' for the file's only or
-    first image)."""
+    first image), ``plane`` a stack plane it reads (``t=3``, added to its ``plane`` parameter)."""
 
     path: Path
     name: str
     series: str = ""
+    plane: str = ""
 
 
 def expand_inputs(paths: Sequence[str | Path], recursive: bool = False) -> list[Path]:
@@ -129,6 +130,39 @@ def each_series(files: Sequence[InputFile]) -> list[InputFile]:
             continue
         expanded += [InputFile(file.path, f"{file.name}[{name}]", str(index))
                      for index, name in enumerate(names)]
+    if problems:
+        raise InputError(_listed(problems))
+    return expanded
+
+
+def each_plane(files: Sequence[InputFile], axis: str) -> list[InputFile]:
+    """Each plane along stack axis ``axis`` (``t`` for a time-lapse, ``z``) of every TIFF as an
+    input of its own, named ``name[t=3]``, reading that plane (of the file's series where one
+    was chosen).
+
+    Raises
+    ------
+    InputError
+        Naming every file that is not a TIFF with that axis, and what it has.
+    """
+    from labsight.image_series import axis_length
+
+    letter = axis.strip().lower()
+    expanded: list[InputFile] = []
+    problems: list[str] = []
+    for file in files:
+        with open(file.path, "rb") as stream:
+            is_tiff = detect_format(stream.read(16)) == "tiff"
+        if not is_tiff:
+            problems.append(f"{file.path}: not a TIFF, so no stack axis {letter.upper()}")
+            continue
+        try:
+            length = axis_length(file.path, letter, int(file.series or 0))
+        except (ValueError, OSError) as error:
+            problems.append(f"{file.path}: {error}")
+            continue
+        expanded += [InputFile(file.path, f"{file.name}[{letter}={index}]", file.series,
+                               f"{letter}={index}") for index in range(length)]
     if problems:
         raise InputError(_listed(problems))
     return expanded

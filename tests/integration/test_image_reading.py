@@ -23,6 +23,7 @@ from labsight.intensity import parse_intensity, scale_intensity
 from labsight.tables import table_values
 from labsight.v1 import gateway_pb2 as pb
 from labsight.v1 import tensor_pb2
+from services.features.fractal import gliding_box
 from tests.integration.conftest import InProcessStack
 
 BOXES = {"box_sizes": "3-15"}
@@ -319,3 +320,25 @@ def test_each_series_of_a_plate_scan_is_a_job_named_by_its_well(
     assert "submitted before with the same file and parameters" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="without --param series"):
         main(["submit", "fractal", str(plate), "--each-series", "--param", "series=1", *gateway])
+
+
+def test_each_time_point_of_a_time_lapse_is_a_job_of_its_own(
+    stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.start_worker()
+    movie = np.random.default_rng(4).integers(0, 256, (3, 2, 24, 32), dtype=np.uint8)  # T, Z, Y, X
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, movie, imagej=True, metadata={"axes": "TZYX"})
+    gateway = ["--gateway", stack.gateway.address, "--token", ""]
+    assert main(["submit", "fractal", str(path), "--each-plane", "t", "--param", "z_project=max",
+                 "--param", "box_sizes=3,5", "--wait", "--json", *gateway]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["input_name"] for line in lines] == [f"movie.tif[t={t}]" for t in range(3)]
+    assert [line["params"]["plane"] for line in lines] == ["t=0", "t=1", "t=2"]
+    for t, line in enumerate(lines):
+        expected = gliding_box(movie[t].max(axis=0), box_sizes=[3, 5]).box_count
+        np.testing.assert_array_equal(line["result"]["tensors"]["box_count"], expected)
+    with pytest.raises(SystemExit, match="name the axis of --param plane"):
+        main(["submit", "fractal", str(path), "--each-plane", "t", "--param", "plane=1", *gateway])
+    assert main(["submit", "fractal", str(path), "--each-plane", "c", *gateway]) == 2
+    assert "its axes are TZYX [3, 2, 24, 32]; no stack axis C" in capsys.readouterr().err
