@@ -7,7 +7,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -284,8 +284,7 @@ def _input_files(args: argparse.Namespace) -> list[Any] | None:
         paths = expand_inputs(args.images, args.recursive)
         check_inputs(paths)
     except InputError as error:
-        for line in [*str(error).splitlines(), "nothing was submitted"]:
-            print(f"labsight: {line}", file=sys.stderr)
+        _say_nothing_submitted(error)
         return None
     return input_names(paths)
 
@@ -322,48 +321,54 @@ def _submitted_inputs(args: argparse.Namespace) -> list[Any] | None:
         sets, others = group_channel_files(files)
         return [*sets, *others]
     except InputError as error:
-        for line in [*str(error).splitlines(), "nothing was submitted"]:
-            print(f"labsight: {line}", file=sys.stderr)
+        _say_nothing_submitted(error)
         return None
+
+
+def _say_nothing_submitted(error: Exception) -> None:
+    """Print what is wrong with the inputs, a line each, and that nothing was sent."""
+    for line in [*str(error).splitlines(), "nothing was submitted"]:
+        print(f"labsight: {line}", file=sys.stderr)
 
 
 def _each_series(args: argparse.Namespace, files: list[Any], params: dict[str, str]
                  ) -> list[Any] | None:
     """--each-series: every image of the files holding several as a job of its own (see
     labsight.inputs.each_series); None after saying what is wrong (nothing is sent then)."""
-    from labsight.inputs import InputError, InputFile, each_series
+    from labsight.inputs import each_series
 
     if args.stack or "series" in params:
         raise SystemExit("labsight: --each-series makes a job of every image of each file; it goes "
                          "without --stack and without --param series")
-    if any(not isinstance(file, InputFile) for file in files):
-        raise SystemExit("labsight: --each-series takes image files, not sets of channel files")
-    try:
-        return each_series(files)
-    except InputError as error:
-        for line in [*str(error).splitlines(), "nothing was submitted"]:
-            print(f"labsight: {line}", file=sys.stderr)
-        return None
+    return _expanded("--each-series", files, each_series)
 
 
 def _each_plane(args: argparse.Namespace, files: list[Any], params: dict[str, str]
                 ) -> list[Any] | None:
     """--each-plane AXIS: every plane along AXIS of the files as a job of its own (see
     labsight.inputs.each_plane); None after saying what is wrong (nothing is sent then)."""
-    from labsight.inputs import InputError, InputFile, each_plane
+    from labsight.inputs import each_plane
 
     if args.stack:
         raise SystemExit("labsight: --each-plane makes a job of every plane of each file; it goes "
                          "without --stack")
     if params.get("plane", "").strip().isdigit():
         raise SystemExit("labsight: with --each-plane, name the axis of --param plane (z=3, not 3)")
+    return _expanded("--each-plane", files, lambda chosen: each_plane(chosen, args.each_plane))
+
+
+def _expanded(flag: str, files: list[Any], expand: Callable[[list[Any]], list[Any]]
+              ) -> list[Any] | None:
+    """``expand(files)`` for ``flag``, which takes single image files; None after saying what is
+    wrong with them (nothing is sent then)."""
+    from labsight.inputs import InputError, InputFile
+
     if any(not isinstance(file, InputFile) for file in files):
-        raise SystemExit("labsight: --each-plane takes image files, not sets of channel files")
+        raise SystemExit(f"labsight: {flag} takes image files, not sets of channel files")
     try:
-        return each_plane(files, args.each_plane)
+        return expand(files)
     except InputError as error:
-        for line in [*str(error).splitlines(), "nothing was submitted"]:
-            print(f"labsight: {line}", file=sys.stderr)
+        _say_nothing_submitted(error)
         return None
 
 
@@ -394,8 +399,7 @@ def _stacked_inputs(args: argparse.Namespace, files: list[Any], tensors: dict[st
     try:
         return list(stack_files(files, args.stack))
     except InputError as error:
-        for line in [*str(error).splitlines(), "nothing was submitted"]:
-            print(f"labsight: {line}", file=sys.stderr)
+        _say_nothing_submitted(error)
         return None
 
 
