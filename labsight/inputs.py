@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,27 +112,17 @@ def each_series(files: Sequence[InputFile]) -> list[InputFile]:
     """
     from labsight.image_series import series_names
 
-    expanded: list[InputFile] = []
-    problems: list[str] = []
-    for file in files:
-        with open(file.path, "rb") as stream:
-            is_tiff = detect_format(stream.read(16)) == "tiff"
-        if not is_tiff:
-            expanded.append(file)
-            continue
+    def images(file: InputFile) -> list[InputFile]:
         try:
             names = series_names(file.path)
         except (ValueError, OSError) as error:
-            problems.append(f"{file.path}: cannot read its images ({error})")
-            continue
+            raise ValueError(f"cannot read its images ({error})") from None
         if names == [""]:
-            expanded.append(file)
-            continue
-        expanded += [InputFile(file.path, f"{file.name}[{name}]", str(index))
-                     for index, name in enumerate(names)]
-    if problems:
-        raise InputError(_listed(problems))
-    return expanded
+            return [file]
+        return [InputFile(file.path, f"{file.name}[{name}]", str(index))
+                for index, name in enumerate(names)]
+
+    return _expanded_tiffs(files, images, "")
 
 
 def each_plane(files: Sequence[InputFile], axis: str) -> list[InputFile]:
@@ -148,21 +138,35 @@ def each_plane(files: Sequence[InputFile], axis: str) -> list[InputFile]:
     from labsight.image_series import axis_length
 
     letter = axis.strip().lower()
+
+    def planes(file: InputFile) -> list[InputFile]:
+        length = axis_length(file.path, letter, int(file.series or 0))
+        return [InputFile(file.path, f"{file.name}[{letter}={index}]", file.series,
+                          f"{letter}={index}") for index in range(length)]
+
+    return _expanded_tiffs(files, planes, f"not a TIFF, so no stack axis {letter.upper()}")
+
+
+def _expanded_tiffs(files: Sequence[InputFile], expand: Callable[[InputFile], list[InputFile]],
+                    not_tiff: str) -> list[InputFile]:
+    """Every TIFF of ``files`` as ``expand`` makes it several inputs; another file as it is, or
+    a problem ``not_tiff`` when that is given. InputError naming every file ``expand`` refused
+    (ValueError, OSError) and why."""
     expanded: list[InputFile] = []
     problems: list[str] = []
     for file in files:
         with open(file.path, "rb") as stream:
             is_tiff = detect_format(stream.read(16)) == "tiff"
         if not is_tiff:
-            problems.append(f"{file.path}: not a TIFF, so no stack axis {letter.upper()}")
+            if not_tiff:
+                problems.append(f"{file.path}: {not_tiff}")
+            else:
+                expanded.append(file)
             continue
         try:
-            length = axis_length(file.path, letter, int(file.series or 0))
+            expanded += expand(file)
         except (ValueError, OSError) as error:
             problems.append(f"{file.path}: {error}")
-            continue
-        expanded += [InputFile(file.path, f"{file.name}[{letter}={index}]", file.series,
-                               f"{letter}={index}") for index in range(length)]
     if problems:
         raise InputError(_listed(problems))
     return expanded
