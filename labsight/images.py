@@ -190,6 +190,19 @@ def stated_pixel_size(image: tensor_pb2.Image, field: str = "image") -> PixelSiz
         return source.layout.pixel_size
 
 
+def file_layouts(image: tensor_pb2.Image, field: str = "image") -> list[Layout]:
+    """What each image of a file holds (its TIFF series, first to last; one for a PNG, JPEG or
+    tensor), from its header: axes, sizes, dtype, channel names, bits, pixel size. Raises
+    InvalidArgument as :func:`image_info` for a file that cannot be opened."""
+    limit = _default_limit(image)
+    with _opened(image, field, limit) as source:
+        layouts = [source.layout]
+    for index in range(1, layouts[0].other_images + 1):
+        with _opened(image, field, limit, index) as source:
+            layouts.append(source.layout)
+    return layouts
+
+
 def _limit_env(image: tensor_pb2.Image, max_bytes: int | None) -> str:
     """The environment variable that raises the limit an image is checked against."""
     blob = max_bytes is None and image.WhichOneof("source") == "blob"
