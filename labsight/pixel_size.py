@@ -8,6 +8,7 @@ order (the first that states a size wins):
   in ``PhysicalSizeXUnit`` (µm when absent, as the OME schema says);
 - ImageJ: the ``unit`` of the description (``micron``, ``um``, ``nm``, ...) and
   the TIFF ``XResolution`` / ``YResolution`` tags, pixels per unit;
+- an Aperio SVS whole slide: ``MPP`` (microns per pixel) in its description;
 - a plain TIFF whose ``ResolutionUnit`` is the centimetre (pixels per cm).
 
 Resolutions per inch are ignored: writers put their screen or print dots per inch
@@ -20,6 +21,7 @@ and so is one that does not parse.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from xml.etree import ElementTree
 
@@ -53,6 +55,9 @@ _ANISOTROPY = 0.01
 
 _RESOLUTION_UNIT_CM = 3
 """TIFF ResolutionUnit CENTIMETER."""
+
+_APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)")
+"""The microns-per-pixel field of an Aperio SVS description."""
 
 _DISAGREEMENT = 0.02
 """Relative difference between a given and a stated pixel size worth a warning."""
@@ -163,6 +168,10 @@ def tiff_pixel_size(tif: tifffile.TiffFile, series_index: int = 0) -> PixelSize 
         unit = um_per_unit(str(tif.imagej_metadata.get("unit", "")))
         if unit is not None:
             return _from_resolution(page, unit, "ImageJ calibration")
+    if tif.is_svs:
+        found = _aperio_pixel_size(str(tif.pages.first.description))
+        if found is not None:
+            return found
     if _tag_value(page, "ResolutionUnit") == _RESOLUTION_UNIT_CM:
         found = _from_resolution(page, _UNIT_UM["cm"], "TIFF resolution")
         if found is not None and max(found.x_um, found.y_um) <= PLAIN_TIFF_MAX_UM:
@@ -187,6 +196,13 @@ def _ome_pixel_size(xml: str, index: int) -> PixelSize | None:
             return None
         sizes.append(size * unit)
     return _checked(sizes[0], sizes[1], "OME PhysicalSizeX/Y")
+
+
+def _aperio_pixel_size(description: str) -> PixelSize | None:
+    """``MPP = 0.2527`` among the ``|``-separated fields of an Aperio SVS description."""
+    match = _APERIO_MPP.search(description)
+    size = _number(match.group(1)) if match else None
+    return None if size is None else _checked(size, size, "Aperio MPP")
 
 
 def _from_resolution(page: tifffile.TiffPage, um_per: float, source: str) -> PixelSize | None:

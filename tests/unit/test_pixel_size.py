@@ -132,3 +132,12 @@ def test_ome_units_spelled_either_way(tmp_path: Path, unit: str) -> None:
     size = _stated(_ome(tmp_path / "a.ome.tif", PhysicalSizeX=0.5, PhysicalSizeXUnit=unit,
                         PhysicalSizeY=0.5, PhysicalSizeYUnit=unit))
     assert size is not None and size.um == 0.5
+
+
+def test_an_aperio_slide_states_its_microns_per_pixel(tmp_path: Path) -> None:
+    path = tmp_path / "slide.svs"
+    description = ("Aperio Image Library v12.0.15 \r\n46000x32914 [0,100 46000x32714] (240x240) "
+                   "JPEG/RGB Q=70|AppMag = 20|MPP = 0.4990|Left = 25.0")
+    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), photometric="rgb", tile=(16, 16),
+                     description=description, metadata=None)
+    assert _stated(path) == PixelSize(0.499, "Aperio MPP", 0.499, 0.499)
