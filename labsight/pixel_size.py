@@ -1,10 +1,10 @@
-"""The physical pixel size a microscope file states: OME, ImageJ calibration, TIFF resolution.
+"""The physical pixel size a microscope file states: OME, ImageJ calibration, Aperio, TIFF resolution.
 
 Microscope software records how many micrometres a pixel spans, and every size
-limit of the cell segmentation depends on it. Three places hold it, read in this
+limit of the cell segmentation depends on it. These places hold it, read in this
 order (the first that states a size wins):
 
-- OME-XML: ``PhysicalSizeX`` / ``PhysicalSizeY`` of the first image's ``Pixels``,
+- OME-XML: ``PhysicalSizeX`` / ``PhysicalSizeY`` of the read image's ``Pixels``,
   in ``PhysicalSizeXUnit`` (µm when absent, as the OME schema says);
 - ImageJ: the ``unit`` of the description (``micron``, ``um``, ``nm``, ...) and
   the TIFF ``XResolution`` / ``YResolution`` tags, pixels per unit;
