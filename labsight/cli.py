@@ -194,10 +194,13 @@ def _add_visium_input(
     args.images = [str(image)]
     tensors["spot_centres"] = spots.centres
     params.setdefault("spot_ids", ",".join(spots.barcodes))
-    params.setdefault("spot_diameter", repr(spots.spot_diameter))
+    if "spot_diameter_um" not in params:  # a diameter in micrometres given instead wins
+        params.setdefault("spot_diameter", repr(spots.spot_diameter))
+    diameter = (f"{params['spot_diameter_um']} µm" if "spot_diameter_um" in params
+                else f"{params['spot_diameter']} px")
     print(f"labsight: {len(spots.barcodes)} of {len(every.barcodes)} spots of "
-          f"{spots.library_id} are in the tissue; spot diameter {params['spot_diameter']} px "
-          f"on {image}", file=sys.stderr)
+          f"{spots.library_id} are in the tissue; spot diameter {diameter} on {image}",
+          file=sys.stderr)
 
 
 STACK_HINT_FILES = 256
@@ -674,7 +677,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     results = [result for _, result in finished]
     try:
         # A spot job's diameter places its spots; several jobs share no image.
-        diameter = float(finished[0][0].params.get("spot_diameter") or 0) if len(finished) == 1 else 0.0
+        diameter = float(results[0].provenance.get("spot_diameter_px")
+                         or finished[0][0].params.get("spot_diameter") or 0) if len(finished) == 1 else 0.0
         # A 4-channel job's image may be one of its channel files (ID_red.png: all four are read).
         four = finished[0][0].pipeline in FOUR_CHANNEL_PIPELINES
         options = PlotOptions(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from collections.abc import Callable, Hashable
@@ -12,6 +13,7 @@ import grpc
 import numpy as np
 import onnx
 import pytest
+import tifffile
 from PIL import Image
 from prometheus_client import REGISTRY
 from skimage import data
@@ -584,3 +586,33 @@ def test_spot_features_submissions_are_checked_at_the_door(
         stack.client.submit("spot-features", IMAGES[1], params, tensors=tensors)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in error.value.details()
+
+
+def test_a_spot_diameter_in_micrometres_follows_the_pixel_size_the_file_states(
+    stack: InProcessStack, model_cache: Path
+) -> None:
+    stack.start_worker()
+    buffer = io.BytesIO()  # an OME-TIFF of the tissue at 0.5 µm a pixel
+    tifffile.imwrite(buffer, IMAGES[0], photometric="rgb", ome=True,
+                     metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    ome = tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=buffer.getvalue()))
+    centres = np.array([[100.0, 100.0], [250.0, 150.0]])
+    job = stack.client.submit("spot-features", ome, {"model": DEFAULT_MODEL, "spot_diameter_um": 40},
+                              tensors={"spot_centres": centres})
+    final = stack.client.wait(job.job_id, timeout_s=180)
+    assert final.status == pb.JOB_STATUS_DONE, final.error
+    result = stack.client.result(job.job_id)
+    assert result.provenance["spot_diameter_px"] == "80"  # 40 µm at 0.5 µm a pixel
+    patches = spot_patches(IMAGES[0], centres, 80, 224).pixels
+    np.testing.assert_allclose(table_values(result.tables["features"]),
+                               _direct(list(patches), model_cache), atol=1e-4)
+    for image, params, message in (
+        (IMAGES[0], {"spot_diameter_um": 40}, "the image file states no pixel size"),
+        (ome, {"spot_diameter_um": 40, "spot_diameter": 80}, "not both"),
+        (ome, {"spot_diameter_um": "-3"}, "params.spot_diameter_um: must be a finite number > 0"),
+    ):
+        with pytest.raises(grpc.RpcError) as error:
+            stack.client.submit("spot-features", image, {"model": DEFAULT_MODEL, **params},
+                                tensors={"spot_centres": centres})
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in error.value.details()

@@ -11,14 +11,21 @@ import numpy as np
 
 from labsight.blobs import blob_store, opened_blob
 from labsight.errors import InvalidArgument, echo
-from labsight.images import ImageInfo, decode_label_mask, detect_format, image_info, label_mask_info
+from labsight.images import (
+    ImageInfo,
+    decode_label_mask,
+    detect_format,
+    image_info,
+    label_mask_info,
+    stated_pixel_size,
+)
 from labsight.intensity import DEFAULT_INTENSITY
 from labsight.patches import spot_patches
 from labsight.regions import readable_by_regions, tiff_regions
 from labsight.spatial import EDGE, SPOT_EDGE_MODES
 from labsight.tables import feature_table
 from labsight.tensors import from_tensor, to_tensor, write_tensor
-from labsight.v1 import features_pb2, segmentation_pb2
+from labsight.v1 import features_pb2, segmentation_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import (
     InputReading,
@@ -52,6 +59,43 @@ def parse_diameter(text: str) -> float:
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"must be a finite number >= 0, got {echo(text)}")
     return value
+
+
+def parse_diameter_um(text: str) -> float | None:
+    """A spot diameter in micrometres, > 0, or None for empty; ValueError otherwise."""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of micrometres, got {echo(text)}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a finite number > 0, got {echo(text)}")
+    return value
+
+
+def spot_diameter_px(params: Mapping[str, str], image: tensor_pb2.Image) -> float:
+    """The spots' diameter in pixels from a job's parameter texts: ``spot_diameter``, or
+    ``spot_diameter_um`` over the pixel size the image file states (:mod:`labsight.pixel_size`).
+
+    Raises
+    ------
+    InvalidArgument
+        For both given, or ``spot_diameter_um`` with an image that states no pixel size.
+    """
+    pixels = parse_diameter(params.get("spot_diameter", "0"))
+    micrometres = parse_diameter_um(params.get("spot_diameter_um", ""))
+    if micrometres is None:
+        return pixels
+    if pixels:
+        raise InvalidArgument("params.spot_diameter_um: give the spot diameter in pixels "
+                              "(spot_diameter) or in micrometres, not both")
+    stated = stated_pixel_size(image, "input.image")
+    if stated is None:
+        raise InvalidArgument("params.spot_diameter_um: the image file states no pixel size (OME "
+                              "PhysicalSizeX/Y, an ImageJ calibration, an Aperio MPP); give "
+                              "spot_diameter in pixels")
+    return micrometres / stated.um
 
 
 def parse_spot_edge(text: str) -> str:
@@ -111,6 +155,9 @@ class SpotFeaturesPipeline(Pipeline):
         *model_parameters("inception-v3"),
         Parameter("spot_diameter", "Side of each spot's square patch in pixels (spot mode).", "0",
                   parse_diameter),
+        Parameter("spot_diameter_um", "The spots' diameter in micrometres instead (Visium: 55), "
+                  "over the pixel size the image file states (OME, ImageJ, Aperio MPP); empty: "
+                  "spot_diameter.", "", parse_diameter_um),
         Parameter("spot_ids", "Comma-separated spot ids, one per centre; default 0..N-1.", "",
                   parse_spot_ids),
         Parameter("spot_edge", "Spots whose patch reaches past the image border: pad-constant "
@@ -192,6 +239,8 @@ class SpotFeaturesPipeline(Pipeline):
             centres.append(piece.centres)
             at_edge.extend(piece.at_edge)
         result = pb.JobResult(pipeline=self.name, provenance=provenance)
+        if requests[0].spot_diameter:  # spots: the diameter in pixels, given or from micrometres
+            result.provenance["spot_diameter_px"] = f"{requests[0].spot_diameter:.7g}"
         result.tables["features"].CopyFrom(feature_table(columns, np.concatenate(values), ids))
         result.tensors["coordinates"].CopyFrom(to_tensor(np.concatenate(centres)))
         result.tensors[EDGE].CopyFrom(to_tensor(np.array(at_edge, np.uint8)))
@@ -285,11 +334,12 @@ class SpotFeaturesPipeline(Pipeline):
             return requests or [base]  # no cell or not an integer mask: the service says which
         centres = from_tensor(job_input.tensors[SPOT_CENTRES], f"input.tensors[{SPOT_CENTRES}]")
         ids = list(params["spot_ids"]) or [str(i) for i in range(len(centres))]
+        diameter = spot_diameter_px(context.params, job_input.image)
         for start in range(0, len(centres), per_call):
             request = segmentation_pb2.ExtractPatchesRequest()
             request.CopyFrom(base)
             write_tensor(request.spot_centres, centres[start : start + per_call])
-            request.spot_diameter = float(params["spot_diameter"])
+            request.spot_diameter = diameter
             request.spot_edge = str(params["spot_edge"])
             request.spot_ids.extend(ids[start : start + per_call])
             requests.append(request)
@@ -313,9 +363,10 @@ def check_spots(params: dict[str, str], job_input: pb.JobInput, info: ImageInfo)
     ids = parse_spot_ids(params["spot_ids"])
     if ids and len(ids) != len(centres):
         raise InvalidArgument(f"params.spot_ids: {len(ids)} ids for {len(centres)} spot centres")
-    diameter = parse_diameter(params["spot_diameter"])
+    diameter = spot_diameter_px(params, job_input.image)
     if diameter < 1:
-        raise InvalidArgument("params.spot_diameter: give the spot diameter in pixels (>= 1)")
+        raise InvalidArgument("params.spot_diameter: give the spot diameter in pixels (>= 1), or "
+                              "spot_diameter_um in micrometres")
     side = int(np.floor(diameter + 0.5))
     if side > min(info.height, info.width):
         raise InvalidArgument(
