@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -85,6 +86,20 @@ def sendable_pixels(context: RunContext) -> np.ndarray | None:
     them) where they fit a message; None otherwise (the service then reads the files itself)."""
     pixels = context.image_pixels
     return pixels if pixels is not None and pixels.nbytes <= answer_room() else None
+
+
+def parse_micrometres(text: str) -> float | None:
+    """A length in micrometres, > 0 and finite, or None for empty (not given); ValueError
+    otherwise."""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of micrometres, got {echo(text)}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a finite number > 0, got {echo(text)}")
+    return value
 
 
 def parse_bool(text: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -29,6 +28,7 @@ from services.gateway.pipelines.base import (
     Parameter,
     Pipeline,
     RunContext,
+    parse_micrometres,
     read_options,
     sendable_pixels,
 )
@@ -46,20 +46,6 @@ def parse_method(text: str) -> str:
         raise ValueError(f"expected one of {list(CELL_METHODS)} (or empty for the default), "
                          f"got {echo(text)}")
     return text
-
-
-def parse_pixel_size(text: str) -> float | None:
-    """A pixel size in micrometres, > 0 and finite, or None for empty (the image file's own);
-    ValueError otherwise."""
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number of micrometres, got {echo(text)}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be a finite number > 0, got {echo(text)}")
-    return value
 
 
 def channel_parts(job_input: pb.JobInput) -> ChannelParts:
@@ -136,7 +122,7 @@ class CellsPipeline(Pipeline):
         Parameter("pixel_size_um", "Pixel size in micrometres: object sizes and the µm² areas "
                   "follow it. Empty: the one the image file states (OME PhysicalSizeX/Y, ImageJ "
                   "calibration, TIFF resolution in cm), else 0.08 (HPA images).", "",
-                  parse_pixel_size),
+                  parse_micrometres),
     )
 
     def sends_read_pixels(self, job_input: pb.JobInput) -> bool:

@@ -34,6 +34,7 @@ from services.gateway.pipelines.base import (
     RunContext,
     main_image_info,
     parse_bool,
+    parse_micrometres,
 )
 from services.gateway.pipelines.costs import DEEP_FEATURES_COST
 from services.gateway.pipelines.deep_features import (
@@ -61,19 +62,6 @@ def parse_diameter(text: str) -> float:
     return value
 
 
-def parse_diameter_um(text: str) -> float | None:
-    """A spot diameter in micrometres, > 0, or None for empty; ValueError otherwise."""
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number of micrometres, got {echo(text)}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"must be a finite number > 0, got {echo(text)}")
-    return value
-
-
 def spot_diameter_px(params: Mapping[str, str], image: tensor_pb2.Image) -> float:
     """The spots' diameter in pixels from a job's parameter texts: ``spot_diameter``, or
     ``spot_diameter_um`` over the pixel size the image file states (:mod:`labsight.pixel_size`).
@@ -84,7 +72,7 @@ def spot_diameter_px(params: Mapping[str, str], image: tensor_pb2.Image) -> floa
         For both given, or ``spot_diameter_um`` with an image that states no pixel size.
     """
     pixels = parse_diameter(params.get("spot_diameter", "0"))
-    micrometres = parse_diameter_um(params.get("spot_diameter_um", ""))
+    micrometres = parse_micrometres(params.get("spot_diameter_um", ""))
     if micrometres is None:
         return pixels
     if pixels:
@@ -157,7 +145,7 @@ class SpotFeaturesPipeline(Pipeline):
                   parse_diameter),
         Parameter("spot_diameter_um", "The spots' diameter in micrometres instead (Visium: 55), "
                   "over the pixel size the image file states (OME, ImageJ, Aperio MPP); empty: "
-                  "spot_diameter.", "", parse_diameter_um),
+                  "spot_diameter.", "", parse_micrometres),
         Parameter("spot_ids", "Comma-separated spot ids, one per centre; default 0..N-1.", "",
                   parse_spot_ids),
         Parameter("spot_edge", "Spots whose patch reaches past the image border: pad-constant "
