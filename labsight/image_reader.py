@@ -147,9 +147,7 @@ class Layout:
         Bits per sample the file declares (OME SignificantBits, TIFF BitsPerSample).
     other_images : int
         Further images in the file (OME positions, separately written TIFF series)
-        that are not read: only the one at ``image_index`` is.
-    image_index : int
-        Which of the file's images this is (``ReadChoices.series``; 0 the first).
+        that are not read: only the one ``ReadChoices.series`` chose (the first by default) is.
     pixel_size : PixelSize or None
         The physical pixel size the file states (:mod:`labsight.pixel_size`), if any.
     exif_orientation : int
@@ -168,7 +166,6 @@ class Layout:
     other_images: int = 0
     pixel_size: PixelSize | None = None
     exif_orientation: int = 1
-    image_index: int = 0
 
     def describe(self) -> str:
         """'ZCYX [Z=5, C=2, Y=64, X=64]' for messages."""

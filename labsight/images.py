@@ -626,7 +626,7 @@ def tiff_layout(tif: tifffile.TiffFile, field: str = "image", series_index: int 
     alpha = "S" in page_axes and any(int(extra) in (1, 2) for extra in page.extrasamples)
     chunk_bytes = math.prod(page.chunks) * np.dtype(page.dtype).itemsize
     return Layout(axes, shape, np.dtype(page.dtype), page_axes, chunk_bytes, names, alpha, bits,
-                  images - 1, tiff_pixel_size(tif, series_index), image_index=series_index)
+                  images - 1, tiff_pixel_size(tif, series_index))
 
 
 def _check_page_data(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> None:
