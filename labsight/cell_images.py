@@ -111,6 +111,17 @@ def read_cell_image(parts: ChannelParts, max_bytes: int | None = None,
     return np.stack(pixels, axis=-1)
 
 
+def read_role_image(field: str, image: tensor_pb2.Image, max_answer_bytes: int,
+                    max_bytes: int | None = None) -> np.ndarray:
+    """The (H, W, C) pixels of an image whose channels are named by role (SegmentCells'
+    ``roles``: any channel count), checked first from its header as :func:`read_cell_image`
+    checks a cells image; a grey image gives C = 1."""
+    limit = max_image_bytes() if max_bytes is None else max_bytes
+    check_answer_size(image_info(image, field, limit), field, max_answer_bytes)
+    pixels = read_image(image, field, limit, warn=False).pixels
+    return pixels if pixels.ndim == 3 else pixels[..., np.newaxis]
+
+
 def cell_image_pixel_size(parts: ChannelParts) -> PixelSize | None:
     """The pixel size the parts' files state, from their headers (the first that states one; see
     :func:`labsight.pixel_size.first_stated`); None for pixel tensors or files that state none."""

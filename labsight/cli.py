@@ -679,8 +679,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
         # A spot job's diameter places its spots; several jobs share no image.
         diameter = float(results[0].provenance.get("spot_diameter_px")
                          or finished[0][0].params.get("spot_diameter") or 0) if len(finished) == 1 else 0.0
-        # A 4-channel job's image may be one of its channel files (ID_red.png: all four are read).
-        four = finished[0][0].pipeline in FOUR_CHANNEL_PIPELINES
+        # A 4-channel job's image may be one of its channel files (ID_red.png: all four are
+        # read); a cells job whose channels are named by role reads its image as it is.
+        four = (finished[0][0].pipeline in FOUR_CHANNEL_PIPELINES
+                and not finished[0][0].params.get("nucleus_channel"))
         options = PlotOptions(
             kind=args.kind, table=args.table, colour_by=args.colour_by, spot_diameter=diameter,
             ids=args.ids,

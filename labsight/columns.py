@@ -158,10 +158,34 @@ CELLS_NOTES = (
 )
 
 
-def cell_column_names() -> list[str]:
-    """Every column of the cells table, in order."""
+def cell_column_names(channels: Sequence[str] = CELL_CHANNELS) -> list[str]:
+    """Every column of the cells table, in order, for an image whose channels have these
+    column names (:func:`channel_column_names`; HPA's red, green, blue, yellow by default)."""
     return [*CELL_FIXED_COLUMNS, *CELL_SHAPE_COLUMNS,
-            *(pattern.format(c=channel) for pattern in CELL_INTENSITY_COLUMNS for channel in CELL_CHANNELS)]
+            *(pattern.format(c=channel) for pattern in CELL_INTENSITY_COLUMNS for channel in channels)]
+
+
+def channel_column_names(names: Sequence[str], count: int) -> tuple[str, ...]:
+    """The names ``count`` channels go by in column names: each given name in lower case, runs of
+    characters other than letters, digits and ``_`` as one ``_``; ``ch<i>`` where ``names`` is
+    empty, a name is left with nothing, or it repeats an earlier one.
+
+    Raises
+    ------
+    ValueError
+        For names given but not one per channel.
+
+    >>> channel_column_names(["DAPI", "Alexa Fluor 488", "dapi"], 3)
+    ('dapi', 'alexa_fluor_488', 'ch2')
+    """
+    if names and len(names) != count:
+        raise ValueError(f"{len(names)} channel names for {count} channels; give one per channel "
+                         "or none")
+    chosen: list[str] = []
+    for index in range(count):
+        slug = re.sub(r"[^a-z0-9_]+", "_", names[index].lower()).strip("_") if names else ""
+        chosen.append(slug if slug and slug not in chosen else f"ch{index}")
+    return tuple(chosen)
 
 
 def _cells_table() -> Table:

@@ -31,6 +31,8 @@ MAX_IDS = 500
 
 CHANNEL_COLOURS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float64)
 """RGB of each channel in the composite (HPA's convention: yellow is red + green)."""
+TWO_CHANNEL_COLOURS = np.array([[1, 0, 1], [0, 1, 0]], np.float64)
+"""RGB of a 2-channel image's channels: magenta and green, told apart by colour-blind eyes too."""
 
 
 def has_masks(result: pb.JobResult) -> bool:
@@ -98,7 +100,8 @@ def label_colours(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
 def composite(image: np.ndarray) -> np.ndarray:
     """RGB floats of an image for display: 4 channels as HPA's composite (each channel
     stretched between its 0.5th and 99.5th percentile, yellow adding to red and green),
-    grey as grey, RGB as it is (stretched)."""
+    2 channels magenta and green, RGB as it is (stretched), others as the grey of their
+    first channel."""
     pixels = image.astype(np.float64)
     if pixels.ndim == 2:
         pixels = pixels[..., np.newaxis]
@@ -110,6 +113,8 @@ def composite(image: np.ndarray) -> np.ndarray:
         return np.clip(stretched @ CHANNEL_COLOURS, 0.0, 1.0)
     if channels == 3:
         return stretched
+    if channels == 2:
+        return np.clip(stretched @ TWO_CHANNEL_COLOURS, 0.0, 1.0)
     return np.repeat(stretched[..., :1], 3, axis=2)
 
 

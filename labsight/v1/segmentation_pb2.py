@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from labsight.v1 import tensor_pb2 as labsight_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elabsight/v1/segmentation.proto\x12\x0blabsight.v1\x1a\x18labsight/v1/tensor.proto\"\x8b\x01\n\x13SegmentCellsRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.labsight.v1.Image\x12\x15\n\rpixel_size_um\x18\x02 \x01(\x02\x12\x0e\n\x06method\x18\x03 \x01(\t\x12*\n\x0e\x63hannel_images\x18\x04 \x03(\x0b\x32\x12.labsight.v1.Image\"\xcd\x01\n\x14SegmentCellsResponse\x12+\n\x0enucleus_labels\x18\x01 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12(\n\x0b\x63\x65ll_labels\x18\x02 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\r\n\x05model\x18\x03 \x01(\t\x12(\n\x05\x63\x65lls\x18\x04 \x01(\x0b\x32\x19.labsight.v1.FeatureTable\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x15\n\rpixel_size_um\x18\x06 \x01(\x02\"i\n\x1bSegmentVesselContentRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.labsight.v1.Image\x12\'\n\x0bvessel_mask\x18\x02 \x01(\x0b\x32\x12.labsight.v1.Image\"M\n\x0eVesselInstance\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\t\x12\x1b\n\x13\x63lass_probabilities\x18\x03 \x03(\x02\"\xab\x02\n\x1cSegmentVesselContentResponse\x12+\n\x0einstance_masks\x18\x01 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12.\n\tinstances\x18\x02 \x03(\x0b\x32\x1b.labsight.v1.VesselInstance\x12T\n\x0esemantic_masks\x18\x03 \x03(\x0b\x32<.labsight.v1.SegmentVesselContentResponse.SemanticMasksEntry\x12\r\n\x05model\x18\x04 \x01(\t\x1aI\n\x12SemanticMasksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.labsight.v1.Tensor:\x02\x38\x01\"\x93\x02\n\x15\x45xtractPatchesRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.labsight.v1.Image\x12)\n\x0cspot_centres\x18\x02 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\x15\n\rspot_diameter\x18\x03 \x01(\x02\x12(\n\x0b\x63\x65ll_labels\x18\x04 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\x19\n\x11\x62lank_other_cells\x18\x05 \x01(\x08\x12\x13\n\x0boutput_size\x18\x06 \x01(\x05\x12\x10\n\x08spot_ids\x18\x07 \x03(\t\x12\x16\n\x0e\x63\x65ll_label_ids\x18\x08 \x03(\x03\x12\x11\n\tspot_edge\x18\t \x01(\t\"\x94\x01\n\x16\x45xtractPatchesResponse\x12$\n\x07patches\x18\x01 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\x11\n\tpatch_ids\x18\x02 \x03(\t\x12*\n\rpatch_centres\x18\x03 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\x15\n\rpatch_at_edge\x18\x04 \x03(\x08\x32\xb2\x02\n\x13SegmentationService\x12S\n\x0cSegmentCells\x12 .labsight.v1.SegmentCellsRequest\x1a!.labsight.v1.SegmentCellsResponse\x12k\n\x14SegmentVesselContent\x12(.labsight.v1.SegmentVesselContentRequest\x1a).labsight.v1.SegmentVesselContentResponse\x12Y\n\x0e\x45xtractPatches\x12\".labsight.v1.ExtractPatchesRequest\x1a#.labsight.v1.ExtractPatchesResponseBO\n\x0forg.labsight.v1P\x01Z:github.com/labsight/labsight/gen/go/labsight/v1;labsightv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elabsight/v1/segmentation.proto\x12\x0blabsight.v1\x1a\x18labsight/v1/tensor.proto\"\xb5\x01\n\x13SegmentCellsRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.labsight.v1.Image\x12\x15\n\rpixel_size_um\x18\x02 \x01(\x02\x12\x0e\n\x06method\x18\x03 \x01(\t\x12*\n\x0e\x63hannel_images\x18\x04 \x03(\x0b\x32\x12.labsight.v1.Image\x12(\n\x05roles\x18\x05 \x01(\x0b\x32\x19.labsight.v1.ChannelRoles\"\\\n\x0c\x43hannelRoles\x12\x0f\n\x07nucleus\x18\x01 \x01(\x05\x12\x11\n\tcytoplasm\x18\x02 \x03(\x05\x12\x15\n\rchannel_names\x18\x03 \x03(\t\x12\x11\n\texpand_um\x18\x04 \x01(\x02\"\xcd\x01\n\x14SegmentCellsResponse\x12+\n\x0enucleus_labels\x18\x01 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12(\n\x0b\x63\x65ll_labels\x18\x02 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\r\n\x05model\x18\x03 \x01(\t\x12(\n\x05\x63\x65lls\x18\x04 \x01(\x0b\x32\x19.labsight.v1.FeatureTable\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x15\n\rpixel_size_um\x18\x06 \x01(\x02\"i\n\x1bSegmentVesselContentRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.labsight.v1.Image\x12\'\n\x0bvessel_mask\x18\x02 \x01(\x0b\x32\x12.labsight.v1.Image\"M\n\x0eVesselInstance\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\t\x12\x1b\n\x13\x63lass_probabilities\x18\x03 \x03(\x02\"\xab\x02\n\x1cSegmentVesselContentResponse\x12+\n\x0einstance_masks\x18\x01 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12.\n\tinstances\x18\x02 \x03(\x0b\x32\x1b.labsight.v1.VesselInstance\x12T\n\x0esemantic_masks\x18\x03 \x03(\x0b\x32<.labsight.v1.SegmentVesselContentResponse.SemanticMasksEntry\x12\r\n\x05model\x18\x04 \x01(\t\x1aI\n\x12SemanticMasksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.labsight.v1.Tensor:\x02\x38\x01\"\x93\x02\n\x15\x45xtractPatchesRequest\x12!\n\x05image\x18\x01 \x01(\x0b\x32\x12.labsight.v1.Image\x12)\n\x0cspot_centres\x18\x02 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\x15\n\rspot_diameter\x18\x03 \x01(\x02\x12(\n\x0b\x63\x65ll_labels\x18\x04 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\x19\n\x11\x62lank_other_cells\x18\x05 \x01(\x08\x12\x13\n\x0boutput_size\x18\x06 \x01(\x05\x12\x10\n\x08spot_ids\x18\x07 \x03(\t\x12\x16\n\x0e\x63\x65ll_label_ids\x18\x08 \x03(\x03\x12\x11\n\tspot_edge\x18\t \x01(\t\"\x94\x01\n\x16\x45xtractPatchesResponse\x12$\n\x07patches\x18\x01 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\x11\n\tpatch_ids\x18\x02 \x03(\t\x12*\n\rpatch_centres\x18\x03 \x01(\x0b\x32\x13.labsight.v1.Tensor\x12\x15\n\rpatch_at_edge\x18\x04 \x03(\x08\x32\xb2\x02\n\x13SegmentationService\x12S\n\x0cSegmentCells\x12 .labsight.v1.SegmentCellsRequest\x1a!.labsight.v1.SegmentCellsResponse\x12k\n\x14SegmentVesselContent\x12(.labsight.v1.SegmentVesselContentRequest\x1a).labsight.v1.SegmentVesselContentResponse\x12Y\n\x0e\x45xtractPatches\x12\".labsight.v1.ExtractPatchesRequest\x1a#.labsight.v1.ExtractPatchesResponseBO\n\x0forg.labsight.v1P\x01Z:github.com/labsight/labsight/gen/go/labsight/v1;labsightv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,21 +36,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEGMENTVESSELCONTENTRESPONSE_SEMANTICMASKSENTRY']._loaded_options = None
   _globals['_SEGMENTVESSELCONTENTRESPONSE_SEMANTICMASKSENTRY']._serialized_options = b'8\001'
   _globals['_SEGMENTCELLSREQUEST']._serialized_start=74
-  _globals['_SEGMENTCELLSREQUEST']._serialized_end=213
-  _globals['_SEGMENTCELLSRESPONSE']._serialized_start=216
-  _globals['_SEGMENTCELLSRESPONSE']._serialized_end=421
-  _globals['_SEGMENTVESSELCONTENTREQUEST']._serialized_start=423
-  _globals['_SEGMENTVESSELCONTENTREQUEST']._serialized_end=528
-  _globals['_VESSELINSTANCE']._serialized_start=530
-  _globals['_VESSELINSTANCE']._serialized_end=607
-  _globals['_SEGMENTVESSELCONTENTRESPONSE']._serialized_start=610
-  _globals['_SEGMENTVESSELCONTENTRESPONSE']._serialized_end=909
-  _globals['_SEGMENTVESSELCONTENTRESPONSE_SEMANTICMASKSENTRY']._serialized_start=836
-  _globals['_SEGMENTVESSELCONTENTRESPONSE_SEMANTICMASKSENTRY']._serialized_end=909
-  _globals['_EXTRACTPATCHESREQUEST']._serialized_start=912
-  _globals['_EXTRACTPATCHESREQUEST']._serialized_end=1187
-  _globals['_EXTRACTPATCHESRESPONSE']._serialized_start=1190
-  _globals['_EXTRACTPATCHESRESPONSE']._serialized_end=1338
-  _globals['_SEGMENTATIONSERVICE']._serialized_start=1341
-  _globals['_SEGMENTATIONSERVICE']._serialized_end=1647
+  _globals['_SEGMENTCELLSREQUEST']._serialized_end=255
+  _globals['_CHANNELROLES']._serialized_start=257
+  _globals['_CHANNELROLES']._serialized_end=349
+  _globals['_SEGMENTCELLSRESPONSE']._serialized_start=352
+  _globals['_SEGMENTCELLSRESPONSE']._serialized_end=557
+  _globals['_SEGMENTVESSELCONTENTREQUEST']._serialized_start=559
+  _globals['_SEGMENTVESSELCONTENTREQUEST']._serialized_end=664
+  _globals['_VESSELINSTANCE']._serialized_start=666
+  _globals['_VESSELINSTANCE']._serialized_end=743
+  _globals['_SEGMENTVESSELCONTENTRESPONSE']._serialized_start=746
+  _globals['_SEGMENTVESSELCONTENTRESPONSE']._serialized_end=1045
+  _globals['_SEGMENTVESSELCONTENTRESPONSE_SEMANTICMASKSENTRY']._serialized_start=972
+  _globals['_SEGMENTVESSELCONTENTRESPONSE_SEMANTICMASKSENTRY']._serialized_end=1045
+  _globals['_EXTRACTPATCHESREQUEST']._serialized_start=1048
+  _globals['_EXTRACTPATCHESREQUEST']._serialized_end=1323
+  _globals['_EXTRACTPATCHESRESPONSE']._serialized_start=1326
+  _globals['_EXTRACTPATCHESRESPONSE']._serialized_end=1474
+  _globals['_SEGMENTATIONSERVICE']._serialized_start=1477
+  _globals['_SEGMENTATIONSERVICE']._serialized_end=1783
 # @@protoc_insertion_point(module_scope)

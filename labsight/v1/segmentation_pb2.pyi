@@ -8,16 +8,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SegmentCellsRequest(_message.Message):
-    __slots__ = ("image", "pixel_size_um", "method", "channel_images")
+    __slots__ = ("image", "pixel_size_um", "method", "channel_images", "roles")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     PIXEL_SIZE_UM_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
     image: _tensor_pb2.Image
     pixel_size_um: float
     method: str
     channel_images: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Image]
-    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., pixel_size_um: _Optional[float] = ..., method: _Optional[str] = ..., channel_images: _Optional[_Iterable[_Union[_tensor_pb2.Image, _Mapping]]] = ...) -> None: ...
+    roles: ChannelRoles
+    def __init__(self, image: _Optional[_Union[_tensor_pb2.Image, _Mapping]] = ..., pixel_size_um: _Optional[float] = ..., method: _Optional[str] = ..., channel_images: _Optional[_Iterable[_Union[_tensor_pb2.Image, _Mapping]]] = ..., roles: _Optional[_Union[ChannelRoles, _Mapping]] = ...) -> None: ...
+
+class ChannelRoles(_message.Message):
+    __slots__ = ("nucleus", "cytoplasm", "channel_names", "expand_um")
+    NUCLEUS_FIELD_NUMBER: _ClassVar[int]
+    CYTOPLASM_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_NAMES_FIELD_NUMBER: _ClassVar[int]
+    EXPAND_UM_FIELD_NUMBER: _ClassVar[int]
+    nucleus: int
+    cytoplasm: _containers.RepeatedScalarFieldContainer[int]
+    channel_names: _containers.RepeatedScalarFieldContainer[str]
+    expand_um: float
+    def __init__(self, nucleus: _Optional[int] = ..., cytoplasm: _Optional[_Iterable[int]] = ..., channel_names: _Optional[_Iterable[str]] = ..., expand_um: _Optional[float] = ...) -> None: ...
 
 class SegmentCellsResponse(_message.Message):
     __slots__ = ("nucleus_labels", "cell_labels", "model", "cells", "method", "pixel_size_um")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,7 @@ def measure_cells(
     channels: np.ndarray,
     *,
     pixel_size_um: float,
+    channel_names: Sequence[str] = CELL_CHANNELS,
 ) -> CellTable:
     """Measure every labelled cell and its nucleus.
 
@@ -45,10 +47,13 @@ def measure_cells(
     nucleus_labels, cell_labels : ndarray of int, shape (H, W)
         Label masks, 0 = background; nucleus k belongs to cell k. Nucleus
         pixels whose label is no cell's are ignored.
-    channels : ndarray, shape (H, W, 4)
-        The image, channels red, green, blue, yellow (``labsight.columns.CELL_CHANNELS``).
+    channels : ndarray, shape (H, W, C)
+        The image, one channel per name in ``channel_names``.
     pixel_size_um : float
         Side of a pixel in micrometres (> 0), for the areas in µm².
+    channel_names : sequence of str, optional
+        The channels' names in column names (``labsight.columns.channel_column_names``);
+        HPA's red, green, blue, yellow (``labsight.columns.CELL_CHANNELS``) by default.
 
     Returns
     -------
@@ -65,7 +70,7 @@ def measure_cells(
     ------
     ValueError
         For masks of other shapes than the channels', non-integer masks, a
-        channel count other than 4, or a pixel size that is not positive.
+        channel count other than the names', or a pixel size that is not positive.
 
     Notes
     -----
@@ -83,7 +88,8 @@ def measure_cells(
     >>> table.labels.tolist(), float(table.values[0, table.columns.index("area_um2")])
     ([7], 1.5)
     """
-    _check(nucleus_labels, cell_labels, channels, pixel_size_um)
+    _check(nucleus_labels, cell_labels, channels, len(channel_names), pixel_size_um)
+    columns = cell_column_names(channel_names)
     labels, index = _compact(cell_labels)
     count = len(labels)
     bins = count + 1
@@ -118,8 +124,8 @@ def measure_cells(
         np.where(has_nucleus, form_factors(nucleus_area, nucleus_perimeter), np.nan),
         nucleus_shape.major_axis * um, nucleus_shape.minor_axis * um, nucleus_shape.eccentricity,
         means.T, sums.T, stds.T, nucleus_means.T,
-    ]) if count else np.zeros((0, len(cell_column_names())))
-    return CellTable(labels, cell_column_names(), values)
+    ]) if count else np.zeros((0, len(columns)))
+    return CellTable(labels, columns, values)
 
 
 def _per_object(runs: Runs, per_run: np.ndarray, bins: int) -> np.ndarray:
@@ -147,7 +153,7 @@ def _channel_sums(channels: np.ndarray, cell_runs: Runs, nucleus_runs: Runs,
     height, width = channels.shape[:2]
     exact = channels.dtype.kind in "iub"
     kind = np.int64 if exact else np.float64
-    shape = (len(CELL_CHANNELS), bins - 1)
+    shape = (channels.shape[2], bins - 1)
     sums, square_sums, nucleus_sums = np.empty(shape), np.empty(shape), np.empty(shape)
     # one running-sum buffer with a zero column in front (a run's sum is two reads) and one for
     # the squares, for every channel: fresh ones per channel cost more to touch than to fill
@@ -156,7 +162,7 @@ def _channel_sums(channels: np.ndarray, cell_runs: Runs, nucleus_runs: Runs,
     cell_at = _run_ends(cell_runs, width + 1)
     nucleus_at = _run_ends(nucleus_runs, width + 1)
     flat = running.ravel()
-    for c in range(len(CELL_CHANNELS)):
+    for c in range(channels.shape[2]):
         plane = channels[..., c]
         np.cumsum(plane, axis=1, dtype=kind, out=running[:, 1:])
         sums[c] = _per_object(cell_runs, flat[cell_at[1]] - flat[cell_at[0]], bins)
@@ -174,9 +180,10 @@ def _run_ends(runs: Runs, stride: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check(nucleus_labels: np.ndarray, cell_labels: np.ndarray, channels: np.ndarray,
-           pixel_size_um: float) -> None:
-    if channels.ndim != 3 or channels.shape[2] != len(CELL_CHANNELS):
-        raise ValueError(f"channels: expected (H, W, {len(CELL_CHANNELS)}), got {list(channels.shape)}")
+           channel_count: int, pixel_size_um: float) -> None:
+    if channels.ndim != 3 or channels.shape[2] != channel_count:
+        raise ValueError(f"channels: expected (H, W, {channel_count}) for {channel_count} channel "
+                         f"names, got {list(channels.shape)}")
     for name, mask in (("nucleus_labels", nucleus_labels), ("cell_labels", cell_labels)):
         if mask.shape != channels.shape[:2]:
             raise ValueError(f"{name}: shape {list(mask.shape)} differs from the channels' "

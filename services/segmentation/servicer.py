@@ -8,7 +8,8 @@ from contextlib import AbstractContextManager, nullcontext
 
 import grpc
 
-from labsight.cell_images import ChannelParts, cell_image_pixel_size, read_cell_image
+from labsight.cell_images import ChannelParts, cell_image_pixel_size, read_cell_image, read_role_image
+from labsight.columns import CELL_CHANNELS, channel_column_names
 from labsight.config import MESSAGE_RESERVE_BYTES, Settings
 from labsight.errors import InvalidArgument, echo
 from labsight.images import decode_image
@@ -29,6 +30,7 @@ from services.segmentation.cells import (
 )
 from services.segmentation.measure import measure_cells
 from services.segmentation.models.flow_models import default_server
+from services.segmentation.roles import ChannelRoles, segment_by_roles
 from services.segmentation.vessel_service import segment_vessel_request
 
 SEGMENTATION_PRELOAD_ENV = "LABSIGHT_SEGMENTATION_PRELOAD"
@@ -63,15 +65,21 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     def SegmentCells(
         self, request: pb.SegmentCellsRequest, context: grpc.ServicerContext
     ) -> EncodedMessage:
-        """Nucleus and cell labels of one 4-channel image, and the table of its cells (answered
-        serialized, a SegmentCellsResponse); stops before segmenting when the caller cancelled
-        meanwhile."""
+        """Nucleus and cell labels of one 4-channel image (or of an image of any channels by
+        their ``roles``), and the table of its cells (answered serialized, a
+        SegmentCellsResponse); stops before segmenting when the caller cancelled meanwhile."""
         method = request.method or DEFAULT_METHOD
         if method not in CELL_METHODS:  # before the image is decoded
             raise InvalidArgument(f"method: unknown method {echo(request.method)}; methods: "
                                   f"{sorted(CELL_METHODS)}")
         parts = _channel_parts(request)
-        channels = read_cell_image(parts, max_answer_bytes=self.max_answer_bytes)
+        roles, names = _roles(request)
+        if roles is None:
+            channels = read_cell_image(parts, max_answer_bytes=self.max_answer_bytes)
+        else:
+            channels = read_role_image(*parts[0], self.max_answer_bytes)
+            roles.check(channels.shape[2])
+            names = _role_channel_names(request.roles, channels.shape[2])
         # float32 on the wire: 0.1 arrives as 0.10000000149; its 7 digits are what was meant
         given = float(f"{request.pixel_size_um:.7g}") or None
         pixel_size = choose_pixel_size(
@@ -81,11 +89,16 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         turn: AbstractContextManager[object] = (
             self._model_free if method in MODEL_FREE_METHODS else nullcontext())
         with turn:
-            nuclei, cells = segment_cells(
-                channels[..., RED], channels[..., YELLOW], channels[..., BLUE],
-                pixel_size_um=pixel_size, method=method,
-            )
-            table = measure_cells(nuclei, cells, channels, pixel_size_um=pixel_size)
+            if roles is None:
+                nuclei, cells = segment_cells(
+                    channels[..., RED], channels[..., YELLOW], channels[..., BLUE],
+                    pixel_size_um=pixel_size, method=method,
+                )
+            else:
+                nuclei, cells = segment_by_roles(channels, roles, pixel_size_um=pixel_size,
+                                                 method=method)
+            table = measure_cells(nuclei, cells, channels, pixel_size_um=pixel_size,
+                                  channel_names=names)
         answer = pb.SegmentCellsResponse(
             model=method,
             cells=feature_table(table.columns, table.values, [str(label) for label in table.labels]),
@@ -145,6 +158,26 @@ def _channel_parts(request: pb.SegmentCellsRequest) -> ChannelParts:
     if request.HasField("image"):
         return [("image", request.image)]
     return [(f"channel_images[{i}]", image) for i, image in enumerate(request.channel_images)]
+
+
+def _roles(request: pb.SegmentCellsRequest) -> tuple[ChannelRoles | None, tuple[str, ...]]:
+    """The request's channel roles (None for HPA's four channels) and, for HPA's, the channels'
+    column names; refuses roles with channel images."""
+    if not request.HasField("roles"):
+        return None, CELL_CHANNELS
+    if request.channel_images:
+        raise InvalidArgument("roles: name the channels of one image (image); channel_images are "
+                              "HPA's red, green, blue, yellow")
+    given = request.roles
+    return ChannelRoles(given.nucleus, tuple(given.cytoplasm), float(given.expand_um)), ()
+
+
+def _role_channel_names(roles: pb.ChannelRoles, count: int) -> tuple[str, ...]:
+    """The column names of an image's ``count`` channels from ``roles.channel_names``."""
+    try:
+        return channel_column_names(list(roles.channel_names), count)
+    except ValueError as error:
+        raise InvalidArgument(f"roles.channel_names: {error}") from None
 
 
 def register(server: grpc.Server, settings: Settings) -> None:

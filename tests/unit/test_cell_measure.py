@@ -183,3 +183,23 @@ def test_orientation_of_bars_along_the_axes(rows: slice, cols: slice, degrees: f
     table = measure_cells(diagonal, diagonal, np.zeros((24, 24, 4), np.uint8), pixel_size_um=1.0)
     assert _column(table, "orientation_deg")[0] == pytest.approx(45.0)
     assert _column(table, "minor_axis_um")[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_channels_named_otherwise_are_measured_under_their_names() -> None:
+    nuclei, cells, channels = _two_cells()
+    hpa = measure_cells(nuclei, cells, channels, pixel_size_um=0.5)
+    # one channel, and two of the four in another order: the same numbers under other names
+    grey = measure_cells(nuclei, cells, channels[..., :1], pixel_size_um=0.5, channel_names=("dapi",))
+    assert grey.columns == cell_column_names(("dapi",))
+    for kind in ("mean", "integrated", "std", "nucleus_mean"):
+        assert np.array_equal(_column(grey, f"{kind}_dapi"), _column(hpa, f"{kind}_red"),
+                              equal_nan=True)
+    pair = measure_cells(nuclei, cells, channels[..., [3, 1]], pixel_size_um=0.5,
+                         channel_names=("er", "gfp"))
+    assert _column(pair, "mean_er") == _column(hpa, "mean_yellow")
+    assert _column(pair, "integrated_gfp") == _column(hpa, "integrated_green")
+    shared = hpa.columns.index("mean_red")
+    assert np.array_equal(pair.values[:, :shared], hpa.values[:, :shared], equal_nan=True)
+    with pytest.raises(ValueError, match=r"channels: expected \(H, W, 3\) for 3 channel names"):
+        measure_cells(nuclei, cells, channels[..., :2], pixel_size_um=0.5,
+                      channel_names=("a", "b", "c"))

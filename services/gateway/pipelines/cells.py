@@ -12,16 +12,23 @@ from labsight.cell_images import (
     cell_image_info,
     check_answer_size,
 )
+from labsight.channel_roles import (
+    ChannelChoice,
+    channel_names_as_read,
+    parse_channel_choice,
+    parse_cytoplasm_choices,
+    resolve_channel,
+)
 from labsight.columns import CELL_CHANNELS
 from labsight.config import answer_room
 from labsight.errors import InvalidArgument, echo
-from labsight.images import ImageInfo, read_image
+from labsight.images import ImageInfo, image_info, read_image
 from labsight.intensity import check_bit_depth, parse_intensity
 from labsight.pixel_size import PixelSize, choose_pixel_size, first_stated
 from labsight.tables import table_values
 from labsight.tensor_wire import EncodedMessage, serialize_with_arrays
 from labsight.tensors import to_tensor
-from labsight.v1 import classifier_pb2, segmentation_pb2
+from labsight.v1 import classifier_pb2, segmentation_pb2, tensor_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import (
     InputReading,
@@ -46,6 +53,49 @@ def parse_method(text: str) -> str:
         raise ValueError(f"expected one of {list(CELL_METHODS)} (or empty for the default), "
                          f"got {echo(text)}")
     return text
+
+
+MAX_EXPAND_UM = 100.0
+"""The farthest ``expand_um`` may grow a nucleus into its cell (the segmentation service's
+services.segmentation.roles.MAX_EXPAND_UM, which a test pins it to)."""
+
+
+def parse_expand(text: str) -> float:
+    """A distance in micrometres from 0 to MAX_EXPAND_UM; ValueError otherwise."""
+    try:
+        value = float(text) if text.strip() else 0.0
+    except ValueError:
+        raise ValueError(f"expected a number of micrometres, got {echo(text)}") from None
+    if not 0 <= value <= MAX_EXPAND_UM:  # NaN fails too
+        raise ValueError(f"expected 0 to {MAX_EXPAND_UM:g} µm, got {echo(text)}")
+    return value
+
+
+CELL_PARAMETERS = (
+    Parameter("method", f"Segmentation method: {' or '.join(CELL_METHODS)}; empty: the "
+              "segmentation service's default.", "", parse_method),
+    Parameter("pixel_size_um", "Pixel size in micrometres: object sizes and the µm² areas "
+              "follow it. Empty: the one the image file states (OME PhysicalSizeX/Y, ImageJ "
+              "calibration, TIFF resolution in cm), else 0.08 (HPA images).", "",
+              parse_micrometres),
+)
+"""The parameters of every pipeline that segments cells (cells, hpa-cells)."""
+
+ROLE_PARAMETERS = (
+    Parameter("nucleus_channel", "For an image that is not HPA's red, green, blue, yellow (a DAPI "
+              "image, DAPI + a protein, ...): the nuclear stain, by index among the channels as "
+              "read or by the name the file gives it (e.g. DAPI). Then the image may have any "
+              "number of channels and the table measures each under its name (mean_dapi, ...). "
+              "Empty: HPA's 4 channels.", "", parse_channel_choice),
+    Parameter("cytoplasm_channels", "With nucleus_channel: up to two channels of a cytoplasm or "
+              "membrane stain (index or name, e.g. CellMask) the cells grow over. Empty: each cell "
+              "is its nucleus grown by expand_um.", "", parse_cytoplasm_choices),
+    Parameter("expand_um", "With nucleus_channel and no cytoplasm_channels: how far each nucleus "
+              "grows into its cell, in µm, stopping where cells meet (CellProfiler's "
+              "IdentifySecondaryObjects by distance). 0: each cell is its nucleus.", "0",
+              parse_expand),
+)
+"""The cells pipeline's parameters for images whose channels are named by role."""
 
 
 def channel_parts(job_input: pb.JobInput) -> ChannelParts:
@@ -103,27 +153,23 @@ def with_cell_image(request: CellImageRequest, context: RunContext) -> CellImage
 
 
 class CellsPipeline(Pipeline):
-    """Runs SegmentationService.SegmentCells on the job's 4-channel image."""
+    """Runs SegmentationService.SegmentCells on the job's 4-channel image, or on an image whose
+    channels its role parameters name."""
 
     name = "cells"
     description = (
         "Nuclei and whole cells of a fluorescence image with the Human Protein Atlas channels "
         "red (microtubules), green (protein), blue (nuclei), yellow (ER): one 4-channel image "
         "(params.channels picks 4 of a larger file), or one grey image per channel as inputs "
-        "red, green, blue, yellow. Result: tensors 'nucleus_labels' and 'cell_labels' (H, W) "
+        "red, green, blue, yellow; or any image whose nuclear stain params.nucleus_channel "
+        "names (a DAPI image, DAPI + proteins; cytoplasm_channels or expand_um make the cells). "
+        "Result: tensors 'nucleus_labels' and 'cell_labels' (H, W) "
         "uint16 (int32 beyond 65535 labels), cell k containing nucleus k; table 'cells' "
         "(areas, centroid, bounding box, shape, intensities per channel; `labsight columns cells` "
         "explains each); tensor "
         "'coordinates' (N, 2) cell centroids x, y."
     )
-    parameters = (
-        Parameter("method", f"Segmentation method: {' or '.join(CELL_METHODS)}; empty: the "
-                  "segmentation service's default.", "", parse_method),
-        Parameter("pixel_size_um", "Pixel size in micrometres: object sizes and the µm² areas "
-                  "follow it. Empty: the one the image file states (OME PhysicalSizeX/Y, ImageJ "
-                  "calibration, TIFF resolution in cm), else 0.08 (HPA images).", "",
-                  parse_micrometres),
-    )
+    parameters = (*CELL_PARAMETERS, *ROLE_PARAMETERS)
 
     def sends_read_pixels(self, job_input: pb.JobInput) -> bool:
         """Yes where the job's image (or one of its channel images) is a file: see
@@ -134,8 +180,15 @@ class CellsPipeline(Pipeline):
         self, params: dict[str, str], job_input: pb.JobInput, info: ImageInfo | None
     ) -> None:
         """Four channels of one size and bit depth, within the image limit, whose label masks
-        fit an answer; read by the job's channels, plane, z_project and intensity."""
+        fit an answer; read by the job's channels, plane, z_project and intensity. With
+        ``nucleus_channel``: one image of any channels, in which the roles name channels."""
         parts = channel_parts(job_input)
+        if params.get("nucleus_channel"):
+            self._check_roles(params, parts, info)
+            return
+        if params.get("cytoplasm_channels") or params.get("expand_um", "0") not in ("", "0"):
+            raise InvalidArgument("params.cytoplasm_channels, params.expand_um: only with "
+                                  "params.nucleus_channel (HPA's 4 channels have their roles)")
         if len(parts) > 1:
             if params["channels"]:
                 raise InvalidArgument("params.channels: picks channels of one multi-channel image; "
@@ -149,6 +202,20 @@ class CellsPipeline(Pipeline):
             raise InvalidArgument(f"params.intensity: {error}") from None
         field = parts[0][0] if len(parts) == 1 else "input.images"
         check_answer_size(info, field, answer_room())
+
+    def _check_roles(self, params: dict[str, str], parts: ChannelParts,
+                     info: ImageInfo | None) -> None:
+        """One image (not HPA's channel files) whose channels as read include the roles'."""
+        if len(parts) > 1 or info is None:
+            raise InvalidArgument("params.nucleus_channel: names a channel of one image "
+                                  "(input.image); one image per channel is HPA's red, green, "
+                                  "blue, yellow")
+        try:
+            check_bit_depth(parse_intensity(params["intensity"]).bits, info.dtype)
+        except ValueError as error:
+            raise InvalidArgument(f"params.intensity: {error}") from None
+        role_request(params, parts[0][1], info.channels)
+        check_answer_size(info, parts[0][0], answer_room())
 
     def read_input(self, job_input: pb.JobInput, params: Mapping[str, str]) -> InputReading:
         """As every pipeline; with one image per channel, each is read, its warnings are named
@@ -181,6 +248,10 @@ class CellsPipeline(Pipeline):
         request = segmentation_pb2.SegmentCellsRequest(
             method=str(params["method"]), pixel_size_um=pixel_size.um
         )
+        if context.params.get("nucleus_channel"):
+            image = context.job_input.image
+            count = image_info(image, "input.image", choices_field="params").channels
+            request.roles.CopyFrom(role_request(context.params, image, count))
         context.report_progress(0.0, "segmentation")
         answer: segmentation_pb2.SegmentCellsResponse = context.services.segmentation.SegmentCells(
             with_cell_image(request, context), timeout=context.services.call_timeout_s
@@ -206,3 +277,29 @@ class CellsPipeline(Pipeline):
         context.report_progress(1.0, "segmentation")
         return result
 
+
+
+def role_request(params: Mapping[str, str], image: tensor_pb2.Image,
+                 count: int) -> segmentation_pb2.ChannelRoles:
+    """The SegmentCells ``roles`` of a job's ``nucleus_channel``, ``cytoplasm_channels`` and
+    ``expand_um`` for its image of ``count`` channels as read (names from the file's header).
+
+    Raises
+    ------
+    InvalidArgument
+        Naming the parameter: a channel the image does not have, or expand_um with cytoplasm
+        channels.
+    """
+    names = channel_names_as_read(image, "input.image", count)
+    nucleus: ChannelChoice = parse_channel_choice(params["nucleus_channel"])  # type: ignore[assignment]
+    cytoplasm = parse_cytoplasm_choices(params.get("cytoplasm_channels", ""))
+    expand = parse_expand(params.get("expand_um", "0"))
+    if cytoplasm and expand:
+        raise InvalidArgument("params.expand_um: cells grow by a distance only without "
+                              "params.cytoplasm_channels; with them they follow the cytoplasm")
+    return segmentation_pb2.ChannelRoles(
+        nucleus=resolve_channel(nucleus, names, "params.nucleus_channel"),
+        cytoplasm=[resolve_channel(choice, names, "params.cytoplasm_channels")
+                   for choice in cytoplasm],
+        channel_names=names, expand_um=expand,
+    )

@@ -14,7 +14,7 @@ from labsight.tensors import from_tensor
 from labsight.v1 import classifier_pb2
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Parameter, RunContext
-from services.gateway.pipelines.cells import CellsPipeline, with_cell_image
+from services.gateway.pipelines.cells import CELL_PARAMETERS, CellsPipeline, with_cell_image
 
 SEGMENTATION_SHARE = 0.5
 """Part of the job's progress taken by the segmentation."""
@@ -44,7 +44,7 @@ class HpaCellsPipeline(CellsPipeline):
         "columns hpa-cells` explains each column. `labsight explain JOB_ID -o DIR` draws why."
     )
     parameters = (
-        *CellsPipeline.parameters,
+        *CELL_PARAMETERS,
         Parameter("model", "Classifier model; empty: the classifier service's default "
                   "(hpa-generated, trained on generated cells).", "", parse_model),
     )
