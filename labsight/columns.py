@@ -145,6 +145,9 @@ CELL_INTENSITY_COLUMNS = {
     "CellProfiler's StdIntensity): how unevenly the cell holds it",
     "nucleus_mean_{c}": "mean intensity of the {m} channel over its nucleus's pixels (empty "
     "without a nucleus)",
+    "cytoplasm_mean_{c}": "mean intensity of the {m} channel over the cell's pixels outside its "
+    "nucleus (CellProfiler's cytoplasm object; empty where the nucleus fills the cell): "
+    "nucleus_mean_{c} / cytoplasm_mean_{c} is the nuclear/cytoplasmic ratio",
 }
 """Intensity columns, one of each per channel, channel-major within each kind."""
 
@@ -155,6 +158,10 @@ CELLS_NOTES = (
     "Cells and nuclei share their label: cell k contains nucleus k. Areas in µm² use "
     "params.pixel_size_um, else the pixel size the image file states, else 0.08 (the HPA "
     "images'); provenance pixel_size_um and pixel_size_source say which.",
+    "With params.nucleus_channel (an image that is not HPA's four channels) the intensity "
+    "columns are named after the image's channels as read, not red, green, blue, yellow: the "
+    "file's channel names in lower case, characters other than letters, digits and _ as _ "
+    "(mean_dapi, integrated_gfp, ...), else ch0, ch1, ... by the channel's index in the file.",
 )
 
 
@@ -190,7 +197,7 @@ def channel_column_names(names: Sequence[str], count: int) -> tuple[str, ...]:
 
 def _cells_table() -> Table:
     intensities = tuple((pattern.format(c=channel),
-                         meaning.format(m=CELL_CHANNEL_MEANINGS[channel]))
+                         meaning.format(c=channel, m=CELL_CHANNEL_MEANINGS[channel]))
                         for pattern, meaning in CELL_INTENSITY_COLUMNS.items()
                         for channel in CELL_CHANNELS)
     return Table("cells", "one row per cell, by increasing label",

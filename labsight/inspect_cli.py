@@ -5,7 +5,8 @@ holds (the series of a plate or tile scan), each with its axes and sizes, sample
 significant bits, channel names, physical pixel size and where it came from, and EXIF
 orientation; then the job parameters that file needs or offers (a plane or projection for a
 stack, ``series`` or ``--each-series`` for several images, ``--each-plane`` for a time-lapse,
-channels by name, ``intensity=bit-depth``). ``--json`` prints one JSON object per file.
+channels by name, its nuclear stain for the cells pipeline, ``intensity=bit-depth``).
+``--json`` prints one JSON object per file.
 """
 
 from __future__ import annotations
@@ -81,6 +82,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+NUCLEAR_STAINS = ("dapi", "hoechst", "h2b", "draq5", "draq7", "nucblue", "nucred", "sir-dna",
+                  "sirdna", "spy-dna", "nls", "propidium", "topro", "to-pro", "sytox", "nuclei",
+                  "nucleus")
+"""Words in a channel name that mark a nuclear stain (or a nuclear marker), lower case."""
+
+
+def _is_nuclear_stain(name: str) -> bool:
+    folded = name.lower()
+    return any(stain in folded for stain in NUCLEAR_STAINS)
+
+
 def _hints(layouts: list[Any], count: int) -> list[str]:
     """The parameters the file needs (a stack's plane) or offers (series, channels, bits)."""
     first = layouts[0]
@@ -98,6 +110,12 @@ def _hints(layouts: list[Any], count: int) -> list[str]:
                      + ("; --each-plane t makes a job of each time point" if "T" in first.axes else ""))
     if first.channel_names:
         hints.append(f"channels by name: --param channels={','.join(first.channel_names[:2])}")
+    nuclear = next((name for name in first.channel_names if _is_nuclear_stain(name)), None)
+    fluorescence = first.size("S") == 1 and first.size("C") != 4  # grey or C channels, not RGB
+    if nuclear is not None or fluorescence:
+        choice = nuclear or ("0" if first.size("C") == 1 else "INDEX")
+        hints.append(f"cells: --param nucleus_channel={choice} (its nuclear stain), then "
+                     "cytoplasm_channels=... or expand_um=... for the cells")
     bits = first.significant_bits
     if bits is not None and bits < first.dtype.itemsize * 8:
         hints.append(f"{bits} significant bits in {first.dtype}: --param intensity=bit-depth "

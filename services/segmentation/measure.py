@@ -63,8 +63,9 @@ def measure_cells(
         centroid (x, y), bounding box (min inclusive, max exclusive), the shapes
         of the cell and its nucleus (:mod:`services.segmentation.shape`: perimeter,
         form factor, second-moment ellipse), and per channel the mean, summed
-        and standard deviation of the intensity over the cell and the mean over its
-        nucleus (NaN for a cell without a nucleus).
+        and standard deviation of the intensity over the cell, the mean over its
+        nucleus (NaN for a cell without a nucleus) and over the rest of the cell (NaN
+        where the nucleus fills it).
 
     Raises
     ------
@@ -108,8 +109,11 @@ def measure_cells(
     cell_shape, nucleus_shape = moment_ellipses(cell_runs, count), moment_ellipses(nucleus_runs, count)
     cell_perimeter, nucleus_perimeter = perimeters(index, count), perimeters(nucleus_index, count)
     sums, square_sums, nucleus_sums = _channel_sums(channels, cell_runs, nucleus_runs, bins)
+    cytoplasm_area = area - nucleus_area
     with np.errstate(invalid="ignore", divide="ignore"):
         nucleus_means = np.where(nucleus_area > 0, nucleus_sums / nucleus_area, np.nan)
+        cytoplasm_means = np.where(cytoplasm_area > 0, (sums - nucleus_sums) / cytoplasm_area,
+                                   np.nan)
     means = sums / np.maximum(area, 1)
     stds = np.sqrt(np.maximum(square_sums / np.maximum(area, 1) - means**2, 0.0))
     square_um = float(pixel_size_um) ** 2
@@ -123,7 +127,7 @@ def measure_cells(
         np.where(has_nucleus, nucleus_perimeter * um, np.nan),
         np.where(has_nucleus, form_factors(nucleus_area, nucleus_perimeter), np.nan),
         nucleus_shape.major_axis * um, nucleus_shape.minor_axis * um, nucleus_shape.eccentricity,
-        means.T, sums.T, stds.T, nucleus_means.T,
+        means.T, sums.T, stds.T, nucleus_means.T, cytoplasm_means.T,
     ]) if count else np.zeros((0, len(columns)))
     return CellTable(labels, columns, values)
 

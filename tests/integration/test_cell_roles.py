@@ -63,6 +63,8 @@ def test_channels_named_by_role_give_hpa_s_cells_measured_under_their_names(
         plane = lab[..., index].astype(np.float64)
         assert np.allclose(table[f"mean_{name}"], [plane[cells == i].mean() for i in ids])
         assert np.allclose(table[f"nucleus_mean_{name}"], [plane[nuclei == i].mean() for i in ids])
+        assert np.allclose(table[f"cytoplasm_mean_{name}"],
+                           [plane[(cells == i) & (nuclei != i)].mean() for i in ids])
     assert np.allclose(table["mean_gfp"], reference.to_pandas("cells")["mean_green"])
 
     lab_file = tmp_path / "well.ome.tif"
@@ -90,7 +92,7 @@ def test_a_grey_nuclear_image_grows_its_nuclei_into_cells(stack: InProcessStack)
     table = result.to_pandas("cells")
     assert list(table.columns) == cell_column_names(("ch0",))
     # the ring round each nucleus is dimmer than the nucleus in the nuclear stain
-    assert np.all(table["nucleus_mean_ch0"] > table["mean_ch0"])
+    assert np.all(table["nucleus_mean_ch0"] > 3 * table["cytoplasm_mean_ch0"])
     assert np.array_equal(_done(stack, bare.job_id).tensor("cell_labels"), nuclei)
 
 
@@ -138,7 +140,7 @@ def test_segment_cells_roles_are_checked_against_the_image(stack: InProcessStack
     nuclei = from_tensor(answer.nucleus_labels, "nucleus_labels")
     assert np.array_equal(from_tensor(answer.cell_labels, "cell_labels"),
                           expand_labels(nuclei, distance=6.0))
-    assert list(answer.cells.columns)[-1] == "nucleus_mean_cellmask"
+    assert list(answer.cells.columns)[-1] == "cytoplasm_mean_cellmask"
     grey = image_from_array(np.zeros((16, 16), np.uint8))
     cases = {
         "roles.nucleus: channel 3, but the image has 3 channel(s)":

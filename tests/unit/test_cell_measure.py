@@ -56,6 +56,9 @@ def test_intensities_are_means_and_sums_over_each_cell_and_its_nucleus() -> None
     assert _column(table, "nucleus_mean_red")[0] == 10.0
     assert _column(table, "nucleus_mean_blue")[0] == 3.0
     assert np.isnan(_column(table, "nucleus_mean_red")[1])  # cell 9 has no nucleus
+    # outside cell 3's nucleus: 16 pixels of red 1; cell 9 is all cytoplasm
+    assert _column(table, "cytoplasm_mean_red") == [1.0, 1.0]
+    assert _column(table, "cytoplasm_mean_green") == [2.0, 2.0]
     # cell 3's red: 16 ones and 4 tens; an even channel has no spread
     assert _column(table, "std_red") == pytest.approx([np.std([1] * 16 + [10] * 4), 0.0])
     assert _column(table, "std_green") == [0.0, 0.0]
@@ -191,7 +194,7 @@ def test_channels_named_otherwise_are_measured_under_their_names() -> None:
     # one channel, and two of the four in another order: the same numbers under other names
     grey = measure_cells(nuclei, cells, channels[..., :1], pixel_size_um=0.5, channel_names=("dapi",))
     assert grey.columns == cell_column_names(("dapi",))
-    for kind in ("mean", "integrated", "std", "nucleus_mean"):
+    for kind in ("mean", "integrated", "std", "nucleus_mean", "cytoplasm_mean"):
         assert np.array_equal(_column(grey, f"{kind}_dapi"), _column(hpa, f"{kind}_red"),
                               equal_nan=True)
     pair = measure_cells(nuclei, cells, channels[..., [3, 1]], pixel_size_um=0.5,

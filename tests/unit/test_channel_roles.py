@@ -37,8 +37,9 @@ def test_column_names_are_lower_case_slugs_one_per_channel() -> None:
         channel_column_names(["a", "b"], 3)
     columns = cell_column_names(("dapi", "gfp"))
     assert ["mean_dapi", "mean_gfp", "integrated_dapi", "integrated_gfp", "std_dapi", "std_gfp",
-            "nucleus_mean_dapi", "nucleus_mean_gfp"] == columns[-8:]
-    assert cell_column_names()[-1] == "nucleus_mean_yellow"  # HPA's layout by default
+            "nucleus_mean_dapi", "nucleus_mean_gfp", "cytoplasm_mean_dapi",
+            "cytoplasm_mean_gfp"] == columns[-10:]
+    assert cell_column_names()[-1] == "cytoplasm_mean_yellow"  # HPA's layout by default
 
 
 def test_names_as_read_follow_the_file_and_the_channels_picked() -> None:

@@ -38,6 +38,7 @@ def test_a_plate_scan_names_its_wells_channels_bits_and_pixel_size(
     hints = " | ".join(found["hints"])
     assert "--each-series" in hints and "channels=DAPI,GFP" in hints
     assert "intensity=bit-depth" in hints and "pixel_size_um" in hints
+    assert "cells: --param nucleus_channel=DAPI (its nuclear stain)" in hints
 
 
 def test_a_time_lapse_and_a_photo_say_what_to_choose(
@@ -57,6 +58,8 @@ def test_a_time_lapse_and_a_photo_say_what_to_choose(
     assert "a stack (t=0..2,z=0..1): give --param plane (e.g. t=0,z=0)" in text
     assert "--each-plane t makes a job of each time point" in text
     assert "  [0]: YXS [Y=30, X=20, S=3] uint8; EXIF orientation 6 (read turned upright)" in text
+    # a grey movie's nuclei are its only channel; a photo's RGB gets no such hint
+    assert text.count("cells: --param nucleus_channel=0 (its nuclear stain)") == 1
 
 
 def test_files_it_cannot_read_are_named_and_the_others_described(
