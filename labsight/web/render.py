@@ -45,8 +45,9 @@ def input_pixels(main: tensor_pb2.Image | None,
 
 def composite_png(pixels: np.ndarray) -> bytes:
     """The RGB composite of an input as PNG: four channels as HPA's red, green, blue and
-    yellow (yellow adding to red and green), grey as grey, each stretched to its range."""
-    rgb = composite(pixels if pixels.ndim == 2 or pixels.shape[2] in (1, 3, 4) else pixels[..., :1])
+    yellow (yellow adding to red and green), two magenta and green, grey as grey, each
+    stretched to its range (``labsight.plots.masks.composite``)."""
+    rgb = composite(pixels)
     buffer = io.BytesIO()
     PilImage.fromarray(np.round(rgb * 255).astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -76,11 +77,10 @@ def classes_png(result: Result, pixels: np.ndarray | None) -> bytes:
 
 
 def _channels_of_masks(result: Result, pixels: np.ndarray | None) -> np.ndarray | None:
-    """``pixels`` when they are four channels of the masks' size, else None."""
+    """``pixels`` when they are of the masks' size (HPA's four channels, or the channels of an
+    image named by role), else None."""
     cells = result.tensor("cell_labels")
-    if pixels is None or pixels.ndim != 3 or pixels.shape[2] != len(CELL_CHANNELS):
-        return None
-    return pixels if pixels.shape[:2] == cells.shape else None
+    return pixels if pixels is not None and pixels.shape[:2] == cells.shape else None
 
 
 def figure_png(figure: Figure) -> bytes:

@@ -183,6 +183,28 @@ def test_cells_from_four_channel_files_give_masks_pictures_and_tiff(web_stack: W
     assert stated is not None and abs(stated.um - float(PIXEL_SIZE)) < 1e-9
 
 
+def test_cells_of_an_image_named_by_role_are_drawn_over_its_channels(web_stack: WebStack) -> None:
+    image, _ = cells_image(np.uint8)
+    buffer = io.BytesIO()  # a lab's DAPI + GFP file
+    tifffile.imwrite(buffer, np.stack([image[..., 2], image[..., 1]]), ome=True, metadata={
+        "axes": "CYX", "Channel": {"Name": ["DAPI", "GFP"]},
+        "PhysicalSizeX": float(PIXEL_SIZE), "PhysicalSizeY": float(PIXEL_SIZE)})
+    status, body = call(web_stack, "/api/jobs", body={
+        "pipeline": "cells", "params": {"nucleus_channel": "DAPI", "expand_um": "3"},
+        "image": image_json(buffer.getvalue(), "well.ome.tif")})
+    assert status == 200, body
+    job_id = json.loads(body)["job_id"]
+    while json.loads(call(web_stack, f"/api/jobs/{job_id}")[1])["status"] not in ("done", "failed", "dead"):
+        time.sleep(0.2)
+    result = json.loads(call(web_stack, f"/api/jobs/{job_id}/result")[1])
+    assert "mean_gfp" in result["table"]["columns"]
+    masks = Image.open(io.BytesIO(call(web_stack, f"/api/jobs/{job_id}/masks.png")[1]))
+    assert masks.width > 1.8 * masks.height  # two panels: the masks, and outlines over the channels
+    composite = np.asarray(Image.open(io.BytesIO(call(web_stack, f"/api/jobs/{job_id}/composite.png")[1])))
+    nuclei = image[..., 2] > 128
+    assert composite[nuclei][:, [0, 2]].mean() > 2 * composite[~nuclei][:, [0, 2]].mean()  # DAPI magenta
+
+
 def test_hpa_cells_list_each_cells_top_classes(web_stack: WebStack) -> None:
     field = generate_cell_field(5, size=256, cells=4)
     status, body = call(web_stack, "/api/jobs", body={
