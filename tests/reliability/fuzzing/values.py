@@ -234,6 +234,17 @@ PARAMETER_POOLS: dict[str, NamedPool] = {
         ("intensity:percentile-nan", "percentile:nan-inf"),
         ("intensity:percentile-reversed", "percentile:99-1"),
         ("intensity:percentile-overflow", "percentile:1e309-1e310"), *hostile_strings(rng)],
+    "nucleus_channel": lambda rng: [
+        ("nucleus_channel:first", "0"), ("nucleus_channel:name", "DAPI"),
+        ("nucleus_channel:out-of-range", "7"), ("nucleus_channel:several", "0,1"),
+        *numbers_as_text(), *hostile_strings(rng)],
+    "cytoplasm_channels": lambda rng: [
+        ("cytoplasm_channels:second", "1"), ("cytoplasm_channels:three", "0,1,1"),
+        ("cytoplasm_channels:names", "CellMask,WGA"), *numbers_as_text(), *hostile_strings(rng)],
+    "expand_um": lambda rng: floats_as_text(),
+    "method": lambda rng: [("method:classical", "classical"), ("method:flows", "flows"),
+                           ("method:hpa", "hpa"), ("method:unknown", "magic"), *hostile_strings(rng)],
+    "pixel_size_um": lambda rng: floats_as_text(),
     "series": lambda rng: [("series:first", "0"), ("series:second", "1"),
                            ("series:huge", "99999999999999999999"), ("series:negative", "-1"),
                            *numbers_as_text(), *hostile_strings(rng)],
