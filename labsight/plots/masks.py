@@ -65,7 +65,7 @@ def masks_figure(result: pb.JobResult, image: np.ndarray | None = None, ids: boo
     axes = figure.subplots(1, panels, squeeze=False)[0]
     count = len(np.unique(cells[cells > 0]))
     _show(axes[0], label_colours(shown_cells, shown_nuclei), cells.shape,
-          f"{count} cells (nuclei darker)")
+          f"{count} cell{'' if count == 1 else 's'} (nuclei darker)")
     if image is not None:
         overlay = composite(image[::step, ::step])
         overlay[cell_outlines(shown_cells)] = CELL_OUTLINE[:3]
@@ -73,7 +73,8 @@ def masks_figure(result: pb.JobResult, image: np.ndarray | None = None, ids: boo
         _show(axes[1], overlay, cells.shape, "outlines over the channels")
         axes[1].legend([Line2D([], [], color=CELL_OUTLINE), Line2D([], [], color=NUCLEUS_OUTLINE)],
                        ["cell", "nucleus"], loc="upper center", bbox_to_anchor=(0.5, -0.08),
-                       ncols=2, frameon=False, fontsize="small")
+                       ncols=2, fontsize="small", facecolor="black", framealpha=1.0,
+                       labelcolor="white")  # the white cell outline shows on black, as drawn
     if ids:
         for axis in axes:
             _write_ids(axis, cells)
