@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
-from labsight import classifier_cli, evaluate_cli, explain_cli, inspect_cli, vessel_cli
+from labsight import classifier_cli, evaluate_cli, explain_cli, inspect_cli, track_cli, vessel_cli
 from labsight.catalog import SERVERS
 from labsight.columns import CELL_CHANNELS, PIPELINES_WITH_TABLES
 from labsight.export import (
@@ -1187,6 +1187,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cli.add_parser(sub)
     explain_cli.add_parser(sub)
     inspect_cli.add_parser(sub)
+    track_cli.add_parser(sub)
     vessel_cli.add_parsers(sub)
     return parser
 

@@ -1,0 +1,117 @@
+"""A time-lapse through real servers and Redis, then ``labsight track``: a DAPI movie of drifting
+nuclei, one of which divides, submitted one time point per job and followed into a tracks table,
+the Cell Tracking Challenge's files and a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from scipy import ndimage
+from skimage.draw import disk
+
+from labsight.cli import main
+
+from .conftest import InProcessStack
+
+PIXEL_SIZE_UM = 0.5
+STEPS = 4
+
+
+def _nuclei_movie() -> tuple[np.ndarray, dict[int, list[tuple[float, float] | None]]]:
+    """(T, Y, X) uint16 DAPI-like frames: five nuclei (radius 10 px) drifting 2 px a time point,
+    and a sixth that divides between t=1 and t=2 into two pushed 13 px apart; the true centres
+    (row, col) per cell, None where absent."""
+    rng = np.random.default_rng(7)
+    paths: dict[int, list[tuple[float, float] | None]] = {
+        i + 1: [(40.0 + 70 * (i // 3) + 2 * t, 40.0 + 70 * (i % 3) + 2 * t) for t in range(STEPS)]
+        for i in range(5)}
+    paths[6] = [(150.0, 180.0), (150.0, 180.0), None, None]
+    paths[7] = [None, None, (150.0, 167.0), (150.0, 166.0)]
+    paths[8] = [None, None, (150.0, 193.0), (150.0, 194.0)]
+    frames = []
+    for t in range(STEPS):
+        frame = np.zeros((220, 240))
+        for cell, path in paths.items():
+            if path[t] is not None:
+                rows, cols = disk(path[t], 12 if cell == 6 else 9, shape=frame.shape)
+                frame[rows, cols] = 1.0
+        frame = ndimage.gaussian_filter(frame, 1.5) + rng.normal(0, 0.02, frame.shape)
+        frames.append((np.clip(frame, 0, 1) * 60000).astype(np.uint16))
+    return np.stack(frames), paths
+
+
+def test_a_movie_is_followed_into_tracks_ctc_files_and_a_plot(
+    stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.start_worker()
+    movie, paths = _nuclei_movie()
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, movie, imagej=True, metadata={"axes": "TYX", "unit": "micron"},
+                     resolution=(1 / PIXEL_SIZE_UM, 1 / PIXEL_SIZE_UM))
+    gateway = ["--gateway", stack.gateway.address, "--token", ""]
+    assert main(["submit", "cells", str(path), "--each-plane", "t", "--param", "nucleus_channel=0",
+                 "--param", "expand_um=2", "--param", "method=classical", "--batch", "mv",
+                 "--wait", *gateway]) == 0
+    capsys.readouterr()
+    table_path, ctc, figure = tmp_path / "tracks.csv", tmp_path / "ctc", tmp_path / "tracks.svg"
+    assert main(["track", "--batch", "mv", "-o", str(table_path), "--ctc", str(ctc), "--plot",
+                 str(figure), *gateway]) == 0
+    err = capsys.readouterr().err
+    assert "movie.tif: 4 time point(s), 8 track(s), 1 division(s)" in err
+
+    table = pd.read_csv(table_path)
+    assert list(table.columns[:5]) == ["movie", "t", "track_id", "parent_track_id", "label"]
+    assert sorted(table["t"].unique()) == list(range(STEPS))
+    # each true cell is one track: the track found nearest its true centre at every time point
+    for cell, cell_path in paths.items():
+        tracks = set()
+        for t, centre in enumerate(cell_path):
+            if centre is None:
+                continue
+            rows = table[table["t"] == t]
+            distance = np.hypot(rows["centroid_y"] - centre[0], rows["centroid_x"] - centre[1])
+            assert distance.min() < 2.0, (cell, t)
+            tracks.add(int(rows["track_id"].iloc[int(np.argmin(distance))]))
+        assert len(tracks) == 1, (cell, tracks)
+    daughters = table[table["parent_track_id"] > 0]
+    assert sorted(daughters["t"].unique()) == [2, 3] and daughters["track_id"].nunique() == 2
+    mother = int(daughters["parent_track_id"].iloc[0])
+    assert sorted(table.loc[table["track_id"] == mother, "t"]) == [0, 1]
+
+    folder = ctc / "movie.tif"
+    res_track = np.loadtxt(folder / "res_track.txt", dtype=np.int64, ndmin=2)
+    assert len(res_track) == 8 and res_track[res_track[:, 0] == mother, 1:].tolist() == [[0, 1, 0]]
+    assert sorted(res_track[res_track[:, 3] == mother, 1:3].tolist()) == [[2, 3], [2, 3]]
+    for t in range(STEPS):
+        mask = tifffile.imread(folder / f"mask{t:03d}.tif")
+        assert mask.shape == movie.shape[1:]
+        rows = table[table["t"] == t]
+        assert sorted(np.unique(mask[mask > 0]).tolist()) == sorted(rows["track_id"].tolist())
+        for _, row in rows.iterrows():  # each track's pixels have its cell's area
+            assert (mask == row["track_id"]).sum() == row["area_px"]
+    svg = figure.read_text()
+    assert "movie.tif: 8 tracks, 1 division, 4 time points" in svg
+
+
+def test_track_says_what_it_needs(
+    stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway = ["--gateway", stack.gateway.address, "--token", ""]
+    with pytest.raises(SystemExit, match="give -o FILE, --ctc DIR or --plot FILE"):
+        main(["track", "--batch", "none", *gateway])
+    with pytest.raises(SystemExit, match="name a .csv, .tsv, .parquet file"):
+        main(["track", "--batch", "none", "-o", "tracks.xlsx", *gateway])
+    assert main(["track", "--batch", "none", "-o", str(tmp_path / "t.csv"), *gateway]) != 0
+    assert "no batch 'none'" in capsys.readouterr().err
+    stack.start_worker()
+    image = tmp_path / "still.tif"
+    tifffile.imwrite(image, np.zeros((24, 24), np.uint8))
+    assert main(["submit", "fractal", str(image), "--param", "box_sizes=3", "--batch", "flat",
+                 "--wait", *gateway]) == 0
+    with pytest.raises(SystemExit, match="batch flat has no finished cells or hpa-cells jobs named "
+                                         r"FILE\[t=N\] \(submit with --each-plane t\)"):
+        main(["track", "--batch", "flat", "-o", str(tmp_path / "t.csv"), *gateway])
