@@ -36,6 +36,9 @@ TRACKED_PIPELINES = ("cells", "hpa-cells")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 """Files ``-o`` writes, by suffix."""
 
+LINKED_MASKS = {"cells": "cell_labels", "nuclei": "nucleus_labels"}
+"""``--objects``: the result tensor whose objects are linked."""
+
 
 @dataclass
 class Movie:
@@ -59,6 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     track.add_argument("--ctc", default="", metavar="DIR",
                        help="write the Cell Tracking Challenge's masks and res_track.txt per movie")
     track.add_argument("--plot", default="", metavar="FILE", help="draw the tracks (.png, .svg, .pdf)")
+    track.add_argument("--objects", choices=sorted(LINKED_MASKS), default="cells",
+                       help="link the cells' masks (default) or their nuclei's")
     track.add_argument("--min-iou", type=float, default=0.1,
                        help="overlapping cells pair at this intersection over union or more")
     track.add_argument("--max-distance-um", type=float, default=10.0,
@@ -79,7 +84,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.output and Path(args.output).suffix.lower() not in TABLE_SUFFIXES:
         raise SystemExit(f"labsight: -o {args.output}: name a {', '.join(TABLE_SUFFIXES)} file")
     with LabSightClient(args.gateway, token=args.token) as client:
-        movies = movies_of(client.batch_results(args.batch))
+        movies = movies_of(client.batch_results(args.batch), LINKED_MASKS[args.objects])
     if not movies:
         raise SystemExit(f"labsight: batch {args.batch} has no finished {' or '.join(TRACKED_PIPELINES)} "
                          "jobs named FILE[t=N] (submit with --each-plane t)")
@@ -108,17 +113,17 @@ def cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
-def movies_of(finished: Any) -> list[Movie]:
+def movies_of(finished: Any, mask: str = "cell_labels") -> list[Movie]:
     """The movies among a batch's (job, Result or None) pairs (``LabSightClient.batch_results``):
     jobs of a tracked pipeline named
-    ``FILE[t=N]``, grouped by FILE and ordered by N. Each result's cell mask and cells table
-    are kept; other jobs are passed over."""
+    ``FILE[t=N]``, grouped by FILE and ordered by N. Each result's ``mask`` tensor (its cells'
+    or nuclei's labels) and cells table are kept; other jobs are passed over."""
     found: dict[str, list[tuple[int, np.ndarray, Any, float | None]]] = defaultdict(list)
     for job, result in finished:
         match = TIME_POINT.match(job.input_name)
         if result is None or match is None or job.pipeline not in TRACKED_PIPELINES:
             continue
-        found[match["movie"]].append((int(match["t"]), result.tensor("cell_labels"),
+        found[match["movie"]].append((int(match["t"]), result.tensor(mask),
                                       result.to_pandas("cells"), result.pixel_size_um))
     movies = []
     for name in sorted(found):
@@ -130,7 +135,8 @@ def movies_of(finished: Any) -> list[Movie]:
 
 def track_table(movie: Movie, tracks: Any) -> Any:
     """One row per cell per time point: movie, t, track_id, parent_track_id, then the cells
-    table's columns (its row ids, the labels, as the index is dropped)."""
+    table's columns (its row ids, the labels, as the index is dropped). A cell whose label the
+    linked masks lack (a cell without a nucleus, when nuclei were linked) has track 0."""
     import pandas as pd
 
     parents = dict(zip(tracks.lineage[:, 0].tolist(), tracks.lineage[:, 3].tolist(), strict=True))
@@ -138,9 +144,10 @@ def track_table(movie: Movie, tracks: Any) -> Any:
     for index, (t, table) in enumerate(zip(movie.times, movie.tables, strict=True)):
         track_of = dict(zip(tracks.labels[index].tolist(), tracks.track_ids[index].tolist(),
                             strict=True))
-        ids = [track_of[int(label)] for label in table["label"]]
+        ids = [track_of.get(int(label), 0) for label in table["label"]]
         head = pd.DataFrame({"movie": movie.name, "t": t, "track_id": ids,
-                             "parent_track_id": [parents[i] for i in ids]}, index=table.index)
+                             "parent_track_id": [parents.get(i, 0) for i in ids]},
+                            index=table.index)
         parts.append(pd.concat([head, table], axis=1))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 

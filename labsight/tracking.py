@@ -11,9 +11,10 @@ and of the Cell Tracking Challenge's overlap trackers):
 1. cells that overlap are paired one to one by their intersection over union (IoU), the
    assignment of largest total IoU (``scipy.optimize.linear_sum_assignment``), pairs of IoU
    under ``min_iou`` left out;
-2. a cell left without a partner that lies mostly (``DIVISION_SHARE``) inside a cell of the
-   time point before, whose partner is its sibling, is that cell's daughter: the mother's track
-   ends, and both daughters begin tracks whose parent it is;
+2. a cell left without a partner with at least ``DIVISION_SHARE`` of its area over a cell of
+   the time point before, whose partner is its sibling, is that cell's daughter: the mother's
+   track ends, and both daughters begin tracks whose parent it is (daughters after mitosis lie
+   either side of where their mother was, each partly over her);
 3. cells still without partners are paired by their centroids' distance, up to
    ``max_distance_um`` (again the assignment of least total distance): a cell that moved
    further than its size between two time points;
@@ -36,9 +37,11 @@ from scipy.spatial import cKDTree
 
 __all__ = ["DIVISION_SHARE", "Tracks", "link_frames"]
 
-DIVISION_SHARE = 0.5
-"""Share of a new cell's area that must lie inside a cell of the time point before for it to be
-that cell's daughter (its sibling being the cell the overlap pairing gave the mother)."""
+DIVISION_SHARE = 0.25
+"""Share of a new cell's area that must lie over a cell of the time point before for it to be
+that cell's daughter (its sibling being the cell the overlap pairing gave the mother). Daughter
+nuclei of a generated mitosis lie about a third over their mother's nucleus; a cell that merely
+touches a neighbour's footprint lies a few percent over it."""
 
 _NO_PAIR = 1e9
 """Cost of a pair the assignment may not choose."""
@@ -174,7 +177,7 @@ def _links(before: np.ndarray, now: np.ndarray, before_labels: np.ndarray,
     continued = dict(_assign(pair_before[usable], pair_now[usable], 1.0 - iou[usable]))
     partner_of_now = {c: r for r, c in continued.items()}
 
-    # a cell left alone, mostly inside a mother that kept a partner: that partner's sibling
+    # a cell left alone, partly over a mother that kept a partner: that partner's sibling
     divided: list[tuple[int, tuple[int, int]]] = []
     in_division: set[int] = set()
     share = intersections / area_now[pair_now]
@@ -196,10 +199,10 @@ def _links(before: np.ndarray, now: np.ndarray, before_labels: np.ndarray,
     lonely_now = np.array([j for j in range(n_now)
                            if j not in partner_of_now and j not in in_division], np.int64)
     if len(lonely_before) and len(lonely_now) and max_distance_px > 0:
-        centres_before = _centroids(index_before, n_before)[lonely_before]
-        centres_now = _centroids(index_now, n_now)[lonely_now]
-        near = cKDTree(centres_before).sparse_distance_matrix(
-            cKDTree(centres_now), max_distance_px, output_type="ndarray")  # keeps distances of 0
+        centres_before, centres_now = _centroids(index_before, n_before), _centroids(index_now, n_now)
+        near = cKDTree(centres_before[lonely_before]).sparse_distance_matrix(
+            cKDTree(centres_now[lonely_now]), max_distance_px,
+            output_type="ndarray")  # keeps distances of 0
         for r, c in _assign(near["i"], near["j"], near["v"]):
             continued[int(lonely_before[r])] = int(lonely_now[c])
     return _Links(sorted(continued.items()), divided)

@@ -96,6 +96,17 @@ def test_a_movie_is_followed_into_tracks_ctc_files_and_a_plot(
     svg = figure.read_text()
     assert "movie.tif: 8 tracks, 1 division, 4 time points" in svg
 
+    # the nuclei linked instead: the same tracks, masks of the nuclei
+    nuclei_path, nuclei_ctc = tmp_path / "nuclei.parquet", tmp_path / "nuclei_ctc"
+    assert main(["track", "--batch", "mv", "--objects", "nuclei", "-o", str(nuclei_path),
+                 "--ctc", str(nuclei_ctc), *gateway]) == 0
+    by_nuclei = pd.read_parquet(nuclei_path)
+    linked = ["t", "label", "track_id", "parent_track_id"]
+    assert np.array_equal(by_nuclei[linked].to_numpy(float), table[linked].to_numpy(float))
+    mask = tifffile.imread(nuclei_ctc / "movie.tif" / "mask000.tif")
+    first = table[table["t"] == 0]
+    assert [(mask == track).sum() for track in first["track_id"]] == first["nucleus_area_px"].tolist()
+
 
 def test_track_says_what_it_needs(
     stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]

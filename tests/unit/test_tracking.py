@@ -80,6 +80,15 @@ def test_a_division_ends_the_mother_and_begins_two_daughters() -> None:
     assert lineage[bystander_track] == [0, 3, 0]
 
 
+def test_a_newcomer_touching_where_a_cell_was_is_no_daughter() -> None:
+    resident = [(100.0, 100.0)] * 3
+    newcomer = [None, (100.0, 116.0), (100.0, 117.0)]  # 16 px away: 4% of it over the resident
+    frames, _ = _movie({1: resident, 2: newcomer}, radius=9.0)
+    tracks = link_frames(frames, pixel_size_um=0.5, max_distance_um=0.0)
+    assert tracks.divisions() == 0
+    assert sorted(tracks.lineage[:, 1:].tolist()) == [[0, 2, 0], [1, 2, 0]]
+
+
 def test_a_jump_within_the_distance_is_followed_and_beyond_it_begins_a_track() -> None:
     # 30 px between time points: no overlap with discs of radius 9, 15 µm at 0.5 µm a pixel
     jumper = [(100.0, 40.0), (100.0, 70.0), (100.0, 100.0)]
