@@ -546,6 +546,39 @@ class LabSightClient:
         return batch_frame(batch_id, *self.ended_results(batch_id, skip_failed, timeout_s,
                                                           table=table or ""), table)
 
+    def batch_tracks(
+        self,
+        batch_id: str,
+        *,
+        objects: str = "cells",
+        min_iou: float = 0.1,
+        max_distance_um: float = 10.0,
+        timeout_s: float | None = None,
+    ) -> pd.DataFrame:
+        """The cells of a batch's time-lapses followed over time, once every job has ended: one
+        row per cell per time point of the ``cells`` or ``hpa-cells`` jobs named ``FILE[t=N]``
+        (``labsight submit ... --each-plane t``), with ``movie``, ``t``, ``track_id`` and
+        ``parent_track_id`` before the cells table's columns, as ``labsight track`` writes them.
+
+        ``objects`` links the ``"cells"`` or their ``"nuclei"``; ``min_iou`` and
+        ``max_distance_um`` are :func:`labsight.tracking.link_frames`'. Failed jobs are left
+        out (their time points missing); ValueError where the batch holds no such jobs or a
+        movie's masks cannot be linked.
+        """
+        import pandas as pd
+
+        from labsight.time_lapse import LINKED_MASKS, movies_of, track_movies
+
+        if objects not in LINKED_MASKS:
+            raise ValueError(f"objects: expected one of {sorted(LINKED_MASKS)}, got {objects!r}")
+        finished, _ = self.ended_results(batch_id, skip_failed=True, timeout_s=timeout_s)
+        movies = movies_of(finished, LINKED_MASKS[objects])
+        if not movies:
+            raise ValueError(f"batch {batch_id} has no finished cells or hpa-cells jobs named "
+                             "FILE[t=N] (submit with --each-plane t)")
+        tracked = track_movies(movies, min_iou=min_iou, max_distance_um=max_distance_um)
+        return pd.concat([each.table for each in tracked], ignore_index=True)
+
     def ended_results(
         self, batch_id: str, skip_failed: bool = False, timeout_s: float | None = None, *,
         table: str | None = None,

@@ -18,38 +18,20 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import numpy as np
+from labsight.time_lapse import LINKED_MASKS, TRACKED_PIPELINES
 
-__all__ = ["Movie", "add_parser", "cmd_track", "movies_of", "track_table"]
+if TYPE_CHECKING:
+    import pandas as pd
 
-TIME_POINT = re.compile(r"^(?P<movie>.+)\[t=(?P<t>\d+)\]$")
-"""A job name of one time point, as ``--each-plane t`` names them: ``movie.tif[t=3]``."""
+    from labsight.time_lapse import Movie, TrackedMovie
 
-TRACKED_PIPELINES = ("cells", "hpa-cells")
-"""Pipelines whose results carry cell label masks to follow."""
+__all__ = ["add_parser", "cmd_track"]
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 """Files ``-o`` writes, by suffix."""
-
-LINKED_MASKS = {"cells": "cell_labels", "nuclei": "nucleus_labels"}
-"""``--objects``: the result tensor whose objects are linked."""
-
-
-@dataclass
-class Movie:
-    """The time points of one movie in a batch: their indices, cell masks, cells tables and
-    pixel size (the first time point's)."""
-
-    name: str
-    times: list[int]
-    masks: list[np.ndarray]
-    tables: list[Any]
-    pixel_size_um: float
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -77,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_track(args: argparse.Namespace) -> int:
     """Fetch the batch's finished time points, link each movie and write what was asked."""
     from labsight.client import LabSightClient
-    from labsight.tracking import link_frames
+    from labsight.time_lapse import movies_of, track_movies
 
     if not (args.output or args.ctc or args.plot):
         raise SystemExit("labsight: give -o FILE, --ctc DIR or --plot FILE (or several)")
@@ -88,68 +70,26 @@ def cmd_track(args: argparse.Namespace) -> int:
     if not movies:
         raise SystemExit(f"labsight: batch {args.batch} has no finished {' or '.join(TRACKED_PIPELINES)} "
                          "jobs named FILE[t=N] (submit with --each-plane t)")
-    tables, tracked = [], []
     for movie in movies:
         _warn_about_gaps(movie)
-        try:
-            tracks = link_frames(movie.masks, pixel_size_um=movie.pixel_size_um,
-                                 min_iou=args.min_iou, max_distance_um=args.max_distance_um)
-        except ValueError as error:
-            raise SystemExit(f"labsight: {movie.name}: {error}") from None
-        tables.append(track_table(movie, tracks))
-        tracked.append((movie, tracks))
-        print(f"labsight: {movie.name}: {len(movie.times)} time point(s), {len(tracks.lineage)} "
-              f"track(s), {tracks.divisions()} division(s)", file=sys.stderr)
+    try:
+        tracked = track_movies(movies, min_iou=args.min_iou, max_distance_um=args.max_distance_um)
+    except ValueError as error:
+        raise SystemExit(f"labsight: {error}") from None
+    for each in tracked:
+        print(f"labsight: {each.movie.name}: {len(each.movie.times)} time point(s), "
+              f"{len(each.tracks.lineage)} track(s), {each.tracks.divisions()} division(s)",
+              file=sys.stderr)
     if args.output:
-        _write_rows(tables, Path(args.output))
+        _write_rows([each.table for each in tracked], Path(args.output))
     if args.ctc:
-        for movie, tracks in tracked:
-            _write_ctc(movie, tracks, Path(args.ctc))
+        for each in tracked:
+            _write_ctc(each, Path(args.ctc))
     if args.plot:
         from labsight.plots.tracks import tracks_figure
 
-        tracks_figure([(movie.name, table) for movie, table in zip(movies, tables, strict=True)]
-                      ).savefig(args.plot, dpi=120)
+        tracks_figure([(each.movie.name, each.table) for each in tracked]).savefig(args.plot, dpi=120)
     return 0
-
-
-def movies_of(finished: Any, mask: str = "cell_labels") -> list[Movie]:
-    """The movies among a batch's (job, Result or None) pairs (``LabSightClient.batch_results``):
-    jobs of a tracked pipeline named
-    ``FILE[t=N]``, grouped by FILE and ordered by N. Each result's ``mask`` tensor (its cells'
-    or nuclei's labels) and cells table are kept; other jobs are passed over."""
-    found: dict[str, list[tuple[int, np.ndarray, Any, float | None]]] = defaultdict(list)
-    for job, result in finished:
-        match = TIME_POINT.match(job.input_name)
-        if result is None or match is None or job.pipeline not in TRACKED_PIPELINES:
-            continue
-        found[match["movie"]].append((int(match["t"]), result.tensor(mask),
-                                      result.to_pandas("cells"), result.pixel_size_um))
-    movies = []
-    for name in sorted(found):
-        points = sorted(found[name], key=lambda point: point[0])
-        movies.append(Movie(name, [p[0] for p in points], [p[1] for p in points],
-                            [p[2] for p in points], points[0][3] or 1.0))
-    return movies
-
-
-def track_table(movie: Movie, tracks: Any) -> Any:
-    """One row per cell per time point: movie, t, track_id, parent_track_id, then the cells
-    table's columns (its row ids, the labels, as the index is dropped). A cell whose label the
-    linked masks lack (a cell without a nucleus, when nuclei were linked) has track 0."""
-    import pandas as pd
-
-    parents = dict(zip(tracks.lineage[:, 0].tolist(), tracks.lineage[:, 3].tolist(), strict=True))
-    parts = []
-    for index, (t, table) in enumerate(zip(movie.times, movie.tables, strict=True)):
-        track_of = dict(zip(tracks.labels[index].tolist(), tracks.track_ids[index].tolist(),
-                            strict=True))
-        ids = [track_of.get(int(label), 0) for label in table["label"]]
-        head = pd.DataFrame({"movie": movie.name, "t": t, "track_id": ids,
-                             "parent_track_id": [parents.get(i, 0) for i in ids]},
-                            index=table.index)
-        parts.append(pd.concat([head, table], axis=1))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def _warn_about_gaps(movie: Movie) -> None:
@@ -160,7 +100,7 @@ def _warn_about_gaps(movie: Movie) -> None:
               "either side are linked as if adjacent", file=sys.stderr)
 
 
-def _write_rows(tables: list[Any], path: Path) -> None:
+def _write_rows(tables: list[pd.DataFrame], path: Path) -> None:
     import pandas as pd
 
     from labsight.export import write_atomically
@@ -175,11 +115,12 @@ def _write_rows(tables: list[Any], path: Path) -> None:
     print(f"labsight: {len(frame)} rows written to {path}", file=sys.stderr)
 
 
-def _write_ctc(movie: Movie, tracks: Any, root: Path) -> None:
+def _write_ctc(tracked: TrackedMovie, root: Path) -> None:
     """The Cell Tracking Challenge's result layout of one movie: maskTTT.tif (track ids, uint16)
     per time point, counted from 0 in order, and res_track.txt (L B E P)."""
     import tifffile
 
+    movie, tracks = tracked.movie, tracked.tracks
     folder = root / _folder_name(movie.name)
     folder.mkdir(parents=True, exist_ok=True)
     digits = max(3, len(str(len(movie.masks) - 1)))

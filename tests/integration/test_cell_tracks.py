@@ -103,6 +103,11 @@ def test_a_movie_is_followed_into_tracks_ctc_files_and_a_plot(
     by_nuclei = pd.read_parquet(nuclei_path)
     linked = ["t", "label", "track_id", "parent_track_id"]
     assert np.array_equal(by_nuclei[linked].to_numpy(float), table[linked].to_numpy(float))
+    sdk = stack.client.batch_tracks("mv", objects="nuclei")  # the Python SDK: the same rows
+    assert np.array_equal(sdk[linked].to_numpy(float), table[linked].to_numpy(float))
+    assert list(sdk.columns) == list(table.columns)
+    with pytest.raises(ValueError, match="objects: expected one of"):
+        stack.client.batch_tracks("mv", objects="spots")
     mask = tifffile.imread(nuclei_ctc / "movie.tif" / "mask000.tif")
     first = table[table["t"] == 0]
     assert [(mask == track).sum() for track in first["track_id"]] == first["nucleus_area_px"].tolist()
