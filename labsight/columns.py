@@ -279,6 +279,44 @@ def _hpa_cells_tables() -> tuple[Table, ...]:
     )
 
 
+TRACK_COLUMNS = {
+    "t": "the time point (index along the movie's T axis, from 0)",
+    "track_id": "the cell's track: the same id at every time point the cell is followed through "
+    "(1, 2, ...; 0 for a cell left out of the linking, one without a nucleus when nuclei were "
+    "linked)",
+    "parent_track_id": "the track of the cell it divided from (0: none, it was there from the "
+    "start or appeared)",
+}
+"""Columns of the cell-tracks ``tracks`` table (and of ``labsight track``'s rows) before the
+cells table's."""
+
+LINEAGE_COLUMNS = {
+    "first_t": "the first time point of the track",
+    "last_t": "its last time point",
+    "parent_track_id": "the track it began from at a division (0: none)",
+}
+"""Columns of the cell-tracks ``lineage`` table, the Cell Tracking Challenge's res_track.txt."""
+
+TRACKS_NOTES = (
+    "Linking: cells of consecutive time points pair one to one by intersection over union "
+    "(params.min_iou); a cell left alone with a quarter of its area or more over a cell before, "
+    "whose partner is its sibling, is a daughter (the mother's track ends, two begin); cells "
+    "still alone pair by centroid distance up to params.max_distance_um; the rest begin tracks. "
+    "No gap closing: a cell missed at one time point ends its track and begins another.",
+)
+
+
+def _cell_tracks_tables() -> tuple[Table, ...]:
+    cells = _cells_table()
+    return (
+        Table("tracks", "one row per cell per time point, by time point then label",
+              (("id", "t/label, e.g. 3/17"), *TRACK_COLUMNS.items(), *cells.columns[1:]),
+              (*TRACKS_NOTES, *cells.notes)),
+        Table("lineage", "one row per track, by id",
+              (("id", "the track id"), *LINEAGE_COLUMNS.items()), TRACKS_NOTES),
+    )
+
+
 @dataclass(frozen=True)
 class Table:
     """One result table of a pipeline: what its rows are and what its columns mean."""
@@ -380,9 +418,12 @@ def pipeline_tables(pipeline: str, sides: Sequence[int] = DEFAULT_BOX_SIDES) -> 
         return (_cells_table(),)
     if pipeline == "hpa-cells":
         return _hpa_cells_tables()
+    if pipeline == "cell-tracks":
+        return _cell_tracks_tables()
     raise KeyError(f"no columns documented for pipeline {pipeline!r}; pipelines: "
                    f"{', '.join(PIPELINES_WITH_TABLES)}")
 
 
-PIPELINES_WITH_TABLES = ("fractal", "deep-features", "spot-features", "cells", "hpa-cells")
+PIPELINES_WITH_TABLES = ("fractal", "deep-features", "spot-features", "cells", "hpa-cells",
+                         "cell-tracks")
 """Pipelines whose tables ``pipeline_tables`` explains."""

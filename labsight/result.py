@@ -27,14 +27,14 @@ LABEL_MASKS = {"nucleus_labels": "nuclei", "cell_labels": "cells"}
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
 
 
-MAIN_TABLES = {"hpa-cells": "classes"}
+MAIN_TABLES = {"hpa-cells": "classes", "cell-tracks": "tracks"}
 """The table a pipeline's result is about, where it is not named after the pipeline."""
 
 
 def main_table(result: pb.JobResult) -> str:
     """The table a result is about: the one named after its pipeline (``fractal``,
-    ``cells``) or given in MAIN_TABLES (hpa-cells: ``classes``), else ``features``, else
-    the first by name.
+    ``cells``) or given in MAIN_TABLES (hpa-cells: ``classes``, cell-tracks: ``tracks``),
+    else ``features``, else the first by name.
 
     Raises
     ------

@@ -131,3 +131,79 @@ def test_track_says_what_it_needs(
     with pytest.raises(SystemExit, match="batch flat has no finished cells or hpa-cells jobs named "
                                          r"FILE\[t=N\] \(submit with --each-plane t\)"):
         main(["track", "--batch", "flat", "-o", str(tmp_path / "t.csv"), *gateway])
+
+
+def test_a_cell_tracks_job_gives_what_the_batch_and_labsight_track_give(
+    stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.start_worker()
+    movie, _ = _nuclei_movie()
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, movie, imagej=True, metadata={"axes": "TYX", "unit": "micron"},
+                     resolution=(1 / PIXEL_SIZE_UM, 1 / PIXEL_SIZE_UM))
+    gateway = ["--gateway", stack.gateway.address, "--token", ""]
+    params = ["--param", "nucleus_channel=0", "--param", "expand_um=2", "--param", "method=classical"]
+    assert main(["submit", "cells", str(path), "--each-plane", "t", *params, "--batch", "frames",
+                 "--wait", *gateway]) == 0
+    assert main(["submit", "cell-tracks", str(path), *params, "--wait", "--json", *gateway]) == 0
+    job_id = [line for line in capsys.readouterr().out.splitlines() if line][-1]
+    job_id = __import__("json").loads(job_id)["job_id"]
+    batch = stack.client.batch_tracks("frames")
+    result = stack.client.result(job_id)
+    tracks = result.to_pandas("tracks")
+    linked = ["t", "label", "track_id", "parent_track_id", "area_px", "mean_ch0"]
+    assert np.array_equal(tracks[linked].to_numpy(float), batch[linked].to_numpy(float))
+    assert result.scalars == {"track_count": 8.0, "division_count": 1.0, "time_points": 4.0}
+    lineage = result.to_pandas("lineage")
+    assert list(lineage.columns) == ["first_t", "last_t", "parent_track_id"]
+    assert (lineage["parent_track_id"] > 0).sum() == 2
+    labels = result.tensor("track_labels")
+    assert labels.shape == movie.shape and labels.dtype == np.uint16
+    for t in range(STEPS):
+        rows = tracks[tracks["t"] == t]
+        assert [(labels[t] == track).sum() for track in rows["track_id"]] == rows["area_px"].tolist()
+    assert result.provenance["pixel_size_source"] == "file: ImageJ calibration"
+    assert result.provenance["time_points"] == "4" and result.provenance["linked_objects"] == "cells"
+
+
+def test_cell_tracks_refuses_what_is_no_movie_naming_it(
+    stack: InProcessStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import grpc
+
+    from labsight.images import image_from_array
+    from labsight.v1 import tensor_pb2
+
+    def encoded(array: np.ndarray, axes: str) -> tensor_pb2.Image:
+        path = tmp_path / f"{axes}.tif"
+        tifffile.imwrite(path, array, imagej=True, metadata={"axes": axes})
+        return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=path.read_bytes()))
+
+    movie = encoded(np.zeros((3, 2, 32, 32), np.uint8), "TZYX")
+    still = encoded(np.zeros((32, 32), np.uint8), "YX")
+    cases = [
+        (still, {"nucleus_channel": "0"}, "input.image: no time axis (T) in its axes YX"),
+        (movie, {"nucleus_channel": "0", "plane": "t=1"}, "params.plane: the time axis is the movie's"),
+        (movie, {"nucleus_channel": "0"}, "a stack"),  # z neither chosen nor projected
+        (image_from_array(np.zeros((32, 32), np.uint8)), {"nucleus_channel": "0"},
+         "input.image: a time-lapse file (a TIFF with a T axis) is needed"),
+        (movie, {"nucleus_channel": "0", "plane": "z=1", "objects": "spots"},
+         "params.objects: expected one of ['cells', 'nuclei']"),
+        (movie, {"nucleus_channel": "0", "plane": "z=1", "min_iou": "0"},
+         "params.min_iou: expected a number in (0, 1]"),
+    ]
+    for image, params, message in cases:
+        with pytest.raises(grpc.RpcError) as error:
+            stack.client.submit("cell-tracks", image, params)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, params
+        assert message in error.value.details(), error.value.details()
+    job = stack.client.submit("cell-tracks", movie, {"nucleus_channel": "0", "plane": "z=1"})
+    assert job.params["plane"] == "z=1,t=0"  # read at its first time point when checked
+    # 3 time points of 32x32 need 12,288 bytes of track labels: over a room of 10,000
+    from labsight.config import MESSAGE_RESERVE_BYTES
+
+    monkeypatch.setenv("LABSIGHT_MAX_MESSAGE_BYTES", str(MESSAGE_RESERVE_BYTES + 10_000))
+    with pytest.raises(grpc.RpcError) as error:
+        stack.client.submit("cell-tracks", movie, {"nucleus_channel": "0", "plane": "z=1"})
+    assert "3 time points of 32x32 give track labels of 12288 bytes" in error.value.details()
+    assert "labsight submit cells FILE --each-plane t" in error.value.details()

@@ -143,7 +143,8 @@ def test_unknown_pipeline_is_invalid_argument(stack: InProcessStack) -> None:
 def test_unknown_pipeline_lists_the_known_ones(stack: InProcessStack) -> None:
     error = _rpc_error(stack.client.submit, "hpa-cell", demo_image())
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    known = ["cells", "deep-features", "fractal", "hpa-cells", "spot-features", "vessel-content"]
+    known = ["cell-tracks", "cells", "deep-features", "fractal", "hpa-cells", "spot-features",
+             "vessel-content"]
     assert f"known pipelines: {known}" in error.details()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from labsight.errors import InvalidArgument, echo
 from labsight.v1 import gateway_pb2 as pb
 from services.gateway.pipelines.base import Pipeline
+from services.gateway.pipelines.cell_tracks import CellTracksPipeline
 from services.gateway.pipelines.cells import CellsPipeline
 from services.gateway.pipelines.deep_features import DeepFeaturesPipeline
 from services.gateway.pipelines.fractal import FractalPipeline
@@ -14,7 +15,8 @@ from services.gateway.pipelines.vessel_content import VesselContentPipeline
 
 PIPELINES: dict[str, Pipeline] = {
     p.name: p for p in (FractalPipeline(), DeepFeaturesPipeline(), SpotFeaturesPipeline(),
-                        CellsPipeline(), HpaCellsPipeline(), VesselContentPipeline())
+                        CellsPipeline(), HpaCellsPipeline(), VesselContentPipeline(),
+                        CellTracksPipeline())
 }
 """Pipelines served, by name."""
 

@@ -86,6 +86,8 @@ PIPELINE_PARAMETERS = {
                       *IMAGE_PARAMETERS),
     "cells": ("nucleus_channel", "cytoplasm_channels", "expand_um", "method", "pixel_size_um",
               *IMAGE_PARAMETERS),
+    "cell-tracks": ("nucleus_channel", "expand_um", "method", "objects", "min_iou",
+                    "max_distance_um", *IMAGE_PARAMETERS),
 }
 PARAMETER_RPCS = ("SubmitJob", "SubmitBatch", "UploadJob", "ListJobs")
 ID_RPCS = ("GetJob", "WatchJob", "CancelJob", "GetJobResult", "GetBatch", "WatchBatch", "GetBatchResults",
@@ -126,7 +128,8 @@ class Case:
 def _job(rng: np.random.Generator, pools: Pools) -> gateway_pb2.SubmitJobRequest:
     """A valid, cheap job of a random pipeline."""
     pipeline = str(rng.choice(["fractal", "deep-features", "spot-features", "hpa-cells",
-                               "vessel-content", "cells"], p=[0.36, 0.2, 0.2, 0.08, 0.08, 0.08]))
+                               "vessel-content", "cells", "cell-tracks"],
+                              p=[0.34, 0.2, 0.2, 0.07, 0.07, 0.08, 0.04]))
     request = gateway_pb2.SubmitJobRequest(pipeline=pipeline)
     request.input.image.CopyFrom(media.valid_image(rng, 32 if pipeline == "spot-features" else 0))
     models = list(pools.world.models) or ["efficientnet-lite0"]
@@ -138,6 +141,10 @@ def _job(rng: np.random.Generator, pools: Pools) -> gateway_pb2.SubmitJobRequest
         request.input.image.CopyFrom(media.tensor_image(media.pixels(own, 0, 2), name="valid"))
         request.params.update({"nucleus_channel": "0", "expand_um": "2", "method": "classical",
                                "pixel_size_um": "0.5"})
+    if pipeline == "cell-tracks":  # a small movie, drawn apart from rng as above
+        own = np.random.default_rng(zlib.crc32(request.input.image.SerializeToString()))
+        request.input.image.CopyFrom(media.movie_tiff(own))
+        request.params.update({"nucleus_channel": "0", "method": "classical", "pixel_size_um": "0.5"})
     if pipeline == "fractal":
         request.params["box_sizes"] = str(rng.choice(["3-9", "3,5,7", "3"]))
         request.params["percolation"] = str(rng.choice(["true", "false"]))

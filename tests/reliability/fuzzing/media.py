@@ -54,6 +54,16 @@ def encoded(data: bytes, fmt: str = "", name: str = "") -> tensor_pb2.Image:
     return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=data, format=fmt), name=name)
 
 
+def movie_tiff(rng: np.random.Generator, frames: int = 3, side: int = 24) -> tensor_pb2.Image:
+    """A small random time-lapse: an ImageJ TIFF of ``frames`` (side x side) uint8 time points."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, rng.integers(0, 256, (frames, side, side), dtype=np.uint8),
+                     imagej=True, metadata={"axes": "TYX"})
+    return encoded(buffer.getvalue(), name="movie.tif")
+
+
 def tensor_image(array: np.ndarray, name: str = "") -> tensor_pb2.Image:
     """An Image carrying decoded pixels."""
     return tensor_pb2.Image(tensor=tensor(array), name=name)

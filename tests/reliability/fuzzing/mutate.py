@@ -16,7 +16,8 @@ from google.protobuf.message import Message
 from . import media, values
 from .values import Labelled, World
 
-PIPELINES = ("fractal", "deep-features", "spot-features", "hpa-cells", "vessel-content")
+PIPELINES = ("fractal", "deep-features", "spot-features", "hpa-cells", "vessel-content", "cells",
+             "cell-tracks")
 PARAMETER_NAMES = ("box_sizes", "percolation", "probabilities", "model", "layer", "pooling", "spot_diameter",
                    "spot_ids", "blank_other_cells", *values.IMAGE_PARAMETERS)
 INPUT_ROLES = ("spot_centres", "cell_labels", "patches", "image")
