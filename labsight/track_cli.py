@@ -2,7 +2,8 @@
 
 A movie segmented one time point per job (``labsight submit cells movie.tif --each-plane t
 --batch B``: jobs named ``movie.tif[t=0]``, ``movie.tif[t=1]`` ...) is linked here, in this
-process, by :func:`labsight.tracking.link_frames`. Written:
+process, by :func:`labsight.tracking.link_frames`. ``labsight track JOB_ID`` writes the same
+from a ``cell-tracks`` job, whose worker segmented and linked the movie. Written:
 
 - ``-o FILE`` (``.csv``, ``.tsv`` or ``.parquet``): one row per cell per time point: ``movie``,
   ``t``, ``track_id``, ``parent_track_id`` (0 for none) and every column of the job's cells
@@ -21,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from labsight.time_lapse import LINKED_MASKS, TRACKED_PIPELINES
 
 if TYPE_CHECKING:
@@ -37,8 +40,10 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``track`` to the ``labsight`` subcommands."""
     track = sub.add_parser("track", help="follow cells through the time-lapses of a batch "
-                           "(jobs named FILE[t=N], as submit --each-plane t makes them)")
-    track.add_argument("--batch", required=True, metavar="BATCH_ID")
+                           "(jobs named FILE[t=N], as submit --each-plane t makes them), or "
+                           "write a cell-tracks job's tracks")
+    track.add_argument("job_id", nargs="?", default="", help="a cell-tracks job (or --batch)")
+    track.add_argument("--batch", default="", metavar="BATCH_ID")
     track.add_argument("-o", "--output", default="", metavar="FILE",
                        help="one row per cell per time point: .csv, .tsv or .parquet")
     track.add_argument("--ctc", default="", metavar="DIR",
@@ -65,6 +70,10 @@ def cmd_track(args: argparse.Namespace) -> int:
         raise SystemExit("labsight: give -o FILE, --ctc DIR or --plot FILE (or several)")
     if args.output and Path(args.output).suffix.lower() not in TABLE_SUFFIXES:
         raise SystemExit(f"labsight: -o {args.output}: name a {', '.join(TABLE_SUFFIXES)} file")
+    if bool(args.job_id) == bool(args.batch):
+        raise SystemExit("labsight: give a cell-tracks JOB_ID or --batch BATCH_ID")
+    if args.job_id:
+        return _write_job(args)
     with LabSightClient(args.gateway, token=args.token) as client:
         movies = movies_of(client.batch_results(args.batch), LINKED_MASKS[args.objects])
     if not movies:
@@ -92,6 +101,34 @@ def cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_job(args: argparse.Namespace) -> int:
+    """What was asked, from a cell-tracks job's result: its tracks and lineage tables and its
+    track labels (linked in the worker; --objects and the linking options are the job's)."""
+    from labsight.client import LabSightClient
+
+    with LabSightClient(args.gateway, token=args.token) as client:
+        job = client.get(args.job_id)
+        if job.pipeline != "cell-tracks":
+            raise SystemExit(f"labsight: job {args.job_id} ran {job.pipeline}; give a cell-tracks "
+                             "job, or the --batch of a movie's time points")
+        result = client.result(args.job_id)
+    name = job.input_name or args.job_id
+    table = result.to_pandas("tracks").reset_index(drop=True)
+    table.insert(0, "movie", name)
+    if args.output:
+        _write_rows([table], Path(args.output))
+    if args.ctc:
+        lineage = result.to_pandas("lineage")
+        rows = np.column_stack([lineage.index.astype(np.int64), lineage.to_numpy(np.int64)])
+        _write_ctc_files(Path(args.ctc) / _folder_name(name), list(result.tensor("track_labels")),
+                         rows)
+    if args.plot:
+        from labsight.plots.tracks import tracks_figure
+
+        tracks_figure([(name, table)]).savefig(args.plot, dpi=120)
+    return 0
+
+
 def _warn_about_gaps(movie: Movie) -> None:
     """Say where time points are missing: tracks are linked across them as if adjacent."""
     missing = sorted(set(range(movie.times[0], movie.times[-1] + 1)) - set(movie.times))
@@ -116,19 +153,25 @@ def _write_rows(tables: list[pd.DataFrame], path: Path) -> None:
 
 
 def _write_ctc(tracked: TrackedMovie, root: Path) -> None:
-    """The Cell Tracking Challenge's result layout of one movie: maskTTT.tif (track ids, uint16)
-    per time point, counted from 0 in order, and res_track.txt (L B E P)."""
+    """The Cell Tracking Challenge's result layout of one movie linked here."""
+    movie, tracks = tracked.movie, tracked.tracks
+    _write_ctc_files(root / _folder_name(movie.name),
+                     [tracks.relabelled(index, mask) for index, mask in enumerate(movie.masks)],
+                     tracks.lineage)
+
+
+def _write_ctc_files(folder: Path, masks: list[np.ndarray], lineage: np.ndarray) -> None:
+    """maskTTT.tif (track ids) per time point, counted from 0 in order, and res_track.txt: one
+    line per track, L B E P (id, first and last time point, parent)."""
     import tifffile
 
-    movie, tracks = tracked.movie, tracked.tracks
-    folder = root / _folder_name(movie.name)
     folder.mkdir(parents=True, exist_ok=True)
-    digits = max(3, len(str(len(movie.masks) - 1)))
-    for index, mask in enumerate(movie.masks):
-        tifffile.imwrite(folder / f"mask{index:0{digits}d}.tif", tracks.relabelled(index, mask))
-    lines = [" ".join(str(int(v)) for v in row) for row in tracks.lineage]
+    digits = max(3, len(str(len(masks) - 1)))
+    for index, mask in enumerate(masks):
+        tifffile.imwrite(folder / f"mask{index:0{digits}d}.tif", mask)
+    lines = [" ".join(str(int(v)) for v in row) for row in lineage]
     (folder / "res_track.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
-    print(f"labsight: {folder}: {len(movie.masks)} masks and res_track.txt", file=sys.stderr)
+    print(f"labsight: {folder}: {len(masks)} masks and res_track.txt", file=sys.stderr)
 
 
 def _folder_name(movie: str) -> str:

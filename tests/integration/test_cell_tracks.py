@@ -4,6 +4,7 @@ the Cell Tracking Challenge's files and a plot."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,8 @@ def test_track_says_what_it_needs(
         main(["track", "--batch", "none", *gateway])
     with pytest.raises(SystemExit, match="name a .csv, .tsv, .parquet file"):
         main(["track", "--batch", "none", "-o", "tracks.xlsx", *gateway])
+    with pytest.raises(SystemExit, match="give a cell-tracks JOB_ID or --batch BATCH_ID"):
+        main(["track", "-o", str(tmp_path / "t.csv"), *gateway])
     assert main(["track", "--batch", "none", "-o", str(tmp_path / "t.csv"), *gateway]) != 0
     assert "no batch 'none'" in capsys.readouterr().err
     stack.start_worker()
@@ -146,8 +149,7 @@ def test_a_cell_tracks_job_gives_what_the_batch_and_labsight_track_give(
     assert main(["submit", "cells", str(path), "--each-plane", "t", *params, "--batch", "frames",
                  "--wait", *gateway]) == 0
     assert main(["submit", "cell-tracks", str(path), *params, "--wait", "--json", *gateway]) == 0
-    job_id = [line for line in capsys.readouterr().out.splitlines() if line][-1]
-    job_id = __import__("json").loads(job_id)["job_id"]
+    job_id = json.loads(capsys.readouterr().out.splitlines()[-1])["job_id"]
     batch = stack.client.batch_tracks("frames")
     result = stack.client.result(job_id)
     tracks = result.to_pandas("tracks")
@@ -164,6 +166,26 @@ def test_a_cell_tracks_job_gives_what_the_batch_and_labsight_track_give(
         assert [(labels[t] == track).sum() for track in rows["track_id"]] == rows["area_px"].tolist()
     assert result.provenance["pixel_size_source"] == "file: ImageJ calibration"
     assert result.provenance["time_points"] == "4" and result.provenance["linked_objects"] == "cells"
+
+    # labsight track JOB_ID writes what labsight track --batch writes for the time points
+    for source, folder in (([job_id], "job"), (["--batch", "frames"], "batch")):
+        assert main(["track", *source, "-o", str(tmp_path / f"{folder}.csv"), "--ctc",
+                     str(tmp_path / folder), "--plot", str(tmp_path / f"{folder}.svg"),
+                     *gateway]) == 0
+    job_rows, batch_rows = pd.read_csv(tmp_path / "job.csv"), pd.read_csv(tmp_path / "batch.csv")
+    assert list(job_rows.columns) == list(batch_rows.columns)
+    assert np.allclose(job_rows.drop(columns="movie").to_numpy(float),
+                       batch_rows.drop(columns="movie").to_numpy(float), equal_nan=True)
+    for name in ("res_track.txt", *(f"mask{t:03d}.tif" for t in range(STEPS))):
+        made = [tmp_path / folder / "movie.tif" / name for folder in ("job", "batch")]
+        if name.endswith(".txt"):
+            assert made[0].read_text() == made[1].read_text()
+        else:
+            assert np.array_equal(tifffile.imread(made[0]), tifffile.imread(made[1]))
+    assert "8 tracks, 1 division" in (tmp_path / "job.svg").read_text()
+    with pytest.raises(SystemExit, match="ran cells; give a cell-tracks job"):
+        main(["track", stack.client.list_jobs("frames")[0].job_id, "-o", str(tmp_path / "x.csv"),
+              *gateway])
 
 
 def test_cell_tracks_refuses_what_is_no_movie_naming_it(
