@@ -595,10 +595,11 @@ def tiff_layout(tif: tifffile.TiffFile, field: str = "image", series_index: int 
     """The axes of a TIFF's image ``series_index`` (its first by default) from its metadata
     (ImageJ, OME, or pages and samples).
 
-    Names of OME channels and OME SignificantBits (else BitsPerSample) are
-    kept; a last sample marked as alpha by ExtraSamples counts as alpha. Whole-slide
-    formats keep thumbnails and labels as further series: they hold one image.
-    InvalidArgument (naming ``series_field``) for an image the file does not hold.
+    Names of OME channels (or an ImageJ hyperstack's, from its slice labels) and OME
+    SignificantBits (else BitsPerSample) are kept; a last sample marked as alpha by
+    ExtraSamples counts as alpha. Whole-slide formats keep thumbnails and labels as further
+    series: they hold one image. InvalidArgument (naming ``series_field``) for an image the
+    file does not hold.
     """
     _check_pages(len(tif.pages), field)  # tifffile builds an object per page to find the series
     images = image_count(tif)
@@ -623,6 +624,8 @@ def tiff_layout(tif: tifffile.TiffFile, field: str = "image", series_index: int 
     if tif.is_ome and tif.ome_metadata:
         names, ome_bits = _ome_channels(tif.ome_metadata, series_index)
         bits = ome_bits or bits
+    elif tif.is_imagej and "C" in axes:
+        names = _imagej_channel_names(tif.imagej_metadata or {}, shape[axes.index("C")])
     alpha = "S" in page_axes and any(int(extra) in (1, 2) for extra in page.extrasamples)
     chunk_bytes = math.prod(page.chunks) * np.dtype(page.dtype).itemsize
     return Layout(axes, shape, np.dtype(page.dtype), page_axes, chunk_bytes, names, alpha, bits,
@@ -679,6 +682,19 @@ def _ome_channels(xml: str, index: int = 0) -> tuple[tuple[str, ...], int | None
     names = tuple(channel.get("Name", "") for channel in pixels.findall("{*}Channel"))
     bits = pixels.get("SignificantBits")
     return (names if any(names) else ()), (int(bits) if bits and bits.isdigit() else None)
+
+
+def _imagej_channel_names(metadata: dict, channels: int) -> tuple[str, ...]:
+    """Channel names of an ImageJ hyperstack from its slice labels: ImageJ keeps one label per
+    plane, channels varying fastest, so where every plane of channel c bears one label, distinct
+    from the other channels', those labels name the channels; () otherwise (labels naming
+    planes, such as Bio-Formats' "c:1/2 z:3/5", or none)."""
+    labels = metadata.get("Labels")
+    if not isinstance(labels, list) or channels < 1 or len(labels) % channels:
+        return ()
+    names = tuple(str(label).strip() for label in labels[:channels])
+    consistent = all(str(label).strip() == names[i % channels] for i, label in enumerate(labels))
+    return names if consistent and all(names) and len(set(names)) == channels else ()
 
 
 def _exif_orientation(img: PILImage.Image) -> int:

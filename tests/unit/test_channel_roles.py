@@ -77,3 +77,24 @@ def test_role_parameters_parse_or_say_what_was_expected() -> None:
     assert parse_cytoplasm_choices("WGA,2") == ("WGA", 2)
     with pytest.raises(ValueError, match="at most 2 channels"):
         parse_cytoplasm_choices("0,1,2")
+
+
+def _imagej(labels: list[str]) -> tensor_pb2.Image:
+    buffer = io.BytesIO()
+    movie = np.arange(3 * 2 * 8 * 8, dtype=np.uint16).reshape(3, 2, 8, 8)
+    tifffile.imwrite(buffer, movie, imagej=True, metadata={"axes": "TCYX", "Labels": labels})
+    return tensor_pb2.Image(encoded=tensor_pb2.EncodedImage(data=buffer.getvalue()))
+
+
+def test_an_imagej_hyperstack_s_slice_labels_name_its_channels_where_they_follow_them() -> None:
+    from labsight.images import file_layouts, read_image
+
+    named = _imagej(["DAPI", "GFP"] * 3)  # one label per plane, channels fastest
+    assert file_layouts(named)[0].channel_names == ("DAPI", "GFP")
+    named.read.channels, named.read.plane = "GFP", "t=1"
+    assert np.array_equal(read_image(named, "x", warn=False).pixels,
+                          np.arange(384, dtype=np.uint16).reshape(3, 2, 8, 8)[1, 1])
+    # labels that name planes (Bio-Formats' import) or repeat are no channel names
+    planes = [f"c:{c + 1}/2 t:{t + 1}/3" for t in range(3) for c in range(2)]
+    assert file_layouts(_imagej(planes))[0].channel_names == ()
+    assert file_layouts(_imagej(["DAPI", "DAPI"] * 3))[0].channel_names == ()
