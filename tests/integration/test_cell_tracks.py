@@ -45,18 +45,28 @@ def _nuclei_movie() -> tuple[np.ndarray, dict[int, list[tuple[float, float] | No
     return np.stack(frames), paths
 
 
+CELL_PARAMS = ("--param", "nucleus_channel=0", "--param", "expand_um=2", "--param", "method=classical")
+"""How the movie's time points are segmented: the nuclear stain, grown 2 µm into cells."""
+
+
+def _submit_time_points(stack: InProcessStack, movie: np.ndarray, folder: Path, batch: str) -> Path:
+    """The movie written as a calibrated ImageJ TIFF, its time points submitted as cells jobs of
+    ``batch`` and waited for; the file's path."""
+    stack.start_worker()
+    path = folder / "movie.tif"
+    tifffile.imwrite(path, movie, imagej=True, metadata={"axes": "TYX", "unit": "micron"},
+                     resolution=(1 / PIXEL_SIZE_UM, 1 / PIXEL_SIZE_UM))
+    assert main(["submit", "cells", str(path), "--each-plane", "t", *CELL_PARAMS, "--batch", batch,
+                 "--wait", "--gateway", stack.gateway.address, "--token", ""]) == 0
+    return path
+
+
 def test_a_movie_is_followed_into_tracks_ctc_files_and_a_plot(
     stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stack.start_worker()
     movie, paths = _nuclei_movie()
-    path = tmp_path / "movie.tif"
-    tifffile.imwrite(path, movie, imagej=True, metadata={"axes": "TYX", "unit": "micron"},
-                     resolution=(1 / PIXEL_SIZE_UM, 1 / PIXEL_SIZE_UM))
     gateway = ["--gateway", stack.gateway.address, "--token", ""]
-    assert main(["submit", "cells", str(path), "--each-plane", "t", "--param", "nucleus_channel=0",
-                 "--param", "expand_um=2", "--param", "method=classical", "--batch", "mv",
-                 "--wait", *gateway]) == 0
+    _submit_time_points(stack, movie, tmp_path, "mv")
     capsys.readouterr()
     table_path, ctc, figure = tmp_path / "tracks.csv", tmp_path / "ctc", tmp_path / "tracks.svg"
     assert main(["track", "--batch", "mv", "-o", str(table_path), "--ctc", str(ctc), "--plot",
@@ -139,16 +149,10 @@ def test_track_says_what_it_needs(
 def test_a_cell_tracks_job_gives_what_the_batch_and_labsight_track_give(
     stack: InProcessStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stack.start_worker()
     movie, _ = _nuclei_movie()
-    path = tmp_path / "movie.tif"
-    tifffile.imwrite(path, movie, imagej=True, metadata={"axes": "TYX", "unit": "micron"},
-                     resolution=(1 / PIXEL_SIZE_UM, 1 / PIXEL_SIZE_UM))
     gateway = ["--gateway", stack.gateway.address, "--token", ""]
-    params = ["--param", "nucleus_channel=0", "--param", "expand_um=2", "--param", "method=classical"]
-    assert main(["submit", "cells", str(path), "--each-plane", "t", *params, "--batch", "frames",
-                 "--wait", *gateway]) == 0
-    assert main(["submit", "cell-tracks", str(path), *params, "--wait", "--json", *gateway]) == 0
+    path = _submit_time_points(stack, movie, tmp_path, "frames")
+    assert main(["submit", "cell-tracks", str(path), *CELL_PARAMS, "--wait", "--json", *gateway]) == 0
     job_id = json.loads(capsys.readouterr().out.splitlines()[-1])["job_id"]
     batch = stack.client.batch_tracks("frames")
     result = stack.client.result(job_id)
