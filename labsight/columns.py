@@ -310,7 +310,10 @@ def _cell_tracks_tables() -> tuple[Table, ...]:
     cells = _cells_table()
     return (
         Table("tracks", "one row per cell per time point, by time point then label",
-              (("id", "t/label, e.g. 3/17"), *TRACK_COLUMNS.items(), *cells.columns[1:]),
+              (("id", "t/label, e.g. 3/17"), *TRACK_COLUMNS.items(),
+               ("label", "the cell's label at that time point as the segmentation gave it (its "
+                         "nucleus shares it); track_labels holds track ids instead"),
+               *cells.columns[2:]),
               (*TRACKS_NOTES, *cells.notes)),
         Table("lineage", "one row per track, by id",
               (("id", "the track id"), *LINEAGE_COLUMNS.items()), TRACKS_NOTES),

@@ -108,6 +108,9 @@ def _hints(layouts: list[Any], count: int) -> list[str]:
                      f"{','.join(f'{axis.lower()}=0' for axis, _ in stack)}) or "
                      "--param z_project=max|mean|sum"
                      + ("; --each-plane t makes a job of each time point" if "T" in first.axes else ""))
+    if "T" in first.axes:
+        hints.append("a time-lapse: labsight submit cell-tracks FILE follows its cells over time "
+                     "(or cells --each-plane t, then labsight track --batch)")
     if first.channel_names:
         hints.append(f"channels by name: --param channels={','.join(first.channel_names[:2])}")
     nuclear = next((name for name in first.channel_names if _is_nuclear_stain(name)), None)

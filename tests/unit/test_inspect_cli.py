@@ -57,6 +57,7 @@ def test_a_time_lapse_and_a_photo_say_what_to_choose(
     assert "  [0]: TZYX [T=3, Z=2, Y=24, X=32] uint8" in text
     assert "a stack (t=0..2,z=0..1): give --param plane (e.g. t=0,z=0)" in text
     assert "--each-plane t makes a job of each time point" in text
+    assert "a time-lapse: labsight submit cell-tracks FILE follows its cells over time" in text
     assert "  [0]: YXS [Y=30, X=20, S=3] uint8; EXIF orientation 6 (read turned upright)" in text
     # a grey movie's nuclei are its only channel; a photo's RGB gets no such hint
     assert text.count("cells: --param nucleus_channel=0 (its nuclear stain)") == 1
