@@ -14,7 +14,9 @@ ChannelChoice = int | str
 """A channel by its index among the channels as read, or by its name."""
 
 MAX_CYTOPLASM_CHOICES = 2
-"""Cytoplasm channels a job may name (the cell methods take two, HPA's red and yellow)."""
+"""Cytoplasm channels a job may name (the cell methods take two, HPA's red and yellow; the
+segmentation service's services.segmentation.roles.MAX_CYTOPLASM_CHANNELS, which a test pins it
+to)."""
 
 
 def parse_channel_choice(text: str) -> ChannelChoice | None:

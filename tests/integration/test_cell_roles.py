@@ -158,8 +158,10 @@ def test_segment_cells_roles_are_checked_against_the_image(stack: InProcessStack
         assert message in error.details(), error.details()
 
 
-def test_the_gateway_s_expand_limit_is_the_service_s() -> None:
+def test_the_gateway_s_role_limits_are_the_service_s() -> None:
+    from labsight.channel_roles import MAX_CYTOPLASM_CHOICES
     from services.gateway.pipelines.cells import MAX_EXPAND_UM
     from services.segmentation import roles
 
     assert MAX_EXPAND_UM == roles.MAX_EXPAND_UM
+    assert MAX_CYTOPLASM_CHOICES == roles.MAX_CYTOPLASM_CHANNELS
