@@ -1077,7 +1077,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "and their outlines over --image) for one cells job, classes (cells "
                            "coloured by top class) for one hpa-cells job, vessel (instances and "
                            "fill levels, outlines over --image) for one vessel-content job, tissue (spots or "
-                           "cells over their image) for one spot-features job, else embedding "
+                           "cells over their image) for one spot-features job, tracks (centroid "
+                           "paths) for one cell-tracks job, else embedding "
                            "(a PCA); plate: a heatmap by well (A01-P24 in the image names)")
     plot.add_argument("--by", "--class-label", dest="class_label", default="", metavar="LABEL",
                       help="group jobs by this job label (e.g. class): one colour, and for "

@@ -21,6 +21,7 @@ from labsight.plots.groups import groups_of, read_groups
 from labsight.plots.masks import has_masks, load_cells_image, masks_figure
 from labsight.plots.plate import plate_figure, well_of
 from labsight.plots.tissue import cells_figure, load_image, spots_figure
+from labsight.plots.tracks import is_tracks_result, job_tracks_figure
 from labsight.plots.values import principal_components, result_values, row_values
 from labsight.plots.vessels import is_vessel_result, vessel_figure
 from labsight.result import main_table
@@ -30,7 +31,7 @@ from labsight.v1 import gateway_pb2 as pb
 __all__ = ["KINDS", "PlotOptions", "build_figure", "load_cells_image", "load_image", "plot_hints",
            "plot_results", "principal_components", "read_groups", "well_of"]
 
-KINDS = ("auto", "curves", "embedding", "tissue", "plate", "masks", "classes", "vessel")
+KINDS = ("auto", "curves", "embedding", "tissue", "plate", "masks", "classes", "vessel", "tracks")
 """Figures ``plot_results`` draws; ``auto`` picks one from the results."""
 
 
@@ -62,8 +63,9 @@ def plot_results(
 ) -> str:
     """Draw ``results`` into an image file (PNG, PDF or SVG by its suffix); returns the kind drawn.
 
-    ``auto`` draws fractal results as ``curves``; one vessel-content result as
-    ``vessel``, one hpa-cells result as ``classes`` (cells by top class), one other
+    ``auto`` draws fractal results as ``curves``; one cell-tracks result as ``tracks``
+    (centroid paths), one vessel-content result as ``vessel``, one hpa-cells result as
+    ``classes`` (cells by top class), one other
     segmentation result (label masks) as ``masks``; one result with coordinates
     and a spot diameter or a cell mask as ``tissue``, and anything else as an
     ``embedding`` (PCA of the table rows).
@@ -111,6 +113,7 @@ def build_figure(results: Sequence[pb.JobResult], options: PlotOptions) -> tuple
 
 
 SINGLE_RESULT_FIGURES = {
+    "tracks": is_tracks_result,
     "vessel": is_vessel_result,
     "classes": is_cell_classes_result,
     "masks": has_masks,
@@ -120,6 +123,8 @@ an hpa-cells result also has masks, and is drawn by its classes)."""
 
 
 def _single_result_figure(kind: str, result: pb.JobResult, options: PlotOptions) -> Figure:
+    if kind == "tracks":
+        return job_tracks_figure(result, _name(result))
     if kind == "vessel":
         return vessel_figure(result, options.image)
     if kind == "classes":

@@ -10,8 +10,23 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from labsight.result import Result
+from labsight.v1 import gateway_pb2 as pb
+
 MAX_MOVIES = 12
 """Movies drawn in one figure (a panel each); more would be too small to read."""
+
+TRACKS_PIPELINE = "cell-tracks"
+
+
+def is_tracks_result(result: pb.JobResult) -> bool:
+    """True for a cell-tracks result (its table ``tracks``)."""
+    return result.pipeline == TRACKS_PIPELINE and "tracks" in result.tables
+
+
+def job_tracks_figure(result: pb.JobResult, name: str) -> Figure:
+    """:func:`tracks_figure` of one cell-tracks job's result, its panel titled ``name``."""
+    return tracks_figure([(name, Result(result).to_pandas("tracks"))])
 
 
 def tracks_figure(movies: Sequence[tuple[str, pd.DataFrame]]) -> Figure:

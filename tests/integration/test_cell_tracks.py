@@ -187,6 +187,10 @@ def test_a_cell_tracks_job_gives_what_the_batch_and_labsight_track_give(
         else:
             assert np.array_equal(tifffile.imread(made[0]), tifffile.imread(made[1]))
     assert "8 tracks, 1 division" in (tmp_path / "job.svg").read_text()
+    capsys.readouterr()
+    assert main(["plot", job_id, "-o", str(tmp_path / "plot.svg"), *gateway]) == 0
+    assert "tracks plot of 1 result" in capsys.readouterr().err
+    assert "movie.tif: 8 tracks, 1 division, 4 time points" in (tmp_path / "plot.svg").read_text()
     with pytest.raises(SystemExit, match="ran cells; give a cell-tracks job"):
         main(["track", stack.client.list_jobs("frames")[0].job_id, "-o", str(tmp_path / "x.csv"),
               *gateway])
