@@ -78,7 +78,6 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
             channels = read_cell_image(parts, max_answer_bytes=self.max_answer_bytes)
         else:
             channels = read_role_image(*parts[0], self.max_answer_bytes)
-            roles.check(channels.shape[2])
             names = _role_channel_names(request.roles, channels.shape[2])
         # float32 on the wire: 0.1 arrives as 0.10000000149; its 7 digits are what was meant
         given = float(f"{request.pixel_size_um:.7g}") or None
