@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from labsight.errors import InvalidArgument, echo
 from labsight.image_reader import parse_channels
-from labsight.images import file_layouts
+from labsight.images import series_layout
 from labsight.v1 import tensor_pb2
 
 ChannelChoice = int | str
@@ -45,9 +45,7 @@ def channel_names_as_read(image: tensor_pb2.Image, field: str, count: int) -> tu
     Where the file names none (a PNG, a tensor, a TIFF without metadata) or not every channel
     read, a channel is ``ch<i>``, ``i`` its index in the file. Reads headers only.
     """
-    layouts = file_layouts(image, field)
-    series = int(image.read.series) if image.read.series.strip().isdigit() else 0
-    layout = layouts[min(series, len(layouts) - 1)]
+    layout = series_layout(image, field, image.read.series)
     # names are per channel of the C axis; samples of a pixel (RGB) have none
     file_names = layout.channel_names if layout.size("S") == 1 else ()
     picks = parse_channels(image.read.channels) or tuple(range(count))

@@ -203,6 +203,14 @@ def file_layouts(image: tensor_pb2.Image, field: str = "image") -> list[Layout]:
     return layouts
 
 
+def series_layout(image: tensor_pb2.Image, field: str, series_text: str) -> Layout:
+    """What the file's image that ``series_text`` chooses holds (its first for empty; the last
+    where the text points past them), from its header: see :func:`file_layouts`."""
+    layouts = file_layouts(image, field)
+    series = int(series_text) if series_text.strip().isdigit() else 0
+    return layouts[min(series, len(layouts) - 1)]
+
+
 def _limit_env(image: tensor_pb2.Image, max_bytes: int | None) -> str:
     """The environment variable that raises the limit an image is checked against."""
     blob = max_bytes is None and image.WhichOneof("source") == "blob"

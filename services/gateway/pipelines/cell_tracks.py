@@ -19,7 +19,7 @@ from labsight.columns import LINEAGE_COLUMNS, TRACK_COLUMNS
 from labsight.config import answer_room
 from labsight.errors import InvalidArgument, echo
 from labsight.image_reader import parse_plane
-from labsight.images import ImageInfo, file_layouts, image_info, read_image
+from labsight.images import ImageInfo, image_info, read_image, series_layout
 from labsight.pixel_size import choose_pixel_size
 from labsight.tables import feature_table, table_values
 from labsight.tensor_wire import EncodedMessage, serialize_with_arrays
@@ -194,9 +194,7 @@ class CellTracksPipeline(CellsPipeline):
 def time_points(image: tensor_pb2.Image, series_text: str) -> int:
     """How many time points the image's file has (its T axis, in the image ``series_text``
     chooses, the first by default); InvalidArgument naming its axes where it has none."""
-    layouts = file_layouts(image, "input.image")
-    series = int(series_text) if series_text.strip().isdigit() else 0
-    layout = layouts[min(series, len(layouts) - 1)]
+    layout = series_layout(image, "input.image", series_text)
     if "T" not in layout.axes:
         raise InvalidArgument(f"input.image: no time axis (T) in its axes {layout.describe()}; "
                               "cell-tracks takes a time-lapse (for one image, use cells)")
